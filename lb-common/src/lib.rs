@@ -1,0 +1,17 @@
+//! Map keys, values and pure helpers shared by the XDP program and the agent.
+//!
+//! Every type stored in a map is `#[repr(C)]`, `Copy`, has explicit padding
+//! fields and a const size assert, so both sides agree byte for byte and
+//! `bpftool map dump` shows the same field names the code uses.
+//!
+//! IPv6 gets its own `*_V6` maps with 16-byte addresses later (as Cilium's
+//! lb4/lb6 split); the IPv4 layouts here never need to change for it.
+#![no_std]
+
+pub mod checksum;
+pub mod conntrack;
+pub mod maps;
+pub mod stats;
+
+pub use maps::*;
+pub use stats::Reason;

@@ -1,0 +1,208 @@
+//! Map names, sizes and key/value layouts. Addresses and ports are stored in
+//! network byte order, exactly as they appear in the packet, so the packet
+//! path never swaps bytes.
+
+/// Names of the maps as they appear in the object file and under the pin path.
+pub mod names {
+    pub const ADDRS_V4: &str = "ADDRS_V4";
+    pub const FRONTENDS_V4: &str = "FRONTENDS_V4";
+    pub const BACKENDS_V4: &str = "BACKENDS_V4";
+    pub const MAGLEV_SLOTS: &str = "MAGLEV_SLOTS";
+    pub const CT_V4: &str = "CT_V4";
+    pub const STATS: &str = "STATS";
+    pub const SVC_STATS: &str = "SVC_STATS";
+    pub const CONFIG: &str = "CONFIG";
+    pub const IFACES: &str = "IFACES";
+    pub const ALL: [&str; 9] = [
+        ADDRS_V4,
+        FRONTENDS_V4,
+        BACKENDS_V4,
+        MAGLEV_SLOTS,
+        CT_V4,
+        STATS,
+        SVC_STATS,
+        CONFIG,
+        IFACES,
+    ];
+}
+
+/// Default capacities; the agent may raise them at load time.
+pub const MAX_ADDRS: u32 = 1 << 18;
+pub const MAX_FRONTENDS: u32 = 1 << 18;
+pub const MAX_BACKENDS: u32 = 1 << 20;
+/// Slots of all Maglev rings together; each service owns a contiguous segment.
+pub const MAX_MAGLEV_SLOTS: u32 = 1 << 24;
+pub const MAX_CT: u32 = 1 << 19;
+/// Service ids index `SVC_STATS`; id 0 is never handed out.
+pub const MAX_SERVICES: u32 = 1 << 18;
+pub const MAX_IFACES: u32 = 1024;
+
+/// Bumped whenever a layout in this crate changes; pinned maps live under
+/// `<pin-path>/v<LAYOUT_VERSION>` so an upgrade never reads foreign bytes.
+pub const LAYOUT_VERSION: u32 = 1;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// `AddrInfo::flags`: the address is a frontend of some service (VIP, LB IP,
+/// externalIP), so a miss on its port is rejected rather than passed.
+pub const ADDR_FRONTEND: u32 = 1;
+/// `AddrInfo::flags`: the address belongs to some backend, so packets from it
+/// may be replies that need reverse translation.
+pub const ADDR_BACKEND: u32 = 2;
+
+/// Value of `ADDRS_V4`, keyed by an IPv4 address (network order). One 4-byte
+/// lookup tells the fast path whether a packet can concern us at all.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AddrInfo {
+    pub flags: u32,
+}
+
+/// Key of `FRONTENDS_V4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendKeyV4 {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `FRONTENDS_V4`. The whole value is replaced by one hash-map
+/// update, which the kernel publishes atomically (a new element swapped in
+/// under RCU), so a packet sees either the old ring or the new one, never a
+/// mix. That is why ring position lives here and not in an array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontendValue {
+    /// Index into `SVC_STATS`; identifies the service port.
+    pub svc_id: u32,
+    /// First slot of this service's ring in `MAGLEV_SLOTS`.
+    pub ring_offset: u32,
+    /// Ring size M (prime); 0 means the service has no backends (reject).
+    pub ring_size: u32,
+    pub flags: u32,
+}
+
+/// Value of `BACKENDS_V4`, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendV4 {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Key of `CT_V4`: the packet's tuple as it arrives. Forward entries are keyed
+/// by (client -> frontend), reverse entries by (backend -> client). The
+/// reverse entry's value names the frontend, so two frontends sharing a
+/// backend keep distinct forward entries; a client reusing one source port
+/// towards two frontends with the same backend would need source-port
+/// translation to be told apart on the reply (counted as `CtClash`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKeyV4 {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub _pad: u16,
+}
+
+pub const CT_DIR_FORWARD: u8 = 0;
+pub const CT_DIR_REPLY: u8 = 1;
+
+/// Value of `CT_V4`. `nat_addr`/`nat_port` is what the packet is rewritten to:
+/// the backend on forward entries (destination), the frontend on reverse
+/// entries (source). The cached forwarding decision (`fwd_*`) is refreshed
+/// together with `last_seen_ns`, at most once per `CT_REFRESH_NS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValueV4 {
+    pub last_seen_ns: u64,
+    pub nat_addr: u32,
+    pub nat_port: u16,
+    /// `conntrack::STATE_*` bits.
+    pub state: u8,
+    pub _pad0: u8,
+    pub svc_id: u32,
+    /// Egress interface for `bpf_redirect`; 0 means hand the packet to the kernel.
+    pub fwd_ifindex: u32,
+    pub fwd_smac: [u8; 6],
+    pub fwd_dmac: [u8; 6],
+    pub _pad1: u32,
+}
+
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+/// The single element of `CONFIG`: settings the agent writes at start-up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub tcp_established_timeout_s: u32,
+    pub tcp_syn_timeout_s: u32,
+    pub tcp_closing_timeout_s: u32,
+    pub udp_timeout_s: u32,
+}
+
+impl Default for Config {
+    /// Cilium's CT lifetimes (TCP 6 h, SYN 60 s, close 10 s) and a UDP
+    /// timeout between kube-proxy's 30 s and Cilium's 60 s stream default.
+    fn default() -> Self {
+        Self {
+            tcp_established_timeout_s: 21_600,
+            tcp_syn_timeout_s: 60,
+            tcp_closing_timeout_s: 10,
+            udp_timeout_s: 60,
+        }
+    }
+}
+
+/// `IFACES` flag: XDP may `bpf_redirect` to this interface. Only set for
+/// devices whose receiver handles XDP frames (a real NIC, or a veth whose
+/// peer runs an XDP program); other egress goes through `XDP_PASS`.
+pub const IFACE_REDIRECT: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceInfo {
+    pub flags: u32,
+}
+
+/// Per service port, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SvcStats {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<AddrInfo>() == 4);
+    assert!(core::mem::size_of::<FrontendKeyV4>() == 8);
+    assert!(core::mem::size_of::<FrontendValue>() == 16);
+    assert!(core::mem::size_of::<BackendV4>() == 8);
+    assert!(core::mem::size_of::<CtKeyV4>() == 16);
+    assert!(core::mem::size_of::<CtValueV4>() == 40);
+    assert!(core::mem::size_of::<Config>() == 16);
+    assert!(core::mem::size_of::<IfaceInfo>() == 4);
+    assert!(core::mem::size_of::<SvcStats>() == 16);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for AddrInfo {}
+    unsafe impl aya::Pod for FrontendKeyV4 {}
+    unsafe impl aya::Pod for FrontendValue {}
+    unsafe impl aya::Pod for BackendV4 {}
+    unsafe impl aya::Pod for CtKeyV4 {}
+    unsafe impl aya::Pod for CtValueV4 {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for IfaceInfo {}
+    unsafe impl aya::Pod for SvcStats {}
+}

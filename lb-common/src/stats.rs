@@ -1,0 +1,63 @@
+//! Reasons counted in `STATS`: every packet the program sees lands in exactly
+//! one path counter, and the benchmark reads them to prove which path ran.
+
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    PassNotIpv4 = 0,
+    PassNotOurs = 1,
+    XlateNew = 2,
+    XlateEstablished = 3,
+    XlateReply = 4,
+    RejectNoBackend = 5,
+    RejectUnknownPort = 6,
+    DropTruncated = 7,
+    PassFragment = 8,
+    PassUnsupportedProto = 9,
+    PassReplyNoFlow = 10,
+    CtClash = 11,
+    FwdRedirect = 12,
+    FwdKernel = 13,
+    RejectFailed = 14,
+}
+
+impl Reason {
+    pub const COUNT: u32 = 15;
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::PassNotIpv4,
+        Reason::PassNotOurs,
+        Reason::XlateNew,
+        Reason::XlateEstablished,
+        Reason::XlateReply,
+        Reason::RejectNoBackend,
+        Reason::RejectUnknownPort,
+        Reason::DropTruncated,
+        Reason::PassFragment,
+        Reason::PassUnsupportedProto,
+        Reason::PassReplyNoFlow,
+        Reason::CtClash,
+        Reason::FwdRedirect,
+        Reason::FwdKernel,
+        Reason::RejectFailed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassNotOurs => "pass_not_ours",
+            Reason::XlateNew => "xlate_new_flow",
+            Reason::XlateEstablished => "xlate_established",
+            Reason::XlateReply => "xlate_reply",
+            Reason::RejectNoBackend => "reject_no_backend",
+            Reason::RejectUnknownPort => "reject_unknown_port",
+            Reason::DropTruncated => "drop_truncated",
+            Reason::PassFragment => "pass_fragment",
+            Reason::PassUnsupportedProto => "pass_unsupported_proto",
+            Reason::PassReplyNoFlow => "pass_reply_no_flow",
+            Reason::CtClash => "ct_clash",
+            Reason::FwdRedirect => "fwd_redirect",
+            Reason::FwdKernel => "fwd_kernel",
+            Reason::RejectFailed => "reject_failed",
+        }
+    }
+}
