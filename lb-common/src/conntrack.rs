@@ -9,6 +9,8 @@ pub const STATE_FIN_REPLY: u8 = 2;
 pub const STATE_CLOSING: u8 = 4;
 /// A reply was seen: the flow is established (SYN timeout no longer applies).
 pub const STATE_SEEN_REPLY: u8 = 8;
+/// The cached forwarding decision in the entry is valid.
+pub const STATE_ROUTED: u8 = 16;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;

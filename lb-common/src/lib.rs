@@ -10,6 +10,7 @@
 
 pub mod checksum;
 pub mod conntrack;
+pub mod flow;
 pub mod maps;
 pub mod stats;
 

@@ -148,16 +148,21 @@ pub struct Config {
     pub udp_timeout_s: u32,
 }
 
-impl Default for Config {
+impl Config {
     /// Cilium's CT lifetimes (TCP 6 h, SYN 60 s, close 10 s) and a UDP
     /// timeout between kube-proxy's 30 s and Cilium's 60 s stream default.
+    /// The packet path also uses it while the agent has not written `CONFIG`.
+    pub const DEFAULT: Config = Config {
+        tcp_established_timeout_s: 21_600,
+        tcp_syn_timeout_s: 60,
+        tcp_closing_timeout_s: 10,
+        udp_timeout_s: 60,
+    };
+}
+
+impl Default for Config {
     fn default() -> Self {
-        Self {
-            tcp_established_timeout_s: 21_600,
-            tcp_syn_timeout_s: 60,
-            tcp_closing_timeout_s: 10,
-            udp_timeout_s: 60,
-        }
+        Self::DEFAULT
     }
 }
 

@@ -11,7 +11,7 @@ pub enum Reason {
     XlateReply = 4,
     RejectNoBackend = 5,
     RejectUnknownPort = 6,
-    DropTruncated = 7,
+    PassMalformed = 7,
     PassFragment = 8,
     PassUnsupportedProto = 9,
     PassReplyNoFlow = 10,
@@ -19,10 +19,11 @@ pub enum Reason {
     FwdRedirect = 12,
     FwdKernel = 13,
     RejectFailed = 14,
+    DropMalformed = 15,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 16;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotOurs,
@@ -31,7 +32,7 @@ impl Reason {
         Reason::XlateReply,
         Reason::RejectNoBackend,
         Reason::RejectUnknownPort,
-        Reason::DropTruncated,
+        Reason::PassMalformed,
         Reason::PassFragment,
         Reason::PassUnsupportedProto,
         Reason::PassReplyNoFlow,
@@ -39,6 +40,7 @@ impl Reason {
         Reason::FwdRedirect,
         Reason::FwdKernel,
         Reason::RejectFailed,
+        Reason::DropMalformed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -50,7 +52,7 @@ impl Reason {
             Reason::XlateReply => "xlate_reply",
             Reason::RejectNoBackend => "reject_no_backend",
             Reason::RejectUnknownPort => "reject_unknown_port",
-            Reason::DropTruncated => "drop_truncated",
+            Reason::PassMalformed => "pass_malformed",
             Reason::PassFragment => "pass_fragment",
             Reason::PassUnsupportedProto => "pass_unsupported_proto",
             Reason::PassReplyNoFlow => "pass_reply_no_flow",
@@ -58,6 +60,7 @@ impl Reason {
             Reason::FwdRedirect => "fwd_redirect",
             Reason::FwdKernel => "fwd_kernel",
             Reason::RejectFailed => "reject_failed",
+            Reason::DropMalformed => "drop_malformed",
         }
     }
 }

@@ -1,2 +1,36 @@
+//! XDP entry points. `lb` is the load balancer; `noop` exists so benchmarks
+//! measure the BPF_PROG_TEST_RUN floor with the same object.
 #![no_std]
 #![no_main]
+
+mod conntrack;
+mod forward;
+mod maps;
+mod nat;
+mod parse;
+mod reject;
+mod select;
+mod service;
+mod stats;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+
+#[xdp]
+pub fn lb(ctx: XdpContext) -> u32 {
+    service::handle(&ctx)
+}
+
+#[xdp]
+pub fn noop(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,2 +1,7 @@
 //! The xdplb agent and CLI as a library, so integration tests and `xtask`
 //! drive the same code the binary runs.
+
+pub mod testbed;
+
+pub mod model;
+pub mod source;

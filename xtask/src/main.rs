@@ -1,1 +1,37 @@
-fn main(){}
+//! Developer commands: `cargo xtask <command>`.
+mod bench;
+mod bootstrap;
+mod ebpf;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "xdplb developer commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bootstrap the eBPF toolchain if needed, build lb-ebpf with BTF, print the object path.
+    BuildEbpf,
+    /// The project's test command: fmt, clippy, unit tests, then the privileged tiers.
+    Test(test::Args),
+    /// Per-packet cost under BPF_PROG_TEST_RUN (needs root).
+    Bench(bench::Args),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::BuildEbpf => {
+            let obj = ebpf::build()?;
+            println!("{}", obj.display());
+            Ok(())
+        }
+        Command::Test(args) => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
+    }
+}

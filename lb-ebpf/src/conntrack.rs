@@ -1,0 +1,125 @@
+//! Connection tracking: lookup with expiry, creation of the forward and
+//! reverse entries, and TCP state kept identical on both.
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use lb_common::{
+    conntrack::{lifetime_s, tcp_next, STATE_CLOSING, STATE_ROUTED, STATE_SEEN_REPLY, TCP_ACK,
+        TCP_FIN, TCP_RST, TCP_SYN},
+    BackendV4, Config, CtKeyV4, CtValueV4, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, CT_REFRESH_NS,
+    PROTO_TCP,
+};
+
+use crate::{maps::{CONFIG, CT_V4}, stats};
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // Coarse time is a per-tick value, far cheaper than a clock read, and
+    // timeouts measured in seconds do not need more.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+#[inline(always)]
+pub fn config() -> Config {
+    match CONFIG.get(0) {
+        Some(c) if c.udp_timeout_s != 0 => *c,
+        _ => Config::DEFAULT,
+    }
+}
+
+/// The live entry for `key`, or `None` when there is none, it has expired,
+/// or a fresh SYN reuses the tuple of a closed TCP connection.
+#[inline(always)]
+pub fn lookup(key: &CtKeyV4, tcp_flags: u8, now: u64, cfg: &Config) -> Option<*mut CtValueV4> {
+    let ct = CT_V4.get_ptr_mut(key)?;
+    let (state, seen) = unsafe { ((*ct).state, (*ct).last_seen_ns) };
+    let life = lifetime_s(cfg, key.proto, state) as u64 * 1_000_000_000;
+    if now.saturating_sub(seen) > life {
+        return None;
+    }
+    if state & STATE_CLOSING != 0 && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        return None;
+    }
+    Some(ct)
+}
+
+/// Creates both entries of a new flow from client `key` to backend `be`.
+#[inline(always)]
+pub fn create(key: &CtKeyV4, be: &BackendV4, svc_id: u32, now: u64) -> Option<*mut CtValueV4> {
+    let rev_key = CtKeyV4 {
+        src_addr: be.addr,
+        dst_addr: key.src_addr,
+        src_port: be.port,
+        dst_port: key.src_port,
+        proto: key.proto,
+        dir: CT_DIR_REPLY,
+        _pad: 0,
+    };
+    if let Some(old) = CT_V4.get_ptr(rev_key) {
+        let (a, p) = unsafe { ((*old).nat_addr, (*old).nat_port) };
+        if a != key.dst_addr || p != key.dst_port {
+            stats::count(Reason::CtClash);
+        }
+    }
+    let mut value = CtValueV4 {
+        last_seen_ns: now,
+        nat_addr: key.dst_addr,
+        nat_port: key.dst_port,
+        svc_id,
+        ..CtValueV4::default()
+    };
+    CT_V4.insert(rev_key, value, 0).ok()?;
+    value.nat_addr = be.addr;
+    value.nat_port = be.port;
+    CT_V4.insert(*key, value, 0).ok()?;
+    CT_V4.get_ptr_mut(key)
+}
+
+/// Applies one packet to its entry; returns whether the cached forwarding
+/// decision is due for a refresh (which also refreshes `last_seen_ns`).
+#[inline(always)]
+pub fn on_packet(key: &CtKeyV4, ct: *mut CtValueV4, tcp_flags: u8, now: u64) -> bool {
+    let reply = key.dir == CT_DIR_REPLY;
+    let (state, seen) = unsafe { ((*ct).state, (*ct).last_seen_ns) };
+    if key.proto == PROTO_TCP
+        && (tcp_flags & (TCP_FIN | TCP_RST) != 0 || (reply && state & STATE_SEEN_REPLY == 0))
+    {
+        let next = tcp_next(state, tcp_flags, reply);
+        unsafe { (*ct).state = next };
+        mirror(key, ct, tcp_flags, reply);
+    }
+    let refresh = state & STATE_ROUTED == 0 || now.saturating_sub(seen) > CT_REFRESH_NS;
+    if refresh {
+        unsafe { (*ct).last_seen_ns = now };
+    }
+    refresh
+}
+
+/// Keeps the other direction's entry in the same TCP state, so the timeout
+/// chosen for either lookup reflects the whole connection.
+#[inline(always)]
+fn mirror(key: &CtKeyV4, ct: *const CtValueV4, tcp_flags: u8, reply: bool) {
+    let (nat_addr, nat_port) = unsafe { ((*ct).nat_addr, (*ct).nat_port) };
+    let other = if reply {
+        CtKeyV4 {
+            src_addr: key.dst_addr,
+            dst_addr: nat_addr,
+            src_port: key.dst_port,
+            dst_port: nat_port,
+            proto: key.proto,
+            dir: CT_DIR_FORWARD,
+            _pad: 0,
+        }
+    } else {
+        CtKeyV4 {
+            src_addr: nat_addr,
+            dst_addr: key.src_addr,
+            src_port: nat_port,
+            dst_port: key.src_port,
+            proto: key.proto,
+            dir: CT_DIR_REPLY,
+            _pad: 0,
+        }
+    };
+    if let Some(o) = CT_V4.get_ptr_mut(other) {
+        unsafe { (*o).state = tcp_next((*o).state, tcp_flags, reply) };
+    }
+}

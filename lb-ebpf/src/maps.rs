@@ -1,0 +1,45 @@
+//! Every map of the program. Layouts live in `lb-common`; the agent writes
+//! all of them except `CT_V4` (the packet path) and the counters.
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::*;
+
+/// Addresses that concern us at all (frontends, backends): the one lookup
+/// every packet pays.
+#[btf_map]
+pub static ADDRS_V4: HashMap<u32, AddrInfo, { MAX_ADDRS as usize }> = HashMap::new();
+
+/// Service frontends (ClusterIP, LB IP, externalIP, NodePort) to their ring.
+#[btf_map]
+pub static FRONTENDS_V4: HashMap<FrontendKeyV4, FrontendValue, { MAX_FRONTENDS as usize }> =
+    HashMap::new();
+
+/// Backends by id; ids are stable across agent resyncs and restarts.
+#[btf_map]
+pub static BACKENDS_V4: Array<BackendV4, { MAX_BACKENDS as usize }> = Array::new();
+
+/// All Maglev rings, each a segment of backend ids owned by one frontend set.
+#[btf_map]
+pub static MAGLEV_SLOTS: Array<u32, { MAX_MAGLEV_SLOTS as usize }> = Array::new();
+
+/// Connection tracking: forward and reverse entries of every translated flow.
+#[btf_map]
+pub static CT_V4: LruHashMap<CtKeyV4, CtValueV4, { MAX_CT as usize }> = LruHashMap::new();
+
+/// Path counters indexed by `lb_common::Reason`.
+#[btf_map]
+pub static STATS: PerCpuArray<u64, { Reason::COUNT as usize }> = PerCpuArray::new();
+
+/// Packets and bytes per service port, indexed by `FrontendValue::svc_id`.
+#[btf_map]
+pub static SVC_STATS: PerCpuArray<SvcStats, { MAX_SERVICES as usize }> = PerCpuArray::new();
+
+/// Element 0 holds the timeouts; all zero until the agent writes it.
+#[btf_map]
+pub static CONFIG: Array<Config, 1> = Array::new();
+
+/// Egress interfaces XDP may redirect to, by ifindex.
+#[btf_map]
+pub static IFACES: HashMap<u32, IfaceInfo, { MAX_IFACES as usize }> = HashMap::new();

@@ -1,0 +1,91 @@
+//! Bounds-checked header access. Every pointer handed out has been checked
+//! against `data_end`, which is also what the verifier insists on.
+use aya_ebpf::programs::XdpContext;
+use core::mem::size_of;
+
+pub const ETH_HLEN: usize = 14;
+pub const ETH_P_IP: u16 = 0x0800u16.to_be();
+/// Fragment offset and More-Fragments bits of `frag_off` (network order).
+pub const IP_FRAG_MASK: u16 = 0x3fffu16.to_be();
+
+#[repr(C)]
+pub struct EthHdr {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+    pub proto: u16,
+}
+
+#[repr(C)]
+pub struct Ipv4Hdr {
+    pub vihl: u8,
+    pub tos: u8,
+    pub tot_len: u16,
+    pub id: u16,
+    pub frag_off: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: u16,
+    pub src: u32,
+    pub dst: u32,
+}
+
+#[repr(C)]
+pub struct TcpHdr {
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub doff_res: u8,
+    pub flags: u8,
+    pub window: u16,
+    pub check: u16,
+    pub urg: u16,
+}
+
+#[repr(C)]
+pub struct UdpHdr {
+    pub sport: u16,
+    pub dport: u16,
+    pub len: u16,
+    pub check: u16,
+}
+
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    if start + off + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+/// The transport header of a TCP or UDP packet, reduced to what the packet
+/// path reads and rewrites: ports and the checksum field.
+pub struct L4 {
+    pub ports: *mut [u16; 2],
+    pub check: *mut u16,
+    pub tcp_flags: u8,
+    pub is_udp: bool,
+}
+
+/// Parses the TCP or UDP header at `off`; `None` when truncated or another protocol.
+#[inline(always)]
+pub fn l4(ctx: &XdpContext, proto: u8, off: usize) -> Option<L4> {
+    if proto == lb_common::PROTO_TCP {
+        let tcp: *mut TcpHdr = ptr_at(ctx, off)?;
+        Some(L4 {
+            ports: tcp.cast(),
+            check: unsafe { &raw mut (*tcp).check },
+            tcp_flags: unsafe { (*tcp).flags },
+            is_udp: false,
+        })
+    } else {
+        let udp: *mut UdpHdr = ptr_at(ctx, off)?;
+        Some(L4 {
+            ports: udp.cast(),
+            check: unsafe { &raw mut (*udp).check },
+            tcp_flags: 0,
+            is_udp: true,
+        })
+    }
+}

@@ -1,0 +1,166 @@
+//! Rejects built in XDP, as kube-proxy's REJECT rules answer: a TCP RST for
+//! TCP, ICMP port unreachable for UDP, sent back out with `XDP_TX`.
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
+use lb_common::{
+    checksum::{fold, sum_words},
+    conntrack::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    Reason, PROTO_TCP,
+};
+
+use crate::parse::{ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, ETH_P_IP};
+
+const IPPROTO_ICMP: u8 = 1;
+const NEW_IP_LEN: usize = 20;
+const ICMP_HLEN: usize = 8;
+/// RFC 792: the original IP header plus the first 64 bits of its payload.
+const ICMP_QUOTE_L4: usize = 8;
+
+/// Answers the packet as a reject; `ihl` is its IPv4 header length in bytes.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, ihl: usize, proto: u8, reason: Reason) -> (Reason, u32) {
+    let built = if proto == PROTO_TCP {
+        tcp_rst(ctx, ihl)
+    } else {
+        icmp_port_unreachable(ctx, ihl)
+    };
+    match built {
+        Some(action) => (reason, action),
+        None => (Reason::RejectFailed, xdp_action::XDP_DROP),
+    }
+}
+
+#[inline(always)]
+fn ipv4_header(ip: *mut Ipv4Hdr, tot_len: usize, proto: u8, src: u32, dst: u32) {
+    unsafe {
+        (*ip).vihl = 0x45;
+        (*ip).tos = 0;
+        (*ip).tot_len = (tot_len as u16).to_be();
+        (*ip).id = 0;
+        (*ip).frag_off = 0x4000u16.to_be();
+        (*ip).ttl = 64;
+        (*ip).proto = proto;
+        (*ip).check = 0;
+        (*ip).src = src;
+        (*ip).dst = dst;
+        let bytes = core::slice::from_raw_parts(ip as *const u8, NEW_IP_LEN);
+        (*ip).check = !fold(sum_words(bytes, 0));
+    }
+}
+
+#[inline(always)]
+fn swap_macs(eth: *mut EthHdr, src: [u8; 6], dst: [u8; 6]) {
+    unsafe {
+        (*eth).dst = src;
+        (*eth).src = dst;
+        (*eth).proto = ETH_P_IP;
+    }
+}
+
+/// RFC 793 reset generation: seq from the segment's ACK if it had one, else
+/// seq 0 with an ACK covering the segment. Never answers a RST.
+#[inline(always)]
+fn tcp_rst(ctx: &XdpContext, ihl: usize) -> Option<u32> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
+    let tcp = ptr_at::<TcpHdr>(ctx, ETH_HLEN + ihl)?;
+    let (smac, dmac) = unsafe { ((*eth).src, (*eth).dst) };
+    let (saddr, daddr, tot_len) = unsafe { ((*ip).src, (*ip).dst, u16::from_be((*ip).tot_len)) };
+    let (sport, dport, seq, ack, flags, doff) = unsafe {
+        (
+            (*tcp).sport,
+            (*tcp).dport,
+            u32::from_be((*tcp).seq),
+            (*tcp).ack,
+            (*tcp).flags,
+            ((*tcp).doff_res >> 4) as u32 * 4,
+        )
+    };
+    if flags & TCP_RST != 0 {
+        return Some(xdp_action::XDP_DROP);
+    }
+    let payload = (tot_len as u32).saturating_sub(ihl as u32 + doff);
+    let seg_len = payload + (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
+
+    let new_tcp = ptr_at::<TcpHdr>(ctx, ETH_HLEN + NEW_IP_LEN)?;
+    swap_macs(eth, smac, dmac);
+    ipv4_header(ip, NEW_IP_LEN + 20, PROTO_TCP, daddr, saddr);
+    unsafe {
+        (*new_tcp).sport = dport;
+        (*new_tcp).dport = sport;
+        if flags & TCP_ACK != 0 {
+            (*new_tcp).seq = ack;
+            (*new_tcp).ack = 0;
+            (*new_tcp).flags = TCP_RST;
+        } else {
+            (*new_tcp).seq = 0;
+            (*new_tcp).ack = seq.wrapping_add(seg_len).to_be();
+            (*new_tcp).flags = TCP_RST | TCP_ACK;
+        }
+        (*new_tcp).doff_res = 5 << 4;
+        (*new_tcp).window = 0;
+        (*new_tcp).check = 0;
+        (*new_tcp).urg = 0;
+        let pseudo = pseudo_sum(daddr, saddr, PROTO_TCP, 20);
+        let bytes = core::slice::from_raw_parts(new_tcp as *const u8, 20);
+        (*new_tcp).check = !fold(sum_words(bytes, pseudo));
+    }
+    let len = (ctx.data_end() - ctx.data()) as i32;
+    let want = (ETH_HLEN + NEW_IP_LEN + 20) as i32;
+    if len > want && unsafe { bpf_xdp_adjust_tail(ctx.ctx, want - len) } != 0 {
+        return None;
+    }
+    Some(xdp_action::XDP_TX)
+}
+
+#[inline(always)]
+fn pseudo_sum(src: u32, dst: u32, proto: u8, len: u16) -> u32 {
+    (src >> 16) + (src & 0xffff) + (dst >> 16) + (dst & 0xffff)
+        + (proto as u16).to_be() as u32
+        + len.to_be() as u32
+}
+
+/// Prepends Ethernet, IPv4 and ICMP headers in front of the original IPv4
+/// header, which stays where it is, and trims everything after its first
+/// eight payload bytes.
+#[inline(always)]
+fn icmp_port_unreachable(ctx: &XdpContext, ihl: usize) -> Option<u32> {
+    const GROW: usize = NEW_IP_LEN + ICMP_HLEN;
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GROW as i32)) } != 0 {
+        return None;
+    }
+    let quote = ihl + ICMP_QUOTE_L4;
+    let want = (ETH_HLEN + GROW + quote) as i32;
+    let len = (ctx.data_end() - ctx.data()) as i32;
+    if len > want && unsafe { bpf_xdp_adjust_tail(ctx.ctx, want - len) } != 0 {
+        return None;
+    }
+    let old_eth = ptr_at::<EthHdr>(ctx, GROW)?;
+    let orig_ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN + GROW)?;
+    let (smac, dmac) = unsafe { ((*old_eth).src, (*old_eth).dst) };
+    let (saddr, daddr) = unsafe { ((*orig_ip).src, (*orig_ip).dst) };
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
+    let icmp = ptr_at::<[u16; 4]>(ctx, ETH_HLEN + NEW_IP_LEN)?;
+    swap_macs(eth, smac, dmac);
+    ipv4_header(ip, NEW_IP_LEN + ICMP_HLEN + quote, IPPROTO_ICMP, daddr, saddr);
+    // Type 3 (destination unreachable), code 3 (port unreachable).
+    unsafe { *icmp = [u16::from_ne_bytes([3, 3]), 0, 0, 0] };
+    let icmp_len = ICMP_HLEN + quote;
+    let mut sum = 0u32;
+    // At most 8 + 60 + 8 bytes; each word is bounds-checked for the verifier.
+    let mut off = 0;
+    while off < 76 {
+        if off + 2 > icmp_len {
+            break;
+        }
+        let w = ptr_at::<u16>(ctx, ETH_HLEN + NEW_IP_LEN + off)?;
+        sum += unsafe { *w } as u32;
+        off += 2;
+    }
+    unsafe { (*icmp)[1] = !fold(sum) };
+    Some(xdp_action::XDP_TX)
+}

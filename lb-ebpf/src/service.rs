@@ -1,0 +1,165 @@
+//! The packet path, top to bottom: parse, look up, select, rewrite, forward.
+//! Each function returns the one `Reason` the packet is counted under and
+//! the XDP action; `handle` counts it, so no path can forget to.
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use lb_common::{
+    flow::flow_hash_v4, CtKeyV4, FrontendKeyV4, Reason, ADDR_BACKEND, ADDR_FRONTEND,
+    CT_DIR_FORWARD, CT_DIR_REPLY, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::{
+    conntrack, forward,
+    maps::{ADDRS_V4, FRONTENDS_V4},
+    nat,
+    parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IP_FRAG_MASK, L4},
+    reject, select, stats,
+};
+
+type Verdict = (Reason, u32);
+
+const PASS: u32 = xdp_action::XDP_PASS;
+const DROP: u32 = xdp_action::XDP_DROP;
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext) -> u32 {
+    let (reason, action) = classify(ctx);
+    stats::count(reason);
+    action
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Verdict {
+    let Some(eth) = parse::ptr_at::<EthHdr>(ctx, 0) else {
+        return (Reason::PassMalformed, PASS);
+    };
+    if unsafe { (*eth).proto } != ETH_P_IP {
+        return (Reason::PassNotIpv4, PASS);
+    }
+    let Some(ip) = parse::ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
+        return (Reason::PassMalformed, PASS);
+    };
+    let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
+    if let Some(info) = ADDRS_V4.get_ptr(dst) {
+        if unsafe { (*info).flags } & ADDR_FRONTEND != 0 {
+            return to_frontend(ctx, ip);
+        }
+    }
+    if let Some(info) = ADDRS_V4.get_ptr(src) {
+        if unsafe { (*info).flags } & ADDR_BACKEND != 0 {
+            return from_backend(ctx, ip);
+        }
+    }
+    (Reason::PassNotOurs, PASS)
+}
+
+/// A TCP or UDP packet whose headers are all inside the frame.
+struct Packet {
+    ip: *mut Ipv4Hdr,
+    /// IPv4 header length in bytes (options included).
+    ihl: usize,
+    proto: u8,
+    l4: L4,
+}
+
+#[inline(always)]
+fn transport(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Result<Packet, Verdict> {
+    let (vihl, frag, proto) = unsafe { ((*ip).vihl, (*ip).frag_off, (*ip).proto) };
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    if vihl >> 4 != 4 || ihl < 20 {
+        return Err((Reason::DropMalformed, DROP));
+    }
+    if frag & IP_FRAG_MASK != 0 {
+        return Err((Reason::PassFragment, PASS));
+    }
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Err((Reason::PassUnsupportedProto, PASS));
+    }
+    let Some(l4) = parse::l4(ctx, proto, ETH_HLEN + ihl) else {
+        return Err((Reason::DropMalformed, DROP));
+    };
+    Ok(Packet { ip, ihl, proto, l4 })
+}
+
+#[inline(always)]
+fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Verdict {
+    let p = match transport(ctx, ip) {
+        Ok(p) => p,
+        Err(v) => return v,
+    };
+    let [sport, dport] = unsafe { *p.l4.ports };
+    let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
+    let fe_key = FrontendKeyV4 {
+        addr: dst,
+        port: dport,
+        proto: p.proto,
+        _pad: 0,
+    };
+    let Some(fe) = FRONTENDS_V4.get_ptr(fe_key) else {
+        return reject::send(ctx, p.ihl, p.proto, Reason::RejectUnknownPort);
+    };
+    // One copy of the value: the agent may swap it at any moment, and every
+    // field this packet uses must come from the same version.
+    let fe = unsafe { *fe };
+    let now = conntrack::now();
+    let cfg = conntrack::config();
+    let key = CtKeyV4 {
+        src_addr: src,
+        dst_addr: dst,
+        src_port: sport,
+        dst_port: dport,
+        proto: p.proto,
+        dir: CT_DIR_FORWARD,
+        _pad: 0,
+    };
+    let (ct, reason) = match conntrack::lookup(&key, p.l4.tcp_flags, now, &cfg) {
+        Some(ct) => (ct, Reason::XlateEstablished),
+        None => {
+            if fe.ring_size == 0 {
+                return reject::send(ctx, p.ihl, p.proto, Reason::RejectNoBackend);
+            }
+            let hash = flow_hash_v4(src, dst, sport, dport, p.proto);
+            let Some(be) = select::backend(&fe, hash) else {
+                return reject::send(ctx, p.ihl, p.proto, Reason::RejectNoBackend);
+            };
+            match conntrack::create(&key, &be, fe.svc_id, now) {
+                Some(ct) => (ct, Reason::XlateNew),
+                None => return (Reason::DropMalformed, DROP),
+            }
+        }
+    };
+    let refresh = conntrack::on_packet(&key, ct, p.l4.tcp_flags, now);
+    let (addr, port, svc_id) = unsafe { ((*ct).nat_addr, (*ct).nat_port, (*ct).svc_id) };
+    nat::dnat(p.ip, &p.l4, addr, port);
+    stats::count_service(svc_id, (ctx.data_end() - ctx.data()) as u64);
+    (reason, forward::send(ctx, p.ip, ct, refresh))
+}
+
+#[inline(always)]
+fn from_backend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Verdict {
+    let p = match transport(ctx, ip) {
+        Ok(p) => p,
+        Err((Reason::PassUnsupportedProto, a)) => return (Reason::PassNotOurs, a),
+        Err(v) => return v,
+    };
+    let [sport, dport] = unsafe { *p.l4.ports };
+    let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
+    let key = CtKeyV4 {
+        src_addr: src,
+        dst_addr: dst,
+        src_port: sport,
+        dst_port: dport,
+        proto: p.proto,
+        dir: CT_DIR_REPLY,
+        _pad: 0,
+    };
+    let cfg = conntrack::config();
+    let now = conntrack::now();
+    let Some(ct) = conntrack::lookup(&key, p.l4.tcp_flags, now, &cfg) else {
+        return (Reason::PassReplyNoFlow, PASS);
+    };
+    let refresh = conntrack::on_packet(&key, ct, p.l4.tcp_flags, now);
+    let (addr, port, svc_id) = unsafe { ((*ct).nat_addr, (*ct).nat_port, (*ct).svc_id) };
+    nat::snat(p.ip, &p.l4, addr, port);
+    stats::count_service(svc_id, (ctx.data_end() - ctx.data()) as u64);
+    (Reason::XlateReply, forward::send(ctx, p.ip, ct, refresh))
+}

@@ -1,0 +1,239 @@
+//! Desired data-plane state computed from Kubernetes Services and
+//! EndpointSlices.
+//!
+//! `desired_state` is a pure function so the API watcher, the manifests
+//! folder and the tests all get identical answers from identical objects.
+//! Semantics follow kube-proxy; deviations are called out where they happen.
+
+mod endpoints;
+mod service;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// The node this agent runs on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// Services labelled `service.kubernetes.io/service-proxy-name` belong to
+    /// another proxy unless the label carries this value.
+    pub service_proxy_name: Option<String>,
+    /// Addresses NodePorts listen on; the caller decides (node IPs, a
+    /// `--nodeport-addresses` filter), the model only multiplies them out.
+    pub nodeport_addresses: Vec<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub services: BTreeMap<ServicePortId, ServicePort>,
+    /// Sorted; everything listed here was skipped, everything else applied.
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePortId {
+    pub namespace: String,
+    pub name: String,
+    /// The Service port's `name`, "" when unnamed.
+    pub port_name: String,
+    pub protocol: Proto,
+}
+
+impl fmt::Display for ServicePortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}:{}/{}", self.namespace, self.name, self.port_name, self.protocol)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Sorted by (addr, port, kind); at most one entry per (addr, port).
+    pub frontends: Vec<Frontend>,
+    /// For ClusterIP traffic, after internalTrafficPolicy.
+    pub cluster_backends: Vec<Backend>,
+    /// For NodePort, LoadBalancer and externalIP traffic, after
+    /// externalTrafficPolicy.
+    pub external_backends: Vec<Backend>,
+    /// `Some(timeout)` when sessionAffinity is ClientIP.
+    pub session_affinity_timeout_s: Option<u32>,
+    pub external_policy_local: bool,
+    pub internal_policy_local: bool,
+    /// Network addresses (host bits cleared) and prefix lengths.
+    pub load_balancer_source_ranges: Vec<(Ipv4Addr, u8)>,
+    pub health_check_node_port: Option<u16>,
+    /// Ready endpoints on this node, what the health-check port reports.
+    pub local_endpoints: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Frontend {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub kind: FrontendKind,
+}
+
+/// Declaration order is the preference when two kinds of one Service port
+/// land on the same address and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalIp,
+}
+
+/// Field order makes the derived `Ord` sort by (addr, port).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub node_name: Option<String>,
+    pub is_local: bool,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Problem {
+    /// "Service ns/name", "EndpointSlice ns/name", or a manifest file.
+    pub object: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.object, self.message)
+    }
+}
+
+const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+
+pub fn desired_state(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    node: &NodeInfo,
+    opts: &ModelOptions,
+) -> DesiredState {
+    let mut problems = Vec::new();
+    let endpoints = endpoints::collect(slices, &node.name, &mut problems);
+    let mut out = BTreeMap::new();
+    for svc in services {
+        for (id, mut port) in service::ports(svc, opts, &mut problems) {
+            if out.contains_key(&id) {
+                problems.push(Problem {
+                    object: format!("Service {}/{}", id.namespace, id.name),
+                    message: format!("port {id} is defined more than once; keeping the first"),
+                });
+                continue;
+            }
+            let all = endpoints.get(&id).map_or(&[][..], Vec::as_slice);
+            let cluster_wide = endpoints::usable(all, false);
+            port.cluster_backends = if port.internal_policy_local {
+                endpoints::usable(all, true)
+            } else {
+                cluster_wide.clone()
+            };
+            port.external_backends = if port.external_policy_local {
+                endpoints::usable(all, true)
+            } else {
+                cluster_wide
+            };
+            port.local_endpoints = all.iter().filter(|b| b.is_local && b.ready).count();
+            out.insert(id, port);
+        }
+    }
+    drop_shared_frontends(&mut out, &mut problems);
+    problems.sort();
+    problems.dedup();
+    DesiredState {
+        services: out,
+        problems,
+    }
+}
+
+/// The data plane keys services by (address, port, protocol), so two Service
+/// ports claiming the same frontend (say, a shared externalIP) cannot both
+/// be programmed; the first in id order keeps it so the outcome does not
+/// depend on the order objects arrived in.
+fn drop_shared_frontends(
+    services: &mut BTreeMap<ServicePortId, ServicePort>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut owners: BTreeMap<(Ipv4Addr, u16, Proto), ServicePortId> = BTreeMap::new();
+    for (id, port) in services.iter_mut() {
+        port.frontends.retain(|fe| {
+            match owners.get(&(fe.addr, fe.port, id.protocol)) {
+                Some(owner) => {
+                    problems.push(Problem {
+                        object: format!("Service {}/{}", id.namespace, id.name),
+                        message: format!(
+                            "{}:{}/{} ({:?}) is already used by {owner}; dropped for port {id}",
+                            fe.addr, fe.port, id.protocol, fe.kind
+                        ),
+                    });
+                    false
+                }
+                None => {
+                    owners.insert((fe.addr, fe.port, id.protocol), id.clone());
+                    true
+                }
+            }
+        });
+    }
+}
+
+/// An object without a namespace is in "default", as `kubectl apply` would
+/// put it; manifests files often leave it out.
+fn namespace_of(meta: &ObjectMeta) -> &str {
+    match meta.namespace.as_deref() {
+        Some(ns) if !ns.is_empty() => ns,
+        _ => "default",
+    }
+}
+
+/// The API defaults a missing protocol to TCP.
+fn parse_proto(protocol: Option<&str>) -> Result<Proto, String> {
+    match protocol.unwrap_or("TCP") {
+        "TCP" => Ok(Proto::Tcp),
+        "UDP" => Ok(Proto::Udp),
+        "SCTP" => Err("protocol SCTP is not supported".to_string()),
+        other => Err(format!("unknown protocol {other:?}")),
+    }
+}
+
+fn parse_port(what: &str, value: i32) -> Result<u16, String> {
+    match u16::try_from(value) {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(format!("{what} {value} is outside 1..=65535")),
+    }
+}

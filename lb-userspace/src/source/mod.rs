@@ -1,0 +1,3 @@
+//! Where the Kubernetes objects the model consumes come from.
+
+pub mod manifests;

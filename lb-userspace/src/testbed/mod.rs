@@ -1,0 +1,3 @@
+//! Throwaway network topologies for integration tests and the demo.
+
+pub mod netns;
