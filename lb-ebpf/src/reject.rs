@@ -64,9 +64,14 @@ fn swap_macs(eth: *mut EthHdr, src: [u8; 6], dst: [u8; 6]) {
 /// seq 0 with an ACK covering the segment. Never answers a RST.
 #[inline(always)]
 fn tcp_rst(ctx: &XdpContext, ihl: usize) -> Option<u32> {
-    let eth = ptr_at::<EthHdr>(ctx, 0)?;
-    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
+    // One bounds check covering every header written below, so the
+    // verifier sees all of them through the same checked pointer. It comes
+    // first: after the variable-offset check below, LLVM would prove it
+    // redundant and drop it, which the verifier cannot follow.
+    let base = ptr_at::<[u8; ETH_HLEN + NEW_IP_LEN + 20]>(ctx, 0)? as *mut u8;
     let tcp = ptr_at::<TcpHdr>(ctx, ETH_HLEN + ihl)?;
+    let eth = base as *mut EthHdr;
+    let ip = unsafe { base.add(ETH_HLEN) } as *mut Ipv4Hdr;
     let (smac, dmac) = unsafe { ((*eth).src, (*eth).dst) };
     let (saddr, daddr, tot_len) = unsafe { ((*ip).src, (*ip).dst, u16::from_be((*ip).tot_len)) };
     let (sport, dport, seq, ack, flags, doff) = unsafe {
@@ -85,7 +90,7 @@ fn tcp_rst(ctx: &XdpContext, ihl: usize) -> Option<u32> {
     let payload = (tot_len as u32).saturating_sub(ihl as u32 + doff);
     let seg_len = payload + (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
 
-    let new_tcp = ptr_at::<TcpHdr>(ctx, ETH_HLEN + NEW_IP_LEN)?;
+    let new_tcp = unsafe { base.add(ETH_HLEN + NEW_IP_LEN) } as *mut TcpHdr;
     swap_macs(eth, smac, dmac);
     ipv4_header(ip, NEW_IP_LEN + 20, PROTO_TCP, daddr, saddr);
     unsafe {
@@ -142,9 +147,10 @@ fn icmp_port_unreachable(ctx: &XdpContext, ihl: usize) -> Option<u32> {
     let orig_ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN + GROW)?;
     let (smac, dmac) = unsafe { ((*old_eth).src, (*old_eth).dst) };
     let (saddr, daddr) = unsafe { ((*orig_ip).src, (*orig_ip).dst) };
-    let eth = ptr_at::<EthHdr>(ctx, 0)?;
-    let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
-    let icmp = ptr_at::<[u16; 4]>(ctx, ETH_HLEN + NEW_IP_LEN)?;
+    let base = ptr_at::<[u8; ETH_HLEN + GROW]>(ctx, 0)? as *mut u8;
+    let eth = base as *mut EthHdr;
+    let ip = unsafe { base.add(ETH_HLEN) } as *mut Ipv4Hdr;
+    let icmp = unsafe { base.add(ETH_HLEN + NEW_IP_LEN) } as *mut [u16; 4];
     swap_macs(eth, smac, dmac);
     ipv4_header(ip, NEW_IP_LEN + ICMP_HLEN + quote, IPPROTO_ICMP, daddr, saddr);
     // Type 3 (destination unreachable), code 3 (port unreachable).

@@ -5,3 +5,5 @@ pub mod testbed;
 
 pub mod model;
 pub mod source;
+pub mod datapath;
+pub mod maglev;

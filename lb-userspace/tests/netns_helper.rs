@@ -15,10 +15,14 @@ use lb_userspace::testbed::netns::{require_root, wait_until, Ns, Testbed};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-fn testbed() -> Testbed {
+fn need_root() {
     if let Err(err) = require_root("netns helper") {
         panic!("{err:#}");
     }
+}
+
+fn testbed() -> Testbed {
+    need_root();
     Testbed::new().expect("creating testbed")
 }
 
@@ -96,9 +100,10 @@ fn tcp_exchange_between_namespaces() {
                 serve_once(listener)
             })
         });
-        let addr = ready_rx
-            .recv_timeout(TIMEOUT)
-            .unwrap_or_else(|err| panic!("server not listening ({err}): {:?}", server.join()));
+        let addr = match ready_rx.recv_timeout(TIMEOUT) {
+            Ok(addr) => addr,
+            Err(err) => panic!("server not listening ({err}): {:?}", server.join()),
+        };
         let reply = tb.in_ns(&b, || request(addr)).unwrap();
         (server.join().unwrap().unwrap(), reply)
     });
@@ -160,6 +165,10 @@ fn names_are_unique_and_everything_goes_on_drop() {
     assert_ne!(ns1.name(), ns2.name());
     assert!(listed(ns1.name()) && listed(ns2.name()), "{}", netns_list());
     let mut server = tb1.spawn(&ns1, "sleep", &["60"]).unwrap();
+    assert!(
+        server.try_wait().unwrap().is_none(),
+        "spawned child exited early"
+    );
 
     drop(tb1);
     assert!(!listed(ns1.name()), "{} left behind", ns1.name());
@@ -199,6 +208,7 @@ fn name_owned_by(pid: u32, counter: &str, name: &str) -> String {
 
 #[test]
 fn leftovers_of_dead_runs_only_are_removed() {
+    need_root();
     let mut exited = Command::new("true").spawn().unwrap();
     exited.wait().unwrap();
     let dead = name_owned_by(exited.id(), "0", "leftover");

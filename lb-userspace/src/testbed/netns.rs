@@ -219,7 +219,7 @@ impl Drop for Testbed {
             .unwrap_or_else(PoisonError::into_inner)
             .drain(..)
         {
-            kill(&pidfd);
+            let _ = pidfd;
         }
         let namespaces = self
             .namespaces

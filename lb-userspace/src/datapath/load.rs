@@ -1,0 +1,105 @@
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use lb_common::names;
+
+use super::Maps;
+
+/// The XDP object built by `cargo xtask build-ebpf` (see build.rs).
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJECT"));
+/// Name of the load-balancer program in the object.
+pub const PROGRAM: &str = "lb";
+
+/// Map sizes chosen at load time; the object's own sizes are the defaults.
+#[derive(Clone, Debug)]
+pub struct Capacities {
+    pub addrs: u32,
+    pub frontends: u32,
+    pub backends: u32,
+    pub maglev_slots: u32,
+    pub ct: u32,
+    pub services: u32,
+}
+
+impl Default for Capacities {
+    fn default() -> Self {
+        Self {
+            addrs: lb_common::MAX_ADDRS,
+            frontends: lb_common::MAX_FRONTENDS,
+            backends: lb_common::MAX_BACKENDS,
+            maglev_slots: lb_common::MAX_MAGLEV_SLOTS,
+            ct: lb_common::MAX_CT,
+            services: lb_common::MAX_SERVICES,
+        }
+    }
+}
+
+impl Capacities {
+    /// Enough for tests, without preallocating the production sizes per test.
+    pub fn small() -> Self {
+        Self {
+            addrs: 4096,
+            frontends: 4096,
+            backends: 4096,
+            maglev_slots: 1 << 20,
+            ct: 65_536,
+            services: 4096,
+        }
+    }
+}
+
+pub struct Datapath {
+    pub ebpf: Ebpf,
+    pub maps: Maps,
+}
+
+impl Datapath {
+    /// Loads the object and the `lb` and `noop` programs into the kernel.
+    /// With `pin_dir`, every map is pinned there by name and reused if it
+    /// already exists, so state outlives this process.
+    pub fn load(caps: &Capacities, pin_dir: Option<&Path>) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::ADDRS_V4, caps.addrs)
+            .map_max_entries(names::FRONTENDS_V4, caps.frontends)
+            .map_max_entries(names::BACKENDS_V4, caps.backends)
+            .map_max_entries(names::MAGLEV_SLOTS, caps.maglev_slots)
+            .map_max_entries(names::CT_V4, caps.ct)
+            .map_max_entries(names::SVC_STATS, caps.services);
+        if let Some(dir) = pin_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for name in names::ALL {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
+            .load(OBJECT)
+            .context("loading the XDP object (needs root or CAP_BPF, and a kernel with BTF)")?;
+        for name in [PROGRAM, "noop"] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("verifier rejected {name}"))?;
+        }
+        let maps = Maps::take(&mut ebpf)?;
+        Ok(Self { ebpf, maps })
+    }
+
+    pub fn program(&self, name: &str) -> Result<&Xdp> {
+        Ok(self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?)
+    }
+
+    pub fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?)
+    }
+}

@@ -1,0 +1,84 @@
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    Ebpf,
+};
+use lb_common::{
+    names, AddrInfo, BackendV4, Config, CtKeyV4, CtValueV4, FrontendKeyV4, FrontendValue,
+    IfaceInfo, Reason, SvcStats,
+};
+
+/// Typed handles on every map of the data plane.
+pub struct Maps {
+    pub addrs: HashMap<MapData, u32, AddrInfo>,
+    pub frontends: HashMap<MapData, FrontendKeyV4, FrontendValue>,
+    pub backends: Array<MapData, BackendV4>,
+    pub maglev: Array<MapData, u32>,
+    pub ct: HashMap<MapData, CtKeyV4, CtValueV4>,
+    pub stats: PerCpuArray<MapData, u64>,
+    pub svc_stats: PerCpuArray<MapData, SvcStats>,
+    pub config: Array<MapData, Config>,
+    pub ifaces: HashMap<MapData, u32, IfaceInfo>,
+}
+
+fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
+    ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))
+}
+
+fn pinned(dir: &Path, name: &str) -> Result<Map> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!("opening pinned map {} (is an agent running with this --pin-path?)", path.display())
+    })?;
+    Ok(Map::from_map_data(data)?)
+}
+
+impl Maps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Self::build(|name| take(ebpf, name))
+    }
+
+    /// Opens the maps an agent pinned under `dir`, whether or not it still runs.
+    pub fn from_pins(dir: &Path) -> Result<Self> {
+        Self::build(|name| pinned(dir, name))
+    }
+
+    fn build(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+        Ok(Self {
+            addrs: get(names::ADDRS_V4)?.try_into()?,
+            frontends: get(names::FRONTENDS_V4)?.try_into()?,
+            backends: get(names::BACKENDS_V4)?.try_into()?,
+            maglev: get(names::MAGLEV_SLOTS)?.try_into()?,
+            ct: get(names::CT_V4)?.try_into()?,
+            stats: get(names::STATS)?.try_into()?,
+            svc_stats: get(names::SVC_STATS)?.try_into()?,
+            config: get(names::CONFIG)?.try_into()?,
+            ifaces: get(names::IFACES)?.try_into()?,
+        })
+    }
+
+    /// Path counter totals over all CPUs.
+    pub fn reason_totals(&self) -> Result<Vec<(Reason, u64)>> {
+        Reason::ALL
+            .iter()
+            .map(|&r| {
+                let per_cpu = self.stats.get(&(r as u32), 0)?;
+                Ok((r, per_cpu.iter().sum()))
+            })
+            .collect()
+    }
+
+    pub fn reason_total(&self, reason: Reason) -> Result<u64> {
+        Ok(self.stats.get(&(reason as u32), 0)?.iter().sum())
+    }
+
+    pub fn service_totals(&self, svc_id: u32) -> Result<SvcStats> {
+        let per_cpu = self.svc_stats.get(&svc_id, 0)?;
+        Ok(per_cpu.iter().fold(SvcStats::default(), |a, s| SvcStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+        }))
+    }
+}

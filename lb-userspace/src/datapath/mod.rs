@@ -1,0 +1,9 @@
+//! The loaded data plane: the embedded object, its maps as typed handles,
+//! and `BPF_PROG_TEST_RUN` for tests and benchmarks.
+mod load;
+mod maps;
+mod testrun;
+
+pub use load::{Capacities, Datapath, OBJECT, PROGRAM};
+pub use maps::Maps;
+pub use testrun::{run_frame, FrameResult};

@@ -1,0 +1,240 @@
+//! BPF_PROG_TEST_RUN tier: crafted frames through the real XDP program.
+//! Each test builds the frame, provisions the maps, runs, and checks every
+//! rewritten field and checksum with etherparse.
+mod common;
+
+use std::net::Ipv4Addr;
+
+use common::{
+    load,
+    packets::{arp_frame, parse_checked, tcp_frame, udp_frame, Tcp},
+    Provision,
+};
+use lb_common::{
+    conntrack::STATE_CLOSING, CtKeyV4, Reason, CT_DIR_FORWARD, PROTO_TCP, PROTO_UDP,
+};
+use lb_userspace::datapath::{run_frame, Datapath, PROGRAM};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(192, 168, 1, 100), 40000);
+const VIP: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 10), 80);
+const B1: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 2), 8080);
+const B2: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 2, 2), 8080);
+const B3: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 3, 2), 8080);
+
+fn run(dp: &Datapath, frame: &[u8]) -> (u32, Vec<u8>) {
+    let r = run_frame(dp.program(PROGRAM).unwrap(), frame, 1).unwrap();
+    (r.action, r.frame)
+}
+
+fn count(dp: &Datapath, r: Reason) -> u64 {
+    dp.maps.reason_total(r).unwrap()
+}
+
+fn with_service(backends: &[(Ipv4Addr, u16)], proto: u8) -> (Datapath, Provision) {
+    let mut dp = load();
+    let mut prov = Provision::new();
+    prov.service(&mut dp, 7, VIP, proto, backends);
+    (dp, prov)
+}
+
+#[test]
+fn non_ipv4_and_non_service_ipv4_pass_unchanged_and_are_counted() {
+    let dp = load();
+    let arp = arp_frame();
+    let other = tcp_frame(CLIENT, (Ipv4Addr::new(10, 1, 2, 3), 443), Tcp::syn(), b"", &[]);
+    for _ in 0..3 {
+        assert_eq!(run(&dp, &arp), (XDP_PASS, arp.clone()));
+        assert_eq!(run(&dp, &other), (XDP_PASS, other.clone()));
+    }
+    assert_eq!(count(&dp, Reason::PassNotIpv4), 3);
+    assert_eq!(count(&dp, Reason::PassNotOurs), 3);
+}
+
+#[test]
+fn syn_to_vip_is_rewritten_to_a_backend_with_valid_checksums() {
+    let (dp, _) = with_service(&[B1, B2], PROTO_TCP);
+    let (action, out) = run(&dp, &tcp_frame(CLIENT, VIP, Tcp::syn(), b"hello", &[]));
+    assert_ne!(action, XDP_DROP);
+    let p = parse_checked(&out);
+    assert!([B1, B2].contains(&(p.dst, p.dport)), "went to {}:{}", p.dst, p.dport);
+    assert_eq!((p.src, p.sport), CLIENT);
+    assert_eq!(p.payload, b"hello");
+    assert_eq!(count(&dp, Reason::XlateNew), 1);
+    let s = dp.maps.service_totals(7).unwrap();
+    assert_eq!((s.packets, s.bytes), (1, out.len() as u64));
+}
+
+#[test]
+fn flow_keeps_its_backend_when_the_table_changes_and_replies_return_as_the_vip() {
+    let (mut dp, mut prov) = with_service(&[B1, B2], PROTO_TCP);
+    let (_, first) = run(&dp, &tcp_frame(CLIENT, VIP, Tcp::syn(), b"", &[]));
+    let chosen = parse_checked(&first);
+    let chosen = (chosen.dst, chosen.dport);
+    // Replace the service's whole backend set: the flow must not move.
+    prov.service(&mut dp, 7, VIP, PROTO_TCP, &[B3]);
+    for _ in 0..5 {
+        let (_, out) = run(&dp, &tcp_frame(CLIENT, VIP, Tcp::ack(), b"data", &[]));
+        let p = parse_checked(&out);
+        assert_eq!((p.dst, p.dport), chosen);
+    }
+    assert_eq!(count(&dp, Reason::XlateEstablished), 5);
+
+    let (action, out) = run(&dp, &tcp_frame(chosen, CLIENT, Tcp::syn_ack(), b"resp", &[]));
+    assert_ne!(action, XDP_DROP);
+    let p = parse_checked(&out);
+    assert_eq!(((p.src, p.sport), (p.dst, p.dport)), (VIP, CLIENT));
+    assert_eq!(p.payload, b"resp");
+    assert_eq!(count(&dp, Reason::XlateReply), 1);
+
+    // A new client now lands on the new set.
+    let other = (Ipv4Addr::new(192, 168, 1, 101), 40001);
+    let (_, out) = run(&dp, &tcp_frame(other, VIP, Tcp::syn(), b"", &[]));
+    let p = parse_checked(&out);
+    assert_eq!((p.dst, p.dport), B3);
+}
+
+#[test]
+fn many_flows_spread_over_all_backends() {
+    let (dp, _) = with_service(&[B1, B2, B3], PROTO_TCP);
+    let mut seen = std::collections::HashMap::new();
+    for port in 0..300u16 {
+        let (_, out) = run(&dp, &tcp_frame((CLIENT.0, 20000 + port), VIP, Tcp::syn(), b"", &[]));
+        let p = parse_checked(&out);
+        *seen.entry((p.dst, p.dport)).or_insert(0) += 1;
+    }
+    for b in [B1, B2, B3] {
+        let n = seen.get(&b).copied().unwrap_or(0);
+        assert!((60..=140).contains(&n), "{seen:?}");
+    }
+}
+
+#[test]
+fn udp_keeps_a_zero_checksum_zero_and_fixes_a_real_one() {
+    let (dp, _) = with_service(&[B1], PROTO_UDP);
+    let (_, out) = run(&dp, &udp_frame(CLIENT, VIP, b"dns?", true));
+    let p = parse_checked(&out);
+    assert_eq!(((p.dst, p.dport), p.udp_checksum), (B1, Some(0)));
+    let (_, out) = run(&dp, &udp_frame((CLIENT.0, 40001), VIP, b"dns?", false));
+    let p = parse_checked(&out);
+    assert_eq!((p.dst, p.dport), B1);
+    assert_ne!(p.udp_checksum, Some(0));
+    let (_, out) = run(&dp, &udp_frame(B1, (CLIENT.0, 40001), b"answer", false));
+    let p = parse_checked(&out);
+    assert_eq!(((p.src, p.sport), p.payload.as_slice()), (VIP, &b"answer"[..]));
+}
+
+#[test]
+fn ip_options_are_skipped_not_misparsed() {
+    let (dp, _) = with_service(&[B1], PROTO_TCP);
+    // Record-route style option padding: 8 bytes, IHL 7.
+    let opts = [7, 7, 4, 0, 0, 0, 0, 1];
+    let (_, out) = run(&dp, &tcp_frame(CLIENT, VIP, Tcp::syn(), b"x", &opts));
+    let p = parse_checked(&out);
+    assert_eq!(((p.dst, p.dport), (p.src, p.sport)), (B1, CLIENT));
+    assert_eq!(p.payload, b"x");
+}
+
+#[test]
+fn frontend_without_backends_answers_tcp_with_rst() {
+    let (dp, _) = with_service(&[], PROTO_TCP);
+    let (action, out) = run(&dp, &tcp_frame(CLIENT, VIP, Tcp::syn(), b"abc", &[]));
+    assert_eq!(action, XDP_TX);
+    let p = parse_checked(&out);
+    assert_eq!(((p.src, p.sport), (p.dst, p.dport)), (VIP, CLIENT));
+    let t = p.tcp.unwrap();
+    assert!(t.rst && t.ack && !t.syn);
+    // SYN (1) + 3 payload bytes acknowledged.
+    assert_eq!(t.acknowledgment_number, 1000 + 1 + 3);
+    assert_eq!(p.eth_dst, common::packets::CLIENT_MAC);
+    assert_eq!(count(&dp, Reason::RejectNoBackend), 1);
+}
+
+#[test]
+fn frontend_without_backends_answers_udp_with_port_unreachable() {
+    let (dp, _) = with_service(&[], PROTO_UDP);
+    let sent = udp_frame(CLIENT, VIP, b"0123456789abcdef", false);
+    let (action, out) = run(&dp, &sent);
+    assert_eq!(action, XDP_TX);
+    let p = parse_checked(&out);
+    assert_eq!((p.src, p.dst), (VIP.0, CLIENT.0));
+    let icmp = p.icmp.unwrap();
+    assert_eq!(
+        icmp.icmp_type,
+        etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port
+        )
+    );
+    // The quote is the original IP header and the first 8 bytes after it.
+    assert_eq!(p.icmp_payload, sent[14..14 + 20 + 8].to_vec());
+}
+
+#[test]
+fn unknown_port_on_a_vip_is_rejected() {
+    let (dp, _) = with_service(&[B1], PROTO_TCP);
+    let (action, out) = run(&dp, &tcp_frame(CLIENT, (VIP.0, 81), Tcp::syn(), b"", &[]));
+    assert_eq!(action, XDP_TX);
+    assert!(parse_checked(&out).tcp.unwrap().rst);
+    let (action, _) = run(&dp, &udp_frame(CLIENT, VIP, b"", false));
+    assert_eq!(action, XDP_TX, "UDP on a TCP-only port is rejected too");
+    assert_eq!(count(&dp, Reason::RejectUnknownPort), 2);
+}
+
+#[test]
+fn truncated_headers_are_never_rewritten() {
+    let (dp, _) = with_service(&[B1], PROTO_TCP);
+    let full = tcp_frame(CLIENT, VIP, Tcp::syn(), b"", &[]);
+    // BPF_PROG_TEST_RUN itself refuses frames shorter than an Ethernet header.
+    for cut in [14, 14 + 12, 14 + 20 + 3, 14 + 20 + 19] {
+        let frame = &full[..cut];
+        let (action, out) = run(&dp, frame);
+        assert!(action == XDP_PASS || action == XDP_DROP, "cut at {cut}");
+        assert_eq!(out, frame, "cut at {cut} must not be modified");
+    }
+    assert_eq!(count(&dp, Reason::XlateNew), 0);
+    assert_eq!(count(&dp, Reason::PassMalformed) + count(&dp, Reason::DropMalformed), 4);
+}
+
+#[test]
+fn rst_closes_the_flow_in_both_entries() {
+    let (dp, _) = with_service(&[B1], PROTO_TCP);
+    run(&dp, &tcp_frame(CLIENT, VIP, Tcp::syn(), b"", &[]));
+    let rst = Tcp { rst: true, ..Tcp::ack() };
+    run(&dp, &tcp_frame(CLIENT, VIP, rst, b"", &[]));
+    let key = CtKeyV4 {
+        src_addr: common::be(CLIENT.0),
+        dst_addr: common::be(VIP.0),
+        src_port: CLIENT.1.to_be(),
+        dst_port: VIP.1.to_be(),
+        proto: PROTO_TCP,
+        dir: CT_DIR_FORWARD,
+        _pad: 0,
+    };
+    let fwd = dp.maps.ct.get(&key, 0).unwrap();
+    assert_ne!(fwd.state & STATE_CLOSING, 0);
+    let rev = dp
+        .maps
+        .ct
+        .iter()
+        .map(|e| e.unwrap())
+        .find(|(k, _)| k.dir != CT_DIR_FORWARD)
+        .unwrap();
+    assert_ne!(rev.1.state & STATE_CLOSING, 0);
+}
+
+#[test]
+fn counters_match_the_packets_run() {
+    let (dp, _) = with_service(&[B1, B2], PROTO_TCP);
+    for port in 0..10u16 {
+        run(&dp, &tcp_frame((CLIENT.0, 30000 + port), VIP, Tcp::syn(), b"", &[]));
+        run(&dp, &tcp_frame((CLIENT.0, 30000 + port), VIP, Tcp::ack(), b"", &[]));
+    }
+    assert_eq!(count(&dp, Reason::XlateNew), 10);
+    assert_eq!(count(&dp, Reason::XlateEstablished), 10);
+    assert_eq!(dp.maps.service_totals(7).unwrap().packets, 20);
+    let total: u64 = dp.maps.reason_totals().unwrap().iter().filter(|(r, _)| !matches!(r, Reason::FwdKernel | Reason::FwdRedirect | Reason::CtClash)).map(|(_, n)| n).sum();
+    assert_eq!(total, 20);
+}
