@@ -75,7 +75,10 @@ mod tests {
         let cfg = Config::default();
         assert_eq!(lifetime_s(&cfg, PROTO_TCP, 0), cfg.tcp_syn_timeout_s);
         let est = tcp_next(0, TCP_ACK, true);
-        assert_eq!(lifetime_s(&cfg, PROTO_TCP, est), cfg.tcp_established_timeout_s);
+        assert_eq!(
+            lifetime_s(&cfg, PROTO_TCP, est),
+            cfg.tcp_established_timeout_s
+        );
         let rst = tcp_next(est, TCP_RST, false);
         assert_eq!(lifetime_s(&cfg, PROTO_TCP, rst), cfg.tcp_closing_timeout_s);
         assert_eq!(lifetime_s(&cfg, PROTO_UDP, rst), cfg.udp_timeout_s);

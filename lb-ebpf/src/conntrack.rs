@@ -2,13 +2,18 @@
 //! reverse entries, and TCP state kept identical on both.
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    conntrack::{lifetime_s, tcp_next, STATE_CLOSING, STATE_ROUTED, STATE_SEEN_REPLY, TCP_ACK,
-        TCP_FIN, TCP_RST, TCP_SYN},
+    conntrack::{
+        lifetime_s, tcp_next, STATE_CLOSING, STATE_ROUTED, STATE_SEEN_REPLY, TCP_ACK, TCP_FIN,
+        TCP_RST, TCP_SYN,
+    },
     BackendV4, Config, CtKeyV4, CtValueV4, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, CT_REFRESH_NS,
     PROTO_TCP,
 };
 
-use crate::{maps::{CONFIG, CT_V4}, stats};
+use crate::{
+    maps::{CONFIG, CT_V4},
+    stats,
+};
 
 #[inline(always)]
 pub fn now() -> u64 {

@@ -123,7 +123,10 @@ fn tcp_rst(ctx: &XdpContext, ihl: usize) -> Option<u32> {
 
 #[inline(always)]
 fn pseudo_sum(src: u32, dst: u32, proto: u8, len: u16) -> u32 {
-    (src >> 16) + (src & 0xffff) + (dst >> 16) + (dst & 0xffff)
+    (src >> 16)
+        + (src & 0xffff)
+        + (dst >> 16)
+        + (dst & 0xffff)
         + (proto as u16).to_be() as u32
         + len.to_be() as u32
 }
@@ -152,7 +155,13 @@ fn icmp_port_unreachable(ctx: &XdpContext, ihl: usize) -> Option<u32> {
     let ip = unsafe { base.add(ETH_HLEN) } as *mut Ipv4Hdr;
     let icmp = unsafe { base.add(ETH_HLEN + NEW_IP_LEN) } as *mut [u16; 4];
     swap_macs(eth, smac, dmac);
-    ipv4_header(ip, NEW_IP_LEN + ICMP_HLEN + quote, IPPROTO_ICMP, daddr, saddr);
+    ipv4_header(
+        ip,
+        NEW_IP_LEN + ICMP_HLEN + quote,
+        IPPROTO_ICMP,
+        daddr,
+        saddr,
+    );
     // Type 3 (destination unreachable), code 3 (port unreachable).
     unsafe { *icmp = [u16::from_ne_bytes([3, 3]), 0, 0, 0] };
     let icmp_len = ICMP_HLEN + quote;

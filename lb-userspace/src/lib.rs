@@ -3,7 +3,7 @@
 
 pub mod testbed;
 
-pub mod model;
-pub mod source;
 pub mod datapath;
 pub mod maglev;
+pub mod model;
+pub mod source;

@@ -9,7 +9,10 @@ pub const MAX_RING: u32 = 131_071;
 pub const SLOTS_PER_BACKEND: u32 = 100;
 
 fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// The smallest prime M >= 100 N (at least 101), capped at `MAX_RING`.
@@ -70,7 +73,9 @@ mod tests {
     use super::*;
 
     fn names(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("10.0.{}.{}:8080", i / 250, i % 250 + 1)).collect()
+        (0..n)
+            .map(|i| format!("10.0.{}.{}:8080", i / 250, i % 250 + 1))
+            .collect()
     }
 
     #[test]
@@ -101,39 +106,54 @@ mod tests {
             let fair = m as f64 / count as f64;
             for i in 0..count {
                 let got = t.iter().filter(|&&o| o as usize == i).count() as f64;
-                assert!((got - fair).abs() / fair < 0.03, "{count} backends: {got} vs {fair}");
+                assert!(
+                    (got - fair).abs() / fair < 0.03,
+                    "{count} backends: {got} vs {fair}"
+                );
             }
         }
     }
 
+    /// Share of all slots that a surviving backend owned before and lost
+    /// after `gone` is removed, at ring size `m`.
+    fn moved_on_removal(all: &[String], gone: usize, m: u32) -> f64 {
+        let mut rest = all.to_vec();
+        rest.remove(gone);
+        let (a, b) = (table(all, m), table(&rest, m));
+        let moved = a
+            .iter()
+            .zip(&b)
+            .filter(|(&x, &y)| x as usize != gone && all[x as usize] != rest[y as usize])
+            .count();
+        moved as f64 / m as f64
+    }
+
+    /// Maglev trades a little disruption for balance: at M = 100 N about 3%
+    /// of slots move on top of the removed backend's own, at M = 1000 N
+    /// under 1% (the NSDI paper's figure 12 shows the same trend).
     #[test]
-    fn removal_moves_under_one_percent_of_surviving_slots() {
+    fn removal_disruption_stays_within_maglevs_bound() {
         let all = names(10);
         for gone in 0..10 {
-            let mut rest = all.clone();
-            rest.remove(gone);
-            // Keep M fixed (>= 100 N) so only the backend set differs.
-            let m = ring_size(10);
-            let (a, b) = (table(&all, m), table(&rest, m));
-            let moved = a
-                .iter()
-                .zip(&b)
-                .filter(|(&x, &y)| x as usize != gone && all[x as usize] != rest[y as usize])
-                .count();
-            assert!((moved as f64) / (m as f64) < 0.01, "removing {gone}: {moved} of {m}");
+            let at_100n = moved_on_removal(&all, gone, ring_size(10));
+            assert!(at_100n < 0.04, "removing {gone} at M=1009: {at_100n}");
+            let at_1000n = moved_on_removal(&all, gone, 10_007);
+            assert!(at_1000n < 0.01, "removing {gone} at M=10007: {at_1000n}");
         }
     }
 
     #[test]
-    fn addition_moves_only_what_the_new_backend_takes() {
+    fn addition_moves_little_beyond_what_the_new_backend_takes() {
         let (before, after) = (names(20), names(21));
-        let m = ring_size(21);
-        let (a, b) = (table(&before, m), table(&after, m));
-        let moved_elsewhere = a
-            .iter()
-            .zip(&b)
-            .filter(|(&x, &y)| x != y && y as usize != 20)
-            .count();
-        assert!((moved_elsewhere as f64) / (m as f64) < 0.01);
+        for (m, bound) in [(ring_size(21), 0.04), (21_011, 0.01)] {
+            let (a, b) = (table(&before, m), table(&after, m));
+            let moved_elsewhere = a
+                .iter()
+                .zip(&b)
+                .filter(|(&x, &y)| x != y && y as usize != 20)
+                .count();
+            let share = moved_elsewhere as f64 / m as f64;
+            assert!(share < bound, "M={m}: {share}");
+        }
     }
 }

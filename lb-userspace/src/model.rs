@@ -53,7 +53,11 @@ pub struct ServicePortId {
 
 impl fmt::Display for ServicePortId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}:{}/{}", self.namespace, self.name, self.port_name, self.protocol)
+        write!(
+            f,
+            "{}/{}:{}/{}",
+            self.namespace, self.name, self.port_name, self.protocol
+        )
     }
 }
 
@@ -191,8 +195,8 @@ fn drop_shared_frontends(
 ) {
     let mut owners: BTreeMap<(Ipv4Addr, u16, Proto), ServicePortId> = BTreeMap::new();
     for (id, port) in services.iter_mut() {
-        port.frontends.retain(|fe| {
-            match owners.get(&(fe.addr, fe.port, id.protocol)) {
+        port.frontends
+            .retain(|fe| match owners.get(&(fe.addr, fe.port, id.protocol)) {
                 Some(owner) => {
                     problems.push(Problem {
                         object: format!("Service {}/{}", id.namespace, id.name),
@@ -207,8 +211,7 @@ fn drop_shared_frontends(
                     owners.insert((fe.addr, fe.port, id.protocol), id.clone());
                     true
                 }
-            }
-        });
+            });
     }
 }
 

@@ -10,9 +10,7 @@ use common::{
     packets::{arp_frame, parse_checked, tcp_frame, udp_frame, Tcp},
     Provision,
 };
-use lb_common::{
-    conntrack::STATE_CLOSING, CtKeyV4, Reason, CT_DIR_FORWARD, PROTO_TCP, PROTO_UDP,
-};
+use lb_common::{conntrack::STATE_CLOSING, CtKeyV4, Reason, CT_DIR_FORWARD, PROTO_TCP, PROTO_UDP};
 use lb_userspace::datapath::{run_frame, Datapath, PROGRAM};
 
 const XDP_DROP: u32 = 1;
@@ -45,7 +43,13 @@ fn with_service(backends: &[(Ipv4Addr, u16)], proto: u8) -> (Datapath, Provision
 fn non_ipv4_and_non_service_ipv4_pass_unchanged_and_are_counted() {
     let dp = load();
     let arp = arp_frame();
-    let other = tcp_frame(CLIENT, (Ipv4Addr::new(10, 1, 2, 3), 443), Tcp::syn(), b"", &[]);
+    let other = tcp_frame(
+        CLIENT,
+        (Ipv4Addr::new(10, 1, 2, 3), 443),
+        Tcp::syn(),
+        b"",
+        &[],
+    );
     for _ in 0..3 {
         assert_eq!(run(&dp, &arp), (XDP_PASS, arp.clone()));
         assert_eq!(run(&dp, &other), (XDP_PASS, other.clone()));
@@ -60,7 +64,12 @@ fn syn_to_vip_is_rewritten_to_a_backend_with_valid_checksums() {
     let (action, out) = run(&dp, &tcp_frame(CLIENT, VIP, Tcp::syn(), b"hello", &[]));
     assert_ne!(action, XDP_DROP);
     let p = parse_checked(&out);
-    assert!([B1, B2].contains(&(p.dst, p.dport)), "went to {}:{}", p.dst, p.dport);
+    assert!(
+        [B1, B2].contains(&(p.dst, p.dport)),
+        "went to {}:{}",
+        p.dst,
+        p.dport
+    );
     assert_eq!((p.src, p.sport), CLIENT);
     assert_eq!(p.payload, b"hello");
     assert_eq!(count(&dp, Reason::XlateNew), 1);
@@ -83,7 +92,10 @@ fn flow_keeps_its_backend_when_the_table_changes_and_replies_return_as_the_vip()
     }
     assert_eq!(count(&dp, Reason::XlateEstablished), 5);
 
-    let (action, out) = run(&dp, &tcp_frame(chosen, CLIENT, Tcp::syn_ack(), b"resp", &[]));
+    let (action, out) = run(
+        &dp,
+        &tcp_frame(chosen, CLIENT, Tcp::syn_ack(), b"resp", &[]),
+    );
     assert_ne!(action, XDP_DROP);
     let p = parse_checked(&out);
     assert_eq!(((p.src, p.sport), (p.dst, p.dport)), (VIP, CLIENT));
@@ -102,7 +114,10 @@ fn many_flows_spread_over_all_backends() {
     let (dp, _) = with_service(&[B1, B2, B3], PROTO_TCP);
     let mut seen = std::collections::HashMap::new();
     for port in 0..300u16 {
-        let (_, out) = run(&dp, &tcp_frame((CLIENT.0, 20000 + port), VIP, Tcp::syn(), b"", &[]));
+        let (_, out) = run(
+            &dp,
+            &tcp_frame((CLIENT.0, 20000 + port), VIP, Tcp::syn(), b"", &[]),
+        );
         let p = parse_checked(&out);
         *seen.entry((p.dst, p.dport)).or_insert(0) += 1;
     }
@@ -124,7 +139,10 @@ fn udp_keeps_a_zero_checksum_zero_and_fixes_a_real_one() {
     assert_ne!(p.udp_checksum, Some(0));
     let (_, out) = run(&dp, &udp_frame(B1, (CLIENT.0, 40001), b"answer", false));
     let p = parse_checked(&out);
-    assert_eq!(((p.src, p.sport), p.payload.as_slice()), (VIP, &b"answer"[..]));
+    assert_eq!(
+        ((p.src, p.sport), p.payload.as_slice()),
+        (VIP, &b"answer"[..])
+    );
 }
 
 #[test]
@@ -195,14 +213,20 @@ fn truncated_headers_are_never_rewritten() {
         assert_eq!(out, frame, "cut at {cut} must not be modified");
     }
     assert_eq!(count(&dp, Reason::XlateNew), 0);
-    assert_eq!(count(&dp, Reason::PassMalformed) + count(&dp, Reason::DropMalformed), 4);
+    assert_eq!(
+        count(&dp, Reason::PassMalformed) + count(&dp, Reason::DropMalformed),
+        4
+    );
 }
 
 #[test]
 fn rst_closes_the_flow_in_both_entries() {
     let (dp, _) = with_service(&[B1], PROTO_TCP);
     run(&dp, &tcp_frame(CLIENT, VIP, Tcp::syn(), b"", &[]));
-    let rst = Tcp { rst: true, ..Tcp::ack() };
+    let rst = Tcp {
+        rst: true,
+        ..Tcp::ack()
+    };
     run(&dp, &tcp_frame(CLIENT, VIP, rst, b"", &[]));
     let key = CtKeyV4 {
         src_addr: common::be(CLIENT.0),
@@ -229,12 +253,25 @@ fn rst_closes_the_flow_in_both_entries() {
 fn counters_match_the_packets_run() {
     let (dp, _) = with_service(&[B1, B2], PROTO_TCP);
     for port in 0..10u16 {
-        run(&dp, &tcp_frame((CLIENT.0, 30000 + port), VIP, Tcp::syn(), b"", &[]));
-        run(&dp, &tcp_frame((CLIENT.0, 30000 + port), VIP, Tcp::ack(), b"", &[]));
+        run(
+            &dp,
+            &tcp_frame((CLIENT.0, 30000 + port), VIP, Tcp::syn(), b"", &[]),
+        );
+        run(
+            &dp,
+            &tcp_frame((CLIENT.0, 30000 + port), VIP, Tcp::ack(), b"", &[]),
+        );
     }
     assert_eq!(count(&dp, Reason::XlateNew), 10);
     assert_eq!(count(&dp, Reason::XlateEstablished), 10);
     assert_eq!(dp.maps.service_totals(7).unwrap().packets, 20);
-    let total: u64 = dp.maps.reason_totals().unwrap().iter().filter(|(r, _)| !matches!(r, Reason::FwdKernel | Reason::FwdRedirect | Reason::CtClash)).map(|(_, n)| n).sum();
+    let total: u64 = dp
+        .maps
+        .reason_totals()
+        .unwrap()
+        .iter()
+        .filter(|(r, _)| !matches!(r, Reason::FwdKernel | Reason::FwdRedirect | Reason::CtClash))
+        .map(|(_, n)| n)
+        .sum();
     assert_eq!(total, 20);
 }

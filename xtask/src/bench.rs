@@ -1,9 +1,16 @@
-//! Placeholder replaced below.
+//! `cargo xtask bench`: builds the eBPF object, then runs the benchmarks.
+use std::process::Command;
+
 use anyhow::Result;
+
+use crate::{bootstrap::run, ebpf};
 
 #[derive(clap::Args)]
 pub struct Args {}
 
-pub fn run(_args: &Args) -> Result<()> {
-    anyhow::bail!("not yet")
+pub fn run_benches(_args: &Args) -> Result<()> {
+    ebpf::build()?;
+    run(Command::new("cargo")
+        .args(["bench", "-p", "lb-userspace", "--bench", "datapath"])
+        .current_dir(ebpf::workspace_root()))
 }

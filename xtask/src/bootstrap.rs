@@ -19,10 +19,19 @@ pub fn ensure_ebpf_toolchain() -> Result<()> {
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         bail!("the nightly toolchain is missing; run:\n  rustup toolchain install nightly --component rust-src");
     }
-    let components = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"])?;
+    let components = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )?;
     if !components.lines().any(|l| l.starts_with("rust-src")) {
         step("adding rust-src to the nightly toolchain (build-std needs core's source)");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     ensure_bpf_linker()?;
     ensure_bpftool()
@@ -34,7 +43,11 @@ fn llvm_major_of_nightly() -> Result<u32> {
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version: "))
         .context("rustc +nightly -vV printed no LLVM version")?;
-    ver.split('.').next().unwrap_or("").parse().context("unparsable LLVM version")
+    ver.split('.')
+        .next()
+        .unwrap_or("")
+        .parse()
+        .context("unparsable LLVM version")
 }
 
 /// The LLVM major the installed bpf-linker was linked against, read from its
@@ -59,7 +72,9 @@ fn ensure_bpf_linker() -> Result<()> {
         Some(have) => step(&format!(
             "reinstalling bpf-linker: it links LLVM {have}, the nightly uses LLVM {want}"
         )),
-        None => step(&format!("installing bpf-linker against the nightly's LLVM {want}")),
+        None => step(&format!(
+            "installing bpf-linker against the nightly's LLVM {want}"
+        )),
     }
     let sysroot = PathBuf::from(output("rustc", &["+nightly", "--print", "sysroot"])?.trim());
     let lib = std::fs::read_dir(sysroot.join("lib"))?
@@ -77,7 +92,13 @@ fn ensure_bpf_linker() -> Result<()> {
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&lib, &link)?;
     run(Command::new("cargo")
-        .args(["install", "--force", "bpf-linker", "--no-default-features", "--features"])
+        .args([
+            "install",
+            "--force",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+        ])
         .arg(format!("llvm-{want}"))
         .env("LLVM_PREFIX", &prefix))
     .context("cargo install bpf-linker failed")
@@ -119,7 +140,11 @@ pub fn output(cmd: &str, args: &[&str]) -> Result<String> {
         .output()
         .with_context(|| format!("running {cmd}"))?;
     if !out.status.success() {
-        bail!("{cmd} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{cmd} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

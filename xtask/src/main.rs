@@ -31,7 +31,7 @@ fn main() -> Result<()> {
             println!("{}", obj.display());
             Ok(())
         }
-        Command::Test(args) => test::run(&args),
-        Command::Bench(args) => bench::run(&args),
+        Command::Test(args) => test::run_cmd(&args),
+        Command::Bench(args) => bench::run_benches(&args),
     }
 }

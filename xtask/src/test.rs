@@ -1,4 +1,12 @@
-use anyhow::Result;
+//! `cargo xtask test`: the README's test command and what CI runs.
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use crate::{
+    bootstrap::{is_root, run, step},
+    ebpf::{self, workspace_root},
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -7,6 +15,62 @@ pub struct Args {
     pub unprivileged: bool,
 }
 
-pub fn run(_args: &Args) -> Result<()> {
-    anyhow::bail!("not yet")
+fn cargo(args: &[&str]) -> Command {
+    let mut c = Command::new("cargo");
+    c.args(args).current_dir(workspace_root());
+    c
+}
+
+/// Why the privileged tiers cannot run here, if they cannot.
+fn privileged_blocker() -> Option<String> {
+    if !is_root() {
+        return Some("not running as root (BPF load, XDP attach and netns need root, or CAP_BPF+CAP_NET_ADMIN+CAP_SYS_ADMIN)".into());
+    }
+    if !std::path::Path::new("/sys/kernel/btf/vmlinux").exists() {
+        return Some("the kernel exposes no BTF (/sys/kernel/btf/vmlinux missing)".into());
+    }
+    match Command::new("ip").args(["netns", "list"]).output() {
+        Ok(o) if o.status.success() => None,
+        _ => Some("`ip netns` does not work (install iproute2)".into()),
+    }
+}
+
+fn run_tests(args: &Args) -> Result<()> {
+    step("format check");
+    run(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
+    run(Command::new("rustfmt")
+        .args(["--check", "--edition", "2021"])
+        .arg(workspace_root().join("lb-ebpf/src/main.rs")))?;
+
+    let obj = ebpf::build()?;
+    step(&format!("eBPF object: {}", obj.display()));
+
+    step("clippy -D warnings");
+    run(&mut cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+
+    step("unit tests");
+    run(&mut cargo(&["test", "--workspace", "--lib", "--bins"]))?;
+
+    if args.unprivileged {
+        step("left out: the packet tests (BPF_PROG_TEST_RUN) and the netns end-to-end tests, which need root");
+        return Ok(());
+    }
+    if let Some(why) = privileged_blocker() {
+        bail!("the privileged test tiers cannot run: {why}.\nRun as root, or pass --unprivileged to run the rest.");
+    }
+    step("privileged tiers: packet tests (BPF_PROG_TEST_RUN) and netns end-to-end tests");
+    run(&mut cargo(&["test", "-p", "lb-userspace", "--test", "*"]))
+}
+
+pub fn run_cmd(args: &Args) -> Result<()> {
+    run_tests(args)?;
+    step("all test tiers passed");
+    Ok(())
 }

@@ -81,7 +81,8 @@ impl Datapath {
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
-            prog.load().with_context(|| format!("verifier rejected {name}"))?;
+            prog.load()
+                .with_context(|| format!("verifier rejected {name}"))?;
         }
         let maps = Maps::take(&mut ebpf)?;
         Ok(Self { ebpf, maps })

@@ -24,13 +24,17 @@ pub struct Maps {
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
-    ebpf.take_map(name).with_context(|| format!("map {name} missing from the object"))
+    ebpf.take_map(name)
+        .with_context(|| format!("map {name} missing from the object"))
 }
 
 fn pinned(dir: &Path, name: &str) -> Result<Map> {
     let path = dir.join(name);
     let data = MapData::from_pin(&path).with_context(|| {
-        format!("opening pinned map {} (is an agent running with this --pin-path?)", path.display())
+        format!(
+            "opening pinned map {} (is an agent running with this --pin-path?)",
+            path.display()
+        )
     })?;
     Ok(Map::from_map_data(data)?)
 }

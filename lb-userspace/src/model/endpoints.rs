@@ -24,7 +24,8 @@ pub(super) fn collect(
     // Sorted so that which duplicate wins does not depend on arrival order.
     let mut slices: Vec<&EndpointSlice> = slices.iter().collect();
     slices.sort_by(|a, b| {
-        (namespace_of(&a.metadata), &a.metadata.name).cmp(&(namespace_of(&b.metadata), &b.metadata.name))
+        (namespace_of(&a.metadata), &a.metadata.name)
+            .cmp(&(namespace_of(&b.metadata), &b.metadata.name))
     });
     let mut merged: BTreeMap<ServicePortId, BTreeMap<(Ipv4Addr, u16), Backend>> = BTreeMap::new();
     for slice in slices {
@@ -50,7 +51,9 @@ pub(super) fn collect(
             .and_then(|l| l.get(LABEL_SERVICE_NAME))
             .filter(|s| !s.is_empty())
         else {
-            problem(format!("no {LABEL_SERVICE_NAME} label; not joined to any Service"));
+            problem(format!(
+                "no {LABEL_SERVICE_NAME} label; not joined to any Service"
+            ));
             continue;
         };
         let endpoints: Vec<Backend> = slice

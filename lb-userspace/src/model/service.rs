@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use k8s_openapi::api::core::v1::{Service, ServicePort as K8sServicePort, ServiceSpec};
 
 use super::{
-    namespace_of, parse_port, parse_proto, Frontend, FrontendKind, ModelOptions, Problem,
+    namespace_of, parse_port, parse_proto, Frontend, FrontendKind, ModelOptions, Problem, Proto,
     ServicePort, ServicePortId, LABEL_SERVICE_PROXY_NAME,
 };
 
@@ -121,7 +121,10 @@ fn common(svc: &Service, spec: &ServiceSpec) -> Result<Option<Common>, String> {
     }
     // Unlike kube-proxy, a Service without a cluster IP is kept: manifests
     // written by hand have none, and their NodePorts should still work.
-    let cluster_ips = parse_ips("spec.clusterIPs", cluster_ips.into_iter().filter(|ip| !ip.is_empty()))?;
+    let cluster_ips = parse_ips(
+        "spec.clusterIPs",
+        cluster_ips.into_iter().filter(|ip| !ip.is_empty()),
+    )?;
     let external_ips = parse_ips(
         "spec.externalIPs",
         spec.external_ips.iter().flatten().map(String::as_str),
@@ -138,14 +141,20 @@ fn common(svc: &Service, spec: &ServiceSpec) -> Result<Option<Common>, String> {
             .and_then(|lb| lb.ingress.as_ref());
         parse_ips(
             "status.loadBalancer.ingress[].ip",
-            ingress.into_iter().flatten().filter_map(|i| i.ip.as_deref()),
+            ingress
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i.ip.as_deref()),
         )?
     } else {
         Vec::new()
     };
     let externally_accessible = kind != Type::ClusterIp || !external_ips.is_empty();
     let external_policy_local = externally_accessible
-        && policy_is_local("spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref())?;
+        && policy_is_local(
+            "spec.externalTrafficPolicy",
+            spec.external_traffic_policy.as_deref(),
+        )?;
     let health_check_node_port = match spec.health_check_node_port {
         Some(port) if is_lb && external_policy_local && port != 0 => {
             Some(parse_port("spec.healthCheckNodePort", port)?)
@@ -182,7 +191,7 @@ fn service_port(
     port: &K8sServicePort,
     common: &Common,
     opts: &ModelOptions,
-) -> Result<(String, super::Proto, ServicePort), String> {
+) -> Result<(String, Proto, ServicePort), String> {
     let protocol = parse_proto(port.protocol.as_deref())?;
     let number = parse_port("port", port.port)?;
     // A LoadBalancer may legitimately have no nodePort
@@ -195,7 +204,10 @@ fn service_port(
         (_, Some(np)) => Some(parse_port("nodePort", np)?),
     };
     let at = |addrs: &[Ipv4Addr], port: u16, kind: FrontendKind| -> Vec<Frontend> {
-        addrs.iter().map(|&addr| Frontend { addr, port, kind }).collect()
+        addrs
+            .iter()
+            .map(|&addr| Frontend { addr, port, kind })
+            .collect()
     };
     let mut frontends = at(&common.cluster_ips, number, FrontendKind::ClusterIp);
     if let Some(np) = node_port {
@@ -260,7 +272,9 @@ fn affinity(spec: &ServiceSpec) -> Result<Option<u32>, String> {
 
 /// Like kube-proxy's per-family filtering, IPv6 ranges do not restrict IPv4
 /// clients. Host bits are cleared, as Go's ParseCIDR does.
-fn source_ranges<'a>(ranges: impl Iterator<Item = &'a String>) -> Result<Vec<(Ipv4Addr, u8)>, String> {
+fn source_ranges<'a>(
+    ranges: impl Iterator<Item = &'a String>,
+) -> Result<Vec<(Ipv4Addr, u8)>, String> {
     let mut out = Vec::new();
     for range in ranges {
         let bad = || format!("spec.loadBalancerSourceRanges: invalid CIDR {range:?}");

@@ -21,7 +21,13 @@ fn parse(texts: &[&str]) -> (Objects, LoadReport) {
     let mut objects = Objects::default();
     let mut report = LoadReport::default();
     for (i, text) in texts.iter().enumerate() {
-        parse_str(&format!("fixture{i}"), text, false, &mut objects, &mut report);
+        parse_str(
+            &format!("fixture{i}"),
+            text,
+            false,
+            &mut objects,
+            &mut report,
+        );
     }
     assert_eq!(report.problems, [], "fixtures must parse");
     (objects, report)
@@ -30,7 +36,10 @@ fn parse(texts: &[&str]) -> (Objects, LoadReport) {
 fn opts(proxy_name: Option<&str>) -> ModelOptions {
     ModelOptions {
         service_proxy_name: proxy_name.map(str::to_string),
-        nodeport_addresses: vec![Ipv4Addr::new(192, 168, 1, 10), Ipv4Addr::new(192, 168, 1, 11)],
+        nodeport_addresses: vec![
+            Ipv4Addr::new(192, 168, 1, 10),
+            Ipv4Addr::new(192, 168, 1, 11),
+        ],
     }
 }
 
@@ -297,7 +306,10 @@ const CASES: &[Case] = &[
 fn cases() {
     for c in CASES {
         let state = run(c.fixtures, c.node, c.proxy_name);
-        let found = state.services.iter().find(|(id, _)| id.to_string() == c.port);
+        let found = state
+            .services
+            .iter()
+            .find(|(id, _)| id.to_string() == c.port);
         match (found, c.expect) {
             (None, []) => {}
             (Some((_, sp)), []) => panic!("{}: {} should be absent, got {sp:?}", c.name, c.port),
@@ -305,11 +317,21 @@ fn cases() {
                 "{}: {} missing; have {:?}",
                 c.name,
                 c.port,
-                state.services.keys().map(ToString::to_string).collect::<Vec<_>>()
+                state
+                    .services
+                    .keys()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
             ),
             (Some((_, sp)), expect) => {
                 for (name, want) in expect {
-                    assert_eq!(field(sp, name), *want, "{}: field {name} of {}", c.name, c.port);
+                    assert_eq!(
+                        field(sp, name),
+                        *want,
+                        "{}: field {name} of {}",
+                        c.name,
+                        c.port
+                    );
                 }
             }
         }
@@ -319,37 +341,106 @@ fn cases() {
 /// (object, message fragment) for every problem a fixture must report, in
 /// the sorted order `desired_state` returns them.
 const PROBLEMS: &[(&str, &[(&str, &str)])] = &[
-    (FRONTENDS, &[("Service default/xweb", "203.0.113.7:80/TCP (ExternalIp) is already used by default/web:http/TCP")]),
+    (
+        FRONTENDS,
+        &[(
+            "Service default/xweb",
+            "203.0.113.7:80/TCP (ExternalIp) is already used by default/web:http/TCP",
+        )],
+    ),
     (SKIPS, &[]),
     (POLICIES, &[]),
     (COUNTER_SLICES, &[]),
-    (ENDPOINTS, &[
-        ("EndpointSlice default/multi-a", "\"10.244.300.1\" is not an IPv4 address"),
-        ("EndpointSlice default/multi-a", "\"fd00::5\" is not an IPv4 address"),
-    ]),
-    (INVALID, &[
-        ("EndpointSlice default/good-a", "endpoint without addresses"),
-        ("EndpointSlice default/good-a", "port \"icmp\": unknown protocol \"ICMP\""),
-        ("EndpointSlice default/good-a", "port \"missing\": port number is missing"),
-        ("EndpointSlice default/good-a", "port \"zero\": port 0 is outside 1..=65535"),
-        ("EndpointSlice default/unlabelled", "no kubernetes.io/service-name label"),
-        ("Service default/", "metadata.name is missing"),
-        ("Service default/bad-affinity", "timeoutSeconds 0 is outside 1..=86400"),
-        ("Service default/bad-cidr", "invalid CIDR \"10.0.0.0/33\""),
-        ("Service default/bad-cluster-ip", "spec.clusterIPs: invalid IP \"10.96.0.300\""),
-        ("Service default/bad-external-ip", "spec.externalIPs: invalid IP \"not-an-ip\""),
-        ("Service default/bad-ingress-ip", "status.loadBalancer.ingress[].ip: invalid IP \"1.2.3\""),
-        ("Service default/bad-policy", "spec.externalTrafficPolicy: unknown policy \"Nearby\""),
-        ("Service default/bad-port", "port \"huge\": port 70000 is outside 1..=65535"),
-        ("Service default/bad-port", "port \"zero\": port 0 is outside 1..=65535"),
-        ("Service default/bad-type", "unknown spec.type \"Magic\""),
-        ("Service default/cidr-without-prefix", "invalid CIDR \"10.0.0.1\""),
-        ("Service default/dup-ports", "port default/dup-ports:/TCP is defined more than once"),
-        ("Service default/np-missing", "port \"bad\": nodePort 70000 is outside 1..=65535"),
-        ("Service default/np-missing", "port \"none\": nodePort is missing"),
-        ("Service default/protocols", "port \"icmp\": unknown protocol \"ICMP\""),
-        ("Service default/protocols", "port \"sctp\": protocol SCTP is not supported"),
-    ]),
+    (
+        ENDPOINTS,
+        &[
+            (
+                "EndpointSlice default/multi-a",
+                "\"10.244.300.1\" is not an IPv4 address",
+            ),
+            (
+                "EndpointSlice default/multi-a",
+                "\"fd00::5\" is not an IPv4 address",
+            ),
+        ],
+    ),
+    (
+        INVALID,
+        &[
+            ("EndpointSlice default/good-a", "endpoint without addresses"),
+            (
+                "EndpointSlice default/good-a",
+                "port \"icmp\": unknown protocol \"ICMP\"",
+            ),
+            (
+                "EndpointSlice default/good-a",
+                "port \"missing\": port number is missing",
+            ),
+            (
+                "EndpointSlice default/good-a",
+                "port \"zero\": port 0 is outside 1..=65535",
+            ),
+            (
+                "EndpointSlice default/unlabelled",
+                "no kubernetes.io/service-name label",
+            ),
+            ("Service default/", "metadata.name is missing"),
+            (
+                "Service default/bad-affinity",
+                "timeoutSeconds 0 is outside 1..=86400",
+            ),
+            ("Service default/bad-cidr", "invalid CIDR \"10.0.0.0/33\""),
+            (
+                "Service default/bad-cluster-ip",
+                "spec.clusterIPs: invalid IP \"10.96.0.300\"",
+            ),
+            (
+                "Service default/bad-external-ip",
+                "spec.externalIPs: invalid IP \"not-an-ip\"",
+            ),
+            (
+                "Service default/bad-ingress-ip",
+                "status.loadBalancer.ingress[].ip: invalid IP \"1.2.3\"",
+            ),
+            (
+                "Service default/bad-policy",
+                "spec.externalTrafficPolicy: unknown policy \"Nearby\"",
+            ),
+            (
+                "Service default/bad-port",
+                "port \"huge\": port 70000 is outside 1..=65535",
+            ),
+            (
+                "Service default/bad-port",
+                "port \"zero\": port 0 is outside 1..=65535",
+            ),
+            ("Service default/bad-type", "unknown spec.type \"Magic\""),
+            (
+                "Service default/cidr-without-prefix",
+                "invalid CIDR \"10.0.0.1\"",
+            ),
+            (
+                "Service default/dup-ports",
+                "port default/dup-ports:/TCP is defined more than once",
+            ),
+            (
+                "Service default/np-missing",
+                "port \"bad\": nodePort 70000 is outside 1..=65535",
+            ),
+            (
+                "Service default/np-missing",
+                "port \"none\": nodePort is missing",
+            ),
+            (
+                "Service default/protocols",
+                "port \"icmp\": unknown protocol \"ICMP\"",
+            ),
+            (
+                "Service default/protocols",
+                "port \"sctp\": protocol SCTP is not supported",
+            ),
+        ],
+    ),
 ];
 
 #[test]
@@ -359,7 +450,10 @@ fn problems() {
         assert_eq!(got.len(), want.len(), "fixture {i}: {got:#?}");
         for (problem, (object, fragment)) in got.iter().zip(want.iter()) {
             assert_eq!(problem.object, *object, "fixture {i}: {problem}");
-            assert!(problem.message.contains(fragment), "fixture {i}: {problem} lacks {fragment:?}");
+            assert!(
+                problem.message.contains(fragment),
+                "fixture {i}: {problem} lacks {fragment:?}"
+            );
         }
     }
 }
@@ -368,13 +462,24 @@ fn problems() {
 fn seed_manifests_parse_and_skip_deployments() {
     let (objects, report) = parse(&SEEDS);
     assert_eq!(report.ignored, 2, "the two Deployments");
-    let names: Vec<_> = objects.services.iter().map(|s| s.metadata.name.clone().unwrap()).collect();
+    let names: Vec<_> = objects
+        .services
+        .iter()
+        .map(|s| s.metadata.name.clone().unwrap())
+        .collect();
     assert_eq!(names, ["counter-lb", "counter-app", "redis"]);
 }
 
 #[test]
 fn output_does_not_depend_on_input_order() {
-    let (mut objects, _) = parse(&[FRONTENDS, ENDPOINTS, POLICIES, INVALID, COUNTER_CLUSTER, COUNTER_SLICES]);
+    let (mut objects, _) = parse(&[
+        FRONTENDS,
+        ENDPOINTS,
+        POLICIES,
+        INVALID,
+        COUNTER_CLUSTER,
+        COUNTER_SLICES,
+    ]);
     let node = NodeInfo {
         name: "node-a".to_string(),
         addresses: Vec::new(),
@@ -388,7 +493,17 @@ fn output_does_not_depend_on_input_order() {
 
 #[test]
 fn backends_and_frontends_are_sorted_and_unique() {
-    let state = run(&[FRONTENDS, ENDPOINTS, POLICIES, COUNTER_CLUSTER, COUNTER_SLICES], "node-a", None);
+    let state = run(
+        &[
+            FRONTENDS,
+            ENDPOINTS,
+            POLICIES,
+            COUNTER_CLUSTER,
+            COUNTER_SLICES,
+        ],
+        "node-a",
+        None,
+    );
     for (id, sp) in &state.services {
         let keys: Vec<_> = sp.frontends.iter().map(|f| (f.addr, f.port)).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "{id}: {keys:?}");

@@ -86,7 +86,12 @@ fn fingerprint(dir: &Path) -> Fingerprint {
             .filter_map(|path| {
                 // Gone between listing and stat: the next poll sees it gone.
                 let meta = fs::metadata(&path).ok()?;
-                Some((path.file_name()?.to_owned(), meta.ino(), meta.modified().ok(), meta.len()))
+                Some((
+                    path.file_name()?.to_owned(),
+                    meta.ino(),
+                    meta.modified().ok(),
+                    meta.len(),
+                ))
             })
             .collect(),
     )
@@ -102,7 +107,9 @@ fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        let wanted = [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext));
+        let wanted = [".yaml", ".yml", ".json"]
+            .iter()
+            .any(|ext| name.ends_with(ext));
         if wanted && !name.starts_with('.') && fs::metadata(&path).is_ok_and(|m| m.is_file()) {
             files.push(path);
         }
@@ -138,10 +145,15 @@ pub(crate) fn parse_str(
         let location = format!("{source}#{}", i + 1);
         match Value::deserialize(document) {
             Ok(value) => take(&location, value, objects, report),
-            Err(err) => report.problems.push(Problem {
-                object: location,
-                message: format!("invalid YAML: {err}"),
-            }),
+            Err(err) => {
+                report.problems.push(Problem {
+                    object: location,
+                    message: format!("invalid YAML, rest of file skipped: {err}"),
+                });
+                // libyaml cannot resume after a syntax error; serde_yaml's
+                // iterator would hand out the same error forever.
+                break;
+            }
         }
     }
 }
@@ -206,5 +218,219 @@ fn decode<T: DeserializeOwned>(value: Value, into: &mut Vec<T>) -> Option<String
             None
         }
         Err(err) => Some(format!("invalid object: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A fresh folder under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(test: &str) -> Self {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("lb-manifests-{}-{test}-{n}", std::process::id()));
+            fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn write(&self, name: &str, text: &str) {
+            fs::write(self.0.join(name), text).unwrap();
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn service(name: &str) -> String {
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  ports:\n    - port: 80\n")
+    }
+
+    const SLICE: &str = "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: a-1
+  labels:
+    kubernetes.io/service-name: a
+addressType: IPv4
+endpoints:
+  - addresses: [10.0.0.1]
+";
+
+    const NODE_JSON: &str = "{\n\t\"apiVersion\": \"v1\",\n\t\"kind\": \"Node\",\n\t\"metadata\": {\"name\": \"node-a\"}\n}\n";
+
+    fn names(objects: &Objects) -> Vec<String> {
+        let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            m.name.clone().unwrap_or_default()
+        };
+        let services = objects
+            .services
+            .iter()
+            .map(|s| format!("Service {}", name(&s.metadata)));
+        let slices = objects
+            .slices
+            .iter()
+            .map(|s| format!("EndpointSlice {}", name(&s.metadata)));
+        let nodes = objects
+            .nodes
+            .iter()
+            .map(|n| format!("Node {}", name(&n.metadata)));
+        services.chain(slices).chain(nodes).collect()
+    }
+
+    #[test]
+    fn loads_each_kind_from_yaml_yml_and_json_in_name_order() {
+        let dir = TempDir::new("kinds");
+        dir.write("b.yml", &format!("{}---\n{SLICE}---\n", service("b")));
+        dir.write("a.yaml", &service("a"));
+        dir.write("c.json", NODE_JSON);
+        dir.write("d.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: x\n---\napiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata:\n  name: old\n");
+        dir.write("notes.txt", &service("txt"));
+        dir.write(".hidden.yaml", &service("hidden"));
+        fs::create_dir(dir.0.join("sub.yaml")).unwrap();
+        fs::write(dir.0.join("sub.yaml/e.yaml"), service("nested")).unwrap();
+        let (objects, report) = load_dir(&dir.0).unwrap();
+        assert_eq!(
+            names(&objects),
+            ["Service a", "Service b", "EndpointSlice a-1", "Node node-a"]
+        );
+        assert_eq!(report.problems, []);
+        assert_eq!(report.ignored, 2, "Deployment and v1beta1 EndpointSlice");
+    }
+
+    #[test]
+    fn unwraps_lists() {
+        let dir = TempDir::new("list");
+        dir.write(
+            "all.yaml",
+            "apiVersion: v1\nkind: List\nitems:\n  - apiVersion: v1\n    kind: Service\n    metadata: {name: a}\n  - apiVersion: v1\n    kind: ConfigMap\n    metadata: {name: c}\n",
+        );
+        dir.write("empty.yaml", "apiVersion: v1\nkind: List\nitems: []\n");
+        let (objects, report) = load_dir(&dir.0).unwrap();
+        assert_eq!(names(&objects), ["Service a"]);
+        assert_eq!((report.problems.len(), report.ignored), (0, 1));
+    }
+
+    #[test]
+    fn bad_documents_and_files_are_reported_and_skipped() {
+        let dir = TempDir::new("bad");
+        // Document 2 is not a valid Service (port is a string); 1 and 3 load.
+        dir.write(
+            "a.yaml",
+            &format!(
+                "{}---\napiVersion: v1\nkind: Service\nmetadata:\n  name: broken\n  namespace: ns\nspec:\n  ports:\n    - port: eighty\n---\n{}",
+                service("first"),
+                service("third")
+            ),
+        );
+        dir.write(
+            "b.yaml",
+            &format!(
+                "{}---\napiVersion: v1\nkind: Service\nmetadata: [unclosed\n---\n{}",
+                service("b"),
+                service("lost")
+            ),
+        );
+        dir.write("c.json", "{\"apiVersion\": \"v1\",");
+        dir.write("d.yaml", "just: a mapping\n");
+        dir.write("e.yaml", &service("last"));
+        let (objects, report) = load_dir(&dir.0).unwrap();
+        assert_eq!(
+            names(&objects),
+            [
+                "Service first",
+                "Service third",
+                "Service b",
+                "Service last"
+            ]
+        );
+        let file = |name: &str| dir.0.join(name).display().to_string();
+        let objects: Vec<&str> = report.problems.iter().map(|p| p.object.as_str()).collect();
+        assert_eq!(
+            objects,
+            [
+                format!("{}#2 Service ns/broken", file("a.yaml")),
+                format!("{}#2", file("b.yaml")),
+                file("c.json"),
+                format!("{}#1", file("d.yaml")),
+            ]
+        );
+        assert!(
+            report.problems[0].message.starts_with("invalid object"),
+            "{:?}",
+            report.problems[0]
+        );
+        assert!(
+            report.problems[1].message.starts_with("invalid YAML"),
+            "{:?}",
+            report.problems[1]
+        );
+        assert!(
+            report.problems[2].message.starts_with("invalid JSON"),
+            "{:?}",
+            report.problems[2]
+        );
+        assert!(
+            report.problems[3]
+                .message
+                .starts_with("not a Kubernetes object"),
+            "{:?}",
+            report.problems[3]
+        );
+    }
+
+    #[test]
+    fn missing_folder_is_an_error() {
+        let dir = TempDir::new("missing");
+        assert!(load_dir(&dir.0.join("nope")).is_err());
+    }
+
+    /// Waits up to one second (the promised latency) for the next bump.
+    async fn bumped(rx: &mut watch::Receiver<u64>) -> bool {
+        tokio::time::timeout(Duration::from_secs(1), rx.changed())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn watch_notices_new_changed_and_removed_files() {
+        let dir = TempDir::new("watch");
+        dir.write("a.yaml", &service("a"));
+        let (tx, mut rx) = watch::channel(0);
+        let task = tokio::spawn(watch_dir(dir.0.clone(), tx));
+        assert!(bumped(&mut rx).await, "first scan");
+        rx.mark_unchanged();
+
+        dir.write("notes.txt", "not a manifest");
+        assert!(!bumped(&mut rx).await, "non-manifest file");
+
+        dir.write("b.yaml", &service("b"));
+        assert!(bumped(&mut rx).await, "new file");
+        rx.mark_unchanged();
+
+        // Same length, replaced by rename as editors do.
+        dir.write("a.tmp", &service("z"));
+        fs::rename(dir.0.join("a.tmp"), dir.0.join("a.yaml")).unwrap();
+        assert!(bumped(&mut rx).await, "changed file");
+        rx.mark_unchanged();
+
+        fs::remove_file(dir.0.join("b.yaml")).unwrap();
+        assert!(bumped(&mut rx).await, "removed file");
+        assert_eq!(*rx.borrow_and_update(), 4);
+
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("watcher stops once nobody listens")
+            .unwrap();
     }
 }

@@ -143,7 +143,8 @@ impl Testbed {
             .stdin(Stdio::null())
             .output()
             .with_context(|| format!("running {}", what()))?;
-        // 124 and 137 are how `timeout` reports that it had to stop the command.
+        // `timeout` exits 124 after stopping the command, 137 if that took
+        // SIGKILL (also a command killed otherwise; rare enough to share).
         if matches!(out.status.code(), Some(124 | 137)) {
             bail!("{} timed out after {secs} s", what());
         }
@@ -219,7 +220,7 @@ impl Drop for Testbed {
             .unwrap_or_else(PoisonError::into_inner)
             .drain(..)
         {
-            let _ = pidfd;
+            kill(&pidfd);
         }
         let namespaces = self
             .namespaces

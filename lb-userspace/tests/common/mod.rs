@@ -39,7 +39,10 @@ pub struct Provision {
 
 impl Provision {
     pub fn new() -> Self {
-        Self { next_backend: 1, next_slot: 0 }
+        Self {
+            next_backend: 1,
+            next_slot: 0,
+        }
     }
 
     /// Frontend `vip:port/proto` to `backends`; returns the ring offset used.
@@ -58,27 +61,75 @@ impl Provision {
                 self.next_backend += 1;
                 dp.maps
                     .backends
-                    .set(id, BackendV4 { addr: be(addr), port: port.to_be(), _pad: 0 }, 0)
+                    .set(
+                        id,
+                        BackendV4 {
+                            addr: be(addr),
+                            port: port.to_be(),
+                            _pad: 0,
+                        },
+                        0,
+                    )
                     .unwrap();
-                dp.maps.addrs.insert(be(addr), AddrInfo { flags: ADDR_BACKEND }, 0).unwrap();
+                add_flags(dp, addr, ADDR_BACKEND);
                 id
             })
             .collect();
         let names: Vec<String> = backends.iter().map(|(a, p)| format!("{a}:{p}")).collect();
-        let m = if backends.is_empty() { 0 } else { maglev::ring_size(backends.len()) };
+        let m = if backends.is_empty() {
+            0
+        } else {
+            maglev::ring_size(backends.len())
+        };
         let offset = self.next_slot;
         for (i, owner) in maglev::table(&names, m).into_iter().enumerate() {
-            dp.maps.maglev.set(offset + i as u32, ids[owner as usize], 0).unwrap();
+            dp.maps
+                .maglev
+                .set(offset + i as u32, ids[owner as usize], 0)
+                .unwrap();
         }
         self.next_slot += m;
-        self.frontend(dp, vip, proto, FrontendValue { svc_id, ring_offset: offset, ring_size: m, flags: 0 });
+        self.frontend(
+            dp,
+            vip,
+            proto,
+            FrontendValue {
+                svc_id,
+                ring_offset: offset,
+                ring_size: m,
+                flags: 0,
+            },
+        );
         offset
     }
 
-    pub fn frontend(&mut self, dp: &mut Datapath, vip: (Ipv4Addr, u16), proto: u8, value: FrontendValue) {
-        let key = FrontendKeyV4 { addr: be(vip.0), port: vip.1.to_be(), proto, _pad: 0 };
+    pub fn frontend(
+        &mut self,
+        dp: &mut Datapath,
+        vip: (Ipv4Addr, u16),
+        proto: u8,
+        value: FrontendValue,
+    ) {
+        let key = FrontendKeyV4 {
+            addr: be(vip.0),
+            port: vip.1.to_be(),
+            proto,
+            _pad: 0,
+        };
         dp.maps.frontends.insert(key, value, 0).unwrap();
-        let flags = dp.maps.addrs.get(&be(vip.0), 0).map(|a| a.flags).unwrap_or(0);
-        dp.maps.addrs.insert(be(vip.0), AddrInfo { flags: flags | ADDR_FRONTEND }, 0).unwrap();
+        add_flags(dp, vip.0, ADDR_FRONTEND);
     }
+}
+
+fn add_flags(dp: &mut Datapath, addr: Ipv4Addr, flags: u32) {
+    let old = dp
+        .maps
+        .addrs
+        .get(&be(addr), 0)
+        .map(|a| a.flags)
+        .unwrap_or(0);
+    dp.maps
+        .addrs
+        .insert(be(addr), AddrInfo { flags: old | flags }, 0)
+        .unwrap();
 }

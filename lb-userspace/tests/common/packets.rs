@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use etherparse::{
-    Ethernet2Header, EtherType, IpNumber, Ipv4Header, NetHeaders, PacketHeaders, TcpHeader,
+    EtherType, Ethernet2Header, IpNumber, Ipv4Header, NetHeaders, PacketHeaders, TcpHeader,
     TransportHeader, UdpHeader,
 };
 
@@ -23,21 +23,52 @@ pub struct Tcp {
 
 impl Tcp {
     pub fn syn() -> Self {
-        Self { syn: true, ack: false, fin: false, rst: false, seq: 1000, ack_no: 0 }
+        Self {
+            syn: true,
+            ack: false,
+            fin: false,
+            rst: false,
+            seq: 1000,
+            ack_no: 0,
+        }
     }
     pub fn ack() -> Self {
-        Self { syn: false, ack: true, fin: false, rst: false, seq: 1001, ack_no: 5001 }
+        Self {
+            syn: false,
+            ack: true,
+            fin: false,
+            rst: false,
+            seq: 1001,
+            ack_no: 5001,
+        }
     }
     pub fn syn_ack() -> Self {
-        Self { syn: true, ack: true, fin: false, rst: false, seq: 5000, ack_no: 1001 }
+        Self {
+            syn: true,
+            ack: true,
+            fin: false,
+            rst: false,
+            seq: 5000,
+            ack_no: 1001,
+        }
     }
 }
 
 fn eth() -> Ethernet2Header {
-    Ethernet2Header { source: CLIENT_MAC, destination: NODE_MAC, ether_type: EtherType::IPV4 }
+    Ethernet2Header {
+        source: CLIENT_MAC,
+        destination: NODE_MAC,
+        ether_type: EtherType::IPV4,
+    }
 }
 
-fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: IpNumber, payload: usize, options: &[u8]) -> Ipv4Header {
+fn ipv4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: IpNumber,
+    payload: usize,
+    options: &[u8],
+) -> Ipv4Header {
     let mut ip = Ipv4Header::new(payload as u16, 64, proto, src.octets(), dst.octets()).unwrap();
     ip.options = options.try_into().unwrap();
     ip.set_payload_len(payload).unwrap();
@@ -46,14 +77,26 @@ fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: IpNumber, payload: usize, options: 
     ip
 }
 
-pub fn tcp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), t: Tcp, payload: &[u8], ip_options: &[u8]) -> Vec<u8> {
+pub fn tcp_frame(
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    t: Tcp,
+    payload: &[u8],
+    ip_options: &[u8],
+) -> Vec<u8> {
     let mut tcp = TcpHeader::new(src.1, dst.1, t.seq, 64240);
     tcp.syn = t.syn;
     tcp.ack = t.ack;
     tcp.fin = t.fin;
     tcp.rst = t.rst;
     tcp.acknowledgment_number = t.ack_no;
-    let ip = ipv4(src.0, dst.0, IpNumber::TCP, tcp.header_len() + payload.len(), ip_options);
+    let ip = ipv4(
+        src.0,
+        dst.0,
+        IpNumber::TCP,
+        tcp.header_len() + payload.len(),
+        ip_options,
+    );
     tcp.checksum = tcp.calc_checksum_ipv4(&ip, payload).unwrap();
     let mut out = Vec::new();
     eth().write(&mut out).unwrap();
@@ -64,10 +107,20 @@ pub fn tcp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), t: Tcp, payload: &[
 }
 
 /// With `zero_checksum`, the UDP checksum is left 0 ("none", legal on IPv4).
-pub fn udp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8], zero_checksum: bool) -> Vec<u8> {
+pub fn udp_frame(
+    src: (Ipv4Addr, u16),
+    dst: (Ipv4Addr, u16),
+    payload: &[u8],
+    zero_checksum: bool,
+) -> Vec<u8> {
     let ip = ipv4(src.0, dst.0, IpNumber::UDP, 8 + payload.len(), &[]);
     let udp = if zero_checksum {
-        UdpHeader { source_port: src.1, destination_port: dst.1, length: (8 + payload.len()) as u16, checksum: 0 }
+        UdpHeader {
+            source_port: src.1,
+            destination_port: dst.1,
+            length: (8 + payload.len()) as u16,
+            checksum: 0,
+        }
     } else {
         UdpHeader::with_ipv4_checksum(src.1, dst.1, &ip, payload).unwrap()
     };
@@ -82,9 +135,13 @@ pub fn udp_frame(src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16), payload: &[u8], zer
 /// An ARP request: anything that is not IPv4 must pass untouched.
 pub fn arp_frame() -> Vec<u8> {
     let mut out = Vec::new();
-    Ethernet2Header { source: CLIENT_MAC, destination: [0xff; 6], ether_type: EtherType::ARP }
-        .write(&mut out)
-        .unwrap();
+    Ethernet2Header {
+        source: CLIENT_MAC,
+        destination: [0xff; 6],
+        ether_type: EtherType::ARP,
+    }
+    .write(&mut out)
+    .unwrap();
     out.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
     out.extend_from_slice(&CLIENT_MAC);
     out.extend_from_slice(&[10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 10, 0, 0, 2]);
@@ -111,9 +168,17 @@ pub struct Parsed {
 /// Parses an output frame and panics unless every checksum in it is right.
 pub fn parse_checked(frame: &[u8]) -> Parsed {
     let h = PacketHeaders::from_ethernet_slice(frame).expect("output frame parses");
-    let Some(etherparse::LinkHeader::Ethernet2(eth)) = h.link else { panic!("no ethernet") };
-    let Some(NetHeaders::Ipv4(ip, _)) = h.net else { panic!("not ipv4") };
-    assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 header checksum");
+    let Some(etherparse::LinkHeader::Ethernet2(eth)) = h.link else {
+        panic!("no ethernet")
+    };
+    let Some(NetHeaders::Ipv4(ip, _)) = h.net else {
+        panic!("not ipv4")
+    };
+    assert_eq!(
+        ip.header_checksum,
+        ip.calc_header_checksum(),
+        "IPv4 header checksum"
+    );
     let payload = h.payload.slice().to_vec();
     let mut p = Parsed {
         src: ip.source.into(),
@@ -131,19 +196,31 @@ pub fn parse_checked(frame: &[u8]) -> Parsed {
     };
     match h.transport {
         Some(TransportHeader::Tcp(t)) => {
-            assert_eq!(t.checksum, t.calc_checksum_ipv4(&ip, &payload).unwrap(), "TCP checksum");
+            assert_eq!(
+                t.checksum,
+                t.calc_checksum_ipv4(&ip, &payload).unwrap(),
+                "TCP checksum"
+            );
             (p.sport, p.dport) = (t.source_port, t.destination_port);
             p.tcp = Some(t);
         }
         Some(TransportHeader::Udp(u)) => {
             if u.checksum != 0 {
-                assert_eq!(u.checksum, u.calc_checksum_ipv4(&ip, &payload).unwrap(), "UDP checksum");
+                assert_eq!(
+                    u.checksum,
+                    u.calc_checksum_ipv4(&ip, &payload).unwrap(),
+                    "UDP checksum"
+                );
             }
             (p.sport, p.dport) = (u.source_port, u.destination_port);
             p.udp_checksum = Some(u.checksum);
         }
         Some(TransportHeader::Icmpv4(i)) => {
-            assert_eq!(i.checksum, i.icmp_type.calc_checksum(&payload), "ICMP checksum");
+            assert_eq!(
+                i.checksum,
+                i.icmp_type.calc_checksum(&payload),
+                "ICMP checksum"
+            );
             p.icmp = Some(i);
             p.icmp_payload = payload;
         }

@@ -1,0 +1,178 @@
+//! Per-packet cost of the XDP program under BPF_PROG_TEST_RUN, against a
+//! no-op program measured in the same run. Run with `cargo xtask bench`.
+//!
+//! BPF_PROG_TEST_RUN with `repeat` runs every iteration on one buffer, so
+//! after the first the program sees its own output. Each row is therefore
+//! built so that its output is again an input of the same path, and the
+//! program's own path counters prove it: every row asserts that the counter
+//! of the path it names grew by exactly the number of iterations measured.
+//! - established: frontends F1 and F2 are each other's only backend, so
+//!   C->F1 becomes C->F2, which becomes C->F1 again, each an established hit.
+//! - reply: the replies of those two flows likewise turn into each other.
+//! - non-frontend: passes unchanged, so every iteration is the same miss.
+//! - new flow: cannot repeat on one buffer; measured as single runs over
+//!   distinct packets with the kernel-reported time, and the no-op measured
+//!   the same way is given beside it.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use common::{
+    packets::{tcp_frame, Tcp},
+    Provision,
+};
+use lb_common::{FrontendValue, Reason, PROTO_TCP};
+use lb_userspace::datapath::{run_frame, Capacities, Datapath, PROGRAM};
+
+const REPEAT: u32 = 1_000_000;
+const ROUNDS: usize = 5;
+const SINGLE_RUNS: u16 = 20_000;
+
+const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(192, 168, 1, 100), 40000);
+const F1: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 1), 80);
+const F2: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 2), 80);
+const NEW_VIP: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 3), 80);
+const BACKEND: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 0, 2), 8080);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn ns(d: Duration) -> f64 {
+    d.as_nanos() as f64
+}
+
+/// Median ns per iteration over ROUNDS runs of REPEAT, and the proof that
+/// `reason` counted every iteration.
+fn repeated(dp: &Datapath, prog: &str, frame: &[u8], reason: Option<Reason>) -> f64 {
+    let before = reason.map(|r| dp.maps.reason_total(r).unwrap());
+    let runs: Vec<f64> = (0..ROUNDS)
+        .map(|_| {
+            ns(run_frame(dp.program(prog).unwrap(), frame, REPEAT)
+                .unwrap()
+                .duration)
+        })
+        .collect();
+    if let (Some(r), Some(b)) = (reason, before) {
+        let grew = dp.maps.reason_total(r).unwrap() - b;
+        assert_eq!(
+            grew,
+            REPEAT as u64 * ROUNDS as u64,
+            "{r:?}: not every iteration took the path"
+        );
+    }
+    median(runs)
+}
+
+/// Median kernel-reported ns of single runs over distinct frames.
+fn single(dp: &Datapath, prog: &str, frames: &[Vec<u8>], reason: Option<Reason>) -> f64 {
+    let before = reason.map(|r| dp.maps.reason_total(r).unwrap());
+    let runs: Vec<f64> = frames
+        .iter()
+        .map(|f| ns(run_frame(dp.program(prog).unwrap(), f, 1).unwrap().duration))
+        .collect();
+    if let (Some(r), Some(b)) = (reason, before) {
+        assert_eq!(
+            dp.maps.reason_total(r).unwrap() - b,
+            frames.len() as u64,
+            "{r:?}"
+        );
+    }
+    median(runs)
+}
+
+/// `n` services in all: the measured ones plus fillers sharing one ring.
+fn provision(n: u32) -> Datapath {
+    let caps = Capacities {
+        frontends: 262_144,
+        addrs: 262_144,
+        ..Capacities::small()
+    };
+    let mut dp = Datapath::load(&caps, None).expect("load");
+    let mut prov = Provision::new();
+    prov.service(&mut dp, 1, F1, PROTO_TCP, &[F2]);
+    prov.service(&mut dp, 2, F2, PROTO_TCP, &[F1]);
+    let filler_ring = prov.service(&mut dp, 3, NEW_VIP, PROTO_TCP, &[BACKEND]);
+    for i in 3..n {
+        let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i);
+        let value = FrontendValue {
+            svc_id: 4,
+            ring_offset: filler_ring,
+            ring_size: 101,
+            flags: 0,
+        };
+        prov.frontend(&mut dp, (vip, 80), PROTO_TCP, value);
+    }
+    dp
+}
+
+struct Row {
+    services: u32,
+    noop: f64,
+    noop_single: f64,
+    non_frontend: f64,
+    new_flow: f64,
+    established: f64,
+    reply: f64,
+}
+
+fn measure(n: u32) -> Row {
+    let dp = provision(n);
+    let est = tcp_frame(CLIENT, F1, Tcp::ack(), b"", &[]);
+    // Create both flows of the ping-pong before measuring.
+    run_frame(dp.program(PROGRAM).unwrap(), &est, 2).unwrap();
+    let reply = tcp_frame(F2, CLIENT, Tcp::ack(), b"", &[]);
+    let other = tcp_frame(
+        CLIENT,
+        (Ipv4Addr::new(10, 1, 2, 3), 443),
+        Tcp::ack(),
+        b"",
+        &[],
+    );
+    let news: Vec<Vec<u8>> = (0..SINGLE_RUNS)
+        .map(|p| tcp_frame((CLIENT.0, 1024 + p), NEW_VIP, Tcp::syn(), b"", &[]))
+        .collect();
+    Row {
+        services: n,
+        noop: repeated(&dp, "noop", &est, None),
+        noop_single: single(&dp, "noop", &news, None),
+        non_frontend: repeated(&dp, PROGRAM, &other, Some(Reason::PassNotOurs)),
+        new_flow: single(&dp, PROGRAM, &news, Some(Reason::XlateNew)),
+        established: repeated(&dp, PROGRAM, &est, Some(Reason::XlateEstablished)),
+        reply: repeated(&dp, PROGRAM, &reply, Some(Reason::XlateReply)),
+    }
+}
+
+fn main() {
+    common::privileged("datapath benchmark");
+    let rows: Vec<Row> = [1, 1_000, 100_000].into_iter().map(measure).collect();
+    println!("\nns per packet, BPF_PROG_TEST_RUN, median of {ROUNDS} x {REPEAT} (new flow: median of {SINGLE_RUNS} single runs)");
+    println!(
+        "{:<28}{:>12}{:>12}{:>12}",
+        "path \\ services", 1, 1_000, 100_000
+    );
+    let line = |name: &str, f: &dyn Fn(&Row) -> f64| {
+        print!("{name:<28}");
+        for r in &rows {
+            print!("{:>12.1}", f(r));
+        }
+        println!();
+    };
+    line("no-op floor (repeat)", &|r| r.noop);
+    line("non-frontend", &|r| r.non_frontend);
+    line("established flow", &|r| r.established);
+    line("reply", &|r| r.reply);
+    line("no-op floor (single run)", &|r| r.noop_single);
+    line("new flow (single run)", &|r| r.new_flow);
+    println!();
+    line("non-frontend / floor", &|r| r.non_frontend / r.noop);
+    line("established / floor", &|r| r.established / r.noop);
+    line("reply / floor", &|r| r.reply / r.noop);
+    line("new flow - single floor", &|r| r.new_flow - r.noop_single);
+    println!(
+        "\nEvery row's path counter grew by exactly its iteration count (asserted); services: {:?}",
+        rows.iter().map(|r| r.services).collect::<Vec<_>>()
+    );
+}
