@@ -21,15 +21,21 @@ pub fn ring_size(backends: usize) -> u32 {
     (want..=MAX_RING).find(|&n| is_prime(n)).unwrap_or(MAX_RING)
 }
 
-/// FNV-1a: stable across Rust releases and platforms, unlike std's hasher,
-/// which matters because every node must build the same table.
-fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
+/// FNV-1a finished with murmur3's 64-bit mixer: stable across Rust releases
+/// and platforms, unlike std's hasher, which matters because every node must
+/// build the same table. Plain FNV-1a leaves similar names (consecutive pod
+/// IPs) with correlated permutations, which doubles Maglev's disruption.
+fn stable_hash(seed: u64, bytes: &[u8]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325 ^ seed;
     for b in bytes {
         h ^= *b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    h
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
 }
 
 /// Builds a table of `m` slots (prime) over `names`, each the stable identity
@@ -43,8 +49,8 @@ pub fn table(names: &[String], m: u32) -> Vec<u32> {
     let prefs: Vec<(u64, u64)> = names
         .iter()
         .map(|n| {
-            let offset = fnv1a(0, n.as_bytes()) % m64;
-            let skip = fnv1a(0x5bd1_e995, n.as_bytes()) % (m64 - 1) + 1;
+            let offset = stable_hash(0, n.as_bytes()) % m64;
+            let skip = stable_hash(0x5bd1_e995, n.as_bytes()) % (m64 - 1) + 1;
             (offset, skip)
         })
         .collect();

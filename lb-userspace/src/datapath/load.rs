@@ -1,7 +1,10 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use aya::{
+    programs::{Xdp, XdpMode as AyaMode},
+    Ebpf, EbpfLoader,
+};
 use lb_common::names;
 
 use super::Maps;
@@ -47,6 +50,15 @@ impl Capacities {
             services: 4096,
         }
     }
+}
+
+/// How the program is attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic when the driver has none.
+    Auto,
+    Native,
+    Generic,
 }
 
 pub struct Datapath {
@@ -102,5 +114,25 @@ impl Datapath {
             .program_mut(name)
             .with_context(|| format!("no program {name}"))?
             .try_into()?)
+    }
+
+    /// Attaches `lb` to `ifname` in the calling thread's network namespace.
+    /// The link lives as long as this `Datapath`.
+    pub fn attach(&mut self, ifname: &str, mode: XdpMode) -> Result<()> {
+        let prog = self.program_mut(PROGRAM)?;
+        let flags = match mode {
+            XdpMode::Generic => AyaMode::Skb,
+            XdpMode::Native | XdpMode::Auto => AyaMode::Driver,
+        };
+        match prog.attach(ifname, flags) {
+            Ok(_) => Ok(()),
+            Err(e) if mode == XdpMode::Auto => {
+                tracing::warn!(%ifname, "native XDP unavailable ({e}), using generic mode");
+                prog.attach(ifname, AyaMode::Skb)
+                    .with_context(|| format!("attaching XDP to {ifname}"))?;
+                Ok(())
+            }
+            Err(e) => Err(e).with_context(|| format!("attaching XDP ({mode:?}) to {ifname}")),
+        }
     }
 }

@@ -4,6 +4,6 @@ mod load;
 mod maps;
 mod testrun;
 
-pub use load::{Capacities, Datapath, OBJECT, PROGRAM};
+pub use load::{Capacities, Datapath, XdpMode, OBJECT, PROGRAM};
 pub use maps::Maps;
 pub use testrun::{run_frame, FrameResult};
