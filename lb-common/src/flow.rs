@@ -2,7 +2,7 @@
 //! exactly what the packet path computes.
 
 #[inline(always)]
-const fn fmix(mut h: u32) -> u32 {
+pub(crate) const fn fmix(mut h: u32) -> u32 {
     // murmur3's finaliser: full avalanche in five cheap ALU ops, no tables,
     // which matters more on the packet path than cryptographic strength.
     h ^= h >> 16;

@@ -6,10 +6,11 @@
 //!
 //! IPv6 gets its own `*_V6` maps with 16-byte addresses later (as Cilium's
 //! lb4/lb6 split); the IPv4 layouts here never need to change for it.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 pub mod checksum;
 pub mod conntrack;
+pub mod filter;
 pub mod flow;
 pub mod maps;
 pub mod stats;

@@ -13,7 +13,8 @@ pub mod names {
     pub const SVC_STATS: &str = "SVC_STATS";
     pub const CONFIG: &str = "CONFIG";
     pub const IFACES: &str = "IFACES";
-    pub const ALL: [&str; 9] = [
+    pub const ADDR_FILTER: &str = "ADDR_FILTER";
+    pub const ALL: [&str; 10] = [
         ADDRS_V4,
         FRONTENDS_V4,
         BACKENDS_V4,
@@ -23,6 +24,7 @@ pub mod names {
         SVC_STATS,
         CONFIG,
         IFACES,
+        ADDR_FILTER,
     ];
 }
 
@@ -47,12 +49,10 @@ pub const PROTO_UDP: u8 = 17;
 /// `AddrInfo::flags`: the address is a frontend of some service (VIP, LB IP,
 /// externalIP), so a miss on its port is rejected rather than passed.
 pub const ADDR_FRONTEND: u32 = 1;
-/// `AddrInfo::flags`: the address belongs to some backend, so packets from it
-/// may be replies that need reverse translation.
-pub const ADDR_BACKEND: u32 = 2;
 
-/// Value of `ADDRS_V4`, keyed by an IPv4 address (network order). One 4-byte
-/// lookup tells the fast path whether a packet can concern us at all.
+/// Value of `ADDRS_V4`, keyed by an IPv4 address (network order). Consulted
+/// only when a packet to a filtered-in address matches no frontend port, to
+/// tell "reject" from "not ours".
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AddrInfo {

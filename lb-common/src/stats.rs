@@ -20,10 +20,11 @@ pub enum Reason {
     FwdKernel = 13,
     RejectFailed = 14,
     DropMalformed = 15,
+    DropCtInsert = 16,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 17;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotOurs,
@@ -41,6 +42,7 @@ impl Reason {
         Reason::FwdKernel,
         Reason::RejectFailed,
         Reason::DropMalformed,
+        Reason::DropCtInsert,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -61,6 +63,7 @@ impl Reason {
             Reason::FwdKernel => "fwd_kernel",
             Reason::RejectFailed => "reject_failed",
             Reason::DropMalformed => "drop_malformed",
+            Reason::DropCtInsert => "drop_ct_insert_failed",
         }
     }
 }

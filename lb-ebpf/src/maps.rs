@@ -43,3 +43,7 @@ pub static CONFIG: Array<Config, 1> = Array::new();
 /// Egress interfaces XDP may redirect to, by ifindex.
 #[btf_map]
 pub static IFACES: HashMap<u32, IfaceInfo, { MAX_IFACES as usize }> = HashMap::new();
+
+/// Address bitmap (`lb_common::filter`): the cheap "not ours" test.
+#[btf_map]
+pub static ADDR_FILTER: Array<u64, { lb_common::filter::FILTER_WORDS as usize }> = Array::new();

@@ -3,13 +3,15 @@
 //! the XDP action; `handle` counts it, so no path can forget to.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    flow::flow_hash_v4, CtKeyV4, FrontendKeyV4, Reason, ADDR_BACKEND, ADDR_FRONTEND,
-    CT_DIR_FORWARD, CT_DIR_REPLY, PROTO_TCP, PROTO_UDP,
+    filter::{position, AddrSet},
+    flow::flow_hash_v4,
+    CtKeyV4, FrontendKeyV4, Reason, ADDR_FRONTEND, CT_DIR_FORWARD, CT_DIR_REPLY, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::{
     conntrack, forward,
-    maps::{ADDRS_V4, FRONTENDS_V4},
+    maps::{ADDRS_V4, ADDR_FILTER, FRONTENDS_V4},
     nat,
     parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IP_FRAG_MASK, L4},
     reject, select, stats,
@@ -39,17 +41,30 @@ fn classify(ctx: &XdpContext) -> Verdict {
         return (Reason::PassMalformed, PASS);
     };
     let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
-    if let Some(info) = ADDRS_V4.get_ptr(dst) {
-        if unsafe { (*info).flags } & ADDR_FRONTEND != 0 {
-            return to_frontend(ctx, ip);
+    if maybe_in(dst, AddrSet::Frontend) {
+        if let Some(v) = to_frontend(ctx, ip) {
+            return v;
         }
     }
-    if let Some(info) = ADDRS_V4.get_ptr(src) {
-        if unsafe { (*info).flags } & ADDR_BACKEND != 0 {
-            return from_backend(ctx, ip);
-        }
+    if maybe_in(src, AddrSet::Backend) {
+        return from_backend(ctx, ip);
     }
     (Reason::PassNotOurs, PASS)
+}
+
+/// The address filter: `false` means certainly not in `set`.
+#[inline(always)]
+fn maybe_in(addr: u32, set: AddrSet) -> bool {
+    let (word, bit) = position(addr, set);
+    ADDR_FILTER.get(word).is_some_and(|w| *w & bit != 0)
+}
+
+/// Whether `addr` really is a frontend address (the filter may have lied).
+#[inline(always)]
+fn is_frontend_addr(addr: u32) -> bool {
+    ADDRS_V4
+        .get_ptr(addr)
+        .is_some_and(|i| unsafe { (*i).flags } & ADDR_FRONTEND != 0)
 }
 
 /// A TCP or UDP packet whose headers are all inside the frame.
@@ -80,26 +95,17 @@ fn transport(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Result<Packet, Verdict> {
     Ok(Packet { ip, ihl, proto, l4 })
 }
 
+/// `None` when the destination turns out to be no frontend address.
+/// Established flows are found in connection tracking before any service
+/// lookup: their entry holds everything the rewrite needs.
 #[inline(always)]
-fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Verdict {
+fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<Verdict> {
+    let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
     let p = match transport(ctx, ip) {
         Ok(p) => p,
-        Err(v) => return v,
+        Err(v) => return is_frontend_addr(dst).then_some(v),
     };
     let [sport, dport] = unsafe { *p.l4.ports };
-    let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
-    let fe_key = FrontendKeyV4 {
-        addr: dst,
-        port: dport,
-        proto: p.proto,
-        _pad: 0,
-    };
-    let Some(fe) = FRONTENDS_V4.get_ptr(fe_key) else {
-        return reject::send(ctx, p.ihl, p.proto, Reason::RejectUnknownPort);
-    };
-    // One copy of the value: the agent may swap it at any moment, and every
-    // field this packet uses must come from the same version.
-    let fe = unsafe { *fe };
     let now = conntrack::now();
     let cfg = conntrack::config();
     let key = CtKeyV4 {
@@ -113,25 +119,72 @@ fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Verdict {
     };
     let (ct, reason) = match conntrack::lookup(&key, p.l4.tcp_flags, now, &cfg) {
         Some(ct) => (ct, Reason::XlateEstablished),
-        None => {
-            if fe.ring_size == 0 {
-                return reject::send(ctx, p.ihl, p.proto, Reason::RejectNoBackend);
-            }
-            let hash = flow_hash_v4(src, dst, sport, dport, p.proto);
-            let Some(be) = select::backend(&fe, hash) else {
-                return reject::send(ctx, p.ihl, p.proto, Reason::RejectNoBackend);
-            };
-            match conntrack::create(&key, &be, fe.svc_id, now) {
-                Some(ct) => (ct, Reason::XlateNew),
-                None => return (Reason::DropMalformed, DROP),
-            }
-        }
+        None => match new_flow(ctx, &p, &key, now) {
+            Ok(ct) => (ct, Reason::XlateNew),
+            Err(v) => return v,
+        },
     };
     let refresh = conntrack::on_packet(&key, ct, p.l4.tcp_flags, now);
     let (addr, port, svc_id) = unsafe { ((*ct).nat_addr, (*ct).nat_port, (*ct).svc_id) };
     nat::dnat(p.ip, &p.l4, addr, port);
     stats::count_service(svc_id, (ctx.data_end() - ctx.data()) as u64);
-    (reason, forward::send(ctx, p.ip, ct, refresh))
+    Some((reason, forward::send(ctx, p.ip, ct, refresh)))
+}
+
+/// Picks a backend for a flow without an entry and creates its entries;
+/// `Err` carries the verdict when there is none to pick (or `None` when the
+/// destination is no frontend address at all).
+#[inline(always)]
+fn new_flow(
+    ctx: &XdpContext,
+    p: &Packet,
+    key: &CtKeyV4,
+    now: u64,
+) -> Result<*mut lb_common::CtValueV4, Option<Verdict>> {
+    let fe_key = FrontendKeyV4 {
+        addr: key.dst_addr,
+        port: key.dst_port,
+        proto: p.proto,
+        _pad: 0,
+    };
+    let Some(fe) = FRONTENDS_V4.get_ptr(fe_key) else {
+        if !is_frontend_addr(key.dst_addr) {
+            return Err(None);
+        }
+        return Err(Some(reject::send(
+            ctx,
+            p.ihl,
+            p.proto,
+            Reason::RejectUnknownPort,
+        )));
+    };
+    // One copy of the value: the agent may swap it at any moment, and every
+    // field this packet uses must come from the same version.
+    let fe = unsafe { *fe };
+    if fe.ring_size == 0 {
+        return Err(Some(reject::send(
+            ctx,
+            p.ihl,
+            p.proto,
+            Reason::RejectNoBackend,
+        )));
+    }
+    let hash = flow_hash_v4(
+        key.src_addr,
+        key.dst_addr,
+        key.src_port,
+        key.dst_port,
+        p.proto,
+    );
+    let Some(be) = select::backend(&fe, hash) else {
+        return Err(Some(reject::send(
+            ctx,
+            p.ihl,
+            p.proto,
+            Reason::RejectNoBackend,
+        )));
+    };
+    conntrack::create(key, &be, fe.svc_id, now).ok_or(Some((Reason::DropCtInsert, DROP)))
 }
 
 #[inline(always)]

@@ -21,6 +21,7 @@ pub struct Maps {
     pub svc_stats: PerCpuArray<MapData, SvcStats>,
     pub config: Array<MapData, Config>,
     pub ifaces: HashMap<MapData, u32, IfaceInfo>,
+    pub filter: Array<MapData, u64>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -60,6 +61,7 @@ impl Maps {
             svc_stats: get(names::SVC_STATS)?.try_into()?,
             config: get(names::CONFIG)?.try_into()?,
             ifaces: get(names::IFACES)?.try_into()?,
+            filter: get(names::ADDR_FILTER)?.try_into()?,
         })
     }
 
@@ -72,6 +74,14 @@ impl Maps {
                 Ok((r, per_cpu.iter().sum()))
             })
             .collect()
+    }
+
+    /// Sets `addr`'s bit in the address filter (see `lb_common::filter`).
+    pub fn filter_add(&mut self, addr: u32, set: lb_common::filter::AddrSet) -> Result<()> {
+        let (word, bit) = lb_common::filter::position(addr, set);
+        let old = self.filter.get(&word, 0)?;
+        self.filter.set(word, old | bit, 0)?;
+        Ok(())
     }
 
     pub fn reason_total(&self, reason: Reason) -> Result<u64> {

@@ -7,7 +7,9 @@ pub mod packets;
 
 use std::net::Ipv4Addr;
 
-use lb_common::{AddrInfo, BackendV4, FrontendKeyV4, FrontendValue, ADDR_BACKEND, ADDR_FRONTEND};
+use lb_common::{
+    filter::AddrSet, AddrInfo, BackendV4, FrontendKeyV4, FrontendValue, ADDR_FRONTEND,
+};
 use lb_userspace::{
     datapath::{Capacities, Datapath},
     maglev,
@@ -71,7 +73,7 @@ impl Provision {
                         0,
                     )
                     .unwrap();
-                add_flags(dp, addr, ADDR_BACKEND);
+                dp.maps.filter_add(be(addr), AddrSet::Backend).unwrap();
                 id
             })
             .collect();
@@ -118,6 +120,7 @@ impl Provision {
         };
         dp.maps.frontends.insert(key, value, 0).unwrap();
         add_flags(dp, vip.0, ADDR_FRONTEND);
+        dp.maps.filter_add(be(vip.0), AddrSet::Frontend).unwrap();
     }
 }
 
