@@ -14,7 +14,8 @@ pub mod names {
     pub const CONFIG: &str = "CONFIG";
     pub const IFACES: &str = "IFACES";
     pub const ADDR_FILTER: &str = "ADDR_FILTER";
-    pub const ALL: [&str; 10] = [
+    pub const SVC_NAMES: &str = "SVC_NAMES";
+    pub const ALL: [&str; 11] = [
         ADDRS_V4,
         FRONTENDS_V4,
         BACKENDS_V4,
@@ -25,6 +26,7 @@ pub mod names {
         CONFIG,
         IFACES,
         ADDR_FILTER,
+        SVC_NAMES,
     ];
 }
 
@@ -84,6 +86,11 @@ pub struct FrontendValue {
     pub ring_size: u32,
     pub flags: u32,
 }
+
+/// `FrontendValue::flags`: the frontend serves traffic from outside the
+/// cluster (NodePort, LoadBalancer, externalIP), so its ring holds the
+/// externalTrafficPolicy backends rather than the internal ones.
+pub const FE_EXTERNAL: u32 = 1;
 
 /// Value of `BACKENDS_V4`, indexed by backend id.
 #[repr(C)]
@@ -177,6 +184,15 @@ pub struct IfaceInfo {
     pub flags: u32,
 }
 
+/// Value of `SVC_NAMES`, keyed by service id: "namespace/name:port/PROTO",
+/// zero-padded. Only the agent and the CLI read it: it lets a restarted agent
+/// keep its service ids, and `bpftool map dump` name what it shows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SvcName {
+    pub name: [u8; 128],
+}
+
 /// Per service port, per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -195,6 +211,7 @@ const _: () = {
     assert!(core::mem::size_of::<Config>() == 16);
     assert!(core::mem::size_of::<IfaceInfo>() == 4);
     assert!(core::mem::size_of::<SvcStats>() == 16);
+    assert!(core::mem::size_of::<SvcName>() == 128);
 };
 
 #[cfg(feature = "user")]
@@ -210,4 +227,5 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for SvcStats {}
+    unsafe impl aya::Pod for SvcName {}
 }

@@ -1,6 +1,7 @@
 //! Every map of the program. Layouts live in `lb-common`; the agent writes
 //! all of them except `CT_V4` (the packet path) and the counters.
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
@@ -21,8 +22,11 @@ pub static FRONTENDS_V4: HashMap<FrontendKeyV4, FrontendValue, { MAX_FRONTENDS a
 pub static BACKENDS_V4: Array<BackendV4, { MAX_BACKENDS as usize }> = Array::new();
 
 /// All Maglev rings, each a segment of backend ids owned by one frontend set.
+/// Memory-mappable so the agent writes whole rings with memcpy instead of a
+/// syscall per slot (aya has no batch update).
 #[btf_map]
-pub static MAGLEV_SLOTS: Array<u32, { MAX_MAGLEV_SLOTS as usize }> = Array::new();
+pub static MAGLEV_SLOTS: Array<u32, { MAX_MAGLEV_SLOTS as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
 
 /// Connection tracking: forward and reverse entries of every translated flow.
 #[btf_map]
@@ -47,3 +51,7 @@ pub static IFACES: HashMap<u32, IfaceInfo, { MAX_IFACES as usize }> = HashMap::n
 /// Address bitmap (`lb_common::filter`): the cheap "not ours" test.
 #[btf_map]
 pub static ADDR_FILTER: Array<u64, { lb_common::filter::FILTER_WORDS as usize }> = Array::new();
+
+/// Service names by id, for the agent's restarts and for people reading maps.
+#[btf_map]
+pub static SVC_NAMES: HashMap<u32, SvcName, { MAX_SERVICES as usize }> = HashMap::new();

@@ -7,3 +7,4 @@ pub mod datapath;
 pub mod maglev;
 pub mod model;
 pub mod source;
+pub mod sync;

@@ -7,8 +7,10 @@ use aya::{
 };
 use lb_common::{
     names, AddrInfo, BackendV4, Config, CtKeyV4, CtValueV4, FrontendKeyV4, FrontendValue,
-    IfaceInfo, Reason, SvcStats,
+    IfaceInfo, Reason, SvcName, SvcStats,
 };
+
+use super::slots::RingSlots;
 
 /// Typed handles on every map of the data plane.
 pub struct Maps {
@@ -22,6 +24,8 @@ pub struct Maps {
     pub config: Array<MapData, Config>,
     pub ifaces: HashMap<MapData, u32, IfaceInfo>,
     pub filter: Array<MapData, u64>,
+    pub svc_names: HashMap<MapData, u32, SvcName>,
+    pub slots: RingSlots,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -51,17 +55,21 @@ impl Maps {
     }
 
     fn build(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+        let maglev = get(names::MAGLEV_SLOTS)?;
+        let slots = RingSlots::map(&maglev)?;
         Ok(Self {
             addrs: get(names::ADDRS_V4)?.try_into()?,
             frontends: get(names::FRONTENDS_V4)?.try_into()?,
             backends: get(names::BACKENDS_V4)?.try_into()?,
-            maglev: get(names::MAGLEV_SLOTS)?.try_into()?,
+            maglev: maglev.try_into()?,
             ct: get(names::CT_V4)?.try_into()?,
             stats: get(names::STATS)?.try_into()?,
             svc_stats: get(names::SVC_STATS)?.try_into()?,
             config: get(names::CONFIG)?.try_into()?,
             ifaces: get(names::IFACES)?.try_into()?,
             filter: get(names::ADDR_FILTER)?.try_into()?,
+            svc_names: get(names::SVC_NAMES)?.try_into()?,
+            slots,
         })
     }
 

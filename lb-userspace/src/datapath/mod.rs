@@ -2,8 +2,10 @@
 //! and `BPF_PROG_TEST_RUN` for tests and benchmarks.
 mod load;
 mod maps;
+mod slots;
 mod testrun;
 
 pub use load::{Capacities, Datapath, XdpMode, OBJECT, PROGRAM};
 pub use maps::Maps;
+pub use slots::RingSlots;
 pub use testrun::{run_frame, FrameResult};

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod packets;
+pub mod topology;
 
 use std::net::Ipv4Addr;
 

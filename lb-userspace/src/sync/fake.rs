@@ -1,0 +1,175 @@
+//! An in-memory `MapWriter` that checks, after every single write, what a
+//! packet arriving at that instant would see: every published frontend must
+//! point at a complete ring of existing backends, with its address and filter
+//! bits in place.
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::Result;
+use lb_common::{
+    filter::{position, AddrSet},
+    BackendV4, FrontendKeyV4, FrontendValue,
+};
+
+use super::{MapWriter, Snapshot};
+
+#[derive(Debug, Default, Clone)]
+pub struct FakeMaps {
+    pub frontends: BTreeMap<FrontendKeyV4, FrontendValue>,
+    pub backends: BTreeMap<u32, BackendV4>,
+    pub slots: HashMap<u32, u32>,
+    pub addrs: BTreeMap<u32, ()>,
+    pub filter: BTreeMap<u32, u64>,
+    pub services: BTreeMap<u32, String>,
+}
+
+#[derive(Debug)]
+pub struct FakeWriter {
+    pub maps: FakeMaps,
+    pub capacity: u32,
+    /// Every write, in order, for assertions on ordering.
+    pub log: Vec<String>,
+    /// Moments where a packet would have seen a half-built service.
+    pub violations: Vec<String>,
+    /// Whether to run the invariant check after each write (costly at scale).
+    pub check: bool,
+}
+
+impl FakeWriter {
+    pub fn new(capacity: u32) -> Self {
+        Self {
+            maps: FakeMaps::default(),
+            capacity,
+            log: Vec::new(),
+            violations: Vec::new(),
+            check: true,
+        }
+    }
+
+    fn filtered(&self, addr: u32, set: AddrSet) -> bool {
+        let (word, bit) = position(addr, set);
+        self.maps.filter.get(&word).is_some_and(|w| w & bit != 0)
+    }
+
+    fn after(&mut self, op: String) {
+        if self.check {
+            for (key, fe) in &self.maps.frontends {
+                if !self.maps.addrs.contains_key(&key.addr)
+                    || !self.filtered(key.addr, AddrSet::Frontend)
+                {
+                    self.violations
+                        .push(format!("after {op}: frontend {key:?} not filtered in"));
+                }
+                for slot in fe.ring_offset..fe.ring_offset + fe.ring_size {
+                    let ok = self
+                        .maps
+                        .slots
+                        .get(&slot)
+                        .and_then(|id| self.maps.backends.get(id))
+                        .is_some_and(|b| b.addr != 0 && self.filtered(b.addr, AddrSet::Backend));
+                    if !ok {
+                        self.violations.push(format!(
+                            "after {op}: frontend {key:?} slot {slot} has no live backend"
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        self.log.push(op);
+    }
+}
+
+impl MapWriter for FakeWriter {
+    fn put_backend(&mut self, id: u32, backend: BackendV4) -> Result<()> {
+        if backend == BackendV4::default() {
+            self.maps.backends.remove(&id);
+        } else {
+            self.maps.backends.insert(id, backend);
+        }
+        self.after(format!("backend {id}"));
+        Ok(())
+    }
+
+    fn put_ring(&mut self, offset: u32, slots: &[u32]) -> Result<()> {
+        for (i, s) in slots.iter().enumerate() {
+            self.maps.slots.insert(offset + i as u32, *s);
+        }
+        self.after(format!("ring {offset}+{}", slots.len()));
+        Ok(())
+    }
+
+    fn put_frontend(&mut self, key: FrontendKeyV4, value: FrontendValue) -> Result<()> {
+        self.maps.frontends.insert(key, value);
+        self.after(format!("frontend {key:?}"));
+        Ok(())
+    }
+
+    fn remove_frontend(&mut self, key: &FrontendKeyV4) -> Result<()> {
+        self.maps.frontends.remove(key);
+        self.after(format!("remove frontend {key:?}"));
+        Ok(())
+    }
+
+    fn put_frontend_addr(&mut self, addr: u32) -> Result<()> {
+        self.maps.addrs.insert(addr, ());
+        self.after(format!("addr {addr:#x}"));
+        Ok(())
+    }
+
+    fn remove_frontend_addr(&mut self, addr: u32) -> Result<()> {
+        self.maps.addrs.remove(&addr);
+        self.after(format!("remove addr {addr:#x}"));
+        Ok(())
+    }
+
+    fn put_filter_word(&mut self, word: u32, bits: u64) -> Result<()> {
+        if bits == 0 {
+            self.maps.filter.remove(&word);
+        } else {
+            self.maps.filter.insert(word, bits);
+        }
+        self.after(format!("filter {word}"));
+        Ok(())
+    }
+
+    fn put_service(&mut self, svc_id: u32, name: &str) -> Result<()> {
+        self.maps.services.insert(svc_id, name.to_string());
+        self.after(format!("service {svc_id} {name}"));
+        Ok(())
+    }
+
+    fn remove_service(&mut self, svc_id: u32) -> Result<()> {
+        self.maps.services.remove(&svc_id);
+        self.after(format!("remove service {svc_id}"));
+        Ok(())
+    }
+
+    fn ring_capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    fn read_back(&self) -> Result<Snapshot> {
+        let frontends: Vec<_> = self.maps.frontends.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut rings: Vec<(u32, Vec<u32>)> = Vec::new();
+        for (_, v) in &frontends {
+            if v.ring_size > 0 && !rings.iter().any(|(o, _)| *o == v.ring_offset) {
+                let slots = (v.ring_offset..v.ring_offset + v.ring_size)
+                    .map(|s| self.maps.slots.get(&s).copied().unwrap_or(0))
+                    .collect();
+                rings.push((v.ring_offset, slots));
+            }
+        }
+        Ok(Snapshot {
+            frontends,
+            backends: self.maps.backends.iter().map(|(k, v)| (*k, *v)).collect(),
+            services: self
+                .maps
+                .services
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
+            filter: self.maps.filter.iter().map(|(k, v)| (*k, *v)).collect(),
+            rings,
+        })
+    }
+}

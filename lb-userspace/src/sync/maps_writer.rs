@@ -1,0 +1,121 @@
+//! `MapWriter` on the real maps.
+use anyhow::Result;
+use aya::maps::PerCpuValues;
+use lb_common::{
+    AddrInfo, BackendV4, FrontendKeyV4, FrontendValue, SvcName, SvcStats, ADDR_FRONTEND,
+};
+
+use super::{MapWriter, Snapshot};
+use crate::datapath::Maps;
+
+pub struct MapsWriter<'a> {
+    pub maps: &'a mut Maps,
+}
+
+fn svc_name(name: &str) -> SvcName {
+    let mut out = SvcName { name: [0; 128] };
+    let n = name.len().min(out.name.len() - 1);
+    out.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    out
+}
+
+pub fn svc_name_str(name: &SvcName) -> String {
+    let end = name
+        .name
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(name.name.len());
+    String::from_utf8_lossy(&name.name[..end]).into_owned()
+}
+
+impl MapWriter for MapsWriter<'_> {
+    fn put_backend(&mut self, id: u32, backend: BackendV4) -> Result<()> {
+        Ok(self.maps.backends.set(id, backend, 0)?)
+    }
+
+    fn put_ring(&mut self, offset: u32, slots: &[u32]) -> Result<()> {
+        self.maps.slots.write(offset, slots)
+    }
+
+    fn put_frontend(&mut self, key: FrontendKeyV4, value: FrontendValue) -> Result<()> {
+        Ok(self.maps.frontends.insert(key, value, 0)?)
+    }
+
+    fn remove_frontend(&mut self, key: &FrontendKeyV4) -> Result<()> {
+        Ok(self.maps.frontends.remove(key)?)
+    }
+
+    fn put_frontend_addr(&mut self, addr: u32) -> Result<()> {
+        Ok(self.maps.addrs.insert(
+            addr,
+            AddrInfo {
+                flags: ADDR_FRONTEND,
+            },
+            0,
+        )?)
+    }
+
+    fn remove_frontend_addr(&mut self, addr: u32) -> Result<()> {
+        Ok(self.maps.addrs.remove(&addr)?)
+    }
+
+    fn put_filter_word(&mut self, word: u32, bits: u64) -> Result<()> {
+        Ok(self.maps.filter.set(word, bits, 0)?)
+    }
+
+    fn put_service(&mut self, svc_id: u32, name: &str) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let zeros = PerCpuValues::try_from(vec![SvcStats::default(); cpus])?;
+        self.maps.svc_stats.set(svc_id, zeros, 0)?;
+        Ok(self.maps.svc_names.insert(svc_id, svc_name(name), 0)?)
+    }
+
+    fn remove_service(&mut self, svc_id: u32) -> Result<()> {
+        Ok(self.maps.svc_names.remove(&svc_id)?)
+    }
+
+    fn ring_capacity(&self) -> u32 {
+        self.maps.slots.len()
+    }
+
+    fn read_back(&self) -> Result<Snapshot> {
+        let frontends: Vec<(FrontendKeyV4, FrontendValue)> =
+            self.maps.frontends.iter().collect::<Result<_, _>>()?;
+        let mut backends = Vec::new();
+        for (id, be) in self.maps.backends.iter().enumerate() {
+            let be = be?;
+            if be != BackendV4::default() {
+                backends.push((id as u32, be));
+            }
+        }
+        let services = self
+            .maps
+            .svc_names
+            .iter()
+            .map(|r| r.map(|(id, n)| (id, svc_name_str(&n))))
+            .collect::<Result<_, _>>()?;
+        let mut filter = Vec::new();
+        for (word, bits) in self.maps.filter.iter().enumerate() {
+            let bits = bits?;
+            if bits != 0 {
+                filter.push((word as u32, bits));
+            }
+        }
+        let mut rings = Vec::new();
+        for (_, v) in &frontends {
+            if v.ring_size > 0 && !rings.iter().any(|(o, _)| *o == v.ring_offset) {
+                rings.push((
+                    v.ring_offset,
+                    self.maps.slots.read(v.ring_offset, v.ring_size)?,
+                ));
+            }
+        }
+        Ok(Snapshot {
+            frontends,
+            backends,
+            services,
+            filter,
+            rings,
+        })
+    }
+}

@@ -1,0 +1,184 @@
+use std::net::Ipv4Addr;
+
+use super::{fake::FakeWriter, Syncer};
+use crate::model::{
+    Backend, DesiredState, Frontend, FrontendKind, Proto, ServicePort, ServicePortId,
+};
+
+fn id(name: &str) -> ServicePortId {
+    ServicePortId {
+        namespace: "default".into(),
+        name: name.into(),
+        port_name: String::new(),
+        protocol: Proto::Tcp,
+    }
+}
+
+fn backend(last: u8) -> Backend {
+    Backend {
+        addr: Ipv4Addr::new(10, 244, 0, last),
+        port: 8080,
+        node_name: None,
+        is_local: false,
+        ready: true,
+        serving: true,
+        terminating: false,
+    }
+}
+
+fn service(vip_last: u8, backends: &[u8]) -> ServicePort {
+    let bs: Vec<Backend> = backends.iter().map(|&b| backend(b)).collect();
+    ServicePort {
+        frontends: vec![
+            Frontend {
+                addr: Ipv4Addr::new(10, 96, 0, vip_last),
+                port: 80,
+                kind: FrontendKind::ClusterIp,
+            },
+            Frontend {
+                addr: Ipv4Addr::new(192, 168, 0, 1),
+                port: 30000 + vip_last as u16,
+                kind: FrontendKind::NodePort,
+            },
+        ],
+        cluster_backends: bs.clone(),
+        external_backends: bs,
+        ..Default::default()
+    }
+}
+
+fn state(services: &[(&str, ServicePort)]) -> DesiredState {
+    DesiredState {
+        services: services.iter().map(|(n, s)| (id(n), s.clone())).collect(),
+        problems: Vec::new(),
+    }
+}
+
+fn fresh() -> (Syncer, FakeWriter) {
+    let w = FakeWriter::new(1 << 20);
+    (Syncer::recover(&w).unwrap(), w)
+}
+
+#[test]
+fn cold_sync_publishes_complete_services_only() {
+    let (mut s, mut w) = fresh();
+    let r = s
+        .sync(
+            &state(&[("a", service(1, &[1, 2, 3])), ("b", service(2, &[3, 4]))]),
+            &mut w,
+        )
+        .unwrap();
+    assert!(w.violations.is_empty(), "{:#?}", w.violations);
+    assert_eq!((r.services, r.frontends, r.backends), (2, 4, 4));
+    let first_frontend = w
+        .log
+        .iter()
+        .position(|op| op.starts_with("frontend"))
+        .unwrap();
+    let last_ring = w.log.iter().rposition(|op| op.starts_with("ring")).unwrap();
+    assert!(last_ring < first_frontend, "{:#?}", w.log);
+}
+
+#[test]
+fn resync_of_the_same_state_writes_nothing() {
+    let (mut s, mut w) = fresh();
+    let desired = state(&[("a", service(1, &[1, 2]))]);
+    s.sync(&desired, &mut w).unwrap();
+    let before = w.maps.clone();
+    assert_eq!(s.sync(&desired, &mut w).unwrap().writes, 0);
+    assert_eq!(format!("{:?}", w.maps), format!("{before:?}"));
+}
+
+#[test]
+fn endpoint_change_swaps_the_ring_and_keeps_ids() {
+    let (mut s, mut w) = fresh();
+    s.sync(
+        &state(&[("a", service(1, &[1, 2])), ("b", service(2, &[7]))]),
+        &mut w,
+    )
+    .unwrap();
+    let svc_ids = w.maps.services.clone();
+    let b_frontends: Vec<_> = w
+        .maps
+        .frontends
+        .iter()
+        .filter(|(_, v)| v.svc_id == 2)
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    w.log.clear();
+    s.sync(
+        &state(&[("a", service(1, &[2, 3])), ("b", service(2, &[7]))]),
+        &mut w,
+    )
+    .unwrap();
+    assert!(w.violations.is_empty(), "{:#?}", w.violations);
+    assert_eq!(w.maps.services, svc_ids);
+    // Service b untouched; the retired backend .1 removed only after a's frontends moved.
+    for (k, v) in &b_frontends {
+        assert_eq!(w.maps.frontends.get(k), Some(v));
+    }
+    let removed = w.log.iter().position(|op| op == "backend 1").unwrap();
+    let moved = w
+        .log
+        .iter()
+        .rposition(|op| op.starts_with("frontend"))
+        .unwrap();
+    assert!(moved < removed, "{:#?}", w.log);
+    assert!(
+        w.log.len() < 12,
+        "a one-endpoint change is a handful of writes: {:#?}",
+        w.log
+    );
+}
+
+#[test]
+fn removal_clears_everything_the_service_owned() {
+    let (mut s, mut w) = fresh();
+    s.sync(
+        &state(&[("a", service(1, &[1, 2])), ("b", service(2, &[3]))]),
+        &mut w,
+    )
+    .unwrap();
+    s.sync(&state(&[("b", service(2, &[3]))]), &mut w).unwrap();
+    assert!(w.violations.is_empty(), "{:#?}", w.violations);
+    assert_eq!(w.maps.frontends.len(), 2);
+    assert_eq!(w.maps.backends.len(), 1);
+    assert_eq!(w.maps.services.len(), 1);
+    let (mut s2, mut w2) = fresh();
+    s2.sync(&state(&[("b", service(2, &[3]))]), &mut w2)
+        .unwrap();
+    assert_eq!(w.maps.filter, w2.maps.filter, "no stale filter bits");
+    s.sync(&state(&[]), &mut w).unwrap();
+    assert!(w.maps.frontends.is_empty() && w.maps.backends.is_empty() && w.maps.filter.is_empty());
+}
+
+#[test]
+fn service_without_backends_is_published_with_an_empty_ring() {
+    let (mut s, mut w) = fresh();
+    s.sync(&state(&[("a", service(1, &[]))]), &mut w).unwrap();
+    assert!(w.violations.is_empty());
+    assert!(w.maps.frontends.values().all(|v| v.ring_size == 0));
+    s.sync(&state(&[("a", service(1, &[5]))]), &mut w).unwrap();
+    assert!(w.maps.frontends.values().all(|v| v.ring_size > 0));
+}
+
+#[test]
+fn restart_over_the_same_maps_keeps_ids_and_writes_nothing() {
+    let (mut s, mut w) = fresh();
+    let desired = state(&[("a", service(1, &[1, 2, 3])), ("b", service(2, &[3, 4]))]);
+    s.sync(&desired, &mut w).unwrap();
+    let before = w.maps.clone();
+    let mut restarted = Syncer::recover(&w).unwrap();
+    assert_eq!(restarted.sync(&desired, &mut w).unwrap().writes, 0);
+    assert_eq!(format!("{:?}", w.maps), format!("{before:?}"));
+    // And it goes on allocating without clashing with what it recovered.
+    restarted
+        .sync(
+            &state(&[("a", service(1, &[1, 2, 3])), ("c", service(3, &[9]))]),
+            &mut w,
+        )
+        .unwrap();
+    assert!(w.violations.is_empty(), "{:#?}", w.violations);
+    let ids: std::collections::BTreeSet<u32> = w.maps.services.keys().copied().collect();
+    assert_eq!(ids.len(), 2);
+}

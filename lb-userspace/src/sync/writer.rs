@@ -1,0 +1,36 @@
+//! The map operations a sync performs, behind a trait so the ordering and
+//! idempotence are tested against an in-memory fake, and benchmarked both
+//! ways.
+use anyhow::Result;
+use lb_common::{BackendV4, FrontendKeyV4, FrontendValue};
+
+pub trait MapWriter {
+    fn put_backend(&mut self, id: u32, backend: BackendV4) -> Result<()>;
+    /// Writes a whole ring segment starting at `offset`.
+    fn put_ring(&mut self, offset: u32, slots: &[u32]) -> Result<()>;
+    fn put_frontend(&mut self, key: FrontendKeyV4, value: FrontendValue) -> Result<()>;
+    fn remove_frontend(&mut self, key: &FrontendKeyV4) -> Result<()>;
+    fn put_frontend_addr(&mut self, addr: u32) -> Result<()>;
+    fn remove_frontend_addr(&mut self, addr: u32) -> Result<()>;
+    fn put_filter_word(&mut self, word: u32, bits: u64) -> Result<()>;
+    /// Names a new service id and zeroes its counters (ids are reused).
+    fn put_service(&mut self, svc_id: u32, name: &str) -> Result<()>;
+    fn remove_service(&mut self, svc_id: u32) -> Result<()>;
+    /// Capacity of the ring slot array.
+    fn ring_capacity(&self) -> u32;
+    /// What the maps hold now, for an agent that starts over pinned maps.
+    fn read_back(&self) -> Result<Snapshot>;
+}
+
+/// The agent-owned contents of the maps (connection tracking and counters
+/// are the packet path's own and are not read back).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub frontends: Vec<(FrontendKeyV4, FrontendValue)>,
+    pub backends: Vec<(u32, BackendV4)>,
+    pub services: Vec<(u32, String)>,
+    /// Non-zero filter words.
+    pub filter: Vec<(u32, u64)>,
+    /// Slots of every ring a frontend points at, by ring offset.
+    pub rings: Vec<(u32, Vec<u32>)>,
+}

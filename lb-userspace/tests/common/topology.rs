@@ -1,0 +1,225 @@
+//! A client, a node and two backend pods, each in its own namespace, wired
+//! like a Kubernetes node: the client reaches the service range only through
+//! the node, and each pod hangs off its own node-side veth. Every pod runs a
+//! TCP and a UDP server that answer `<pod name>:` followed by the request, so
+//! a reply tells which backend served it and whether every byte survived.
+
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use lb_userspace::{
+    datapath::{Datapath, XdpMode},
+    testbed::netns::{Ns, Testbed},
+};
+
+/// Bound on every connect, read and write, on both ends.
+pub const TIMEOUT: Duration = Duration::from_secs(3);
+pub const BACKEND_TCP_PORT: u16 = 8080;
+pub const BACKEND_UDP_PORT: u16 = 5353;
+
+const CLIENT_ADDR: &str = "192.168.10.2/24";
+const NODE_CLIENT_SIDE: &str = "192.168.10.1";
+/// The node's routes never cover it: without the data plane nothing reaches it.
+const SERVICE_RANGE: &str = "10.96.0.0/16";
+/// How often idle servers look at the stop flag.
+const POLL: Duration = Duration::from_millis(2);
+
+/// Node-side interfaces; the program goes on all of them, so requests from
+/// the client and replies from the pods both pass through it.
+const NODE_IFACES: [&str; 3] = ["to-client", "to-b1", "to-b2"];
+
+pub struct Pod {
+    pub name: &'static str,
+    pub addr: Ipv4Addr,
+}
+
+pub struct Topology {
+    // Declared first so it drops first: a server socket would keep its
+    // namespace alive after the testbed deletes it.
+    servers: Servers,
+    pub tb: Testbed,
+    pub client: Ns,
+    pub node: Ns,
+    pub pods: [Pod; 2],
+}
+
+impl Topology {
+    /// Builds the namespaces and starts the pods' servers.
+    pub fn build() -> Result<Self> {
+        super::privileged("netns data-path");
+        let tb = Testbed::new()?;
+        let client = tb.add_ns("client")?;
+        let node = tb.add_ns("node")?;
+        let pods = [
+            Pod {
+                name: "b1",
+                addr: Ipv4Addr::new(10, 244, 1, 2),
+            },
+            Pod {
+                name: "b2",
+                addr: Ipv4Addr::new(10, 244, 2, 2),
+            },
+        ];
+
+        tb.veth(&client, "eth0", &node, NODE_IFACES[0])?;
+        tb.addr(&client, "eth0", CLIENT_ADDR)?;
+        tb.up(&client, "eth0")?;
+        tb.addr(&node, NODE_IFACES[0], &format!("{NODE_CLIENT_SIDE}/24"))?;
+        // Only the service range: the client has no way to the pods except
+        // through a translated VIP.
+        tb.route(&client, &format!("{SERVICE_RANGE} via {NODE_CLIENT_SIDE}"))?;
+
+        let mut servers = Servers::default();
+        for (pod, node_if) in pods.iter().zip(&NODE_IFACES[1..]) {
+            let ns = tb.add_ns(pod.name)?;
+            let [a, b, c, _] = pod.addr.octets();
+            let gateway = Ipv4Addr::new(a, b, c, 1);
+            tb.veth(&ns, "eth0", &node, node_if)?;
+            tb.addr(&ns, "eth0", &format!("{}/24", pod.addr))?;
+            tb.up(&ns, "eth0")?;
+            tb.route(&ns, &format!("default via {gateway}"))?;
+            tb.addr(&node, node_if, &format!("{gateway}/24"))?;
+            servers.start(&tb, &ns, pod)?;
+        }
+
+        tb.sysctl(&node, "net.ipv4.ip_forward", "1")?;
+        // A translated reply arrives on a pod's veth with the VIP as source,
+        // and the node has no route back to the VIP at all, so strict and
+        // even loose reverse-path filtering would drop it. The effective
+        // value is the maximum of `all` and the interface's own.
+        tb.sysctl(&node, "net.ipv4.conf.all.rp_filter", "0")?;
+        for ifname in NODE_IFACES {
+            tb.sysctl(&node, &format!("net.ipv4.conf.{ifname}.rp_filter"), "0")?;
+            tb.up(&node, ifname)?;
+        }
+
+        Ok(Self {
+            servers,
+            tb,
+            client,
+            node,
+            pods,
+        })
+    }
+
+    /// Every pod as a backend `(address, port)`.
+    pub fn backends(&self, port: u16) -> Vec<(Ipv4Addr, u16)> {
+        self.pods.iter().map(|pod| (pod.addr, port)).collect()
+    }
+
+    /// Attaches the program to every node interface, inside the node.
+    pub fn attach(&self, dp: &mut Datapath, mode: XdpMode) -> Result<()> {
+        for ifname in NODE_IFACES {
+            self.tb.in_ns(&self.node, || dp.attach(ifname, mode))??;
+        }
+        Ok(())
+    }
+}
+
+/// What a pod named `name` answers to `request`.
+pub fn reply(name: &str, request: &[u8]) -> Vec<u8> {
+    [name.as_bytes(), b":", request].concat()
+}
+
+/// The pods' server threads; drop stops and joins them.
+#[derive(Default)]
+struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Servers {
+    /// Binds in `ns` (the sockets stay there) and serves from plain threads.
+    fn start(&mut self, tb: &Testbed, ns: &Ns, pod: &Pod) -> Result<()> {
+        let (tcp, udp) = tb
+            .in_ns(ns, || -> io::Result<_> {
+                Ok((
+                    TcpListener::bind((pod.addr, BACKEND_TCP_PORT))?,
+                    UdpSocket::bind((pod.addr, BACKEND_UDP_PORT))?,
+                ))
+            })?
+            .with_context(|| format!("binding the servers of {}", pod.name))?;
+        let (name, stop) = (pod.name, self.stop.clone());
+        self.threads
+            .push(thread::spawn(move || serve_tcp(name, tcp, &stop)));
+        let (name, stop) = (pod.name, self.stop.clone());
+        self.threads
+            .push(thread::spawn(move || serve_udp(name, udp, &stop)));
+        Ok(())
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for server in self.threads.drain(..) {
+            // A panicking server already printed why; the test's own
+            // assertions say what it meant for the traffic.
+            let _ = server.join();
+        }
+    }
+}
+
+fn serve_tcp(name: &str, listener: TcpListener, stop: &AtomicBool) {
+    if let Err(err) = listener.set_nonblocking(true) {
+        eprintln!("{name}: TCP server not started: {err}");
+        return;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((conn, peer)) => {
+                if let Err(err) = answer_tcp(name, conn) {
+                    eprintln!("{name}: TCP exchange with {peer} failed: {err}");
+                }
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => thread::sleep(POLL),
+            Err(err) => {
+                eprintln!("{name}: TCP server stopped: {err}");
+                return;
+            }
+        }
+    }
+}
+
+/// Reads the whole request (the client half-closes), then answers and closes.
+fn answer_tcp(name: &str, mut conn: std::net::TcpStream) -> io::Result<()> {
+    conn.set_nonblocking(false)?;
+    conn.set_read_timeout(Some(TIMEOUT))?;
+    conn.set_write_timeout(Some(TIMEOUT))?;
+    let mut request = Vec::new();
+    conn.read_to_end(&mut request)?;
+    conn.write_all(&reply(name, &request))
+}
+
+fn serve_udp(name: &str, socket: UdpSocket, stop: &AtomicBool) {
+    if let Err(err) = socket.set_read_timeout(Some(POLL)) {
+        eprintln!("{name}: UDP server not started: {err}");
+        return;
+    }
+    let mut buf = vec![0; 65_536];
+    while !stop.load(Ordering::Relaxed) {
+        match socket.recv_from(&mut buf) {
+            Ok((len, peer)) => answer_udp(name, &socket, &buf[..len], peer),
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(err) => {
+                eprintln!("{name}: UDP server stopped: {err}");
+                return;
+            }
+        }
+    }
+}
+
+fn answer_udp(name: &str, socket: &UdpSocket, request: &[u8], peer: SocketAddr) {
+    if let Err(err) = socket.send_to(&reply(name, request), peer) {
+        eprintln!("{name}: UDP reply to {peer} failed: {err}");
+    }
+}
