@@ -3,7 +3,10 @@
 
 pub mod testbed;
 
+pub mod agent;
+pub mod cli;
 pub mod datapath;
+pub mod inspect;
 pub mod maglev;
 pub mod model;
 pub mod source;

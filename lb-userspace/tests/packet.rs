@@ -275,3 +275,65 @@ fn counters_match_the_packets_run() {
         .sum();
     assert_eq!(total, 20);
 }
+
+/// The agent's own writer (rings written through the memory-mapped slot
+/// array, not the test helper's syscalls) must program a service every
+/// packet can use.
+#[test]
+fn services_written_by_the_agent_sync_serve_every_flow() {
+    use lb_userspace::{
+        model::{Backend, DesiredState, Frontend, FrontendKind, Proto, ServicePort, ServicePortId},
+        sync::{MapsWriter, Syncer},
+    };
+    let mut dp = load();
+    let backend = |(addr, port): (Ipv4Addr, u16)| Backend {
+        addr,
+        port,
+        node_name: None,
+        is_local: false,
+        ready: true,
+        serving: true,
+        terminating: false,
+    };
+    let sp = ServicePort {
+        frontends: vec![Frontend {
+            addr: VIP.0,
+            port: VIP.1,
+            kind: FrontendKind::ClusterIp,
+        }],
+        cluster_backends: [B1, B2, B3].into_iter().map(backend).collect(),
+        ..Default::default()
+    };
+    let id = ServicePortId {
+        namespace: "default".into(),
+        name: "web".into(),
+        port_name: String::new(),
+        protocol: Proto::Tcp,
+    };
+    let desired = DesiredState {
+        services: [(id, sp)].into(),
+        problems: Vec::new(),
+    };
+    let mut syncer = Syncer::recover(&MapsWriter { maps: &mut dp.maps }).unwrap();
+    syncer
+        .sync(&desired, &mut MapsWriter { maps: &mut dp.maps })
+        .unwrap();
+
+    let fe = dp.maps.frontends.iter().next().unwrap().unwrap().1;
+    for slot in fe.ring_offset..fe.ring_offset + fe.ring_size {
+        let id = dp.maps.maglev.get(&slot, 0).unwrap();
+        assert_ne!(id, 0, "slot {slot} as the kernel sees it");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for port in 0..200u16 {
+        let (_, out) = run(
+            &dp,
+            &tcp_frame((CLIENT.0, 10000 + port), VIP, Tcp::syn(), b"", &[]),
+        );
+        let p = parse_checked(&out);
+        seen.insert((p.dst, p.dport));
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(count(&dp, Reason::XlateNew), 200);
+    assert_eq!(count(&dp, Reason::RejectNoBackend), 0);
+}

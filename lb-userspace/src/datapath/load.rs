@@ -2,7 +2,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::{
-    programs::{Xdp, XdpMode as AyaMode},
+    programs::{xdp::XdpLinkId, Xdp, XdpMode as AyaMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::names;
@@ -118,19 +118,18 @@ impl Datapath {
 
     /// Attaches `lb` to `ifname` in the calling thread's network namespace.
     /// The link lives as long as this `Datapath`.
-    pub fn attach(&mut self, ifname: &str, mode: XdpMode) -> Result<()> {
+    pub fn attach(&mut self, ifname: &str, mode: XdpMode) -> Result<XdpLinkId> {
         let prog = self.program_mut(PROGRAM)?;
         let flags = match mode {
             XdpMode::Generic => AyaMode::Skb,
             XdpMode::Native | XdpMode::Auto => AyaMode::Driver,
         };
         match prog.attach(ifname, flags) {
-            Ok(_) => Ok(()),
+            Ok(id) => Ok(id),
             Err(e) if mode == XdpMode::Auto => {
                 tracing::warn!(%ifname, "native XDP unavailable ({e}), using generic mode");
                 prog.attach(ifname, AyaMode::Skb)
-                    .with_context(|| format!("attaching XDP to {ifname}"))?;
-                Ok(())
+                    .with_context(|| format!("attaching XDP to {ifname}"))
             }
             Err(e) => Err(e).with_context(|| format!("attaching XDP ({mode:?}) to {ifname}")),
         }

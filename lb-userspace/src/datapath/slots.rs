@@ -1,13 +1,15 @@
 //! `MAGLEV_SLOTS` mapped into this process. aya has no batch update, and a
 //! syscall per slot would make a cold sync of 10,000 services take tens of
-//! seconds; the map is `BPF_F_MMAPABLE`, so rings are written with memcpy.
+//! seconds; the map is `BPF_F_MMAPABLE`, so rings are written to memory.
+//! The kernel lays array elements out 8 bytes apart (`elem_size` is the
+//! value size rounded up to 8), so each u32 slot sits in its own u64.
 use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{Map, MapData};
 
 pub struct RingSlots {
-    ptr: *mut u32,
+    ptr: *mut u64,
     len: usize,
 }
 
@@ -24,8 +26,8 @@ impl RingSlots {
 
     fn map_data(data: &MapData) -> Result<Self> {
         let len = data.info()?.max_entries() as usize;
-        let bytes = (len * 4).next_multiple_of(4096);
-        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array of `len` u32s.
+        let bytes = (len * 8).next_multiple_of(4096);
+        // SAFETY: a shared mapping of a BPF_F_MMAPABLE array of `len` 8-byte elements.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -62,15 +64,11 @@ impl RingSlots {
                 self.len
             );
         }
-        // SAFETY: bounds checked above; the kernel reads these slots only
-        // after a frontend is published pointing at them.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                slots.as_ptr(),
-                self.ptr.add(offset as usize),
-                slots.len(),
-            )
-        };
+        for (i, &slot) in slots.iter().enumerate() {
+            // SAFETY: bounds checked above; the kernel reads these slots only
+            // after a frontend is published pointing at them.
+            unsafe { self.ptr.add(offset as usize + i).write(u64::from(slot)) };
+        }
         Ok(())
     }
 
@@ -80,16 +78,15 @@ impl RingSlots {
             bail!("ring {offset}+{len} beyond MAGLEV_SLOTS ({})", self.len);
         }
         // SAFETY: bounds checked above.
-        Ok(
-            unsafe { std::slice::from_raw_parts(self.ptr.add(offset as usize), len as usize) }
-                .to_vec(),
-        )
+        let words =
+            unsafe { std::slice::from_raw_parts(self.ptr.add(offset as usize), len as usize) };
+        Ok(words.iter().map(|&w| w as u32).collect())
     }
 }
 
 impl Drop for RingSlots {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `map_data` mapped.
-        unsafe { libc::munmap(self.ptr.cast(), (self.len * 4).next_multiple_of(4096)) };
+        unsafe { libc::munmap(self.ptr.cast(), (self.len * 8).next_multiple_of(4096)) };
     }
 }

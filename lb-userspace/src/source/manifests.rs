@@ -54,6 +54,66 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<(Objects, LoadReport)> {
     Ok((objects, report))
 }
 
+/// The folder as last seen, file by file, so a file that stops parsing
+/// keeps contributing what it held before instead of taking its Services
+/// off the data plane while someone is halfway through an edit.
+#[derive(Default)]
+pub struct Folder {
+    last_good: std::collections::BTreeMap<PathBuf, Objects>,
+}
+
+impl Folder {
+    /// Reloads `dir`; files that do not parse at all fall back to their last
+    /// good contents (reported all the same), removed files are dropped.
+    pub fn reload(&mut self, dir: &Path) -> anyhow::Result<(Objects, LoadReport)> {
+        let files = manifest_files(dir).with_context(|| format!("listing {}", dir.display()))?;
+        let mut report = LoadReport::default();
+        let mut now = std::collections::BTreeMap::new();
+        for path in files {
+            let source = path.display().to_string();
+            let mut objects = Objects::default();
+            let mut file_report = LoadReport::default();
+            let broken = match fs::read_to_string(&path) {
+                Ok(text) => {
+                    parse_str(
+                        &source,
+                        &text,
+                        is_json(&path),
+                        &mut objects,
+                        &mut file_report,
+                    );
+                    file_report.problems.iter().any(|p| {
+                        p.message.starts_with("invalid YAML")
+                            || p.message.starts_with("invalid JSON")
+                    })
+                }
+                Err(err) => {
+                    file_report.problems.push(Problem {
+                        object: source,
+                        message: format!("cannot read: {err}"),
+                    });
+                    true
+                }
+            };
+            report.problems.append(&mut file_report.problems);
+            report.ignored += file_report.ignored;
+            let kept = match (broken, self.last_good.remove(&path)) {
+                (true, Some(previous)) => previous,
+                _ => objects,
+            };
+            now.insert(path, kept);
+        }
+        self.last_good = now;
+        let mut merged = Objects::default();
+        for objects in self.last_good.values() {
+            merged.services.extend(objects.services.iter().cloned());
+            merged.slices.extend(objects.slices.iter().cloned());
+            merged.nodes.extend(objects.nodes.iter().cloned());
+        }
+        Ok((merged, report))
+    }
+}
+
 /// Bumps the counter in `tx` whenever a manifest file in `dir` appears,
 /// changes or disappears, until every receiver is gone. The first scan
 /// always bumps it, so a change between the caller's initial `load_dir`

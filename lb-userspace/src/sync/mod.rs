@@ -20,7 +20,7 @@ use lb_common::{
     PROTO_UDP,
 };
 
-pub use maps_writer::MapsWriter;
+pub use maps_writer::{svc_name_str, MapsWriter};
 pub use writer::{MapWriter, Snapshot};
 
 use crate::{

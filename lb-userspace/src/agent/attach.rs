@@ -1,0 +1,102 @@
+//! Attaching the program to interfaces, with each link pinned so the data
+//! plane keeps serving when the agent exits, and a restarted agent swaps its
+//! new program into the existing link atomically instead of detaching.
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result};
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    xdp::XdpLink,
+};
+use lb_common::{IfaceInfo, IFACE_REDIRECT};
+
+use super::pins::Layout;
+use crate::datapath::{Datapath, XdpMode, PROGRAM};
+
+pub struct Attacher {
+    mode: XdpMode,
+    attached: BTreeSet<String>,
+}
+
+fn ifindex(ifname: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(ifname).ok()?;
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+/// Physical devices take redirected XDP frames; virtual ones (veth, whose
+/// peer may run no XDP program) get translated packets through the kernel.
+fn takes_redirects(ifname: &str) -> bool {
+    std::path::Path::new("/sys/class/net")
+        .join(ifname)
+        .join("device")
+        .exists()
+}
+
+impl Attacher {
+    pub fn new(mode: XdpMode) -> Self {
+        Self {
+            mode,
+            attached: BTreeSet::new(),
+        }
+    }
+
+    pub fn attached(&self) -> &BTreeSet<String> {
+        &self.attached
+    }
+
+    pub fn attach(&mut self, dp: &mut Datapath, pins: &Layout, ifname: &str) -> Result<()> {
+        if self.attached.contains(ifname) {
+            return Ok(());
+        }
+        let pin = pins.link(ifname);
+        std::fs::create_dir_all(pin.parent().expect("links dir"))?;
+        let replaced = match PinnedLink::from_pin(&pin) {
+            Ok(pinned) => {
+                let link = XdpLink::try_from(FdLink::from(pinned))?;
+                let prog = dp.program_mut(PROGRAM)?;
+                // The pin keeps the link alive after this process closes its fd.
+                match prog.attach_to_link(link) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::warn!(%ifname, "pinned link unusable ({e}); attaching anew");
+                        let _ = std::fs::remove_file(&pin);
+                        false
+                    }
+                }
+            }
+            Err(_) => false,
+        };
+        if !replaced {
+            let id = dp.attach(ifname, self.mode)?;
+            let link = dp.program_mut(PROGRAM)?.take_link(id)?;
+            let fd_link = FdLink::try_from(link)
+                .context("kernel attached XDP without a bpf_link; cannot pin it")?;
+            // Dropping the returned handle closes our fd; the pin holds the link.
+            fd_link
+                .pin(&pin)
+                .with_context(|| format!("pinning the link of {ifname}"))?;
+        }
+        if let Some(index) = ifindex(ifname) {
+            let flags = if takes_redirects(ifname) {
+                IFACE_REDIRECT
+            } else {
+                0
+            };
+            dp.maps.ifaces.insert(index, IfaceInfo { flags }, 0)?;
+        }
+        tracing::info!(%ifname, replaced, "program attached");
+        self.attached.insert(ifname.to_string());
+        Ok(())
+    }
+
+    /// Forgets interfaces that disappeared (their links went with them).
+    pub fn prune(&mut self, pins: &Layout, present: &BTreeSet<String>) {
+        let gone: Vec<String> = self.attached.difference(present).cloned().collect();
+        for ifname in gone {
+            let _ = std::fs::remove_file(pins.link(&ifname));
+            tracing::info!(%ifname, "interface gone");
+            self.attached.remove(&ifname);
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! `/healthz` with kube-proxy's semantics and JSON shape: 503 until the first
+//! full sync, 200 while syncs succeed. Hand-written on a TcpListener because
+//! it answers one fixed GET; a server framework would be most of the binary's
+//! dependency tree for it.
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Result;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+#[derive(Default)]
+pub struct Health {
+    last_synced: Option<jiff::Timestamp>,
+    failing: Option<String>,
+}
+
+pub type Shared = Arc<Mutex<Health>>;
+
+impl Health {
+    pub fn synced(&mut self) {
+        self.last_synced = Some(jiff::Timestamp::now());
+        self.failing = None;
+    }
+
+    pub fn failed(&mut self, why: String) {
+        self.failing = Some(why);
+    }
+
+    fn response(&self) -> (u16, String) {
+        let now = jiff::Timestamp::now();
+        let last = self.last_synced.map(|t| t.to_string()).unwrap_or_default();
+        let ok = self.last_synced.is_some() && self.failing.is_none();
+        let body = serde_json::json!({
+            "lastUpdated": last,
+            "currentTime": now.to_string(),
+            "nodeEligible": true,
+            "error": self.failing,
+        });
+        (if ok { 200 } else { 503 }, body.to_string())
+    }
+}
+
+pub async fn serve(addr: SocketAddr, health: Shared) -> Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    loop {
+        let (mut sock, _) = listener.accept().await?;
+        let health = health.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            let (code, body) = if path == "/healthz" || path == "/livez" {
+                health.lock().expect("health lock").response()
+            } else {
+                (404, "{}".to_string())
+            };
+            let reason = match code {
+                200 => "OK",
+                503 => "Service Unavailable",
+                _ => "Not Found",
+            };
+            let reply = format!(
+                "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(reply.as_bytes()).await;
+        });
+    }
+}

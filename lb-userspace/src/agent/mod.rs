@@ -1,0 +1,202 @@
+//! `xdplb agent`: loads the data plane over its pinned maps, attaches it,
+//! and keeps the maps equal to the Services it is given.
+mod attach;
+mod health;
+mod ifaces;
+mod pins;
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use lb_common::Config;
+use tokio::{signal::unix::SignalKind, sync::watch};
+
+use crate::{
+    cli::AgentArgs,
+    datapath::{Capacities, Datapath},
+    model::{self, DesiredState, ModelOptions, NodeInfo},
+    source::manifests::{self, Folder},
+    sync::{MapsWriter, Syncer},
+};
+
+pub fn run(args: AgentArgs) -> Result<()> {
+    let pins = pins::Layout::new(&args.pin.pin_path);
+    if args.cleanup {
+        return pins.cleanup();
+    }
+    let Some(dir) = args.manifests.clone() else {
+        bail!("the Kubernetes API source is not built yet; run with --manifests DIR");
+    };
+    pins.check_bpffs()?;
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(serve(args, pins, dir))
+}
+
+/// Keeps the last good version of a Service whose new version is invalid:
+/// an edit with a typo must not take a working Service off the data plane.
+fn keep_last_good(previous: &DesiredState, next: &mut DesiredState) {
+    for problem in &next.problems {
+        let Some(rest) = problem.object.strip_prefix("Service ") else {
+            continue;
+        };
+        let Some((ns, name)) = rest.split_once('/') else {
+            continue;
+        };
+        if next
+            .services
+            .keys()
+            .any(|id| id.namespace == ns && id.name == name)
+        {
+            continue;
+        }
+        for (id, sp) in &previous.services {
+            if id.namespace == ns && id.name == name {
+                next.services.insert(id.clone(), sp.clone());
+            }
+        }
+    }
+}
+
+struct Agent {
+    args: AgentArgs,
+    pins: pins::Layout,
+    dp: Datapath,
+    syncer: Syncer,
+    attacher: attach::Attacher,
+    folder: Folder,
+    last: DesiredState,
+    health: health::Shared,
+    nodeport_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
+}
+
+impl Agent {
+    fn resync(&mut self, dir: &Path) -> Result<()> {
+        let started = Instant::now();
+        let (objects, report) = self.folder.reload(dir)?;
+        let node = NodeInfo {
+            name: self.args.node_name.clone(),
+            addresses: Vec::new(),
+        };
+        let opts = ModelOptions {
+            service_proxy_name: self.args.service_proxy_name.clone(),
+            nodeport_addresses: ifaces::nodeport_addresses(
+                &self.args.external_ifaces,
+                &self.nodeport_cidrs,
+            )?,
+        };
+        let mut desired = model::desired_state(&objects.services, &objects.slices, &node, &opts);
+        keep_last_good(&self.last, &mut desired);
+        for p in report.problems.iter().chain(&desired.problems) {
+            tracing::warn!(object = %p.object, "skipped: {}", p.message);
+        }
+        let sync = self.syncer.sync(
+            &desired,
+            &mut MapsWriter {
+                maps: &mut self.dp.maps,
+            },
+        )?;
+        tracing::info!(
+            services = sync.services,
+            frontends = sync.frontends,
+            backends = sync.backends,
+            writes = sync.writes,
+            skipped = report.problems.len() + desired.problems.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "synced"
+        );
+        self.last = desired;
+        Ok(())
+    }
+
+    fn attach_pod_ifaces(&mut self) {
+        let present = ifaces::present();
+        self.attacher.prune(&self.pins, &present);
+        for name in &present {
+            let wanted = self
+                .args
+                .pod_ifaces
+                .iter()
+                .any(|g| ifaces::matches(g, name));
+            if wanted && !self.attacher.attached().contains(name) {
+                if let Err(e) = self.attacher.attach(&mut self.dp, &self.pins, name) {
+                    tracing::warn!(ifname = %name, "cannot attach: {e:#}");
+                }
+            }
+        }
+    }
+}
+
+async fn serve(args: AgentArgs, pins: pins::Layout, dir: std::path::PathBuf) -> Result<()> {
+    let mut dp = Datapath::load(&Capacities::default(), Some(&pins.maps_dir()))?;
+    if dp.maps.config.get(&0, 0)?.udp_timeout_s == 0 {
+        dp.maps.config.set(0, Config::DEFAULT, 0)?;
+    }
+    let syncer = Syncer::recover(&MapsWriter { maps: &mut dp.maps })?;
+    let nodeport_cidrs = args
+        .nodeport_addresses
+        .iter()
+        .map(|c| ifaces::parse_cidr(c))
+        .collect::<Result<Vec<_>>>()?;
+    let health: health::Shared = Arc::new(Mutex::new(health::Health::default()));
+    let mut agent = Agent {
+        attacher: attach::Attacher::new(args.xdp_mode),
+        args,
+        pins,
+        dp,
+        syncer,
+        folder: Folder::default(),
+        last: DesiredState::default(),
+        health: health.clone(),
+        nodeport_cidrs,
+    };
+    // Maps first, then the program on the wire: the first packet it sees
+    // already finds every Service.
+    agent.resync(&dir).context("first sync")?;
+    agent.health.lock().expect("health").synced();
+    for ifname in agent.args.external_ifaces.clone() {
+        agent.attacher.attach(&mut agent.dp, &agent.pins, &ifname)?;
+    }
+    agent.attach_pod_ifaces();
+    agent.pins.remove_old_versions()?;
+
+    let healthz = agent.args.healthz_addr;
+    tokio::spawn(async move {
+        if let Err(e) = health::serve(healthz, health).await {
+            tracing::error!("healthz server on {healthz}: {e:#}");
+        }
+    });
+    let (tx, mut changes) = watch::channel(0u64);
+    tokio::spawn(manifests::watch_dir(dir.clone(), tx));
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    tracing::info!(node = %agent.args.node_name, "agent running");
+    loop {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    bail!("manifests watcher stopped");
+                }
+                match agent.resync(&dir) {
+                    Ok(()) => agent.health.lock().expect("health").synced(),
+                    Err(e) => {
+                        tracing::error!("sync failed, data plane keeps its last state: {e:#}");
+                        agent.health.lock().expect("health").failed(format!("{e:#}"));
+                    }
+                }
+            }
+            _ = ticks.tick() => agent.attach_pod_ifaces(),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("exiting; links and maps stay pinned, the data plane keeps serving");
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! Where the agent pins its state: `<pin-path>/v<layout>/maps/<MAP>` and
+//! `<pin-path>/v<layout>/links/<ifname>`. A new layout version gets a new
+//! directory; the old one is removed once the new data plane is live.
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use lb_common::LAYOUT_VERSION;
+
+/// BPF_FS_MAGIC from linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+
+    pub fn version_dir(&self) -> PathBuf {
+        self.root.join(format!("v{LAYOUT_VERSION}"))
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.version_dir().join("maps")
+    }
+
+    pub fn link(&self, ifname: &str) -> PathBuf {
+        self.version_dir().join("links").join(ifname)
+    }
+
+    /// Pinning only survives a restart on a bpffs; anywhere else the kernel
+    /// refuses it, and a bpffs mounted in a private mount namespace (as
+    /// `ip netns exec` makes) vanishes with the process.
+    pub fn check_bpffs(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.root)
+            .with_context(|| format!("creating pin path {}", self.root.display()))?;
+        let c = CString::new(self.root.as_os_str().as_encoded_bytes())?;
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("statfs {}", self.root.display()));
+        }
+        if st.f_type as i64 != BPF_FS_MAGIC {
+            bail!(
+                "pin path {} is not on a bpffs: mount one (mount -t bpf bpf {}) or pass --pin-path under /sys/fs/bpf",
+                self.root.display(),
+                self.root.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes directories of other layout versions.
+    pub fn remove_old_versions(&self) -> Result<()> {
+        let current = format!("v{LAYOUT_VERSION}");
+        for entry in std::fs::read_dir(&self.root)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name != current && name.starts_with('v') && name[1..].parse::<u32>().is_ok() {
+                tracing::info!(dir = %entry.path().display(), "removing data plane of an older layout");
+                std::fs::remove_dir_all(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Unpins everything: links detach when their last reference goes, maps
+    /// are freed once no program uses them.
+    pub fn cleanup(&self) -> Result<()> {
+        if self.root.exists() {
+            std::fs::remove_dir_all(&self.root)
+                .with_context(|| format!("removing {}", self.root.display()))?;
+        }
+        tracing::info!(path = %self.root.display(), "removed pinned links and maps");
+        Ok(())
+    }
+}

@@ -1,0 +1,113 @@
+//! The `xdplb` command line. The subcommand and flag names are a contract
+//! with operators and scripts: keep them.
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::datapath::XdpMode;
+
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xdplb";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xdplb",
+    version,
+    about = "XDP Kubernetes Service load balancer (kube-proxy replacement)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the node agent: load and attach the data plane, keep its maps equal to the Services.
+    Agent(AgentArgs),
+    /// Frontends and the backends they balance to, with counters.
+    Services(InspectArgs),
+    /// Connection-tracking entries.
+    Flows(InspectArgs),
+    /// Which backend a flow gets, and why.
+    Explain(ExplainArgs),
+    /// Packet path counters: translations, drops and rejects by reason.
+    Stats(PinArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PinArgs {
+    /// Directory on a bpffs where the agent pins its maps and links.
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub pin: PinArgs,
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExplainArgs {
+    /// Client address, optionally with its port (default 40000): 10.0.0.5 or 10.0.0.5:51000.
+    pub src: String,
+    /// Frontend address and port: 10.96.0.10:80.
+    pub dst: String,
+    /// Transport protocol.
+    #[arg(value_parser = ["tcp", "udp"], default_value = "tcp")]
+    pub proto: String,
+    #[command(flatten)]
+    pub pin: PinArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Read Services, EndpointSlices and Nodes from the manifests in this folder
+    /// (*.yaml, *.yml, *.json; watched for changes) instead of the Kubernetes API.
+    #[arg(long)]
+    pub manifests: Option<PathBuf>,
+    /// This node's name, as in the Node object and endpoints' nodeName.
+    #[arg(long, env = "NODE_NAME", default_value_t = hostname())]
+    pub node_name: String,
+    /// Interfaces facing the outside (NICs): the program is attached to each, and
+    /// their IPv4 addresses serve NodePorts unless --nodeport-addresses says otherwise.
+    #[arg(long, value_delimiter = ',', required_unless_present = "cleanup")]
+    pub external_ifaces: Vec<String>,
+    /// Pod-facing interfaces to attach to as they appear (globs with '*').
+    #[arg(long, value_delimiter = ',', default_value = "veth*,cali*,lxc*")]
+    pub pod_ifaces: Vec<String>,
+    /// XDP attach mode: auto tries native (driver) mode and falls back to generic.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub xdp_mode: XdpMode,
+    #[command(flatten)]
+    pub pin: PinArgs,
+    /// Address of the /healthz endpoint (kube-proxy's port).
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub healthz_addr: SocketAddr,
+    /// Address of the Prometheus /metrics endpoint (kube-proxy's port).
+    #[arg(long, default_value = "0.0.0.0:10249")]
+    pub metrics_addr: SocketAddr,
+    /// CIDRs whose local addresses serve NodePorts (kube-proxy's --nodeport-addresses).
+    #[arg(long, value_delimiter = ',')]
+    pub nodeport_addresses: Vec<String>,
+    /// Serve Services labelled service.kubernetes.io/service-proxy-name=<this>.
+    #[arg(long)]
+    pub service_proxy_name: Option<String>,
+    /// Remove everything the agent installed (links, pinned maps) and exit.
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}

@@ -1,0 +1,245 @@
+//! The inspection commands. They read the pinned maps directly, so they work
+//! whether or not an agent runs, and show what the packet path sees.
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use anyhow::{bail, Context, Result};
+use lb_common::{
+    conntrack::{STATE_CLOSING, STATE_SEEN_REPLY},
+    flow::flow_hash_v4,
+    BackendV4, CtKeyV4, FrontendKeyV4, CT_DIR_FORWARD, FE_EXTERNAL, LAYOUT_VERSION, PROTO_TCP,
+    PROTO_UDP,
+};
+use serde_json::json;
+
+use crate::{
+    cli::{ExplainArgs, InspectArgs, Output, PinArgs},
+    datapath::Maps,
+    sync::svc_name_str,
+};
+
+fn open(pin: &PinArgs) -> Result<Maps> {
+    Maps::from_pins(&pin.pin_path.join(format!("v{LAYOUT_VERSION}")).join("maps"))
+}
+
+fn addr(a: u32) -> Ipv4Addr {
+    Ipv4Addr::from(a.to_ne_bytes())
+}
+
+fn proto_name(p: u8) -> &'static str {
+    match p {
+        PROTO_TCP => "TCP",
+        PROTO_UDP => "UDP",
+        _ => "?",
+    }
+}
+
+fn service_name(maps: &Maps, svc_id: u32) -> String {
+    maps.svc_names
+        .get(&svc_id, 0)
+        .map(|n| svc_name_str(&n))
+        .unwrap_or_else(|_| format!("#{svc_id}"))
+}
+
+fn ring_backends(maps: &Maps, offset: u32, size: u32) -> Result<Vec<SocketAddrV4>> {
+    let ids: BTreeSet<u32> = maps.slots.read(offset, size)?.into_iter().collect();
+    let mut out = Vec::new();
+    for id in ids {
+        let b: BackendV4 = maps.backends.get(&id, 0)?;
+        out.push(SocketAddrV4::new(addr(b.addr), u16::from_be(b.port)));
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn services(args: &InspectArgs) -> Result<()> {
+    let maps = open(&args.pin)?;
+    let mut rows = Vec::new();
+    for entry in maps.frontends.iter() {
+        let (k, v) = entry?;
+        let backends = ring_backends(&maps, v.ring_offset, v.ring_size)?;
+        let stats = maps.service_totals(v.svc_id)?;
+        rows.push(json!({
+            "frontend": format!("{}:{}/{}", addr(k.addr), u16::from_be(k.port), proto_name(k.proto)),
+            "service": service_name(&maps, v.svc_id),
+            "scope": if v.flags & FE_EXTERNAL != 0 { "external" } else { "cluster" },
+            "backends": backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+            "packets": stats.packets,
+            "bytes": stats.bytes,
+        }));
+    }
+    rows.sort_by_key(|r| (r["service"].to_string(), r["frontend"].to_string()));
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<28} {:<36} {:<9} {:>10} {:>12}  BACKENDS",
+        "FRONTEND", "SERVICE", "SCOPE", "PACKETS", "BYTES"
+    );
+    for r in rows {
+        let backends: Vec<String> = serde_json::from_value(r["backends"].clone())?;
+        println!(
+            "{:<28} {:<36} {:<9} {:>10} {:>12}  {}",
+            r["frontend"].as_str().unwrap_or(""),
+            r["service"].as_str().unwrap_or(""),
+            r["scope"].as_str().unwrap_or(""),
+            r["packets"],
+            r["bytes"],
+            if backends.is_empty() {
+                "(none: rejected)".to_string()
+            } else {
+                backends.join(", ")
+            }
+        );
+    }
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC, the clock behind bpf_ktime_get_coarse_ns.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn flows(args: &InspectArgs) -> Result<()> {
+    let maps = open(&args.pin)?;
+    let now = monotonic_ns();
+    let mut rows = Vec::new();
+    for entry in maps.ct.iter() {
+        let (k, v) = entry?;
+        let state = if v.state & STATE_CLOSING != 0 {
+            "closing"
+        } else if v.state & STATE_SEEN_REPLY != 0 || k.proto != PROTO_TCP {
+            "established"
+        } else {
+            "syn-sent"
+        };
+        rows.push(json!({
+            "direction": if k.dir == CT_DIR_FORWARD { "forward" } else { "reply" },
+            "proto": proto_name(k.proto),
+            "src": SocketAddrV4::new(addr(k.src_addr), u16::from_be(k.src_port)).to_string(),
+            "dst": SocketAddrV4::new(addr(k.dst_addr), u16::from_be(k.dst_port)).to_string(),
+            "nat": SocketAddrV4::new(addr(v.nat_addr), u16::from_be(v.nat_port)).to_string(),
+            "service": service_name(&maps, v.svc_id),
+            "state": state,
+            "idle_s": now.saturating_sub(v.last_seen_ns) / 1_000_000_000,
+        }));
+    }
+    if args.output == Output::Json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!(
+        "{:<8} {:<5} {:<22} {:<22} {:<22} {:<12} {:>7}  SERVICE",
+        "DIR", "PROTO", "SRC", "DST", "REWRITTEN TO", "STATE", "IDLE s"
+    );
+    for r in rows {
+        let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+        println!(
+            "{:<8} {:<5} {:<22} {:<22} {:<22} {:<12} {:>7}  {}",
+            s("direction"),
+            s("proto"),
+            s("src"),
+            s("dst"),
+            s("nat"),
+            s("state"),
+            r["idle_s"],
+            s("service")
+        );
+    }
+    Ok(())
+}
+
+pub fn explain(args: &ExplainArgs) -> Result<()> {
+    let maps = open(&args.pin)?;
+    let src: SocketAddrV4 = match args.src.parse() {
+        Ok(s) => s,
+        Err(_) => SocketAddrV4::new(args.src.parse().context("SRC is IP or IP:PORT")?, 40000),
+    };
+    let dst: SocketAddrV4 = args.dst.parse().context("DST is IP:PORT")?;
+    let proto = if args.proto == "udp" {
+        PROTO_UDP
+    } else {
+        PROTO_TCP
+    };
+    let ne = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
+    let key = CtKeyV4 {
+        src_addr: ne(*src.ip()),
+        dst_addr: ne(*dst.ip()),
+        src_port: src.port().to_be(),
+        dst_port: dst.port().to_be(),
+        proto,
+        dir: CT_DIR_FORWARD,
+        _pad: 0,
+    };
+    if let Ok(ct) = maps.ct.get(&key, 0) {
+        println!(
+            "{src} -> {dst}/{}: existing flow of {}, pinned to {} by connection tracking",
+            proto_name(proto),
+            service_name(&maps, ct.svc_id),
+            SocketAddrV4::new(addr(ct.nat_addr), u16::from_be(ct.nat_port))
+        );
+        return Ok(());
+    }
+    let fe_key = FrontendKeyV4 {
+        addr: key.dst_addr,
+        port: key.dst_port,
+        proto,
+        _pad: 0,
+    };
+    let Ok(fe) = maps.frontends.get(&fe_key, 0) else {
+        if maps.addrs.get(&key.dst_addr, 0).is_ok() {
+            println!("{dst}/{}: the address is a frontend but not this port: rejected (TCP RST / ICMP port unreachable)", proto_name(proto));
+        } else {
+            println!(
+                "{dst}/{}: not a frontend: passed to the kernel untouched",
+                proto_name(proto)
+            );
+        }
+        return Ok(());
+    };
+    let name = service_name(&maps, fe.svc_id);
+    if fe.ring_size == 0 {
+        println!(
+            "{dst}/{} is {name}, which has no ready backends: rejected",
+            proto_name(proto)
+        );
+        return Ok(());
+    }
+    let hash = flow_hash_v4(
+        key.src_addr,
+        key.dst_addr,
+        key.src_port,
+        key.dst_port,
+        proto,
+    );
+    let slot = hash % fe.ring_size;
+    let id = maps.slots.read(fe.ring_offset + slot, 1)?[0];
+    let b = maps.backends.get(&id, 0)?;
+    if b.addr == 0 {
+        bail!("slot {slot} points at backend id {id}, which is empty: the maps are inconsistent");
+    }
+    println!(
+        "{src} -> {dst}/{} is {name}: a new flow hashes to {hash:#010x}, Maglev slot {slot} of {}, backend id {id} = {}",
+        proto_name(proto),
+        fe.ring_size,
+        SocketAddrV4::new(addr(b.addr), u16::from_be(b.port))
+    );
+    Ok(())
+}
+
+pub fn stats(pin: &PinArgs) -> Result<()> {
+    let maps = open(pin)?;
+    println!("{:<26} {:>14}", "REASON", "PACKETS");
+    for (reason, n) in maps.reason_totals()? {
+        println!("{:<26} {:>14}", reason.name(), n);
+    }
+    Ok(())
+}
