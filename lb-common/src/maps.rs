@@ -15,7 +15,9 @@ pub mod names {
     pub const IFACES: &str = "IFACES";
     pub const ADDR_FILTER: &str = "ADDR_FILTER";
     pub const SVC_NAMES: &str = "SVC_NAMES";
-    pub const ALL: [&str; 11] = [
+    pub const AFFINITY_V4: &str = "AFFINITY_V4";
+    pub const SOURCE_RANGES_V4: &str = "SOURCE_RANGES_V4";
+    pub const ALL: [&str; 13] = [
         ADDRS_V4,
         FRONTENDS_V4,
         BACKENDS_V4,
@@ -27,6 +29,8 @@ pub mod names {
         IFACES,
         ADDR_FILTER,
         SVC_NAMES,
+        AFFINITY_V4,
+        SOURCE_RANGES_V4,
     ];
 }
 
@@ -40,6 +44,8 @@ pub const MAX_CT: u32 = 1 << 19;
 /// Service ids index `SVC_STATS`; id 0 is never handed out.
 pub const MAX_SERVICES: u32 = 1 << 18;
 pub const MAX_IFACES: u32 = 1024;
+pub const MAX_AFFINITY: u32 = 1 << 18;
+pub const MAX_SOURCE_RANGES: u32 = 1 << 14;
 
 /// Bumped whenever a layout in this crate changes; pinned maps live under
 /// `<pin-path>/v<LAYOUT_VERSION>` so an upgrade never reads foreign bytes.
@@ -84,13 +90,27 @@ pub struct FrontendValue {
     pub ring_offset: u32,
     /// Ring size M (prime); 0 means the service has no backends (reject).
     pub ring_size: u32,
+    /// `FE_*` bits.
     pub flags: u32,
+    /// ClientIP session affinity timeout; 0 means no affinity.
+    pub affinity_timeout_s: u32,
+    pub _pad: u32,
 }
 
 /// `FrontendValue::flags`: the frontend serves traffic from outside the
 /// cluster (NodePort, LoadBalancer, externalIP), so its ring holds the
 /// externalTrafficPolicy backends rather than the internal ones.
 pub const FE_EXTERNAL: u32 = 1;
+/// With no backend, drop rather than reject: kube-proxy's behaviour for
+/// externalTrafficPolicy or internalTrafficPolicy Local without local endpoints.
+pub const FE_DROP_EMPTY: u32 = 2;
+/// New flows from outside the cluster must come from the service's
+/// loadBalancerSourceRanges (`SOURCE_RANGES_V4`).
+pub const FE_SOURCE_RANGES: u32 = 4;
+
+/// `BackendV4::flags`: the backend runs on this node, so traffic from outside
+/// reaches it without source NAT (the reply passes back through this node).
+pub const BE_LOCAL: u16 = 1;
 
 /// Value of `BACKENDS_V4`, indexed by backend id.
 #[repr(C)]
@@ -98,7 +118,7 @@ pub const FE_EXTERNAL: u32 = 1;
 pub struct BackendV4 {
     pub addr: u32,
     pub port: u16,
-    pub _pad: u16,
+    pub flags: u16,
 }
 
 /// Key of `CT_V4`: the packet's tuple as it arrives. Forward entries are keyed
@@ -140,7 +160,14 @@ pub struct CtValueV4 {
     pub fwd_ifindex: u32,
     pub fwd_smac: [u8; 6],
     pub fwd_dmac: [u8; 6],
-    pub _pad1: u32,
+    /// Source NAT: on forward entries the source the packet gets (a node
+    /// address and a port of the SNAT range), on reverse entries the client
+    /// the reply's destination is restored to. 0 when the flow is not
+    /// source-translated.
+    pub snat_port: u16,
+    pub _pad1: u16,
+    pub snat_addr: u32,
+    pub _pad2: u32,
 }
 
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
@@ -153,6 +180,11 @@ pub struct Config {
     pub tcp_syn_timeout_s: u32,
     pub tcp_closing_timeout_s: u32,
     pub udp_timeout_s: u32,
+    /// This node's address for source NAT (network order); 0 disables SNAT.
+    pub snat_addr: u32,
+    /// SNAT source ports, inclusive, host order.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
 }
 
 impl Config {
@@ -164,6 +196,11 @@ impl Config {
         tcp_syn_timeout_s: 60,
         tcp_closing_timeout_s: 10,
         udp_timeout_s: 60,
+        snat_addr: 0,
+        // Above Linux's default ephemeral range (32768-60999) and the NodePort
+        // range, so translated flows never collide with local sockets.
+        snat_port_min: 61_000,
+        snat_port_max: 65_535,
     };
 }
 
@@ -177,11 +214,41 @@ impl Default for Config {
 /// devices whose receiver handles XDP frames (a real NIC, or a veth whose
 /// peer runs an XDP program); other egress goes through `XDP_PASS`.
 pub const IFACE_REDIRECT: u32 = 1;
+/// `IFACES` flag: a pod-facing interface; traffic entering here is
+/// in-cluster, which loadBalancerSourceRanges do not filter.
+pub const IFACE_POD: u32 = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfaceInfo {
     pub flags: u32,
+}
+
+/// Key of `AFFINITY_V4`: one client of one frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKeyV4 {
+    pub frontend: FrontendKeyV4,
+    pub client_addr: u32,
+}
+
+/// Value of `AFFINITY_V4`: the backend the client sticks to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub last_seen_ns: u64,
+    pub backend_id: u32,
+    pub _pad: u32,
+}
+
+/// Key of the `SOURCE_RANGES_V4` LPM trie (the prefix length, which the trie
+/// keeps beside the key, counts 32 bits of `svc_id` plus the CIDR's length).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceRangeKeyV4 {
+    /// Big-endian, so the service id is the leading part of the prefix.
+    pub svc_id_be: u32,
+    pub addr: u32,
 }
 
 /// Value of `SVC_NAMES`, keyed by service id: "namespace/name:port/PROTO",
@@ -204,11 +271,14 @@ pub struct SvcStats {
 const _: () = {
     assert!(core::mem::size_of::<AddrInfo>() == 4);
     assert!(core::mem::size_of::<FrontendKeyV4>() == 8);
-    assert!(core::mem::size_of::<FrontendValue>() == 16);
+    assert!(core::mem::size_of::<FrontendValue>() == 24);
+    assert!(core::mem::size_of::<AffinityKeyV4>() == 12);
+    assert!(core::mem::size_of::<AffinityValue>() == 16);
+    assert!(core::mem::size_of::<SourceRangeKeyV4>() == 8);
     assert!(core::mem::size_of::<BackendV4>() == 8);
     assert!(core::mem::size_of::<CtKeyV4>() == 16);
-    assert!(core::mem::size_of::<CtValueV4>() == 40);
-    assert!(core::mem::size_of::<Config>() == 16);
+    assert!(core::mem::size_of::<CtValueV4>() == 48);
+    assert!(core::mem::size_of::<Config>() == 24);
     assert!(core::mem::size_of::<IfaceInfo>() == 4);
     assert!(core::mem::size_of::<SvcStats>() == 16);
     assert!(core::mem::size_of::<SvcName>() == 128);
@@ -228,4 +298,7 @@ mod pod {
     unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for SvcStats {}
     unsafe impl aya::Pod for SvcName {}
+    unsafe impl aya::Pod for AffinityKeyV4 {}
+    unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for SourceRangeKeyV4 {}
 }

@@ -21,10 +21,14 @@ pub enum Reason {
     RejectFailed = 14,
     DropMalformed = 15,
     DropCtInsert = 16,
+    DropNoLocalBackend = 17,
+    DropSourceRange = 18,
+    DropSnatPortsExhausted = 19,
+    SnatNewFlow = 20,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 21;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotOurs,
@@ -43,6 +47,10 @@ impl Reason {
         Reason::RejectFailed,
         Reason::DropMalformed,
         Reason::DropCtInsert,
+        Reason::DropNoLocalBackend,
+        Reason::DropSourceRange,
+        Reason::DropSnatPortsExhausted,
+        Reason::SnatNewFlow,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -64,6 +72,10 @@ impl Reason {
             Reason::RejectFailed => "reject_failed",
             Reason::DropMalformed => "drop_malformed",
             Reason::DropCtInsert => "drop_ct_insert_failed",
+            Reason::DropNoLocalBackend => "drop_no_local_backend",
+            Reason::DropSourceRange => "drop_source_range",
+            Reason::DropSnatPortsExhausted => "drop_snat_ports_exhausted",
+            Reason::SnatNewFlow => "snat_new_flow",
         }
     }
 }

@@ -46,14 +46,22 @@ pub fn lookup(key: &CtKeyV4, tcp_flags: u8, now: u64, cfg: &Config) -> Option<*m
     Some(ct)
 }
 
-/// Creates both entries of a new flow from client `key` to backend `be`.
+/// Creates both entries of a new flow from client `key` to backend `be`,
+/// with the source rewritten to `snat` when given.
 #[inline(always)]
-pub fn create(key: &CtKeyV4, be: &BackendV4, svc_id: u32, now: u64) -> Option<*mut CtValueV4> {
+pub fn create(
+    key: &CtKeyV4,
+    be: &BackendV4,
+    svc_id: u32,
+    snat: Option<(u32, u16)>,
+    now: u64,
+) -> Option<*mut CtValueV4> {
+    let (seen_addr, seen_port) = snat.unwrap_or((key.src_addr, key.src_port));
     let rev_key = CtKeyV4 {
         src_addr: be.addr,
-        dst_addr: key.src_addr,
+        dst_addr: seen_addr,
         src_port: be.port,
-        dst_port: key.src_port,
+        dst_port: seen_port,
         proto: key.proto,
         dir: CT_DIR_REPLY,
         _pad: 0,
@@ -71,9 +79,17 @@ pub fn create(key: &CtKeyV4, be: &BackendV4, svc_id: u32, now: u64) -> Option<*m
         svc_id,
         ..CtValueV4::default()
     };
+    if snat.is_some() {
+        value.snat_addr = key.src_addr;
+        value.snat_port = key.src_port;
+    }
     CT_V4.insert(rev_key, value, 0).ok()?;
     value.nat_addr = be.addr;
     value.nat_port = be.port;
+    if let Some((addr, port)) = snat {
+        value.snat_addr = addr;
+        value.snat_port = port;
+    }
     CT_V4.insert(*key, value, 0).ok()?;
     CT_V4.get_ptr_mut(key)
 }
@@ -102,12 +118,21 @@ pub fn on_packet(key: &CtKeyV4, ct: *mut CtValueV4, tcp_flags: u8, now: u64) -> 
 /// chosen for either lookup reflects the whole connection.
 #[inline(always)]
 fn mirror(key: &CtKeyV4, ct: *const CtValueV4, tcp_flags: u8, reply: bool) {
-    let (nat_addr, nat_port) = unsafe { ((*ct).nat_addr, (*ct).nat_port) };
+    let (nat_addr, nat_port, snat_addr, snat_port) = unsafe {
+        (
+            (*ct).nat_addr,
+            (*ct).nat_port,
+            (*ct).snat_addr,
+            (*ct).snat_port,
+        )
+    };
+    // Without source NAT the client is the other side of this packet's tuple.
+    let snat = snat_addr != 0;
     let other = if reply {
         CtKeyV4 {
-            src_addr: key.dst_addr,
+            src_addr: if snat { snat_addr } else { key.dst_addr },
             dst_addr: nat_addr,
-            src_port: key.dst_port,
+            src_port: if snat { snat_port } else { key.dst_port },
             dst_port: nat_port,
             proto: key.proto,
             dir: CT_DIR_FORWARD,
@@ -116,9 +141,9 @@ fn mirror(key: &CtKeyV4, ct: *const CtValueV4, tcp_flags: u8, reply: bool) {
     } else {
         CtKeyV4 {
             src_addr: nat_addr,
-            dst_addr: key.src_addr,
+            dst_addr: if snat { snat_addr } else { key.src_addr },
             src_port: nat_port,
-            dst_port: key.src_port,
+            dst_port: if snat { snat_port } else { key.src_port },
             proto: key.proto,
             dir: CT_DIR_REPLY,
             _pad: 0,

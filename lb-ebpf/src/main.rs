@@ -8,6 +8,7 @@ mod forward;
 mod maps;
 mod nat;
 mod parse;
+mod policy;
 mod reject;
 mod select;
 mod service;

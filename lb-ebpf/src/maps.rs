@@ -2,7 +2,7 @@
 //! all of them except `CT_V4` (the packet path) and the counters.
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::*;
@@ -55,3 +55,13 @@ pub static ADDR_FILTER: Array<u64, { lb_common::filter::FILTER_WORDS as usize }>
 /// Service names by id, for the agent's restarts and for people reading maps.
 #[btf_map]
 pub static SVC_NAMES: HashMap<u32, SvcName, { MAX_SERVICES as usize }> = HashMap::new();
+
+/// ClientIP session affinity: the backend each client of a frontend sticks to.
+#[btf_map]
+pub static AFFINITY_V4: LruHashMap<AffinityKeyV4, AffinityValue, { MAX_AFFINITY as usize }> =
+    LruHashMap::new();
+
+/// loadBalancerSourceRanges per service id.
+#[btf_map]
+pub static SOURCE_RANGES_V4: LpmTrie<SourceRangeKeyV4, u32, { MAX_SOURCE_RANGES as usize }> =
+    LpmTrie::new();

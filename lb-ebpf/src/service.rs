@@ -4,9 +4,8 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
     filter::{position, AddrSet},
-    flow::flow_hash_v4,
-    CtKeyV4, FrontendKeyV4, Reason, ADDR_FRONTEND, CT_DIR_FORWARD, CT_DIR_REPLY, PROTO_TCP,
-    PROTO_UDP,
+    Config, CtKeyV4, CtValueV4, FrontendKeyV4, Reason, ADDR_FRONTEND, CT_DIR_FORWARD, CT_DIR_REPLY,
+    FE_DROP_EMPTY, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -14,7 +13,7 @@ use crate::{
     maps::{ADDRS_V4, ADDR_FILTER, FRONTENDS_V4},
     nat,
     parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IP_FRAG_MASK, L4},
-    reject, select, stats,
+    policy, reject, select, stats,
 };
 
 type Verdict = (Reason, u32);
@@ -119,28 +118,32 @@ fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<Verdict> {
     };
     let (ct, reason) = match conntrack::lookup(&key, p.l4.tcp_flags, now, &cfg) {
         Some(ct) => (ct, Reason::XlateEstablished),
-        None => match new_flow(ctx, &p, &key, now) {
+        None => match new_flow(ctx, &p, &key, now, &cfg) {
             Ok(ct) => (ct, Reason::XlateNew),
             Err(v) => return v,
         },
     };
     let refresh = conntrack::on_packet(&key, ct, p.l4.tcp_flags, now);
-    let (addr, port, svc_id) = unsafe { ((*ct).nat_addr, (*ct).nat_port, (*ct).svc_id) };
-    nat::dnat(p.ip, &p.l4, addr, port);
-    stats::count_service(svc_id, (ctx.data_end() - ctx.data()) as u64);
+    let v = unsafe { &*ct };
+    nat::dnat(p.ip, &p.l4, v.nat_addr, v.nat_port);
+    if v.snat_addr != 0 {
+        nat::snat(p.ip, &p.l4, v.snat_addr, v.snat_port);
+    }
+    stats::count_service(v.svc_id, (ctx.data_end() - ctx.data()) as u64);
     Some((reason, forward::send(ctx, p.ip, ct, refresh)))
 }
 
-/// Picks a backend for a flow without an entry and creates its entries;
-/// `Err` carries the verdict when there is none to pick (or `None` when the
-/// destination is no frontend address at all).
+/// Applies the frontend's policies, picks a backend for a flow without an
+/// entry and creates its entries. `Err` carries the verdict when the flow is
+/// refused, or `None` when the destination is no frontend at all.
 #[inline(always)]
 fn new_flow(
     ctx: &XdpContext,
     p: &Packet,
     key: &CtKeyV4,
     now: u64,
-) -> Result<*mut lb_common::CtValueV4, Option<Verdict>> {
+    cfg: &Config,
+) -> Result<*mut CtValueV4, Option<Verdict>> {
     let fe_key = FrontendKeyV4 {
         addr: key.dst_addr,
         port: key.dst_port,
@@ -151,42 +154,37 @@ fn new_flow(
         if !is_frontend_addr(key.dst_addr) {
             return Err(None);
         }
-        return Err(Some(reject::send(
-            ctx,
-            p.ihl,
-            p.proto,
-            Reason::RejectUnknownPort,
-        )));
+        let v = reject::send(ctx, p.ihl, p.proto, Reason::RejectUnknownPort);
+        return Err(Some(v));
     };
     // One copy of the value: the agent may swap it at any moment, and every
     // field this packet uses must come from the same version.
     let fe = unsafe { *fe };
-    if fe.ring_size == 0 {
-        return Err(Some(reject::send(
-            ctx,
-            p.ihl,
-            p.proto,
-            Reason::RejectNoBackend,
-        )));
+    if !policy::source_allowed(ctx, &fe, key.src_addr) {
+        return Err(Some((Reason::DropSourceRange, DROP)));
     }
-    let hash = flow_hash_v4(
-        key.src_addr,
-        key.dst_addr,
-        key.src_port,
-        key.dst_port,
-        p.proto,
-    );
-    let Some(be) = select::backend(&fe, hash) else {
-        return Err(Some(reject::send(
-            ctx,
-            p.ihl,
-            p.proto,
-            Reason::RejectNoBackend,
-        )));
+    let Some(be) = select::backend(&fe, &fe_key, key, now) else {
+        if fe.flags & FE_DROP_EMPTY != 0 {
+            return Err(Some((Reason::DropNoLocalBackend, DROP)));
+        }
+        let v = reject::send(ctx, p.ihl, p.proto, Reason::RejectNoBackend);
+        return Err(Some(v));
     };
-    conntrack::create(key, &be, fe.svc_id, now).ok_or(Some((Reason::DropCtInsert, DROP)))
+    let snat = if policy::needs_snat(&fe, &be, key.src_addr, cfg) {
+        match policy::snat_port(&be, key, cfg, now) {
+            Some(port) => {
+                stats::count(Reason::SnatNewFlow);
+                Some((cfg.snat_addr, port))
+            }
+            None => return Err(Some((Reason::DropSnatPortsExhausted, DROP))),
+        }
+    } else {
+        None
+    };
+    conntrack::create(key, &be, fe.svc_id, snat, now).ok_or(Some((Reason::DropCtInsert, DROP)))
 }
 
+/// Replies: from a backend back to the client, as the frontend.
 #[inline(always)]
 fn from_backend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Verdict {
     let p = match transport(ctx, ip) {
@@ -211,8 +209,11 @@ fn from_backend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Verdict {
         return (Reason::PassReplyNoFlow, PASS);
     };
     let refresh = conntrack::on_packet(&key, ct, p.l4.tcp_flags, now);
-    let (addr, port, svc_id) = unsafe { ((*ct).nat_addr, (*ct).nat_port, (*ct).svc_id) };
-    nat::snat(p.ip, &p.l4, addr, port);
-    stats::count_service(svc_id, (ctx.data_end() - ctx.data()) as u64);
+    let v = unsafe { &*ct };
+    nat::snat(p.ip, &p.l4, v.nat_addr, v.nat_port);
+    if v.snat_addr != 0 {
+        nat::dnat(p.ip, &p.l4, v.snat_addr, v.snat_port);
+    }
+    stats::count_service(v.svc_id, (ctx.data_end() - ctx.data()) as u64);
     (Reason::XlateReply, forward::send(ctx, p.ip, ct, refresh))
 }

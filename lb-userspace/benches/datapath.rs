@@ -101,7 +101,7 @@ fn provision(n: u32) -> Datapath {
             svc_id: 4,
             ring_offset: filler_ring,
             ring_size: 101,
-            flags: 0,
+            ..Default::default()
         };
         prov.frontend(&mut dp, (vip, 80), PROTO_TCP, value);
     }

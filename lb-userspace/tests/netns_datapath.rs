@@ -2,6 +2,11 @@
 //! that only the XDP program on the node makes reachable; the backends' real
 //! servers answer with their name and the request. Needs root; without it
 //! every test fails (never skips) and says why.
+//!
+//! veth checksum offload keeps TCP and UDP checksums partial from sender to
+//! receiver and no hop here finalises them, so these tests prove routing,
+//! translation and payload integrity, not the checksum rewrite; the packet
+//! tier checks that on complete checksums.
 mod common;
 
 use std::collections::BTreeSet;

@@ -8,7 +8,7 @@ use aya::programs::{
     links::{FdLink, PinnedLink},
     xdp::XdpLink,
 };
-use lb_common::{IfaceInfo, IFACE_REDIRECT};
+use lb_common::{IfaceInfo, IFACE_POD, IFACE_REDIRECT};
 
 use super::pins::Layout;
 use crate::datapath::{Datapath, XdpMode, PROGRAM};
@@ -45,7 +45,14 @@ impl Attacher {
         &self.attached
     }
 
-    pub fn attach(&mut self, dp: &mut Datapath, pins: &Layout, ifname: &str) -> Result<()> {
+    /// `pod`: the interface faces pods (in-cluster traffic) rather than the outside.
+    pub fn attach(
+        &mut self,
+        dp: &mut Datapath,
+        pins: &Layout,
+        ifname: &str,
+        pod: bool,
+    ) -> Result<()> {
         if self.attached.contains(ifname) {
             return Ok(());
         }
@@ -78,11 +85,14 @@ impl Attacher {
                 .with_context(|| format!("pinning the link of {ifname}"))?;
         }
         if let Some(index) = ifindex(ifname) {
-            let flags = if takes_redirects(ifname) {
+            let mut flags = if takes_redirects(ifname) {
                 IFACE_REDIRECT
             } else {
                 0
             };
+            if pod {
+                flags |= IFACE_POD;
+            }
             dp.maps.ifaces.insert(index, IfaceInfo { flags }, 0)?;
         }
         tracing::info!(%ifname, replaced, "program attached");

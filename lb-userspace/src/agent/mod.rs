@@ -125,7 +125,7 @@ impl Agent {
                 .iter()
                 .any(|g| ifaces::matches(g, name));
             if wanted && !self.attacher.attached().contains(name) {
-                if let Err(e) = self.attacher.attach(&mut self.dp, &self.pins, name) {
+                if let Err(e) = self.attacher.attach(&mut self.dp, &self.pins, name, true) {
                     tracing::warn!(ifname = %name, "cannot attach: {e:#}");
                 }
             }
@@ -135,9 +135,20 @@ impl Agent {
 
 async fn serve(args: AgentArgs, pins: pins::Layout, dir: std::path::PathBuf) -> Result<()> {
     let mut dp = Datapath::load(&Capacities::default(), Some(&pins.maps_dir()))?;
-    if dp.maps.config.get(&0, 0)?.udp_timeout_s == 0 {
-        dp.maps.config.set(0, Config::DEFAULT, 0)?;
+    // Source NAT uses the first address of the external interfaces, the
+    // address other nodes and the outside reach this node at.
+    let snat = ifaces::nodeport_addresses(&args.external_ifaces, &[])?;
+    let config = Config {
+        snat_addr: snat
+            .first()
+            .map(|a| u32::from_ne_bytes(a.octets()))
+            .unwrap_or(0),
+        ..Config::DEFAULT
+    };
+    if config.snat_addr == 0 {
+        tracing::warn!("no IPv4 address on the external interfaces: source NAT disabled");
     }
+    dp.maps.config.set(0, config, 0)?;
     let syncer = Syncer::recover(&MapsWriter { maps: &mut dp.maps })?;
     let nodeport_cidrs = args
         .nodeport_addresses
@@ -161,7 +172,9 @@ async fn serve(args: AgentArgs, pins: pins::Layout, dir: std::path::PathBuf) -> 
     agent.resync(&dir).context("first sync")?;
     agent.health.lock().expect("health").synced();
     for ifname in agent.args.external_ifaces.clone() {
-        agent.attacher.attach(&mut agent.dp, &agent.pins, &ifname)?;
+        agent
+            .attacher
+            .attach(&mut agent.dp, &agent.pins, &ifname, false)?;
     }
     agent.attach_pod_ifaces();
     agent.pins.remove_old_versions()?;

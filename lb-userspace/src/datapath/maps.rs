@@ -2,12 +2,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData, PerCpuArray},
     Ebpf,
 };
 use lb_common::{
-    names, AddrInfo, BackendV4, Config, CtKeyV4, CtValueV4, FrontendKeyV4, FrontendValue,
-    IfaceInfo, Reason, SvcName, SvcStats,
+    names, AddrInfo, AffinityKeyV4, AffinityValue, BackendV4, Config, CtKeyV4, CtValueV4,
+    FrontendKeyV4, FrontendValue, IfaceInfo, Reason, SourceRangeKeyV4, SvcName, SvcStats,
 };
 
 use super::slots::RingSlots;
@@ -26,6 +26,8 @@ pub struct Maps {
     pub filter: Array<MapData, u64>,
     pub svc_names: HashMap<MapData, u32, SvcName>,
     pub slots: RingSlots,
+    pub affinity: HashMap<MapData, AffinityKeyV4, AffinityValue>,
+    pub source_ranges: LpmTrie<MapData, SourceRangeKeyV4, u32>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -70,6 +72,8 @@ impl Maps {
             filter: get(names::ADDR_FILTER)?.try_into()?,
             svc_names: get(names::SVC_NAMES)?.try_into()?,
             slots,
+            affinity: get(names::AFFINITY_V4)?.try_into()?,
+            source_ranges: get(names::SOURCE_RANGES_V4)?.try_into()?,
         })
     }
 

@@ -20,6 +20,7 @@ pub struct FakeMaps {
     pub addrs: BTreeMap<u32, ()>,
     pub filter: BTreeMap<u32, u64>,
     pub services: BTreeMap<u32, String>,
+    pub source_ranges: std::collections::BTreeSet<(u32, std::net::Ipv4Addr, u8)>,
 }
 
 #[derive(Debug)]
@@ -53,9 +54,7 @@ impl FakeWriter {
     fn after(&mut self, op: String) {
         if self.check {
             for (key, fe) in &self.maps.frontends {
-                if !self.maps.addrs.contains_key(&key.addr)
-                    || !self.filtered(key.addr, AddrSet::Frontend)
-                {
+                if !self.filtered(key.addr, AddrSet::Frontend) {
                     self.violations
                         .push(format!("after {op}: frontend {key:?} not filtered in"));
                 }
@@ -144,6 +143,23 @@ impl MapWriter for FakeWriter {
         Ok(())
     }
 
+    fn put_source_range(&mut self, svc_id: u32, addr: std::net::Ipv4Addr, len: u8) -> Result<()> {
+        self.maps.source_ranges.insert((svc_id, addr, len));
+        self.after(format!("source range {svc_id} {addr}/{len}"));
+        Ok(())
+    }
+
+    fn remove_source_range(
+        &mut self,
+        svc_id: u32,
+        addr: std::net::Ipv4Addr,
+        len: u8,
+    ) -> Result<()> {
+        self.maps.source_ranges.remove(&(svc_id, addr, len));
+        self.after(format!("remove source range {svc_id} {addr}/{len}"));
+        Ok(())
+    }
+
     fn ring_capacity(&self) -> u32 {
         self.capacity
     }
@@ -170,6 +186,8 @@ impl MapWriter for FakeWriter {
                 .collect(),
             filter: self.maps.filter.iter().map(|(k, v)| (*k, *v)).collect(),
             rings,
+            frontend_addrs: self.maps.addrs.keys().copied().collect(),
+            source_ranges: self.maps.source_ranges.iter().copied().collect(),
         })
     }
 }

@@ -1,8 +1,11 @@
 //! `MapWriter` on the real maps.
+use std::net::Ipv4Addr;
+
 use anyhow::Result;
-use aya::maps::PerCpuValues;
+use aya::maps::{lpm_trie::Key, PerCpuValues};
 use lb_common::{
-    AddrInfo, BackendV4, FrontendKeyV4, FrontendValue, SvcName, SvcStats, ADDR_FRONTEND,
+    AddrInfo, BackendV4, FrontendKeyV4, FrontendValue, SourceRangeKeyV4, SvcName, SvcStats,
+    ADDR_FRONTEND,
 };
 
 use super::{MapWriter, Snapshot};
@@ -17,6 +20,15 @@ fn svc_name(name: &str) -> SvcName {
     let n = name.len().min(out.name.len() - 1);
     out.name[..n].copy_from_slice(&name.as_bytes()[..n]);
     out
+}
+
+/// The trie matches the service id's 32 bits, then the CIDR's.
+fn range_key(svc_id: u32, addr: Ipv4Addr, len: u8) -> Key<SourceRangeKeyV4> {
+    let data = SourceRangeKeyV4 {
+        svc_id_be: svc_id.to_be(),
+        addr: u32::from_ne_bytes(addr.octets()),
+    };
+    Key::new(32 + len as u32, data)
 }
 
 pub fn svc_name_str(name: &SvcName) -> String {
@@ -74,6 +86,20 @@ impl MapWriter for MapsWriter<'_> {
         Ok(self.maps.svc_names.remove(&svc_id)?)
     }
 
+    fn put_source_range(&mut self, svc_id: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
+        Ok(self
+            .maps
+            .source_ranges
+            .insert(&range_key(svc_id, addr, len), 1, 0)?)
+    }
+
+    fn remove_source_range(&mut self, svc_id: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
+        Ok(self
+            .maps
+            .source_ranges
+            .remove(&range_key(svc_id, addr, len))?)
+    }
+
     fn ring_capacity(&self) -> u32 {
         self.maps.slots.len()
     }
@@ -110,12 +136,23 @@ impl MapWriter for MapsWriter<'_> {
                 ));
             }
         }
+        let frontend_addrs = self.maps.addrs.keys().collect::<Result<_, _>>()?;
+        let mut source_ranges = Vec::new();
+        for key in self.maps.source_ranges.keys() {
+            let key = key?;
+            let data = key.data();
+            let addr = Ipv4Addr::from(data.addr.to_ne_bytes());
+            let len = (key.prefix_len() - 32) as u8;
+            source_ranges.push((u32::from_be(data.svc_id_be), addr, len));
+        }
         Ok(Snapshot {
             frontends,
             backends,
             services,
             filter,
             rings,
+            frontend_addrs,
+            source_ranges,
         })
     }
 }

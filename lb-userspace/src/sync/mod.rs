@@ -16,8 +16,8 @@ use std::{
 use anyhow::{Context, Result};
 use lb_common::{
     filter::{position, AddrSet},
-    BackendV4, FrontendKeyV4, FrontendValue, FE_EXTERNAL, MAX_BACKENDS, MAX_SERVICES, PROTO_TCP,
-    PROTO_UDP,
+    BackendV4, FrontendKeyV4, FrontendValue, BE_LOCAL, FE_DROP_EMPTY, FE_EXTERNAL,
+    FE_SOURCE_RANGES, MAX_BACKENDS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
 };
 
 pub use maps_writer::{svc_name_str, MapsWriter};
@@ -30,6 +30,18 @@ use crate::{
 
 /// A ring belongs to one service port and one traffic class.
 type RingKey = (u32, u32);
+
+/// What a wanted frontend points at, beside its ring.
+#[derive(Clone, Copy, Debug)]
+struct FrontendWant {
+    ring: RingKey,
+    flags: u32,
+    affinity_timeout_s: u32,
+    /// NodePorts live on node addresses, where the node's own ports must keep
+    /// working: their address is not marked as a frontend address, so
+    /// unknown ports there pass to the kernel instead of being rejected.
+    node_port: bool,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Ring {
@@ -60,6 +72,7 @@ pub struct Syncer {
     frontends: BTreeMap<FrontendKeyV4, FrontendValue>,
     frontend_addrs: BTreeSet<u32>,
     filter: HashMap<u32, u64>,
+    source_ranges: BTreeSet<(u32, Ipv4Addr, u8)>,
 }
 
 fn ne(addr: Ipv4Addr) -> u32 {
@@ -93,6 +106,7 @@ impl Syncer {
             frontends: BTreeMap::new(),
             frontend_addrs: BTreeSet::new(),
             filter: snap.filter.iter().copied().collect(),
+            source_ranges: snap.source_ranges.iter().copied().collect(),
         };
         for (id, name) in &snap.services {
             s.svc_alloc.claim(*id);
@@ -104,9 +118,9 @@ impl Syncer {
                 .insert((from_ne(be.addr), u16::from_be(be.port)), *id);
         }
         let slots: HashMap<u32, &Vec<u32>> = snap.rings.iter().map(|(o, v)| (*o, v)).collect();
+        s.frontend_addrs = snap.frontend_addrs.iter().copied().collect();
         for (key, value) in &snap.frontends {
             s.frontends.insert(*key, *value);
-            s.frontend_addrs.insert(key.addr);
             let ring_key = (value.svc_id, value.flags & FE_EXTERNAL);
             if s.rings.contains_key(&ring_key) {
                 continue;
@@ -145,7 +159,9 @@ impl Syncer {
 
         // Service ids, and which frontends and rings are wanted.
         let mut want_svcs: BTreeMap<String, u32> = BTreeMap::new();
-        let mut want_frontends: BTreeMap<FrontendKeyV4, RingKey> = BTreeMap::new();
+        let mut want_frontends: BTreeMap<FrontendKeyV4, FrontendWant> = BTreeMap::new();
+        let mut want_ranges: BTreeSet<(u32, Ipv4Addr, u8)> = BTreeSet::new();
+        let mut local: BTreeSet<(Ipv4Addr, u16)> = BTreeSet::new();
         let mut want_rings: BTreeMap<RingKey, Vec<(Ipv4Addr, u16)>> = BTreeMap::new();
         for (id, sp) in &desired.services {
             let name = id.to_string();
@@ -160,26 +176,46 @@ impl Syncer {
                 }
             };
             want_svcs.insert(name, svc_id);
+            for &(addr, len) in &sp.load_balancer_source_ranges {
+                want_ranges.insert((svc_id, addr, len));
+            }
+            for b in sp.cluster_backends.iter().chain(&sp.external_backends) {
+                if b.is_local {
+                    local.insert((b.addr, b.port));
+                }
+            }
             for fe in &sp.frontends {
-                let class = match fe.kind {
-                    FrontendKind::ClusterIp => 0,
-                    _ => FE_EXTERNAL,
-                };
-                let backends = if class == 0 {
-                    &sp.cluster_backends
+                let external = fe.kind != FrontendKind::ClusterIp;
+                let (class, backends, policy_local) = if external {
+                    (FE_EXTERNAL, &sp.external_backends, sp.external_policy_local)
                 } else {
-                    &sp.external_backends
+                    (0, &sp.cluster_backends, sp.internal_policy_local)
                 };
                 want_rings
                     .entry((svc_id, class))
                     .or_insert_with(|| backends.iter().map(|b| (b.addr, b.port)).collect());
+                let mut flags = class;
+                if policy_local {
+                    flags |= FE_DROP_EMPTY;
+                }
+                if external && !sp.load_balancer_source_ranges.is_empty() {
+                    flags |= FE_SOURCE_RANGES;
+                }
                 let key = FrontendKeyV4 {
                     addr: ne(fe.addr),
                     port: fe.port.to_be(),
                     proto: proto_number(id.protocol),
                     _pad: 0,
                 };
-                want_frontends.insert(key, (svc_id, class));
+                want_frontends.insert(
+                    key,
+                    FrontendWant {
+                        ring: (svc_id, class),
+                        flags,
+                        affinity_timeout_s: sp.session_affinity_timeout_s.unwrap_or(0),
+                        node_port: fe.kind == FrontendKind::NodePort,
+                    },
+                );
             }
         }
 
@@ -190,12 +226,17 @@ impl Syncer {
                 want_backends.insert((addr, port));
                 if !self.backend_ids.contains_key(&(addr, port)) {
                     let id = self.backend_alloc.take()?;
+                    let flags = if local.contains(&(addr, port)) {
+                        BE_LOCAL
+                    } else {
+                        0
+                    };
                     w.put_backend(
                         id,
                         BackendV4 {
                             addr: ne(addr),
                             port: port.to_be(),
-                            _pad: 0,
+                            flags,
                         },
                     )?;
                     writes += 1;
@@ -264,20 +305,33 @@ impl Syncer {
             }
         }
 
+        // Source ranges before the frontends that check them.
+        for r in want_ranges.difference(&self.source_ranges.clone()) {
+            w.put_source_range(r.0, r.1, r.2)?;
+            writes += 1;
+            self.source_ranges.insert(*r);
+        }
+
         // Frontend addresses, then the frontends themselves.
-        let want_addrs: BTreeSet<u32> = want_frontends.keys().map(|k| k.addr).collect();
+        let want_addrs: BTreeSet<u32> = want_frontends
+            .iter()
+            .filter(|(_, f)| !f.node_port)
+            .map(|(k, _)| k.addr)
+            .collect();
         for addr in want_addrs.difference(&self.frontend_addrs.clone()) {
             w.put_frontend_addr(*addr)?;
             writes += 1;
             self.frontend_addrs.insert(*addr);
         }
-        for (key, ring_key) in &want_frontends {
-            let ring = &self.rings[ring_key];
+        for (key, want) in &want_frontends {
+            let ring = &self.rings[&want.ring];
             let value = FrontendValue {
-                svc_id: ring_key.0,
+                svc_id: want.ring.0,
                 ring_offset: ring.offset,
                 ring_size: ring.size,
-                flags: ring_key.1,
+                flags: want.flags,
+                affinity_timeout_s: want.affinity_timeout_s,
+                _pad: 0,
             };
             if self.frontends.get(key) != Some(&value) {
                 w.put_frontend(*key, value)?;
@@ -307,6 +361,16 @@ impl Syncer {
             w.remove_frontend_addr(addr)?;
             writes += 1;
             self.frontend_addrs.remove(&addr);
+        }
+        let stale_ranges: Vec<_> = self
+            .source_ranges
+            .difference(&want_ranges)
+            .copied()
+            .collect();
+        for r in stale_ranges {
+            w.remove_source_range(r.0, r.1, r.2)?;
+            writes += 1;
+            self.source_ranges.remove(&r);
         }
         let stale_rings: Vec<RingKey> = self
             .rings

@@ -182,3 +182,70 @@ fn restart_over_the_same_maps_keeps_ids_and_writes_nothing() {
     let ids: std::collections::BTreeSet<u32> = w.maps.services.keys().copied().collect();
     assert_eq!(ids.len(), 2);
 }
+
+#[test]
+fn policies_reach_the_frontends() {
+    use lb_common::{BE_LOCAL, FE_DROP_EMPTY, FE_EXTERNAL, FE_SOURCE_RANGES};
+    let (mut s, mut w) = fresh();
+    let mut sp = service(1, &[1, 2]);
+    sp.external_backends = vec![Backend {
+        is_local: true,
+        ..backend(2)
+    }];
+    sp.cluster_backends[1].is_local = true;
+    sp.external_policy_local = true;
+    sp.session_affinity_timeout_s = Some(10_800);
+    sp.load_balancer_source_ranges = vec![(Ipv4Addr::new(203, 0, 113, 0), 24)];
+    s.sync(&state(&[("a", sp)]), &mut w).unwrap();
+    assert!(w.violations.is_empty(), "{:#?}", w.violations);
+    let nodeport = w
+        .maps
+        .frontends
+        .iter()
+        .find(|(k, _)| k.port != 80u16.to_be())
+        .unwrap();
+    let clusterip = w
+        .maps
+        .frontends
+        .iter()
+        .find(|(k, _)| k.port == 80u16.to_be())
+        .unwrap();
+    assert_eq!(
+        nodeport.1.flags,
+        FE_EXTERNAL | FE_DROP_EMPTY | FE_SOURCE_RANGES
+    );
+    assert_eq!(clusterip.1.flags, 0);
+    assert!(w
+        .maps
+        .frontends
+        .values()
+        .all(|v| v.affinity_timeout_s == 10_800));
+    assert_ne!(
+        nodeport.1.ring_offset, clusterip.1.ring_offset,
+        "external ring has only local backends"
+    );
+    // NodePort addresses are node addresses: unknown ports there are not rejected.
+    assert!(w.maps.addrs.contains_key(&clusterip.0.addr));
+    assert!(!w.maps.addrs.contains_key(&nodeport.0.addr));
+    let local: Vec<_> = w
+        .maps
+        .backends
+        .values()
+        .filter(|b| b.flags & BE_LOCAL != 0)
+        .collect();
+    assert_eq!(local.len(), 1);
+    let range_at = w
+        .log
+        .iter()
+        .position(|op| op.starts_with("source range"))
+        .unwrap();
+    let first_frontend = w
+        .log
+        .iter()
+        .position(|op| op.starts_with("frontend"))
+        .unwrap();
+    assert!(range_at < first_frontend);
+    s.sync(&state(&[("a", service(1, &[1, 2]))]), &mut w)
+        .unwrap();
+    assert!(w.maps.source_ranges.is_empty());
+}

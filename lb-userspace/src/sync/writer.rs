@@ -15,6 +15,9 @@ pub trait MapWriter {
     fn put_filter_word(&mut self, word: u32, bits: u64) -> Result<()>;
     /// Names a new service id and zeroes its counters (ids are reused).
     fn put_service(&mut self, svc_id: u32, name: &str) -> Result<()>;
+    fn put_source_range(&mut self, svc_id: u32, addr: std::net::Ipv4Addr, len: u8) -> Result<()>;
+    fn remove_source_range(&mut self, svc_id: u32, addr: std::net::Ipv4Addr, len: u8)
+        -> Result<()>;
     fn remove_service(&mut self, svc_id: u32) -> Result<()>;
     /// Capacity of the ring slot array.
     fn ring_capacity(&self) -> u32;
@@ -33,4 +36,8 @@ pub struct Snapshot {
     pub filter: Vec<(u32, u64)>,
     /// Slots of every ring a frontend points at, by ring offset.
     pub rings: Vec<(u32, Vec<u32>)>,
+    /// Addresses marked as frontend addresses (rejecting unknown ports).
+    pub frontend_addrs: Vec<u32>,
+    /// loadBalancerSourceRanges: (service id, network, prefix length).
+    pub source_ranges: Vec<(u32, std::net::Ipv4Addr, u8)>,
 }

@@ -57,6 +57,30 @@ impl Provision {
         proto: u8,
         backends: &[(Ipv4Addr, u16)],
     ) -> u32 {
+        self.service_with(
+            dp,
+            svc_id,
+            vip,
+            proto,
+            backends,
+            0,
+            FrontendValue::default(),
+        )
+    }
+
+    /// As `service`, with backend flags for every backend and the frontend's
+    /// flags and affinity taken from `template`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn service_with(
+        &mut self,
+        dp: &mut Datapath,
+        svc_id: u32,
+        vip: (Ipv4Addr, u16),
+        proto: u8,
+        backends: &[(Ipv4Addr, u16)],
+        backend_flags: u16,
+        template: FrontendValue,
+    ) -> u32 {
         let ids: Vec<u32> = backends
             .iter()
             .map(|&(addr, port)| {
@@ -69,7 +93,7 @@ impl Provision {
                         BackendV4 {
                             addr: be(addr),
                             port: port.to_be(),
-                            _pad: 0,
+                            flags: backend_flags,
                         },
                         0,
                     )
@@ -100,7 +124,7 @@ impl Provision {
                 svc_id,
                 ring_offset: offset,
                 ring_size: m,
-                flags: 0,
+                ..template
             },
         );
         offset

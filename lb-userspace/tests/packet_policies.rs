@@ -1,0 +1,203 @@
+//! BPF_PROG_TEST_RUN tier for the node-level semantics (data plane II):
+//! source NAT for remote backends and hairpin, traffic policies, session
+//! affinity and loadBalancerSourceRanges.
+mod common;
+
+use std::net::Ipv4Addr;
+
+use aya::maps::lpm_trie::Key;
+use common::{
+    be, load,
+    packets::{parse_checked, tcp_frame, Tcp},
+    Provision,
+};
+use lb_common::{
+    Config, FrontendValue, Reason, SourceRangeKeyV4, BE_LOCAL, FE_DROP_EMPTY, FE_EXTERNAL,
+    FE_SOURCE_RANGES, PROTO_TCP,
+};
+use lb_userspace::datapath::{run_frame, Datapath, PROGRAM};
+
+const XDP_DROP: u32 = 1;
+
+const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 51, 100, 7), 40000);
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+const NODE_PORT: (Ipv4Addr, u16) = (NODE, 31000);
+const VIP: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 10), 80);
+const B1: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 2), 3000);
+const B2: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 2, 2), 3000);
+const B3: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 3, 2), 3000);
+
+fn run(dp: &Datapath, frame: &[u8]) -> (u32, Vec<u8>) {
+    let r = run_frame(dp.program(PROGRAM).unwrap(), frame, 1).unwrap();
+    (r.action, r.frame)
+}
+
+fn count(dp: &Datapath, r: Reason) -> u64 {
+    dp.maps.reason_total(r).unwrap()
+}
+
+/// A data plane whose node address is `NODE`, with one service exposed on
+/// `frontend` (external when `flags` says so) over `backends`.
+fn node(
+    frontend: (Ipv4Addr, u16),
+    flags: u32,
+    backend_flags: u16,
+    backends: &[(Ipv4Addr, u16)],
+) -> Datapath {
+    let mut dp = load();
+    let cfg = Config {
+        snat_addr: be(NODE),
+        ..Config::DEFAULT
+    };
+    dp.maps.config.set(0, cfg, 0).unwrap();
+    let template = FrontendValue {
+        flags,
+        ..Default::default()
+    };
+    Provision::new().service_with(
+        &mut dp,
+        7,
+        frontend,
+        PROTO_TCP,
+        backends,
+        backend_flags,
+        template,
+    );
+    if frontend.0 == NODE {
+        // NodePorts live on node addresses, which the agent never marks as
+        // frontend addresses (the node's own ports must keep working).
+        dp.maps.addrs.remove(&be(NODE)).unwrap();
+    }
+    dp
+}
+
+#[test]
+fn nodeport_to_a_remote_backend_is_source_translated_and_the_reply_returns() {
+    let dp = node(NODE_PORT, FE_EXTERNAL, 0, &[B1]);
+    let (_, out) = run(&dp, &tcp_frame(CLIENT, NODE_PORT, Tcp::syn(), b"GET", &[]));
+    let p = parse_checked(&out);
+    assert_eq!((p.dst, p.dport), B1);
+    assert_eq!(
+        p.src, NODE,
+        "source NAT to the node so the reply comes back here"
+    );
+    assert!(
+        (61_000..=65_535).contains(&p.sport),
+        "SNAT port {}",
+        p.sport
+    );
+    assert_eq!(count(&dp, Reason::SnatNewFlow), 1);
+
+    let (action, out) = run(
+        &dp,
+        &tcp_frame(B1, (NODE, p.sport), Tcp::syn_ack(), b"200", &[]),
+    );
+    assert_ne!(action, XDP_DROP);
+    let r = parse_checked(&out);
+    assert_eq!(((r.src, r.sport), (r.dst, r.dport)), (NODE_PORT, CLIENT));
+    assert_eq!(r.payload, b"200");
+
+    // The connection goes on with the same translation.
+    let (_, out) = run(&dp, &tcp_frame(CLIENT, NODE_PORT, Tcp::ack(), b"more", &[]));
+    let again = parse_checked(&out);
+    assert_eq!(
+        ((again.src, again.sport), (again.dst, again.dport)),
+        ((NODE, p.sport), B1)
+    );
+}
+
+#[test]
+fn nodeport_to_a_local_backend_keeps_the_client_source() {
+    let dp = node(NODE_PORT, FE_EXTERNAL, BE_LOCAL, &[B1]);
+    let (_, out) = run(&dp, &tcp_frame(CLIENT, NODE_PORT, Tcp::syn(), b"", &[]));
+    let p = parse_checked(&out);
+    assert_eq!(((p.src, p.sport), (p.dst, p.dport)), (CLIENT, B1));
+    assert_eq!(count(&dp, Reason::SnatNewFlow), 0);
+}
+
+#[test]
+fn unknown_port_on_a_node_address_is_left_to_the_node() {
+    let dp = node(NODE_PORT, FE_EXTERNAL, 0, &[B1]);
+    let ssh = tcp_frame(CLIENT, (NODE, 22), Tcp::syn(), b"", &[]);
+    let (action, out) = run(&dp, &ssh);
+    assert_eq!(
+        (action, out),
+        (2, ssh),
+        "passed untouched to the node's own sshd"
+    );
+}
+
+#[test]
+fn hairpin_pod_reaching_itself_through_its_service_is_source_translated() {
+    let dp = node(VIP, 0, BE_LOCAL, &[B1]);
+    let pod = (B1.0, 45000);
+    let (_, out) = run(&dp, &tcp_frame(pod, VIP, Tcp::syn(), b"", &[]));
+    let p = parse_checked(&out);
+    assert_eq!((p.dst, p.dport), B1);
+    assert_eq!(
+        p.src, NODE,
+        "a packet from itself to itself would be dropped as martian"
+    );
+    let (_, out) = run(
+        &dp,
+        &tcp_frame(B1, (NODE, p.sport), Tcp::syn_ack(), b"", &[]),
+    );
+    let r = parse_checked(&out);
+    assert_eq!(((r.src, r.sport), (r.dst, r.dport)), (VIP, pod));
+}
+
+#[test]
+fn policy_local_without_local_backends_drops_instead_of_rejecting() {
+    let dp = node(NODE_PORT, FE_EXTERNAL | FE_DROP_EMPTY, 0, &[]);
+    let (action, _) = run(&dp, &tcp_frame(CLIENT, NODE_PORT, Tcp::syn(), b"", &[]));
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(count(&dp, Reason::DropNoLocalBackend), 1);
+    assert_eq!(count(&dp, Reason::RejectNoBackend), 0);
+}
+
+#[test]
+fn session_affinity_holds_each_client_to_one_backend() {
+    let mut dp = load();
+    let template = FrontendValue {
+        affinity_timeout_s: 10_800,
+        ..Default::default()
+    };
+    Provision::new().service_with(&mut dp, 7, VIP, PROTO_TCP, &[B1, B2, B3], 0, template);
+    let mut per_client = Vec::new();
+    for c in 0..30u8 {
+        let client = Ipv4Addr::new(10, 0, 0, c + 1);
+        let mut seen = std::collections::HashSet::new();
+        for port in 0..20u16 {
+            let (_, out) = run(
+                &dp,
+                &tcp_frame((client, 20000 + port), VIP, Tcp::syn(), b"", &[]),
+            );
+            let p = parse_checked(&out);
+            seen.insert((p.dst, p.dport));
+        }
+        assert_eq!(seen.len(), 1, "client {client} moved: {seen:?}");
+        per_client.push(seen.into_iter().next().unwrap());
+    }
+    per_client.sort();
+    per_client.dedup();
+    assert!(per_client.len() > 1, "clients still spread over backends");
+}
+
+#[test]
+fn source_ranges_admit_listed_clients_only() {
+    let mut dp = node(NODE_PORT, FE_EXTERNAL | FE_SOURCE_RANGES, BE_LOCAL, &[B1]);
+    let allowed = SourceRangeKeyV4 {
+        svc_id_be: 7u32.to_be(),
+        addr: be(Ipv4Addr::new(198, 51, 100, 0)),
+    };
+    dp.maps
+        .source_ranges
+        .insert(&Key::new(32 + 24, allowed), 1, 0)
+        .unwrap();
+    let (_, out) = run(&dp, &tcp_frame(CLIENT, NODE_PORT, Tcp::syn(), b"", &[]));
+    assert_eq!((parse_checked(&out).dst, parse_checked(&out).dport), B1);
+    let outsider = (Ipv4Addr::new(203, 0, 113, 9), 40000);
+    let (action, _) = run(&dp, &tcp_frame(outsider, NODE_PORT, Tcp::syn(), b"", &[]));
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(count(&dp, Reason::DropSourceRange), 1);
+}
