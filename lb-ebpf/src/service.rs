@@ -125,10 +125,8 @@ fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<Verdict> {
     };
     let refresh = conntrack::on_packet(&key, ct, p.l4.tcp_flags, now);
     let v = unsafe { &*ct };
-    nat::dnat(p.ip, &p.l4, v.nat_addr, v.nat_port);
-    if v.snat_addr != 0 {
-        nat::snat(p.ip, &p.l4, v.snat_addr, v.snat_port);
-    }
+    let snat = (v.snat_addr != 0).then_some((v.snat_addr, v.snat_port));
+    nat::translate(p.ip, &p.l4, p.ihl, Some((v.nat_addr, v.nat_port)), snat);
     stats::count_service(v.svc_id, (ctx.data_end() - ctx.data()) as u64);
     Some((reason, forward::send(ctx, p.ip, ct, refresh)))
 }
@@ -210,10 +208,8 @@ fn from_backend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Verdict {
     };
     let refresh = conntrack::on_packet(&key, ct, p.l4.tcp_flags, now);
     let v = unsafe { &*ct };
-    nat::snat(p.ip, &p.l4, v.nat_addr, v.nat_port);
-    if v.snat_addr != 0 {
-        nat::dnat(p.ip, &p.l4, v.snat_addr, v.snat_port);
-    }
+    let client = (v.snat_addr != 0).then_some((v.snat_addr, v.snat_port));
+    nat::translate(p.ip, &p.l4, p.ihl, client, Some((v.nat_addr, v.nat_port)));
     stats::count_service(v.svc_id, (ctx.data_end() - ctx.data()) as u64);
     (Reason::XlateReply, forward::send(ctx, p.ip, ct, refresh))
 }
