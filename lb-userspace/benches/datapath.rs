@@ -13,17 +13,19 @@
 //! - new flow: cannot repeat on one buffer; measured as single runs over
 //!   distinct packets with the kernel-reported time, and the no-op measured
 //!   the same way is given beside it.
-#[path = "../tests/common/mod.rs"]
-mod common;
+// Only the frame builder and the provisioning helper of the test support
+// code: the benchmark must not depend on the end-to-end test fixtures.
+#[path = "../tests/common/packets.rs"]
+mod packets;
+#[path = "../tests/common/provision.rs"]
+mod provision;
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use common::{
-    packets::{tcp_frame, Tcp},
-    Provision,
-};
 use lb_common::{FrontendValue, Reason, PROTO_TCP};
 use lb_userspace::datapath::{run_frame, Capacities, Datapath, PROGRAM};
+use packets::{tcp_frame, Tcp};
+use provision::Provision;
 
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
@@ -146,7 +148,9 @@ fn measure(n: u32) -> Row {
 }
 
 fn main() {
-    common::privileged("datapath benchmark");
+    if let Err(e) = lb_userspace::testbed::netns::require_root("datapath benchmark") {
+        panic!("{e:#}");
+    }
     let rows: Vec<Row> = [1, 1_000, 100_000].into_iter().map(measure).collect();
     println!("\nns per packet, BPF_PROG_TEST_RUN, median of {ROUNDS} x {REPEAT} (new flow: median of {SINGLE_RUNS} single runs)");
     println!(
