@@ -388,3 +388,80 @@ fn offloaded_partial_checksums_stay_completable_after_translation() {
     let p = parse_checked(&out);
     assert_eq!(((p.src, p.sport), (p.dst, p.dport)), (VIP, CLIENT));
 }
+
+/// kube-proxy's conntrack cleanup: when a backend leaves, its UDP flows are
+/// forgotten (the next datagram picks a live backend) and its TCP flows stay.
+#[test]
+fn removed_backends_lose_their_udp_flows_but_keep_tcp() {
+    use lb_userspace::{
+        model::{Backend, DesiredState, Frontend, FrontendKind, Proto, ServicePort, ServicePortId},
+        sync::{stale, MapsWriter, Syncer},
+    };
+    let mut dp = load();
+    let service = |proto: Proto, backends: &[(Ipv4Addr, u16)]| {
+        let id = ServicePortId {
+            namespace: "default".into(),
+            name: format!("{proto}"),
+            port_name: String::new(),
+            protocol: proto,
+        };
+        let sp = ServicePort {
+            frontends: vec![Frontend {
+                addr: VIP.0,
+                port: VIP.1,
+                kind: FrontendKind::ClusterIp,
+            }],
+            cluster_backends: backends
+                .iter()
+                .map(|&(addr, port)| Backend {
+                    addr,
+                    port,
+                    node_name: None,
+                    is_local: false,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        (id, sp)
+    };
+    let both = DesiredState {
+        services: [service(Proto::Udp, &[B1]), service(Proto::Tcp, &[B1])].into(),
+        problems: Vec::new(),
+    };
+    let mut syncer = Syncer::recover(&MapsWriter { maps: &mut dp.maps }).unwrap();
+    syncer
+        .sync(&both, &mut MapsWriter { maps: &mut dp.maps })
+        .unwrap();
+    run(&dp, &udp_frame(CLIENT, VIP, b"q", false));
+    run(&dp, &tcp_frame(CLIENT, VIP, Tcp::syn(), b"", &[]));
+    assert_eq!(dp.maps.ct.keys().count(), 4);
+
+    let moved = DesiredState {
+        services: [service(Proto::Udp, &[B2]), service(Proto::Tcp, &[B2])].into(),
+        problems: Vec::new(),
+    };
+    let report = syncer
+        .sync(&moved, &mut MapsWriter { maps: &mut dp.maps })
+        .unwrap();
+    assert_eq!(stale::forget(&mut dp.maps, &report.removed).unwrap(), 2);
+    let left: Vec<CtKeyV4> = dp.maps.ct.keys().map(|k| k.unwrap()).collect();
+    assert!(
+        left.len() == 2 && left.iter().all(|k| k.proto == PROTO_TCP),
+        "{left:?}"
+    );
+    let (_, out) = run(&dp, &udp_frame(CLIENT, VIP, b"q", false));
+    assert_eq!(
+        (parse_checked(&out).dst, parse_checked(&out).dport),
+        B2,
+        "next datagram re-balanced"
+    );
+    let (_, out) = run(&dp, &tcp_frame(CLIENT, VIP, Tcp::ack(), b"", &[]));
+    assert_eq!(
+        (parse_checked(&out).dst, parse_checked(&out).dport),
+        B1,
+        "TCP flow kept"
+    );
+}

@@ -102,6 +102,13 @@ impl Agent {
                 maps: &mut self.dp.maps,
             },
         )?;
+        let forgotten = crate::sync::stale::forget(&mut self.dp.maps, &sync.removed)?;
+        if forgotten > 0 {
+            tracing::info!(
+                entries = forgotten,
+                "forgot UDP flows and affinities of removed backends"
+            );
+        }
         tracing::info!(
             services = sync.services,
             frontends = sync.frontends,

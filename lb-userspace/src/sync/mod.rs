@@ -6,6 +6,7 @@
 mod alloc;
 pub mod fake;
 mod maps_writer;
+pub mod stale;
 pub mod writer;
 
 use std::{
@@ -58,6 +59,9 @@ pub struct SyncReport {
     pub services: usize,
     pub frontends: usize,
     pub backends: usize,
+    /// Backends no Service uses any more, with the id they had: their UDP
+    /// flows and affinity entries are stale (see `stale::forget`).
+    pub removed: Vec<(u32, Ipv4Addr, u16)>,
 }
 
 /// The agent's view of what it wrote, with the ids it handed out.
@@ -391,11 +395,13 @@ impl Syncer {
             .filter(|b| !want_backends.contains(b))
             .copied()
             .collect();
+        let mut removed = Vec::new();
         for b in stale_backends {
             let id = self.backend_ids.remove(&b).expect("listed above");
             w.put_backend(id, BackendV4::default())?;
             writes += 1;
             self.backend_alloc.give(id);
+            removed.push((id, b.0, b.1));
         }
         let stale_svcs: Vec<(String, u32)> = self
             .svc_ids
@@ -431,6 +437,7 @@ impl Syncer {
             services: want_svcs.len(),
             frontends: self.frontends.len(),
             backends: self.backend_ids.len(),
+            removed,
         })
     }
 }

@@ -1,0 +1,61 @@
+//! Flows to backends that are gone. UDP has no end-of-flow signal, so a UDP
+//! client (DNS above all) would keep sending to a dead pod until its entry
+//! times out: like kube-proxy's conntrack cleanup, those entries are deleted
+//! when the backend leaves, and the next datagram picks a live backend.
+//! TCP entries are left alone: the peer's RST or the close ends them, and a
+//! backend that went away briefly (a restart under the same address) keeps
+//! its connections. Affinity entries pointing at the backend go too.
+use std::{collections::HashSet, net::Ipv4Addr};
+
+use anyhow::Result;
+use lb_common::{CtKeyV4, CT_DIR_FORWARD, PROTO_TCP};
+
+use crate::datapath::Maps;
+
+/// Deletes the UDP connection-tracking entries (both directions) and the
+/// affinity entries of `removed` backends; returns how many entries went.
+pub fn forget(maps: &mut Maps, removed: &[(u32, Ipv4Addr, u16)]) -> Result<usize> {
+    if removed.is_empty() {
+        return Ok(0);
+    }
+    let gone: HashSet<(u32, u16)> = removed
+        .iter()
+        .map(|&(_, a, p)| (u32::from_ne_bytes(a.octets()), p.to_be()))
+        .collect();
+    let ids: HashSet<u32> = removed.iter().map(|&(id, _, _)| id).collect();
+    let mut doomed: Vec<CtKeyV4> = Vec::new();
+    for entry in maps.ct.iter() {
+        let (k, v) = entry?;
+        if k.proto == PROTO_TCP {
+            continue;
+        }
+        let backend = if k.dir == CT_DIR_FORWARD {
+            (v.nat_addr, v.nat_port)
+        } else {
+            (k.src_addr, k.src_port)
+        };
+        if gone.contains(&backend) {
+            doomed.push(k);
+        }
+    }
+    let mut n = 0;
+    for k in doomed {
+        // An entry the LRU evicted meanwhile is already gone.
+        if maps.ct.remove(&k).is_ok() {
+            n += 1;
+        }
+    }
+    let stale_affinity: Vec<_> = maps
+        .affinity
+        .iter()
+        .filter_map(|e| e.ok())
+        .filter(|(_, v)| ids.contains(&v.backend_id))
+        .map(|(k, _)| k)
+        .collect();
+    for k in stale_affinity {
+        if maps.affinity.remove(&k).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
