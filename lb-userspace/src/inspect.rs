@@ -86,8 +86,8 @@ pub fn services(args: &InspectArgs) -> Result<()> {
             r["frontend"].as_str().unwrap_or(""),
             r["service"].as_str().unwrap_or(""),
             r["scope"].as_str().unwrap_or(""),
-            r["packets"],
-            r["bytes"],
+            r["packets"].as_u64().unwrap_or(0),
+            r["bytes"].as_u64().unwrap_or(0),
             if backends.is_empty() {
                 "(none: rejected)".to_string()
             } else {
@@ -150,7 +150,7 @@ pub fn flows(args: &InspectArgs) -> Result<()> {
             s("dst"),
             s("nat"),
             s("state"),
-            r["idle_s"],
+            r["idle_s"].as_u64().unwrap_or(0),
             s("service")
         );
     }

@@ -3,6 +3,11 @@ use lb_userspace::cli::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Agent(_)) {
+        // The inspection commands are piped into head and grep: a closed pipe
+        // ends them quietly, as it does any Unix filter.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

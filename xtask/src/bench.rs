@@ -11,6 +11,14 @@ pub struct Args {}
 pub fn run_benches(_args: &Args) -> Result<()> {
     ebpf::build()?;
     run(Command::new("cargo")
-        .args(["bench", "-p", "lb-userspace", "--bench", "datapath"])
+        .args([
+            "bench",
+            "-p",
+            "lb-userspace",
+            "--bench",
+            "datapath",
+            "--bench",
+            "sync",
+        ])
         .current_dir(ebpf::workspace_root()))
 }

@@ -1,6 +1,7 @@
 //! Developer commands: `cargo xtask <command>`.
 mod bench;
 mod bootstrap;
+mod demo;
 mod ebpf;
 mod test;
 
@@ -22,6 +23,8 @@ enum Command {
     Test(test::Args),
     /// Per-packet cost under BPF_PROG_TEST_RUN (needs root).
     Bench(bench::Args),
+    /// The seed's counter app and Redis on a two-node namespace cluster, served by xdplb (needs root).
+    Demo(demo::Args),
 }
 
 fn main() -> Result<()> {
@@ -33,5 +36,6 @@ fn main() -> Result<()> {
         }
         Command::Test(args) => test::run_cmd(&args),
         Command::Bench(args) => bench::run_benches(&args),
+        Command::Demo(args) => demo::run_cmd(&args),
     }
 }

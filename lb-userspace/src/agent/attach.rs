@@ -24,6 +24,28 @@ fn ifindex(ifname: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
+/// Packets this node translates and hands to its kernel (NodePort replies,
+/// source-NATed requests) carry one of the node's own addresses as source;
+/// Linux drops such packets as martians unless `accept_local` is set, and
+/// drops VIP-sourced replies entering a pod's veth under strict reverse-path
+/// filtering. Redirected frames skip both checks, kernel-routed ones do not.
+fn prepare_sysctls(ifname: &str) {
+    let conf = std::path::Path::new("/proc/sys/net/ipv4/conf");
+    let read = |dev: &str, key: &str| {
+        std::fs::read_to_string(conf.join(dev).join(key)).ok().and_then(|v| v.trim().parse::<u8>().ok())
+    };
+    if let Err(e) = std::fs::write(conf.join(ifname).join("accept_local"), "1") {
+        tracing::warn!(%ifname, "cannot set accept_local: {e}");
+    }
+    // The effective rp_filter is the larger of "all" and the device's: only
+    // strict mode (1) breaks translated replies, loose mode (2) does not.
+    if read("all", "rp_filter").max(read(ifname, "rp_filter")) == Some(1) {
+        if let Err(e) = std::fs::write(conf.join(ifname).join("rp_filter"), "2") {
+            tracing::warn!(%ifname, "cannot loosen rp_filter: {e}");
+        }
+    }
+}
+
 /// Physical devices take redirected XDP frames; virtual ones (veth, whose
 /// peer may run no XDP program) get translated packets through the kernel.
 fn takes_redirects(ifname: &str) -> bool {
@@ -95,6 +117,7 @@ impl Attacher {
             }
             dp.maps.ifaces.insert(index, IfaceInfo { flags }, 0)?;
         }
+        prepare_sysctls(ifname);
         tracing::info!(%ifname, replaced, "program attached");
         self.attached.insert(ifname.to_string());
         Ok(())

@@ -74,10 +74,20 @@ impl Layout {
     /// Unpins everything: links detach when their last reference goes, maps
     /// are freed once no program uses them.
     pub fn cleanup(&self) -> Result<()> {
-        if self.root.exists() {
-            std::fs::remove_dir_all(&self.root)
-                .with_context(|| format!("removing {}", self.root.display()))?;
+        if !self.root.exists() {
+            return Ok(());
         }
+        for entry in std::fs::read_dir(&self.root)? {
+            let path = entry?.path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            if name.starts_with('v') && name[1..].parse::<u32>().is_ok() {
+                std::fs::remove_dir_all(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+        // The pin path may be a bpffs mount point itself, which also holds the
+        // kernel's maps.debug and progs.debug: then it stays.
+        let _ = std::fs::remove_dir(&self.root);
         tracing::info!(path = %self.root.display(), "removed pinned links and maps");
         Ok(())
     }

@@ -1,56 +1,32 @@
-//! Keeps the maps equal to a desired state: diff against what the maps hold,
-//! then write in an order where no packet sees a half-built service:
-//! backends, rings and filter bits first, then frontend addresses and
-//! frontends (each switches to its new ring in one atomic map update), and
-//! removals last.
+//! Keeps the maps equal to a desired state. Each Service port's contribution
+//! is remembered, so a sync touches only the Services whose desired state
+//! changed, and shared entries (backends, frontend addresses, filter bits)
+//! are reference-counted across Services.
+//!
+//! Writes are ordered so that no packet sees a half-built service: every
+//! addition of every changed Service first (service names, backends, rings,
+//! filter bits, source ranges, frontend addresses), then the frontends, each
+//! switching to its new ring in one atomic map update, and removals last.
 mod alloc;
 pub mod fake;
 mod maps_writer;
+mod plan;
 pub mod stale;
 pub mod writer;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
 };
 
 use anyhow::{Context, Result};
-use lb_common::{
-    filter::{position, AddrSet},
-    BackendV4, FrontendKeyV4, FrontendValue, BE_LOCAL, FE_DROP_EMPTY, FE_EXTERNAL,
-    FE_SOURCE_RANGES, MAX_BACKENDS, MAX_SERVICES, PROTO_TCP, PROTO_UDP,
-};
+use lb_common::{BackendV4, FrontendKeyV4, FE_EXTERNAL, MAX_BACKENDS, MAX_SERVICES};
 
 pub use maps_writer::{svc_name_str, MapsWriter};
 pub use writer::{MapWriter, Snapshot};
 
-use crate::{
-    maglev,
-    model::{DesiredState, FrontendKind, Proto},
-};
-
-/// A ring belongs to one service port and one traffic class.
-type RingKey = (u32, u32);
-
-/// What a wanted frontend points at, beside its ring.
-#[derive(Clone, Copy, Debug)]
-struct FrontendWant {
-    ring: RingKey,
-    flags: u32,
-    affinity_timeout_s: u32,
-    /// NodePorts live on node addresses, where the node's own ports must keep
-    /// working: their address is not marked as a frontend address, so
-    /// unknown ports there pass to the kernel instead of being rejected.
-    node_port: bool,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Ring {
-    offset: u32,
-    size: u32,
-    /// Backend ids in the order the table was built from.
-    members: Vec<u32>,
-}
+use crate::model::{DesiredState, Proto, ServicePortId};
+use plan::{filter_bits, Applied, Ring};
 
 /// What one sync changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,33 +40,45 @@ pub struct SyncReport {
     pub removed: Vec<(u32, Ipv4Addr, u16)>,
 }
 
+type BackendAddr = (Ipv4Addr, u16);
+
 /// The agent's view of what it wrote, with the ids it handed out.
 #[derive(Debug)]
 pub struct Syncer {
-    svc_ids: BTreeMap<String, u32>,
     svc_alloc: alloc::Ids,
-    backend_ids: HashMap<(Ipv4Addr, u16), u32>,
     backend_alloc: alloc::Ids,
-    rings: HashMap<RingKey, Ring>,
     segments: alloc::Segments,
-    frontends: BTreeMap<FrontendKeyV4, FrontendValue>,
-    frontend_addrs: BTreeSet<u32>,
+    applied: HashMap<ServicePortId, Applied>,
+    /// Backend id and how many Service ports use it.
+    backends: HashMap<BackendAddr, (u32, u32)>,
+    addr_refs: HashMap<u32, u32>,
+    /// Per filter word, how many entries need each of its bits.
+    bit_refs: HashMap<u32, HashMap<u64, u32>>,
+    /// Filter words as written.
     filter: HashMap<u32, u64>,
-    source_ranges: BTreeSet<(u32, Ipv4Addr, u8)>,
-}
-
-fn ne(addr: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(addr.octets())
 }
 
 fn from_ne(addr: u32) -> Ipv4Addr {
     Ipv4Addr::from(addr.to_ne_bytes())
 }
 
-fn proto_number(p: Proto) -> u8 {
-    match p {
-        Proto::Tcp => PROTO_TCP,
-        Proto::Udp => PROTO_UDP,
+fn bump<K: std::hash::Hash + Eq>(refs: &mut HashMap<K, u32>, k: K) -> bool {
+    let n = refs.entry(k).or_insert(0);
+    *n += 1;
+    *n == 1
+}
+
+fn drop_ref<K: std::hash::Hash + Eq>(refs: &mut HashMap<K, u32>, k: K) -> bool {
+    match refs.get_mut(&k) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            false
+        }
+        Some(_) => {
+            refs.remove(&k);
+            true
+        }
+        None => false,
     }
 }
 
@@ -101,59 +89,78 @@ impl Syncer {
     pub fn recover(w: &dyn MapWriter) -> Result<Self> {
         let snap = w.read_back().context("reading the maps back")?;
         let mut s = Self {
-            svc_ids: BTreeMap::new(),
             svc_alloc: alloc::Ids::new(1, MAX_SERVICES),
-            backend_ids: HashMap::new(),
             backend_alloc: alloc::Ids::new(1, MAX_BACKENDS),
-            rings: HashMap::new(),
             segments: alloc::Segments::new(w.ring_capacity()),
-            frontends: BTreeMap::new(),
-            frontend_addrs: BTreeSet::new(),
+            applied: HashMap::new(),
+            backends: HashMap::new(),
+            addr_refs: HashMap::new(),
+            bit_refs: HashMap::new(),
             filter: snap.filter.iter().copied().collect(),
-            source_ranges: snap.source_ranges.iter().copied().collect(),
         };
-        for (id, name) in &snap.services {
-            s.svc_alloc.claim(*id);
-            s.svc_ids.insert(name.clone(), *id);
-        }
-        for (id, be) in &snap.backends {
+        let by_id: HashMap<u32, BackendAddr> = snap
+            .backends
+            .iter()
+            .map(|(id, b)| (*id, (from_ne(b.addr), u16::from_be(b.port))))
+            .collect();
+        for id in by_id.keys() {
             s.backend_alloc.claim(*id);
-            s.backend_ids
-                .insert((from_ne(be.addr), u16::from_be(be.port)), *id);
         }
         let slots: HashMap<u32, &Vec<u32>> = snap.rings.iter().map(|(o, v)| (*o, v)).collect();
-        s.frontend_addrs = snap.frontend_addrs.iter().copied().collect();
+        let addrs: HashSet<u32> = snap.frontend_addrs.iter().copied().collect();
+        let mut names: HashMap<u32, ServicePortId> = HashMap::new();
+        for (svc_id, name) in &snap.services {
+            s.svc_alloc.claim(*svc_id);
+            let Some(id) = parse_name(name) else {
+                tracing::warn!(%name, "unreadable service name in pinned maps; its entries will be rebuilt");
+                continue;
+            };
+            s.applied.insert(id.clone(), Applied { svc_id: *svc_id, ..Applied::default() });
+            names.insert(*svc_id, id);
+        }
         for (key, value) in &snap.frontends {
-            s.frontends.insert(*key, *value);
-            let ring_key = (value.svc_id, value.flags & FE_EXTERNAL);
-            if s.rings.contains_key(&ring_key) {
+            let Some(name) = names.get(&value.svc_id) else { continue };
+            let a = s.applied.get_mut(name).expect("inserted above");
+            a.frontends.insert(*key, *value);
+            if addrs.contains(&key.addr) {
+                a.addrs.insert(key.addr);
+            }
+            let class = value.flags & FE_EXTERNAL;
+            if a.rings.contains_key(&class) {
                 continue;
             }
             let mut members: Vec<u32> = slots
                 .get(&value.ring_offset)
-                .map(|v| {
-                    v.iter()
-                        .copied()
-                        .collect::<BTreeSet<_>>()
-                        .into_iter()
-                        .collect()
-                })
+                .map(|v| v.iter().copied().collect::<BTreeSet<_>>().into_iter().collect())
                 .unwrap_or_default();
-            members.sort_by_key(|id| {
-                snap.backends
-                    .iter()
-                    .find(|(i, _)| i == id)
-                    .map(|(_, b)| (from_ne(b.addr), u16::from_be(b.port)))
-            });
+            members.retain(|id| by_id.contains_key(id));
+            members.sort_by_key(|id| by_id[id]);
             s.segments.claim(value.ring_offset, value.ring_size)?;
-            s.rings.insert(
-                ring_key,
-                Ring {
-                    offset: value.ring_offset,
-                    size: value.ring_size,
-                    members,
-                },
-            );
+            a.backends.extend(members.iter().map(|id| by_id[id]));
+            a.rings.insert(class, Ring { offset: value.ring_offset, size: value.ring_size, members });
+        }
+        for (svc_id, addr, len) in &snap.source_ranges {
+            if let Some(name) = names.get(svc_id) {
+                s.applied.get_mut(name).expect("inserted above").ranges.insert((*addr, *len));
+            }
+        }
+        for a in s.applied.values_mut() {
+            a.bits = filter_bits(a.frontends.keys(), a.backends.iter());
+            for b in &a.backends {
+                let id = snap
+                    .backends
+                    .iter()
+                    .find(|(_, v)| (from_ne(v.addr), u16::from_be(v.port)) == *b)
+                    .map(|(i, _)| *i)
+                    .expect("ring members are backends");
+                s.backends.entry(*b).or_insert((id, 0)).1 += 1;
+            }
+            for addr in &a.addrs {
+                bump(&mut s.addr_refs, *addr);
+            }
+            for (word, bit) in &a.bits {
+                bump(s.bit_refs.entry(*word).or_default(), *bit);
+            }
         }
         Ok(s)
     }
@@ -161,285 +168,222 @@ impl Syncer {
     pub fn sync(&mut self, desired: &DesiredState, w: &mut dyn MapWriter) -> Result<SyncReport> {
         let mut writes = 0usize;
 
-        // Service ids, and which frontends and rings are wanted.
-        let mut want_svcs: BTreeMap<String, u32> = BTreeMap::new();
-        let mut want_frontends: BTreeMap<FrontendKeyV4, FrontendWant> = BTreeMap::new();
-        let mut want_ranges: BTreeSet<(u32, Ipv4Addr, u8)> = BTreeSet::new();
-        let mut local: BTreeSet<(Ipv4Addr, u16)> = BTreeSet::new();
-        let mut want_rings: BTreeMap<RingKey, Vec<(Ipv4Addr, u16)>> = BTreeMap::new();
-        for (id, sp) in &desired.services {
-            let name = id.to_string();
-            let svc_id = match self.svc_ids.get(&name) {
-                Some(&i) => i,
-                None => {
-                    let i = self.svc_alloc.take()?;
-                    w.put_service(i, &name)?;
-                    writes += 1;
-                    self.svc_ids.insert(name.clone(), i);
-                    i
-                }
-            };
-            want_svcs.insert(name, svc_id);
-            for &(addr, len) in &sp.load_balancer_source_ranges {
-                want_ranges.insert((svc_id, addr, len));
-            }
-            for b in sp.cluster_backends.iter().chain(&sp.external_backends) {
-                if b.is_local {
-                    local.insert((b.addr, b.port));
-                }
-            }
-            for fe in &sp.frontends {
-                let external = fe.kind != FrontendKind::ClusterIp;
-                let (class, backends, policy_local) = if external {
-                    (FE_EXTERNAL, &sp.external_backends, sp.external_policy_local)
-                } else {
-                    (0, &sp.cluster_backends, sp.internal_policy_local)
-                };
-                want_rings
-                    .entry((svc_id, class))
-                    .or_insert_with(|| backends.iter().map(|b| (b.addr, b.port)).collect());
-                let mut flags = class;
-                if policy_local {
-                    flags |= FE_DROP_EMPTY;
-                }
-                if external && !sp.load_balancer_source_ranges.is_empty() {
-                    flags |= FE_SOURCE_RANGES;
-                }
-                let key = FrontendKeyV4 {
-                    addr: ne(fe.addr),
-                    port: fe.port.to_be(),
-                    proto: proto_number(id.protocol),
-                    _pad: 0,
-                };
-                want_frontends.insert(
-                    key,
-                    FrontendWant {
-                        ring: (svc_id, class),
-                        flags,
-                        affinity_timeout_s: sp.session_affinity_timeout_s.unwrap_or(0),
-                        node_port: fe.kind == FrontendKind::NodePort,
-                    },
-                );
-            }
-        }
-
-        // Backends: every member of a wanted ring gets an id and an entry.
-        let mut want_backends: BTreeSet<(Ipv4Addr, u16)> = BTreeSet::new();
-        for members in want_rings.values() {
-            for &(addr, port) in members {
-                want_backends.insert((addr, port));
-                if !self.backend_ids.contains_key(&(addr, port)) {
-                    let id = self.backend_alloc.take()?;
-                    let flags = if local.contains(&(addr, port)) {
-                        BE_LOCAL
-                    } else {
-                        0
-                    };
-                    w.put_backend(
-                        id,
-                        BackendV4 {
-                            addr: ne(addr),
-                            port: port.to_be(),
-                            flags,
-                        },
-                    )?;
-                    writes += 1;
-                    self.backend_ids.insert((addr, port), id);
-                }
-            }
-        }
-
-        // Rings: rebuilt into a fresh segment when the member set changed;
-        // the old segment stays intact until no frontend points at it.
-        let mut retired: Vec<(u32, u32)> = Vec::new();
-        for (key, members) in &want_rings {
-            let ids: Vec<u32> = members.iter().map(|m| self.backend_ids[m]).collect();
-            if self.rings.get(key).is_some_and(|r| r.members == ids) {
+        // Plan every changed Service port, allocating ids and ring segments.
+        let mut new_services = Vec::new();
+        let mut new_backends: HashMap<BackendAddr, (u32, bool)> = HashMap::new();
+        let mut plans: Vec<(ServicePortId, Applied)> = Vec::new();
+        for (name, sp) in &desired.services {
+            let old = self.applied.get(name);
+            if old.is_some_and(|a| a.spec.as_ref() == Some(sp)) {
                 continue;
             }
-            let size = if ids.is_empty() {
-                0
-            } else {
-                maglev::ring_size(ids.len())
+            let svc_id = match old {
+                Some(a) => a.svc_id,
+                None => {
+                    let id = self.svc_alloc.take()?;
+                    new_services.push((id, name.to_string()));
+                    id
+                }
             };
-            let offset = if size == 0 {
-                0
-            } else {
-                self.segments.take(size)?
+            let mut backend_id = |b: &crate::model::Backend| -> Result<u32> {
+                if let Some((id, _)) = self.backends.get(&(b.addr, b.port)) {
+                    return Ok(*id);
+                }
+                if let Some((id, _)) = new_backends.get(&(b.addr, b.port)) {
+                    return Ok(*id);
+                }
+                let id = self.backend_alloc.take()?;
+                new_backends.insert((b.addr, b.port), (id, b.is_local));
+                Ok(id)
             };
-            let names: Vec<String> = members.iter().map(|(a, p)| format!("{a}:{p}")).collect();
-            let slots: Vec<u32> = maglev::table(&names, size)
-                .into_iter()
-                .map(|i| ids[i as usize])
-                .collect();
-            if size > 0 {
-                w.put_ring(offset, &slots)?;
+            let plan =
+                plan::service(svc_id, name.protocol, sp, old, &mut backend_id, &mut self.segments)?;
+            plans.push((name.clone(), plan));
+        }
+        let gone: Vec<ServicePortId> = self
+            .applied
+            .keys()
+            .filter(|n| !desired.services.contains_key(*n))
+            .cloned()
+            .collect();
+        let empty = Applied::default();
+        let applied = &self.applied;
+        let old_of = |name: &ServicePortId| applied.get(name).unwrap_or(&empty);
+
+        // Additions, in dependency order.
+        for (id, name) in &new_services {
+            w.put_service(*id, name)?;
+            writes += 1;
+        }
+        for ((addr, port), (id, local)) in &new_backends {
+            let flags = if *local { lb_common::BE_LOCAL } else { 0 };
+            let value = BackendV4 { addr: u32::from_ne_bytes(addr.octets()), port: port.to_be(), flags };
+            w.put_backend(*id, value)?;
+            writes += 1;
+            self.backends.insert((*addr, *port), (*id, 0));
+        }
+        for (name, plan) in &plans {
+            let old = old_of(name);
+            for b in plan.backends.difference(&old.backends) {
+                self.backends.get_mut(b).expect("allocated above").1 += 1;
+            }
+            for (class, ring) in &plan.rings {
+                if old.rings.get(class) != Some(ring) && ring.size > 0 {
+                    w.put_ring(ring.offset, &plan.tables[class])?;
+                    writes += 1;
+                }
+            }
+        }
+        let mut words: BTreeSet<u32> = BTreeSet::new();
+        for (name, plan) in &plans {
+            for (word, bit) in plan.bits.difference(&old_of(name).bits) {
+                if bump(self.bit_refs.entry(*word).or_default(), *bit) {
+                    words.insert(*word);
+                }
+            }
+        }
+        writes += write_words(&self.bit_refs, &mut self.filter, &words, w)?;
+        for (name, plan) in &plans {
+            let old = old_of(name);
+            for (addr, len) in plan.ranges.difference(&old.ranges) {
+                w.put_source_range(plan.svc_id, *addr, *len)?;
                 writes += 1;
             }
-            if let Some(old) = self.rings.insert(
-                *key,
-                Ring {
-                    offset,
-                    size,
-                    members: ids,
-                },
-            ) {
-                retired.push((old.offset, old.size));
+            for addr in plan.addrs.difference(&old.addrs) {
+                if bump(&mut self.addr_refs, *addr) {
+                    w.put_frontend_addr(*addr)?;
+                    writes += 1;
+                }
+            }
+        }
+        let mut claimed: HashSet<FrontendKeyV4> = HashSet::new();
+        for (name, plan) in &plans {
+            let old = old_of(name);
+            for (key, value) in &plan.frontends {
+                claimed.insert(*key);
+                if old.frontends.get(key) != Some(value) {
+                    w.put_frontend(*key, *value)?;
+                    writes += 1;
+                }
             }
         }
 
-        // Filter bits for everything that will be published, before it is.
-        let mut want_filter: HashMap<u32, u64> = HashMap::new();
-        let mut set_bit = |addr: u32, set: AddrSet| {
-            let (word, bit) = position(addr, set);
-            *want_filter.entry(word).or_default() |= bit;
-        };
-        for key in want_frontends.keys() {
-            set_bit(key.addr, AddrSet::Frontend);
+        // Removals: what changed Services dropped, then whole Services.
+        let mut retired: Vec<(ServicePortId, Applied)> = Vec::new();
+        for (name, mut plan) in plans {
+            plan.tables = BTreeMap::new();
+            let old = self.applied.insert(name.clone(), plan).unwrap_or_default();
+            retired.push((name, old));
         }
-        for (addr, _) in &want_backends {
-            set_bit(ne(*addr), AddrSet::Backend);
-        }
-        for (&word, &bits) in &want_filter {
-            let cur = self.filter.get(&word).copied().unwrap_or(0);
-            if cur | bits != cur {
-                w.put_filter_word(word, cur | bits)?;
-                writes += 1;
-                self.filter.insert(word, cur | bits);
-            }
-        }
-
-        // Source ranges before the frontends that check them.
-        for r in want_ranges.difference(&self.source_ranges.clone()) {
-            w.put_source_range(r.0, r.1, r.2)?;
-            writes += 1;
-            self.source_ranges.insert(*r);
-        }
-
-        // Frontend addresses, then the frontends themselves.
-        let want_addrs: BTreeSet<u32> = want_frontends
-            .iter()
-            .filter(|(_, f)| !f.node_port)
-            .map(|(k, _)| k.addr)
-            .collect();
-        for addr in want_addrs.difference(&self.frontend_addrs.clone()) {
-            w.put_frontend_addr(*addr)?;
-            writes += 1;
-            self.frontend_addrs.insert(*addr);
-        }
-        for (key, want) in &want_frontends {
-            let ring = &self.rings[&want.ring];
-            let value = FrontendValue {
-                svc_id: want.ring.0,
-                ring_offset: ring.offset,
-                ring_size: ring.size,
-                flags: want.flags,
-                affinity_timeout_s: want.affinity_timeout_s,
-                _pad: 0,
-            };
-            if self.frontends.get(key) != Some(&value) {
-                w.put_frontend(*key, value)?;
-                writes += 1;
-                self.frontends.insert(*key, value);
-            }
-        }
-
-        // Removals, now that nothing published refers to what goes.
-        let gone: Vec<FrontendKeyV4> = self
-            .frontends
-            .keys()
-            .filter(|k| !want_frontends.contains_key(k))
-            .copied()
-            .collect();
-        for key in gone {
-            w.remove_frontend(&key)?;
-            writes += 1;
-            self.frontends.remove(&key);
-        }
-        let stale_addrs: Vec<u32> = self
-            .frontend_addrs
-            .difference(&want_addrs)
-            .copied()
-            .collect();
-        for addr in stale_addrs {
-            w.remove_frontend_addr(addr)?;
-            writes += 1;
-            self.frontend_addrs.remove(&addr);
-        }
-        let stale_ranges: Vec<_> = self
-            .source_ranges
-            .difference(&want_ranges)
-            .copied()
-            .collect();
-        for r in stale_ranges {
-            w.remove_source_range(r.0, r.1, r.2)?;
-            writes += 1;
-            self.source_ranges.remove(&r);
-        }
-        let stale_rings: Vec<RingKey> = self
-            .rings
-            .keys()
-            .filter(|k| !want_rings.contains_key(k))
-            .copied()
-            .collect();
-        for key in stale_rings {
-            let r = self.rings.remove(&key).expect("listed above");
-            retired.push((r.offset, r.size));
-        }
-        for (offset, size) in retired {
-            self.segments.give(offset, size);
-        }
-        let stale_backends: Vec<(Ipv4Addr, u16)> = self
-            .backend_ids
-            .keys()
-            .filter(|b| !want_backends.contains(b))
-            .copied()
-            .collect();
         let mut removed = Vec::new();
-        for b in stale_backends {
-            let id = self.backend_ids.remove(&b).expect("listed above");
-            w.put_backend(id, BackendV4::default())?;
-            writes += 1;
-            self.backend_alloc.give(id);
-            removed.push((id, b.0, b.1));
+        let mut words = BTreeSet::new();
+        for name in &gone {
+            let old = self.applied.remove(name).expect("listed above");
+            retired.push((name.clone(), old));
         }
-        let stale_svcs: Vec<(String, u32)> = self
-            .svc_ids
-            .iter()
-            .filter(|(n, _)| !want_svcs.contains_key(*n))
-            .map(|(n, i)| (n.clone(), *i))
-            .collect();
-        for (name, id) in stale_svcs {
-            w.remove_service(id)?;
-            writes += 1;
-            self.svc_ids.remove(&name);
-            self.svc_alloc.give(id);
-        }
-        let stale_words: Vec<u32> = self
-            .filter
-            .iter()
-            .filter(|(w, bits)| want_filter.get(w).copied().unwrap_or(0) != **bits)
-            .map(|(w, _)| *w)
-            .collect();
-        for word in stale_words {
-            let bits = want_filter.get(&word).copied().unwrap_or(0);
-            w.put_filter_word(word, bits)?;
-            writes += 1;
-            if bits == 0 {
-                self.filter.remove(&word);
-            } else {
-                self.filter.insert(word, bits);
+        for (name, old) in &retired {
+            let now = self.applied.get(name).unwrap_or(&empty);
+            for key in old.frontends.keys() {
+                if !now.frontends.contains_key(key) && !claimed.contains(key) {
+                    w.remove_frontend(key)?;
+                    writes += 1;
+                }
             }
+            for addr in old.addrs.difference(&now.addrs) {
+                if drop_ref(&mut self.addr_refs, *addr) {
+                    w.remove_frontend_addr(*addr)?;
+                    writes += 1;
+                }
+            }
+            for (addr, len) in old.ranges.difference(&now.ranges) {
+                w.remove_source_range(old.svc_id, *addr, *len)?;
+                writes += 1;
+            }
+            for (class, ring) in &old.rings {
+                if now.rings.get(class) != Some(ring) {
+                    self.segments.give(ring.offset, ring.size);
+                }
+            }
+            for b in old.backends.difference(&now.backends) {
+                let entry = self.backends.get_mut(b).expect("counted backend");
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    let id = entry.0;
+                    self.backends.remove(b);
+                    w.put_backend(id, BackendV4::default())?;
+                    writes += 1;
+                    self.backend_alloc.give(id);
+                    removed.push((id, b.0, b.1));
+                }
+            }
+            for (word, bit) in old.bits.difference(&now.bits) {
+                let refs = self.bit_refs.entry(*word).or_default();
+                if drop_ref(refs, *bit) {
+                    words.insert(*word);
+                }
+                if refs.is_empty() {
+                    self.bit_refs.remove(word);
+                }
+            }
+        }
+        writes += write_words(&self.bit_refs, &mut self.filter, &words, w)?;
+        for name in &gone {
+            let (_, old) = retired.iter().find(|(n, _)| n == name).expect("retired above");
+            w.remove_service(old.svc_id)?;
+            writes += 1;
+            self.svc_alloc.give(old.svc_id);
         }
 
         Ok(SyncReport {
             writes,
-            services: want_svcs.len(),
-            frontends: self.frontends.len(),
-            backends: self.backend_ids.len(),
+            services: self.applied.len(),
+            frontends: self.applied.values().map(|a| a.frontends.len()).sum(),
+            backends: self.backends.len(),
             removed,
         })
     }
+}
+
+/// Rewrites each listed filter word from the bits still referenced.
+fn write_words(
+    bit_refs: &HashMap<u32, HashMap<u64, u32>>,
+    filter: &mut HashMap<u32, u64>,
+    words: &BTreeSet<u32>,
+    w: &mut dyn MapWriter,
+) -> Result<usize> {
+    let mut n = 0;
+    for &word in words {
+        let value = bit_refs.get(&word).map(|b| b.keys().fold(0, |a, b| a | b)).unwrap_or(0);
+        if filter.get(&word).copied().unwrap_or(0) != value {
+            w.put_filter_word(word, value)?;
+            n += 1;
+            if value == 0 {
+                filter.remove(&word);
+            } else {
+                filter.insert(word, value);
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Reads back a `ServicePortId`'s display form, "ns/name:port/PROTO" (none
+/// of the parts can contain '/' or ':').
+fn parse_name(name: &str) -> Option<ServicePortId> {
+    let (namespace, rest) = name.split_once('/')?;
+    let (name_port, proto) = rest.rsplit_once('/')?;
+    let (name, port_name) = name_port.split_once(':')?;
+    let protocol = match proto {
+        "TCP" => Proto::Tcp,
+        "UDP" => Proto::Udp,
+        _ => return None,
+    };
+    Some(ServicePortId {
+        namespace: namespace.into(),
+        name: name.into(),
+        port_name: port_name.into(),
+        protocol,
+    })
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! lays them out.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod packets;
 pub mod provision;
 pub mod topology;

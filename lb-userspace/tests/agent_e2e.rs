@@ -1,0 +1,467 @@
+//! End-to-end tier for the agent: the real `xdplb agent` runs inside a node
+//! namespace from a folder of manifests, and real connections from a client
+//! namespace reach pod servers only through the data plane it installs.
+//! Needs root; without it every test fails (never skips) and says why.
+// `common` re-exports the packet tests' provisioning helpers, unused here.
+#[allow(unused_imports)]
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use common::agent::{
+    cluster_ip_service, endpoint_slice, reply, seed_counter, seed_redis, Agent, Cluster, Conn,
+    LocalSource, Node, Pod, COUNTER_NODE_PORT, COUNTER_PORT, COUNTER_VIP, POD_ADDRS, REDIS_PORT,
+    REDIS_VIP, SPARE_PORT, TIMEOUT, XDPLB,
+};
+use lb_userspace::testbed::netns::wait_until;
+
+/// The agent promises edits within about a second; this leaves slack for a
+/// loaded machine without letting a slow watcher pass.
+const APPLY_BOUND: Duration = Duration::from_secs(2);
+/// Enough connections that Maglev leaving a backend unused would be a bug,
+/// not luck.
+const CONNECTIONS: usize = 20;
+
+const REDIS: SocketAddrV4 = SocketAddrV4::new(REDIS_VIP, REDIS_PORT);
+const COUNTER: SocketAddrV4 = SocketAddrV4::new(COUNTER_VIP, COUNTER_PORT);
+
+#[test]
+fn agent_serves_seed_clusterip_and_nodeport_from_manifests() {
+    let cluster = Cluster::build(&["node1"], LocalSource::Accepted).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    let _agents = seeded_agents(&cluster);
+
+    let mut redis = cluster.must(node, "connecting to redis", connect(&cluster, node, REDIS));
+    for command in ["PING", "INCR hits", "GET hits"] {
+        let answer = cluster.must(node, "redis exchange", redis.exchange(command));
+        assert_eq!(answer, reply(&node.pods[0], command), "redis {command}");
+    }
+
+    let answer = cluster.must(
+        node,
+        "counter-app ClusterIP",
+        cluster.request(node, COUNTER, "GET /"),
+    );
+    assert!(
+        served_by(node, &answer, "GET /").is_some(),
+        "counter-app ClusterIP answered {answer:?}"
+    );
+
+    let node_port = SocketAddrV4::new(node.addr, COUNTER_NODE_PORT);
+    let served: BTreeSet<&str> = (0..CONNECTIONS)
+        .map(|i| {
+            let line = format!("GET /{i}");
+            let answer = cluster.must(
+                node,
+                &format!("NodePort connection {i}"),
+                cluster.request(node, node_port, &line),
+            );
+            served_by(node, &answer, &line)
+                .unwrap_or_else(|| panic!("NodePort connection {i} answered {answer:?}"))
+                .name
+                .as_str()
+        })
+        .collect();
+    assert_eq!(
+        served,
+        node.pods.iter().map(|p| p.name.as_str()).collect(),
+        "{CONNECTIONS} NodePort connections did not reach both counter-app pods"
+    );
+
+    let frontends = cluster.must(node, "xdplb services", cluster.frontends(node));
+    let both = |port: u16| POD_ADDRS.map(|a| format!("{a}:{port}")).to_vec();
+    let want = [
+        (
+            format!("{REDIS}/TCP"),
+            vec![format!("{}:{REDIS_PORT}", POD_ADDRS[0])],
+        ),
+        (format!("{COUNTER}/TCP"), both(COUNTER_PORT)),
+        (format!("{node_port}/TCP"), both(COUNTER_PORT)),
+    ];
+    for (frontend, backends) in want {
+        assert_eq!(
+            frontends.get(&frontend),
+            Some(&backends),
+            "xdplb services, frontend {frontend}, in {frontends:#?}"
+        );
+    }
+}
+
+/// The nodes as the other tests build them, except that their interfaces
+/// keep the kernel's default accept_local=0, which the agent leaves as it
+/// is. Translated packets with the node's own address as source then reach
+/// the node's kernel (ext0 is a veth, which takes no redirected frames),
+/// which drops them as martians: on node1, whose endpoints are local, the
+/// NodePort reply on the pod's veth; on node2, which source-NATs towards
+/// endpoints it believes on node1, the request already on ext0.
+#[test]
+fn nodeport_is_served_on_nodes_without_accept_local() {
+    let cluster =
+        Cluster::build(&["node1", "node2"], LocalSource::Dropped).expect("building the cluster");
+    let _agents = seeded_agents(&cluster);
+
+    let mut failures = Vec::new();
+    for node in &cluster.nodes {
+        // ClusterIP replies come from the VIP, not a local address.
+        let answer = cluster.must(
+            node,
+            "redis ClusterIP",
+            cluster.request(node, REDIS, "PING"),
+        );
+        assert_eq!(answer, reply(&node.pods[0], "PING"), "{}", node.name);
+
+        let node_port = SocketAddrV4::new(node.addr, COUNTER_NODE_PORT);
+        let outcome = match cluster.request(node, node_port, "GET /") {
+            Ok(answer) if served_by(node, &answer, "GET /").is_some() => continue,
+            Ok(answer) => format!("answered {answer:?}"),
+            Err(e) => format!("{e:#}"),
+        };
+        failures.push(format!(
+            "{}: NodePort {node_port}: {outcome}{}",
+            node.name,
+            cluster.diagnostics(node)
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn manifests_folder_changes_apply_within_a_second() {
+    let cluster = Cluster::build(&["node1"], LocalSource::Accepted).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    let [p1, p2] = &node.pods;
+    let _agents = seeded_agents(&cluster);
+    let spare_vip = "10.96.0.40";
+    let spare = SocketAddrV4::new(spare_vip.parse().unwrap(), SPARE_PORT);
+    let spare_manifest = |backend| {
+        format!(
+            "{}---\n{}",
+            cluster_ip_service("spare", spare_vip, SPARE_PORT),
+            endpoint_slice("spare", SPARE_PORT, &[backend])
+        )
+    };
+
+    // A new file.
+    let write = cluster.write_manifest("spare.yaml", &spare_manifest(p1.addr));
+    cluster.must(node, "adding spare.yaml", write);
+    let took = cluster.must(
+        node,
+        "new Service",
+        cluster.wait_served_by(node, spare, p1, APPLY_BOUND),
+    );
+    eprintln!("new Service served after {took:?}");
+    let frontends = cluster.must(node, "xdplb services", cluster.frontends(node));
+    assert!(
+        frontends.contains_key(&format!("{spare}/TCP")),
+        "{frontends:#?}"
+    );
+
+    // The EndpointSlice moves to the other pod.
+    let write = cluster.write_manifest("spare.yaml", &spare_manifest(p2.addr));
+    cluster.must(node, "editing spare.yaml", write);
+    let took = cluster.must(
+        node,
+        "moved endpoint",
+        cluster.wait_served_by(node, spare, p2, APPLY_BOUND),
+    );
+    eprintln!("moved endpoint served after {took:?}");
+    for i in 0..5 {
+        let answer = cluster.must(
+            node,
+            "after the move",
+            cluster.request(node, spare, "hello"),
+        );
+        assert_eq!(
+            answer,
+            reply(p2, "hello"),
+            "new connection {i} after the move"
+        );
+    }
+
+    // The file goes away.
+    cluster.must(
+        node,
+        "removing spare.yaml",
+        cluster.remove_manifest("spare.yaml"),
+    );
+    let took = cluster.must(
+        node,
+        "removed Service",
+        cluster.wait_unserved(node, spare, APPLY_BOUND),
+    );
+    eprintln!("removed Service stopped translating after {took:?}");
+    let frontends = cluster.must(node, "xdplb services", cluster.frontends(node));
+    assert!(
+        !frontends.contains_key(&format!("{spare}/TCP")),
+        "removed Service still listed: {frontends:#?}"
+    );
+
+    // Broken files next to good ones: a file that is not YAML, a Service
+    // with an impossible cluster IP, the redis file broken mid-edit, and a
+    // good new file, which shows syncs still go through.
+    let broken = "apiVersion: v1\nkind: Service\nmetadata: [unclosed\n";
+    let writes = [
+        ("not-yaml.yaml", broken.to_string()),
+        (
+            "bad-ip.yaml",
+            cluster_ip_service("bad-ip", "10.96.0.999", SPARE_PORT),
+        ),
+        ("counter-redis-svc.yml", broken.to_string()),
+        ("spare.yaml", spare_manifest(p1.addr)),
+    ];
+    for (file, text) in &writes {
+        cluster.must(node, file, cluster.write_manifest(file, text));
+    }
+    cluster.must(
+        node,
+        "good Service next to broken files",
+        cluster.wait_served_by(node, spare, p1, APPLY_BOUND),
+    );
+    for needles in [
+        &["not-yaml.yaml", "invalid YAML"][..],
+        &["Service default/bad-ip", "10.96.0.999"],
+        &["counter-redis-svc.yml", "invalid YAML"],
+    ] {
+        assert!(
+            cluster.wait_for_warning(node, needles, APPLY_BOUND),
+            "no warning with {needles:?}{}",
+            cluster.diagnostics(node)
+        );
+    }
+    assert_seed_serves(&cluster, node, "with broken files in the folder");
+
+    // A typo in a working Service keeps its last good version serving.
+    let typo = seed_counter("10.96.0.300").unwrap();
+    cluster.must(
+        node,
+        "counter-nodeport.yml typo",
+        cluster.write_manifest("counter-nodeport.yml", &typo),
+    );
+    assert!(
+        cluster.wait_for_warning(
+            node,
+            &["Service default/counter-app", "10.96.0.300"],
+            APPLY_BOUND
+        ),
+        "no warning for the counter-app typo{}",
+        cluster.diagnostics(node)
+    );
+    assert_seed_serves(&cluster, node, "after a typo in counter-app");
+
+    // Fixing the redis file takes effect again (its ClusterIP moves).
+    let fixed = SocketAddrV4::new("10.96.0.21".parse().unwrap(), REDIS_PORT);
+    let write = cluster.write_manifest("counter-redis-svc.yml", &seed_redis(fixed.ip()).unwrap());
+    cluster.must(node, "fixing counter-redis-svc.yml", write);
+    cluster.must(
+        node,
+        "fixed redis file",
+        cluster.wait_served_by(node, fixed, p1, APPLY_BOUND),
+    );
+}
+
+#[test]
+fn established_connection_survives_agent_kill_9_and_restart() {
+    let cluster = Cluster::build(&["node1"], LocalSource::Accepted).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    let redis_pod = &node.pods[0];
+    let agent = seeded_agents(&cluster).remove(0);
+
+    let mut conn = cluster.must(node, "connecting to redis", connect(&cluster, node, REDIS));
+    let src = conn.local_addr().unwrap();
+    let mut exchange = |when: &str| {
+        let answer = cluster.must(node, when, conn.exchange(when));
+        assert_eq!(answer, reply(redis_pod, when), "same connection, {when}");
+    };
+    exchange("before the kill");
+    assert_flow(&cluster, node, src, "before the kill");
+
+    cluster.must(node, "kill -9 the agent", agent.kill_9());
+    exchange("agent dead");
+    let answer = cluster.must(
+        node,
+        "new connection, agent dead",
+        cluster.request(node, REDIS, "new"),
+    );
+    assert_eq!(
+        answer,
+        reply(redis_pod, "new"),
+        "new connection, agent dead"
+    );
+    assert_flow(&cluster, node, src, "with the agent dead");
+
+    let mut agent = cluster.must(node, "restarting the agent", cluster.start_agent(node));
+    cluster.must(node, "restarted agent readiness", agent.wait_ready());
+    exchange("after the restart");
+    let answer = cluster.must(
+        node,
+        "new connection after the restart",
+        cluster.request(node, REDIS, "new"),
+    );
+    assert_eq!(
+        answer,
+        reply(redis_pod, "new"),
+        "new connection after the restart"
+    );
+    assert_flow(&cluster, node, src, "after the restart");
+}
+
+#[test]
+fn sigterm_leaves_the_data_plane_serving_and_cleanup_removes_it() {
+    let cluster = Cluster::build(&["node1"], LocalSource::Accepted).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    let agent = seeded_agents(&cluster).remove(0);
+    let ifaces = ["ext0", "veth-p1", "veth-p2"];
+    let attached = |ifname| cluster.must(node, ifname, cluster.xdp_attached(node, ifname));
+    for ifname in ifaces {
+        assert!(attached(ifname), "no XDP program on {ifname}");
+    }
+    let mut conn = cluster.must(node, "connecting to redis", connect(&cluster, node, REDIS));
+    cluster.must(node, "exchange before SIGTERM", conn.exchange("before"));
+
+    let status = cluster.must(node, "SIGTERM", agent.terminate());
+    assert!(
+        status.success(),
+        "agent exited with {status} on SIGTERM{}",
+        cluster.diagnostics(node)
+    );
+    let answer = cluster.must(node, "exchange after SIGTERM", conn.exchange("after"));
+    assert_eq!(answer, reply(&node.pods[0], "after"));
+    assert_seed_serves(&cluster, node, "after SIGTERM");
+    for ifname in ifaces {
+        assert!(attached(ifname), "SIGTERM detached {ifname}");
+    }
+
+    let pin = node.pin_path.to_str().unwrap();
+    let cleanup = cluster
+        .tb
+        .exec(&node.ns, XDPLB, &["agent", "--cleanup", "--pin-path", pin]);
+    let out = cluster.must(node, "xdplb agent --cleanup", cleanup);
+    assert!(out.status.success(), "xdplb agent --cleanup: {out:?}");
+    assert!(
+        wait_until(APPLY_BOUND, || ifaces.iter().all(|i| !attached(i))),
+        "XDP still attached after cleanup: {:?}",
+        ifaces.map(|i| (i, attached(i)))
+    );
+    assert!(
+        !node.pin_path.exists(),
+        "{} still exists",
+        node.pin_path.display()
+    );
+    assert!(
+        cluster.request(node, REDIS, "hello").is_err(),
+        "the redis ClusterIP still translates after cleanup"
+    );
+}
+
+#[test]
+fn two_agents_with_their_own_pin_paths_coexist() {
+    let cluster =
+        Cluster::build(&["node1", "node2"], LocalSource::Accepted).expect("building the cluster");
+    let mut agents = seeded_agents(&cluster);
+
+    for node in &cluster.nodes {
+        assert_seed_serves(&cluster, node, "both agents running");
+        // Each node's client and node address share a subnet no other node
+        // uses, so a flow's addresses show whose maps it landed in. (node2
+        // source-NATs its NodePort flows: the endpoints say they run on
+        // node1.)
+        let flows = cluster.must(node, "xdplb flows", cluster.flows(node));
+        let [a, b, c, _] = node.addr.octets();
+        let subnet = format!("{a}.{b}.{c}.");
+        assert!(
+            !flows.is_empty()
+                && flows
+                    .iter()
+                    .all(|f| f.src.starts_with(&subnet) || f.dst.starts_with(&subnet)),
+            "{}'s flows should all be in its own subnet: {flows:#?}{}",
+            node.name,
+            cluster.diagnostics(node)
+        );
+    }
+
+    // Stopping and cleaning up one node leaves the other alone.
+    let (first, second) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let agent = agents.remove(0);
+    cluster.must(first, "SIGTERM", agent.terminate());
+    let pin = first.pin_path.to_str().unwrap();
+    let out = cluster.must(
+        first,
+        "xdplb agent --cleanup",
+        cluster
+            .tb
+            .exec(&first.ns, XDPLB, &["agent", "--cleanup", "--pin-path", pin]),
+    );
+    assert!(out.status.success(), "xdplb agent --cleanup: {out:?}");
+    cluster.must(
+        first,
+        "node1 after its cleanup",
+        cluster.wait_unserved(first, REDIS, APPLY_BOUND),
+    );
+    assert!(
+        second.pin_path.exists(),
+        "node1's cleanup removed node2's pins"
+    );
+    assert_seed_serves(&cluster, second, "after node1's cleanup");
+    assert_eq!(
+        cluster.must(second, "node2 healthz", agents[0].healthz()),
+        200
+    );
+}
+
+/// The seed manifests written, and on every node an agent running on them
+/// and ready, in node order.
+fn seeded_agents(cluster: &Cluster) -> Vec<Agent<'_>> {
+    cluster
+        .write_seed_manifests()
+        .expect("writing the seed manifests");
+    // All started before any is waited for: they load in parallel.
+    let mut agents: Vec<Agent> = cluster
+        .nodes
+        .iter()
+        .map(|node| cluster.must(node, "starting the agent", cluster.start_agent(node)))
+        .collect();
+    for (node, agent) in cluster.nodes.iter().zip(&mut agents) {
+        cluster.must(node, "agent readiness", agent.wait_ready());
+    }
+    agents
+}
+
+fn connect(cluster: &Cluster, node: &Node, to: SocketAddrV4) -> anyhow::Result<Conn> {
+    cluster.connect(node, to, TIMEOUT)
+}
+
+/// The pod of `node` whose answer to `line` `answer` is.
+fn served_by<'a>(node: &'a Node, answer: &str, line: &str) -> Option<&'a Pod> {
+    node.pods.iter().find(|pod| answer == reply(pod, line))
+}
+
+/// New connections to redis (ClusterIP) and the counter app (ClusterIP and
+/// NodePort) are answered by their pods.
+fn assert_seed_serves(cluster: &Cluster, node: &Node, when: &str) {
+    let answer = cluster.must(node, when, cluster.request(node, REDIS, "PING"));
+    assert_eq!(answer, reply(&node.pods[0], "PING"), "redis, {when}");
+    for to in [COUNTER, SocketAddrV4::new(node.addr, COUNTER_NODE_PORT)] {
+        let answer = cluster.must(node, when, cluster.request(node, to, "GET /"));
+        assert!(
+            served_by(node, &answer, "GET /").is_some(),
+            "counter-app at {to}, {when}: answered {answer:?}"
+        );
+    }
+}
+
+/// `xdplb flows` holds the established redis flow from `src`.
+fn assert_flow(cluster: &Cluster, node: &Node, src: SocketAddr, when: &str) {
+    let flows = cluster.must(node, "xdplb flows", cluster.flows(node));
+    let backend = format!("{}:{REDIS_PORT}", node.pods[0].addr);
+    assert!(
+        flows.iter().any(|f| f.direction == "forward"
+            && f.src == src.to_string()
+            && f.dst == REDIS.to_string()
+            && f.nat == backend
+            && f.state == "established"),
+        "{when}: no established flow {src} -> {REDIS} (to {backend}) in {flows:#?}{}",
+        cluster.diagnostics(node)
+    );
+}

@@ -1,0 +1,591 @@
+//! The demo's cluster, built from network namespaces: two nodes on a shared
+//! segment (a bridge inside a `lan` namespace), a router in front of them
+//! with an external client behind it, and pods attached to their node by
+//! veth pairs with the routes a routed CNI sets up (a /24 pod CIDR per node,
+//! a route to each other node's CIDR, a /32 route per pod).
+//!
+//! ```text
+//! client 198.51.100.2 ── router ──┬── node1 192.168.50.11 ─ veth* ─ pods 10.244.1.0/24
+//!   (LB IP 203.0.113.10 → node1)  └── node2 192.168.50.12 ─ veth* ─ pods 10.244.2.0/24
+//! ```
+//!
+//! Every address lives inside the namespaces; the root namespace only holds
+//! the run's directory under `/run/xdplb-demo/<id>` (bpffs, manifests,
+//! logs) and the pods' hosts files under `/etc/netns`. Namespaces are named
+//! `xdd-<id>-<role>`; a run records its owner process, so the next run can
+//! tell a killed run's leftovers from a live or `--keep`-ed cluster.
+//!
+//! Not built on lb-userspace's `testbed::netns`: xtask cannot depend on
+//! lb-userspace, whose build script needs the eBPF object that
+//! `cargo xtask build-ebpf` makes, and a kept cluster must outlive its
+//! process, which that helper's leftover sweep would remove.
+use std::{
+    fs::{self, File},
+    io,
+    net::Ipv4Addr,
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use super::control_plane::{Node, Pod};
+
+const STATE_ROOT: &str = "/run/xdplb-demo";
+const NETNS_DIR: &str = "/run/netns";
+const NS_TAG: &str = "xdd";
+/// Present in a run's directory once `--keep` handed the cluster to the user.
+const KEPT_MARKER: &str = "kept";
+const OWNER_FILE: &str = "owner";
+
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+const ROUTER_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+const ROUTER_LAN_SIDE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+/// The nodes' external interface, the one the agent is told about.
+pub const NODE_LAN_IFACE: &str = "eth0";
+
+/// The nodes the demo builds; node N is 192.168.50.(10+N) with pods in
+/// 10.244.N.0/24.
+pub fn nodes() -> Vec<Node> {
+    (1..=2)
+        .map(|n| Node {
+            name: format!("node{n}"),
+            addr: Ipv4Addr::new(192, 168, 50, 10 + n),
+            pod_net: Ipv4Addr::new(10, 244, n, 0),
+        })
+        .collect()
+}
+
+/// One run's names and files.
+pub struct Run {
+    pub id: String,
+    pub dir: PathBuf,
+}
+
+impl Run {
+    pub fn ns(&self, role: &str) -> String {
+        format!("{NS_TAG}-{}-{role}", self.id)
+    }
+
+    fn bpffs(&self) -> PathBuf {
+        self.dir.join("bpffs")
+    }
+
+    pub fn pin_path(&self, node: &str) -> PathBuf {
+        self.bpffs().join(node)
+    }
+
+    pub fn manifests(&self, node: &str) -> PathBuf {
+        self.dir.join(node).join("manifests")
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    fn log(&self, what: &str) -> PathBuf {
+        self.logs().join(format!("{what}.log"))
+    }
+}
+
+/// The running cluster; dropping it tears everything down unless it was
+/// kept.
+pub struct Cluster {
+    pub run: Run,
+    pub nodes: Vec<Node>,
+    children: Vec<(String, Child)>,
+    /// Set once the cluster is kept or removed; Drop then leaves it alone.
+    released: bool,
+}
+
+impl Cluster {
+    /// Records the run, mounts its bpffs and wires the namespaces.
+    pub fn create(nodes: Vec<Node>) -> Result<Self> {
+        let run = new_run()?;
+        // From here on Drop cleans up whatever part got built.
+        let cluster = Self {
+            run,
+            nodes,
+            children: Vec::new(),
+            released: false,
+        };
+        cluster.mount_bpffs()?;
+        cluster.wire()?;
+        Ok(cluster)
+    }
+
+    /// Agents pin on a bpffs of the root mount namespace: the one under
+    /// /sys that `ip netns exec` shows is a private, empty mount that would
+    /// vanish with the agent.
+    fn mount_bpffs(&self) -> Result<()> {
+        let bpffs = self.run.bpffs();
+        fs::create_dir_all(&bpffs)?;
+        run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs))
+    }
+
+    fn wire(&self) -> Result<()> {
+        let ns = |role: &str| self.run.ns(role);
+        let (lan, router, client) = (ns("lan"), ns("router"), ns("client"));
+        for name in [&lan, &router, &client] {
+            add_ns(name)?;
+        }
+        ip(&["-n", &lan, "link", "add", "br0", "type", "bridge"])?;
+        up(&lan, "br0")?;
+        // The router forwards the pods' untranslated replies too, so what the
+        // client makes of them is visible rather than hidden by its filter.
+        sysctls(
+            &router,
+            &[
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ],
+        )?;
+        veth(&client, "eth0", &router, "ext0")?;
+        addr(&client, "eth0", CLIENT_ADDR, 24)?;
+        addr(&router, "ext0", ROUTER_CLIENT_SIDE, 24)?;
+        route(&client, &format!("default via {ROUTER_CLIENT_SIDE}"))?;
+        self.lan_port(&router, "lan0", "router", ROUTER_LAN_SIDE)?;
+
+        for node in &self.nodes {
+            let node_ns = ns(&node.name);
+            add_ns(&node_ns)?;
+            // Before any link exists, so every interface inherits them. A
+            // reply XDP translated back enters the kernel from a pod's veth
+            // with the VIP as its source, which no reverse-path check would
+            // accept. And on veths, which XDP does not redirect to, the data
+            // plane hands the kernel packets whose source is this node's own
+            // address (requests it source-NATed for a pod on the other node,
+            // NodePort replies translated back): without accept_local the
+            // kernel drops them as martians. On a NIC they are redirected
+            // past both checks.
+            sysctls(
+                &node_ns,
+                &[
+                    "net.ipv4.ip_forward=1",
+                    "net.ipv4.conf.all.rp_filter=0",
+                    "net.ipv4.conf.default.rp_filter=0",
+                    "net.ipv4.conf.all.accept_local=1",
+                ],
+            )?;
+            self.lan_port(&node_ns, NODE_LAN_IFACE, &node.name, node.addr)?;
+            route(&node_ns, &format!("default via {ROUTER_LAN_SIDE}"))?;
+            for other in self.nodes.iter().filter(|o| o.name != node.name) {
+                route(
+                    &node_ns,
+                    &format!("{}/24 via {}", other.pod_net, other.addr),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Plugs `ifname` of `ns` into the LAN bridge with address `addr`/24.
+    fn lan_port(&self, ns: &str, ifname: &str, port: &str, addr_: Ipv4Addr) -> Result<()> {
+        let lan = self.run.ns("lan");
+        veth(ns, ifname, &lan, port)?;
+        ip(&["-n", &lan, "link", "set", port, "master", "br0", "up"])?;
+        addr(ns, ifname, addr_, 24)
+    }
+
+    /// Routes each LoadBalancer IP to the first node, as a provider's
+    /// announcement (say MetalLB in L2 mode) would.
+    pub fn route_lb_ips(&self, ips: &[Ipv4Addr]) -> Result<()> {
+        let router = self.run.ns("router");
+        for ip in ips {
+            route(&router, &format!("{ip}/32 via {}", self.nodes[0].addr))?;
+        }
+        Ok(())
+    }
+
+    /// The pod's namespace and its veth to the node: the pod holds its /32
+    /// and reaches everything through the node's gateway address, which sits
+    /// on every pod-facing veth of that node. The node end is named `veth*`
+    /// so the agent finds it as a pod interface.
+    pub fn add_pod(&self, pod: &Pod, hosts: &str) -> Result<()> {
+        let ns = self.run.ns(&pod.name);
+        let node_ns = self.run.ns(&pod.node);
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.name == pod.node)
+            .context("pod on an unknown node")?;
+        let [a, b, c, _] = node.pod_net.octets();
+        let gateway = Ipv4Addr::new(a, b, c, 1);
+        let host_if = pod_iface(&pod.name);
+        add_ns(&ns)?;
+        write_hosts(&ns, hosts)?;
+        veth(&ns, "eth0", &node_ns, &host_if)?;
+        addr(&ns, "eth0", pod.addr, 32)?;
+        route(&ns, &format!("{gateway} dev eth0 scope link"))?;
+        route(&ns, &format!("default via {gateway} dev eth0"))?;
+        addr(&node_ns, &host_if, gateway, 32)?;
+        route(&node_ns, &format!("{}/32 dev {host_if}", pod.addr))
+    }
+
+    /// Starts `program` inside namespace `ns`, logging to `<label>.log`. It
+    /// runs in its own process group: Ctrl-C is for the demo, which then
+    /// tears it down, and a kept cluster's processes outlive the terminal's
+    /// job.
+    pub fn spawn(
+        &mut self,
+        ns: &str,
+        label: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Result<()> {
+        let log_path = self.run.log(label);
+        fs::create_dir_all(log_path.parent().expect("logs dir"))?;
+        let log = File::create(&log_path)?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        self.children.push((label.to_owned(), child));
+        Ok(())
+    }
+
+    /// Fails, with the end of its log, if a started process has exited.
+    pub fn check_processes(&mut self) -> Result<()> {
+        for (label, child) in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                let log = fs::read_to_string(self.run.log(label)).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!(
+                    "{label} exited ({status}); the end of {}:\n{}",
+                    self.run.log(label).display(),
+                    tail.join("\n")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves the cluster up after this process exits, until `--down`.
+    pub fn keep(mut self) -> Result<()> {
+        fs::write(self.run.dir.join(KEPT_MARKER), "")?;
+        self.released = true;
+        Ok(())
+    }
+
+    /// Tears the cluster down, reporting what went wrong.
+    pub fn remove(mut self) -> Result<()> {
+        self.released = true;
+        let result = teardown(&self.run.id);
+        for (_, child) in &mut self.children {
+            let _ = child.wait();
+        }
+        result
+    }
+}
+
+/// The teardown of a cluster dropped on an error or Ctrl-C.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        if let Err(err) = teardown(&self.run.id) {
+            eprintln!("demo: teardown of run {}: {err:#}", self.run.id);
+        }
+        for (_, child) in &mut self.children {
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Removes the clusters of runs whose process is gone without `--keep`;
+/// returns their ids.
+pub fn cleanup_leftovers() -> Result<Vec<String>> {
+    remove_runs(|kept| !kept)
+}
+
+/// Removes kept clusters as well as leftovers; returns their ids. Runs still
+/// in progress are left alone.
+pub fn down() -> Result<Vec<String>> {
+    remove_runs(|_| true)
+}
+
+fn remove_runs(remove_if_kept: impl Fn(bool) -> bool) -> Result<Vec<String>> {
+    let mut ids: Vec<String> = list(Path::new(STATE_ROOT))?;
+    // A namespace whose run directory is gone belongs to a dead run too.
+    ids.extend(list(Path::new(NETNS_DIR))?.iter().filter_map(|name| {
+        let (id, _) = name
+            .strip_prefix(NS_TAG)?
+            .strip_prefix('-')?
+            .split_once('-')?;
+        Some(id.to_owned())
+    }));
+    ids.sort();
+    ids.dedup();
+    let mut removed = Vec::new();
+    for id in ids {
+        let dir = Path::new(STATE_ROOT).join(&id);
+        if owner_alive(&dir) || !remove_if_kept(dir.join(KEPT_MARKER).exists()) {
+            continue;
+        }
+        teardown(&id)?;
+        removed.push(id);
+    }
+    Ok(removed)
+}
+
+/// Kills every process in the run's namespaces, deletes them, unmounts the
+/// bpffs (which drops the pinned maps and XDP links) and removes the files.
+fn teardown(id: &str) -> Result<()> {
+    let prefix = format!("{NS_TAG}-{id}-");
+    let namespaces: Vec<String> = list(Path::new(NETNS_DIR))?
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    let pids = |ns: &str| -> Vec<i32> {
+        output(Command::new("ip").args(["netns", "pids", ns]))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    };
+    for ns in &namespaces {
+        for pid in pids(ns) {
+            // SAFETY: plain syscall; the pid was just listed as inside a
+            // namespace of this run.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    // A namespace lives on while a process is inside it.
+    let deadline = SystemTime::now() + Duration::from_secs(5);
+    while namespaces.iter().any(|ns| !pids(ns).is_empty()) && SystemTime::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    for ns in &namespaces {
+        ip(&["netns", "del", ns])?;
+        remove_dir(&Path::new("/etc/netns").join(ns))?;
+    }
+    let dir = Path::new(STATE_ROOT).join(id);
+    let bpffs = dir.join("bpffs");
+    if is_mountpoint(&bpffs)? {
+        run(Command::new("umount").arg(&bpffs))?;
+    }
+    remove_dir(&dir)
+}
+
+/// Creates the run's directory first, so a run killed at any later point
+/// is recognised by the next one.
+fn new_run() -> Result<Run> {
+    let pid = std::process::id();
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let id = format!("{}{}", base36(u64::from(pid)), base36(secs % 36u64.pow(3)));
+    let dir = Path::new(STATE_ROOT).join(&id);
+    ensure!(!dir.exists(), "{} exists already", dir.display());
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let started = start_time(pid).context("reading this process's start time")?;
+    fs::write(dir.join(OWNER_FILE), format!("{pid} {started}\n"))?;
+    Ok(Run { id, dir })
+}
+
+/// Whether the process that created the run still runs; the start time
+/// tells it from a later process given the same pid.
+fn owner_alive(dir: &Path) -> bool {
+    let Ok(owner) = fs::read_to_string(dir.join(OWNER_FILE)) else {
+        return false;
+    };
+    let mut fields = owner.split_whitespace();
+    let (Some(pid), Some(started)) = (fields.next(), fields.next()) else {
+        return false;
+    };
+    pid.parse()
+        .ok()
+        .and_then(start_time)
+        .is_some_and(|now| now.to_string() == started)
+}
+
+/// Field 22 of /proc/<pid>/stat, in clock ticks since boot.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in field 2 may hold spaces; it ends at the last ')'.
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The node side of a pod's veth: `veth` and the pod name's letters and
+/// digits, within the 15 bytes an interface name may have.
+pub fn pod_iface(pod: &str) -> String {
+    let name: String = pod.chars().filter(char::is_ascii_alphanumeric).collect();
+    format!("veth{name}").chars().take(15).collect()
+}
+
+/// `ip netns exec` mounts `/etc/netns/<ns>/hosts` over `/etc/hosts` for the
+/// commands it runs: the pods resolve Service names the way CoreDNS would
+/// answer them, without a DNS server.
+fn write_hosts(ns: &str, hosts: &str) -> Result<()> {
+    let dir = Path::new("/etc/netns").join(ns);
+    fs::create_dir_all(&dir)?;
+    fs::write(dir.join("hosts"), hosts)?;
+    Ok(())
+}
+
+/// Runs `f` on a fresh thread that has joined network namespace `ns`;
+/// sockets it opens stay in `ns`.
+pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> Result<T> {
+    let path = Path::new(NETNS_DIR).join(ns);
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = File::open(&path).with_context(|| format!("opening {path:?}"))?;
+                // SAFETY: a valid fd; only this thread's namespace changes.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(io::Error::last_os_error()).context(format!("setns {path:?}"));
+                }
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Runs `cmd` in `ns` and returns its stdout and stderr; fails on a non-zero exit.
+pub fn exec(ns: &str, cmd: &str, args: &[&str]) -> Result<String> {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", ns, cmd]).args(args);
+    output(&mut command)
+}
+
+fn add_ns(name: &str) -> Result<()> {
+    ip(&["netns", "add", name])?;
+    up(name, "lo")
+}
+
+fn veth(ns_a: &str, if_a: &str, ns_b: &str, if_b: &str) -> Result<()> {
+    ip(&[
+        "-n", ns_a, "link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns", ns_b,
+    ])?;
+    up(ns_a, if_a)?;
+    up(ns_b, if_b)
+}
+
+fn addr(ns: &str, ifname: &str, addr: Ipv4Addr, len: u8) -> Result<()> {
+    ip(&[
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{addr}/{len}"),
+        "dev",
+        ifname,
+    ])
+}
+
+fn up(ns: &str, ifname: &str) -> Result<()> {
+    ip(&["-n", ns, "link", "set", ifname, "up"])
+}
+
+fn route(ns: &str, spec: &str) -> Result<()> {
+    let mut args = vec!["-n", ns, "route", "add"];
+    args.extend(spec.split_whitespace());
+    ip(&args)
+}
+
+fn sysctls(ns: &str, assignments: &[&str]) -> Result<()> {
+    let mut args = vec!["-qw"];
+    args.extend(assignments);
+    exec(ns, "sysctl", &args).map(drop)
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    output(Command::new("ip").args(args)).map(drop)
+}
+
+fn output(command: &mut Command) -> Result<String> {
+    let out = command
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{command:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    output(command).map(drop)
+}
+
+fn list(dir: &Path) -> Result<Vec<String>> {
+    match fs::read_dir(dir) {
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        entries => entries
+            .with_context(|| format!("listing {}", dir.display()))?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect(),
+    }
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(dir) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => {
+            Err(err).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn is_mountpoint(path: &Path) -> Result<bool> {
+    let mounts = fs::read_to_string("/proc/self/mounts")?;
+    let path = path.to_string_lossy();
+    Ok(mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(path.as_ref())))
+}
+
+fn base36(mut n: u64) -> String {
+    let mut digits = Vec::new();
+    loop {
+        digits.push(char::from_digit((n % 36) as u32, 36).expect("digit below radix"));
+        n /= 36;
+        if n == 0 {
+            return digits.iter().rev().collect();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_interfaces_fit_an_interface_name() {
+        assert_eq!(pod_iface("counter-1"), "vethcounter1");
+        assert_eq!(pod_iface("a-very-long-pod-name-7"), "vethaverylongpo");
+    }
+
+    #[test]
+    fn this_process_is_its_own_live_owner() {
+        let dir = std::env::temp_dir().join(format!("xdd-owner-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let pid = std::process::id();
+        fs::write(
+            dir.join(OWNER_FILE),
+            format!("{pid} {}", start_time(pid).unwrap()),
+        )
+        .unwrap();
+        assert!(owner_alive(&dir));
+        fs::write(dir.join(OWNER_FILE), format!("{pid} 1")).unwrap();
+        assert!(!owner_alive(&dir), "same pid, other start time");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

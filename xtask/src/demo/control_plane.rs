@@ -1,0 +1,532 @@
+//! What a cluster's control plane would do with the seed manifests, so the
+//! agents read the objects they would get from an API server: the scheduler
+//! places the Deployments' pods, the API server allocates ClusterIPs and
+//! nodePorts, the endpoint controller writes EndpointSlices, and a
+//! LoadBalancer provider fills `status.loadBalancer.ingress`.
+//!
+//! Allocation is in order rather than at random as the API server does, so
+//! the demo prints the same addresses on every run.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    net::Ipv4Addr,
+    path::Path,
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// The ClusterIP range, kubeadm's default 10.96.0.0/16.
+const SERVICE_RANGE: (Ipv4Addr, u32) = (Ipv4Addr::new(10, 96, 0, 0), 16);
+/// By convention .1 is the `kubernetes` Service's and .10 kube-dns's.
+const FIRST_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
+/// The API server hands out automatic nodePorts above the range's static
+/// band (KEP-3668) so they do not take ports manifests ask for; the band is
+/// min(max(16, size/32), 128) ports.
+const FIRST_AUTO_NODE_PORT: i64 = 30000 + 2768 / 32;
+/// A documentation range (RFC 5737) standing in for a cloud's address pool.
+const FIRST_LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// Pod counts the demo runs instead of the Deployments' own: one counter per
+/// node, so the table shows both nodes' pods answering.
+const REPLICAS: &[(&str, usize)] = &[("counter", 2)];
+
+/// The programs the demo runs in place of the seed's container images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum App {
+    Counter,
+    Redis,
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub name: String,
+    pub addr: Ipv4Addr,
+    /// Network address of the node's /24 pod CIDR.
+    pub pod_net: Ipv4Addr,
+}
+
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub name: String,
+    pub node: String,
+    pub addr: Ipv4Addr,
+    pub app: App,
+    pub env: Vec<(String, String)>,
+    labels: BTreeMap<String, String>,
+    /// Named container ports, for Services whose targetPort is a name.
+    named_ports: BTreeMap<String, i64>,
+}
+
+/// Everything the agents and the pods need to know about the cluster.
+#[derive(Debug)]
+pub struct State {
+    pub pods: Vec<Pod>,
+    /// The Services as the API server would return them.
+    pub services: Vec<Value>,
+    pub slices: Vec<Value>,
+    pub nodes: Vec<Value>,
+}
+
+impl State {
+    /// `(ClusterIP, name)` of every Service that has one, for pods' hosts files.
+    pub fn cluster_ips(&self) -> Vec<(Ipv4Addr, &str)> {
+        self.services
+            .iter()
+            .filter_map(|svc| {
+                let ip = svc["spec"]["clusterIP"].as_str()?.parse().ok()?;
+                Some((ip, svc["metadata"]["name"].as_str()?))
+            })
+            .collect()
+    }
+
+    pub fn lb_ips(&self) -> Vec<Ipv4Addr> {
+        self.services
+            .iter()
+            .flat_map(|svc| ingress_ips(svc).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Writes the Services, EndpointSlices and Nodes into `dir`, one file per
+    /// kind, as an agent started with `--manifests dir` expects them.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (file, objects) in [
+            ("services.yaml", &self.services),
+            ("endpointslices.yaml", &self.slices),
+            ("nodes.yaml", &self.nodes),
+        ] {
+            let mut text = String::new();
+            for object in objects {
+                text.push_str("---\n");
+                text.push_str(&serde_yaml::to_string(object)?);
+            }
+            let path = dir.join(file);
+            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the manifests in `dir` and does the control plane's work for
+/// `nodes`.
+pub fn from_manifests(dir: &Path, nodes: &[Node]) -> Result<State> {
+    let (mut services, deployments) = load(dir)?;
+    let pods = schedule(&deployments, nodes)?;
+    allocate(&mut services)?;
+    let slices = endpoint_slices(&services, &pods);
+    Ok(State {
+        pods,
+        services,
+        slices,
+        nodes: nodes.iter().map(node_object).collect(),
+    })
+}
+
+/// Services and Deployments of every manifest file in `dir`, in file name
+/// order as `kubectl apply -f dir` takes them.
+fn load(dir: &Path) -> Result<(Vec<Value>, Vec<Value>)> {
+    let mut files: Vec<_> = fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+        .collect();
+    files.sort();
+    let (mut services, mut deployments) = (Vec::new(), Vec::new());
+    for path in files {
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let object = Value::deserialize(document)
+                .with_context(|| format!("parsing {}", path.display()))?;
+            match object["kind"].as_str() {
+                Some("Service") => services.push(object),
+                Some("Deployment") => deployments.push(object),
+                // Comment-only documents.
+                None if object.is_null() => {}
+                other => bail!(
+                    "{}: the demo runs Services and Deployments, not {other:?}",
+                    path.display()
+                ),
+            }
+        }
+    }
+    Ok((services, deployments))
+}
+
+/// One pod per replica, spread over the nodes in turn, with addresses from
+/// their node's pod CIDR.
+fn schedule(deployments: &[Value], nodes: &[Node]) -> Result<Vec<Pod>> {
+    let mut pods = Vec::new();
+    let mut next_host = vec![2u8; nodes.len()];
+    for deployment in deployments {
+        let name = deployment["metadata"]["name"]
+            .as_str()
+            .context("a Deployment without metadata.name")?;
+        let template = &deployment["spec"]["template"];
+        let containers = template["spec"]["containers"]
+            .as_array()
+            .filter(|c| c.len() == 1)
+            .with_context(|| format!("Deployment {name}: the demo runs pods of one container"))?;
+        let container = &containers[0];
+        let image = container["image"].as_str().unwrap_or_default();
+        let app = match image.rsplit('/').next().unwrap_or_default() {
+            i if i == "redis" || i.starts_with("redis:") => App::Redis,
+            i if i.starts_with("counter") => App::Counter,
+            _ => bail!("Deployment {name}: the demo can run the images redis and subicura/counter, not {image:?}"),
+        };
+        let replicas = match REPLICAS.iter().find(|(n, _)| *n == name) {
+            Some(&(_, n)) => n,
+            None => usize::try_from(deployment["spec"]["replicas"].as_u64().unwrap_or(1))?,
+        };
+        let env = container["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some((e["name"].as_str()?.into(), e["value"].as_str()?.into())))
+            .collect::<Vec<_>>();
+        let named_ports: BTreeMap<String, i64> = container["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((p["name"].as_str()?.into(), p["containerPort"].as_i64()?)))
+            .collect();
+        let labels = string_map(&template["metadata"]["labels"]);
+        for replica in 1..=replicas {
+            let index = pods.len() % nodes.len();
+            let node = &nodes[index];
+            let host = next_host[index];
+            next_host[index] += 1;
+            let [a, b, c, _] = node.pod_net.octets();
+            pods.push(Pod {
+                name: format!("{name}-{replica}"),
+                node: node.name.clone(),
+                addr: Ipv4Addr::new(a, b, c, host),
+                app,
+                env: env.clone(),
+                labels: labels.clone(),
+                named_ports: named_ports.clone(),
+            });
+        }
+    }
+    Ok(pods)
+}
+
+/// The API server's part: ClusterIPs, nodePorts, and (standing in for a
+/// cloud provider) LoadBalancer ingress IPs for Services that lack them.
+fn allocate(services: &mut [Value]) -> Result<()> {
+    let mut cluster_ips = Pool::default();
+    let mut node_ports = BTreeSet::new();
+    for svc in services.iter() {
+        if let Some(ip) = cluster_ip(svc).filter(|ip| *ip != "None") {
+            ensure!(
+                in_range(ip.parse().context("spec.clusterIP")?, SERVICE_RANGE),
+                "Service {}: clusterIP {ip} is outside the service range 10.96.0.0/16",
+                name_of(svc)
+            );
+            cluster_ips.taken.insert(ip.parse()?);
+        }
+        for port in ports_of(svc) {
+            if let Some(np) = port["nodePort"].as_i64().filter(|np| *np != 0) {
+                ensure!(
+                    NODE_PORTS.contains(&np) && node_ports.insert(np),
+                    "Service {}: nodePort {np} is outside 30000-32767 or already taken",
+                    name_of(svc)
+                );
+            }
+        }
+    }
+    let mut next_cluster_ip = FIRST_CLUSTER_IP;
+    let mut next_lb_ip = FIRST_LB_IP;
+    for svc in services.iter_mut() {
+        let kind = svc["spec"]["type"]
+            .as_str()
+            .unwrap_or("ClusterIP")
+            .to_owned();
+        if kind == "ExternalName" {
+            continue;
+        }
+        if cluster_ip(svc).is_none() {
+            let ip = cluster_ips.take(&mut next_cluster_ip)?;
+            svc["spec"]["clusterIP"] = json!(ip.to_string());
+            svc["spec"]["clusterIPs"] = json!([ip.to_string()]);
+        }
+        if kind == "NodePort" || kind == "LoadBalancer" {
+            for port in svc["spec"]["ports"].as_array_mut().into_iter().flatten() {
+                if port["nodePort"].as_i64().unwrap_or(0) == 0 {
+                    let free = (FIRST_AUTO_NODE_PORT..=*NODE_PORTS.end())
+                        .chain(*NODE_PORTS.start()..FIRST_AUTO_NODE_PORT)
+                        .find(|np| !node_ports.contains(np))
+                        .context("no free nodePort left")?;
+                    node_ports.insert(free);
+                    port["nodePort"] = json!(free);
+                }
+            }
+        }
+        if kind == "LoadBalancer" && ingress_ips(svc).next().is_none() {
+            svc["status"]["loadBalancer"]["ingress"] =
+                json!([{ "ip": next_lb_ip.to_string(), "ipMode": "VIP" }]);
+            next_lb_ip = Ipv4Addr::from(u32::from(next_lb_ip) + 1);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Pool {
+    taken: BTreeSet<Ipv4Addr>,
+}
+
+impl Pool {
+    fn take(&mut self, next: &mut Ipv4Addr) -> Result<Ipv4Addr> {
+        while self.taken.contains(next) {
+            *next = Ipv4Addr::from(u32::from(*next) + 1);
+        }
+        ensure!(in_range(*next, SERVICE_RANGE), "the service range is full");
+        self.taken.insert(*next);
+        Ok(*next)
+    }
+}
+
+/// The endpoint controller's part: for each Service with a selector, the
+/// pods whose labels include it, with every targetPort resolved. Pods that
+/// resolve a named targetPort differently go into separate slices, as the
+/// controller does.
+fn endpoint_slices(services: &[Value], pods: &[Pod]) -> Vec<Value> {
+    let mut slices = Vec::new();
+    for svc in services {
+        let selector = string_map(&svc["spec"]["selector"]);
+        if selector.is_empty() {
+            continue;
+        }
+        let name = name_of(svc);
+        let mut by_ports: BTreeMap<Vec<(String, i64, String)>, Vec<&Pod>> = BTreeMap::new();
+        for pod in pods {
+            if !selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)) {
+                continue;
+            }
+            let ports: Option<Vec<_>> = ports_of(svc)
+                .map(|port| {
+                    let number = match &port["targetPort"] {
+                        Value::Number(n) => n.as_i64(),
+                        Value::String(s) => pod.named_ports.get(s).copied(),
+                        _ => port["port"].as_i64(),
+                    }?;
+                    let port_name = port["name"].as_str().unwrap_or_default().to_owned();
+                    let protocol = port["protocol"].as_str().unwrap_or("TCP").to_owned();
+                    Some((port_name, number, protocol))
+                })
+                .collect();
+            // Like the controller, a pod without the named port serves none.
+            if let Some(ports) = ports {
+                by_ports.entry(ports).or_default().push(pod);
+            }
+        }
+        for (index, (ports, members)) in by_ports.into_iter().enumerate() {
+            slices.push(json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": format!("{name}-{}", index + 1),
+                    "namespace": namespace_of(svc),
+                    "labels": {
+                        "kubernetes.io/service-name": name,
+                        "endpointslice.kubernetes.io/managed-by": "xtask-demo",
+                    },
+                },
+                "addressType": "IPv4",
+                "endpoints": members.iter().map(|pod| json!({
+                    "addresses": [pod.addr.to_string()],
+                    "conditions": { "ready": true, "serving": true, "terminating": false },
+                    "nodeName": pod.node,
+                    "targetRef": { "kind": "Pod", "namespace": namespace_of(svc), "name": pod.name },
+                })).collect::<Vec<_>>(),
+                "ports": ports.iter().map(|(name, port, protocol)| json!({
+                    "name": name, "port": port, "protocol": protocol,
+                })).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    slices
+}
+
+fn node_object(node: &Node) -> Value {
+    let cidr = format!("{}/24", node.pod_net);
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": { "name": node.name, "labels": { "kubernetes.io/hostname": node.name } },
+        "spec": { "podCIDR": cidr, "podCIDRs": [cidr] },
+        "status": { "addresses": [
+            { "type": "InternalIP", "address": node.addr.to_string() },
+            { "type": "Hostname", "address": node.name },
+        ] },
+    })
+}
+
+/// "" is how a manifest asks for an allocated one, like leaving it out.
+fn cluster_ip(svc: &Value) -> Option<&str> {
+    svc["spec"]["clusterIP"]
+        .as_str()
+        .filter(|ip| !ip.is_empty())
+}
+
+fn ports_of(svc: &Value) -> impl Iterator<Item = &Value> {
+    svc["spec"]["ports"].as_array().into_iter().flatten()
+}
+
+pub fn ingress_ips(svc: &Value) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    svc["status"]["loadBalancer"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["ip"].as_str()?.parse().ok())
+}
+
+fn name_of(object: &Value) -> &str {
+    object["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+fn namespace_of(object: &Value) -> &str {
+    object["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or("default")
+}
+
+fn string_map(value: &Value) -> BTreeMap<String, String> {
+    value
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+        .collect()
+}
+
+fn in_range(ip: Ipv4Addr, (net, len): (Ipv4Addr, u32)) -> bool {
+    u32::from(ip) >> (32 - len) == u32::from(net) >> (32 - len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes() -> Vec<Node> {
+        (1..=2)
+            .map(|i| Node {
+                name: format!("node{i}"),
+                addr: Ipv4Addr::new(192, 168, 50, 10 + i),
+                pod_net: Ipv4Addr::new(10, 244, i, 0),
+            })
+            .collect()
+    }
+
+    fn seed() -> State {
+        let dir = crate::ebpf::workspace_root().join("deploy/examples");
+        from_manifests(&dir, &nodes()).unwrap()
+    }
+
+    fn service<'a>(state: &'a State, name: &str) -> &'a Value {
+        state.services.iter().find(|s| name_of(s) == name).unwrap()
+    }
+
+    #[test]
+    fn seed_services_get_addresses_and_ports() {
+        let state = seed();
+        let lb = service(&state, "counter-lb");
+        assert_eq!(lb["spec"]["clusterIP"], "10.96.0.11");
+        assert_eq!(lb["spec"]["ports"][0]["nodePort"], FIRST_AUTO_NODE_PORT);
+        assert_eq!(
+            lb["status"]["loadBalancer"]["ingress"][0]["ip"],
+            "203.0.113.10"
+        );
+        let np = service(&state, "counter-app");
+        assert_eq!(np["spec"]["clusterIP"], "10.96.0.12");
+        assert_eq!(np["spec"]["ports"][0]["nodePort"], 31000, "kept as written");
+        assert_eq!(service(&state, "redis")["spec"]["clusterIP"], "10.96.0.13");
+        assert_eq!(state.lb_ips(), [FIRST_LB_IP]);
+    }
+
+    #[test]
+    fn pods_spread_over_nodes_and_slices_follow_selectors() {
+        let state = seed();
+        let placed: Vec<_> = state
+            .pods
+            .iter()
+            .map(|p| (p.name.as_str(), p.node.as_str(), p.addr.to_string()))
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                ("counter-1", "node1", "10.244.1.2".to_string()),
+                ("counter-2", "node2", "10.244.2.2".to_string()),
+                ("redis-1", "node1", "10.244.1.3".to_string()),
+            ]
+        );
+        let slice = |svc: &str| {
+            state
+                .slices
+                .iter()
+                .find(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == svc)
+                .unwrap()
+        };
+        let addrs = |s: &Value| -> Vec<String> {
+            s["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["addresses"][0].as_str().unwrap().to_owned())
+                .collect()
+        };
+        // tier: app and tier: db tell the counters from Redis, though all share app: counter.
+        assert_eq!(addrs(slice("counter-lb")), ["10.244.1.2", "10.244.2.2"]);
+        assert_eq!(slice("counter-lb")["ports"][0]["port"], 3000);
+        assert_eq!(
+            slice("counter-app")["ports"][0]["port"],
+            3000,
+            "no targetPort: port"
+        );
+        assert_eq!(addrs(slice("redis")), ["10.244.1.3"]);
+        assert_eq!(slice("redis")["endpoints"][0]["nodeName"], "node1");
+    }
+
+    #[test]
+    fn named_target_ports_split_slices_by_resolved_number() {
+        let svc = json!({
+            "metadata": { "name": "web" },
+            "spec": { "selector": { "app": "web" }, "ports": [{ "port": 80, "targetPort": "http" }] },
+        });
+        let pod = |name: &str, port: Option<i64>| Pod {
+            name: name.into(),
+            node: "node1".into(),
+            addr: Ipv4Addr::new(10, 244, 1, 2),
+            app: App::Counter,
+            env: Vec::new(),
+            labels: [("app".to_string(), "web".to_string())].into(),
+            named_ports: port.map(|p| ("http".to_string(), p)).into_iter().collect(),
+        };
+        let slices = endpoint_slices(
+            &[svc],
+            &[pod("a", Some(8080)), pod("b", Some(9090)), pod("c", None)],
+        );
+        let ports: Vec<_> = slices
+            .iter()
+            .map(|s| s["ports"][0]["port"].clone())
+            .collect();
+        assert_eq!(ports, [json!(8080), json!(9090)]);
+    }
+
+    #[test]
+    fn explicit_node_ports_are_not_handed_out_again() {
+        let mut services = vec![
+            json!({ "metadata": { "name": "a" }, "spec": { "type": "NodePort", "ports": [{ "port": 1 }] } }),
+            json!({ "metadata": { "name": "b" }, "spec": { "type": "NodePort",
+                "ports": [{ "port": 1, "nodePort": FIRST_AUTO_NODE_PORT }] } }),
+        ];
+        allocate(&mut services).unwrap();
+        assert_eq!(
+            services[0]["spec"]["ports"][0]["nodePort"],
+            FIRST_AUTO_NODE_PORT + 1
+        );
+    }
+}

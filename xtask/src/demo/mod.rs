@@ -1,0 +1,729 @@
+//! `cargo xtask demo`: the seed document's counter app and Redis on a
+//! two-node cluster of network namespaces, served by one `xdplb agent` per
+//! node, with traffic from an external client through a NodePort on each
+//! node and through a LoadBalancer IP.
+mod cluster;
+mod control_plane;
+mod progress;
+mod traffic;
+
+use std::{
+    fmt::Write as _,
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddrV4, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    bootstrap::{is_root, run, step},
+    ebpf::{self, workspace_root},
+};
+use cluster::{Cluster, CLIENT_ADDR, NODE_LAN_IFACE};
+use control_plane::{App, Pod, State};
+use progress::{seconds, wait_for, Progress};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Leave the cluster running and print commands to explore it.
+    #[arg(long, conflicts_with = "down")]
+    pub keep: bool,
+    /// Remove the clusters left by --keep (and by killed runs), then exit.
+    #[arg(long)]
+    pub down: bool,
+}
+
+const STEPS: usize = 9;
+const REQUESTS_PER_TARGET: usize = 4;
+const HEALTHZ_PORT: u16 = 10256;
+const METRICS_PORT: u16 = 10249;
+/// Loading and verifying the program takes about a second; this is for a
+/// busy machine.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(20);
+const POD_TIMEOUT: Duration = Duration::from_secs(10);
+const REDIS_PORT: u16 = 6379;
+const COUNTER_PORT: u16 = 3000;
+
+pub fn run_cmd(args: &Args) -> Result<()> {
+    preflight()?;
+    progress::catch_interrupts();
+    if args.down {
+        let removed = cluster::down()?;
+        if removed.is_empty() {
+            step("no demo cluster to remove");
+        }
+        for id in removed {
+            step(&format!("removed demo cluster {id}"));
+        }
+        return Ok(());
+    }
+    let mut p = Progress::new(STEPS);
+    let redis = p.step("looking for redis-server", false, redis_server)?;
+    p.step("building the eBPF object", true, ebpf::build)?;
+    let bin = p.step("building xdplb and the counter app", true, build)?;
+    p.step("removing leftovers of killed runs", false, || {
+        let removed = cluster::cleanup_leftovers()?;
+        if !removed.is_empty() {
+            eprint!("removed run {} ... ", removed.join(", "));
+        }
+        Ok(())
+    })?;
+    let nodes = cluster::nodes();
+    let state = p.step(
+        "control plane: placing pods, allocating ClusterIPs, nodePorts and LB IPs, writing EndpointSlices",
+        false,
+        || control_plane::from_manifests(&workspace_root().join("deploy/examples"), &nodes),
+    )?;
+    print_objects(&state);
+    let mut cluster = p.step(
+        "creating namespaces: lan bridge, router, client, node1, node2 and the pods",
+        false,
+        || {
+            let cluster = Cluster::create(nodes.clone())?;
+            cluster.route_lb_ips(&state.lb_ips())?;
+            let hosts = hosts_file(&state);
+            for pod in &state.pods {
+                cluster.add_pod(pod, &format!("{hosts}{}\t{}\n", pod.addr, pod.name))?;
+            }
+            Ok(cluster)
+        },
+    )?;
+    p.step(
+        "starting an xdplb agent on each node, Redis and the counters",
+        false,
+        || start(&mut cluster, &state, &bin, &redis),
+    )?;
+    let targets = targets(&cluster, &state);
+    let report = p.step(
+        &format!("requests from the client ({CLIENT_ADDR}), {REQUESTS_PER_TARGET} per target"),
+        true,
+        || drive_traffic(&cluster, &state, &bin, &targets),
+    )?;
+    show_maps(&cluster, &bin)?;
+    let total = seconds(p.elapsed());
+    if args.keep {
+        print_explore(&cluster, &state, &bin, &targets);
+        cluster.keep()?;
+    } else {
+        p.step("tearing the cluster down", false, || cluster.remove())?;
+    }
+    if !report.failures.is_empty() {
+        eprintln!("\n{}", report.explain_failures());
+        bail!(
+            "demo failed: {} of {} requests got no answer (after {total})",
+            report.failures.len(),
+            report.requests
+        );
+    }
+    let pods: Vec<String> = report
+        .answered_by
+        .iter()
+        .map(|(pod, n)| format!("{pod} {n}"))
+        .collect();
+    eprintln!(
+        "\ndemo passed in {total}: {} requests answered ({}), the count rising by one each time",
+        report.requests,
+        pods.join(", ")
+    );
+    Ok(())
+}
+
+/// Stops before anything is built when the demo cannot run here.
+fn preflight() -> Result<()> {
+    if !is_root() {
+        bail!(
+            "cargo xtask demo needs root: it creates network namespaces, mounts a bpffs and attaches XDP programs.\n\
+             Run it as root, for example: sudo -E env \"PATH=$PATH\" cargo xtask demo"
+        );
+    }
+    probe_bpf()?;
+    match Command::new("ip").args(["netns", "list"]).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        _ => bail!("`ip netns` does not work here; install iproute2 (apt-get install -y iproute2)"),
+    }
+}
+
+/// Creates and closes a one-entry BPF array: the cheapest proof that this
+/// process may use bpf() at all.
+fn probe_bpf() -> Result<()> {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    // map_type, key_size, value_size, max_entries; the rest of bpf_attr zero.
+    let mut attr = [0u32; 32];
+    attr[..4].copy_from_slice(&[BPF_MAP_TYPE_ARRAY, 4, 4, 1]);
+    // SAFETY: attr is a zeroed bpf_attr of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        bail!(
+            "this kernel or sandbox does not allow BPF (bpf(BPF_MAP_CREATE) failed: {err}); \
+             the demo needs bpf() and XDP, as root outside a restricted container"
+        );
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    unsafe { libc::close(fd as libc::c_int) };
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!("the kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); the data plane needs it");
+    }
+    Ok(())
+}
+
+/// Debian's redis-server, installed when missing if this is Debian.
+fn redis_server() -> Result<PathBuf> {
+    let find = || {
+        std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+            .chain(["/usr/bin".into(), "/usr/sbin".into()])
+            .map(|dir| dir.join("redis-server"))
+            .find(|p| p.is_file())
+    };
+    if let Some(path) = find() {
+        return Ok(path);
+    }
+    if !Path::new("/etc/debian_version").exists() {
+        bail!(
+            "redis-server is missing; install Redis (on Debian: apt-get install -y redis-server)"
+        );
+    }
+    eprintln!("installing it (apt-get install -y redis-server)");
+    let install = || {
+        run(Command::new("apt-get")
+            .args(["install", "-y", "redis-server"])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    install()
+        .or_else(|_| {
+            run(Command::new("apt-get").arg("update"))?;
+            install()
+        })
+        .context("apt-get install -y redis-server failed")?;
+    find().context("redis-server is still missing after apt-get install")
+}
+
+/// Builds the agent and the counter app; returns their directory.
+fn build() -> Result<PathBuf> {
+    let root = workspace_root();
+    run(Command::new("cargo")
+        .args(["build", "-p", "lb-userspace", "-p", "xtask"])
+        .args(["--bin", "xdplb", "--bin", "counter"])
+        .current_dir(&root))?;
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
+    Ok(target.join("debug"))
+}
+
+fn print_objects(state: &State) {
+    for svc in &state.services {
+        let spec = &svc["spec"];
+        let mut line = format!(
+            "      Service {} ({}): ClusterIP {}",
+            svc["metadata"]["name"].as_str().unwrap_or_default(),
+            spec["type"].as_str().unwrap_or("ClusterIP"),
+            spec["clusterIP"].as_str().unwrap_or("none"),
+        );
+        for port in spec["ports"].as_array().into_iter().flatten() {
+            let _ = write!(line, ", port {}", port["port"]);
+            if let Some(np) = port["nodePort"].as_i64() {
+                let _ = write!(line, ", nodePort {np}");
+            }
+        }
+        for ip in svc["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let _ = write!(
+                line,
+                ", LoadBalancer IP {}",
+                ip["ip"].as_str().unwrap_or_default()
+            );
+        }
+        eprintln!("{line}");
+    }
+    for pod in &state.pods {
+        eprintln!("      Pod {} on {} at {}", pod.name, pod.node, pod.addr);
+    }
+}
+
+/// Every Service name as CoreDNS would answer it inside the cluster.
+fn hosts_file(state: &State) -> String {
+    let mut hosts = String::from("127.0.0.1\tlocalhost\n");
+    for (ip, name) in state.cluster_ips() {
+        let _ = writeln!(
+            hosts,
+            "{ip}\t{name} {name}.default {name}.default.svc {name}.default.svc.cluster.local"
+        );
+    }
+    hosts
+}
+
+/// Writes each node's manifests, starts the agents and the pods' programs,
+/// and waits until all of them serve.
+fn start(cluster: &mut Cluster, state: &State, bin: &Path, redis: &Path) -> Result<()> {
+    for node in cluster.nodes.clone() {
+        state.write(&cluster.run.manifests(&node.name))?;
+        let manifests = cluster.run.manifests(&node.name);
+        let pin_path = cluster.run.pin_path(&node.name);
+        let healthz = format!("127.0.0.1:{HEALTHZ_PORT}");
+        let metrics = format!("127.0.0.1:{METRICS_PORT}");
+        let args = [
+            "agent",
+            "--manifests",
+            path_str(&manifests)?,
+            "--node-name",
+            &node.name,
+            "--external-ifaces",
+            NODE_LAN_IFACE,
+            "--pin-path",
+            path_str(&pin_path)?,
+            "--healthz-addr",
+            &healthz,
+            "--metrics-addr",
+            &metrics,
+        ];
+        let ns = cluster.run.ns(&node.name);
+        let label = format!("agent-{}", node.name);
+        // Its log is a file, read with cat or less: no colour codes.
+        let env = [("NO_COLOR".to_owned(), "1".to_owned())];
+        cluster.spawn(&ns, &label, &bin.join("xdplb"), &args, &env)?;
+    }
+    for pod in &state.pods {
+        let ns = cluster.run.ns(&pod.name);
+        match pod.app {
+            App::Redis => {
+                let port = REDIS_PORT.to_string();
+                let args = [
+                    "--port",
+                    &port,
+                    "--bind",
+                    "0.0.0.0",
+                    "--protected-mode",
+                    "no",
+                    "--save",
+                    "",
+                    "--daemonize",
+                    "no",
+                ];
+                cluster.spawn(&ns, &pod.name, redis, &args, &[])?;
+            }
+            App::Counter => {
+                let mut env = pod.env.clone();
+                env.push(("POD_NAME".into(), pod.name.clone()));
+                cluster.spawn(&ns, &pod.name, &bin.join("counter"), &[], &env)?;
+            }
+        }
+    }
+    for node in cluster.nodes.clone() {
+        let ns = cluster.run.ns(&node.name);
+        let pin_path = cluster.run.pin_path(&node.name);
+        let veths: Vec<String> = state
+            .pods
+            .iter()
+            .filter(|p| p.node == node.name)
+            .map(|p| cluster::pod_iface(&p.name))
+            .collect();
+        wait_for(
+            &format!("the agent on {}", node.name),
+            AGENT_TIMEOUT,
+            || cluster.check_processes(),
+            || {
+                healthy(&ns)
+                    && std::iter::once(NODE_LAN_IFACE)
+                        .chain(veths.iter().map(String::as_str))
+                        .all(|ifname| link_pinned(&pin_path, ifname))
+            },
+        )?;
+    }
+    for pod in &state.pods {
+        let ns = cluster.run.ns(&pod.name);
+        wait_for(
+            &format!("pod {}", pod.name),
+            POD_TIMEOUT,
+            || cluster.check_processes(),
+            || pod_ready(&ns, pod),
+        )?;
+    }
+    Ok(())
+}
+
+/// kube-proxy's /healthz answers 200 once the first sync is done, which
+/// the agent only reports after attaching to its interfaces.
+fn healthy(node_ns: &str) -> bool {
+    cluster::in_netns(node_ns, || -> std::io::Result<bool> {
+        let mut s = TcpStream::connect(("127.0.0.1", HEALTHZ_PORT))?;
+        s.set_read_timeout(Some(Duration::from_secs(1)))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
+        let mut status = String::new();
+        BufReader::new(s).read_line(&mut status)?;
+        Ok(status.contains(" 200 "))
+    })
+    .is_ok_and(|r| r.unwrap_or(false))
+}
+
+/// Whether the agent has pinned the XDP link of `ifname`, under any layout
+/// version (`<pin>/v<N>/links/<ifname>`).
+fn link_pinned(pin_path: &Path, ifname: &str) -> bool {
+    std::fs::read_dir(pin_path)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .any(|e| e.path().join("links").join(ifname).exists())
+}
+
+fn pod_ready(ns: &str, pod: &Pod) -> bool {
+    cluster::in_netns(ns, || -> std::io::Result<bool> {
+        match pod.app {
+            // Connecting alone does not count as a hit.
+            App::Counter => TcpStream::connect((pod.addr, COUNTER_PORT)).map(|_| true),
+            App::Redis => {
+                let mut s = TcpStream::connect((pod.addr, REDIS_PORT))?;
+                s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                s.write_all(b"PING\r\n")?;
+                let mut reply = String::new();
+                BufReader::new(s).read_line(&mut reply)?;
+                Ok(reply.starts_with("+PONG"))
+            }
+        }
+    })
+    .is_ok_and(|r| r.unwrap_or(false))
+}
+
+/// A request the client sent that got no answer, with the receiving node's
+/// account of where it went.
+struct Failure {
+    number: usize,
+    target: SocketAddrV4,
+    received_by: String,
+    error: String,
+    /// `xdplb explain` on the receiving node.
+    explain: String,
+}
+
+struct Report {
+    requests: usize,
+    failures: Vec<Failure>,
+    /// Answers per pod, in order of first answer.
+    answered_by: Vec<(String, usize)>,
+    /// `xdplb stats` of the nodes that received unanswered requests.
+    stats: Vec<(String, String)>,
+    logs: PathBuf,
+}
+
+impl Report {
+    fn explain_failures(&self) -> String {
+        let mut out = String::from(
+            "Requests that got no answer, as their receiving node's connection table tells it:\n",
+        );
+        for f in &self.failures {
+            let _ = writeln!(
+                out,
+                "  #{} to {} (received by {}): {}\n      {}",
+                f.number, f.target, f.received_by, f.error, f.explain
+            );
+        }
+        for (node, stats) in &self.stats {
+            let _ = write!(out, "\nxdplb stats on {node}:\n{stats}");
+        }
+        let _ = write!(
+            out,
+            "\nThe agents' and pods' logs are in {}.",
+            self.logs.display()
+        );
+        out
+    }
+}
+
+/// Sends the requests, printing a row per request, and checks that every
+/// answer carries the next count.
+fn drive_traffic(
+    cluster: &Cluster,
+    state: &State,
+    bin: &Path,
+    targets: &[Target],
+) -> Result<Report> {
+    let client = cluster.run.ns("client");
+    row(
+        &"#",
+        "TARGET",
+        "RECEIVED BY",
+        "ANSWERED BY",
+        &"COUNT",
+        "LATENCY",
+    );
+    let mut report = Report {
+        requests: 0,
+        failures: Vec::new(),
+        answered_by: Vec::new(),
+        stats: Vec::new(),
+        logs: cluster.run.logs(),
+    };
+    let mut last_count = 0;
+    for (label, target, node) in targets {
+        for _ in 0..REQUESTS_PER_TARGET {
+            progress::check_interrupt()?;
+            report.requests += 1;
+            let number = report.requests;
+            let outcome = cluster::in_netns(&client, || traffic::get(*target))??;
+            let latency = format!("{:.1} ms", outcome.latency.as_secs_f64() * 1e3);
+            let what = format!("{label} {target}");
+            match outcome.answer {
+                Ok(answer) => {
+                    let pod_node = pod_node(state, &answer.pod);
+                    let answered = format!("{} on {pod_node}", answer.pod);
+                    row(&number, &what, node, &answered, &answer.count, &latency);
+                    if answer.count != last_count + 1 {
+                        bail!(
+                            "request #{number} got count {}, expected {}: the pods do not share one Redis counter",
+                            answer.count,
+                            last_count + 1
+                        );
+                    }
+                    last_count = answer.count;
+                    match report
+                        .answered_by
+                        .iter_mut()
+                        .find(|(pod, _)| *pod == answer.pod)
+                    {
+                        Some((_, n)) => *n += 1,
+                        None => report.answered_by.push((answer.pod, 1)),
+                    }
+                }
+                Err(err) => {
+                    let pin = cluster.run.pin_path(node);
+                    let explain = xdplb(
+                        bin,
+                        &[
+                            "explain",
+                            &format!("{CLIENT_ADDR}:{}", outcome.source_port),
+                            &target.to_string(),
+                            "tcp",
+                            "--pin-path",
+                            path_str(&pin)?,
+                        ],
+                    )
+                    .unwrap_or_else(|e| format!("{e:#}"));
+                    let answered = match backend_of(&explain, state) {
+                        Some((pod, pod_node)) => format!("NO ANSWER (sent to {pod} on {pod_node})"),
+                        None => "NO ANSWER".to_string(),
+                    };
+                    row(&number, &what, node, &answered, &"-", &latency);
+                    report.failures.push(Failure {
+                        number,
+                        target: *target,
+                        received_by: node.clone(),
+                        error: format!("{err:#}"),
+                        explain: explain.trim().to_owned(),
+                    });
+                }
+            }
+        }
+    }
+    let mut nodes: Vec<&String> = report.failures.iter().map(|f| &f.received_by).collect();
+    nodes.sort();
+    nodes.dedup();
+    for node in nodes {
+        let pin = cluster.run.pin_path(node);
+        let stats = xdplb(bin, &["stats", "--pin-path", path_str(&pin)?])?;
+        report.stats.push((node.clone(), stats));
+    }
+    Ok(report)
+}
+
+fn row(
+    number: &dyn std::fmt::Display,
+    target: &str,
+    node: &str,
+    answered: &str,
+    count: &dyn std::fmt::Display,
+    latency: &str,
+) {
+    eprintln!("  {number:>2}  {target:<30}  {node:<11}  {answered:<38}  {count:>5}  {latency:>9}");
+}
+
+/// (label, address, node that receives it).
+type Target = (&'static str, SocketAddrV4, String);
+
+/// Every NodePort Service on every node, then every LoadBalancer IP, which
+/// the router sends to the first node.
+fn targets(cluster: &Cluster, state: &State) -> Vec<Target> {
+    let port_numbers = |svc: &serde_json::Value, field: &str| -> Vec<u16> {
+        svc["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| u16::try_from(p[field].as_u64()?).ok())
+            .collect()
+    };
+    let of_type = |kind: &'static str| {
+        state
+            .services
+            .iter()
+            .filter(move |svc| svc["spec"]["type"] == kind)
+    };
+    let mut targets = Vec::new();
+    for svc in of_type("NodePort") {
+        for port in port_numbers(svc, "nodePort") {
+            for node in &cluster.nodes {
+                let addr = SocketAddrV4::new(node.addr, port);
+                targets.push(("NodePort", addr, node.name.clone()));
+            }
+        }
+    }
+    for svc in of_type("LoadBalancer") {
+        for port in port_numbers(svc, "port") {
+            for ip in control_plane::ingress_ips(svc) {
+                let addr = SocketAddrV4::new(ip, port);
+                targets.push(("LB IP", addr, cluster.nodes[0].name.clone()));
+            }
+        }
+    }
+    targets
+}
+
+fn pod_node<'a>(state: &'a State, pod: &str) -> &'a str {
+    state
+        .pods
+        .iter()
+        .find(|p| p.name == pod)
+        .map_or("?", |p| p.node.as_str())
+}
+
+/// The backend `xdplb explain` names (`... pinned to 10.244.2.2:3000 by
+/// connection tracking` or `... backend id 3 = 10.244.2.2:3000`), as (pod,
+/// node).
+fn backend_of(explain: &str, state: &State) -> Option<(String, String)> {
+    let addr = explain
+        .split_whitespace()
+        .filter_map(|word| word.parse::<SocketAddrV4>().ok())
+        .next_back()?;
+    let pod = state.pods.iter().find(|p| p.addr == *addr.ip())?;
+    Some((pod.name.clone(), pod.node.clone()))
+}
+
+fn show_maps(cluster: &Cluster, bin: &Path) -> Result<()> {
+    for node in &cluster.nodes {
+        let pin = cluster.run.pin_path(&node.name);
+        eprintln!(
+            "\n$ xdplb services --pin-path {}   # {}",
+            pin.display(),
+            node.name
+        );
+        eprint!(
+            "{}",
+            xdplb(bin, &["services", "--pin-path", path_str(&pin)?])?
+        );
+    }
+    let pin = cluster.run.pin_path(&cluster.nodes[0].name);
+    let maps = std::fs::read_dir(&pin)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("maps"))
+        .find(|p| p.is_dir())
+        .context("no pinned maps")?;
+    let mut names: Vec<String> = std::fs::read_dir(&maps)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    names.sort();
+    eprintln!("\n$ ls {}\n{}", maps.display(), names.join("  "));
+    // The smallest map, and the one entry that says how this node source-NATs.
+    let config = maps.join("CONFIG");
+    eprintln!("\n$ bpftool map dump pinned {}", config.display());
+    let out = Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(&config)
+        .output()
+        .context("running bpftool")?;
+    eprint!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
+}
+
+fn print_explore(cluster: &Cluster, state: &State, bin: &Path, targets: &[Target]) {
+    let ns = |role: &str| cluster.run.ns(role);
+    let xdplb = bin.join("xdplb");
+    eprintln!(
+        "\nThe cluster stays up (run {}). Explore it:",
+        cluster.run.id
+    );
+    let mut shown = Vec::new();
+    for (label, target, _) in targets {
+        if !shown.contains(label) {
+            shown.push(label);
+            eprintln!("  ip netns exec {} curl -s http://{target}/", ns("client"));
+        }
+    }
+    if let Some(pod) = state.pods.iter().find(|p| p.app == App::Counter) {
+        eprintln!(
+            "  ip netns exec {} curl -s http://counter-app:3000/   # a Service name, from a pod",
+            ns(&pod.name)
+        );
+    }
+    for node in &cluster.nodes {
+        let pin = cluster.run.pin_path(&node.name);
+        eprintln!("  {} flows --pin-path {}", xdplb.display(), pin.display());
+    }
+    if let Some((_, target, node)) = targets.first() {
+        eprintln!(
+            "  {} explain {CLIENT_ADDR}:40000 {target} --pin-path {}",
+            xdplb.display(),
+            cluster.run.pin_path(node).display()
+        );
+    }
+    eprintln!(
+        "  ls {}   # the agents' and pods' logs",
+        cluster.run.logs().display()
+    );
+    eprintln!(
+        "  cat {}/*   # what node1's agent reads",
+        cluster.run.manifests(&cluster.nodes[0].name).display()
+    );
+    eprintln!("Remove it with: cargo xtask demo --down");
+}
+
+fn xdplb(bin: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(bin.join("xdplb"))
+        .args(args)
+        .output()
+        .context("running xdplb")?;
+    if !out.status.success() {
+        bail!(
+            "xdplb {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explain_lines_name_their_backend() {
+        let state = control_plane::from_manifests(
+            &workspace_root().join("deploy/examples"),
+            &cluster::nodes(),
+        )
+        .unwrap();
+        let line = "198.51.100.2:41000 -> 192.168.50.11:31000/TCP: existing flow of default/counter-app, pinned to 10.244.2.2:3000 by connection tracking";
+        assert_eq!(
+            backend_of(line, &state),
+            Some(("counter-2".into(), "node2".into()))
+        );
+        assert_eq!(backend_of("no address here", &state), None);
+    }
+}
