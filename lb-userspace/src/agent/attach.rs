@@ -32,7 +32,9 @@ fn ifindex(ifname: &str) -> Option<u32> {
 fn prepare_sysctls(ifname: &str) {
     let conf = std::path::Path::new("/proc/sys/net/ipv4/conf");
     let read = |dev: &str, key: &str| {
-        std::fs::read_to_string(conf.join(dev).join(key)).ok().and_then(|v| v.trim().parse::<u8>().ok())
+        std::fs::read_to_string(conf.join(dev).join(key))
+            .ok()
+            .and_then(|v| v.trim().parse::<u8>().ok())
     };
     if let Err(e) = std::fs::write(conf.join(ifname).join("accept_local"), "1") {
         tracing::warn!(%ifname, "cannot set accept_local: {e}");

@@ -79,7 +79,11 @@ impl Layout {
         }
         for entry in std::fs::read_dir(&self.root)? {
             let path = entry?.path();
-            let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             if name.starts_with('v') && name[1..].parse::<u32>().is_ok() {
                 std::fs::remove_dir_all(&path)
                     .with_context(|| format!("removing {}", path.display()))?;

@@ -115,11 +115,19 @@ impl Syncer {
                 tracing::warn!(%name, "unreadable service name in pinned maps; its entries will be rebuilt");
                 continue;
             };
-            s.applied.insert(id.clone(), Applied { svc_id: *svc_id, ..Applied::default() });
+            s.applied.insert(
+                id.clone(),
+                Applied {
+                    svc_id: *svc_id,
+                    ..Applied::default()
+                },
+            );
             names.insert(*svc_id, id);
         }
         for (key, value) in &snap.frontends {
-            let Some(name) = names.get(&value.svc_id) else { continue };
+            let Some(name) = names.get(&value.svc_id) else {
+                continue;
+            };
             let a = s.applied.get_mut(name).expect("inserted above");
             a.frontends.insert(*key, *value);
             if addrs.contains(&key.addr) {
@@ -131,17 +139,34 @@ impl Syncer {
             }
             let mut members: Vec<u32> = slots
                 .get(&value.ring_offset)
-                .map(|v| v.iter().copied().collect::<BTreeSet<_>>().into_iter().collect())
+                .map(|v| {
+                    v.iter()
+                        .copied()
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect()
+                })
                 .unwrap_or_default();
             members.retain(|id| by_id.contains_key(id));
             members.sort_by_key(|id| by_id[id]);
             s.segments.claim(value.ring_offset, value.ring_size)?;
             a.backends.extend(members.iter().map(|id| by_id[id]));
-            a.rings.insert(class, Ring { offset: value.ring_offset, size: value.ring_size, members });
+            a.rings.insert(
+                class,
+                Ring {
+                    offset: value.ring_offset,
+                    size: value.ring_size,
+                    members,
+                },
+            );
         }
         for (svc_id, addr, len) in &snap.source_ranges {
             if let Some(name) = names.get(svc_id) {
-                s.applied.get_mut(name).expect("inserted above").ranges.insert((*addr, *len));
+                s.applied
+                    .get_mut(name)
+                    .expect("inserted above")
+                    .ranges
+                    .insert((*addr, *len));
             }
         }
         for a in s.applied.values_mut() {
@@ -196,8 +221,14 @@ impl Syncer {
                 new_backends.insert((b.addr, b.port), (id, b.is_local));
                 Ok(id)
             };
-            let plan =
-                plan::service(svc_id, name.protocol, sp, old, &mut backend_id, &mut self.segments)?;
+            let plan = plan::service(
+                svc_id,
+                name.protocol,
+                sp,
+                old,
+                &mut backend_id,
+                &mut self.segments,
+            )?;
             plans.push((name.clone(), plan));
         }
         let gone: Vec<ServicePortId> = self
@@ -217,7 +248,11 @@ impl Syncer {
         }
         for ((addr, port), (id, local)) in &new_backends {
             let flags = if *local { lb_common::BE_LOCAL } else { 0 };
-            let value = BackendV4 { addr: u32::from_ne_bytes(addr.octets()), port: port.to_be(), flags };
+            let value = BackendV4 {
+                addr: u32::from_ne_bytes(addr.octets()),
+                port: port.to_be(),
+                flags,
+            };
             w.put_backend(*id, value)?;
             writes += 1;
             self.backends.insert((*addr, *port), (*id, 0));
@@ -328,7 +363,10 @@ impl Syncer {
         }
         writes += write_words(&self.bit_refs, &mut self.filter, &words, w)?;
         for name in &gone {
-            let (_, old) = retired.iter().find(|(n, _)| n == name).expect("retired above");
+            let (_, old) = retired
+                .iter()
+                .find(|(n, _)| n == name)
+                .expect("retired above");
             w.remove_service(old.svc_id)?;
             writes += 1;
             self.svc_alloc.give(old.svc_id);
@@ -353,7 +391,10 @@ fn write_words(
 ) -> Result<usize> {
     let mut n = 0;
     for &word in words {
-        let value = bit_refs.get(&word).map(|b| b.keys().fold(0, |a, b| a | b)).unwrap_or(0);
+        let value = bit_refs
+            .get(&word)
+            .map(|b| b.keys().fold(0, |a, b| a | b))
+            .unwrap_or(0);
         if filter.get(&word).copied().unwrap_or(0) != value {
             w.put_filter_word(word, value)?;
             n += 1;

@@ -83,19 +83,37 @@ pub fn service(
             (0, &sp.cluster_backends, sp.internal_policy_local)
         };
         if !a.rings.contains_key(&class) {
-            let ids = backends.iter().map(&mut *backend_id).collect::<Result<Vec<u32>>>()?;
+            let ids = backends
+                .iter()
+                .map(&mut *backend_id)
+                .collect::<Result<Vec<u32>>>()?;
             a.backends.extend(backends.iter().map(|b| (b.addr, b.port)));
-            let reuse = old.and_then(|o| o.rings.get(&class)).filter(|r| r.members == ids);
+            let reuse = old
+                .and_then(|o| o.rings.get(&class))
+                .filter(|r| r.members == ids);
             let ring = match reuse {
                 Some(r) => r.clone(),
                 None => {
-                    let size = if ids.is_empty() { 0 } else { maglev::ring_size(ids.len()) };
+                    let size = if ids.is_empty() {
+                        0
+                    } else {
+                        maglev::ring_size(ids.len())
+                    };
                     let offset = if size == 0 { 0 } else { segments.take(size)? };
-                    let names: Vec<String> =
-                        backends.iter().map(|b| format!("{}:{}", b.addr, b.port)).collect();
-                    let table = maglev::table(&names, size).into_iter().map(|i| ids[i as usize]).collect();
+                    let names: Vec<String> = backends
+                        .iter()
+                        .map(|b| format!("{}:{}", b.addr, b.port))
+                        .collect();
+                    let table = maglev::table(&names, size)
+                        .into_iter()
+                        .map(|i| ids[i as usize])
+                        .collect();
                     a.tables.insert(class, table);
-                    Ring { offset, size, members: ids }
+                    Ring {
+                        offset,
+                        size,
+                        members: ids,
+                    }
                 }
             };
             a.rings.insert(class, ring);
