@@ -23,4 +23,3 @@ pub fn load() -> Datapath {
     privileged("BPF_PROG_TEST_RUN packet tests");
     Datapath::load(&Capacities::small(), None).expect("load the XDP object")
 }
-
