@@ -25,10 +25,11 @@ pub enum Reason {
     DropSourceRange = 18,
     DropSnatPortsExhausted = 19,
     SnatNewFlow = 20,
+    XlateIcmpError = 21,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotOurs,
@@ -51,6 +52,7 @@ impl Reason {
         Reason::DropSourceRange,
         Reason::DropSnatPortsExhausted,
         Reason::SnatNewFlow,
+        Reason::XlateIcmpError,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -76,6 +78,7 @@ impl Reason {
             Reason::DropSourceRange => "drop_source_range",
             Reason::DropSnatPortsExhausted => "drop_snat_ports_exhausted",
             Reason::SnatNewFlow => "snat_new_flow",
+            Reason::XlateIcmpError => "xlate_icmp_error",
         }
     }
 }

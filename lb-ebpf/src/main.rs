@@ -5,6 +5,7 @@
 
 mod conntrack;
 mod forward;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;

@@ -9,7 +9,7 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack, forward,
+    conntrack, forward, icmp,
     maps::{ADDRS_V4, ADDR_FILTER, FRONTENDS_V4},
     nat,
     parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IP_FRAG_MASK, L4},
@@ -39,7 +39,12 @@ fn classify(ctx: &XdpContext) -> Verdict {
     let Some(ip) = parse::ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
         return (Reason::PassMalformed, PASS);
     };
-    let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
+    let (src, dst, proto) = unsafe { ((*ip).src, (*ip).dst, (*ip).proto) };
+    if proto == icmp::IPPROTO_ICMP {
+        if let Some(v) = icmp::translate_error(ctx, ip) {
+            return v;
+        }
+    }
     if maybe_in(dst, AddrSet::Frontend) {
         if let Some(v) = to_frontend(ctx, ip) {
             return v;

@@ -1,0 +1,186 @@
+//! ICMP errors about translated flows (destination unreachable, including
+//! fragmentation needed, and time exceeded). The quoted packet is the one on
+//! the wire, so it shows the backend (or the SNAT address) where the sender
+//! knows the frontend (or itself): the quote and the outer destination are
+//! translated back, with every checksum involved, so Path MTU discovery works
+//! through the NAT in both directions.
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use lb_common::{
+    checksum::{update16, update32},
+    CtKeyV4, CtValueV4, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::{
+    maps::CT_V4,
+    parse::{ptr_at, Ipv4Hdr, ETH_HLEN},
+};
+
+pub const IPPROTO_ICMP: u8 = 1;
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+
+#[repr(C)]
+struct IcmpHdr {
+    kind: u8,
+    code: u8,
+    check: u16,
+    rest: u32,
+}
+
+/// Checksummed words of the ICMP message change one by one; each change is
+/// folded into the ICMP checksum as it happens.
+struct Icmp {
+    check: *mut u16,
+}
+
+impl Icmp {
+    #[inline(always)]
+    fn set32(&self, field: *mut u32, new: u32) {
+        unsafe {
+            let old = *field;
+            *field = new;
+            *self.check = update32(*self.check, old, new);
+        }
+    }
+
+    #[inline(always)]
+    fn set16(&self, field: *mut u16, new: u16) {
+        unsafe {
+            let old = *field;
+            *field = new;
+            *self.check = update16(*self.check, old, new);
+        }
+    }
+}
+
+/// `Some` when `ip` carries an ICMP error about a flow this node translates.
+#[inline(always)]
+pub fn translate_error(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<(Reason, u32)> {
+    let ihl = ((unsafe { (*ip).vihl } & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return None;
+    }
+    let icmp = ptr_at::<IcmpHdr>(ctx, ETH_HLEN + ihl)?;
+    let kind = unsafe { (*icmp).kind };
+    if kind != ICMP_DEST_UNREACH && kind != ICMP_TIME_EXCEEDED {
+        return None;
+    }
+    let inner_off = ETH_HLEN + ihl + 8;
+    let inner = ptr_at::<Ipv4Hdr>(ctx, inner_off)?;
+    let (ivihl, iproto, isrc, idst) =
+        unsafe { ((*inner).vihl, (*inner).proto, (*inner).src, (*inner).dst) };
+    // Quotes with IP options are left to the kernel: routers rarely send them.
+    if ivihl != 0x45 || (iproto != PROTO_TCP && iproto != PROTO_UDP) {
+        return None;
+    }
+    let ports = ptr_at::<[u16; 2]>(ctx, inner_off + 20)?;
+    let [isport, idport] = unsafe { *ports };
+    // The quoted packet travelled in one direction; the entry for the
+    // opposite direction is keyed by its tuple reversed.
+    let reversed = |dir| CtKeyV4 {
+        src_addr: idst,
+        dst_addr: isrc,
+        src_port: idport,
+        dst_port: isport,
+        proto: iproto,
+        dir,
+        _pad: 0,
+    };
+    let icmp = Icmp {
+        check: unsafe { &raw mut (*icmp).check },
+    };
+    // The quote is a packet sent towards a backend: the sender is told about
+    // its packet to the frontend.
+    if let Some(ct) = CT_V4.get_ptr(reversed(CT_DIR_REPLY)) {
+        let v: CtValueV4 = unsafe { *ct };
+        let client = (v.snat_addr != 0).then_some((v.snat_addr, v.snat_port));
+        rewrite_quote(
+            ctx,
+            &icmp,
+            inner,
+            inner_off,
+            iproto,
+            Some((v.nat_addr, v.nat_port)),
+            client,
+        );
+        if let Some((addr, _)) = client {
+            set_outer_dst(ip, addr);
+        }
+        return Some((Reason::XlateIcmpError, xdp_action::XDP_PASS));
+    }
+    // The quote is a translated reply (from the frontend): the backend that
+    // sent it is told instead.
+    if let Some(ct) = CT_V4.get_ptr(reversed(CT_DIR_FORWARD)) {
+        let v: CtValueV4 = unsafe { *ct };
+        let snat = (v.snat_addr != 0).then_some((v.snat_addr, v.snat_port));
+        rewrite_quote(
+            ctx,
+            &icmp,
+            inner,
+            inner_off,
+            iproto,
+            snat,
+            Some((v.nat_addr, v.nat_port)),
+        );
+        set_outer_dst(ip, v.nat_addr);
+        return Some((Reason::XlateIcmpError, xdp_action::XDP_PASS));
+    }
+    None
+}
+
+#[inline(always)]
+fn set_outer_dst(ip: *mut Ipv4Hdr, addr: u32) {
+    unsafe {
+        let old = (*ip).dst;
+        (*ip).dst = addr;
+        (*ip).check = update32((*ip).check, old, addr);
+    }
+}
+
+/// Rewrites the quoted packet's destination and/or source (address, port),
+/// with its IP checksum, its transport checksum when the quote holds it, and
+/// the ICMP checksum over all of them.
+#[inline(always)]
+fn rewrite_quote(
+    ctx: &XdpContext,
+    icmp: &Icmp,
+    inner: *mut Ipv4Hdr,
+    inner_off: usize,
+    proto: u8,
+    dst: Option<(u32, u16)>,
+    src: Option<(u32, u16)>,
+) {
+    let l4_check: Option<*mut u16> = if proto == PROTO_UDP {
+        ptr_at::<[u16; 4]>(ctx, inner_off + 20).map(|u| unsafe { &raw mut (*u)[3] })
+    } else {
+        ptr_at::<[u16; 9]>(ctx, inner_off + 20).map(|t| unsafe { &raw mut (*t)[8] })
+    };
+    let Some(ports) = ptr_at::<[u16; 2]>(ctx, inner_off + 20) else {
+        return;
+    };
+    for (which, change) in [(1usize, dst), (0usize, src)] {
+        let Some((addr, port)) = change else { continue };
+        unsafe {
+            let field = if which == 1 {
+                &raw mut (*inner).dst
+            } else {
+                &raw mut (*inner).src
+            };
+            let old_addr = *field;
+            let old_port = (*ports)[which];
+            icmp.set32(field, addr);
+            icmp.set16(
+                &raw mut (*inner).check,
+                update32((*inner).check, old_addr, addr),
+            );
+            icmp.set16(&raw mut (*ports)[which], port);
+            if let Some(c) = l4_check {
+                let cur = *c;
+                // A zero UDP checksum means none and stays so.
+                if !(proto == PROTO_UDP && cur == 0) {
+                    icmp.set16(c, update16(update32(cur, old_addr, addr), old_port, port));
+                }
+            }
+        }
+    }
+}
