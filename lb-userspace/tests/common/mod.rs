@@ -8,6 +8,7 @@ pub mod packets;
 pub mod provision;
 pub mod topology;
 
+#[allow(unused_imports)] // each test binary uses a different subset
 pub use provision::{be, Provision};
 
 use lb_userspace::datapath::{Capacities, Datapath};
