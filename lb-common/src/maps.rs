@@ -17,7 +17,8 @@ pub mod names {
     pub const SVC_NAMES: &str = "SVC_NAMES";
     pub const AFFINITY_V4: &str = "AFFINITY_V4";
     pub const SOURCE_RANGES_V4: &str = "SOURCE_RANGES_V4";
-    pub const ALL: [&str; 13] = [
+    pub const FRAGS_V4: &str = "FRAGS_V4";
+    pub const ALL: [&str; 14] = [
         ADDRS_V4,
         FRONTENDS_V4,
         BACKENDS_V4,
@@ -31,6 +32,7 @@ pub mod names {
         SVC_NAMES,
         AFFINITY_V4,
         SOURCE_RANGES_V4,
+        FRAGS_V4,
     ];
 }
 
@@ -46,6 +48,7 @@ pub const MAX_SERVICES: u32 = 1 << 18;
 pub const MAX_IFACES: u32 = 1024;
 pub const MAX_AFFINITY: u32 = 1 << 18;
 pub const MAX_SOURCE_RANGES: u32 = 1 << 14;
+pub const MAX_FRAGS: u32 = 1 << 14;
 
 /// Bumped whenever a layout in this crate changes; pinned maps live under
 /// `<pin-path>/v<LAYOUT_VERSION>` so an upgrade never reads foreign bytes.
@@ -251,6 +254,26 @@ pub struct SourceRangeKeyV4 {
     pub addr: u32,
 }
 
+/// Key of `FRAGS_V4`: one datagram being fragmented, as it arrives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKeyV4 {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `FRAGS_V4`: the addresses the first fragment was given, for the
+/// later fragments, which carry no ports to look a flow up by.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValueV4 {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+}
+
 /// Value of `SVC_NAMES`, keyed by service id: "namespace/name:port/PROTO",
 /// zero-padded. Only the agent and the CLI read it: it lets a restarted agent
 /// keep its service ids, and `bpftool map dump` name what it shows.
@@ -275,6 +298,8 @@ const _: () = {
     assert!(core::mem::size_of::<AffinityKeyV4>() == 12);
     assert!(core::mem::size_of::<AffinityValue>() == 16);
     assert!(core::mem::size_of::<SourceRangeKeyV4>() == 8);
+    assert!(core::mem::size_of::<FragKeyV4>() == 12);
+    assert!(core::mem::size_of::<FragValueV4>() == 8);
     assert!(core::mem::size_of::<BackendV4>() == 8);
     assert!(core::mem::size_of::<CtKeyV4>() == 16);
     assert!(core::mem::size_of::<CtValueV4>() == 48);
@@ -301,4 +326,6 @@ mod pod {
     unsafe impl aya::Pod for AffinityKeyV4 {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for SourceRangeKeyV4 {}
+    unsafe impl aya::Pod for FragKeyV4 {}
+    unsafe impl aya::Pod for FragValueV4 {}
 }

@@ -26,10 +26,11 @@ pub enum Reason {
     DropSnatPortsExhausted = 19,
     SnatNewFlow = 20,
     XlateIcmpError = 21,
+    XlateFragment = 22,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 22;
+    pub const COUNT: u32 = 23;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotOurs,
@@ -53,6 +54,7 @@ impl Reason {
         Reason::DropSnatPortsExhausted,
         Reason::SnatNewFlow,
         Reason::XlateIcmpError,
+        Reason::XlateFragment,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -79,6 +81,7 @@ impl Reason {
             Reason::DropSnatPortsExhausted => "drop_snat_ports_exhausted",
             Reason::SnatNewFlow => "snat_new_flow",
             Reason::XlateIcmpError => "xlate_icmp_error",
+            Reason::XlateFragment => "xlate_later_fragment",
         }
     }
 }

@@ -5,6 +5,7 @@
 
 mod conntrack;
 mod forward;
+mod frags;
 mod icmp;
 mod maps;
 mod nat;

@@ -65,3 +65,8 @@ pub static AFFINITY_V4: LruHashMap<AffinityKeyV4, AffinityValue, { MAX_AFFINITY 
 #[btf_map]
 pub static SOURCE_RANGES_V4: LpmTrie<SourceRangeKeyV4, u32, { MAX_SOURCE_RANGES as usize }> =
     LpmTrie::new();
+
+/// Translations of fragmented datagrams, by (addresses, IP id), for the
+/// fragments after the first.
+#[btf_map]
+pub static FRAGS_V4: LruHashMap<FragKeyV4, FragValueV4, { MAX_FRAGS as usize }> = LruHashMap::new();

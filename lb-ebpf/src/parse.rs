@@ -5,8 +5,11 @@ use core::mem::size_of;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800u16.to_be();
-/// Fragment offset and More-Fragments bits of `frag_off` (network order).
-pub const IP_FRAG_MASK: u16 = 0x3fffu16.to_be();
+/// Fragment offset bits of `frag_off` (network order): non-zero on every
+/// fragment but the first.
+pub const IP_OFFSET_MASK: u16 = 0x1fffu16.to_be();
+/// More-Fragments bit of `frag_off` (network order).
+pub const IP_MF: u16 = 0x2000u16.to_be();
 
 #[repr(C)]
 pub struct EthHdr {

@@ -9,10 +9,10 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack, forward, icmp,
+    conntrack, forward, frags, icmp,
     maps::{ADDRS_V4, ADDR_FILTER, FRONTENDS_V4},
     nat,
-    parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IP_FRAG_MASK, L4},
+    parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IP_MF, IP_OFFSET_MASK, L4},
     policy, reject, select, stats,
 };
 
@@ -78,6 +78,9 @@ struct Packet {
     ihl: usize,
     proto: u8,
     l4: L4,
+    /// The first fragment of a fragmented datagram: its translation is
+    /// remembered for the fragments that follow.
+    first_fragment: bool,
 }
 
 #[inline(always)]
@@ -87,8 +90,13 @@ fn transport(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Result<Packet, Verdict> {
     if vihl >> 4 != 4 || ihl < 20 {
         return Err((Reason::DropMalformed, DROP));
     }
-    if frag & IP_FRAG_MASK != 0 {
-        return Err((Reason::PassFragment, PASS));
+    if frag & IP_OFFSET_MASK != 0 {
+        let reason = if frags::follow(ip) {
+            Reason::XlateFragment
+        } else {
+            Reason::PassFragment
+        };
+        return Err((reason, PASS));
     }
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Err((Reason::PassUnsupportedProto, PASS));
@@ -96,7 +104,13 @@ fn transport(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Result<Packet, Verdict> {
     let Some(l4) = parse::l4(ctx, proto, ETH_HLEN + ihl) else {
         return Err((Reason::DropMalformed, DROP));
     };
-    Ok(Packet { ip, ihl, proto, l4 })
+    Ok(Packet {
+        ip,
+        ihl,
+        proto,
+        l4,
+        first_fragment: frag & IP_MF != 0,
+    })
 }
 
 /// `None` when the destination turns out to be no frontend address.
@@ -107,7 +121,7 @@ fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<Verdict> {
     let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
     let p = match transport(ctx, ip) {
         Ok(p) => p,
-        Err(v) => return is_frontend_addr(dst).then_some(v),
+        Err(v) => return (v.0 == Reason::XlateFragment || is_frontend_addr(dst)).then_some(v),
     };
     let [sport, dport] = unsafe { *p.l4.ports };
     let now = conntrack::now();
@@ -131,7 +145,11 @@ fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<Verdict> {
     let refresh = conntrack::on_packet(&key, ct, p.l4.tcp_flags, now);
     let v = unsafe { &*ct };
     let snat = (v.snat_addr != 0).then_some((v.snat_addr, v.snat_port));
+    let frag = p.first_fragment.then(|| frags::first_key(p.ip));
     nat::translate(p.ip, &p.l4, p.ihl, Some((v.nat_addr, v.nat_port)), snat);
+    if let Some(k) = frag {
+        frags::remember(&k, p.ip);
+    }
     stats::count_service(v.svc_id, (ctx.data_end() - ctx.data()) as u64);
     Some((reason, forward::send(ctx, p.ip, ct, refresh)))
 }
@@ -214,7 +232,11 @@ fn from_backend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Verdict {
     let refresh = conntrack::on_packet(&key, ct, p.l4.tcp_flags, now);
     let v = unsafe { &*ct };
     let client = (v.snat_addr != 0).then_some((v.snat_addr, v.snat_port));
+    let frag = p.first_fragment.then(|| frags::first_key(p.ip));
     nat::translate(p.ip, &p.l4, p.ihl, client, Some((v.nat_addr, v.nat_port)));
+    if let Some(k) = frag {
+        frags::remember(&k, p.ip);
+    }
     stats::count_service(v.svc_id, (ctx.data_end() - ctx.data()) as u64);
     (Reason::XlateReply, forward::send(ctx, p.ip, ct, refresh))
 }

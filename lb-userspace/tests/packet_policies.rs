@@ -201,3 +201,73 @@ fn source_ranges_admit_listed_clients_only() {
     assert_eq!(action, XDP_DROP);
     assert_eq!(count(&dp, Reason::DropSourceRange), 1);
 }
+
+/// Splits a UDP datagram (as an Ethernet frame from `udp_frame`) into two
+/// IPv4 fragments at `at` bytes of IP payload (a multiple of 8).
+fn fragments(frame: &[u8], at: usize) -> (Vec<u8>, Vec<u8>) {
+    use etherparse::Ipv4Header;
+    let (ip, payload) = Ipv4Header::from_slice(&frame[14..]).unwrap();
+    let piece = |data: &[u8], offset: usize, more: bool| {
+        let mut h = ip.clone();
+        h.set_payload_len(data.len()).unwrap();
+        h.more_fragments = more;
+        h.fragment_offset = etherparse::IpFragOffset::try_new((offset / 8) as u16).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        let mut out = frame[..14].to_vec();
+        h.write(&mut out).unwrap();
+        out.extend_from_slice(data);
+        out
+    };
+    (
+        piece(&payload[..at], 0, true),
+        piece(&payload[at..], at, false),
+    )
+}
+
+#[test]
+fn later_fragments_follow_the_first_to_its_backend_and_back() {
+    use common::packets::udp_frame;
+    let mut dp = load();
+    Provision::new().service(&mut dp, 7, VIP, lb_common::PROTO_UDP, &[B1, B2, B3]);
+    let big = vec![0x5au8; 3000];
+    let (first, second) = fragments(&udp_frame(CLIENT, VIP, &big, false), 1480);
+    let (_, out) = run(&dp, &first);
+    let (ip, _) = etherparse::Ipv4Header::from_slice(&out[14..]).unwrap();
+    assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+    let backend = Ipv4Addr::from(ip.destination);
+    assert!([B1.0, B2.0, B3.0].contains(&backend));
+    let (action, out) = run(&dp, &second);
+    assert_eq!(action, 2);
+    let (ip2, rest) = etherparse::Ipv4Header::from_slice(&out[14..]).unwrap();
+    assert_eq!(
+        Ipv4Addr::from(ip2.destination),
+        backend,
+        "the later fragment follows the first"
+    );
+    assert_eq!(ip2.header_checksum, ip2.calc_header_checksum());
+    assert_eq!(rest, &second[34..]);
+    assert_eq!(count(&dp, Reason::XlateFragment), 1);
+
+    // Replies fragment too.
+    let chosen = [B1, B2, B3].into_iter().find(|b| b.0 == backend).unwrap();
+    let (rfirst, rsecond) = fragments(&udp_frame(chosen, CLIENT, &big, false), 1480);
+    let (_, out) = run(&dp, &rfirst);
+    let (ip, _) = etherparse::Ipv4Header::from_slice(&out[14..]).unwrap();
+    assert_eq!(Ipv4Addr::from(ip.source), VIP.0);
+    let (_, out) = run(&dp, &rsecond);
+    let (ip, _) = etherparse::Ipv4Header::from_slice(&out[14..]).unwrap();
+    assert_eq!(Ipv4Addr::from(ip.source), VIP.0);
+
+    // A later fragment nobody saw the first of goes to the kernel as it is.
+    let (_, stray) = fragments(&udp_frame((CLIENT.0, 40999), VIP, &big, false), 1480);
+    let mut stray = stray;
+    stray[18] ^= 0x55; // another IP id
+    let ip = etherparse::Ipv4Header::from_slice(&stray[14..]).unwrap().0;
+    let mut fixed = stray[..14].to_vec();
+    let mut h = ip.clone();
+    h.header_checksum = h.calc_header_checksum();
+    h.write(&mut fixed).unwrap();
+    fixed.extend_from_slice(&stray[34..]);
+    assert_eq!(run(&dp, &fixed), (2, fixed.clone()));
+    assert_eq!(count(&dp, Reason::PassFragment), 1);
+}
