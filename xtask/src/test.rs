@@ -59,14 +59,19 @@ fn run_tests(args: &Args) -> Result<()> {
     run(&mut cargo(&["test", "--workspace", "--lib", "--bins"]))?;
 
     if args.unprivileged {
-        step("left out: the packet tests (BPF_PROG_TEST_RUN) and the netns end-to-end tests, which need root");
+        step("left out: the packet tests (BPF_PROG_TEST_RUN), the netns end-to-end tests and the demo cluster, which need root");
         return Ok(());
     }
     if let Some(why) = privileged_blocker() {
         bail!("the privileged test tiers cannot run: {why}.\nRun as root, or pass --unprivileged to run the rest.");
     }
     step("privileged tiers: packet tests (BPF_PROG_TEST_RUN) and netns end-to-end tests");
-    run(&mut cargo(&["test", "-p", "lb-userspace", "--test", "*"]))
+    run(&mut cargo(&["test", "-p", "lb-userspace", "--test", "*"]))?;
+    step("testbed end-to-end: the demo cluster (NodePort on both nodes, LoadBalancer IP, Redis behind the ClusterIP)");
+    crate::demo::run_cmd(&crate::demo::Args {
+        keep: false,
+        down: false,
+    })
 }
 
 pub fn run_cmd(args: &Args) -> Result<()> {
