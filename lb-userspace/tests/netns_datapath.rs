@@ -3,10 +3,14 @@
 //! servers answer with their name and the request. Needs root; without it
 //! every test fails (never skips) and says why.
 //!
-//! veth checksum offload keeps TCP and UDP checksums partial from sender to
-//! receiver and no hop here finalises them, so these tests prove routing,
-//! translation and payload integrity, not the checksum rewrite; the packet
-//! tier checks that on complete checksums.
+//! The client and pods send with veth checksum offload, so the program sees
+//! CHECKSUM_PARTIAL TCP and UDP fields (the pseudo-header sum only) in both
+//! directions. The node has transmit offload off (see the topology), so it
+//! completes every forwarded checksum over the translated addresses and the
+//! receiving client and pods verify it: a field the translation got wrong
+//! gets the packet dropped and counted in `InCsumErrors`, which every test
+//! requires to stay zero. (With the node's offload on, nobody would check.)
+//! The packet tier covers complete checksums.
 mod common;
 
 use std::collections::BTreeSet;
@@ -70,7 +74,7 @@ fn udp_datagrams_through_the_vip_reach_both_backends() {
             Ok((ports, replies))
         })
         .unwrap()
-        .unwrap_or_else(|err| panic!("{err:#}; {}", counters(&dp)));
+        .unwrap_or_else(|err| panic!("{err:#}; {}", state(&topo, &dp)));
     assert_eq!(ports.len(), FLOWS, "source ports were not distinct");
 
     assert_both_backends_served(&topo, &requests, &replies);
@@ -78,14 +82,15 @@ fn udp_datagrams_through_the_vip_reach_both_backends() {
         count(&dp, Reason::XlateNew),
         FLOWS as u64,
         "{}",
-        counters(&dp)
+        state(&topo, &dp)
     );
     assert_eq!(
         count(&dp, Reason::XlateReply),
         FLOWS as u64,
         "{}",
-        counters(&dp)
+        state(&topo, &dp)
     );
+    assert_no_checksum_errors(&topo);
 }
 
 fn tcp_connections_through_the_vip(mode: XdpMode) {
@@ -108,16 +113,17 @@ fn tcp_connections_through_the_vip(mode: XdpMode) {
                 .collect::<anyhow::Result<Vec<_>>>()
         })
         .unwrap()
-        .unwrap_or_else(|err| panic!("{err:#}; {}", counters(&dp)));
+        .unwrap_or_else(|err| panic!("{err:#}; {}", state(&topo, &dp)));
 
     assert_both_backends_served(&topo, &requests, &replies);
     assert_eq!(
         count(&dp, Reason::XlateNew),
         FLOWS as u64,
         "{}",
-        counters(&dp)
+        state(&topo, &dp)
     );
-    assert!(count(&dp, Reason::XlateReply) > 0, "{}", counters(&dp));
+    assert!(count(&dp, Reason::XlateReply) > 0, "{}", state(&topo, &dp));
+    assert_no_checksum_errors(&topo);
 }
 
 /// A data plane with the TCP and UDP services provisioned, attached in `mode`.
@@ -211,11 +217,24 @@ fn assert_both_backends_served(topo: &Topology, requests: &[Vec<u8>], replies: &
     assert_eq!(served, all, "not every backend got a flow");
 }
 
+/// No receiver dropped a packet for its TCP or UDP checksum. The exchanges
+/// succeeding is not enough: a retransmission can make up for a few.
+fn assert_no_checksum_errors(topo: &Topology) {
+    let errors = topo.checksum_errors().expect("reading checksum counters");
+    assert!(errors.is_empty(), "{}", topo.checksum_report());
+}
+
 fn count(dp: &Datapath, reason: Reason) -> u64 {
     dp.maps.reason_total(reason).unwrap()
 }
 
-/// The non-zero path counters, for failure messages.
+/// The data plane's counters and the receivers' checksum errors, for
+/// failure messages.
+fn state(topo: &Topology, dp: &Datapath) -> String {
+    format!("{}; {}", counters(dp), topo.checksum_report())
+}
+
+/// The non-zero path counters.
 fn counters(dp: &Datapath) -> String {
     let totals = dp.maps.reason_totals().unwrap();
     let nonzero: Vec<String> = totals

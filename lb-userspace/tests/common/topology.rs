@@ -3,15 +3,25 @@
 //! the node, and each pod hangs off its own node-side veth. Every pod runs a
 //! TCP and a UDP server that answer `<pod name>:` followed by the request, so
 //! a reply tells which backend served it and whether every byte survived.
+//!
+//! The node's interfaces have transmit checksum offload off. Local sockets
+//! behind a veth send TCP and UDP with CHECKSUM_PARTIAL: the field holds only
+//! the pseudo-header sum and nobody completes it before the receiver, which
+//! trusts it unchecked. With offload off the node must complete every
+//! forwarded packet's checksum itself (over the addresses the data plane
+//! wrote), so the receivers really verify what translation did, and count
+//! any mismatch in `InCsumErrors`.
 
+use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use lb_userspace::{
     datapath::{Datapath, XdpMode},
     testbed::netns::{Ns, Testbed},
@@ -36,6 +46,7 @@ const NODE_IFACES: [&str; 3] = ["to-client", "to-b1", "to-b2"];
 pub struct Pod {
     pub name: &'static str,
     pub addr: Ipv4Addr,
+    pub ns: Ns,
 }
 
 pub struct Topology {
@@ -55,16 +66,6 @@ impl Topology {
         let tb = Testbed::new()?;
         let client = tb.add_ns("client")?;
         let node = tb.add_ns("node")?;
-        let pods = [
-            Pod {
-                name: "b1",
-                addr: Ipv4Addr::new(10, 244, 1, 2),
-            },
-            Pod {
-                name: "b2",
-                addr: Ipv4Addr::new(10, 244, 2, 2),
-            },
-        ];
 
         tb.veth(&client, "eth0", &node, NODE_IFACES[0])?;
         tb.addr(&client, "eth0", CLIENT_ADDR)?;
@@ -75,17 +76,26 @@ impl Topology {
         tb.route(&client, &format!("{SERVICE_RANGE} via {NODE_CLIENT_SIDE}"))?;
 
         let mut servers = Servers::default();
-        for (pod, node_if) in pods.iter().zip(&NODE_IFACES[1..]) {
-            let ns = tb.add_ns(pod.name)?;
-            let [a, b, c, _] = pod.addr.octets();
+        let mut pod = |name, addr: Ipv4Addr, node_if| -> Result<Pod> {
+            let pod = Pod {
+                name,
+                addr,
+                ns: tb.add_ns(name)?,
+            };
+            let [a, b, c, _] = addr.octets();
             let gateway = Ipv4Addr::new(a, b, c, 1);
-            tb.veth(&ns, "eth0", &node, node_if)?;
-            tb.addr(&ns, "eth0", &format!("{}/24", pod.addr))?;
-            tb.up(&ns, "eth0")?;
-            tb.route(&ns, &format!("default via {gateway}"))?;
+            tb.veth(&pod.ns, "eth0", &node, node_if)?;
+            tb.addr(&pod.ns, "eth0", &format!("{addr}/24"))?;
+            tb.up(&pod.ns, "eth0")?;
+            tb.route(&pod.ns, &format!("default via {gateway}"))?;
             tb.addr(&node, node_if, &format!("{gateway}/24"))?;
-            servers.start(&tb, &ns, pod)?;
-        }
+            servers.start(&tb, &pod)?;
+            Ok(pod)
+        };
+        let pods = [
+            pod("b1", Ipv4Addr::new(10, 244, 1, 2), NODE_IFACES[1])?,
+            pod("b2", Ipv4Addr::new(10, 244, 2, 2), NODE_IFACES[2])?,
+        ];
 
         tb.sysctl(&node, "net.ipv4.ip_forward", "1")?;
         // A translated reply arrives on a pod's veth with the VIP as source,
@@ -97,6 +107,9 @@ impl Topology {
             tb.sysctl(&node, &format!("net.ipv4.conf.{ifname}.rp_filter"), "0")?;
             tb.up(&node, ifname)?;
         }
+        tb.in_ns(&node, || {
+            NODE_IFACES.into_iter().try_for_each(tx_checksum_off)
+        })??;
 
         Ok(Self {
             servers,
@@ -119,6 +132,46 @@ impl Topology {
         }
         Ok(())
     }
+
+    /// Receive checksum errors (TCP and UDP `InCsumErrors` in
+    /// `/proc/net/snmp`) in every namespace where translated packets end:
+    /// `(namespace, protocol, count)`, non-zero counts only.
+    pub fn checksum_errors(&self) -> Result<Vec<(&'static str, &'static str, u64)>> {
+        let receivers = [(&self.client, "client")]
+            .into_iter()
+            .chain(self.pods.iter().map(|pod| (&pod.ns, pod.name)));
+        let mut errors = Vec::new();
+        for (ns, name) in receivers {
+            // `/proc/net` is the main thread's namespace, not this thread's.
+            let snmp = self
+                .tb
+                .in_ns(ns, || fs::read_to_string("/proc/thread-self/net/snmp"))?
+                .with_context(|| format!("reading /proc/net/snmp in {name}"))?;
+            for proto in ["Tcp", "Udp"] {
+                let n = snmp_counter(&snmp, proto, "InCsumErrors")
+                    .with_context(|| format!("/proc/net/snmp in {name}"))?;
+                if n != 0 {
+                    errors.push((name, proto, n));
+                }
+            }
+        }
+        Ok(errors)
+    }
+
+    /// `checksum_errors` as one line, for failure messages.
+    pub fn checksum_report(&self) -> String {
+        match self.checksum_errors() {
+            Ok(errors) if errors.is_empty() => "receive checksum errors: none".into(),
+            Ok(errors) => {
+                let each: Vec<String> = errors
+                    .iter()
+                    .map(|(ns, proto, n)| format!("{ns} {proto}={n}"))
+                    .collect();
+                format!("receive checksum errors: {}", each.join(" "))
+            }
+            Err(err) => format!("receive checksum errors unknown: {err:#}"),
+        }
+    }
 }
 
 /// What a pod named `name` answers to `request`.
@@ -135,9 +188,9 @@ struct Servers {
 
 impl Servers {
     /// Binds in `ns` (the sockets stay there) and serves from plain threads.
-    fn start(&mut self, tb: &Testbed, ns: &Ns, pod: &Pod) -> Result<()> {
+    fn start(&mut self, tb: &Testbed, pod: &Pod) -> Result<()> {
         let (tcp, udp) = tb
-            .in_ns(ns, || -> io::Result<_> {
+            .in_ns(&pod.ns, || -> io::Result<_> {
                 Ok((
                     TcpListener::bind((pod.addr, BACKEND_TCP_PORT))?,
                     UdpSocket::bind((pod.addr, BACKEND_UDP_PORT))?,
@@ -222,4 +275,82 @@ fn answer_udp(name: &str, socket: &UdpSocket, request: &[u8], peer: SocketAddr) 
     if let Err(err) = socket.send_to(&reply(name, request), peer) {
         eprintln!("{name}: UDP reply to {peer} failed: {err}");
     }
+}
+
+/// Value of `counter` on the `proto:` lines of `/proc/net/snmp`, which come
+/// in pairs: the counter names, then their values.
+fn snmp_counter(snmp: &str, proto: &str, counter: &str) -> Result<u64> {
+    let prefix = format!("{proto}:");
+    let mut lines = snmp
+        .lines()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .map(str::split_whitespace);
+    let (Some(names), Some(mut values)) = (lines.next(), lines.next()) else {
+        bail!("no {prefix} lines");
+    };
+    let Some(at) = names.into_iter().position(|name| name == counter) else {
+        bail!("no {proto} counter {counter}");
+    };
+    let value = values
+        .nth(at)
+        .with_context(|| format!("no value for {proto} {counter}"))?;
+    value
+        .parse()
+        .with_context(|| format!("{proto} {counter} = {value:?}"))
+}
+
+/// `ETHTOOL_GTXCSUM` / `ETHTOOL_STXCSUM` from `linux/ethtool.h`: get and set
+/// transmit checksum offload, whatever feature flag the driver uses for it.
+const ETHTOOL_GTXCSUM: u32 = 0x16;
+const ETHTOOL_STXCSUM: u32 = 0x17;
+
+/// `struct ethtool_value`.
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+/// Turns off transmit checksum offload on `ifname` of the calling thread's
+/// namespace, as `ethtool -K <ifname> tx off` would (ethtool itself is not
+/// required), and checks that it stuck.
+fn tx_checksum_off(ifname: &str) -> Result<()> {
+    // SAFETY: plain socket(2); the fd is owned from here on.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("socket for SIOCETHTOOL");
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    ethtool_value(&sock, ifname, ETHTOOL_STXCSUM, 0)
+        .with_context(|| format!("turning tx checksum offload off on {ifname}"))?;
+    let on = ethtool_value(&sock, ifname, ETHTOOL_GTXCSUM, 0)
+        .with_context(|| format!("reading tx checksum offload of {ifname}"))?;
+    ensure!(on == 0, "tx checksum offload of {ifname} is still on");
+    Ok(())
+}
+
+/// One `SIOCETHTOOL` request carrying a `struct ethtool_value`; returns the
+/// value the kernel left in it.
+fn ethtool_value(sock: &OwnedFd, ifname: &str, cmd: u32, data: u32) -> io::Result<u32> {
+    // SAFETY: all-zero is a valid ifreq (an empty name, a null pointer).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // Keeps the terminating NUL the zeroed buffer already has.
+    if ifname.len() >= req.ifr_name.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {ifname:?} too long"),
+        ));
+    }
+    for (dst, &src) in req.ifr_name.iter_mut().zip(ifname.as_bytes()) {
+        *dst = src as libc::c_char;
+    }
+    let mut value = EthtoolValue { cmd, data };
+    req.ifr_ifru.ifru_data = (&raw mut value).cast();
+    // SAFETY: req names an interface and points at a live ethtool_value of
+    // the layout `cmd` expects; both outlive the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value.data)
 }
