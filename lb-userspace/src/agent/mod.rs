@@ -18,6 +18,8 @@ use tokio::{signal::unix::SignalKind, sync::watch};
 use crate::{
     cli::AgentArgs,
     datapath::{Capacities, Datapath},
+    healthcheck::HealthCheckServers,
+    metrics::{self, Metrics},
     model::{self, DesiredState, ModelOptions, NodeInfo},
     source::manifests::{self, Folder},
     sync::{MapsWriter, Syncer},
@@ -74,6 +76,8 @@ struct Agent {
     last: DesiredState,
     health: health::Shared,
     nodeport_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
+    metrics: Arc<Metrics>,
+    healthchecks: HealthCheckServers,
 }
 
 impl Agent {
@@ -102,6 +106,7 @@ impl Agent {
                 maps: &mut self.dp.maps,
             },
         )?;
+        let skipped = report.problems.len() + desired.problems.len();
         let forgotten = crate::sync::stale::forget(&mut self.dp.maps, &sync.removed)?;
         if forgotten > 0 {
             tracing::info!(
@@ -114,10 +119,13 @@ impl Agent {
             frontends = sync.frontends,
             backends = sync.backends,
             writes = sync.writes,
-            skipped = report.problems.len() + desired.problems.len(),
+            skipped,
             ms = started.elapsed().as_secs_f64() * 1e3,
             "synced"
         );
+        self.metrics
+            .record_sync(started.elapsed(), &sync, &desired, skipped);
+        self.healthchecks.update(&desired);
         self.last = desired;
         Ok(())
     }
@@ -163,6 +171,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout, dir: std::path::PathBuf) -> 
         .map(|c| ifaces::parse_cidr(c))
         .collect::<Result<Vec<_>>>()?;
     let health: health::Shared = Arc::new(Mutex::new(health::Health::default()));
+    let metrics = Arc::new(Metrics::new());
     let mut agent = Agent {
         attacher: attach::Attacher::new(args.xdp_mode),
         args,
@@ -173,6 +182,8 @@ async fn serve(args: AgentArgs, pins: pins::Layout, dir: std::path::PathBuf) -> 
         last: DesiredState::default(),
         health: health.clone(),
         nodeport_cidrs,
+        metrics: metrics.clone(),
+        healthchecks: HealthCheckServers::new(),
     };
     // Maps first, then the program on the wire: the first packet it sees
     // already finds every Service.
@@ -186,6 +197,15 @@ async fn serve(args: AgentArgs, pins: pins::Layout, dir: std::path::PathBuf) -> 
     agent.attach_pod_ifaces();
     agent.pins.remove_old_versions()?;
 
+    // The metrics task reads its own handle on the pinned maps, so a scrape
+    // never waits for the agent loop.
+    let metrics_addr = agent.args.metrics_addr;
+    let maps_dir = agent.pins.maps_dir();
+    tokio::spawn(async move {
+        if let Err(e) = metrics::serve(metrics_addr, metrics, maps_dir).await {
+            tracing::error!("metrics server on {metrics_addr}: {e:#}");
+        }
+    });
     let healthz = agent.args.healthz_addr;
     tokio::spawn(async move {
         if let Err(e) = health::serve(healthz, health).await {
@@ -205,10 +225,14 @@ async fn serve(args: AgentArgs, pins: pins::Layout, dir: std::path::PathBuf) -> 
                     bail!("manifests watcher stopped");
                 }
                 match agent.resync(&dir) {
-                    Ok(()) => agent.health.lock().expect("health").synced(),
+                    Ok(()) => {
+                        agent.health.lock().expect("health").synced();
+                        agent.healthchecks.set_proxy_healthy(true);
+                    }
                     Err(e) => {
                         tracing::error!("sync failed, data plane keeps its last state: {e:#}");
                         agent.health.lock().expect("health").failed(format!("{e:#}"));
+                        agent.healthchecks.set_proxy_healthy(false);
                     }
                 }
             }
