@@ -13,6 +13,9 @@
 //! - new flow: cannot repeat on one buffer; measured as single runs over
 //!   distinct packets with the kernel-reported time, and the no-op measured
 //!   the same way is given beside it.
+//! - NodePort with source NAT (first packet, established, reverse-NATed
+//!   reply) and an affinity hit: single runs over distinct flows, for the
+//!   same reason (a translated NodePort packet is no NodePort packet).
 // Only the frame builder and the provisioning helper of the test support
 // code: the benchmark must not depend on the end-to-end test fixtures.
 #[path = "../tests/common/packets.rs"]
@@ -22,7 +25,7 @@ mod provision;
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use lb_common::{FrontendValue, Reason, PROTO_TCP};
+use lb_common::{Config, FrontendValue, Reason, FE_EXTERNAL, PROTO_TCP};
 use lb_userspace::datapath::{run_frame, Capacities, Datapath, PROGRAM};
 use packets::{tcp_frame, Tcp};
 use provision::Provision;
@@ -30,12 +33,19 @@ use provision::Provision;
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
 const SINGLE_RUNS: u16 = 20_000;
+/// Source NAT has 4,536 ports (61000-65535) per node address and backend
+/// address and port: a single backend takes no more concurrent NATed flows.
+const SNAT_RUNS: u16 = 2_000;
 
 const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(192, 168, 1, 100), 40000);
 const F1: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 1), 80);
 const F2: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 2), 80);
 const NEW_VIP: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 3), 80);
 const BACKEND: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 0, 2), 8080);
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+const NODE_PORT: (Ipv4Addr, u16) = (NODE, 31000);
+const AFFINITY_VIP: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 4), 80);
+const STICKY_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 2, 100);
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -85,11 +95,31 @@ fn single(dp: &Datapath, prog: &str, frames: &[Vec<u8>], reason: Option<Reason>)
     median(runs)
 }
 
+/// Like `single`, returning the output frames too.
+fn single_out(dp: &Datapath, frames: &[Vec<u8>], reason: Reason) -> (f64, Vec<Vec<u8>>) {
+    let before = dp.maps.reason_total(reason).unwrap();
+    let mut outs = Vec::new();
+    let runs: Vec<f64> = frames
+        .iter()
+        .map(|f| {
+            let r = run_frame(dp.program(PROGRAM).unwrap(), f, 1).unwrap();
+            outs.push(r.frame);
+            ns(r.duration)
+        })
+        .collect();
+    let grew = dp.maps.reason_total(reason).unwrap() - before;
+    assert_eq!(grew, frames.len() as u64, "{reason:?}");
+    (median(runs), outs)
+}
+
 /// `n` services in all: the measured ones plus fillers sharing one ring.
 fn provision(n: u32) -> Datapath {
+    // Room for every flow the rows create, so the LRU never evicts the
+    // ping-pong flows being measured.
     let caps = Capacities {
         frontends: 262_144,
         addrs: 262_144,
+        ct: 1 << 18,
         ..Capacities::small()
     };
     let mut dp = Datapath::load(&caps, None).expect("load");
@@ -97,6 +127,33 @@ fn provision(n: u32) -> Datapath {
     prov.service(&mut dp, 1, F1, PROTO_TCP, &[F2]);
     prov.service(&mut dp, 2, F2, PROTO_TCP, &[F1]);
     let filler_ring = prov.service(&mut dp, 3, NEW_VIP, PROTO_TCP, &[BACKEND]);
+    let cfg = Config {
+        snat_addr: u32::from_ne_bytes(NODE.octets()),
+        ..Config::DEFAULT
+    };
+    dp.maps.config.set(0, cfg, 0).unwrap();
+    let external = FrontendValue {
+        flags: FE_EXTERNAL,
+        ..Default::default()
+    };
+    prov.service_with(&mut dp, 5, NODE_PORT, PROTO_TCP, &[BACKEND], 0, external);
+    dp.maps
+        .addrs
+        .remove(&u32::from_ne_bytes(NODE.octets()))
+        .unwrap();
+    let sticky = FrontendValue {
+        affinity_timeout_s: 10_800,
+        ..Default::default()
+    };
+    prov.service_with(
+        &mut dp,
+        6,
+        AFFINITY_VIP,
+        PROTO_TCP,
+        &[BACKEND, F1],
+        0,
+        sticky,
+    );
     for i in 3..n {
         let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i);
         let value = FrontendValue {
@@ -118,6 +175,10 @@ struct Row {
     new_flow: f64,
     established: f64,
     reply: f64,
+    snat_new: f64,
+    snat_established: f64,
+    snat_reply: f64,
+    affinity_hit: f64,
 }
 
 fn measure(n: u32) -> Row {
@@ -136,8 +197,44 @@ fn measure(n: u32) -> Row {
     let news: Vec<Vec<u8>> = (0..SINGLE_RUNS)
         .map(|p| tcp_frame((CLIENT.0, 1024 + p), NEW_VIP, Tcp::syn(), b"", &[]))
         .collect();
+    let nodeport = |f: Tcp| -> Vec<Vec<u8>> {
+        (0..SNAT_RUNS)
+            .map(|p| tcp_frame((CLIENT.0, 1024 + p), NODE_PORT, f.clone(), b"", &[]))
+            .collect()
+    };
+    let (snat_new, snat_out) = single_out(&dp, &nodeport(Tcp::syn()), Reason::XlateNew);
+    let (snat_established, _) = single_out(&dp, &nodeport(Tcp::ack()), Reason::XlateEstablished);
+    let replies: Vec<Vec<u8>> = snat_out
+        .iter()
+        .map(|out| {
+            let sport = u16::from_be_bytes([out[34], out[35]]);
+            tcp_frame(BACKEND, (NODE, sport), Tcp::ack(), b"", &[])
+        })
+        .collect();
+    let (snat_reply, _) = single_out(&dp, &replies, Reason::XlateReply);
+    let sticky: Vec<Vec<u8>> = (0..SINGLE_RUNS)
+        .map(|p| {
+            tcp_frame(
+                (STICKY_CLIENT, 1024 + p),
+                AFFINITY_VIP,
+                Tcp::syn(),
+                b"",
+                &[],
+            )
+        })
+        .collect();
+    let (affinity_hit, _) = single_out(&dp, &sticky, Reason::XlateNew);
+    assert_eq!(
+        dp.maps.affinity.keys().count(),
+        1,
+        "every flow after the first was an affinity hit"
+    );
     Row {
         services: n,
+        snat_new,
+        snat_established,
+        snat_reply,
+        affinity_hit,
         noop: repeated(&dp, "noop", &est, None),
         noop_single: single(&dp, "noop", &news, None),
         non_frontend: repeated(&dp, PROGRAM, &other, Some(Reason::PassNotOurs)),
@@ -152,7 +249,7 @@ fn main() {
         panic!("{e:#}");
     }
     let rows: Vec<Row> = [1, 1_000, 100_000].into_iter().map(measure).collect();
-    println!("\nns per packet, BPF_PROG_TEST_RUN, median of {ROUNDS} x {REPEAT} (new flow: median of {SINGLE_RUNS} single runs)");
+    println!("\nns per packet, BPF_PROG_TEST_RUN, median of {ROUNDS} x {REPEAT} (new flow: median of {SINGLE_RUNS} single runs, SNAT rows of {SNAT_RUNS})");
     println!(
         "{:<28}{:>12}{:>12}{:>12}",
         "path \\ services", 1, 1_000, 100_000
@@ -170,11 +267,21 @@ fn main() {
     line("reply", &|r| r.reply);
     line("no-op floor (single run)", &|r| r.noop_single);
     line("new flow (single run)", &|r| r.new_flow);
+    line("NodePort SNAT first (single)", &|r| r.snat_new);
+    line("NodePort SNAT established (s)", &|r| r.snat_established);
+    line("reply, reverse SNAT (single)", &|r| r.snat_reply);
+    line("affinity hit, new flow (s)", &|r| r.affinity_hit);
     println!();
     line("non-frontend / floor", &|r| r.non_frontend / r.noop);
     line("established / floor", &|r| r.established / r.noop);
     line("reply / floor", &|r| r.reply / r.noop);
     line("new flow - single floor", &|r| r.new_flow - r.noop_single);
+    line("SNAT established - s.floor", &|r| {
+        r.snat_established - r.noop_single
+    });
+    line("reverse SNAT reply - s.floor", &|r| {
+        r.snat_reply - r.noop_single
+    });
     println!(
         "\nEvery row's path counter grew by exactly its iteration count (asserted); services: {:?}",
         rows.iter().map(|r| r.services).collect::<Vec<_>>()

@@ -74,6 +74,10 @@ pub struct AgentArgs {
     /// (*.yaml, *.yml, *.json; watched for changes) instead of the Kubernetes API.
     #[arg(long)]
     pub manifests: Option<PathBuf>,
+    /// Kubeconfig for the Kubernetes API (without --manifests); in-cluster
+    /// configuration when neither this nor KUBECONFIG is set.
+    #[arg(long, env = "KUBECONFIG", conflicts_with = "manifests")]
+    pub kubeconfig: Option<PathBuf>,
     /// This node's name, as in the Node object and endpoints' nodeName.
     #[arg(long, env = "NODE_NAME", default_value_t = hostname())]
     pub node_name: String,

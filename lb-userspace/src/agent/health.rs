@@ -17,6 +17,9 @@ use tokio::{
 pub struct Health {
     last_synced: Option<jiff::Timestamp>,
     failing: Option<String>,
+    /// The API watchers that are not connected, while the data plane keeps
+    /// serving the last state it was given.
+    stale: Vec<String>,
 }
 
 pub type Shared = Arc<Mutex<Health>>;
@@ -31,6 +34,18 @@ impl Health {
         self.failing = Some(why);
     }
 
+    pub fn source(&mut self, status: &crate::source::kube::SourceStatus) {
+        self.stale = status
+            .watches()
+            .iter()
+            .filter(|(_, w)| !w.connected)
+            .map(|(name, w)| match &w.last_error {
+                Some(e) => format!("{name}: {e}"),
+                None => format!("{name}: disconnected"),
+            })
+            .collect();
+    }
+
     fn response(&self) -> (u16, String) {
         let now = jiff::Timestamp::now();
         let last = self.last_synced.map(|t| t.to_string()).unwrap_or_default();
@@ -40,6 +55,7 @@ impl Health {
             "currentTime": now.to_string(),
             "nodeEligible": true,
             "error": self.failing,
+            "staleWatches": self.stale,
         });
         (if ok { 200 } else { 503 }, body.to_string())
     }

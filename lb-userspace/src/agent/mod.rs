@@ -4,16 +4,16 @@ mod attach;
 mod health;
 mod ifaces;
 mod pins;
+mod source;
 
 use std::{
-    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use lb_common::Config;
-use tokio::{signal::unix::SignalKind, sync::watch};
+use tokio::signal::unix::SignalKind;
 
 use crate::{
     cli::AgentArgs,
@@ -21,7 +21,6 @@ use crate::{
     healthcheck::HealthCheckServers,
     metrics::{self, Metrics},
     model::{self, DesiredState, ModelOptions, NodeInfo},
-    source::manifests::{self, Folder},
     sync::{MapsWriter, Syncer},
 };
 
@@ -30,15 +29,12 @@ pub fn run(args: AgentArgs) -> Result<()> {
     if args.cleanup {
         return pins.cleanup();
     }
-    let Some(dir) = args.manifests.clone() else {
-        bail!("the Kubernetes API source is not built yet; run with --manifests DIR");
-    };
     pins.check_bpffs()?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?
-        .block_on(serve(args, pins, dir))
+        .block_on(serve(args, pins))
 }
 
 /// Keeps the last good version of a Service whose new version is invalid:
@@ -72,7 +68,6 @@ struct Agent {
     dp: Datapath,
     syncer: Syncer,
     attacher: attach::Attacher,
-    folder: Folder,
     last: DesiredState,
     health: health::Shared,
     nodeport_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
@@ -81,9 +76,9 @@ struct Agent {
 }
 
 impl Agent {
-    fn resync(&mut self, dir: &Path) -> Result<()> {
+    fn resync(&mut self, source: &mut source::Source) -> Result<()> {
         let started = Instant::now();
-        let (objects, report) = self.folder.reload(dir)?;
+        let (objects, report) = source.load()?;
         let node = NodeInfo {
             name: self.args.node_name.clone(),
             addresses: Vec::new(),
@@ -148,7 +143,8 @@ impl Agent {
     }
 }
 
-async fn serve(args: AgentArgs, pins: pins::Layout, dir: std::path::PathBuf) -> Result<()> {
+async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
+    let mut source = source::Source::open(&args).await?;
     let mut dp = Datapath::load(&Capacities::default(), Some(&pins.maps_dir()))?;
     // Source NAT uses the first address of the external interfaces, the
     // address other nodes and the outside reach this node at.
@@ -178,7 +174,6 @@ async fn serve(args: AgentArgs, pins: pins::Layout, dir: std::path::PathBuf) -> 
         pins,
         dp,
         syncer,
-        folder: Folder::default(),
         last: DesiredState::default(),
         health: health.clone(),
         nodeport_cidrs,
@@ -187,7 +182,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout, dir: std::path::PathBuf) -> 
     };
     // Maps first, then the program on the wire: the first packet it sees
     // already finds every Service.
-    agent.resync(&dir).context("first sync")?;
+    agent.resync(&mut source).context("first sync")?;
     agent.health.lock().expect("health").synced();
     for ifname in agent.args.external_ifaces.clone() {
         agent
@@ -212,19 +207,15 @@ async fn serve(args: AgentArgs, pins: pins::Layout, dir: std::path::PathBuf) -> 
             tracing::error!("healthz server on {healthz}: {e:#}");
         }
     });
-    let (tx, mut changes) = watch::channel(0u64);
-    tokio::spawn(manifests::watch_dir(dir.clone(), tx));
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(node = %agent.args.node_name, "agent running");
     loop {
         tokio::select! {
-            changed = changes.changed() => {
-                if changed.is_err() {
-                    bail!("manifests watcher stopped");
-                }
-                match agent.resync(&dir) {
+            changed = source.changed() => {
+                changed?;
+                match agent.resync(&mut source) {
                     Ok(()) => {
                         agent.health.lock().expect("health").synced();
                         agent.healthchecks.set_proxy_healthy(true);
@@ -236,7 +227,12 @@ async fn serve(args: AgentArgs, pins: pins::Layout, dir: std::path::PathBuf) -> 
                     }
                 }
             }
-            _ = ticks.tick() => agent.attach_pod_ifaces(),
+            _ = ticks.tick() => {
+                agent.attach_pod_ifaces();
+                if let Some(status) = source.status() {
+                    agent.health.lock().expect("health").source(&status);
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }

@@ -1,3 +1,4 @@
 //! Where the Kubernetes objects the model consumes come from.
 
+pub mod kube;
 pub mod manifests;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod apiserver;
 pub mod packets;
 pub mod provision;
 pub mod topology;

@@ -12,6 +12,7 @@ use etherparse::{
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
+#[derive(Clone)]
 pub struct Tcp {
     pub syn: bool,
     pub ack: bool,
