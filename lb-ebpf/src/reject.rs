@@ -1,5 +1,8 @@
 //! Rejects built in XDP, as kube-proxy's REJECT rules answer: a TCP RST for
-//! TCP, ICMP port unreachable for UDP, sent back out with `XDP_TX`.
+//! TCP, ICMP port unreachable for UDP. On a device that takes XDP frames the
+//! answer leaves with `XDP_TX`; elsewhere (a veth whose peer runs no XDP
+//! program would lose it) it is handed to the kernel, still addressed to
+//! this node at the Ethernet level, and routed back to the client.
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
@@ -8,10 +11,13 @@ use aya_ebpf::{
 use lb_common::{
     checksum::{fold, sum_words},
     conntrack::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    Reason, PROTO_TCP,
+    Reason, IFACE_REDIRECT, PROTO_TCP,
 };
 
-use crate::parse::{ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, ETH_P_IP};
+use crate::{
+    maps::IFACES,
+    parse::{ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, ETH_P_IP},
+};
 
 const IPPROTO_ICMP: u8 = 1;
 const NEW_IP_LEN: usize = 20;
@@ -22,10 +28,13 @@ const ICMP_QUOTE_L4: usize = 8;
 /// Answers the packet as a reject; `ihl` is its IPv4 header length in bytes.
 #[inline(always)]
 pub fn send(ctx: &XdpContext, ihl: usize, proto: u8, reason: Reason) -> (Reason, u32) {
+    let tx = IFACES
+        .get_ptr(ctx.ingress_ifindex() as u32)
+        .is_some_and(|i| unsafe { (*i).flags } & IFACE_REDIRECT != 0);
     let built = if proto == PROTO_TCP {
-        tcp_rst(ctx, ihl)
+        tcp_rst(ctx, ihl, tx)
     } else {
-        icmp_port_unreachable(ctx, ihl)
+        icmp_port_unreachable(ctx, ihl, tx)
     };
     match built {
         Some(action) => (reason, action),
@@ -52,18 +61,35 @@ fn ipv4_header(ip: *mut Ipv4Hdr, tot_len: usize, proto: u8, src: u32, dst: u32) 
 }
 
 #[inline(always)]
-fn swap_macs(eth: *mut EthHdr, src: [u8; 6], dst: [u8; 6]) {
+/// `tx`: the frame goes back out as it is, so the MACs swap; otherwise the
+/// kernel must take it as addressed to this host, so they stay.
+#[inline(always)]
+fn set_macs(eth: *mut EthHdr, src: [u8; 6], dst: [u8; 6], tx: bool) {
     unsafe {
-        (*eth).dst = src;
-        (*eth).src = dst;
+        if tx {
+            (*eth).dst = src;
+            (*eth).src = dst;
+        } else {
+            (*eth).dst = dst;
+            (*eth).src = src;
+        }
         (*eth).proto = ETH_P_IP;
+    }
+}
+
+#[inline(always)]
+fn action(tx: bool) -> u32 {
+    if tx {
+        xdp_action::XDP_TX
+    } else {
+        xdp_action::XDP_PASS
     }
 }
 
 /// RFC 793 reset generation: seq from the segment's ACK if it had one, else
 /// seq 0 with an ACK covering the segment. Never answers a RST.
 #[inline(always)]
-fn tcp_rst(ctx: &XdpContext, ihl: usize) -> Option<u32> {
+fn tcp_rst(ctx: &XdpContext, ihl: usize, tx: bool) -> Option<u32> {
     // One bounds check covering every header written below, so the
     // verifier sees all of them through the same checked pointer. It comes
     // first: after the variable-offset check below, LLVM would prove it
@@ -91,7 +117,7 @@ fn tcp_rst(ctx: &XdpContext, ihl: usize) -> Option<u32> {
     let seg_len = payload + (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
 
     let new_tcp = unsafe { base.add(ETH_HLEN + NEW_IP_LEN) } as *mut TcpHdr;
-    swap_macs(eth, smac, dmac);
+    set_macs(eth, smac, dmac, tx);
     ipv4_header(ip, NEW_IP_LEN + 20, PROTO_TCP, daddr, saddr);
     unsafe {
         (*new_tcp).sport = dport;
@@ -118,7 +144,7 @@ fn tcp_rst(ctx: &XdpContext, ihl: usize) -> Option<u32> {
     if len > want && unsafe { bpf_xdp_adjust_tail(ctx.ctx, want - len) } != 0 {
         return None;
     }
-    Some(xdp_action::XDP_TX)
+    Some(action(tx))
 }
 
 #[inline(always)]
@@ -135,7 +161,7 @@ fn pseudo_sum(src: u32, dst: u32, proto: u8, len: u16) -> u32 {
 /// header, which stays where it is, and trims everything after its first
 /// eight payload bytes.
 #[inline(always)]
-fn icmp_port_unreachable(ctx: &XdpContext, ihl: usize) -> Option<u32> {
+fn icmp_port_unreachable(ctx: &XdpContext, ihl: usize, tx: bool) -> Option<u32> {
     const GROW: usize = NEW_IP_LEN + ICMP_HLEN;
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GROW as i32)) } != 0 {
         return None;
@@ -154,7 +180,7 @@ fn icmp_port_unreachable(ctx: &XdpContext, ihl: usize) -> Option<u32> {
     let eth = base as *mut EthHdr;
     let ip = unsafe { base.add(ETH_HLEN) } as *mut Ipv4Hdr;
     let icmp = unsafe { base.add(ETH_HLEN + NEW_IP_LEN) } as *mut [u16; 4];
-    swap_macs(eth, smac, dmac);
+    set_macs(eth, smac, dmac, tx);
     ipv4_header(
         ip,
         NEW_IP_LEN + ICMP_HLEN + quote,
@@ -177,5 +203,5 @@ fn icmp_port_unreachable(ctx: &XdpContext, ihl: usize) -> Option<u32> {
         off += 2;
     }
     unsafe { (*icmp)[1] = !fold(sum) };
-    Some(xdp_action::XDP_TX)
+    Some(action(tx))
 }

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use common::agent::{
@@ -412,6 +412,49 @@ fn two_agents_with_their_own_pin_paths_coexist() {
 
 /// The seed manifests written, and on every node an agent running on them
 /// and ready, in node order.
+/// kube-proxy's REJECT: a Service without endpoints refuses a connection at
+/// once instead of letting the client time out, also on a node whose
+/// external interface is a veth (the reset goes back through the kernel).
+#[test]
+fn service_without_endpoints_refuses_connections_at_once() {
+    let cluster = Cluster::build(&["node1"], LocalSource::Accepted).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    let _agents = seeded_agents(&cluster);
+    cluster
+        .write_manifest(
+            "empty.yaml",
+            &cluster_ip_service("empty", "10.96.0.77", 8080),
+        )
+        .unwrap();
+    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 77), 8080);
+    assert!(
+        wait_until(Duration::from_secs(3), || cluster
+            .frontends(node)
+            .is_ok_and(|f| f.keys().any(|k| k.starts_with("10.96.0.77:8080")))),
+        "the empty Service was not programmed: {}",
+        cluster.diagnostics(node)
+    );
+    let started = std::time::Instant::now();
+    let err = cluster
+        .connect(node, vip, Duration::from_secs(3))
+        .err()
+        .expect("a Service without endpoints must not accept connections");
+    let refused = err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    assert!(
+        refused,
+        "expected connection refused, got {err:#}: {}",
+        cluster.diagnostics(node)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused only after {:?}",
+        started.elapsed()
+    );
+}
+
 fn seeded_agents(cluster: &Cluster) -> Vec<Agent<'_>> {
     cluster
         .write_seed_manifests()

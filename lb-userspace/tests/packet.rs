@@ -32,6 +32,15 @@ fn count(dp: &Datapath, r: Reason) -> u64 {
     dp.maps.reason_total(r).unwrap()
 }
 
+/// BPF_PROG_TEST_RUN delivers frames as if received on the loopback device
+/// (ifindex 1); marking it XDP-capable makes rejects leave with XDP_TX.
+fn receive_on_xdp_capable_device(dp: &mut Datapath) {
+    let info = lb_common::IfaceInfo {
+        flags: lb_common::IFACE_REDIRECT,
+    };
+    dp.maps.ifaces.insert(1, info, 0).unwrap();
+}
+
 fn with_service(backends: &[(Ipv4Addr, u16)], proto: u8) -> (Datapath, Provision) {
     let mut dp = load();
     let mut prov = Provision::new();
@@ -158,7 +167,8 @@ fn ip_options_are_skipped_not_misparsed() {
 
 #[test]
 fn frontend_without_backends_answers_tcp_with_rst() {
-    let (dp, _) = with_service(&[], PROTO_TCP);
+    let (mut dp, _) = with_service(&[], PROTO_TCP);
+    receive_on_xdp_capable_device(&mut dp);
     let (action, out) = run(&dp, &tcp_frame(CLIENT, VIP, Tcp::syn(), b"abc", &[]));
     assert_eq!(action, XDP_TX);
     let p = parse_checked(&out);
@@ -173,7 +183,8 @@ fn frontend_without_backends_answers_tcp_with_rst() {
 
 #[test]
 fn frontend_without_backends_answers_udp_with_port_unreachable() {
-    let (dp, _) = with_service(&[], PROTO_UDP);
+    let (mut dp, _) = with_service(&[], PROTO_UDP);
+    receive_on_xdp_capable_device(&mut dp);
     let sent = udp_frame(CLIENT, VIP, b"0123456789abcdef", false);
     let (action, out) = run(&dp, &sent);
     assert_eq!(action, XDP_TX);
@@ -192,7 +203,8 @@ fn frontend_without_backends_answers_udp_with_port_unreachable() {
 
 #[test]
 fn unknown_port_on_a_vip_is_rejected() {
-    let (dp, _) = with_service(&[B1], PROTO_TCP);
+    let (mut dp, _) = with_service(&[B1], PROTO_TCP);
+    receive_on_xdp_capable_device(&mut dp);
     let (action, out) = run(&dp, &tcp_frame(CLIENT, (VIP.0, 81), Tcp::syn(), b"", &[]));
     assert_eq!(action, XDP_TX);
     assert!(parse_checked(&out).tcp.unwrap().rst);
@@ -463,5 +475,22 @@ fn removed_backends_lose_their_udp_flows_but_keep_tcp() {
         (parse_checked(&out).dst, parse_checked(&out).dport),
         B1,
         "TCP flow kept"
+    );
+}
+
+/// On a device whose peer may run no XDP program (a veth), the reject is
+/// handed to the kernel to route back, still addressed to this node.
+#[test]
+fn rejects_on_other_devices_go_through_the_kernel() {
+    let (dp, _) = with_service(&[], PROTO_TCP);
+    let (action, out) = run(&dp, &tcp_frame(CLIENT, VIP, Tcp::syn(), b"", &[]));
+    assert_eq!(action, XDP_PASS);
+    let p = parse_checked(&out);
+    assert_eq!(((p.src, p.sport), (p.dst, p.dport)), (VIP, CLIENT));
+    assert!(p.tcp.unwrap().rst);
+    assert_eq!(
+        p.eth_dst,
+        common::packets::NODE_MAC,
+        "the kernel must take it as its own"
     );
 }
