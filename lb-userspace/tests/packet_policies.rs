@@ -271,3 +271,76 @@ fn later_fragments_follow_the_first_to_its_backend_and_back() {
     assert_eq!(run(&dp, &fixed), (2, fixed.clone()));
     assert_eq!(count(&dp, Reason::PassFragment), 1);
 }
+
+/// Affinity lasts while the client keeps coming and ends `timeoutSeconds`
+/// after its last new flow. The test plays the clock by writing the entry's
+/// last-seen time itself, and points the entry at a backend outside the
+/// ring so whether it was honoured shows in every packet.
+#[test]
+fn session_affinity_expires_after_its_timeout() {
+    use lb_common::{AffinityKeyV4, AffinityValue, BackendV4, FrontendKeyV4};
+    let mut dp = load();
+    let template = FrontendValue {
+        affinity_timeout_s: 5,
+        ..Default::default()
+    };
+    Provision::new().service_with(&mut dp, 7, VIP, PROTO_TCP, &[B1, B2, B3], 0, template);
+    let outside: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 9, 9), 3000);
+    let backend = BackendV4 {
+        addr: be(outside.0),
+        port: outside.1.to_be(),
+        flags: 0,
+    };
+    dp.maps.backends.set(50, backend, 0).unwrap();
+    let client = Ipv4Addr::new(10, 0, 0, 1);
+    run(&dp, &tcp_frame((client, 20000), VIP, Tcp::syn(), b"", &[]));
+    let key = AffinityKeyV4 {
+        frontend: FrontendKeyV4 {
+            addr: be(VIP.0),
+            port: VIP.1.to_be(),
+            proto: PROTO_TCP,
+            _pad: 0,
+        },
+        client_addr: be(client),
+    };
+    let now = dp.maps.affinity.get(&key, 0).unwrap().last_seen_ns;
+    let destinations = |dp: &Datapath, base: u16| -> std::collections::HashSet<(Ipv4Addr, u16)> {
+        (0..20u16)
+            .map(|p| {
+                let (_, out) = run(
+                    dp,
+                    &tcp_frame((client, base + p), VIP, Tcp::syn(), b"", &[]),
+                );
+                let o = parse_checked(&out);
+                (o.dst, o.dport)
+            })
+            .collect()
+    };
+    let held = AffinityValue {
+        last_seen_ns: now,
+        backend_id: 50,
+        _pad: 0,
+    };
+    dp.maps.affinity.insert(key, held, 0).unwrap();
+    assert_eq!(
+        destinations(&dp, 21000),
+        [outside].into(),
+        "held within the timeout"
+    );
+    // Six seconds of silence since the last new flow: past the timeout.
+    let stale = AffinityValue {
+        last_seen_ns: now.saturating_sub(6_000_000_000),
+        ..held
+    };
+    dp.maps.affinity.insert(key, stale, 0).unwrap();
+    let after = destinations(&dp, 22000);
+    assert!(
+        !after.contains(&outside),
+        "expired affinity still honoured: {after:?}"
+    );
+    assert_eq!(
+        after.len(),
+        1,
+        "the next flow starts a new affinity: {after:?}"
+    );
+}
