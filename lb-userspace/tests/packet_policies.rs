@@ -344,3 +344,34 @@ fn session_affinity_expires_after_its_timeout() {
         "the next flow starts a new affinity: {after:?}"
     );
 }
+
+#[test]
+fn nodeport_answers_on_every_local_address() {
+    let second_node_addr = Ipv4Addr::new(172, 16, 0, 1);
+    let mut dp = node(NODE_PORT, FE_EXTERNAL, BE_LOCAL, &[B1]);
+    let template = FrontendValue {
+        flags: FE_EXTERNAL,
+        ..Default::default()
+    };
+    let other = (second_node_addr, NODE_PORT.1);
+    Provision::new().service_with(&mut dp, 8, other, PROTO_TCP, &[B1], BE_LOCAL, template);
+    dp.maps.addrs.remove(&be(second_node_addr)).unwrap();
+    for frontend in [NODE_PORT, other] {
+        let (_, out) = run(&dp, &tcp_frame(CLIENT, frontend, Tcp::syn(), b"", &[]));
+        let p = parse_checked(&out);
+        assert_eq!(
+            ((p.src, p.sport), (p.dst, p.dport)),
+            (CLIENT, B1),
+            "via {frontend:?}"
+        );
+    }
+}
+
+#[test]
+fn internal_policy_local_without_local_backends_drops_pod_traffic() {
+    let dp = node(VIP, FE_DROP_EMPTY, 0, &[]);
+    let pod = (Ipv4Addr::new(10, 244, 1, 7), 45000);
+    let (action, _) = run(&dp, &tcp_frame(pod, VIP, Tcp::syn(), b"", &[]));
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(count(&dp, Reason::DropNoLocalBackend), 1);
+}
