@@ -90,39 +90,24 @@ pub fn translate_error(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<(Reason, u3
         check: unsafe { &raw mut (*icmp).check },
     };
     // The quote is a packet sent towards a backend: the sender is told about
-    // its packet to the frontend.
-    if let Some(ct) = CT_V4.get_ptr(reversed(CT_DIR_REPLY)) {
+    // its packet to the frontend. Or it is a translated reply (from the
+    // frontend): the backend that sent it is told instead.
+    for dir in [CT_DIR_REPLY, CT_DIR_FORWARD] {
+        let Some(ct) = CT_V4.get_ptr(reversed(dir)) else {
+            continue;
+        };
         let v: CtValueV4 = unsafe { *ct };
-        let client = (v.snat_addr != 0).then_some((v.snat_addr, v.snat_port));
-        rewrite_quote(
-            ctx,
-            &icmp,
-            inner,
-            inner_off,
-            iproto,
-            Some((v.nat_addr, v.nat_port)),
-            client,
-        );
-        if let Some((addr, _)) = client {
+        let nat = Some((v.nat_addr, v.nat_port));
+        let snat = (v.snat_addr != 0).then_some((v.snat_addr, v.snat_port));
+        let (dst, src, outer) = if dir == CT_DIR_REPLY {
+            (nat, snat, snat.map(|(a, _)| a))
+        } else {
+            (snat, nat, Some(v.nat_addr))
+        };
+        rewrite_quote(ctx, &icmp, inner, inner_off, iproto, dst, src);
+        if let Some(addr) = outer {
             set_outer_dst(ip, addr);
         }
-        return Some((Reason::XlateIcmpError, xdp_action::XDP_PASS));
-    }
-    // The quote is a translated reply (from the frontend): the backend that
-    // sent it is told instead.
-    if let Some(ct) = CT_V4.get_ptr(reversed(CT_DIR_FORWARD)) {
-        let v: CtValueV4 = unsafe { *ct };
-        let snat = (v.snat_addr != 0).then_some((v.snat_addr, v.snat_port));
-        rewrite_quote(
-            ctx,
-            &icmp,
-            inner,
-            inner_off,
-            iproto,
-            snat,
-            Some((v.nat_addr, v.nat_port)),
-        );
-        set_outer_dst(ip, v.nat_addr);
         return Some((Reason::XlateIcmpError, xdp_action::XDP_PASS));
     }
     None

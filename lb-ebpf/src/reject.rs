@@ -60,7 +60,6 @@ fn ipv4_header(ip: *mut Ipv4Hdr, tot_len: usize, proto: u8, src: u32, dst: u32) 
     }
 }
 
-#[inline(always)]
 /// `tx`: the frame goes back out as it is, so the MACs swap; otherwise the
 /// kernel must take it as addressed to this host, so they stay.
 #[inline(always)]

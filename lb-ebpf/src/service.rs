@@ -118,23 +118,14 @@ fn transport(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Result<Packet, Verdict> {
 /// lookup: their entry holds everything the rewrite needs.
 #[inline(always)]
 fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<Verdict> {
-    let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
+    let dst = unsafe { (*ip).dst };
     let p = match transport(ctx, ip) {
         Ok(p) => p,
         Err(v) => return (v.0 == Reason::XlateFragment || is_frontend_addr(dst)).then_some(v),
     };
-    let [sport, dport] = unsafe { *p.l4.ports };
     let now = conntrack::now();
     let cfg = conntrack::config();
-    let key = CtKeyV4 {
-        src_addr: src,
-        dst_addr: dst,
-        src_port: sport,
-        dst_port: dport,
-        proto: p.proto,
-        dir: CT_DIR_FORWARD,
-        _pad: 0,
-    };
+    let key = flow_key(&p, CT_DIR_FORWARD);
     let (ct, reason) = match conntrack::lookup(&key, p.l4.tcp_flags, now, &cfg) {
         Some(ct) => (ct, Reason::XlateEstablished),
         None => match new_flow(ctx, &p, &key, now, &cfg) {
@@ -142,16 +133,7 @@ fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<Verdict> {
             Err(v) => return v,
         },
     };
-    let refresh = conntrack::on_packet(&key, ct, p.l4.tcp_flags, now);
-    let v = unsafe { &*ct };
-    let snat = (v.snat_addr != 0).then_some((v.snat_addr, v.snat_port));
-    let frag = p.first_fragment.then(|| frags::first_key(p.ip));
-    nat::translate(p.ip, &p.l4, p.ihl, Some((v.nat_addr, v.nat_port)), snat);
-    if let Some(k) = frag {
-        frags::remember(&k, p.ip);
-    }
-    stats::count_service(v.svc_id, (ctx.data_end() - ctx.data()) as u64);
-    Some((reason, forward::send(ctx, p.ip, ct, refresh)))
+    Some((reason, translate(ctx, &p, &key, ct, now)))
 }
 
 /// Applies the frontend's policies, picks a backend for a flow without an
@@ -213,30 +195,51 @@ fn from_backend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Verdict {
         Err((Reason::PassUnsupportedProto, a)) => return (Reason::PassNotOurs, a),
         Err(v) => return v,
     };
-    let [sport, dport] = unsafe { *p.l4.ports };
-    let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
-    let key = CtKeyV4 {
-        src_addr: src,
-        dst_addr: dst,
-        src_port: sport,
-        dst_port: dport,
-        proto: p.proto,
-        dir: CT_DIR_REPLY,
-        _pad: 0,
-    };
+    let key = flow_key(&p, CT_DIR_REPLY);
     let cfg = conntrack::config();
     let now = conntrack::now();
     let Some(ct) = conntrack::lookup(&key, p.l4.tcp_flags, now, &cfg) else {
         return (Reason::PassReplyNoFlow, PASS);
     };
-    let refresh = conntrack::on_packet(&key, ct, p.l4.tcp_flags, now);
+    (Reason::XlateReply, translate(ctx, &p, &key, ct, now))
+}
+
+/// The connection-tracking key of the packet's tuple, in direction `dir`.
+#[inline(always)]
+fn flow_key(p: &Packet, dir: u8) -> CtKeyV4 {
+    let [sport, dport] = unsafe { *p.l4.ports };
+    let (src, dst) = unsafe { ((*p.ip).src, (*p.ip).dst) };
+    CtKeyV4 {
+        src_addr: src,
+        dst_addr: dst,
+        src_port: sport,
+        dst_port: dport,
+        proto: p.proto,
+        dir,
+        _pad: 0,
+    }
+}
+
+/// Rewrites the packet by its flow's entry and sends it on. Forward packets
+/// go to the backend (from the SNAT address, if any); replies come from the
+/// frontend (back to the client the SNAT address stood for). A first
+/// fragment's translation is remembered for the fragments that follow.
+#[inline(always)]
+fn translate(ctx: &XdpContext, p: &Packet, key: &CtKeyV4, ct: *mut CtValueV4, now: u64) -> u32 {
+    let refresh = conntrack::on_packet(key, ct, p.l4.tcp_flags, now);
     let v = unsafe { &*ct };
-    let client = (v.snat_addr != 0).then_some((v.snat_addr, v.snat_port));
+    let nat = Some((v.nat_addr, v.nat_port));
+    let snat = (v.snat_addr != 0).then_some((v.snat_addr, v.snat_port));
+    let (dst, src) = if key.dir == CT_DIR_FORWARD {
+        (nat, snat)
+    } else {
+        (snat, nat)
+    };
     let frag = p.first_fragment.then(|| frags::first_key(p.ip));
-    nat::translate(p.ip, &p.l4, p.ihl, client, Some((v.nat_addr, v.nat_port)));
+    nat::translate(p.ip, &p.l4, p.ihl, dst, src);
     if let Some(k) = frag {
         frags::remember(&k, p.ip);
     }
     stats::count_service(v.svc_id, (ctx.data_end() - ctx.data()) as u64);
-    (Reason::XlateReply, forward::send(ctx, p.ip, ct, refresh))
+    forward::send(ctx, p.ip, ct, refresh)
 }

@@ -34,7 +34,7 @@ pub fn build() -> Result<PathBuf> {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf\x1f-Dwarnings",
         );
     run(&mut cmd)?;
     Ok(object_path())
