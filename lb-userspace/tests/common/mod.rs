@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod kube_agent;
 pub mod packets;
 pub mod provision;
 pub mod topology;
