@@ -13,6 +13,7 @@ pub mod conntrack;
 pub mod filter;
 pub mod flow;
 pub mod maps;
+pub mod sock;
 pub mod stats;
 
 pub use maps::*;

@@ -18,7 +18,8 @@ pub mod names {
     pub const AFFINITY_V4: &str = "AFFINITY_V4";
     pub const SOURCE_RANGES_V4: &str = "SOURCE_RANGES_V4";
     pub const FRAGS_V4: &str = "FRAGS_V4";
-    pub const ALL: [&str; 14] = [
+    pub const SOCK_REVNAT_V4: &str = "SOCK_REVNAT_V4";
+    pub const ALL: [&str; 15] = [
         ADDRS_V4,
         FRONTENDS_V4,
         BACKENDS_V4,
@@ -33,6 +34,7 @@ pub mod names {
         AFFINITY_V4,
         SOURCE_RANGES_V4,
         FRAGS_V4,
+        SOCK_REVNAT_V4,
     ];
 }
 

@@ -14,6 +14,7 @@ mod policy;
 mod reject;
 mod select;
 mod service;
+mod sock;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};

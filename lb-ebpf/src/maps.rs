@@ -70,3 +70,13 @@ pub static SOURCE_RANGES_V4: LpmTrie<SourceRangeKeyV4, u32, { MAX_SOURCE_RANGES 
 /// fragments after the first.
 #[btf_map]
 pub static FRAGS_V4: LruHashMap<FragKeyV4, FragValueV4, { MAX_FRAGS as usize }> = LruHashMap::new();
+
+/// The frontend each socket of the node's own processes addressed, by
+/// (socket, backend), so `recvmsg4` gives UDP replies the source the
+/// application sent to.
+#[btf_map]
+pub static SOCK_REVNAT_V4: LruHashMap<
+    lb_common::sock::SockRevNatKeyV4,
+    lb_common::sock::SockRevNatValueV4,
+    { lb_common::sock::MAX_SOCK_REVNAT as usize },
+> = LruHashMap::new();

@@ -105,9 +105,20 @@ pub struct AgentArgs {
     /// Serve Services labelled service.kubernetes.io/service-proxy-name=<this>.
     #[arg(long)]
     pub service_proxy_name: Option<String>,
+    /// cgroup v2 directory whose processes reach Services by socket-level
+    /// translation, as the node's own processes must (XDP never sees their
+    /// packets). It acts on every process below it, whatever its network
+    /// namespace, so each node of a one-machine testbed needs its own.
+    /// Default: the cgroup v2 root, as /proc/mounts shows it.
+    #[arg(long, default_value_os_t = default_cgroup_path())]
+    pub cgroup_path: PathBuf,
     /// Remove everything the agent installed (links, pinned maps) and exit.
     #[arg(long)]
     pub cleanup: bool,
+}
+
+fn default_cgroup_path() -> PathBuf {
+    crate::datapath::cgroup2_root().unwrap_or_else(|| "/sys/fs/cgroup".into())
 }
 
 fn hostname() -> String {

@@ -189,6 +189,11 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
             .attacher
             .attach(&mut agent.dp, &agent.pins, &ifname, false)?;
     }
+    let cgroup_pins = agent.pins.version_dir().join("cgroup");
+    let cgroup = &agent.args.cgroup_path;
+    if let Err(e) = crate::datapath::attach_cgroup(&mut agent.dp, cgroup, Some(&cgroup_pins)) {
+        tracing::warn!("host-network clients reach no Service: {e:#}");
+    }
     agent.attach_pod_ifaces();
     agent.pins.remove_old_versions()?;
 

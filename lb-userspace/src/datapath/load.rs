@@ -67,7 +67,8 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the object and the `lb` and `noop` programs into the kernel.
+    /// Loads the object, the `lb` and `noop` programs and the socket
+    /// programs of `cgroup.rs` into the kernel.
     /// With `pin_dir`, every map is pinned there by name and reused if it
     /// already exists, so state outlives this process.
     pub fn load(caps: &Capacities, pin_dir: Option<&Path>) -> Result<Self> {
@@ -96,6 +97,7 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("verifier rejected {name}"))?;
         }
+        super::cgroup::load(&mut ebpf)?;
         let maps = Maps::take(&mut ebpf)?;
         Ok(Self { ebpf, maps })
     }

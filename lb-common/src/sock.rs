@@ -1,0 +1,81 @@
+//! Layouts and the hash of socket-level translation: the cgroup `connect4`
+//! and `sendmsg4` programs point sockets of the node's own processes (whose
+//! packets XDP never sees) at a backend before the kernel routes anything,
+//! and `recvmsg4` gives UDP replies back the frontend as their source.
+
+use crate::flow::{flow_hash_v4, fmix};
+
+/// Sockets talking UDP to a frontend at once, node-wide; an evicted entry
+/// only costs the oldest socket the frontend source on its replies.
+pub const MAX_SOCK_REVNAT: u32 = 1 << 16;
+
+/// Key of `SOCK_REVNAT_V4`: a backend as one socket was sent to it.
+/// Addresses and ports in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevNatKeyV4 {
+    /// `bpf_get_socket_cookie`: never reused while the kernel runs, so an
+    /// entry can never be mistaken for a later socket's.
+    pub cookie: u64,
+    pub backend_addr: u32,
+    pub backend_port: u16,
+    pub _pad: u16,
+}
+
+/// Value of `SOCK_REVNAT_V4`: the frontend the socket addressed. A socket
+/// sending to two frontends that share a backend gets the later one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevNatValueV4 {
+    pub frontend_addr: u32,
+    pub frontend_port: u16,
+    pub _pad: u16,
+}
+
+/// Maglev hash of a socket towards a frontend. A connect has no source port
+/// yet, so the socket cookie stands in for the client's half of the tuple
+/// rather than a random number: one socket keeps one backend per frontend,
+/// as one 5-tuple does through XDP, so the datagrams of an unconnected UDP
+/// socket reach the same server and `SOCK_REVNAT_V4` holds one entry for it.
+/// Cookies are sequential; the murmur finaliser spreads them.
+#[inline(always)]
+pub const fn socket_hash_v4(cookie: u64, dst: u32, dport: u16, proto: u8) -> u32 {
+    fmix(flow_hash_v4(cookie as u32, dst, 0, dport, proto) ^ (cookie >> 32) as u32)
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<SockRevNatKeyV4>() == 16);
+    assert!(core::mem::size_of::<SockRevNatValueV4>() == 8);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: repr(C), Copy, explicit padding, no invalid bit patterns.
+    unsafe impl aya::Pod for SockRevNatKeyV4 {}
+    unsafe impl aya::Pod for SockRevNatValueV4 {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::socket_hash_v4;
+
+    #[test]
+    fn spreads_sequential_cookies_evenly() {
+        let mut buckets = [0u32; 7];
+        for cookie in 4096..4096 + 7000u64 {
+            buckets[(socket_hash_v4(cookie, 0x0a60_000a, 80, 6) % 7) as usize] += 1;
+        }
+        for b in buckets {
+            assert!((900..=1100).contains(&b), "{buckets:?}");
+        }
+    }
+
+    #[test]
+    fn every_cookie_bit_and_the_frontend_matter() {
+        let a = socket_hash_v4(1, 2, 3, 6);
+        assert_ne!(a, socket_hash_v4(1 | 1 << 40, 2, 3, 6));
+        assert_ne!(a, socket_hash_v4(1, 3, 3, 6));
+        assert_ne!(a, socket_hash_v4(1, 2, 3, 17));
+    }
+}

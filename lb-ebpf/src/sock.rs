@@ -1,0 +1,176 @@
+//! Socket-level translation for the processes whose packets XDP never sees:
+//! those in the node's own network namespace (hostNetwork pods, node
+//! agents), which send straight out of the node. Attached to a cgroup, the
+//! programs act on every socket its processes open, in any namespace.
+//!
+//! `connect4` (TCP, connected UDP) and `sendmsg4` (unconnected UDP) swap a
+//! frontend for a backend chosen as the packet path chooses (same maps, ring
+//! and ClientIP affinity, `select::pick`), so the kernel routes to the
+//! backend itself and no packet needs translating. `recvmsg4` restores the
+//! frontend as the source of UDP replies, which the application would
+//! otherwise take for a stranger's.
+//!
+//! A frontend without backends fails the call at once. A denying program
+//! alone makes that EPERM, which no client expects from a network call, so
+//! `bpf_set_retval` replaces it: ECONNREFUSED, what kube-proxy's reject gives
+//! the client; or, where the packet path drops (`FE_DROP_EMPTY`, traffic
+//! policy Local without local backends), EHOSTUNREACH, as Cilium's socket
+//! balancer answers, rather than leave the client to its connect timeout.
+use core::ptr::{read_volatile, write_volatile};
+
+use aya_ebpf::{
+    helpers::generated::{bpf_get_socket_cookie, bpf_set_retval},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+    EbpfContext,
+};
+use lb_common::{
+    sock::{socket_hash_v4, SockRevNatKeyV4, SockRevNatValueV4},
+    BackendV4, FrontendKeyV4, ADDR_FRONTEND, FE_DROP_EMPTY, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::{
+    conntrack,
+    maps::{ADDRS_V4, FRONTENDS_V4, SOCK_REVNAT_V4},
+    select,
+};
+
+/// Verdicts of a cgroup sock_addr program.
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+const AF_INET: u32 = 2;
+const ECONNREFUSED: i32 = 111;
+const EHOSTUNREACH: i32 = 113;
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    to_backend(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    to_backend(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    from_backend(&ctx);
+    // The only verdict the kernel accepts from this hook.
+    ALLOW
+}
+
+// Context fields are read and written through volatile whole-word accesses:
+// the verifier refuses the narrower loads the compiler would pick for
+// `protocol`, and rewrites each access to the socket address it stands for.
+
+#[inline(always)]
+fn to_backend(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let (family, proto, addr, port) = unsafe {
+        (
+            read_volatile(&raw const (*sa).user_family),
+            read_volatile(&raw const (*sa).protocol),
+            read_volatile(&raw const (*sa).user_ip4),
+            read_volatile(&raw const (*sa).user_port) as u16,
+        )
+    };
+    if family != AF_INET || (proto != PROTO_TCP as u32 && proto != PROTO_UDP as u32) {
+        return ALLOW;
+    }
+    let fe_key = FrontendKeyV4 {
+        addr,
+        port,
+        proto: proto as u8,
+        _pad: 0,
+    };
+    let Some(fe) = FRONTENDS_V4.get_ptr(fe_key) else {
+        // A frontend address on a port it does not serve: the packet path
+        // rejects that too.
+        let frontend_addr = ADDRS_V4
+            .get_ptr(addr)
+            .is_some_and(|i| unsafe { (*i).flags } & ADDR_FRONTEND != 0);
+        return if frontend_addr {
+            refuse(ECONNREFUSED)
+        } else {
+            ALLOW
+        };
+    };
+    // One copy, as on the packet path: the agent may swap the value meanwhile.
+    let fe = unsafe { *fe };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // The address the socket is bound to, 0 when unbound: then the client is
+    // the node, whose processes share its source address under kube-proxy too.
+    let client = unsafe {
+        let sk = read_volatile(&raw const (*sa).__bindgen_anon_1.sk);
+        read_volatile(&raw const (*sk).src_ip4)
+    };
+    let Some(be) = select::pick(&fe, &fe_key, client, conntrack::now(), || {
+        socket_hash_v4(cookie, addr, port, fe_key.proto)
+    }) else {
+        return refuse(if fe.flags & FE_DROP_EMPTY != 0 {
+            EHOSTUNREACH
+        } else {
+            ECONNREFUSED
+        });
+    };
+    unsafe {
+        write_volatile(&raw mut (*sa).user_ip4, be.addr);
+        write_volatile(&raw mut (*sa).user_port, be.port as u32);
+    }
+    if fe_key.proto == PROTO_UDP {
+        remember(cookie, &be, &fe_key);
+    }
+    ALLOW
+}
+
+#[inline(always)]
+fn refuse(errno: i32) -> i32 {
+    unsafe { bpf_set_retval(-errno) };
+    DENY
+}
+
+#[inline(always)]
+fn remember(cookie: u64, be: &BackendV4, fe_key: &FrontendKeyV4) {
+    let key = SockRevNatKeyV4 {
+        cookie,
+        backend_addr: be.addr,
+        backend_port: be.port,
+        _pad: 0,
+    };
+    let value = SockRevNatValueV4 {
+        frontend_addr: fe_key.addr,
+        frontend_port: fe_key.port,
+        _pad: 0,
+    };
+    // `sendmsg4` runs for every datagram, and an LRU update costs more than
+    // a lookup.
+    if SOCK_REVNAT_V4
+        .get_ptr(key)
+        .is_some_and(|v| unsafe { *v } == value)
+    {
+        return;
+    }
+    // Losing this write only costs the replies their frontend source.
+    let _ = SOCK_REVNAT_V4.insert(key, value, 0);
+}
+
+#[inline(always)]
+fn from_backend(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    let key = unsafe {
+        SockRevNatKeyV4 {
+            cookie: bpf_get_socket_cookie(ctx.as_ptr()),
+            backend_addr: read_volatile(&raw const (*sa).user_ip4),
+            backend_port: read_volatile(&raw const (*sa).user_port) as u16,
+            _pad: 0,
+        }
+    };
+    if let Some(fe) = SOCK_REVNAT_V4.get_ptr(key) {
+        unsafe {
+            let fe = *fe;
+            write_volatile(&raw mut (*sa).user_ip4, fe.frontend_addr);
+            write_volatile(&raw mut (*sa).user_port, fe.frontend_port as u32);
+        }
+    }
+}

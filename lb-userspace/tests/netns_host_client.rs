@@ -1,0 +1,519 @@
+//! Host-network clients: processes in the node's own namespace, whose
+//! packets XDP never sees, reach Services through the cgroup socket programs
+//! (`connect4`, `sendmsg4`, `recvmsg4`). BPF_PROG_TEST_RUN cannot run those,
+//! so real clients do: python3 processes that join the node namespace and a
+//! cgroup of the test's own before they start, with the programs attached to
+//! that cgroup and no XDP program anywhere. The pods' servers answer with
+//! their name and the request. Needs root and a cgroup v2 mount; without
+//! them every test fails (never skips) and says why.
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use common::{
+    topology::{reply, Topology, BACKEND_TCP_PORT, BACKEND_UDP_PORT},
+    Provision,
+};
+use lb_common::{FrontendValue, PROTO_TCP, PROTO_UDP};
+use lb_userspace::datapath::{attach_cgroup, cgroup2_root, Capacities, Datapath};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+/// A Service whose endpoints are all gone.
+const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const AFFINITY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+/// In the service range, which the node has no route for, but no frontend.
+const NOT_A_FRONTEND: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 99);
+const TCP_PORT: u16 = 80;
+const UDP_PORT: u16 = 53;
+/// Enough sockets that Maglev leaving a backend unused would be a bug, not luck.
+const FLOWS: usize = 40;
+/// "At once": far below any connect or retransmission timeout.
+const AT_ONCE_MS: f64 = 500.0;
+/// This binary's cgroups and pin directories are `<prefix><pid>-<n>`.
+const DIR_PREFIX: &str = "xl-host-client-";
+
+/// One client connection or exchange; every byte is printable ASCII, as
+/// the client takes it on its command line.
+struct Op {
+    kind: &'static str,
+    dst: SocketAddrV4,
+    request: String,
+}
+
+fn op(kind: &'static str, addr: Ipv4Addr, port: u16, request: String) -> Op {
+    Op {
+        kind,
+        dst: SocketAddrV4::new(addr, port),
+        request,
+    }
+}
+
+/// Runs each `kind dst request` of its arguments in turn and prints one
+/// line per exchange: `ok <ms> <reply source or -> <reply>` or `err <ms>
+/// <errno name>`. `udp` is a connected socket, `udpto` an unconnected one.
+const CLIENT: &str = r#"
+import errno, socket, sys, time
+
+TIMEOUT = 3.0
+
+def tcp(dst, request):
+    with socket.create_connection(dst, timeout=TIMEOUT) as s:
+        s.sendall(request)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return None, b"".join(chunks)
+
+def udp(dst, request):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(TIMEOUT)
+        s.connect(dst)
+        s.send(request)
+        answer, source = s.recvfrom(65536)
+        return source, answer
+
+def udpto(dst, request):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(TIMEOUT)
+        s.sendto(request, dst)
+        answer, source = s.recvfrom(65536)
+        return source, answer
+
+args = sys.argv[1:]
+for i in range(0, len(args), 4):
+    kind, host, port, request = args[i:i + 4]
+    start = time.monotonic()
+    try:
+        source, answer = globals()[kind]((host, int(port)), request.encode())
+        out = ["ok", "-" if source is None else "%s:%d" % source, answer.decode()]
+    except TimeoutError:
+        out = ["err", "timeout"]
+    except OSError as e:
+        out = ["err", errno.errorcode.get(e.errno, str(e))]
+    ms = "%.1f" % ((time.monotonic() - start) * 1000)
+    print("\t".join([out[0], ms] + out[1:]), flush=True)
+"#;
+
+#[derive(Debug)]
+struct Outcome {
+    ms: f64,
+    /// `(reply source, reply)`, the source `-` for TCP; or the errno's name.
+    result: Result<(String, String), String>,
+}
+
+/// A cgroup of its own under the cgroup v2 root; drop removes it.
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn create() -> Self {
+        let root = cgroup2_root()
+            .expect("no cgroup v2 mount in /proc/mounts: the socket programs attach to one");
+        Self(unique_dir(&root, |dir| fs::remove_dir(dir)))
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // A client reaped a moment ago may still count as a member briefly.
+        for _ in 0..100 {
+            if fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("cannot remove cgroup {}", self.0.display());
+    }
+}
+
+/// Creates `<root>/<prefix><pid>-<n>`, first removing with `remove` those
+/// of killed runs, recognised by a dead pid in their name.
+fn unique_dir(root: &Path, remove: fn(&Path) -> io::Result<()>) -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    for entry in fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(DIR_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = remove(&entry.path());
+        }
+    }
+    let path = root.join(format!(
+        "{DIR_PREFIX}{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+    path
+}
+
+/// A directory of its own on the bpffs at /sys/fs/bpf, as the agent pins
+/// into; drop unpins everything in it.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn create() -> Self {
+        Self(unique_dir(Path::new("/sys/fs/bpf"), |dir| {
+            fs::remove_dir_all(dir)
+        }))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(e) = fs::remove_dir_all(&self.0) {
+            eprintln!("cannot remove {}: {e}", self.0.display());
+        }
+    }
+}
+
+/// Drops in declaration order: the cgroup goes last, once its programs are
+/// detached and its clients long gone.
+struct Host {
+    topo: Topology,
+    dp: Datapath,
+    cgroup: Cgroup,
+}
+
+/// The node and pods, the Services provisioned, the socket programs
+/// attached to a fresh cgroup.
+fn host() -> Host {
+    let topo = Topology::build().expect("building the topology");
+    let mut dp = Datapath::load(&Capacities::small(), None).expect("loading the object");
+    provision(&mut dp, &topo);
+    let cgroup = Cgroup::create();
+    attach_cgroup(&mut dp, &cgroup.0, None).expect("attaching the socket programs");
+    Host { topo, dp, cgroup }
+}
+
+fn provision(dp: &mut Datapath, topo: &Topology) {
+    let mut provision = Provision::new();
+    provision.service(
+        dp,
+        1,
+        (VIP, TCP_PORT),
+        PROTO_TCP,
+        &topo.backends(BACKEND_TCP_PORT),
+    );
+    provision.service(
+        dp,
+        2,
+        (VIP, UDP_PORT),
+        PROTO_UDP,
+        &topo.backends(BACKEND_UDP_PORT),
+    );
+    provision.service(dp, 3, (EMPTY_VIP, TCP_PORT), PROTO_TCP, &[]);
+    provision.service(dp, 4, (EMPTY_VIP, UDP_PORT), PROTO_UDP, &[]);
+    provision.service_with(
+        dp,
+        5,
+        (AFFINITY_VIP, TCP_PORT),
+        PROTO_TCP,
+        &topo.backends(BACKEND_TCP_PORT),
+        0,
+        FrontendValue {
+            affinity_timeout_s: 600,
+            ..FrontendValue::default()
+        },
+    );
+}
+
+/// Runs `ops` in one client process in the node namespace, inside the test's
+/// cgroup if `in_cgroup`.
+fn run(host: &Host, in_cgroup: bool, ops: &[Op]) -> Vec<Outcome> {
+    run_in(&host.topo, in_cgroup.then_some(&host.cgroup), ops)
+}
+
+/// Runs `ops` in one client process in the node namespace, inside `cgroup`
+/// if given.
+fn run_in(topo: &Topology, cgroup: Option<&Cgroup>, ops: &[Op]) -> Vec<Outcome> {
+    let netns_path = Path::new("/run/netns").join(topo.node.name());
+    let netns = File::open(&netns_path).expect("opening the node namespace");
+    let procs = cgroup.map(|cgroup| {
+        OpenOptions::new()
+            .write(true)
+            .open(cgroup.0.join("cgroup.procs"))
+            .expect("opening cgroup.procs")
+    });
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--kill-after=5", "60", "python3", "-c", CLIENT]);
+    for op in ops {
+        cmd.arg(op.kind)
+            .arg(op.dst.ip().to_string())
+            .arg(op.dst.port().to_string())
+            .arg(&op.request);
+    }
+    let (netns_fd, procs_fd) = (netns.as_raw_fd(), procs.as_ref().map(File::as_raw_fd));
+    // SAFETY: the closure makes only async-signal-safe syscalls, on
+    // descriptors this function keeps open until the child has exited.
+    unsafe { cmd.pre_exec(move || enter(netns_fd, procs_fd)) };
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .expect("running python3 (needed for the clients)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed ({}): {}\n{stdout}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outcomes: Vec<Outcome> = stdout.lines().map(parse).collect();
+    assert_eq!(outcomes.len(), ops.len(), "client output: {stdout}");
+    outcomes
+}
+
+/// In the child between fork and exec: joins the cgroup first, so every
+/// socket the client opens belongs to it, then the node namespace.
+fn enter(netns: RawFd, cgroup_procs: Option<RawFd>) -> io::Result<()> {
+    // "0" moves the writing process itself.
+    if let Some(fd) = cgroup_procs {
+        // SAFETY: plain write(2) of a static buffer.
+        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: plain setns(2) on a namespace descriptor.
+    if unsafe { libc::setns(netns, libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn parse(line: &str) -> Outcome {
+    let fields: Vec<&str> = line.splitn(4, '\t').collect();
+    let ms = fields
+        .get(1)
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected client line {line:?}"));
+    let result = match fields[..] {
+        ["ok", _, source, answer] => Ok((source.to_string(), answer.to_string())),
+        ["err", _, errno] => Err(errno.to_string()),
+        _ => panic!("unexpected client line {line:?}"),
+    };
+    Outcome { ms, result }
+}
+
+/// Distinct per flow, several segments long for TCP, and not a repetition
+/// a shifted or lost chunk could hide in.
+fn payload(flow: usize, len: usize) -> String {
+    let body: String = (0..len)
+        .map(|i| (b'a' + ((i * 7 + flow * 13 + i / 251) % 26) as u8) as char)
+        .collect();
+    format!("flow {flow}:{body}")
+}
+
+/// The pod whose answer to `request` `answer` is, if any.
+fn served_by<'a>(topo: &'a Topology, request: &str, answer: &str) -> Option<&'a str> {
+    topo.pods
+        .iter()
+        .find(|pod| reply(pod.name, request.as_bytes()) == answer.as_bytes())
+        .map(|pod| pod.name)
+}
+
+/// Every exchange got exactly a pod's answer to its request (and, when
+/// `source` is given, from that address); returns the pods that answered.
+fn assert_answered<'a>(
+    topo: &'a Topology,
+    ops: &[Op],
+    outcomes: &[Outcome],
+    source: Option<&str>,
+) -> BTreeSet<&'a str> {
+    let mut served = BTreeSet::new();
+    for (i, (op, outcome)) in ops.iter().zip(outcomes).enumerate() {
+        let (from, answer) = match &outcome.result {
+            Ok(ok) => ok,
+            Err(errno) => panic!("{} {i} to {} failed: {errno}", op.kind, op.dst),
+        };
+        let Some(pod) = served_by(topo, &op.request, answer) else {
+            panic!(
+                "{} {i} to {}: a {}-byte reply to a {}-byte request is no pod's answer; \
+                 it starts {:?}",
+                op.kind,
+                op.dst,
+                answer.len(),
+                op.request.len(),
+                &answer[..answer.len().min(24)]
+            );
+        };
+        if let Some(source) = source {
+            assert_eq!(from, source, "{} {i}: reply source", op.kind);
+        }
+        served.insert(pod);
+    }
+    served
+}
+
+fn all_pods(host: &Host) -> BTreeSet<&str> {
+    host.topo.pods.iter().map(|pod| pod.name).collect()
+}
+
+fn assert_error(outcome: &Outcome, errno: &str, what: &str) {
+    assert_eq!(
+        outcome.result,
+        Err(errno.to_string()),
+        "{what}: {outcome:?}"
+    );
+}
+
+#[test]
+fn tcp_connections_to_the_vip_reach_both_backends_with_bytes_intact() {
+    let host = host();
+    let ops: Vec<Op> = (0..FLOWS)
+        .map(|flow| op("tcp", VIP, TCP_PORT, payload(flow, 3000 + 97 * flow)))
+        .collect();
+    let outcomes = run(&host, true, &ops);
+    let served = assert_answered(&host.topo, &ops, &outcomes, None);
+    assert_eq!(
+        served,
+        all_pods(&host),
+        "not every backend got a connection"
+    );
+}
+
+#[test]
+fn udp_replies_come_from_the_vip_on_connected_and_unconnected_sockets() {
+    let host = host();
+    let vip = SocketAddrV4::new(VIP, UDP_PORT).to_string();
+    for kind in ["udp", "udpto"] {
+        let ops: Vec<Op> = (0..FLOWS)
+            .map(|flow| op(kind, VIP, UDP_PORT, payload(flow, 200 + 10 * flow)))
+            .collect();
+        let outcomes = run(&host, true, &ops);
+        let served = assert_answered(&host.topo, &ops, &outcomes, Some(&vip));
+        assert_eq!(
+            served,
+            all_pods(&host),
+            "{kind}: not every backend got a socket"
+        );
+    }
+}
+
+#[test]
+fn a_frontend_without_backends_refuses_at_once() {
+    let host = host();
+    let ops = [
+        op("tcp", EMPTY_VIP, TCP_PORT, "hello".into()),
+        op("udp", EMPTY_VIP, UDP_PORT, "hello".into()),
+        op("udpto", EMPTY_VIP, UDP_PORT, "hello".into()),
+        // A frontend address on a port no Service has: the packet path
+        // rejects that as well.
+        op("tcp", VIP, TCP_PORT + 1, "hello".into()),
+    ];
+    let outcomes = run(&host, true, &ops);
+    for (op, outcome) in ops.iter().zip(&outcomes) {
+        let what = format!("{} to {}", op.kind, op.dst);
+        assert_error(outcome, "ECONNREFUSED", &what);
+        assert!(outcome.ms < AT_ONCE_MS, "{what} took {} ms", outcome.ms);
+    }
+}
+
+#[test]
+fn addresses_that_are_no_frontend_are_untouched() {
+    let host = host();
+    let [b1, b2] = [&host.topo.pods[0], &host.topo.pods[1]];
+    let ops = [
+        op("tcp", b1.addr, BACKEND_TCP_PORT, payload(0, 2000)),
+        op("udpto", b2.addr, BACKEND_UDP_PORT, payload(1, 100)),
+        op("tcp", NOT_A_FRONTEND, TCP_PORT, "hello".into()),
+        op("udpto", NOT_A_FRONTEND, UDP_PORT, "hello".into()),
+    ];
+    let outcomes = run(&host, true, &ops);
+    let served = assert_answered(&host.topo, &ops[..1], &outcomes[..1], None);
+    assert_eq!(served, BTreeSet::from([b1.name]), "{outcomes:?}");
+    let b2_source = SocketAddrV4::new(b2.addr, BACKEND_UDP_PORT).to_string();
+    let served = assert_answered(&host.topo, &ops[1..2], &outcomes[1..2], Some(&b2_source));
+    assert_eq!(served, BTreeSet::from([b2.name]), "{outcomes:?}");
+    // Untranslated, they meet the node's missing route.
+    assert_error(&outcomes[2], "ENETUNREACH", "tcp to no frontend");
+    assert_error(&outcomes[3], "ENETUNREACH", "udpto to no frontend");
+}
+
+#[test]
+fn processes_outside_the_cgroup_are_not_translated() {
+    let host = host();
+    let ops = [
+        op("tcp", VIP, TCP_PORT, "hello".into()),
+        op("udp", VIP, UDP_PORT, "hello".into()),
+        op("udpto", VIP, UDP_PORT, "hello".into()),
+        op("tcp", EMPTY_VIP, TCP_PORT, "hello".into()),
+    ];
+    let outcomes = run(&host, false, &ops);
+    for (op, outcome) in ops.iter().zip(&outcomes) {
+        assert_error(
+            outcome,
+            "ENETUNREACH",
+            &format!("{} to {}", op.kind, op.dst),
+        );
+    }
+    // The same client inside the cgroup is served, so the programs were live.
+    let inside = run(&host, true, &ops[..1]);
+    assert_answered(&host.topo, &ops[..1], &inside, None);
+}
+
+#[test]
+fn client_ip_affinity_keeps_the_host_on_one_backend() {
+    let host = host();
+    let ops: Vec<Op> = (0..FLOWS)
+        .map(|flow| op("tcp", AFFINITY_VIP, TCP_PORT, payload(flow, 100)))
+        .collect();
+    let outcomes = run(&host, true, &ops);
+    let served = assert_answered(&host.topo, &ops, &outcomes, None);
+    assert_eq!(served.len(), 1, "affinity let connections reach {served:?}");
+    // Unbound sockets are the node itself: client address 0.
+    let clients: Vec<u32> = host
+        .dp
+        .maps
+        .affinity
+        .keys()
+        .map(|key| key.expect("reading AFFINITY_V4"))
+        .filter(|key| key.frontend.addr == common::be(AFFINITY_VIP))
+        .map(|key| key.client_addr)
+        .collect();
+    assert_eq!(clients, [0], "affinity entries of the frontend");
+}
+
+#[test]
+fn pinned_links_outlive_the_loader_and_a_reload_replaces_them() {
+    let topo = Topology::build().expect("building the topology");
+    let cgroup = Cgroup::create();
+    let pins = PinDir::create();
+    let (maps, links) = (pins.0.join("maps"), pins.0.join("links"));
+    let ops = [op("tcp", VIP, TCP_PORT, payload(0, 100))];
+    // As the agent starts: over the pinned maps, pinning the links. Each
+    // loader is gone when the clients run.
+    for start in 0..2 {
+        let mut dp = Datapath::load(&Capacities::small(), Some(&maps)).expect("loading the object");
+        if start == 0 {
+            provision(&mut dp, &topo);
+        }
+        attach_cgroup(&mut dp, &cgroup.0, Some(&links)).expect("attaching the socket programs");
+        drop(dp);
+        let outcomes = run_in(&topo, Some(&cgroup), &ops);
+        assert_answered(&topo, &ops, &outcomes, None);
+    }
+    let mut pinned: Vec<String> = fs::read_dir(&links)
+        .expect("reading the links directory")
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pinned.sort();
+    assert_eq!(pinned, ["connect4", "recvmsg4", "sendmsg4"]);
+    // Unpinning detaches: no link of either start is left translating.
+    fs::remove_dir_all(&links).expect("unpinning the links");
+    let outcomes = run_in(&topo, Some(&cgroup), &ops);
+    assert_error(&outcomes[0], "ENETUNREACH", "tcp after unpinning");
+}
