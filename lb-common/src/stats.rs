@@ -27,10 +27,12 @@ pub enum Reason {
     SnatNewFlow = 20,
     XlateIcmpError = 21,
     XlateFragment = 22,
+    SockTranslated = 23,
+    SockRefused = 24,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 25;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotOurs,
@@ -55,6 +57,8 @@ impl Reason {
         Reason::SnatNewFlow,
         Reason::XlateIcmpError,
         Reason::XlateFragment,
+        Reason::SockTranslated,
+        Reason::SockRefused,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -82,6 +86,8 @@ impl Reason {
             Reason::SnatNewFlow => "snat_new_flow",
             Reason::XlateIcmpError => "xlate_icmp_error",
             Reason::XlateFragment => "xlate_later_fragment",
+            Reason::SockTranslated => "socket_translated",
+            Reason::SockRefused => "socket_refused",
         }
     }
 }

@@ -26,13 +26,13 @@ use aya_ebpf::{
 };
 use lb_common::{
     sock::{socket_hash_v4, SockRevNatKeyV4, SockRevNatValueV4},
-    BackendV4, FrontendKeyV4, ADDR_FRONTEND, FE_DROP_EMPTY, PROTO_TCP, PROTO_UDP,
+    BackendV4, FrontendKeyV4, Reason, ADDR_FRONTEND, FE_DROP_EMPTY, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
     conntrack,
     maps::{ADDRS_V4, FRONTENDS_V4, SOCK_REVNAT_V4},
-    select,
+    select, stats,
 };
 
 /// Verdicts of a cgroup sock_addr program.
@@ -118,6 +118,10 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
         write_volatile(&raw mut (*sa).user_ip4, be.addr);
         write_volatile(&raw mut (*sa).user_port, be.port as u32);
     }
+    // A connection or datagram is the socket path's packet; its size is not
+    // known here.
+    stats::count(Reason::SockTranslated);
+    stats::count_service(fe.svc_id, 0);
     if fe_key.proto == PROTO_UDP {
         remember(cookie, &be, &fe_key);
     }
@@ -126,6 +130,7 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
 
 #[inline(always)]
 fn refuse(errno: i32) -> i32 {
+    stats::count(Reason::SockRefused);
     unsafe { bpf_set_retval(-errno) };
     DENY
 }

@@ -97,7 +97,11 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("verifier rejected {name}"))?;
         }
-        super::cgroup::load(&mut ebpf)?;
+        // Host-network clients are an addition: a kernel without the socket
+        // hooks (before 5.18) still gets the packet path.
+        if let Err(e) = super::cgroup::load(&mut ebpf) {
+            tracing::warn!("socket programs not loaded, host processes reach no Service: {e:#}");
+        }
         let maps = Maps::take(&mut ebpf)?;
         Ok(Self { ebpf, maps })
     }
