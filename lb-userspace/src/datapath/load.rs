@@ -57,7 +57,9 @@ impl Capacities {
 pub enum XdpMode {
     /// Native (driver) mode, falling back to generic when the driver has none.
     Auto,
+    /// Driver mode only; fail where the driver has no XDP support.
     Native,
+    /// The kernel's generic (skb) mode: works on any device, slower.
     Generic,
 }
 
