@@ -95,6 +95,10 @@ impl Segments {
 
     /// Marks a range as in use (recovery from pinned maps).
     pub fn claim(&mut self, off: u32, len: u32) -> Result<()> {
+        // A service without backends has an empty ring that owns no slots.
+        if len == 0 {
+            return Ok(());
+        }
         let Some((&start, &flen)) = self.free.range(..=off).next_back() else {
             bail!("ring at {off} overlaps another");
         };

@@ -165,7 +165,12 @@ fn service_without_backends_is_published_with_an_empty_ring() {
 #[test]
 fn restart_over_the_same_maps_keeps_ids_and_writes_nothing() {
     let (mut s, mut w) = fresh();
-    let desired = state(&[("a", service(1, &[1, 2, 3])), ("b", service(2, &[3, 4]))]);
+    // "empty" has no backends: its empty ring sits at offset 0 beside a real one.
+    let desired = state(&[
+        ("a", service(1, &[1, 2, 3])),
+        ("b", service(2, &[3, 4])),
+        ("empty", service(4, &[])),
+    ]);
     s.sync(&desired, &mut w).unwrap();
     let before = w.maps.clone();
     let mut restarted = Syncer::recover(&w).unwrap();
