@@ -2,6 +2,7 @@
 mod bench;
 mod bootstrap;
 mod demo;
+mod e2e;
 mod ebpf;
 mod test;
 
@@ -25,6 +26,8 @@ enum Command {
     Bench(bench::Args),
     /// The seed's counter app and Redis on a two-node namespace cluster, served by xdplb (needs root).
     Demo(demo::Args),
+    /// Service scenarios (after Kubernetes' Service e2e tests) on the demo's namespace cluster (needs root).
+    E2e(e2e::Args),
 }
 
 fn main() -> Result<()> {
@@ -37,5 +40,6 @@ fn main() -> Result<()> {
         Command::Test(args) => test::run_cmd(&args),
         Command::Bench(args) => bench::run_benches(&args),
         Command::Demo(args) => demo::run_cmd(&args),
+        Command::E2e(args) => e2e::run_cmd(&args),
     }
 }

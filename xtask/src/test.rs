@@ -71,7 +71,8 @@ fn run_tests(args: &Args) -> Result<()> {
     crate::demo::run_cmd(&crate::demo::Args {
         keep: false,
         down: false,
-    })
+    })?;
+    crate::e2e::run_cmd(&crate::e2e::Args::default())
 }
 
 pub fn run_cmd(args: &Args) -> Result<()> {

@@ -11,7 +11,12 @@
 //!
 //! Every address lives inside the namespaces; the root namespace only holds
 //! the run's directory under `/run/xdplb-demo/<id>` (bpffs, manifests,
-//! logs) and the pods' hosts files under `/etc/netns`. Namespaces are named
+//! logs), the pods' hosts files under `/etc/netns` and, where cgroup v2 is
+//! mounted, a cgroup per node (`<cgroup2>/xdplb-demo/<id>/<node>`) for the
+//! node's own processes: an agent's socket-level hooks act on a cgroup, not
+//! a network namespace, so each node needs its own. The run's cgroup is
+//! bind-mounted at `<run>/cgroup`, because `ip netns exec` mounts a fresh
+//! /sys for its command, without /sys/fs/cgroup. Namespaces are named
 //! `xdd-<id>-<role>`; a run records its owner process, so the next run can
 //! tell a killed run's leftovers from a live or `--keep`-ed cluster.
 //!
@@ -20,10 +25,14 @@
 //! `cargo xtask build-ebpf` makes, and a kept cluster must outlive its
 //! process, which that helper's leftover sweep would remove.
 use std::{
+    ffi::CString,
     fs::{self, File},
     io,
     net::Ipv4Addr,
-    os::{fd::AsRawFd, unix::process::CommandExt},
+    os::{
+        fd::AsRawFd,
+        unix::{ffi::OsStrExt, process::CommandExt},
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
@@ -86,6 +95,17 @@ impl Run {
         self.dir.join("logs")
     }
 
+    /// The cgroup v2 directory of `node`'s own processes, if cgroup v2 is
+    /// mounted, by a path that is the same inside `ip netns exec`.
+    pub fn cgroup(&self, node: &str) -> Option<PathBuf> {
+        cgroup2_root()?;
+        Some(self.cgroups().join(node))
+    }
+
+    fn cgroups(&self) -> PathBuf {
+        self.dir.join("cgroup")
+    }
+
     fn log(&self, what: &str) -> PathBuf {
         self.logs().join(format!("{what}.log"))
     }
@@ -113,8 +133,23 @@ impl Cluster {
             released: false,
         };
         cluster.mount_bpffs()?;
+        cluster.make_cgroups()?;
         cluster.wire()?;
         Ok(cluster)
+    }
+
+    fn make_cgroups(&self) -> Result<()> {
+        let Some(cgroup) = run_cgroup(&self.run.id) else {
+            return Ok(());
+        };
+        for node in &self.nodes {
+            let dir = cgroup.join(&node.name);
+            fs::create_dir_all(&dir)
+                .with_context(|| format!("creating cgroup {}", dir.display()))?;
+        }
+        let at = self.run.cgroups();
+        fs::create_dir_all(&at)?;
+        run(Command::new("mount").arg("--bind").arg(&cgroup).arg(&at))
     }
 
     /// Agents pin on a bpffs of the root mount namespace: the one under
@@ -226,6 +261,24 @@ impl Cluster {
         route(&node_ns, &format!("{}/32 dev {host_if}", pod.addr))
     }
 
+    /// Deletes a pod's namespace, and with it the veth to its node, after
+    /// stopping the program [`Cluster::spawn`] started there under the
+    /// pod's name.
+    pub fn remove_pod(&mut self, pod: &str) -> Result<()> {
+        if self.children.iter().any(|(label, _)| label == pod) {
+            self.kill(pod)?;
+        }
+        let ns = self.run.ns(pod);
+        ip(&["netns", "del", &ns])?;
+        remove_dir(&Path::new("/etc/netns").join(ns))
+    }
+
+    /// Sets the MTU of `ifname` in the namespace of `role`.
+    pub fn set_mtu(&self, role: &str, ifname: &str, mtu: u32) -> Result<()> {
+        let ns = self.run.ns(role);
+        ip(&["-n", &ns, "link", "set", ifname, "mtu", &mtu.to_string()])
+    }
+
     /// Starts `program` inside namespace `ns`, logging to `<label>.log`. It
     /// runs in its own process group: Ctrl-C is for the demo, which then
     /// tears it down, and a kept cluster's processes outlive the terminal's
@@ -238,12 +291,49 @@ impl Cluster {
         args: &[&str],
         env: &[(String, String)],
     ) -> Result<()> {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns]).arg(program);
+        self.start(command, label, args, env)
+    }
+
+    /// Starts `program` as a process of `node` itself: in the node's
+    /// namespace and cgroup. Otherwise as [`Cluster::spawn`].
+    pub fn spawn_on_node(
+        &mut self,
+        node: &str,
+        label: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Result<()> {
+        let command = self.node_command(node, program)?;
+        self.start(command, label, args, env)
+    }
+
+    /// A command that runs `program` as a process of `node`: in its network
+    /// namespace and, where there is one, its cgroup.
+    pub fn node_command(&self, node: &str, program: &Path) -> Result<Command> {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.run.ns(node)])
+            .arg(program);
+        if let Some(cgroup) = self.run.cgroup(node) {
+            join_cgroup(&mut command, &cgroup)?;
+        }
+        Ok(command)
+    }
+
+    fn start(
+        &mut self,
+        mut command: Command,
+        label: &str,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Result<()> {
         let log_path = self.run.log(label);
         fs::create_dir_all(log_path.parent().expect("logs dir"))?;
         let log = File::create(&log_path)?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(program)
+        let child = command
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -251,8 +341,22 @@ impl Cluster {
             .stderr(log)
             .process_group(0)
             .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
+            .with_context(|| format!("starting {command:?}"))?;
         self.children.push((label.to_owned(), child));
+        Ok(())
+    }
+
+    /// Kills the process started as `label` with SIGKILL and waits for it.
+    pub fn kill(&mut self, label: &str) -> Result<()> {
+        let index = self
+            .children
+            .iter()
+            .position(|(l, _)| l == label)
+            .with_context(|| format!("no process {label}"))?;
+        let (_, mut child) = self.children.remove(index);
+        // `ip netns exec` execs the program: this is its pid.
+        child.kill()?;
+        child.wait()?;
         Ok(())
     }
 
@@ -328,6 +432,15 @@ fn remove_runs(remove_if_kept: impl Fn(bool) -> bool) -> Result<Vec<String>> {
             .split_once('-')?;
         Some(id.to_owned())
     }));
+    if let Some(cgroups) = cgroup2_root() {
+        let parent = cgroups.join(STATE_CGROUP);
+        // Runs are the directories; the rest are the cgroup's own files.
+        ids.extend(
+            list(&parent)?
+                .into_iter()
+                .filter(|name| parent.join(name).is_dir()),
+        );
+    }
     ids.sort();
     ids.dedup();
     let mut removed = Vec::new();
@@ -374,6 +487,9 @@ fn teardown(id: &str) -> Result<()> {
         remove_dir(&Path::new("/etc/netns").join(ns))?;
     }
     let dir = Path::new(STATE_ROOT).join(id);
+    if let Some(cgroup) = run_cgroup(id) {
+        remove_cgroup(&cgroup, &dir.join("cgroup"))?;
+    }
     let bpffs = dir.join("bpffs");
     if is_mountpoint(&bpffs)? {
         run(Command::new("umount").arg(&bpffs))?;
@@ -417,6 +533,88 @@ fn start_time(pid: u32) -> Option<u64> {
     // The command name in field 2 may hold spaces; it ends at the last ')'.
     let after_comm = &stat[stat.rfind(')')? + 1..];
     after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Where runs keep their nodes' cgroups, under the cgroup v2 root.
+const STATE_CGROUP: &str = "xdplb-demo";
+
+/// The mount point of cgroup v2, if it is mounted.
+fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, dir, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        (kind == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+fn run_cgroup(id: &str) -> Option<PathBuf> {
+    Some(cgroup2_root()?.join(STATE_CGROUP).join(id))
+}
+
+/// Removes a run's cgroup and its nodes' (cgroups go with rmdir, once
+/// their processes are gone) and its bind mount `mounted`; then the parent
+/// if no other run uses it.
+fn remove_cgroup(dir: &Path, mounted: &Path) -> Result<()> {
+    let rmdir = |dir: &Path| -> Result<()> {
+        // A process killed a moment ago may still be leaving.
+        let deadline = SystemTime::now() + Duration::from_secs(2);
+        loop {
+            match fs::remove_dir(dir) {
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(err) if SystemTime::now() >= deadline => {
+                    return Err(err).with_context(|| format!("removing cgroup {}", dir.display()))
+                }
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+                Ok(()) => return Ok(()),
+            }
+        }
+    };
+    for node in list(dir)? {
+        let path = dir.join(node);
+        if path.is_dir() {
+            rmdir(&path)?;
+        }
+    }
+    // Before the run's directory goes: removing it through a mounted
+    // cgroup would reach into the cgroup's files.
+    if is_mountpoint(mounted)? {
+        run(Command::new("umount").arg(mounted))?;
+    }
+    rmdir(dir)?;
+    if let Some(parent) = dir.parent() {
+        // Fails while another run's cgroup is in it.
+        let _ = fs::remove_dir(parent);
+    }
+    Ok(())
+}
+
+/// Makes `command` move itself into `cgroup` before it executes its
+/// program, so the program and everything it starts belong to it.
+fn join_cgroup(command: &mut Command, cgroup: &Path) -> Result<()> {
+    let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())?;
+    let join = move || -> io::Result<()> {
+        // Only async-signal-safe calls between fork and exec.
+        // SAFETY: a NUL-terminated path and a one-byte buffer; the
+        // descriptor is closed before returning.
+        unsafe {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // "0" moves the writing process.
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let err = io::Error::last_os_error();
+            libc::close(fd);
+            if written != 1 {
+                return Err(err);
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: `join` makes only async-signal-safe calls and allocates nothing.
+    unsafe { command.pre_exec(join) };
+    Ok(())
 }
 
 /// The node side of a pod's veth: `veth` and the pod name's letters and

@@ -37,6 +37,8 @@ const REPLICAS: &[(&str, usize)] = &[("counter", 2)];
 pub enum App {
     Counter,
     Redis,
+    /// The end-to-end suite's pod program (`e2e-probe server`).
+    Probe,
 }
 
 #[derive(Clone, Debug)]
@@ -54,9 +56,9 @@ pub struct Pod {
     pub addr: Ipv4Addr,
     pub app: App,
     pub env: Vec<(String, String)>,
-    labels: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
     /// Named container ports, for Services whose targetPort is a name.
-    named_ports: BTreeMap<String, i64>,
+    pub named_ports: BTreeMap<String, i64>,
 }
 
 /// Everything the agents and the pods need to know about the cluster.
@@ -67,9 +69,91 @@ pub struct State {
     pub services: Vec<Value>,
     pub slices: Vec<Value>,
     pub nodes: Vec<Value>,
+    /// The nodes the pods run on, for placing pods added later.
+    placement: Vec<Node>,
+    /// Deleted pods, whose addresses are not handed out again.
+    gone: Vec<Pod>,
 }
 
 impl State {
+    /// Adds Services as `kubectl apply` would: the API server allocates
+    /// what they leave out, and the endpoint controller writes their slices.
+    pub fn add_services(&mut self, services: impl IntoIterator<Item = Value>) -> Result<()> {
+        self.services.extend(services);
+        allocate(&mut self.services)?;
+        self.refresh_slices();
+        Ok(())
+    }
+
+    /// Deletes the Service `name` and its EndpointSlices; its ClusterIP and
+    /// nodePorts are free again.
+    pub fn remove_service(&mut self, name: &str) -> Result<()> {
+        let before = self.services.len();
+        self.services.retain(|svc| name_of(svc) != name);
+        ensure!(self.services.len() < before, "no Service {name}");
+        self.refresh_slices();
+        Ok(())
+    }
+
+    /// A pod scheduled onto `node`, with the next address of its pod CIDR
+    /// no pod of this run has had. Not part of the cluster until
+    /// [`State::add_pod`].
+    pub fn place_pod(&self, name: &str, node: &str, app: App) -> Result<Pod> {
+        let node = self
+            .placement
+            .iter()
+            .find(|n| n.name == node)
+            .with_context(|| format!("no node {node}"))?;
+        let [a, b, c, _] = node.pod_net.octets();
+        let used = self
+            .pods
+            .iter()
+            .chain(self.gone.iter())
+            .filter(|p| p.node == node.name)
+            .map(|p| p.addr.octets()[3])
+            .max()
+            .unwrap_or(1);
+        ensure!(used < 254, "the pod CIDR of {} is full", node.name);
+        Ok(Pod {
+            name: name.into(),
+            node: node.name.clone(),
+            addr: Ipv4Addr::new(a, b, c, used + 1),
+            app,
+            env: Vec::new(),
+            labels: BTreeMap::new(),
+            named_ports: BTreeMap::new(),
+        })
+    }
+
+    /// A running pod joins the endpoints of the Services that select it.
+    pub fn add_pod(&mut self, pod: Pod) -> Result<()> {
+        ensure!(
+            self.pods.iter().all(|p| p.name != pod.name),
+            "pod {} exists already",
+            pod.name
+        );
+        self.pods.push(pod);
+        self.refresh_slices();
+        Ok(())
+    }
+
+    /// A deleted pod leaves every EndpointSlice.
+    pub fn remove_pod(&mut self, name: &str) -> Result<Pod> {
+        let index = self
+            .pods
+            .iter()
+            .position(|p| p.name == name)
+            .with_context(|| format!("no pod {name}"))?;
+        let pod = self.pods.remove(index);
+        self.gone.push(pod.clone());
+        self.refresh_slices();
+        Ok(pod)
+    }
+
+    fn refresh_slices(&mut self) {
+        self.slices = endpoint_slices(&self.services, &self.pods);
+    }
+
     /// `(ClusterIP, name)` of every Service that has one, for pods' hosts files.
     pub fn cluster_ips(&self) -> Vec<(Ipv4Addr, &str)> {
         self.services
@@ -89,7 +173,9 @@ impl State {
     }
 
     /// Writes the Services, EndpointSlices and Nodes into `dir`, one file per
-    /// kind, as an agent started with `--manifests dir` expects them.
+    /// kind, as an agent started with `--manifests dir` expects them. Each
+    /// file is replaced at once (written aside, then renamed over), so an
+    /// agent watching `dir` never reads half of one.
     pub fn write(&self, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for (file, objects) in [
@@ -103,7 +189,10 @@ impl State {
                 text.push_str(&serde_yaml::to_string(object)?);
             }
             let path = dir.join(file);
-            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            // A dot file: the agent skips those.
+            let aside = dir.join(format!(".{file}.new"));
+            fs::write(&aside, text).with_context(|| format!("writing {}", aside.display()))?;
+            fs::rename(&aside, &path).with_context(|| format!("writing {}", path.display()))?;
         }
         Ok(())
     }
@@ -121,6 +210,8 @@ pub fn from_manifests(dir: &Path, nodes: &[Node]) -> Result<State> {
         services,
         slices,
         nodes: nodes.iter().map(node_object).collect(),
+        placement: nodes.to_vec(),
+        gone: Vec::new(),
     })
 }
 
@@ -239,6 +330,11 @@ fn allocate(services: &mut [Value]) -> Result<()> {
     }
     let mut next_cluster_ip = FIRST_CLUSTER_IP;
     let mut next_lb_ip = FIRST_LB_IP;
+    // Services allocated earlier keep their addresses.
+    let mut lb_ips: BTreeSet<Ipv4Addr> = services
+        .iter()
+        .flat_map(|svc| ingress_ips(svc).collect::<Vec<_>>())
+        .collect();
     for svc in services.iter_mut() {
         let kind = svc["spec"]["type"]
             .as_str()
@@ -265,6 +361,9 @@ fn allocate(services: &mut [Value]) -> Result<()> {
             }
         }
         if kind == "LoadBalancer" && ingress_ips(svc).next().is_none() {
+            while !lb_ips.insert(next_lb_ip) {
+                next_lb_ip = Ipv4Addr::from(u32::from(next_lb_ip) + 1);
+            }
             svc["status"]["loadBalancer"]["ingress"] =
                 json!([{ "ip": next_lb_ip.to_string(), "ipMode": "VIP" }]);
             next_lb_ip = Ipv4Addr::from(u32::from(next_lb_ip) + 1);
@@ -528,5 +627,53 @@ mod tests {
             services[0]["spec"]["ports"][0]["nodePort"],
             FIRST_AUTO_NODE_PORT + 1
         );
+    }
+
+    #[test]
+    fn services_added_later_get_fresh_addresses_and_pods_follow() {
+        let mut state = seed();
+        state
+            .add_services([json!({
+                "metadata": { "name": "later" },
+                "spec": { "type": "LoadBalancer", "selector": { "app": "later" }, "ports": [{ "port": 80 }] },
+            })])
+            .unwrap();
+        let later = service(&state, "later");
+        assert_eq!(later["spec"]["clusterIP"], "10.96.0.14");
+        assert_eq!(
+            later["spec"]["ports"][0]["nodePort"],
+            FIRST_AUTO_NODE_PORT + 1
+        );
+        assert_eq!(
+            later["status"]["loadBalancer"]["ingress"][0]["ip"],
+            "203.0.113.11"
+        );
+        assert_eq!(
+            service(&state, "counter-lb")["spec"]["clusterIP"],
+            "10.96.0.11",
+            "kept"
+        );
+
+        let mut pod = state.place_pod("later-1", "node2", App::Counter).unwrap();
+        assert_eq!(pod.addr, Ipv4Addr::new(10, 244, 2, 3));
+        pod.labels = [("app".to_string(), "later".to_string())].into();
+        state.add_pod(pod).unwrap();
+        let has_slice = |state: &State| {
+            state
+                .slices
+                .iter()
+                .any(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "later")
+        };
+        assert!(has_slice(&state));
+        state.remove_pod("later-1").unwrap();
+        assert!(!has_slice(&state));
+        let next = state.place_pod("later-2", "node2", App::Counter).unwrap();
+        assert_eq!(
+            next.addr,
+            Ipv4Addr::new(10, 244, 2, 4),
+            "not handed out again"
+        );
+        state.remove_service("later").unwrap();
+        assert!(state.services.iter().all(|s| name_of(s) != "later"));
     }
 }

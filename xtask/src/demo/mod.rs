@@ -2,10 +2,10 @@
 //! two-node cluster of network namespaces, served by one `xdplb agent` per
 //! node, with traffic from an external client through a NodePort on each
 //! node and through a LoadBalancer IP.
-mod cluster;
-mod control_plane;
-mod progress;
-mod traffic;
+pub(crate) mod cluster;
+pub(crate) mod control_plane;
+pub(crate) mod progress;
+pub(crate) mod traffic;
 
 use std::{
     fmt::Write as _,
@@ -45,7 +45,9 @@ const METRICS_PORT: u16 = 10249;
 const AGENT_TIMEOUT: Duration = Duration::from_secs(20);
 const POD_TIMEOUT: Duration = Duration::from_secs(10);
 const REDIS_PORT: u16 = 6379;
-const COUNTER_PORT: u16 = 3000;
+pub(crate) const COUNTER_PORT: u16 = 3000;
+/// The port `e2e-probe server` is ready on once all its ports are.
+pub(crate) const PROBE_READY_PORT: u16 = 8080;
 
 pub fn run_cmd(args: &Args) -> Result<()> {
     preflight()?;
@@ -63,7 +65,9 @@ pub fn run_cmd(args: &Args) -> Result<()> {
     let mut p = Progress::new(STEPS);
     let redis = p.step("looking for redis-server", false, redis_server)?;
     p.step("building the eBPF object", true, ebpf::build)?;
-    let bin = p.step("building xdplb and the counter app", true, build)?;
+    let bin = p.step("building xdplb and the counter app", true, || {
+        build(&["counter"])
+    })?;
     p.step("removing leftovers of killed runs", false, || {
         let removed = cluster::cleanup_leftovers()?;
         if !removed.is_empty() {
@@ -132,7 +136,7 @@ pub fn run_cmd(args: &Args) -> Result<()> {
 }
 
 /// Stops before anything is built when the demo cannot run here.
-fn preflight() -> Result<()> {
+pub(crate) fn preflight() -> Result<()> {
     if !is_root() {
         bail!(
             "cargo xtask demo needs root: it creates network namespaces, mounts a bpffs and attaches XDP programs.\n\
@@ -179,7 +183,7 @@ fn probe_bpf() -> Result<()> {
 }
 
 /// Debian's redis-server, installed when missing if this is Debian.
-fn redis_server() -> Result<PathBuf> {
+pub(crate) fn redis_server() -> Result<PathBuf> {
     let find = || {
         std::env::var_os("PATH")
             .into_iter()
@@ -211,12 +215,13 @@ fn redis_server() -> Result<PathBuf> {
     find().context("redis-server is still missing after apt-get install")
 }
 
-/// Builds the agent and the counter app; returns their directory.
-fn build() -> Result<PathBuf> {
+/// Builds the agent and xtask's programs `bins`; returns their directory.
+pub(crate) fn build(bins: &[&str]) -> Result<PathBuf> {
     let root = workspace_root();
     run(Command::new("cargo")
         .args(["build", "-p", "lb-userspace", "-p", "xtask"])
-        .args(["--bin", "xdplb", "--bin", "counter"])
+        .args(["--bin", "xdplb"])
+        .args(bins.iter().flat_map(|bin| ["--bin", bin]))
         .current_dir(&root))?;
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
     Ok(target.join("debug"))
@@ -256,7 +261,7 @@ fn print_objects(state: &State) {
 }
 
 /// Every Service name as CoreDNS would answer it inside the cluster.
-fn hosts_file(state: &State) -> String {
+pub(crate) fn hosts_file(state: &State) -> String {
     let mut hosts = String::from("127.0.0.1\tlocalhost\n");
     for (ip, name) in state.cluster_ips() {
         let _ = writeln!(
@@ -272,93 +277,137 @@ fn hosts_file(state: &State) -> String {
 fn start(cluster: &mut Cluster, state: &State, bin: &Path, redis: &Path) -> Result<()> {
     for node in cluster.nodes.clone() {
         state.write(&cluster.run.manifests(&node.name))?;
-        let manifests = cluster.run.manifests(&node.name);
-        let pin_path = cluster.run.pin_path(&node.name);
-        let healthz = format!("127.0.0.1:{HEALTHZ_PORT}");
-        let metrics = format!("127.0.0.1:{METRICS_PORT}");
-        let args = [
-            "agent",
-            "--manifests",
-            path_str(&manifests)?,
-            "--node-name",
-            &node.name,
-            "--external-ifaces",
-            NODE_LAN_IFACE,
-            "--pin-path",
-            path_str(&pin_path)?,
-            "--healthz-addr",
-            &healthz,
-            "--metrics-addr",
-            &metrics,
-        ];
-        let ns = cluster.run.ns(&node.name);
-        let label = format!("agent-{}", node.name);
-        // Its log is a file, read with cat or less: no colour codes.
-        let env = [("NO_COLOR".to_owned(), "1".to_owned())];
-        cluster.spawn(&ns, &label, &bin.join("xdplb"), &args, &env)?;
+        start_agent(cluster, &node.name, bin, &format!("agent-{}", node.name))?;
     }
     for pod in &state.pods {
-        let ns = cluster.run.ns(&pod.name);
-        match pod.app {
-            App::Redis => {
-                let port = REDIS_PORT.to_string();
-                let args = [
-                    "--port",
-                    &port,
-                    "--bind",
-                    "0.0.0.0",
-                    "--protected-mode",
-                    "no",
-                    "--save",
-                    "",
-                    "--daemonize",
-                    "no",
-                ];
-                cluster.spawn(&ns, &pod.name, redis, &args, &[])?;
-            }
-            App::Counter => {
-                let mut env = pod.env.clone();
-                env.push(("POD_NAME".into(), pod.name.clone()));
-                cluster.spawn(&ns, &pod.name, &bin.join("counter"), &[], &env)?;
-            }
-        }
+        start_pod(cluster, pod, bin, redis)?;
     }
     for node in cluster.nodes.clone() {
-        let ns = cluster.run.ns(&node.name);
-        let pin_path = cluster.run.pin_path(&node.name);
-        let veths: Vec<String> = state
-            .pods
-            .iter()
-            .filter(|p| p.node == node.name)
-            .map(|p| cluster::pod_iface(&p.name))
-            .collect();
-        wait_for(
-            &format!("the agent on {}", node.name),
-            AGENT_TIMEOUT,
-            || cluster.check_processes(),
-            || {
-                healthy(&ns)
-                    && std::iter::once(NODE_LAN_IFACE)
-                        .chain(veths.iter().map(String::as_str))
-                        .all(|ifname| link_pinned(&pin_path, ifname))
-            },
-        )?;
+        wait_agent(cluster, state, &node.name)?;
     }
     for pod in &state.pods {
-        let ns = cluster.run.ns(&pod.name);
-        wait_for(
-            &format!("pod {}", pod.name),
-            POD_TIMEOUT,
-            || cluster.check_processes(),
-            || pod_ready(&ns, pod),
-        )?;
+        wait_pod(cluster, pod)?;
     }
     Ok(())
 }
 
+/// Starts `node`'s agent on the manifests in its folder and its pin path,
+/// as a process of the node, logging to `<label>.log`. Where the agent has
+/// socket-level hooks for the node's own processes, they go on the node's
+/// cgroup rather than the machine's.
+pub(crate) fn start_agent(
+    cluster: &mut Cluster,
+    node: &str,
+    bin: &Path,
+    label: &str,
+) -> Result<()> {
+    let manifests = cluster.run.manifests(node);
+    let pin_path = cluster.run.pin_path(node);
+    let healthz = format!("127.0.0.1:{HEALTHZ_PORT}");
+    let metrics = format!("127.0.0.1:{METRICS_PORT}");
+    let mut args = vec![
+        "agent",
+        "--manifests",
+        path_str(&manifests)?,
+        "--node-name",
+        node,
+        "--external-ifaces",
+        NODE_LAN_IFACE,
+        "--pin-path",
+        path_str(&pin_path)?,
+        "--healthz-addr",
+        &healthz,
+        "--metrics-addr",
+        &metrics,
+    ];
+    let cgroup = cluster.run.cgroup(node);
+    if let Some(cgroup) = &cgroup {
+        if agent_has_cgroup_path(bin)? {
+            args.extend(["--cgroup-path", path_str(cgroup)?]);
+        }
+    }
+    // Its log is a file, read with cat or less: no colour codes.
+    let env = [("NO_COLOR".to_owned(), "1".to_owned())];
+    cluster.spawn_on_node(node, label, &bin.join("xdplb"), &args, &env)
+}
+
+/// Whether `xdplb agent` takes `--cgroup-path` (socket-level translation
+/// for the node's own processes).
+pub(crate) fn agent_has_cgroup_path(bin: &Path) -> Result<bool> {
+    Ok(xdplb(bin, &["agent", "--help"])?.contains("--cgroup-path"))
+}
+
+/// Starts the pod's program in its namespace, logging to `<pod>.log`.
+pub(crate) fn start_pod(cluster: &mut Cluster, pod: &Pod, bin: &Path, redis: &Path) -> Result<()> {
+    let ns = cluster.run.ns(&pod.name);
+    match pod.app {
+        App::Redis => {
+            let port = REDIS_PORT.to_string();
+            let args = [
+                "--port",
+                &port,
+                "--bind",
+                "0.0.0.0",
+                "--protected-mode",
+                "no",
+                "--save",
+                "",
+                "--daemonize",
+                "no",
+            ];
+            cluster.spawn(&ns, &pod.name, redis, &args, &[])
+        }
+        App::Counter => {
+            let mut env = pod.env.clone();
+            env.push(("POD_NAME".into(), pod.name.clone()));
+            cluster.spawn(&ns, &pod.name, &bin.join("counter"), &[], &env)
+        }
+        App::Probe => {
+            let args = ["server", "--pod", &pod.name];
+            cluster.spawn(&ns, &pod.name, &bin.join("e2e-probe"), &args, &[])
+        }
+    }
+}
+
+/// Waits until `node`'s agent answers /healthz and has attached to the
+/// node's external interface and to the veth of every pod `state` places
+/// there.
+pub(crate) fn wait_agent(cluster: &mut Cluster, state: &State, node: &str) -> Result<()> {
+    let ns = cluster.run.ns(node);
+    let pin_path = cluster.run.pin_path(node);
+    let veths: Vec<String> = state
+        .pods
+        .iter()
+        .filter(|p| p.node == node)
+        .map(|p| cluster::pod_iface(&p.name))
+        .collect();
+    wait_for(
+        &format!("the agent on {node}"),
+        AGENT_TIMEOUT,
+        || cluster.check_processes(),
+        || {
+            healthy(&ns)
+                && std::iter::once(NODE_LAN_IFACE)
+                    .chain(veths.iter().map(String::as_str))
+                    .all(|ifname| link_pinned(&pin_path, ifname))
+        },
+    )
+}
+
+/// Waits until the pod's program serves.
+pub(crate) fn wait_pod(cluster: &mut Cluster, pod: &Pod) -> Result<()> {
+    let ns = cluster.run.ns(&pod.name);
+    wait_for(
+        &format!("pod {}", pod.name),
+        POD_TIMEOUT,
+        || cluster.check_processes(),
+        || pod_ready(&ns, pod),
+    )
+}
+
 /// kube-proxy's /healthz answers 200 once the first sync is done, which
 /// the agent only reports after attaching to its interfaces.
-fn healthy(node_ns: &str) -> bool {
+pub(crate) fn healthy(node_ns: &str) -> bool {
     cluster::in_netns(node_ns, || -> std::io::Result<bool> {
         let mut s = TcpStream::connect(("127.0.0.1", HEALTHZ_PORT))?;
         s.set_read_timeout(Some(Duration::from_secs(1)))?;
@@ -372,7 +421,7 @@ fn healthy(node_ns: &str) -> bool {
 
 /// Whether the agent has pinned the XDP link of `ifname`, under any layout
 /// version (`<pin>/v<N>/links/<ifname>`).
-fn link_pinned(pin_path: &Path, ifname: &str) -> bool {
+pub(crate) fn link_pinned(pin_path: &Path, ifname: &str) -> bool {
     std::fs::read_dir(pin_path)
         .into_iter()
         .flatten()
@@ -385,6 +434,7 @@ fn pod_ready(ns: &str, pod: &Pod) -> bool {
         match pod.app {
             // Connecting alone does not count as a hit.
             App::Counter => TcpStream::connect((pod.addr, COUNTER_PORT)).map(|_| true),
+            App::Probe => TcpStream::connect((pod.addr, PROBE_READY_PORT)).map(|_| true),
             App::Redis => {
                 let mut s = TcpStream::connect((pod.addr, REDIS_PORT))?;
                 s.set_read_timeout(Some(Duration::from_secs(1)))?;
@@ -688,7 +738,7 @@ fn print_explore(cluster: &Cluster, state: &State, bin: &Path, targets: &[Target
     eprintln!("Remove it with: cargo xtask demo --down");
 }
 
-fn xdplb(bin: &Path, args: &[&str]) -> Result<String> {
+pub(crate) fn xdplb(bin: &Path, args: &[&str]) -> Result<String> {
     let out = Command::new(bin.join("xdplb"))
         .args(args)
         .output()
@@ -703,7 +753,7 @@ fn xdplb(bin: &Path, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn path_str(path: &Path) -> Result<&str> {
+pub(crate) fn path_str(path: &Path) -> Result<&str> {
     path.to_str()
         .with_context(|| format!("{} is not UTF-8", path.display()))
 }

@@ -1,0 +1,345 @@
+//! `cargo xtask e2e`: Service scenarios after Kubernetes' own Service e2e
+//! tests, on the demo's two-node cluster of network namespaces with an
+//! `xdplb agent` per node. The suite builds one cluster (the demo's seed
+//! pods and Services plus its own probe pods and Services), runs every
+//! scenario against it, prints PASS or FAIL with evidence for each, and
+//! fails if any failed.
+mod bed;
+mod probe;
+mod scenarios;
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+
+use crate::{
+    bootstrap::step,
+    demo::{
+        self,
+        cluster::{self, Cluster},
+        control_plane::{self, App, State},
+        progress::{self, seconds, Progress},
+    },
+    ebpf::{self, workspace_root},
+};
+use bed::{Bed, REVERSE_SLICE_PORTS};
+
+#[derive(clap::Args, Default)]
+pub struct Args {
+    /// Run only these scenarios (numbers, as the suite lists them: 1,5,13).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<usize>,
+    /// Leave the cluster running afterwards (remove it with `cargo xtask demo --down`).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// What a scenario that did not fail found.
+pub enum Verdict {
+    Pass,
+    /// The feature is not there yet; the scenario ran and says how it went,
+    /// but neither passes nor fails the suite.
+    NotYetSupported(String),
+}
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub run: fn(&mut Bed) -> Result<Verdict>,
+}
+
+const SETUP_STEPS: usize = 8;
+/// The probe pods' TCP port every single-port Service targets.
+pub const PROBE_PORT: i64 = 8080;
+
+pub fn run_cmd(args: &Args) -> Result<()> {
+    demo::preflight()?;
+    progress::catch_interrupts();
+    let scenarios = scenarios::all();
+    for n in &args.only {
+        if !(1..=scenarios.len()).contains(n) {
+            bail!(
+                "--only {n}: the scenarios are numbered 1 to {}",
+                scenarios.len()
+            );
+        }
+    }
+    let started = Instant::now();
+    let mut bed = setup()?;
+    let mut results = Vec::new();
+    for (i, scenario) in scenarios.iter().enumerate() {
+        let number = i + 1;
+        if !args.only.is_empty() && !args.only.contains(&number) {
+            continue;
+        }
+        progress::check_interrupt()?;
+        eprintln!("\n[{number:>2}/{}] {}", scenarios.len(), scenario.name);
+        let t = Instant::now();
+        let result = (scenario.run)(&mut bed);
+        let took = t.elapsed();
+        let status = match &result {
+            Ok(Verdict::Pass) => {
+                eprintln!("      PASS ({})", seconds(took));
+                Status::Pass
+            }
+            Ok(Verdict::NotYetSupported(why)) => {
+                eprintln!("      NOT YET SUPPORTED ({}): {why}", seconds(took));
+                Status::NotYet
+            }
+            Err(err) => {
+                eprintln!("      FAIL ({}): {err:#}", seconds(took));
+                eprintln!("{}", bed.evidence());
+                Status::Fail
+            }
+        };
+        results.push((number, scenario.name, status, took));
+    }
+    let total = started.elapsed();
+    if args.keep {
+        eprintln!(
+            "\nThe cluster stays up (run {}); its manifests: {}; remove it with: cargo xtask demo --down",
+            bed.cluster.run.id,
+            bed.cluster.run.dir.display()
+        );
+        bed.cluster.keep()?;
+    } else {
+        let t = Instant::now();
+        bed.cluster.remove()?;
+        step(&format!("tore the cluster down ({})", seconds(t.elapsed())));
+    }
+    summary(&results, total)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Pass,
+    Fail,
+    NotYet,
+}
+
+fn summary(results: &[(usize, &str, Status, Duration)], total: Duration) -> Result<()> {
+    eprintln!("\nend-to-end scenarios:");
+    for (number, name, status, took) in results {
+        let status = match status {
+            Status::Pass => "PASS",
+            Status::Fail => "FAIL",
+            Status::NotYet => "NOT YET SUPPORTED",
+        };
+        eprintln!("  {number:>2}  {status:<17}  {:>7}  {name}", seconds(*took));
+    }
+    let count = |s: Status| results.iter().filter(|r| r.2 == s).count();
+    let (passed, failed, not_yet) = (
+        count(Status::Pass),
+        count(Status::Fail),
+        count(Status::NotYet),
+    );
+    let mut line = format!("{passed} passed, {failed} failed");
+    if not_yet > 0 {
+        line += &format!(", {not_yet} not yet supported (not counted as failures)");
+    }
+    if failed > 0 {
+        bail!("end-to-end suite failed: {line} ({})", seconds(total));
+    }
+    eprintln!("end-to-end suite passed: {line} ({})", seconds(total));
+    Ok(())
+}
+
+/// Builds everything and brings the cluster up: the demo's seed pods and
+/// Services plus the suite's own.
+fn setup() -> Result<Bed> {
+    let mut p = Progress::new(SETUP_STEPS);
+    let redis = p.step("looking for redis-server", false, demo::redis_server)?;
+    p.step("building the eBPF object", true, ebpf::build)?;
+    let bin = p.step(
+        "building xdplb, the counter app and e2e-probe",
+        true,
+        || demo::build(&["counter", "e2e-probe"]),
+    )?;
+    let host_hooks = demo::agent_has_cgroup_path(&bin)?;
+    p.step("removing leftovers of killed runs", false, || {
+        let removed = cluster::cleanup_leftovers()?;
+        if !removed.is_empty() {
+            eprint!("removed run {} ... ", removed.join(", "));
+        }
+        Ok(())
+    })?;
+    let nodes = cluster::nodes();
+    let state = p.step(
+        "control plane: the seed manifests, the suite's probe pods and Services",
+        false,
+        || {
+            let mut state =
+                control_plane::from_manifests(&workspace_root().join("deploy/examples"), &nodes)?;
+            add_probe_pods(&mut state)?;
+            state.add_services(services())?;
+            Ok(state)
+        },
+    )?;
+    let cluster = p.step(
+        "creating namespaces: lan bridge, router, client, node1, node2 and the pods",
+        false,
+        || {
+            let cluster = Cluster::create(nodes.clone())?;
+            cluster.route_lb_ips(&state.lb_ips())?;
+            let hosts = demo::hosts_file(&state);
+            for pod in &state.pods {
+                cluster.add_pod(pod, &format!("{hosts}{}\t{}\n", pod.addr, pod.name))?;
+            }
+            Ok(cluster)
+        },
+    )?;
+    let mut bed = Bed {
+        cluster,
+        state,
+        bin,
+        redis,
+        agents: BTreeMap::new(),
+        host_hooks,
+    };
+    p.step(
+        "starting an xdplb agent on each node and the pods' programs",
+        false,
+        || start(&mut bed),
+    )?;
+    p.step("waiting for the agents and the pods", false, || {
+        for node in bed.node_names() {
+            demo::wait_agent(&mut bed.cluster, &bed.state, &node)?;
+        }
+        for pod in bed.state.pods.clone() {
+            demo::wait_pod(&mut bed.cluster, &pod)?;
+        }
+        Ok(())
+    })?;
+    eprintln!(
+        "      {} pods, {} Services; agents {} --cgroup-path; logs in {}",
+        bed.state.pods.len(),
+        bed.state.services.len(),
+        if bed.host_hooks {
+            "take"
+        } else {
+            "do not take"
+        },
+        bed.cluster.run.logs().display()
+    );
+    Ok(bed)
+}
+
+fn start(bed: &mut Bed) -> Result<()> {
+    bed.publish()?;
+    for node in bed.node_names() {
+        let label = format!("agent-{node}");
+        demo::start_agent(&mut bed.cluster, &node, &bed.bin, &label)?;
+        bed.agents.insert(node, label);
+    }
+    for pod in bed.state.pods.clone() {
+        demo::start_pod(&mut bed.cluster, &pod, &bed.bin, &bed.redis)?;
+    }
+    Ok(())
+}
+
+/// A client pod and a web pod on each node. The web pods name their ports
+/// (`metrics` differs between them, so their EndpointSlices differ too).
+fn add_probe_pods(state: &mut State) -> Result<()> {
+    for (n, node) in [(1, "node1"), (2, "node2")] {
+        let mut client = state.place_pod(&format!("client-{n}"), node, App::Probe)?;
+        client.labels = labels(&[("app", "client")]);
+        state.add_pod(client)?;
+        let name = format!("web-{n}");
+        let mut web = state.place_pod(&name, node, App::Probe)?;
+        web.labels = labels(&[("app", "web"), ("instance", &name)]);
+        let metrics = if n == 1 { 8081 } else { 8083 };
+        web.named_ports = [
+            ("http".to_string(), PROBE_PORT),
+            ("metrics".into(), metrics),
+        ]
+        .into();
+        state.add_pod(web)?;
+    }
+    Ok(())
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A Service as a manifest would have it, before the API server allocates
+/// its addresses.
+pub fn service(name: &str, kind: &str, selector: Value, ports: Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": { "type": kind, "selector": selector, "ports": ports },
+    })
+}
+
+/// Port 80 to the probe's port 8080.
+pub fn web_port() -> Value {
+    json!([{ "port": 80, "targetPort": PROBE_PORT, "protocol": "TCP" }])
+}
+
+/// The suite's Services. The ones scenarios add and remove are made by the
+/// scenarios.
+fn services() -> Vec<Value> {
+    let web = json!({ "app": "web" });
+    let node1 = json!({ "instance": "web-1" });
+    let node2 = json!({ "instance": "web-2" });
+    let mut multi = service(
+        "multi",
+        "ClusterIP",
+        web.clone(),
+        json!([
+            { "name": "http", "port": 80, "targetPort": "http", "protocol": "TCP" },
+            { "name": "metrics", "port": 81, "targetPort": "metrics", "protocol": "TCP" },
+        ]),
+    );
+    multi["metadata"]["annotations"] = json!({ REVERSE_SLICE_PORTS: "true" });
+    let mut np_cluster = service("np-cluster", "NodePort", web.clone(), web_port());
+    np_cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
+    let mut np_local = service("np-local", "NodePort", web.clone(), web_port());
+    np_local["spec"]["externalTrafficPolicy"] = json!("Local");
+    let mut sticky = service("sticky", "NodePort", web.clone(), web_port());
+    sticky["spec"]["sessionAffinity"] = json!("ClientIP");
+    vec![
+        service("basic", "ClusterIP", json!({ "app": "basic" }), web_port()),
+        multi,
+        service("web", "ClusterIP", web.clone(), web_port()),
+        service("web-node1", "ClusterIP", node1.clone(), web_port()),
+        service("web-node2", "ClusterIP", node2.clone(), web_port()),
+        np_cluster,
+        np_local,
+        service(
+            "lb-web",
+            "LoadBalancer",
+            web.clone(),
+            json!([{ "port": 8000, "targetPort": PROBE_PORT, "protocol": "TCP" }]),
+        ),
+        service(
+            "empty",
+            "NodePort",
+            json!({ "app": "nothing" }),
+            json!([
+                { "name": "tcp", "port": 80, "targetPort": PROBE_PORT, "protocol": "TCP" },
+                { "name": "udp", "port": 80, "targetPort": PROBE_PORT, "protocol": "UDP" },
+            ]),
+        ),
+        sticky,
+        service(
+            "dns",
+            "ClusterIP",
+            web,
+            json!([
+                { "name": "dns-tcp", "port": 53, "targetPort": 8053, "protocol": "TCP" },
+                { "name": "dns-udp", "port": 53, "targetPort": 8054, "protocol": "UDP" },
+            ]),
+        ),
+        service("np-node1", "NodePort", node1, web_port()),
+        service("np-node2", "NodePort", node2, web_port()),
+    ]
+}

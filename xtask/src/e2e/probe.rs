@@ -1,0 +1,325 @@
+//! The client side of `e2e-probe server`: requests from the calling
+//! thread's network namespace, each bounded in time, each reporting the
+//! source address it used so a failure can be looked up with
+//! `xdplb explain`.
+use std::{
+    fmt,
+    io::{ErrorKind, Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// A SYN-ACK takes well under a millisecond here; a second means none is
+/// coming.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+const UDP_TRIES: usize = 3;
+/// A bulk transfer that stalls this long is lost, not slow.
+const BULK_STALL: Duration = Duration::from_secs(3);
+const BULK_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// What a probe server answered: which pod, on which of its ports, and the
+/// address it saw the request come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Who {
+    pub pod: String,
+    pub proto: String,
+    pub peer: SocketAddrV4,
+    pub port: u16,
+}
+
+impl fmt::Display for Who {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} on {}/{} saw {}",
+            self.pod, self.port, self.proto, self.peer
+        )
+    }
+}
+
+impl Who {
+    /// Parses `pod=<name> proto=<p> peer=<ip:port> port=<n>` (extra fields
+    /// are ignored).
+    pub fn parse(line: &str) -> Result<Self> {
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+                .with_context(|| format!("no {key}= in the answer {line:?}"))
+        };
+        Ok(Self {
+            pod: field("pod")?.to_owned(),
+            proto: field("proto")?.to_owned(),
+            peer: field("peer")?
+                .parse()
+                .with_context(|| format!("peer in {line:?}"))?,
+            port: field("port")?
+                .parse()
+                .with_context(|| format!("port in {line:?}"))?,
+        })
+    }
+}
+
+/// A request's outcome and the local address it was sent from.
+pub struct Attempt<T> {
+    pub source: SocketAddrV4,
+    pub took: Duration,
+    pub result: Result<T>,
+}
+
+fn bound_socket(proto: Proto) -> Result<(Socket, SocketAddrV4)> {
+    let socket = match proto {
+        Proto::Tcp => Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?,
+        Proto::Udp => Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?,
+    };
+    // Bound first so the source port is known even when nothing answers.
+    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
+    let local = socket
+        .local_addr()?
+        .as_socket_ipv4()
+        .context("local address is not IPv4")?;
+    Ok((socket, local))
+}
+
+/// One `WHO` to `target`, on a new connection (TCP) or socket (UDP). A UDP
+/// socket is connected, so only a reply from `target` itself counts: one
+/// the data plane failed to translate back is not taken.
+pub fn who(target: SocketAddrV4, proto: Proto) -> Result<Attempt<Who>> {
+    let (socket, source) = bound_socket(proto)?;
+    let started = Instant::now();
+    let result = match proto {
+        Proto::Tcp => who_tcp(socket, target),
+        Proto::Udp => who_udp(socket, target),
+    };
+    Ok(Attempt {
+        source,
+        took: started.elapsed(),
+        result,
+    })
+}
+
+fn who_tcp(socket: Socket, target: SocketAddrV4) -> Result<Who> {
+    socket
+        .connect_timeout(&SocketAddr::V4(target).into(), CONNECT_TIMEOUT)
+        .with_context(|| format!("connecting to {target}"))?;
+    let stream = TcpStream::from(socket);
+    ask(&stream).with_context(|| format!("asking {target}"))
+}
+
+fn ask(stream: &TcpStream) -> Result<Who> {
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    let mut out = stream;
+    out.write_all(b"WHO\n")?;
+    let mut line = String::new();
+    // One byte at a time: the stream is reused, nothing may stay buffered.
+    let mut byte = [0u8; 1];
+    while !line.ends_with('\n') {
+        let mut input = stream;
+        match input.read(&mut byte)? {
+            0 => bail!("the connection closed after {line:?}"),
+            _ => line.push(char::from(byte[0])),
+        }
+    }
+    Who::parse(line.trim_end())
+}
+
+fn who_udp(socket: Socket, target: SocketAddrV4) -> Result<Who> {
+    let socket = UdpSocket::from(socket);
+    socket.connect(target)?;
+    socket.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    let mut buf = [0u8; 1500];
+    for _ in 0..UDP_TRIES {
+        socket.send(b"WHO")?;
+        match socket.recv(&mut buf) {
+            Ok(n) => return Who::parse(String::from_utf8_lossy(&buf[..n]).trim_end()),
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(err) => return Err(err).with_context(|| format!("asking {target} over UDP")),
+        }
+    }
+    bail!(
+        "no UDP answer from {target} in {UDP_TRIES} tries of {} s",
+        CONNECT_TIMEOUT.as_secs()
+    )
+}
+
+/// A request that must be refused: the error it got, which must be
+/// "connection refused" (a TCP RST, or for UDP an ICMP port unreachable).
+pub fn refusal(target: SocketAddrV4, proto: Proto) -> Result<Attempt<()>> {
+    let (socket, source) = bound_socket(proto)?;
+    let started = Instant::now();
+    let outcome = match proto {
+        Proto::Tcp => socket
+            .connect_timeout(&SocketAddr::V4(target).into(), CONNECT_TIMEOUT)
+            .map(drop),
+        Proto::Udp => {
+            let socket = UdpSocket::from(socket);
+            socket.connect(target)?;
+            socket.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+            socket.send(b"WHO")?;
+            let mut buf = [0u8; 1500];
+            socket.recv(&mut buf).map(drop)
+        }
+    };
+    let took = started.elapsed();
+    let result = match outcome {
+        Ok(()) => Err(anyhow::anyhow!(
+            "{target}/{proto} answered; it should refuse"
+        )),
+        Err(err) if err.kind() == ErrorKind::ConnectionRefused => Ok(()),
+        Err(err) => Err(anyhow::anyhow!(
+            "{target}/{proto}: {err} after {:.0} ms, not \"connection refused\"",
+            took.as_secs_f64() * 1e3
+        )),
+    };
+    Ok(Attempt {
+        source,
+        took,
+        result,
+    })
+}
+
+/// Fetches `size` bytes of the server's pattern from `target` and checks
+/// every byte.
+pub fn bulk(target: SocketAddrV4, size: usize) -> Result<Attempt<Duration>> {
+    let (socket, source) = bound_socket(Proto::Tcp)?;
+    let started = Instant::now();
+    let result = fetch(socket, target, size, started);
+    Ok(Attempt {
+        source,
+        took: started.elapsed(),
+        result,
+    })
+}
+
+fn fetch(socket: Socket, target: SocketAddrV4, size: usize, started: Instant) -> Result<Duration> {
+    socket
+        .connect_timeout(&SocketAddr::V4(target).into(), CONNECT_TIMEOUT)
+        .with_context(|| format!("connecting to {target}"))?;
+    let mut stream = TcpStream::from(socket);
+    stream.set_read_timeout(Some(BULK_STALL))?;
+    writeln!(stream, "BULK {size}")?;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        ensure!(
+            started.elapsed() < BULK_TIMEOUT,
+            "{got} of {size} bytes after {} s",
+            BULK_TIMEOUT.as_secs()
+        );
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                bail!(
+                    "the transfer stalled: {got} of {size} bytes, then nothing for {} s",
+                    BULK_STALL.as_secs()
+                )
+            }
+            Err(err) => return Err(err).context(format!("{got} of {size} bytes, then")),
+        };
+        if n == 0 {
+            break;
+        }
+        if let Some(i) = buf[..n]
+            .iter()
+            .enumerate()
+            .position(|(i, b)| *b != (((got + i) % 251) as u8))
+        {
+            bail!("byte {} of the transfer is wrong", got + i);
+        }
+        got += n;
+    }
+    ensure!(
+        got == size,
+        "the connection closed after {got} of {size} bytes"
+    );
+    Ok(started.elapsed())
+}
+
+/// A connection kept open across a scenario; every exchange on it must be
+/// answered by the same pod, seeing the same peer, as the first.
+pub struct Conn {
+    stream: TcpStream,
+    pub source: SocketAddrV4,
+    pub target: SocketAddrV4,
+    pub first: Who,
+    pub exchanges: usize,
+}
+
+impl Conn {
+    pub fn open(target: SocketAddrV4) -> Result<Self> {
+        let (socket, _) = bound_socket(Proto::Tcp)?;
+        socket
+            .connect_timeout(&SocketAddr::V4(target).into(), CONNECT_TIMEOUT)
+            .with_context(|| format!("connecting to {target}"))?;
+        let stream = TcpStream::from(socket);
+        let SocketAddr::V4(source) = stream.local_addr()? else {
+            bail!("an IPv4 connection with a local address that is not IPv4");
+        };
+        let first = ask(&stream).with_context(|| format!("asking {target}"))?;
+        Ok(Self {
+            stream,
+            source,
+            target,
+            first,
+            exchanges: 1,
+        })
+    }
+
+    /// One more exchange; fails if it is not answered as the first was.
+    pub fn check(&mut self) -> Result<()> {
+        let who = ask(&self.stream).with_context(|| {
+            format!(
+                "exchange {} on the connection {} -> {} (first answered by {})",
+                self.exchanges + 1,
+                self.source,
+                self.target,
+                self.first
+            )
+        })?;
+        ensure!(
+            who == self.first,
+            "exchange {} on {} -> {} answered by {who}, the first by {}",
+            self.exchanges + 1,
+            self.source,
+            self.target,
+            self.first
+        );
+        self.exchanges += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_parse() {
+        let who = Who::parse("pod=web-1 proto=tcp peer=10.244.1.5:40000 port=8080").unwrap();
+        assert_eq!(who.pod, "web-1");
+        assert_eq!(who.peer, "10.244.1.5:40000".parse().unwrap());
+        assert_eq!(who.port, 8080);
+        let udp = Who::parse("pod=web-2 proto=udp peer=10.244.1.5:1 port=8054 from=10.96.0.20:53")
+            .unwrap();
+        assert_eq!(udp.proto, "udp");
+        assert!(Who::parse("ERROR connecting").is_err());
+    }
+}
