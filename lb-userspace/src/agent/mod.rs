@@ -220,8 +220,12 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         tokio::select! {
             changed = source.changed() => {
                 changed?;
+                // From the change reaching the agent to the maps holding it:
+                // the latency this node adds to network programming.
+                let seen = Instant::now();
                 match agent.resync(&mut source) {
                     Ok(()) => {
+                        agent.metrics.observe_network_programming(seen.elapsed());
                         agent.health.lock().expect("health").synced();
                         agent.healthchecks.set_proxy_healthy(true);
                     }
