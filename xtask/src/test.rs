@@ -59,7 +59,7 @@ fn run_tests(args: &Args) -> Result<()> {
     run(&mut cargo(&["test", "--workspace", "--lib", "--bins"]))?;
 
     if args.unprivileged {
-        step("left out: the packet tests (BPF_PROG_TEST_RUN), the netns end-to-end tests and the demo cluster, which need root");
+        step("left out: the packet tests (BPF_PROG_TEST_RUN), the netns end-to-end tests, the demo cluster and the e2e scenarios, which need root");
         return Ok(());
     }
     if let Some(why) = privileged_blocker() {
