@@ -288,24 +288,22 @@ fn counters_match_the_packets_run() {
     assert_eq!(total, 20);
 }
 
-/// The agent's own writer (rings written through the memory-mapped slot
-/// array, not the test helper's syscalls) must program a service every
-/// packet can use.
-#[test]
-fn services_written_by_the_agent_sync_serve_every_flow() {
-    use lb_userspace::{
-        model::{Backend, DesiredState, Frontend, FrontendKind, Proto, ServicePort, ServicePortId},
-        sync::{MapsWriter, Syncer},
-    };
-    let mut dp = load();
-    let backend = |(addr, port): (Ipv4Addr, u16)| Backend {
-        addr,
-        port,
-        node_name: None,
-        is_local: false,
-        ready: true,
-        serving: true,
-        terminating: false,
+/// A ClusterIP Service port on `VIP` over `backends`, as the model produces
+/// it, for tests that program the maps through the agent's own sync.
+fn vip_service(
+    name: &str,
+    proto: lb_userspace::model::Proto,
+    backends: &[(Ipv4Addr, u16)],
+) -> (
+    lb_userspace::model::ServicePortId,
+    lb_userspace::model::ServicePort,
+) {
+    use lb_userspace::model::{Backend, Frontend, FrontendKind, ServicePort, ServicePortId};
+    let id = ServicePortId {
+        namespace: "default".into(),
+        name: name.into(),
+        port_name: String::new(),
+        protocol: proto,
     };
     let sp = ServicePort {
         frontends: vec![Frontend {
@@ -313,17 +311,35 @@ fn services_written_by_the_agent_sync_serve_every_flow() {
             port: VIP.1,
             kind: FrontendKind::ClusterIp,
         }],
-        cluster_backends: [B1, B2, B3].into_iter().map(backend).collect(),
+        cluster_backends: backends
+            .iter()
+            .map(|&(addr, port)| Backend {
+                addr,
+                port,
+                node_name: None,
+                is_local: false,
+                ready: true,
+                serving: true,
+                terminating: false,
+            })
+            .collect(),
         ..Default::default()
     };
-    let id = ServicePortId {
-        namespace: "default".into(),
-        name: "web".into(),
-        port_name: String::new(),
-        protocol: Proto::Tcp,
+    (id, sp)
+}
+
+/// The agent's own writer (rings written through the memory-mapped slot
+/// array, not the test helper's syscalls) must program a service every
+/// packet can use.
+#[test]
+fn services_written_by_the_agent_sync_serve_every_flow() {
+    use lb_userspace::{
+        model::{DesiredState, Proto},
+        sync::{MapsWriter, Syncer},
     };
+    let mut dp = load();
     let desired = DesiredState {
-        services: [(id, sp)].into(),
+        services: [vip_service("web", Proto::Tcp, &[B1, B2, B3])].into(),
         problems: Vec::new(),
     };
     let mut syncer = Syncer::recover(&MapsWriter { maps: &mut dp.maps }).unwrap();
@@ -406,38 +422,12 @@ fn offloaded_partial_checksums_stay_completable_after_translation() {
 #[test]
 fn removed_backends_lose_their_udp_flows_but_keep_tcp() {
     use lb_userspace::{
-        model::{Backend, DesiredState, Frontend, FrontendKind, Proto, ServicePort, ServicePortId},
+        model::{DesiredState, Proto},
         sync::{stale, MapsWriter, Syncer},
     };
     let mut dp = load();
     let service = |proto: Proto, backends: &[(Ipv4Addr, u16)]| {
-        let id = ServicePortId {
-            namespace: "default".into(),
-            name: format!("{proto}"),
-            port_name: String::new(),
-            protocol: proto,
-        };
-        let sp = ServicePort {
-            frontends: vec![Frontend {
-                addr: VIP.0,
-                port: VIP.1,
-                kind: FrontendKind::ClusterIp,
-            }],
-            cluster_backends: backends
-                .iter()
-                .map(|&(addr, port)| Backend {
-                    addr,
-                    port,
-                    node_name: None,
-                    is_local: false,
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                })
-                .collect(),
-            ..Default::default()
-        };
-        (id, sp)
+        vip_service(&proto.to_string(), proto, backends)
     };
     let both = DesiredState {
         services: [service(Proto::Udp, &[B1]), service(Proto::Tcp, &[B1])].into(),
