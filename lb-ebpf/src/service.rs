@@ -126,6 +126,16 @@ fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<Verdict> {
     let now = conntrack::now();
     let cfg = conntrack::config();
     let key = flow_key(&p, CT_DIR_FORWARD);
+    // A reply to a source-NATed flow comes back to the node's SNAT address on
+    // a port of the SNAT range, which no frontend uses (NodePorts are below
+    // it): straight to the reverse entry, without three lookups that miss.
+    let dport = u16::from_be(key.dst_port);
+    if cfg.snat_addr != 0
+        && key.dst_addr == cfg.snat_addr
+        && (cfg.snat_port_min..=cfg.snat_port_max).contains(&dport)
+    {
+        return Some(from_backend(ctx, ip));
+    }
     let (ct, reason) = match conntrack::lookup(&key, p.l4.tcp_flags, now, &cfg) {
         Some(ct) => (ct, Reason::XlateEstablished),
         None => match new_flow(ctx, &p, &key, now, &cfg) {
