@@ -8,6 +8,7 @@
 //! lb4/lb6 split); the IPv4 layouts here never need to change for it.
 #![cfg_attr(not(test), no_std)]
 
+pub mod addr;
 pub mod checksum;
 pub mod conntrack;
 pub mod filter;

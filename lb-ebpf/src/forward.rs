@@ -18,6 +18,14 @@ use crate::{
 
 const AF_INET: u8 = 2;
 
+/// Whether interface `ifindex` carries `flag` (`IFACE_*`) in `IFACES`.
+#[inline(always)]
+pub fn iface_has(ifindex: u32, flag: u32) -> bool {
+    IFACES
+        .get_ptr(ifindex)
+        .is_some_and(|i| unsafe { (*i).flags } & flag != 0)
+}
+
 #[inline(always)]
 pub fn send(ctx: &XdpContext, ip: *const Ipv4Hdr, ct: *mut CtValueV4, refresh: bool) -> u32 {
     if refresh {
@@ -58,10 +66,8 @@ fn resolve(ctx: &XdpContext, ip: *const Ipv4Hdr, ct: *mut CtValueV4) {
             0,
         )
     };
-    let redirect = rc == BPF_FIB_LKUP_RET_SUCCESS as i64
-        && IFACES
-            .get_ptr(params.ifindex)
-            .is_some_and(|i| unsafe { (*i).flags } & IFACE_REDIRECT != 0);
+    let redirect =
+        rc == BPF_FIB_LKUP_RET_SUCCESS as i64 && iface_has(params.ifindex, IFACE_REDIRECT);
     unsafe {
         if redirect {
             (*ct).fwd_ifindex = params.ifindex;

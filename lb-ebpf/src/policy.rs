@@ -7,10 +7,7 @@ use lb_common::{
     FE_EXTERNAL, FE_SOURCE_RANGES, IFACE_POD,
 };
 
-use crate::{
-    conntrack,
-    maps::{IFACES, SOURCE_RANGES_V4},
-};
+use crate::{conntrack, forward::iface_has, maps::SOURCE_RANGES_V4};
 
 /// Traffic entering on a pod interface is in-cluster: source ranges apply
 /// only to traffic from outside, as with kube-proxy.
@@ -19,10 +16,7 @@ pub fn source_allowed(ctx: &XdpContext, fe: &FrontendValue, src: u32) -> bool {
     if fe.flags & FE_SOURCE_RANGES == 0 {
         return true;
     }
-    let from_pod = IFACES
-        .get_ptr(ctx.ingress_ifindex() as u32)
-        .is_some_and(|i| unsafe { (*i).flags } & IFACE_POD != 0);
-    if from_pod {
+    if iface_has(ctx.ingress_ifindex() as u32, IFACE_POD) {
         return true;
     }
     let key = Key::new(

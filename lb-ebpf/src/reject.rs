@@ -15,7 +15,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::IFACES,
+    forward::iface_has,
     parse::{ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, ETH_P_IP},
 };
 
@@ -28,9 +28,7 @@ const ICMP_QUOTE_L4: usize = 8;
 /// Answers the packet as a reject; `ihl` is its IPv4 header length in bytes.
 #[inline(always)]
 pub fn send(ctx: &XdpContext, ihl: usize, proto: u8, reason: Reason) -> (Reason, u32) {
-    let tx = IFACES
-        .get_ptr(ctx.ingress_ifindex() as u32)
-        .is_some_and(|i| unsafe { (*i).flags } & IFACE_REDIRECT != 0);
+    let tx = iface_has(ctx.ingress_ifindex() as u32, IFACE_REDIRECT);
     let built = if proto == PROTO_TCP {
         tcp_rst(ctx, ihl, tx)
     } else {

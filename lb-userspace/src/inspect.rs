@@ -1,12 +1,10 @@
 //! The inspection commands. They read the pinned maps directly, so they work
 //! whether or not an agent runs, and show what the packet path sees.
-use std::{
-    collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddrV4},
-};
+use std::{collections::BTreeSet, net::SocketAddrV4};
 
 use anyhow::{bail, Context, Result};
 use lb_common::{
+    addr::{from_map, to_map},
     conntrack::{STATE_CLOSING, STATE_SEEN_REPLY},
     flow::flow_hash_v4,
     BackendV4, CtKeyV4, FrontendKeyV4, CT_DIR_FORWARD, FE_EXTERNAL, LAYOUT_VERSION, PROTO_TCP,
@@ -22,10 +20,6 @@ use crate::{
 
 fn open(pin: &PinArgs) -> Result<Maps> {
     Maps::from_pins(&pin.pin_path.join(format!("v{LAYOUT_VERSION}")).join("maps"))
-}
-
-fn addr(a: u32) -> Ipv4Addr {
-    Ipv4Addr::from(a.to_ne_bytes())
 }
 
 fn proto_name(p: u8) -> &'static str {
@@ -48,7 +42,7 @@ fn ring_backends(maps: &Maps, offset: u32, size: u32) -> Result<Vec<SocketAddrV4
     let mut out = Vec::new();
     for id in ids {
         let b: BackendV4 = maps.backends.get(&id, 0)?;
-        out.push(SocketAddrV4::new(addr(b.addr), u16::from_be(b.port)));
+        out.push(SocketAddrV4::new(from_map(b.addr), u16::from_be(b.port)));
     }
     out.sort();
     Ok(out)
@@ -62,7 +56,7 @@ pub fn services(args: &InspectArgs) -> Result<()> {
         let backends = ring_backends(&maps, v.ring_offset, v.ring_size)?;
         let stats = maps.service_totals(v.svc_id)?;
         rows.push(json!({
-            "frontend": format!("{}:{}/{}", addr(k.addr), u16::from_be(k.port), proto_name(k.proto)),
+            "frontend": format!("{}:{}/{}", from_map(k.addr), u16::from_be(k.port), proto_name(k.proto)),
             "service": service_name(&maps, v.svc_id),
             "scope": if v.flags & FE_EXTERNAL != 0 { "external" } else { "cluster" },
             "backends": backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
@@ -124,9 +118,9 @@ pub fn flows(args: &InspectArgs) -> Result<()> {
         rows.push(json!({
             "direction": if k.dir == CT_DIR_FORWARD { "forward" } else { "reply" },
             "proto": proto_name(k.proto),
-            "src": SocketAddrV4::new(addr(k.src_addr), u16::from_be(k.src_port)).to_string(),
-            "dst": SocketAddrV4::new(addr(k.dst_addr), u16::from_be(k.dst_port)).to_string(),
-            "nat": SocketAddrV4::new(addr(v.nat_addr), u16::from_be(v.nat_port)).to_string(),
+            "src": SocketAddrV4::new(from_map(k.src_addr), u16::from_be(k.src_port)).to_string(),
+            "dst": SocketAddrV4::new(from_map(k.dst_addr), u16::from_be(k.dst_port)).to_string(),
+            "nat": SocketAddrV4::new(from_map(v.nat_addr), u16::from_be(v.nat_port)).to_string(),
             "service": service_name(&maps, v.svc_id),
             "state": state,
             "idle_s": now.saturating_sub(v.last_seen_ns) / 1_000_000_000,
@@ -169,10 +163,9 @@ pub fn explain(args: &ExplainArgs) -> Result<()> {
     } else {
         PROTO_TCP
     };
-    let ne = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
     let key = CtKeyV4 {
-        src_addr: ne(*src.ip()),
-        dst_addr: ne(*dst.ip()),
+        src_addr: to_map(*src.ip()),
+        dst_addr: to_map(*dst.ip()),
         src_port: src.port().to_be(),
         dst_port: dst.port().to_be(),
         proto,
@@ -184,7 +177,7 @@ pub fn explain(args: &ExplainArgs) -> Result<()> {
             "{src} -> {dst}/{}: existing flow of {}, pinned to {} by connection tracking",
             proto_name(proto),
             service_name(&maps, ct.svc_id),
-            SocketAddrV4::new(addr(ct.nat_addr), u16::from_be(ct.nat_port))
+            SocketAddrV4::new(from_map(ct.nat_addr), u16::from_be(ct.nat_port))
         );
         return Ok(());
     }
@@ -230,7 +223,7 @@ pub fn explain(args: &ExplainArgs) -> Result<()> {
         "{src} -> {dst}/{} is {name}: a new flow hashes to {hash:#010x}, Maglev slot {slot} of {}, backend id {id} = {}",
         proto_name(proto),
         fe.ring_size,
-        SocketAddrV4::new(addr(b.addr), u16::from_be(b.port))
+        SocketAddrV4::new(from_map(b.addr), u16::from_be(b.port))
     );
     Ok(())
 }

@@ -152,7 +152,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     let config = Config {
         snat_addr: snat
             .first()
-            .map(|a| u32::from_ne_bytes(a.octets()))
+            .map(|a| lb_common::addr::to_map(*a))
             .unwrap_or(0),
         ..Config::DEFAULT
     };

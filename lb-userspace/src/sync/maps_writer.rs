@@ -4,6 +4,7 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use aya::maps::{lpm_trie::Key, PerCpuValues};
 use lb_common::{
+    addr::{from_map, to_map},
     AddrInfo, BackendV4, FrontendKeyV4, FrontendValue, SourceRangeKeyV4, SvcName, SvcStats,
     ADDR_FRONTEND,
 };
@@ -26,7 +27,7 @@ fn svc_name(name: &str) -> SvcName {
 fn range_key(svc_id: u32, addr: Ipv4Addr, len: u8) -> Key<SourceRangeKeyV4> {
     let data = SourceRangeKeyV4 {
         svc_id_be: svc_id.to_be(),
-        addr: u32::from_ne_bytes(addr.octets()),
+        addr: to_map(addr),
     };
     Key::new(32 + len as u32, data)
 }
@@ -141,7 +142,7 @@ impl MapWriter for MapsWriter<'_> {
         for key in self.maps.source_ranges.keys() {
             let key = key?;
             let data = key.data();
-            let addr = Ipv4Addr::from(data.addr.to_ne_bytes());
+            let addr = from_map(data.addr);
             let len = (key.prefix_len() - 32) as u8;
             source_ranges.push((u32::from_be(data.svc_id_be), addr, len));
         }

@@ -20,7 +20,10 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use lb_common::{BackendV4, FrontendKeyV4, FE_EXTERNAL, MAX_BACKENDS, MAX_SERVICES};
+use lb_common::{
+    addr::{from_map, to_map},
+    BackendV4, FrontendKeyV4, FE_EXTERNAL, MAX_BACKENDS, MAX_SERVICES,
+};
 
 pub use maps_writer::{svc_name_str, MapsWriter};
 pub use writer::{MapWriter, Snapshot};
@@ -56,10 +59,6 @@ pub struct Syncer {
     bit_refs: HashMap<u32, HashMap<u64, u32>>,
     /// Filter words as written.
     filter: HashMap<u32, u64>,
-}
-
-fn from_ne(addr: u32) -> Ipv4Addr {
-    Ipv4Addr::from(addr.to_ne_bytes())
 }
 
 fn bump<K: std::hash::Hash + Eq>(refs: &mut HashMap<K, u32>, k: K) -> bool {
@@ -101,7 +100,7 @@ impl Syncer {
         let by_id: HashMap<u32, BackendAddr> = snap
             .backends
             .iter()
-            .map(|(id, b)| (*id, (from_ne(b.addr), u16::from_be(b.port))))
+            .map(|(id, b)| (*id, (from_map(b.addr), u16::from_be(b.port))))
             .collect();
         for id in by_id.keys() {
             s.backend_alloc.claim(*id);
@@ -175,7 +174,7 @@ impl Syncer {
                 let id = snap
                     .backends
                     .iter()
-                    .find(|(_, v)| (from_ne(v.addr), u16::from_be(v.port)) == *b)
+                    .find(|(_, v)| (from_map(v.addr), u16::from_be(v.port)) == *b)
                     .map(|(i, _)| *i)
                     .expect("ring members are backends");
                 s.backends.entry(*b).or_insert((id, 0)).1 += 1;
@@ -249,7 +248,7 @@ impl Syncer {
         for ((addr, port), (id, local)) in &new_backends {
             let flags = if *local { lb_common::BE_LOCAL } else { 0 };
             let value = BackendV4 {
-                addr: u32::from_ne_bytes(addr.octets()),
+                addr: to_map(*addr),
                 port: port.to_be(),
                 flags,
             };

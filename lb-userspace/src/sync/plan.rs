@@ -7,6 +7,7 @@ use std::{
 
 use anyhow::Result;
 use lb_common::{
+    addr::to_map,
     filter::{position, AddrSet},
     FrontendKeyV4, FrontendValue, FE_DROP_EMPTY, FE_EXTERNAL, FE_SOURCE_RANGES, PROTO_TCP,
     PROTO_UDP,
@@ -45,17 +46,13 @@ pub struct Applied {
     pub tables: BTreeMap<u32, Vec<u32>>,
 }
 
-fn ne(addr: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(addr.octets())
-}
-
 pub fn filter_bits<'a>(
     frontends: impl Iterator<Item = &'a FrontendKeyV4>,
     backends: impl Iterator<Item = &'a (Ipv4Addr, u16)>,
 ) -> BTreeSet<(u32, u64)> {
     frontends
         .map(|k| position(k.addr, AddrSet::Frontend))
-        .chain(backends.map(|(a, _)| position(ne(*a), AddrSet::Backend)))
+        .chain(backends.map(|(a, _)| position(to_map(*a), AddrSet::Backend)))
         .collect()
 }
 
@@ -127,7 +124,7 @@ pub fn service(
             flags |= FE_SOURCE_RANGES;
         }
         let key = FrontendKeyV4 {
-            addr: ne(fe.addr),
+            addr: to_map(fe.addr),
             port: fe.port.to_be(),
             proto: match proto {
                 Proto::Tcp => PROTO_TCP,

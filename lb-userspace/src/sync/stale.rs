@@ -8,7 +8,7 @@
 use std::{collections::HashSet, net::Ipv4Addr};
 
 use anyhow::Result;
-use lb_common::{CtKeyV4, CT_DIR_FORWARD, PROTO_TCP};
+use lb_common::{addr::to_map, CtKeyV4, CT_DIR_FORWARD, PROTO_TCP};
 
 use crate::datapath::Maps;
 
@@ -20,7 +20,7 @@ pub fn forget(maps: &mut Maps, removed: &[(u32, Ipv4Addr, u16)]) -> Result<usize
     }
     let gone: HashSet<(u32, u16)> = removed
         .iter()
-        .map(|&(_, a, p)| (u32::from_ne_bytes(a.octets()), p.to_be()))
+        .map(|&(_, a, p)| (to_map(a), p.to_be()))
         .collect();
     let ids: HashSet<u32> = removed.iter().map(|&(id, _, _)| id).collect();
     let mut doomed: Vec<CtKeyV4> = Vec::new();
