@@ -9,23 +9,92 @@ pub const fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-/// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') for a 16-bit field change.
-/// All values are as read from the packet (same byte order on both sides,
-/// which the one's-complement sum is indifferent to).
+/// RFC 1624's `~m + m'` for a 16-bit field changing from `old` to `new`,
+/// unfolded so several changes add up before one fold.
+#[inline(always)]
+pub const fn diff16(old: u16, new: u16) -> u32 {
+    (!old) as u32 + new as u32
+}
+
+/// Same as `diff16` for a 32-bit field (an address).
+#[inline(always)]
+pub const fn diff32(old: u32, new: u32) -> u32 {
+    diff16((old >> 16) as u16, (new >> 16) as u16) + diff16(old as u16, new as u16)
+}
+
+/// RFC 1624 eqn. 3, HC' = ~(~HC + D), for a complete checksum and a folded
+/// difference `diff` of every field that changed.
+#[inline(always)]
+pub const fn apply(check: u16, diff: u16) -> u16 {
+    !fold((!check) as u32 + diff as u32)
+}
+
+/// Adds a folded difference to an uncomplemented sum (a partial checksum).
+#[inline(always)]
+pub const fn add(sum: u16, diff: u16) -> u16 {
+    fold(sum as u32 + diff as u32)
+}
+
+/// RFC 1624 eqn. 3 for a 16-bit field change. All values are as read from
+/// the packet (same byte order on both sides, which the one's-complement
+/// sum is indifferent to).
 #[inline(always)]
 pub const fn update16(check: u16, old: u16, new: u16) -> u16 {
-    !fold((!check) as u32 + (!old) as u32 + new as u32)
+    apply(check, fold(diff16(old, new)))
 }
 
 /// Same as `update16` for a 32-bit field (an address).
 #[inline(always)]
 pub const fn update32(check: u16, old: u32, new: u32) -> u16 {
-    let c = (!check) as u32
-        + (!(old >> 16) as u16) as u32
-        + (!(old as u16)) as u32
-        + (new >> 16)
-        + (new & 0xffff);
-    !fold(c)
+    apply(check, fold(diff32(old, new)))
+}
+
+/// A packet's addresses and ports, in network order as in the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// What rewriting a flow's tuple does to its checksums, computed once when
+/// the flow's entry is created so that every later packet pays one addition
+/// per checksum instead of recomputing the differences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RewriteSums {
+    /// Difference of the addresses alone: for the IPv4 header checksum and
+    /// for a partial TCP/UDP checksum (which covers only the pseudo-header).
+    pub addrs: u16,
+    /// Difference of addresses and ports: for a complete TCP/UDP checksum.
+    pub l4: u16,
+    /// Pseudo-header sum of the original addresses and protocol, without
+    /// the length: `add(pseudo, len)` is what a partial checksum holds.
+    pub pseudo: u16,
+}
+
+impl RewriteSums {
+    pub const fn new(from: Tuple, to: Tuple, proto: u8) -> Self {
+        let addrs = diff32(from.src, to.src) + diff32(from.dst, to.dst);
+        let ports = diff16(from.sport, to.sport) + diff16(from.dport, to.dport);
+        RewriteSums {
+            addrs: fold(addrs),
+            l4: fold(addrs + ports),
+            pseudo: pseudo_base(from.src, from.dst, proto),
+        }
+    }
+}
+
+/// Pseudo-header sum of addresses and protocol (network order).
+#[inline(always)]
+pub const fn pseudo_base(src: u32, dst: u32, proto: u8) -> u16 {
+    fold(
+        (src >> 16)
+            + (src & 0xffff)
+            + (dst >> 16)
+            + (dst & 0xffff)
+            + ((proto as u16).to_be() as u32),
+    )
 }
 
 /// One's-complement sum of 16-bit words in memory order.
@@ -48,13 +117,7 @@ pub fn sum_words(bytes: &[u8], mut acc: u32) -> u32 {
 /// and payload. Addresses as in the packet; `l4_len` in host order.
 #[inline(always)]
 pub const fn pseudo_partial(src: u32, dst: u32, proto: u8, l4_len: u16) -> u16 {
-    let sum = (src >> 16)
-        + (src & 0xffff)
-        + (dst >> 16)
-        + (dst & 0xffff)
-        + ((proto as u16).to_be() as u32)
-        + (l4_len.to_be() as u32);
-    fold(sum)
+    add(pseudo_base(src, dst, proto), l4_len.to_be())
 }
 
 #[cfg(test)]
@@ -110,6 +173,89 @@ mod tests {
             let upd = update16(check, old, u16::from_ne_bytes(newb));
             hdr[10..12].copy_from_slice(&upd.to_ne_bytes());
             assert_eq!(full(&hdr), 0, "after setting {port}");
+        }
+    }
+
+    /// A TCP segment from `t` with a valid checksum, and its pseudo-header sum.
+    fn segment(t: Tuple, payload: &[u8]) -> Vec<u8> {
+        let mut seg = vec![0u8; 20];
+        seg[0..2].copy_from_slice(&t.sport.to_ne_bytes());
+        seg[2..4].copy_from_slice(&t.dport.to_ne_bytes());
+        seg[4..8].copy_from_slice(&[1, 2, 3, 4]);
+        seg[12] = 0x50;
+        seg[13] = 0x10;
+        seg.extend_from_slice(payload);
+        let pseudo = pseudo_partial(t.src, t.dst, 6, seg.len() as u16) as u32;
+        let c = !fold(sum_words(&seg, pseudo));
+        seg[16..18].copy_from_slice(&c.to_ne_bytes());
+        seg
+    }
+
+    /// The sums precomputed for a flow give, with one addition each, the
+    /// checksums a full recomputation gives after the rewrite, for complete
+    /// and for partial checksums, with and without a source rewrite.
+    #[test]
+    fn rewrite_sums_match_full_recompute() {
+        let ip = |a: [u8; 4]| u32::from_ne_bytes(a);
+        let port = |p: u16| p.to_be();
+        let client = Tuple {
+            src: ip([192, 168, 1, 100]),
+            dst: ip([10, 96, 0, 10]),
+            sport: port(40000),
+            dport: port(80),
+        };
+        let dnat = Tuple {
+            dst: ip([10, 244, 1, 7]),
+            dport: port(8080),
+            ..client
+        };
+        let both = Tuple {
+            src: ip([172, 18, 0, 2]),
+            sport: port(61234),
+            ..dnat
+        };
+        let reply = Tuple {
+            src: both.dst,
+            dst: both.src,
+            sport: both.dport,
+            dport: both.sport,
+        };
+        let unreply = Tuple {
+            src: client.dst,
+            dst: client.src,
+            sport: client.dport,
+            dport: client.sport,
+        };
+        for (from, to) in [(client, dnat), (client, both), (reply, unreply)] {
+            let sums = RewriteSums::new(from, to, 6);
+            for payload in [&b""[..], b"hello", b"\xff\xff\xff"] {
+                let seg = segment(from, payload);
+                let check = u16::from_ne_bytes([seg[16], seg[17]]);
+                let want = segment(to, payload);
+                assert_eq!(
+                    apply(check, sums.l4).to_ne_bytes(),
+                    [want[16], want[17]],
+                    "complete checksum {from:?} -> {to:?}"
+                );
+                let len = (seg.len() as u16).to_be();
+                let partial = pseudo_partial(from.src, from.dst, 6, seg.len() as u16);
+                assert_eq!(add(sums.pseudo, len), partial, "partial recognised");
+                assert_eq!(
+                    add(partial, sums.addrs),
+                    pseudo_partial(to.src, to.dst, 6, seg.len() as u16),
+                    "partial checksum {from:?} -> {to:?}"
+                );
+            }
+            let mut hdr: [u8; 20] = [
+                0x45, 0, 0, 60, 0x1c, 0x46, 0x40, 0, 0x40, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ];
+            hdr[12..16].copy_from_slice(&from.src.to_ne_bytes());
+            hdr[16..20].copy_from_slice(&from.dst.to_ne_bytes());
+            let c = full(&hdr);
+            hdr[12..16].copy_from_slice(&to.src.to_ne_bytes());
+            hdr[16..20].copy_from_slice(&to.dst.to_ne_bytes());
+            hdr[10..12].copy_from_slice(&apply(c, sums.addrs).to_ne_bytes());
+            assert_eq!(full(&hdr), 0, "IPv4 header {from:?} -> {to:?}");
         }
     }
 }

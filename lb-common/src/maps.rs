@@ -54,7 +54,7 @@ pub const MAX_FRAGS: u32 = 1 << 14;
 
 /// Bumped whenever a layout in this crate changes; pinned maps live under
 /// `<pin-path>/v<LAYOUT_VERSION>` so an upgrade never reads foreign bytes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -149,11 +149,14 @@ pub const CT_DIR_REPLY: u8 = 1;
 
 /// Value of `CT_V4`. `nat_addr`/`nat_port` is what the packet is rewritten to:
 /// the backend on forward entries (destination), the frontend on reverse
-/// entries (source). The cached forwarding decision (`fwd_*`) is refreshed
-/// together with `last_seen_ns`, at most once per `CT_REFRESH_NS`.
+/// entries (source). The entry expires at `expires_ns`, which packets push
+/// out together with the cached forwarding decision (`fwd_*`) at most once
+/// per `CT_REFRESH_NS`, so an established packet reads no settings and
+/// writes nothing. Times are `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtValueV4 {
+    pub expires_ns: u64,
     pub last_seen_ns: u64,
     pub nat_addr: u32,
     pub nat_port: u16,
@@ -170,9 +173,20 @@ pub struct CtValueV4 {
     /// the reply's destination is restored to. 0 when the flow is not
     /// source-translated.
     pub snat_port: u16,
-    pub _pad1: u16,
+    /// `checksum::RewriteSums` of this entry's rewrite, split around
+    /// `snat_addr` to keep the value at 56 bytes.
+    pub csum_addrs: u16,
     pub snat_addr: u32,
-    pub _pad2: u32,
+    pub csum_l4: u16,
+    pub csum_pseudo: u16,
+}
+
+impl CtValueV4 {
+    pub const fn set_sums(&mut self, sums: crate::checksum::RewriteSums) {
+        self.csum_addrs = sums.addrs;
+        self.csum_l4 = sums.l4;
+        self.csum_pseudo = sums.pseudo;
+    }
 }
 
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
@@ -304,7 +318,7 @@ const _: () = {
     assert!(core::mem::size_of::<FragValueV4>() == 8);
     assert!(core::mem::size_of::<BackendV4>() == 8);
     assert!(core::mem::size_of::<CtKeyV4>() == 16);
-    assert!(core::mem::size_of::<CtValueV4>() == 48);
+    assert!(core::mem::size_of::<CtValueV4>() == 56);
     assert!(core::mem::size_of::<Config>() == 24);
     assert!(core::mem::size_of::<IfaceInfo>() == 4);
     assert!(core::mem::size_of::<SvcStats>() == 16);

@@ -2,6 +2,7 @@
 //! reverse entries, and TCP state kept identical on both.
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
+    checksum::{RewriteSums, Tuple},
     conntrack::{
         lifetime_s, tcp_next, STATE_CLOSING, STATE_ROUTED, STATE_SEEN_REPLY, TCP_ACK, TCP_FIN,
         TCP_RST, TCP_SYN,
@@ -30,14 +31,20 @@ pub fn config() -> Config {
     }
 }
 
+/// When an entry of protocol `proto` in `state` expires if no packet
+/// refreshes it after `now`.
+#[inline(always)]
+fn deadline(proto: u8, state: u8, now: u64) -> u64 {
+    now + lifetime_s(&config(), proto, state) as u64 * 1_000_000_000
+}
+
 /// The live entry for `key`, or `None` when there is none, it has expired,
 /// or a fresh SYN reuses the tuple of a closed TCP connection.
 #[inline(always)]
-pub fn lookup(key: &CtKeyV4, tcp_flags: u8, now: u64, cfg: &Config) -> Option<*mut CtValueV4> {
+pub fn lookup(key: &CtKeyV4, tcp_flags: u8, now: u64) -> Option<*mut CtValueV4> {
     let ct = CT_V4.get_ptr_mut(key)?;
-    let (state, seen) = unsafe { ((*ct).state, (*ct).last_seen_ns) };
-    let life = lifetime_s(cfg, key.proto, state) as u64 * 1_000_000_000;
-    if now.saturating_sub(seen) > life {
+    let (state, expires) = unsafe { ((*ct).state, (*ct).expires_ns) };
+    if now > expires {
         return None;
     }
     if state & STATE_CLOSING != 0 && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
@@ -72,7 +79,15 @@ pub fn create(
             stats::count(Reason::CtClash);
         }
     }
+    let client = tuple(key);
+    let to_backend = Tuple {
+        src: seen_addr,
+        dst: be.addr,
+        sport: seen_port,
+        dport: be.port,
+    };
     let mut value = CtValueV4 {
+        expires_ns: deadline(key.proto, 0, now),
         last_seen_ns: now,
         nat_addr: key.dst_addr,
         nat_port: key.dst_port,
@@ -83,6 +98,11 @@ pub fn create(
         value.snat_addr = key.src_addr;
         value.snat_port = key.src_port;
     }
+    value.set_sums(RewriteSums::new(
+        reversed(to_backend),
+        reversed(client),
+        key.proto,
+    ));
     CT_V4.insert(rev_key, value, 0).ok()?;
     value.nat_addr = be.addr;
     value.nat_port = be.port;
@@ -90,26 +110,52 @@ pub fn create(
         value.snat_addr = addr;
         value.snat_port = port;
     }
+    value.set_sums(RewriteSums::new(client, to_backend, key.proto));
     CT_V4.insert(*key, value, 0).ok()?;
     CT_V4.get_ptr_mut(key)
 }
 
+#[inline(always)]
+fn tuple(key: &CtKeyV4) -> Tuple {
+    Tuple {
+        src: key.src_addr,
+        dst: key.dst_addr,
+        sport: key.src_port,
+        dport: key.dst_port,
+    }
+}
+
+#[inline(always)]
+fn reversed(t: Tuple) -> Tuple {
+    Tuple {
+        src: t.dst,
+        dst: t.src,
+        sport: t.dport,
+        dport: t.sport,
+    }
+}
+
 /// Applies one packet to its entry; returns whether the cached forwarding
-/// decision is due for a refresh (which also refreshes `last_seen_ns`).
+/// decision is due for a refresh (which also pushes out the expiry).
 #[inline(always)]
 pub fn on_packet(key: &CtKeyV4, ct: *mut CtValueV4, tcp_flags: u8, now: u64) -> bool {
     let reply = key.dir == CT_DIR_REPLY;
-    let (state, seen) = unsafe { ((*ct).state, (*ct).last_seen_ns) };
+    let (mut state, seen) = unsafe { ((*ct).state, (*ct).last_seen_ns) };
+    let mut changed = false;
     if key.proto == PROTO_TCP
         && (tcp_flags & (TCP_FIN | TCP_RST) != 0 || (reply && state & STATE_SEEN_REPLY == 0))
     {
-        let next = tcp_next(state, tcp_flags, reply);
-        unsafe { (*ct).state = next };
-        mirror(key, ct, tcp_flags, reply);
+        state = tcp_next(state, tcp_flags, reply);
+        unsafe { (*ct).state = state };
+        mirror(key, ct, tcp_flags, reply, now);
+        changed = true;
     }
     let refresh = state & STATE_ROUTED == 0 || now.saturating_sub(seen) > CT_REFRESH_NS;
     if refresh {
         unsafe { (*ct).last_seen_ns = now };
+    }
+    if refresh || changed {
+        unsafe { (*ct).expires_ns = deadline(key.proto, state, now) };
     }
     refresh
 }
@@ -117,7 +163,7 @@ pub fn on_packet(key: &CtKeyV4, ct: *mut CtValueV4, tcp_flags: u8, now: u64) -> 
 /// Keeps the other direction's entry in the same TCP state, so the timeout
 /// chosen for either lookup reflects the whole connection.
 #[inline(always)]
-fn mirror(key: &CtKeyV4, ct: *const CtValueV4, tcp_flags: u8, reply: bool) {
+fn mirror(key: &CtKeyV4, ct: *const CtValueV4, tcp_flags: u8, reply: bool, now: u64) {
     let (nat_addr, nat_port, snat_addr, snat_port) = unsafe {
         (
             (*ct).nat_addr,
@@ -150,6 +196,10 @@ fn mirror(key: &CtKeyV4, ct: *const CtValueV4, tcp_flags: u8, reply: bool) {
         }
     };
     if let Some(o) = CT_V4.get_ptr_mut(other) {
-        unsafe { (*o).state = tcp_next((*o).state, tcp_flags, reply) };
+        let state = unsafe { tcp_next((*o).state, tcp_flags, reply) };
+        unsafe {
+            (*o).state = state;
+            (*o).expires_ns = deadline(key.proto, state, now);
+        }
     }
 }

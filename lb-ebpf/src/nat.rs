@@ -6,74 +6,53 @@
 //! only the folded pseudo-header sum; the stack or the NIC completes it
 //! later. Updating that like a full checksum corrupts it. XDP cannot see
 //! `ip_summed`, but the field itself tells: a complete checksum equals the
-//! pseudo-header sum by a 1 in 65,536 chance. Such a field is recomputed
-//! from the new addresses instead, and port changes (outside the
-//! pseudo-header) leave it alone, as the kernel's own
-//! `inet_proto_csum_replace4` does for partial checksums.
-use lb_common::checksum::{pseudo_partial, update16, update32};
+//! pseudo-header sum by a 1 in 65,536 chance. Such a field gets only the
+//! addresses' difference: port changes (outside the pseudo-header) leave it
+//! alone, as the kernel's own `inet_proto_csum_replace4` does for partial
+//! checksums.
+use lb_common::{
+    checksum::{add, apply},
+    CtValueV4,
+};
 
 use crate::parse::{Ipv4Hdr, L4};
 
-/// Rewrites the destination and/or source (address, port) of a TCP or UDP
-/// packet whose IPv4 header is `ihl` bytes long.
+/// Rewrites a TCP or UDP packet whose IPv4 header is `ihl` bytes long by its
+/// flow's entry: a forward packet gets the backend as destination (and the
+/// SNAT address as source, if any), a reply the frontend as source (and the
+/// client as destination, if source-NATed). The checksum differences were
+/// computed when the entry was made, from this very tuple.
 #[inline(always)]
-pub fn translate(
-    ip: *mut Ipv4Hdr,
-    l4: &L4,
-    ihl: usize,
-    dst: Option<(u32, u16)>,
-    src: Option<(u32, u16)>,
-) {
-    let (saddr, daddr, tot_len, proto) = unsafe {
-        (
-            (*ip).src,
-            (*ip).dst,
-            u16::from_be((*ip).tot_len),
-            (*ip).proto,
-        )
+pub fn rewrite(ip: *mut Ipv4Hdr, l4: &L4, ihl: usize, ct: &CtValueV4, forward: bool) {
+    let nat = (ct.nat_addr, ct.nat_port);
+    let snat = (ct.snat_addr != 0).then_some((ct.snat_addr, ct.snat_port));
+    let (dst, src) = if forward {
+        (Some(nat), snat)
+    } else {
+        (snat, Some(nat))
     };
-    let l4_len = tot_len.wrapping_sub(ihl as u16);
-    let check = unsafe { *l4.check };
-    let no_checksum = l4.is_udp && check == 0;
-    let partial = !no_checksum && check == pseudo_partial(saddr, daddr, proto, l4_len);
-    let update_l4 = !no_checksum && !partial;
     unsafe {
+        let l4_len = u16::from_be((*ip).tot_len).wrapping_sub(ihl as u16);
+        let check = *l4.check;
+        if !(l4.is_udp && check == 0) {
+            *l4.check = if check == add(ct.csum_pseudo, l4_len.to_be()) {
+                add(check, ct.csum_addrs)
+            } else {
+                // UDP transmits a computed zero as all ones (RFC 768).
+                match apply(check, ct.csum_l4) {
+                    0 if l4.is_udp => 0xffff,
+                    c => c,
+                }
+            };
+        }
+        (*ip).check = apply((*ip).check, ct.csum_addrs);
         if let Some((addr, port)) = dst {
-            rewrite(ip, &raw mut (*ip).dst, l4, 1, addr, port, update_l4);
+            (*ip).dst = addr;
+            (*l4.ports)[1] = port;
         }
         if let Some((addr, port)) = src {
-            rewrite(ip, &raw mut (*ip).src, l4, 0, addr, port, update_l4);
+            (*ip).src = addr;
+            (*l4.ports)[0] = port;
         }
-        if partial {
-            *l4.check = pseudo_partial((*ip).src, (*ip).dst, proto, l4_len);
-        }
-    }
-}
-
-#[inline(always)]
-unsafe fn rewrite(
-    ip: *mut Ipv4Hdr,
-    field: *mut u32,
-    l4: &L4,
-    which: usize,
-    addr: u32,
-    port: u16,
-    update_l4: bool,
-) {
-    unsafe {
-        let old_addr = *field;
-        let old_port = (*l4.ports)[which];
-        *field = addr;
-        (*ip).check = update32((*ip).check, old_addr, addr);
-        (*l4.ports)[which] = port;
-        if !update_l4 {
-            return;
-        }
-        let mut c = update16(update32(*l4.check, old_addr, addr), old_port, port);
-        // UDP transmits a computed zero as all ones (RFC 768).
-        if l4.is_udp && c == 0 {
-            c = 0xffff;
-        }
-        *l4.check = c;
     }
 }

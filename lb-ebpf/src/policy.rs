@@ -59,7 +59,7 @@ pub fn snat_port(be: &BackendV4, flow: &CtKeyV4, cfg: &Config, now: u64) -> Opti
             dir: CT_DIR_REPLY,
             _pad: 0,
         };
-        if conntrack::lookup(&reply, 0, now, cfg).is_none() {
+        if conntrack::lookup(&reply, 0, now).is_none() {
             return Some(port);
         }
         i += 1;

@@ -124,6 +124,7 @@ pub fn flows(args: &InspectArgs) -> Result<()> {
             "service": service_name(&maps, v.svc_id),
             "state": state,
             "idle_s": now.saturating_sub(v.last_seen_ns) / 1_000_000_000,
+            "expires_in_s": v.expires_ns.saturating_sub(now) / 1_000_000_000,
         }));
     }
     if args.output == Output::Json {

@@ -10,7 +10,10 @@ use common::{
     packets::{arp_frame, parse_checked, tcp_frame, udp_frame, Tcp},
     Provision,
 };
-use lb_common::{conntrack::STATE_CLOSING, CtKeyV4, Reason, CT_DIR_FORWARD, PROTO_TCP, PROTO_UDP};
+use lb_common::{
+    conntrack::STATE_CLOSING, Config, CtKeyV4, CtValueV4, Reason, CT_DIR_FORWARD, PROTO_TCP,
+    PROTO_UDP,
+};
 use lb_userspace::datapath::{run_frame, Datapath, PROGRAM};
 
 const XDP_DROP: u32 = 1;
@@ -259,6 +262,84 @@ fn rst_closes_the_flow_in_both_entries() {
         .find(|(k, _)| k.dir != CT_DIR_FORWARD)
         .unwrap();
     assert_ne!(rev.1.state & STATE_CLOSING, 0);
+}
+
+/// Both entries of the flow from `client` to `VIP`: (forward, reverse).
+fn entries(dp: &Datapath, client: (Ipv4Addr, u16)) -> (CtKeyV4, CtValueV4, CtValueV4) {
+    let mut found = dp.maps.ct.iter().map(|e| e.unwrap());
+    let fwd = found
+        .find(|(k, _)| k.dir == CT_DIR_FORWARD && k.src_port == client.1.to_be())
+        .unwrap();
+    let rev = dp
+        .maps
+        .ct
+        .iter()
+        .map(|e| e.unwrap())
+        .find(|(k, _)| k.dir != CT_DIR_FORWARD && k.dst_port == client.1.to_be())
+        .unwrap();
+    (fwd.0, fwd.1, rev.1)
+}
+
+fn lifetime_s(v: &CtValueV4) -> u64 {
+    (v.expires_ns - v.last_seen_ns) / 1_000_000_000
+}
+
+/// Each state gets its configured lifetime on both entries, and an entry
+/// past its deadline is a new flow. The clock is the test's: it moves the
+/// deadline instead of waiting for it.
+#[test]
+fn entries_live_as_long_as_their_state_allows_then_expire() {
+    let (mut dp, _) = with_service(&[B1], PROTO_TCP);
+    let cfg = Config {
+        tcp_established_timeout_s: 1000,
+        tcp_syn_timeout_s: 30,
+        tcp_closing_timeout_s: 5,
+        udp_timeout_s: 20,
+        ..Config::DEFAULT
+    };
+    dp.maps.config.set(0, cfg, 0).unwrap();
+    run(&dp, &tcp_frame(CLIENT, VIP, Tcp::syn(), b"", &[]));
+    let (_, fwd, rev) = entries(&dp, CLIENT);
+    assert_eq!((lifetime_s(&fwd), lifetime_s(&rev)), (30, 30), "SYN sent");
+    run(&dp, &tcp_frame(B1, CLIENT, Tcp::syn_ack(), b"", &[]));
+    let (key, fwd, rev) = entries(&dp, CLIENT);
+    assert_eq!(
+        (lifetime_s(&fwd), lifetime_s(&rev)),
+        (1000, 1000),
+        "reply seen"
+    );
+    let fin = Tcp {
+        fin: true,
+        ..Tcp::ack()
+    };
+    run(&dp, &tcp_frame(CLIENT, VIP, fin.clone(), b"", &[]));
+    run(&dp, &tcp_frame(B1, CLIENT, fin, b"", &[]));
+    let (_, fwd, rev) = entries(&dp, CLIENT);
+    assert_eq!(
+        (lifetime_s(&fwd), lifetime_s(&rev)),
+        (5, 5),
+        "FIN both ways"
+    );
+
+    let expired = CtValueV4 {
+        expires_ns: fwd.last_seen_ns - 1,
+        ..fwd
+    };
+    dp.maps.ct.insert(key, expired, 0).unwrap();
+    let new = count(&dp, Reason::XlateNew);
+    run(&dp, &tcp_frame(CLIENT, VIP, Tcp::ack(), b"", &[]));
+    assert_eq!(
+        count(&dp, Reason::XlateNew),
+        new + 1,
+        "expired entry replaced"
+    );
+
+    let udp = (CLIENT.0, 40001);
+    let (mut dp, _) = with_service(&[B1], PROTO_UDP);
+    dp.maps.config.set(0, cfg, 0).unwrap();
+    run(&dp, &udp_frame(udp, VIP, b"q", true));
+    let (_, fwd, rev) = entries(&dp, udp);
+    assert_eq!((lifetime_s(&fwd), lifetime_s(&rev)), (20, 20), "UDP");
 }
 
 #[test]
