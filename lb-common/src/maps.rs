@@ -19,6 +19,8 @@ pub mod names {
     pub const SOURCE_RANGES_V4: &str = "SOURCE_RANGES_V4";
     pub const FRAGS_V4: &str = "FRAGS_V4";
     pub const SOCK_REVNAT_V4: &str = "SOCK_REVNAT_V4";
+    /// Not pinned: derived from `CT_V4`, so a new program starts it empty.
+    pub const FLOW_CACHE_V4: &str = "FLOW_CACHE_V4";
     pub const ALL: [&str; 15] = [
         ADDRS_V4,
         FRONTENDS_V4,
@@ -191,6 +193,34 @@ impl CtValueV4 {
 
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
 
+/// Slots of `FLOW_CACHE_V4` per CPU (a power of two).
+pub const FLOW_CACHE_SLOTS: u32 = 2048;
+
+/// Value of the per-CPU `FLOW_CACHE_V4`: a copy of an established flow's
+/// `CT_V4` entry, so that its next packets on this CPU skip the hash-map
+/// lookup (an exact-match cache, as Open vSwitch's EMC). `ct.expires_ns` is
+/// when the copy must be checked against the entry again: at its next
+/// refresh, so `CT_V4` keeps expiry, recency and the forwarding decision.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheEntryV4 {
+    pub key: CtKeyV4,
+    pub ct: CtValueV4,
+}
+
+/// The `FLOW_CACHE_V4` slot of `key`: a multiplicative hash, far cheaper
+/// than the kernel's jhash, which is what the cache saves.
+#[inline(always)]
+pub const fn flow_cache_slot(key: &CtKeyV4) -> u32 {
+    let addrs = ((key.src_addr as u64) << 32) | key.dst_addr as u64;
+    let rest = ((key.src_port as u64) << 32)
+        | ((key.dst_port as u64) << 16)
+        | ((key.proto as u64) << 8)
+        | key.dir as u64;
+    let h = (addrs ^ rest.wrapping_mul(0xff51_afd7_ed55_8ccd)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> (64 - FLOW_CACHE_SLOTS.trailing_zeros())) as u32
+}
+
 /// The single element of `CONFIG`: settings the agent writes at start-up.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,6 +349,7 @@ const _: () = {
     assert!(core::mem::size_of::<BackendV4>() == 8);
     assert!(core::mem::size_of::<CtKeyV4>() == 16);
     assert!(core::mem::size_of::<CtValueV4>() == 56);
+    assert!(core::mem::size_of::<FlowCacheEntryV4>() == 72);
     assert!(core::mem::size_of::<Config>() == 24);
     assert!(core::mem::size_of::<IfaceInfo>() == 4);
     assert!(core::mem::size_of::<SvcStats>() == 16);
@@ -335,6 +366,7 @@ mod pod {
     unsafe impl aya::Pod for BackendV4 {}
     unsafe impl aya::Pod for CtKeyV4 {}
     unsafe impl aya::Pod for CtValueV4 {}
+    unsafe impl aya::Pod for FlowCacheEntryV4 {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for SvcStats {}

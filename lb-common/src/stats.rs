@@ -29,10 +29,14 @@ pub enum Reason {
     XlateFragment = 22,
     SockTranslated = 23,
     SockRefused = 24,
+    /// Established and reply packets served from this CPU's flow cache
+    /// instead of `CT_V4`.
+    XlateEstablishedCached = 25,
+    XlateReplyCached = 26,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 27;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotOurs,
@@ -59,6 +63,8 @@ impl Reason {
         Reason::XlateFragment,
         Reason::SockTranslated,
         Reason::SockRefused,
+        Reason::XlateEstablishedCached,
+        Reason::XlateReplyCached,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -88,6 +94,8 @@ impl Reason {
             Reason::XlateFragment => "xlate_later_fragment",
             Reason::SockTranslated => "socket_translated",
             Reason::SockRefused => "socket_refused",
+            Reason::XlateEstablishedCached => "xlate_established_cached",
+            Reason::XlateReplyCached => "xlate_reply_cached",
         }
     }
 }

@@ -4,6 +4,7 @@
 #![no_main]
 
 mod conntrack;
+mod flow_cache;
 mod forward;
 mod frags;
 mod icmp;

@@ -32,6 +32,11 @@ pub static MAGLEV_SLOTS: Array<u32, { MAX_MAGLEV_SLOTS as usize }, { BPF_F_MMAPA
 #[btf_map]
 pub static CT_V4: LruHashMap<CtKeyV4, CtValueV4, { MAX_CT as usize }> = LruHashMap::new();
 
+/// Per-CPU copies of established flows' `CT_V4` entries (`flow_cache`).
+#[btf_map]
+pub static FLOW_CACHE_V4: PerCpuArray<FlowCacheEntryV4, { FLOW_CACHE_SLOTS as usize }> =
+    PerCpuArray::new();
+
 /// Path counters indexed by `lb_common::Reason`.
 #[btf_map]
 pub static STATS: PerCpuArray<u64, { Reason::COUNT as usize }> = PerCpuArray::new();

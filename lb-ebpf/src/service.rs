@@ -9,7 +9,7 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack, forward, frags, icmp,
+    conntrack, flow_cache, forward, frags, icmp,
     maps::{ADDRS_V4, ADDR_FILTER, CONFIG, FRONTENDS_V4},
     nat,
     parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IP_MF, IP_OFFSET_MASK, L4},
@@ -124,10 +124,13 @@ fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<Verdict> {
         Err(v) => return (v.0 == Reason::XlateFragment || is_frontend_addr(dst)).then_some(v),
     };
     let key = flow_key(&p, CT_DIR_FORWARD);
+    let now = conntrack::now();
+    if let Some(v) = cached(ctx, &p, &key, now, Reason::XlateEstablishedCached) {
+        return Some(v);
+    }
     if is_snat_reply(&key) {
         return Some(from_backend(ctx, ip));
     }
-    let now = conntrack::now();
     let (ct, reason) = match conntrack::lookup(&key, p.l4.tcp_flags, now) {
         Some(ct) => (ct, Reason::XlateEstablished),
         None => match new_flow(ctx, &p, &key, now) {
@@ -212,10 +215,33 @@ fn from_backend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Verdict {
     };
     let key = flow_key(&p, CT_DIR_REPLY);
     let now = conntrack::now();
+    if let Some(v) = cached(ctx, &p, &key, now, Reason::XlateReplyCached) {
+        return v;
+    }
     let Some(ct) = conntrack::lookup(&key, p.l4.tcp_flags, now) else {
         return (Reason::PassReplyNoFlow, PASS);
     };
     (Reason::XlateReply, translate(ctx, &p, &key, ct, now))
+}
+
+/// Translates the packet by this CPU's copy of its flow's entry, if there
+/// is one the packet may use, and counts it under `reason`.
+#[inline(always)]
+fn cached(
+    ctx: &XdpContext,
+    p: &Packet,
+    key: &CtKeyV4,
+    now: u64,
+    reason: Reason,
+) -> Option<Verdict> {
+    if !flow_cache::usable(p.l4.tcp_flags, p.first_fragment) {
+        return None;
+    }
+    let ct = flow_cache::get(key, now)?;
+    let v = unsafe { &*ct };
+    nat::rewrite(p.ip, &p.l4, p.ihl, v, key.dir == CT_DIR_FORWARD);
+    stats::count_service(v.svc_id, (ctx.data_end() - ctx.data()) as u64);
+    Some((reason, forward::send(ctx, p.ip, ct, false)))
 }
 
 /// The connection-tracking key of the packet's tuple, in direction `dir`.
@@ -248,5 +274,9 @@ fn translate(ctx: &XdpContext, p: &Packet, key: &CtKeyV4, ct: *mut CtValueV4, no
         frags::remember(&k, p.ip);
     }
     stats::count_service(v.svc_id, (ctx.data_end() - ctx.data()) as u64);
-    forward::send(ctx, p.ip, ct, refresh)
+    let action = forward::send(ctx, p.ip, ct, refresh);
+    if flow_cache::usable(p.l4.tcp_flags, p.first_fragment) {
+        flow_cache::put(key, ct);
+    }
+    action
 }

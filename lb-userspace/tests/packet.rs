@@ -5,14 +5,15 @@ mod common;
 
 use std::net::Ipv4Addr;
 
+use aya::maps::PerCpuValues;
 use common::{
     load,
     packets::{arp_frame, parse_checked, tcp_frame, udp_frame, Tcp},
     Provision,
 };
 use lb_common::{
-    conntrack::STATE_CLOSING, Config, CtKeyV4, CtValueV4, Reason, CT_DIR_FORWARD, PROTO_TCP,
-    PROTO_UDP,
+    conntrack::STATE_CLOSING, Config, CtKeyV4, CtValueV4, FlowCacheEntryV4, Reason, CT_DIR_FORWARD,
+    PROTO_TCP, PROTO_UDP,
 };
 use lb_userspace::datapath::{run_frame, Datapath, PROGRAM};
 
@@ -102,7 +103,9 @@ fn flow_keeps_its_backend_when_the_table_changes_and_replies_return_as_the_vip()
         let p = parse_checked(&out);
         assert_eq!((p.dst, p.dport), chosen);
     }
-    assert_eq!(count(&dp, Reason::XlateEstablished), 5);
+    // The first goes through conntrack, the rest through the flow cache.
+    assert_eq!(count(&dp, Reason::XlateEstablished), 1);
+    assert_eq!(count(&dp, Reason::XlateEstablishedCached), 4);
 
     let (action, out) = run(
         &dp,
@@ -340,6 +343,78 @@ fn entries_live_as_long_as_their_state_allows_then_expire() {
     run(&dp, &udp_frame(udp, VIP, b"q", true));
     let (_, fwd, rev) = entries(&dp, udp);
     assert_eq!((lifetime_s(&fwd), lifetime_s(&rev)), (20, 20), "UDP");
+}
+
+/// The flow cache serves a flow's plain packets in both directions with
+/// the same rewrite as conntrack, leaves every SYN, FIN and RST to
+/// conntrack, and sends a copy past its refresh time back there.
+#[test]
+fn flow_cache_serves_plain_packets_and_leaves_state_changes_to_conntrack() {
+    let (mut dp, _) = with_service(&[B1], PROTO_TCP);
+    let forward = |dp: &Datapath, t: Tcp| run(dp, &tcp_frame(CLIENT, VIP, t, b"data", &[])).1;
+    let reply = |dp: &Datapath, t: Tcp| run(dp, &tcp_frame(B1, CLIENT, t, b"resp", &[])).1;
+    forward(&dp, Tcp::syn());
+    reply(&dp, Tcp::syn_ack());
+    for _ in 0..3 {
+        let p = parse_checked(&forward(&dp, Tcp::ack()));
+        assert_eq!(((p.src, p.sport), (p.dst, p.dport)), (CLIENT, B1));
+        let p = parse_checked(&reply(&dp, Tcp::ack()));
+        assert_eq!(((p.src, p.sport), (p.dst, p.dport)), (VIP, CLIENT));
+    }
+    let counts = |dp: &Datapath| {
+        [
+            Reason::XlateEstablished,
+            Reason::XlateEstablishedCached,
+            Reason::XlateReply,
+            Reason::XlateReplyCached,
+        ]
+        .map(|r| count(dp, r))
+    };
+    // The SYN-ACK changes state, so the first plain packet of each
+    // direction fills the cache.
+    assert_eq!(counts(&dp), [1, 2, 2, 2]);
+
+    let fin = Tcp {
+        fin: true,
+        ..Tcp::ack()
+    };
+    forward(&dp, fin.clone());
+    reply(&dp, fin);
+    assert_eq!(counts(&dp), [2, 2, 3, 2], "FINs via conntrack");
+    let (_, fwd, rev) = entries(&dp, CLIENT);
+    assert_ne!(fwd.state & rev.state & STATE_CLOSING, 0);
+
+    let cache = dp.maps.flow_cache.as_ref().unwrap();
+    let slots: Vec<u32> = (0..lb_common::FLOW_CACHE_SLOTS)
+        .filter(|&i| cache.get(&i, 0).unwrap().iter().any(|e| e.ct.svc_id == 7))
+        .collect();
+    assert_eq!(slots.len(), 2, "one copy per direction");
+    forward(&dp, Tcp::ack());
+    assert_eq!(counts(&dp)[1], 3);
+    let cache = dp.maps.flow_cache.as_mut().unwrap();
+    for slot in slots {
+        let aged: Vec<_> = cache
+            .get(&slot, 0)
+            .unwrap()
+            .iter()
+            .map(|e| FlowCacheEntryV4 {
+                ct: CtValueV4 {
+                    expires_ns: 0,
+                    ..e.ct
+                },
+                ..*e
+            })
+            .collect();
+        cache
+            .set(slot, PerCpuValues::try_from(aged).unwrap(), 0)
+            .unwrap();
+    }
+    forward(&dp, Tcp::ack());
+    assert_eq!(
+        counts(&dp)[..2],
+        [3, 3],
+        "a copy due for refresh goes to conntrack"
+    );
 }
 
 #[test]

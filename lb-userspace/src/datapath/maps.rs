@@ -2,12 +2,13 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use aya::{
-    maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
     Ebpf,
 };
 use lb_common::{
-    names, AddrInfo, AffinityKeyV4, AffinityValue, BackendV4, Config, CtKeyV4, CtValueV4,
-    FrontendKeyV4, FrontendValue, IfaceInfo, Reason, SourceRangeKeyV4, SvcName, SvcStats,
+    flow_cache_slot, names, AddrInfo, AffinityKeyV4, AffinityValue, BackendV4, Config, CtKeyV4,
+    CtValueV4, FlowCacheEntryV4, FrontendKeyV4, FrontendValue, IfaceInfo, Reason, SourceRangeKeyV4,
+    SvcName, SvcStats,
 };
 
 use super::slots::RingSlots;
@@ -28,6 +29,9 @@ pub struct Maps {
     pub slots: RingSlots,
     pub affinity: HashMap<MapData, AffinityKeyV4, AffinityValue>,
     pub source_ranges: LpmTrie<MapData, SourceRangeKeyV4, u32>,
+    /// The loaded program's flow cache; `None` when opened from pins, as
+    /// the cache is never pinned.
+    pub flow_cache: Option<PerCpuArray<MapData, FlowCacheEntryV4>>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -48,7 +52,9 @@ fn pinned(dir: &Path, name: &str) -> Result<Map> {
 
 impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        Self::build(|name| take(ebpf, name))
+        let mut maps = Self::build(|name| take(ebpf, name))?;
+        maps.flow_cache = Some(take(ebpf, names::FLOW_CACHE_V4)?.try_into()?);
+        Ok(maps)
     }
 
     /// Opens the maps an agent pinned under `dir`, whether or not it still runs.
@@ -74,6 +80,7 @@ impl Maps {
             slots,
             affinity: get(names::AFFINITY_V4)?.try_into()?,
             source_ranges: get(names::SOURCE_RANGES_V4)?.try_into()?,
+            flow_cache: None,
         })
     }
 
@@ -93,6 +100,18 @@ impl Maps {
         let (word, bit) = lb_common::filter::position(addr, set);
         let old = self.filter.get(&word, 0)?;
         self.filter.set(word, old | bit, 0)?;
+        Ok(())
+    }
+
+    /// After deleting `key` from `CT_V4`: empties the flow cache slot that
+    /// may hold a copy of it, on every CPU, so no packet uses the copy.
+    pub fn forget_cached(&mut self, key: &CtKeyV4) -> Result<()> {
+        let Some(cache) = self.flow_cache.as_mut() else {
+            return Ok(());
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let empty = PerCpuValues::try_from(vec![FlowCacheEntryV4::default(); cpus])?;
+        cache.set(flow_cache_slot(key), empty, 0)?;
         Ok(())
     }
 

@@ -44,6 +44,7 @@ pub fn forget(maps: &mut Maps, removed: &[(u32, Ipv4Addr, u16)]) -> Result<usize
         if maps.ct.remove(&k).is_ok() {
             n += 1;
         }
+        maps.forget_cached(&k)?;
     }
     let stale_affinity: Vec<_> = maps
         .affinity
