@@ -121,6 +121,29 @@ fn single_out(dp: &Datapath, frames: &[Vec<u8>], reason: Reason) -> (f64, Vec<Ve
     (median(runs), outs)
 }
 
+/// Median kernel-reported ns of the second of two back-to-back single runs
+/// of each frame: a flow's packet right after its previous one, as packets
+/// of a busy flow arrive. Each measured run is proven to have counted under
+/// `reason`.
+fn single_steady(dp: &Datapath, frames: &[Vec<u8>], reason: Reason) -> f64 {
+    let prog = dp.program(PROGRAM).unwrap();
+    let runs: Vec<f64> = frames
+        .iter()
+        .map(|f| {
+            run_frame(prog, f, 1).unwrap();
+            let before = dp.maps.reason_total(reason).unwrap();
+            let d = run_frame(prog, f, 1).unwrap().duration;
+            assert_eq!(
+                dp.maps.reason_total(reason).unwrap() - before,
+                1,
+                "{reason:?}"
+            );
+            ns(d)
+        })
+        .collect();
+    median(runs)
+}
+
 /// Two frontends, each the other's only backend, whose flows from CLIENT
 /// (`dir` forward), or whose replies to it (`dir` reply), land in the same
 /// flow cache slot: their ping-pong misses the cache on every iteration.
@@ -224,6 +247,8 @@ struct Row {
     snat_new: f64,
     snat_established: f64,
     snat_reply: f64,
+    snat_established_steady: f64,
+    snat_reply_steady: f64,
     affinity_hit: f64,
 }
 
@@ -266,6 +291,9 @@ fn measure(n: u32) -> Row {
         })
         .collect();
     let (snat_reply, _) = single_out(&dp, &replies, Reason::XlateReply);
+    let snat_established_steady =
+        single_steady(&dp, &nodeport(Tcp::ack()), Reason::XlateEstablishedCached);
+    let snat_reply_steady = single_steady(&dp, &replies, Reason::XlateReplyCached);
     let sticky: Vec<Vec<u8>> = (0..SINGLE_RUNS)
         .map(|p| {
             tcp_frame(
@@ -288,6 +316,8 @@ fn measure(n: u32) -> Row {
         snat_new,
         snat_established,
         snat_reply,
+        snat_established_steady,
+        snat_reply_steady,
         affinity_hit,
         noop: repeated(&dp, "noop", &est, None),
         noop_single: single(&dp, "noop", &news, None),
@@ -328,6 +358,10 @@ fn main() {
     line("NodePort SNAT first (single)", &|r| r.snat_new);
     line("NodePort SNAT established (s)", &|r| r.snat_established);
     line("reply, reverse SNAT (single)", &|r| r.snat_reply);
+    line("SNAT established, steady (s)", &|r| {
+        r.snat_established_steady
+    });
+    line("reverse SNAT reply, steady (s)", &|r| r.snat_reply_steady);
     line("affinity hit, new flow (s)", &|r| r.affinity_hit);
     println!();
     line("non-frontend / floor", &|r| r.non_frontend / r.noop);
@@ -341,6 +375,12 @@ fn main() {
     });
     line("reverse SNAT reply - s.floor", &|r| {
         r.snat_reply - r.noop_single
+    });
+    line("SNAT est. steady / s.floor", &|r| {
+        r.snat_established_steady / r.noop_single
+    });
+    line("rev. SNAT steady / s.floor", &|r| {
+        r.snat_reply_steady / r.noop_single
     });
     println!(
         "\nEvery row's path counter grew by exactly its iteration count (asserted); services: {:?}",
