@@ -58,6 +58,18 @@ pub struct Tuple {
     pub dport: u16,
 }
 
+impl Tuple {
+    /// The tuple of a packet going the other way.
+    pub const fn reversed(self) -> Tuple {
+        Tuple {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+        }
+    }
+}
+
 /// What rewriting a flow's tuple does to its checksums, computed once when
 /// the flow's entry is created so that every later packet pays one addition
 /// per checksum instead of recomputing the differences.
@@ -214,19 +226,11 @@ mod tests {
             sport: port(61234),
             ..dnat
         };
-        let reply = Tuple {
-            src: both.dst,
-            dst: both.src,
-            sport: both.dport,
-            dport: both.sport,
-        };
-        let unreply = Tuple {
-            src: client.dst,
-            dst: client.src,
-            sport: client.dport,
-            dport: client.sport,
-        };
-        for (from, to) in [(client, dnat), (client, both), (reply, unreply)] {
+        for (from, to) in [
+            (client, dnat),
+            (client, both),
+            (both.reversed(), client.reversed()),
+        ] {
             let sums = RewriteSums::new(from, to, 6);
             for payload in [&b""[..], b"hello", b"\xff\xff\xff"] {
                 let seg = segment(from, payload);

@@ -146,6 +146,17 @@ pub struct CtKeyV4 {
     pub _pad: u16,
 }
 
+impl CtKeyV4 {
+    pub const fn tuple(&self) -> crate::checksum::Tuple {
+        crate::checksum::Tuple {
+            src: self.src_addr,
+            dst: self.dst_addr,
+            sport: self.src_port,
+            dport: self.dst_port,
+        }
+    }
+}
+
 pub const CT_DIR_FORWARD: u8 = 0;
 pub const CT_DIR_REPLY: u8 = 1;
 

@@ -79,7 +79,7 @@ pub fn create(
             stats::count(Reason::CtClash);
         }
     }
-    let client = tuple(key);
+    let client = key.tuple();
     let to_backend = Tuple {
         src: seen_addr,
         dst: be.addr,
@@ -99,8 +99,8 @@ pub fn create(
         value.snat_port = key.src_port;
     }
     value.set_sums(RewriteSums::new(
-        reversed(to_backend),
-        reversed(client),
+        to_backend.reversed(),
+        client.reversed(),
         key.proto,
     ));
     CT_V4.insert(rev_key, value, 0).ok()?;
@@ -113,26 +113,6 @@ pub fn create(
     value.set_sums(RewriteSums::new(client, to_backend, key.proto));
     CT_V4.insert(*key, value, 0).ok()?;
     CT_V4.get_ptr_mut(key)
-}
-
-#[inline(always)]
-fn tuple(key: &CtKeyV4) -> Tuple {
-    Tuple {
-        src: key.src_addr,
-        dst: key.dst_addr,
-        sport: key.src_port,
-        dport: key.dst_port,
-    }
-}
-
-#[inline(always)]
-fn reversed(t: Tuple) -> Tuple {
-    Tuple {
-        src: t.dst,
-        dst: t.src,
-        sport: t.dport,
-        dport: t.sport,
-    }
 }
 
 /// Applies one packet to its entry; returns whether the cached forwarding

@@ -4,8 +4,8 @@
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
     filter::{position, AddrSet},
-    CtKeyV4, CtValueV4, FrontendKeyV4, Reason, ADDR_FRONTEND, CT_DIR_FORWARD, CT_DIR_REPLY,
-    FE_DROP_EMPTY, PROTO_TCP, PROTO_UDP,
+    CtKeyV4, CtValueV4, FlowCacheEntryV4, FrontendKeyV4, Reason, ADDR_FRONTEND, CT_DIR_FORWARD,
+    CT_DIR_REPLY, FE_DROP_EMPTY, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -125,7 +125,8 @@ fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<Verdict> {
     };
     let key = flow_key(&p, CT_DIR_FORWARD);
     let now = conntrack::now();
-    if let Some(v) = cached(ctx, &p, &key, now, Reason::XlateEstablishedCached) {
+    let slot = flow_cache::slot(&key, p.l4.tcp_flags, p.first_fragment);
+    if let Some(v) = cached(ctx, &p, &key, slot, now, Reason::XlateEstablishedCached) {
         return Some(v);
     }
     if is_snat_reply(&key) {
@@ -138,7 +139,7 @@ fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<Verdict> {
             Err(v) => return v,
         },
     };
-    Some((reason, translate(ctx, &p, &key, ct, now)))
+    Some((reason, translate(ctx, &p, &key, ct, now, slot)))
 }
 
 /// A reply to a source-NATed flow comes back to the node's SNAT address on
@@ -215,29 +216,28 @@ fn from_backend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Verdict {
     };
     let key = flow_key(&p, CT_DIR_REPLY);
     let now = conntrack::now();
-    if let Some(v) = cached(ctx, &p, &key, now, Reason::XlateReplyCached) {
+    let slot = flow_cache::slot(&key, p.l4.tcp_flags, p.first_fragment);
+    if let Some(v) = cached(ctx, &p, &key, slot, now, Reason::XlateReplyCached) {
         return v;
     }
     let Some(ct) = conntrack::lookup(&key, p.l4.tcp_flags, now) else {
         return (Reason::PassReplyNoFlow, PASS);
     };
-    (Reason::XlateReply, translate(ctx, &p, &key, ct, now))
+    (Reason::XlateReply, translate(ctx, &p, &key, ct, now, slot))
 }
 
-/// Translates the packet by this CPU's copy of its flow's entry, if there
-/// is one the packet may use, and counts it under `reason`.
+/// Translates the packet by the copy of its flow's entry in its flow cache
+/// `slot`, if that holds a valid one, and counts it under `reason`.
 #[inline(always)]
 fn cached(
     ctx: &XdpContext,
     p: &Packet,
     key: &CtKeyV4,
+    slot: Option<*mut FlowCacheEntryV4>,
     now: u64,
     reason: Reason,
 ) -> Option<Verdict> {
-    if !flow_cache::usable(p.l4.tcp_flags, p.first_fragment) {
-        return None;
-    }
-    let ct = flow_cache::get(key, now)?;
+    let ct = flow_cache::get(slot?, key, now)?;
     let v = unsafe { &*ct };
     nat::rewrite(p.ip, &p.l4, p.ihl, v, key.dir == CT_DIR_FORWARD);
     stats::count_service(v.svc_id, (ctx.data_end() - ctx.data()) as u64);
@@ -263,9 +263,17 @@ fn flow_key(p: &Packet, dir: u8) -> CtKeyV4 {
 /// Rewrites the packet by its flow's entry and sends it on. Forward packets
 /// go to the backend (from the SNAT address, if any); replies come from the
 /// frontend (back to the client the SNAT address stood for). A first
-/// fragment's translation is remembered for the fragments that follow.
+/// fragment's translation is remembered for the fragments that follow, and
+/// the entry is copied into the packet's flow cache `slot`, if it has one.
 #[inline(always)]
-fn translate(ctx: &XdpContext, p: &Packet, key: &CtKeyV4, ct: *mut CtValueV4, now: u64) -> u32 {
+fn translate(
+    ctx: &XdpContext,
+    p: &Packet,
+    key: &CtKeyV4,
+    ct: *mut CtValueV4,
+    now: u64,
+    slot: Option<*mut FlowCacheEntryV4>,
+) -> u32 {
     let refresh = conntrack::on_packet(key, ct, p.l4.tcp_flags, now);
     let v = unsafe { &*ct };
     let frag = p.first_fragment.then(|| frags::first_key(p.ip));
@@ -275,8 +283,8 @@ fn translate(ctx: &XdpContext, p: &Packet, key: &CtKeyV4, ct: *mut CtValueV4, no
     }
     stats::count_service(v.svc_id, (ctx.data_end() - ctx.data()) as u64);
     let action = forward::send(ctx, p.ip, ct, refresh);
-    if flow_cache::usable(p.l4.tcp_flags, p.first_fragment) {
-        flow_cache::put(key, ct);
+    if let Some(s) = slot {
+        flow_cache::put(s, key, ct);
     }
     action
 }

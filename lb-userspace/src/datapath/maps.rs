@@ -109,7 +109,7 @@ impl Maps {
         let Some(cache) = self.flow_cache.as_mut() else {
             return Ok(());
         };
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let empty = PerCpuValues::try_from(vec![FlowCacheEntryV4::default(); cpus])?;
         cache.set(flow_cache_slot(key), empty, 0)?;
         Ok(())
