@@ -1,5 +1,5 @@
-//! A bitmap over addresses that tells the packet path, with two inlined
-//! array reads and no hash-map lookup, that a packet concerns no service:
+//! A bitmap over addresses that tells the packet path, with two reads of a
+//! global array and no map lookup, that a packet concerns no service:
 //! its destination is no frontend and its source no backend. A set bit may
 //! be a false positive (the full lookups then decide); a clear bit never
 //! lies, as long as the agent sets bits before it publishes what they cover.
@@ -18,7 +18,7 @@ pub enum AddrSet {
     Backend = 0x297a_2d39,
 }
 
-/// Word index into `ADDR_FILTER` and the bit within it for `addr`
+/// Word index into the filter and the bit within it for `addr`
 /// (network order, as in the packet).
 ///
 /// Every packet pays this, so it is a multiplicative (Fibonacci) hash: one

@@ -13,7 +13,6 @@ pub mod names {
     pub const SVC_STATS: &str = "SVC_STATS";
     pub const CONFIG: &str = "CONFIG";
     pub const IFACES: &str = "IFACES";
-    pub const ADDR_FILTER: &str = "ADDR_FILTER";
     pub const SVC_NAMES: &str = "SVC_NAMES";
     pub const AFFINITY_V4: &str = "AFFINITY_V4";
     pub const SOURCE_RANGES_V4: &str = "SOURCE_RANGES_V4";
@@ -21,7 +20,13 @@ pub mod names {
     pub const SOCK_REVNAT_V4: &str = "SOCK_REVNAT_V4";
     /// Not pinned: derived from `CT_V4`, so a new program starts it empty.
     pub const FLOW_CACHE_V4: &str = "FLOW_CACHE_V4";
-    pub const ALL: [&str; 15] = [
+    /// The program's address filter global, an array map of one element
+    /// named after its section. Not pinned: the agent rebuilds it from the
+    /// other maps for every program it loads.
+    pub const ADDR_FILTER: &str = ".bss.addr_filter";
+    /// Pins of earlier versions that no version reads any more, removed on load.
+    pub const RETIRED: [&str; 1] = ["ADDR_FILTER"];
+    pub const ALL: [&str; 14] = [
         ADDRS_V4,
         FRONTENDS_V4,
         BACKENDS_V4,
@@ -31,7 +36,6 @@ pub mod names {
         SVC_STATS,
         CONFIG,
         IFACES,
-        ADDR_FILTER,
         SVC_NAMES,
         AFFINITY_V4,
         SOURCE_RANGES_V4,

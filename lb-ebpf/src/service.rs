@@ -3,7 +3,7 @@
 //! the XDP action; `handle` counts it, so no path can forget to.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    filter::{position, AddrSet},
+    filter::{position, AddrSet, FILTER_WORDS},
     CtKeyV4, CtValueV4, FlowCacheEntryV4, FrontendKeyV4, Reason, ADDR_FRONTEND, CT_DIR_FORWARD,
     CT_DIR_REPLY, FE_DROP_EMPTY, PROTO_TCP, PROTO_UDP,
 };
@@ -60,7 +60,11 @@ fn classify(ctx: &XdpContext) -> Verdict {
 #[inline(always)]
 fn maybe_in(addr: u32, set: AddrSet) -> bool {
     let (word, bit) = position(addr, set);
-    ADDR_FILTER.get(word).is_some_and(|w| *w & bit != 0)
+    let word = word as usize & (FILTER_WORDS as usize - 1);
+    // Volatile: the agent writes the words behind the compiler's back.
+    let bits =
+        unsafe { core::ptr::read_volatile((&raw const ADDR_FILTER).cast::<u64>().add(word)) };
+    bits & bit != 0
 }
 
 /// Whether `addr` really is a frontend address (the filter may have lied).

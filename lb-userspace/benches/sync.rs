@@ -88,14 +88,14 @@ fn measure(w: &mut dyn MapWriter, mut syncer: Syncer) -> (Duration, Duration, us
 fn main() {
     let mut fake = FakeWriter::new(1 << 24);
     fake.check = false;
-    let syncer = Syncer::recover(&fake).unwrap();
+    let syncer = Syncer::recover(&mut fake).unwrap();
     let (fake_cold, fake_one, fake_writes) = measure(&mut fake, syncer);
 
     if let Err(e) = lb_userspace::testbed::netns::require_root("sync benchmark (real maps)") {
         panic!("{e:#}");
     }
     let mut dp = Datapath::load(&Capacities::default(), None).expect("load");
-    let syncer = Syncer::recover(&MapsWriter { maps: &mut dp.maps }).unwrap();
+    let syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps }).unwrap();
     let (real_cold, real_one, real_writes) =
         measure(&mut MapsWriter { maps: &mut dp.maps }, syncer);
 

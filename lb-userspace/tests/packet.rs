@@ -498,7 +498,7 @@ fn services_written_by_the_agent_sync_serve_every_flow() {
         services: [vip_service("web", Proto::Tcp, &[B1, B2, B3])].into(),
         problems: Vec::new(),
     };
-    let mut syncer = Syncer::recover(&MapsWriter { maps: &mut dp.maps }).unwrap();
+    let mut syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps }).unwrap();
     syncer
         .sync(&desired, &mut MapsWriter { maps: &mut dp.maps })
         .unwrap();
@@ -589,7 +589,7 @@ fn removed_backends_lose_their_udp_flows_but_keep_tcp() {
         services: [service(Proto::Udp, &[B1]), service(Proto::Tcp, &[B1])].into(),
         problems: Vec::new(),
     };
-    let mut syncer = Syncer::recover(&MapsWriter { maps: &mut dp.maps }).unwrap();
+    let mut syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps }).unwrap();
     syncer
         .sync(&both, &mut MapsWriter { maps: &mut dp.maps })
         .unwrap();

@@ -160,7 +160,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         tracing::warn!("no IPv4 address on the external interfaces: source NAT disabled");
     }
     dp.maps.config.set(0, config, 0)?;
-    let syncer = Syncer::recover(&MapsWriter { maps: &mut dp.maps })?;
+    let syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps })?;
     let nodeport_cidrs = args
         .nodeport_addresses
         .iter()

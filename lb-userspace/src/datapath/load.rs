@@ -87,6 +87,14 @@ impl Datapath {
             for name in names::ALL {
                 loader.map_pin_path(name, dir.join(name));
             }
+            for name in names::RETIRED {
+                match std::fs::remove_file(dir.join(name)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        tracing::warn!(%name, "cannot remove retired pin: {e}")
+                    }
+                    _ => {}
+                }
+            }
         }
         let mut ebpf = loader
             .load(OBJECT)

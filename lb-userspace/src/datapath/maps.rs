@@ -11,7 +11,7 @@ use lb_common::{
     SvcName, SvcStats,
 };
 
-use super::slots::RingSlots;
+use super::{filter::AddrFilter, slots::RingSlots};
 
 /// Typed handles on every map of the data plane.
 pub struct Maps {
@@ -24,7 +24,6 @@ pub struct Maps {
     pub svc_stats: PerCpuArray<MapData, SvcStats>,
     pub config: Array<MapData, Config>,
     pub ifaces: HashMap<MapData, u32, IfaceInfo>,
-    pub filter: Array<MapData, u64>,
     pub svc_names: HashMap<MapData, u32, SvcName>,
     pub slots: RingSlots,
     pub affinity: HashMap<MapData, AffinityKeyV4, AffinityValue>,
@@ -32,6 +31,9 @@ pub struct Maps {
     /// The loaded program's flow cache; `None` when opened from pins, as
     /// the cache is never pinned.
     pub flow_cache: Option<PerCpuArray<MapData, FlowCacheEntryV4>>,
+    /// The loaded program's address filter; `None` when opened from pins,
+    /// as it is the program's own global.
+    pub filter: Option<AddrFilter>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -54,6 +56,7 @@ impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let mut maps = Self::build(|name| take(ebpf, name))?;
         maps.flow_cache = Some(take(ebpf, names::FLOW_CACHE_V4)?.try_into()?);
+        maps.filter = Some(AddrFilter::new(take(ebpf, names::ADDR_FILTER)?)?);
         Ok(maps)
     }
 
@@ -75,12 +78,12 @@ impl Maps {
             svc_stats: get(names::SVC_STATS)?.try_into()?,
             config: get(names::CONFIG)?.try_into()?,
             ifaces: get(names::IFACES)?.try_into()?,
-            filter: get(names::ADDR_FILTER)?.try_into()?,
             svc_names: get(names::SVC_NAMES)?.try_into()?,
             slots,
             affinity: get(names::AFFINITY_V4)?.try_into()?,
             source_ranges: get(names::SOURCE_RANGES_V4)?.try_into()?,
             flow_cache: None,
+            filter: None,
         })
     }
 
@@ -95,12 +98,11 @@ impl Maps {
             .collect()
     }
 
-    /// Sets `addr`'s bit in the address filter (see `lb_common::filter`).
-    pub fn filter_add(&mut self, addr: u32, set: lb_common::filter::AddrSet) -> Result<()> {
-        let (word, bit) = lb_common::filter::position(addr, set);
-        let old = self.filter.get(&word, 0)?;
-        self.filter.set(word, old | bit, 0)?;
-        Ok(())
+    /// The loaded program's address filter.
+    pub fn filter_mut(&mut self) -> Result<&mut AddrFilter> {
+        self.filter
+            .as_mut()
+            .context("the address filter belongs to a loaded program; pinned maps have none")
     }
 
     /// After deleting `key` from `CT_V4`: empties the flow cache slot that

@@ -1,12 +1,14 @@
 //! The loaded data plane: the embedded object, its maps as typed handles,
 //! and `BPF_PROG_TEST_RUN` for tests and benchmarks.
 mod cgroup;
+mod filter;
 mod load;
 mod maps;
 mod slots;
 mod testrun;
 
 pub use cgroup::{attach_cgroup, cgroup2_root};
+pub use filter::AddrFilter;
 pub use load::{Capacities, Datapath, XdpMode, OBJECT, PROGRAM};
 pub use maps::Maps;
 pub use slots::RingSlots;

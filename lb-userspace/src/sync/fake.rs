@@ -121,13 +121,15 @@ impl MapWriter for FakeWriter {
         Ok(())
     }
 
-    fn put_filter_word(&mut self, word: u32, bits: u64) -> Result<()> {
-        if bits == 0 {
-            self.maps.filter.remove(&word);
-        } else {
-            self.maps.filter.insert(word, bits);
+    fn put_filter_words(&mut self, words: &[(u32, u64)]) -> Result<()> {
+        for &(word, bits) in words {
+            if bits == 0 {
+                self.maps.filter.remove(&word);
+            } else {
+                self.maps.filter.insert(word, bits);
+            }
         }
-        self.after(format!("filter {word}"));
+        self.after(format!("filter {} words", words.len()));
         Ok(())
     }
 

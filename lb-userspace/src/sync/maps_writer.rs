@@ -72,8 +72,8 @@ impl MapWriter for MapsWriter<'_> {
         Ok(self.maps.addrs.remove(&addr)?)
     }
 
-    fn put_filter_word(&mut self, word: u32, bits: u64) -> Result<()> {
-        Ok(self.maps.filter.set(word, bits, 0)?)
+    fn put_filter_words(&mut self, words: &[(u32, u64)]) -> Result<()> {
+        self.maps.filter_mut()?.write(words)
     }
 
     fn put_service(&mut self, svc_id: u32, name: &str) -> Result<()> {
@@ -121,13 +121,12 @@ impl MapWriter for MapsWriter<'_> {
             .iter()
             .map(|r| r.map(|(id, n)| (id, svc_name_str(&n))))
             .collect::<Result<_, _>>()?;
-        let mut filter = Vec::new();
-        for (word, bits) in self.maps.filter.iter().enumerate() {
-            let bits = bits?;
-            if bits != 0 {
-                filter.push((word as u32, bits));
-            }
-        }
+        let filter = self
+            .maps
+            .filter
+            .as_ref()
+            .map(|f| f.words())
+            .unwrap_or_default();
         let mut rings = Vec::new();
         for (_, v) in &frontends {
             if v.ring_size > 0 && !rings.iter().any(|(o, _)| *o == v.ring_offset) {

@@ -84,8 +84,10 @@ fn drop_ref<K: std::hash::Hash + Eq>(refs: &mut HashMap<K, u32>, k: K) -> bool {
 impl Syncer {
     /// Starts from what `w` already holds (pinned maps of an earlier agent,
     /// or empty maps), so ids and rings carry over and the first sync writes
-    /// only what changed.
-    pub fn recover(w: &dyn MapWriter) -> Result<Self> {
+    /// only what changed. The address filter is not pinned (a new program
+    /// brings its own, empty), so it is rewritten here to cover what the
+    /// maps already publish, before the program can see a packet.
+    pub fn recover(w: &mut dyn MapWriter) -> Result<Self> {
         let snap = w.read_back().context("reading the maps back")?;
         let mut s = Self {
             svc_alloc: alloc::Ids::new(1, MAX_SERVICES),
@@ -186,6 +188,8 @@ impl Syncer {
                 bump(s.bit_refs.entry(*word).or_default(), *bit);
             }
         }
+        let words: BTreeSet<u32> = s.bit_refs.keys().chain(s.filter.keys()).copied().collect();
+        write_words(&s.bit_refs, &mut s.filter, &words, w)?;
         Ok(s)
     }
 
@@ -381,30 +385,37 @@ impl Syncer {
     }
 }
 
-/// Rewrites each listed filter word from the bits still referenced.
+/// Rewrites the listed filter words that differ from the bits still
+/// referenced, in one write; returns how many words changed.
 fn write_words(
     bit_refs: &HashMap<u32, HashMap<u64, u32>>,
     filter: &mut HashMap<u32, u64>,
     words: &BTreeSet<u32>,
     w: &mut dyn MapWriter,
 ) -> Result<usize> {
-    let mut n = 0;
-    for &word in words {
-        let value = bit_refs
-            .get(&word)
-            .map(|b| b.keys().fold(0, |a, b| a | b))
-            .unwrap_or(0);
-        if filter.get(&word).copied().unwrap_or(0) != value {
-            w.put_filter_word(word, value)?;
-            n += 1;
-            if value == 0 {
-                filter.remove(&word);
-            } else {
-                filter.insert(word, value);
-            }
+    let changed: Vec<(u32, u64)> = words
+        .iter()
+        .map(|&word| {
+            let bits = bit_refs
+                .get(&word)
+                .map(|b| b.keys().fold(0, |a, b| a | b))
+                .unwrap_or(0);
+            (word, bits)
+        })
+        .filter(|(word, bits)| filter.get(word).copied().unwrap_or(0) != *bits)
+        .collect();
+    if changed.is_empty() {
+        return Ok(0);
+    }
+    w.put_filter_words(&changed)?;
+    for &(word, bits) in &changed {
+        if bits == 0 {
+            filter.remove(&word);
+        } else {
+            filter.insert(word, bits);
         }
     }
-    Ok(n)
+    Ok(changed.len())
 }
 
 /// Reads back a `ServicePortId`'s display form, "ns/name:port/PROTO" (none

@@ -55,8 +55,8 @@ fn state(services: &[(&str, ServicePort)]) -> DesiredState {
 }
 
 fn fresh() -> (Syncer, FakeWriter) {
-    let w = FakeWriter::new(1 << 20);
-    (Syncer::recover(&w).unwrap(), w)
+    let mut w = FakeWriter::new(1 << 20);
+    (Syncer::recover(&mut w).unwrap(), w)
 }
 
 #[test]
@@ -173,7 +173,7 @@ fn restart_over_the_same_maps_keeps_ids_and_writes_nothing() {
     ]);
     s.sync(&desired, &mut w).unwrap();
     let before = w.maps.clone();
-    let mut restarted = Syncer::recover(&w).unwrap();
+    let mut restarted = Syncer::recover(&mut w).unwrap();
     assert_eq!(restarted.sync(&desired, &mut w).unwrap().writes, 0);
     assert_eq!(format!("{:?}", w.maps), format!("{before:?}"));
     // And it goes on allocating without clashing with what it recovered.
@@ -186,6 +186,27 @@ fn restart_over_the_same_maps_keeps_ids_and_writes_nothing() {
     assert!(w.violations.is_empty(), "{:#?}", w.violations);
     let ids: std::collections::BTreeSet<u32> = w.maps.services.keys().copied().collect();
     assert_eq!(ids.len(), 2);
+}
+
+/// A new program (agent upgrade or restart) comes with an empty filter:
+/// recovering over the pinned maps refills it before any sync, so the
+/// program is never attached with Services it would pass as "not ours".
+#[test]
+fn restart_with_a_new_program_refills_its_filter() {
+    let (mut s, mut w) = fresh();
+    let desired = state(&[("a", service(1, &[1, 2])), ("b", service(2, &[2, 3]))]);
+    s.sync(&desired, &mut w).unwrap();
+    let before = w.maps.filter.clone();
+    assert!(!before.is_empty());
+    w.maps.filter.clear();
+    w.maps.filter.insert(7, 1 << 7);
+    let mut restarted = Syncer::recover(&mut w).unwrap();
+    assert_eq!(
+        w.maps.filter, before,
+        "refilled exactly, stray bits cleared"
+    );
+    assert_eq!(restarted.sync(&desired, &mut w).unwrap().writes, 0);
+    assert!(w.violations.is_empty(), "{:#?}", w.violations);
 }
 
 #[test]

@@ -12,7 +12,8 @@ pub trait MapWriter {
     fn remove_frontend(&mut self, key: &FrontendKeyV4) -> Result<()>;
     fn put_frontend_addr(&mut self, addr: u32) -> Result<()>;
     fn remove_frontend_addr(&mut self, addr: u32) -> Result<()>;
-    fn put_filter_word(&mut self, word: u32, bits: u64) -> Result<()>;
+    /// Sets each (word, bits) of the address filter, in one step.
+    fn put_filter_words(&mut self, words: &[(u32, u64)]) -> Result<()>;
     /// Names a new service id and zeroes its counters (ids are reused).
     fn put_service(&mut self, svc_id: u32, name: &str) -> Result<()>;
     fn put_source_range(&mut self, svc_id: u32, addr: std::net::Ipv4Addr, len: u8) -> Result<()>;

@@ -78,7 +78,11 @@ impl Provision {
                         0,
                     )
                     .unwrap();
-                dp.maps.filter_add(be(addr), AddrSet::Backend).unwrap();
+                dp.maps
+                    .filter_mut()
+                    .unwrap()
+                    .add(be(addr), AddrSet::Backend)
+                    .unwrap();
                 id
             })
             .collect();
@@ -125,7 +129,11 @@ impl Provision {
         };
         dp.maps.frontends.insert(key, value, 0).unwrap();
         add_flags(dp, vip.0, ADDR_FRONTEND);
-        dp.maps.filter_add(be(vip.0), AddrSet::Frontend).unwrap();
+        dp.maps
+            .filter_mut()
+            .unwrap()
+            .add(be(vip.0), AddrSet::Frontend)
+            .unwrap();
     }
 }
 
