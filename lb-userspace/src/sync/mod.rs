@@ -51,7 +51,7 @@ pub struct Syncer {
     svc_alloc: alloc::Ids,
     backend_alloc: alloc::Ids,
     segments: alloc::Segments,
-    applied: HashMap<ServicePortId, Applied>,
+    applied: BTreeMap<ServicePortId, Applied>,
     /// Backend id and how many Service ports use it.
     backends: HashMap<BackendAddr, (u32, u32)>,
     addr_refs: HashMap<u32, u32>,
@@ -93,7 +93,7 @@ impl Syncer {
             svc_alloc: alloc::Ids::new(1, MAX_SERVICES),
             backend_alloc: alloc::Ids::new(1, MAX_BACKENDS),
             segments: alloc::Segments::new(w.ring_capacity()),
-            applied: HashMap::new(),
+            applied: BTreeMap::new(),
             backends: HashMap::new(),
             addr_refs: HashMap::new(),
             bit_refs: HashMap::new(),
@@ -200,8 +200,16 @@ impl Syncer {
         let mut new_services = Vec::new();
         let mut new_backends: HashMap<BackendAddr, (u32, bool)> = HashMap::new();
         let mut plans: Vec<(ServicePortId, Applied)> = Vec::new();
+        // Both maps are ordered by name: one merged walk finds the changed
+        // and the gone Service ports, where a lookup per Service port would
+        // make a one-Service change cost 10,000 lookups.
+        let mut gone: Vec<ServicePortId> = Vec::new();
+        let mut applied = self.applied.iter().peekable();
         for (name, sp) in &desired.services {
-            let old = self.applied.get(name);
+            while let Some((n, _)) = applied.next_if(|(n, _)| *n < name) {
+                gone.push(n.clone());
+            }
+            let old = applied.next_if(|(n, _)| *n == name).map(|(_, a)| a);
             if old.is_some_and(|a| a.spec.as_ref() == Some(sp)) {
                 continue;
             }
@@ -234,12 +242,7 @@ impl Syncer {
             )?;
             plans.push((name.clone(), plan));
         }
-        let gone: Vec<ServicePortId> = self
-            .applied
-            .keys()
-            .filter(|n| !desired.services.contains_key(*n))
-            .cloned()
-            .collect();
+        gone.extend(applied.map(|(n, _)| n.clone()));
         let empty = Applied::default();
         let applied = &self.applied;
         let old_of = |name: &ServicePortId| applied.get(name).unwrap_or(&empty);

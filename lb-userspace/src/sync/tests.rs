@@ -152,6 +152,35 @@ fn removal_clears_everything_the_service_owned() {
     assert!(w.maps.frontends.is_empty() && w.maps.backends.is_empty() && w.maps.filter.is_empty());
 }
 
+/// Removals and changes interleaved in name order (before, between and
+/// after the kept Service ports), added and removed in the same sync.
+#[test]
+fn one_sync_adds_changes_and_removes_in_any_name_order() {
+    let (mut s, mut w) = fresh();
+    let all: Vec<(&str, ServicePort)> = (1..=5u8)
+        .map(|i| (["a", "b", "c", "d", "e"][i as usize - 1], service(i, &[i])))
+        .collect();
+    s.sync(&state(&all), &mut w).unwrap();
+    let next = state(&[
+        ("b", service(2, &[2])),
+        ("bb", service(6, &[6])),
+        ("d", service(4, &[4, 7])),
+    ]);
+    s.sync(&next, &mut w).unwrap();
+    assert!(w.violations.is_empty(), "{:#?}", w.violations);
+    let mut names: Vec<String> = w.maps.services.values().cloned().collect();
+    names.sort();
+    let (mut s2, mut w2) = fresh();
+    s2.sync(&next, &mut w2).unwrap();
+    let mut expected: Vec<String> = w2.maps.services.values().cloned().collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    assert_eq!(w.maps.frontends.len(), w2.maps.frontends.len());
+    assert_eq!(w.maps.backends.len(), 4);
+    assert_eq!(w.maps.filter, w2.maps.filter);
+    assert_eq!(s.sync(&next, &mut w).unwrap().writes, 0);
+}
+
 #[test]
 fn service_without_backends_is_published_with_an_empty_ring() {
     let (mut s, mut w) = fresh();
