@@ -4,10 +4,18 @@
 //! every TCP transition still happens on the entry in `CT_V4`.
 use lb_common::{
     conntrack::{TCP_FIN, TCP_RST, TCP_SYN},
-    flow_cache_slot, CtKeyV4, CtValueV4, FlowCacheEntryV4, CT_REFRESH_NS,
+    flow_cache_slot, CtKeyV4, CtValueV4, FlowCacheEntryV4, CT_REFRESH_NS, FLOW_CACHE_JIFFIES,
 };
 
+use aya_ebpf::helpers::generated::bpf_jiffies64;
+
 use crate::maps::FLOW_CACHE_V4;
+
+/// The cache's clock (see `FLOW_CACHE_JIFFIES`).
+#[inline(always)]
+pub fn jiffies() -> u64 {
+    unsafe { bpf_jiffies64() }
+}
 
 /// This CPU's slot for `key`, looked up once per packet for both `get` and
 /// `put`; `None` for packets that must go to `CT_V4`: SYN, FIN and RST
@@ -20,11 +28,11 @@ pub fn slot(key: &CtKeyV4, tcp_flags: u8, first_fragment: bool) -> Option<*mut F
     FLOW_CACHE_V4.get_ptr_mut(flow_cache_slot(key))
 }
 
-/// The slot's copy of `key`'s entry, while it needs no refresh.
+/// The slot's copy of `key`'s entry, while it is fresh.
 #[inline(always)]
-pub fn get(slot: *mut FlowCacheEntryV4, key: &CtKeyV4, now: u64) -> Option<*mut CtValueV4> {
-    let (cached, until) = unsafe { (words(&(*slot).key), (*slot).ct.expires_ns) };
-    if cached != words(key) || now > until {
+pub fn get(slot: *mut FlowCacheEntryV4, key: &CtKeyV4, jiffies: u64) -> Option<*mut CtValueV4> {
+    let (cached, until) = unsafe { (words(&(*slot).key), (*slot).until_jiffies) };
+    if cached != words(key) || jiffies > until {
         return None;
     }
     Some(unsafe { &raw mut (*slot).ct })
@@ -32,14 +40,25 @@ pub fn get(slot: *mut FlowCacheEntryV4, key: &CtKeyV4, now: u64) -> Option<*mut 
 
 /// Keeps a copy of `ct` after it translated a packet of `key`. The packet
 /// has made every state transition a later usable packet of the same
-/// direction could make (the first reply marks the entry established).
+/// direction could make (the first reply marks the entry established). An
+/// entry that expires before the copy would is not copied: its packets
+/// must find it gone.
 #[inline(always)]
-pub fn put(slot: *mut FlowCacheEntryV4, key: &CtKeyV4, ct: *const CtValueV4) {
-    let mut v = unsafe { *ct };
-    v.expires_ns = v.expires_ns.min(v.last_seen_ns + CT_REFRESH_NS);
+pub fn put(
+    slot: *mut FlowCacheEntryV4,
+    key: &CtKeyV4,
+    ct: *const CtValueV4,
+    now: u64,
+    jiffies: u64,
+) {
+    let v = unsafe { *ct };
+    if v.expires_ns <= now + CT_REFRESH_NS {
+        return;
+    }
     unsafe {
         (*slot).key = *key;
         (*slot).ct = v;
+        (*slot).until_jiffies = jiffies + FLOW_CACHE_JIFFIES;
     }
 }
 

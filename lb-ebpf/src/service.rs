@@ -128,14 +128,15 @@ fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<Verdict> {
         Err(v) => return (v.0 == Reason::XlateFragment || is_frontend_addr(dst)).then_some(v),
     };
     let key = flow_key(&p, CT_DIR_FORWARD);
-    let now = conntrack::now();
+    let jiffies = flow_cache::jiffies();
     let slot = flow_cache::slot(&key, p.l4.tcp_flags, p.first_fragment);
-    if let Some(v) = cached(ctx, &p, &key, slot, now, Reason::XlateEstablishedCached) {
+    if let Some(v) = cached(ctx, &p, &key, slot, jiffies, Reason::XlateEstablishedCached) {
         return Some(v);
     }
     if is_snat_reply(&key) {
         return Some(from_backend(ctx, ip));
     }
+    let now = conntrack::now();
     let (ct, reason) = match conntrack::lookup(&key, p.l4.tcp_flags, now) {
         Some(ct) => (ct, Reason::XlateEstablished),
         None => match new_flow(ctx, &p, &key, now) {
@@ -143,7 +144,8 @@ fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<Verdict> {
             Err(v) => return v,
         },
     };
-    Some((reason, translate(ctx, &p, &key, ct, now, slot)))
+    let cache = slot.map(|s| (s, jiffies));
+    Some((reason, translate(ctx, &p, &key, ct, now, cache)))
 }
 
 /// A reply to a source-NATed flow comes back to the node's SNAT address on
@@ -219,15 +221,17 @@ fn from_backend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Verdict {
         Err(v) => return v,
     };
     let key = flow_key(&p, CT_DIR_REPLY);
-    let now = conntrack::now();
+    let jiffies = flow_cache::jiffies();
     let slot = flow_cache::slot(&key, p.l4.tcp_flags, p.first_fragment);
-    if let Some(v) = cached(ctx, &p, &key, slot, now, Reason::XlateReplyCached) {
+    if let Some(v) = cached(ctx, &p, &key, slot, jiffies, Reason::XlateReplyCached) {
         return v;
     }
+    let now = conntrack::now();
     let Some(ct) = conntrack::lookup(&key, p.l4.tcp_flags, now) else {
         return (Reason::PassReplyNoFlow, PASS);
     };
-    (Reason::XlateReply, translate(ctx, &p, &key, ct, now, slot))
+    let cache = slot.map(|s| (s, jiffies));
+    (Reason::XlateReply, translate(ctx, &p, &key, ct, now, cache))
 }
 
 /// Translates the packet by the copy of its flow's entry in its flow cache
@@ -238,10 +242,10 @@ fn cached(
     p: &Packet,
     key: &CtKeyV4,
     slot: Option<*mut FlowCacheEntryV4>,
-    now: u64,
+    jiffies: u64,
     reason: Reason,
 ) -> Option<Verdict> {
-    let ct = flow_cache::get(slot?, key, now)?;
+    let ct = flow_cache::get(slot?, key, jiffies)?;
     let v = unsafe { &*ct };
     nat::rewrite(p.ip, &p.l4, p.ihl, v, key.dir == CT_DIR_FORWARD);
     stats::count_service(v.svc_id, (ctx.data_end() - ctx.data()) as u64);
@@ -268,7 +272,8 @@ fn flow_key(p: &Packet, dir: u8) -> CtKeyV4 {
 /// go to the backend (from the SNAT address, if any); replies come from the
 /// frontend (back to the client the SNAT address stood for). A first
 /// fragment's translation is remembered for the fragments that follow, and
-/// the entry is copied into the packet's flow cache `slot`, if it has one.
+/// the entry is copied into the packet's flow cache slot, if it has one
+/// (`cache` is the slot and the time in jiffies).
 #[inline(always)]
 fn translate(
     ctx: &XdpContext,
@@ -276,7 +281,7 @@ fn translate(
     key: &CtKeyV4,
     ct: *mut CtValueV4,
     now: u64,
-    slot: Option<*mut FlowCacheEntryV4>,
+    cache: Option<(*mut FlowCacheEntryV4, u64)>,
 ) -> u32 {
     let refresh = conntrack::on_packet(key, ct, p.l4.tcp_flags, now);
     let v = unsafe { &*ct };
@@ -287,8 +292,8 @@ fn translate(
     }
     stats::count_service(v.svc_id, (ctx.data_end() - ctx.data()) as u64);
     let action = forward::send(ctx, p.ip, ct, refresh);
-    if let Some(s) = slot {
-        flow_cache::put(s, key, ct);
+    if let Some((slot, jiffies)) = cache {
+        flow_cache::put(slot, key, ct, now, jiffies);
     }
     action
 }

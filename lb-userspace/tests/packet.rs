@@ -398,10 +398,7 @@ fn flow_cache_serves_plain_packets_and_leaves_state_changes_to_conntrack() {
             .unwrap()
             .iter()
             .map(|e| FlowCacheEntryV4 {
-                ct: CtValueV4 {
-                    expires_ns: 0,
-                    ..e.ct
-                },
+                until_jiffies: 0,
                 ..*e
             })
             .collect();
@@ -415,6 +412,34 @@ fn flow_cache_serves_plain_packets_and_leaves_state_changes_to_conntrack() {
         [3, 3],
         "a copy due for refresh goes to conntrack"
     );
+}
+
+/// A copy outlives no entry: a flow whose entry expires within a second
+/// (here a 1 s UDP timeout) is never cached, so its packets find the entry
+/// gone once it expires.
+#[test]
+fn flows_about_to_expire_are_not_cached() {
+    let (mut dp, _) = with_service(&[B1], PROTO_UDP);
+    let flow = |dp: &Datapath, port: u16| {
+        for _ in 0..3 {
+            let (_, out) = run(dp, &udp_frame((CLIENT.0, port), VIP, b"q", false));
+            assert_eq!(parse_checked(&out).dst, B1.0);
+        }
+        [
+            Reason::XlateNew,
+            Reason::XlateEstablished,
+            Reason::XlateEstablishedCached,
+        ]
+        .map(|r| count(dp, r))
+    };
+    let short = Config {
+        udp_timeout_s: 1,
+        ..Config::DEFAULT
+    };
+    dp.maps.config.set(0, short, 0).unwrap();
+    assert_eq!(flow(&dp, 41000), [1, 2, 0], "1 s entries: never cached");
+    dp.maps.config.set(0, Config::DEFAULT, 0).unwrap();
+    assert_eq!(flow(&dp, 41001), [2, 2, 2], "default entries: cached");
 }
 
 #[test]
