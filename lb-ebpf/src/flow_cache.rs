@@ -2,12 +2,11 @@
 //! a hit costs a multiply and an array read where `CT_V4` costs a jhash and
 //! a bucket walk. Only packets that cannot change a flow's state use it, so
 //! every TCP transition still happens on the entry in `CT_V4`.
+use aya_ebpf::helpers::generated::bpf_jiffies64;
 use lb_common::{
     conntrack::{TCP_FIN, TCP_RST, TCP_SYN},
     flow_cache_slot, CtKeyV4, CtValueV4, FlowCacheEntryV4, CT_REFRESH_NS, FLOW_CACHE_JIFFIES,
 };
-
-use aya_ebpf::helpers::generated::bpf_jiffies64;
 
 use crate::maps::FLOW_CACHE_V4;
 

@@ -500,6 +500,13 @@ fn pinned_links_outlive_the_loader_and_a_reload_replaces_them() {
         let mut dp = Datapath::load(&Capacities::small(), Some(&maps)).expect("loading the object");
         if start == 0 {
             provision(&mut dp, &topo);
+            // What an earlier version pinned and this one no longer reads.
+            aya::maps::MapData::from_pin(maps.join("CONFIG"))
+                .expect("opening a pinned map")
+                .pin(maps.join("ADDR_FILTER"))
+                .expect("pinning a stand-in for a retired map");
+        } else {
+            assert!(!maps.join("ADDR_FILTER").exists(), "retired pins removed");
         }
         attach_cgroup(&mut dp, &cgroup.0, Some(&links)).expect("attaching the socket programs");
         drop(dp);
