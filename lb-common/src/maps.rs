@@ -151,6 +151,21 @@ pub struct CtKeyV4 {
 }
 
 impl CtKeyV4 {
+    /// The key from its two 64-bit words in memory order (little-endian,
+    /// as BPF and the agent's hosts): the addresses, then the ports, the
+    /// protocol and the direction in the low 48 bits. The headers hold the
+    /// addresses and the ports in this same order, so the packet path
+    /// builds a key from two loads and hashes and compares it as two words.
+    pub const fn from_words(words: [u64; 2]) -> Self {
+        // SAFETY: 16 bytes of plain integers, any bit pattern is valid.
+        unsafe { core::mem::transmute::<[u64; 2], Self>(words) }
+    }
+
+    pub const fn words(&self) -> [u64; 2] {
+        // SAFETY: as `from_words`; padding is an explicit field.
+        unsafe { core::mem::transmute::<Self, [u64; 2]>(*self) }
+    }
+
     pub const fn tuple(&self) -> crate::checksum::Tuple {
         crate::checksum::Tuple {
             src: self.src_addr,
@@ -234,11 +249,7 @@ pub struct FlowCacheEntryV4 {
 /// than the kernel's jhash, which is what the cache saves.
 #[inline(always)]
 pub const fn flow_cache_slot(key: &CtKeyV4) -> u32 {
-    let addrs = ((key.src_addr as u64) << 32) | key.dst_addr as u64;
-    let rest = ((key.src_port as u64) << 32)
-        | ((key.dst_port as u64) << 16)
-        | ((key.proto as u64) << 8)
-        | key.dir as u64;
+    let [addrs, rest] = key.words();
     let h = (addrs ^ rest.wrapping_mul(0xff51_afd7_ed55_8ccd)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (h >> (64 - FLOW_CACHE_SLOTS.trailing_zeros())) as u32
 }
@@ -398,4 +409,33 @@ mod pod {
     unsafe impl aya::Pod for SourceRangeKeyV4 {}
     unsafe impl aya::Pod for FragKeyV4 {}
     unsafe impl aya::Pod for FragValueV4 {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two words the packet path loads from the headers (the IPv4
+    /// source and destination, the L4 ports) make the key of that tuple.
+    #[test]
+    fn ct_key_words_are_the_header_bytes_in_order() {
+        let ip_addrs = [10, 0, 0, 1, 10, 96, 0, 7];
+        let l4_ports = [0x9c, 0x40, 0x00, 0x50];
+        let addrs = u64::from_le_bytes(ip_addrs);
+        let ports = u32::from_le_bytes(l4_ports) as u64;
+        let key = CtKeyV4::from_words([addrs, ports | (PROTO_TCP as u64) << 32 | 1 << 40]);
+        assert_eq!(
+            key,
+            CtKeyV4 {
+                src_addr: u32::from_ne_bytes([10, 0, 0, 1]),
+                dst_addr: u32::from_ne_bytes([10, 96, 0, 7]),
+                src_port: 40000u16.to_be(),
+                dst_port: 80u16.to_be(),
+                proto: PROTO_TCP,
+                dir: CT_DIR_REPLY,
+                _pad: 0,
+            }
+        );
+        assert_eq!(CtKeyV4::from_words(key.words()), key);
+    }
 }

@@ -30,8 +30,8 @@ pub fn slot(key: &CtKeyV4, tcp_flags: u8, first_fragment: bool) -> Option<*mut F
 /// The slot's copy of `key`'s entry, while it is fresh.
 #[inline(always)]
 pub fn get(slot: *mut FlowCacheEntryV4, key: &CtKeyV4, jiffies: u64) -> Option<*mut CtValueV4> {
-    let (cached, until) = unsafe { (words(&(*slot).key), (*slot).until_jiffies) };
-    if cached != words(key) || jiffies > until {
+    let (cached, until) = unsafe { ((*slot).key.words(), (*slot).until_jiffies) };
+    if cached != key.words() || jiffies > until {
         return None;
     }
     Some(unsafe { &raw mut (*slot).ct })
@@ -59,10 +59,4 @@ pub fn put(
         (*slot).ct = v;
         (*slot).until_jiffies = jiffies + FLOW_CACHE_JIFFIES;
     }
-}
-
-/// The key as two words: two compares instead of seven.
-#[inline(always)]
-fn words(k: &CtKeyV4) -> [u64; 2] {
-    unsafe { core::mem::transmute::<CtKeyV4, [u64; 2]>(*k) }
 }

@@ -253,19 +253,20 @@ fn cached(
 }
 
 /// The connection-tracking key of the packet's tuple, in direction `dir`.
+/// The headers hold the addresses and the ports in the key's own order, so
+/// two loads build its two words (`CtKeyV4::from_words`).
 #[inline(always)]
 fn flow_key(p: &Packet, dir: u8) -> CtKeyV4 {
-    let [sport, dport] = unsafe { *p.l4.ports };
-    let (src, dst) = unsafe { ((*p.ip).src, (*p.ip).dst) };
-    CtKeyV4 {
-        src_addr: src,
-        dst_addr: dst,
-        src_port: sport,
-        dst_port: dport,
-        proto: p.proto,
-        dir,
-        _pad: 0,
-    }
+    let (addrs, ports) = unsafe {
+        (
+            *(&raw const (*p.ip).src).cast::<u64>(),
+            *p.l4.ports.cast::<u32>(),
+        )
+    };
+    CtKeyV4::from_words([
+        addrs,
+        ports as u64 | (p.proto as u64) << 32 | (dir as u64) << 40,
+    ])
 }
 
 /// Rewrites the packet by its flow's entry and sends it on. Forward packets
