@@ -1,12 +1,13 @@
 //! Layouts and the hash of socket-level translation: the cgroup `connect4`
 //! and `sendmsg4` programs point sockets of the node's own processes (whose
-//! packets XDP never sees) at a backend before the kernel routes anything,
-//! and `recvmsg4` gives UDP replies back the frontend as their source.
+//! packets XDP never sees) at a backend before the kernel routes anything;
+//! `recvmsg4` gives UDP replies back the frontend as their source and
+//! `getpeername4` gives it back as a connected socket's peer.
 
 use crate::flow::{flow_hash_v4, fmix};
 
-/// Sockets talking UDP to a frontend at once, node-wide; an evicted entry
-/// only costs the oldest socket the frontend source on its replies.
+/// Sockets talking to a frontend at once, node-wide; an evicted entry only
+/// costs the oldest socket the frontend as its replies' source and peer.
 pub const MAX_SOCK_REVNAT: u32 = 1 << 16;
 
 /// Key of `SOCK_REVNAT_V4`: a backend as one socket was sent to it.

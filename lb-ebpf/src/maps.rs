@@ -85,7 +85,7 @@ pub static FRAGS_V4: LruHashMap<FragKeyV4, FragValueV4, { MAX_FRAGS as usize }> 
 
 /// The frontend each socket of the node's own processes addressed, by
 /// (socket, backend), so `recvmsg4` gives UDP replies the source the
-/// application sent to.
+/// application sent to, and `getpeername4` names it as the peer.
 #[btf_map]
 pub static SOCK_REVNAT_V4: LruHashMap<
     lb_common::sock::SockRevNatKeyV4,

@@ -8,7 +8,9 @@
 //! and ClientIP affinity, `select::pick`), so the kernel routes to the
 //! backend itself and no packet needs translating. `recvmsg4` restores the
 //! frontend as the source of UDP replies, which the application would
-//! otherwise take for a stranger's.
+//! otherwise take for a stranger's, and `getpeername4` as the peer of a
+//! connected socket, which under kube-proxy's NAT also reads as the
+//! frontend.
 //!
 //! A frontend without backends fails the call at once. A denying program
 //! alone makes that EPERM, which no client expects from a network call, so
@@ -57,6 +59,13 @@ pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
 pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
     from_backend(&ctx);
     // The only verdict the kernel accepts from this hook.
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    from_backend(&ctx);
+    // As for recvmsg4.
     ALLOW
 }
 
@@ -122,9 +131,7 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
     // known here.
     stats::count(Reason::SockTranslated);
     stats::count_service(fe.svc_id, 0);
-    if fe_key.proto == PROTO_UDP {
-        remember(cookie, &be, &fe_key);
-    }
+    remember(cookie, &be, &fe_key);
     ALLOW
 }
 

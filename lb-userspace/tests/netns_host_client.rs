@@ -59,8 +59,10 @@ fn op(kind: &'static str, addr: Ipv4Addr, port: u16, request: String) -> Op {
 }
 
 /// Runs each `kind dst request` of its arguments in turn and prints one
-/// line per exchange: `ok <ms> <reply source or -> <reply>` or `err <ms>
-/// <errno name>`. `udp` is a connected socket, `udpto` an unconnected one.
+/// line per exchange: `ok <ms> <source> <reply>` or `err <ms> <errno
+/// name>`, the source being the UDP reply's, or the TCP socket's peer as
+/// `getpeername()` names it. `udp` is a connected socket, `udpto` an
+/// unconnected one.
 const CLIENT: &str = r#"
 import errno, socket, sys, time
 
@@ -68,12 +70,13 @@ TIMEOUT = 3.0
 
 def tcp(dst, request):
     with socket.create_connection(dst, timeout=TIMEOUT) as s:
+        peer = s.getpeername()
         s.sendall(request)
         s.shutdown(socket.SHUT_WR)
         chunks = []
         while chunk := s.recv(65536):
             chunks.append(chunk)
-        return None, b"".join(chunks)
+        return peer, b"".join(chunks)
 
 def udp(dst, request):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -96,7 +99,7 @@ for i in range(0, len(args), 4):
     start = time.monotonic()
     try:
         source, answer = globals()[kind]((host, int(port)), request.encode())
-        out = ["ok", "-" if source is None else "%s:%d" % source, answer.decode()]
+        out = ["ok", "%s:%d" % source, answer.decode()]
     except TimeoutError:
         out = ["err", "timeout"]
     except OSError as e:
@@ -108,7 +111,7 @@ for i in range(0, len(args), 4):
 #[derive(Debug)]
 struct Outcome {
     ms: f64,
-    /// `(reply source, reply)`, the source `-` for TCP; or the errno's name.
+    /// `(source, reply)`, the source as `CLIENT` prints it; or the errno's name.
     result: Result<(String, String), String>,
 }
 
@@ -351,7 +354,7 @@ fn assert_answered<'a>(
             );
         };
         if let Some(source) = source {
-            assert_eq!(from, source, "{} {i}: reply source", op.kind);
+            assert_eq!(from, source, "{} {i}: source", op.kind);
         }
         served.insert(pod);
     }
@@ -377,7 +380,9 @@ fn tcp_connections_to_the_vip_reach_both_backends_with_bytes_intact() {
         .map(|flow| op("tcp", VIP, TCP_PORT, payload(flow, 3000 + 97 * flow)))
         .collect();
     let outcomes = run(&host, true, &ops);
-    let served = assert_answered(&host.topo, &ops, &outcomes, None);
+    // The peer reads as the VIP, as under kube-proxy's NAT.
+    let vip = SocketAddrV4::new(VIP, TCP_PORT).to_string();
+    let served = assert_answered(&host.topo, &ops, &outcomes, Some(&vip));
     assert_eq!(
         served,
         all_pods(&host),
@@ -433,7 +438,8 @@ fn addresses_that_are_no_frontend_are_untouched() {
         op("udpto", NOT_A_FRONTEND, UDP_PORT, "hello".into()),
     ];
     let outcomes = run(&host, true, &ops);
-    let served = assert_answered(&host.topo, &ops[..1], &outcomes[..1], None);
+    let b1_peer = SocketAddrV4::new(b1.addr, BACKEND_TCP_PORT).to_string();
+    let served = assert_answered(&host.topo, &ops[..1], &outcomes[..1], Some(&b1_peer));
     assert_eq!(served, BTreeSet::from([b1.name]), "{outcomes:?}");
     let b2_source = SocketAddrV4::new(b2.addr, BACKEND_UDP_PORT).to_string();
     let served = assert_answered(&host.topo, &ops[1..2], &outcomes[1..2], Some(&b2_source));
@@ -518,7 +524,7 @@ fn pinned_links_outlive_the_loader_and_a_reload_replaces_them() {
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     pinned.sort();
-    assert_eq!(pinned, ["connect4", "recvmsg4", "sendmsg4"]);
+    assert_eq!(pinned, ["connect4", "getpeername4", "recvmsg4", "sendmsg4"]);
     // Unpinning detaches: no link of either start is left translating.
     fs::remove_dir_all(&links).expect("unpinning the links");
     let outcomes = run_in(&topo, Some(&cgroup), &ops);
