@@ -89,6 +89,49 @@ fn agent_serves_seed_clusterip_and_nodeport_from_manifests() {
     }
 }
 
+/// NodePorts follow the node's addresses: one added while the agent runs
+/// serves them, and one removed stops, though no Service changed.
+#[test]
+fn nodeports_follow_node_addresses_added_and_removed() {
+    let cluster = Cluster::build(&["node1"], LocalSource::Accepted).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    let _agents = seeded_agents(&cluster);
+    let [a, b, c, _] = node.addr.octets();
+    let added = Ipv4Addr::new(a, b, c, 10);
+    let cidr = format!("{added}/24");
+    let node_port = SocketAddrV4::new(added, COUNTER_NODE_PORT);
+    let frontend = format!("{node_port}/TCP");
+    let listed = || {
+        cluster
+            .frontends(node)
+            .is_ok_and(|f| f.contains_key(&frontend))
+    };
+    assert!(!listed(), "{frontend} before the address exists");
+    let add = cluster.tb.addr(&node.ns, "ext0", &cidr);
+    cluster.must(node, "adding a node address", add);
+    assert!(
+        wait_until(APPLY_BOUND, listed),
+        "no NodePort frontend {frontend} for the added address{}",
+        cluster.diagnostics(node)
+    );
+    let answer = cluster.must(
+        node,
+        "NodePort on the added address",
+        cluster.request(node, node_port, "GET /"),
+    );
+    assert!(
+        served_by(node, &answer, "GET /").is_some(),
+        "{node_port} answered {answer:?}"
+    );
+    let del = cluster.tb.del_addr(&node.ns, "ext0", &cidr);
+    cluster.must(node, "removing the node address", del);
+    assert!(
+        wait_until(APPLY_BOUND, || !listed()),
+        "{frontend} outlived its address{}",
+        cluster.diagnostics(node)
+    );
+}
+
 /// The nodes as the other tests build them, except that their interfaces
 /// keep the kernel's default accept_local=0, which the agent leaves as it
 /// is. Translated packets with the node's own address as source then reach

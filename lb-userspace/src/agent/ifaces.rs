@@ -1,6 +1,5 @@
-//! This node's interfaces: which pod interfaces exist (polled once a second,
-//! which bounds how late a new pod's veth gets the program) and which IPv4
-//! addresses serve NodePorts.
+//! This node's interfaces: which pod interfaces exist (read again on every
+//! link event and once a second) and which IPv4 addresses serve NodePorts.
 use std::{collections::BTreeSet, net::Ipv4Addr};
 
 use anyhow::{bail, Result};

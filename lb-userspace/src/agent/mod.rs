@@ -3,6 +3,7 @@
 mod attach;
 mod health;
 mod ifaces;
+mod netlink;
 mod pins;
 mod source;
 
@@ -125,6 +126,26 @@ impl Agent {
         Ok(())
     }
 
+    /// A resync after something changed at `seen`, with its outcome
+    /// reported to health and metrics; a failed sync leaves the maps as
+    /// they were.
+    fn resync_after_change(&mut self, source: &mut source::Source, seen: Instant) {
+        match self.resync(source) {
+            Ok(()) => {
+                // From the change reaching the agent to the maps holding it:
+                // the latency this node adds to network programming.
+                self.metrics.observe_network_programming(seen.elapsed());
+                self.health.lock().expect("health").synced();
+                self.healthchecks.set_proxy_healthy(true);
+            }
+            Err(e) => {
+                tracing::error!("sync failed, data plane keeps its last state: {e:#}");
+                self.health.lock().expect("health").failed(format!("{e:#}"));
+                self.healthchecks.set_proxy_healthy(false);
+            }
+        }
+    }
+
     fn attach_pod_ifaces(&mut self) {
         let present = ifaces::present();
         self.attacher.prune(&self.pins, &present);
@@ -214,26 +235,25 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     });
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    // Link and address events act at once; the poll catches what a full
+    // netlink queue made the kernel drop.
+    let mut node_changes = netlink::Changes::subscribe()?;
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(node = %agent.args.node_name, "agent running");
     loop {
         tokio::select! {
             changed = source.changed() => {
                 changed?;
-                // From the change reaching the agent to the maps holding it:
-                // the latency this node adds to network programming.
-                let seen = Instant::now();
-                match agent.resync(&mut source) {
-                    Ok(()) => {
-                        agent.metrics.observe_network_programming(seen.elapsed());
-                        agent.health.lock().expect("health").synced();
-                        agent.healthchecks.set_proxy_healthy(true);
-                    }
-                    Err(e) => {
-                        tracing::error!("sync failed, data plane keeps its last state: {e:#}");
-                        agent.health.lock().expect("health").failed(format!("{e:#}"));
-                        agent.healthchecks.set_proxy_healthy(false);
-                    }
+                agent.resync_after_change(&mut source, Instant::now());
+            }
+            changed = node_changes.next() => {
+                let changed = changed?;
+                if changed.links {
+                    agent.attach_pod_ifaces();
+                }
+                // NodePorts follow the node's addresses.
+                if changed.addrs {
+                    agent.resync_after_change(&mut source, Instant::now());
                 }
             }
             _ = ticks.tick() => {

@@ -105,6 +105,11 @@ impl Testbed {
         ip(&args).map(drop)
     }
 
+    /// Removes `cidr` from interface `ifname` of `ns`.
+    pub fn del_addr(&self, ns: &Ns, ifname: &str, cidr: &str) -> Result<()> {
+        ip(&["-n", &ns.name, "addr", "del", cidr, "dev", ifname]).map(drop)
+    }
+
     /// Sets interface `ifname` of `ns` up.
     pub fn up(&self, ns: &Ns, ifname: &str) -> Result<()> {
         ip(&["-n", &ns.name, "link", "set", ifname, "up"]).map(drop)
