@@ -15,7 +15,7 @@ use common::agent::{
     LocalSource, Node, Pod, COUNTER_NODE_PORT, COUNTER_PORT, COUNTER_VIP, POD_ADDRS, REDIS_PORT,
     REDIS_VIP, SPARE_PORT, TIMEOUT, XDPLB,
 };
-use lb_userspace::testbed::netns::wait_until;
+use lb_userspace::{datapath::Maps, testbed::netns::wait_until};
 
 /// The agent promises edits within about a second; this leaves slack for a
 /// loaded machine without letting a slow watcher pass.
@@ -89,31 +89,43 @@ fn agent_serves_seed_clusterip_and_nodeport_from_manifests() {
     }
 }
 
-/// NodePorts follow the node's addresses: one added while the agent runs
-/// serves them, and one removed stops, though no Service changed.
+/// NodePorts and the source-NAT address follow the node's addresses: an
+/// address added while the agent runs serves NodePorts and a removed one
+/// stops, though no Service changed.
 #[test]
-fn nodeports_follow_node_addresses_added_and_removed() {
+fn nodeports_and_snat_follow_node_addresses() {
     let cluster = Cluster::build(&["node1"], LocalSource::Accepted).expect("building the cluster");
     let node = &cluster.nodes[0];
     let _agents = seeded_agents(&cluster);
     let [a, b, c, _] = node.addr.octets();
     let added = Ipv4Addr::new(a, b, c, 10);
-    let cidr = format!("{added}/24");
-    let node_port = SocketAddrV4::new(added, COUNTER_NODE_PORT);
-    let frontend = format!("{node_port}/TCP");
-    let listed = || {
+    let cidr = |addr: Ipv4Addr| format!("{addr}/24");
+    let listed = |addr: Ipv4Addr| {
+        let frontend = format!("{addr}:{COUNTER_NODE_PORT}/TCP");
         cluster
             .frontends(node)
             .is_ok_and(|f| f.contains_key(&frontend))
     };
-    assert!(!listed(), "{frontend} before the address exists");
-    let add = cluster.tb.addr(&node.ns, "ext0", &cidr);
+    let maps = node
+        .pin_path
+        .join(format!("v{}", lb_common::LAYOUT_VERSION))
+        .join("maps");
+    let snat = || {
+        Maps::from_pins(&maps)
+            .and_then(|m| Ok(m.config.get(&0, 0)?.snat_addr))
+            .ok()
+    };
+    assert!(!listed(added), "NodePort on {added} before it exists");
+    assert_eq!(snat(), Some(u32::from_ne_bytes(node.addr.octets())));
+
+    let add = cluster.tb.addr(&node.ns, "ext0", &cidr(added));
     cluster.must(node, "adding a node address", add);
     assert!(
-        wait_until(APPLY_BOUND, listed),
-        "no NodePort frontend {frontend} for the added address{}",
+        wait_until(APPLY_BOUND, || listed(added)),
+        "no NodePort for the added address {added}{}",
         cluster.diagnostics(node)
     );
+    let node_port = SocketAddrV4::new(added, COUNTER_NODE_PORT);
     let answer = cluster.must(
         node,
         "NodePort on the added address",
@@ -123,11 +135,26 @@ fn nodeports_follow_node_addresses_added_and_removed() {
         served_by(node, &answer, "GET /").is_some(),
         "{node_port} answered {answer:?}"
     );
-    let del = cluster.tb.del_addr(&node.ns, "ext0", &cidr);
-    cluster.must(node, "removing the node address", del);
+
+    // Else removing the subnet's first address takes the added one with it.
+    let promote = cluster
+        .tb
+        .sysctl(&node.ns, "net.ipv4.conf.ext0.promote_secondaries", "1");
+    cluster.must(node, "keeping secondary addresses", promote);
+    let del = cluster.tb.del_addr(&node.ns, "ext0", &cidr(node.addr));
+    cluster.must(node, "removing the first node address", del);
     assert!(
-        wait_until(APPLY_BOUND, || !listed()),
-        "{frontend} outlived its address{}",
+        wait_until(APPLY_BOUND, || !listed(node.addr)
+            && snat() == Some(u32::from_ne_bytes(added.octets()))),
+        "NodePort or source NAT kept the removed {}{}",
+        node.addr,
+        cluster.diagnostics(node)
+    );
+    let del = cluster.tb.del_addr(&node.ns, "ext0", &cidr(added));
+    cluster.must(node, "removing the added node address", del);
+    assert!(
+        wait_until(APPLY_BOUND, || !listed(added) && snat() == Some(0)),
+        "NodePort or source NAT kept the removed {added}{}",
         cluster.diagnostics(node)
     );
 }

@@ -70,6 +70,8 @@ struct Agent {
     syncer: Syncer,
     attacher: attach::Attacher,
     last: DesiredState,
+    /// The settings last written to `CONFIG`.
+    config: Option<Config>,
     health: health::Shared,
     nodeport_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
     metrics: Arc<Metrics>,
@@ -77,8 +79,32 @@ struct Agent {
 }
 
 impl Agent {
+    /// Source NAT uses the first address of the external interfaces, the
+    /// address other nodes and the outside reach this node at, and follows
+    /// it when it changes.
+    fn write_config(&mut self) -> Result<()> {
+        let snat = ifaces::nodeport_addresses(&self.args.external_ifaces, &[])?;
+        let config = Config {
+            snat_addr: snat
+                .first()
+                .map(|a| lb_common::addr::to_map(*a))
+                .unwrap_or(0),
+            ..Config::DEFAULT
+        };
+        if self.config == Some(config) {
+            return Ok(());
+        }
+        if config.snat_addr == 0 {
+            tracing::warn!("no IPv4 address on the external interfaces: source NAT disabled");
+        }
+        self.dp.maps.config.set(0, config, 0)?;
+        self.config = Some(config);
+        Ok(())
+    }
+
     fn resync(&mut self, source: &mut source::Source) -> Result<()> {
         let started = Instant::now();
+        self.write_config()?;
         let (objects, report) = source.load()?;
         let node = NodeInfo {
             name: self.args.node_name.clone(),
@@ -167,20 +193,6 @@ impl Agent {
 async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     let mut source = source::Source::open(&args).await?;
     let mut dp = Datapath::load(&Capacities::default(), Some(&pins.maps_dir()))?;
-    // Source NAT uses the first address of the external interfaces, the
-    // address other nodes and the outside reach this node at.
-    let snat = ifaces::nodeport_addresses(&args.external_ifaces, &[])?;
-    let config = Config {
-        snat_addr: snat
-            .first()
-            .map(|a| lb_common::addr::to_map(*a))
-            .unwrap_or(0),
-        ..Config::DEFAULT
-    };
-    if config.snat_addr == 0 {
-        tracing::warn!("no IPv4 address on the external interfaces: source NAT disabled");
-    }
-    dp.maps.config.set(0, config, 0)?;
     let syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps })?;
     let nodeport_cidrs = args
         .nodeport_addresses
@@ -196,6 +208,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         dp,
         syncer,
         last: DesiredState::default(),
+        config: None,
         health: health.clone(),
         nodeport_cidrs,
         metrics: metrics.clone(),
