@@ -2,7 +2,7 @@
 //! packet arriving at that instant would see: every published frontend must
 //! point at a complete ring of existing backends, with its address and filter
 //! bits in place.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use anyhow::Result;
 use lb_common::{
@@ -16,7 +16,8 @@ use super::{MapWriter, Snapshot};
 pub struct FakeMaps {
     pub frontends: BTreeMap<FrontendKeyV4, FrontendValue>,
     pub backends: BTreeMap<u32, BackendV4>,
-    pub slots: HashMap<u32, u32>,
+    /// Ring slots by index, as the kernel's array (0: never written).
+    pub slots: Vec<u32>,
     pub addrs: BTreeMap<u32, ()>,
     pub filter: BTreeMap<u32, u64>,
     pub services: BTreeMap<u32, String>,
@@ -62,7 +63,7 @@ impl FakeWriter {
                     let ok = self
                         .maps
                         .slots
-                        .get(&slot)
+                        .get(slot as usize)
                         .and_then(|id| self.maps.backends.get(id))
                         .is_some_and(|b| b.addr != 0 && self.filtered(b.addr, AddrSet::Backend));
                     if !ok {
@@ -90,9 +91,11 @@ impl MapWriter for FakeWriter {
     }
 
     fn put_ring(&mut self, offset: u32, slots: &[u32]) -> Result<()> {
-        for (i, s) in slots.iter().enumerate() {
-            self.maps.slots.insert(offset + i as u32, *s);
+        let (start, end) = (offset as usize, offset as usize + slots.len());
+        if self.maps.slots.len() < end {
+            self.maps.slots.resize(end, 0);
         }
+        self.maps.slots[start..end].copy_from_slice(slots);
         self.after(format!("ring {offset}+{}", slots.len()));
         Ok(())
     }
@@ -172,7 +175,7 @@ impl MapWriter for FakeWriter {
         for (_, v) in &frontends {
             if v.ring_size > 0 && !rings.iter().any(|(o, _)| *o == v.ring_offset) {
                 let slots = (v.ring_offset..v.ring_offset + v.ring_size)
-                    .map(|s| self.maps.slots.get(&s).copied().unwrap_or(0))
+                    .map(|s| self.maps.slots.get(s as usize).copied().unwrap_or(0))
                     .collect();
                 rings.push((v.ring_offset, slots));
             }
