@@ -152,10 +152,11 @@ impl Agent {
         Ok(())
     }
 
-    /// A resync after something changed at `seen`, with its outcome
+    /// A resync after a change reached the agent, with its outcome
     /// reported to health and metrics; a failed sync leaves the maps as
     /// they were.
-    fn resync_after_change(&mut self, source: &mut source::Source, seen: Instant) {
+    fn resync_after_change(&mut self, source: &mut source::Source) {
+        let seen = Instant::now();
         match self.resync(source) {
             Ok(()) => {
                 // From the change reaching the agent to the maps holding it:
@@ -248,8 +249,8 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     });
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    // Link and address events act at once; the poll catches what a full
-    // netlink queue made the kernel drop.
+    // Link and address events act at once; the once-a-second poll of pod
+    // interfaces stays as a safety net.
     let mut node_changes = netlink::Changes::subscribe()?;
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     tracing::info!(node = %agent.args.node_name, "agent running");
@@ -257,7 +258,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         tokio::select! {
             changed = source.changed() => {
                 changed?;
-                agent.resync_after_change(&mut source, Instant::now());
+                agent.resync_after_change(&mut source);
             }
             changed = node_changes.next() => {
                 let changed = changed?;
@@ -266,7 +267,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
                 }
                 // NodePorts follow the node's addresses.
                 if changed.addrs {
-                    agent.resync_after_change(&mut source, Instant::now());
+                    agent.resync_after_change(&mut source);
                 }
             }
             _ = ticks.tick() => {
