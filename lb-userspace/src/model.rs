@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -22,7 +22,24 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeInfo {
     pub name: String,
-    pub addresses: Vec<Ipv4Addr>,
+    /// Its `topology.kubernetes.io/zone` label, for zone topology hints.
+    pub zone: Option<String>,
+}
+
+impl NodeInfo {
+    /// `name`, with its zone read from its Node object among `nodes`.
+    pub fn from_nodes(name: &str, nodes: &[Node]) -> Self {
+        let zone = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name))
+            .and_then(|n| n.metadata.labels.as_ref()?.get(LABEL_ZONE))
+            .filter(|z| !z.is_empty())
+            .cloned();
+        Self {
+            name: name.to_string(),
+            zone,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -141,6 +158,7 @@ impl fmt::Display for Problem {
 const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
 
 pub fn desired_state(
     services: &[Service],
@@ -161,18 +179,21 @@ pub fn desired_state(
                 continue;
             }
             let all = endpoints.get(&id).map_or(&[][..], Vec::as_slice);
-            let cluster_wide = endpoints::usable(all, false);
+            let cluster_wide = endpoints::cluster(all, node);
             port.cluster_backends = if port.internal_policy_local {
-                endpoints::usable(all, true)
+                endpoints::local(all)
             } else {
                 cluster_wide.clone()
             };
             port.external_backends = if port.external_policy_local {
-                endpoints::usable(all, true)
+                endpoints::local(all)
             } else {
                 cluster_wide
             };
-            port.local_endpoints = all.iter().filter(|b| b.is_local && b.ready).count();
+            port.local_endpoints = all
+                .iter()
+                .filter(|c| c.backend.is_local && c.backend.ready)
+                .count();
             out.insert(id, port);
         }
     }

@@ -159,6 +159,63 @@ fn nodeports_and_snat_follow_node_addresses() {
     );
 }
 
+/// Topology hints: the agent's own Node (from the manifests) names its
+/// zone, and a Service's connections stay with the endpoints hinted for
+/// that zone, following the Node when its zone label changes.
+#[test]
+fn zone_hints_keep_connections_in_the_node_zone() {
+    let cluster = Cluster::build(&["node1"], LocalSource::Accepted).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    let [p1, p2] = &node.pods;
+    let _agents = seeded_agents(&cluster);
+    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 41), SPARE_PORT);
+    let zoned = |zone: &str| {
+        format!(
+            "apiVersion: v1
+kind: Node
+metadata:
+  name: {node}
+  labels:
+    topology.kubernetes.io/zone: {zone}
+---
+{service}---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: zoned-1
+  labels:
+    kubernetes.io/service-name: zoned
+addressType: IPv4
+ports:
+  - port: {SPARE_PORT}
+endpoints:
+  - addresses: [\"{a1}\"]
+    hints: {{forZones: [{{name: z1}}]}}
+  - addresses: [\"{a2}\"]
+    hints: {{forZones: [{{name: z2}}]}}
+",
+            node = node.name,
+            service = cluster_ip_service("zoned", &vip.ip().to_string(), SPARE_PORT),
+            a1 = p1.addr,
+            a2 = p2.addr,
+        )
+    };
+    for (zone, pod) in [("z1", p1), ("z2", p2)] {
+        let write = cluster.write_manifest("zoned.yaml", &zoned(zone));
+        cluster.must(node, "writing zoned.yaml", write);
+        cluster.must(
+            node,
+            &format!("{zone}: first connection"),
+            cluster.wait_served_by(node, vip, pod, APPLY_BOUND),
+        );
+        for i in 0..CONNECTIONS {
+            let line = format!("hello {i}");
+            let answer = cluster.must(node, "zoned", cluster.request(node, vip, &line));
+            assert_eq!(answer, reply(pod, &line), "{zone}: connection {i}");
+        }
+    }
+}
+
 /// The nodes as the other tests build them, except that their interfaces
 /// keep the kernel's default accept_local=0, which the agent leaves as it
 /// is. Translated packets with the node's own address as source then reach

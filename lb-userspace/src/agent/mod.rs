@@ -106,10 +106,7 @@ impl Agent {
         let started = Instant::now();
         self.write_config()?;
         let (objects, report) = source.load()?;
-        let node = NodeInfo {
-            name: self.args.node_name.clone(),
-            addresses: Vec::new(),
-        };
+        let node = NodeInfo::from_nodes(&self.args.node_name, &objects.nodes);
         let opts = ModelOptions {
             service_proxy_name: self.args.service_proxy_name.clone(),
             nodeport_addresses: ifaces::nodeport_addresses(

@@ -1,5 +1,5 @@
 //! EndpointSlices into per-Service-port endpoint lists, and kube-proxy's
-//! choice of which of them take traffic.
+//! choice of which of them take traffic (`CategorizeEndpoints`).
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
@@ -8,26 +8,36 @@ use std::net::Ipv4Addr;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 
 use super::{
-    namespace_of, parse_port, parse_proto, Backend, Problem, Proto, ServicePortId, LABEL_HEADLESS,
-    LABEL_SERVICE_NAME,
+    namespace_of, parse_port, parse_proto, Backend, NodeInfo, Problem, Proto, ServicePortId,
+    LABEL_HEADLESS, LABEL_SERVICE_NAME,
 };
+
+/// An endpoint and the topology hints its slice gives it.
+#[derive(Clone, Debug)]
+pub(super) struct Candidate {
+    pub backend: Backend,
+    /// `hints.forZones`: the zones whose nodes should use it.
+    pub zones: Vec<String>,
+    /// `hints.forNodes`: the nodes that should use it.
+    pub nodes: Vec<String>,
+}
 
 /// Every endpoint of every joined slice, keyed by the Service port it
 /// belongs to (the slice port's name and protocol, as kube-proxy joins
-/// them), deduplicated on (addr, port) and sorted. Conditions are kept;
-/// `usable` filters.
+/// them), deduplicated on (addr, port) and sorted. Conditions and hints
+/// are kept; `cluster` and `local` choose.
 pub(super) fn collect(
     slices: &[EndpointSlice],
     node_name: &str,
     problems: &mut Vec<Problem>,
-) -> BTreeMap<ServicePortId, Vec<Backend>> {
+) -> BTreeMap<ServicePortId, Vec<Candidate>> {
     // Sorted so that which duplicate wins does not depend on arrival order.
     let mut slices: Vec<&EndpointSlice> = slices.iter().collect();
     slices.sort_by(|a, b| {
         (namespace_of(&a.metadata), &a.metadata.name)
             .cmp(&(namespace_of(&b.metadata), &b.metadata.name))
     });
-    let mut merged: BTreeMap<ServicePortId, BTreeMap<(Ipv4Addr, u16), Backend>> = BTreeMap::new();
+    let mut merged: BTreeMap<ServicePortId, BTreeMap<(Ipv4Addr, u16), Candidate>> = BTreeMap::new();
     for slice in slices {
         // FQDN and IPv6 slices are not for this data plane.
         if slice.address_type != "IPv4" {
@@ -56,7 +66,7 @@ pub(super) fn collect(
             ));
             continue;
         };
-        let endpoints: Vec<Backend> = slice
+        let endpoints: Vec<Candidate> = slice
             .endpoints
             .iter()
             .filter_map(|ep| endpoint(ep, node_name).map_err(&mut problem).ok())
@@ -78,21 +88,19 @@ pub(super) fn collect(
             };
             let set = merged.entry(id).or_default();
             for ep in &endpoints {
-                let backend = Backend {
-                    port: number,
-                    ..ep.clone()
-                };
+                let mut candidate = ep.clone();
+                candidate.backend.port = number;
                 // The same address may sit in two slices while an endpoint
                 // moves between them; kube-proxy lets the local copy win,
                 // and a ready copy is preferred so a stale one cannot hide it.
-                let rank = |b: &Backend| (b.is_local, b.ready, b.serving);
-                match set.entry((backend.addr, number)) {
+                let rank = |c: &Candidate| (c.backend.is_local, c.backend.ready, c.backend.serving);
+                match set.entry((candidate.backend.addr, number)) {
                     Entry::Vacant(slot) => {
-                        slot.insert(backend);
+                        slot.insert(candidate);
                     }
                     Entry::Occupied(mut slot) => {
-                        if rank(&backend) > rank(slot.get()) {
-                            slot.insert(backend);
+                        if rank(&candidate) > rank(slot.get()) {
+                            slot.insert(candidate);
                         }
                     }
                 }
@@ -123,7 +131,7 @@ fn slice_port(port: &EndpointPort) -> Result<Option<(String, Proto, u16)>, Strin
 }
 
 /// An endpoint with port 0; the slice's ports fill it in.
-fn endpoint(ep: &Endpoint, node_name: &str) -> Result<Backend, String> {
+fn endpoint(ep: &Endpoint, node_name: &str) -> Result<Candidate, String> {
     // Only the first address has defined semantics; kube-proxy ignores the rest.
     let first = ep
         .addresses
@@ -135,29 +143,92 @@ fn endpoint(ep: &Endpoint, node_name: &str) -> Result<Backend, String> {
     let conditions = ep.conditions.as_ref();
     let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
     let node = ep.node_name.clone().filter(|n| !n.is_empty());
-    Ok(Backend {
-        addr,
-        port: 0,
-        is_local: !node_name.is_empty() && node.as_deref() == Some(node_name),
-        node_name: node,
-        ready,
-        serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
-        terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+    let hints = ep.hints.as_ref();
+    Ok(Candidate {
+        backend: Backend {
+            addr,
+            port: 0,
+            is_local: !node_name.is_empty() && node.as_deref() == Some(node_name),
+            node_name: node,
+            ready,
+            serving: conditions.and_then(|c| c.serving).unwrap_or(ready),
+            terminating: conditions.and_then(|c| c.terminating).unwrap_or(false),
+        },
+        zones: hints
+            .and_then(|h| h.for_zones.as_ref())
+            .map(|z| z.iter().map(|z| z.name.clone()).collect())
+            .unwrap_or_default(),
+        nodes: hints
+            .and_then(|h| h.for_nodes.as_ref())
+            .map(|n| n.iter().map(|n| n.name.clone()).collect())
+            .unwrap_or_default(),
     })
 }
 
-/// kube-proxy's CategorizeEndpoints without topology hints: ready
-/// endpoints, or if there are none, the serving-and-terminating ones so
-/// connections drain instead of failing. `local_only` applies the Local
-/// traffic policy first, so the fallback happens within the local set.
-pub(super) fn usable(endpoints: &[Backend], local_only: bool) -> Vec<Backend> {
-    let candidates = || endpoints.iter().filter(|b| !local_only || b.is_local);
-    let ready: Vec<Backend> = candidates().filter(|b| b.ready).cloned().collect();
+/// Which ready endpoints a node's Cluster-policy traffic uses, from the
+/// topology hints the EndpointSlice controller wrote (kube-proxy's
+/// `topologyModeFromHints`). Hints count only when every ready endpoint has
+/// them and one names this node (or its zone); otherwise they are ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Topology {
+    Any,
+    SameNode,
+    SameZone,
+}
+
+fn topology(endpoints: &[Candidate], node: &NodeInfo) -> Topology {
+    let ready = || endpoints.iter().filter(|c| c.backend.ready);
+    let named = |hints: fn(&Candidate) -> &Vec<String>, name: Option<&str>| {
+        ready().all(|c| !hints(c).is_empty())
+            && name.is_some_and(|n| ready().any(|c| hints(c).iter().any(|h| h == n)))
+    };
+    if named(|c| &c.nodes, Some(&node.name)) {
+        Topology::SameNode
+    } else if named(|c| &c.zones, node.zone.as_deref()) {
+        Topology::SameZone
+    } else {
+        Topology::Any
+    }
+}
+
+/// The endpoints for Cluster traffic policy: the ready ones the topology
+/// hints give this node, or if there are no ready endpoints at all, the
+/// serving-and-terminating ones, so connections drain instead of failing.
+pub(super) fn cluster(endpoints: &[Candidate], node: &NodeInfo) -> Vec<Backend> {
+    let mode = topology(endpoints, node);
+    let for_node = |c: &Candidate| match mode {
+        Topology::Any => true,
+        Topology::SameNode => c.nodes.contains(&node.name),
+        Topology::SameZone => node.zone.as_ref().is_some_and(|z| c.zones.contains(z)),
+    };
+    let ready: Vec<Backend> = endpoints
+        .iter()
+        .filter(|c| c.backend.ready && for_node(c))
+        .map(|c| c.backend.clone())
+        .collect();
     if !ready.is_empty() {
         return ready;
     }
-    candidates()
-        .filter(|b| b.serving && b.terminating)
-        .cloned()
+    draining(endpoints.iter())
+}
+
+/// The endpoints for Local traffic policy: this node's ready ones, or if
+/// it has none, its serving-and-terminating ones. Hints play no part.
+pub(super) fn local(endpoints: &[Candidate]) -> Vec<Backend> {
+    let local = || endpoints.iter().filter(|c| c.backend.is_local);
+    let ready: Vec<Backend> = local()
+        .filter(|c| c.backend.ready)
+        .map(|c| c.backend.clone())
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    draining(local())
+}
+
+fn draining<'a>(endpoints: impl Iterator<Item = &'a Candidate>) -> Vec<Backend> {
+    endpoints
+        .filter(|c| c.backend.serving && c.backend.terminating)
+        .map(|c| c.backend.clone())
         .collect()
 }

@@ -7,6 +7,7 @@ const FRONTENDS: &str = include_str!("../../tests/fixtures/model/frontends.yaml"
 const SKIPS: &str = include_str!("../../tests/fixtures/model/skips.yaml");
 const ENDPOINTS: &str = include_str!("../../tests/fixtures/model/endpoints.yaml");
 const POLICIES: &str = include_str!("../../tests/fixtures/model/policies.yaml");
+const TOPOLOGY: &str = include_str!("../../tests/fixtures/model/topology.yaml");
 const INVALID: &str = include_str!("../../tests/fixtures/model/invalid.yaml");
 const COUNTER_CLUSTER: &str = include_str!("../../tests/fixtures/model/counter-cluster.yaml");
 const COUNTER_SLICES: &str = include_str!("../../tests/fixtures/model/counter-slices.yaml");
@@ -45,10 +46,7 @@ fn opts(proxy_name: Option<&str>) -> ModelOptions {
 
 fn run(texts: &[&str], node: &str, proxy_name: Option<&str>) -> DesiredState {
     let (objects, _) = parse(texts);
-    let node = NodeInfo {
-        name: node.to_string(),
-        addresses: vec![Ipv4Addr::new(192, 168, 1, 10)],
-    };
+    let node = NodeInfo::from_nodes(node, &objects.nodes);
     desired_state(&objects.services, &objects.slices, &node, &opts(proxy_name))
 }
 
@@ -247,6 +245,42 @@ const CASES: &[Case] = &[
     case("externalTrafficPolicy on a purely internal service is ignored", &[POLICIES], "default/internal-etp-local:/TCP", &[
         ("external", "10.244.10.1:8080 local, 10.244.10.2:8080"),
         ("policy", "external local=false internal local=false"),
+    ]),
+    // Topology hints (kube-proxy's topologyModeFromHints).
+    case("zone hints: node-a's zone z1", &[TOPOLOGY], "default/zoned:/TCP", &[
+        ("cluster", "10.244.20.1:8080 local, 10.244.20.3:8080"),
+        ("external", "10.244.20.1:8080 local, 10.244.20.3:8080"),
+    ]),
+    Case {
+        node: "node-b",
+        ..case("zone hints: node-b's zone z2", &[TOPOLOGY], "default/zoned:/TCP", &[
+            ("cluster", "10.244.20.2:8080 local"),
+        ])
+    },
+    Case {
+        node: "node-c",
+        ..case("zone hints on a node without a zone label: all", &[TOPOLOGY], "default/zoned:/TCP", &[
+            ("cluster", "10.244.20.1:8080, 10.244.20.2:8080, 10.244.20.3:8080"),
+        ])
+    },
+    Case {
+        node: "node-d",
+        ..case("zone hints, none for the node's zone z3: all", &[TOPOLOGY], "default/zoned:/TCP", &[
+            ("cluster", "10.244.20.1:8080, 10.244.20.2:8080, 10.244.20.3:8080"),
+        ])
+    },
+    case("a ready endpoint without hints: all; unready ones do not count", &[TOPOLOGY], "default/partly-hinted:/TCP", &[
+        ("cluster", "10.244.21.1:8080 local, 10.244.21.2:8080"),
+    ]),
+    case("an unready endpoint without hints does not disable them", &[TOPOLOGY], "default/unready-unhinted:/TCP", &[
+        ("cluster", "10.244.22.1:8080 local"),
+    ]),
+    case("node hints first, then zone hints", &[TOPOLOGY], "default/node-hinted:/TCP", &[
+        ("cluster", "10.244.23.2:8080"),
+    ]),
+    case("Local policies ignore hints; Cluster ones use them", &[TOPOLOGY], "default/zoned-local:/TCP", &[
+        ("cluster", "10.244.24.1:8080 local, 10.244.24.2:8080 local"),
+        ("external", "10.244.24.3:8080"),
     ]),
     // Invalid objects: what survives.
     case("valid service next to broken ones", &[INVALID], "default/good:/TCP", &[
@@ -480,10 +514,7 @@ fn output_does_not_depend_on_input_order() {
         COUNTER_CLUSTER,
         COUNTER_SLICES,
     ]);
-    let node = NodeInfo {
-        name: "node-a".to_string(),
-        addresses: Vec::new(),
-    };
+    let node = NodeInfo::from_nodes("node-a", &objects.nodes);
     let before = desired_state(&objects.services, &objects.slices, &node, &opts(None));
     objects.services.reverse();
     objects.slices.reverse();
