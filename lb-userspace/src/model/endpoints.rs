@@ -192,43 +192,38 @@ fn topology(endpoints: &[Candidate], node: &NodeInfo) -> Topology {
 }
 
 /// The endpoints for Cluster traffic policy: the ready ones the topology
-/// hints give this node, or if there are no ready endpoints at all, the
-/// serving-and-terminating ones, so connections drain instead of failing.
+/// hints give this node (some, whenever any endpoint is ready).
 pub(super) fn cluster(endpoints: &[Candidate], node: &NodeInfo) -> Vec<Backend> {
     let mode = topology(endpoints, node);
-    let for_node = |c: &Candidate| match mode {
+    ready_else_draining(endpoints.iter(), |c| match mode {
         Topology::Any => true,
         Topology::SameNode => c.nodes.contains(&node.name),
         Topology::SameZone => node.zone.as_ref().is_some_and(|z| c.zones.contains(z)),
-    };
-    let ready: Vec<Backend> = endpoints
-        .iter()
-        .filter(|c| c.backend.ready && for_node(c))
-        .map(|c| c.backend.clone())
-        .collect();
-    if !ready.is_empty() {
-        return ready;
-    }
-    draining(endpoints.iter())
+    })
 }
 
-/// The endpoints for Local traffic policy: this node's ready ones, or if
-/// it has none, its serving-and-terminating ones. Hints play no part.
+/// The endpoints for Local traffic policy: this node's ready ones. Hints
+/// play no part.
 pub(super) fn local(endpoints: &[Candidate]) -> Vec<Backend> {
-    let local = || endpoints.iter().filter(|c| c.backend.is_local);
-    let ready: Vec<Backend> = local()
-        .filter(|c| c.backend.ready)
+    ready_else_draining(endpoints.iter().filter(|c| c.backend.is_local), |_| true)
+}
+
+/// The ready endpoints of `set` that `wanted` keeps or, if `set` has none
+/// ready, its serving-and-terminating ones, so connections drain instead
+/// of failing.
+fn ready_else_draining<'a>(
+    set: impl Iterator<Item = &'a Candidate> + Clone,
+    wanted: impl Fn(&Candidate) -> bool,
+) -> Vec<Backend> {
+    let ready: Vec<Backend> = set
+        .clone()
+        .filter(|c| c.backend.ready && wanted(c))
         .map(|c| c.backend.clone())
         .collect();
     if !ready.is_empty() {
         return ready;
     }
-    draining(local())
-}
-
-fn draining<'a>(endpoints: impl Iterator<Item = &'a Candidate>) -> Vec<Backend> {
-    endpoints
-        .filter(|c| c.backend.serving && c.backend.terminating)
+    set.filter(|c| c.backend.serving && c.backend.terminating)
         .map(|c| c.backend.clone())
         .collect()
 }
