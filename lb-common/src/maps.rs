@@ -161,6 +161,21 @@ impl CtKeyV4 {
         unsafe { core::mem::transmute::<[u64; 2], Self>(words) }
     }
 
+    /// The key of a reverse entry: a reply from `backend` to the client as
+    /// the backend sees it (`seen`: the client itself, or the SNAT address
+    /// and port that stood for it). Addresses and ports in network order.
+    pub const fn reply(backend: (u32, u16), seen: (u32, u16), proto: u8) -> Self {
+        Self {
+            src_addr: backend.0,
+            dst_addr: seen.0,
+            src_port: backend.1,
+            dst_port: seen.1,
+            proto,
+            dir: CT_DIR_REPLY,
+            _pad: 0,
+        }
+    }
+
     pub const fn words(&self) -> [u64; 2] {
         // SAFETY: as `from_words`; padding is an explicit field.
         unsafe { core::mem::transmute::<Self, [u64; 2]>(*self) }

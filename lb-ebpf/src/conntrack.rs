@@ -64,15 +64,7 @@ pub fn create(
     now: u64,
 ) -> Option<*mut CtValueV4> {
     let (seen_addr, seen_port) = snat.unwrap_or((key.src_addr, key.src_port));
-    let rev_key = CtKeyV4 {
-        src_addr: be.addr,
-        dst_addr: seen_addr,
-        src_port: be.port,
-        dst_port: seen_port,
-        proto: key.proto,
-        dir: CT_DIR_REPLY,
-        _pad: 0,
-    };
+    let rev_key = CtKeyV4::reply((be.addr, be.port), (seen_addr, seen_port), key.proto);
     if let Some(old) = CT_V4.get_ptr(rev_key) {
         let (a, p) = unsafe { ((*old).nat_addr, (*old).nat_port) };
         if a != key.dst_addr || p != key.dst_port {
@@ -165,15 +157,12 @@ fn mirror(key: &CtKeyV4, ct: *const CtValueV4, tcp_flags: u8, reply: bool, now: 
             _pad: 0,
         }
     } else {
-        CtKeyV4 {
-            src_addr: nat_addr,
-            dst_addr: if snat { snat_addr } else { key.src_addr },
-            src_port: nat_port,
-            dst_port: if snat { snat_port } else { key.src_port },
-            proto: key.proto,
-            dir: CT_DIR_REPLY,
-            _pad: 0,
-        }
+        let seen = if snat {
+            (snat_addr, snat_port)
+        } else {
+            (key.src_addr, key.src_port)
+        };
+        CtKeyV4::reply((nat_addr, nat_port), seen, key.proto)
     };
     if let Some(o) = CT_V4.get_ptr_mut(other) {
         let state = unsafe { tcp_next((*o).state, tcp_flags, reply) };

@@ -3,8 +3,8 @@
 //! reaching itself through its Service).
 use aya_ebpf::{maps::lpm_trie::Key, programs::XdpContext};
 use lb_common::{
-    BackendV4, Config, CtKeyV4, FrontendValue, SourceRangeKeyV4, BE_LOCAL, CT_DIR_REPLY,
-    FE_EXTERNAL, FE_SOURCE_RANGES, IFACE_POD,
+    BackendV4, Config, CtKeyV4, FrontendValue, SourceRangeKeyV4, BE_LOCAL, FE_EXTERNAL,
+    FE_SOURCE_RANGES, IFACE_POD,
 };
 
 use crate::{conntrack, forward::iface_has, maps::SOURCE_RANGES_V4};
@@ -50,15 +50,7 @@ pub fn snat_port(be: &BackendV4, flow: &CtKeyV4, cfg: &Config, now: u64) -> Opti
     let mut i = 0u32;
     while i < 16 {
         let port = ((min + (start + i) % span) as u16).to_be();
-        let reply = CtKeyV4 {
-            src_addr: be.addr,
-            dst_addr: cfg.snat_addr,
-            src_port: be.port,
-            dst_port: port,
-            proto: flow.proto,
-            dir: CT_DIR_REPLY,
-            _pad: 0,
-        };
+        let reply = CtKeyV4::reply((be.addr, be.port), (cfg.snat_addr, port), flow.proto);
         if conntrack::lookup(&reply, 0, now).is_none() {
             return Some(port);
         }

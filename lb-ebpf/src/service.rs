@@ -69,7 +69,7 @@ fn maybe_in(addr: u32, set: AddrSet) -> bool {
 
 /// Whether `addr` really is a frontend address (the filter may have lied).
 #[inline(always)]
-fn is_frontend_addr(addr: u32) -> bool {
+pub fn is_frontend_addr(addr: u32) -> bool {
     ADDRS_V4
         .get_ptr(addr)
         .is_some_and(|i| unsafe { (*i).flags } & ADDR_FRONTEND != 0)

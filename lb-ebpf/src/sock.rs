@@ -28,13 +28,13 @@ use aya_ebpf::{
 };
 use lb_common::{
     sock::{socket_hash_v4, SockRevNatKeyV4, SockRevNatValueV4},
-    BackendV4, FrontendKeyV4, Reason, ADDR_FRONTEND, FE_DROP_EMPTY, PROTO_TCP, PROTO_UDP,
+    BackendV4, FrontendKeyV4, Reason, FE_DROP_EMPTY, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
     conntrack,
-    maps::{ADDRS_V4, FRONTENDS_V4, SOCK_REVNAT_V4},
-    select, stats,
+    maps::{FRONTENDS_V4, SOCK_REVNAT_V4},
+    select, service, stats,
 };
 
 /// Verdicts of a cgroup sock_addr program.
@@ -96,10 +96,7 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
     let Some(fe) = FRONTENDS_V4.get_ptr(fe_key) else {
         // A frontend address on a port it does not serve: the packet path
         // rejects that too.
-        let frontend_addr = ADDRS_V4
-            .get_ptr(addr)
-            .is_some_and(|i| unsafe { (*i).flags } & ADDR_FRONTEND != 0);
-        return if frontend_addr {
+        return if service::is_frontend_addr(addr) {
             refuse(ECONNREFUSED)
         } else {
             ALLOW
