@@ -12,13 +12,14 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use lb_userspace::testbed::netns::{wait_until, Ns, Testbed};
 use serde::Deserialize;
+
+use super::servers::ServerThreads;
 
 pub const XDPLB: &str = env!("CARGO_BIN_EXE_xdplb");
 
@@ -618,10 +619,7 @@ fn build_node(
 
 /// The pods' servers; drop stops and joins them.
 #[derive(Default)]
-struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
+struct Servers(ServerThreads);
 
 impl Servers {
     /// Binds every server port of `pod` in `ns` (the sockets stay there).
@@ -630,22 +628,10 @@ impl Servers {
             let listener = tb
                 .in_ns(ns, || TcpListener::bind((pod.addr, port)))?
                 .with_context(|| format!("binding {}:{port} in {}", pod.addr, pod.name))?;
-            let (name, stop) = (pod.name.clone(), self.stop.clone());
-            self.threads
-                .push(thread::spawn(move || serve(&name, listener, &stop)));
+            let name = pod.name.clone();
+            self.0.spawn(move |stop| serve(&name, listener, stop));
         }
         Ok(())
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for server in self.threads.drain(..) {
-            // A panicking server already printed why; the test's own
-            // assertions say what it meant for the traffic.
-            let _ = server.join();
-        }
     }
 }
 

@@ -8,6 +8,7 @@ pub mod apiserver;
 pub mod kube_agent;
 pub mod packets;
 pub mod provision;
+pub mod servers;
 pub mod topology;
 
 #[allow(unused_imports)] // each test binary uses a different subset

@@ -17,8 +17,7 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -26,6 +25,8 @@ use lb_userspace::{
     datapath::{Datapath, XdpMode},
     testbed::netns::{Ns, Testbed},
 };
+
+use super::servers::ServerThreads;
 
 /// Bound on every connect, read and write, on both ends.
 pub const TIMEOUT: Duration = Duration::from_secs(3);
@@ -181,10 +182,7 @@ pub fn reply(name: &str, request: &[u8]) -> Vec<u8> {
 
 /// The pods' server threads; drop stops and joins them.
 #[derive(Default)]
-struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
+struct Servers(ServerThreads);
 
 impl Servers {
     /// Binds in `ns` (the sockets stay there) and serves from plain threads.
@@ -197,24 +195,10 @@ impl Servers {
                 ))
             })?
             .with_context(|| format!("binding the servers of {}", pod.name))?;
-        let (name, stop) = (pod.name, self.stop.clone());
-        self.threads
-            .push(thread::spawn(move || serve_tcp(name, tcp, &stop)));
-        let (name, stop) = (pod.name, self.stop.clone());
-        self.threads
-            .push(thread::spawn(move || serve_udp(name, udp, &stop)));
+        let name = pod.name;
+        self.0.spawn(move |stop| serve_tcp(name, tcp, stop));
+        self.0.spawn(move |stop| serve_udp(name, udp, stop));
         Ok(())
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for server in self.threads.drain(..) {
-            // A panicking server already printed why; the test's own
-            // assertions say what it meant for the traffic.
-            let _ = server.join();
-        }
     }
 }
 
