@@ -68,13 +68,7 @@ pub fn run_cmd(args: &Args) -> Result<()> {
     let bin = p.step("building xdplb and the counter app", true, || {
         build(&["counter"])
     })?;
-    p.step("removing leftovers of killed runs", false, || {
-        let removed = cluster::cleanup_leftovers()?;
-        if !removed.is_empty() {
-            eprint!("removed run {} ... ", removed.join(", "));
-        }
-        Ok(())
-    })?;
+    p.step("removing leftovers of killed runs", false, remove_leftovers)?;
     let nodes = cluster::nodes();
     let state = p.step(
         "control plane: placing pods, allocating ClusterIPs, nodePorts and LB IPs, writing EndpointSlices",
@@ -178,6 +172,15 @@ fn probe_bpf() -> Result<()> {
     unsafe { libc::close(fd as libc::c_int) };
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {
         bail!("the kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); the data plane needs it");
+    }
+    Ok(())
+}
+
+/// Removes what killed runs of the demo or the suite left, naming them.
+pub(crate) fn remove_leftovers() -> Result<()> {
+    let removed = cluster::cleanup_leftovers()?;
+    if !removed.is_empty() {
+        eprint!("removed run {} ... ", removed.join(", "));
     }
     Ok(())
 }

@@ -159,13 +159,11 @@ fn setup() -> Result<Bed> {
         || demo::build(&["counter", "e2e-probe"]),
     )?;
     let host_hooks = demo::agent_has_cgroup_path(&bin)?;
-    p.step("removing leftovers of killed runs", false, || {
-        let removed = cluster::cleanup_leftovers()?;
-        if !removed.is_empty() {
-            eprint!("removed run {} ... ", removed.join(", "));
-        }
-        Ok(())
-    })?;
+    p.step(
+        "removing leftovers of killed runs",
+        false,
+        demo::remove_leftovers,
+    )?;
     let nodes = cluster::nodes();
     let state = p.step(
         "control plane: the seed manifests, the suite's probe pods and Services",
