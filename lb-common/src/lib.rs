@@ -14,6 +14,7 @@ pub mod conntrack;
 pub mod filter;
 pub mod flow;
 pub mod maps;
+pub mod meta;
 pub mod sock;
 pub mod stats;
 

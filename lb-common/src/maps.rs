@@ -209,9 +209,13 @@ pub struct CtValueV4 {
     pub nat_port: u16,
     /// `conntrack::STATE_*` bits.
     pub state: u8,
-    pub _pad0: u8,
+    /// How a translated packet leaves (`FWD_*`), decided with `fwd_ifindex`
+    /// by a FIB lookup at most once per `CT_REFRESH_NS`.
+    pub fwd_kind: u8,
     pub svc_id: u32,
-    /// Egress interface for `bpf_redirect`; 0 means hand the packet to the kernel.
+    /// The egress interface the FIB chose for the translated packet (0:
+    /// unknown), whose MTU a large packet is checked against; `fwd_kind`
+    /// says whether the packet is redirected to it or routed by the kernel.
     pub fwd_ifindex: u32,
     pub fwd_smac: [u8; 6],
     pub fwd_dmac: [u8; 6],
@@ -294,10 +298,12 @@ impl Config {
         tcp_closing_timeout_s: 10,
         udp_timeout_s: 60,
         snat_addr: 0,
-        // Above Linux's default ephemeral range (32768-60999) and the NodePort
-        // range, so translated flows never collide with local sockets.
-        snat_port_min: 61_000,
-        snat_port_max: 65_535,
+        // A flow keeps its client's port when the reply tuple is free, as
+        // netfilter does; otherwise it gets one from this range, below the
+        // NodePort range (30000-32767) and Linux's default ephemeral range
+        // (32768-60999), so it collides with neither.
+        snat_port_min: 1_024,
+        snat_port_max: 29_999,
     };
 }
 
@@ -306,6 +312,17 @@ impl Default for Config {
         Self::DEFAULT
     }
 }
+
+/// `CtValueV4::fwd_kind`: hand the translated packet to the kernel to route.
+pub const FWD_KERNEL: u8 = 0;
+/// `bpf_redirect` to `fwd_ifindex` with the MACs the FIB gave.
+pub const FWD_REDIRECT: u8 = 1;
+/// tc only: `bpf_redirect_peer` into the pod behind the veth `fwd_ifindex`,
+/// which skips the host's backlog queue and the pod-side veth's transmit.
+pub const FWD_PEER: u8 = 2;
+/// tc only: `bpf_redirect_neigh` to `fwd_ifindex`, the kernel resolving
+/// the next hop's MAC (the FIB knew the route but not the neighbour yet).
+pub const FWD_NEIGH: u8 = 3;
 
 /// `IFACES` flag: XDP may `bpf_redirect` to this interface. Only set for
 /// devices whose receiver handles XDP frames (a real NIC, or a veth whose

@@ -33,10 +33,16 @@ pub enum Reason {
     /// instead of `CT_V4`.
     XlateEstablishedCached = 25,
     XlateReplyCached = 26,
+    /// Side counters of `FwdRedirect`'s kind, on the tc pod path.
+    FwdPeer = 27,
+    FwdNeigh = 28,
+    /// A translated packet too big for its egress, answered with ICMP
+    /// fragmentation needed quoting the packet as its sender sent it.
+    IcmpFragNeeded = 29,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 30;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotOurs,
@@ -65,6 +71,9 @@ impl Reason {
         Reason::SockRefused,
         Reason::XlateEstablishedCached,
         Reason::XlateReplyCached,
+        Reason::FwdPeer,
+        Reason::FwdNeigh,
+        Reason::IcmpFragNeeded,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -96,6 +105,9 @@ impl Reason {
             Reason::SockRefused => "socket_refused",
             Reason::XlateEstablishedCached => "xlate_established_cached",
             Reason::XlateReplyCached => "xlate_reply_cached",
+            Reason::FwdPeer => "fwd_redirect_peer",
+            Reason::FwdNeigh => "fwd_redirect_neigh",
+            Reason::IcmpFragNeeded => "icmp_frag_needed_sent",
         }
     }
 }

@@ -114,8 +114,10 @@ pub fn on_packet(key: &CtKeyV4, ct: *mut CtValueV4, tcp_flags: u8, now: u64) -> 
     let reply = key.dir == CT_DIR_REPLY;
     let (mut state, seen) = unsafe { ((*ct).state, (*ct).last_seen_ns) };
     let mut changed = false;
-    if key.proto == PROTO_TCP
-        && (tcp_flags & (TCP_FIN | TCP_RST) != 0 || (reply && state & STATE_SEEN_REPLY == 0))
+    // The first reply marks either protocol's flow as replied (UDP's
+    // lifetime depends on it too); only TCP has FIN and RST.
+    if (key.proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0)
+        || (reply && state & STATE_SEEN_REPLY == 0)
     {
         state = tcp_next(state, tcp_flags, reply);
         unsafe { (*ct).state = state };

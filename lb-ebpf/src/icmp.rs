@@ -4,13 +4,13 @@
 //! knows the frontend (or itself): the quote and the outer destination are
 //! translated back, with every checksum involved, so Path MTU discovery works
 //! through the NAT in both directions.
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
     checksum::{update16, update32},
     CtKeyV4, CtValueV4, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
+    frame::Frame,
     maps::CT_V4,
     parse::{ptr_at, Ipv4Hdr, ETH_HLEN},
 };
@@ -55,7 +55,7 @@ impl Icmp {
 
 /// `Some` when `ip` carries an ICMP error about a flow this node translates.
 #[inline(always)]
-pub fn translate_error(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<(Reason, u32)> {
+pub fn translate_error<C: Frame>(ctx: &C, ip: *mut Ipv4Hdr) -> Option<(Reason, u32)> {
     let ihl = ((unsafe { (*ip).vihl } & 0x0f) as usize) * 4;
     if ihl < 20 {
         return None;
@@ -108,7 +108,7 @@ pub fn translate_error(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<(Reason, u3
         if let Some(addr) = outer {
             set_outer_dst(ip, addr);
         }
-        return Some((Reason::XlateIcmpError, xdp_action::XDP_PASS));
+        return Some((Reason::XlateIcmpError, C::PASS));
     }
     None
 }
@@ -127,7 +127,7 @@ fn set_outer_dst(ip: *mut Ipv4Hdr, addr: u32) {
 /// the ICMP checksum over all of them.
 #[inline(always)]
 fn rewrite_quote(
-    ctx: &XdpContext,
+    ctx: &impl Frame,
     icmp: &Icmp,
     inner: *mut Ipv4Hdr,
     inner_off: usize,

@@ -1,7 +1,8 @@
 //! Bounds-checked header access. Every pointer handed out has been checked
 //! against `data_end`, which is also what the verifier insists on.
-use aya_ebpf::programs::XdpContext;
 use core::mem::size_of;
+
+use crate::frame::Frame;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800u16.to_be();
@@ -54,7 +55,7 @@ pub struct UdpHdr {
 }
 
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+pub fn ptr_at<T>(ctx: &impl Frame, off: usize) -> Option<*mut T> {
     let start = ctx.data();
     if start + off + size_of::<T>() > ctx.data_end() {
         return None;
@@ -73,7 +74,7 @@ pub struct L4 {
 
 /// Parses the TCP or UDP header at `off`; `None` when truncated or another protocol.
 #[inline(always)]
-pub fn l4(ctx: &XdpContext, proto: u8, off: usize) -> Option<L4> {
+pub fn l4<C: Frame>(ctx: &C, proto: u8, off: usize) -> Option<L4> {
     if proto == lb_common::PROTO_TCP {
         let tcp: *mut TcpHdr = ptr_at(ctx, off)?;
         Some(L4 {

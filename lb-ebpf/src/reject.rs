@@ -1,21 +1,17 @@
-//! Rejects built in XDP, as kube-proxy's REJECT rules answer: a TCP RST for
-//! TCP, ICMP port unreachable for UDP. On a device that takes XDP frames the
-//! answer leaves with `XDP_TX`; elsewhere (a veth whose peer runs no XDP
-//! program would lose it) it is handed to the kernel, still addressed to
-//! this node at the Ethernet level, and routed back to the client.
-use aya_ebpf::{
-    bindings::xdp_action,
-    helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
-    programs::XdpContext,
-};
+//! Answers built by the program in place of the packet: rejects as
+//! kube-proxy's REJECT rules answer them (a TCP RST for TCP, ICMP port
+//! unreachable for UDP), and ICMP fragmentation needed for a translated
+//! packet too big for its egress. Each leaves the way the packet came
+//! (`Frame::bounce`).
 use lb_common::{
     checksum::{fold, sum_words},
     conntrack::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    Reason, IFACE_REDIRECT, PROTO_TCP,
+    Reason, PROTO_TCP,
 };
 
 use crate::{
-    forward::iface_has,
+    frame::Frame,
+    stats,
     parse::{ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, ETH_P_IP},
 };
 
@@ -24,20 +20,35 @@ const NEW_IP_LEN: usize = 20;
 const ICMP_HLEN: usize = 8;
 /// RFC 792: the original IP header plus the first 64 bits of its payload.
 const ICMP_QUOTE_L4: usize = 8;
+/// Destination unreachable codes.
+const ICMP_PORT_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
 
 /// Answers the packet as a reject; `ihl` is its IPv4 header length in bytes.
 #[inline(always)]
-pub fn send(ctx: &XdpContext, ihl: usize, proto: u8, reason: Reason) -> (Reason, u32) {
-    let tx = iface_has(ctx.ingress_ifindex() as u32, IFACE_REDIRECT);
+pub fn send<C: Frame>(ctx: &C, ihl: usize, proto: u8, reason: Reason) -> (Reason, u32) {
     let built = if proto == PROTO_TCP {
-        tcp_rst(ctx, ihl, tx)
+        tcp_rst(ctx, ihl)
     } else {
-        icmp_port_unreachable(ctx, ihl, tx)
+        icmp_unreachable(ctx, ihl, ICMP_PORT_UNREACH, 0)
     };
     match built {
         Some(action) => (reason, action),
-        None => (Reason::RejectFailed, xdp_action::XDP_DROP),
+        None => (Reason::RejectFailed, C::DROP),
     }
+}
+
+/// Tells the sender of a packet (as it sent it, untranslated) that the
+/// path takes at most `mtu` bytes (RFC 1191). A side event: the packet
+/// stays counted under its flow's path.
+#[inline(always)]
+pub fn frag_needed<C: Frame>(ctx: &C, ihl: usize, mtu: u32) -> u32 {
+    let (reason, action) = match icmp_unreachable(ctx, ihl, ICMP_FRAG_NEEDED, mtu as u16) {
+        Some(action) => (Reason::IcmpFragNeeded, action),
+        None => (Reason::RejectFailed, C::DROP),
+    };
+    stats::count(reason);
+    action
 }
 
 #[inline(always)]
@@ -58,35 +69,20 @@ fn ipv4_header(ip: *mut Ipv4Hdr, tot_len: usize, proto: u8, src: u32, dst: u32) 
     }
 }
 
-/// `tx`: the frame goes back out as it is, so the MACs swap; otherwise the
-/// kernel must take it as addressed to this host, so they stay.
+/// The answer goes back to where the packet came from.
 #[inline(always)]
-fn set_macs(eth: *mut EthHdr, src: [u8; 6], dst: [u8; 6], tx: bool) {
+fn set_macs(eth: *mut EthHdr, src: [u8; 6], dst: [u8; 6]) {
     unsafe {
-        if tx {
-            (*eth).dst = src;
-            (*eth).src = dst;
-        } else {
-            (*eth).dst = dst;
-            (*eth).src = src;
-        }
+        (*eth).dst = src;
+        (*eth).src = dst;
         (*eth).proto = ETH_P_IP;
-    }
-}
-
-#[inline(always)]
-fn action(tx: bool) -> u32 {
-    if tx {
-        xdp_action::XDP_TX
-    } else {
-        xdp_action::XDP_PASS
     }
 }
 
 /// RFC 793 reset generation: seq from the segment's ACK if it had one, else
 /// seq 0 with an ACK covering the segment. Never answers a RST.
 #[inline(always)]
-fn tcp_rst(ctx: &XdpContext, ihl: usize, tx: bool) -> Option<u32> {
+fn tcp_rst<C: Frame>(ctx: &C, ihl: usize) -> Option<u32> {
     // One bounds check covering every header written below, so the
     // verifier sees all of them through the same checked pointer. It comes
     // first: after the variable-offset check below, LLVM would prove it
@@ -108,13 +104,13 @@ fn tcp_rst(ctx: &XdpContext, ihl: usize, tx: bool) -> Option<u32> {
         )
     };
     if flags & TCP_RST != 0 {
-        return Some(xdp_action::XDP_DROP);
+        return Some(C::DROP);
     }
     let payload = (tot_len as u32).saturating_sub(ihl as u32 + doff);
     let seg_len = payload + (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
 
     let new_tcp = unsafe { base.add(ETH_HLEN + NEW_IP_LEN) } as *mut TcpHdr;
-    set_macs(eth, smac, dmac, tx);
+    set_macs(eth, smac, dmac);
     ipv4_header(ip, NEW_IP_LEN + 20, PROTO_TCP, daddr, saddr);
     unsafe {
         (*new_tcp).sport = dport;
@@ -136,12 +132,10 @@ fn tcp_rst(ctx: &XdpContext, ihl: usize, tx: bool) -> Option<u32> {
         let bytes = core::slice::from_raw_parts(new_tcp as *const u8, 20);
         (*new_tcp).check = !fold(sum_words(bytes, pseudo));
     }
-    let len = (ctx.data_end() - ctx.data()) as i32;
-    let want = (ETH_HLEN + NEW_IP_LEN + 20) as i32;
-    if len > want && unsafe { bpf_xdp_adjust_tail(ctx.ctx, want - len) } != 0 {
+    if !ctx.trim((ETH_HLEN + NEW_IP_LEN + 20) as u32) {
         return None;
     }
-    Some(action(tx))
+    Some(ctx.bounce())
 }
 
 #[inline(always)]
@@ -154,30 +148,29 @@ fn pseudo_sum(src: u32, dst: u32, proto: u8, len: u16) -> u32 {
         + len.to_be() as u32
 }
 
-/// Prepends Ethernet, IPv4 and ICMP headers in front of the original IPv4
+/// Puts Ethernet, IPv4 and ICMP destination-unreachable headers (`code`,
+/// and `mtu` for fragmentation needed) in front of the original IPv4
 /// header, which stays where it is, and trims everything after its first
 /// eight payload bytes.
 #[inline(always)]
-fn icmp_port_unreachable(ctx: &XdpContext, ihl: usize, tx: bool) -> Option<u32> {
+fn icmp_unreachable<C: Frame>(ctx: &C, ihl: usize, code: u8, mtu: u16) -> Option<u32> {
     const GROW: usize = NEW_IP_LEN + ICMP_HLEN;
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(GROW as i32)) } != 0 {
+    let old_eth = ptr_at::<EthHdr>(ctx, 0)?;
+    let orig_ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
+    let (smac, dmac) = unsafe { ((*old_eth).src, (*old_eth).dst) };
+    let (saddr, daddr) = unsafe { ((*orig_ip).src, (*orig_ip).dst) };
+    if !ctx.grow_l3(GROW as u32) {
         return None;
     }
     let quote = ihl + ICMP_QUOTE_L4;
-    let want = (ETH_HLEN + GROW + quote) as i32;
-    let len = (ctx.data_end() - ctx.data()) as i32;
-    if len > want && unsafe { bpf_xdp_adjust_tail(ctx.ctx, want - len) } != 0 {
+    if !ctx.trim((ETH_HLEN + GROW + quote) as u32) {
         return None;
     }
-    let old_eth = ptr_at::<EthHdr>(ctx, GROW)?;
-    let orig_ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN + GROW)?;
-    let (smac, dmac) = unsafe { ((*old_eth).src, (*old_eth).dst) };
-    let (saddr, daddr) = unsafe { ((*orig_ip).src, (*orig_ip).dst) };
     let base = ptr_at::<[u8; ETH_HLEN + GROW]>(ctx, 0)? as *mut u8;
     let eth = base as *mut EthHdr;
     let ip = unsafe { base.add(ETH_HLEN) } as *mut Ipv4Hdr;
     let icmp = unsafe { base.add(ETH_HLEN + NEW_IP_LEN) } as *mut [u16; 4];
-    set_macs(eth, smac, dmac, tx);
+    set_macs(eth, smac, dmac);
     ipv4_header(
         ip,
         NEW_IP_LEN + ICMP_HLEN + quote,
@@ -185,8 +178,9 @@ fn icmp_port_unreachable(ctx: &XdpContext, ihl: usize, tx: bool) -> Option<u32> 
         daddr,
         saddr,
     );
-    // Type 3 (destination unreachable), code 3 (port unreachable).
-    unsafe { *icmp = [u16::from_ne_bytes([3, 3]), 0, 0, 0] };
+    // Type 3 (destination unreachable); RFC 1191 puts the next-hop MTU in
+    // the last 16 bits of the header.
+    unsafe { *icmp = [u16::from_ne_bytes([3, code]), 0, 0, mtu.to_be()] };
     let icmp_len = ICMP_HLEN + quote;
     let mut sum = 0u32;
     // At most 8 + 60 + 8 bytes; each word is bounds-checked for the verifier.
@@ -200,5 +194,5 @@ fn icmp_port_unreachable(ctx: &XdpContext, ihl: usize, tx: bool) -> Option<u32> 
         off += 2;
     }
     unsafe { (*icmp)[1] = !fold(sum) };
-    Some(action(tx))
+    Some(ctx.bounce())
 }

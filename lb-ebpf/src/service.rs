@@ -1,7 +1,7 @@
 //! The packet path, top to bottom: parse, look up, select, rewrite, forward.
 //! Each function returns the one `Reason` the packet is counted under and
-//! the XDP action; `handle` counts it, so no path can forget to.
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+//! the hook's action; `handle` counts it, so no path can forget to. The
+//! path is generic over the hook (`Frame`): XDP and tc run this same code.
 use lb_common::{
     filter::{position, AddrSet, FILTER_WORDS},
     CtKeyV4, CtValueV4, FlowCacheEntryV4, FrontendKeyV4, Reason, ADDR_FRONTEND, CT_DIR_FORWARD,
@@ -9,7 +9,11 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack, flow_cache, forward, frags, icmp,
+    conntrack, flow_cache,
+    forward::{self, Fit},
+    frags,
+    frame::Frame,
+    icmp,
     maps::{ADDRS_V4, ADDR_FILTER, CONFIG, FRONTENDS_V4},
     nat,
     parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IP_MF, IP_OFFSET_MASK, L4},
@@ -18,26 +22,23 @@ use crate::{
 
 type Verdict = (Reason, u32);
 
-const PASS: u32 = xdp_action::XDP_PASS;
-const DROP: u32 = xdp_action::XDP_DROP;
-
 #[inline(always)]
-pub fn handle(ctx: &XdpContext) -> u32 {
+pub fn handle<C: Frame>(ctx: &C) -> u32 {
     let (reason, action) = classify(ctx);
     stats::count(reason);
     action
 }
 
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> Verdict {
+fn classify<C: Frame>(ctx: &C) -> Verdict {
     let Some(eth) = parse::ptr_at::<EthHdr>(ctx, 0) else {
-        return (Reason::PassMalformed, PASS);
+        return (Reason::PassMalformed, C::PASS);
     };
     if unsafe { (*eth).proto } != ETH_P_IP {
-        return (Reason::PassNotIpv4, PASS);
+        return (Reason::PassNotIpv4, C::PASS);
     }
     let Some(ip) = parse::ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {
-        return (Reason::PassMalformed, PASS);
+        return (Reason::PassMalformed, C::PASS);
     };
     let (src, dst, proto) = unsafe { ((*ip).src, (*ip).dst, (*ip).proto) };
     if proto == icmp::IPPROTO_ICMP {
@@ -53,7 +54,7 @@ fn classify(ctx: &XdpContext) -> Verdict {
     if maybe_in(src, AddrSet::Backend) {
         return from_backend(ctx, ip);
     }
-    (Reason::PassNotOurs, PASS)
+    (Reason::PassNotOurs, C::PASS)
 }
 
 /// The address filter: `false` means certainly not in `set`.
@@ -88,11 +89,11 @@ struct Packet {
 }
 
 #[inline(always)]
-fn transport(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Result<Packet, Verdict> {
+fn transport<C: Frame>(ctx: &C, ip: *mut Ipv4Hdr) -> Result<Packet, Verdict> {
     let (vihl, frag, proto) = unsafe { ((*ip).vihl, (*ip).frag_off, (*ip).proto) };
     let ihl = ((vihl & 0x0f) as usize) * 4;
     if vihl >> 4 != 4 || ihl < 20 {
-        return Err((Reason::DropMalformed, DROP));
+        return Err((Reason::DropMalformed, C::DROP));
     }
     if frag & IP_OFFSET_MASK != 0 {
         let reason = if frags::follow(ip) {
@@ -100,13 +101,13 @@ fn transport(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Result<Packet, Verdict> {
         } else {
             Reason::PassFragment
         };
-        return Err((reason, PASS));
+        return Err((reason, C::PASS));
     }
     if proto != PROTO_TCP && proto != PROTO_UDP {
-        return Err((Reason::PassUnsupportedProto, PASS));
+        return Err((Reason::PassUnsupportedProto, C::PASS));
     }
     let Some(l4) = parse::l4(ctx, proto, ETH_HLEN + ihl) else {
-        return Err((Reason::DropMalformed, DROP));
+        return Err((Reason::DropMalformed, C::DROP));
     };
     Ok(Packet {
         ip,
@@ -121,7 +122,7 @@ fn transport(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Result<Packet, Verdict> {
 /// Established flows are found in connection tracking before any service
 /// lookup: their entry holds everything the rewrite needs.
 #[inline(always)]
-fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<Verdict> {
+fn to_frontend<C: Frame>(ctx: &C, ip: *mut Ipv4Hdr) -> Option<Verdict> {
     let dst = unsafe { (*ip).dst };
     let p = match transport(ctx, ip) {
         Ok(p) => p,
@@ -133,10 +134,12 @@ fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<Verdict> {
     if let Some(v) = cached(ctx, &p, &key, slot, jiffies, Reason::XlateEstablishedCached) {
         return Some(v);
     }
-    if is_snat_reply(&key) {
-        return Some(from_backend(ctx, ip));
-    }
     let now = conntrack::now();
+    if is_snat_addr(key.dst_addr) {
+        if let Some(v) = reply(ctx, &p, now) {
+            return Some(v);
+        }
+    }
     let (ct, reason) = match conntrack::lookup(&key, p.l4.tcp_flags, now) {
         Some(ct) => (ct, Reason::XlateEstablished),
         None => match new_flow(ctx, &p, &key, now) {
@@ -148,25 +151,25 @@ fn to_frontend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Option<Verdict> {
     Some((reason, translate(ctx, &p, &key, ct, now, cache)))
 }
 
-/// A reply to a source-NATed flow comes back to the node's SNAT address on
-/// a port of the SNAT range, which no frontend uses (NodePorts are below
-/// it): it goes straight to the reverse entry, without three lookups that
-/// miss. Reads only the fields it needs: this runs on every forward packet.
+/// A reply to a source-NATed flow comes back to the node's SNAT address,
+/// which is also a NodePort address, on any port (a flow keeps its
+/// client's port when it can): such a packet that is no established
+/// NodePort flow is looked up as a reply before it can become a new flow.
+/// Reads only the field it needs: this runs on every forward packet that
+/// misses the flow cache.
 #[inline(always)]
-fn is_snat_reply(key: &CtKeyV4) -> bool {
-    let Some(c) = CONFIG.get_ptr(0) else {
-        return false;
-    };
-    let (addr, min, max) = unsafe { ((*c).snat_addr, (*c).snat_port_min, (*c).snat_port_max) };
-    addr != 0 && key.dst_addr == addr && (min..=max).contains(&u16::from_be(key.dst_port))
+fn is_snat_addr(addr: u32) -> bool {
+    CONFIG
+        .get_ptr(0)
+        .is_some_and(|c| addr != 0 && unsafe { (*c).snat_addr } == addr)
 }
 
 /// Applies the frontend's policies, picks a backend for a flow without an
 /// entry and creates its entries. `Err` carries the verdict when the flow is
 /// refused, or `None` when the destination is no frontend at all.
 #[inline(always)]
-fn new_flow(
-    ctx: &XdpContext,
+fn new_flow<C: Frame>(
+    ctx: &C,
     p: &Packet,
     key: &CtKeyV4,
     now: u64,
@@ -188,11 +191,11 @@ fn new_flow(
     // field this packet uses must come from the same version.
     let fe = unsafe { *fe };
     if !policy::source_allowed(ctx, &fe, key.src_addr) {
-        return Err(Some((Reason::DropSourceRange, DROP)));
+        return Err(Some((Reason::DropSourceRange, C::DROP)));
     }
     let Some(be) = select::backend(&fe, &fe_key, key, now) else {
         if fe.flags & FE_DROP_EMPTY != 0 {
-            return Err(Some((Reason::DropNoLocalBackend, DROP)));
+            return Err(Some((Reason::DropNoLocalBackend, C::DROP)));
         }
         let v = reject::send(ctx, p.ihl, p.proto, Reason::RejectNoBackend);
         return Err(Some(v));
@@ -204,41 +207,44 @@ fn new_flow(
                 stats::count(Reason::SnatNewFlow);
                 Some((cfg.snat_addr, port))
             }
-            None => return Err(Some((Reason::DropSnatPortsExhausted, DROP))),
+            None => return Err(Some((Reason::DropSnatPortsExhausted, C::DROP))),
         }
     } else {
         None
     };
-    conntrack::create(key, &be, fe.svc_id, snat, now).ok_or(Some((Reason::DropCtInsert, DROP)))
+    conntrack::create(key, &be, fe.svc_id, snat, now).ok_or(Some((Reason::DropCtInsert, C::DROP)))
 }
 
 /// Replies: from a backend back to the client, as the frontend.
 #[inline(always)]
-fn from_backend(ctx: &XdpContext, ip: *mut Ipv4Hdr) -> Verdict {
+fn from_backend<C: Frame>(ctx: &C, ip: *mut Ipv4Hdr) -> Verdict {
     let p = match transport(ctx, ip) {
         Ok(p) => p,
         Err((Reason::PassUnsupportedProto, a)) => return (Reason::PassNotOurs, a),
         Err(v) => return v,
     };
-    let key = flow_key(&p, CT_DIR_REPLY);
+    reply(ctx, &p, conntrack::now()).unwrap_or((Reason::PassReplyNoFlow, C::PASS))
+}
+
+/// Translates `p` as a reply if its flow is tracked.
+#[inline(always)]
+fn reply<C: Frame>(ctx: &C, p: &Packet, now: u64) -> Option<Verdict> {
+    let key = flow_key(p, CT_DIR_REPLY);
     let jiffies = flow_cache::jiffies();
     let slot = flow_cache::slot(&key, p.l4.tcp_flags, p.first_fragment);
-    if let Some(v) = cached(ctx, &p, &key, slot, jiffies, Reason::XlateReplyCached) {
-        return v;
+    if let Some(v) = cached(ctx, p, &key, slot, jiffies, Reason::XlateReplyCached) {
+        return Some(v);
     }
-    let now = conntrack::now();
-    let Some(ct) = conntrack::lookup(&key, p.l4.tcp_flags, now) else {
-        return (Reason::PassReplyNoFlow, PASS);
-    };
+    let ct = conntrack::lookup(&key, p.l4.tcp_flags, now)?;
     let cache = slot.map(|s| (s, jiffies));
-    (Reason::XlateReply, translate(ctx, &p, &key, ct, now, cache))
+    Some((Reason::XlateReply, translate(ctx, p, &key, ct, now, cache)))
 }
 
 /// Translates the packet by the copy of its flow's entry in its flow cache
 /// `slot`, if that holds a valid one, and counts it under `reason`.
 #[inline(always)]
-fn cached(
-    ctx: &XdpContext,
+fn cached<C: Frame>(
+    ctx: &C,
     p: &Packet,
     key: &CtKeyV4,
     slot: Option<*mut FlowCacheEntryV4>,
@@ -246,10 +252,15 @@ fn cached(
     reason: Reason,
 ) -> Option<Verdict> {
     let ct = flow_cache::get(slot?, key, jiffies)?;
-    let v = unsafe { &*ct };
-    nat::rewrite(p.ip, &p.l4, p.ihl, v, key.dir == CT_DIR_FORWARD);
-    stats::count_service(v.svc_id, (ctx.data_end() - ctx.data()) as u64);
-    Some((reason, forward::send(ctx, p.ip, ct, false)))
+    Some(match forward::check(ctx, p.ip, key, ct, false) {
+        Fit::TellSender(mtu) => (reason, reject::frag_needed(ctx, p.ihl, mtu)),
+        fit => {
+            let v = unsafe { &*ct };
+            nat::rewrite(p.ip, &p.l4, p.ihl, v, key.dir == CT_DIR_FORWARD);
+            stats::count_service(v.svc_id, ctx.len() as u64);
+            (reason, forward::send(ctx, ct, matches!(fit, Fit::Fragment)))
+        }
+    })
 }
 
 /// The connection-tracking key of the packet's tuple, in direction `dir`.
@@ -274,10 +285,11 @@ fn flow_key(p: &Packet, dir: u8) -> CtKeyV4 {
 /// frontend (back to the client the SNAT address stood for). A first
 /// fragment's translation is remembered for the fragments that follow, and
 /// the entry is copied into the packet's flow cache slot, if it has one
-/// (`cache` is the slot and the time in jiffies).
+/// (`cache` is the slot and the time in jiffies). A packet too big for the
+/// egress is answered instead, quoting it as its sender sent it.
 #[inline(always)]
-fn translate(
-    ctx: &XdpContext,
+fn translate<C: Frame>(
+    ctx: &C,
     p: &Packet,
     key: &CtKeyV4,
     ct: *mut CtValueV4,
@@ -285,14 +297,18 @@ fn translate(
     cache: Option<(*mut FlowCacheEntryV4, u64)>,
 ) -> u32 {
     let refresh = conntrack::on_packet(key, ct, p.l4.tcp_flags, now);
+    let fit = forward::check(ctx, p.ip, key, ct, refresh);
+    if let Fit::TellSender(mtu) = fit {
+        return reject::frag_needed(ctx, p.ihl, mtu);
+    }
     let v = unsafe { &*ct };
     let frag = p.first_fragment.then(|| frags::first_key(p.ip));
     nat::rewrite(p.ip, &p.l4, p.ihl, v, key.dir == CT_DIR_FORWARD);
     if let Some(k) = frag {
         frags::remember(&k, p.ip);
     }
-    stats::count_service(v.svc_id, (ctx.data_end() - ctx.data()) as u64);
-    let action = forward::send(ctx, p.ip, ct, refresh);
+    stats::count_service(v.svc_id, ctx.len() as u64);
+    let action = forward::send(ctx, ct, matches!(fit, Fit::Fragment));
     if let Some((slot, jiffies)) = cache {
         flow_cache::put(slot, key, ct, now, jiffies);
     }

@@ -342,7 +342,18 @@ fn entries_live_as_long_as_their_state_allows_then_expire() {
     dp.maps.config.set(0, cfg, 0).unwrap();
     run(&dp, &udp_frame(udp, VIP, b"q", true));
     let (_, fwd, rev) = entries(&dp, udp);
-    assert_eq!((lifetime_s(&fwd), lifetime_s(&rev)), (20, 20), "UDP");
+    assert_eq!(
+        (lifetime_s(&fwd), lifetime_s(&rev)),
+        (10, 10),
+        "UDP without a reply: half the timeout, as netfilter's unreplied 30 s"
+    );
+    run(&dp, &udp_frame(B1, udp, b"a", true));
+    let (_, fwd, rev) = entries(&dp, udp);
+    assert_eq!(
+        (lifetime_s(&fwd), lifetime_s(&rev)),
+        (20, 20),
+        "UDP replied"
+    );
 }
 
 /// The flow cache serves a flow's plain packets in both directions with
@@ -415,7 +426,7 @@ fn flow_cache_serves_plain_packets_and_leaves_state_changes_to_conntrack() {
 }
 
 /// A copy outlives no entry: a flow whose entry expires within a second
-/// (here a 1 s UDP timeout) is never cached, so its packets find the entry
+/// (here a 2 s UDP timeout, 1 s without a reply) is never cached, so its packets find the entry
 /// gone once it expires.
 #[test]
 fn flows_about_to_expire_are_not_cached() {
@@ -433,7 +444,7 @@ fn flows_about_to_expire_are_not_cached() {
         .map(|r| count(dp, r))
     };
     let short = Config {
-        udp_timeout_s: 1,
+        udp_timeout_s: 2,
         ..Config::DEFAULT
     };
     dp.maps.config.set(0, short, 0).unwrap();
@@ -650,18 +661,25 @@ fn removed_backends_lose_their_udp_flows_but_keep_tcp() {
 }
 
 /// On a device whose peer may run no XDP program (a veth), the reject is
-/// handed to the kernel to route back, still addressed to this node.
+/// passed with metadata telling the tc program on the same interface to
+/// send it back out there, past the kernel's input checks.
 #[test]
-fn rejects_on_other_devices_go_through_the_kernel() {
+fn rejects_on_other_devices_go_through_tc() {
     let (dp, _) = with_service(&[], PROTO_TCP);
     let (action, out) = run(&dp, &tcp_frame(CLIENT, VIP, Tcp::syn(), b"", &[]));
     assert_eq!(action, XDP_PASS);
-    let p = parse_checked(&out);
+    let (meta, frame) = common::packets::split_meta(&out);
+    assert_eq!(
+        meta,
+        Some((lb_common::FWD_REDIRECT, common::packets::INGRESS_IFINDEX)),
+        "tc is told to send it back out of the interface it came in on"
+    );
+    let p = parse_checked(frame);
     assert_eq!(((p.src, p.sport), (p.dst, p.dport)), (VIP, CLIENT));
     assert!(p.tcp.unwrap().rst);
     assert_eq!(
-        p.eth_dst,
+        p.eth_src,
         common::packets::NODE_MAC,
-        "the kernel must take it as its own"
+        "addressed back to the client's MAC"
     );
 }

@@ -78,13 +78,9 @@ fn nodeport_to_a_remote_backend_is_source_translated_and_the_reply_returns() {
     let p = parse_checked(&out);
     assert_eq!((p.dst, p.dport), B1);
     assert_eq!(
-        p.src, NODE,
-        "source NAT to the node so the reply comes back here"
-    );
-    assert!(
-        (61_000..=65_535).contains(&p.sport),
-        "SNAT port {}",
-        p.sport
+        (p.src, p.sport),
+        (NODE, CLIENT.1),
+        "source NAT to the node so the reply comes back here, keeping the client's free port"
     );
     assert_eq!(count(&dp, Reason::SnatNewFlow), 1);
 
@@ -104,6 +100,29 @@ fn nodeport_to_a_remote_backend_is_source_translated_and_the_reply_returns() {
         ((again.src, again.sport), (again.dst, again.dport)),
         ((NODE, p.sport), B1)
     );
+}
+
+/// netfilter's rule: the client's port when the reply tuple is free, else
+/// one of the SNAT range; the first flow keeps its translation.
+#[test]
+fn a_taken_client_port_gets_one_from_the_snat_range() {
+    let dp = node(NODE_PORT, FE_EXTERNAL, 0, &[B1]);
+    let other = (Ipv4Addr::new(198, 51, 100, 8), CLIENT.1);
+    let mut ports = Vec::new();
+    for client in [CLIENT, other] {
+        let (_, out) = run(&dp, &tcp_frame(client, NODE_PORT, Tcp::syn(), b"", &[]));
+        let p = parse_checked(&out);
+        assert_eq!((p.src, (p.dst, p.dport)), (NODE, B1));
+        ports.push(p.sport);
+    }
+    assert_eq!(ports[0], CLIENT.1);
+    let range = Config::DEFAULT.snat_port_min..=Config::DEFAULT.snat_port_max;
+    assert!(range.contains(&ports[1]), "second flow's port {}", ports[1]);
+    for (client, port) in [(CLIENT, ports[0]), (other, ports[1])] {
+        let (_, out) = run(&dp, &tcp_frame(B1, (NODE, port), Tcp::syn_ack(), b"", &[]));
+        let r = parse_checked(&out);
+        assert_eq!(((r.src, r.sport), (r.dst, r.dport)), (NODE_PORT, client));
+    }
 }
 
 #[test]

@@ -1,6 +1,12 @@
-//! Attaching the program to interfaces, with each link pinned so the data
-//! plane keeps serving when the agent exits, and a restarted agent swaps its
-//! new program into the existing link atomically instead of detaching.
+//! Attaching the programs to interfaces: XDP (`lb`) and tc (`lb_ext`) on
+//! external interfaces, tc (`lb_pod`) on pod interfaces. Each link is pinned
+//! so the data plane keeps serving when the agent exits, and a restarted
+//! agent swaps its new program into the existing link atomically instead of
+//! detaching.
+//!
+//! The agent changes no sysctl: translated packets are redirected past the
+//! host's input path (reverse-path filter, martian checks) rather than
+//! handed to it, so nodes keep their distribution's settings.
 use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
@@ -11,7 +17,7 @@ use aya::programs::{
 use lb_common::{IfaceInfo, IFACE_POD, IFACE_REDIRECT};
 
 use super::pins::Layout;
-use crate::datapath::{Datapath, XdpMode, PROGRAM};
+use crate::datapath::{attach_tc, Datapath, XdpMode, EXT_PROGRAM, POD_PROGRAM, PROGRAM};
 
 pub struct Attacher {
     mode: XdpMode,
@@ -22,30 +28,6 @@ fn ifindex(ifname: &str) -> Option<u32> {
     let c = std::ffi::CString::new(ifname).ok()?;
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (i != 0).then_some(i)
-}
-
-/// Packets this node translates and hands to its kernel (NodePort replies,
-/// source-NATed requests) carry one of the node's own addresses as source;
-/// Linux drops such packets as martians unless `accept_local` is set, and
-/// drops VIP-sourced replies entering a pod's veth under strict reverse-path
-/// filtering. Redirected frames skip both checks, kernel-routed ones do not.
-fn prepare_sysctls(ifname: &str) {
-    let conf = std::path::Path::new("/proc/sys/net/ipv4/conf");
-    let read = |dev: &str, key: &str| {
-        std::fs::read_to_string(conf.join(dev).join(key))
-            .ok()
-            .and_then(|v| v.trim().parse::<u8>().ok())
-    };
-    if let Err(e) = std::fs::write(conf.join(ifname).join("accept_local"), "1") {
-        tracing::warn!(%ifname, "cannot set accept_local: {e}");
-    }
-    // The effective rp_filter is the larger of "all" and the device's: only
-    // strict mode (1) breaks translated replies, loose mode (2) does not.
-    if read("all", "rp_filter").max(read(ifname, "rp_filter")) == Some(1) {
-        if let Err(e) = std::fs::write(conf.join(ifname).join("rp_filter"), "2") {
-            tracing::warn!(%ifname, "cannot loosen rp_filter: {e}");
-        }
-    }
 }
 
 /// Physical devices take redirected XDP frames; virtual ones (veth, whose
@@ -80,6 +62,37 @@ impl Attacher {
         if self.attached.contains(ifname) {
             return Ok(());
         }
+        let mut flags = 0;
+        let how = if pod {
+            flags |= IFACE_POD;
+            let how = attach_tc(dp, ifname, POD_PROGRAM, Some(&pins.tc_link(ifname)))?;
+            // Agents before the tc pod path pinned an XDP link here; unpinned,
+            // it detaches, and pod traffic is translated once, at tc.
+            if std::fs::remove_file(pins.link(ifname)).is_ok() {
+                tracing::info!(%ifname, "removed the XDP link of the older pod path");
+            }
+            format!("tc {how:?}")
+        } else {
+            if takes_redirects(ifname) {
+                flags |= IFACE_REDIRECT;
+            }
+            let replaced = self.attach_xdp(dp, pins, ifname)?;
+            let how = attach_tc(dp, ifname, EXT_PROGRAM, Some(&pins.tc_link(ifname)))?;
+            format!("XDP replaced={replaced}, tc {how:?}")
+        };
+        // Before any translated packet can be sent there: the path reads
+        // the flags to choose how to deliver.
+        if let Some(index) = ifindex(ifname) {
+            dp.maps.ifaces.insert(index, IfaceInfo { flags }, 0)?;
+        }
+        tracing::info!(%ifname, pod, %how, "programs attached");
+        self.attached.insert(ifname.to_string());
+        Ok(())
+    }
+
+    /// Attaches `lb` by a pinned link, updating one an earlier run pinned;
+    /// returns whether it did that.
+    fn attach_xdp(&self, dp: &mut Datapath, pins: &Layout, ifname: &str) -> Result<bool> {
         let pin = pins.link(ifname);
         std::fs::create_dir_all(pin.parent().expect("links dir"))?;
         let replaced = match PinnedLink::from_pin(&pin) {
@@ -108,21 +121,7 @@ impl Attacher {
                 .pin(&pin)
                 .with_context(|| format!("pinning the link of {ifname}"))?;
         }
-        if let Some(index) = ifindex(ifname) {
-            let mut flags = if takes_redirects(ifname) {
-                IFACE_REDIRECT
-            } else {
-                0
-            };
-            if pod {
-                flags |= IFACE_POD;
-            }
-            dp.maps.ifaces.insert(index, IfaceInfo { flags }, 0)?;
-        }
-        prepare_sysctls(ifname);
-        tracing::info!(%ifname, replaced, "program attached");
-        self.attached.insert(ifname.to_string());
-        Ok(())
+        Ok(replaced)
     }
 
     /// Forgets interfaces that disappeared (their links went with them).
@@ -130,6 +129,7 @@ impl Attacher {
         let gone: Vec<String> = self.attached.difference(present).cloned().collect();
         for ifname in gone {
             let _ = std::fs::remove_file(pins.link(&ifname));
+            let _ = std::fs::remove_file(pins.tc_link(&ifname));
             tracing::info!(%ifname, "interface gone");
             self.attached.remove(&ifname);
         }

@@ -28,6 +28,10 @@ use crate::{
 pub fn run(args: AgentArgs) -> Result<()> {
     let pins = pins::Layout::new(&args.pin.pin_path);
     if args.cleanup {
+        // Kernels without tcx hold our tc programs as filters, not pins.
+        for ifname in ifaces::present() {
+            crate::datapath::detach_filters(&ifname);
+        }
         return pins.cleanup();
     }
     pins.check_bpffs()?;

@@ -35,6 +35,12 @@ impl Layout {
         self.version_dir().join("links").join(ifname)
     }
 
+    /// The tcx link of `ifname` (kernels without tcx keep a cls_bpf filter,
+    /// which needs no pin).
+    pub fn tc_link(&self, ifname: &str) -> PathBuf {
+        self.version_dir().join("tc").join(ifname)
+    }
+
     /// Pinning only survives a restart on a bpffs; anywhere else the kernel
     /// refuses it, and a bpffs mounted in a private mount namespace (as
     /// `ip netns exec` makes) vanishes with the process.

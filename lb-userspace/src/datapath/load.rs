@@ -69,8 +69,8 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the object, the `lb` and `noop` programs and the socket
-    /// programs of `cgroup.rs` into the kernel.
+    /// Loads the object, the `lb` and `noop` programs, the tc programs of
+    /// `tc.rs` and the socket programs of `cgroup.rs` into the kernel.
     /// With `pin_dir`, every map is pinned there by name and reused if it
     /// already exists, so state outlives this process.
     pub fn load(caps: &Capacities, pin_dir: Option<&Path>) -> Result<Self> {
@@ -86,6 +86,21 @@ impl Datapath {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             for name in names::ALL {
                 loader.map_pin_path(name, dir.join(name));
+            }
+            // Counters whose size follows the list of reasons restart from
+            // zero when the list grows; a pinned map of the old size would
+            // leave the new reasons uncounted.
+            let stats = dir.join(names::STATS);
+            if let Ok(info) = aya::maps::MapInfo::from_pin(&stats) {
+                if info.max_entries() != lb_common::Reason::COUNT {
+                    tracing::info!(
+                        from = info.max_entries(),
+                        to = lb_common::Reason::COUNT,
+                        "path counters resized; they restart from zero"
+                    );
+                    std::fs::remove_file(&stats)
+                        .with_context(|| format!("removing {}", stats.display()))?;
+                }
             }
             for name in names::RETIRED {
                 match std::fs::remove_file(dir.join(name)) {
@@ -107,6 +122,7 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("verifier rejected {name}"))?;
         }
+        super::tc::load(&mut ebpf)?;
         // Host-network clients are an addition: a kernel without the socket
         // hooks (before 5.18) still gets the packet path.
         if let Err(e) = super::cgroup::load(&mut ebpf) {

@@ -5,6 +5,7 @@ mod filter;
 mod load;
 mod maps;
 mod slots;
+mod tc;
 mod testrun;
 
 pub use cgroup::{attach_cgroup, cgroup2_root};
@@ -12,4 +13,5 @@ pub use filter::AddrFilter;
 pub use load::{Capacities, Datapath, XdpMode, OBJECT, PROGRAM};
 pub use maps::Maps;
 pub use slots::RingSlots;
+pub use tc::{attach_tc, detach_filters, TcAttached, EXT_PROGRAM, POD_PROGRAM};
 pub use testrun::{run_frame, FrameResult};

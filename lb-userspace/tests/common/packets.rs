@@ -11,6 +11,25 @@ use etherparse::{
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+/// BPF_PROG_TEST_RUN runs XDP as if the frame came in on the loopback device.
+pub const INGRESS_IFINDEX: u32 = 1;
+
+/// The `(kind, ifindex)` of the `XdpMeta` XDP left in front of `out`, if
+/// any (BPF_PROG_TEST_RUN returns the metadata with the frame), and the frame.
+pub fn split_meta(out: &[u8]) -> (Option<(u8, u32)>, &[u8]) {
+    let size = std::mem::size_of::<lb_common::meta::XdpMeta>();
+    if out.len() >= size {
+        let word = |i: usize| u32::from_ne_bytes(out[i..i + 4].try_into().unwrap());
+        let meta = lb_common::meta::XdpMeta {
+            magic: word(0),
+            ifindex: word(4),
+        };
+        if let Some(kind) = meta.kind() {
+            return (Some((kind, meta.ifindex)), &out[size..]);
+        }
+    }
+    (None, out)
+}
 
 #[derive(Clone)]
 pub struct Tcp {

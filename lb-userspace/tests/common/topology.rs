@@ -21,8 +21,9 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use lb_common::{IfaceInfo, IFACE_POD};
 use lb_userspace::{
-    datapath::{Datapath, XdpMode},
+    datapath::{attach_tc, Datapath, XdpMode, EXT_PROGRAM, POD_PROGRAM},
     testbed::netns::{Ns, Testbed},
 };
 
@@ -99,13 +100,12 @@ impl Topology {
         ];
 
         tb.sysctl(&node, "net.ipv4.ip_forward", "1")?;
-        // A translated reply arrives on a pod's veth with the VIP as source,
-        // and the node has no route back to the VIP at all, so strict and
-        // even loose reverse-path filtering would drop it. The effective
-        // value is the maximum of `all` and the interface's own.
-        tb.sysctl(&node, "net.ipv4.conf.all.rp_filter", "0")?;
+        // systemd's default (Debian, Ubuntu): loose reverse-path filtering,
+        // which a VIP-sourced reply entering the kernel from a pod's veth
+        // would fail; the data plane must redirect it past the check.
+        tb.sysctl(&node, "net.ipv4.conf.all.rp_filter", "2")?;
+        tb.sysctl(&node, "net.ipv4.conf.default.rp_filter", "2")?;
         for ifname in NODE_IFACES {
-            tb.sysctl(&node, &format!("net.ipv4.conf.{ifname}.rp_filter"), "0")?;
             tb.up(&node, ifname)?;
         }
         tb.in_ns(&node, || {
@@ -126,12 +126,20 @@ impl Topology {
         self.pods.iter().map(|pod| (pod.addr, port)).collect()
     }
 
-    /// Attaches the program to every node interface, inside the node.
+    /// Attaches the programs inside the node as the agent does: XDP and
+    /// `lb_ext` on the client-facing interface, `lb_pod` on the pods'.
     pub fn attach(&self, dp: &mut Datapath, mode: XdpMode) -> Result<()> {
-        for ifname in NODE_IFACES {
-            self.tb.in_ns(&self.node, || dp.attach(ifname, mode))??;
-        }
-        Ok(())
+        self.tb.in_ns(&self.node, || -> Result<()> {
+            let [external, pods @ ..] = NODE_IFACES;
+            dp.attach(external, mode)?;
+            attach_tc(dp, external, EXT_PROGRAM, None)?;
+            register(dp, external, 0)?;
+            for ifname in pods {
+                attach_tc(dp, ifname, POD_PROGRAM, None)?;
+                register(dp, ifname, IFACE_POD)?;
+            }
+            Ok(())
+        })?
     }
 
     /// Receive checksum errors (TCP and UDP `InCsumErrors` in
@@ -281,6 +289,16 @@ fn snmp_counter(snmp: &str, proto: &str, counter: &str) -> Result<u64> {
     value
         .parse()
         .with_context(|| format!("{proto} {counter} = {value:?}"))
+}
+
+/// Registers `ifname` (of the calling thread's namespace) in `IFACES` with
+/// `flags`, as the agent does when it attaches.
+fn register(dp: &mut Datapath, ifname: &str, flags: u32) -> Result<()> {
+    let name = std::ffi::CString::new(ifname)?;
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    ensure!(index != 0, "no interface {ifname}");
+    dp.maps.ifaces.insert(index, IfaceInfo { flags }, 0)?;
+    Ok(())
 }
 
 /// `ETHTOOL_GTXCSUM` / `ETHTOOL_STXCSUM` from `linux/ethtool.h`: get and set
