@@ -439,10 +439,14 @@ fn sigterm_leaves_the_data_plane_serving_and_cleanup_removes_it() {
     let cluster = Cluster::build(&["node1"], LocalSource::Accepted).expect("building the cluster");
     let node = &cluster.nodes[0];
     let agent = seeded_agents(&cluster).remove(0);
-    let ifaces = ["ext0", "veth-p1", "veth-p2"];
-    let attached = |ifname| cluster.must(node, ifname, cluster.xdp_attached(node, ifname));
-    for ifname in ifaces {
-        assert!(attached(ifname), "no XDP program on {ifname}");
+    let ifaces = [
+        ("ext0", vec!["xdp", "lb_ext"]),
+        ("veth-p1", vec!["lb_pod"]),
+        ("veth-p2", vec!["lb_pod"]),
+    ];
+    let attached = |ifname| cluster.must(node, ifname, cluster.programs_attached(node, ifname));
+    for (ifname, programs) in &ifaces {
+        assert_eq!(&attached(ifname), programs, "programs on {ifname}");
     }
     let mut conn = cluster.must(node, "connecting to redis", connect(&cluster, node, REDIS));
     cluster.must(node, "exchange before SIGTERM", conn.exchange("before"));
@@ -456,8 +460,8 @@ fn sigterm_leaves_the_data_plane_serving_and_cleanup_removes_it() {
     let answer = cluster.must(node, "exchange after SIGTERM", conn.exchange("after"));
     assert_eq!(answer, reply(&node.pods[0], "after"));
     assert_seed_serves(&cluster, node, "after SIGTERM");
-    for ifname in ifaces {
-        assert!(attached(ifname), "SIGTERM detached {ifname}");
+    for (ifname, programs) in &ifaces {
+        assert_eq!(&attached(ifname), programs, "SIGTERM detached from {ifname}");
     }
 
     let pin = node.pin_path.to_str().unwrap();
@@ -467,9 +471,11 @@ fn sigterm_leaves_the_data_plane_serving_and_cleanup_removes_it() {
     let out = cluster.must(node, "xdplb agent --cleanup", cleanup);
     assert!(out.status.success(), "xdplb agent --cleanup: {out:?}");
     assert!(
-        wait_until(APPLY_BOUND, || ifaces.iter().all(|i| !attached(i))),
-        "XDP still attached after cleanup: {:?}",
-        ifaces.map(|i| (i, attached(i)))
+        wait_until(APPLY_BOUND, || ifaces
+            .iter()
+            .all(|(i, _)| attached(i).is_empty())),
+        "programs still attached after cleanup: {:?}",
+        ifaces.map(|(i, _)| (i, attached(i)))
     );
     assert!(
         !node.pin_path.exists(),

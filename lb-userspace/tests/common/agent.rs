@@ -16,6 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use aya::programs::{SchedClassifier, TcAttachType};
 use lb_userspace::testbed::netns::{wait_until, Ns, Testbed};
 use serde::Deserialize;
 
@@ -270,12 +271,25 @@ impl Cluster {
     }
 
     /// Whether `ip link` shows an XDP program on `ifname` of `node`.
-    pub fn xdp_attached(&self, node: &Node, ifname: &str) -> Result<bool> {
+    /// The programs on `ifname`: "xdp" for an XDP program, then the names
+    /// of the tcx ingress programs.
+    pub fn programs_attached(&self, node: &Node, ifname: &str) -> Result<Vec<String>> {
         let out = self
             .tb
             .exec(&node.ns, "ip", &["link", "show", "dev", ifname])?;
         ensure!(out.status.success(), "ip link show {ifname}: {out:?}");
-        Ok(String::from_utf8_lossy(&out.stdout).contains("xdp"))
+        let mut names = Vec::new();
+        if String::from_utf8_lossy(&out.stdout).contains("xdp") {
+            names.push("xdp".to_string());
+        }
+        let (_, tc) = self.tb.in_ns(&node.ns, || {
+            SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+        })??;
+        names.extend(
+            tc.iter()
+                .filter_map(|p| p.name_as_str().map(str::to_string)),
+        );
+        Ok(names)
     }
 
     /// A TCP connection from `node`'s client to `to`.
