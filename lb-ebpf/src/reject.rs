@@ -11,8 +11,8 @@ use lb_common::{
 
 use crate::{
     frame::Frame,
-    stats,
     parse::{ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, ETH_P_IP},
+    stats,
 };
 
 const IPPROTO_ICMP: u8 = 1;

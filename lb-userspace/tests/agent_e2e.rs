@@ -461,7 +461,11 @@ fn sigterm_leaves_the_data_plane_serving_and_cleanup_removes_it() {
     assert_eq!(answer, reply(&node.pods[0], "after"));
     assert_seed_serves(&cluster, node, "after SIGTERM");
     for (ifname, programs) in &ifaces {
-        assert_eq!(&attached(ifname), programs, "SIGTERM detached from {ifname}");
+        assert_eq!(
+            &attached(ifname),
+            programs,
+            "SIGTERM detached from {ifname}"
+        );
     }
 
     let pin = node.pin_path.to_str().unwrap();

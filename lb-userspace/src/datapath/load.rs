@@ -140,6 +140,15 @@ impl Datapath {
             .try_into()?)
     }
 
+    /// One of the tc programs (`tc.rs`).
+    pub fn classifier(&self, name: &str) -> Result<&aya::programs::SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program(name)
+            .with_context(|| format!("no program {name}"))?
+            .try_into()?)
+    }
+
     pub fn program_mut(&mut self, name: &str) -> Result<&mut Xdp> {
         Ok(self
             .ebpf

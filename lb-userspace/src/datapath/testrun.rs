@@ -1,5 +1,5 @@
 use anyhow::Result;
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::{TestRun, TestRunOptions, TestRunResult};
 
 /// What one `BPF_PROG_TEST_RUN` returned.
 #[derive(Debug)]
@@ -12,8 +12,11 @@ pub struct FrameResult {
 /// Headroom for frames the program grows (an ICMP error quotes the packet).
 const GROWTH: usize = 256;
 
-/// Runs `frame` through `prog` `repeat` times on one buffer.
-pub fn run_frame(prog: &Xdp, frame: &[u8], repeat: u32) -> Result<FrameResult> {
+/// Runs `frame` through `prog` (XDP or tc) `repeat` times on one buffer.
+pub fn run_frame<P>(prog: &P, frame: &[u8], repeat: u32) -> Result<FrameResult>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
     let mut out = vec![0u8; frame.len() + GROWTH];
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);

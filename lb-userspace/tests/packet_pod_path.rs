@@ -1,0 +1,175 @@
+//! BPF_PROG_TEST_RUN tier for the tc programs: `lb_pod` runs the same
+//! packet path as XDP on what pods send, and both hooks answer a translated
+//! packet too big for its egress with fragmentation needed about the packet
+//! as its sender sent it. Frames are built and checked with etherparse.
+mod common;
+
+use std::net::Ipv4Addr;
+
+use common::{
+    load,
+    packets::{parse_checked, split_meta, tcp_frame, udp_frame, Tcp},
+    Provision,
+};
+use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type, Ipv4Header};
+use lb_common::{Reason, PROTO_TCP, PROTO_UDP};
+use lb_userspace::{
+    datapath::{run_frame, Datapath, POD_PROGRAM, PROGRAM},
+    testbed::netns::Testbed,
+};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_REDIRECT: u32 = 7;
+const XDP_PASS: u32 = 2;
+
+const POD: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 5), 40000);
+const VIP: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 10), 80);
+const B1: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 2, 2), 8080);
+/// The egress towards the backends in the MTU tests, and its MTU.
+const UPLINK_MTU: u32 = 1280;
+
+fn run_tc(dp: &Datapath, frame: &[u8]) -> (u32, Vec<u8>) {
+    let r = run_frame(dp.classifier(POD_PROGRAM).unwrap(), frame, 1).unwrap();
+    (r.action, r.frame)
+}
+
+fn count(dp: &Datapath, r: Reason) -> u64 {
+    dp.maps.reason_total(r).unwrap()
+}
+
+fn with_service(proto: u8) -> Datapath {
+    let mut dp = load();
+    Provision::new().service(&mut dp, 7, VIP, proto, &[B1]);
+    dp
+}
+
+#[test]
+fn pod_to_clusterip_is_translated_at_tc_and_the_reply_comes_back_as_the_vip() {
+    let dp = with_service(PROTO_TCP);
+    let (action, out) = run_tc(&dp, &tcp_frame(POD, VIP, Tcp::syn(), b"hi", &[]));
+    // No route to the backend in the test's namespace: the kernel routes it.
+    assert_eq!(action, TC_ACT_OK);
+    let p = parse_checked(&out);
+    assert_eq!(((p.src, p.sport), (p.dst, p.dport)), (POD, B1));
+    assert_eq!(p.payload, b"hi");
+    assert_eq!(count(&dp, Reason::XlateNew), 1);
+
+    let (_, out) = run_tc(&dp, &tcp_frame(B1, POD, Tcp::syn_ack(), b"ok", &[]));
+    let r = parse_checked(&out);
+    assert_eq!(((r.src, r.sport), (r.dst, r.dport)), (VIP, POD));
+    assert_eq!(count(&dp, Reason::XlateReply), 1);
+}
+
+#[test]
+fn unknown_port_on_a_clusterip_is_rejected_back_into_the_pod() {
+    let dp = with_service(PROTO_TCP);
+    let (action, out) = run_tc(&dp, &tcp_frame(POD, (VIP.0, 81), Tcp::syn(), b"", &[]));
+    assert_eq!(
+        action, TC_ACT_REDIRECT,
+        "redirected into the pod it came from"
+    );
+    let p = parse_checked(&out);
+    assert_eq!(((p.src, p.sport), (p.dst, p.dport)), ((VIP.0, 81), POD));
+    assert!(p.tcp.unwrap().rst);
+    assert_eq!(count(&dp, Reason::RejectUnknownPort), 1);
+}
+
+/// A namespace whose route to the backends leaves through a device with a
+/// 1280-byte MTU, where BPF_PROG_TEST_RUN runs the program (as if the frame
+/// came in on the namespace's loopback device).
+fn small_mtu_node() -> (Testbed, lb_userspace::testbed::netns::Ns) {
+    common::privileged("PMTU packet tests");
+    let tb = Testbed::new().unwrap();
+    let node = tb.add_ns("node").unwrap();
+    // A veth pair inside the namespace: this kernel may have no dummy driver.
+    let out = tb
+        .exec(
+            &node,
+            "ip",
+            &["link", "add", "up0", "type", "veth", "peer", "name", "up1"],
+        )
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    tb.exec(
+        &node,
+        "ip",
+        &["link", "set", "up0", "mtu", &UPLINK_MTU.to_string()],
+    )
+    .unwrap();
+    tb.addr(&node, "up0", "10.250.0.1/24").unwrap();
+    tb.up(&node, "up0").unwrap();
+    tb.up(&node, "up1").unwrap();
+    tb.up(&node, "lo").unwrap();
+    tb.route(&node, "10.244.2.0/24 via 10.250.0.2 dev up0")
+        .unwrap();
+    tb.sysctl(&node, "net.ipv4.ip_forward", "1").unwrap();
+    (tb, node)
+}
+
+/// Checks `out` is fragmentation needed from the VIP to the pod, with the
+/// egress MTU, quoting the pod's packet to the VIP.
+fn assert_frag_needed_about_the_vip(out: &[u8]) {
+    let p = parse_checked(out);
+    assert_eq!((p.src, p.dst), (VIP.0, POD.0));
+    let icmp = p.icmp.expect("an ICMP message");
+    assert_eq!(
+        icmp.icmp_type,
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+            next_hop_mtu: UPLINK_MTU as u16
+        })
+    );
+    let (quoted, rest) = Ipv4Header::from_slice(&p.icmp_payload).unwrap();
+    assert_eq!(quoted.header_checksum, quoted.calc_header_checksum());
+    assert_eq!(
+        (
+            Ipv4Addr::from(quoted.source),
+            Ipv4Addr::from(quoted.destination)
+        ),
+        (POD.0, VIP.0),
+        "the quote is the packet as the pod sent it"
+    );
+    let ports = (
+        u16::from_be_bytes([rest[0], rest[1]]),
+        u16::from_be_bytes([rest[2], rest[3]]),
+    );
+    assert_eq!(ports, (POD.1, VIP.1));
+}
+
+#[test]
+fn oversize_pod_packets_get_frag_needed_about_the_clusterip() {
+    let (tb, node) = small_mtu_node();
+    let dp = with_service(PROTO_UDP);
+    let big = udp_frame(POD, VIP, &[7u8; 1400], false);
+    let small = udp_frame(POD, VIP, &[7u8; 1000], false);
+    let prog = dp.classifier(POD_PROGRAM).unwrap();
+    let [big, small] = tb
+        .in_ns(&node, || {
+            [&big, &small].map(|f| run_frame(prog, f, 1).unwrap())
+        })
+        .unwrap();
+    assert_eq!(big.action, TC_ACT_REDIRECT, "sent back into the pod");
+    assert_frag_needed_about_the_vip(&big.frame);
+    let p = parse_checked(&small.frame);
+    assert_eq!((p.dst, p.dport), B1, "what fits is translated");
+    assert_eq!(count(&dp, Reason::IcmpFragNeeded), 1);
+}
+
+#[test]
+fn oversize_packets_from_outside_get_frag_needed_in_xdp() {
+    let (tb, node) = small_mtu_node();
+    let dp = with_service(PROTO_UDP);
+    let big = udp_frame(POD, VIP, &[7u8; 1400], false);
+    let prog = dp.program(PROGRAM).unwrap();
+    let r = tb
+        .in_ns(&node, || run_frame(prog, &big, 1).unwrap())
+        .unwrap();
+    assert_eq!(r.action, XDP_PASS);
+    let (meta, frame) = split_meta(&r.frame);
+    assert_eq!(
+        meta.map(|(kind, _)| kind),
+        Some(lb_common::FWD_REDIRECT),
+        "tc sends it back out where it came in"
+    );
+    assert_frag_needed_about_the_vip(frame);
+    assert_eq!(count(&dp, Reason::IcmpFragNeeded), 1);
+}
