@@ -4,7 +4,9 @@
 //! `e2e-probe server --pod NAME` runs in a pod and listens on TCP ports
 //! 8080, 8081, 8083 and 8053 and UDP ports 8080 and 8054. Over TCP it
 //! answers lines: `WHO` with one line saying who answered and whom it saw,
-//! `BULK <bytes>` with that many bytes of a known pattern, then it closes.
+//! `BULK <bytes>` with that many bytes of a known pattern, then it closes;
+//! `UPLOAD <bytes>` reads that many bytes of the pattern, checks each, and
+//! answers `OK <bytes> pod=<name>` (or `BAD <offset>`).
 //! A UDP datagram `WHO` gets the same line back. The line is
 //! `pod=<name> proto=<tcp|udp> peer=<ip:port> port=<local port>`, so a test
 //! sees which pod a Service chose, which target port it reached and which
@@ -134,9 +136,42 @@ fn serve_tcp(pod: &str, stream: TcpStream) -> io::Result<()> {
                 }
                 return Ok(());
             }
+            (Some("UPLOAD"), Some(n)) => {
+                let n: usize = n
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= MAX_BULK)
+                    .ok_or_else(|| io::Error::other(format!("bad UPLOAD size {n:?}")))?;
+                let answer = match receive_pattern(&mut reader, n)? {
+                    None => format!("OK {n} pod={pod}\n"),
+                    Some(offset) => format!("BAD {offset}\n"),
+                };
+                out.write_all(answer.as_bytes())?;
+                return Ok(());
+            }
             _ => out.write_all(b"ERR unknown request\n")?,
         }
     }
+}
+
+/// Reads `n` bytes of the pattern; the offset of the first wrong byte, if any.
+fn receive_pattern(reader: &mut impl io::Read, n: usize) -> io::Result<Option<usize>> {
+    let mut got = 0;
+    let mut buf = vec![0u8; 16 << 10];
+    while got < n {
+        let len = buf.len().min(n - got);
+        let read = reader.read(&mut buf[..len])?;
+        if read == 0 {
+            return Err(io::Error::other(format!(
+                "upload ended after {got} of {n} bytes"
+            )));
+        }
+        if let Some(i) = (0..read).find(|i| buf[*i] != pattern(got + i)) {
+            return Ok(Some(got + i));
+        }
+        got += read;
+    }
+    Ok(None)
 }
 
 fn serve_udp(pod: &str, socket: UdpSocket) {

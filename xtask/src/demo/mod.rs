@@ -390,9 +390,10 @@ pub(crate) fn wait_agent(cluster: &mut Cluster, state: &State, node: &str) -> Re
         || cluster.check_processes(),
         || {
             healthy(&ns)
-                && std::iter::once(NODE_LAN_IFACE)
-                    .chain(veths.iter().map(String::as_str))
-                    .all(|ifname| link_pinned(&pin_path, ifname))
+                && link_pinned(&pin_path, Hook::External, NODE_LAN_IFACE)
+                && veths
+                    .iter()
+                    .all(|ifname| link_pinned(&pin_path, Hook::Pod, ifname))
         },
     )
 }
@@ -422,14 +423,26 @@ pub(crate) fn healthy(node_ns: &str) -> bool {
     .is_ok_and(|r| r.unwrap_or(false))
 }
 
-/// Whether the agent has pinned the XDP link of `ifname`, under any layout
-/// version (`<pin>/v<N>/links/<ifname>`).
-pub(crate) fn link_pinned(pin_path: &Path, ifname: &str) -> bool {
+/// Which of the agent's attachments an interface gets.
+pub(crate) enum Hook {
+    /// XDP, pinned as `<pin>/v<N>/links/<ifname>`.
+    External,
+    /// tc on a pod interface, pinned as `<pin>/v<N>/tc/<ifname>`.
+    Pod,
+}
+
+/// Whether the agent has pinned its link of `ifname`, under any layout
+/// version.
+pub(crate) fn link_pinned(pin_path: &Path, hook: Hook, ifname: &str) -> bool {
+    let dir = match hook {
+        Hook::External => "links",
+        Hook::Pod => "tc",
+    };
     std::fs::read_dir(pin_path)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
-        .any(|e| e.path().join("links").join(ifname).exists())
+        .any(|e| e.path().join(dir).join(ifname).exists())
 }
 
 fn pod_ready(ns: &str, pod: &Pod) -> bool {

@@ -196,7 +196,7 @@ impl Bed {
             &format!("the agent on {node} attaching to {veth}"),
             ATTACH_TIMEOUT,
             || self.cluster.check_processes(),
-            || demo::link_pinned(&pin, &veth),
+            || demo::link_pinned(&pin, demo::Hook::Pod, &veth),
         )?;
         self.state.add_pod(pod)?;
         self.publish()
@@ -297,6 +297,12 @@ impl Bed {
 
     pub fn bulk(&self, client: &Client, target: SocketAddrV4, size: usize) -> Result<Duration> {
         let attempt = self.run_in(client, || probe::bulk(target, size))??;
+        self.explained(client, target, Proto::Tcp, attempt)
+    }
+
+    /// Uploads `size` bytes; the pod that received them.
+    pub fn upload(&self, client: &Client, target: SocketAddrV4, size: usize) -> Result<String> {
+        let attempt = self.run_in(client, || probe::upload(target, size))??;
         self.explained(client, target, Proto::Tcp, attempt)
     }
 

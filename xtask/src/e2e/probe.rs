@@ -4,7 +4,7 @@
 //! `xdplb explain`.
 use std::{
     fmt,
-    io::{ErrorKind, Read, Write},
+    io::{BufRead, BufReader, ErrorKind, Read, Write},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
@@ -207,6 +207,41 @@ pub fn bulk(target: SocketAddrV4, size: usize) -> Result<Attempt<Duration>> {
         took: started.elapsed(),
         result,
     })
+}
+
+/// Sends `size` bytes of the pattern to `target`; the pod that checked them.
+pub fn upload(target: SocketAddrV4, size: usize) -> Result<Attempt<String>> {
+    let (socket, source) = bound_socket(Proto::Tcp)?;
+    let started = Instant::now();
+    let result = send_pattern(socket, target, size);
+    Ok(Attempt {
+        source,
+        took: started.elapsed(),
+        result,
+    })
+}
+
+fn send_pattern(socket: Socket, target: SocketAddrV4, size: usize) -> Result<String> {
+    socket
+        .connect_timeout(&SocketAddr::V4(target).into(), CONNECT_TIMEOUT)
+        .with_context(|| format!("connecting to {target}"))?;
+    let mut stream = TcpStream::from(socket);
+    stream.set_read_timeout(Some(BULK_STALL))?;
+    stream.set_write_timeout(Some(BULK_STALL))?;
+    writeln!(stream, "UPLOAD {size}")?;
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    stream
+        .write_all(&data)
+        .context("the upload stalled (no ACK for the data)")?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .context("no answer after the upload: the data never all arrived")?;
+    let pod = answer
+        .trim()
+        .strip_prefix(&format!("OK {size} pod="))
+        .with_context(|| format!("the server answered {:?}", answer.trim()))?;
+    Ok(pod.to_string())
 }
 
 fn fetch(socket: Socket, target: SocketAddrV4, size: usize, started: Instant) -> Result<Duration> {

@@ -84,6 +84,10 @@ pub fn all() -> Vec<Scenario> {
             run: path_mtu,
         },
         Scenario {
+            name: "upload through a node uplink with a smaller MTU than the pods': PMTU about the frontend",
+            run: uplink_mtu,
+        },
+        Scenario {
             name: "a process in a node's own network namespace reaches a ClusterIP",
             run: host_process,
         },
@@ -807,6 +811,77 @@ fn path_mtu_steps(bed: &mut Bed) -> Result<Verdict> {
             BULK_SIZE / 1024,
             ms(took)
         ));
+    }
+    Ok(Verdict::Pass)
+}
+
+const UPLOAD_SIZE: usize = 20 * 1024;
+
+/// Issue 12: a pod on a node whose own uplink has the smaller MTU (1280,
+/// pods 1500) uploads 20 kB to endpoints on the other node through a
+/// ClusterIP, a NodePort and a LoadBalancer IP. The pod's 1500-byte
+/// packets are too big for the uplink once translated: the node must tell
+/// the pod about the packet the pod sent (to the frontend), or the pod's
+/// socket ignores it and the upload stalls. On the socket path the pod
+/// connects to the endpoint itself, and the kernel's own error is right.
+fn uplink_mtu(bed: &mut Bed) -> Result<Verdict> {
+    let node = "node1";
+    let set = |bed: &Bed, mtu| -> Result<()> {
+        bed.cluster.set_mtu(node, cluster::NODE_LAN_IFACE, mtu)?;
+        bed.cluster.set_mtu("lan", node, mtu)
+    };
+    set(bed, SMALL_MTU)?;
+    let result = uplink_mtu_steps(bed, node);
+    let restored = set(bed, MTU);
+    let verdict = result?;
+    restored?;
+    Ok(verdict)
+}
+
+fn uplink_mtu_steps(bed: &Bed, node: &str) -> Result<Verdict> {
+    let client = bed.pod_client("client-1")?;
+    let targets = [
+        ("ClusterIP, pod on node2", bed.vip("web-node2", 0)?),
+        (
+            "NodePort on node1, pod on node2",
+            bed.node_port("np-node2", 0, node)?,
+        ),
+        ("LoadBalancer IP", bed.lb_ip("lb-web", 0)?),
+    ];
+    let node_ns = bed.cluster.run.ns(node);
+    for (what, target) in targets {
+        let mut crossed = false;
+        // The LoadBalancer IP has a pod on each node: enough uploads that
+        // one goes to node2, across the small hop.
+        for _ in 0..8 {
+            cluster::exec(&client.ns, "ip", &["route", "flush", "cache"])?;
+            let ours = bed.stats(node)?.get("icmp_frag_needed_sent").copied();
+            let kernels = dest_unreachables_sent(&node_ns)?;
+            let pod = bed.upload(&client, target, UPLOAD_SIZE).with_context(|| {
+                format!("{what}: {UPLOAD_SIZE} bytes up through a {SMALL_MTU}-byte uplink")
+            })?;
+            if pod != "web-2" {
+                continue;
+            }
+            let ours = bed
+                .stats(node)?
+                .get("icmp_frag_needed_sent")
+                .copied()
+                .unwrap_or(0)
+                - ours.unwrap_or(0);
+            let kernels = dest_unreachables_sent(&node_ns)? - kernels;
+            ensure!(
+                ours + kernels > 0,
+                "{what}: nobody sent fragmentation needed, so no packet too big for the uplink                  was sent and the upload proved nothing"
+            );
+            note(format!(
+                "{what} {target}: {} KB uploaded to {pod}; {node} sent {ours} fragmentation-needed from the data plane, {kernels} from its kernel",
+                UPLOAD_SIZE / 1024
+            ));
+            crossed = true;
+            break;
+        }
+        ensure!(crossed, "{what}: no upload reached the pod on node2");
     }
     Ok(Verdict::Pass)
 }
