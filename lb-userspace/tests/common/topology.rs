@@ -4,13 +4,19 @@
 //! TCP and a UDP server that answer `<pod name>:` followed by the request, so
 //! a reply tells which backend served it and whether every byte survived.
 //!
-//! The node's interfaces have transmit checksum offload off. Local sockets
-//! behind a veth send TCP and UDP with CHECKSUM_PARTIAL: the field holds only
-//! the pseudo-header sum and nobody completes it before the receiver, which
-//! trusts it unchecked. With offload off the node must complete every
-//! forwarded packet's checksum itself (over the addresses the data plane
-//! wrote), so the receivers really verify what translation did, and count
-//! any mismatch in `InCsumErrors`.
+//! The node is configured as a distribution ships one: strict reverse-path
+//! filtering (systemd's `rp_filter=2` on `all` and `default`), no
+//! `accept_local`, offloads as the kernel creates them.
+//!
+//! [`Checksums::Verified`] turns the node's transmit checksum offload off, as
+//! a measuring instrument only: local sockets behind a veth send TCP and UDP
+//! with CHECKSUM_PARTIAL, the field holding only the pseudo-header sum, and
+//! with offload on nobody completes it before the receiver, which trusts it
+//! unchecked. With offload off the node must complete every forwarded
+//! packet's checksum itself (over the addresses the data plane wrote), so
+//! the receivers really verify what translation did, and count any mismatch
+//! in `InCsumErrors`. The product must not depend on it: real nodes keep it
+//! on.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -50,6 +56,15 @@ pub struct Pod {
     pub ns: Ns,
 }
 
+/// Whether the receivers verify the checksums of translated packets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Checksums {
+    /// Offloads on, as on a real node: receivers trust the checksums.
+    Trusted,
+    /// The node's transmit checksum offload off, so receivers verify them.
+    Verified,
+}
+
 pub struct Topology {
     // Declared first so it drops first: a server socket would keep its
     // namespace alive after the testbed deletes it.
@@ -61,12 +76,24 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Builds the namespaces and starts the pods' servers.
+    /// Builds the namespaces with a node as shipped and starts the pods'
+    /// servers.
     pub fn build() -> Result<Self> {
+        Self::build_with(Checksums::Trusted)
+    }
+
+    /// [`Topology::build`], with the receivers verifying checksums if
+    /// `checksums` says so.
+    pub fn build_with(checksums: Checksums) -> Result<Self> {
         super::privileged("netns data-path");
         let tb = Testbed::new()?;
         let client = tb.add_ns("client")?;
         let node = tb.add_ns("node")?;
+        tb.sysctl(&node, "net.ipv4.ip_forward", "1")?;
+        // Before any link exists, so every interface inherits `default`.
+        for conf in ["all", "default"] {
+            tb.sysctl(&node, &format!("net.ipv4.conf.{conf}.rp_filter"), "2")?;
+        }
 
         tb.veth(&client, "eth0", &node, NODE_IFACES[0])?;
         tb.addr(&client, "eth0", CLIENT_ADDR)?;
@@ -98,19 +125,14 @@ impl Topology {
             pod("b2", Ipv4Addr::new(10, 244, 2, 2), NODE_IFACES[2])?,
         ];
 
-        tb.sysctl(&node, "net.ipv4.ip_forward", "1")?;
-        // A translated reply arrives on a pod's veth with the VIP as source,
-        // and the node has no route back to the VIP at all, so strict and
-        // even loose reverse-path filtering would drop it. The effective
-        // value is the maximum of `all` and the interface's own.
-        tb.sysctl(&node, "net.ipv4.conf.all.rp_filter", "0")?;
         for ifname in NODE_IFACES {
-            tb.sysctl(&node, &format!("net.ipv4.conf.{ifname}.rp_filter"), "0")?;
             tb.up(&node, ifname)?;
         }
-        tb.in_ns(&node, || {
-            NODE_IFACES.into_iter().try_for_each(tx_checksum_off)
-        })??;
+        if checksums == Checksums::Verified {
+            tb.in_ns(&node, || {
+                NODE_IFACES.into_iter().try_for_each(tx_checksum_off)
+            })??;
+        }
 
         Ok(Self {
             servers,
