@@ -21,7 +21,7 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 
 use anyhow::Context;
 use common::{
-    topology::{reply, Checksums, Topology, BACKEND_TCP_PORT, BACKEND_UDP_PORT, TIMEOUT},
+    topology::{reply, Checksums, Routes, Topology, BACKEND_TCP_PORT, BACKEND_UDP_PORT, TIMEOUT},
     Provision,
 };
 use lb_common::{Reason, PROTO_TCP, PROTO_UDP};
@@ -61,7 +61,7 @@ fn udp_checksums_through_the_vip_verified() {
 }
 
 fn udp_datagrams_through_the_vip(checksums: Checksums) {
-    let topo = Topology::build_with(checksums).expect("building the topology");
+    let topo = Topology::build_with(checksums, Routes::Default).expect("building the topology");
     let dp = datapath(&topo, XdpMode::Native);
     // Several hundred bytes: a fragment would bypass translation.
     let requests: Vec<Vec<u8>> = (0..FLOWS)
@@ -110,7 +110,7 @@ fn udp_datagrams_through_the_vip(checksums: Checksums) {
 }
 
 fn tcp_connections_through_the_vip(mode: XdpMode, checksums: Checksums) {
-    let topo = Topology::build_with(checksums).expect("building the topology");
+    let topo = Topology::build_with(checksums, Routes::Default).expect("building the topology");
     let dp = datapath(&topo, mode);
     // A few KB each, so every request and reply spans several segments.
     let requests: Vec<Vec<u8>> = (0..FLOWS)

@@ -550,7 +550,7 @@ fn build_node(
     let client_addr = Ipv4Addr::new(192, 168, subnet, 2);
     let client = tb.add_ns(&format!("{name}-client"))?;
     let ns = tb.add_ns(name)?;
-    // A node as a distribution ships it: forwarding on, strict reverse-path
+    // A node as a distribution ships it: forwarding on, loose reverse-path
     // filtering (systemd's 2), no accept_local. Before any link exists, so
     // every interface inherits `default`.
     tb.sysctl(&ns, "net.ipv4.ip_forward", "1")?;
@@ -587,6 +587,9 @@ fn build_node(
     for ifname in ["ext0", "veth-p1", "veth-p2"] {
         tb.up(&ns, ifname)?;
     }
+    // Every real node has a default route, here towards its client; loose
+    // reverse-path filtering only passes sources some route leads back to.
+    tb.route(&ns, &format!("default via {client_addr}"))?;
     Ok(Node {
         name: name.to_string(),
         ns,

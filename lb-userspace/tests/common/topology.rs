@@ -4,9 +4,9 @@
 //! TCP and a UDP server that answer `<pod name>:` followed by the request, so
 //! a reply tells which backend served it and whether every byte survived.
 //!
-//! The node is configured as a distribution ships one: strict reverse-path
+//! The node is configured as a distribution ships one: loose reverse-path
 //! filtering (systemd's `rp_filter=2` on `all` and `default`), no
-//! `accept_local`, offloads as the kernel creates them.
+//! `accept_local`, offloads as the kernel creates them, a default route.
 //!
 //! [`Checksums::Verified`] turns the node's transmit checksum offload off, as
 //! a measuring instrument only: local sockets behind a veth send TCP and UDP
@@ -56,6 +56,13 @@ pub struct Pod {
     pub ns: Ns,
 }
 
+/// The client's address, without its prefix length.
+fn client_host() -> &'static str {
+    CLIENT_ADDR
+        .split_once('/')
+        .map_or(CLIENT_ADDR, |(host, _)| host)
+}
+
 /// Whether the receivers verify the checksums of translated packets.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Checksums {
@@ -63,6 +70,18 @@ pub enum Checksums {
     Trusted,
     /// The node's transmit checksum offload off, so receivers verify them.
     Verified,
+}
+
+/// The node's routes beyond its connected networks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// A default route towards the client's side, as every real node has
+    /// one.
+    Default,
+    /// None, as an instrument: an untranslated connection to the service
+    /// range then fails at once with ENETUNREACH instead of going out to
+    /// time out, which tells it from a translated one.
+    ConnectedOnly,
 }
 
 pub struct Topology {
@@ -79,12 +98,12 @@ impl Topology {
     /// Builds the namespaces with a node as shipped and starts the pods'
     /// servers.
     pub fn build() -> Result<Self> {
-        Self::build_with(Checksums::Trusted)
+        Self::build_with(Checksums::Trusted, Routes::Default)
     }
 
     /// [`Topology::build`], with the receivers verifying checksums if
-    /// `checksums` says so.
-    pub fn build_with(checksums: Checksums) -> Result<Self> {
+    /// `checksums` says so, and the node's `routes`.
+    pub fn build_with(checksums: Checksums, routes: Routes) -> Result<Self> {
         super::privileged("netns data-path");
         let tb = Testbed::new()?;
         let client = tb.add_ns("client")?;
@@ -127,6 +146,11 @@ impl Topology {
 
         for ifname in NODE_IFACES {
             tb.up(&node, ifname)?;
+        }
+        // Loose reverse-path filtering passes only sources some route leads
+        // back to: with no default route, not even replies from a VIP.
+        if routes == Routes::Default {
+            tb.route(&node, &format!("default via {}", client_host()))?;
         }
         if checksums == Checksums::Verified {
             tb.in_ns(&node, || {
