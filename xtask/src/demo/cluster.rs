@@ -423,6 +423,21 @@ impl Cluster {
         }
     }
 
+    /// Runs `f` with this whole process in `pod`'s cgroup, then moves it
+    /// back. A socket belongs to the cgroup of the process that opens it,
+    /// and the agent's socket-level hooks act by that cgroup: what `f`
+    /// opens for the pod must look like the pod's own.
+    pub fn as_pod<T>(&self, pod: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let Some(cgroup) = self.pod_cgroups.get(pod) else {
+            return Ok(f());
+        };
+        let home = own_cgroup()?;
+        move_self(cgroup)?;
+        let out = f();
+        move_self(&home)?;
+        Ok(out)
+    }
+
     /// Sets the MTU of `ifname` in the namespace of `role`.
     pub fn set_mtu(&self, role: &str, ifname: &str, mtu: u32) -> Result<()> {
         let ns = self.run.ns(role);
@@ -750,6 +765,24 @@ fn rmdir_cgroup(dir: &Path) -> Result<()> {
             Ok(()) => return Ok(()),
         }
     }
+}
+
+/// This process's cgroup v2 directory.
+fn own_cgroup() -> Result<PathBuf> {
+    let root = cgroup2_root().context("cgroup v2 is not mounted")?;
+    let cgroups = fs::read_to_string("/proc/self/cgroup")?;
+    let path = cgroups
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .context("/proc/self/cgroup has no cgroup v2 line")?;
+    Ok(root.join(path.trim_start_matches('/')))
+}
+
+/// Moves this process, all its threads, into `cgroup`.
+fn move_self(cgroup: &Path) -> Result<()> {
+    let procs = cgroup.join("cgroup.procs");
+    fs::write(&procs, std::process::id().to_string())
+        .with_context(|| format!("joining cgroup {}", cgroup.display()))
 }
 
 /// Makes `command` move itself into `cgroup` before it executes its
