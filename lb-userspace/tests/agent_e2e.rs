@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::agent::{
     cluster_ip_service, endpoint_slice, reply, seed_counter, seed_redis, Agent, Cluster, Conn,
-    LocalSource, Node, Pod, COUNTER_NODE_PORT, COUNTER_PORT, COUNTER_VIP, POD_ADDRS, REDIS_PORT,
-    REDIS_VIP, SPARE_PORT, TIMEOUT, XDPLB,
+    Node, Pod, COUNTER_NODE_PORT, COUNTER_PORT, COUNTER_VIP, POD_ADDRS, REDIS_PORT, REDIS_VIP,
+    SPARE_PORT, TIMEOUT, XDPLB,
 };
 use lb_userspace::{datapath::Maps, testbed::netns::wait_until};
 
@@ -29,7 +29,7 @@ const COUNTER: SocketAddrV4 = SocketAddrV4::new(COUNTER_VIP, COUNTER_PORT);
 
 #[test]
 fn agent_serves_seed_clusterip_and_nodeport_from_manifests() {
-    let cluster = Cluster::build(&["node1"], LocalSource::Accepted).expect("building the cluster");
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
     let node = &cluster.nodes[0];
     let _agents = seeded_agents(&cluster);
 
@@ -94,7 +94,7 @@ fn agent_serves_seed_clusterip_and_nodeport_from_manifests() {
 /// stops, though no Service changed.
 #[test]
 fn nodeports_and_snat_follow_node_addresses() {
-    let cluster = Cluster::build(&["node1"], LocalSource::Accepted).expect("building the cluster");
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
     let node = &cluster.nodes[0];
     let _agents = seeded_agents(&cluster);
     let [a, b, c, _] = node.addr.octets();
@@ -164,7 +164,7 @@ fn nodeports_and_snat_follow_node_addresses() {
 /// that zone, following the Node when its zone label changes.
 #[test]
 fn zone_hints_keep_connections_in_the_node_zone() {
-    let cluster = Cluster::build(&["node1"], LocalSource::Accepted).expect("building the cluster");
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
     let node = &cluster.nodes[0];
     let [p1, p2] = &node.pods;
     let _agents = seeded_agents(&cluster);
@@ -216,17 +216,16 @@ endpoints:
     }
 }
 
-/// The nodes as the other tests build them, except that their interfaces
-/// keep the kernel's default accept_local=0, which the agent leaves as it
-/// is. Translated packets with the node's own address as source then reach
-/// the node's kernel (ext0 is a veth, which takes no redirected frames),
-/// which drops them as martians: on node1, whose endpoints are local, the
-/// NodePort reply on the pod's veth; on node2, which source-NATs towards
-/// endpoints it believes on node1, the request already on ext0.
+/// The nodes keep the kernel's default accept_local=0, which the agent
+/// leaves as it is. Translated packets with the node's own address as
+/// source must not reach the node's kernel (ext0 is a veth, which takes no
+/// redirected frames), which would drop them as martians: on node1, whose
+/// endpoints are local, the NodePort reply on the pod's veth; on node2,
+/// which source-NATs towards endpoints it believes on node1, the request
+/// already on ext0.
 #[test]
 fn nodeport_is_served_on_nodes_without_accept_local() {
-    let cluster =
-        Cluster::build(&["node1", "node2"], LocalSource::Dropped).expect("building the cluster");
+    let cluster = Cluster::build(&["node1", "node2"]).expect("building the cluster");
     let _agents = seeded_agents(&cluster);
 
     let mut failures = Vec::new();
@@ -256,7 +255,7 @@ fn nodeport_is_served_on_nodes_without_accept_local() {
 
 #[test]
 fn manifests_folder_changes_apply_within_a_second() {
-    let cluster = Cluster::build(&["node1"], LocalSource::Accepted).expect("building the cluster");
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
     let node = &cluster.nodes[0];
     let [p1, p2] = &node.pods;
     let _agents = seeded_agents(&cluster);
@@ -390,7 +389,7 @@ fn manifests_folder_changes_apply_within_a_second() {
 
 #[test]
 fn established_connection_survives_agent_kill_9_and_restart() {
-    let cluster = Cluster::build(&["node1"], LocalSource::Accepted).expect("building the cluster");
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
     let node = &cluster.nodes[0];
     let redis_pod = &node.pods[0];
     let agent = seeded_agents(&cluster).remove(0);
@@ -436,7 +435,7 @@ fn established_connection_survives_agent_kill_9_and_restart() {
 
 #[test]
 fn sigterm_leaves_the_data_plane_serving_and_cleanup_removes_it() {
-    let cluster = Cluster::build(&["node1"], LocalSource::Accepted).expect("building the cluster");
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
     let node = &cluster.nodes[0];
     let agent = seeded_agents(&cluster).remove(0);
     let ifaces = [
@@ -494,8 +493,7 @@ fn sigterm_leaves_the_data_plane_serving_and_cleanup_removes_it() {
 
 #[test]
 fn two_agents_with_their_own_pin_paths_coexist() {
-    let cluster =
-        Cluster::build(&["node1", "node2"], LocalSource::Accepted).expect("building the cluster");
+    let cluster = Cluster::build(&["node1", "node2"]).expect("building the cluster");
     let mut agents = seeded_agents(&cluster);
 
     for node in &cluster.nodes {
@@ -554,7 +552,7 @@ fn two_agents_with_their_own_pin_paths_coexist() {
 /// external interface is a veth (the reset goes back through the kernel).
 #[test]
 fn service_without_endpoints_refuses_connections_at_once() {
-    let cluster = Cluster::build(&["node1"], LocalSource::Accepted).expect("building the cluster");
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
     let node = &cluster.nodes[0];
     let _agents = seeded_agents(&cluster);
     cluster

@@ -5,12 +5,14 @@
 //!
 //! The client and pods send with veth checksum offload, so the program sees
 //! CHECKSUM_PARTIAL TCP and UDP fields (the pseudo-header sum only) in both
-//! directions. The node has transmit offload off (see the topology), so it
-//! completes every forwarded checksum over the translated addresses and the
-//! receiving client and pods verify it: a field the translation got wrong
-//! gets the packet dropped and counted in `InCsumErrors`, which every test
-//! requires to stay zero. (With the node's offload on, nobody would check.)
-//! The packet tier covers complete checksums.
+//! directions. The node keeps its offloads on, as real nodes do, so only the
+//! payload comparison vouches for the translation there. The `..._verified`
+//! tests turn the node's transmit offload off as an instrument (see the
+//! topology): the node then completes every forwarded checksum over the
+//! translated addresses and the receiving client and pods verify it, so a
+//! field the translation got wrong gets the packet dropped and counted in
+//! `InCsumErrors`, which every test requires to stay zero. The packet tier
+//! covers complete checksums.
 mod common;
 
 use std::collections::BTreeSet;
@@ -19,7 +21,7 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 
 use anyhow::Context;
 use common::{
-    topology::{reply, Topology, BACKEND_TCP_PORT, BACKEND_UDP_PORT, TIMEOUT},
+    topology::{reply, Checksums, Routes, Topology, BACKEND_TCP_PORT, BACKEND_UDP_PORT, TIMEOUT},
     Provision,
 };
 use lb_common::{Reason, PROTO_TCP, PROTO_UDP};
@@ -35,17 +37,31 @@ const FLOWS: usize = 40;
 
 #[test]
 fn tcp_connections_through_the_vip_reach_both_backends_with_bytes_intact() {
-    tcp_connections_through_the_vip(XdpMode::Native);
+    tcp_connections_through_the_vip(XdpMode::Native, Checksums::Trusted);
 }
 
 #[test]
 fn tcp_connections_through_the_vip_in_generic_mode_reach_both_backends_with_bytes_intact() {
-    tcp_connections_through_the_vip(XdpMode::Generic);
+    tcp_connections_through_the_vip(XdpMode::Generic, Checksums::Trusted);
+}
+
+#[test]
+fn tcp_checksums_through_the_vip_verified() {
+    tcp_connections_through_the_vip(XdpMode::Native, Checksums::Verified);
 }
 
 #[test]
 fn udp_datagrams_through_the_vip_reach_both_backends() {
-    let topo = Topology::build().expect("building the topology");
+    udp_datagrams_through_the_vip(Checksums::Trusted);
+}
+
+#[test]
+fn udp_checksums_through_the_vip_verified() {
+    udp_datagrams_through_the_vip(Checksums::Verified);
+}
+
+fn udp_datagrams_through_the_vip(checksums: Checksums) {
+    let topo = Topology::build_with(checksums, Routes::Default).expect("building the topology");
     let dp = datapath(&topo, XdpMode::Native);
     // Several hundred bytes: a fragment would bypass translation.
     let requests: Vec<Vec<u8>> = (0..FLOWS)
@@ -93,8 +109,8 @@ fn udp_datagrams_through_the_vip_reach_both_backends() {
     assert_no_checksum_errors(&topo);
 }
 
-fn tcp_connections_through_the_vip(mode: XdpMode) {
-    let topo = Topology::build().expect("building the topology");
+fn tcp_connections_through_the_vip(mode: XdpMode, checksums: Checksums) {
+    let topo = Topology::build_with(checksums, Routes::Default).expect("building the topology");
     let dp = datapath(&topo, mode);
     // A few KB each, so every request and reply spans several segments.
     let requests: Vec<Vec<u8>> = (0..FLOWS)

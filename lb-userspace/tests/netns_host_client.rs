@@ -21,7 +21,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::{
-    topology::{reply, Topology, BACKEND_TCP_PORT, BACKEND_UDP_PORT},
+    topology::{reply, Checksums, Routes, Topology, BACKEND_TCP_PORT, BACKEND_UDP_PORT},
     Provision,
 };
 use lb_common::{FrontendValue, PROTO_TCP, PROTO_UDP};
@@ -31,7 +31,8 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// A Service whose endpoints are all gone.
 const EMPTY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const AFFINITY_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
-/// In the service range, which the node has no route for, but no frontend.
+/// In the service range, which the node has no route for (see
+/// `Routes::ConnectedOnly`), but no frontend.
 const NOT_A_FRONTEND: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 99);
 const TCP_PORT: u16 = 80;
 const UDP_PORT: u16 = 53;
@@ -195,7 +196,8 @@ struct Host {
 /// The node and pods, the Services provisioned, the socket programs
 /// attached to a fresh cgroup.
 fn host() -> Host {
-    let topo = Topology::build().expect("building the topology");
+    let topo = Topology::build_with(Checksums::Trusted, Routes::ConnectedOnly)
+        .expect("building the topology");
     let mut dp = Datapath::load(&Capacities::small(), None).expect("loading the object");
     provision(&mut dp, &topo);
     let cgroup = Cgroup::create();
@@ -495,7 +497,8 @@ fn client_ip_affinity_keeps_the_host_on_one_backend() {
 
 #[test]
 fn pinned_links_outlive_the_loader_and_a_reload_replaces_them() {
-    let topo = Topology::build().expect("building the topology");
+    let topo = Topology::build_with(Checksums::Trusted, Routes::ConnectedOnly)
+        .expect("building the topology");
     let cgroup = Cgroup::create();
     let pins = PinDir::create();
     let (maps, links) = (pins.0.join("maps"), pins.0.join("links"));

@@ -52,15 +52,6 @@ const POLL: Duration = Duration::from_millis(20);
 
 static NEXT_CLUSTER: AtomicU32 = AtomicU32::new(0);
 
-/// Whether a node's kernel takes packets that carry one of its own
-/// addresses as source from its interfaces (`accept_local`).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum LocalSource {
-    Accepted,
-    /// The kernel's default: dropped as martians.
-    Dropped,
-}
-
 pub struct Pod {
     pub name: String,
     pub addr: Ipv4Addr,
@@ -102,7 +93,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// One node per name, each with its own client, pods and pin path.
-    pub fn build(node_names: &[&str], local_source: LocalSource) -> Result<Self> {
+    pub fn build(node_names: &[&str]) -> Result<Self> {
         super::privileged("agent end-to-end");
         let id = format!(
             "{}-{}",
@@ -117,7 +108,7 @@ impl Cluster {
         let nodes = node_names
             .iter()
             .enumerate()
-            .map(|(i, name)| build_node(&tb, &mut servers, name, i, &bpffs.0, local_source))
+            .map(|(i, name)| build_node(&tb, &mut servers, name, i, &bpffs.0))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             servers,
@@ -567,13 +558,19 @@ fn build_node(
     name: &str,
     index: usize,
     bpffs: &Path,
-    local_source: LocalSource,
 ) -> Result<Node> {
     let subnet = 50 + u8::try_from(index)?;
     let addr = Ipv4Addr::new(192, 168, subnet, 1);
     let client_addr = Ipv4Addr::new(192, 168, subnet, 2);
     let client = tb.add_ns(&format!("{name}-client"))?;
     let ns = tb.add_ns(name)?;
+    // A node as a distribution ships it: forwarding on, loose reverse-path
+    // filtering (systemd's 2), no accept_local. Before any link exists, so
+    // every interface inherits `default`.
+    tb.sysctl(&ns, "net.ipv4.ip_forward", "1")?;
+    for conf in ["all", "default"] {
+        tb.sysctl(&ns, &format!("net.ipv4.conf.{conf}.rp_filter"), "2")?;
+    }
 
     tb.veth(&client, "eth0", &ns, "ext0")?;
     tb.addr(&client, "eth0", &format!("{client_addr}/24"))?;
@@ -601,26 +598,12 @@ fn build_node(
         servers.start(tb, &pod_ns, pod)?;
     }
 
-    tb.sysctl(&ns, "net.ipv4.ip_forward", "1")?;
-    // A reply translated back on a pod's veth enters the node's kernel with
-    // the VIP as source, and the node has no route back to a VIP, so
-    // reverse-path filtering, strict or loose, would drop it. The effective
-    // value is the maximum of `all` and the interface's own.
-    tb.sysctl(&ns, "net.ipv4.conf.all.rp_filter", "0")?;
     for ifname in ["ext0", "veth-p1", "veth-p2"] {
-        tb.sysctl(&ns, &format!("net.ipv4.conf.{ifname}.rp_filter"), "0")?;
         tb.up(&ns, ifname)?;
     }
-    // Some translated packets carry one of the node's own addresses as
-    // source: NodePort replies leaving the pods, and source-NATed requests
-    // entering on ext0. ext0 is a veth, which takes no redirected frames, so
-    // they go through the node's kernel, which drops them as martians unless
-    // accept_local is on. The agent does not set it.
-    if local_source == LocalSource::Accepted {
-        for ifname in ["ext0", "veth-p1", "veth-p2"] {
-            tb.sysctl(&ns, &format!("net.ipv4.conf.{ifname}.accept_local"), "1")?;
-        }
-    }
+    // Every real node has a default route, here towards its client; loose
+    // reverse-path filtering only passes sources some route leads back to.
+    tb.route(&ns, &format!("default via {client_addr}"))?;
     Ok(Node {
         name: name.to_string(),
         ns,

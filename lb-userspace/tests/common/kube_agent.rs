@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
-use super::agent::{Cluster, LocalSource, Node, TIMEOUT, XDPLB};
+use super::agent::{Cluster, Node, TIMEOUT, XDPLB};
 use super::apiserver::{ApiServer, Kind};
 
 /// The one node's name: the agent's --node-name, the Node object's name,
@@ -55,7 +55,7 @@ impl KubeCluster {
     /// One node with its client and two pods, and the API server double
     /// listening inside the node, empty.
     pub fn build() -> Result<Self> {
-        let cluster = Cluster::build(&[NODE], LocalSource::Accepted)?;
+        let cluster = Cluster::build(&[NODE])?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()

@@ -4,13 +4,19 @@
 //! TCP and a UDP server that answer `<pod name>:` followed by the request, so
 //! a reply tells which backend served it and whether every byte survived.
 //!
-//! The node's interfaces have transmit checksum offload off. Local sockets
-//! behind a veth send TCP and UDP with CHECKSUM_PARTIAL: the field holds only
-//! the pseudo-header sum and nobody completes it before the receiver, which
-//! trusts it unchecked. With offload off the node must complete every
-//! forwarded packet's checksum itself (over the addresses the data plane
-//! wrote), so the receivers really verify what translation did, and count
-//! any mismatch in `InCsumErrors`.
+//! The node is configured as a distribution ships one: loose reverse-path
+//! filtering (systemd's `rp_filter=2` on `all` and `default`), no
+//! `accept_local`, offloads as the kernel creates them, a default route.
+//!
+//! [`Checksums::Verified`] turns the node's transmit checksum offload off, as
+//! a measuring instrument only: local sockets behind a veth send TCP and UDP
+//! with CHECKSUM_PARTIAL, the field holding only the pseudo-header sum, and
+//! with offload on nobody completes it before the receiver, which trusts it
+//! unchecked. With offload off the node must complete every forwarded
+//! packet's checksum itself (over the addresses the data plane wrote), so
+//! the receivers really verify what translation did, and count any mismatch
+//! in `InCsumErrors`. The product must not depend on it: real nodes keep it
+//! on.
 
 use std::fs;
 use std::io::{self, Read, Write};
@@ -51,6 +57,34 @@ pub struct Pod {
     pub ns: Ns,
 }
 
+/// The client's address, without its prefix length.
+fn client_host() -> &'static str {
+    CLIENT_ADDR
+        .split_once('/')
+        .map_or(CLIENT_ADDR, |(host, _)| host)
+}
+
+/// Whether the receivers verify the checksums of translated packets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Checksums {
+    /// Offloads on, as on a real node: receivers trust the checksums.
+    Trusted,
+    /// The node's transmit checksum offload off, so receivers verify them.
+    Verified,
+}
+
+/// The node's routes beyond its connected networks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// A default route towards the client's side, as every real node has
+    /// one.
+    Default,
+    /// None, as an instrument: an untranslated connection to the service
+    /// range then fails at once with ENETUNREACH instead of going out to
+    /// time out, which tells it from a translated one.
+    ConnectedOnly,
+}
+
 pub struct Topology {
     // Declared first so it drops first: a server socket would keep its
     // namespace alive after the testbed deletes it.
@@ -62,12 +96,24 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// Builds the namespaces and starts the pods' servers.
+    /// Builds the namespaces with a node as shipped and starts the pods'
+    /// servers.
     pub fn build() -> Result<Self> {
+        Self::build_with(Checksums::Trusted, Routes::Default)
+    }
+
+    /// [`Topology::build`], with the receivers verifying checksums if
+    /// `checksums` says so, and the node's `routes`.
+    pub fn build_with(checksums: Checksums, routes: Routes) -> Result<Self> {
         super::privileged("netns data-path");
         let tb = Testbed::new()?;
         let client = tb.add_ns("client")?;
         let node = tb.add_ns("node")?;
+        tb.sysctl(&node, "net.ipv4.ip_forward", "1")?;
+        // Before any link exists, so every interface inherits `default`.
+        for conf in ["all", "default"] {
+            tb.sysctl(&node, &format!("net.ipv4.conf.{conf}.rp_filter"), "2")?;
+        }
 
         tb.veth(&client, "eth0", &node, NODE_IFACES[0])?;
         tb.addr(&client, "eth0", CLIENT_ADDR)?;
@@ -99,18 +145,19 @@ impl Topology {
             pod("b2", Ipv4Addr::new(10, 244, 2, 2), NODE_IFACES[2])?,
         ];
 
-        tb.sysctl(&node, "net.ipv4.ip_forward", "1")?;
-        // systemd's default (Debian, Ubuntu): loose reverse-path filtering,
-        // which a VIP-sourced reply entering the kernel from a pod's veth
-        // would fail; the data plane must redirect it past the check.
-        tb.sysctl(&node, "net.ipv4.conf.all.rp_filter", "2")?;
-        tb.sysctl(&node, "net.ipv4.conf.default.rp_filter", "2")?;
         for ifname in NODE_IFACES {
             tb.up(&node, ifname)?;
         }
-        tb.in_ns(&node, || {
-            NODE_IFACES.into_iter().try_for_each(tx_checksum_off)
-        })??;
+        // Loose reverse-path filtering passes only sources some route leads
+        // back to: with no default route, not even replies from a VIP.
+        if routes == Routes::Default {
+            tb.route(&node, &format!("default via {}", client_host()))?;
+        }
+        if checksums == Checksums::Verified {
+            tb.in_ns(&node, || {
+                NODE_IFACES.into_iter().try_for_each(tx_checksum_off)
+            })??;
+        }
 
         Ok(Self {
             servers,

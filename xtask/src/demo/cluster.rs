@@ -1,19 +1,25 @@
 //! The demo's cluster, built from network namespaces: two nodes on a shared
 //! segment (a bridge inside a `lan` namespace), a router in front of them
 //! with an external client behind it, and pods attached to their node by
-//! veth pairs with the routes a routed CNI sets up (a /24 pod CIDR per node,
-//! a route to each other node's CIDR, a /32 route per pod).
+//! veth pairs as a CNI would (a /24 pod CIDR per node, a route to each other
+//! node's CIDR), in one of two [`PodLayout`]s.
 //!
 //! ```text
 //! client 198.51.100.2 ── router ──┬── node1 192.168.50.11 ─ veth* ─ pods 10.244.1.0/24
 //!   (LB IP 203.0.113.10 → node1)  └── node2 192.168.50.12 ─ veth* ─ pods 10.244.2.0/24
 //! ```
 //!
+//! The nodes are configured as a distribution ships them ([`NodeProfile`]):
+//! forwarding on, reverse-path filtering as the distribution sets it, no
+//! `accept_local`, offloads as the kernel creates them. Nothing the product
+//! would need beyond what a real node or the agent itself sets.
+//!
 //! Every address lives inside the namespaces; the root namespace only holds
 //! the run's directory under `/run/xdplb-demo/<id>` (bpffs, manifests,
 //! logs), the pods' hosts files under `/etc/netns` and, where cgroup v2 is
 //! mounted, a cgroup per node (`<cgroup2>/xdplb-demo/<id>/<node>`) for the
-//! node's own processes: an agent's socket-level hooks act on a cgroup, not
+//! node's own processes, with the pods' below it in `kubepods/<pod>` as the
+//! kubelet places them: an agent's socket-level hooks act on a cgroup, not
 //! a network namespace, so each node needs its own. The run's cgroup is
 //! bind-mounted at `<run>/cgroup`, because `ip netns exec` mounts a fresh
 //! /sys for its command, without /sys/fs/cgroup. Namespaces are named
@@ -25,7 +31,9 @@
 //! `cargo xtask build-ebpf` makes, and a kept cluster must outlive its
 //! process, which that helper's leftover sweep would remove.
 use std::{
+    collections::BTreeMap,
     ffi::CString,
+    fmt,
     fs::{self, File},
     io,
     net::Ipv4Addr,
@@ -55,6 +63,76 @@ const ROUTER_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const ROUTER_LAN_SIDE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
 /// The nodes' external interface, the one the agent is told about.
 pub const NODE_LAN_IFACE: &str = "eth0";
+
+/// How a CNI connects pods to their node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PodLayout {
+    /// Calico's: the pod holds its /32 and a default route to a link-local
+    /// gateway that the node's address-less veth answers ARP for
+    /// (proxy_arp); the node routes each pod's /32 to its veth.
+    #[default]
+    Routed,
+    /// flannel's (the CNI bridge plugin): the node-side veths are ports of
+    /// a bridge `cni0` that holds the pod CIDR's gateway address; pods hold
+    /// a /24 address with a default route to that gateway.
+    Bridged,
+}
+
+impl fmt::Display for PodLayout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Routed => "routed",
+            Self::Bridged => "bridged",
+        })
+    }
+}
+
+/// What a cluster's nodes look like: the settings a distribution and a CNI
+/// choose, and where the pods' processes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeProfile {
+    /// `net.ipv4.conf.{all,default}.rp_filter` on the nodes: 2 (loose) as
+    /// systemd ships it for Debian, Ubuntu and most others, 1 (strict) as on
+    /// RHEL, or 0.
+    pub rp_filter: u8,
+    pub pod_layout: PodLayout,
+    /// Pods' processes in `<node cgroup>/kubepods/<pod>`, where the agent's
+    /// socket-level hooks see them, as the kubelet places them; else in a
+    /// cgroup outside the node's, so only the packet path serves them.
+    pub pods_in_hook_cgroup: bool,
+}
+
+impl Default for NodeProfile {
+    fn default() -> Self {
+        Self {
+            rp_filter: 2,
+            pod_layout: PodLayout::Routed,
+            pods_in_hook_cgroup: true,
+        }
+    }
+}
+
+impl fmt::Display for NodeProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rp_filter {}, {}, pods {} the hook cgroup",
+            self.rp_filter,
+            self.pod_layout,
+            if self.pods_in_hook_cgroup {
+                "in"
+            } else {
+                "outside"
+            }
+        )
+    }
+}
+
+/// What a routed CNI gives pods as their gateway: an address no one holds,
+/// which the node answers ARP for on the pod's veth (Calico's choice).
+const ROUTED_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The bridge of the bridged layout, as the CNI bridge plugin names it.
+const POD_BRIDGE: &str = "cni0";
 
 /// The nodes the demo builds; node N is 192.168.50.(10+N) with pods in
 /// 10.244.N.0/24.
@@ -106,6 +184,18 @@ impl Run {
         self.dir.join("cgroup")
     }
 
+    /// The cgroup of `pod`'s processes, if cgroup v2 is mounted: below its
+    /// node's, as the kubelet puts it, or outside every node's.
+    fn pod_cgroup(&self, pod: &Pod, in_hook_cgroup: bool) -> Option<PathBuf> {
+        let parent = if in_hook_cgroup {
+            self.cgroup(&pod.node)?.join("kubepods")
+        } else {
+            cgroup2_root()?;
+            self.cgroups().join("outside")
+        };
+        Some(parent.join(&pod.name))
+    }
+
     fn log(&self, what: &str) -> PathBuf {
         self.logs().join(format!("{what}.log"))
     }
@@ -116,6 +206,9 @@ impl Run {
 pub struct Cluster {
     pub run: Run,
     pub nodes: Vec<Node>,
+    pub profile: NodeProfile,
+    /// Each pod's cgroup, by pod name, where cgroup v2 is mounted.
+    pod_cgroups: BTreeMap<String, PathBuf>,
     children: Vec<(String, Child)>,
     /// Set once the cluster is kept or removed; Drop then leaves it alone.
     released: bool,
@@ -123,12 +216,19 @@ pub struct Cluster {
 
 impl Cluster {
     /// Records the run, mounts its bpffs and wires the namespaces.
-    pub fn create(nodes: Vec<Node>) -> Result<Self> {
+    pub fn create(nodes: Vec<Node>, profile: NodeProfile) -> Result<Self> {
+        ensure!(
+            profile.rp_filter <= 2,
+            "rp_filter {} is not one of 0, 1, 2",
+            profile.rp_filter
+        );
         let run = new_run()?;
         // From here on Drop cleans up whatever part got built.
         let cluster = Self {
             run,
             nodes,
+            profile,
+            pod_cgroups: BTreeMap::new(),
             children: Vec::new(),
             released: false,
         };
@@ -169,8 +269,10 @@ impl Cluster {
         }
         ip(&["-n", &lan, "link", "add", "br0", "type", "bridge"])?;
         up(&lan, "br0")?;
-        // The router forwards the pods' untranslated replies too, so what the
-        // client makes of them is visible rather than hidden by its filter.
+        // Not a node, and unlike a distribution's default: the router has
+        // no route to the pod CIDRs, and it forwards the pods' untranslated
+        // replies too, so what the client makes of them is visible rather
+        // than hidden by its reverse-path filter.
         sysctls(
             &router,
             &[
@@ -185,25 +287,19 @@ impl Cluster {
         route(&client, &format!("default via {ROUTER_CLIENT_SIDE}"))?;
         self.lan_port(&router, "lan0", "router", ROUTER_LAN_SIDE)?;
 
+        let rp_filter = self.profile.rp_filter;
         for node in &self.nodes {
             let node_ns = ns(&node.name);
             add_ns(&node_ns)?;
-            // Before any link exists, so every interface inherits them. A
-            // reply XDP translated back enters the kernel from a pod's veth
-            // with the VIP as its source, which no reverse-path check would
-            // accept. And on veths, which XDP does not redirect to, the data
-            // plane hands the kernel packets whose source is this node's own
-            // address (requests it source-NATed for a pod on the other node,
-            // NodePort replies translated back): without accept_local the
-            // kernel drops them as martians. On a NIC they are redirected
-            // past both checks.
+            // Before any link exists, so every interface inherits `default`;
+            // the effective value is the larger of `all` and the
+            // interface's own.
             sysctls(
                 &node_ns,
                 &[
                     "net.ipv4.ip_forward=1",
-                    "net.ipv4.conf.all.rp_filter=0",
-                    "net.ipv4.conf.default.rp_filter=0",
-                    "net.ipv4.conf.all.accept_local=1",
+                    &format!("net.ipv4.conf.all.rp_filter={rp_filter}"),
+                    &format!("net.ipv4.conf.default.rp_filter={rp_filter}"),
                 ],
             )?;
             self.lan_port(&node_ns, NODE_LAN_IFACE, &node.name, node.addr)?;
@@ -213,6 +309,19 @@ impl Cluster {
                     &node_ns,
                     &format!("{}/24 via {}", other.pod_net, other.addr),
                 )?;
+            }
+            if self.profile.pod_layout == PodLayout::Bridged {
+                // An address of its own, set at creation: a bridge otherwise
+                // takes its lowest port's, which changes as pods come and go
+                // and leaves the pods' neighbour entries for the gateway
+                // stale.
+                let [_, _, n, _] = node.pod_net.octets();
+                let mac = format!("02:00:0a:f4:{n:02x}:01");
+                ip(&[
+                    "-n", &node_ns, "link", "add", POD_BRIDGE, "address", &mac, "type", "bridge",
+                ])?;
+                addr(&node_ns, POD_BRIDGE, pod_gateway(node), 24)?;
+                up(&node_ns, POD_BRIDGE)?;
             }
         }
         Ok(())
@@ -236,11 +345,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// The pod's namespace and its veth to the node: the pod holds its /32
-    /// and reaches everything through the node's gateway address, which sits
-    /// on every pod-facing veth of that node. The node end is named `veth*`
-    /// so the agent finds it as a pod interface.
-    pub fn add_pod(&self, pod: &Pod, hosts: &str) -> Result<()> {
+    /// The pod's namespace and its veth to the node, in the profile's
+    /// layout. The node end is named `veth*` so the agent finds it as a pod
+    /// interface.
+    pub fn add_pod(&mut self, pod: &Pod, hosts: &str) -> Result<()> {
         let ns = self.run.ns(&pod.name);
         let node_ns = self.run.ns(&pod.node);
         let node = self
@@ -248,17 +356,55 @@ impl Cluster {
             .iter()
             .find(|n| n.name == pod.node)
             .context("pod on an unknown node")?;
-        let [a, b, c, _] = node.pod_net.octets();
-        let gateway = Ipv4Addr::new(a, b, c, 1);
         let host_if = pod_iface(&pod.name);
         add_ns(&ns)?;
         write_hosts(&ns, hosts)?;
+        if let Some(cgroup) = self.run.pod_cgroup(pod, self.profile.pods_in_hook_cgroup) {
+            fs::create_dir_all(&cgroup)
+                .with_context(|| format!("creating cgroup {}", cgroup.display()))?;
+            self.pod_cgroups.insert(pod.name.clone(), cgroup);
+        }
         veth(&ns, "eth0", &node_ns, &host_if)?;
-        addr(&ns, "eth0", pod.addr, 32)?;
-        route(&ns, &format!("{gateway} dev eth0 scope link"))?;
-        route(&ns, &format!("default via {gateway} dev eth0"))?;
-        addr(&node_ns, &host_if, gateway, 32)?;
-        route(&node_ns, &format!("{}/32 dev {host_if}", pod.addr))
+        match self.profile.pod_layout {
+            PodLayout::Routed => {
+                addr(&ns, "eth0", pod.addr, 32)?;
+                route(
+                    &ns,
+                    &format!("default via {ROUTED_GATEWAY} dev eth0 onlink"),
+                )?;
+                // As Calico's CNI plugin sets them on the pod's interface:
+                // the node answers the pod's ARP for the gateway, and at
+                // once rather than after proxy ARP's random delay.
+                sysctls(
+                    &node_ns,
+                    &[
+                        &format!("net.ipv4.conf.{host_if}.proxy_arp=1"),
+                        &format!("net.ipv4.neigh.{host_if}.proxy_delay=0"),
+                    ],
+                )?;
+                route(&node_ns, &format!("{}/32 dev {host_if}", pod.addr))
+            }
+            PodLayout::Bridged => {
+                addr(&ns, "eth0", pod.addr, 24)?;
+                route(&ns, &format!("default via {}", pod_gateway(node)))?;
+                ip(&[
+                    "-n", &node_ns, "link", "set", &host_if, "master", POD_BRIDGE,
+                ])?;
+                // flannel's bridge configuration turns hairpin mode on, so a
+                // frame may leave by the port it came in on.
+                ip(&[
+                    "-n",
+                    &node_ns,
+                    "link",
+                    "set",
+                    &host_if,
+                    "type",
+                    "bridge_slave",
+                    "hairpin",
+                    "on",
+                ])
+            }
+        }
     }
 
     /// Deletes a pod's namespace, and with it the veth to its node, after
@@ -270,7 +416,26 @@ impl Cluster {
         }
         let ns = self.run.ns(pod);
         ip(&["netns", "del", &ns])?;
-        remove_dir(&Path::new("/etc/netns").join(ns))
+        remove_dir(&Path::new("/etc/netns").join(ns))?;
+        match self.pod_cgroups.remove(pod) {
+            Some(cgroup) => rmdir_cgroup(&cgroup),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `f` with this whole process in `pod`'s cgroup, then moves it
+    /// back. A socket belongs to the cgroup of the process that opens it,
+    /// and the agent's socket-level hooks act by that cgroup: what `f`
+    /// opens for the pod must look like the pod's own.
+    pub fn as_pod<T>(&self, pod: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let Some(cgroup) = self.pod_cgroups.get(pod) else {
+            return Ok(f());
+        };
+        let home = own_cgroup()?;
+        move_self(cgroup)?;
+        let out = f();
+        move_self(&home)?;
+        Ok(out)
     }
 
     /// Sets the MTU of `ifname` in the namespace of `role`.
@@ -279,21 +444,25 @@ impl Cluster {
         ip(&["-n", &ns, "link", "set", ifname, "mtu", &mtu.to_string()])
     }
 
-    /// Starts `program` inside namespace `ns`, logging to `<label>.log`. It
-    /// runs in its own process group: Ctrl-C is for the demo, which then
-    /// tears it down, and a kept cluster's processes outlive the terminal's
-    /// job.
+    /// Starts `program` as `pod`'s process, in its namespace and cgroup,
+    /// logging to `<pod>.log`. It runs in its own process group: Ctrl-C is
+    /// for the demo, which then tears it down, and a kept cluster's
+    /// processes outlive the terminal's job.
     pub fn spawn(
         &mut self,
-        ns: &str,
-        label: &str,
+        pod: &Pod,
         program: &Path,
         args: &[&str],
         env: &[(String, String)],
     ) -> Result<()> {
         let mut command = Command::new("ip");
-        command.args(["netns", "exec", ns]).arg(program);
-        self.start(command, label, args, env)
+        command
+            .args(["netns", "exec", &self.run.ns(&pod.name)])
+            .arg(program);
+        if let Some(cgroup) = self.pod_cgroups.get(&pod.name) {
+            join_cgroup(&mut command, cgroup)?;
+        }
+        self.start(command, &pod.name, args, env)
     }
 
     /// Starts `program` as a process of `node` itself: in the node's
@@ -552,41 +721,68 @@ fn run_cgroup(id: &str) -> Option<PathBuf> {
     Some(cgroup2_root()?.join(STATE_CGROUP).join(id))
 }
 
-/// Removes a run's cgroup and its nodes' (cgroups go with rmdir, once
-/// their processes are gone) and its bind mount `mounted`; then the parent
-/// if no other run uses it.
+/// Removes a run's cgroup and every cgroup below it (nodes', pods') and
+/// its bind mount `mounted`; then the parent if no other run uses it.
 fn remove_cgroup(dir: &Path, mounted: &Path) -> Result<()> {
-    let rmdir = |dir: &Path| -> Result<()> {
-        // A process killed a moment ago may still be leaving.
-        let deadline = SystemTime::now() + Duration::from_secs(2);
-        loop {
-            match fs::remove_dir(dir) {
-                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-                Err(err) if SystemTime::now() >= deadline => {
-                    return Err(err).with_context(|| format!("removing cgroup {}", dir.display()))
-                }
-                Err(_) => thread::sleep(Duration::from_millis(20)),
-                Ok(()) => return Ok(()),
-            }
-        }
-    };
-    for node in list(dir)? {
-        let path = dir.join(node);
-        if path.is_dir() {
-            rmdir(&path)?;
-        }
-    }
+    remove_cgroups_below(dir)?;
     // Before the run's directory goes: removing it through a mounted
     // cgroup would reach into the cgroup's files.
     if is_mountpoint(mounted)? {
         run(Command::new("umount").arg(mounted))?;
     }
-    rmdir(dir)?;
+    rmdir_cgroup(dir)?;
     if let Some(parent) = dir.parent() {
         // Fails while another run's cgroup is in it.
         let _ = fs::remove_dir(parent);
     }
     Ok(())
+}
+
+/// Removes the cgroups below `dir`, deepest first: rmdir takes only a
+/// cgroup without children.
+fn remove_cgroups_below(dir: &Path) -> Result<()> {
+    for name in list(dir)? {
+        let path = dir.join(name);
+        if path.is_dir() {
+            remove_cgroups_below(&path)?;
+            rmdir_cgroup(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes one cgroup, once its processes are gone.
+fn rmdir_cgroup(dir: &Path) -> Result<()> {
+    // A process killed a moment ago may still be leaving.
+    let deadline = SystemTime::now() + Duration::from_secs(2);
+    loop {
+        match fs::remove_dir(dir) {
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(err) if SystemTime::now() >= deadline => {
+                return Err(err).with_context(|| format!("removing cgroup {}", dir.display()))
+            }
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+/// This process's cgroup v2 directory.
+fn own_cgroup() -> Result<PathBuf> {
+    let root = cgroup2_root().context("cgroup v2 is not mounted")?;
+    let cgroups = fs::read_to_string("/proc/self/cgroup")?;
+    let path = cgroups
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .context("/proc/self/cgroup has no cgroup v2 line")?;
+    Ok(root.join(path.trim_start_matches('/')))
+}
+
+/// Moves this process, all its threads, into `cgroup`.
+fn move_self(cgroup: &Path) -> Result<()> {
+    let procs = cgroup.join("cgroup.procs");
+    fs::write(&procs, std::process::id().to_string())
+        .with_context(|| format!("joining cgroup {}", cgroup.display()))
 }
 
 /// Makes `command` move itself into `cgroup` before it executes its
@@ -622,6 +818,13 @@ fn join_cgroup(command: &mut Command, cgroup: &Path) -> Result<()> {
 pub fn pod_iface(pod: &str) -> String {
     let name: String = pod.chars().filter(char::is_ascii_alphanumeric).collect();
     format!("veth{name}").chars().take(15).collect()
+}
+
+/// The address pods of `node` route through in the bridged layout: the
+/// first of its pod CIDR, on `cni0`.
+fn pod_gateway(node: &Node) -> Ipv4Addr {
+    let [a, b, c, _] = node.pod_net.octets();
+    Ipv4Addr::new(a, b, c, 1)
 }
 
 /// `ip netns exec` mounts `/etc/netns/<ns>/hosts` over `/etc/hosts` for the

@@ -22,7 +22,7 @@ use crate::{
     bootstrap::{is_root, run, step},
     ebpf::{self, workspace_root},
 };
-use cluster::{Cluster, CLIENT_ADDR, NODE_LAN_IFACE};
+use cluster::{Cluster, NodeProfile, CLIENT_ADDR, NODE_LAN_IFACE};
 use control_plane::{App, Pod, State};
 use progress::{seconds, wait_for, Progress};
 
@@ -80,7 +80,7 @@ pub fn run_cmd(args: &Args) -> Result<()> {
         "creating namespaces: lan bridge, router, client, node1, node2 and the pods",
         false,
         || {
-            let cluster = Cluster::create(nodes.clone())?;
+            let mut cluster = Cluster::create(nodes.clone(), NodeProfile::default())?;
             cluster.route_lb_ips(&state.lb_ips())?;
             let hosts = hosts_file(&state);
             for pod in &state.pods {
@@ -340,9 +340,9 @@ pub(crate) fn agent_has_cgroup_path(bin: &Path) -> Result<bool> {
     Ok(xdplb(bin, &["agent", "--help"])?.contains("--cgroup-path"))
 }
 
-/// Starts the pod's program in its namespace, logging to `<pod>.log`.
+/// Starts the pod's program in its namespace and cgroup, logging to
+/// `<pod>.log`.
 pub(crate) fn start_pod(cluster: &mut Cluster, pod: &Pod, bin: &Path, redis: &Path) -> Result<()> {
-    let ns = cluster.run.ns(&pod.name);
     match pod.app {
         App::Redis => {
             let port = REDIS_PORT.to_string();
@@ -358,16 +358,16 @@ pub(crate) fn start_pod(cluster: &mut Cluster, pod: &Pod, bin: &Path, redis: &Pa
                 "--daemonize",
                 "no",
             ];
-            cluster.spawn(&ns, &pod.name, redis, &args, &[])
+            cluster.spawn(pod, redis, &args, &[])
         }
         App::Counter => {
             let mut env = pod.env.clone();
             env.push(("POD_NAME".into(), pod.name.clone()));
-            cluster.spawn(&ns, &pod.name, &bin.join("counter"), &[], &env)
+            cluster.spawn(pod, &bin.join("counter"), &[], &env)
         }
         App::Probe => {
             let args = ["server", "--pod", &pod.name];
-            cluster.spawn(&ns, &pod.name, &bin.join("e2e-probe"), &args, &[])
+            cluster.spawn(pod, &bin.join("e2e-probe"), &args, &[])
         }
     }
 }

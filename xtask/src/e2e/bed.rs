@@ -225,10 +225,14 @@ impl Bed {
             .clone()
     }
 
-    /// Runs `f` in `client`'s namespace.
+    /// Runs `f` in `client`'s namespace and, for a pod, its cgroup.
     pub fn run_in<T: Send>(&self, client: &Client, f: impl FnOnce() -> T + Send) -> Result<T> {
         check_interrupt()?;
-        cluster::in_netns(&client.ns, f)
+        if client.node.is_none() {
+            return cluster::in_netns(&client.ns, f);
+        }
+        self.cluster
+            .as_pod(&client.name, || cluster::in_netns(&client.ns, f))?
     }
 
     /// Turns a failed attempt into an error that says what the entry

@@ -1,9 +1,11 @@
 //! `cargo xtask e2e`: Service scenarios after Kubernetes' own Service e2e
 //! tests, on the demo's two-node cluster of network namespaces with an
-//! `xdplb agent` per node. The suite builds one cluster (the demo's seed
-//! pods and Services plus its own probe pods and Services), runs every
-//! scenario against it, prints PASS or FAIL with evidence for each, and
-//! fails if any failed.
+//! `xdplb agent` per node. A run builds a cluster (the demo's seed pods and
+//! Services plus its own probe pods and Services) with the nodes' profile
+//! the flags choose, runs every scenario against it, prints PASS or FAIL
+//! with evidence for each, and fails if any failed. `--matrix` does that
+//! for every profile in turn, each on a cluster of its own, and ends with a
+//! table of them.
 mod bed;
 mod probe;
 mod scenarios;
@@ -20,7 +22,7 @@ use crate::{
     bootstrap::step,
     demo::{
         self,
-        cluster::{self, Cluster},
+        cluster::{self, Cluster, NodeProfile, PodLayout},
         control_plane::{self, App, State},
         progress::{self, seconds, Progress},
     },
@@ -28,14 +30,58 @@ use crate::{
 };
 use bed::{Bed, REVERSE_SLICE_PORTS};
 
-#[derive(clap::Args, Default)]
+#[derive(clap::Args)]
 pub struct Args {
     /// Run only these scenarios (numbers, as the suite lists them: 1,5,13).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<usize>,
     /// Leave the cluster running afterwards (remove it with `cargo xtask demo --down`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "matrix")]
     pub keep: bool,
+    /// The nodes' net.ipv4.conf.{all,default}.rp_filter: 2 (loose, systemd's
+    /// default on Debian, Ubuntu and most others), 1 (strict, RHEL) or 0.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub rp_filter: u8,
+    /// How pods attach to their node: routed (Calico) or bridged (flannel's cni0).
+    #[arg(long, value_enum, default_value_t = PodLayout::Routed)]
+    pub pod_layout: PodLayout,
+    /// Whether pods' processes run below the node's cgroup, where the
+    /// agent's socket-level hooks act on them (as the kubelet places them),
+    /// or outside it, so that only the packet path serves them.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub pods_in_hook_cgroup: bool,
+    /// Run every combination of --rp-filter, --pod-layout and
+    /// --pods-in-hook-cgroup (12 clusters, one after the other) and print
+    /// a table of them; ignores those three flags.
+    #[arg(long)]
+    pub matrix: bool,
+}
+
+impl Args {
+    fn profile(&self) -> NodeProfile {
+        NodeProfile {
+            rp_filter: self.rp_filter,
+            pod_layout: self.pod_layout,
+            pods_in_hook_cgroup: self.pods_in_hook_cgroup,
+        }
+    }
+}
+
+/// Every node profile the matrix covers.
+fn matrix() -> Vec<NodeProfile> {
+    let mut cells = Vec::new();
+    for rp_filter in [2, 1, 0] {
+        for pod_layout in [PodLayout::Routed, PodLayout::Bridged] {
+            for pods_in_hook_cgroup in [true, false] {
+                cells.push(NodeProfile {
+                    rp_filter,
+                    pod_layout,
+                    pods_in_hook_cgroup,
+                });
+            }
+        }
+    }
+    cells
 }
 
 /// What a scenario that did not fail found.
@@ -56,10 +102,22 @@ const SETUP_STEPS: usize = 8;
 pub const PROBE_PORT: i64 = 8080;
 
 pub fn run_cmd(args: &Args) -> Result<()> {
+    let cells = if args.matrix {
+        matrix()
+    } else {
+        vec![args.profile()]
+    };
+    run_cells(&cells, &args.only, args.keep)
+}
+
+/// Runs the scenarios (all, or the numbers in `only`) on a cluster of each
+/// profile in turn; fails if any scenario failed or a cluster did not come
+/// up. With more than one cell, ends with a table of them.
+pub fn run_cells(cells: &[NodeProfile], only: &[usize], keep: bool) -> Result<()> {
     demo::preflight()?;
     progress::catch_interrupts();
     let scenarios = scenarios::all();
-    for n in &args.only {
+    for n in only {
         if !(1..=scenarios.len()).contains(n) {
             bail!(
                 "--only {n}: the scenarios are numbered 1 to {}",
@@ -68,11 +126,88 @@ pub fn run_cmd(args: &Args) -> Result<()> {
         }
     }
     let started = Instant::now();
-    let mut bed = setup()?;
+    let mut outcomes = Vec::new();
+    for (i, profile) in cells.iter().enumerate() {
+        if cells.len() > 1 {
+            step(&format!("cell {}/{}: {profile}", i + 1, cells.len()));
+        }
+        let outcome = run_cell(*profile, &scenarios, only, keep)?;
+        outcomes.push((*profile, outcome));
+    }
+    if cells.len() > 1 {
+        matrix_summary(&outcomes);
+    }
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, o)| !o.passed())
+        .map(|(p, o)| format!("{p}: {}", o.line()))
+        .collect();
+    let total = seconds(started.elapsed());
+    if !failed.is_empty() {
+        bail!(
+            "end-to-end suite failed ({total}):\n  {}",
+            failed.join("\n  ")
+        );
+    }
+    eprintln!("end-to-end suite passed ({total})");
+    Ok(())
+}
+
+/// How one cell went.
+struct CellOutcome {
+    passed: usize,
+    failed: usize,
+    not_yet: usize,
+    /// Why the cluster did not come up, if it did not.
+    setup_error: Option<String>,
+    took: Duration,
+}
+
+impl CellOutcome {
+    fn passed(&self) -> bool {
+        self.failed == 0 && self.setup_error.is_none()
+    }
+
+    fn line(&self) -> String {
+        if let Some(err) = &self.setup_error {
+            return format!("cluster did not come up: {err}");
+        }
+        let mut line = format!("{} passed, {} failed", self.passed, self.failed);
+        if self.not_yet > 0 {
+            line += &format!(", {} not yet supported", self.not_yet);
+        }
+        line
+    }
+}
+
+/// One cluster of `profile`: up, the scenarios, down (unless `keep`).
+/// Errors only on an interrupt or a failed teardown; a cluster that does
+/// not come up is the cell's failure.
+fn run_cell(
+    profile: NodeProfile,
+    scenarios: &[Scenario],
+    only: &[usize],
+    keep: bool,
+) -> Result<CellOutcome> {
+    let started = Instant::now();
+    let mut bed = match setup(profile) {
+        Ok(bed) => bed,
+        Err(err) => {
+            progress::check_interrupt()?;
+            eprintln!("      cluster setup failed: {err:#}");
+            return Ok(CellOutcome {
+                passed: 0,
+                failed: 0,
+                not_yet: 0,
+                setup_error: Some(format!("{err:#}")),
+                took: started.elapsed(),
+            });
+        }
+    };
     let mut results = Vec::new();
     for (i, scenario) in scenarios.iter().enumerate() {
         let number = i + 1;
-        if !args.only.is_empty() && !args.only.contains(&number) {
+        if !only.is_empty() && !only.contains(&number) {
             continue;
         }
         progress::check_interrupt()?;
@@ -97,8 +232,7 @@ pub fn run_cmd(args: &Args) -> Result<()> {
         };
         results.push((number, scenario.name, status, took));
     }
-    let total = started.elapsed();
-    if args.keep {
+    if keep {
         eprintln!(
             "\nThe cluster stays up (run {}); its manifests: {}; remove it with: cargo xtask demo --down",
             bed.cluster.run.id,
@@ -110,7 +244,8 @@ pub fn run_cmd(args: &Args) -> Result<()> {
         bed.cluster.remove()?;
         step(&format!("tore the cluster down ({})", seconds(t.elapsed())));
     }
-    summary(&results, total)
+    let outcome = summary(profile, &results, started.elapsed());
+    Ok(outcome)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -120,8 +255,12 @@ enum Status {
     NotYet,
 }
 
-fn summary(results: &[(usize, &str, Status, Duration)], total: Duration) -> Result<()> {
-    eprintln!("\nend-to-end scenarios:");
+fn summary(
+    profile: NodeProfile,
+    results: &[(usize, &str, Status, Duration)],
+    took: Duration,
+) -> CellOutcome {
+    eprintln!("\nend-to-end scenarios ({profile}):");
     for (number, name, status, took) in results {
         let status = match status {
             Status::Pass => "PASS",
@@ -131,25 +270,60 @@ fn summary(results: &[(usize, &str, Status, Duration)], total: Duration) -> Resu
         eprintln!("  {number:>2}  {status:<17}  {:>7}  {name}", seconds(*took));
     }
     let count = |s: Status| results.iter().filter(|r| r.2 == s).count();
-    let (passed, failed, not_yet) = (
-        count(Status::Pass),
-        count(Status::Fail),
-        count(Status::NotYet),
+    let outcome = CellOutcome {
+        passed: count(Status::Pass),
+        failed: count(Status::Fail),
+        not_yet: count(Status::NotYet),
+        setup_error: None,
+        took,
+    };
+    let failed: Vec<String> = results
+        .iter()
+        .filter(|r| r.2 == Status::Fail)
+        .map(|r| r.0.to_string())
+        .collect();
+    let mut line = outcome.line();
+    if !failed.is_empty() {
+        line += &format!(" (failed: {})", failed.join(","));
+    }
+    eprintln!("{line} ({})", seconds(took));
+    outcome
+}
+
+/// The table of cells: their profile, counts and time.
+fn matrix_summary(outcomes: &[(NodeProfile, CellOutcome)]) {
+    eprintln!("\nend-to-end matrix:");
+    eprintln!(
+        "  {:<9}  {:<7}  {:<13}  {:>6}  {:>6}  {:>7}  {:>7}  verdict",
+        "rp_filter", "layout", "pods' cgroup", "pass", "fail", "not yet", "time"
     );
-    let mut line = format!("{passed} passed, {failed} failed");
-    if not_yet > 0 {
-        line += &format!(", {not_yet} not yet supported (not counted as failures)");
+    for (profile, outcome) in outcomes {
+        let cgroup = if profile.pods_in_hook_cgroup {
+            "in hook's"
+        } else {
+            "outside"
+        };
+        let verdict = match &outcome.setup_error {
+            Some(err) => format!("SETUP FAILED: {}", err.lines().next().unwrap_or_default()),
+            None if outcome.failed > 0 => "FAIL".into(),
+            None => "PASS".into(),
+        };
+        eprintln!(
+            "  {:<9}  {:<7}  {:<13}  {:>6}  {:>6}  {:>7}  {:>7}  {verdict}",
+            profile.rp_filter,
+            profile.pod_layout.to_string(),
+            cgroup,
+            outcome.passed,
+            outcome.failed,
+            outcome.not_yet,
+            seconds(outcome.took),
+        );
     }
-    if failed > 0 {
-        bail!("end-to-end suite failed: {line} ({})", seconds(total));
-    }
-    eprintln!("end-to-end suite passed: {line} ({})", seconds(total));
-    Ok(())
 }
 
 /// Builds everything and brings the cluster up: the demo's seed pods and
 /// Services plus the suite's own.
-fn setup() -> Result<Bed> {
+fn setup(profile: NodeProfile) -> Result<Bed> {
     let mut p = Progress::new(SETUP_STEPS);
     let redis = p.step("looking for redis-server", false, demo::redis_server)?;
     p.step("building the eBPF object", true, ebpf::build)?;
@@ -177,10 +351,10 @@ fn setup() -> Result<Bed> {
         },
     )?;
     let cluster = p.step(
-        "creating namespaces: lan bridge, router, client, node1, node2 and the pods",
+        &format!("creating namespaces: lan bridge, router, client, node1, node2 and the pods ({profile})"),
         false,
         || {
-            let cluster = Cluster::create(nodes.clone())?;
+            let mut cluster = Cluster::create(nodes.clone(), profile)?;
             cluster.route_lb_ips(&state.lb_ips())?;
             let hosts = demo::hosts_file(&state);
             for pod in &state.pods {

@@ -171,11 +171,15 @@ pub fn refusal(target: SocketAddrV4, proto: Proto) -> Result<Attempt<()>> {
             .map(drop),
         Proto::Udp => {
             let socket = UdpSocket::from(socket);
-            socket.connect(target)?;
             socket.set_read_timeout(Some(CONNECT_TIMEOUT))?;
-            socket.send(b"WHO")?;
             let mut buf = [0u8; 1500];
-            socket.recv(&mut buf).map(drop)
+            // Socket-level translation refuses at connect, the packet path
+            // by an ICMP error that the receive reports.
+            socket
+                .connect(target)
+                .and_then(|()| socket.send(b"WHO"))
+                .and_then(|_| socket.recv(&mut buf))
+                .map(drop)
         }
     };
     let took = started.elapsed();

@@ -300,20 +300,27 @@ fn source_ip(bed: &mut Bed) -> Result<Verdict> {
 }
 
 /// Kubernetes: "should allow pods to hairpin back to themselves through
-/// services". The data plane source-NATs the hairpin flow to the node's
-/// address, so the pod sees its node, and its reply comes back through the
-/// node to be translated.
+/// services". The packet path source-NATs the hairpin flow to the node's
+/// address, as kube-proxy masquerades it, so the pod sees its node, and its
+/// reply comes back through the node to be translated. Socket-level
+/// translation (pods in the hook cgroup) connects the pod straight to
+/// itself, as Cilium's socket balancer does.
 fn hairpin(bed: &mut Bed) -> Result<Verdict> {
+    let by_socket = bed.host_hooks && bed.cluster.profile.pods_in_hook_cgroup;
     for (pod, svc) in [("web-1", "web-node1"), ("web-2", "web-node2")] {
         let client = bed.pod_client(pod)?;
         let node = client.node.clone().context("a pod has a node")?;
-        let node_addr = bed.node_addr(&node)?;
+        let (seen_as, whose) = if by_socket {
+            (client.addr, "its own")
+        } else {
+            (bed.node_addr(&node)?, "its node's")
+        };
         let vip = bed.vip(svc, 0)?;
         for who in bed.ask_n(&client, vip, Proto::Tcp, 5)? {
             ensure!(who.pod == pod, "{pod} -> {vip} answered by {who}");
             ensure!(
-                *who.peer.ip() == node_addr,
-                "{pod} -> {vip}: the pod saw itself as {}, expected its node's address {node_addr}",
+                *who.peer.ip() == seen_as,
+                "{pod} -> {vip}: the pod saw itself as {}, expected {whose} address {seen_as}",
                 who.peer
             );
         }
@@ -322,7 +329,7 @@ fn hairpin(bed: &mut Bed) -> Result<Verdict> {
             conn.check()?;
         }
         note(format!(
-            "{pod} -> {svc} {vip}: answered by itself, seen as {node_addr} ({node}); 6 exchanges on one connection"
+            "{pod} -> {svc} {vip}: answered by itself, seen as {seen_as} ({whose} address, {node}); 6 exchanges on one connection"
         ));
     }
     Ok(Verdict::Pass)
