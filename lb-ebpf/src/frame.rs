@@ -179,11 +179,15 @@ pub fn deliver_meta(ctx: &TcContext) -> u32 {
     if meta + core::mem::size_of::<XdpMeta>() > data {
         return TC_ACT_OK as u32;
     }
-    let meta = unsafe { *(meta as *const XdpMeta) };
-    match meta.kind() {
-        Some(kind) => redirect_skb(kind, meta.ifindex),
-        None => TC_ACT_OK as u32,
-    }
+    let slot = meta as *mut XdpMeta;
+    let meta = unsafe { *slot };
+    let Some(kind) = meta.kind() else {
+        return TC_ACT_OK as u32;
+    };
+    // The kernel keeps an skb's metadata length across a veth: unerased,
+    // this would steer the packet again wherever it arrives next.
+    unsafe { (*slot).magic = 0 };
+    redirect_skb(kind, meta.ifindex)
 }
 
 /// Redirects an skb the way `kind` says.
