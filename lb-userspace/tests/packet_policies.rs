@@ -125,6 +125,34 @@ fn a_taken_client_port_gets_one_from_the_snat_range() {
     }
 }
 
+/// With every candidate port taken, a new flow is dropped and counted,
+/// never sent with a tuple another flow's replies use.
+#[test]
+fn snat_exhaustion_drops_the_new_flow_and_counts_it() {
+    let mut dp = node(NODE_PORT, FE_EXTERNAL, 0, &[B1]);
+    let one_port = Config {
+        snat_addr: be(NODE),
+        snat_port_min: 1024,
+        snat_port_max: 1024,
+        ..Config::DEFAULT
+    };
+    dp.maps.config.set(0, one_port, 0).unwrap();
+    let clients = [7, 8, 9].map(|last| (Ipv4Addr::new(198, 51, 100, last), CLIENT.1));
+    let mut actions = Vec::new();
+    for client in clients {
+        let (action, out) = run(&dp, &tcp_frame(client, NODE_PORT, Tcp::syn(), b"", &[]));
+        actions.push(action);
+        if action != XDP_DROP {
+            let p = parse_checked(&out);
+            assert_eq!((p.src, (p.dst, p.dport)), (NODE, B1));
+        }
+    }
+    assert_eq!(actions[2], XDP_DROP, "no port left for the third client");
+    assert!(actions[..2].iter().all(|a| *a != XDP_DROP));
+    assert_eq!(count(&dp, Reason::DropSnatPortsExhausted), 1);
+    assert_eq!(count(&dp, Reason::SnatNewFlow), 2);
+}
+
 #[test]
 fn nodeport_to_a_local_backend_keeps_the_client_source() {
     let dp = node(NODE_PORT, FE_EXTERNAL, BE_LOCAL, &[B1]);

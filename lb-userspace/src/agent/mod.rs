@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use lb_common::Config;
+use lb_common::{Config, Reason};
 use tokio::signal::unix::SignalKind;
 
 use crate::{
@@ -80,9 +80,27 @@ struct Agent {
     nodeport_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
     metrics: Arc<Metrics>,
     healthchecks: HealthCheckServers,
+    /// `drop_snat_ports_exhausted` when last looked at.
+    snat_exhausted: u64,
 }
 
 impl Agent {
+    /// Logs new flows the data plane dropped for want of a source-NAT port
+    /// since the last look: the counter alone is easy to miss.
+    fn report_snat_exhaustion(&mut self) {
+        let Ok(total) = self.dp.maps.reason_total(Reason::DropSnatPortsExhausted) else {
+            return;
+        };
+        if total > self.snat_exhausted {
+            tracing::warn!(
+                dropped = total - self.snat_exhausted,
+                total,
+                "new source-NATed flows dropped: no free SNAT port towards their backend"
+            );
+        }
+        self.snat_exhausted = total;
+    }
+
     /// Source NAT uses the first address of the external interfaces, the
     /// address other nodes and the outside reach this node at, and follows
     /// it when it changes.
@@ -203,6 +221,12 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let health: health::Shared = Arc::new(Mutex::new(health::Health::default()));
     let metrics = Arc::new(Metrics::new());
+    // Drops counted before this start (the counters are pinned) were
+    // reported by the agent that saw them.
+    let snat_exhausted = dp
+        .maps
+        .reason_total(Reason::DropSnatPortsExhausted)
+        .unwrap_or(0);
     let mut agent = Agent {
         attacher: attach::Attacher::new(args.xdp_mode),
         args,
@@ -215,6 +239,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         nodeport_cidrs,
         metrics: metrics.clone(),
         healthchecks: HealthCheckServers::new(),
+        snat_exhausted,
     };
     // Maps first, then the program on the wire: the first packet it sees
     // already finds every Service.
@@ -273,6 +298,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
             }
             _ = ticks.tick() => {
                 agent.attach_pod_ifaces();
+                agent.report_snat_exhaustion();
                 if let Some(status) = source.status() {
                     agent.health.lock().expect("health").source(&status);
                 }
