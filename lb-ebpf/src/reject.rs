@@ -18,8 +18,12 @@ use crate::{
 const IPPROTO_ICMP: u8 = 1;
 const NEW_IP_LEN: usize = 20;
 const ICMP_HLEN: usize = 8;
-/// RFC 792: the original IP header plus the first 64 bits of its payload.
-const ICMP_QUOTE_L4: usize = 8;
+/// RFC 792's minimum quote: the original IP header plus the first 64 bits
+/// of its payload, which hold a UDP header whole.
+const QUOTE_UDP: usize = 8;
+/// A TCP quote runs to the end of the fixed header: the skb of a packet sent
+/// with checksum offload cannot be cut shorter than its checksum field.
+const QUOTE_TCP: usize = 20;
 /// Destination unreachable codes.
 const ICMP_PORT_UNREACH: u8 = 3;
 const ICMP_FRAG_NEEDED: u8 = 4;
@@ -30,7 +34,7 @@ pub fn send<C: Frame>(ctx: &C, ihl: usize, proto: u8, reason: Reason) -> (Reason
     let built = if proto == PROTO_TCP {
         tcp_rst(ctx, ihl)
     } else {
-        icmp_unreachable(ctx, ihl, ICMP_PORT_UNREACH, 0)
+        icmp_unreachable(ctx, ihl, QUOTE_UDP, ICMP_PORT_UNREACH, 0)
     };
     match built {
         Some(action) => (reason, action),
@@ -42,8 +46,14 @@ pub fn send<C: Frame>(ctx: &C, ihl: usize, proto: u8, reason: Reason) -> (Reason
 /// path takes at most `mtu` bytes (RFC 1191). A side event: the packet
 /// stays counted under its flow's path.
 #[inline(always)]
-pub fn frag_needed<C: Frame>(ctx: &C, ihl: usize, mtu: u32) -> u32 {
-    let (reason, action) = match icmp_unreachable(ctx, ihl, ICMP_FRAG_NEEDED, mtu as u16) {
+pub fn frag_needed<C: Frame>(ctx: &C, ihl: usize, proto: u8, mtu: u32) -> u32 {
+    let quote = if proto == PROTO_TCP {
+        QUOTE_TCP
+    } else {
+        QUOTE_UDP
+    };
+    let (reason, action) = match icmp_unreachable(ctx, ihl, quote, ICMP_FRAG_NEEDED, mtu as u16)
+    {
         Some(action) => (Reason::IcmpFragNeeded, action),
         None => (Reason::RejectFailed, C::DROP),
     };
@@ -151,9 +161,15 @@ fn pseudo_sum(src: u32, dst: u32, proto: u8, len: u16) -> u32 {
 /// Puts Ethernet, IPv4 and ICMP destination-unreachable headers (`code`,
 /// and `mtu` for fragmentation needed) in front of the original IPv4
 /// header, which stays where it is, and trims everything after its first
-/// eight payload bytes.
+/// `quote_l4` payload bytes (the caller knows the packet has them).
 #[inline(always)]
-fn icmp_unreachable<C: Frame>(ctx: &C, ihl: usize, code: u8, mtu: u16) -> Option<u32> {
+fn icmp_unreachable<C: Frame>(
+    ctx: &C,
+    ihl: usize,
+    quote_l4: usize,
+    code: u8,
+    mtu: u16,
+) -> Option<u32> {
     const GROW: usize = NEW_IP_LEN + ICMP_HLEN;
     let old_eth = ptr_at::<EthHdr>(ctx, 0)?;
     let orig_ip = ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN)?;
@@ -162,7 +178,7 @@ fn icmp_unreachable<C: Frame>(ctx: &C, ihl: usize, code: u8, mtu: u16) -> Option
     if !ctx.grow_l3(GROW as u32) {
         return None;
     }
-    let quote = ihl + ICMP_QUOTE_L4;
+    let quote = ihl + quote_l4;
     if !ctx.trim((ETH_HLEN + GROW + quote) as u32) {
         return None;
     }
@@ -183,9 +199,9 @@ fn icmp_unreachable<C: Frame>(ctx: &C, ihl: usize, code: u8, mtu: u16) -> Option
     unsafe { *icmp = [u16::from_ne_bytes([3, code]), 0, 0, mtu.to_be()] };
     let icmp_len = ICMP_HLEN + quote;
     let mut sum = 0u32;
-    // At most 8 + 60 + 8 bytes; each word is bounds-checked for the verifier.
+    // At most 8 + 60 + 20 bytes; each word is bounds-checked for the verifier.
     let mut off = 0;
-    while off < 76 {
+    while off < ICMP_HLEN + 60 + QUOTE_TCP {
         if off + 2 > icmp_len {
             break;
         }

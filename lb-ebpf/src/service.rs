@@ -253,7 +253,7 @@ fn cached<C: Frame>(
 ) -> Option<Verdict> {
     let ct = flow_cache::get(slot?, key, jiffies)?;
     Some(match forward::check(ctx, p.ip, key, ct, false) {
-        Fit::TellSender(mtu) => (reason, reject::frag_needed(ctx, p.ihl, mtu)),
+        Fit::TellSender(mtu) => (reason, reject::frag_needed(ctx, p.ihl, p.proto, mtu)),
         fit => {
             let v = unsafe { &*ct };
             nat::rewrite(p.ip, &p.l4, p.ihl, v, key.dir == CT_DIR_FORWARD);
@@ -299,7 +299,7 @@ fn translate<C: Frame>(
     let refresh = conntrack::on_packet(key, ct, p.l4.tcp_flags, now);
     let fit = forward::check(ctx, p.ip, key, ct, refresh);
     if let Fit::TellSender(mtu) = fit {
-        return reject::frag_needed(ctx, p.ihl, mtu);
+        return reject::frag_needed(ctx, p.ihl, p.proto, mtu);
     }
     let v = unsafe { &*ct };
     let frag = p.first_fragment.then(|| frags::first_key(p.ip));

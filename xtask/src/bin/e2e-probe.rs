@@ -119,11 +119,7 @@ fn serve_tcp(pod: &str, stream: TcpStream) -> io::Result<()> {
         match (words.next(), words.next()) {
             (Some("WHO"), None) => out.write_all(who_line(pod, "tcp", peer, port).as_bytes())?,
             (Some("BULK"), Some(n)) => {
-                let n: usize = n
-                    .parse()
-                    .ok()
-                    .filter(|n| *n <= MAX_BULK)
-                    .ok_or_else(|| io::Error::other(format!("bad BULK size {n:?}")))?;
+                let n = size("BULK", n)?;
                 let mut sent = 0;
                 let mut chunk = vec![0u8; 16 << 10];
                 while sent < n {
@@ -137,11 +133,7 @@ fn serve_tcp(pod: &str, stream: TcpStream) -> io::Result<()> {
                 return Ok(());
             }
             (Some("UPLOAD"), Some(n)) => {
-                let n: usize = n
-                    .parse()
-                    .ok()
-                    .filter(|n| *n <= MAX_BULK)
-                    .ok_or_else(|| io::Error::other(format!("bad UPLOAD size {n:?}")))?;
+                let n = size("UPLOAD", n)?;
                 let answer = match receive_pattern(&mut reader, n)? {
                     None => format!("OK {n} pod={pod}\n"),
                     Some(offset) => format!("BAD {offset}\n"),
@@ -152,6 +144,14 @@ fn serve_tcp(pod: &str, stream: TcpStream) -> io::Result<()> {
             _ => out.write_all(b"ERR unknown request\n")?,
         }
     }
+}
+
+/// The byte count of a `BULK` or `UPLOAD` request, at most `MAX_BULK`.
+fn size(request: &str, n: &str) -> io::Result<usize> {
+    n.parse()
+        .ok()
+        .filter(|n| *n <= MAX_BULK)
+        .ok_or_else(|| io::Error::other(format!("bad {request} size {n:?}")))
 }
 
 /// Reads `n` bytes of the pattern; the offset of the first wrong byte, if any.
