@@ -52,8 +52,7 @@ pub fn frag_needed<C: Frame>(ctx: &C, ihl: usize, proto: u8, mtu: u32) -> u32 {
     } else {
         QUOTE_UDP
     };
-    let (reason, action) = match icmp_unreachable(ctx, ihl, quote, ICMP_FRAG_NEEDED, mtu as u16)
-    {
+    let (reason, action) = match icmp_unreachable(ctx, ihl, quote, ICMP_FRAG_NEEDED, mtu as u16) {
         Some(action) => (Reason::IcmpFragNeeded, action),
         None => (Reason::RejectFailed, C::DROP),
     };
@@ -197,18 +196,19 @@ fn icmp_unreachable<C: Frame>(
     // Type 3 (destination unreachable); RFC 1191 puts the next-hop MTU in
     // the last 16 bits of the header.
     unsafe { *icmp = [u16::from_ne_bytes([3, code]), 0, 0, mtu.to_be()] };
-    let icmp_len = ICMP_HLEN + quote;
-    let mut sum = 0u32;
-    // At most 8 + 60 + 20 bytes; each word is bounds-checked for the verifier.
-    let mut off = 0;
-    while off < ICMP_HLEN + 60 + QUOTE_TCP {
-        if off + 2 > icmp_len {
-            break;
-        }
-        let w = ptr_at::<u16>(ctx, ETH_HLEN + NEW_IP_LEN + off)?;
-        sum += unsafe { *w } as u32;
-        off += 2;
-    }
+    // The quoted IP header needs no reading: a valid one sums to 0xffff,
+    // which adds nothing in ones' complement. A fixed-size read of the
+    // quoted transport bytes keeps the verifier to one bounds check; a loop
+    // over a variable length gets its checks folded into arithmetic on the
+    // packet end, which the verifier refuses.
+    let l4 = ETH_HLEN + GROW + ihl;
+    let l4_sum = if quote_l4 == QUOTE_TCP {
+        sum_words(unsafe { &*ptr_at::<[u8; QUOTE_TCP]>(ctx, l4)? }, 0)
+    } else {
+        sum_words(unsafe { &*ptr_at::<[u8; QUOTE_UDP]>(ctx, l4)? }, 0)
+    };
+    let header = unsafe { core::slice::from_raw_parts(icmp as *const u8, ICMP_HLEN) };
+    let sum = sum_words(header, l4_sum);
     unsafe { (*icmp)[1] = !fold(sum) };
     Some(ctx.bounce())
 }

@@ -154,6 +154,27 @@ fn oversize_pod_packets_get_frag_needed_about_the_clusterip() {
     assert_eq!(count(&dp, Reason::IcmpFragNeeded), 1);
 }
 
+/// A TCP quote runs to the end of the TCP header, and its checksum covers it.
+#[test]
+fn oversize_tcp_segments_get_frag_needed_quoting_the_whole_tcp_header() {
+    let (tb, node) = small_mtu_node();
+    let dp = with_service(PROTO_TCP);
+    let big = tcp_frame(POD, VIP, Tcp::ack(), &[7u8; 1400], &[]);
+    let prog = dp.classifier(POD_PROGRAM).unwrap();
+    let r = tb
+        .in_ns(&node, || run_frame(prog, &big, 1).unwrap())
+        .unwrap();
+    assert_eq!(r.action, TC_ACT_REDIRECT);
+    assert_frag_needed_about_the_vip(&r.frame);
+    let p = parse_checked(&r.frame);
+    assert_eq!(p.icmp_payload.len(), 20 + 20, "IP header and TCP header");
+    assert_eq!(
+        &p.icmp_payload[20..],
+        &big[34..54],
+        "the TCP header as sent"
+    );
+}
+
 #[test]
 fn oversize_packets_from_outside_get_frag_needed_in_xdp() {
     let (tb, node) = small_mtu_node();
