@@ -856,12 +856,25 @@ fn uplink_mtu_steps(bed: &Bed, node: &str) -> Result<Verdict> {
         ("LoadBalancer IP", bed.lb_ip("lb-web", 0)?),
     ];
     let node_ns = bed.cluster.run.ns(node);
+    // What earlier transfers taught either end about the path: a server
+    // that learnt a 1280-byte path to the node's address advertises the
+    // smaller MSS, and no packet too big is ever sent.
+    let mut forget = vec![client.ns.clone()];
+    forget.extend(
+        bed.state
+            .pods
+            .iter()
+            .filter(|p| p.labels.get("app").is_some_and(|a| a == "web"))
+            .map(|p| bed.cluster.run.ns(&p.name)),
+    );
     for (what, target) in targets {
         let mut crossed = false;
         // The LoadBalancer IP has a pod on each node: enough uploads that
         // one goes to node2, across the small hop.
         for _ in 0..8 {
-            cluster::exec(&client.ns, "ip", &["route", "flush", "cache"])?;
+            for ns in &forget {
+                cluster::exec(ns, "ip", &["route", "flush", "cache"])?;
+            }
             let ours = bed.stats(node)?.get("icmp_frag_needed_sent").copied();
             let kernels = dest_unreachables_sent(&node_ns)?;
             let pod = bed.upload(&client, target, UPLOAD_SIZE).with_context(|| {
