@@ -22,7 +22,7 @@ enum Command {
     BuildEbpf,
     /// The project's test command: fmt, clippy, unit tests, then the privileged tiers.
     Test(test::Args),
-    /// Per-packet cost under BPF_PROG_TEST_RUN (needs root).
+    /// Per-packet cost under BPF_PROG_TEST_RUN, or with --testbed datagrams per second on a namespace cluster (needs root).
     Bench(bench::Args),
     /// The seed's counter app and Redis on a two-node namespace cluster, served by xdplb (needs root).
     Demo(demo::Args),
