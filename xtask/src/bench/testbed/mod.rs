@@ -27,9 +27,10 @@ use crate::{
     bootstrap::{run, step},
     demo::{
         self,
-        cluster::{self, Cluster, CLIENT_ADDR, NODE_LAN_IFACE},
+        cluster::{self, Cluster, NodeProfile, CLIENT_ADDR, NODE_LAN_IFACE},
         control_plane::{App, Pod},
         progress::{self, check_interrupt, seconds, wait_for},
+        Hook,
     },
     ebpf::{self, workspace_root},
 };
@@ -238,23 +239,9 @@ impl Drop for PodCgroup {
 impl Bed {
     fn create(column: Column, bin: &Bins, services: &Services) -> Result<Self> {
         let nodes = cluster::nodes();
-        let mut cluster = Cluster::create(nodes.clone())?;
-        for node in &nodes {
-            let ns = cluster.run.ns(&node.name);
-            // What systemd and the kernel leave on a host: loose reverse-path
-            // filtering, and no local source addresses from outside.
-            cluster::exec(
-                &ns,
-                "sysctl",
-                &[
-                    "-qw",
-                    "net.ipv4.ip_forward=1",
-                    "net.ipv4.conf.all.rp_filter=2",
-                    "net.ipv4.conf.default.rp_filter=2",
-                    "net.ipv4.conf.all.accept_local=0",
-                ],
-            )?;
-        }
+        // The demo's default nodes: systemd's loose reverse-path filtering,
+        // forwarding on, offloads on, routed pods.
+        let mut cluster = Cluster::create(nodes.clone(), NodeProfile::default())?;
         // The client reaches pods directly only through node1, as a network
         // routing the pod CIDRs to a node would.
         cluster::exec(
@@ -509,8 +496,8 @@ fn start_agents(cluster: &mut Cluster, bin: &Path, services: &Services) -> Resul
             || cluster.check_processes(),
             || {
                 demo::healthy(&ns)
-                    && demo::link_pinned(&pin, NODE_LAN_IFACE)
-                    && tc_link_pinned(&pin, &veth)
+                    && demo::link_pinned(&pin, Hook::External, NODE_LAN_IFACE)
+                    && demo::link_pinned(&pin, Hook::Pod, &veth)
             },
         )?;
     }
@@ -520,16 +507,6 @@ fn start_agents(cluster: &mut Cluster, bin: &Path, services: &Services) -> Resul
         seconds(started.elapsed())
     ));
     Ok(())
-}
-
-/// Whether the agent has pinned the tc link of pod interface `ifname`
-/// (`<pin>/v<N>/tc/<ifname>`).
-fn tc_link_pinned(pin_path: &Path, ifname: &str) -> bool {
-    fs::read_dir(pin_path)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .any(|e| e.path().join("tc").join(ifname).exists())
 }
 
 /// Fails unless exactly the column's proxy is in place on every node: no
