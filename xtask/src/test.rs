@@ -73,15 +73,19 @@ fn run_tests(args: &Args) -> Result<()> {
         keep: false,
         down: false,
     })?;
-    step("end-to-end scenarios on three node profiles, which cover each rp_filter, pod layout and pods' cgroup");
+    step("end-to-end scenarios on four node profiles, which cover each rp_filter, pod layout and pods' cgroup");
     crate::e2e::run_cells(&e2e_cells(), &[], false)
 }
 
 /// A third of `cargo xtask e2e --matrix`, yet every value of each of its
-/// dimensions.
-fn e2e_cells() -> [NodeProfile; 3] {
+/// dimensions, and the per-packet pod path on the default node.
+fn e2e_cells() -> [NodeProfile; 4] {
     [
         NodeProfile::default(),
+        NodeProfile {
+            pods_in_hook_cgroup: false,
+            ..NodeProfile::default()
+        },
         NodeProfile {
             rp_filter: 1,
             pod_layout: PodLayout::Bridged,
