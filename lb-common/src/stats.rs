@@ -39,10 +39,12 @@ pub enum Reason {
     /// A translated packet too big for its egress, answered with ICMP
     /// fragmentation needed quoting the packet as its sender sent it.
     IcmpFragNeeded = 29,
+    /// A new flow took the SNAT port of a stale flow that never had a reply.
+    SnatPortReclaimed = 30,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 30;
+    pub const COUNT: u32 = 31;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotOurs,
@@ -74,6 +76,7 @@ impl Reason {
         Reason::FwdPeer,
         Reason::FwdNeigh,
         Reason::IcmpFragNeeded,
+        Reason::SnatPortReclaimed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -108,6 +111,7 @@ impl Reason {
             Reason::FwdPeer => "fwd_redirect_peer",
             Reason::FwdNeigh => "fwd_redirect_neigh",
             Reason::IcmpFragNeeded => "icmp_frag_needed_sent",
+            Reason::SnatPortReclaimed => "snat_port_reclaimed",
         }
     }
 }

@@ -3,11 +3,16 @@
 //! reaching itself through its Service).
 use aya_ebpf::{helpers::generated::bpf_get_prandom_u32, maps::lpm_trie::Key};
 use lb_common::{
-    BackendV4, Config, CtKeyV4, FrontendValue, SourceRangeKeyV4, BE_LOCAL, FE_EXTERNAL,
-    FE_SOURCE_RANGES, IFACE_POD,
+    conntrack::STATE_SEEN_REPLY, BackendV4, Config, CtKeyV4, FrontendValue, Reason,
+    SourceRangeKeyV4, BE_LOCAL, CT_DIR_FORWARD, FE_EXTERNAL, FE_SOURCE_RANGES, IFACE_POD,
 };
 
-use crate::{conntrack, forward::iface_has, frame::Frame, maps::SOURCE_RANGES_V4};
+use crate::{
+    forward::iface_has,
+    frame::Frame,
+    maps::{CT_V4, SOURCE_RANGES_V4},
+    stats,
+};
 
 /// Traffic entering on a pod interface is in-cluster: source ranges apply
 /// only to traffic from outside, as with kube-proxy.
@@ -42,20 +47,50 @@ pub fn needs_snat(fe: &FrontendValue, be: &BackendV4, src: u32, cfg: &Config) ->
 /// How many ports of the SNAT range a new flow tries when its client's own
 /// port is taken.
 const SNAT_PROBES: u32 = 32;
+/// A flow that has had no reply and no packet for this long gives up its
+/// SNAT port when a new flow finds none free, as netfilter drops
+/// unreplied entries first when its table is full. Above the one-second
+/// refresh of `last_seen_ns`, so a flow still sending (a one-way UDP
+/// stream) keeps its port.
+const SNAT_RECLAIM_NS: u64 = 1_500_000_000;
+
+/// What a probe found on a port.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    Free,
+    /// Held by a flow that may give it up (`SNAT_RECLAIM_NS`).
+    Stale,
+    Taken,
+}
 
 /// A source port whose reply tuple no live flow uses: the client's own, as
 /// netfilter keeps it whenever the tuple stays unique, else one of the SNAT
 /// range from a random start, so that a burst of flows (spoofed SYNs
 /// included) spreads over the whole range instead of piling up behind one
-/// start.
+/// start. When every probe finds its port taken, the first port held by a
+/// stale unreplied flow is taken from it and that flow forgotten.
 #[inline(always)]
 pub fn snat_port(be: &BackendV4, flow: &CtKeyV4, cfg: &Config, now: u64) -> Option<u16> {
-    let free = |port: u16| {
-        let reply = CtKeyV4::reply((be.addr, be.port), (cfg.snat_addr, port), flow.proto);
-        conntrack::lookup(&reply, 0, now).is_none()
+    let reply = |port: u16| CtKeyV4::reply((be.addr, be.port), (cfg.snat_addr, port), flow.proto);
+    let probe = |port: u16| match CT_V4.get_ptr(reply(port)) {
+        None => Probe::Free,
+        Some(v) => {
+            let (state, expires, seen) =
+                unsafe { ((*v).state, (*v).expires_ns, (*v).last_seen_ns) };
+            if now > expires {
+                Probe::Free
+            } else if state & STATE_SEEN_REPLY == 0 && now.saturating_sub(seen) > SNAT_RECLAIM_NS {
+                Probe::Stale
+            } else {
+                Probe::Taken
+            }
+        }
     };
-    if free(flow.src_port) {
-        return Some(flow.src_port);
+    let mut stale = None;
+    match probe(flow.src_port) {
+        Probe::Free => return Some(flow.src_port),
+        Probe::Stale => stale = Some(flow.src_port),
+        Probe::Taken => {}
     }
     let min = cfg.snat_port_min as u32;
     let span = (cfg.snat_port_max as u32).saturating_sub(min) + 1;
@@ -63,10 +98,40 @@ pub fn snat_port(be: &BackendV4, flow: &CtKeyV4, cfg: &Config, now: u64) -> Opti
     let mut i = 0u32;
     while i < SNAT_PROBES {
         let port = ((min + start.wrapping_add(i) % span) as u16).to_be();
-        if free(port) {
-            return Some(port);
+        match probe(port) {
+            Probe::Free => return Some(port),
+            Probe::Stale if stale.is_none() => stale = Some(port),
+            _ => {}
         }
         i += 1;
     }
-    None
+    let port = stale?;
+    forget_flow_of(&reply(port));
+    stats::count(Reason::SnatPortReclaimed);
+    Some(port)
+}
+
+/// Deletes the forward entry of the flow whose reverse entry is `reply`;
+/// the new flow's entries overwrite the reverse one.
+#[inline(always)]
+fn forget_flow_of(reply: &CtKeyV4) {
+    let Some(v) = CT_V4.get_ptr(*reply) else {
+        return;
+    };
+    let (frontend, client) = unsafe {
+        (
+            ((*v).nat_addr, (*v).nat_port),
+            ((*v).snat_addr, (*v).snat_port),
+        )
+    };
+    let forward = CtKeyV4 {
+        src_addr: client.0,
+        dst_addr: frontend.0,
+        src_port: client.1,
+        dst_port: frontend.1,
+        proto: reply.proto,
+        dir: CT_DIR_FORWARD,
+        _pad: 0,
+    };
+    let _ = CT_V4.remove(&forward);
 }

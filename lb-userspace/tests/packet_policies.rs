@@ -12,8 +12,8 @@ use common::{
     Provision,
 };
 use lb_common::{
-    Config, FrontendValue, Reason, SourceRangeKeyV4, BE_LOCAL, FE_DROP_EMPTY, FE_EXTERNAL,
-    FE_SOURCE_RANGES, PROTO_TCP,
+    Config, CtValueV4, FrontendValue, Reason, SourceRangeKeyV4, BE_LOCAL, CT_DIR_FORWARD,
+    FE_DROP_EMPTY, FE_EXTERNAL, FE_SOURCE_RANGES, PROTO_TCP,
 };
 use lb_userspace::datapath::{run_frame, Datapath, PROGRAM};
 
@@ -151,6 +151,50 @@ fn snat_exhaustion_drops_the_new_flow_and_counts_it() {
     assert!(actions[..2].iter().all(|a| *a != XDP_DROP));
     assert_eq!(count(&dp, Reason::DropSnatPortsExhausted), 1);
     assert_eq!(count(&dp, Reason::SnatNewFlow), 2);
+
+    // The first client's flow never got a reply: once it has been idle long
+    // enough, the third client takes its port and the first flow is gone.
+    let first = clients[0];
+    let stale: Vec<_> = dp
+        .maps
+        .ct
+        .iter()
+        .map(|e| e.unwrap())
+        .filter(|(k, v)| {
+            (k.dir == CT_DIR_FORWARD && k.src_addr == be(first.0))
+                || (k.dir != CT_DIR_FORWARD && v.snat_addr == be(first.0))
+        })
+        .collect();
+    assert_eq!(stale.len(), 2, "both entries of the first flow");
+    for (k, v) in stale {
+        let aged = CtValueV4 {
+            last_seen_ns: v.last_seen_ns.saturating_sub(2_000_000_000),
+            ..v
+        };
+        dp.maps.ct.insert(k, aged, 0).unwrap();
+    }
+    let (action, out) = run(&dp, &tcp_frame(clients[2], NODE_PORT, Tcp::syn(), b"", &[]));
+    assert_ne!(action, XDP_DROP, "a stale unreplied flow gives up its port");
+    let p = parse_checked(&out);
+    assert_eq!((p.src, p.sport), (NODE, CLIENT.1));
+    assert_eq!(count(&dp, Reason::SnatPortReclaimed), 1);
+    let first_forward = dp
+        .maps
+        .ct
+        .iter()
+        .map(|e| e.unwrap())
+        .any(|(k, _)| k.dir == CT_DIR_FORWARD && k.src_addr == be(first.0));
+    assert!(!first_forward, "the first flow's entry is forgotten");
+    let (_, out) = run(
+        &dp,
+        &tcp_frame(B1, (NODE, CLIENT.1), Tcp::syn_ack(), b"", &[]),
+    );
+    let r = parse_checked(&out);
+    assert_eq!(
+        (r.dst, r.dport),
+        clients[2],
+        "replies reach the new flow's client"
+    );
 }
 
 #[test]
