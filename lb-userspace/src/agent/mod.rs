@@ -124,6 +124,10 @@ impl Agent {
                 &self.args.external_ifaces,
                 &self.nodeport_cidrs,
             )?,
+            node_addresses: ifaces::ipv4_addresses()?
+                .into_iter()
+                .map(|(_, addr)| addr)
+                .collect(),
         };
         let mut desired = model::desired_state(&objects.services, &objects.slices, &node, &opts);
         keep_last_good(&self.last, &mut desired);
