@@ -43,6 +43,7 @@ fn service(i: u32, generation: u32) -> (ServicePortId, ServicePort) {
             addr: vip,
             port: 80,
             kind: FrontendKind::ClusterIp,
+            on_node: false,
         }],
         cluster_backends: backends.clone(),
         external_backends: backends,

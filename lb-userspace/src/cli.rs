@@ -97,7 +97,9 @@ pub struct AgentArgs {
     #[arg(long, default_value = "0.0.0.0:10256")]
     pub healthz_addr: SocketAddr,
     /// Address of the Prometheus /metrics endpoint (kube-proxy's port).
-    #[arg(long, default_value = "0.0.0.0:10249")]
+    /// Loopback by default, as kube-proxy's: the metrics name every Service,
+    /// and on a node address any pod could read them.
+    #[arg(long, default_value = "127.0.0.1:10249")]
     pub metrics_addr: SocketAddr,
     /// CIDRs whose local addresses serve NodePorts (kube-proxy's --nodeport-addresses).
     #[arg(long, value_delimiter = ',')]
@@ -125,4 +127,18 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_default_to_loopback() {
+        let cli = Cli::parse_from(["xdplb", "agent", "--external-ifaces", "eth0"]);
+        let Command::Agent(args) = cli.command else {
+            panic!("not the agent")
+        };
+        assert_eq!(args.metrics_addr, "127.0.0.1:10249".parse().unwrap());
+    }
 }

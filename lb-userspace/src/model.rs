@@ -50,6 +50,10 @@ pub struct ModelOptions {
     /// Addresses NodePorts listen on; the caller decides (node IPs, a
     /// `--nodeport-addresses` filter), the model only multiplies them out.
     pub nodeport_addresses: Vec<Ipv4Addr>,
+    /// Every address of the node. A frontend on one shares it with the
+    /// node's own services (SSH, the kubelet, this agent): only its port is
+    /// the Service's.
+    pub node_addresses: Vec<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -118,6 +122,10 @@ pub struct Frontend {
     pub addr: Ipv4Addr,
     pub port: u16,
     pub kind: FrontendKind,
+    /// On an address of the node (every NodePort, and an externalIP or
+    /// ingress IP that is one): unknown ports there pass to the node
+    /// instead of being rejected.
+    pub on_node: bool,
 }
 
 /// Declaration order is the preference when two kinds of one Service port
@@ -168,34 +176,61 @@ pub fn desired_state(
 ) -> DesiredState {
     let mut problems = Vec::new();
     let endpoints = endpoints::collect(slices, &node.name, &mut problems);
-    let mut out = BTreeMap::new();
-    for svc in services {
-        for (id, mut port) in service::ports(svc, opts, &mut problems) {
-            if out.contains_key(&id) {
-                problems.push(Problem {
-                    object: format!("Service {}/{}", id.namespace, id.name),
-                    message: format!("port {id} is defined more than once; keeping the first"),
-                });
-                continue;
-            }
-            let all = endpoints.get(&id).map_or(&[][..], Vec::as_slice);
-            let cluster_wide = endpoints::cluster(all, node);
-            port.cluster_backends = if port.internal_policy_local {
-                endpoints::local(all)
-            } else {
-                cluster_wide.clone()
-            };
-            port.external_backends = if port.external_policy_local {
-                endpoints::local(all)
-            } else {
-                cluster_wide
-            };
-            port.local_endpoints = all
+    let ports: Vec<_> = services
+        .iter()
+        .flat_map(|svc| service::ports(svc, opts, &mut problems))
+        .collect();
+    // A backend at a ClusterIP would loop its packets through the Service
+    // again; the API server refuses such endpoints, manifests may not.
+    let vips: BTreeMap<Ipv4Addr, String> = ports
+        .iter()
+        .flat_map(|(id, port)| {
+            port.frontends
                 .iter()
-                .filter(|c| c.backend.is_local && c.backend.ready)
-                .count();
-            out.insert(id, port);
+                .filter(|fe| fe.kind == FrontendKind::ClusterIp)
+                .map(move |fe| (fe.addr, format!("{}/{}", id.namespace, id.name)))
+        })
+        .collect();
+    let mut out = BTreeMap::new();
+    for (id, mut port) in ports {
+        let object = format!("Service {}/{}", id.namespace, id.name);
+        if out.contains_key(&id) {
+            problems.push(Problem {
+                object,
+                message: format!("port {id} is defined more than once; keeping the first"),
+            });
+            continue;
         }
+        let mut all = endpoints.get(&id).cloned().unwrap_or_default();
+        all.retain(|c| match vips.get(&c.backend.addr) {
+            Some(owner) => {
+                problems.push(Problem {
+                    object: object.clone(),
+                    message: format!(
+                        "endpoint {} is the ClusterIP of Service {owner}; skipped for port {id}",
+                        c.backend.addr
+                    ),
+                });
+                false
+            }
+            None => true,
+        });
+        let cluster_wide = endpoints::cluster(&all, node);
+        port.cluster_backends = if port.internal_policy_local {
+            endpoints::local(&all)
+        } else {
+            cluster_wide.clone()
+        };
+        port.external_backends = if port.external_policy_local {
+            endpoints::local(&all)
+        } else {
+            cluster_wide
+        };
+        port.local_endpoints = all
+            .iter()
+            .filter(|c| c.backend.is_local && c.backend.ready)
+            .count();
+        out.insert(id, port);
     }
     drop_shared_frontends(&mut out, &mut problems);
     problems.sort();
@@ -252,6 +287,25 @@ fn parse_proto(protocol: Option<&str>) -> Result<Proto, String> {
         "UDP" => Ok(Proto::Udp),
         "SCTP" => Err("protocol SCTP is not supported".to_string()),
         other => Err(format!("unknown protocol {other:?}")),
+    }
+}
+
+/// Why `addr` can be no Service's address nor endpoint, as the API server
+/// validates them: packets to it never arrive from outside, or belong to
+/// every host at once. Link-local addresses are refused for frontends only.
+fn unusable(addr: Ipv4Addr, link_local: bool) -> Option<&'static str> {
+    if addr.is_unspecified() {
+        Some("the unspecified address")
+    } else if addr.is_loopback() {
+        Some("a loopback address")
+    } else if addr.is_multicast() {
+        Some("a multicast address")
+    } else if addr.is_broadcast() {
+        Some("the broadcast address")
+    } else if link_local && addr.is_link_local() {
+        Some("a link-local address")
+    } else {
+        None
     }
 }
 

@@ -545,8 +545,6 @@ fn two_agents_with_their_own_pin_paths_coexist() {
     );
 }
 
-/// The seed manifests written, and on every node an agent running on them
-/// and ready, in node order.
 /// kube-proxy's REJECT: a Service without endpoints refuses a connection at
 /// once instead of letting the client time out, also on a node whose
 /// external interface is a veth (the reset goes back through the kernel).
@@ -590,6 +588,71 @@ fn service_without_endpoints_refuses_connections_at_once() {
     );
 }
 
+/// One pin path, one agent: a second one would take over the first's links
+/// and overwrite its Service ids, so it exits before touching anything,
+/// and --cleanup refuses to tear down what a running agent serves.
+#[test]
+fn second_agent_on_the_same_pin_path_exits_at_once() {
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    let mut first = seeded_agents(&cluster).remove(0);
+    let pin = node.pin_path.to_str().unwrap();
+    let wanted = format!(
+        "pin path {pin} is in use by a running xdplb agent (pid {})",
+        first.pid()
+    );
+
+    let mut second = cluster.must(node, "starting a second agent", cluster.start_agent(node));
+    let status = cluster.must(
+        node,
+        "the second agent's exit",
+        second.wait_exit(Duration::from_secs(2)),
+    );
+    assert!(!status.success(), "the second agent exited with {status}");
+    assert!(
+        cluster.log(node).contains(&wanted),
+        "no {wanted:?} in the log{}",
+        cluster.diagnostics(node)
+    );
+
+    let out = cluster.must(
+        node,
+        "xdplb agent --cleanup",
+        cluster
+            .tb
+            .exec(&node.ns, XDPLB, &["agent", "--cleanup", "--pin-path", pin]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("refusing to clean up")
+            && stderr.contains(&wanted),
+        "--cleanup under a running agent: {out:?}"
+    );
+
+    assert!(cluster.must(node, "the first agent", first.running()));
+    assert_eq!(
+        cluster.must(node, "first agent healthz", first.healthz()),
+        200
+    );
+    assert_seed_serves(
+        &cluster,
+        node,
+        "after a second agent and a cleanup were refused",
+    );
+    assert_eq!(
+        programs(&cluster, node, "ext0"),
+        ["xdp", "lb_ext"],
+        "programs on ext0"
+    );
+}
+
+fn programs(cluster: &Cluster, node: &Node, ifname: &str) -> Vec<String> {
+    cluster.must(node, ifname, cluster.programs_attached(node, ifname))
+}
+
+/// The seed manifests written, and on every node an agent running on them
+/// and ready, in node order.
 fn seeded_agents(cluster: &Cluster) -> Vec<Agent<'_>> {
     cluster
         .write_seed_manifests()

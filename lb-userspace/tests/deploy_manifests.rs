@@ -216,7 +216,18 @@ fn daemonset_arguments_are_accepted_by_the_agent_and_match_its_ports() {
             .map(|p| p.container_port)
     };
     assert_eq!(port("healthz"), Some(i32::from(args.healthz_addr.port())));
-    assert_eq!(port("metrics"), Some(i32::from(args.metrics_addr.port())));
+    // Deliberate: the metrics name every Service, and a hostNetwork pod's
+    // node address is reachable from every pod.
+    assert!(
+        args.metrics_addr.ip().is_loopback(),
+        "metrics on {} would show every Service to every pod",
+        args.metrics_addr
+    );
+    assert_eq!(
+        port("metrics"),
+        None,
+        "no port may advertise metrics that only the node itself can reach"
+    );
     for (what, probe) in [
         ("readiness", c.readiness_probe.as_ref()),
         ("liveness", c.liveness_probe.as_ref()),

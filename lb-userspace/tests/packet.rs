@@ -502,6 +502,7 @@ fn vip_service(
             addr: VIP.0,
             port: VIP.1,
             kind: FrontendKind::ClusterIp,
+            on_node: false,
         }],
         cluster_backends: backends
             .iter()

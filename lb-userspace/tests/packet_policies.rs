@@ -18,6 +18,7 @@ use lb_common::{
 use lb_userspace::datapath::{run_frame, Datapath, PROGRAM};
 
 const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
 
 const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 51, 100, 7), 40000);
 const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
@@ -465,4 +466,60 @@ fn internal_policy_local_without_local_backends_drops_pod_traffic() {
     let (action, _) = run(&dp, &tcp_frame(pod, VIP, Tcp::syn(), b"", &[]));
     assert_eq!(action, XDP_DROP);
     assert_eq!(count(&dp, Reason::DropNoLocalBackend), 1);
+}
+
+/// An externalIP that is one of the node's own addresses takes only its
+/// port there, as under kube-proxy: SSH, the kubelet and the agent's own
+/// ports on that address stay the node's instead of being reset.
+#[test]
+fn externalip_on_a_node_address_takes_only_its_port() {
+    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+    use lb_userspace::{
+        model::{desired_state, ModelOptions, NodeInfo},
+        sync::{MapsWriter, Syncer},
+    };
+    let (vip, port) = VIP;
+    let service: Service = serde_yaml::from_str(&format!(
+        "metadata: {{name: web, namespace: default}}
+spec:
+  clusterIP: {vip}
+  externalIPs: [{NODE}]
+  ports: [{{port: {port}}}]"
+    ))
+    .unwrap();
+    let slice: EndpointSlice = serde_yaml::from_str(&format!(
+        "metadata:
+  name: web-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{{port: {}}}]
+endpoints: [{{addresses: [\"{}\"]}}]",
+        B1.1, B1.0
+    ))
+    .unwrap();
+    let opts = ModelOptions {
+        node_addresses: vec![NODE],
+        ..Default::default()
+    };
+    let desired = desired_state(&[service], &[slice], &NodeInfo::default(), &opts);
+    assert_eq!(desired.problems, []);
+    let mut dp = load();
+    let mut syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps }).unwrap();
+    syncer
+        .sync(&desired, &mut MapsWriter { maps: &mut dp.maps })
+        .unwrap();
+
+    let ssh = tcp_frame(CLIENT, (NODE, 22), Tcp::syn(), b"", &[]);
+    assert_eq!(
+        run(&dp, &ssh),
+        (XDP_PASS, ssh),
+        "passed untouched to the node's own sshd"
+    );
+    let (_, out) = run(&dp, &tcp_frame(CLIENT, (NODE, port), Tcp::syn(), b"", &[]));
+    let p = parse_checked(&out);
+    assert_eq!(((p.src, p.sport), (p.dst, p.dport)), (CLIENT, B1));
+    // The ClusterIP is no node address: its unknown ports are still refused.
+    run(&dp, &tcp_frame(CLIENT, (vip, 22), Tcp::syn(), b"", &[]));
+    assert_eq!(count(&dp, Reason::RejectUnknownPort), 1);
 }

@@ -28,6 +28,11 @@ use crate::{
 pub fn run(args: AgentArgs) -> Result<()> {
     let pins = pins::Layout::new(&args.pin.pin_path);
     if args.cleanup {
+        // Nothing may be detached under a running agent.
+        let _lock = match args.pin.pin_path.exists() {
+            true => Some(pins.lock().context("refusing to clean up")?),
+            false => None,
+        };
         // Kernels without tcx hold our tc programs as filters, not pins.
         for ifname in ifaces::present() {
             crate::datapath::detach_filters(&ifname);
@@ -35,6 +40,8 @@ pub fn run(args: AgentArgs) -> Result<()> {
         return pins.cleanup();
     }
     pins.check_bpffs()?;
+    // Before anything is loaded, attached or written, and held until exit.
+    let _lock = pins.lock()?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -135,6 +142,10 @@ impl Agent {
                 &self.args.external_ifaces,
                 &self.nodeport_cidrs,
             )?,
+            node_addresses: ifaces::ipv4_addresses()?
+                .into_iter()
+                .map(|(_, addr)| addr)
+                .collect(),
         };
         let mut desired = model::desired_state(&objects.services, &objects.slices, &node, &opts);
         keep_last_good(&self.last, &mut desired);

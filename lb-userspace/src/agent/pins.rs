@@ -3,6 +3,8 @@
 //! directory; the old one is removed once the new data plane is live.
 use std::{
     ffi::CString,
+    fs::File,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -14,6 +16,12 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 pub struct Layout {
     root: PathBuf,
+}
+
+/// The pin path held by this process until it exits: a second agent there
+/// would take over the links and overwrite the Service ids of the first.
+pub struct Lock {
+    _dir: File,
 }
 
 impl Layout {
@@ -63,6 +71,41 @@ impl Layout {
         Ok(())
     }
 
+    /// Takes the pin path for this process alone, or fails at once naming
+    /// the process that holds it.
+    ///
+    /// bpffs refuses regular files, so the lock is a flock on the pin path
+    /// directory itself. Being on the bpffs, it is the same lock in every
+    /// mount namespace sharing that bpffs (the DaemonSet's container and an
+    /// operator's shell on the host), which a file under /run would not be.
+    pub fn lock(&self) -> Result<Lock> {
+        let dir = File::open(&self.root)
+            .with_context(|| format!("opening pin path {}", self.root.display()))?;
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::WouldBlock {
+                return Err(err).with_context(|| format!("locking {}", self.root.display()));
+            }
+            let holder = flock_holder(&dir)
+                .map(|pid| format!(" (pid {pid})"))
+                .unwrap_or_default();
+            bail!(
+                "pin path {} is in use by a running xdplb agent{holder}: stop it first (each agent needs a --pin-path of its own)",
+                self.root.display()
+            );
+        }
+        // --cleanup removes the directory while holding its lock; a lock on
+        // a removed directory would guard nothing.
+        let (locked, now) = (dir.metadata()?, std::fs::metadata(&self.root));
+        if !now.is_ok_and(|m| (m.dev(), m.ino()) == (locked.dev(), locked.ino())) {
+            bail!(
+                "pin path {} was removed while being locked: start again",
+                self.root.display()
+            );
+        }
+        Ok(Lock { _dir: dir })
+    }
+
     /// Removes directories of other layout versions.
     pub fn remove_old_versions(&self) -> Result<()> {
         let current = format!("v{LAYOUT_VERSION}");
@@ -101,4 +144,28 @@ impl Layout {
         tracing::info!(path = %self.root.display(), "removed pinned links and maps");
         Ok(())
     }
+}
+
+/// The pid holding a flock on `file`, from /proc/locks; None when no lock
+/// shows there or its holder is outside this pid namespace (pid 0).
+fn flock_holder(file: &File) -> Option<u32> {
+    let m = file.metadata().ok()?;
+    let id = format!(
+        "{:02x}:{:02x}:{}",
+        libc::major(m.dev()),
+        libc::minor(m.dev()),
+        m.ino()
+    );
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    locks.lines().find_map(|line| {
+        // A waiter's line has a "->" after the number; LOCK_NB leaves none,
+        // but another tool may wait.
+        let fields: Vec<&str> = line.split_whitespace().filter(|f| *f != "->").collect();
+        match fields.as_slice() {
+            [_, "FLOCK", _, "WRITE", pid, dev_ino, ..] if *dev_ino == id => {
+                pid.parse().ok().filter(|&pid| pid > 0)
+            }
+            _ => None,
+        }
+    })
 }

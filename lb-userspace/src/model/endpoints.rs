@@ -140,6 +140,9 @@ fn endpoint(ep: &Endpoint, node_name: &str) -> Result<Candidate, String> {
     let addr: Ipv4Addr = first
         .parse()
         .map_err(|_| format!("endpoint address {first:?} is not an IPv4 address"))?;
+    if let Some(why) = super::unusable(addr, false) {
+        return Err(format!("endpoint address {addr} is {why}"));
+    }
     let conditions = ep.conditions.as_ref();
     let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
     let node = ep.node_name.clone().filter(|n| !n.is_empty());

@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use k8s_openapi::api::core::v1::{Service, ServicePort as K8sServicePort, ServiceSpec};
 
 use super::{
-    namespace_of, parse_port, parse_proto, Frontend, FrontendKind, ModelOptions, Problem, Proto,
-    ServicePort, ServicePortId, LABEL_SERVICE_PROXY_NAME,
+    namespace_of, parse_port, parse_proto, unusable, Frontend, FrontendKind, ModelOptions, Problem,
+    Proto, ServicePort, ServicePortId, LABEL_SERVICE_PROXY_NAME,
 };
 
 /// kube-proxy's default for sessionAffinityConfig.clientIP.timeoutSeconds.
@@ -206,7 +206,12 @@ fn service_port(
     let at = |addrs: &[Ipv4Addr], port: u16, kind: FrontendKind| -> Vec<Frontend> {
         addrs
             .iter()
-            .map(|&addr| Frontend { addr, port, kind })
+            .map(|&addr| Frontend {
+                addr,
+                port,
+                kind,
+                on_node: kind == FrontendKind::NodePort || opts.node_addresses.contains(&addr),
+            })
             .collect()
     };
     let mut frontends = at(&common.cluster_ips, number, FrontendKind::ClusterIp);
@@ -233,7 +238,10 @@ fn parse_ips<'a>(what: &str, ips: impl Iterator<Item = &'a str>) -> Result<Vec<I
     let mut out = Vec::new();
     for ip in ips {
         match ip.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) => out.push(v4),
+            Ok(IpAddr::V4(v4)) => match unusable(v4, true) {
+                Some(why) => return Err(format!("{what}: {v4} is {why}")),
+                None => out.push(v4),
+            },
             Ok(IpAddr::V6(_)) => {}
             Err(_) => return Err(format!("{what}: invalid IP {ip:?}")),
         }

@@ -41,6 +41,11 @@ fn opts(proxy_name: Option<&str>) -> ModelOptions {
             Ipv4Addr::new(192, 168, 1, 10),
             Ipv4Addr::new(192, 168, 1, 11),
         ],
+        node_addresses: vec![
+            Ipv4Addr::new(192, 168, 1, 10),
+            Ipv4Addr::new(192, 168, 1, 11),
+            Ipv4Addr::new(192, 168, 1, 12),
+        ],
     }
 }
 
@@ -75,7 +80,16 @@ fn field(sp: &ServicePort, name: &str) -> String {
         "frontends" => sp
             .frontends
             .iter()
-            .map(|f| format!("{}:{} {:?}", f.addr, f.port, f.kind))
+            .map(|f| {
+                let on_node = f.on_node && f.kind != FrontendKind::NodePort;
+                format!(
+                    "{}:{} {:?}{}",
+                    f.addr,
+                    f.port,
+                    f.kind,
+                    if on_node { " on node" } else { "" }
+                )
+            })
             .collect::<Vec<_>>()
             .join(", "),
         "cluster" => backends(&sp.cluster_backends),
@@ -163,6 +177,10 @@ const CASES: &[Case] = &[
     ]),
     case("externalIP on another port is not shared", &[FRONTENDS], "default/xweb:alt/TCP", &[
         ("frontends", "10.96.0.15:8080 ClusterIp, 203.0.113.7:8080 ExternalIp"),
+    ]),
+    case("externalIP and ingress IP on node addresses: only their port is the Service's", &[FRONTENDS], "default/on-node:/TCP", &[
+        ("frontends", "10.96.0.16:2222 ClusterIp, 192.168.1.10:30600 NodePort, 192.168.1.11:2222 LoadBalancer on node, \
+                       192.168.1.11:30600 NodePort, 192.168.1.12:2222 ExternalIp on node, 203.0.113.9:2222 ExternalIp"),
     ]),
     // Skipped objects.
     case("ExternalName", &[SKIPS], "default/ext:/TCP", &[]),
@@ -305,6 +323,16 @@ const CASES: &[Case] = &[
     case("unknown traffic policy", &[INVALID], "default/bad-policy:/TCP", &[]),
     case("unknown type", &[INVALID], "default/bad-type:/TCP", &[]),
     case("duplicate port id keeps the first", &[INVALID], "default/dup-ports:/TCP", &[("frontends", "10.96.0.61:80 ClusterIp")]),
+    case("cluster IP 0.0.0.0", &[INVALID], "default/cluster-ip-unspecified:/TCP", &[]),
+    case("loopback cluster IP", &[INVALID], "default/cluster-ip-loopback:/TCP", &[]),
+    case("multicast externalIP", &[INVALID], "default/external-ip-multicast:/TCP", &[]),
+    case("broadcast externalIP", &[INVALID], "default/external-ip-broadcast:/TCP", &[]),
+    case("link-local externalIP", &[INVALID], "default/external-ip-link-local:/TCP", &[]),
+    case("loopback ingress IP", &[INVALID], "default/ingress-ip-loopback:/TCP", &[]),
+    case("endpoint at a ClusterIP is skipped, the others serve", &[INVALID], "default/loop:/TCP", &[
+        ("frontends", "10.96.0.63:80 ClusterIp"),
+        ("cluster", "10.244.11.3:8080"),
+    ]),
     // The seed manifests as written (no cluster IPs, no allocated ports) ...
     case("seed redis without a cluster IP", &[SEEDS[0], SEEDS[1], SEEDS[2], SEEDS[3], COUNTER_SLICES], "default/redis:/TCP", &[
         ("frontends", ""),
@@ -415,6 +443,22 @@ const PROBLEMS: &[(&str, &[(&str, &str)])] = &[
                 "port \"zero\": port 0 is outside 1..=65535",
             ),
             (
+                "EndpointSlice default/good-b",
+                "0.0.0.0 is the unspecified address",
+            ),
+            (
+                "EndpointSlice default/good-b",
+                "127.0.0.1 is a loopback address",
+            ),
+            (
+                "EndpointSlice default/good-b",
+                "224.0.0.1 is a multicast address",
+            ),
+            (
+                "EndpointSlice default/good-b",
+                "255.255.255.255 is the broadcast address",
+            ),
+            (
                 "EndpointSlice default/unlabelled",
                 "no kubernetes.io/service-name label",
             ),
@@ -454,8 +498,36 @@ const PROBLEMS: &[(&str, &[(&str, &str)])] = &[
                 "invalid CIDR \"10.0.0.1\"",
             ),
             (
+                "Service default/cluster-ip-loopback",
+                "spec.clusterIPs: 127.0.0.10 is a loopback address",
+            ),
+            (
+                "Service default/cluster-ip-unspecified",
+                "spec.clusterIPs: 0.0.0.0 is the unspecified address",
+            ),
+            (
                 "Service default/dup-ports",
                 "port default/dup-ports:/TCP is defined more than once",
+            ),
+            (
+                "Service default/external-ip-broadcast",
+                "spec.externalIPs: 255.255.255.255 is the broadcast address",
+            ),
+            (
+                "Service default/external-ip-link-local",
+                "spec.externalIPs: 169.254.169.254 is a link-local address",
+            ),
+            (
+                "Service default/external-ip-multicast",
+                "spec.externalIPs: 224.0.0.251 is a multicast address",
+            ),
+            (
+                "Service default/ingress-ip-loopback",
+                "status.loadBalancer.ingress[].ip: 127.0.0.1 is a loopback address",
+            ),
+            (
+                "Service default/loop",
+                "endpoint 10.96.0.50 is the ClusterIP of Service default/good; skipped",
             ),
             (
                 "Service default/np-missing",

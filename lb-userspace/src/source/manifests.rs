@@ -3,6 +3,7 @@
 
 use std::ffi::OsString;
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -19,6 +20,12 @@ use crate::model::Problem;
 
 /// Short enough that an edit shows up well within a second.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// Every file is read again on every change: a bigger one is refused unread.
+const MAX_FILE_BYTES: u64 = 4 << 20;
+/// Checked before parsing, because libyaml takes time quadratic in the
+/// depth of flow collections (a 200 KB line of `[` took 20 s a sync) and
+/// only reports its own limit after. No Kubernetes object nests near this.
+const MAX_DEPTH: usize = 64;
 
 #[derive(Clone, Debug, Default)]
 pub struct Objects {
@@ -43,11 +50,11 @@ pub fn load_dir(dir: &Path) -> anyhow::Result<(Objects, LoadReport)> {
     let mut report = LoadReport::default();
     for path in files {
         let source = path.display().to_string();
-        match fs::read_to_string(&path) {
+        match read(&path) {
             Ok(text) => parse_str(&source, &text, is_json(&path), &mut objects, &mut report),
-            Err(err) => report.problems.push(Problem {
+            Err(message) => report.problems.push(Problem {
                 object: source,
-                message: format!("cannot read: {err}"),
+                message,
             }),
         }
     }
@@ -73,7 +80,7 @@ impl Folder {
             let source = path.display().to_string();
             let mut objects = Objects::default();
             let mut file_report = LoadReport::default();
-            let broken = match fs::read_to_string(&path) {
+            let broken = match read(&path) {
                 Ok(text) => {
                     parse_str(
                         &source,
@@ -83,14 +90,15 @@ impl Folder {
                         &mut file_report,
                     );
                     file_report.problems.iter().any(|p| {
-                        p.message.starts_with("invalid YAML")
-                            || p.message.starts_with("invalid JSON")
+                        ["invalid YAML", "invalid JSON", "refused"]
+                            .iter()
+                            .any(|prefix| p.message.starts_with(prefix))
                     })
                 }
-                Err(err) => {
+                Err(message) => {
                     file_report.problems.push(Problem {
                         object: source,
-                        message: format!("cannot read: {err}"),
+                        message,
                     });
                     true
                 }
@@ -178,6 +186,66 @@ fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The file's text, or why it is not read.
+fn read(path: &Path) -> Result<String, String> {
+    let too_big = || {
+        format!(
+            "refused: larger than the limit of {} MiB",
+            MAX_FILE_BYTES >> 20
+        )
+    };
+    let file = fs::File::open(path).map_err(|err| format!("cannot read: {err}"))?;
+    if file.metadata().is_ok_and(|m| m.len() > MAX_FILE_BYTES) {
+        return Err(too_big());
+    }
+    // Bounded as well: the file may grow after the check.
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| format!("cannot read: {err}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(bytes).map_err(|err| format!("cannot read: {err}"))
+}
+
+/// Whether `text` nests collections deeper than `MAX_DEPTH`, from a
+/// streaming parse that stops there. A file this parser cannot read is left
+/// to serde_yaml, which reports it (and loads the documents before the
+/// error) as before.
+fn too_deep_yaml(text: &str) -> bool {
+    use serde_saphyr::budget::{check_yaml_budget, Budget, EnforcingPolicy};
+    use serde_saphyr::granit_parser::ErrorKind;
+    let mut budget = Budget::default();
+    budget.max_depth = MAX_DEPTH;
+    budget.flow_nesting_limit = MAX_DEPTH;
+    match check_yaml_budget(text, budget, EnforcingPolicy::AllContent) {
+        Ok(report) => report.breached.is_some(),
+        Err(err) => matches!(err.kind(), ErrorKind::RecursionLimitExceeded),
+    }
+}
+
+/// JSON has no syntax but strings to hide a bracket in.
+fn too_deep_json(text: &str) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in text.bytes() {
+        match (in_string, b) {
+            (true, _) if escaped => escaped = false,
+            (true, b'\\') => escaped = true,
+            (true, b'"') | (false, b'"') => in_string = !in_string,
+            (false, b'[' | b'{') => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            (false, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 fn is_json(path: &Path) -> bool {
     path.extension().is_some_and(|ext| ext == "json")
 }
@@ -190,6 +258,14 @@ pub(crate) fn parse_str(
     objects: &mut Objects,
     report: &mut LoadReport,
 ) {
+    let too_deep = if json { too_deep_json } else { too_deep_yaml };
+    if too_deep(text) {
+        report.problems.push(Problem {
+            object: source.to_string(),
+            message: format!("refused: collections nest deeper than the limit of {MAX_DEPTH}"),
+        });
+        return;
+    }
     if json {
         // YAML parsers choke on some valid JSON (tabs), so JSON gets its own.
         match serde_json::from_str::<Value>(text) {
@@ -445,6 +521,58 @@ endpoints:
                 .starts_with("not a Kubernetes object"),
             "{:?}",
             report.problems[3]
+        );
+    }
+
+    /// A line of 100,000 `[` kept libyaml busy for 20 s a sync; such files,
+    /// and oversized ones, are refused at once and keep their last good
+    /// contents while every other file loads.
+    #[test]
+    fn deep_and_oversized_files_are_refused_at_once() {
+        let dir = TempDir::new("hostile");
+        dir.write("a.yaml", &service("a"));
+        dir.write("deep.yaml", &service("deep"));
+        dir.write("deep.json", NODE_JSON);
+        dir.write("z.yaml", &service("z"));
+        let mut folder = Folder::default();
+        let (objects, _) = folder.reload(&dir.0).unwrap();
+        assert_eq!(
+            names(&objects),
+            ["Service a", "Service deep", "Service z", "Node node-a"]
+        );
+
+        dir.write("deep.yaml", &format!("a: {}", "[".repeat(100_000)));
+        dir.write(
+            "deep.json",
+            &format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+        );
+        let padding = format!("# {}\n", "x".repeat(1000)).repeat(5 << 10);
+        dir.write("huge.yaml", &format!("{}{padding}", service("huge")));
+        let started = std::time::Instant::now();
+        let (objects, report) = folder.reload(&dir.0).unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            names(&objects),
+            ["Service a", "Service deep", "Service z", "Node node-a"]
+        );
+        let file = |name: &str| dir.0.join(name).display().to_string();
+        let problems: Vec<(String, &str)> = report
+            .problems
+            .iter()
+            .map(|p| (p.object.clone(), p.message.as_str()))
+            .collect();
+        let deep = "refused: collections nest deeper than the limit of 64";
+        assert_eq!(
+            problems,
+            [
+                (file("deep.json"), deep),
+                (file("deep.yaml"), deep),
+                (file("huge.yaml"), "refused: larger than the limit of 4 MiB"),
+            ]
         );
     }
 

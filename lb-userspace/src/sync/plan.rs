@@ -143,9 +143,9 @@ pub fn service(
                 _pad: 0,
             },
         );
-        // NodePorts live on node addresses, where the node's own ports must
-        // keep working: unknown ports there pass to the kernel.
-        if fe.kind != FrontendKind::NodePort {
+        // On node addresses the node's own ports must keep working: unknown
+        // ports there pass to the kernel.
+        if !fe.on_node {
             a.addrs.insert(key.addr);
         }
     }

@@ -34,11 +34,13 @@ fn service(vip_last: u8, backends: &[u8]) -> ServicePort {
                 addr: Ipv4Addr::new(10, 96, 0, vip_last),
                 port: 80,
                 kind: FrontendKind::ClusterIp,
+                on_node: false,
             },
             Frontend {
                 addr: Ipv4Addr::new(192, 168, 0, 1),
                 port: 30000 + vip_last as u16,
                 kind: FrontendKind::NodePort,
+                on_node: true,
             },
         ],
         cluster_backends: bs.clone(),

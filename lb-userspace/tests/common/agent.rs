@@ -196,7 +196,7 @@ impl Cluster {
     }
 
     /// Everything every agent of `node` logged so far.
-    fn log(&self, node: &Node) -> String {
+    pub fn log(&self, node: &Node) -> String {
         fs::read_to_string(self.log_path(node)).unwrap_or_default()
     }
 
@@ -434,6 +434,27 @@ impl Agent<'_> {
             .nth(1)
             .and_then(|code| code.parse().ok())
             .with_context(|| format!("not an HTTP response: {response:?}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the agent still runs.
+    pub fn running(&mut self) -> Result<bool> {
+        Ok(self.child.try_wait()?.is_none())
+    }
+
+    /// The exit status, waiting at most `bound` for it.
+    pub fn wait_exit(&mut self, bound: Duration) -> Result<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < bound {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            thread::sleep(POLL);
+        }
+        bail!("the agent still runs after {bound:?}")
     }
 
     pub fn kill_9(mut self) -> Result<()> {
