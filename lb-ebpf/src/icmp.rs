@@ -73,6 +73,13 @@ pub fn translate_error<C: Frame>(ctx: &C, ip: *mut Ipv4Hdr) -> Option<(Reason, u
     if ivihl != 0x45 || (iproto != PROTO_TCP && iproto != PROTO_UDP) {
         return None;
     }
+    // Only bytes inside the IP packet are the message: a frame may carry
+    // more (an Ethernet trailer pads short frames), which the ICMP checksum
+    // does not cover and nothing may rewrite.
+    let ip_end = ETH_HLEN + u16::from_be(unsafe { (*ip).tot_len }) as usize;
+    if inner_off + 20 + 4 > ip_end {
+        return None;
+    }
     let ports = ptr_at::<[u16; 2]>(ctx, inner_off + 20)?;
     let [isport, idport] = unsafe { *ports };
     // The quoted packet travelled in one direction; the entry for the
@@ -104,7 +111,7 @@ pub fn translate_error<C: Frame>(ctx: &C, ip: *mut Ipv4Hdr) -> Option<(Reason, u
         } else {
             (snat, nat, Some(v.nat_addr))
         };
-        rewrite_quote(ctx, &icmp, inner, inner_off, iproto, dst, src);
+        rewrite_quote(ctx, &icmp, inner, inner_off, ip_end, iproto, dst, src);
         if let Some(addr) = outer {
             set_outer_dst(ip, addr);
         }
@@ -123,22 +130,28 @@ fn set_outer_dst(ip: *mut Ipv4Hdr, addr: u32) {
 }
 
 /// Rewrites the quoted packet's destination and/or source (address, port),
-/// with its IP checksum, its transport checksum when the quote holds it, and
-/// the ICMP checksum over all of them.
+/// with its IP checksum, its transport checksum when the quote (which ends
+/// at `ip_end`) holds it, and the ICMP checksum over all of them.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn rewrite_quote(
     ctx: &impl Frame,
     icmp: &Icmp,
     inner: *mut Ipv4Hdr,
     inner_off: usize,
+    ip_end: usize,
     proto: u8,
     dst: Option<(u32, u16)>,
     src: Option<(u32, u16)>,
 ) {
     let l4_check: Option<*mut u16> = if proto == PROTO_UDP {
-        ptr_at::<[u16; 4]>(ctx, inner_off + 20).map(|u| unsafe { &raw mut (*u)[3] })
+        ptr_at::<[u16; 4]>(ctx, inner_off + 20)
+            .filter(|_| inner_off + 20 + 8 <= ip_end)
+            .map(|u| unsafe { &raw mut (*u)[3] })
     } else {
-        ptr_at::<[u16; 9]>(ctx, inner_off + 20).map(|t| unsafe { &raw mut (*t)[8] })
+        ptr_at::<[u16; 9]>(ctx, inner_off + 20)
+            .filter(|_| inner_off + 20 + 18 <= ip_end)
+            .map(|t| unsafe { &raw mut (*t)[8] })
     };
     let Some(ports) = ptr_at::<[u16; 2]>(ctx, inner_off + 20) else {
         return;

@@ -74,6 +74,30 @@ fn quote_of(icmp_payload: &[u8]) -> (Ipv4Header, u16, u16) {
     )
 }
 
+/// A router quoting only 8 bytes of a TCP segment leaves its checksum out of
+/// the quote; a frame padded after the IP packet (an Ethernet trailer) must
+/// not have those bytes taken for it and rewritten.
+#[test]
+fn bytes_after_the_ip_packet_are_never_rewritten() {
+    let mut dp = load();
+    Provision::new().service(&mut dp, 7, VIP, PROTO_TCP, &[B1]);
+    let (_, translated) = run(&dp, &tcp_frame(CLIENT, VIP, Tcp::syn(), b"", &[]));
+    let mut frame = frag_needed(ROUTER, CLIENT.0, &translated, 20 + 8);
+    let trailer = [0xa5u8; 12];
+    frame.extend_from_slice(&trailer);
+    let (action, out) = run(&dp, &frame);
+    assert_eq!(action, 2);
+    let p = parse_checked(&out);
+    let (ip, sport, dport) = quote_of(&p.icmp_payload);
+    assert_eq!((Ipv4Addr::from(ip.source), sport), CLIENT);
+    assert_eq!((Ipv4Addr::from(ip.destination), dport), VIP);
+    assert_eq!(
+        &out[out.len() - trailer.len()..],
+        &trailer,
+        "trailer untouched"
+    );
+}
+
 #[test]
 fn frag_needed_on_the_backend_path_reaches_the_client_about_the_frontend() {
     let mut dp = load();
