@@ -323,6 +323,10 @@ pub const FWD_PEER: u8 = 2;
 /// tc only: `bpf_redirect_neigh` to `fwd_ifindex`, the kernel resolving
 /// the next hop's MAC (the FIB knew the route but not the neighbour yet).
 pub const FWD_NEIGH: u8 = 3;
+/// `fwd_kind` bit beside the kind: the egress takes XDP frames, so XDP
+/// redirects the frame itself instead of passing it to tc through
+/// `meta::XdpMeta`.
+pub const FWD_XDP: u8 = 0x80;
 
 /// `IFACES` flag: XDP may `bpf_redirect` to this interface. Only set for
 /// devices whose receiver handles XDP frames (a real NIC, or a veth whose

@@ -24,16 +24,14 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    meta::XdpMeta, Reason, FWD_KERNEL, FWD_NEIGH, FWD_PEER, FWD_REDIRECT, IFACE_POD, IFACE_REDIRECT,
+    meta::XdpMeta, Reason, FWD_KERNEL, FWD_NEIGH, FWD_PEER, FWD_REDIRECT, FWD_XDP, IFACE_POD,
+    IFACE_REDIRECT,
 };
 
 use crate::{forward::iface_info, stats};
 
 /// `bpf_check_mtu` flag: check each segment of a GSO packet, not its total.
 const BPF_MTU_CHK_SEGS: u64 = 1;
-/// `fwd_kind` bit: the egress takes XDP frames, so XDP redirects the frame
-/// itself instead of passing it to tc through the metadata.
-pub const FWD_XDP: u8 = 0x80;
 
 pub trait Frame {
     const PASS: u32;

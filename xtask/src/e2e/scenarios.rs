@@ -361,10 +361,14 @@ fn up_and_down_steps(bed: &mut Bed, names: &[&str; 3]) -> Result<Verdict> {
             APPLY_BOUND,
             || {
                 for node in bed.node_names() {
-                    let listed = bed
-                        .frontends(&node)?
-                        .iter()
-                        .any(|r| r["frontend"] == frontend.as_str());
+                    // Present means served: the Service's and its
+                    // EndpointSlices' files change one after the other,
+                    // so a frontend may be listed a moment before its
+                    // backends.
+                    let listed = bed.frontends(&node)?.iter().any(|r| {
+                        r["frontend"] == frontend.as_str()
+                            && (!present || r["backends"].as_array().is_some_and(|b| !b.is_empty()))
+                    });
                     ensure!(listed == present, "{node} lists {frontend}: {listed}");
                 }
                 Ok(())
