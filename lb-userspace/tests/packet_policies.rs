@@ -198,6 +198,39 @@ fn snat_exhaustion_drops_the_new_flow_and_counts_it() {
     );
 }
 
+/// A burst of 6,000 spoofed SYNs to a NodePort (every one a new flow to the
+/// one remote backend, never answered) leaves room for the clients that
+/// follow: each keeps its own port or finds one in the wide SNAT range.
+#[test]
+fn spoofed_syn_burst_leaves_snat_ports_for_legitimate_clients() {
+    let dp = node(NODE_PORT, FE_EXTERNAL, 0, &[B1]);
+    let mut state = 0x2545_f491u32;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    };
+    for _ in 0..6_000 {
+        let r = next();
+        let spoofed = (
+            Ipv4Addr::new(203, 0, (r >> 24) as u8, (r >> 16) as u8),
+            (r as u16) | 1024,
+        );
+        run(&dp, &tcp_frame(spoofed, NODE_PORT, Tcp::syn(), b"", &[]));
+    }
+    let mut served = 0;
+    for i in 0..100u16 {
+        let client = (Ipv4Addr::new(198, 51, 100, 200), 40_000 + i);
+        let (action, out) = run(&dp, &tcp_frame(client, NODE_PORT, Tcp::syn(), b"", &[]));
+        if action != XDP_DROP && parse_checked(&out).dst == B1.0 {
+            served += 1;
+        }
+    }
+    assert!(served >= 99, "{served} of 100 legitimate clients served");
+    assert_eq!(count(&dp, Reason::DropSnatPortsExhausted), 0);
+}
+
 #[test]
 fn nodeport_to_a_local_backend_keeps_the_client_source() {
     let dp = node(NODE_PORT, FE_EXTERNAL, BE_LOCAL, &[B1]);
