@@ -66,6 +66,7 @@ fn run_tests(args: &Args) -> Result<()> {
     if let Some(why) = privileged_blocker() {
         bail!("the privileged test tiers cannot run: {why}.\nRun as root, or pass --unprivileged to run the rest.");
     }
+    ensure_bpffs()?;
     step("privileged tiers: packet tests (BPF_PROG_TEST_RUN) and netns end-to-end tests");
     run(&mut cargo(&["test", "-p", "lb-userspace", "--test", "*"]))?;
     step("testbed end-to-end: the demo cluster (NodePort on both nodes, LoadBalancer IP, Redis behind the ClusterIP)");
@@ -75,6 +76,21 @@ fn run_tests(args: &Args) -> Result<()> {
     })?;
     step("end-to-end scenarios on four node profiles, which cover each rp_filter, pod layout and pods' cgroup");
     crate::e2e::run_cells(&e2e_cells(), &[], false)
+}
+
+/// The host-client tests pin under /sys/fs/bpf, where systemd mounts a
+/// bpffs; a machine without systemd has none until someone mounts it.
+fn ensure_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let mounted = mounts.lines().any(|l| {
+        let mut fields = l.split_whitespace().skip(1);
+        (fields.next(), fields.next()) == (Some("/sys/fs/bpf"), Some("bpf"))
+    });
+    if !mounted {
+        step("mounting a bpffs at /sys/fs/bpf (nothing on this machine did)");
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    Ok(())
 }
 
 /// A third of `cargo xtask e2e --matrix`, yet every value of each of its
