@@ -706,3 +706,52 @@ fn assert_flow(cluster: &Cluster, node: &Node, src: SocketAddr, when: &str) {
         cluster.diagnostics(node)
     );
 }
+
+/// The file limit a service manager gives a daemon (containerd and systemd
+/// leave 1,024 soft): idle connections to /healthz must not use it up, and
+/// /healthz must keep answering while they are held open.
+#[test]
+fn healthz_survives_more_idle_connections_than_file_descriptors() {
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    let agent = seeded_agents(&cluster).remove(0);
+    let limit = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: 1024,
+    };
+    // SAFETY: plain syscall on our own child (`ip netns exec` became the agent).
+    let rc = unsafe {
+        libc::prlimit(
+            agent.pid() as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let healthz = SocketAddr::from((Ipv4Addr::LOCALHOST, 10256));
+    let idle = cluster
+        .tb
+        .in_ns(&node.ns, || {
+            (0..1_100)
+                .filter_map(|_| {
+                    std::net::TcpStream::connect_timeout(&healthz, Duration::from_millis(200)).ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .expect("connecting from the node");
+    let answered = wait_until(Duration::from_secs(10), || {
+        agent.healthz().is_ok_and(|code| code == 200)
+    });
+    assert!(
+        answered,
+        "/healthz did not answer 200 within 10 s while {} idle connections were open{}",
+        idle.len(),
+        cluster.diagnostics(node)
+    );
+    drop(idle);
+    assert_eq!(
+        cluster.must(node, "healthz after the flood", agent.healthz()),
+        200
+    );
+}

@@ -5,12 +5,14 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::Result;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
+    sync::Semaphore,
 };
 
 #[derive(Default)]
@@ -61,14 +63,48 @@ impl Health {
     }
 }
 
+/// Requests served at once; connections past it are closed unread, so idle
+/// clients cannot use up the process's file descriptors.
+const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause after a failed accept (out of file descriptors, say) or bind.
+const RETRY: Duration = Duration::from_millis(200);
+
+/// Serves until the process ends: a failed bind is retried and reported,
+/// and a failed accept never stops the server, as a probe that finds the
+/// port closed restarts the agent.
 pub async fn serve(addr: SocketAddr, health: Shared) -> Result<()> {
-    let listener = TcpListener::bind(addr).await?;
+    let listener = loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(e) => {
+                tracing::error!(%addr, "healthz: cannot bind, retrying: {e}");
+                tokio::time::sleep(RETRY * 5).await;
+            }
+        }
+    };
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (mut sock, _) = listener.accept().await?;
+        let mut sock = match listener.accept().await {
+            Ok((sock, _)) => sock,
+            Err(e) => {
+                tracing::warn!(%addr, "healthz accept: {e}");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let health = health.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut buf = [0u8; 1024];
-            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let n = match tokio::time::timeout(READ_TIMEOUT, sock.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("");
             let (code, body) = if path == "/healthz" || path == "/livez" {
@@ -85,7 +121,7 @@ pub async fn serve(addr: SocketAddr, health: Shared) -> Result<()> {
                 "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
-            let _ = sock.write_all(reply.as_bytes()).await;
+            let _ = tokio::time::timeout(READ_TIMEOUT, sock.write_all(reply.as_bytes())).await;
         });
     }
 }
