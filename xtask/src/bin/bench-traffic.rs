@@ -81,19 +81,8 @@ fn sink(port: u16, window: Duration) -> io::Result<String> {
     println!("ready");
     io::stdout().flush()?;
     let mut bufs = [[0u8; 64]; BATCH];
-    let mut iovs: Vec<libc::iovec> = bufs
-        .iter_mut()
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: b.len(),
-        })
-        .collect();
-    // SAFETY: mmsghdr is plain data; zero is a valid (empty) value.
-    let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect();
-    for (msg, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
-        msg.msg_hdr.msg_iov = iov;
-        msg.msg_hdr.msg_iovlen = 1;
-    }
+    // `_iovs` stays bound: `msgs` points into it.
+    let (_iovs, mut msgs) = batch(&mut bufs);
     let started = Instant::now();
     let (mut total, mut counted) = (0u64, 0u64);
     let mut first: Option<Instant> = None;
@@ -205,18 +194,9 @@ fn new_flows(
         sin_zero: [0; 8],
     };
     let mut bufs = [[0u8; 46]; BATCH];
-    let mut iovs: Vec<libc::iovec> = bufs
-        .iter_mut()
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: b.len(),
-        })
-        .collect();
-    // SAFETY: as in sink.
-    let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect();
-    for (msg, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
-        msg.msg_hdr.msg_iov = iov;
-        msg.msg_hdr.msg_iovlen = 1;
+    // `_iovs` stays bound: `msgs` points into it.
+    let (_iovs, mut msgs) = batch(&mut bufs);
+    for msg in &mut msgs {
         msg.msg_hdr.msg_name = (&to as *const libc::sockaddr_in).cast_mut().cast();
         msg.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as u32;
     }
@@ -242,6 +222,27 @@ fn new_flows(
 
 /// An IPv4/UDP datagram with both checksums complete, as a host without
 /// offload would send it.
+/// One iovec per buffer and one mmsghdr per iovec, for sendmmsg and
+/// recvmmsg. The headers point into the returned iovecs (heap memory, which
+/// moving the Vec does not move) and the iovecs into `bufs`: both must
+/// outlive every call that uses the headers.
+fn batch<const N: usize>(bufs: &mut [[u8; N]; BATCH]) -> (Vec<libc::iovec>, Vec<libc::mmsghdr>) {
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: mmsghdr is plain data; zero is a valid (empty) value.
+    let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { mem::zeroed() }).collect();
+    for (msg, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+        msg.msg_hdr.msg_iov = iov;
+        msg.msg_hdr.msg_iovlen = 1;
+    }
+    (iovs, msgs)
+}
+
 fn datagram(buf: &mut [u8; 46], src: SocketAddrV4, dst: SocketAddrV4) {
     let udp_len = 8 + PAYLOAD.len() as u16;
     buf[..20].copy_from_slice(&[
