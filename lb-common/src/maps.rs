@@ -176,6 +176,19 @@ impl CtKeyV4 {
         }
     }
 
+    /// The forward entry's key of a flow from `client` to `frontend`.
+    pub const fn forward(client: (u32, u16), frontend: (u32, u16), proto: u8) -> Self {
+        Self {
+            src_addr: client.0,
+            dst_addr: frontend.0,
+            src_port: client.1,
+            dst_port: frontend.1,
+            proto,
+            dir: CT_DIR_FORWARD,
+            _pad: 0,
+        }
+    }
+
     pub const fn words(&self) -> [u64; 2] {
         // SAFETY: as `from_words`; padding is an explicit field.
         unsafe { core::mem::transmute::<Self, [u64; 2]>(*self) }

@@ -7,8 +7,7 @@ use lb_common::{
         lifetime_s, tcp_next, STATE_CLOSING, STATE_ROUTED, STATE_SEEN_REPLY, TCP_ACK, TCP_FIN,
         TCP_RST, TCP_SYN,
     },
-    BackendV4, Config, CtKeyV4, CtValueV4, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, CT_REFRESH_NS,
-    PROTO_TCP,
+    BackendV4, Config, CtKeyV4, CtValueV4, Reason, CT_DIR_REPLY, CT_REFRESH_NS, PROTO_TCP,
 };
 
 use crate::{
@@ -149,15 +148,12 @@ fn mirror(key: &CtKeyV4, ct: *const CtValueV4, tcp_flags: u8, reply: bool, now: 
     // Without source NAT the client is the other side of this packet's tuple.
     let snat = snat_addr != 0;
     let other = if reply {
-        CtKeyV4 {
-            src_addr: if snat { snat_addr } else { key.dst_addr },
-            dst_addr: nat_addr,
-            src_port: if snat { snat_port } else { key.dst_port },
-            dst_port: nat_port,
-            proto: key.proto,
-            dir: CT_DIR_FORWARD,
-            _pad: 0,
-        }
+        let client = if snat {
+            (snat_addr, snat_port)
+        } else {
+            (key.dst_addr, key.dst_port)
+        };
+        CtKeyV4::forward(client, (nat_addr, nat_port), key.proto)
     } else {
         let seen = if snat {
             (snat_addr, snat_port)

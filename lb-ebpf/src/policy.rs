@@ -4,7 +4,7 @@
 use aya_ebpf::{helpers::generated::bpf_get_prandom_u32, maps::lpm_trie::Key};
 use lb_common::{
     conntrack::STATE_SEEN_REPLY, BackendV4, Config, CtKeyV4, FrontendValue, Reason,
-    SourceRangeKeyV4, BE_LOCAL, CT_DIR_FORWARD, FE_EXTERNAL, FE_SOURCE_RANGES, IFACE_POD,
+    SourceRangeKeyV4, BE_LOCAL, FE_EXTERNAL, FE_SOURCE_RANGES, IFACE_POD,
 };
 
 use crate::{
@@ -124,14 +124,5 @@ fn forget_flow_of(reply: &CtKeyV4) {
             ((*v).snat_addr, (*v).snat_port),
         )
     };
-    let forward = CtKeyV4 {
-        src_addr: client.0,
-        dst_addr: frontend.0,
-        src_port: client.1,
-        dst_port: frontend.1,
-        proto: reply.proto,
-        dir: CT_DIR_FORWARD,
-        _pad: 0,
-    };
-    let _ = CT_V4.remove(&forward);
+    let _ = CT_V4.remove(CtKeyV4::forward(client, frontend, reply.proto));
 }
