@@ -278,11 +278,26 @@ mod tests {
     use super::*;
     use crate::model::{Backend, Proto, ServicePort, ServicePortId};
 
-    /// Distinct ports free now: each stays bound until all are chosen.
+    /// Distinct ports free now, taken below the kernel's ephemeral range
+    /// (32768 and up by default): a port the kernel handed out by
+    /// `bind(0)` can be handed out again at once as the local port of
+    /// some test's client connection, and the health-check server then
+    /// cannot bind it. A process-wide counter keeps this process's tests
+    /// apart; starting at an offset from the pid keeps parallel test
+    /// processes apart.
     fn free_ports<const N: usize>() -> [u16; N] {
-        let held: [std::net::TcpListener; N] =
-            std::array::from_fn(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-        held.map(|l| l.local_addr().unwrap().port())
+        use std::sync::atomic::AtomicU16;
+        static NEXT: AtomicU16 = AtomicU16::new(0);
+        const BASE: u16 = 20000;
+        const SPAN: u16 = 12000;
+        let start = (std::process::id() % u32::from(SPAN)) as u16;
+        std::array::from_fn(|_| loop {
+            let step = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = BASE + (start.wrapping_add(step.wrapping_mul(7)) % SPAN);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                break port;
+            }
+        })
     }
 
     fn backend(last: u8, port: u16, local: bool, ready: bool) -> Backend {
