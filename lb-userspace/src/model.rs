@@ -10,7 +10,7 @@ mod service;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -269,6 +269,68 @@ fn drop_shared_frontends(
                 }
             });
     }
+}
+
+/// Keeps the last good version of a Service whose new version is invalid:
+/// an edit with a typo must not take a working Service off the data plane.
+/// The remembered version yields every frontend a valid Service port owns
+/// now: restoring it as it was would give one frontend two owners, and the
+/// map writer would then hand the address to whichever it wrote last and
+/// take it from both once the invalid Service is fixed or deleted.
+pub fn keep_last_good(previous: &DesiredState, next: &mut DesiredState) {
+    let invalid: BTreeSet<(&str, &str)> = next
+        .problems
+        .iter()
+        .filter_map(|p| p.object.strip_prefix("Service ")?.split_once('/'))
+        .filter(|&(ns, name)| {
+            !next
+                .services
+                .keys()
+                .any(|id| id.namespace == ns && id.name == name)
+        })
+        .collect();
+    if invalid.is_empty() {
+        return;
+    }
+    let mut owners: BTreeMap<(Ipv4Addr, u16, Proto), ServicePortId> = next
+        .services
+        .iter()
+        .flat_map(|(id, sp)| {
+            sp.frontends
+                .iter()
+                .map(move |fe| ((fe.addr, fe.port, id.protocol), id.clone()))
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for (id, sp) in &previous.services {
+        if !invalid.contains(&(id.namespace.as_str(), id.name.as_str())) {
+            continue;
+        }
+        let mut sp = sp.clone();
+        sp.frontends.retain(|fe| {
+            let key = (fe.addr, fe.port, id.protocol);
+            match owners.get(&key) {
+                Some(owner) => {
+                    problems.push(Problem {
+                        object: format!("Service {}/{}", id.namespace, id.name),
+                        message: format!(
+                            "its last good version keeps serving, without {}:{}/{}, which {owner} now uses",
+                            fe.addr, fe.port, id.protocol
+                        ),
+                    });
+                    false
+                }
+                None => {
+                    owners.insert(key, id.clone());
+                    true
+                }
+            }
+        });
+        next.services.insert(id.clone(), sp);
+    }
+    next.problems.extend(problems);
+    next.problems.sort();
+    next.problems.dedup();
 }
 
 /// An object without a namespace is in "default", as `kubectl apply` would

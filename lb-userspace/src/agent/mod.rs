@@ -49,31 +49,6 @@ pub fn run(args: AgentArgs) -> Result<()> {
         .block_on(serve(args, pins))
 }
 
-/// Keeps the last good version of a Service whose new version is invalid:
-/// an edit with a typo must not take a working Service off the data plane.
-fn keep_last_good(previous: &DesiredState, next: &mut DesiredState) {
-    for problem in &next.problems {
-        let Some(rest) = problem.object.strip_prefix("Service ") else {
-            continue;
-        };
-        let Some((ns, name)) = rest.split_once('/') else {
-            continue;
-        };
-        if next
-            .services
-            .keys()
-            .any(|id| id.namespace == ns && id.name == name)
-        {
-            continue;
-        }
-        for (id, sp) in &previous.services {
-            if id.namespace == ns && id.name == name {
-                next.services.insert(id.clone(), sp.clone());
-            }
-        }
-    }
-}
-
 struct Agent {
     args: AgentArgs,
     pins: pins::Layout,
@@ -148,7 +123,7 @@ impl Agent {
                 .collect(),
         };
         let mut desired = model::desired_state(&objects.services, &objects.slices, &node, &opts);
-        keep_last_good(&self.last, &mut desired);
+        model::keep_last_good(&self.last, &mut desired);
         for p in report.problems.iter().chain(&desired.problems) {
             tracing::warn!(object = %p.object, "skipped: {}", p.message);
         }

@@ -616,3 +616,97 @@ fn backends_and_frontends_are_sorted_and_unique() {
         }
     }
 }
+
+const GOOD_OWNS_VIP: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: good, namespace: default}
+spec:
+  clusterIP: 10.96.0.50
+  ports: [{port: 80}]
+";
+
+fn steals_good_vip(cluster_ip: &str) -> String {
+    format!(
+        "
+apiVersion: v1
+kind: Service
+metadata: {{name: steals-good-vip, namespace: default}}
+spec:
+  clusterIP: {cluster_ip}
+  externalIPs: [10.0.0.9]
+  ports: [{{port: 80}}]
+"
+    )
+}
+
+fn state_with_last_good(texts: &[&str], previous: &DesiredState) -> DesiredState {
+    let mut next = run(texts, "node-a", None);
+    keep_last_good(previous, &mut next);
+    next
+}
+
+fn owner_of(state: &DesiredState, addr: [u8; 4], port: u16) -> Vec<String> {
+    state
+        .services
+        .iter()
+        .filter(|(_, sp)| {
+            sp.frontends
+                .iter()
+                .any(|fe| fe.addr == Ipv4Addr::from(addr) && fe.port == port)
+        })
+        .map(|(id, _)| id.name.clone())
+        .collect()
+}
+
+#[test]
+fn an_invalid_edit_keeps_the_last_good_version() {
+    let before = run(&[&steals_good_vip("10.96.0.60")], "node-a", None);
+    let after = state_with_last_good(&[&steals_good_vip("10.96.0.300")], &before);
+    assert_eq!(after.services, before.services);
+    assert!(after.problems[0].message.contains("10.96.0.300"));
+}
+
+/// The VIP a Service had in its last good version went to another Service
+/// while its own new version is invalid: the valid one keeps it, through
+/// the invalid edit and after the fix, in the model and in the maps.
+#[test]
+fn a_restored_service_yields_frontends_a_valid_one_owns() {
+    let steals_ok = steals_good_vip("10.96.0.50");
+    let steals_bad = steals_good_vip("10.96.0.300");
+    let steals_fixed = steals_good_vip("10.96.0.51");
+    let first = run(&[&steals_ok], "node-a", None);
+    let broken = state_with_last_good(&[GOOD_OWNS_VIP, &steals_bad], &first);
+    assert_eq!(owner_of(&broken, [10, 96, 0, 50], 80), ["good"]);
+    assert_eq!(owner_of(&broken, [10, 0, 0, 9], 80), ["steals-good-vip"]);
+    assert!(
+        broken
+            .problems
+            .iter()
+            .any(|p| p.message.contains("without 10.96.0.50:80/TCP")),
+        "{:#?}",
+        broken.problems
+    );
+    let fixed = state_with_last_good(&[GOOD_OWNS_VIP, &steals_fixed], &broken);
+    assert_eq!(owner_of(&fixed, [10, 96, 0, 50], 80), ["good"]);
+
+    let mut w = crate::sync::fake::FakeWriter::new(1 << 16);
+    let mut syncer = crate::sync::Syncer::recover(&mut w).unwrap();
+    let vip = lb_common::FrontendKeyV4 {
+        addr: lb_common::addr::to_map(Ipv4Addr::new(10, 96, 0, 50)),
+        port: 80u16.to_be(),
+        proto: lb_common::PROTO_TCP,
+        _pad: 0,
+    };
+    let owner = |w: &crate::sync::fake::FakeWriter| {
+        w.maps
+            .frontends
+            .get(&vip)
+            .map(|fe| w.maps.services[&fe.svc_id].clone())
+    };
+    syncer.sync(&first, &mut w).unwrap();
+    syncer.sync(&broken, &mut w).unwrap();
+    assert_eq!(owner(&w).as_deref(), Some("default/good:/TCP"));
+    syncer.sync(&fixed, &mut w).unwrap();
+    assert_eq!(owner(&w).as_deref(), Some("default/good:/TCP"));
+}
