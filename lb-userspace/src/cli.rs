@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the node agent: load and attach the data plane, keep its maps equal to the Services.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Frontends and the backends they balance to, with counters.
     Services(InspectArgs),
     /// Connection-tracking entries.
@@ -117,6 +117,48 @@ pub struct AgentArgs {
     /// Remove everything the agent installed (links, pinned maps) and exit.
     #[arg(long)]
     pub cleanup: bool,
+    #[command(flatten)]
+    pub capacities: CapacityArgs,
+}
+
+/// Map sizes, in entries. They apply when the maps are created; maps an
+/// earlier agent pinned keep their size (a live map cannot grow without
+/// losing its flows) until `xdplb agent --cleanup`. What does not fit is
+/// refused per Service port and reported.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CapacityArgs {
+    /// Service ports (SVC_NAMES, SVC_STATS).
+    #[arg(long, default_value_t = lb_common::MAX_SERVICES)]
+    pub max_service_ports: u32,
+    /// Frontends: (address, port, protocol) over all Services (FRONTENDS_V4).
+    #[arg(long, default_value_t = lb_common::MAX_FRONTENDS)]
+    pub max_frontends: u32,
+    /// Distinct Service addresses off the node (ADDRS_V4).
+    #[arg(long, default_value_t = lb_common::MAX_ADDRS)]
+    pub max_frontend_addrs: u32,
+    /// Distinct endpoints (address, port) over all Services (BACKENDS_V4).
+    #[arg(long, default_value_t = lb_common::MAX_BACKENDS)]
+    pub max_endpoints: u32,
+    /// Maglev lookup-table slots over all Services, about 100 per endpoint
+    /// per traffic class (MAGLEV_SLOTS).
+    #[arg(long, default_value_t = lb_common::MAX_MAGLEV_SLOTS)]
+    pub maglev_slots: u32,
+    /// Tracked connections, each direction one entry (CT_V4, LRU).
+    #[arg(long, default_value_t = lb_common::MAX_CT)]
+    pub max_conntrack: u32,
+}
+
+impl CapacityArgs {
+    pub fn capacities(&self) -> crate::datapath::Capacities {
+        crate::datapath::Capacities {
+            addrs: self.max_frontend_addrs,
+            frontends: self.max_frontends,
+            backends: self.max_endpoints,
+            maglev_slots: self.maglev_slots,
+            ct: self.max_conntrack,
+            services: self.max_service_ports,
+        }
+    }
 }
 
 fn default_cgroup_path() -> PathBuf {

@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Agent(args) => lb_userspace::agent::run(args),
+        Command::Agent(args) => lb_userspace::agent::run(*args),
         Command::Services(args) => lb_userspace::inspect::services(&args),
         Command::Flows(args) => lb_userspace::inspect::flows(&args),
         Command::Explain(args) => lb_userspace::inspect::explain(&args),

@@ -53,6 +53,7 @@ pub struct Metrics {
     endpoints: Gauge,
     invalid: Gauge,
     invalid_skipped: Counter,
+    refused: Gauge,
 }
 
 impl Default for Metrics {
@@ -138,8 +139,15 @@ impl Metrics {
             "Invalid objects skipped, counted at every sync that skipped them",
             invalid_skipped.clone(),
         );
+        let refused = Gauge::default();
+        registry.register(
+            "xdplb_service_ports_refused",
+            "Service ports the last sync refused because a map was full (logged with the map)",
+            refused.clone(),
+        );
         Self {
             registry,
+            refused,
             sync_duration,
             network_programming,
             last_sync,
@@ -170,6 +178,7 @@ impl Metrics {
         self.frontends.set(report.frontends as i64);
         self.endpoints.set(report.backends as i64);
         self.invalid.set(skipped as i64);
+        self.refused.set(report.refused.len() as i64);
         self.invalid_skipped.inc_by(skipped as u64);
         let (internal, external) = no_local_endpoints(desired);
         self.no_local_endpoints

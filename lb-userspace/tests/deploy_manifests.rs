@@ -102,7 +102,7 @@ fn agent_args(c: &Container) -> AgentArgs {
     match Cli::try_parse_from(argv) {
         Ok(Cli {
             command: Command::Agent(args),
-        }) => args,
+        }) => *args,
         Ok(other) => panic!("the DaemonSet runs {:?}, not the agent", other.command),
         Err(e) => panic!("xdplb rejects the DaemonSet's arguments:\n{e}"),
     }

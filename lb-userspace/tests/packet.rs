@@ -684,3 +684,64 @@ fn rejects_on_other_devices_go_through_tc() {
         "addressed back to the client's MAC"
     );
 }
+
+/// On the kernel's maps, sized small: Service ports past a full map are
+/// refused by name before any of their entries is written, and those that
+/// fit serve.
+#[test]
+fn service_ports_past_a_full_map_are_refused_and_the_rest_serve() {
+    use lb_userspace::{
+        datapath::Capacities,
+        model::{DesiredState, Proto},
+        sync::{MapsWriter, Syncer},
+    };
+    common::privileged("BPF_PROG_TEST_RUN packet tests");
+    let caps = Capacities {
+        frontends: 4,
+        ..Capacities::small()
+    };
+    let mut dp = Datapath::load(&caps, None).unwrap();
+    let services = (0..6u8)
+        .map(|i| {
+            let (mut id, mut sp) = vip_service("web", Proto::Tcp, &[B1, B2]);
+            id.name = format!("web-{i}");
+            sp.frontends[0].addr = Ipv4Addr::new(10, 96, 0, 10 + i);
+            (id, sp)
+        })
+        .collect();
+    let desired = DesiredState {
+        services,
+        problems: Vec::new(),
+    };
+    let mut syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps }).unwrap();
+    for _ in 0..3 {
+        let report = syncer
+            .sync(&desired, &mut MapsWriter { maps: &mut dp.maps })
+            .unwrap();
+        let refused: Vec<&str> = report
+            .refused
+            .iter()
+            .map(|r| r.service.name.as_str())
+            .collect();
+        assert_eq!(refused, ["web-4", "web-5"]);
+        assert!(report.refused[0].reason.contains("FRONTENDS_V4"));
+    }
+    assert_eq!(dp.maps.frontends.keys().count(), 4);
+    assert_eq!(
+        dp.maps.svc_names.keys().count(),
+        4,
+        "no name of a refused port"
+    );
+    let (_, out) = run(
+        &dp,
+        &tcp_frame(
+            CLIENT,
+            (Ipv4Addr::new(10, 96, 0, 13), 80),
+            Tcp::syn(),
+            b"",
+            &[],
+        ),
+    );
+    assert!([B1.0, B2.0].contains(&parse_checked(&out).dst));
+    assert_eq!(count(&dp, Reason::XlateNew), 1);
+}

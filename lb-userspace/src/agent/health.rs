@@ -22,6 +22,9 @@ pub struct Health {
     /// The API watchers that are not connected, while the data plane keeps
     /// serving the last state it was given.
     stale: Vec<String>,
+    /// Service ports the last sync refused, each with the map that is full:
+    /// the node serves every other Service, so it stays healthy.
+    refused: Vec<String>,
 }
 
 pub type Shared = Arc<Mutex<Health>>;
@@ -30,6 +33,10 @@ impl Health {
     pub fn synced(&mut self) {
         self.last_synced = Some(jiff::Timestamp::now());
         self.failing = None;
+    }
+
+    pub fn refused(&mut self, refused: Vec<String>) {
+        self.refused = refused;
     }
 
     pub fn failed(&mut self, why: String) {
@@ -58,6 +65,7 @@ impl Health {
             "nodeEligible": true,
             "error": self.failing,
             "staleWatches": self.stale,
+            "refused": self.refused,
         });
         (if ok { 200 } else { 503 }, body.to_string())
     }

@@ -22,7 +22,7 @@ use crate::{
     healthcheck::HealthCheckServers,
     metrics::{self, Metrics},
     model::{self, DesiredState, ModelOptions, NodeInfo},
-    sync::{MapsWriter, Syncer},
+    sync::{MapWriter, MapsWriter, Room, Syncer},
 };
 
 pub fn run(args: AgentArgs) -> Result<()> {
@@ -64,6 +64,8 @@ struct Agent {
     healthchecks: HealthCheckServers,
     /// `drop_snat_ports_exhausted` when last looked at.
     snat_exhausted: u64,
+    /// After a failed sync: when to try again, and the wait after that.
+    retry: Option<(Instant, Duration)>,
 }
 
 impl Agent {
@@ -133,6 +135,15 @@ impl Agent {
                 maps: &mut self.dp.maps,
             },
         )?;
+        for r in &sync.refused {
+            tracing::warn!(service = %r.service, "refused: {}", r.reason);
+        }
+        self.health.lock().expect("health").refused(
+            sync.refused
+                .iter()
+                .map(|r| format!("{}: {}", r.service, r.reason))
+                .collect(),
+        );
         let skipped = report.problems.len() + desired.problems.len();
         let forgotten = crate::sync::stale::forget(&mut self.dp.maps, &sync.removed)?;
         if forgotten > 0 {
@@ -147,6 +158,7 @@ impl Agent {
             backends = sync.backends,
             writes = sync.writes,
             skipped,
+            refused = sync.refused.len(),
             ms = started.elapsed().as_secs_f64() * 1e3,
             "synced"
         );
@@ -169,13 +181,27 @@ impl Agent {
                 self.metrics.observe_network_programming(seen.elapsed());
                 self.health.lock().expect("health").synced();
                 self.healthchecks.set_proxy_healthy(true);
+                self.retry = None;
             }
             Err(e) => {
-                tracing::error!("sync failed, data plane keeps its last state: {e:#}");
+                // Nothing may arrive to trigger the next sync, so the agent
+                // retries by itself, backing off to once every 30 s.
+                let wait = self.retry.map_or(Duration::from_secs(1), |(_, w)| {
+                    (w * 2).min(Duration::from_secs(30))
+                });
+                tracing::error!(
+                    retry_in_s = wait.as_secs(),
+                    "sync failed, data plane keeps its last state: {e:#}"
+                );
                 self.health.lock().expect("health").failed(format!("{e:#}"));
                 self.healthchecks.set_proxy_healthy(false);
+                self.retry = Some((Instant::now() + wait, wait));
             }
         }
+    }
+
+    fn retry_due(&self) -> bool {
+        self.retry.is_some_and(|(at, _)| Instant::now() >= at)
     }
 
     fn attach_pod_ifaces(&mut self) {
@@ -196,10 +222,34 @@ impl Agent {
     }
 }
 
+/// Maps an earlier agent pinned keep their size; say so where the flags
+/// asked for another.
+fn report_pinned_sizes(wanted: &Capacities, room: &Room) {
+    for (flag, want, have) in [
+        ("--max-service-ports", wanted.services, room.services),
+        ("--max-frontends", wanted.frontends, room.frontends),
+        ("--max-frontend-addrs", wanted.addrs, room.addrs),
+        ("--max-endpoints", wanted.backends, room.backends),
+        ("--maglev-slots", wanted.maglev_slots, room.ring_slots),
+    ] {
+        if want != have {
+            tracing::warn!(
+                flag,
+                wanted = want,
+                pinned = have,
+                "a pinned map keeps its size; the new one applies after `xdplb agent --cleanup`"
+            );
+        }
+    }
+}
+
 async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     let mut source = source::Source::open(&args).await?;
-    let mut dp = Datapath::load(&Capacities::default(), Some(&pins.maps_dir()))?;
-    let syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps })?;
+    let wanted = args.capacities.capacities();
+    let mut dp = Datapath::load(&wanted, Some(&pins.maps_dir()))?;
+    let mut writer = MapsWriter { maps: &mut dp.maps };
+    report_pinned_sizes(&wanted, &writer.room()?);
+    let syncer = Syncer::recover(&mut writer)?;
     let nodeport_cidrs = args
         .nodeport_addresses
         .iter()
@@ -226,11 +276,13 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         metrics: metrics.clone(),
         healthchecks: HealthCheckServers::new(),
         snat_exhausted,
+        retry: None,
     };
     // Maps first, then the program on the wire: the first packet it sees
-    // already finds every Service.
-    agent.resync(&mut source).context("first sync")?;
-    agent.health.lock().expect("health").synced();
+    // already finds every Service. A first sync that fails leaves the
+    // pinned maps serving what they held and is retried; crashing would
+    // only fail the same way again.
+    agent.resync_after_change(&mut source);
     for ifname in agent.args.external_ifaces.clone() {
         agent
             .attacher
@@ -283,6 +335,9 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
                 }
             }
             _ = ticks.tick() => {
+                if agent.retry_due() {
+                    agent.resync_after_change(&mut source);
+                }
                 agent.attach_pod_ifaces();
                 agent.report_snat_exhaustion();
                 if let Some(status) = source.status() {

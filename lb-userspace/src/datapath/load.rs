@@ -81,7 +81,8 @@ impl Datapath {
             .map_max_entries(names::BACKENDS_V4, caps.backends)
             .map_max_entries(names::MAGLEV_SLOTS, caps.maglev_slots)
             .map_max_entries(names::CT_V4, caps.ct)
-            .map_max_entries(names::SVC_STATS, caps.services);
+            .map_max_entries(names::SVC_STATS, caps.services)
+            .map_max_entries(names::SVC_NAMES, caps.services);
         if let Some(dir) = pin_dir {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             for name in names::ALL {

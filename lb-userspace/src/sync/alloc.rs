@@ -10,14 +10,17 @@ pub struct Ids {
     next: u32,
     free: Vec<u32>,
     limit: u32,
+    /// The map the ids index, for the message when they run out.
+    map: &'static str,
 }
 
 impl Ids {
-    pub fn new(first: u32, limit: u32) -> Self {
+    pub fn new(first: u32, limit: u32, map: &'static str) -> Self {
         Self {
             next: first,
             free: Vec::new(),
             limit,
+            map,
         }
     }
 
@@ -26,7 +29,11 @@ impl Ids {
             return Ok(id);
         }
         if self.next >= self.limit {
-            bail!("out of ids (limit {})", self.limit);
+            bail!(
+                "does not fit: {} holds {} entries, all in use",
+                self.map,
+                self.limit
+            );
         }
         self.next += 1;
         Ok(self.next - 1)
@@ -65,7 +72,7 @@ impl Segments {
 
     pub fn take(&mut self, len: u32) -> Result<u32> {
         let Some((&off, &avail)) = self.free.iter().find(|(_, &l)| l >= len) else {
-            bail!("no room for a ring of {len} slots in MAGLEV_SLOTS; raise its capacity");
+            bail!("does not fit: no {len} free slots in a row in MAGLEV_SLOTS");
         };
         self.free.remove(&off);
         if avail > len {
@@ -138,7 +145,7 @@ mod tests {
 
     #[test]
     fn ids_reuse_and_claim() {
-        let mut ids = Ids::new(1, 10);
+        let mut ids = Ids::new(1, 10, "TEST");
         ids.claim(4);
         let got: Vec<u32> = (0..3).map(|_| ids.take().unwrap()).collect();
         assert!(!got.contains(&4) && got.iter().all(|&i| (1..10).contains(&i)));

@@ -1,16 +1,17 @@
 //! An in-memory `MapWriter` that checks, after every single write, what a
 //! packet arriving at that instant would see: every published frontend must
 //! point at a complete ring of existing backends, with its address and filter
-//! bits in place.
+//! bits in place. It refuses what the kernel would: entries beyond a map's
+//! capacity, and any write from `fail_at` on, to test recovery.
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use lb_common::{
     filter::{position, AddrSet},
     BackendV4, FrontendKeyV4, FrontendValue,
 };
 
-use super::{MapWriter, Snapshot};
+use super::{MapWriter, Room, Snapshot};
 
 #[derive(Debug, Default, Clone)]
 pub struct FakeMaps {
@@ -27,7 +28,9 @@ pub struct FakeMaps {
 #[derive(Debug)]
 pub struct FakeWriter {
     pub maps: FakeMaps,
-    pub capacity: u32,
+    pub room: Room,
+    /// The index (in `log` order) of the first write to fail, if any.
+    pub fail_at: Option<usize>,
     /// Every write, in order, for assertions on ordering.
     pub log: Vec<String>,
     /// Moments where a packet would have seen a half-built service.
@@ -37,10 +40,23 @@ pub struct FakeWriter {
 }
 
 impl FakeWriter {
-    pub fn new(capacity: u32) -> Self {
+    /// Maps as large as the defaults, with `ring_slots` slots.
+    pub fn new(ring_slots: u32) -> Self {
+        Self::with_room(Room {
+            services: lb_common::MAX_SERVICES,
+            backends: lb_common::MAX_BACKENDS,
+            frontends: lb_common::MAX_FRONTENDS,
+            addrs: lb_common::MAX_ADDRS,
+            ring_slots,
+            source_ranges: lb_common::MAX_SOURCE_RANGES,
+        })
+    }
+
+    pub fn with_room(room: Room) -> Self {
         Self {
             maps: FakeMaps::default(),
-            capacity,
+            room,
+            fail_at: None,
             log: Vec::new(),
             violations: Vec::new(),
             check: true,
@@ -50,6 +66,18 @@ impl FakeWriter {
     fn filtered(&self, addr: u32, set: AddrSet) -> bool {
         let (word, bit) = position(addr, set);
         self.maps.filter.get(&word).is_some_and(|w| w & bit != 0)
+    }
+
+    /// What the kernel answers a write that does not fit, and the
+    /// injected failure.
+    fn admit(&self, fits: bool, what: &str) -> Result<()> {
+        if self.fail_at.is_some_and(|n| self.log.len() >= n) {
+            bail!("injected failure at write {} ({what})", self.log.len());
+        }
+        if !fits {
+            bail!("{what}: Argument list too long (os error 7)");
+        }
+        Ok(())
     }
 
     fn after(&mut self, op: String) {
@@ -81,6 +109,7 @@ impl FakeWriter {
 
 impl MapWriter for FakeWriter {
     fn put_backend(&mut self, id: u32, backend: BackendV4) -> Result<()> {
+        self.admit(id < self.room.backends, "BACKENDS_V4")?;
         if backend == BackendV4::default() {
             self.maps.backends.remove(&id);
         } else {
@@ -92,6 +121,7 @@ impl MapWriter for FakeWriter {
 
     fn put_ring(&mut self, offset: u32, slots: &[u32]) -> Result<()> {
         let (start, end) = (offset as usize, offset as usize + slots.len());
+        self.admit(end <= self.room.ring_slots as usize, "MAGLEV_SLOTS")?;
         if self.maps.slots.len() < end {
             self.maps.slots.resize(end, 0);
         }
@@ -101,30 +131,39 @@ impl MapWriter for FakeWriter {
     }
 
     fn put_frontend(&mut self, key: FrontendKeyV4, value: FrontendValue) -> Result<()> {
+        let fits = self.maps.frontends.contains_key(&key)
+            || self.maps.frontends.len() < self.room.frontends as usize;
+        self.admit(fits, "FRONTENDS_V4")?;
         self.maps.frontends.insert(key, value);
         self.after(format!("frontend {key:?}"));
         Ok(())
     }
 
     fn remove_frontend(&mut self, key: &FrontendKeyV4) -> Result<()> {
+        self.admit(true, "FRONTENDS_V4")?;
         self.maps.frontends.remove(key);
         self.after(format!("remove frontend {key:?}"));
         Ok(())
     }
 
     fn put_frontend_addr(&mut self, addr: u32) -> Result<()> {
+        let fits =
+            self.maps.addrs.contains_key(&addr) || self.maps.addrs.len() < self.room.addrs as usize;
+        self.admit(fits, "ADDRS_V4")?;
         self.maps.addrs.insert(addr, ());
         self.after(format!("addr {addr:#x}"));
         Ok(())
     }
 
     fn remove_frontend_addr(&mut self, addr: u32) -> Result<()> {
+        self.admit(true, "ADDRS_V4")?;
         self.maps.addrs.remove(&addr);
         self.after(format!("remove addr {addr:#x}"));
         Ok(())
     }
 
     fn put_filter_words(&mut self, words: &[(u32, u64)]) -> Result<()> {
+        self.admit(true, "ADDR_FILTER")?;
         for &(word, bits) in words {
             if bits == 0 {
                 self.maps.filter.remove(&word);
@@ -137,18 +176,22 @@ impl MapWriter for FakeWriter {
     }
 
     fn put_service(&mut self, svc_id: u32, name: &str) -> Result<()> {
+        self.admit(svc_id < self.room.services, "SVC_NAMES")?;
         self.maps.services.insert(svc_id, name.to_string());
         self.after(format!("service {svc_id} {name}"));
         Ok(())
     }
 
     fn remove_service(&mut self, svc_id: u32) -> Result<()> {
+        self.admit(true, "SVC_NAMES")?;
         self.maps.services.remove(&svc_id);
         self.after(format!("remove service {svc_id}"));
         Ok(())
     }
 
     fn put_source_range(&mut self, svc_id: u32, addr: std::net::Ipv4Addr, len: u8) -> Result<()> {
+        let fits = self.maps.source_ranges.len() < self.room.source_ranges as usize;
+        self.admit(fits, "SOURCE_RANGES_V4")?;
         self.maps.source_ranges.insert((svc_id, addr, len));
         self.after(format!("source range {svc_id} {addr}/{len}"));
         Ok(())
@@ -160,13 +203,14 @@ impl MapWriter for FakeWriter {
         addr: std::net::Ipv4Addr,
         len: u8,
     ) -> Result<()> {
+        self.admit(true, "SOURCE_RANGES_V4")?;
         self.maps.source_ranges.remove(&(svc_id, addr, len));
         self.after(format!("remove source range {svc_id} {addr}/{len}"));
         Ok(())
     }
 
-    fn ring_capacity(&self) -> u32 {
-        self.capacity
+    fn room(&self) -> Result<Room> {
+        Ok(self.room)
     }
 
     fn read_back(&self) -> Result<Snapshot> {

@@ -2,14 +2,14 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use aya::maps::{lpm_trie::Key, PerCpuValues};
+use aya::maps::{lpm_trie::Key, IterableMap, MapData, MapError, PerCpuValues};
 use lb_common::{
     addr::{from_map, to_map},
     AddrInfo, BackendV4, FrontendKeyV4, FrontendValue, SourceRangeKeyV4, SvcName, SvcStats,
     ADDR_FRONTEND,
 };
 
-use super::{MapWriter, Snapshot};
+use super::{MapWriter, Room, Snapshot};
 use crate::datapath::Maps;
 
 pub struct MapsWriter<'a> {
@@ -30,6 +30,18 @@ fn range_key(svc_id: u32, addr: Ipv4Addr, len: u8) -> Key<SourceRangeKeyV4> {
         addr: to_map(addr),
     };
     Key::new(32 + len as u32, data)
+}
+
+/// Removing what is already gone succeeds: a sync after one that failed
+/// part-way removes what the maps were read back to hold, which may be
+/// less than it was told.
+fn absent_ok(r: Result<(), MapError>) -> Result<()> {
+    match r {
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        r => Ok(r?),
+    }
 }
 
 pub fn svc_name_str(name: &SvcName) -> String {
@@ -55,7 +67,7 @@ impl MapWriter for MapsWriter<'_> {
     }
 
     fn remove_frontend(&mut self, key: &FrontendKeyV4) -> Result<()> {
-        Ok(self.maps.frontends.remove(key)?)
+        absent_ok(self.maps.frontends.remove(key))
     }
 
     fn put_frontend_addr(&mut self, addr: u32) -> Result<()> {
@@ -69,7 +81,7 @@ impl MapWriter for MapsWriter<'_> {
     }
 
     fn remove_frontend_addr(&mut self, addr: u32) -> Result<()> {
-        Ok(self.maps.addrs.remove(&addr)?)
+        absent_ok(self.maps.addrs.remove(&addr))
     }
 
     fn put_filter_words(&mut self, words: &[(u32, u64)]) -> Result<()> {
@@ -84,7 +96,7 @@ impl MapWriter for MapsWriter<'_> {
     }
 
     fn remove_service(&mut self, svc_id: u32) -> Result<()> {
-        Ok(self.maps.svc_names.remove(&svc_id)?)
+        absent_ok(self.maps.svc_names.remove(&svc_id))
     }
 
     fn put_source_range(&mut self, svc_id: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
@@ -95,14 +107,25 @@ impl MapWriter for MapsWriter<'_> {
     }
 
     fn remove_source_range(&mut self, svc_id: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
-        Ok(self
-            .maps
-            .source_ranges
-            .remove(&range_key(svc_id, addr, len))?)
+        absent_ok(
+            self.maps
+                .source_ranges
+                .remove(&range_key(svc_id, addr, len)),
+        )
     }
 
-    fn ring_capacity(&self) -> u32 {
-        self.maps.slots.len()
+    fn room(&self) -> Result<Room> {
+        let entries = |map: &MapData| -> Result<u32> { Ok(map.info()?.max_entries()) };
+        Ok(Room {
+            services: entries(self.maps.svc_stats.map())?.min(entries(self.maps.svc_names.map())?),
+            backends: entries(self.maps.backends.map())?,
+            frontends: entries(self.maps.frontends.map())?,
+            addrs: entries(self.maps.addrs.map())?,
+            ring_slots: self.maps.slots.len(),
+            // An LPM trie gives no handle on its map data in aya 0.14; its
+            // size is never overridden at load, so the constant is the truth.
+            source_ranges: lb_common::MAX_SOURCE_RANGES,
+        })
     }
 
     fn read_back(&self) -> Result<Snapshot> {

@@ -7,6 +7,13 @@
 //! addition of every changed Service first (service names, backends, rings,
 //! filter bits, source ranges, frontend addresses), then the frontends, each
 //! switching to its new ring in one atomic map update, and removals last.
+//!
+//! What does not fit is refused per Service port before anything of it is
+//! written: its ids and ring slots go back, an older version of it stays as
+//! it was, and every other Service port is applied. A write the kernel
+//! refuses anyway leaves the maps holding what the syncer does not know;
+//! the next sync then starts over from reading the maps back, so it
+//! converges without a restart or `--cleanup`.
 mod alloc;
 pub mod fake;
 mod maps_writer;
@@ -22,11 +29,11 @@ use std::{
 use anyhow::{Context, Result};
 use lb_common::{
     addr::{from_map, to_map},
-    BackendV4, FrontendKeyV4, FE_EXTERNAL, MAX_BACKENDS, MAX_SERVICES,
+    BackendV4, FrontendKeyV4, FE_EXTERNAL,
 };
 
 pub use maps_writer::{svc_name_str, MapsWriter};
-pub use writer::{MapWriter, Snapshot};
+pub use writer::{MapWriter, Room, Snapshot};
 
 use crate::model::{DesiredState, Proto, ServicePortId};
 use plan::{filter_bits, Applied, Ring};
@@ -41,6 +48,15 @@ pub struct SyncReport {
     /// Backends no Service uses any more, with the id they had: their UDP
     /// flows and affinity entries are stale (see `stale::forget`).
     pub removed: Vec<(u32, Ipv4Addr, u16)>,
+    /// Service ports that did not fit, each with the map it would have
+    /// overflowed; an older version of one stays applied.
+    pub refused: Vec<Refusal>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub service: ServicePortId,
+    pub reason: String,
 }
 
 type BackendAddr = (Ipv4Addr, u16);
@@ -48,6 +64,10 @@ type BackendAddr = (Ipv4Addr, u16);
 /// The agent's view of what it wrote, with the ids it handed out.
 #[derive(Debug)]
 pub struct Syncer {
+    room: Room,
+    /// A write failed part-way: the maps may hold entries `applied` does
+    /// not know of, so the next sync reads them back first.
+    stale: bool,
     svc_alloc: alloc::Ids,
     backend_alloc: alloc::Ids,
     segments: alloc::Segments,
@@ -81,18 +101,41 @@ fn drop_ref<K: std::hash::Hash + Eq>(refs: &mut HashMap<K, u32>, k: K) -> bool {
     }
 }
 
+/// The name under which recovery files entries of `svc_id` whose Service
+/// port it cannot name. No Service has an empty namespace, so the next sync
+/// finds it gone and removes what it held, after the additions.
+fn unnamed(svc_id: u32) -> ServicePortId {
+    ServicePortId {
+        namespace: String::new(),
+        name: format!("unnamed-{svc_id}"),
+        port_name: String::new(),
+        protocol: Proto::Tcp,
+    }
+}
+
+/// Holds what the maps publish that belongs to no Service id (frontend
+/// addresses, backends): its id 0 is never handed out.
+const LEFTOVERS: u32 = 0;
+
 impl Syncer {
     /// Starts from what `w` already holds (pinned maps of an earlier agent,
     /// or empty maps), so ids and rings carry over and the first sync writes
     /// only what changed. The address filter is not pinned (a new program
     /// brings its own, empty), so it is rewritten here to cover what the
     /// maps already publish, before the program can see a packet.
+    ///
+    /// Whatever the maps hold that no readable Service owns (left by a sync
+    /// that failed part-way, or an older agent) is filed under a name no
+    /// Service has; it keeps working until the next sync, which removes it.
     pub fn recover(w: &mut dyn MapWriter) -> Result<Self> {
         let snap = w.read_back().context("reading the maps back")?;
+        let room = w.room().context("reading the maps' capacities")?;
         let mut s = Self {
-            svc_alloc: alloc::Ids::new(1, MAX_SERVICES),
-            backend_alloc: alloc::Ids::new(1, MAX_BACKENDS),
-            segments: alloc::Segments::new(w.ring_capacity()),
+            room,
+            stale: false,
+            svc_alloc: alloc::Ids::new(1, room.services, "SVC_NAMES"),
+            backend_alloc: alloc::Ids::new(1, room.backends, "BACKENDS_V4"),
+            segments: alloc::Segments::new(room.ring_slots),
             applied: BTreeMap::new(),
             backends: HashMap::new(),
             addr_refs: HashMap::new(),
@@ -104,18 +147,26 @@ impl Syncer {
             .iter()
             .map(|(id, b)| (*id, (from_map(b.addr), u16::from_be(b.port))))
             .collect();
-        for id in by_id.keys() {
-            s.backend_alloc.claim(*id);
-        }
         let slots: HashMap<u32, &Vec<u32>> = snap.rings.iter().map(|(o, v)| (*o, v)).collect();
         let addrs: HashSet<u32> = snap.frontend_addrs.iter().copied().collect();
         let mut names: HashMap<u32, ServicePortId> = HashMap::new();
         for (svc_id, name) in &snap.services {
-            s.svc_alloc.claim(*svc_id);
-            let Some(id) = parse_name(name) else {
+            let id = parse_name(name).unwrap_or_else(|| {
                 tracing::warn!(%name, "unreadable service name in pinned maps; its entries will be rebuilt");
-                continue;
-            };
+                unnamed(*svc_id)
+            });
+            names.insert(*svc_id, id);
+        }
+        let svc_ids = snap
+            .frontends
+            .iter()
+            .map(|(_, v)| v.svc_id)
+            .chain(snap.source_ranges.iter().map(|(id, _, _)| *id));
+        for svc_id in svc_ids {
+            names.entry(svc_id).or_insert_with(|| unnamed(svc_id));
+        }
+        for (svc_id, id) in &names {
+            s.svc_alloc.claim(*svc_id);
             s.applied.insert(
                 id.clone(),
                 Applied {
@@ -123,19 +174,23 @@ impl Syncer {
                     ..Applied::default()
                 },
             );
-            names.insert(*svc_id, id);
         }
         for (key, value) in &snap.frontends {
-            let Some(name) = names.get(&value.svc_id) else {
-                continue;
-            };
-            let a = s.applied.get_mut(name).expect("inserted above");
+            let a = s
+                .applied
+                .get_mut(&names[&value.svc_id])
+                .expect("named above");
             a.frontends.insert(*key, *value);
             if addrs.contains(&key.addr) {
                 a.addrs.insert(key.addr);
             }
             let class = value.flags & FE_EXTERNAL;
             if a.rings.contains_key(&class) {
+                continue;
+            }
+            if let Err(e) = s.segments.claim(value.ring_offset, value.ring_size) {
+                // The Service port gets a new ring at the next sync.
+                tracing::warn!(svc_id = value.svc_id, "{e:#}");
                 continue;
             }
             let mut members: Vec<u32> = slots
@@ -150,7 +205,6 @@ impl Syncer {
                 .unwrap_or_default();
             members.retain(|id| by_id.contains_key(id));
             members.sort_by_key(|id| by_id[id]);
-            s.segments.claim(value.ring_offset, value.ring_size)?;
             a.backends.extend(members.iter().map(|id| by_id[id]));
             a.rings.insert(
                 class,
@@ -162,24 +216,40 @@ impl Syncer {
             );
         }
         for (svc_id, addr, len) in &snap.source_ranges {
-            if let Some(name) = names.get(svc_id) {
-                s.applied
-                    .get_mut(name)
-                    .expect("inserted above")
-                    .ranges
-                    .insert((*addr, *len));
-            }
+            let a = s.applied.get_mut(&names[svc_id]).expect("named above");
+            a.ranges.insert((*addr, *len));
+        }
+        let mut leftovers = Applied {
+            svc_id: LEFTOVERS,
+            ..Applied::default()
+        };
+        let owned: HashSet<u32> = s
+            .applied
+            .values()
+            .flat_map(|a| a.addrs.iter().copied())
+            .collect();
+        leftovers
+            .addrs
+            .extend(addrs.iter().filter(|a| !owned.contains(a)));
+        let used: HashSet<BackendAddr> = s
+            .applied
+            .values()
+            .flat_map(|a| a.backends.iter().copied())
+            .collect();
+        leftovers
+            .backends
+            .extend(by_id.values().filter(|b| !used.contains(b)));
+        if !leftovers.addrs.is_empty() || !leftovers.backends.is_empty() {
+            s.applied.insert(unnamed(LEFTOVERS), leftovers);
+        }
+        for (id, b) in &by_id {
+            s.backend_alloc.claim(*id);
+            s.backends.entry(*b).or_insert((*id, 0));
         }
         for a in s.applied.values_mut() {
             a.bits = filter_bits(a.frontends.keys(), a.backends.iter());
             for b in &a.backends {
-                let id = snap
-                    .backends
-                    .iter()
-                    .find(|(_, v)| (from_map(v.addr), u16::from_be(v.port)) == *b)
-                    .map(|(i, _)| *i)
-                    .expect("ring members are backends");
-                s.backends.entry(*b).or_insert((id, 0)).1 += 1;
+                s.backends.get_mut(b).expect("read back above").1 += 1;
             }
             for addr in &a.addrs {
                 bump(&mut s.addr_refs, *addr);
@@ -193,16 +263,91 @@ impl Syncer {
         Ok(s)
     }
 
+    /// Applies `desired`, refusing per Service port what does not fit. An
+    /// error means a write failed: the maps still serve every Service that
+    /// was complete before, and the next call reconciles from them.
     pub fn sync(&mut self, desired: &DesiredState, w: &mut dyn MapWriter) -> Result<SyncReport> {
+        if self.stale {
+            *self = Self::recover(w).context("reading the maps back after a failed sync")?;
+        }
+        let result = self.apply(desired, w);
+        self.stale = result.is_err();
+        result
+    }
+
+    /// Plans one changed Service port, with its ids and ring slots. On
+    /// refusal everything it took is given back.
+    fn plan(
+        &mut self,
+        name: &ServicePortId,
+        sp: &crate::model::ServicePort,
+        new_backends: &mut HashMap<BackendAddr, (u32, bool)>,
+        peak: &mut Peak,
+    ) -> std::result::Result<Applied, String> {
+        let old = self.applied.get(name);
+        let new_svc = match old {
+            Some(_) => None,
+            None => Some(self.svc_alloc.take().map_err(|e| format!("{e:#}"))?),
+        };
+        let svc_id = old.map_or_else(|| new_svc.expect("taken above"), |a| a.svc_id);
+        let mut taken: Vec<BackendAddr> = Vec::new();
+        let backends = &self.backends;
+        let backend_alloc = &mut self.backend_alloc;
+        let mut backend_id = |b: &crate::model::Backend| -> Result<u32> {
+            if let Some((id, _)) = backends.get(&(b.addr, b.port)) {
+                return Ok(*id);
+            }
+            if let Some((id, _)) = new_backends.get(&(b.addr, b.port)) {
+                return Ok(*id);
+            }
+            let id = backend_alloc.take()?;
+            new_backends.insert((b.addr, b.port), (id, b.is_local));
+            taken.push((b.addr, b.port));
+            Ok(id)
+        };
+        let planned = plan::service(
+            svc_id,
+            name.protocol,
+            sp,
+            old,
+            &mut backend_id,
+            &mut self.segments,
+        )
+        .map_err(|e| format!("{e:#}"))
+        .and_then(
+            |plan| match peak.admit(&plan, old, &self.addr_refs, &self.room) {
+                Ok(()) => Ok(plan),
+                Err(why) => {
+                    plan::release_new_rings(&plan, &mut self.segments);
+                    Err(why)
+                }
+            },
+        );
+        if planned.is_err() {
+            for b in taken {
+                let (id, _) = new_backends.remove(&b).expect("taken above");
+                self.backend_alloc.give(id);
+            }
+            if let Some(id) = new_svc {
+                self.svc_alloc.give(id);
+            }
+        }
+        planned
+    }
+
+    fn apply(&mut self, desired: &DesiredState, w: &mut dyn MapWriter) -> Result<SyncReport> {
         let mut writes = 0usize;
 
         // Plan every changed Service port, allocating ids and ring segments.
         let mut new_services = Vec::new();
         let mut new_backends: HashMap<BackendAddr, (u32, bool)> = HashMap::new();
         let mut plans: Vec<(ServicePortId, Applied)> = Vec::new();
+        let mut refused = Vec::new();
+        let mut peak = Peak::of(self);
         // Both maps are ordered by name: one merged walk finds the changed
         // and the gone Service ports, where a lookup per Service port would
         // make a one-Service change cost 10,000 lookups.
+        let mut changed: Vec<&ServicePortId> = Vec::new();
         let mut gone: Vec<ServicePortId> = Vec::new();
         let mut applied = self.applied.iter().peekable();
         for (name, sp) in &desired.services {
@@ -210,39 +355,27 @@ impl Syncer {
                 gone.push(n.clone());
             }
             let old = applied.next_if(|(n, _)| *n == name).map(|(_, a)| a);
-            if old.is_some_and(|a| a.spec.as_ref() == Some(sp)) {
-                continue;
+            if !old.is_some_and(|a| a.spec.as_ref() == Some(sp)) {
+                changed.push(name);
             }
-            let svc_id = match old {
-                Some(a) => a.svc_id,
-                None => {
-                    let id = self.svc_alloc.take()?;
-                    new_services.push((id, name.to_string()));
-                    id
-                }
-            };
-            let mut backend_id = |b: &crate::model::Backend| -> Result<u32> {
-                if let Some((id, _)) = self.backends.get(&(b.addr, b.port)) {
-                    return Ok(*id);
-                }
-                if let Some((id, _)) = new_backends.get(&(b.addr, b.port)) {
-                    return Ok(*id);
-                }
-                let id = self.backend_alloc.take()?;
-                new_backends.insert((b.addr, b.port), (id, b.is_local));
-                Ok(id)
-            };
-            let plan = plan::service(
-                svc_id,
-                name.protocol,
-                sp,
-                old,
-                &mut backend_id,
-                &mut self.segments,
-            )?;
-            plans.push((name.clone(), plan));
         }
         gone.extend(applied.map(|(n, _)| n.clone()));
+        for name in changed {
+            let sp = &desired.services[name];
+            let is_new = !self.applied.contains_key(name);
+            match self.plan(name, sp, &mut new_backends, &mut peak) {
+                Ok(plan) => {
+                    if is_new {
+                        new_services.push((plan.svc_id, name.to_string()));
+                    }
+                    plans.push((name.clone(), plan));
+                }
+                Err(reason) => refused.push(Refusal {
+                    service: name.clone(),
+                    reason,
+                }),
+            }
+        }
         let empty = Applied::default();
         let applied = &self.applied;
         let old_of = |name: &ServicePortId| applied.get(name).unwrap_or(&empty);
@@ -373,6 +506,9 @@ impl Syncer {
                 .iter()
                 .find(|(n, _)| n == name)
                 .expect("retired above");
+            if old.svc_id == LEFTOVERS {
+                continue;
+            }
             w.remove_service(old.svc_id)?;
             writes += 1;
             self.svc_alloc.give(old.svc_id);
@@ -384,7 +520,82 @@ impl Syncer {
             frontends: self.applied.values().map(|a| a.frontends.len()).sum(),
             backends: self.backends.len(),
             removed,
+            refused,
         })
+    }
+}
+
+/// The most entries each hash map holds during a sync: additions are
+/// written before removals, so a sync needs room for both at once.
+struct Peak {
+    frontends: usize,
+    /// Frontend addresses this sync adds.
+    addrs: HashSet<u32>,
+    ranges: usize,
+}
+
+impl Peak {
+    fn of(s: &Syncer) -> Self {
+        Self {
+            frontends: s.applied.values().map(|a| a.frontends.len()).sum(),
+            addrs: HashSet::new(),
+            ranges: s.applied.values().map(|a| a.ranges.len()).sum(),
+        }
+    }
+
+    /// Counts `plan` in, or says which map it would overflow.
+    fn admit(
+        &mut self,
+        plan: &Applied,
+        old: Option<&Applied>,
+        addr_refs: &HashMap<u32, u32>,
+        room: &Room,
+    ) -> std::result::Result<(), String> {
+        let frontends = plan
+            .frontends
+            .keys()
+            .filter(|k| !old.is_some_and(|o| o.frontends.contains_key(k)))
+            .count();
+        let addrs: Vec<u32> = plan
+            .addrs
+            .iter()
+            .filter(|a| !addr_refs.contains_key(a) && !self.addrs.contains(a))
+            .copied()
+            .collect();
+        let ranges = plan
+            .ranges
+            .iter()
+            .filter(|r| !old.is_some_and(|o| o.ranges.contains(r)))
+            .count();
+        let over = |map: &str, have: usize, more: usize, cap: u32| {
+            format!(
+                "does not fit: {map} holds {cap} entries, {have} in use, this Service port needs {more} more"
+            )
+        };
+        if self.frontends + frontends > room.frontends as usize {
+            return Err(over(
+                "FRONTENDS_V4",
+                self.frontends,
+                frontends,
+                room.frontends,
+            ));
+        }
+        let addrs_in_use = addr_refs.len() + self.addrs.len();
+        if addrs_in_use + addrs.len() > room.addrs as usize {
+            return Err(over("ADDRS_V4", addrs_in_use, addrs.len(), room.addrs));
+        }
+        if self.ranges + ranges > room.source_ranges as usize {
+            return Err(over(
+                "SOURCE_RANGES_V4",
+                self.ranges,
+                ranges,
+                room.source_ranges,
+            ));
+        }
+        self.frontends += frontends;
+        self.addrs.extend(addrs);
+        self.ranges += ranges;
+        Ok(())
     }
 }
 

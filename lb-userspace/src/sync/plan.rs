@@ -57,7 +57,8 @@ pub fn filter_bits<'a>(
 }
 
 /// Plans Service port `sp` with id `svc_id`, reusing `old`'s rings whose
-/// members did not change; `backend_id` hands out backend ids.
+/// members did not change; `backend_id` hands out backend ids. On error
+/// the ring slots it took are free again.
 pub fn service(
     svc_id: u32,
     proto: Proto,
@@ -72,6 +73,32 @@ pub fn service(
         ranges: sp.load_balancer_source_ranges.iter().copied().collect(),
         ..Applied::default()
     };
+    match fill(&mut a, proto, sp, old, backend_id, segments) {
+        Ok(()) => Ok(a),
+        Err(e) => {
+            release_new_rings(&a, segments);
+            Err(e)
+        }
+    }
+}
+
+/// Gives back the slots of the rings `a` built anew (not those it reuses).
+pub fn release_new_rings(a: &Applied, segments: &mut Segments) {
+    for (class, ring) in &a.rings {
+        if a.tables.contains_key(class) {
+            segments.give(ring.offset, ring.size);
+        }
+    }
+}
+
+fn fill(
+    a: &mut Applied,
+    proto: Proto,
+    sp: &ServicePort,
+    old: Option<&Applied>,
+    backend_id: &mut dyn FnMut(&Backend) -> Result<u32>,
+    segments: &mut Segments,
+) -> Result<()> {
     for fe in &sp.frontends {
         let external = fe.kind != FrontendKind::ClusterIp;
         let (class, backends, policy_local) = if external {
@@ -135,7 +162,7 @@ pub fn service(
         a.frontends.insert(
             key,
             FrontendValue {
-                svc_id,
+                svc_id: a.svc_id,
                 ring_offset: ring.offset,
                 ring_size: ring.size,
                 flags,
@@ -150,5 +177,5 @@ pub fn service(
         }
     }
     a.bits = filter_bits(a.frontends.keys(), a.backends.iter());
-    Ok(a)
+    Ok(())
 }

@@ -306,3 +306,246 @@ fn policies_reach_the_frontends() {
         .unwrap();
     assert!(w.maps.source_ranges.is_empty());
 }
+
+/// What a packet would meet, independent of the ids a sync handed out:
+/// each frontend with its Service's name, flags and ring members, and the
+/// address sets; two maps that serve the same are equal in this view.
+fn view(w: &FakeWriter) -> String {
+    let m = &w.maps;
+    let backend = |id: &u32| {
+        let b = &m.backends[id];
+        format!(
+            "{}:{}",
+            lb_common::addr::from_map(b.addr),
+            u16::from_be(b.port)
+        )
+    };
+    let mut out = String::new();
+    for (k, v) in &m.frontends {
+        let members: std::collections::BTreeSet<String> = (v.ring_offset
+            ..v.ring_offset + v.ring_size)
+            .map(|slot| backend(&m.slots[slot as usize]))
+            .collect();
+        out += &format!(
+            "{}:{} {} flags {} ring {} {members:?}\n",
+            lb_common::addr::from_map(k.addr),
+            u16::from_be(k.port),
+            m.services[&v.svc_id],
+            v.flags,
+            v.ring_size
+        );
+    }
+    let backends: std::collections::BTreeSet<String> = m.backends.keys().map(backend).collect();
+    let ranges: std::collections::BTreeSet<String> = m
+        .source_ranges
+        .iter()
+        .map(|(id, a, l)| format!("{} {a}/{l}", m.services[id]))
+        .collect();
+    out += &format!(
+        "services {:?}\naddrs {:?}\nbackends {backends:?}\nfilter {:?}\nranges {ranges:?}\n",
+        m.services
+            .values()
+            .collect::<std::collections::BTreeSet<_>>(),
+        m.addrs.keys().collect::<Vec<_>>(),
+        m.filter,
+    );
+    out
+}
+
+fn synced_fresh(desired: &DesiredState, room: super::Room) -> FakeWriter {
+    let mut w = FakeWriter::with_room(room);
+    let mut s = Syncer::recover(&mut w).unwrap();
+    s.sync(desired, &mut w).unwrap();
+    w
+}
+
+fn room() -> super::Room {
+    FakeWriter::new(1 << 20).room
+}
+
+fn many(n: u8, backends: &[u8]) -> Vec<(String, ServicePort)> {
+    (1..=n)
+        .map(|i| (format!("svc-{i:03}"), service(i, backends)))
+        .collect()
+}
+
+fn state_of(list: &[(String, ServicePort)]) -> DesiredState {
+    let named: Vec<(&str, ServicePort)> =
+        list.iter().map(|(n, s)| (n.as_str(), s.clone())).collect();
+    state(&named)
+}
+
+/// Services that would overflow a map are refused by name before anything
+/// of theirs is written; the rest are applied; retrying leaks no ids; once
+/// the config fits again the maps equal a fresh sync's.
+#[test]
+fn what_does_not_fit_is_refused_per_service_and_nothing_leaks() {
+    for (map, room) in [
+        (
+            "FRONTENDS_V4",
+            super::Room {
+                frontends: 10,
+                ..room()
+            },
+        ),
+        ("ADDRS_V4", super::Room { addrs: 5, ..room() }),
+        (
+            "SVC_NAMES",
+            super::Room {
+                services: 6,
+                ..room()
+            },
+        ),
+        // Five Services of two 211-slot rings, and room for the two
+        // 101-slot rings of one changed Service beside its old ones.
+        (
+            "MAGLEV_SLOTS",
+            super::Room {
+                ring_slots: 5 * 2 * 211 + 2 * 101,
+                ..room()
+            },
+        ),
+    ] {
+        let mut w = FakeWriter::with_room(room);
+        let mut s = Syncer::recover(&mut w).unwrap();
+        let eight = state_of(&many(8, &[1, 2]));
+        let r = s.sync(&eight, &mut w).unwrap();
+        let refused: Vec<String> = r.refused.iter().map(|f| f.service.name.clone()).collect();
+        assert_eq!(refused, ["svc-006", "svc-007", "svc-008"], "{map}");
+        assert!(r.refused.iter().all(|f| f.reason.contains(map)), "{r:#?}");
+        assert_eq!(w.maps.services.len(), 5, "{map}");
+        let five = state_of(&many(5, &[1, 2]));
+        assert_eq!(view(&w), view(&synced_fresh(&five, room)), "{map}");
+        for _ in 0..50 {
+            let again = s.sync(&eight, &mut w).unwrap();
+            assert_eq!((again.writes, again.refused.len()), (0, 3), "{map}");
+        }
+        // An unrelated change is still applied while three stay refused.
+        let mut changed = many(8, &[1, 2]);
+        changed[0].1 = service(1, &[3]);
+        s.sync(&state_of(&changed), &mut w).unwrap();
+        changed.truncate(5);
+        assert_eq!(
+            view(&w),
+            view(&synced_fresh(&state_of(&changed), room)),
+            "{map}"
+        );
+        // Back to a config that fits: everything refused before is applied.
+        let four = state_of(&many(4, &[1, 2]));
+        assert!(s.sync(&four, &mut w).unwrap().refused.is_empty());
+        let again = s.sync(&four, &mut w).unwrap();
+        assert_eq!(again.writes, 0);
+        assert_eq!(view(&w), view(&synced_fresh(&four, room)), "{map}");
+        assert!(
+            w.maps.services.keys().all(|&id| id <= 5),
+            "ids reused, not leaked"
+        );
+        assert!(w.violations.is_empty(), "{:#?}", w.violations);
+    }
+}
+
+/// A write that fails at any point of a sync that adds, changes and
+/// removes Services: the packet path never sees a half-built Service, and
+/// the next sync (same agent, or a restarted one over the same maps)
+/// converges to exactly what a fresh sync writes.
+#[test]
+fn a_sync_failing_at_any_write_converges_on_the_next() {
+    let before = state(&[
+        ("a", service(1, &[1, 2])),
+        ("b", service(2, &[3])),
+        ("c", service(3, &[4, 5])),
+    ]);
+    let mut ranged = service(4, &[5, 6]);
+    ranged.load_balancer_source_ranges = vec![(Ipv4Addr::new(203, 0, 113, 0), 24)];
+    let after = state(&[
+        ("a", service(1, &[2, 7])),
+        ("c", service(3, &[4, 5])),
+        ("d", ranged),
+    ]);
+    let want = view(&synced_fresh(&after, room()));
+    let mut failures = 0;
+    for restart in [false, true] {
+        for k in 0.. {
+            let (mut s, mut w) = fresh();
+            s.sync(&before, &mut w).unwrap();
+            w.fail_at = Some(w.log.len() + k);
+            if s.sync(&after, &mut w).is_ok() {
+                assert!(k > 3, "the change takes more than {k} writes");
+                break;
+            }
+            failures += 1;
+            w.fail_at = None;
+            if restart {
+                s = Syncer::recover(&mut w).unwrap();
+            }
+            s.sync(&after, &mut w).unwrap();
+            assert_eq!(view(&w), want, "failed at write {k}, restart {restart}");
+            assert!(
+                w.violations.is_empty(),
+                "failed at write {k}: {:#?}",
+                w.violations
+            );
+            let ids: Vec<u32> = w.maps.services.keys().copied().collect();
+            assert!(ids.iter().all(|&id| id <= 4), "{ids:?}");
+            assert_eq!(s.sync(&after, &mut w).unwrap().writes, 0);
+        }
+    }
+    assert!(failures > 20, "{failures}");
+}
+
+/// Pinned maps holding what no Service owns (an address, a backend, a
+/// frontend of an unnamed id, an unreadable name, a source range): the
+/// restarted agent serves on, and its first sync leaves exactly what a
+/// fresh sync writes.
+#[test]
+fn a_restart_over_stray_pinned_entries_converges() {
+    let desired = state(&[("a", service(1, &[1, 2])), ("b", service(2, &[3]))]);
+    let (mut s, mut w) = fresh();
+    s.sync(&desired, &mut w).unwrap();
+    let stray = lb_common::addr::to_map(Ipv4Addr::new(10, 96, 9, 9));
+    w.maps.addrs.insert(stray, ());
+    w.maps.backends.insert(
+        77,
+        lb_common::BackendV4 {
+            addr: stray,
+            port: 1u16.to_be(),
+            flags: 0,
+        },
+    );
+    let (key, value) = w
+        .maps
+        .frontends
+        .iter()
+        .next()
+        .map(|(k, v)| (*k, *v))
+        .unwrap();
+    let orphan_key = lb_common::FrontendKeyV4 {
+        port: 9999u16.to_be(),
+        ..key
+    };
+    w.maps.frontends.insert(
+        orphan_key,
+        lb_common::FrontendValue {
+            svc_id: 40,
+            ..value
+        },
+    );
+    w.maps.services.insert(41, "not a service port name".into());
+    w.maps
+        .source_ranges
+        .insert((42, Ipv4Addr::new(198, 51, 100, 0), 24));
+    let mut restarted = Syncer::recover(&mut w).unwrap();
+    assert!(
+        w.maps.frontends.contains_key(&orphan_key),
+        "serves on until the sync"
+    );
+    restarted.sync(&desired, &mut w).unwrap();
+    assert_eq!(view(&w), view(&synced_fresh(&desired, room())));
+    assert!(w.violations.is_empty(), "{:#?}", w.violations);
+    // Ids the strays held are free again.
+    let more: Vec<(String, ServicePort)> = (3..=60)
+        .map(|i| (format!("s{i}"), service(i, &[1])))
+        .collect();
+    restarted.sync(&state_of(&more), &mut w).unwrap();
+    assert!(w.maps.services.keys().all(|&id| id <= 60));
+}

@@ -20,8 +20,8 @@ pub trait MapWriter {
     fn remove_source_range(&mut self, svc_id: u32, addr: std::net::Ipv4Addr, len: u8)
         -> Result<()>;
     fn remove_service(&mut self, svc_id: u32) -> Result<()>;
-    /// Capacity of the ring slot array.
-    fn ring_capacity(&self) -> u32;
+    /// How many entries each map the syncer writes holds.
+    fn room(&self) -> Result<Room>;
     /// What the maps hold now, for an agent that starts over pinned maps.
     fn read_back(&self) -> Result<Snapshot>;
 }
@@ -41,4 +41,18 @@ pub struct Snapshot {
     pub frontend_addrs: Vec<u32>,
     /// loadBalancerSourceRanges: (service id, network, prefix length).
     pub source_ranges: Vec<(u32, std::net::Ipv4Addr, u8)>,
+}
+
+/// Capacities of the maps a sync fills: a Service port that would overflow
+/// one is refused before anything of it is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Room {
+    /// Service ids index `SVC_STATS` and key `SVC_NAMES`.
+    pub services: u32,
+    /// Backend ids index `BACKENDS_V4`.
+    pub backends: u32,
+    pub frontends: u32,
+    pub addrs: u32,
+    pub ring_slots: u32,
+    pub source_ranges: u32,
 }
