@@ -755,3 +755,67 @@ fn healthz_survives_more_idle_connections_than_file_descriptors() {
         200
     );
 }
+
+/// The data plane of layout 1 (kept as a built object), as its agent left
+/// it: maps pinned under `v1/maps`, the XDP link of ext0 pinned under
+/// `v1/links`. The current agent must take that link over in place (same
+/// link, new program: no packet meets ext0 without one), serve, and remove
+/// the old layout's pins; attaching beside it fails with "File exists".
+#[test]
+fn upgrade_from_the_previous_layout_takes_its_link_over() {
+    use aya::{
+        programs::{
+            links::{FdLink, PinnedLink},
+            Xdp, XdpFlags,
+        },
+        EbpfLoader,
+    };
+    const V1_OBJECT: &[u8] =
+        aya::include_bytes_aligned!("fixtures/layout-v1/lb-ebpf.o");
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    let v1 = node.pin_path.join("v1");
+    let old_link = cluster
+        .tb
+        .in_ns(&node.ns, || -> anyhow::Result<_> {
+            std::fs::create_dir_all(v1.join("maps"))?;
+            std::fs::create_dir_all(v1.join("links"))?;
+            let mut ebpf = EbpfLoader::new().load(V1_OBJECT)?;
+            for (name, map) in ebpf.maps_mut() {
+                map.pin(v1.join("maps").join(name))?;
+            }
+            let prog: &mut Xdp = ebpf.program_mut("lb").expect("lb in v1").try_into()?;
+            prog.load()?;
+            let id = prog.attach("ext0", XdpFlags::default())?;
+            let link = FdLink::try_from(prog.take_link(id)?)?;
+            let info = link.info()?;
+            link.pin(v1.join("links/ext0"))?;
+            Ok((info.id(), info.program_id()))
+        })
+        .expect("entering the node")
+        .expect("installing the layout-1 data plane");
+
+    cluster
+        .write_seed_manifests()
+        .expect("writing the seed manifests");
+    let mut agent = cluster.must(node, "starting the agent", cluster.start_agent(node));
+    cluster.must(node, "agent readiness over a layout-1 data plane", agent.wait_ready());
+    assert!(!cluster.log(node).contains("File exists"), "{}", cluster.log(node));
+    let current = std::fs::read_dir(&node.pin_path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.starts_with('v') && n != "v1")
+        .expect("the current layout's directory");
+    let link = PinnedLink::from_pin(node.pin_path.join(&current).join("links/ext0"))
+        .expect("ext0's link pinned in the current layout");
+    let info = FdLink::from(link).info().unwrap();
+    assert_eq!(info.id(), old_link.0, "the same link, updated in place");
+    assert_ne!(info.program_id(), old_link.1, "running the current program");
+    assert!(!v1.exists(), "the layout-1 pins are removed");
+    assert_eq!(
+        programs(&cluster, node, "ext0"),
+        ["xdp", "lb_ext"],
+        "programs on ext0"
+    );
+    assert_seed_serves(&cluster, node, "after the upgrade");
+}

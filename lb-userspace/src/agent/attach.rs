@@ -62,6 +62,7 @@ impl Attacher {
         if self.attached.contains(ifname) {
             return Ok(());
         }
+        pins.adopt_links(ifname)?;
         let mut flags = 0;
         let how = if pod {
             flags |= IFACE_POD;

@@ -106,16 +106,51 @@ impl Layout {
         Ok(Lock { _dir: dir })
     }
 
-    /// Removes directories of other layout versions.
-    pub fn remove_old_versions(&self) -> Result<()> {
+    /// Directories of other layout versions.
+    fn other_versions(&self) -> Result<Vec<PathBuf>> {
         let current = format!("v{LAYOUT_VERSION}");
+        let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.root)? {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name != current && name.starts_with('v') && name[1..].parse::<u32>().is_ok() {
-                tracing::info!(dir = %entry.path().display(), "removing data plane of an older layout");
-                std::fs::remove_dir_all(entry.path())?;
+                out.push(entry.path());
             }
+        }
+        Ok(out)
+    }
+
+    /// Moves the link pins an agent of another layout left for `ifname`
+    /// into this layout's directories, where attaching updates them in
+    /// place (bpf_link_update: no packet meets an interface without a
+    /// program). Left where they were, they would hold the interface, and
+    /// a new XDP attachment there fails with "File exists".
+    pub fn adopt_links(&self, ifname: &str) -> Result<()> {
+        for (kind, current) in [("links", self.link(ifname)), ("tc", self.tc_link(ifname))] {
+            if current.exists() {
+                continue;
+            }
+            for dir in self.other_versions()? {
+                let old = dir.join(kind).join(ifname);
+                if !old.exists() {
+                    continue;
+                }
+                std::fs::create_dir_all(current.parent().expect("pin in a directory"))?;
+                std::fs::rename(&old, &current).with_context(|| {
+                    format!("moving {} to {}", old.display(), current.display())
+                })?;
+                tracing::info!(%ifname, from = %old.display(), "taking over a link of an older layout");
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes directories of other layout versions.
+    pub fn remove_old_versions(&self) -> Result<()> {
+        for dir in self.other_versions()? {
+            tracing::info!(dir = %dir.display(), "removing data plane of an older layout");
+            std::fs::remove_dir_all(dir)?;
         }
         Ok(())
     }

@@ -68,6 +68,18 @@ pub struct Datapath {
     pub maps: Maps,
 }
 
+/// The errno at the bottom of `e`'s chain, if any.
+fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error();
+        }
+        cur = err.source();
+    }
+    None
+}
+
 impl Datapath {
     /// Loads the object, the `lb` and `noop` programs, the tc programs of
     /// `tc.rs` and the socket programs of `cgroup.rs` into the kernel.
@@ -168,6 +180,15 @@ impl Datapath {
         };
         match prog.attach(ifname, flags) {
             Ok(id) => Ok(id),
+            // Generic mode would fail the same way, and "native XDP
+            // unavailable" would send the operator after the wrong cause.
+            Err(e) if os_error(&e) == Some(libc::EEXIST) || os_error(&e) == Some(libc::EBUSY) => {
+                Err(e).with_context(|| {
+                    format!(
+                        "attaching XDP to {ifname}: another XDP program holds it (a link pinned by another agent or tool; `xdplb agent --cleanup` removes ours)"
+                    )
+                })
+            }
             Err(e) if mode == XdpMode::Auto => {
                 tracing::warn!(%ifname, "native XDP unavailable ({e}), using generic mode");
                 prog.attach(ifname, AyaMode::Skb)
