@@ -766,12 +766,11 @@ fn upgrade_from_the_previous_layout_takes_its_link_over() {
     use aya::{
         programs::{
             links::{FdLink, PinnedLink},
-            Xdp, XdpFlags,
+            Xdp, XdpMode,
         },
         EbpfLoader,
     };
-    const V1_OBJECT: &[u8] =
-        aya::include_bytes_aligned!("fixtures/layout-v1/lb-ebpf.o");
+    const V1_OBJECT: &[u8] = aya::include_bytes_aligned!("fixtures/layout-v1/lb-ebpf.o");
     let cluster = Cluster::build(&["node1"]).expect("building the cluster");
     let node = &cluster.nodes[0];
     let v1 = node.pin_path.join("v1");
@@ -786,7 +785,7 @@ fn upgrade_from_the_previous_layout_takes_its_link_over() {
             }
             let prog: &mut Xdp = ebpf.program_mut("lb").expect("lb in v1").try_into()?;
             prog.load()?;
-            let id = prog.attach("ext0", XdpFlags::default())?;
+            let id = prog.attach("ext0", XdpMode::Driver)?;
             let link = FdLink::try_from(prog.take_link(id)?)?;
             let info = link.info()?;
             link.pin(v1.join("links/ext0"))?;
@@ -799,8 +798,16 @@ fn upgrade_from_the_previous_layout_takes_its_link_over() {
         .write_seed_manifests()
         .expect("writing the seed manifests");
     let mut agent = cluster.must(node, "starting the agent", cluster.start_agent(node));
-    cluster.must(node, "agent readiness over a layout-1 data plane", agent.wait_ready());
-    assert!(!cluster.log(node).contains("File exists"), "{}", cluster.log(node));
+    cluster.must(
+        node,
+        "agent readiness over a layout-1 data plane",
+        agent.wait_ready(),
+    );
+    assert!(
+        !cluster.log(node).contains("File exists"),
+        "{}",
+        cluster.log(node)
+    );
     let current = std::fs::read_dir(&node.pin_path)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
