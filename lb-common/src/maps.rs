@@ -18,6 +18,7 @@ pub mod names {
     pub const SOURCE_RANGES_V4: &str = "SOURCE_RANGES_V4";
     pub const FRAGS_V4: &str = "FRAGS_V4";
     pub const SOCK_REVNAT_V4: &str = "SOCK_REVNAT_V4";
+    pub const SOCK_AFFINITY_V4: &str = "SOCK_AFFINITY_V4";
     /// Not pinned: derived from `CT_V4`, so a new program starts it empty.
     pub const FLOW_CACHE_V4: &str = "FLOW_CACHE_V4";
     /// The program's address filter global, an array map of one element
@@ -26,7 +27,7 @@ pub mod names {
     pub const ADDR_FILTER: &str = ".bss.addr_filter";
     /// Pins of earlier versions that no version reads any more, removed on load.
     pub const RETIRED: [&str; 1] = ["ADDR_FILTER"];
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         ADDRS_V4,
         FRONTENDS_V4,
         BACKENDS_V4,
@@ -41,6 +42,7 @@ pub mod names {
         SOURCE_RANGES_V4,
         FRAGS_V4,
         SOCK_REVNAT_V4,
+        SOCK_AFFINITY_V4,
     ];
 }
 

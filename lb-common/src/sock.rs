@@ -10,6 +10,23 @@ use crate::flow::{flow_hash_v4, fmix};
 /// costs the oldest socket the frontend as its replies' source and peer.
 pub const MAX_SOCK_REVNAT: u32 = 1 << 16;
 
+/// Network namespaces with a ClientIP-affinity entry per frontend,
+/// node-wide; an evicted entry only costs that namespace its stickiness.
+pub const MAX_SOCK_AFFINITY: u32 = 1 << 16;
+
+/// Key of `SOCK_AFFINITY_V4`: the sockets of one network namespace towards
+/// one frontend. A connect has no source address yet (an unbound socket's
+/// is 0), so the namespace stands in for the client: one pod, or the node
+/// itself, whose processes share its source address under kube-proxy too.
+/// Cilium's socket balancer keys its affinity the same way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockAffinityKeyV4 {
+    pub frontend: crate::FrontendKeyV4,
+    /// `bpf_get_netns_cookie` of the socket's namespace.
+    pub netns_cookie: u64,
+}
+
 /// Key of `SOCK_REVNAT_V4`: a backend as one socket was sent to it.
 /// Addresses and ports in network byte order.
 #[repr(C)]
@@ -46,6 +63,7 @@ pub const fn socket_hash_v4(cookie: u64, dst: u32, dport: u16, proto: u8) -> u32
 
 const _: () = {
     assert!(core::mem::size_of::<SockRevNatKeyV4>() == 16);
+    assert!(core::mem::size_of::<SockAffinityKeyV4>() == 16);
     assert!(core::mem::size_of::<SockRevNatValueV4>() == 8);
 };
 
@@ -54,6 +72,7 @@ mod pod {
     use super::*;
     // SAFETY: repr(C), Copy, explicit padding, no invalid bit patterns.
     unsafe impl aya::Pod for SockRevNatKeyV4 {}
+    unsafe impl aya::Pod for SockAffinityKeyV4 {}
     unsafe impl aya::Pod for SockRevNatValueV4 {}
 }
 

@@ -92,3 +92,12 @@ pub static SOCK_REVNAT_V4: LruHashMap<
     lb_common::sock::SockRevNatValueV4,
     { lb_common::sock::MAX_SOCK_REVNAT as usize },
 > = LruHashMap::new();
+
+/// ClientIP affinity of the socket hooks, by network namespace (see
+/// `SockAffinityKeyV4`).
+#[btf_map]
+pub static SOCK_AFFINITY_V4: LruHashMap<
+    lb_common::sock::SockAffinityKeyV4,
+    AffinityValue,
+    { lb_common::sock::MAX_SOCK_AFFINITY as usize },
+> = LruHashMap::new();

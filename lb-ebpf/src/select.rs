@@ -2,11 +2,57 @@
 //! has a live entry, else the flow hash indexes the frontend's Maglev ring.
 //! The packet path and the socket hooks (`sock.rs`) share it.
 use lb_common::{
-    flow::flow_hash_v4, AffinityKeyV4, AffinityValue, BackendV4, CtKeyV4, FrontendKeyV4,
-    FrontendValue,
+    flow::flow_hash_v4, sock::SockAffinityKeyV4, AffinityKeyV4, AffinityValue, BackendV4, CtKeyV4,
+    FrontendKeyV4, FrontendValue,
 };
 
-use crate::maps::{AFFINITY_V4, BACKENDS_V4, MAGLEV_SLOTS};
+use crate::maps::{AFFINITY_V4, BACKENDS_V4, MAGLEV_SLOTS, SOCK_AFFINITY_V4};
+
+/// Who a ClientIP affinity entry belongs to: a packet's source address, or
+/// the network namespace of a socket that has none yet.
+pub enum Client {
+    Addr(u32),
+    Netns(u64),
+}
+
+impl Client {
+    #[inline(always)]
+    fn entry(&self, fe_key: &FrontendKeyV4) -> Option<*mut AffinityValue> {
+        match *self {
+            Client::Addr(client_addr) => AFFINITY_V4.get_ptr_mut(AffinityKeyV4 {
+                frontend: *fe_key,
+                client_addr,
+            }),
+            Client::Netns(netns_cookie) => SOCK_AFFINITY_V4.get_ptr_mut(SockAffinityKeyV4 {
+                frontend: *fe_key,
+                netns_cookie,
+            }),
+        }
+    }
+
+    #[inline(always)]
+    fn remember(&self, fe_key: &FrontendKeyV4, value: &AffinityValue) {
+        // Losing this write only costs the client its stickiness.
+        let _ = match *self {
+            Client::Addr(client_addr) => AFFINITY_V4.insert(
+                AffinityKeyV4 {
+                    frontend: *fe_key,
+                    client_addr,
+                },
+                *value,
+                0,
+            ),
+            Client::Netns(netns_cookie) => SOCK_AFFINITY_V4.insert(
+                SockAffinityKeyV4 {
+                    frontend: *fe_key,
+                    netns_cookie,
+                },
+                *value,
+                0,
+            ),
+        };
+    }
+}
 
 #[inline(always)]
 fn by_id(id: u32) -> Option<BackendV4> {
@@ -22,7 +68,7 @@ pub fn backend(
     flow: &CtKeyV4,
     now: u64,
 ) -> Option<BackendV4> {
-    pick(fe, fe_key, flow.src_addr, now, || {
+    pick(fe, fe_key, Client::Addr(flow.src_addr), now, || {
         flow_hash_v4(
             flow.src_addr,
             flow.dst_addr,
@@ -33,25 +79,21 @@ pub fn backend(
     })
 }
 
-/// The backend for a new flow or socket of `client_addr`. `hash` places it
-/// on the ring; a closure, so an affinity hit never pays for hashing.
+/// The backend for a new flow or socket of `client`. `hash` places it on
+/// the ring; a closure, so an affinity hit never pays for hashing.
 #[inline(always)]
 pub fn pick(
     fe: &FrontendValue,
     fe_key: &FrontendKeyV4,
-    client_addr: u32,
+    client: Client,
     now: u64,
     hash: impl FnOnce() -> u32,
 ) -> Option<BackendV4> {
     if fe.ring_size == 0 {
         return None;
     }
-    let affinity = AffinityKeyV4 {
-        frontend: *fe_key,
-        client_addr,
-    };
     if fe.affinity_timeout_s != 0 {
-        if let Some(a) = AFFINITY_V4.get_ptr_mut(affinity) {
+        if let Some(a) = client.entry(fe_key) {
             let (seen, id) = unsafe { ((*a).last_seen_ns, (*a).backend_id) };
             let live = now.saturating_sub(seen) <= fe.affinity_timeout_s as u64 * 1_000_000_000;
             if let (true, Some(be)) = (live, by_id(id)) {
@@ -69,8 +111,7 @@ pub fn pick(
             backend_id: id,
             _pad: 0,
         };
-        // Losing this write only costs the client its stickiness.
-        let _ = AFFINITY_V4.insert(affinity, value, 0);
+        client.remember(fe_key, &value);
     }
     Some(be)
 }

@@ -21,7 +21,7 @@
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
-    helpers::generated::{bpf_get_socket_cookie, bpf_set_retval},
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext,
@@ -105,12 +105,7 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
     // One copy, as on the packet path: the agent may swap the value meanwhile.
     let fe = unsafe { *fe };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // The address the socket is bound to, 0 when unbound: then the client is
-    // the node, whose processes share its source address under kube-proxy too.
-    let client = unsafe {
-        let sk = read_volatile(&raw const (*sa).__bindgen_anon_1.sk);
-        read_volatile(&raw const (*sk).src_ip4)
-    };
+    let client = select::Client::Netns(unsafe { bpf_get_netns_cookie(ctx.as_ptr()) });
     let Some(be) = select::pick(&fe, &fe_key, client, conntrack::now(), || {
         socket_hash_v4(cookie, addr, port, fe_key.proto)
     }) else {

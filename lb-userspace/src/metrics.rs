@@ -273,6 +273,25 @@ fn capacity<K: Pod, V>(map: &impl IterableMap<K, V>) -> Result<u64> {
     Ok(map.map().info()?.max_entries().into())
 }
 
+/// Entries of an LRU map, counted up to its capacity: keys the LRU evicts
+/// and inserts meanwhile could otherwise make the walk run on.
+fn lru_fill<K: Pod, V: Pod>(
+    map: &aya::maps::HashMap<aya::maps::MapData, K, V>,
+    name: &'static str,
+) -> Result<MapFill> {
+    let capacity = capacity(map)?;
+    let mut entries = 0;
+    for key in map.keys().take(capacity as usize) {
+        key.with_context(|| format!("reading {name}"))?;
+        entries += 1;
+    }
+    Ok(MapFill {
+        map: name,
+        entries,
+        capacity,
+    })
+}
+
 fn protocol(proto: u8) -> &'static str {
     match proto {
         PROTO_TCP => "TCP",
@@ -344,17 +363,8 @@ impl MapSample {
             capacity: ct_capacity,
         });
 
-        let affinity_capacity = capacity(&maps.affinity)?;
-        let mut affinity = 0;
-        for key in maps.affinity.keys().take(affinity_capacity as usize) {
-            key.context("reading AFFINITY_V4")?;
-            affinity += 1;
-        }
-        fill.push(MapFill {
-            map: names::AFFINITY_V4,
-            entries: affinity,
-            capacity: affinity_capacity,
-        });
+        fill.push(lru_fill(&maps.affinity, names::AFFINITY_V4)?);
+        fill.push(lru_fill(&maps.sock_affinity, names::SOCK_AFFINITY_V4)?);
 
         let mut addrs = 0;
         for key in maps.addrs.keys() {

@@ -25,7 +25,10 @@ use common::{
     Provision,
 };
 use lb_common::{FrontendValue, PROTO_TCP, PROTO_UDP};
-use lb_userspace::datapath::{attach_cgroup, cgroup2_root, Capacities, Datapath};
+use lb_userspace::{
+    datapath::{attach_cgroup, cgroup2_root, Capacities, Datapath},
+    testbed::netns::Ns,
+};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// A Service whose endpoints are all gone.
@@ -246,7 +249,13 @@ fn run(host: &Host, in_cgroup: bool, ops: &[Op]) -> Vec<Outcome> {
 /// Runs `ops` in one client process in the node namespace, inside `cgroup`
 /// if given.
 fn run_in(topo: &Topology, cgroup: Option<&Cgroup>, ops: &[Op]) -> Vec<Outcome> {
-    let netns_path = Path::new("/run/netns").join(topo.node.name());
+    run_in_ns(&topo.node, cgroup, ops)
+}
+
+/// Runs `ops` in one client process in namespace `ns`, inside `cgroup` if
+/// given.
+fn run_in_ns(ns: &Ns, cgroup: Option<&Cgroup>, ops: &[Op]) -> Vec<Outcome> {
+    let netns_path = Path::new("/run/netns").join(ns.name());
     let netns = File::open(&netns_path).expect("opening the node namespace");
     let procs = cgroup.map(|cgroup| {
         OpenOptions::new()
@@ -473,6 +482,19 @@ fn processes_outside_the_cgroup_are_not_translated() {
     assert_answered(&host.topo, &ops[..1], &inside, None);
 }
 
+/// The netns cookies of the socket hooks' affinity entries for the
+/// affinity frontend.
+fn affinity_namespaces(host: &Host) -> BTreeSet<u64> {
+    let entries = host
+        .dp
+        .maps
+        .sock_affinity
+        .keys()
+        .map(|key| key.expect("reading SOCK_AFFINITY_V4"))
+        .filter(|key| key.frontend.addr == common::be(AFFINITY_VIP));
+    entries.map(|key| key.netns_cookie).collect()
+}
+
 #[test]
 fn client_ip_affinity_keeps_the_host_on_one_backend() {
     let host = host();
@@ -482,17 +504,31 @@ fn client_ip_affinity_keeps_the_host_on_one_backend() {
     let outcomes = run(&host, true, &ops);
     let served = assert_answered(&host.topo, &ops, &outcomes, None);
     assert_eq!(served.len(), 1, "affinity let connections reach {served:?}");
-    // Unbound sockets are the node itself: client address 0.
-    let clients: Vec<u32> = host
-        .dp
-        .maps
-        .affinity
-        .keys()
-        .map(|key| key.expect("reading AFFINITY_V4"))
-        .filter(|key| key.frontend.addr == common::be(AFFINITY_VIP))
-        .map(|key| key.client_addr)
+    assert_eq!(affinity_namespaces(&host).len(), 1);
+}
+
+/// Unbound sockets have no source address when they connect. Keyed on it,
+/// every pod under the hooks (the DaemonSet attaches them at the cgroup
+/// root) would share one affinity entry and one backend; keyed on the
+/// network namespace, each pod and the node stick on their own.
+#[test]
+fn client_ip_affinity_on_sockets_is_per_network_namespace() {
+    let host = host();
+    let ops: Vec<Op> = (0..FLOWS / 4)
+        .map(|flow| op("tcp", AFFINITY_VIP, TCP_PORT, payload(flow, 10)))
         .collect();
-    assert_eq!(clients, [0], "affinity entries of the frontend");
+    let mut namespaces = vec![&host.topo.node];
+    namespaces.extend(host.topo.pods.iter().map(|p| &p.ns));
+    for ns in &namespaces {
+        let outcomes = run_in_ns(ns, Some(&host.cgroup), &ops);
+        let served = assert_answered(&host.topo, &ops, &outcomes, None);
+        assert_eq!(served.len(), 1, "from {}: {served:?}", ns.name());
+    }
+    assert_eq!(
+        affinity_namespaces(&host).len(),
+        namespaces.len(),
+        "one affinity entry per client namespace"
+    );
 }
 
 #[test]

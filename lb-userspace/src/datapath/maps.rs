@@ -6,9 +6,9 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    flow_cache_slot, names, AddrInfo, AffinityKeyV4, AffinityValue, BackendV4, Config, CtKeyV4,
-    CtValueV4, FlowCacheEntryV4, FrontendKeyV4, FrontendValue, IfaceInfo, Reason, SourceRangeKeyV4,
-    SvcName, SvcStats,
+    flow_cache_slot, names, sock::SockAffinityKeyV4, AddrInfo, AffinityKeyV4, AffinityValue,
+    BackendV4, Config, CtKeyV4, CtValueV4, FlowCacheEntryV4, FrontendKeyV4, FrontendValue,
+    IfaceInfo, Reason, SourceRangeKeyV4, SvcName, SvcStats,
 };
 
 use super::{filter::AddrFilter, slots::RingSlots};
@@ -27,6 +27,7 @@ pub struct Maps {
     pub svc_names: HashMap<MapData, u32, SvcName>,
     pub slots: RingSlots,
     pub affinity: HashMap<MapData, AffinityKeyV4, AffinityValue>,
+    pub sock_affinity: HashMap<MapData, SockAffinityKeyV4, AffinityValue>,
     pub source_ranges: LpmTrie<MapData, SourceRangeKeyV4, u32>,
     /// The loaded program's flow cache; `None` when opened from pins, as
     /// the cache is never pinned.
@@ -81,6 +82,7 @@ impl Maps {
             svc_names: get(names::SVC_NAMES)?.try_into()?,
             slots,
             affinity: get(names::AFFINITY_V4)?.try_into()?,
+            sock_affinity: get(names::SOCK_AFFINITY_V4)?.try_into()?,
             source_ranges: get(names::SOURCE_RANGES_V4)?.try_into()?,
             flow_cache: None,
             filter: None,

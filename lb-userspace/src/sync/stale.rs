@@ -8,7 +8,7 @@
 use std::{collections::HashSet, net::Ipv4Addr};
 
 use anyhow::Result;
-use lb_common::{addr::to_map, CtKeyV4, CT_DIR_FORWARD, PROTO_TCP};
+use lb_common::{addr::to_map, AffinityValue, CtKeyV4, CT_DIR_FORWARD, PROTO_TCP};
 
 use crate::datapath::Maps;
 
@@ -46,17 +46,21 @@ pub fn forget(maps: &mut Maps, removed: &[(u32, Ipv4Addr, u16)]) -> Result<usize
         }
         maps.forget_cached(&k)?;
     }
-    let stale_affinity: Vec<_> = maps
-        .affinity
+    n += forget_affinity(&mut maps.affinity, &ids);
+    n += forget_affinity(&mut maps.sock_affinity, &ids);
+    Ok(n)
+}
+
+/// Deletes the entries of `map` that stick to a backend in `ids`.
+fn forget_affinity<K: aya::Pod>(
+    map: &mut aya::maps::HashMap<aya::maps::MapData, K, AffinityValue>,
+    ids: &HashSet<u32>,
+) -> usize {
+    let stale: Vec<K> = map
         .iter()
         .filter_map(|e| e.ok())
         .filter(|(_, v)| ids.contains(&v.backend_id))
         .map(|(k, _)| k)
         .collect();
-    for k in stale_affinity {
-        if maps.affinity.remove(&k).is_ok() {
-            n += 1;
-        }
-    }
-    Ok(n)
+    stale.iter().filter(|k| map.remove(k).is_ok()).count()
 }
