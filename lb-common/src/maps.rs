@@ -301,6 +301,11 @@ pub struct Config {
     /// SNAT source ports, inclusive, host order.
     pub snat_port_min: u16,
     pub snat_port_max: u16,
+    /// `SO_NETNS_COOKIE` of the node's own network namespace; 0 while
+    /// unknown. The socket hooks leave UDP of other namespaces (pods) to
+    /// the per-packet path, whose flows are forgotten when their backend
+    /// goes; the agent closes the node's own UDP sockets itself.
+    pub host_netns_cookie: u64,
 }
 
 impl Config {
@@ -319,6 +324,7 @@ impl Config {
         // (32768-60999), so it collides with neither.
         snat_port_min: 1_024,
         snat_port_max: 29_999,
+        host_netns_cookie: 0,
     };
 }
 
@@ -434,7 +440,7 @@ const _: () = {
     assert!(core::mem::size_of::<CtKeyV4>() == 16);
     assert!(core::mem::size_of::<CtValueV4>() == 56);
     assert!(core::mem::size_of::<FlowCacheEntryV4>() == 80);
-    assert!(core::mem::size_of::<Config>() == 24);
+    assert!(core::mem::size_of::<Config>() == 32);
     assert!(core::mem::size_of::<IfaceInfo>() == 4);
     assert!(core::mem::size_of::<SvcStats>() == 16);
     assert!(core::mem::size_of::<SvcName>() == 128);

@@ -41,10 +41,13 @@ pub enum Reason {
     IcmpFragNeeded = 29,
     /// A new flow took the SNAT port of a stale flow that never had a reply.
     SnatPortReclaimed = 30,
+    /// A pod's UDP socket addressed a frontend; the socket hooks left it to
+    /// the per-packet path.
+    SockUdpLeftToPath = 31,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 31;
+    pub const COUNT: u32 = 32;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::PassNotIpv4,
         Reason::PassNotOurs,
@@ -77,6 +80,7 @@ impl Reason {
         Reason::FwdNeigh,
         Reason::IcmpFragNeeded,
         Reason::SnatPortReclaimed,
+        Reason::SockUdpLeftToPath,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -112,6 +116,7 @@ impl Reason {
             Reason::FwdNeigh => "fwd_redirect_neigh",
             Reason::IcmpFragNeeded => "icmp_frag_needed_sent",
             Reason::SnatPortReclaimed => "snat_port_reclaimed",
+            Reason::SockUdpLeftToPath => "socket_udp_left_to_packet_path",
         }
     }
 }

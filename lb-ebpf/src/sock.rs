@@ -12,6 +12,8 @@
 //! connected socket, which under kube-proxy's NAT also reads as the
 //! frontend.
 //!
+//! UDP sockets of pods are left to the per-packet path (see `to_backend`).
+//!
 //! A frontend without backends fails the call at once. A denying program
 //! alone makes that EPERM, which no client expects from a network call, so
 //! `bpf_set_retval` replaces it: ECONNREFUSED, what kube-proxy's reject gives
@@ -104,8 +106,17 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
     };
     // One copy, as on the packet path: the agent may swap the value meanwhile.
     let fe = unsafe { *fe };
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // A connected UDP socket would keep its backend after the backend is
+    // gone, and nothing can close it in a pod's namespace from here; the
+    // per-packet path re-balances the pod's next datagram instead.
+    let host = conntrack::config().host_netns_cookie;
+    if proto == PROTO_UDP as u32 && host != 0 && netns != host {
+        stats::count(Reason::SockUdpLeftToPath);
+        return ALLOW;
+    }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let client = select::Client::Netns(unsafe { bpf_get_netns_cookie(ctx.as_ptr()) });
+    let client = select::Client::Netns(netns);
     let Some(be) = select::pick(&fe, &fe_key, client, conntrack::now(), || {
         socket_hash_v4(cookie, addr, port, fe_key.proto)
     }) else {

@@ -11,5 +11,6 @@ pub mod inspect;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
+pub mod sockdiag;
 pub mod source;
 pub mod sync;

@@ -569,3 +569,139 @@ fn pinned_links_outlive_the_loader_and_a_reload_replaces_them() {
     let outcomes = run_in(&topo, Some(&cgroup), &ops);
     assert_error(&outcomes[0], "ENETUNREACH", "tcp after unpinning");
 }
+
+/// A client that keeps one connected UDP socket: it prints the answer to
+/// its first datagram, waits for a line on stdin, sends a second on the same
+/// socket, then a third on a new one, printing `ok <reply>` or `err
+/// <errno name>` for each.
+const LONG_UDP_CLIENT: &str = r#"
+import errno, socket, sys
+
+def exchange(s, request):
+    try:
+        s.send(request)
+        return "ok\t" + s.recv(65536).decode()
+    except TimeoutError:
+        return "err\ttimeout"
+    except OSError as e:
+        return "err\t" + errno.errorcode.get(e.errno, str(e))
+
+dst = (sys.argv[1], int(sys.argv[2]))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3.0)
+s.connect(dst)
+print(exchange(s, b"first"), flush=True)
+sys.stdin.readline()
+print(exchange(s, b"second"), flush=True)
+t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+t.settimeout(3.0)
+t.connect(dst)
+print(exchange(t, b"third"), flush=True)
+"#;
+
+/// A connected UDP socket of the node whose backend goes: the agent's
+/// SOCK_DESTROY closes it (the application's next call fails), and the
+/// socket it opens next reaches a live backend. Without it the socket would
+/// keep sending to the old backend for as long as it lives.
+#[test]
+fn a_connected_udp_socket_of_a_removed_backend_is_closed() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut host = host();
+    let netns = File::open(Path::new("/run/netns").join(host.topo.node.name())).unwrap();
+    let procs = OpenOptions::new()
+        .write(true)
+        .open(host.cgroup.0.join("cgroup.procs"))
+        .unwrap();
+    let (netns_fd, procs_fd) = (netns.as_raw_fd(), procs.as_raw_fd());
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--kill-after=5", "60", "python3", "-c", LONG_UDP_CLIENT])
+        .args([VIP.to_string(), UDP_PORT.to_string()]);
+    // SAFETY: as in `run_in`.
+    unsafe { cmd.pre_exec(move || enter(netns_fd, Some(procs_fd))) };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running python3");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || lines.next().expect("a line").expect("reading the client");
+    let first = next();
+    let (status, answer) = first.split_once('\t').expect("status and answer");
+    assert_eq!(status, "ok", "{first}");
+    let old = host
+        .topo
+        .pods
+        .iter()
+        .find(|p| reply(p.name, b"first") == answer.as_bytes())
+        .expect("a pod answered");
+    let live: Vec<(Ipv4Addr, u16)> = host
+        .topo
+        .backends(BACKEND_UDP_PORT)
+        .into_iter()
+        .filter(|(a, _)| *a != old.addr)
+        .collect();
+    Provision::new().service(&mut host.dp, 2, (VIP, UDP_PORT), PROTO_UDP, &live);
+    let closed = host
+        .topo
+        .tb
+        .in_ns(&host.topo.node, || {
+            lb_userspace::sockdiag::close_udp_connected_to(&[(old.addr, BACKEND_UDP_PORT)])
+        })
+        .unwrap()
+        .expect("closing the sockets of the removed backend");
+    assert_eq!(closed, 1);
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    // The kernel aborts the socket and disconnects it: a receive reports
+    // ECONNABORTED, a send without an address EDESTADDRREQ.
+    let second = next();
+    assert!(
+        ["err\tECONNABORTED", "err\tEDESTADDRREQ"].contains(&second.as_str()),
+        "{second}"
+    );
+    let third = next();
+    let other = host.topo.pods.iter().find(|p| p.addr != old.addr).unwrap();
+    assert_eq!(
+        third,
+        format!(
+            "ok\t{}",
+            String::from_utf8_lossy(&reply(other.name, b"third"))
+        )
+    );
+    assert!(child.wait().unwrap().success());
+}
+
+/// With the node's namespace known, a pod's UDP socket is left to the
+/// per-packet path (which forgets a removed backend's flows), while the
+/// node's own UDP and every TCP connection stay on the socket hooks.
+#[test]
+fn pods_udp_is_left_to_the_packet_path() {
+    use lb_common::{Config, Reason};
+    let mut host = host();
+    let node_cookie = host
+        .topo
+        .tb
+        .in_ns(&host.topo.node, lb_userspace::sockdiag::netns_cookie)
+        .unwrap()
+        .expect("the node namespace's cookie");
+    let cfg = Config {
+        host_netns_cookie: node_cookie,
+        ..Config::DEFAULT
+    };
+    host.dp.maps.config.set(0, cfg, 0).unwrap();
+    let count = |host: &Host, r: Reason| host.dp.maps.reason_total(r).unwrap();
+    let udp = [op("udp", VIP, UDP_PORT, "from the node".into())];
+    let outcomes = run(&host, true, &udp);
+    assert_answered(&host.topo, &udp, &outcomes, None);
+    assert_eq!(count(&host, Reason::SockTranslated), 1);
+
+    let pod = &host.topo.pods[0].ns;
+    let ops = [
+        op("udp", VIP, UDP_PORT, "from a pod".into()),
+        op("tcp", VIP, TCP_PORT, "from a pod".into()),
+    ];
+    // No per-packet path runs in this topology, so the pod's datagram goes
+    // unanswered; the counters tell which path took what.
+    run_in_ns(pod, Some(&host.cgroup), &ops);
+    assert_eq!(count(&host, Reason::SockUdpLeftToPath), 1);
+    assert_eq!(count(&host, Reason::SockTranslated), 2, "the pod's TCP");
+}

@@ -90,11 +90,18 @@ impl Agent {
     /// it when it changes.
     fn write_config(&mut self) -> Result<()> {
         let snat = ifaces::nodeport_addresses(&self.args.external_ifaces, &[])?;
+        let host_netns_cookie = crate::sockdiag::netns_cookie().unwrap_or_else(|e| {
+            tracing::warn!(
+                "no network namespace cookie ({e}): pods' UDP stays on the socket hooks"
+            );
+            0
+        });
         let config = Config {
             snat_addr: snat
                 .first()
                 .map(|a| lb_common::addr::to_map(*a))
                 .unwrap_or(0),
+            host_netns_cookie,
             ..Config::DEFAULT
         };
         if self.config == Some(config) {
@@ -151,6 +158,15 @@ impl Agent {
                 entries = forgotten,
                 "forgot UDP flows and affinities of removed backends"
             );
+        }
+        let removed: Vec<_> = sync.removed.iter().map(|&(_, a, p)| (a, p)).collect();
+        match crate::sockdiag::close_udp_connected_to(&removed) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                sockets = n,
+                "closed UDP sockets connected to removed backends"
+            ),
+            Err(e) => tracing::warn!("cannot close UDP sockets of removed backends: {e:#}"),
         }
         tracing::info!(
             services = sync.services,

@@ -100,19 +100,33 @@ impl Datapath {
             for name in names::ALL {
                 loader.map_pin_path(name, dir.join(name));
             }
-            // Counters whose size follows the list of reasons restart from
-            // zero when the list grows; a pinned map of the old size would
-            // leave the new reasons uncounted.
-            let stats = dir.join(names::STATS);
-            if let Ok(info) = aya::maps::MapInfo::from_pin(&stats) {
-                if info.max_entries() != lb_common::Reason::COUNT {
+            // Maps whose shape follows the code and whose contents the agent
+            // can do without: the path counters (sized by the list of
+            // reasons, so they restart from zero when it grows) and the
+            // settings (rewritten at every start). A pinned one of another
+            // shape would leave new reasons uncounted, or fail the verifier.
+            let shapes = [
+                (names::STATS, lb_common::Reason::COUNT, 8),
+                (
+                    names::CONFIG,
+                    1,
+                    std::mem::size_of::<lb_common::Config>() as u32,
+                ),
+            ];
+            for (name, entries, value_size) in shapes {
+                let pin = dir.join(name);
+                let Ok(info) = aya::maps::MapInfo::from_pin(&pin) else {
+                    continue;
+                };
+                if (info.max_entries(), info.value_size()) != (entries, value_size) {
                     tracing::info!(
-                        from = info.max_entries(),
-                        to = lb_common::Reason::COUNT,
-                        "path counters resized; they restart from zero"
+                        map = name,
+                        from = ?(info.max_entries(), info.value_size()),
+                        to = ?(entries, value_size),
+                        "pinned map reshaped; it starts empty"
                     );
-                    std::fs::remove_file(&stats)
-                        .with_context(|| format!("removing {}", stats.display()))?;
+                    std::fs::remove_file(&pin)
+                        .with_context(|| format!("removing {}", pin.display()))?;
                 }
             }
             for name in names::RETIRED {
