@@ -20,6 +20,7 @@ use crate::{
     cli::AgentArgs,
     datapath::{Capacities, Datapath},
     healthcheck::HealthCheckServers,
+    http,
     metrics::{self, Metrics},
     model::{self, DesiredState, ModelOptions, NodeInfo},
     sync::{MapsWriter, Syncer},
@@ -184,21 +185,22 @@ impl Agent {
 
     /// A resync after a change reached the agent, with its outcome
     /// reported to health and metrics; a failed sync leaves the maps as
-    /// they were.
+    /// they were, and the change counts as queued until a sync succeeds.
     fn resync_after_change(&mut self, source: &mut source::Source) {
         let seen = Instant::now();
+        // Before the sync: one that hangs leaves the change queued, and
+        // /healthz fails once it is late.
+        health::lock(&self.health).queued();
         match self.resync(source) {
             Ok(()) => {
                 // From the change reaching the agent to the maps holding it:
                 // the latency this node adds to network programming.
                 self.metrics.observe_network_programming(seen.elapsed());
-                self.health.lock().expect("health").synced();
-                self.healthchecks.set_proxy_healthy(true);
+                health::lock(&self.health).synced();
             }
             Err(e) => {
                 tracing::error!("sync failed, data plane keeps its last state: {e:#}");
-                self.health.lock().expect("health").failed(format!("{e:#}"));
-                self.healthchecks.set_proxy_healthy(false);
+                health::lock(&self.health).failed(format!("{e:#}"));
             }
         }
     }
@@ -249,13 +251,19 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         health: health.clone(),
         nodeport_cidrs,
         metrics: metrics.clone(),
-        healthchecks: HealthCheckServers::new(),
+        healthchecks: HealthCheckServers::new(
+            {
+                let health = health.clone();
+                Arc::new(move || health::lock(&health).healthy())
+            },
+            metrics.http_status("healthcheck"),
+        ),
         snat_exhausted,
     };
     // Maps first, then the program on the wire: the first packet it sees
     // already finds every Service.
     agent.resync(&mut source).context("first sync")?;
-    agent.health.lock().expect("health").synced();
+    health::lock(&agent.health).synced();
     for ifname in agent.args.external_ifaces.clone() {
         agent
             .attacher
@@ -269,21 +277,18 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     agent.attach_pod_ifaces();
     agent.pins.remove_old_versions()?;
 
-    // The metrics task reads its own handle on the pinned maps, so a scrape
-    // never waits for the agent loop.
+    // The metrics server reads its own handle on the pinned maps, so a
+    // scrape never waits for the agent loop.
     let metrics_addr = agent.args.metrics_addr;
-    let maps_dir = agent.pins.maps_dir();
-    tokio::spawn(async move {
-        if let Err(e) = metrics::serve(metrics_addr, metrics, maps_dir).await {
-            tracing::error!("metrics server on {metrics_addr}: {e:#}");
-        }
-    });
-    let healthz = agent.args.healthz_addr;
-    tokio::spawn(async move {
-        if let Err(e) = health::serve(healthz, health).await {
-            tracing::error!("healthz server on {healthz}: {e:#}");
-        }
-    });
+    let _metrics_server = metrics::serve(metrics_addr, metrics.clone(), agent.pins.maps_dir())
+        .inspect_err(|e| tracing::error!("no metrics server on {metrics_addr}: {e:#}"));
+    let _healthz_server = http::Server::start(
+        "healthz",
+        agent.args.healthz_addr,
+        health::routes(&health),
+        http::Limits::PROBES,
+        metrics.http_status("healthz"),
+    );
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     // Link and address events act at once; the once-a-second poll of pod
@@ -311,7 +316,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
                 agent.attach_pod_ifaces();
                 agent.report_snat_exhaustion();
                 if let Some(status) = source.status() {
-                    agent.health.lock().expect("health").source(&status);
+                    health::lock(&agent.health).source(&status);
                 }
             }
             _ = term.recv() => break,
