@@ -4,29 +4,27 @@
 //! nodes that have a ready endpoint of the Service (anything else would be
 //! dropped here, since Local forbids forwarding to another node).
 //!
-//! Status, headers and body are kube-proxy's byte for byte
+//! Status, body and content headers are kube-proxy's byte for byte
 //! (pkg/proxy/healthcheck/service_health.go): probes and tools written
-//! against kube-proxy keep working, and it answers on any path, as it does.
+//! against kube-proxy keep working. It answers on any path, as kube-proxy
+//! does, to GET and HEAD, as every server on the HTTP edge (`crate::http`).
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::{IpAddr, Ipv4Addr},
-    os::fd::AsRawFd,
+    future::ready,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::Duration,
 };
 
-use anyhow::{Context, Result};
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    task::JoinHandle,
-};
+use hyper::StatusCode;
 
-use crate::model::DesiredState;
+use crate::{
+    http::{self, Limits, Reply, Routes, Server},
+    model::DesiredState,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct ServiceName {
@@ -40,66 +38,48 @@ impl fmt::Display for ServiceName {
     }
 }
 
-/// One listening health-check port.
-struct Server {
+/// Whether the proxy as a whole is healthy, asked at every request.
+pub type ProxyHealthy = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// One health-check port.
+struct Port {
     port: u16,
     local_endpoints: Arc<AtomicUsize>,
-    /// A duplicate of the task's listening socket, kept to close it from here.
-    listener: std::net::TcpListener,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Linux stops a socket listening as soon as it is shut down, so the
-        // port is free before `update` returns: a Service taking the port
-        // over in the same update can bind it, and a removed Service stops
-        // answering at once. Aborting the task alone would release the port
-        // only when the runtime next polls the task.
-        // SAFETY: the descriptor is owned by `self.listener`, so still open.
-        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
-        self.task.abort();
-    }
+    /// Dropping it closes the port at once.
+    _server: Server,
 }
 
 /// The health-check servers of every Service that wants one.
 pub struct HealthCheckServers {
     bind: IpAddr,
-    proxy_healthy: Arc<AtomicBool>,
-    servers: BTreeMap<ServiceName, Server>,
-}
-
-impl Default for HealthCheckServers {
-    fn default() -> Self {
-        Self::new()
-    }
+    proxy_healthy: ProxyHealthy,
+    status: http::Status,
+    servers: BTreeMap<ServiceName, Port>,
 }
 
 impl HealthCheckServers {
-    /// Listens on every address, as kube-proxy does without `--nodeport-addresses`.
-    pub fn new() -> Self {
-        Self::with_bind_ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    /// Listens on every address, as kube-proxy does without
+    /// `--nodeport-addresses`. Every port answers 503 while
+    /// `proxy_healthy` says no, as kube-proxy's do, so load balancers move
+    /// off a node whose data plane no longer follows the cluster. All
+    /// ports report to the one `status`.
+    pub fn new(proxy_healthy: ProxyHealthy, status: http::Status) -> Self {
+        Self::with_bind_ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED), proxy_healthy, status)
     }
 
-    pub fn with_bind_ip(bind: IpAddr) -> Self {
+    pub fn with_bind_ip(bind: IpAddr, proxy_healthy: ProxyHealthy, status: http::Status) -> Self {
         Self {
             bind,
-            proxy_healthy: Arc::new(AtomicBool::new(true)),
+            proxy_healthy,
+            status,
             servers: BTreeMap::new(),
         }
     }
 
-    /// kube-proxy answers 503 on every health-check port while the proxy
-    /// itself is unhealthy, so load balancers move off a node whose data
-    /// plane no longer follows the cluster.
-    pub fn set_proxy_healthy(&self, healthy: bool) {
-        self.proxy_healthy.store(healthy, Ordering::Relaxed);
-    }
-
     /// Opens ports of new Services, closes those of Services that went or
     /// changed port, and updates the endpoint counts. Must run inside a
-    /// tokio runtime. A port that cannot be bound is logged and tried again
-    /// on the next update, as kube-proxy does.
+    /// tokio runtime. A port that cannot be bound yet is served as soon as
+    /// it can be.
     pub fn update(&mut self, desired: &DesiredState) {
         let wanted = wanted(desired);
         self.servers
@@ -109,39 +89,30 @@ impl HealthCheckServers {
                 server.local_endpoints.store(local, Ordering::Relaxed);
                 continue;
             }
-            match self.start(&name, port, local) {
-                Ok(server) => {
-                    tracing::info!(service = %name, port, "health-check port open");
-                    self.servers.insert(name, server);
-                }
-                Err(e) => tracing::warn!(
-                    service = %name,
+            let local_endpoints = Arc::new(AtomicUsize::new(local));
+            let routes = Routes::new().any_path({
+                let name = name.clone();
+                let local = local_endpoints.clone();
+                let healthy = self.proxy_healthy.clone();
+                move || ready(response(&name, local.load(Ordering::Relaxed), healthy()))
+            });
+            let server = Server::start(
+                format!("health check of {name}"),
+                SocketAddr::new(self.bind, port),
+                routes,
+                Limits::PROBES,
+                self.status.clone(),
+            );
+            tracing::info!(service = %name, port, "health-check port open");
+            self.servers.insert(
+                name,
+                Port {
                     port,
-                    "cannot open the health-check port: {e:#}"
-                ),
-            }
+                    local_endpoints,
+                    _server: server,
+                },
+            );
         }
-    }
-
-    fn start(&self, name: &ServiceName, port: u16, local: usize) -> Result<Server> {
-        let std_listener = std::net::TcpListener::bind((self.bind, port))
-            .with_context(|| format!("binding {}:{port}", self.bind))?;
-        std_listener.set_nonblocking(true)?;
-        let listener = std_listener.try_clone()?;
-        let listener = TcpListener::from_std(listener)?;
-        let local_endpoints = Arc::new(AtomicUsize::new(local));
-        let task = tokio::spawn(accept_loop(
-            listener,
-            name.clone(),
-            local_endpoints.clone(),
-            self.proxy_healthy.clone(),
-        ));
-        Ok(Server {
-            port,
-            local_endpoints,
-            listener: std_listener,
-            task,
-        })
     }
 }
 
@@ -176,42 +147,7 @@ fn wanted(desired: &DesiredState) -> BTreeMap<ServiceName, (u16, usize)> {
         .collect()
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    name: ServiceName,
-    local_endpoints: Arc<AtomicUsize>,
-    proxy_healthy: Arc<AtomicBool>,
-) {
-    loop {
-        let mut sock = match listener.accept().await {
-            Ok((sock, _)) => sock,
-            // Out of descriptors and the like must not close the port for
-            // good; after `Server::drop` shut the socket down, the abort
-            // that follows ends this loop.
-            Err(e) => {
-                tracing::debug!(service = %name, "health-check accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let name = name.clone();
-        let local = local_endpoints.clone();
-        let healthy = proxy_healthy.clone();
-        tokio::spawn(async move {
-            if read_request(&mut sock).await.is_none() {
-                return;
-            }
-            let reply = response(
-                &name,
-                local.load(Ordering::Relaxed),
-                healthy.load(Ordering::Relaxed),
-            );
-            let _ = sock.write_all(reply.as_bytes()).await;
-        });
-    }
-}
-
-fn response(name: &ServiceName, local: usize, proxy_healthy: bool) -> String {
+fn response(name: &ServiceName, local: usize, proxy_healthy: bool) -> Reply {
     let quote = |s: &str| serde_json::Value::from(s).to_string();
     // kube-proxy prints a dedented Go template: tab-indented, no final newline.
     let body = format!(
@@ -220,85 +156,22 @@ fn response(name: &ServiceName, local: usize, proxy_healthy: bool) -> String {
         quote(&name.name)
     );
     let status = if local != 0 && proxy_healthy {
-        "200 OK"
+        StatusCode::OK
     } else {
-        "503 Service Unavailable"
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    http_response(
-        status,
-        &[
-            ("Content-Type", "application/json"),
-            ("X-Content-Type-Options", "nosniff"),
-        ],
-        &body,
-    )
-}
-
-/// Reads a request's head and returns its path; `None` when the client sent
-/// nothing usable in time. The head is read to its end before answering:
-/// closing a socket with unread request bytes makes the kernel send a reset,
-/// which can destroy the answer before the client reads it.
-pub(crate) async fn read_request(sock: &mut TcpStream) -> Option<String> {
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 1024];
-    let read = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
-            let n = sock.read(&mut chunk).await.ok()?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&chunk[..n]);
-        }
-        Some(())
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .ok()??;
-    let line = String::from_utf8_lossy(&head);
-    let target = line.split_whitespace().nth(1)?;
-    Some(target.split('?').next().unwrap_or(target).to_string())
-}
-
-pub(crate) fn http_response(status: &str, headers: &[(&str, &str)], body: &str) -> String {
-    let mut out = format!("HTTP/1.1 {status}\r\n");
-    for (name, value) in headers {
-        out.push_str(&format!("{name}: {value}\r\n"));
-    }
-    out.push_str(&format!(
-        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    ));
-    out
+    http::reply(status, "application/json", body)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddr};
+    use std::sync::atomic::AtomicBool;
 
     use super::*;
-    use crate::model::{Backend, Proto, ServicePort, ServicePortId};
-
-    /// Distinct ports free now, taken below the kernel's ephemeral range
-    /// (32768 and up by default): a port the kernel handed out by
-    /// `bind(0)` can be handed out again at once as the local port of
-    /// some test's client connection, and the health-check server then
-    /// cannot bind it. A process-wide counter keeps this process's tests
-    /// apart; starting at an offset from the pid keeps parallel test
-    /// processes apart.
-    fn free_ports<const N: usize>() -> [u16; N] {
-        use std::sync::atomic::AtomicU16;
-        static NEXT: AtomicU16 = AtomicU16::new(0);
-        const BASE: u16 = 20000;
-        const SPAN: u16 = 12000;
-        let start = (std::process::id() % u32::from(SPAN)) as u16;
-        std::array::from_fn(|_| loop {
-            let step = NEXT.fetch_add(1, Ordering::Relaxed);
-            let port = BASE + (start.wrapping_add(step.wrapping_mul(7)) % SPAN);
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                break port;
-            }
-        })
-    }
+    use crate::{
+        http::testing::{exchange, free_ports},
+        model::{Backend, Proto, ServicePort, ServicePortId},
+    };
 
     fn backend(last: u8, port: u16, local: bool, ready: bool) -> Backend {
         Backend {
@@ -335,18 +208,18 @@ mod tests {
         );
     }
 
-    struct Reply {
+    struct Answer {
         status: u16,
         headers: Vec<(String, String)>,
         body: String,
     }
 
-    async fn get(port: u16) -> std::io::Result<Reply> {
-        let mut sock = TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
-        sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\nUser-Agent: probe\r\n\r\n")
-            .await?;
-        let mut raw = String::new();
-        sock.read_to_string(&mut raw).await?;
+    async fn get(port: u16) -> std::io::Result<Answer> {
+        let raw = exchange(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            "GET /healthz HTTP/1.1\r\nHost: lb\r\nUser-Agent: probe\r\n\r\n",
+        )
+        .await?;
         let (head, body) = raw.split_once("\r\n\r\n").expect("a head");
         let mut lines = head.lines();
         let status = lines
@@ -363,7 +236,7 @@ mod tests {
                 (k.to_string(), v.to_string())
             })
             .collect();
-        Ok(Reply {
+        Ok(Answer {
             status,
             headers,
             body: body.to_string(),
@@ -371,7 +244,15 @@ mod tests {
     }
 
     fn servers() -> HealthCheckServers {
-        HealthCheckServers::with_bind_ip(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        servers_with(Arc::new(|| true))
+    }
+
+    fn servers_with(proxy_healthy: ProxyHealthy) -> HealthCheckServers {
+        HealthCheckServers::with_bind_ip(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            proxy_healthy,
+            http::Status::default(),
+        )
     }
 
     #[tokio::test]
@@ -469,13 +350,16 @@ mod tests {
             Some(port),
             vec![backend(1, 80, true, true)],
         );
-        let mut hc = servers();
+        let healthy = Arc::new(AtomicBool::new(false));
+        let mut hc = servers_with({
+            let healthy = healthy.clone();
+            Arc::new(move || healthy.load(Ordering::Relaxed))
+        });
         hc.update(&desired);
-        hc.set_proxy_healthy(false);
         let reply = get(port).await.unwrap();
         assert_eq!(reply.status, 503);
         assert!(reply.body.contains("\"serviceProxyHealthy\": false"));
-        hc.set_proxy_healthy(true);
+        healthy.store(true, Ordering::Relaxed);
         assert_eq!(get(port).await.unwrap().status, 200);
     }
 
@@ -537,9 +421,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_busy_port_is_retried_on_the_next_update() {
-        let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = squatter.local_addr().unwrap().port();
+    async fn a_busy_port_is_served_once_freed() {
+        let [port] = free_ports();
+        let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         let mut desired = DesiredState::default();
         service(
             &mut desired,
@@ -550,9 +434,15 @@ mod tests {
         );
         let mut hc = servers();
         hc.update(&desired);
-        assert!(hc.servers.is_empty());
         drop(squatter);
-        hc.update(&desired);
-        assert_eq!(get(port).await.unwrap().status, 200);
+        let served = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                match get(port).await {
+                    Ok(reply) => break reply.status,
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                }
+            }
+        });
+        assert_eq!(served.await.ok(), Some(200));
     }
 }

@@ -17,6 +17,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::{maps::IterableMap, Pod};
+use hyper::StatusCode;
 use lb_common::{names, Reason, PROTO_TCP, PROTO_UDP};
 use prometheus_client::{
     collector::Collector,
@@ -30,16 +31,15 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use tokio::{io::AsyncWriteExt, net::TcpListener};
 
 use crate::{
     datapath::Maps,
-    healthcheck::{http_response, read_request},
+    http::{self, Limits, Routes, Server},
     model::DesiredState,
     sync::{svc_name_str, SyncReport},
 };
 
-type PolicyLabel = [(&'static str, &'static str); 1];
+type Label = [(&'static str, &'static str); 1];
 
 /// The metrics the agent records as it syncs.
 pub struct Metrics {
@@ -47,13 +47,16 @@ pub struct Metrics {
     sync_duration: Histogram,
     network_programming: Histogram,
     last_sync: Gauge<f64, AtomicU64>,
-    no_local_endpoints: Family<PolicyLabel, Gauge>,
+    no_local_endpoints: Family<Label, Gauge>,
     services: Gauge,
     frontends: Gauge,
     endpoints: Gauge,
     invalid: Gauge,
     invalid_skipped: Counter,
     refused: Gauge,
+    http_binding: Family<Label, Gauge>,
+    http_accept_errors: Family<Label, Counter>,
+    http_over_cap: Family<Label, Counter>,
 }
 
 impl Default for Metrics {
@@ -94,7 +97,7 @@ impl Metrics {
             "The last time proxy rules were successfully synced",
             last_sync.clone(),
         );
-        let no_local_endpoints = Family::<PolicyLabel, Gauge>::default();
+        let no_local_endpoints = Family::<Label, Gauge>::default();
         // Both series exist from the start, so an alert on them has data
         // before the first sync.
         for policy in ["internal", "external"] {
@@ -145,6 +148,24 @@ impl Metrics {
             "Service ports the last sync refused because a map was full (logged with the map)",
             refused.clone(),
         );
+        let http_binding = Family::<Label, Gauge>::default();
+        registry.register(
+            "xdplb_http_servers_binding",
+            "HTTP servers (healthz, metrics, healthcheck ports) whose port is not bound yet; retried with backoff",
+            http_binding.clone(),
+        );
+        let http_accept_errors = Family::<Label, Counter>::default();
+        registry.register(
+            "xdplb_http_accept_errors",
+            "Failed accepts on the agent's HTTP servers (out of file descriptors and the like)",
+            http_accept_errors.clone(),
+        );
+        let http_over_cap = Family::<Label, Counter>::default();
+        registry.register(
+            "xdplb_http_connections_over_cap",
+            "Connections the agent's HTTP servers closed unserved, having as many open as they serve at once",
+            http_over_cap.clone(),
+        );
         Self {
             registry,
             refused,
@@ -157,6 +178,20 @@ impl Metrics {
             endpoints,
             invalid,
             invalid_skipped,
+            http_binding,
+            http_accept_errors,
+            http_over_cap,
+        }
+    }
+
+    /// Where the HTTP servers of one kind report, as series labelled
+    /// `server`; the series exist from this call on.
+    pub fn http_status(&self, server: &'static str) -> http::Status {
+        let label = [("server", server)];
+        http::Status {
+            binding: self.http_binding.get_or_create(&label).clone(),
+            accept_errors: self.http_accept_errors.get_or_create(&label).clone(),
+            over_cap: self.http_over_cap.get_or_create(&label).clone(),
         }
     }
 
@@ -485,82 +520,53 @@ impl Collector for MapSample {
     }
 }
 
-/// Serves `/metrics`; returns only when the maps or the address cannot be
-/// opened. It opens its own handle on the maps pinned under `maps_dir`
-/// (pinned maps can be opened any number of times), so scrapes never wait
-/// on the agent's sync loop.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, maps_dir: PathBuf) -> Result<()> {
+/// Serves `/metrics` until the returned server is dropped; fails only when
+/// the maps cannot be opened. It opens its own handle on the maps pinned
+/// under `maps_dir` (pinned maps can be opened any number of times), so
+/// scrapes never wait on the agent's sync loop.
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>, maps_dir: PathBuf) -> Result<Server> {
     let maps = Mutex::new(Maps::from_pins(&maps_dir)?);
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding {addr}"))?;
+    let status = metrics.http_status("metrics");
     // The lock only keeps two overlapping scrapes from walking the maps at
     // once; a scrape that panicked left nothing half-done in them.
-    serve_on(listener, move || {
-        metrics.render(&maps.lock().unwrap_or_else(PoisonError::into_inner))
-    })
-    .await
+    let routes =
+        routes(move || metrics.render(&maps.lock().unwrap_or_else(PoisonError::into_inner)));
+    Ok(Server::start(
+        "metrics",
+        addr,
+        routes,
+        Limits::METRICS,
+        status,
+    ))
 }
 
-async fn serve_on(
-    listener: TcpListener,
-    render: impl Fn() -> Result<String> + Send + Sync + 'static,
-) -> Result<()> {
+fn routes(render: impl Fn() -> Result<String> + Send + Sync + 'static) -> Routes {
     let render = Arc::new(render);
-    loop {
-        let mut sock = match listener.accept().await {
-            Ok((sock, _)) => sock,
-            // Out of descriptors and the like pass; the server must not end.
-            Err(e) => {
-                tracing::warn!("metrics accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    Routes::new().get("/metrics", move || {
         let render = render.clone();
-        tokio::spawn(async move {
-            let Some(path) = read_request(&mut sock).await else {
-                return;
-            };
-            let reply = if path == "/metrics" {
-                // Walking the maps is a run of blocking syscalls.
-                match tokio::task::spawn_blocking(move || render()).await {
-                    Ok(Ok(text)) => http_response(
-                        "200 OK",
-                        &[("Content-Type", prometheus_text::CONTENT_TYPE)],
-                        &text,
-                    ),
-                    Ok(Err(e)) => http_response(
-                        "500 Internal Server Error",
-                        &[("Content-Type", "text/plain; charset=utf-8")],
-                        &format!("reading the maps: {e:#}\n"),
-                    ),
-                    Err(e) => http_response(
-                        "500 Internal Server Error",
-                        &[("Content-Type", "text/plain; charset=utf-8")],
-                        &format!("{e}\n"),
-                    ),
-                }
-            } else {
-                http_response(
-                    "404 Not Found",
-                    &[("Content-Type", "text/plain; charset=utf-8")],
-                    "only /metrics is served here\n",
-                )
-            };
-            let _ = sock.write_all(reply.as_bytes()).await;
-        });
-    }
+        async move {
+            // Walking the maps is a run of blocking syscalls.
+            match tokio::task::spawn_blocking(move || render()).await {
+                Ok(Ok(text)) => http::reply(StatusCode::OK, prometheus_text::CONTENT_TYPE, text),
+                Ok(Err(e)) => http::text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("reading the maps: {e:#}\n"),
+                ),
+                Err(e) => http::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddr};
-
-    use tokio::{io::AsyncReadExt, net::TcpStream};
+    use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::model::{Backend, Proto, ServicePort, ServicePortId};
+    use crate::{
+        http::testing::exchange,
+        model::{Backend, Proto, ServicePort, ServicePortId},
+    };
 
     fn sample() -> MapSample {
         MapSample {
@@ -749,28 +755,32 @@ mod tests {
     }
 
     async fn get(addr: SocketAddr, path: &str) -> String {
-        let mut sock = TcpStream::connect(addr).await.unwrap();
-        sock.write_all(format!("GET {path} HTTP/1.1\r\nHost: node\r\n\r\n").as_bytes())
+        exchange(addr, &format!("GET {path} HTTP/1.1\r\nHost: node\r\n\r\n"))
             .await
-            .unwrap();
-        let mut reply = String::new();
-        sock.read_to_string(&mut reply).await.unwrap();
-        reply
+            .unwrap()
     }
 
     #[tokio::test]
     async fn serves_metrics_in_prometheus_text_format() {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let metrics = Metrics::new();
+        let metrics = Arc::new(Metrics::new());
+        let status = metrics.http_status("metrics");
         let fails = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let fail = fails.clone();
-        tokio::spawn(serve_on(listener, move || {
-            if fail.load(std::sync::atomic::Ordering::Relaxed) {
-                anyhow::bail!("map gone");
-            }
-            Ok(metrics.render_sample(sample()))
-        }));
+        let render = metrics.clone();
+        let server = Server::start(
+            "metrics",
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            routes(move || {
+                if fail.load(std::sync::atomic::Ordering::Relaxed) {
+                    anyhow::bail!("map gone");
+                }
+                Ok(render.render_sample(sample()))
+            }),
+            Limits::METRICS,
+            status.clone(),
+        );
+        let addr = server.local_addr().unwrap();
+        status.accept_errors.inc();
 
         let reply = get(addr, "/metrics?x=1").await;
         let (head, body) = reply.split_once("\r\n\r\n").unwrap();
@@ -781,6 +791,13 @@ mod tests {
         );
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
         assert!(body.contains("xdplb_packets_total{reason=\"xlate_new_flow\"} 7"));
+        for line in [
+            "xdplb_http_servers_binding{server=\"metrics\"} 0",
+            "xdplb_http_accept_errors_total{server=\"metrics\"} 1",
+            "xdplb_http_connections_over_cap_total{server=\"metrics\"} 0",
+        ] {
+            assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
+        }
 
         assert!(get(addr, "/").await.starts_with("HTTP/1.1 404 "));
         fails.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use common::agent::{
     cluster_ip_service, endpoint_slice, reply, seed_counter, seed_redis, Agent, Cluster, Conn,
-    Node, Pod, COUNTER_NODE_PORT, COUNTER_PORT, COUNTER_VIP, POD_ADDRS, REDIS_PORT, REDIS_VIP,
-    SPARE_PORT, TIMEOUT, XDPLB,
+    Node, Pod, COUNTER_NODE_PORT, COUNTER_PORT, COUNTER_VIP, HEALTHZ_PORT, METRICS_PORT, POD_ADDRS,
+    REDIS_PORT, REDIS_VIP, SPARE_PORT, TIMEOUT, XDPLB,
 };
 use lb_userspace::{datapath::Maps, testbed::netns::wait_until};
 
@@ -707,17 +707,35 @@ fn assert_flow(cluster: &Cluster, node: &Node, src: SocketAddr, when: &str) {
     );
 }
 
-/// The file limit a service manager gives a daemon (containerd and systemd
-/// leave 1,024 soft): idle connections to /healthz must not use it up, and
-/// /healthz must keep answering while they are held open.
-#[test]
-fn healthz_survives_more_idle_connections_than_file_descriptors() {
-    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
-    let node = &cluster.nodes[0];
-    let agent = seeded_agents(&cluster).remove(0);
+/// A LoadBalancer Service with externalTrafficPolicy Local and its
+/// endpoint on this node: the agent opens its health-check node port.
+const HEALTH_CHECK_PORT: u16 = 32100;
+
+fn local_load_balancer() -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: lb-local
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.40
+  externalTrafficPolicy: Local
+  healthCheckNodePort: {HEALTH_CHECK_PORT}
+  ports:
+    - port: {SPARE_PORT}
+      protocol: TCP
+      nodePort: 31100
+---
+{}",
+        endpoint_slice("lb-local", SPARE_PORT, &POD_ADDRS[..1])
+    )
+}
+
+fn set_file_limit(agent: &Agent, limit: u64) {
     let limit = libc::rlimit {
-        rlim_cur: 1024,
-        rlim_max: 1024,
+        rlim_cur: limit,
+        rlim_max: 1024.max(limit),
     };
     // SAFETY: plain syscall on our own child (`ip netns exec` became the agent).
     let rc = unsafe {
@@ -729,30 +747,112 @@ fn healthz_survives_more_idle_connections_than_file_descriptors() {
         )
     };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-    let healthz = SocketAddr::from((Ipv4Addr::LOCALHOST, 10256));
-    let idle = cluster
-        .tb
-        .in_ns(&node.ns, || {
-            (0..1_100)
-                .filter_map(|_| {
-                    std::net::TcpStream::connect_timeout(&healthz, Duration::from_millis(200)).ok()
-                })
-                .collect::<Vec<_>>()
+}
+
+/// The file limit a service manager gives a daemon (containerd and systemd
+/// leave 1,024 soft): idle connections to the agent's HTTP servers (/healthz,
+/// /metrics, a health-check node port) must not use it up, and each must
+/// keep answering while they are held open. At a limit so low that accepts
+/// fail, they must answer again once descriptors free up.
+#[test]
+fn http_servers_survive_idle_connections_and_running_out_of_descriptors() {
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    let agent = seeded_agents(&cluster).remove(0);
+    cluster.must(
+        node,
+        "writing lb-local.yml",
+        cluster.write_manifest("lb-local.yml", &local_load_balancer()),
+    );
+    let servers = [
+        (HEALTHZ_PORT, "/healthz", 1_100),
+        (METRICS_PORT, "/metrics", 200),
+        (HEALTH_CHECK_PORT, "/", 200),
+    ];
+    let answers = |port: u16, path: &str| {
+        wait_until(Duration::from_secs(10), || {
+            agent
+                .http_get(port, path)
+                .is_ok_and(|(code, _)| code == 200)
         })
-        .expect("connecting from the node");
-    let answered = wait_until(Duration::from_secs(10), || {
-        agent.healthz().is_ok_and(|code| code == 200)
-    });
+    };
     assert!(
-        answered,
-        "/healthz did not answer 200 within 10 s while {} idle connections were open{}",
-        idle.len(),
+        answers(HEALTH_CHECK_PORT, "/"),
+        "the health-check port of lb-local never answered 200{}",
         cluster.diagnostics(node)
     );
+
+    set_file_limit(&agent, 1024);
+    let connect_idle = |port: u16, count: usize| {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        cluster
+            .tb
+            .in_ns(&node.ns, || {
+                (0..count)
+                    .filter_map(|_| {
+                        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .expect("connecting from the node")
+    };
+    let idle: Vec<_> = servers
+        .iter()
+        .map(|&(port, _, count)| connect_idle(port, count))
+        .collect();
+    for (port, path, _) in servers {
+        assert!(
+            answers(port, path),
+            "{path} on port {port} did not answer 200 within 10 s while {} idle connections were open{}",
+            idle.iter().map(Vec::len).sum::<usize>(),
+            cluster.diagnostics(node)
+        );
+    }
     drop(idle);
-    assert_eq!(
-        cluster.must(node, "healthz after the flood", agent.healthz()),
-        200
+
+    // A few descriptors to spare: /healthz runs out of them before its cap.
+    let accept_errors = || {
+        let (_, metrics) = cluster.must(node, "/metrics", agent.http_get(METRICS_PORT, "/metrics"));
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("xdplb_http_accept_errors_total{server=\"healthz\"} "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .expect("xdplb_http_accept_errors_total of healthz")
+    };
+    let errors_before = accept_errors();
+    // Counted once the connections just closed are gone on its side too.
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+            .expect("the agent's descriptors")
+            .count()
+    };
+    let mut open = descriptors();
+    wait_until(Duration::from_secs(10), || {
+        std::thread::sleep(Duration::from_millis(300));
+        let before = std::mem::replace(&mut open, descriptors());
+        open == before
+    });
+    set_file_limit(&agent, open as u64 + 8);
+    let idle = connect_idle(HEALTHZ_PORT, 100);
+    std::thread::sleep(Duration::from_secs(1));
+    drop(idle);
+    assert!(
+        answers(HEALTHZ_PORT, "/healthz"),
+        "/healthz did not answer 200 within 10 s of its idle connections closing{}",
+        cluster.diagnostics(node)
+    );
+    set_file_limit(&agent, 1024);
+    for (port, path, _) in servers {
+        assert!(
+            answers(port, path),
+            "{path} on port {port} did not answer 200 after the agent ran out of descriptors{}",
+            cluster.diagnostics(node)
+        );
+    }
+    assert!(
+        accept_errors() > errors_before,
+        "no failed accept at {open} + 8 descriptors: the test did not test{}",
+        cluster.diagnostics(node)
     );
 }
 

@@ -228,14 +228,16 @@ fn daemonset_arguments_are_accepted_by_the_agent_and_match_its_ports() {
         None,
         "no port may advertise metrics that only the node itself can reach"
     );
-    for (what, probe) in [
-        ("readiness", c.readiness_probe.as_ref()),
-        ("liveness", c.liveness_probe.as_ref()),
+    // As kube-proxy's: a node on its way out fails /healthz, which must
+    // not restart its proxy.
+    for (what, probe, path) in [
+        ("readiness", c.readiness_probe.as_ref(), "/healthz"),
+        ("liveness", c.liveness_probe.as_ref(), "/livez"),
     ] {
         let get = probe
             .and_then(|p| p.http_get.as_ref())
             .unwrap_or_else(|| panic!("a {what} probe over HTTP"));
-        assert_eq!(get.path.as_deref(), Some("/healthz"), "{what}");
+        assert_eq!(get.path.as_deref(), Some(path), "{what}");
         assert_eq!(
             get.port,
             IntOrString::Int(i32::from(args.healthz_addr.port())),

@@ -1,23 +1,40 @@
-//! `/healthz` with kube-proxy's semantics and JSON shape: 503 until the first
-//! full sync, 200 while syncs succeed. Hand-written on a TcpListener because
-//! it answers one fixed GET; a server framework would be most of the binary's
-//! dependency tree for it.
+//! kube-proxy's `/healthz` and `/livez` (pkg/proxy/healthcheck/proxy_health.go),
+//! served on the HTTP edge.
+//!
+//! What is matched: the agent is healthy while no change it received waits
+//! unapplied for `timeout` or longer (kube-proxy's `QueuedUpdate`, `Updated`
+//! and `healthTimeout`, there twice the sync period). `/healthz` is that and
+//! node eligibility, `/livez` that alone, so a node on its way out fails
+//! readiness without its proxy being restarted. Both answer 200 or 503 with
+//! kube-proxy's JSON fields, `lastUpdated` being the current time while
+//! healthy (kube-proxy keeps older releases' meaning: "recent when
+//! healthy") and the last successful sync otherwise. A failed sync does not
+//! fail the checks by itself, as in kube-proxy: the change it left unapplied
+//! does once it is late.
+//!
+//! What differs: the agent is unhealthy until its first sync (the servers
+//! start after it anyway), node eligibility is always true (the agent does
+//! not read the Cluster Autoscaler's deletion taint), and `/healthz` adds
+//! the last sync error and the API watches that are down.
 use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::Duration,
+    future::{ready, Ready},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
 };
 
-use anyhow::Result;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-    sync::Semaphore,
-};
+use hyper::StatusCode;
 
-#[derive(Default)]
+use crate::http::{self, Reply, Routes};
+
+/// kube-proxy's bound with its default 30 s sync period. The agent syncs
+/// as changes arrive, in milliseconds, so a change that waits this long is
+/// stuck behind a failing or hung sync, not a slow one.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
 pub struct Health {
     last_synced: Option<jiff::Timestamp>,
+    /// When the oldest change not yet applied reached the agent.
+    oldest_queued: Option<Instant>,
     failing: Option<String>,
     /// The API watchers that are not connected, while the data plane keeps
     /// serving the last state it was given.
@@ -25,13 +42,39 @@ pub struct Health {
     /// Service ports the last sync refused, each with the map that is full:
     /// the node serves every other Service, so it stays healthy.
     refused: Vec<String>,
+    /// How long a change may wait for a successful sync.
+    pub timeout: Duration,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            last_synced: None,
+            oldest_queued: None,
+            failing: None,
+            stale: Vec::new(),
+            refused: Vec::new(),
+            timeout: TIMEOUT,
+        }
+    }
 }
 
 pub type Shared = Arc<Mutex<Health>>;
 
+pub fn lock(health: &Shared) -> MutexGuard<'_, Health> {
+    health.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl Health {
+    /// A change reached the agent and is not applied yet.
+    pub fn queued(&mut self) {
+        self.oldest_queued.get_or_insert_with(Instant::now);
+    }
+
+    /// Everything received so far is applied.
     pub fn synced(&mut self) {
         self.last_synced = Some(jiff::Timestamp::now());
+        self.oldest_queued = None;
         self.failing = None;
     }
 
@@ -55,81 +98,160 @@ impl Health {
             .collect();
     }
 
-    fn response(&self) -> (u16, String) {
+    /// kube-proxy's `IsHealthy`, which its health-check node ports report
+    /// as `serviceProxyHealthy`.
+    pub fn healthy(&self) -> bool {
+        self.last_synced.is_some()
+            && self
+                .oldest_queued
+                .is_none_or(|queued| queued.elapsed() < self.timeout)
+    }
+
+    fn fields(&self) -> (StatusCode, serde_json::Map<String, serde_json::Value>) {
         let now = jiff::Timestamp::now();
-        let last = self.last_synced.map(|t| t.to_string()).unwrap_or_default();
-        let ok = self.last_synced.is_some() && self.failing.is_none();
-        let body = serde_json::json!({
-            "lastUpdated": last,
-            "currentTime": now.to_string(),
-            "nodeEligible": true,
-            "error": self.failing,
-            "staleWatches": self.stale,
-            "refused": self.refused,
-        });
-        (if ok { 200 } else { 503 }, body.to_string())
+        let healthy = self.healthy();
+        let last = match (healthy, self.last_synced) {
+            (true, _) => now.to_string(),
+            (false, Some(t)) => t.to_string(),
+            (false, None) => String::new(),
+        };
+        let mut fields = serde_json::Map::new();
+        fields.insert("lastUpdated".into(), last.into());
+        fields.insert("currentTime".into(), now.to_string().into());
+        let code = match healthy {
+            true => StatusCode::OK,
+            false => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (code, fields)
+    }
+
+    fn healthz(&self) -> Reply {
+        let (code, mut fields) = self.fields();
+        fields.insert("nodeEligible".into(), true.into());
+        fields.insert("error".into(), self.failing.clone().into());
+        fields.insert("staleWatches".into(), self.stale.clone().into());
+        fields.insert("refused".into(), self.refused.clone().into());
+        json(code, fields)
+    }
+
+    fn livez(&self) -> Reply {
+        let (code, fields) = self.fields();
+        json(code, fields)
     }
 }
 
-/// Requests served at once; connections past it are closed unread, so idle
-/// clients cannot use up the process's file descriptors.
-const MAX_CONNECTIONS: usize = 64;
-/// How long a client may take to send its request.
-const READ_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause after a failed accept (out of file descriptors, say) or bind.
-const RETRY: Duration = Duration::from_millis(200);
+fn json(code: StatusCode, fields: serde_json::Map<String, serde_json::Value>) -> Reply {
+    http::reply(
+        code,
+        "application/json",
+        serde_json::Value::Object(fields).to_string(),
+    )
+}
 
-/// Serves until the process ends: a failed bind is retried and reported,
-/// and a failed accept never stops the server, as a probe that finds the
-/// port closed restarts the agent.
-pub async fn serve(addr: SocketAddr, health: Shared) -> Result<()> {
-    let listener = loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => break l,
-            Err(e) => {
-                tracing::error!(%addr, "healthz: cannot bind, retrying: {e}");
-                tokio::time::sleep(RETRY * 5).await;
-            }
-        }
-    };
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let mut sock = match listener.accept().await {
-            Ok((sock, _)) => sock,
-            Err(e) => {
-                tracing::warn!(%addr, "healthz accept: {e}");
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            continue;
-        };
+pub fn routes(health: &Shared) -> Routes {
+    let answer = |f: fn(&Health) -> Reply| {
         let health = health.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let mut buf = [0u8; 1024];
-            let n = match tokio::time::timeout(READ_TIMEOUT, sock.read(&mut buf)).await {
-                Ok(Ok(n)) => n,
-                _ => return,
+        move || -> Ready<Reply> { ready(f(&lock(&health))) }
+    };
+    Routes::new()
+        .get("/healthz", answer(Health::healthz))
+        .get("/livez", answer(Health::livez))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use super::*;
+    use crate::http::{testing::exchange, Limits, Server, Status};
+
+    /// Status code and JSON body of GET `path`.
+    async fn get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+        let reply = exchange(addr, &format!("GET {path} HTTP/1.1\r\nHost: node\r\n\r\n"))
+            .await
+            .unwrap();
+        let code = reply.split(' ').nth(1).unwrap().parse().unwrap();
+        let (_, body) = reply.split_once("\r\n\r\n").unwrap();
+        (code, serde_json::from_str(body).unwrap())
+    }
+
+    fn serve(health: &Shared) -> (Server, SocketAddr) {
+        let server = Server::start(
+            "healthz",
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            routes(health),
+            Limits::PROBES,
+            Status::default(),
+        );
+        let addr = server.local_addr().unwrap();
+        (server, addr)
+    }
+
+    const BOUND: Duration = Duration::from_secs(1);
+
+    #[tokio::test]
+    async fn a_change_left_unapplied_past_the_bound_fails_healthz_and_livez() {
+        let health: Shared = Arc::default();
+        lock(&health).timeout = BOUND;
+        lock(&health).synced();
+        let (_server, addr) = serve(&health);
+        for path in ["/healthz", "/livez"] {
+            assert_eq!(get(addr, path).await.0, 200, "{path}");
+        }
+
+        // A change arrives and its sync fails: healthy until it is late.
+        lock(&health).queued();
+        lock(&health).failed("map full".into());
+        let (code, body) = get(addr, "/healthz").await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["error"], "map full");
+        // A later change does not restart the clock.
+        tokio::time::sleep(BOUND / 2).await;
+        lock(&health).queued();
+        tokio::time::sleep(BOUND / 2 + Duration::from_millis(50)).await;
+        for path in ["/healthz", "/livez"] {
+            let (code, body) = get(addr, path).await;
+            assert_eq!(code, 503, "{path}: {body}");
+            // The last successful sync, a bound and more ago.
+            let time = |k: &str| {
+                body[k]
+                    .as_str()
+                    .unwrap()
+                    .parse::<jiff::Timestamp>()
+                    .unwrap()
             };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (code, body) = if path == "/healthz" || path == "/livez" {
-                health.lock().expect("health lock").response()
-            } else {
-                (404, "{}".to_string())
-            };
-            let reason = match code {
-                200 => "OK",
-                503 => "Service Unavailable",
-                _ => "Not Found",
-            };
-            let reply = format!(
-                "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
+            let age = time("currentTime").duration_since(time("lastUpdated"));
+            assert!(
+                age.as_millis() >= BOUND.as_millis() as i128,
+                "{path}: {body}"
             );
-            let _ = tokio::time::timeout(READ_TIMEOUT, sock.write_all(reply.as_bytes())).await;
-        });
+        }
+
+        lock(&health).synced();
+        for path in ["/healthz", "/livez"] {
+            let (code, body) = get(addr, path).await;
+            assert_eq!(code, 200, "{path}: {body}");
+            assert_eq!(body["lastUpdated"], body["currentTime"], "{path}: {body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn healthz_and_livez_carry_kube_proxys_fields() {
+        let health: Shared = Arc::default();
+        let (_server, addr) = serve(&health);
+        // Before the first sync.
+        assert_eq!(get(addr, "/healthz").await.0, 503);
+        assert_eq!(get(addr, "/livez").await.0, 503);
+        lock(&health).synced();
+
+        let (_, healthz) = get(addr, "/healthz").await;
+        assert_eq!(healthz["nodeEligible"], true);
+        assert!(healthz["staleWatches"].is_array(), "{healthz}");
+        let (_, livez) = get(addr, "/livez").await;
+        let mut keys: Vec<&String> = livez.as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["currentTime", "lastUpdated"], "{livez}");
+        let now: jiff::Timestamp = livez["currentTime"].as_str().unwrap().parse().unwrap();
+        assert!((jiff::Timestamp::now() - now).get_seconds().abs() < 60);
     }
 }

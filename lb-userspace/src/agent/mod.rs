@@ -20,6 +20,7 @@ use crate::{
     cli::AgentArgs,
     datapath::{Capacities, Datapath},
     healthcheck::HealthCheckServers,
+    http,
     metrics::{self, Metrics},
     model::{self, DesiredState, ModelOptions, NodeInfo},
     sync::{MapWriter, MapsWriter, Room, Syncer},
@@ -145,7 +146,7 @@ impl Agent {
         for r in &sync.refused {
             tracing::warn!(service = %r.service, "refused: {}", r.reason);
         }
-        self.health.lock().expect("health").refused(
+        health::lock(&self.health).refused(
             sync.refused
                 .iter()
                 .map(|r| format!("{}: {}", r.service, r.reason))
@@ -187,16 +188,18 @@ impl Agent {
 
     /// A resync after a change reached the agent, with its outcome
     /// reported to health and metrics; a failed sync leaves the maps as
-    /// they were.
+    /// they were, and the change counts as queued until a sync succeeds.
     fn resync_after_change(&mut self, source: &mut source::Source) {
         let seen = Instant::now();
+        // Before the sync: one that hangs leaves the change queued, and
+        // /healthz fails once it is late.
+        health::lock(&self.health).queued();
         match self.resync(source) {
             Ok(()) => {
                 // From the change reaching the agent to the maps holding it:
                 // the latency this node adds to network programming.
                 self.metrics.observe_network_programming(seen.elapsed());
-                self.health.lock().expect("health").synced();
-                self.healthchecks.set_proxy_healthy(true);
+                health::lock(&self.health).synced();
                 self.retry = None;
             }
             Err(e) => {
@@ -209,8 +212,7 @@ impl Agent {
                     retry_in_s = wait.as_secs(),
                     "sync failed, data plane keeps its last state: {e:#}"
                 );
-                self.health.lock().expect("health").failed(format!("{e:#}"));
-                self.healthchecks.set_proxy_healthy(false);
+                health::lock(&self.health).failed(format!("{e:#}"));
                 self.retry = Some((Instant::now() + wait, wait));
             }
         }
@@ -290,7 +292,13 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         health: health.clone(),
         nodeport_cidrs,
         metrics: metrics.clone(),
-        healthchecks: HealthCheckServers::new(),
+        healthchecks: HealthCheckServers::new(
+            {
+                let health = health.clone();
+                Arc::new(move || health::lock(&health).healthy())
+            },
+            metrics.http_status("healthcheck"),
+        ),
         snat_exhausted,
         retry: None,
     };
@@ -312,21 +320,18 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     agent.attach_pod_ifaces();
     agent.pins.remove_old_versions()?;
 
-    // The metrics task reads its own handle on the pinned maps, so a scrape
-    // never waits for the agent loop.
+    // The metrics server reads its own handle on the pinned maps, so a
+    // scrape never waits for the agent loop.
     let metrics_addr = agent.args.metrics_addr;
-    let maps_dir = agent.pins.maps_dir();
-    tokio::spawn(async move {
-        if let Err(e) = metrics::serve(metrics_addr, metrics, maps_dir).await {
-            tracing::error!("metrics server on {metrics_addr}: {e:#}");
-        }
-    });
-    let healthz = agent.args.healthz_addr;
-    tokio::spawn(async move {
-        if let Err(e) = health::serve(healthz, health).await {
-            tracing::error!("healthz server on {healthz}: {e:#}");
-        }
-    });
+    let _metrics_server = metrics::serve(metrics_addr, metrics.clone(), agent.pins.maps_dir())
+        .inspect_err(|e| tracing::error!("no metrics server on {metrics_addr}: {e:#}"));
+    let _healthz_server = http::Server::start(
+        "healthz",
+        agent.args.healthz_addr,
+        health::routes(&health),
+        http::Limits::PROBES,
+        metrics.http_status("healthz"),
+    );
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     // Link and address events act at once; the once-a-second poll of pod
@@ -357,7 +362,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
                 agent.attach_pod_ifaces();
                 agent.report_snat_exhaustion();
                 if let Some(status) = source.status() {
-                    agent.health.lock().expect("health").source(&status);
+                    health::lock(&agent.health).source(&status);
                 }
             }
             _ = term.recv() => break,

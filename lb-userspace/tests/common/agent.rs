@@ -41,8 +41,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(3);
 /// Loading and verifying the program takes a while on a busy 2-core box.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
-const HEALTHZ_PORT: u16 = 10256;
-const METRICS_PORT: u16 = 10249;
+pub const HEALTHZ_PORT: u16 = 10256;
+pub const METRICS_PORT: u16 = 10249;
 const SERVICE_RANGE: &str = "10.96.0.0/16";
 const POD_RANGE: &str = "10.244.0.0/16";
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples");
@@ -420,20 +420,31 @@ impl Agent<'_> {
 
     /// The status code of GET /healthz, from inside the node.
     pub fn healthz(&self) -> Result<u16> {
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, HEALTHZ_PORT));
+        Ok(self.http_get(HEALTHZ_PORT, "/healthz")?.0)
+    }
+
+    /// Status code and body of GET `path` on the node's loopback `port`,
+    /// from inside the node.
+    pub fn http_get(&self, port: u16, path: &str) -> Result<(u16, String)> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let response = self.tb.in_ns(&self.node.ns, || -> io::Result<String> {
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
             s.set_read_timeout(Some(TIMEOUT))?;
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            )?;
             let mut response = String::new();
             s.read_to_string(&mut response)?;
             Ok(response)
         })??;
-        response
+        let code = response
             .split_whitespace()
             .nth(1)
             .and_then(|code| code.parse().ok())
-            .with_context(|| format!("not an HTTP response: {response:?}"))
+            .with_context(|| format!("not an HTTP response: {response:?}"))?;
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Ok((code, body.to_string()))
     }
 
     pub fn pid(&self) -> u32 {
