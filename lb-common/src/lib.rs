@@ -17,6 +17,8 @@ pub mod maps;
 pub mod meta;
 pub mod sock;
 pub mod stats;
+pub mod svc_name;
 
 pub use maps::*;
 pub use stats::Reason;
+pub use svc_name::{SvcName, SvcNameParts};

@@ -410,15 +410,6 @@ pub struct FragValueV4 {
     pub dst_addr: u32,
 }
 
-/// Value of `SVC_NAMES`, keyed by service id: "namespace/name:port/PROTO",
-/// zero-padded. Only the agent and the CLI read it: it lets a restarted agent
-/// keep its service ids, and `bpftool map dump` name what it shows.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SvcName {
-    pub name: [u8; 128],
-}
-
 /// Per service port, per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -443,7 +434,6 @@ const _: () = {
     assert!(core::mem::size_of::<Config>() == 32);
     assert!(core::mem::size_of::<IfaceInfo>() == 4);
     assert!(core::mem::size_of::<SvcStats>() == 16);
-    assert!(core::mem::size_of::<SvcName>() == 128);
 };
 
 #[cfg(feature = "user")]
@@ -460,7 +450,6 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for SvcStats {}
-    unsafe impl aya::Pod for SvcName {}
     unsafe impl aya::Pod for AffinityKeyV4 {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for SourceRangeKeyV4 {}

@@ -745,3 +745,31 @@ fn service_ports_past_a_full_map_are_refused_and_the_rest_serve() {
     assert!([B1.0, B2.0].contains(&parse_checked(&out).dst));
     assert_eq!(count(&dp, Reason::XlateNew), 1);
 }
+
+/// A Service port with the longest name Kubernetes allows keeps its id
+/// across a restart: its name is read back whole from the kernel's map.
+#[test]
+fn the_longest_service_names_survive_a_restart() {
+    use lb_userspace::{
+        model::{DesiredState, Proto},
+        sync::{MapsWriter, Syncer},
+    };
+    let mut dp = load();
+    let (mut id, sp) = vip_service("web", Proto::Udp, &[B1]);
+    id.namespace = "n".repeat(63);
+    id.name = "s".repeat(63);
+    id.port_name = "p".repeat(15);
+    let desired = DesiredState {
+        services: [(id, sp)].into(),
+        problems: Vec::new(),
+    };
+    let mut syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps }).unwrap();
+    syncer
+        .sync(&desired, &mut MapsWriter { maps: &mut dp.maps })
+        .unwrap();
+    let mut restarted = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps }).unwrap();
+    let report = restarted
+        .sync(&desired, &mut MapsWriter { maps: &mut dp.maps })
+        .unwrap();
+    assert_eq!(report.writes, 0, "{report:?}");
+}

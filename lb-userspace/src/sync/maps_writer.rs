@@ -1,12 +1,12 @@
 //! `MapWriter` on the real maps.
 use std::net::Ipv4Addr;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use aya::maps::{lpm_trie::Key, IterableMap, MapData, MapError, PerCpuValues};
 use lb_common::{
     addr::{from_map, to_map},
-    AddrInfo, BackendV4, FrontendKeyV4, FrontendValue, SourceRangeKeyV4, SvcName, SvcStats,
-    ADDR_FRONTEND,
+    AddrInfo, BackendV4, FrontendKeyV4, FrontendValue, SourceRangeKeyV4, SvcName, SvcNameParts,
+    SvcStats, ADDR_FRONTEND,
 };
 
 use super::{MapWriter, Room, Snapshot};
@@ -16,11 +16,10 @@ pub struct MapsWriter<'a> {
     pub maps: &'a mut Maps,
 }
 
-fn svc_name(name: &str) -> SvcName {
-    let mut out = SvcName { name: [0; 128] };
-    let n = name.len().min(out.name.len() - 1);
-    out.name[..n].copy_from_slice(&name.as_bytes()[..n]);
-    out
+fn svc_name(name: &str) -> Result<SvcName> {
+    SvcNameParts::parse(name)
+        .and_then(|parts| SvcName::encode(&parts))
+        .with_context(|| format!("service port name {name:?} does not encode"))
 }
 
 /// The trie matches the service id's 32 bits, then the CIDR's.
@@ -45,12 +44,7 @@ fn absent_ok(r: Result<(), MapError>) -> Result<()> {
 }
 
 pub fn svc_name_str(name: &SvcName) -> String {
-    let end = name
-        .name
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(name.name.len());
-    String::from_utf8_lossy(&name.name[..end]).into_owned()
+    name.as_str().unwrap_or_default().to_string()
 }
 
 impl MapWriter for MapsWriter<'_> {
@@ -92,7 +86,7 @@ impl MapWriter for MapsWriter<'_> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let zeros = PerCpuValues::try_from(vec![SvcStats::default(); cpus])?;
         self.maps.svc_stats.set(svc_id, zeros, 0)?;
-        Ok(self.maps.svc_names.insert(svc_id, svc_name(name), 0)?)
+        Ok(self.maps.svc_names.insert(svc_id, svc_name(name)?, 0)?)
     }
 
     fn remove_service(&mut self, svc_id: u32) -> Result<()> {

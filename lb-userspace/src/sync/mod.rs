@@ -285,6 +285,14 @@ impl Syncer {
         peak: &mut Peak,
     ) -> std::result::Result<Applied, String> {
         let old = self.applied.get(name);
+        let encoded = lb_common::SvcNameParts::parse(&name.to_string())
+            .and_then(|parts| lb_common::SvcName::encode(&parts));
+        if encoded.is_none() {
+            return Err(format!(
+                "its name does not fit SVC_NAMES ({} bytes)",
+                lb_common::svc_name::SVC_NAME_LEN
+            ));
+        }
         let new_svc = match old {
             Some(_) => None,
             None => Some(self.svc_alloc.take().map_err(|e| format!("{e:#}"))?),
@@ -632,21 +640,18 @@ fn write_words(
     Ok(changed.len())
 }
 
-/// Reads back a `ServicePortId`'s display form, "ns/name:port/PROTO" (none
-/// of the parts can contain '/' or ':').
+/// Reads back a `ServicePortId` from its encoded name.
 fn parse_name(name: &str) -> Option<ServicePortId> {
-    let (namespace, rest) = name.split_once('/')?;
-    let (name_port, proto) = rest.rsplit_once('/')?;
-    let (name, port_name) = name_port.split_once(':')?;
-    let protocol = match proto {
+    let parts = lb_common::SvcNameParts::parse(name)?;
+    let protocol = match parts.protocol {
         "TCP" => Proto::Tcp,
         "UDP" => Proto::Udp,
         _ => return None,
     };
     Some(ServicePortId {
-        namespace: namespace.into(),
-        name: name.into(),
-        port_name: port_name.into(),
+        namespace: parts.namespace.into(),
+        name: parts.name.into(),
+        port_name: parts.port.into(),
         protocol,
     })
 }

@@ -549,3 +549,34 @@ fn a_restart_over_stray_pinned_entries_converges() {
     restarted.sync(&state_of(&more), &mut w).unwrap();
     assert!(w.maps.services.keys().all(|&id| id <= 60));
 }
+
+/// The longest names Kubernetes allows are stored whole (a restarted agent
+/// reads its ids back by them); a name no Service can have is refused.
+#[test]
+fn long_names_are_stored_whole_and_unencodable_ones_refused() {
+    let (mut s, mut w) = fresh();
+    let long = super::ServicePortId {
+        namespace: "n".repeat(63),
+        name: "s".repeat(63),
+        port_name: "p".repeat(15),
+        protocol: Proto::Udp,
+    };
+    let odd = super::ServicePortId {
+        name: "a:b".into(),
+        ..id("x")
+    };
+    let desired = DesiredState {
+        services: [
+            (long.clone(), service(1, &[1])),
+            (odd.clone(), service(2, &[2])),
+        ]
+        .into(),
+        problems: Vec::new(),
+    };
+    let r = s.sync(&desired, &mut w).unwrap();
+    assert_eq!(r.refused.len(), 1);
+    assert_eq!(r.refused[0].service, odd);
+    assert_eq!(w.maps.services.values().next(), Some(&long.to_string()));
+    let mut restarted = Syncer::recover(&mut w).unwrap();
+    assert_eq!(restarted.sync(&desired, &mut w).unwrap().writes, 0);
+}
