@@ -11,6 +11,7 @@
 pub mod addr;
 pub mod checksum;
 pub mod conntrack;
+pub mod decide;
 pub mod filter;
 pub mod flow;
 pub mod maps;

@@ -153,6 +153,29 @@ pub struct CtKeyV4 {
 }
 
 impl CtKeyV4 {
+    /// The frontend a forward key addresses.
+    #[inline(always)]
+    pub const fn frontend(&self) -> FrontendKeyV4 {
+        FrontendKeyV4 {
+            addr: self.dst_addr,
+            port: self.dst_port,
+            proto: self.proto,
+            _pad: 0,
+        }
+    }
+
+    /// The flow's place on a Maglev ring.
+    #[inline(always)]
+    pub const fn hash(&self) -> u32 {
+        crate::flow::flow_hash_v4(
+            self.src_addr,
+            self.dst_addr,
+            self.src_port,
+            self.dst_port,
+            self.proto,
+        )
+    }
+
     /// The key from its two 64-bit words in memory order (little-endian,
     /// as BPF and the agent's hosts): the addresses, then the ports, the
     /// protocol and the direction in the low 48 bits. The headers hold the
@@ -388,6 +411,20 @@ pub struct SourceRangeKeyV4 {
     /// Big-endian, so the service id is the leading part of the prefix.
     pub svc_id_be: u32,
     pub addr: u32,
+}
+
+impl SourceRangeKeyV4 {
+    /// Prefix length of a lookup: the service id and the whole address.
+    pub const LOOKUP_BITS: u32 = 64;
+
+    /// The key that looks client `src` up among `svc_id`'s ranges.
+    #[inline(always)]
+    pub const fn lookup(svc_id: u32, src: u32) -> Self {
+        Self {
+            svc_id_be: svc_id.to_be(),
+            addr: src,
+        }
+    }
 }
 
 /// Key of `FRAGS_V4`: one datagram being fragmented, as it arrives.

@@ -1,37 +1,19 @@
 //! Per-frontend policies applied to new flows: loadBalancerSourceRanges and
 //! source NAT (traffic from outside to a backend on another node, and a pod
 //! reaching itself through its Service).
-use aya_ebpf::{helpers::generated::bpf_get_prandom_u32, maps::lpm_trie::Key};
+use aya_ebpf::helpers::generated::bpf_get_prandom_u32;
 use lb_common::{
-    conntrack::STATE_SEEN_REPLY, BackendV4, Config, CtKeyV4, FrontendValue, Reason,
-    SourceRangeKeyV4, BE_LOCAL, FE_EXTERNAL, FE_SOURCE_RANGES, IFACE_POD,
+    conntrack::STATE_SEEN_REPLY, BackendV4, Config, CtKeyV4, FrontendValue, Reason, BE_LOCAL,
+    FE_EXTERNAL, IFACE_POD,
 };
 
-use crate::{
-    forward::iface_has,
-    frame::Frame,
-    maps::{CT_V4, SOURCE_RANGES_V4},
-    stats,
-};
+use crate::{forward::iface_has, frame::Frame, maps::CT_V4, stats};
 
 /// Traffic entering on a pod interface is in-cluster: source ranges apply
 /// only to traffic from outside, as with kube-proxy.
 #[inline(always)]
-pub fn source_allowed<C: Frame>(ctx: &C, fe: &FrontendValue, src: u32) -> bool {
-    if fe.flags & FE_SOURCE_RANGES == 0 || C::POD_PATH {
-        return true;
-    }
-    if iface_has(ctx.ifindex(), IFACE_POD) {
-        return true;
-    }
-    let key = Key::new(
-        64,
-        SourceRangeKeyV4 {
-            svc_id_be: fe.svc_id.to_be(),
-            addr: src,
-        },
-    );
-    SOURCE_RANGES_V4.get(&key).is_some()
+pub fn in_cluster<C: Frame>(ctx: &C) -> bool {
+    C::POD_PATH || iface_has(ctx.ifindex(), IFACE_POD)
 }
 
 /// Source NAT when the reply would otherwise bypass this node: a client

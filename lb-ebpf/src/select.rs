@@ -1,42 +1,93 @@
-//! Backend choice: ClientIP affinity if the frontend has it and the client
-//! has a live entry, else the flow hash indexes the frontend's Maglev ring.
-//! The packet path and the socket hooks (`sock.rs`) share it.
+//! The data plane's view of the maps for `lb_common::decide`, the rules for
+//! new flows that the packet path, the socket hooks (`sock.rs`) and
+//! `xdplb explain` share.
+use aya_ebpf::maps::lpm_trie::Key;
 use lb_common::{
-    flow::flow_hash_v4, sock::SockAffinityKeyV4, AffinityKeyV4, AffinityValue, BackendV4, CtKeyV4,
-    FrontendKeyV4, FrontendValue,
+    decide::{Client, View},
+    sock::SockAffinityKeyV4,
+    AffinityKeyV4, AffinityValue, BackendV4, FrontendKeyV4, FrontendValue, SourceRangeKeyV4,
 };
 
-use crate::maps::{AFFINITY_V4, BACKENDS_V4, MAGLEV_SLOTS, SOCK_AFFINITY_V4};
+use crate::{
+    maps::{
+        AFFINITY_V4, BACKENDS_V4, FRONTENDS_V4, MAGLEV_SLOTS, SOCK_AFFINITY_V4, SOURCE_RANGES_V4,
+    },
+    service::is_frontend_addr,
+};
 
-/// Who a ClientIP affinity entry belongs to: a packet's source address, or
-/// the network namespace of a socket that has none yet.
-pub enum Client {
-    Addr(u32),
-    Netns(u64),
-}
+pub struct Maps;
 
-impl Client {
+impl View for Maps {
     #[inline(always)]
-    fn entry(&self, fe_key: &FrontendKeyV4) -> Option<*mut AffinityValue> {
-        match *self {
+    fn frontend(&self, key: &FrontendKeyV4) -> Option<FrontendValue> {
+        // One copy of the value: the agent may swap it at any moment, and
+        // every field a flow uses must come from the same version.
+        FRONTENDS_V4.get_ptr(*key).map(|fe| unsafe { *fe })
+    }
+
+    #[inline(always)]
+    fn is_frontend_addr(&self, addr: u32) -> bool {
+        is_frontend_addr(addr)
+    }
+
+    #[inline(always)]
+    fn in_source_ranges(&self, svc_id: u32, src: u32) -> bool {
+        let key = Key::new(
+            SourceRangeKeyV4::LOOKUP_BITS,
+            SourceRangeKeyV4::lookup(svc_id, src),
+        );
+        SOURCE_RANGES_V4.get(&key).is_some()
+    }
+
+    #[inline(always)]
+    fn affinity(&self, fe: &FrontendKeyV4, client: &Client) -> Option<AffinityValue> {
+        let entry = match *client {
+            Client::Addr(client_addr) => AFFINITY_V4.get_ptr(AffinityKeyV4 {
+                frontend: *fe,
+                client_addr,
+            }),
+            Client::Netns(netns_cookie) => SOCK_AFFINITY_V4.get_ptr(SockAffinityKeyV4 {
+                frontend: *fe,
+                netns_cookie,
+            }),
+        };
+        entry.map(|a| unsafe { *a })
+    }
+
+    #[inline(always)]
+    fn slot(&self, index: u32) -> Option<u32> {
+        MAGLEV_SLOTS.get(index).copied()
+    }
+
+    #[inline(always)]
+    fn backend(&self, id: u32) -> Option<BackendV4> {
+        BACKENDS_V4.get(id).copied()
+    }
+
+    #[inline(always)]
+    fn affinity_used(&self, fe: &FrontendKeyV4, client: &Client, now: u64) {
+        let entry = match *client {
             Client::Addr(client_addr) => AFFINITY_V4.get_ptr_mut(AffinityKeyV4 {
-                frontend: *fe_key,
+                frontend: *fe,
                 client_addr,
             }),
             Client::Netns(netns_cookie) => SOCK_AFFINITY_V4.get_ptr_mut(SockAffinityKeyV4 {
-                frontend: *fe_key,
+                frontend: *fe,
                 netns_cookie,
             }),
+        };
+        if let Some(a) = entry {
+            unsafe { (*a).last_seen_ns = now };
         }
     }
 
     #[inline(always)]
-    fn remember(&self, fe_key: &FrontendKeyV4, value: &AffinityValue) {
+    fn affinity_chosen(&self, fe: &FrontendKeyV4, client: &Client, value: &AffinityValue) {
         // Losing this write only costs the client its stickiness.
-        let _ = match *self {
+        let _ = match *client {
             Client::Addr(client_addr) => AFFINITY_V4.insert(
                 AffinityKeyV4 {
-                    frontend: *fe_key,
+                    frontend: *fe,
                     client_addr,
                 },
                 *value,
@@ -44,7 +95,7 @@ impl Client {
             ),
             Client::Netns(netns_cookie) => SOCK_AFFINITY_V4.insert(
                 SockAffinityKeyV4 {
-                    frontend: *fe_key,
+                    frontend: *fe,
                     netns_cookie,
                 },
                 *value,
@@ -52,66 +103,4 @@ impl Client {
             ),
         };
     }
-}
-
-#[inline(always)]
-fn by_id(id: u32) -> Option<BackendV4> {
-    let be = *BACKENDS_V4.get(id)?;
-    (be.addr != 0).then_some(be)
-}
-
-/// `None` when the frontend has no usable backend.
-#[inline(always)]
-pub fn backend(
-    fe: &FrontendValue,
-    fe_key: &FrontendKeyV4,
-    flow: &CtKeyV4,
-    now: u64,
-) -> Option<BackendV4> {
-    pick(fe, fe_key, Client::Addr(flow.src_addr), now, || {
-        flow_hash_v4(
-            flow.src_addr,
-            flow.dst_addr,
-            flow.src_port,
-            flow.dst_port,
-            flow.proto,
-        )
-    })
-}
-
-/// The backend for a new flow or socket of `client`. `hash` places it on
-/// the ring; a closure, so an affinity hit never pays for hashing.
-#[inline(always)]
-pub fn pick(
-    fe: &FrontendValue,
-    fe_key: &FrontendKeyV4,
-    client: Client,
-    now: u64,
-    hash: impl FnOnce() -> u32,
-) -> Option<BackendV4> {
-    if fe.ring_size == 0 {
-        return None;
-    }
-    if fe.affinity_timeout_s != 0 {
-        if let Some(a) = client.entry(fe_key) {
-            let (seen, id) = unsafe { ((*a).last_seen_ns, (*a).backend_id) };
-            let live = now.saturating_sub(seen) <= fe.affinity_timeout_s as u64 * 1_000_000_000;
-            if let (true, Some(be)) = (live, by_id(id)) {
-                unsafe { (*a).last_seen_ns = now };
-                return Some(be);
-            }
-        }
-    }
-    let slot = fe.ring_offset.wrapping_add(hash() % fe.ring_size);
-    let id = *MAGLEV_SLOTS.get(slot)?;
-    let be = by_id(id)?;
-    if fe.affinity_timeout_s != 0 {
-        let value = AffinityValue {
-            last_seen_ns: now,
-            backend_id: id,
-            _pad: 0,
-        };
-        client.remember(fe_key, &value);
-    }
-    Some(be)
 }

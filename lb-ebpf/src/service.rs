@@ -3,9 +3,10 @@
 //! the hook's action; `handle` counts it, so no path can forget to. The
 //! path is generic over the hook (`Frame`): XDP and tc run this same code.
 use lb_common::{
+    decide::{self, Client, Decision},
     filter::{position, AddrSet, FILTER_WORDS},
-    CtKeyV4, CtValueV4, FlowCacheEntryV4, FrontendKeyV4, Reason, ADDR_FRONTEND, CT_DIR_FORWARD,
-    CT_DIR_REPLY, FE_DROP_EMPTY, PROTO_TCP, PROTO_UDP,
+    CtKeyV4, CtValueV4, FlowCacheEntryV4, Reason, ADDR_FRONTEND, CT_DIR_FORWARD, CT_DIR_REPLY,
+    PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -14,7 +15,7 @@ use crate::{
     frags,
     frame::Frame,
     icmp,
-    maps::{ADDRS_V4, ADDR_FILTER, CONFIG, FRONTENDS_V4},
+    maps::{ADDRS_V4, ADDR_FILTER, CONFIG},
     nat,
     parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IP_MF, IP_OFFSET_MASK, L4},
     policy, reject, select, stats,
@@ -174,31 +175,25 @@ fn new_flow<C: Frame>(
     key: &CtKeyV4,
     now: u64,
 ) -> Result<*mut CtValueV4, Option<Verdict>> {
-    let fe_key = FrontendKeyV4 {
-        addr: key.dst_addr,
-        port: key.dst_port,
-        proto: p.proto,
-        _pad: 0,
-    };
-    let Some(fe) = FRONTENDS_V4.get_ptr(fe_key) else {
-        if !is_frontend_addr(key.dst_addr) {
-            return Err(None);
+    let fe_key = key.frontend();
+    let in_cluster = policy::in_cluster(ctx);
+    let hash = || key.hash();
+    let client = Client::Addr(key.src_addr);
+    let (fe, be) = match decide::new_flow(
+        &select::Maps,
+        &fe_key,
+        key.src_addr,
+        in_cluster,
+        &client,
+        now,
+        hash,
+    ) {
+        Decision::Backend { fe, backend, .. } => (fe, backend),
+        Decision::NotOurs => return Err(None),
+        Decision::Refused(reason @ (Reason::RejectUnknownPort | Reason::RejectNoBackend)) => {
+            return Err(Some(reject::send(ctx, p.ihl, p.proto, reason)))
         }
-        let v = reject::send(ctx, p.ihl, p.proto, Reason::RejectUnknownPort);
-        return Err(Some(v));
-    };
-    // One copy of the value: the agent may swap it at any moment, and every
-    // field this packet uses must come from the same version.
-    let fe = unsafe { *fe };
-    if !policy::source_allowed(ctx, &fe, key.src_addr) {
-        return Err(Some((Reason::DropSourceRange, C::DROP)));
-    }
-    let Some(be) = select::backend(&fe, &fe_key, key, now) else {
-        if fe.flags & FE_DROP_EMPTY != 0 {
-            return Err(Some((Reason::DropNoLocalBackend, C::DROP)));
-        }
-        let v = reject::send(ctx, p.ihl, p.proto, Reason::RejectNoBackend);
-        return Err(Some(v));
+        Decision::Refused(reason) => return Err(Some((reason, C::DROP))),
     };
     let cfg = conntrack::config();
     let snat = if policy::needs_snat(&fe, &be, key.src_addr, &cfg) {

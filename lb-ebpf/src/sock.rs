@@ -5,7 +5,7 @@
 //!
 //! `connect4` (TCP, connected UDP) and `sendmsg4` (unconnected UDP) swap a
 //! frontend for a backend chosen as the packet path chooses (same maps, ring
-//! and ClientIP affinity, `select::pick`), so the kernel routes to the
+//! and ClientIP affinity, `lb_common::decide`), so the kernel routes to the
 //! backend itself and no packet needs translating. `recvmsg4` restores the
 //! frontend as the source of UDP replies, which the application would
 //! otherwise take for a stranger's, and `getpeername4` as the peer of a
@@ -29,14 +29,15 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
+    decide::{self, Client, Decision},
     sock::{socket_hash_v4, SockRevNatKeyV4, SockRevNatValueV4},
-    BackendV4, FrontendKeyV4, Reason, FE_DROP_EMPTY, PROTO_TCP, PROTO_UDP,
+    BackendV4, FrontendKeyV4, Reason, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
     conntrack,
     maps::{FRONTENDS_V4, SOCK_REVNAT_V4},
-    select, service, stats,
+    select, stats,
 };
 
 /// Verdicts of a cgroup sock_addr program.
@@ -95,36 +96,33 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
         proto: proto as u8,
         _pad: 0,
     };
-    let Some(fe) = FRONTENDS_V4.get_ptr(fe_key) else {
-        // A frontend address on a port it does not serve: the packet path
-        // rejects that too.
-        return if service::is_frontend_addr(addr) {
-            refuse(ECONNREFUSED)
-        } else {
-            ALLOW
-        };
-    };
-    // One copy, as on the packet path: the agent may swap the value meanwhile.
-    let fe = unsafe { *fe };
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // A connected UDP socket would keep its backend after the backend is
     // gone, and nothing can close it in a pod's namespace from here; the
     // per-packet path re-balances the pod's next datagram instead.
     let host = conntrack::config().host_netns_cookie;
     if proto == PROTO_UDP as u32 && host != 0 && netns != host {
-        stats::count(Reason::SockUdpLeftToPath);
+        if FRONTENDS_V4.get_ptr(fe_key).is_some() {
+            stats::count(Reason::SockUdpLeftToPath);
+        }
         return ALLOW;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let client = select::Client::Netns(netns);
-    let Some(be) = select::pick(&fe, &fe_key, client, conntrack::now(), || {
-        socket_hash_v4(cookie, addr, port, fe_key.proto)
-    }) else {
-        return refuse(if fe.flags & FE_DROP_EMPTY != 0 {
-            EHOSTUNREACH
-        } else {
-            ECONNREFUSED
-        });
+    // Processes on the node and in pods are in-cluster clients.
+    let decision = decide::new_flow(
+        &select::Maps,
+        &fe_key,
+        0,
+        true,
+        &Client::Netns(netns),
+        conntrack::now(),
+        || socket_hash_v4(cookie, addr, port, fe_key.proto),
+    );
+    let (fe, be) = match decision {
+        Decision::Backend { fe, backend, .. } => (fe, backend),
+        Decision::NotOurs => return ALLOW,
+        Decision::Refused(Reason::DropNoLocalBackend) => return refuse(EHOSTUNREACH),
+        Decision::Refused(_) => return refuse(ECONNREFUSED),
     };
     unsafe {
         write_volatile(&raw mut (*sa).user_ip4, be.addr);

@@ -64,6 +64,10 @@ pub struct ExplainArgs {
     /// Transport protocol.
     #[arg(value_parser = ["tcp", "udp"], default_value = "tcp")]
     pub proto: String,
+    /// The flow enters on a pod interface (in-cluster: loadBalancerSourceRanges
+    /// do not apply).
+    #[arg(long)]
+    pub from_pod: bool,
     #[command(flatten)]
     pub pin: PinArgs,
 }

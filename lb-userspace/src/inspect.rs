@@ -2,19 +2,18 @@
 //! whether or not an agent runs, and show what the packet path sees.
 use std::{collections::BTreeSet, net::SocketAddrV4};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use lb_common::{
     addr::{from_map, to_map},
     conntrack::{STATE_CLOSING, STATE_SEEN_REPLY},
-    flow::flow_hash_v4,
-    BackendV4, CtKeyV4, FrontendKeyV4, CT_DIR_FORWARD, FE_EXTERNAL, LAYOUT_VERSION, PROTO_TCP,
-    PROTO_UDP,
+    decide::{self, By, Client, Decision},
+    BackendV4, CtKeyV4, Reason, CT_DIR_FORWARD, FE_EXTERNAL, LAYOUT_VERSION, PROTO_TCP, PROTO_UDP,
 };
 use serde_json::json;
 
 use crate::{
     cli::{ExplainArgs, InspectArgs, Output, PinArgs},
-    datapath::Maps,
+    datapath::{now_ns, Maps, MapsView},
     sync::svc_name_str,
 };
 
@@ -182,50 +181,65 @@ pub fn explain(args: &ExplainArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let fe_key = FrontendKeyV4 {
-        addr: key.dst_addr,
-        port: key.dst_port,
-        proto,
-        _pad: 0,
+    let fe_key = key.frontend();
+    let hash = || key.hash();
+    let decision = decide::new_flow(
+        &MapsView(&maps),
+        &fe_key,
+        key.src_addr,
+        args.from_pod,
+        &Client::Addr(key.src_addr),
+        now_ns(),
+        hash,
+    );
+    let what = format!("{src} -> {dst}/{}", proto_name(proto));
+    let name = || {
+        maps.frontends
+            .get(&fe_key, 0)
+            .map(|fe| service_name(&maps, fe.svc_id))
+            .unwrap_or_default()
     };
-    let Ok(fe) = maps.frontends.get(&fe_key, 0) else {
-        if maps.addrs.get(&key.dst_addr, 0).is_ok() {
-            println!("{dst}/{}: the address is a frontend but not this port: rejected (TCP RST / ICMP port unreachable)", proto_name(proto));
-        } else {
+    match decision {
+        Decision::NotOurs => println!("{what}: not a frontend: passed to the kernel untouched"),
+        Decision::Refused(reason) => {
+            let why = match reason {
+                Reason::RejectUnknownPort => {
+                    "the address is a frontend but not this port: rejected (TCP RST / ICMP port unreachable)"
+                }
+                Reason::DropSourceRange => {
+                    "the source is outside the Service's loadBalancerSourceRanges: dropped"
+                }
+                Reason::DropNoLocalBackend => {
+                    "traffic policy Local and no ready backend on this node: dropped"
+                }
+                _ => "no ready backends: rejected (TCP RST / ICMP port unreachable)",
+            };
+            println!("{what} is {}: {why} [{}]", name(), reason.name());
+        }
+        Decision::Backend {
+            fe,
+            id,
+            backend,
+            by,
+        } => {
+            let backend = SocketAddrV4::new(from_map(backend.addr), u16::from_be(backend.port));
+            let how = match by {
+                By::Affinity => format!(
+                    "the client's ClientIP affinity entry (timeout {} s)",
+                    fe.affinity_timeout_s
+                ),
+                By::Ring { hash, slot } => format!(
+                    "a new flow hashes to {hash:#010x}, Maglev slot {} of {}",
+                    slot - fe.ring_offset,
+                    fe.ring_size
+                ),
+            };
             println!(
-                "{dst}/{}: not a frontend: passed to the kernel untouched",
-                proto_name(proto)
+                "{what} is {}: {how}, backend id {id} = {backend}",
+                service_name(&maps, fe.svc_id)
             );
         }
-        return Ok(());
-    };
-    let name = service_name(&maps, fe.svc_id);
-    if fe.ring_size == 0 {
-        println!(
-            "{dst}/{} is {name}, which has no ready backends: rejected",
-            proto_name(proto)
-        );
-        return Ok(());
     }
-    let hash = flow_hash_v4(
-        key.src_addr,
-        key.dst_addr,
-        key.src_port,
-        key.dst_port,
-        proto,
-    );
-    let slot = hash % fe.ring_size;
-    let id = maps.slots.read(fe.ring_offset + slot, 1)?[0];
-    let b = maps.backends.get(&id, 0)?;
-    if b.addr == 0 {
-        bail!("slot {slot} points at backend id {id}, which is empty: the maps are inconsistent");
-    }
-    println!(
-        "{src} -> {dst}/{} is {name}: a new flow hashes to {hash:#010x}, Maglev slot {slot} of {}, backend id {id} = {}",
-        proto_name(proto),
-        fe.ring_size,
-        SocketAddrV4::new(from_map(b.addr), u16::from_be(b.port))
-    );
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod maps;
 mod slots;
 mod tc;
 mod testrun;
+mod view;
 
 pub use cgroup::{attach_cgroup, cgroup2_root};
 pub use filter::AddrFilter;
@@ -15,3 +16,4 @@ pub use maps::Maps;
 pub use slots::RingSlots;
 pub use tc::{attach_tc, detach_filters, TcAttached, EXT_PROGRAM, POD_PROGRAM};
 pub use testrun::{run_frame, FrameResult};
+pub use view::{now_ns, MapsView};

@@ -1,0 +1,78 @@
+//! The maps as `lb_common::decide` reads them, from userspace and without
+//! writing: `xdplb explain` and the tests that check it against the program
+//! decide new flows by the very rules the data plane runs.
+use aya::maps::lpm_trie::Key;
+use lb_common::{
+    decide::{Client, View},
+    sock::SockAffinityKeyV4,
+    AffinityKeyV4, AffinityValue, BackendV4, FrontendKeyV4, FrontendValue, SourceRangeKeyV4,
+    ADDR_FRONTEND,
+};
+
+use super::Maps;
+
+pub struct MapsView<'a>(pub &'a Maps);
+
+impl View for MapsView<'_> {
+    fn frontend(&self, key: &FrontendKeyV4) -> Option<FrontendValue> {
+        self.0.frontends.get(key, 0).ok()
+    }
+
+    fn is_frontend_addr(&self, addr: u32) -> bool {
+        self.0
+            .addrs
+            .get(&addr, 0)
+            .is_ok_and(|a| a.flags & ADDR_FRONTEND != 0)
+    }
+
+    fn in_source_ranges(&self, svc_id: u32, src: u32) -> bool {
+        let key = Key::new(
+            SourceRangeKeyV4::LOOKUP_BITS,
+            SourceRangeKeyV4::lookup(svc_id, src),
+        );
+        self.0.source_ranges.get(&key, 0).is_ok()
+    }
+
+    fn affinity(&self, fe: &FrontendKeyV4, client: &Client) -> Option<AffinityValue> {
+        match *client {
+            Client::Addr(client_addr) => self.0.affinity.get(
+                &AffinityKeyV4 {
+                    frontend: *fe,
+                    client_addr,
+                },
+                0,
+            ),
+            Client::Netns(netns_cookie) => self.0.sock_affinity.get(
+                &SockAffinityKeyV4 {
+                    frontend: *fe,
+                    netns_cookie,
+                },
+                0,
+            ),
+        }
+        .ok()
+    }
+
+    fn slot(&self, index: u32) -> Option<u32> {
+        self.0.slots.read(index, 1).ok()?.first().copied()
+    }
+
+    fn backend(&self, id: u32) -> Option<BackendV4> {
+        self.0.backends.get(&id, 0).ok()
+    }
+
+    fn affinity_used(&self, _: &FrontendKeyV4, _: &Client, _: u64) {}
+
+    fn affinity_chosen(&self, _: &FrontendKeyV4, _: &Client, _: &AffinityValue) {}
+}
+
+/// The data plane's clock (`bpf_ktime_get_coarse_ns`), for affinity ages.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) into a timespec on the stack.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
