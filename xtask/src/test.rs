@@ -45,6 +45,7 @@ fn run_tests(args: &Args) -> Result<()> {
 
     let obj = ebpf::build()?;
     step(&format!("eBPF object: {}", obj.display()));
+    ebpf::clippy()?;
 
     step("clippy -D warnings");
     run(&mut cargo(&[
