@@ -567,13 +567,7 @@ endpoints:
             .unwrap()
             .set_len(MAX_FILE_BYTES + 1)
             .unwrap();
-        let started = std::time::Instant::now();
         let (objects, report) = folder.reload(&dir.0).unwrap();
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "took {:?}",
-            started.elapsed()
-        );
         let loaded = names(&objects);
         assert_eq!(loaded.len(), 4 + 2_000, "every document of many.yaml loads");
         assert!(loaded.contains(&"Service s1999".to_string()));

@@ -343,57 +343,68 @@ impl Syncer {
         planned
     }
 
+    /// A sync in four steps, each taking the previous one's result, so the
+    /// write order is the types' and not a comment's: plan, add what the
+    /// changes point at, publish the frontends, retire what nothing uses.
     fn apply(&mut self, desired: &DesiredState, w: &mut dyn MapWriter) -> Result<SyncReport> {
-        let mut writes = 0usize;
+        let plan = self.plan_changes(desired);
+        let added = self.add(plan, w)?;
+        let published = self.publish(added, w)?;
+        self.retire(published, w)
+    }
 
-        // Plan every changed Service port, allocating ids and ring segments.
-        let mut new_services = Vec::new();
-        let mut new_backends: HashMap<BackendAddr, (u32, bool)> = HashMap::new();
-        let mut plans: Vec<(ServicePortId, Applied)> = Vec::new();
-        let mut refused = Vec::new();
+    /// Plans every changed Service port, allocating ids and ring segments;
+    /// writes nothing.
+    fn plan_changes(&mut self, desired: &DesiredState) -> Plan {
+        let mut plan = Plan::default();
         let mut peak = Peak::of(self);
         // Both maps are ordered by name: one merged walk finds the changed
         // and the gone Service ports, where a lookup per Service port would
         // make a one-Service change cost 10,000 lookups.
         let mut changed: Vec<&ServicePortId> = Vec::new();
-        let mut gone: Vec<ServicePortId> = Vec::new();
         let mut applied = self.applied.iter().peekable();
         for (name, sp) in &desired.services {
             while let Some((n, _)) = applied.next_if(|(n, _)| *n < name) {
-                gone.push(n.clone());
+                plan.gone.push(n.clone());
             }
             let old = applied.next_if(|(n, _)| *n == name).map(|(_, a)| a);
             if !old.is_some_and(|a| a.spec.as_ref() == Some(sp)) {
                 changed.push(name);
             }
         }
-        gone.extend(applied.map(|(n, _)| n.clone()));
+        plan.gone.extend(applied.map(|(n, _)| n.clone()));
         for name in changed {
             let sp = &desired.services[name];
             let is_new = !self.applied.contains_key(name);
-            match self.plan(name, sp, &mut new_backends, &mut peak) {
-                Ok(plan) => {
+            match self.plan(name, sp, &mut plan.new_backends, &mut peak) {
+                Ok(planned) => {
                     if is_new {
-                        new_services.push((plan.svc_id, name.to_string()));
+                        plan.new_services.push((planned.svc_id, name.to_string()));
                     }
-                    plans.push((name.clone(), plan));
+                    plan.changed.push((name.clone(), planned));
                 }
-                Err(reason) => refused.push(Refusal {
+                Err(reason) => plan.refused.push(Refusal {
                     service: name.clone(),
                     reason,
                 }),
             }
         }
+        plan
+    }
+
+    /// Writes everything the changed Service ports will point at, in
+    /// dependency order: names, backends, rings, filter bits, source
+    /// ranges, frontend addresses. No frontend changes yet.
+    fn add(&mut self, plan: Plan, w: &mut dyn MapWriter) -> Result<Added> {
+        let mut writes = 0;
         let empty = Applied::default();
         let applied = &self.applied;
         let old_of = |name: &ServicePortId| applied.get(name).unwrap_or(&empty);
-
-        // Additions, in dependency order.
-        for (id, name) in &new_services {
+        for (id, name) in &plan.new_services {
             w.put_service(*id, name)?;
             writes += 1;
         }
-        for ((addr, port), (id, local)) in &new_backends {
+        for ((addr, port), (id, local)) in &plan.new_backends {
             let flags = if *local { lb_common::BE_LOCAL } else { 0 };
             let value = BackendV4 {
                 addr: to_map(*addr),
@@ -404,44 +415,52 @@ impl Syncer {
             writes += 1;
             self.backends.insert((*addr, *port), (*id, 0));
         }
-        for (name, plan) in &plans {
+        for (name, new) in &plan.changed {
             let old = old_of(name);
-            for b in plan.backends.difference(&old.backends) {
+            for b in new.backends.difference(&old.backends) {
                 self.backends.get_mut(b).expect("allocated above").1 += 1;
             }
-            for (class, ring) in &plan.rings {
+            for (class, ring) in &new.rings {
                 if old.rings.get(class) != Some(ring) && ring.size > 0 {
-                    w.put_ring(ring.offset, &plan.tables[class])?;
+                    w.put_ring(ring.offset, &new.tables[class])?;
                     writes += 1;
                 }
             }
         }
         let mut words: BTreeSet<u32> = BTreeSet::new();
-        for (name, plan) in &plans {
-            for (word, bit) in plan.bits.difference(&old_of(name).bits) {
+        for (name, new) in &plan.changed {
+            for (word, bit) in new.bits.difference(&old_of(name).bits) {
                 if bump(self.bit_refs.entry(*word).or_default(), *bit) {
                     words.insert(*word);
                 }
             }
         }
         writes += write_words(&self.bit_refs, &mut self.filter, &words, w)?;
-        for (name, plan) in &plans {
+        for (name, new) in &plan.changed {
             let old = old_of(name);
-            for (addr, len) in plan.ranges.difference(&old.ranges) {
-                w.put_source_range(plan.svc_id, *addr, *len)?;
+            for (addr, len) in new.ranges.difference(&old.ranges) {
+                w.put_source_range(new.svc_id, *addr, *len)?;
                 writes += 1;
             }
-            for addr in plan.addrs.difference(&old.addrs) {
+            for addr in new.addrs.difference(&old.addrs) {
                 if bump(&mut self.addr_refs, *addr) {
                     w.put_frontend_addr(*addr)?;
                     writes += 1;
                 }
             }
         }
+        Ok(Added { plan, writes })
+    }
+
+    /// Points each changed frontend at its new ring, one atomic map update
+    /// each; then records the changed Service ports as applied.
+    fn publish(&mut self, added: Added, w: &mut dyn MapWriter) -> Result<Published> {
+        let Added { plan, mut writes } = added;
         let mut claimed: HashSet<FrontendKeyV4> = HashSet::new();
-        for (name, plan) in &plans {
-            let old = old_of(name);
-            for (key, value) in &plan.frontends {
+        let empty = Applied::default();
+        for (name, new) in &plan.changed {
+            let old = self.applied.get(name).unwrap_or(&empty);
+            for (key, value) in &new.frontends {
                 claimed.insert(*key);
                 if old.frontends.get(key) != Some(value) {
                     w.put_frontend(*key, *value)?;
@@ -449,21 +468,45 @@ impl Syncer {
                 }
             }
         }
-
-        // Removals: what changed Services dropped, then whole Services.
-        let mut retired: Vec<(ServicePortId, Applied)> = Vec::new();
-        for (name, mut plan) in plans {
-            plan.tables = BTreeMap::new();
-            let old = self.applied.insert(name.clone(), plan).unwrap_or_default();
-            retired.push((name, old));
+        let mut retired: Vec<Retired> = Vec::new();
+        for (name, mut new) in plan.changed {
+            new.tables = BTreeMap::new();
+            let old = self.applied.insert(name.clone(), new).unwrap_or_default();
+            retired.push(Retired {
+                name,
+                old,
+                gone: false,
+            });
         }
+        for name in plan.gone {
+            let old = self.applied.remove(&name).expect("listed as gone");
+            retired.push(Retired {
+                name,
+                old,
+                gone: true,
+            });
+        }
+        Ok(Published {
+            retired,
+            claimed,
+            refused: plan.refused,
+            writes,
+        })
+    }
+
+    /// Removes what the published Service ports no longer use: frontends
+    /// and addresses first, then backends, filter bits and names.
+    fn retire(&mut self, published: Published, w: &mut dyn MapWriter) -> Result<SyncReport> {
+        let Published {
+            retired,
+            claimed,
+            refused,
+            mut writes,
+        } = published;
+        let empty = Applied::default();
         let mut removed = Vec::new();
         let mut words = BTreeSet::new();
-        for name in &gone {
-            let old = self.applied.remove(name).expect("listed above");
-            retired.push((name.clone(), old));
-        }
-        for (name, old) in &retired {
+        for Retired { name, old, .. } in &retired {
             let now = self.applied.get(name).unwrap_or(&empty);
             for key in old.frontends.keys() {
                 if !now.frontends.contains_key(key) && !claimed.contains(key) {
@@ -509,19 +552,14 @@ impl Syncer {
             }
         }
         writes += write_words(&self.bit_refs, &mut self.filter, &words, w)?;
-        for name in &gone {
-            let (_, old) = retired
-                .iter()
-                .find(|(n, _)| n == name)
-                .expect("retired above");
-            if old.svc_id == LEFTOVERS {
-                continue;
-            }
-            w.remove_service(old.svc_id)?;
+        for r in retired
+            .iter()
+            .filter(|r| r.gone && r.old.svc_id != LEFTOVERS)
+        {
+            w.remove_service(r.old.svc_id)?;
             writes += 1;
-            self.svc_alloc.give(old.svc_id);
+            self.svc_alloc.give(r.old.svc_id);
         }
-
         Ok(SyncReport {
             writes,
             services: self.applied.len(),
@@ -531,6 +569,39 @@ impl Syncer {
             refused,
         })
     }
+}
+
+/// Step one's result: what changes, with ids and ring slots taken.
+#[derive(Default)]
+struct Plan {
+    new_services: Vec<(u32, String)>,
+    new_backends: HashMap<BackendAddr, (u32, bool)>,
+    changed: Vec<(ServicePortId, Applied)>,
+    gone: Vec<ServicePortId>,
+    refused: Vec<Refusal>,
+}
+
+/// Step two's result: everything the changes point at is in the maps.
+struct Added {
+    plan: Plan,
+    writes: usize,
+}
+
+/// A Service port's previous state, once its new one (if any) is published.
+struct Retired {
+    name: ServicePortId,
+    old: Applied,
+    /// The Service port is gone, not changed.
+    gone: bool,
+}
+
+/// Step three's result: the frontends point at their new rings.
+struct Published {
+    retired: Vec<Retired>,
+    /// Frontends some published Service port holds now.
+    claimed: HashSet<FrontendKeyV4>,
+    refused: Vec<Refusal>,
+    writes: usize,
 }
 
 /// The most entries each hash map holds during a sync: additions are
