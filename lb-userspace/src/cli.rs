@@ -53,6 +53,38 @@ pub struct InspectArgs {
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
     pub output: Output,
+    #[command(flatten)]
+    pub filter: Filter,
+}
+
+/// Which rows to show.
+#[derive(Args, Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this Service: "namespace/name", or "namespace/name:port/PROTO".
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Only rows with this address: a frontend or backend, or a flow's
+    /// source, destination or translated address.
+    #[arg(long)]
+    pub addr: Option<std::net::Ipv4Addr>,
+}
+
+impl Filter {
+    /// Whether the Service port named `encoded` ("ns/name:port/PROTO") passes.
+    pub fn service(&self, encoded: &str) -> bool {
+        let Some(want) = &self.service else {
+            return true;
+        };
+        match lb_common::SvcNameParts::parse(encoded) {
+            Some(p) if !want.contains(':') => want.split_once('/') == Some((p.namespace, p.name)),
+            _ => encoded == want,
+        }
+    }
+
+    /// Whether a row with these addresses passes.
+    pub fn addr(&self, addrs: &[std::net::Ipv4Addr]) -> bool {
+        self.addr.is_none_or(|a| addrs.contains(&a))
+    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,19 +1,24 @@
 //! The inspection commands. They read the pinned maps directly, so they work
 //! whether or not an agent runs, and show what the packet path sees.
-use std::{collections::BTreeSet, net::SocketAddrV4};
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::{Ipv4Addr, SocketAddrV4},
+};
 
 use anyhow::{Context, Result};
+use aya::maps::IterableMap;
 use lb_common::{
     addr::{from_map, to_map},
     conntrack::{STATE_CLOSING, STATE_SEEN_REPLY},
     decide::{self, By, Client, Decision},
-    BackendV4, CtKeyV4, Reason, CT_DIR_FORWARD, FE_EXTERNAL, LAYOUT_VERSION, PROTO_TCP, PROTO_UDP,
+    BackendV4, CtKeyV4, CtValueV4, FrontendKeyV4, FrontendValue, Reason, SvcName, CT_DIR_FORWARD,
+    FE_EXTERNAL, LAYOUT_VERSION, PROTO_TCP, PROTO_UDP,
 };
 use serde_json::json;
 
 use crate::{
-    cli::{ExplainArgs, InspectArgs, Output, PinArgs},
-    datapath::{now_ns, Maps, MapsView},
+    cli::{ExplainArgs, Filter, InspectArgs, Output, PinArgs},
+    datapath::{lookup_all, now_ns, Maps, MapsView},
     sync::svc_name_str,
 };
 
@@ -50,13 +55,25 @@ fn ring_backends(maps: &Maps, offset: u32, size: u32) -> Result<Vec<SocketAddrV4
 pub fn services(args: &InspectArgs) -> Result<()> {
     let maps = open(&args.pin)?;
     let mut rows = Vec::new();
-    for entry in maps.frontends.iter() {
-        let (k, v) = entry?;
+    let names = service_names(&maps)?;
+    for (k, v) in lookup_all::<FrontendKeyV4, FrontendValue>(maps.frontends.map())? {
+        let name = names
+            .get(&v.svc_id)
+            .cloned()
+            .unwrap_or_else(|| format!("#{}", v.svc_id));
+        if !args.filter.service(&name) {
+            continue;
+        }
         let backends = ring_backends(&maps, v.ring_offset, v.ring_size)?;
+        let mut addrs: Vec<Ipv4Addr> = backends.iter().map(|b| *b.ip()).collect();
+        addrs.push(from_map(k.addr));
+        if !args.filter.addr(&addrs) {
+            continue;
+        }
         let stats = maps.service_totals(v.svc_id)?;
         rows.push(json!({
             "frontend": format!("{}:{}/{}", from_map(k.addr), u16::from_be(k.port), proto_name(k.proto)),
-            "service": service_name(&maps, v.svc_id),
+            "service": name,
             "scope": if v.flags & FE_EXTERNAL != 0 { "external" } else { "cluster" },
             "backends": backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
             "packets": stats.packets,
@@ -91,22 +108,33 @@ pub fn services(args: &InspectArgs) -> Result<()> {
     Ok(())
 }
 
-/// CLOCK_MONOTONIC, the clock behind bpf_ktime_get_coarse_ns.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+/// Service names by id, read once rather than per row.
+fn service_names(maps: &Maps) -> Result<HashMap<u32, String>> {
+    Ok(lookup_all::<u32, SvcName>(maps.svc_names.map())?
+        .into_iter()
+        .map(|(id, n)| (id, svc_name_str(&n)))
+        .collect())
 }
 
-pub fn flows(args: &InspectArgs) -> Result<()> {
-    let maps = open(&args.pin)?;
-    let now = monotonic_ns();
+/// The connection-tracking entries `filter` passes, as `xdplb flows -o json`
+/// prints them.
+pub fn flow_rows(maps: &Maps, filter: &Filter) -> Result<Vec<serde_json::Value>> {
+    let now = now_ns();
+    let names = service_names(maps)?;
     let mut rows = Vec::new();
-    for entry in maps.ct.iter() {
-        let (k, v) = entry?;
+    for (k, v) in lookup_all::<CtKeyV4, CtValueV4>(maps.ct.map())? {
+        let service = names
+            .get(&v.svc_id)
+            .cloned()
+            .unwrap_or_else(|| format!("#{}", v.svc_id));
+        let addrs = [
+            from_map(k.src_addr),
+            from_map(k.dst_addr),
+            from_map(v.nat_addr),
+        ];
+        if !filter.service(&service) || !filter.addr(&addrs) {
+            continue;
+        }
         let state = if v.state & STATE_CLOSING != 0 {
             "closing"
         } else if v.state & STATE_SEEN_REPLY != 0 || k.proto != PROTO_TCP {
@@ -120,12 +148,18 @@ pub fn flows(args: &InspectArgs) -> Result<()> {
             "src": SocketAddrV4::new(from_map(k.src_addr), u16::from_be(k.src_port)).to_string(),
             "dst": SocketAddrV4::new(from_map(k.dst_addr), u16::from_be(k.dst_port)).to_string(),
             "nat": SocketAddrV4::new(from_map(v.nat_addr), u16::from_be(v.nat_port)).to_string(),
-            "service": service_name(&maps, v.svc_id),
+            "service": service,
             "state": state,
             "idle_s": now.saturating_sub(v.last_seen_ns) / 1_000_000_000,
             "expires_in_s": v.expires_ns.saturating_sub(now) / 1_000_000_000,
         }));
     }
+    Ok(rows)
+}
+
+pub fn flows(args: &InspectArgs) -> Result<()> {
+    let maps = open(&args.pin)?;
+    let rows = flow_rows(&maps, &args.filter)?;
     if args.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());

@@ -773,3 +773,72 @@ fn the_longest_service_names_survive_a_restart() {
         .unwrap();
     assert_eq!(report.writes, 0, "{report:?}");
 }
+
+/// `xdplb flows` reads connection tracking in batches: it sees every entry
+/// the map's own iterator sees, and its filters pick by Service and by
+/// address.
+#[test]
+fn flows_are_read_in_batches_and_filtered() {
+    use lb_userspace::model::{DesiredState, Proto};
+    use lb_userspace::{
+        cli::Filter,
+        datapath::lookup_all,
+        inspect::flow_rows,
+        sync::{MapsWriter, Syncer},
+    };
+    let mut dp = load();
+    let (web, web_sp) = vip_service("web", Proto::Tcp, &[B1, B2]);
+    let (mut db, mut db_sp) = vip_service("db", Proto::Tcp, &[B3]);
+    db.name = "db".into();
+    db_sp.frontends[0].addr = Ipv4Addr::new(10, 96, 0, 11);
+    let desired = DesiredState {
+        services: [(web, web_sp), (db, db_sp)].into(),
+        problems: Vec::new(),
+    };
+    let mut syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps }).unwrap();
+    syncer
+        .sync(&desired, &mut MapsWriter { maps: &mut dp.maps })
+        .unwrap();
+    for port in 0..3000u16 {
+        run(
+            &dp,
+            &tcp_frame((CLIENT.0, 10000 + port), VIP, Tcp::syn(), b"", &[]),
+        );
+    }
+    let db_vip = (Ipv4Addr::new(10, 96, 0, 11), 80);
+    for port in 0..5u16 {
+        run(
+            &dp,
+            &tcp_frame((CLIENT.0, 20000 + port), db_vip, Tcp::syn(), b"", &[]),
+        );
+    }
+    let batched: std::collections::HashSet<CtKeyV4> =
+        lookup_all::<CtKeyV4, CtValueV4>(aya::maps::IterableMap::map(&dp.maps.ct))
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+    let iterated: std::collections::HashSet<CtKeyV4> =
+        dp.maps.ct.keys().map(|k| k.unwrap()).collect();
+    assert_eq!(batched.len(), 2 * 3005, "forward and reply entries");
+    assert_eq!(batched, iterated);
+
+    let rows = |filter: Filter| flow_rows(&dp.maps, &filter).unwrap();
+    assert_eq!(rows(Filter::default()).len(), 2 * 3005);
+    let db_rows = rows(Filter {
+        service: Some("default/db".into()),
+        ..Filter::default()
+    });
+    assert_eq!(db_rows.len(), 10);
+    assert!(db_rows.iter().all(|r| r["service"] == "default/db:/TCP"));
+    let b3_rows = rows(Filter {
+        addr: Some(B3.0),
+        ..Filter::default()
+    });
+    assert_eq!(b3_rows.len(), 10, "the db flows, both directions");
+    assert!(rows(Filter {
+        service: Some("default/db:/UDP".into()),
+        ..Filter::default()
+    })
+    .is_empty());
+}

@@ -1,5 +1,6 @@
 //! The loaded data plane: the embedded object, its maps as typed handles,
 //! and `BPF_PROG_TEST_RUN` for tests and benchmarks.
+mod batch;
 mod cgroup;
 mod filter;
 mod load;
@@ -9,6 +10,7 @@ mod tc;
 mod testrun;
 mod view;
 
+pub use batch::lookup_all;
 pub use cgroup::{attach_cgroup, cgroup2_root};
 pub use filter::AddrFilter;
 pub use load::{Capacities, Datapath, XdpMode, OBJECT, PROGRAM};
