@@ -7,13 +7,10 @@ use std::net::Ipv4Addr;
 
 use common::{
     be, load,
-    packets::{parse_checked, tcp_frame, udp_frame, Tcp},
+    packets::{frag_needed, parse_checked, tcp_frame, udp_frame, Tcp},
     Provision,
 };
-use etherparse::{
-    icmpv4::DestUnreachableHeader, EtherType, Ethernet2Header, Icmpv4Header, Icmpv4Type, IpNumber,
-    Ipv4Header,
-};
+use etherparse::Ipv4Header;
 use lb_common::{Config, FrontendValue, Reason, FE_EXTERNAL, PROTO_TCP, PROTO_UDP};
 use lb_userspace::datapath::{run_frame, Datapath, PROGRAM};
 
@@ -26,37 +23,6 @@ const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
 fn run(dp: &Datapath, frame: &[u8]) -> (u32, Vec<u8>) {
     let r = run_frame(dp.program(PROGRAM).unwrap(), frame, 1).unwrap();
     (r.action, r.frame)
-}
-
-/// "Fragmentation needed" from `from` to `to`, quoting `quoted` (an Ethernet
-/// frame whose IP packet is quoted from its IP header on, `quote_len` bytes).
-fn frag_needed(from: Ipv4Addr, to: Ipv4Addr, quoted: &[u8], quote_len: usize) -> Vec<u8> {
-    let quote = &quoted[14..14 + quote_len];
-    let kind = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
-        next_hop_mtu: 1400,
-    });
-    let icmp = Icmpv4Header::with_checksum(kind, quote);
-    let mut ip = Ipv4Header::new(
-        (icmp.header_len() + quote.len()) as u16,
-        64,
-        IpNumber::ICMP,
-        from.octets(),
-        to.octets(),
-    )
-    .unwrap();
-    ip.header_checksum = ip.calc_header_checksum();
-    let mut out = Vec::new();
-    Ethernet2Header {
-        source: [2, 0, 0, 0, 0, 9],
-        destination: [2, 0, 0, 0, 0, 2],
-        ether_type: EtherType::IPV4,
-    }
-    .write(&mut out)
-    .unwrap();
-    ip.write(&mut out).unwrap();
-    icmp.write(&mut out).unwrap();
-    out.extend_from_slice(quote);
-    out
 }
 
 /// The quoted IP header, checked, and the quoted ports.
@@ -183,3 +149,4 @@ fn icmp_errors_about_unknown_flows_pass_untouched() {
     assert_eq!(run(&dp, &frame), (2, frame.clone()));
     assert_eq!(dp.maps.reason_total(Reason::XlateIcmpError).unwrap(), 0);
 }
+
