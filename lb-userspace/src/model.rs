@@ -6,6 +6,8 @@
 //! Semantics follow kube-proxy; deviations are called out where they happen.
 
 mod endpoints;
+#[cfg(test)]
+mod fuzz;
 mod service;
 #[cfg(test)]
 mod tests;

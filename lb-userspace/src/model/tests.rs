@@ -618,7 +618,8 @@ fn backends_and_frontends_are_sorted_and_unique() {
 }
 
 /// Manifests may give two Services one ClusterIP; the problem about an
-/// endpoint at it names the same Service whichever arrived first.
+/// endpoint at it names the same Service whichever arrived first (found by
+/// the fuzzer in `fuzz.rs`).
 #[test]
 fn an_endpoint_at_a_shared_cluster_ip_is_blamed_on_one_owner_in_any_order() {
     let (mut objects, _) = parse(&["
