@@ -12,7 +12,7 @@ use lb_common::{
 use crate::{
     frame::Frame,
     maps::CT_V4,
-    parse::{ptr_at, Ipv4Hdr, ETH_HLEN},
+    parse::{ptr_at, Ipv4Hdr, ETH_HLEN, IP_MF, IP_OFFSET_MASK},
 };
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -56,8 +56,13 @@ impl Icmp {
 /// `Some` when `ip` carries an ICMP error about a flow this node translates.
 #[inline(always)]
 pub fn translate_error<C: Frame>(ctx: &C, ip: *mut Ipv4Hdr) -> Option<(Reason, u32)> {
-    let ihl = ((unsafe { (*ip).vihl } & 0x0f) as usize) * 4;
-    if ihl < 20 {
+    let (vihl, frag) = unsafe { ((*ip).vihl, (*ip).frag_off) };
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    // A later fragment holds no ICMP header, only message bytes that may
+    // look like one; and rewriting the destination of one fragment would
+    // part it from the others. Routers keep errors small enough never to
+    // be fragmented (RFC 1812: 576 bytes at most).
+    if ihl < 20 || frag & (IP_MF | IP_OFFSET_MASK) != 0 {
         return None;
     }
     let icmp = ptr_at::<IcmpHdr>(ctx, ETH_HLEN + ihl)?;

@@ -6,6 +6,8 @@
 //! Semantics follow kube-proxy; deviations are called out where they happen.
 
 mod endpoints;
+#[cfg(test)]
+mod fuzz;
 mod service;
 #[cfg(test)]
 mod tests;
@@ -182,15 +184,22 @@ pub fn desired_state(
         .collect();
     // A backend at a ClusterIP would loop its packets through the Service
     // again; the API server refuses such endpoints, manifests may not.
-    let vips: BTreeMap<Ipv4Addr, String> = ports
-        .iter()
-        .flat_map(|(id, port)| {
-            port.frontends
-                .iter()
-                .filter(|fe| fe.kind == FrontendKind::ClusterIp)
-                .map(move |fe| (fe.addr, format!("{}/{}", id.namespace, id.name)))
-        })
-        .collect();
+    // Manifests may also give two Services one ClusterIP: the problem names
+    // the one whose name sorts first, whatever order they came in.
+    let mut vips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    for (id, port) in &ports {
+        for fe in port
+            .frontends
+            .iter()
+            .filter(|fe| fe.kind == FrontendKind::ClusterIp)
+        {
+            let owner = format!("{}/{}", id.namespace, id.name);
+            let named = vips.entry(fe.addr).or_insert_with(|| owner.clone());
+            if owner < *named {
+                *named = owner;
+            }
+        }
+    }
     let mut out = BTreeMap::new();
     for (id, mut port) in ports {
         let object = format!("Service {}/{}", id.namespace, id.name);

@@ -7,13 +7,10 @@ use std::net::Ipv4Addr;
 
 use common::{
     be, load,
-    packets::{parse_checked, tcp_frame, udp_frame, Tcp},
+    packets::{frag_needed, parse_checked, tcp_frame, udp_frame, Tcp},
     Provision,
 };
-use etherparse::{
-    icmpv4::DestUnreachableHeader, EtherType, Ethernet2Header, Icmpv4Header, Icmpv4Type, IpNumber,
-    Ipv4Header,
-};
+use etherparse::{IpFragOffset, Ipv4Header};
 use lb_common::{Config, FrontendValue, Reason, FE_EXTERNAL, PROTO_TCP, PROTO_UDP};
 use lb_userspace::datapath::{run_frame, Datapath, PROGRAM};
 
@@ -26,37 +23,6 @@ const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
 fn run(dp: &Datapath, frame: &[u8]) -> (u32, Vec<u8>) {
     let r = run_frame(dp.program(PROGRAM).unwrap(), frame, 1).unwrap();
     (r.action, r.frame)
-}
-
-/// "Fragmentation needed" from `from` to `to`, quoting `quoted` (an Ethernet
-/// frame whose IP packet is quoted from its IP header on, `quote_len` bytes).
-fn frag_needed(from: Ipv4Addr, to: Ipv4Addr, quoted: &[u8], quote_len: usize) -> Vec<u8> {
-    let quote = &quoted[14..14 + quote_len];
-    let kind = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
-        next_hop_mtu: 1400,
-    });
-    let icmp = Icmpv4Header::with_checksum(kind, quote);
-    let mut ip = Ipv4Header::new(
-        (icmp.header_len() + quote.len()) as u16,
-        64,
-        IpNumber::ICMP,
-        from.octets(),
-        to.octets(),
-    )
-    .unwrap();
-    ip.header_checksum = ip.calc_header_checksum();
-    let mut out = Vec::new();
-    Ethernet2Header {
-        source: [2, 0, 0, 0, 0, 9],
-        destination: [2, 0, 0, 0, 0, 2],
-        ether_type: EtherType::IPV4,
-    }
-    .write(&mut out)
-    .unwrap();
-    ip.write(&mut out).unwrap();
-    icmp.write(&mut out).unwrap();
-    out.extend_from_slice(quote);
-    out
 }
 
 /// The quoted IP header, checked, and the quoted ports.
@@ -181,5 +147,32 @@ fn icmp_errors_about_unknown_flows_pass_untouched() {
     );
     let frame = frag_needed(ROUTER, Ipv4Addr::new(10, 9, 9, 9), &stranger, 28);
     assert_eq!(run(&dp, &frame), (2, frame.clone()));
+    assert_eq!(dp.maps.reason_total(Reason::XlateIcmpError).unwrap(), 0);
+}
+
+/// A later fragment holds message bytes, not an ICMP header, however much
+/// they look like one; and a first fragment translated alone would part
+/// from the rest. No fragment of an ICMP error is translated (found by the
+/// packet fuzzer: a later fragment had its payload rewritten).
+#[test]
+fn fragments_of_icmp_errors_pass_untouched() {
+    let mut dp = load();
+    Provision::new().service(&mut dp, 7, VIP, PROTO_UDP, &[B1]);
+    let (_, translated) = run(&dp, &udp_frame(CLIENT, VIP, b"query", false));
+    let error = frag_needed(ROUTER, CLIENT.0, &translated, 20 + 8);
+    for (more, offset) in [(true, 0), (false, 1), (true, 1)] {
+        let (mut ip, _) = Ipv4Header::from_slice(&error[14..]).unwrap();
+        ip.more_fragments = more;
+        ip.fragment_offset = IpFragOffset::try_new(offset).unwrap();
+        ip.header_checksum = ip.calc_header_checksum();
+        let mut frame = error[..14].to_vec();
+        ip.write(&mut frame).unwrap();
+        frame.extend_from_slice(&error[34..]);
+        assert_eq!(
+            run(&dp, &frame),
+            (2, frame.clone()),
+            "MF {more}, offset {offset}"
+        );
+    }
     assert_eq!(dp.maps.reason_total(Reason::XlateIcmpError).unwrap(), 0);
 }

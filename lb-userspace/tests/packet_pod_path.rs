@@ -9,14 +9,12 @@ use std::net::Ipv4Addr;
 use common::{
     load,
     packets::{parse_checked, split_meta, tcp_frame, udp_frame, Tcp},
+    uplink::{small_mtu_node, UPLINK_MTU},
     Provision,
 };
 use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type, Ipv4Header};
 use lb_common::{Reason, PROTO_TCP, PROTO_UDP};
-use lb_userspace::{
-    datapath::{run_frame, Datapath, POD_PROGRAM, PROGRAM},
-    testbed::netns::Testbed,
-};
+use lb_userspace::datapath::{run_frame, Datapath, POD_PROGRAM, PROGRAM};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -25,8 +23,6 @@ const XDP_PASS: u32 = 2;
 const POD: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 5), 40000);
 const VIP: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 10), 80);
 const B1: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 2, 2), 8080);
-/// The egress towards the backends in the MTU tests, and its MTU.
-const UPLINK_MTU: u32 = 1280;
 
 fn run_tc(dp: &Datapath, frame: &[u8]) -> (u32, Vec<u8>) {
     let r = run_frame(dp.classifier(POD_PROGRAM).unwrap(), frame, 1).unwrap();
@@ -72,38 +68,6 @@ fn unknown_port_on_a_clusterip_is_rejected_back_into_the_pod() {
     assert_eq!(((p.src, p.sport), (p.dst, p.dport)), ((VIP.0, 81), POD));
     assert!(p.tcp.unwrap().rst);
     assert_eq!(count(&dp, Reason::RejectUnknownPort), 1);
-}
-
-/// A namespace whose route to the backends leaves through a device with a
-/// 1280-byte MTU, where BPF_PROG_TEST_RUN runs the program (as if the frame
-/// came in on the namespace's loopback device).
-fn small_mtu_node() -> (Testbed, lb_userspace::testbed::netns::Ns) {
-    common::privileged("PMTU packet tests");
-    let tb = Testbed::new().unwrap();
-    let node = tb.add_ns("node").unwrap();
-    // A veth pair inside the namespace: this kernel may have no dummy driver.
-    let out = tb
-        .exec(
-            &node,
-            "ip",
-            &["link", "add", "up0", "type", "veth", "peer", "name", "up1"],
-        )
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    tb.exec(
-        &node,
-        "ip",
-        &["link", "set", "up0", "mtu", &UPLINK_MTU.to_string()],
-    )
-    .unwrap();
-    tb.addr(&node, "up0", "10.250.0.1/24").unwrap();
-    tb.up(&node, "up0").unwrap();
-    tb.up(&node, "up1").unwrap();
-    tb.up(&node, "lo").unwrap();
-    tb.route(&node, "10.244.2.0/24 via 10.250.0.2 dev up0")
-        .unwrap();
-    tb.sysctl(&node, "net.ipv4.ip_forward", "1").unwrap();
-    (tb, node)
 }
 
 /// Checks `out` is fragmentation needed from the VIP to the pod, with the

@@ -5,15 +5,14 @@ mod common;
 
 use std::net::Ipv4Addr;
 
-use aya::maps::lpm_trie::Key;
 use common::{
     be, load,
-    packets::{parse_checked, tcp_frame, Tcp},
-    Provision,
+    packets::{fragments, parse_checked, tcp_frame, Tcp},
+    source_range, Provision,
 };
 use lb_common::{
-    Config, CtValueV4, FrontendValue, Reason, SourceRangeKeyV4, BE_LOCAL, CT_DIR_FORWARD,
-    FE_DROP_EMPTY, FE_EXTERNAL, FE_SOURCE_RANGES, PROTO_TCP,
+    Config, CtValueV4, FrontendValue, Reason, BE_LOCAL, CT_DIR_FORWARD, FE_DROP_EMPTY, FE_EXTERNAL,
+    FE_SOURCE_RANGES, PROTO_TCP,
 };
 use lb_userspace::datapath::{run_frame, Datapath, PROGRAM};
 
@@ -311,42 +310,13 @@ fn session_affinity_holds_each_client_to_one_backend() {
 #[test]
 fn source_ranges_admit_listed_clients_only() {
     let mut dp = node(NODE_PORT, FE_EXTERNAL | FE_SOURCE_RANGES, BE_LOCAL, &[B1]);
-    let allowed = SourceRangeKeyV4 {
-        svc_id_be: 7u32.to_be(),
-        addr: be(Ipv4Addr::new(198, 51, 100, 0)),
-    };
-    dp.maps
-        .source_ranges
-        .insert(&Key::new(32 + 24, allowed), 1, 0)
-        .unwrap();
+    source_range(&mut dp, 7, Ipv4Addr::new(198, 51, 100, 0), 24);
     let (_, out) = run(&dp, &tcp_frame(CLIENT, NODE_PORT, Tcp::syn(), b"", &[]));
     assert_eq!((parse_checked(&out).dst, parse_checked(&out).dport), B1);
     let outsider = (Ipv4Addr::new(203, 0, 113, 9), 40000);
     let (action, _) = run(&dp, &tcp_frame(outsider, NODE_PORT, Tcp::syn(), b"", &[]));
     assert_eq!(action, XDP_DROP);
     assert_eq!(count(&dp, Reason::DropSourceRange), 1);
-}
-
-/// Splits a UDP datagram (as an Ethernet frame from `udp_frame`) into two
-/// IPv4 fragments at `at` bytes of IP payload (a multiple of 8).
-fn fragments(frame: &[u8], at: usize) -> (Vec<u8>, Vec<u8>) {
-    use etherparse::Ipv4Header;
-    let (ip, payload) = Ipv4Header::from_slice(&frame[14..]).unwrap();
-    let piece = |data: &[u8], offset: usize, more: bool| {
-        let mut h = ip.clone();
-        h.set_payload_len(data.len()).unwrap();
-        h.more_fragments = more;
-        h.fragment_offset = etherparse::IpFragOffset::try_new((offset / 8) as u16).unwrap();
-        h.header_checksum = h.calc_header_checksum();
-        let mut out = frame[..14].to_vec();
-        h.write(&mut out).unwrap();
-        out.extend_from_slice(data);
-        out
-    };
-    (
-        piece(&payload[..at], 0, true),
-        piece(&payload[at..], at, false),
-    )
 }
 
 #[test]

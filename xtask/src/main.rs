@@ -4,6 +4,7 @@ mod bootstrap;
 mod demo;
 mod e2e;
 mod ebpf;
+mod fuzz;
 mod test;
 
 use anyhow::Result;
@@ -22,6 +23,8 @@ enum Command {
     BuildEbpf,
     /// The project's test command: fmt, clippy, unit tests, then the privileged tiers.
     Test(test::Args),
+    /// The packet and model fuzzers alone; --soak runs them long on a new seed (needs root).
+    Fuzz(fuzz::Args),
     /// Per-packet cost under BPF_PROG_TEST_RUN, or with --testbed datagrams per second on a namespace cluster (needs root).
     Bench(bench::Args),
     /// The seed's counter app and Redis on a two-node namespace cluster, served by xdplb (needs root).
@@ -38,6 +41,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Test(args) => test::run_cmd(&args),
+        Command::Fuzz(args) => fuzz::run_cmd(&args),
         Command::Bench(args) => bench::run_benches(&args),
         Command::Demo(args) => demo::run_cmd(&args),
         Command::E2e(args) => e2e::run_cmd(&args),

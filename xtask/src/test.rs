@@ -16,7 +16,7 @@ pub struct Args {
     pub unprivileged: bool,
 }
 
-fn cargo(args: &[&str]) -> Command {
+pub fn cargo(args: &[&str]) -> Command {
     let mut c = Command::new("cargo");
     c.args(args).current_dir(workspace_root());
     c
@@ -57,18 +57,18 @@ fn run_tests(args: &Args) -> Result<()> {
         "warnings",
     ]))?;
 
-    step("unit tests");
+    step("unit tests, the model fuzzer among them");
     run(&mut cargo(&["test", "--workspace", "--lib", "--bins"]))?;
 
     if args.unprivileged {
-        step("left out: the packet tests (BPF_PROG_TEST_RUN), the netns end-to-end tests, the demo cluster and the e2e scenarios, which need root");
+        step("left out: the packet tests and the packet fuzzer (BPF_PROG_TEST_RUN), the netns end-to-end tests, the demo cluster and the e2e scenarios, which need root");
         return Ok(());
     }
     if let Some(why) = privileged_blocker() {
         bail!("the privileged test tiers cannot run: {why}.\nRun as root, or pass --unprivileged to run the rest.");
     }
     ensure_bpffs()?;
-    step("privileged tiers: packet tests (BPF_PROG_TEST_RUN) and netns end-to-end tests");
+    step("privileged tiers: packet tests (BPF_PROG_TEST_RUN), the packet fuzzer among them, and netns end-to-end tests");
     run(&mut cargo(&["test", "-p", "lb-userspace", "--test", "*"]))?;
     step("testbed end-to-end: the demo cluster (NodePort on both nodes, LoadBalancer IP, Redis behind the ClusterIP)");
     crate::demo::run_cmd(&crate::demo::Args {

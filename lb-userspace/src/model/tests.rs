@@ -710,3 +710,41 @@ fn a_restored_service_yields_frontends_a_valid_one_owns() {
     syncer.sync(&fixed, &mut w).unwrap();
     assert_eq!(owner(&w).as_deref(), Some("default/good:/TCP"));
 }
+
+/// Manifests may give two Services one ClusterIP; the problem about an
+/// endpoint at it names the same Service whichever arrived first (found by
+/// the fuzzer in `fuzz.rs`).
+#[test]
+fn an_endpoint_at_a_shared_cluster_ip_is_blamed_on_one_owner_in_any_order() {
+    let (mut objects, _) = parse(&["
+apiVersion: v1
+kind: Service
+metadata: {name: b, namespace: default}
+spec: {clusterIP: 10.96.0.50, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: a, namespace: default}
+spec: {clusterIP: 10.96.0.50, ports: [{port: 81}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: b-1, namespace: default, labels: {kubernetes.io/service-name: b}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints: [{addresses: [10.96.0.50]}]
+"]);
+    let node = NodeInfo::default();
+    let before = desired_state(&objects.services, &objects.slices, &node, &opts(None));
+    objects.services.reverse();
+    let after = desired_state(&objects.services, &objects.slices, &node, &opts(None));
+    assert_eq!(before, after);
+    assert!(
+        before
+            .problems
+            .iter()
+            .any(|p| p.message.contains("is the ClusterIP of Service default/a;")),
+        "{:?}",
+        before.problems
+    );
+}

@@ -10,9 +10,10 @@ pub mod packets;
 pub mod provision;
 pub mod servers;
 pub mod topology;
+pub mod uplink;
 
 #[allow(unused_imports)] // each test binary uses a different subset
-pub use provision::{be, Provision};
+pub use provision::{be, source_range, Provision};
 
 use lb_userspace::datapath::{Capacities, Datapath};
 

@@ -5,8 +5,9 @@
 use std::net::Ipv4Addr;
 
 use etherparse::{
-    EtherType, Ethernet2Header, IpNumber, Ipv4Header, NetHeaders, PacketHeaders, TcpHeader,
-    TransportHeader, UdpHeader,
+    icmpv4::DestUnreachableHeader, EtherType, Ethernet2Header, Icmpv4Header, Icmpv4Type,
+    IpFragOffset, IpNumber, Ipv4Header, NetHeaders, PacketHeaders, TcpHeader, TransportHeader,
+    UdpHeader,
 };
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -150,6 +151,70 @@ pub fn udp_frame(
     udp.write(&mut out).unwrap();
     out.extend_from_slice(payload);
     out
+}
+
+/// An ICMP error of `kind` from `from` to `to`, quoting `quoted` (an
+/// Ethernet frame whose IP packet is quoted from its IP header on,
+/// `quote_len` bytes).
+pub fn icmp_error(
+    kind: Icmpv4Type,
+    from: Ipv4Addr,
+    to: Ipv4Addr,
+    quoted: &[u8],
+    quote_len: usize,
+) -> Vec<u8> {
+    let quote = &quoted[14..14 + quote_len];
+    let icmp = Icmpv4Header::with_checksum(kind, quote);
+    let mut ip = Ipv4Header::new(
+        (icmp.header_len() + quote.len()) as u16,
+        64,
+        IpNumber::ICMP,
+        from.octets(),
+        to.octets(),
+    )
+    .unwrap();
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut out = Vec::new();
+    Ethernet2Header {
+        source: [2, 0, 0, 0, 0, 9],
+        destination: [2, 0, 0, 0, 0, 2],
+        ether_type: EtherType::IPV4,
+    }
+    .write(&mut out)
+    .unwrap();
+    ip.write(&mut out).unwrap();
+    icmp.write(&mut out).unwrap();
+    out.extend_from_slice(quote);
+    out
+}
+
+/// "Fragmentation needed" (next-hop MTU 1400), as `icmp_error` builds it.
+pub fn frag_needed(from: Ipv4Addr, to: Ipv4Addr, quoted: &[u8], quote_len: usize) -> Vec<u8> {
+    let kind = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+        next_hop_mtu: 1400,
+    });
+    icmp_error(kind, from, to, quoted, quote_len)
+}
+
+/// Splits an IPv4 datagram (as an Ethernet frame) into two fragments at
+/// `at` bytes of IP payload (a multiple of 8).
+pub fn fragments(frame: &[u8], at: usize) -> (Vec<u8>, Vec<u8>) {
+    let (ip, payload) = Ipv4Header::from_slice(&frame[14..]).unwrap();
+    let piece = |data: &[u8], offset: usize, more: bool| {
+        let mut h = ip.clone();
+        h.set_payload_len(data.len()).unwrap();
+        h.more_fragments = more;
+        h.fragment_offset = IpFragOffset::try_new((offset / 8) as u16).unwrap();
+        h.header_checksum = h.calc_header_checksum();
+        let mut out = frame[..14].to_vec();
+        h.write(&mut out).unwrap();
+        out.extend_from_slice(data);
+        out
+    };
+    (
+        piece(&payload[..at], 0, true),
+        piece(&payload[at..], at, false),
+    )
 }
 
 /// An ARP request: anything that is not IPv4 must pass untouched.

@@ -3,8 +3,10 @@
 #![allow(dead_code)] // each test binary uses a different subset
 use std::net::Ipv4Addr;
 
+use aya::maps::lpm_trie::Key;
 use lb_common::{
-    filter::AddrSet, AddrInfo, BackendV4, FrontendKeyV4, FrontendValue, ADDR_FRONTEND,
+    filter::AddrSet, AddrInfo, BackendV4, FrontendKeyV4, FrontendValue, SourceRangeKeyV4,
+    ADDR_FRONTEND,
 };
 use lb_userspace::{datapath::Datapath, maglev};
 
@@ -135,6 +137,18 @@ impl Provision {
             .add(be(vip.0), AddrSet::Frontend)
             .unwrap();
     }
+}
+
+/// Adds `net/len` to the loadBalancerSourceRanges of service `svc_id`.
+pub fn source_range(dp: &mut Datapath, svc_id: u32, net: Ipv4Addr, len: u32) {
+    let key = SourceRangeKeyV4 {
+        svc_id_be: svc_id.to_be(),
+        addr: be(net),
+    };
+    dp.maps
+        .source_ranges
+        .insert(&Key::new(32 + len, key), 1, 0)
+        .unwrap();
 }
 
 fn add_flags(dp: &mut Datapath, addr: Ipv4Addr, flags: u32) {

@@ -1,0 +1,39 @@
+//! A node namespace whose route to the backends leaves through a device
+//! with a small MTU, where BPF_PROG_TEST_RUN runs the programs (as if the
+//! frame came in on the namespace's loopback device).
+#![allow(dead_code)] // each test binary uses a different subset
+use lb_userspace::testbed::netns::{Ns, Testbed};
+
+/// The MTU of `up0`, the egress towards the backends.
+pub const UPLINK_MTU: u32 = 1280;
+
+/// `up0` (10.250.0.1/24, MTU `UPLINK_MTU`) carries 10.244.2.0/24 via
+/// 10.250.0.2; the namespace forwards.
+pub fn small_mtu_node() -> (Testbed, Ns) {
+    super::privileged("PMTU packet tests");
+    let tb = Testbed::new().unwrap();
+    let node = tb.add_ns("node").unwrap();
+    // A veth pair inside the namespace: this kernel may have no dummy driver.
+    let out = tb
+        .exec(
+            &node,
+            "ip",
+            &["link", "add", "up0", "type", "veth", "peer", "name", "up1"],
+        )
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    tb.exec(
+        &node,
+        "ip",
+        &["link", "set", "up0", "mtu", &UPLINK_MTU.to_string()],
+    )
+    .unwrap();
+    tb.addr(&node, "up0", "10.250.0.1/24").unwrap();
+    tb.up(&node, "up0").unwrap();
+    tb.up(&node, "up1").unwrap();
+    tb.up(&node, "lo").unwrap();
+    tb.route(&node, "10.244.2.0/24 via 10.250.0.2 dev up0")
+        .unwrap();
+    tb.sysctl(&node, "net.ipv4.ip_forward", "1").unwrap();
+    (tb, node)
+}
