@@ -154,9 +154,9 @@ impl Agent {
         );
         let skipped = report.problems.len() + desired.problems.len();
         let forgotten = crate::sync::stale::forget(&mut self.dp.maps, &sync.removed)?;
-        if forgotten > 0 {
+        if forgotten.entries > 0 {
             tracing::info!(
-                entries = forgotten,
+                entries = forgotten.entries,
                 "forgot UDP flows and affinities of removed backends"
             );
         }
