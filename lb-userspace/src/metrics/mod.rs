@@ -9,6 +9,7 @@
 //! `exposition.rs` renders both, and [`serve`] answers `/metrics` with them on
 //! the HTTP edge.
 mod exposition;
+mod kubeproxy;
 mod registry;
 
 use std::{
@@ -21,6 +22,7 @@ use anyhow::Result;
 use hyper::StatusCode;
 use prometheus_client::encoding::prometheus_text;
 
+pub use kubeproxy::Probes;
 pub use registry::Metrics;
 
 use crate::{

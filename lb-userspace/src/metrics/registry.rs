@@ -1,30 +1,26 @@
-//! The series the agent records as it syncs and serves.
-use std::{
-    sync::atomic::AtomicU64,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+//! The series the agent records as it syncs and serves: kube-proxy's (in
+//! `kubeproxy.rs`) and the agent's own `xdplb_*`.
+use std::{fmt::Debug, time::Duration};
 
 use prometheus_client::{
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{exponential_buckets, linear_buckets, Histogram},
-    },
+    encoding::EncodeMetric,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-use crate::{http, model::DesiredState, sync::SyncReport};
+use super::kubeproxy::{KubeProxy, Probes};
+use crate::{
+    http,
+    model::{Changes, DesiredState},
+    sync::SyncReport,
+};
 
 type Label = [(&'static str, &'static str); 1];
 
 /// The metrics the agent records as it syncs.
 pub struct Metrics {
     pub(super) registry: Registry,
-    sync_duration: Histogram,
-    network_programming: Histogram,
-    last_sync: Gauge<f64, AtomicU64>,
-    no_local_endpoints: Family<Label, Gauge>,
+    kube: KubeProxy,
     services: Gauge,
     frontends: Gauge,
     endpoints: Gauge,
@@ -42,119 +38,85 @@ impl Default for Metrics {
     }
 }
 
-/// kube-proxy's buckets: 0.25 s steps to 0.5 s, then 1 s to a minute, 5 s
-/// to two, 30 s to five. Its `merge` helper also starts them with a 0
-/// bucket, kept so `le` series match kube-proxy's one for one.
-fn network_programming_buckets() -> impl Iterator<Item = f64> {
-    std::iter::once(0.0)
-        .chain(linear_buckets(0.25, 0.25, 2))
-        .chain(linear_buckets(1.0, 1.0, 59))
-        .chain(linear_buckets(60.0, 5.0, 12))
-        .chain(linear_buckets(120.0, 30.0, 7))
+/// `metric`, registered as `name`.
+fn registered<M: EncodeMetric + Clone + Debug + Send + Sync + 'static>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let sync_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
-        registry.register(
-            "kubeproxy_sync_proxy_rules_duration_seconds",
-            "SyncProxyRules latency in seconds",
-            sync_duration.clone(),
-        );
-        let network_programming = Histogram::new(network_programming_buckets());
-        registry.register(
-            "kubeproxy_network_programming_duration_seconds",
-            "In Cluster Network Programming Latency in seconds",
-            network_programming.clone(),
-        );
-        let last_sync = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "The last time proxy rules were successfully synced",
-            last_sync.clone(),
-        );
-        let no_local_endpoints = Family::<Label, Gauge>::default();
-        // Both series exist from the start, so an alert on them has data
-        // before the first sync.
-        for policy in ["internal", "external"] {
-            no_local_endpoints
-                .get_or_create(&[("traffic_policy", policy)])
-                .set(0);
-        }
-        // kube-proxy's name ends in _total although it is a gauge; kept for
-        // compatibility (prometheus-client only appends _total to counters).
-        registry.register(
-            "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
-            "Number of services with a Local traffic policy and no endpoints",
-            no_local_endpoints.clone(),
-        );
-        let services = Gauge::default();
-        registry.register(
+        let kube = KubeProxy::register(&mut registry);
+        let r = &mut registry;
+        let services = registered(
+            r,
             "xdplb_services_programmed",
             "Service ports programmed into the data plane",
-            services.clone(),
+            Gauge::default(),
         );
-        let frontends = Gauge::default();
-        registry.register(
+        let frontends = registered(
+            r,
             "xdplb_frontends_programmed",
             "Frontends (address, port, protocol) programmed into the data plane",
-            frontends.clone(),
+            Gauge::default(),
         );
-        let endpoints = Gauge::default();
-        registry.register(
+        let endpoints = registered(
+            r,
             "xdplb_endpoints_programmed",
             "Distinct backend endpoints programmed into the data plane",
-            endpoints.clone(),
+            Gauge::default(),
         );
-        let invalid = Gauge::default();
-        registry.register(
+        let invalid = registered(
+            r,
             "xdplb_invalid_objects",
             "Objects skipped as invalid by the last sync",
-            invalid.clone(),
+            Gauge::default(),
         );
-        let invalid_skipped = Counter::default();
-        registry.register(
+        let invalid_skipped = registered(
+            r,
             "xdplb_invalid_objects_skipped",
             "Invalid objects skipped, counted at every sync that skipped them",
-            invalid_skipped.clone(),
+            Counter::default(),
         );
-        let refused = Gauge::default();
-        registry.register(
+        let refused = registered(
+            r,
             "xdplb_service_ports_refused",
             "Service ports the last sync refused because a map was full (logged with the map)",
-            refused.clone(),
+            Gauge::default(),
         );
-        let http_binding = Family::<Label, Gauge>::default();
-        registry.register(
+        let http_binding = registered(
+            r,
             "xdplb_http_servers_binding",
             "HTTP servers (healthz, metrics, healthcheck ports) whose port is not bound yet; retried with backoff",
-            http_binding.clone(),
+            Family::default(),
         );
-        let http_accept_errors = Family::<Label, Counter>::default();
-        registry.register(
+        let http_accept_errors = registered(
+            r,
             "xdplb_http_accept_errors",
             "Failed accepts on the agent's HTTP servers (out of file descriptors and the like)",
-            http_accept_errors.clone(),
+            Family::default(),
         );
-        let http_over_cap = Family::<Label, Counter>::default();
-        registry.register(
+        let http_over_cap = registered(
+            r,
             "xdplb_http_connections_over_cap",
             "Connections the agent's HTTP servers closed unserved, having as many open as they serve at once",
-            http_over_cap.clone(),
+            Family::default(),
         );
         Self {
             registry,
-            refused,
-            sync_duration,
-            network_programming,
-            last_sync,
-            no_local_endpoints,
+            kube,
             services,
             frontends,
             endpoints,
             invalid,
             invalid_skipped,
+            refused,
             http_binding,
             http_accept_errors,
             http_over_cap,
@@ -172,63 +134,58 @@ impl Metrics {
         }
     }
 
-    /// Records a successful sync: `duration` from the start of the rebuild
-    /// to the last map write, `skipped` the objects left out as invalid.
+    /// Where `/healthz` and `/livez` count their answers.
+    pub fn probes(&self) -> Probes {
+        self.kube.probes.clone()
+    }
+
+    /// A sync was asked for (a change arrived, or a failed sync is retried).
+    pub fn record_queued(&self) {
+        self.kube.queued();
+    }
+
+    /// `changes` from the last applied state wait for the sync under way.
+    pub fn record_pending(&self, changes: Changes) {
+        self.kube.pending(changes);
+    }
+
+    /// Records a successful sync of `changes`: `duration` from the start of
+    /// the rebuild to the last map write, `skipped` the objects left out as
+    /// invalid.
     pub fn record_sync(
         &self,
         duration: Duration,
         report: &SyncReport,
         desired: &DesiredState,
         skipped: usize,
+        changes: Changes,
     ) {
-        self.sync_duration.observe(duration.as_secs_f64());
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        self.last_sync.set(now.as_secs_f64());
+        self.kube.synced(duration, report, desired, changes);
         self.services.set(report.services as i64);
         self.frontends.set(report.frontends as i64);
         self.endpoints.set(report.backends as i64);
         self.invalid.set(skipped as i64);
         self.refused.set(report.refused.len() as i64);
         self.invalid_skipped.inc_by(skipped as u64);
-        let (internal, external) = no_local_endpoints(desired);
-        self.no_local_endpoints
-            .get_or_create(&[("traffic_policy", "internal")])
-            .set(internal);
-        self.no_local_endpoints
-            .get_or_create(&[("traffic_policy", "external")])
-            .set(external);
     }
 
-    /// Records the time from an object's change to the maps carrying it.
+    /// Records the time from a change in the cluster to the maps carrying it.
     pub fn observe_network_programming(&self, latency: Duration) {
-        self.network_programming.observe(latency.as_secs_f64());
+        self.kube.network_programming(latency);
     }
-}
 
-/// Service ports whose Local policy leaves them without endpoints, as
-/// kube-proxy counts them (internal, external). kube-proxy leaves out
-/// Services without endpoints anywhere, which it rejects; the model does not
-/// keep the cluster-wide set under a Local policy, and the data plane drops
-/// rather than rejects these, so they are counted too.
-fn no_local_endpoints(desired: &DesiredState) -> (i64, i64) {
-    let mut internal = 0;
-    let mut external = 0;
-    for sp in desired.services.values() {
-        if sp.internal_policy_local && sp.cluster_backends.is_empty() {
-            internal += 1;
-        }
-        if sp.external_policy_local && sp.external_backends.is_empty() {
-            external += 1;
-        }
+    /// Records one pass of forgetting flows of removed backends.
+    pub fn record_conntrack_reconcile(&self, duration: Duration, deleted_flows: u64) {
+        self.kube.conntrack_reconciled(duration, deleted_flows);
     }
-    (internal, external)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::{
+        net::Ipv4Addr,
+        time::{SystemTime, UNIX_EPOCH},
+    };
 
     use super::*;
     use crate::{
@@ -257,8 +214,6 @@ mod tests {
         )
     }
 
-    /// Every sample line belongs to a family declared by a TYPE line, and
-    /// parses as `name{labels} value`.
     #[test]
     fn kube_proxy_names_types_and_sync_values() {
         let metrics = Metrics::new();
@@ -284,24 +239,69 @@ mod tests {
             services: 4,
             frontends: 6,
             backends: 1,
+            full: true,
             ..SyncReport::default()
         };
-        metrics.record_sync(Duration::from_millis(3), &report, &desired, 2);
-        metrics.record_sync(Duration::from_millis(3), &report, &desired, 1);
+        let first = Changes {
+            services: 4,
+            endpoints: 1,
+        };
+        metrics.record_queued();
+        metrics.record_pending(first);
+        let pending = metrics.render_sample(MapSample::default());
+        metrics.record_sync(Duration::from_millis(3), &report, &desired, 2, first);
+        let partial = SyncReport {
+            full: false,
+            ..report.clone()
+        };
+        let second = Changes {
+            services: 0,
+            endpoints: 2,
+        };
+        metrics.record_sync(Duration::from_millis(3), &partial, &desired, 1, second);
         metrics.observe_network_programming(Duration::from_millis(700));
+        metrics.record_conntrack_reconcile(Duration::from_micros(300), 5);
+        metrics.probes().healthz(200);
+        metrics.probes().healthz(503);
+        metrics.probes().livez(200);
         let text = metrics.render_sample(MapSample::default());
         check_exposition(&text);
         for line in [
+            "kubeproxy_sync_proxy_rules_service_changes_pending{ip_family=\"IPv4\"} 4",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_pending{ip_family=\"IPv4\"} 1",
+        ] {
+            assert!(
+                pending.lines().any(|l| l == line),
+                "no {line:?} in\n{pending}"
+            );
+        }
+        for line in [
             "# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram",
-            "kubeproxy_sync_proxy_rules_duration_seconds_count 2",
-            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.004\"} 2",
+            "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 2",
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family=\"IPv4\",le=\"0.004\"} 2",
+            "kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 1",
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 1",
             "# TYPE kubeproxy_network_programming_duration_seconds histogram",
-            "kubeproxy_network_programming_duration_seconds_bucket{le=\"0.5\"} 0",
-            "kubeproxy_network_programming_duration_seconds_bucket{le=\"1\"} 1",
+            "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv4\",le=\"0\"} 0",
+            "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv4\",le=\"0.5\"} 0",
+            "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv4\",le=\"1\"} 1",
+            "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv4\",le=\"300\"} 1",
             "# TYPE kubeproxy_sync_proxy_rules_last_timestamp_seconds gauge",
+            "# TYPE kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds gauge",
+            "# TYPE kubeproxy_sync_proxy_rules_service_changes_total counter",
+            "kubeproxy_sync_proxy_rules_service_changes_total{ip_family=\"IPv4\"} 4",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total{ip_family=\"IPv4\"} 3",
+            "kubeproxy_sync_proxy_rules_service_changes_pending{ip_family=\"IPv4\"} 0",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_pending{ip_family=\"IPv4\"} 0",
             "# TYPE kubeproxy_sync_proxy_rules_no_local_endpoints_total gauge",
-            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\"} 1",
-            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"} 1",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\",ip_family=\"IPv4\"} 1",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\",ip_family=\"IPv4\"} 1",
+            "kubeproxy_conntrack_reconciler_sync_duration_seconds_bucket{ip_family=\"IPv4\",le=\"0.001\"} 1",
+            "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv4\"} 5",
+            "# TYPE kubeproxy_proxy_healthz_total counter",
+            "kubeproxy_proxy_healthz_total{code=\"200\"} 1",
+            "kubeproxy_proxy_healthz_total{code=\"503\"} 1",
+            "kubeproxy_proxy_livez_total{code=\"200\"} 1",
             "xdplb_services_programmed 4",
             "xdplb_frontends_programmed 6",
             "xdplb_endpoints_programmed 1",
@@ -311,12 +311,15 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
-        let stamp = text
-            .lines()
-            .find_map(|l| l.strip_prefix("kubeproxy_sync_proxy_rules_last_timestamp_seconds "))
-            .unwrap();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-        assert!((now.as_secs_f64() - stamp.parse::<f64>().unwrap()).abs() < 60.0);
+        for series in [
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+        ] {
+            let prefix = format!("{series}{{ip_family=\"IPv4\"}} ");
+            let stamp = text.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap();
+            assert!((now.as_secs_f64() - stamp.parse::<f64>().unwrap()).abs() < 60.0);
+        }
     }
 
     #[test]
@@ -324,7 +327,7 @@ mod tests {
         let text = Metrics::new().render_sample(MapSample::default());
         for policy in ["internal", "external"] {
             let line = format!(
-                "kubeproxy_sync_proxy_rules_no_local_endpoints_total{{traffic_policy=\"{policy}\"}} 0"
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total{{traffic_policy=\"{policy}\",ip_family=\"IPv4\"}} 0"
             );
             assert!(text.contains(&line), "{text}");
         }
