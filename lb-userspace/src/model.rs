@@ -5,10 +5,13 @@
 //! folder and the tests all get identical answers from identical objects.
 //! Semantics follow kube-proxy; deviations are called out where they happen.
 
+mod changes;
 mod endpoints;
 #[cfg(test)]
 mod fuzz;
 mod service;
+#[cfg(test)]
+pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
 
@@ -19,6 +22,8 @@ use std::net::Ipv4Addr;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+pub use changes::Changes;
 
 /// The node this agent runs on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

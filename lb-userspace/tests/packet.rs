@@ -641,7 +641,13 @@ fn removed_backends_lose_their_udp_flows_but_keep_tcp() {
     let report = syncer
         .sync(&moved, &mut MapsWriter { maps: &mut dp.maps })
         .unwrap();
-    assert_eq!(stale::forget(&mut dp.maps, &report.removed).unwrap(), 2);
+    assert_eq!(
+        stale::forget(&mut dp.maps, &report.removed).unwrap(),
+        stale::Forgotten {
+            entries: 2,
+            flows: 1
+        }
+    );
     let left: Vec<CtKeyV4> = dp.maps.ct.keys().map(|k| k.unwrap()).collect();
     assert!(
         left.len() == 2 && left.iter().all(|k| k.proto == PROTO_TCP),

@@ -10,7 +10,8 @@
 //! healthy (kube-proxy keeps older releases' meaning: "recent when
 //! healthy") and the last successful sync otherwise. A failed sync does not
 //! fail the checks by itself, as in kube-proxy: the change it left unapplied
-//! does once it is late.
+//! does once it is late. Every answer is counted by status code in
+//! `kubeproxy_proxy_healthz_total` and `kubeproxy_proxy_livez_total`.
 //!
 //! What differs: the agent is unhealthy until its first sync (the servers
 //! start after it anyway), node eligibility is always true (the agent does
@@ -24,7 +25,10 @@ use std::{
 
 use hyper::StatusCode;
 
-use crate::http::{self, Reply, Routes};
+use crate::{
+    http::{self, Reply, Routes},
+    metrics::Probes,
+};
 
 /// kube-proxy's bound with its default 30 s sync period. The agent syncs
 /// as changes arrive, in milliseconds, so a change that waits this long is
@@ -148,14 +152,20 @@ fn json(code: StatusCode, fields: serde_json::Map<String, serde_json::Value>) ->
     )
 }
 
-pub fn routes(health: &Shared) -> Routes {
-    let answer = |f: fn(&Health) -> Reply| {
+/// The two checks, each answer counted by status code in `probes`.
+pub fn routes(health: &Shared, probes: &Probes) -> Routes {
+    let answer = |f: fn(&Health) -> Reply, count: fn(&Probes, u16)| {
         let health = health.clone();
-        move || -> Ready<Reply> { ready(f(&lock(&health))) }
+        let probes = probes.clone();
+        move || -> Ready<Reply> {
+            let reply = f(&lock(&health));
+            count(&probes, reply.status().as_u16());
+            ready(reply)
+        }
     };
     Routes::new()
-        .get("/healthz", answer(Health::healthz))
-        .get("/livez", answer(Health::livez))
+        .get("/healthz", answer(Health::healthz, Probes::healthz))
+        .get("/livez", answer(Health::livez, Probes::livez))
 }
 
 #[cfg(test)]
@@ -163,7 +173,11 @@ mod tests {
     use std::net::{Ipv4Addr, SocketAddr};
 
     use super::*;
-    use crate::http::{testing::exchange, Limits, Server, Status};
+    use crate::{
+        datapath::MapSample,
+        http::{testing::exchange, Limits, Server, Status},
+        metrics::Metrics,
+    };
 
     /// Status code and JSON body of GET `path`.
     async fn get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
@@ -176,10 +190,14 @@ mod tests {
     }
 
     fn serve(health: &Shared) -> (Server, SocketAddr) {
+        serve_counted(health, &Probes::default())
+    }
+
+    fn serve_counted(health: &Shared, probes: &Probes) -> (Server, SocketAddr) {
         let server = Server::start(
             "healthz",
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            routes(health),
+            routes(health, probes),
             Limits::PROBES,
             Status::default(),
         );
@@ -253,5 +271,25 @@ mod tests {
         assert_eq!(keys, ["currentTime", "lastUpdated"], "{livez}");
         let now: jiff::Timestamp = livez["currentTime"].as_str().unwrap().parse().unwrap();
         assert!((jiff::Timestamp::now() - now).get_seconds().abs() < 60);
+    }
+
+    #[tokio::test]
+    async fn answers_are_counted_by_code_as_kube_proxys() {
+        let metrics = Metrics::new();
+        let health: Shared = Arc::default();
+        let (_server, addr) = serve_counted(&health, &metrics.probes());
+        get(addr, "/healthz").await;
+        lock(&health).synced();
+        get(addr, "/healthz").await;
+        get(addr, "/livez").await;
+        get(addr, "/livez").await;
+        let text = metrics.render_sample(MapSample::default());
+        for line in [
+            "kubeproxy_proxy_healthz_total{code=\"503\"} 1",
+            "kubeproxy_proxy_healthz_total{code=\"200\"} 1",
+            "kubeproxy_proxy_livez_total{code=\"200\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 }

@@ -5,6 +5,7 @@ mod health;
 mod ifaces;
 mod netlink;
 mod pins;
+mod programming;
 mod source;
 
 use std::{
@@ -22,7 +23,7 @@ use crate::{
     healthcheck::HealthCheckServers,
     http,
     metrics::{self, Metrics},
-    model::{self, DesiredState, ModelOptions, NodeInfo},
+    model::{self, Changes, DesiredState, ModelOptions, NodeInfo},
     sync::{MapWriter, MapsWriter, Room, Syncer},
 };
 
@@ -62,6 +63,7 @@ struct Agent {
     health: health::Shared,
     nodeport_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
     metrics: Arc<Metrics>,
+    trigger_times: programming::TriggerTimes,
     healthchecks: HealthCheckServers,
     /// `drop_snat_ports_exhausted` when last looked at.
     snat_exhausted: u64,
@@ -120,6 +122,7 @@ impl Agent {
         let started = Instant::now();
         self.write_config()?;
         let (objects, report) = source.load()?;
+        self.trigger_times.saw(&objects.slices);
         let node = NodeInfo::from_nodes(&self.args.node_name, &objects.nodes);
         let opts = ModelOptions {
             service_proxy_name: self.args.service_proxy_name.clone(),
@@ -134,6 +137,10 @@ impl Agent {
         };
         let mut desired = model::desired_state(&objects.services, &objects.slices, &node, &opts);
         model::keep_last_good(&self.last, &mut desired);
+        // Refused Service ports count as applied: they are retried at every
+        // sync and reported in xdplb_service_ports_refused.
+        let changes = Changes::between(&self.last, &desired);
+        self.metrics.record_pending(changes);
         for p in report.problems.iter().chain(&desired.problems) {
             tracing::warn!(object = %p.object, "skipped: {}", p.message);
         }
@@ -153,10 +160,13 @@ impl Agent {
                 .collect(),
         );
         let skipped = report.problems.len() + desired.problems.len();
+        let reconcile = Instant::now();
         let forgotten = crate::sync::stale::forget(&mut self.dp.maps, &sync.removed)?;
-        if forgotten > 0 {
+        self.metrics
+            .record_conntrack_reconcile(reconcile.elapsed(), forgotten.flows);
+        if forgotten.entries > 0 {
             tracing::info!(
-                entries = forgotten,
+                entries = forgotten.entries,
                 "forgot UDP flows and affinities of removed backends"
             );
         }
@@ -180,7 +190,7 @@ impl Agent {
             "synced"
         );
         self.metrics
-            .record_sync(started.elapsed(), &sync, &desired, skipped);
+            .record_sync(started.elapsed(), &sync, &desired, skipped, changes);
         self.healthchecks.update(&desired);
         self.last = desired;
         Ok(())
@@ -190,15 +200,15 @@ impl Agent {
     /// reported to health and metrics; a failed sync leaves the maps as
     /// they were, and the change counts as queued until a sync succeeds.
     fn resync_after_change(&mut self, source: &mut source::Source) {
-        let seen = Instant::now();
         // Before the sync: one that hangs leaves the change queued, and
         // /healthz fails once it is late.
         health::lock(&self.health).queued();
+        self.metrics.record_queued();
         match self.resync(source) {
             Ok(()) => {
-                // From the change reaching the agent to the maps holding it:
-                // the latency this node adds to network programming.
-                self.metrics.observe_network_programming(seen.elapsed());
+                for latency in self.trigger_times.applied(jiff::Timestamp::now()) {
+                    self.metrics.observe_network_programming(latency);
+                }
                 health::lock(&self.health).synced();
                 self.retry = None;
             }
@@ -262,6 +272,9 @@ fn report_pinned_sizes(wanted: &Capacities, room: &Room) {
 }
 
 async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
+    // Before the initial lists: changes made while they load are this
+    // agent's to program.
+    let trigger_times = programming::TriggerTimes::new(jiff::Timestamp::now());
     let mut source = source::Source::open(&args).await?;
     let wanted = args.capacities.capacities();
     let mut dp = Datapath::load(&wanted, Some(&pins.maps_dir()))?;
@@ -292,6 +305,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         health: health.clone(),
         nodeport_cidrs,
         metrics: metrics.clone(),
+        trigger_times,
         healthchecks: HealthCheckServers::new(
             {
                 let health = health.clone();
@@ -328,7 +342,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     let _healthz_server = http::Server::start(
         "healthz",
         agent.args.healthz_addr,
-        health::routes(&health),
+        health::routes(&health, &metrics.probes()),
         http::Limits::PROBES,
         metrics.http_status("healthz"),
     );

@@ -1,10 +1,12 @@
 //! The loaded data plane: the embedded object, its maps as typed handles,
-//! and `BPF_PROG_TEST_RUN` for tests and benchmarks.
+//! one reading of them for `/metrics`, and `BPF_PROG_TEST_RUN` for tests and
+//! benchmarks.
 mod batch;
 mod cgroup;
 mod filter;
 mod load;
 mod maps;
+mod sample;
 mod slots;
 mod tc;
 mod testrun;
@@ -15,6 +17,7 @@ pub use cgroup::{attach_cgroup, cgroup2_root};
 pub use filter::AddrFilter;
 pub use load::{Capacities, Datapath, XdpMode, OBJECT, PROGRAM};
 pub use maps::Maps;
+pub use sample::{MapFill, MapSample, ServiceCounters};
 pub use slots::RingSlots;
 pub use tc::{attach_tc, detach_filters, TcAttached, EXT_PROGRAM, POD_PROGRAM};
 pub use testrun::{run_frame, FrameResult};

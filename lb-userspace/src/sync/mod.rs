@@ -51,6 +51,11 @@ pub struct SyncReport {
     /// Service ports that did not fit, each with the map it would have
     /// overflowed; an older version of one stays applied.
     pub refused: Vec<Refusal>,
+    /// Every Service port was planned against the maps as read back (the
+    /// first sync of an agent, and the one after a failed write), rather
+    /// than only those that changed since the last sync: kube-proxy's full
+    /// resync, where the others are its partial ones.
+    pub full: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +73,9 @@ pub struct Syncer {
     /// A write failed part-way: the maps may hold entries `applied` does
     /// not know of, so the next sync reads them back first.
     stale: bool,
+    /// `applied` was read back from the maps and no sync has succeeded
+    /// since: it knows no Service port's spec, so the next sync is full.
+    read_back: bool,
     svc_alloc: alloc::Ids,
     backend_alloc: alloc::Ids,
     segments: alloc::Segments,
@@ -133,6 +141,7 @@ impl Syncer {
         let mut s = Self {
             room,
             stale: false,
+            read_back: true,
             svc_alloc: alloc::Ids::new(1, room.services, "SVC_NAMES"),
             backend_alloc: alloc::Ids::new(1, room.backends, "BACKENDS_V4"),
             segments: alloc::Segments::new(room.ring_slots),
@@ -270,9 +279,11 @@ impl Syncer {
         if self.stale {
             *self = Self::recover(w).context("reading the maps back after a failed sync")?;
         }
+        let full = self.read_back;
         let result = self.apply(desired, w);
         self.stale = result.is_err();
-        result
+        self.read_back &= self.stale;
+        result.map(|report| SyncReport { full, ..report })
     }
 
     /// Plans one changed Service port, with its ids and ring slots. On
@@ -567,6 +578,7 @@ impl Syncer {
             backends: self.backends.len(),
             removed,
             refused,
+            full: false,
         })
     }
 }

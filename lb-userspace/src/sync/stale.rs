@@ -12,11 +12,23 @@ use lb_common::{addr::to_map, AffinityValue, CtKeyV4, CT_DIR_FORWARD, PROTO_TCP}
 
 use crate::datapath::Maps;
 
+/// What one `forget` deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    /// Entries of every kind: both directions of a flow, and affinities.
+    pub entries: usize,
+    /// Flows, as kube-proxy's conntrack reconciler counts them (one kernel
+    /// entry holds both directions): the forward entries deleted. A reply
+    /// entry whose forward one the LRU had already evicted goes uncounted.
+    pub flows: u64,
+}
+
 /// Deletes the UDP connection-tracking entries (both directions) and the
-/// affinity entries of `removed` backends; returns how many entries went.
-pub fn forget(maps: &mut Maps, removed: &[(u32, Ipv4Addr, u16)]) -> Result<usize> {
+/// affinity entries of `removed` backends.
+pub fn forget(maps: &mut Maps, removed: &[(u32, Ipv4Addr, u16)]) -> Result<Forgotten> {
+    let mut forgotten = Forgotten::default();
     if removed.is_empty() {
-        return Ok(0);
+        return Ok(forgotten);
     }
     let gone: HashSet<(u32, u16)> = removed
         .iter()
@@ -38,17 +50,17 @@ pub fn forget(maps: &mut Maps, removed: &[(u32, Ipv4Addr, u16)]) -> Result<usize
             doomed.push(k);
         }
     }
-    let mut n = 0;
     for k in doomed {
         // An entry the LRU evicted meanwhile is already gone.
         if maps.ct.remove(&k).is_ok() {
-            n += 1;
+            forgotten.entries += 1;
+            forgotten.flows += u64::from(k.dir == CT_DIR_FORWARD);
         }
         maps.forget_cached(&k)?;
     }
-    n += forget_affinity(&mut maps.affinity, &ids);
-    n += forget_affinity(&mut maps.sock_affinity, &ids);
-    Ok(n)
+    forgotten.entries += forget_affinity(&mut maps.affinity, &ids);
+    forgotten.entries += forget_affinity(&mut maps.sock_affinity, &ids);
+    Ok(forgotten)
 }
 
 /// Deletes the entries of `map` that stick to a backend in `ids`.

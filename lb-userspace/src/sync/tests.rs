@@ -2,59 +2,9 @@ use std::net::Ipv4Addr;
 
 use super::{fake::FakeWriter, Syncer};
 use crate::model::{
-    Backend, DesiredState, Frontend, FrontendKind, Proto, ServicePort, ServicePortId,
+    testing::{backend, id, service, state},
+    Backend, DesiredState, Proto, ServicePort,
 };
-
-fn id(name: &str) -> ServicePortId {
-    ServicePortId {
-        namespace: "default".into(),
-        name: name.into(),
-        port_name: String::new(),
-        protocol: Proto::Tcp,
-    }
-}
-
-fn backend(last: u8) -> Backend {
-    Backend {
-        addr: Ipv4Addr::new(10, 244, 0, last),
-        port: 8080,
-        node_name: None,
-        is_local: false,
-        ready: true,
-        serving: true,
-        terminating: false,
-    }
-}
-
-fn service(vip_last: u8, backends: &[u8]) -> ServicePort {
-    let bs: Vec<Backend> = backends.iter().map(|&b| backend(b)).collect();
-    ServicePort {
-        frontends: vec![
-            Frontend {
-                addr: Ipv4Addr::new(10, 96, 0, vip_last),
-                port: 80,
-                kind: FrontendKind::ClusterIp,
-                on_node: false,
-            },
-            Frontend {
-                addr: Ipv4Addr::new(192, 168, 0, 1),
-                port: 30000 + vip_last as u16,
-                kind: FrontendKind::NodePort,
-                on_node: true,
-            },
-        ],
-        cluster_backends: bs.clone(),
-        external_backends: bs,
-        ..Default::default()
-    }
-}
-
-fn state(services: &[(&str, ServicePort)]) -> DesiredState {
-    DesiredState {
-        services: services.iter().map(|(n, s)| (id(n), s.clone())).collect(),
-        problems: Vec::new(),
-    }
-}
 
 fn fresh() -> (Syncer, FakeWriter) {
     let mut w = FakeWriter::new(1 << 20);
@@ -89,6 +39,22 @@ fn resync_of_the_same_state_writes_nothing() {
     let before = w.maps.clone();
     assert_eq!(s.sync(&desired, &mut w).unwrap().writes, 0);
     assert_eq!(format!("{:?}", w.maps), format!("{before:?}"));
+}
+
+/// kube-proxy's full resyncs are the syncs that plan every Service port
+/// against the maps read back; the others only touch what changed.
+#[test]
+fn a_sync_is_full_after_reading_the_maps_back_and_partial_otherwise() {
+    let (mut s, mut w) = fresh();
+    let desired = state(&[("a", service(1, &[1, 2]))]);
+    assert!(s.sync(&desired, &mut w).unwrap().full);
+    assert!(!s.sync(&desired, &mut w).unwrap().full);
+    let changed = state(&[("a", service(1, &[2, 3]))]);
+    w.fail_at = Some(w.log.len());
+    s.sync(&changed, &mut w).unwrap_err();
+    w.fail_at = None;
+    assert!(s.sync(&changed, &mut w).unwrap().full);
+    assert!(!s.sync(&changed, &mut w).unwrap().full);
 }
 
 #[test]
