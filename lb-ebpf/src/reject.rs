@@ -54,7 +54,7 @@ pub fn frag_needed<C: Frame>(ctx: &C, ihl: usize, proto: u8, mtu: u32) -> u32 {
     };
     let (reason, action) = match icmp_unreachable(ctx, ihl, quote, ICMP_FRAG_NEEDED, mtu as u16) {
         Some(action) => (Reason::IcmpFragNeeded, action),
-        None => (Reason::RejectFailed, C::DROP),
+        None => (Reason::IcmpFragNeededFailed, C::DROP),
     };
     stats::count(reason);
     action

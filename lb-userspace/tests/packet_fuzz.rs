@@ -114,6 +114,7 @@ fn fuzz(seed: u64, iters: u64, up0: u32) -> String {
     let seeds = seeds(&dp);
     let mut f = Tally::default();
     let start = Instant::now();
+    let setup_verdicts = verdicts(&dp);
 
     // Every truncation of every seed, raw and with tot_len (and the IPv4
     // checksum) following the cut, and each seed with an Ethernet trailer.
@@ -167,7 +168,25 @@ fn fuzz(seed: u64, iters: u64, up0: u32) -> String {
             .map(|(r, n)| (r.name(), n))
             .collect::<Vec<_>>(),
     );
+    // Every frame a deciding program ran on counted exactly one verdict.
+    let counted = verdicts(&dp) - setup_verdicts;
+    if counted != f.runs {
+        f.fail(
+            "verdicts".into(),
+            format!("{} program runs counted {counted} verdicts", f.runs),
+        );
+    }
     f.report()
+}
+
+fn verdicts(dp: &Datapath) -> u64 {
+    dp.maps
+        .reason_totals()
+        .unwrap()
+        .into_iter()
+        .filter(|(r, _)| r.kind() == lb_common::stats::Kind::Verdict)
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// Services of every kind the agent writes, on a node with SNAT: a
@@ -376,6 +395,10 @@ fn run_all(dp: &Datapath, f: &mut Tally, at: &str, frame: &[u8]) {
         };
         let (action, out, checked) = match r {
             Ok(r) => {
+                // lb_ext only delivers what XDP decided, under XDP's verdict.
+                if hook != Hook::Ext {
+                    f.runs += 1;
+                }
                 let checked = check(hook, frame, r.action, &r.frame);
                 (r.action, r.frame, checked)
             }
@@ -860,6 +883,8 @@ fn hex(bytes: &[u8]) -> String {
 struct Tally {
     outcomes: BTreeMap<(Hook, Outcome), u64>,
     failures: BTreeMap<String, (u64, String)>,
+    /// Frames the deciding programs (XDP, tc pod) ran on.
+    runs: u64,
 }
 
 impl Tally {
