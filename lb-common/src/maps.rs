@@ -2,32 +2,19 @@
 //! network byte order, exactly as they appear in the packet, so the packet
 //! path never swaps bytes.
 
-/// Names of the maps as they appear in the object file and under the pin path.
+/// Names of the maps as they appear in the object file and under the pin
+/// path, from one list: each pinned map is named once, and `ALL`, which
+/// drives pinning, follows.
 pub mod names {
-    pub const ADDRS_V4: &str = "ADDRS_V4";
-    pub const FRONTENDS_V4: &str = "FRONTENDS_V4";
-    pub const BACKENDS_V4: &str = "BACKENDS_V4";
-    pub const MAGLEV_SLOTS: &str = "MAGLEV_SLOTS";
-    pub const CT_V4: &str = "CT_V4";
-    pub const STATS: &str = "STATS";
-    pub const SVC_STATS: &str = "SVC_STATS";
-    pub const CONFIG: &str = "CONFIG";
-    pub const IFACES: &str = "IFACES";
-    pub const SVC_NAMES: &str = "SVC_NAMES";
-    pub const AFFINITY_V4: &str = "AFFINITY_V4";
-    pub const SOURCE_RANGES_V4: &str = "SOURCE_RANGES_V4";
-    pub const FRAGS_V4: &str = "FRAGS_V4";
-    pub const SOCK_REVNAT_V4: &str = "SOCK_REVNAT_V4";
-    pub const SOCK_AFFINITY_V4: &str = "SOCK_AFFINITY_V4";
-    /// Not pinned: derived from `CT_V4`, so a new program starts it empty.
-    pub const FLOW_CACHE_V4: &str = "FLOW_CACHE_V4";
-    /// The program's address filter global, an array map of one element
-    /// named after its section. Not pinned: the agent rebuilds it from the
-    /// other maps for every program it loads.
-    pub const ADDR_FILTER: &str = ".bss.addr_filter";
-    /// Pins of earlier versions that no version reads any more, removed on load.
-    pub const RETIRED: [&str; 1] = ["ADDR_FILTER"];
-    pub const ALL: [&str; 15] = [
+    macro_rules! pinned {
+        ($($name:ident),* $(,)?) => {
+            $(pub const $name: &str = stringify!($name);)*
+            /// Every map the agent pins.
+            pub const ALL: &[&str] = &[$($name),*];
+        };
+    }
+
+    pinned! {
         ADDRS_V4,
         FRONTENDS_V4,
         BACKENDS_V4,
@@ -43,7 +30,18 @@ pub mod names {
         FRAGS_V4,
         SOCK_REVNAT_V4,
         SOCK_AFFINITY_V4,
-    ];
+    }
+
+    /// Not pinned: derived from `CT_V4`, so a new program starts it empty.
+    pub const FLOW_CACHE_V4: &str = "FLOW_CACHE_V4";
+    /// The program's address filter global, an array map of one element
+    /// named after its section. Not pinned: the agent rebuilds it from the
+    /// other maps for every program it loads.
+    pub const ADDR_FILTER: &str = ".bss.addr_filter";
+    /// Maps of the object the agent does not pin.
+    pub const UNPINNED: &[&str] = &[FLOW_CACHE_V4, ADDR_FILTER];
+    /// Pins of earlier versions that no version reads any more, removed on load.
+    pub const RETIRED: [&str; 1] = ["ADDR_FILTER"];
 }
 
 /// Default capacities; the agent may raise them at load time.

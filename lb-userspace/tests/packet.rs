@@ -848,3 +848,25 @@ fn flows_are_read_in_batches_and_filtered() {
     })
     .is_empty());
 }
+
+/// The map names the agent pins by are exactly the object's maps, less the
+/// ones it rebuilds: a map added to the program but not to the list would
+/// not survive a restart.
+#[test]
+fn every_map_of_the_object_is_pinned_or_rebuilt_by_name() {
+    common::privileged("BPF_PROG_TEST_RUN packet tests");
+    let ebpf = aya::Ebpf::load(lb_userspace::datapath::OBJECT).unwrap();
+    let mut in_object: Vec<&str> = ebpf
+        .maps()
+        .map(|(name, _)| name)
+        .filter(|n| !n.starts_with(".rodata") && !n.starts_with(".data"))
+        .collect();
+    in_object.sort();
+    let mut named: Vec<&str> = lb_common::names::ALL
+        .iter()
+        .chain(lb_common::names::UNPINNED)
+        .copied()
+        .collect();
+    named.sort();
+    assert_eq!(in_object, named);
+}
