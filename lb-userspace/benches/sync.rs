@@ -10,7 +10,7 @@ use std::{
 use lb_userspace::{
     datapath::{Capacities, Datapath},
     model::{Backend, DesiredState, Frontend, FrontendKind, Proto, ServicePort, ServicePortId},
-    sync::{fake::FakeWriter, MapWriter, MapsWriter, Syncer},
+    sync::{fake::FakeServiceMaps, KernelServiceMaps, ServiceMaps, Syncer},
 };
 
 const SERVICES: u32 = 10_000;
@@ -66,7 +66,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 /// Cold sync time, then the median time of syncs that each change one
 /// Service's endpoints (half of them replaced).
-fn measure(w: &mut dyn MapWriter, mut syncer: Syncer) -> (Duration, Duration, usize) {
+fn measure(w: &mut dyn ServiceMaps, mut syncer: Syncer) -> (Duration, Duration, usize) {
     let mut desired = cluster();
     let t = Instant::now();
     let report = syncer.sync(&desired, w).expect("cold sync");
@@ -87,7 +87,7 @@ fn measure(w: &mut dyn MapWriter, mut syncer: Syncer) -> (Duration, Duration, us
 }
 
 fn main() {
-    let mut fake = FakeWriter::new(1 << 24);
+    let mut fake = FakeServiceMaps::new(1 << 24);
     fake.check = false;
     let syncer = Syncer::recover(&mut fake).unwrap();
     let (fake_cold, fake_one, fake_writes) = measure(&mut fake, syncer);
@@ -96,9 +96,9 @@ fn main() {
         panic!("{e:#}");
     }
     let mut dp = Datapath::load(&Capacities::default(), None).expect("load");
-    let syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps }).unwrap();
+    let syncer = Syncer::recover(&mut KernelServiceMaps { maps: &mut dp.maps }).unwrap();
     let (real_cold, real_one, real_writes) =
-        measure(&mut MapsWriter { maps: &mut dp.maps }, syncer);
+        measure(&mut KernelServiceMaps { maps: &mut dp.maps }, syncer);
 
     println!("\nsync of {SERVICES} Services x {ENDPOINTS} endpoints (release build)");
     println!(

@@ -528,16 +528,16 @@ fn vip_service(
 fn services_written_by_the_agent_sync_serve_every_flow() {
     use lb_userspace::{
         model::{DesiredState, Proto},
-        sync::{MapsWriter, Syncer},
+        sync::{KernelServiceMaps, Syncer},
     };
     let mut dp = load();
     let desired = DesiredState {
         services: [vip_service("web", Proto::Tcp, &[B1, B2, B3])].into(),
         problems: Vec::new(),
     };
-    let mut syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps }).unwrap();
+    let mut syncer = Syncer::recover(&mut KernelServiceMaps { maps: &mut dp.maps }).unwrap();
     syncer
-        .sync(&desired, &mut MapsWriter { maps: &mut dp.maps })
+        .sync(&desired, &mut KernelServiceMaps { maps: &mut dp.maps })
         .unwrap();
 
     let fe = dp.maps.frontends.iter().next().unwrap().unwrap().1;
@@ -616,7 +616,7 @@ fn offloaded_partial_checksums_stay_completable_after_translation() {
 fn removed_backends_lose_their_udp_flows_but_keep_tcp() {
     use lb_userspace::{
         model::{DesiredState, Proto},
-        sync::{stale, MapsWriter, Syncer},
+        sync::{stale, KernelServiceMaps, Syncer},
     };
     let mut dp = load();
     let service = |proto: Proto, backends: &[(Ipv4Addr, u16)]| {
@@ -626,9 +626,9 @@ fn removed_backends_lose_their_udp_flows_but_keep_tcp() {
         services: [service(Proto::Udp, &[B1]), service(Proto::Tcp, &[B1])].into(),
         problems: Vec::new(),
     };
-    let mut syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps }).unwrap();
+    let mut syncer = Syncer::recover(&mut KernelServiceMaps { maps: &mut dp.maps }).unwrap();
     syncer
-        .sync(&both, &mut MapsWriter { maps: &mut dp.maps })
+        .sync(&both, &mut KernelServiceMaps { maps: &mut dp.maps })
         .unwrap();
     run(&dp, &udp_frame(CLIENT, VIP, b"q", false));
     run(&dp, &tcp_frame(CLIENT, VIP, Tcp::syn(), b"", &[]));
@@ -639,7 +639,7 @@ fn removed_backends_lose_their_udp_flows_but_keep_tcp() {
         problems: Vec::new(),
     };
     let report = syncer
-        .sync(&moved, &mut MapsWriter { maps: &mut dp.maps })
+        .sync(&moved, &mut KernelServiceMaps { maps: &mut dp.maps })
         .unwrap();
     assert_eq!(
         stale::forget(&mut dp.maps, &report.removed).unwrap(),
@@ -699,7 +699,7 @@ fn service_ports_past_a_full_map_are_refused_and_the_rest_serve() {
     use lb_userspace::{
         datapath::Capacities,
         model::{DesiredState, Proto},
-        sync::{MapsWriter, Syncer},
+        sync::{KernelServiceMaps, Syncer},
     };
     common::privileged("BPF_PROG_TEST_RUN packet tests");
     let caps = Capacities {
@@ -719,10 +719,10 @@ fn service_ports_past_a_full_map_are_refused_and_the_rest_serve() {
         services,
         problems: Vec::new(),
     };
-    let mut syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps }).unwrap();
+    let mut syncer = Syncer::recover(&mut KernelServiceMaps { maps: &mut dp.maps }).unwrap();
     for _ in 0..3 {
         let report = syncer
-            .sync(&desired, &mut MapsWriter { maps: &mut dp.maps })
+            .sync(&desired, &mut KernelServiceMaps { maps: &mut dp.maps })
             .unwrap();
         let refused: Vec<&str> = report
             .refused
@@ -758,7 +758,7 @@ fn service_ports_past_a_full_map_are_refused_and_the_rest_serve() {
 fn the_longest_service_names_survive_a_restart() {
     use lb_userspace::{
         model::{DesiredState, Proto},
-        sync::{MapsWriter, Syncer},
+        sync::{KernelServiceMaps, Syncer},
     };
     let mut dp = load();
     let (mut id, sp) = vip_service("web", Proto::Udp, &[B1]);
@@ -769,13 +769,13 @@ fn the_longest_service_names_survive_a_restart() {
         services: [(id, sp)].into(),
         problems: Vec::new(),
     };
-    let mut syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps }).unwrap();
+    let mut syncer = Syncer::recover(&mut KernelServiceMaps { maps: &mut dp.maps }).unwrap();
     syncer
-        .sync(&desired, &mut MapsWriter { maps: &mut dp.maps })
+        .sync(&desired, &mut KernelServiceMaps { maps: &mut dp.maps })
         .unwrap();
-    let mut restarted = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps }).unwrap();
+    let mut restarted = Syncer::recover(&mut KernelServiceMaps { maps: &mut dp.maps }).unwrap();
     let report = restarted
-        .sync(&desired, &mut MapsWriter { maps: &mut dp.maps })
+        .sync(&desired, &mut KernelServiceMaps { maps: &mut dp.maps })
         .unwrap();
     assert_eq!(report.writes, 0, "{report:?}");
 }
@@ -790,7 +790,7 @@ fn flows_are_read_in_batches_and_filtered() {
         cli::Filter,
         datapath::lookup_all,
         inspect::flow_rows,
-        sync::{MapsWriter, Syncer},
+        sync::{KernelServiceMaps, Syncer},
     };
     let mut dp = load();
     let (web, web_sp) = vip_service("web", Proto::Tcp, &[B1, B2]);
@@ -801,9 +801,9 @@ fn flows_are_read_in_batches_and_filtered() {
         services: [(web, web_sp), (db, db_sp)].into(),
         problems: Vec::new(),
     };
-    let mut syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps }).unwrap();
+    let mut syncer = Syncer::recover(&mut KernelServiceMaps { maps: &mut dp.maps }).unwrap();
     syncer
-        .sync(&desired, &mut MapsWriter { maps: &mut dp.maps })
+        .sync(&desired, &mut KernelServiceMaps { maps: &mut dp.maps })
         .unwrap();
     for port in 0..3000u16 {
         run(

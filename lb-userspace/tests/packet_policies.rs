@@ -479,7 +479,7 @@ fn externalip_on_a_node_address_takes_only_its_port() {
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
     use lb_userspace::{
         model::{desired_state, ModelOptions, NodeInfo},
-        sync::{MapsWriter, Syncer},
+        sync::{KernelServiceMaps, Syncer},
     };
     let (vip, port) = VIP;
     let service: Service = serde_yaml::from_str(&format!(
@@ -508,9 +508,9 @@ endpoints: [{{addresses: [\"{}\"]}}]",
     let desired = desired_state(&[service], &[slice], &NodeInfo::default(), &opts);
     assert_eq!(desired.problems, []);
     let mut dp = load();
-    let mut syncer = Syncer::recover(&mut MapsWriter { maps: &mut dp.maps }).unwrap();
+    let mut syncer = Syncer::recover(&mut KernelServiceMaps { maps: &mut dp.maps }).unwrap();
     syncer
-        .sync(&desired, &mut MapsWriter { maps: &mut dp.maps })
+        .sync(&desired, &mut KernelServiceMaps { maps: &mut dp.maps })
         .unwrap();
 
     let ssh = tcp_frame(CLIENT, (NODE, 22), Tcp::syn(), b"", &[]);

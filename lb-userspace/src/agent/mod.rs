@@ -24,7 +24,7 @@ use crate::{
     http,
     metrics::{self, Metrics},
     model::{self, Changes, DesiredState, ModelOptions, NodeInfo},
-    sync::{MapWriter, MapsWriter, Room, Syncer},
+    sync::{KernelServiceMaps, Room, ServiceMaps, Syncer},
 };
 
 pub fn run(args: AgentArgs) -> Result<()> {
@@ -146,7 +146,7 @@ impl Agent {
         }
         let sync = self.syncer.sync(
             &desired,
-            &mut MapsWriter {
+            &mut KernelServiceMaps {
                 maps: &mut self.dp.maps,
             },
         )?;
@@ -278,7 +278,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     let mut source = source::Source::open(&args).await?;
     let wanted = args.capacities.capacities();
     let mut dp = Datapath::load(&wanted, Some(&pins.maps_dir()))?;
-    let mut writer = MapsWriter { maps: &mut dp.maps };
+    let mut writer = KernelServiceMaps { maps: &mut dp.maps };
     report_pinned_sizes(&wanted, &writer.room()?);
     let syncer = Syncer::recover(&mut writer)?;
     let nodeport_cidrs = args

@@ -690,7 +690,7 @@ fn a_restored_service_yields_frontends_a_valid_one_owns() {
     let fixed = state_with_last_good(&[GOOD_OWNS_VIP, &steals_fixed], &broken);
     assert_eq!(owner_of(&fixed, [10, 96, 0, 50], 80), ["good"]);
 
-    let mut w = crate::sync::fake::FakeWriter::new(1 << 16);
+    let mut w = crate::sync::fake::FakeServiceMaps::new(1 << 16);
     let mut syncer = crate::sync::Syncer::recover(&mut w).unwrap();
     let vip = lb_common::FrontendKeyV4 {
         addr: lb_common::addr::to_map(Ipv4Addr::new(10, 96, 0, 50)),
@@ -698,7 +698,7 @@ fn a_restored_service_yields_frontends_a_valid_one_owns() {
         proto: lb_common::PROTO_TCP,
         _pad: 0,
     };
-    let owner = |w: &crate::sync::fake::FakeWriter| {
+    let owner = |w: &crate::sync::fake::FakeServiceMaps| {
         w.maps
             .frontends
             .get(&vip)

@@ -1,4 +1,4 @@
-//! An in-memory `MapWriter` that checks, after every single write, what a
+//! An in-memory `ServiceMaps` that checks, after every single write, what a
 //! packet arriving at that instant would see: every published frontend must
 //! point at a complete ring of existing backends, with its address and filter
 //! bits in place. It refuses what the kernel would: entries beyond a map's
@@ -11,7 +11,7 @@ use lb_common::{
     BackendV4, FrontendKeyV4, FrontendValue,
 };
 
-use super::{MapWriter, Room, Snapshot};
+use super::{Room, ServiceMaps, Snapshot};
 
 #[derive(Debug, Default, Clone)]
 pub struct FakeMaps {
@@ -26,7 +26,7 @@ pub struct FakeMaps {
 }
 
 #[derive(Debug)]
-pub struct FakeWriter {
+pub struct FakeServiceMaps {
     pub maps: FakeMaps,
     pub room: Room,
     /// The index (in `log` order) of the first write to fail, if any.
@@ -39,7 +39,7 @@ pub struct FakeWriter {
     pub check: bool,
 }
 
-impl FakeWriter {
+impl FakeServiceMaps {
     /// Maps as large as the defaults, with `ring_slots` slots.
     pub fn new(ring_slots: u32) -> Self {
         Self::with_room(Room {
@@ -107,7 +107,7 @@ impl FakeWriter {
     }
 }
 
-impl MapWriter for FakeWriter {
+impl ServiceMaps for FakeServiceMaps {
     fn put_backend(&mut self, id: u32, backend: BackendV4) -> Result<()> {
         self.admit(id < self.room.backends, "BACKENDS_V4")?;
         if backend == BackendV4::default() {

@@ -16,10 +16,10 @@
 //! converges without a restart or `--cleanup`.
 mod alloc;
 pub mod fake;
-mod maps_writer;
+mod kernel;
 mod plan;
+pub mod service_maps;
 pub mod stale;
-pub mod writer;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -32,8 +32,8 @@ use lb_common::{
     BackendV4, FrontendKeyV4, FE_EXTERNAL,
 };
 
-pub use maps_writer::{svc_name_str, MapsWriter};
-pub use writer::{MapWriter, Room, Snapshot};
+pub use kernel::{svc_name_str, KernelServiceMaps};
+pub use service_maps::{Room, ServiceMaps, Snapshot};
 
 use crate::model::{DesiredState, Proto, ServicePortId};
 use plan::{filter_bits, Applied, Ring};
@@ -135,7 +135,7 @@ impl Syncer {
     /// Whatever the maps hold that no readable Service owns (left by a sync
     /// that failed part-way, or an older agent) is filed under a name no
     /// Service has; it keeps working until the next sync, which removes it.
-    pub fn recover(w: &mut dyn MapWriter) -> Result<Self> {
+    pub fn recover(w: &mut dyn ServiceMaps) -> Result<Self> {
         let snap = w.read_back().context("reading the maps back")?;
         let room = w.room().context("reading the maps' capacities")?;
         let mut s = Self {
@@ -275,7 +275,7 @@ impl Syncer {
     /// Applies `desired`, refusing per Service port what does not fit. An
     /// error means a write failed: the maps still serve every Service that
     /// was complete before, and the next call reconciles from them.
-    pub fn sync(&mut self, desired: &DesiredState, w: &mut dyn MapWriter) -> Result<SyncReport> {
+    pub fn sync(&mut self, desired: &DesiredState, w: &mut dyn ServiceMaps) -> Result<SyncReport> {
         if self.stale {
             *self = Self::recover(w).context("reading the maps back after a failed sync")?;
         }
@@ -357,7 +357,7 @@ impl Syncer {
     /// A sync in four steps, each taking the previous one's result, so the
     /// write order is the types' and not a comment's: plan, add what the
     /// changes point at, publish the frontends, retire what nothing uses.
-    fn apply(&mut self, desired: &DesiredState, w: &mut dyn MapWriter) -> Result<SyncReport> {
+    fn apply(&mut self, desired: &DesiredState, w: &mut dyn ServiceMaps) -> Result<SyncReport> {
         let plan = self.plan_changes(desired);
         let added = self.add(plan, w)?;
         let published = self.publish(added, w)?;
@@ -406,7 +406,7 @@ impl Syncer {
     /// Writes everything the changed Service ports will point at, in
     /// dependency order: names, backends, rings, filter bits, source
     /// ranges, frontend addresses. No frontend changes yet.
-    fn add(&mut self, plan: Plan, w: &mut dyn MapWriter) -> Result<Added> {
+    fn add(&mut self, plan: Plan, w: &mut dyn ServiceMaps) -> Result<Added> {
         let mut writes = 0;
         let empty = Applied::default();
         let applied = &self.applied;
@@ -465,7 +465,7 @@ impl Syncer {
 
     /// Points each changed frontend at its new ring, one atomic map update
     /// each; then records the changed Service ports as applied.
-    fn publish(&mut self, added: Added, w: &mut dyn MapWriter) -> Result<Published> {
+    fn publish(&mut self, added: Added, w: &mut dyn ServiceMaps) -> Result<Published> {
         let Added { plan, mut writes } = added;
         let mut claimed: HashSet<FrontendKeyV4> = HashSet::new();
         let empty = Applied::default();
@@ -507,7 +507,7 @@ impl Syncer {
 
     /// Removes what the published Service ports no longer use: frontends
     /// and addresses first, then backends, filter bits and names.
-    fn retire(&mut self, published: Published, w: &mut dyn MapWriter) -> Result<SyncReport> {
+    fn retire(&mut self, published: Published, w: &mut dyn ServiceMaps) -> Result<SyncReport> {
         let Published {
             retired,
             claimed,
@@ -696,7 +696,7 @@ fn write_words(
     bit_refs: &HashMap<u32, HashMap<u64, u32>>,
     filter: &mut HashMap<u32, u64>,
     words: &BTreeSet<u32>,
-    w: &mut dyn MapWriter,
+    w: &mut dyn ServiceMaps,
 ) -> Result<usize> {
     let changed: Vec<(u32, u64)> = words
         .iter()

@@ -1,13 +1,13 @@
 use std::net::Ipv4Addr;
 
-use super::{fake::FakeWriter, Syncer};
+use super::{fake::FakeServiceMaps, Syncer};
 use crate::model::{
     testing::{backend, id, service, state},
     Backend, DesiredState, Proto, ServicePort,
 };
 
-fn fresh() -> (Syncer, FakeWriter) {
-    let mut w = FakeWriter::new(1 << 20);
+fn fresh() -> (Syncer, FakeServiceMaps) {
+    let mut w = FakeServiceMaps::new(1 << 20);
     (Syncer::recover(&mut w).unwrap(), w)
 }
 
@@ -276,7 +276,7 @@ fn policies_reach_the_frontends() {
 /// What a packet would meet, independent of the ids a sync handed out:
 /// each frontend with its Service's name, flags and ring members, and the
 /// address sets; two maps that serve the same are equal in this view.
-fn view(w: &FakeWriter) -> String {
+fn view(w: &FakeServiceMaps) -> String {
     let m = &w.maps;
     let backend = |id: &u32| {
         let b = &m.backends[id];
@@ -318,15 +318,15 @@ fn view(w: &FakeWriter) -> String {
     out
 }
 
-fn synced_fresh(desired: &DesiredState, room: super::Room) -> FakeWriter {
-    let mut w = FakeWriter::with_room(room);
+fn synced_fresh(desired: &DesiredState, room: super::Room) -> FakeServiceMaps {
+    let mut w = FakeServiceMaps::with_room(room);
     let mut s = Syncer::recover(&mut w).unwrap();
     s.sync(desired, &mut w).unwrap();
     w
 }
 
 fn room() -> super::Room {
-    FakeWriter::new(1 << 20).room
+    FakeServiceMaps::new(1 << 20).room
 }
 
 fn many(n: u8, backends: &[u8]) -> Vec<(String, ServicePort)> {
@@ -372,7 +372,7 @@ fn what_does_not_fit_is_refused_per_service_and_nothing_leaks() {
             },
         ),
     ] {
-        let mut w = FakeWriter::with_room(room);
+        let mut w = FakeServiceMaps::with_room(room);
         let mut s = Syncer::recover(&mut w).unwrap();
         let eight = state_of(&many(8, &[1, 2]));
         let r = s.sync(&eight, &mut w).unwrap();

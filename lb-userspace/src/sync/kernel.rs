@@ -1,4 +1,4 @@
-//! `MapWriter` on the real maps.
+//! `ServiceMaps` on the real maps.
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
@@ -9,10 +9,10 @@ use lb_common::{
     SvcStats, ADDR_FRONTEND,
 };
 
-use super::{MapWriter, Room, Snapshot};
+use super::{Room, ServiceMaps, Snapshot};
 use crate::datapath::Maps;
 
-pub struct MapsWriter<'a> {
+pub struct KernelServiceMaps<'a> {
     pub maps: &'a mut Maps,
 }
 
@@ -47,7 +47,7 @@ pub fn svc_name_str(name: &SvcName) -> String {
     name.as_str().unwrap_or_default().to_string()
 }
 
-impl MapWriter for MapsWriter<'_> {
+impl ServiceMaps for KernelServiceMaps<'_> {
     fn put_backend(&mut self, id: u32, backend: BackendV4) -> Result<()> {
         Ok(self.maps.backends.set(id, backend, 0)?)
     }

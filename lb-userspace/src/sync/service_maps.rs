@@ -4,7 +4,7 @@
 use anyhow::Result;
 use lb_common::{BackendV4, FrontendKeyV4, FrontendValue};
 
-pub trait MapWriter {
+pub trait ServiceMaps {
     fn put_backend(&mut self, id: u32, backend: BackendV4) -> Result<()>;
     /// Writes a whole ring segment starting at `offset`.
     fn put_ring(&mut self, offset: u32, slots: &[u32]) -> Result<()>;
