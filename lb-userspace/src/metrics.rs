@@ -33,7 +33,7 @@ use prometheus_client::{
 use tokio::{io::AsyncWriteExt, net::TcpListener};
 
 use crate::{
-    datapath::Maps,
+    datapath::{Maps, RingSlots},
     healthcheck::{http_response, read_request},
     model::DesiredState,
     sync::{svc_name_str, SyncReport},
@@ -478,9 +478,15 @@ impl Collector for MapSample {
 /// Serves `/metrics`; returns only when the maps or the address cannot be
 /// opened. It opens its own handle on the maps pinned under `maps_dir`
 /// (pinned maps can be opened any number of times), so scrapes never wait
-/// on the agent's sync loop.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, maps_dir: PathBuf) -> Result<()> {
-    let maps = Mutex::new(Maps::from_pins(&maps_dir)?);
+/// on the agent's sync loop; the rings it reads through the agent's
+/// mapping of them, `slots`.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    maps_dir: PathBuf,
+    slots: RingSlots,
+) -> Result<()> {
+    let maps = Mutex::new(Maps::from_pins_sharing(&maps_dir, slots)?);
     let listener = TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;

@@ -300,8 +300,9 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     // never waits for the agent loop.
     let metrics_addr = agent.args.metrics_addr;
     let maps_dir = agent.pins.maps_dir();
+    let slots = agent.dp.maps.slots.share();
     tokio::spawn(async move {
-        if let Err(e) = metrics::serve(metrics_addr, metrics, maps_dir).await {
+        if let Err(e) = metrics::serve(metrics_addr, metrics, maps_dir, slots).await {
             tracing::error!("metrics server on {metrics_addr}: {e:#}");
         }
     });
