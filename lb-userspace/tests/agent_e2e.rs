@@ -11,9 +11,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use common::agent::{
-    cluster_ip_service, endpoint_slice, reply, seed_counter, seed_redis, Agent, Cluster, Conn,
-    Node, Pod, COUNTER_NODE_PORT, COUNTER_PORT, COUNTER_VIP, HEALTHZ_PORT, METRICS_PORT, POD_ADDRS,
-    REDIS_PORT, REDIS_VIP, SPARE_PORT, TIMEOUT, XDPLB,
+    assert_seed_serves, cluster_ip_service, endpoint_slice, reply, seed_counter, seed_redis,
+    served_by, Agent, Cluster, Conn, Node, COUNTER_NODE_PORT, COUNTER_PORT, COUNTER_VIP,
+    HEALTHZ_PORT, METRICS_PORT, POD_ADDRS, REDIS_PORT, REDIS_VIP, SPARE_PORT, TIMEOUT, XDPLB,
 };
 use lb_userspace::{datapath::Maps, testbed::netns::wait_until};
 
@@ -671,25 +671,6 @@ fn seeded_agents(cluster: &Cluster) -> Vec<Agent<'_>> {
 
 fn connect(cluster: &Cluster, node: &Node, to: SocketAddrV4) -> anyhow::Result<Conn> {
     cluster.connect(node, to, TIMEOUT)
-}
-
-/// The pod of `node` whose answer to `line` `answer` is.
-fn served_by<'a>(node: &'a Node, answer: &str, line: &str) -> Option<&'a Pod> {
-    node.pods.iter().find(|pod| answer == reply(pod, line))
-}
-
-/// New connections to redis (ClusterIP) and the counter app (ClusterIP and
-/// NodePort) are answered by their pods.
-fn assert_seed_serves(cluster: &Cluster, node: &Node, when: &str) {
-    let answer = cluster.must(node, when, cluster.request(node, REDIS, "PING"));
-    assert_eq!(answer, reply(&node.pods[0], "PING"), "redis, {when}");
-    for to in [COUNTER, SocketAddrV4::new(node.addr, COUNTER_NODE_PORT)] {
-        let answer = cluster.must(node, when, cluster.request(node, to, "GET /"));
-        assert!(
-            served_by(node, &answer, "GET /").is_some(),
-            "counter-app at {to}, {when}: answered {answer:?}"
-        );
-    }
 }
 
 /// `xdplb flows` holds the established redis flow from `src`.

@@ -337,8 +337,10 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     // The metrics server reads its own handle on the pinned maps, so a
     // scrape never waits for the agent loop.
     let metrics_addr = agent.args.metrics_addr;
-    let _metrics_server = metrics::serve(metrics_addr, metrics.clone(), agent.pins.maps_dir())
-        .inspect_err(|e| tracing::error!("no metrics server on {metrics_addr}: {e:#}"));
+    let slots = agent.dp.maps.slots.share();
+    let _metrics_server =
+        metrics::serve(metrics_addr, metrics.clone(), agent.pins.maps_dir(), slots)
+            .inspect_err(|e| tracing::error!("no metrics server on {metrics_addr}: {e:#}"));
     let _healthz_server = http::Server::start(
         "healthz",
         agent.args.healthz_addr,

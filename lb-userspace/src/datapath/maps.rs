@@ -55,7 +55,7 @@ fn pinned(dir: &Path, name: &str) -> Result<Map> {
 
 impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
-        let mut maps = Self::build(|name| take(ebpf, name))?;
+        let mut maps = Self::build(|name| take(ebpf, name), None)?;
         maps.flow_cache = Some(take(ebpf, names::FLOW_CACHE_V4)?.try_into()?);
         maps.filter = Some(AddrFilter::new(take(ebpf, names::ADDR_FILTER)?)?);
         Ok(maps)
@@ -63,12 +63,21 @@ impl Maps {
 
     /// Opens the maps an agent pinned under `dir`, whether or not it still runs.
     pub fn from_pins(dir: &Path) -> Result<Self> {
-        Self::build(|name| pinned(dir, name))
+        Self::build(|name| pinned(dir, name), None)
     }
 
-    fn build(mut get: impl FnMut(&str) -> Result<Map>) -> Result<Self> {
+    /// `from_pins` for a process that already maps `MAGLEV_SLOTS`: its
+    /// rings are read through `slots`, not a second mapping.
+    pub fn from_pins_sharing(dir: &Path, slots: RingSlots) -> Result<Self> {
+        Self::build(|name| pinned(dir, name), Some(slots))
+    }
+
+    fn build(mut get: impl FnMut(&str) -> Result<Map>, slots: Option<RingSlots>) -> Result<Self> {
         let maglev = get(names::MAGLEV_SLOTS)?;
-        let slots = RingSlots::map(&maglev)?;
+        let slots = match slots {
+            Some(slots) => slots,
+            None => RingSlots::map(&maglev)?,
+        };
         Ok(Self {
             addrs: get(names::ADDRS_V4)?.try_into()?,
             frontends: get(names::FRONTENDS_V4)?.try_into()?,

@@ -3,18 +3,35 @@
 //! seconds; the map is `BPF_F_MMAPABLE`, so rings are written to memory.
 //! The kernel lays array elements out 8 bytes apart (`elem_size` is the
 //! value size rounded up to 8), so each u32 slot sits in its own u64.
-use std::os::fd::{AsFd, AsRawFd};
+//!
+//! The kernel maps every page of the array at mmap time, so each mapping
+//! adds the whole array (128 MiB at the default size) to the process's RSS,
+//! though the pages are the map's own and counted once by the kernel. Hence
+//! one mapping per process, shared by its handles.
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{Map, MapData};
 
 pub struct RingSlots {
+    mapping: Arc<Mapping>,
+}
+
+struct Mapping {
     ptr: *mut u64,
     len: usize,
 }
 
-// SAFETY: the mapping is plain shared memory owned by this value.
-unsafe impl Send for RingSlots {}
+// SAFETY: the mapping is plain shared memory, unmapped only when its last
+// handle goes, and every access to it is atomic.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
 
 impl RingSlots {
     pub fn map(map: &Map) -> Result<Self> {
@@ -42,51 +59,71 @@ impl RingSlots {
             return Err(std::io::Error::last_os_error()).context("mmap of MAGLEV_SLOTS");
         }
         Ok(Self {
-            ptr: ptr.cast(),
-            len,
+            mapping: Arc::new(Mapping {
+                ptr: ptr.cast(),
+                len,
+            }),
         })
     }
 
+    /// Another handle on the same mapping, for a reader on another thread.
+    pub fn share(&self) -> Self {
+        Self {
+            mapping: self.mapping.clone(),
+        }
+    }
+
     pub fn len(&self) -> u32 {
-        self.len as u32
+        self.mapping.len as u32
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.mapping.len == 0
+    }
+
+    fn slot(&self, index: usize) -> &AtomicU64 {
+        assert!(index < self.mapping.len);
+        // SAFETY: in bounds, 8-byte aligned (the mapping is page aligned),
+        // and live as long as `self` holds the mapping.
+        unsafe { AtomicU64::from_ptr(self.mapping.ptr.add(index)) }
     }
 
     pub fn write(&mut self, offset: u32, slots: &[u32]) -> Result<()> {
         let end = offset as usize + slots.len();
-        if end > self.len {
+        if end > self.mapping.len {
             bail!(
                 "ring {offset}+{} beyond MAGLEV_SLOTS ({})",
                 slots.len(),
-                self.len
+                self.mapping.len
             );
         }
+        // Relaxed: the kernel reads these slots only after a frontend is
+        // published pointing at them, by a syscall that orders the writes.
         for (i, &slot) in slots.iter().enumerate() {
-            // SAFETY: bounds checked above; the kernel reads these slots only
-            // after a frontend is published pointing at them.
-            unsafe { self.ptr.add(offset as usize + i).write(u64::from(slot)) };
+            self.slot(offset as usize + i)
+                .store(u64::from(slot), Ordering::Relaxed);
         }
         Ok(())
     }
 
     pub fn read(&self, offset: u32, len: u32) -> Result<Vec<u32>> {
         let end = offset as usize + len as usize;
-        if end > self.len {
-            bail!("ring {offset}+{len} beyond MAGLEV_SLOTS ({})", self.len);
+        if end > self.mapping.len {
+            bail!(
+                "ring {offset}+{len} beyond MAGLEV_SLOTS ({})",
+                self.mapping.len
+            );
         }
-        // SAFETY: bounds checked above.
-        let words =
-            unsafe { std::slice::from_raw_parts(self.ptr.add(offset as usize), len as usize) };
-        Ok(words.iter().map(|&w| w as u32).collect())
+        Ok((offset as usize..end)
+            .map(|i| self.slot(i).load(Ordering::Relaxed) as u32)
+            .collect())
     }
 }
 
-impl Drop for RingSlots {
+impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map_data` mapped.
+        // SAFETY: unmapping exactly what `map_data` mapped, once the last
+        // handle on it is gone.
         unsafe { libc::munmap(self.ptr.cast(), (self.len * 8).next_multiple_of(4096)) };
     }
 }

@@ -26,7 +26,7 @@ pub use kubeproxy::Probes;
 pub use registry::Metrics;
 
 use crate::{
-    datapath::Maps,
+    datapath::{Maps, RingSlots},
     http::{self, Limits, Routes, Server},
 };
 
@@ -34,8 +34,16 @@ use crate::{
 /// the maps cannot be opened. It opens its own handle on the maps pinned
 /// under `maps_dir` (pinned maps can be opened any number of times), so
 /// scrapes never wait on the agent's sync loop.
-pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>, maps_dir: PathBuf) -> Result<Server> {
-    let maps = Mutex::new(Maps::from_pins(&maps_dir)?);
+/// `slots` is the agent's own mapping of the ring array: the kernel maps
+/// every page of it at mmap, so a second mapping would put its 128 MiB in
+/// the agent's resident memory again.
+pub fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    maps_dir: PathBuf,
+    slots: RingSlots,
+) -> Result<Server> {
+    let maps = Mutex::new(Maps::from_pins_sharing(&maps_dir, slots)?);
     let status = metrics.http_status("metrics");
     // The lock only keeps two overlapping scrapes from walking the maps at
     // once; a scrape that panicked left nothing half-done in them.

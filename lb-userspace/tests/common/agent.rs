@@ -152,6 +152,17 @@ impl Cluster {
     /// Starts `xdplb agent` inside `node`, logging (appended across
     /// restarts) to a file the diagnostics show.
     pub fn start_agent<'a>(&'a self, node: &'a Node) -> Result<Agent<'a>> {
+        self.start_agent_with(node, &[], &[])
+    }
+
+    /// `start_agent`, the agent run by `wrapper` (a command that execs the
+    /// rest of its arguments, as setpriv does) and given `extra` arguments.
+    pub fn start_agent_with<'a>(
+        &'a self,
+        node: &'a Node,
+        wrapper: &[&str],
+        extra: &[&str],
+    ) -> Result<Agent<'a>> {
         let log = self.log_path(node);
         let manifests = self.manifests();
         let pin = node.pin_path.to_str().context("pin path")?;
@@ -160,30 +171,31 @@ impl Cluster {
         // `exec` all the way down, so the child's pid is the agent's and
         // signals reach it, not a shell. NO_COLOR keeps escape codes out of
         // the log the tests search.
-        let child = self.tb.spawn(
-            &node.ns,
+        let mut argv = vec![
+            "-c",
+            r#"log=$1; shift; exec env NO_COLOR=1 "$@" >>"$log" 2>&1"#,
             "sh",
-            &[
-                "-c",
-                r#"log=$1; shift; exec env NO_COLOR=1 "$@" >>"$log" 2>&1"#,
-                "sh",
-                log.to_str().context("log path")?,
-                XDPLB,
-                "agent",
-                "--manifests",
-                manifests.to_str().context("manifests path")?,
-                "--node-name",
-                &node.name,
-                "--external-ifaces",
-                "ext0",
-                "--pin-path",
-                pin,
-                "--healthz-addr",
-                &healthz,
-                "--metrics-addr",
-                &metrics,
-            ],
-        )?;
+            log.to_str().context("log path")?,
+        ];
+        argv.extend(wrapper);
+        argv.extend([
+            XDPLB,
+            "agent",
+            "--manifests",
+            manifests.to_str().context("manifests path")?,
+            "--node-name",
+            &node.name,
+            "--external-ifaces",
+            "ext0",
+            "--pin-path",
+            pin,
+            "--healthz-addr",
+            &healthz,
+            "--metrics-addr",
+            &metrics,
+        ]);
+        argv.extend(extra);
+        let child = self.tb.spawn(&node.ns, "sh", &argv)?;
         Ok(Agent {
             tb: &self.tb,
             node,
@@ -360,6 +372,29 @@ pub fn reply(pod: &Pod, line: &str) -> String {
     format!("{}:{line}", pod.name)
 }
 
+/// The pod of `node` whose answer to `line` `answer` is.
+pub fn served_by<'a>(node: &'a Node, answer: &str, line: &str) -> Option<&'a Pod> {
+    node.pods.iter().find(|pod| answer == reply(pod, line))
+}
+
+/// New connections to redis (ClusterIP) and the counter app (ClusterIP and
+/// NodePort) are answered by their pods.
+pub fn assert_seed_serves(cluster: &Cluster, node: &Node, when: &str) {
+    let redis = SocketAddrV4::new(REDIS_VIP, REDIS_PORT);
+    let answer = cluster.must(node, when, cluster.request(node, redis, "PING"));
+    assert_eq!(answer, reply(&node.pods[0], "PING"), "redis, {when}");
+    for to in [
+        SocketAddrV4::new(COUNTER_VIP, COUNTER_PORT),
+        SocketAddrV4::new(node.addr, COUNTER_NODE_PORT),
+    ] {
+        let answer = cluster.must(node, when, cluster.request(node, to, "GET /"));
+        assert!(
+            served_by(node, &answer, "GET /").is_some(),
+            "counter-app at {to}, {when}: answered {answer:?}"
+        );
+    }
+}
+
 /// A line-at-a-time connection to a pod server through the data plane.
 pub struct Conn {
     to: SocketAddrV4,
@@ -445,6 +480,11 @@ impl Agent<'_> {
             .with_context(|| format!("not an HTTP response: {response:?}"))?;
         let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
         Ok((code, body.to_string()))
+    }
+
+    /// The body of GET /metrics, from inside the node.
+    pub fn metrics(&self) -> Result<String> {
+        Ok(self.http_get(METRICS_PORT, "/metrics")?.1)
     }
 
     pub fn pid(&self) -> u32 {
