@@ -9,12 +9,11 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
 use common::agent::{assert_seed_serves, Cluster};
+use common::cgroup::Cgroup;
 use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Container};
 use lb_userspace::testbed::netns::wait_until;
 
@@ -110,55 +109,6 @@ fn capabilities_of(pid: u32, set: &str) -> BTreeSet<String> {
                 .map_or(format!("cap_{bit}"), |n| n.to_string())
         })
         .collect()
-}
-
-/// A cgroup v2 directory of its own, bind-mounted under /run (read-only if
-/// asked) where the agent sees it: `ip netns exec` remounts /sys, cgroup
-/// mounts and all. Drop unmounts and removes it.
-struct Cgroup {
-    dir: PathBuf,
-    mount: PathBuf,
-}
-
-impl Cgroup {
-    fn new(read_only: bool) -> Result<Self> {
-        let root = lb_userspace::datapath::cgroup2_root()
-            .context("no cgroup v2 mount in /proc/mounts: the socket programs attach to one")?;
-        let name = format!("xdplb-test-cgroup-{}", std::process::id());
-        let cgroup = Self {
-            dir: root.join(&name),
-            mount: Path::new("/run").join(&name),
-        };
-        fs::create_dir_all(&cgroup.dir)?;
-        fs::create_dir_all(&cgroup.mount)?;
-        let mut mounts = vec![vec!["--bind"]];
-        if read_only {
-            mounts.push(vec!["-o", "remount,bind,ro"]);
-        }
-        for how in mounts {
-            let out = Command::new("mount")
-                .args(how)
-                .arg(&cgroup.dir)
-                .arg(&cgroup.mount)
-                .output()?;
-            ensure!(out.status.success(), "mount: {out:?}");
-        }
-        Ok(cgroup)
-    }
-
-    fn path(&self) -> &str {
-        self.mount.to_str().expect("a UTF-8 path")
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.mount).status();
-        let _ = fs::remove_dir(&self.mount);
-        if let Err(err) = fs::remove_dir(&self.dir) {
-            eprintln!("removing cgroup {}: {err}", self.dir.display());
-        }
-    }
 }
 
 /// The agent's WARN and ERROR lines: under missing privileges some steps

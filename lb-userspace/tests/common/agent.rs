@@ -66,6 +66,8 @@ pub struct Node {
     pub addr: Ipv4Addr,
     pub pods: [Pod; 2],
     pub pin_path: PathBuf,
+    /// Where the agent attaches its socket programs.
+    pub cgroup: super::cgroup::Cgroup,
 }
 
 /// One row of `xdplb flows -o json`.
@@ -194,6 +196,9 @@ impl Cluster {
             "--metrics-addr",
             &metrics,
         ]);
+        if !extra.contains(&"--cgroup-path") {
+            argv.extend(["--cgroup-path", node.cgroup.path()]);
+        }
         argv.extend(extra);
         let child = self.tb.spawn(&node.ns, "sh", &argv)?;
         Ok(Agent {
@@ -683,6 +688,7 @@ fn build_node(
         addr,
         pods,
         pin_path: bpffs.join(name),
+        cgroup: super::cgroup::Cgroup::new(false)?,
     })
 }
 

@@ -117,6 +117,8 @@ impl KubeCluster {
                 &healthz,
                 "--metrics-addr",
                 &metrics,
+                "--cgroup-path",
+                node.cgroup.path(),
             ],
         )?;
         Ok(KubeAgent {

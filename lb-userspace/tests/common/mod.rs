@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod apiserver;
+pub mod cgroup;
 pub mod kube_agent;
 pub mod packets;
 pub mod provision;
