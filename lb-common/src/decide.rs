@@ -17,18 +17,23 @@ pub enum Client {
 
 /// The maps a decision reads.
 pub trait View {
+    /// Where an affinity entry was found, so using it needs no second
+    /// lookup (the data plane's pointer into the map; nothing for a
+    /// read-only view).
+    type Entry;
     fn frontend(&self, key: &FrontendKeyV4) -> Option<FrontendValue>;
     /// Whether `addr` is a Service address whose unknown ports are refused.
     fn is_frontend_addr(&self, addr: u32) -> bool;
     /// Whether `src` is in the loadBalancerSourceRanges of `svc_id`.
     fn in_source_ranges(&self, svc_id: u32, src: u32) -> bool;
-    fn affinity(&self, fe: &FrontendKeyV4, client: &Client) -> Option<AffinityValue>;
+    fn affinity(&self, fe: &FrontendKeyV4, client: &Client)
+        -> Option<(AffinityValue, Self::Entry)>;
     /// The backend id in slot `index` of the ring array.
     fn slot(&self, index: u32) -> Option<u32>;
     fn backend(&self, id: u32) -> Option<BackendV4>;
     /// A live affinity entry was used at `now` (the data plane refreshes
     /// it; a read-only view does nothing).
-    fn affinity_used(&self, fe: &FrontendKeyV4, client: &Client, now: u64);
+    fn affinity_used(&self, entry: Self::Entry, now: u64);
     /// A new affinity entry (the data plane writes it).
     fn affinity_chosen(&self, fe: &FrontendKeyV4, client: &Client, value: &AffinityValue);
 }
@@ -84,10 +89,10 @@ pub fn pick<V: View>(
         return None;
     }
     if fe.affinity_timeout_s != 0 {
-        if let Some(a) = v.affinity(fe_key, client) {
+        if let Some((a, entry)) = v.affinity(fe_key, client) {
             if affinity_live(a.last_seen_ns, now, fe.affinity_timeout_s) {
                 if let Some(be) = live_backend(v, a.backend_id) {
-                    v.affinity_used(fe_key, client, now);
+                    v.affinity_used(entry, now);
                     return Some((a.backend_id, be, By::Affinity));
                 }
             }

@@ -18,6 +18,8 @@ use crate::{
 pub struct Maps;
 
 impl View for Maps {
+    type Entry = *mut AffinityValue;
+
     #[inline(always)]
     fn frontend(&self, key: &FrontendKeyV4) -> Option<FrontendValue> {
         // One copy of the value: the agent may swap it at any moment, and
@@ -40,18 +42,22 @@ impl View for Maps {
     }
 
     #[inline(always)]
-    fn affinity(&self, fe: &FrontendKeyV4, client: &Client) -> Option<AffinityValue> {
+    fn affinity(
+        &self,
+        fe: &FrontendKeyV4,
+        client: &Client,
+    ) -> Option<(AffinityValue, *mut AffinityValue)> {
         let entry = match *client {
-            Client::Addr(client_addr) => AFFINITY_V4.get_ptr(AffinityKeyV4 {
+            Client::Addr(client_addr) => AFFINITY_V4.get_ptr_mut(AffinityKeyV4 {
                 frontend: *fe,
                 client_addr,
             }),
-            Client::Netns(netns_cookie) => SOCK_AFFINITY_V4.get_ptr(SockAffinityKeyV4 {
+            Client::Netns(netns_cookie) => SOCK_AFFINITY_V4.get_ptr_mut(SockAffinityKeyV4 {
                 frontend: *fe,
                 netns_cookie,
             }),
         };
-        entry.map(|a| unsafe { *a })
+        entry.map(|a| (unsafe { *a }, a))
     }
 
     #[inline(always)]
@@ -65,20 +71,8 @@ impl View for Maps {
     }
 
     #[inline(always)]
-    fn affinity_used(&self, fe: &FrontendKeyV4, client: &Client, now: u64) {
-        let entry = match *client {
-            Client::Addr(client_addr) => AFFINITY_V4.get_ptr_mut(AffinityKeyV4 {
-                frontend: *fe,
-                client_addr,
-            }),
-            Client::Netns(netns_cookie) => SOCK_AFFINITY_V4.get_ptr_mut(SockAffinityKeyV4 {
-                frontend: *fe,
-                netns_cookie,
-            }),
-        };
-        if let Some(a) = entry {
-            unsafe { (*a).last_seen_ns = now };
-        }
+    fn affinity_used(&self, entry: *mut AffinityValue, now: u64) {
+        unsafe { (*entry).last_seen_ns = now };
     }
 
     #[inline(always)]

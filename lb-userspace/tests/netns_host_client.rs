@@ -17,16 +17,15 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::thread;
-use std::time::Duration;
 
 use common::{
+    cgroup::Cgroup,
     topology::{reply, Checksums, Routes, Topology, BACKEND_TCP_PORT, BACKEND_UDP_PORT},
     Provision,
 };
 use lb_common::{FrontendValue, PROTO_TCP, PROTO_UDP};
 use lb_userspace::{
-    datapath::{attach_cgroup, cgroup2_root, Capacities, Datapath},
+    datapath::{attach_cgroup, Capacities, Datapath},
     testbed::netns::Ns,
 };
 
@@ -119,30 +118,6 @@ struct Outcome {
     result: Result<(String, String), String>,
 }
 
-/// A cgroup of its own under the cgroup v2 root; drop removes it.
-struct Cgroup(PathBuf);
-
-impl Cgroup {
-    fn create() -> Self {
-        let root = cgroup2_root()
-            .expect("no cgroup v2 mount in /proc/mounts: the socket programs attach to one");
-        Self(unique_dir(&root, |dir| fs::remove_dir(dir)))
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        // A client reaped a moment ago may still count as a member briefly.
-        for _ in 0..100 {
-            if fs::remove_dir(&self.0).is_ok() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-        eprintln!("cannot remove cgroup {}", self.0.display());
-    }
-}
-
 /// Creates `<root>/<prefix><pid>-<n>`, first removing with `remove` those
 /// of killed runs, recognised by a dead pid in their name.
 fn unique_dir(root: &Path, remove: fn(&Path) -> io::Result<()>) -> PathBuf {
@@ -203,8 +178,8 @@ fn host() -> Host {
         .expect("building the topology");
     let mut dp = Datapath::load(&Capacities::small(), None).expect("loading the object");
     provision(&mut dp, &topo);
-    let cgroup = Cgroup::create();
-    attach_cgroup(&mut dp, &cgroup.0, None).expect("attaching the socket programs");
+    let cgroup = Cgroup::new(false).expect("a cgroup for the socket programs");
+    attach_cgroup(&mut dp, cgroup.dir(), None).expect("attaching the socket programs");
     Host { topo, dp, cgroup }
 }
 
@@ -260,7 +235,7 @@ fn run_in_ns(ns: &Ns, cgroup: Option<&Cgroup>, ops: &[Op]) -> Vec<Outcome> {
     let procs = cgroup.map(|cgroup| {
         OpenOptions::new()
             .write(true)
-            .open(cgroup.0.join("cgroup.procs"))
+            .open(cgroup.dir().join("cgroup.procs"))
             .expect("opening cgroup.procs")
     });
     let mut cmd = Command::new("timeout");
@@ -535,7 +510,7 @@ fn client_ip_affinity_on_sockets_is_per_network_namespace() {
 fn pinned_links_outlive_the_loader_and_a_reload_replaces_them() {
     let topo = Topology::build_with(Checksums::Trusted, Routes::ConnectedOnly)
         .expect("building the topology");
-    let cgroup = Cgroup::create();
+    let cgroup = Cgroup::new(false).expect("a cgroup for the socket programs");
     let pins = PinDir::create();
     let (maps, links) = (pins.0.join("maps"), pins.0.join("links"));
     let ops = [op("tcp", VIP, TCP_PORT, payload(0, 100))];
@@ -553,7 +528,7 @@ fn pinned_links_outlive_the_loader_and_a_reload_replaces_them() {
         } else {
             assert!(!maps.join("ADDR_FILTER").exists(), "retired pins removed");
         }
-        attach_cgroup(&mut dp, &cgroup.0, Some(&links)).expect("attaching the socket programs");
+        attach_cgroup(&mut dp, cgroup.dir(), Some(&links)).expect("attaching the socket programs");
         drop(dp);
         let outcomes = run_in(&topo, Some(&cgroup), &ops);
         assert_answered(&topo, &ops, &outcomes, None);
@@ -610,7 +585,7 @@ fn a_connected_udp_socket_of_a_removed_backend_is_closed() {
     let netns = File::open(Path::new("/run/netns").join(host.topo.node.name())).unwrap();
     let procs = OpenOptions::new()
         .write(true)
-        .open(host.cgroup.0.join("cgroup.procs"))
+        .open(host.cgroup.dir().join("cgroup.procs"))
         .unwrap();
     let (netns_fd, procs_fd) = (netns.as_raw_fd(), procs.as_raw_fd());
     let mut cmd = Command::new("timeout");

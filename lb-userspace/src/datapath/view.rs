@@ -14,6 +14,8 @@ use super::Maps;
 pub struct MapsView<'a>(pub &'a Maps);
 
 impl View for MapsView<'_> {
+    type Entry = ();
+
     fn frontend(&self, key: &FrontendKeyV4) -> Option<FrontendValue> {
         self.0.frontends.get(key, 0).ok()
     }
@@ -33,7 +35,7 @@ impl View for MapsView<'_> {
         self.0.source_ranges.get(&key, 0).is_ok()
     }
 
-    fn affinity(&self, fe: &FrontendKeyV4, client: &Client) -> Option<AffinityValue> {
+    fn affinity(&self, fe: &FrontendKeyV4, client: &Client) -> Option<(AffinityValue, ())> {
         match *client {
             Client::Addr(client_addr) => self.0.affinity.get(
                 &AffinityKeyV4 {
@@ -51,6 +53,7 @@ impl View for MapsView<'_> {
             ),
         }
         .ok()
+        .map(|a| (a, ()))
     }
 
     fn slot(&self, index: u32) -> Option<u32> {
@@ -61,7 +64,7 @@ impl View for MapsView<'_> {
         self.0.backends.get(&id, 0).ok()
     }
 
-    fn affinity_used(&self, _: &FrontendKeyV4, _: &Client, _: u64) {}
+    fn affinity_used(&self, _: (), _: u64) {}
 
     fn affinity_chosen(&self, _: &FrontendKeyV4, _: &Client, _: &AffinityValue) {}
 }

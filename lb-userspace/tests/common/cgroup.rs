@@ -53,8 +53,14 @@ impl Cgroup {
         Ok(cgroup)
     }
 
+    /// Where the agent sees it, inside `ip netns exec`.
     pub fn path(&self) -> &str {
         self.mount.to_str().expect("a UTF-8 path")
+    }
+
+    /// The cgroup itself, for processes of the test's own mount namespace.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 
@@ -62,9 +68,14 @@ impl Drop for Cgroup {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.mount).status();
         let _ = fs::remove_dir(&self.mount);
-        if let Err(err) = fs::remove_dir(&self.dir) {
-            eprintln!("removing cgroup {}: {err}", self.dir.display());
+        // A client reaped a moment ago may still count as a member briefly.
+        for _ in 0..100 {
+            if fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        eprintln!("cannot remove cgroup {}", self.dir.display());
     }
 }
 
