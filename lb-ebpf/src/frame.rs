@@ -169,23 +169,21 @@ fn skb_kind(rc: i64, ifindex: u32) -> u8 {
 }
 
 /// At tc ingress behind `lb`: sends an skb the way the `XdpMeta` XDP left in
-/// front of it says, and leaves every other skb to the kernel.
+/// front of it says; `None` for an skb XDP left no record on.
 #[inline(always)]
-pub fn deliver_meta(ctx: &TcContext) -> u32 {
+pub fn deliver_meta(ctx: &TcContext) -> Option<u32> {
     let skb = ctx.skb.skb;
     let (meta, data) = unsafe { ((*skb).data_meta as usize, (*skb).data as usize) };
     if meta + core::mem::size_of::<XdpMeta>() > data {
-        return TC_ACT_OK as u32;
+        return None;
     }
     let slot = meta as *mut XdpMeta;
     let meta = unsafe { *slot };
-    let Some(kind) = meta.kind() else {
-        return TC_ACT_OK as u32;
-    };
+    let kind = meta.kind()?;
     // The kernel keeps an skb's metadata length across a veth: unerased,
     // this would steer the packet again wherever it arrives next.
     unsafe { (*slot).magic = 0 };
-    redirect_skb(kind, meta.ifindex)
+    Some(redirect_skb(kind, meta.ifindex))
 }
 
 /// Redirects an skb the way `kind` says.
@@ -212,50 +210,63 @@ pub fn redirect_skb(kind: u8, ifindex: u32) -> u32 {
     rc as u32
 }
 
-impl Frame for TcContext {
+/// The packet path at tc ingress. `POD`: a pod interface, where
+/// everything entering came from a pod; otherwise an external interface
+/// that runs the path at tc instead of XDP (a veth whose peer takes no XDP
+/// frames, where native XDP would convert, and often copy, every skb only
+/// to turn it back into one).
+pub struct Tc<const POD: bool>(pub TcContext);
+
+impl<const POD: bool> Frame for Tc<POD> {
     const PASS: u32 = TC_ACT_OK as u32;
     const DROP: u32 = TC_ACT_SHOT as u32;
-    const POD_PATH: bool = true;
+    const POD_PATH: bool = POD;
     const MTU_FLAGS: u64 = BPF_MTU_CHK_SEGS;
 
     #[inline(always)]
     fn data(&self) -> usize {
-        TcContext::data(self)
+        self.0.data()
     }
     #[inline(always)]
     fn data_end(&self) -> usize {
-        TcContext::data_end(self)
+        self.0.data_end()
     }
     #[inline(always)]
     fn len(&self) -> u32 {
-        TcContext::len(self)
+        self.0.len()
     }
     #[inline(always)]
     fn ifindex(&self) -> u32 {
-        unsafe { (*self.skb.skb).ifindex }
+        unsafe { (*self.0.skb.skb).ifindex }
     }
     #[inline(always)]
     fn raw(&self) -> *mut c_void {
-        self.as_ptr()
+        self.0.as_ptr()
     }
     /// `BPF_ADJ_ROOM_MAC` moves the Ethernet header forward and points the
     /// skb's network header at the room, where the new IP header goes.
     #[inline(always)]
     fn grow_l3(&self, by: u32) -> bool {
-        unsafe { bpf_skb_adjust_room(self.skb.skb, by as i32, BPF_ADJ_ROOM_MAC, 0) == 0 }
+        unsafe { bpf_skb_adjust_room(self.0.skb.skb, by as i32, BPF_ADJ_ROOM_MAC, 0) == 0 }
     }
     #[inline(always)]
     fn trim(&self, len: u32) -> bool {
-        unsafe { bpf_skb_change_tail(self.skb.skb, len, 0) == 0 }
+        unsafe { bpf_skb_change_tail(self.0.skb.skb, len, 0) == 0 }
     }
-    /// Into the pod the packet came from. A frame built from a packet a pod
-    /// sent with checksum offload stays CHECKSUM_PARTIAL, whose receiver
-    /// trusts it: delivered on the receive side, nothing completes a
-    /// checksum at an offset that no longer holds one.
+    /// Back where the packet came from: into the pod it came from, or out
+    /// of the external interface it entered by. A frame built from a packet
+    /// a pod sent with checksum offload stays CHECKSUM_PARTIAL, whose
+    /// receiver trusts it: delivered on the receive side, nothing completes
+    /// a checksum at an offset that no longer holds one.
     #[inline(always)]
     fn bounce(&self) -> u32 {
-        stats::count(Reason::FwdPeer);
-        unsafe { bpf_redirect_peer(self.ifindex(), 0) as u32 }
+        if POD {
+            stats::count(Reason::FwdPeer);
+            unsafe { bpf_redirect_peer(self.ifindex(), 0) as u32 }
+        } else {
+            stats::count(Reason::FwdRedirect);
+            unsafe { bpf_redirect(self.ifindex(), 0) as u32 }
+        }
     }
     #[inline(always)]
     fn forward(&self, kind: u8, ifindex: u32) -> u32 {

@@ -1,8 +1,10 @@
 //! Entry points. `lb` is the load balancer in XDP on external interfaces,
 //! `lb_pod` the same packet path at tc ingress on pod interfaces, `lb_ext`
-//! delivers at tc what `lb` translated but could not send itself; `noop`
-//! exists so benchmarks measure the BPF_PROG_TEST_RUN floor with the same
-//! object.
+//! delivers at tc what `lb` translated but could not send itself, and
+//! `lb_tc` runs the path at tc ingress of an external interface where XDP
+//! would not pay (see `frame::Tc`); `noop` exists so benchmarks measure the
+//! BPF_PROG_TEST_RUN floor with the same object, and so tests can give a
+//! veth's peer an XDP program.
 #![no_std]
 #![no_main]
 
@@ -23,10 +25,11 @@ mod sock;
 mod stats;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, TC_ACT_OK},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use frame::Tc;
 
 // `#[xdp]` wraps the body in an inner function; inlining it saves a
 // BPF-to-BPF call (and, with return thunks, a costly return) per packet.
@@ -40,9 +43,8 @@ pub fn lb(ctx: XdpContext) -> u32 {
 /// IP options, must be in the skb's linear part for direct access.
 const PULL_LEN: u32 = 128;
 
-#[classifier]
 #[inline(always)]
-pub fn lb_pod(ctx: TcContext) -> i32 {
+fn pull_headers(ctx: &TcContext) {
     let linear = (ctx.data_end() - ctx.data()) as u32;
     let len = ctx.len();
     if linear < PULL_LEN && len > linear {
@@ -50,13 +52,31 @@ pub fn lb_pod(ctx: TcContext) -> i32 {
         // passes what it cannot read.
         let _ = ctx.pull_data(len.min(PULL_LEN));
     }
-    service::handle(&ctx) as i32
+}
+
+#[classifier]
+#[inline(always)]
+pub fn lb_pod(ctx: TcContext) -> i32 {
+    pull_headers(&ctx);
+    service::handle(&Tc::<true>(ctx)) as i32
 }
 
 #[classifier]
 #[inline(always)]
 pub fn lb_ext(ctx: TcContext) -> i32 {
-    frame::deliver_meta(&ctx) as i32
+    frame::deliver_meta(&ctx).unwrap_or(TC_ACT_OK as u32) as i32
+}
+
+/// Also delivers what XDP translated: while the agent moves an interface
+/// between `lb` and `lb_tc`, both run for a moment.
+#[classifier]
+#[inline(always)]
+pub fn lb_tc(ctx: TcContext) -> i32 {
+    if let Some(action) = frame::deliver_meta(&ctx) {
+        return action as i32;
+    }
+    pull_headers(&ctx);
+    service::handle(&Tc::<false>(ctx)) as i32
 }
 
 #[xdp]

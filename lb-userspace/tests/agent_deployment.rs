@@ -177,7 +177,7 @@ fn agent_serves_with_only_the_daemonsets_privileges() {
             "{when}: the agent's effective capabilities"
         );
         let ext0 = cluster.must(node, "ext0", cluster.programs_attached(node, "ext0"));
-        assert_eq!(ext0, ["xdp", "lb_ext"], "{when}: programs on ext0");
+        assert_eq!(ext0, ["lb_tc"], "{when}: programs on ext0");
         let pod = cluster.must(node, "veth-p1", cluster.programs_attached(node, "veth-p1"));
         assert_eq!(pod, ["lb_pod"], "{when}: programs on veth-p1");
         assert_seed_serves(&cluster, node, when);

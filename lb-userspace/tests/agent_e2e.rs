@@ -433,13 +433,56 @@ fn established_connection_survives_agent_kill_9_and_restart() {
     assert_flow(&cluster, node, src, "after the restart");
 }
 
+/// ext0 gets XDP while its peer takes XDP frames (as a NIC would), and tc
+/// alone once it does not: a restarted agent moves it over without losing
+/// an established connection.
+#[test]
+fn an_external_veth_gets_xdp_only_while_its_peer_takes_xdp_frames() {
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    let redis_pod = &node.pods[0];
+    let peer_xdp = cluster.must(node, "XDP on the client", cluster.client_runs_xdp(node));
+    let agent = seeded_agents(&cluster).remove(0);
+    assert_eq!(
+        programs(&cluster, node, "ext0"),
+        ["xdp", "lb_ext"],
+        "programs on ext0 while its peer runs XDP"
+    );
+    assert!(
+        cluster.log(node).contains("a veth whose peer runs XDP"),
+        "{}",
+        cluster.log(node)
+    );
+    assert_seed_serves(&cluster, node, "through XDP");
+    let mut conn = cluster.must(node, "connecting to redis", connect(&cluster, node, REDIS));
+    let src = conn.local_addr().unwrap();
+    let mut exchange = |when: &str| {
+        let answer = cluster.must(node, when, conn.exchange(when));
+        assert_eq!(answer, reply(redis_pod, when), "same connection, {when}");
+    };
+    exchange("through XDP");
+
+    cluster.must(node, "kill -9 the agent", agent.kill_9());
+    drop(peer_xdp);
+    let mut agent = cluster.must(node, "restarting the agent", cluster.start_agent(node));
+    cluster.must(node, "restarted agent readiness", agent.wait_ready());
+    assert_eq!(
+        programs(&cluster, node, "ext0"),
+        ["lb_tc"],
+        "programs on ext0 once its peer runs no XDP"
+    );
+    exchange("through tc, after the move");
+    assert_flow(&cluster, node, src, "after the move");
+    assert_seed_serves(&cluster, node, "through tc");
+}
+
 #[test]
 fn sigterm_leaves_the_data_plane_serving_and_cleanup_removes_it() {
     let cluster = Cluster::build(&["node1"]).expect("building the cluster");
     let node = &cluster.nodes[0];
     let agent = seeded_agents(&cluster).remove(0);
     let ifaces = [
-        ("ext0", vec!["xdp", "lb_ext"]),
+        ("ext0", vec!["lb_tc"]),
         ("veth-p1", vec!["lb_pod"]),
         ("veth-p2", vec!["lb_pod"]),
     ];
@@ -642,7 +685,7 @@ fn second_agent_on_the_same_pin_path_exits_at_once() {
     );
     assert_eq!(
         programs(&cluster, node, "ext0"),
-        ["xdp", "lb_ext"],
+        ["lb_tc"],
         "programs on ext0"
     );
 }
@@ -854,6 +897,8 @@ fn upgrade_from_the_previous_layout_takes_its_link_over() {
     const V1_OBJECT: &[u8] = aya::include_bytes_aligned!("fixtures/layout-v1/lb-ebpf.o");
     let cluster = Cluster::build(&["node1"]).expect("building the cluster");
     let node = &cluster.nodes[0];
+    // So that the current agent keeps XDP on ext0, as on a NIC.
+    let _peer_xdp = cluster.must(node, "XDP on the client", cluster.client_runs_xdp(node));
     let v1 = node.pin_path.join("v1");
     let old_link = cluster
         .tb

@@ -41,7 +41,7 @@ use lb_common::{
     FWD_REDIRECT, IFACE_POD, IFACE_REDIRECT, PROTO_TCP, PROTO_UDP,
 };
 use lb_userspace::{
-    datapath::{run_frame, Datapath, EXT_PROGRAM, POD_PROGRAM, PROGRAM},
+    datapath::{run_frame, Datapath, EXT_PROGRAM, EXT_TC_PROGRAM, POD_PROGRAM, PROGRAM},
     testbed::fuzz_knob,
 };
 use rand::{Rng, SeedableRng};
@@ -378,13 +378,15 @@ enum Hook {
     Xdp,
     Pod,
     Ext,
+    /// `lb_tc`: the path at tc on an external interface without XDP.
+    Tc,
 }
 
-/// Runs `frame` through all three programs and checks each outcome.
+/// Runs `frame` through all four programs and checks each outcome.
 fn run_all(dp: &Datapath, f: &mut Tally, at: &str, frame: &[u8]) {
     // BPF_PROG_TEST_RUN builds no skb whose IPv4 header is cut short.
     let skb = frame.len() >= 34 || frame[12..14] != [0x08, 0x00];
-    for hook in [Hook::Xdp, Hook::Pod, Hook::Ext] {
+    for hook in [Hook::Xdp, Hook::Pod, Hook::Ext, Hook::Tc] {
         if hook != Hook::Xdp && !skb {
             continue;
         }
@@ -392,6 +394,7 @@ fn run_all(dp: &Datapath, f: &mut Tally, at: &str, frame: &[u8]) {
             Hook::Xdp => run_frame(dp.program(PROGRAM).unwrap(), frame, 1),
             Hook::Pod => run_frame(dp.classifier(POD_PROGRAM).unwrap(), frame, 1),
             Hook::Ext => run_frame(dp.classifier(EXT_PROGRAM).unwrap(), frame, 1),
+            Hook::Tc => run_frame(dp.classifier(EXT_TC_PROGRAM).unwrap(), frame, 1),
         };
         let (action, out, checked) = match r {
             Ok(r) => {
@@ -900,7 +903,7 @@ impl Tally {
             .values()
             .map(|(n, first)| format!("{n} time(s), first:\n{first}\n"))
             .collect();
-        for hook in [Hook::Xdp, Hook::Pod] {
+        for hook in [Hook::Xdp, Hook::Pod, Hook::Tc] {
             for outcome in [
                 Outcome::Untouched,
                 Outcome::Dropped,

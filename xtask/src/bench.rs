@@ -14,11 +14,17 @@ pub struct Args {
     /// nftables rules, and xdplb, on a two-node namespace cluster (needs root).
     #[arg(long)]
     testbed: bool,
+    /// With --testbed: only these columns (no-proxy, iptables, nftables, xdplb).
+    #[arg(long, value_delimiter = ',', requires = "testbed")]
+    columns: Vec<testbed::Column>,
+    /// With --testbed: only these rows, numbered from 1 as in the table.
+    #[arg(long, value_delimiter = ',', requires = "testbed")]
+    rows: Vec<usize>,
 }
 
 pub fn run_benches(args: &Args) -> Result<()> {
     if args.testbed {
-        return testbed::run_cmd();
+        return testbed::run_cmd(&args.columns, &args.rows);
     }
     ebpf::build()?;
     run(Command::new("cargo")

@@ -1,5 +1,6 @@
-//! Attaching the programs to interfaces: XDP (`lb`) and tc (`lb_ext`) on
-//! external interfaces, tc (`lb_pod`) on pod interfaces. Each link is pinned
+//! Attaching the programs to interfaces: on external interfaces XDP (`lb`)
+//! with tc (`lb_ext`) behind it, or tc alone (`lb_tc`) where XDP would not
+//! pay (`uplink.rs`); tc (`lb_pod`) on pod interfaces. Each link is pinned
 //! so the data plane keeps serving when the agent exits, and a restarted
 //! agent swaps its new program into the existing link atomically instead of
 //! detaching.
@@ -16,8 +17,13 @@ use aya::programs::{
 };
 use lb_common::{IfaceInfo, IFACE_POD, IFACE_REDIRECT};
 
-use super::pins::Layout;
-use crate::datapath::{attach_tc, Datapath, XdpMode, EXT_PROGRAM, POD_PROGRAM, PROGRAM};
+use super::{
+    pins::Layout,
+    uplink::{self, Hook},
+};
+use crate::datapath::{
+    attach_tc, Datapath, XdpMode, EXT_PROGRAM, EXT_TC_PROGRAM, POD_PROGRAM, PROGRAM,
+};
 
 pub struct Attacher {
     mode: XdpMode,
@@ -28,15 +34,6 @@ fn ifindex(ifname: &str) -> Option<u32> {
     let c = std::ffi::CString::new(ifname).ok()?;
     let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
     (i != 0).then_some(i)
-}
-
-/// Physical devices take redirected XDP frames; virtual ones (veth, whose
-/// peer may run no XDP program) get translated packets through the kernel.
-fn takes_redirects(ifname: &str) -> bool {
-    std::path::Path::new("/sys/class/net")
-        .join(ifname)
-        .join("device")
-        .exists()
 }
 
 impl Attacher {
@@ -74,12 +71,30 @@ impl Attacher {
             }
             format!("tc {how:?}")
         } else {
-            if takes_redirects(ifname) {
-                flags |= IFACE_REDIRECT;
+            let index = ifindex(ifname).with_context(|| format!("no interface {ifname}"))?;
+            let (hook, why) = uplink::choose(ifname, index, self.mode);
+            tracing::info!(%ifname, ?hook, "external interface: {why}");
+            match hook {
+                Hook::Xdp { redirect } => {
+                    if redirect {
+                        flags |= IFACE_REDIRECT;
+                    }
+                    // XDP first: `lb_tc`, if an earlier run left it, delivers
+                    // what XDP translates until `lb_ext` replaces it.
+                    let replaced = self.attach_xdp(dp, pins, ifname)?;
+                    let how = attach_tc(dp, ifname, EXT_PROGRAM, Some(&pins.tc_link(ifname)))?;
+                    format!("XDP replaced={replaced}, tc {how:?}")
+                }
+                Hook::Tc => {
+                    // tc first, so no packet meets the interface without
+                    // the path while an earlier run's XDP link goes.
+                    let how = attach_tc(dp, ifname, EXT_TC_PROGRAM, Some(&pins.tc_link(ifname)))?;
+                    if std::fs::remove_file(pins.link(ifname)).is_ok() {
+                        tracing::info!(%ifname, "removed the XDP link an earlier run chose");
+                    }
+                    format!("tc {how:?}")
+                }
             }
-            let replaced = self.attach_xdp(dp, pins, ifname)?;
-            let how = attach_tc(dp, ifname, EXT_PROGRAM, Some(&pins.tc_link(ifname)))?;
-            format!("XDP replaced={replaced}, tc {how:?}")
         };
         // Before any translated packet can be sent there: the path reads
         // the flags to choose how to deliver.

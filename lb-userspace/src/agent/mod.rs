@@ -7,6 +7,7 @@ mod netlink;
 mod pins;
 mod programming;
 mod source;
+mod uplink;
 
 use std::{
     sync::{Arc, Mutex},

@@ -19,6 +19,6 @@ pub use load::{Capacities, Datapath, XdpMode, OBJECT, PROGRAM};
 pub use maps::Maps;
 pub use sample::{MapFill, MapSample, ServiceCounters};
 pub use slots::RingSlots;
-pub use tc::{attach_tc, detach_filters, TcAttached, EXT_PROGRAM, POD_PROGRAM};
+pub use tc::{attach_tc, detach_filters, TcAttached, EXT_PROGRAM, EXT_TC_PROGRAM, POD_PROGRAM};
 pub use testrun::{run_frame, FrameResult};
 pub use view::{now_ns, MapsView};

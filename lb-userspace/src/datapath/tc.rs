@@ -1,6 +1,7 @@
-//! The tc programs: `lb_pod` translates at ingress of pod interfaces, and
+//! The tc programs: `lb_pod` translates at ingress of pod interfaces,
 //! `lb_ext` delivers at ingress of external interfaces what XDP translated
-//! but could not send itself. On kernels with tcx (6.6+) each attachment is
+//! but could not send itself, and `lb_tc` translates at ingress of external
+//! interfaces that run no XDP. On kernels with tcx (6.6+) each attachment is
 //! a bpf_link that can be pinned and atomically replaced; older kernels get
 //! a cls_bpf filter under the clsact qdisc, at a fixed priority and handle
 //! so a restarted agent replaces its own filter instead of adding a second.
@@ -19,7 +20,9 @@ use super::Datapath;
 pub const POD_PROGRAM: &str = "lb_pod";
 /// Delivery of XDP's translated frames at ingress of external interfaces.
 pub const EXT_PROGRAM: &str = "lb_ext";
-pub const PROGRAMS: [&str; 2] = [POD_PROGRAM, EXT_PROGRAM];
+/// Translation at ingress of external interfaces without XDP.
+pub const EXT_TC_PROGRAM: &str = "lb_tc";
+pub const PROGRAMS: [&str; 3] = [POD_PROGRAM, EXT_PROGRAM, EXT_TC_PROGRAM];
 
 /// cls_bpf priority and handle of our filters on kernels without tcx.
 const NL_PRIORITY: u16 = 0x2a;

@@ -300,6 +300,17 @@ impl Cluster {
         Ok(names)
     }
 
+    /// Makes `node`'s ext0 take XDP frames, as a NIC does: its peer, the
+    /// client's eth0, runs an XDP program while the returned value lives.
+    pub fn client_runs_xdp(&self, node: &Node) -> Result<super::xdp_peer::XdpPass> {
+        Ok(self.tb.in_ns(&node.client, || {
+            let name = std::ffi::CString::new("eth0").expect("no NUL");
+            // SAFETY: a NUL-terminated name.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            super::xdp_peer::attach(ifindex)
+        })??)
+    }
+
     /// A TCP connection from `node`'s client to `to`.
     pub fn connect(&self, node: &Node, to: SocketAddrV4, timeout: Duration) -> Result<Conn> {
         let stream = self

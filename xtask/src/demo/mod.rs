@@ -391,10 +391,8 @@ pub(crate) fn wait_agent(cluster: &mut Cluster, state: &State, node: &str) -> Re
         || cluster.check_processes(),
         || {
             healthy(&ns)
-                && link_pinned(&pin_path, Hook::External, NODE_LAN_IFACE)
-                && veths
-                    .iter()
-                    .all(|ifname| link_pinned(&pin_path, Hook::Pod, ifname))
+                && link_pinned(&pin_path, NODE_LAN_IFACE)
+                && veths.iter().all(|ifname| link_pinned(&pin_path, ifname))
         },
     )
 }
@@ -424,26 +422,15 @@ pub(crate) fn healthy(node_ns: &str) -> bool {
     .is_ok_and(|r| r.unwrap_or(false))
 }
 
-/// Which of the agent's attachments an interface gets.
-pub(crate) enum Hook {
-    /// XDP, pinned as `<pin>/v<N>/links/<ifname>`.
-    External,
-    /// tc on a pod interface, pinned as `<pin>/v<N>/tc/<ifname>`.
-    Pod,
-}
-
-/// Whether the agent has pinned its link of `ifname`, under any layout
-/// version.
-pub(crate) fn link_pinned(pin_path: &Path, hook: Hook, ifname: &str) -> bool {
-    let dir = match hook {
-        Hook::External => "links",
-        Hook::Pod => "tc",
-    };
+/// Whether the agent has pinned its tc link of `ifname`, under any layout
+/// version (`<pin>/v<N>/tc/<ifname>`): every interface it serves gets one,
+/// an external interface's last, after its XDP link if XDP serves it.
+pub(crate) fn link_pinned(pin_path: &Path, ifname: &str) -> bool {
     std::fs::read_dir(pin_path)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
-        .any(|e| e.path().join(dir).join(ifname).exists())
+        .any(|e| e.path().join("tc").join(ifname).exists())
 }
 
 fn pod_ready(ns: &str, pod: &Pod) -> bool {

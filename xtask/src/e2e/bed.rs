@@ -196,7 +196,7 @@ impl Bed {
             &format!("the agent on {node} attaching to {veth}"),
             ATTACH_TIMEOUT,
             || self.cluster.check_processes(),
-            || demo::link_pinned(&pin, demo::Hook::Pod, &veth),
+            || demo::link_pinned(&pin, &veth),
         )?;
         self.state.add_pod(pod)?;
         self.publish()
