@@ -9,7 +9,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup},
 };
 use lb_common::{
-    conntrack::STATE_ROUTED, CtKeyV4, CtValueV4, CT_DIR_FORWARD, FWD_KERNEL, FWD_NEIGH,
+    conntrack::STATE_ROUTED, CtKeyV4, CtValueV4, CT_DIR_FORWARD, FWD_KERNEL, FWD_NEIGH, FWD_XDP,
 };
 
 use crate::{
@@ -78,10 +78,16 @@ pub fn check<C: Frame>(
 }
 
 /// Sends the rewritten packet on by its flow's decision; `kernel` forces the
-/// kernel's routing (which fragments).
+/// kernel's routing (which fragments). A packet whose checksum is partial
+/// (sent by a local socket behind a veth, never one off the wire) leaves
+/// as an skb: an XDP frame would lose the skb's note that the checksum is
+/// still to be completed, and reach its receiver with a wrong one.
 #[inline(always)]
-pub fn send<C: Frame>(ctx: &C, ct: *const CtValueV4, kernel: bool) -> u32 {
-    let (kind, ifindex) = unsafe { ((*ct).fwd_kind, (*ct).fwd_ifindex) };
+pub fn send<C: Frame>(ctx: &C, ct: *const CtValueV4, kernel: bool, partial: bool) -> u32 {
+    let (mut kind, ifindex) = unsafe { ((*ct).fwd_kind, (*ct).fwd_ifindex) };
+    if partial {
+        kind &= !FWD_XDP;
+    }
     if kernel || kind == FWD_KERNEL {
         return ctx.forward(FWD_KERNEL, ifindex);
     }

@@ -21,9 +21,10 @@ use crate::parse::{Ipv4Hdr, L4};
 /// flow's entry: a forward packet gets the backend as destination (and the
 /// SNAT address as source, if any), a reply the frontend as source (and the
 /// client as destination, if source-NATed). The checksum differences were
-/// computed when the entry was made, from this very tuple.
+/// computed when the entry was made, from this very tuple. Returns whether
+/// the checksum field was a partial one, which only an skb can carry on.
 #[inline(always)]
-pub fn rewrite(ip: *mut Ipv4Hdr, l4: &L4, ihl: usize, ct: &CtValueV4, forward: bool) {
+pub fn rewrite(ip: *mut Ipv4Hdr, l4: &L4, ihl: usize, ct: &CtValueV4, forward: bool) -> bool {
     let nat = (ct.nat_addr, ct.nat_port);
     let snat = (ct.snat_addr != 0).then_some((ct.snat_addr, ct.snat_port));
     let (dst, src) = if forward {
@@ -34,8 +35,10 @@ pub fn rewrite(ip: *mut Ipv4Hdr, l4: &L4, ihl: usize, ct: &CtValueV4, forward: b
     unsafe {
         let l4_len = u16::from_be((*ip).tot_len).wrapping_sub(ihl as u16);
         let check = *l4.check;
+        let mut partial = false;
         if !(l4.is_udp && check == 0) {
-            *l4.check = if check == add(ct.csum_pseudo, l4_len.to_be()) {
+            partial = check == add(ct.csum_pseudo, l4_len.to_be());
+            *l4.check = if partial {
                 add(check, ct.csum_addrs)
             } else {
                 // UDP transmits a computed zero as all ones (RFC 768).
@@ -54,5 +57,6 @@ pub fn rewrite(ip: *mut Ipv4Hdr, l4: &L4, ihl: usize, ct: &CtValueV4, forward: b
             (*ip).src = addr;
             (*l4.ports)[0] = port;
         }
+        partial
     }
 }

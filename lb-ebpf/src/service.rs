@@ -251,9 +251,10 @@ fn cached<C: Frame>(
         Fit::TellSender(mtu) => (reason, reject::frag_needed(ctx, p.ihl, p.proto, mtu)),
         fit => {
             let v = unsafe { &*ct };
-            nat::rewrite(p.ip, &p.l4, p.ihl, v, key.dir == CT_DIR_FORWARD);
+            let partial = nat::rewrite(p.ip, &p.l4, p.ihl, v, key.dir == CT_DIR_FORWARD);
             stats::count_service(v.svc_id, ctx.len() as u64);
-            (reason, forward::send(ctx, ct, matches!(fit, Fit::Fragment)))
+            let kernel = matches!(fit, Fit::Fragment);
+            (reason, forward::send(ctx, ct, kernel, partial))
         }
     })
 }
@@ -298,12 +299,12 @@ fn translate<C: Frame>(
     }
     let v = unsafe { &*ct };
     let frag = p.first_fragment.then(|| frags::first_key(p.ip));
-    nat::rewrite(p.ip, &p.l4, p.ihl, v, key.dir == CT_DIR_FORWARD);
+    let partial = nat::rewrite(p.ip, &p.l4, p.ihl, v, key.dir == CT_DIR_FORWARD);
     if let Some(k) = frag {
         frags::remember(&k, p.ip);
     }
     stats::count_service(v.svc_id, ctx.len() as u64);
-    let action = forward::send(ctx, ct, matches!(fit, Fit::Fragment));
+    let action = forward::send(ctx, ct, matches!(fit, Fit::Fragment), partial);
     if let Some((slot, jiffies)) = cache {
         flow_cache::put(slot, key, ct, now, jiffies);
     }

@@ -124,7 +124,9 @@ pub struct AgentArgs {
     /// Pod-facing interfaces to attach to as they appear (globs with '*').
     #[arg(long, value_delimiter = ',', default_value = "veth*,cali*,lxc*")]
     pub pod_ifaces: Vec<String>,
-    /// XDP attach mode: auto tries native (driver) mode and falls back to generic.
+    /// XDP attach mode: auto tries native (driver) mode and falls back to
+    /// generic, and on a veth whose peer takes no XDP frames runs the path
+    /// at tc instead; native and generic attach XDP everywhere.
     #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: XdpMode,
     #[command(flatten)]

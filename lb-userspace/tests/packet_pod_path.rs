@@ -158,3 +158,66 @@ fn oversize_packets_from_outside_get_frag_needed_in_xdp() {
     assert_frag_needed_about_the_vip(frame);
     assert_eq!(count(&dp, Reason::IcmpFragNeeded), 1);
 }
+
+/// What a Linux socket with checksum offload leaves in the TCP field of an
+/// IPv4 frame without options: the folded pseudo-header sum, for the
+/// device to complete.
+fn offload_partial(frame: &mut [u8]) {
+    let sum = |b: &[u8]| -> u32 {
+        b.chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum()
+    };
+    let mut s = sum(&frame[26..34]) + 6 + (frame.len() - 34) as u32;
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    frame[34 + 16..34 + 18].copy_from_slice(&(s as u16).to_be_bytes());
+}
+
+/// An XDP frame cannot carry an skb's note that its checksum is still to
+/// be completed: a packet whose field holds a partial sum (a local socket's
+/// behind a veth) leaves through tc even where the egress takes XDP frames,
+/// and one with a complete checksum leaves by XDP_REDIRECT.
+#[test]
+fn partial_checksums_leave_as_skbs_even_where_xdp_could_redirect() {
+    const XDP_REDIRECT: u32 = 4;
+    let (tb, node) = small_mtu_node();
+    let neigh = ["neigh", "add", "10.250.0.2", "lladdr", "02:00:00:00:00:02"];
+    let out = tb
+        .exec(&node, "ip", &[&neigh[..], &["dev", "up0"]].concat())
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut dp = with_service(PROTO_TCP);
+    let up0 = tb
+        .in_ns(&node, || {
+            let name = std::ffi::CString::new("up0").unwrap();
+            // SAFETY: a NUL-terminated name.
+            unsafe { libc::if_nametoindex(name.as_ptr()) }
+        })
+        .unwrap();
+    let takes_xdp = lb_common::IfaceInfo {
+        flags: lb_common::IFACE_REDIRECT,
+    };
+    dp.maps.ifaces.insert(up0, takes_xdp, 0).unwrap();
+    let client = |last| (Ipv4Addr::new(198, 51, 100, last), 40000);
+    let complete = tcp_frame(client(7), VIP, Tcp::syn(), b"hi", &[]);
+    let mut partial = tcp_frame(client(8), VIP, Tcp::syn(), b"hi", &[]);
+    offload_partial(&mut partial);
+    let prog = dp.program(PROGRAM).unwrap();
+    let [complete, partial] = tb
+        .in_ns(&node, || {
+            [&complete, &partial].map(|f| run_frame(prog, f, 1).unwrap())
+        })
+        .unwrap();
+    assert_eq!(complete.action, XDP_REDIRECT, "a complete checksum");
+    let p = parse_checked(&complete.frame);
+    assert_eq!((p.dst, p.dport), B1);
+    assert_eq!(partial.action, XDP_PASS, "a partial checksum");
+    let (meta, _) = split_meta(&partial.frame);
+    assert_eq!(
+        meta,
+        Some((lb_common::FWD_REDIRECT, up0)),
+        "tc sends it to up0 as an skb"
+    );
+}

@@ -2,6 +2,7 @@
 //! the knobs the fuzzers share.
 
 pub mod netns;
+pub mod xdp_pass;
 
 /// A fuzzer's budget or seed: the environment variable `name` when set
 /// (decimal, or hexadecimal after "0x"), else `default`.

@@ -302,12 +302,9 @@ impl Cluster {
 
     /// Makes `node`'s ext0 take XDP frames, as a NIC does: its peer, the
     /// client's eth0, runs an XDP program while the returned value lives.
-    pub fn client_runs_xdp(&self, node: &Node) -> Result<super::xdp_peer::XdpPass> {
+    pub fn client_runs_xdp(&self, node: &Node) -> Result<lb_userspace::testbed::xdp_pass::XdpPass> {
         Ok(self.tb.in_ns(&node.client, || {
-            let name = std::ffi::CString::new("eth0").expect("no NUL");
-            // SAFETY: a NUL-terminated name.
-            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            super::xdp_peer::attach(ifindex)
+            lb_userspace::testbed::xdp_pass::attach("eth0")
         })??)
     }
 

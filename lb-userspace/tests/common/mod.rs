@@ -12,7 +12,6 @@ pub mod provision;
 pub mod servers;
 pub mod topology;
 pub mod uplink;
-pub mod xdp_peer;
 
 #[allow(unused_imports)] // each test binary uses a different subset
 pub use provision::{be, source_range, Provision};

@@ -100,6 +100,10 @@ pub struct NodeProfile {
     /// socket-level hooks see them, as the kubelet places them; else in a
     /// cgroup outside the node's, so only the packet path serves them.
     pub pods_in_hook_cgroup: bool,
+    /// The LAN side of each node's uplink runs an XDP program, so the
+    /// uplink takes XDP frames as a NIC does and the agent serves it with
+    /// XDP; otherwise a plain veth, served at tc.
+    pub uplinks_take_xdp: bool,
 }
 
 impl Default for NodeProfile {
@@ -108,6 +112,7 @@ impl Default for NodeProfile {
             rp_filter: 2,
             pod_layout: PodLayout::Routed,
             pods_in_hook_cgroup: true,
+            uplinks_take_xdp: false,
         }
     }
 }
@@ -116,14 +121,15 @@ impl fmt::Display for NodeProfile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "rp_filter {}, {}, pods {} the hook cgroup",
+            "rp_filter {}, {}, pods {} the hook cgroup, {} uplinks",
             self.rp_filter,
             self.pod_layout,
             if self.pods_in_hook_cgroup {
                 "in"
             } else {
                 "outside"
-            }
+            },
+            if self.uplinks_take_xdp { "XDP" } else { "tc" }
         )
     }
 }
@@ -303,6 +309,10 @@ impl Cluster {
                 ],
             )?;
             self.lan_port(&node_ns, NODE_LAN_IFACE, &node.name, node.addr)?;
+            if self.profile.uplinks_take_xdp {
+                let pin = self.run.bpffs().join(format!("lan-xdp-{}", node.name));
+                super::xdp_pass::attach(&lan, &node.name, &pin)?;
+            }
             route(&node_ns, &format!("default via {ROUTER_LAN_SIDE}"))?;
             for other in self.nodes.iter().filter(|o| o.name != node.name) {
                 route(

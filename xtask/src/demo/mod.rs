@@ -6,6 +6,7 @@ pub(crate) mod cluster;
 pub(crate) mod control_plane;
 pub(crate) mod progress;
 pub(crate) mod traffic;
+mod xdp_pass;
 
 use std::{
     fmt::Write as _,

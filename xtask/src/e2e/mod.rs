@@ -50,9 +50,14 @@ pub struct Args {
     /// or outside it, so that only the packet path serves them.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub pods_in_hook_cgroup: bool,
+    /// The LAN side of each node's uplink runs XDP, so the uplinks take XDP
+    /// frames as NICs do and the agent serves them with XDP (otherwise tc).
+    #[arg(long)]
+    pub uplinks_take_xdp: bool,
     /// Run every combination of --rp-filter, --pod-layout and
     /// --pods-in-hook-cgroup (12 clusters, one after the other) and print
-    /// a table of them; ignores those three flags.
+    /// a table of them; ignores those three flags (--uplinks-take-xdp
+    /// applies to all 12).
     #[arg(long)]
     pub matrix: bool,
 }
@@ -63,12 +68,13 @@ impl Args {
             rp_filter: self.rp_filter,
             pod_layout: self.pod_layout,
             pods_in_hook_cgroup: self.pods_in_hook_cgroup,
+            uplinks_take_xdp: self.uplinks_take_xdp,
         }
     }
 }
 
 /// Every node profile the matrix covers.
-fn matrix() -> Vec<NodeProfile> {
+fn matrix(uplinks_take_xdp: bool) -> Vec<NodeProfile> {
     let mut cells = Vec::new();
     for rp_filter in [2, 1, 0] {
         for pod_layout in [PodLayout::Routed, PodLayout::Bridged] {
@@ -77,6 +83,7 @@ fn matrix() -> Vec<NodeProfile> {
                     rp_filter,
                     pod_layout,
                     pods_in_hook_cgroup,
+                    uplinks_take_xdp,
                 });
             }
         }
@@ -103,7 +110,7 @@ pub const PROBE_PORT: i64 = 8080;
 
 pub fn run_cmd(args: &Args) -> Result<()> {
     let cells = if args.matrix {
-        matrix()
+        matrix(args.uplinks_take_xdp)
     } else {
         vec![args.profile()]
     };
@@ -294,8 +301,8 @@ fn summary(
 fn matrix_summary(outcomes: &[(NodeProfile, CellOutcome)]) {
     eprintln!("\nend-to-end matrix:");
     eprintln!(
-        "  {:<9}  {:<7}  {:<13}  {:>6}  {:>6}  {:>7}  {:>7}  verdict",
-        "rp_filter", "layout", "pods' cgroup", "pass", "fail", "not yet", "time"
+        "  {:<9}  {:<7}  {:<13}  {:<7}  {:>6}  {:>6}  {:>7}  {:>7}  verdict",
+        "rp_filter", "layout", "pods' cgroup", "uplinks", "pass", "fail", "not yet", "time"
     );
     for (profile, outcome) in outcomes {
         let cgroup = if profile.pods_in_hook_cgroup {
@@ -309,10 +316,15 @@ fn matrix_summary(outcomes: &[(NodeProfile, CellOutcome)]) {
             None => "PASS".into(),
         };
         eprintln!(
-            "  {:<9}  {:<7}  {:<13}  {:>6}  {:>6}  {:>7}  {:>7}  {verdict}",
+            "  {:<9}  {:<7}  {:<13}  {:<7}  {:>6}  {:>6}  {:>7}  {:>7}  {verdict}",
             profile.rp_filter,
             profile.pod_layout.to_string(),
             cgroup,
+            if profile.uplinks_take_xdp {
+                "XDP"
+            } else {
+                "tc"
+            },
             outcome.passed,
             outcome.failed,
             outcome.not_yet,
