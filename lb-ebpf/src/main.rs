@@ -13,6 +13,7 @@ mod frags;
 mod frame;
 mod icmp;
 mod maps;
+mod monitor;
 mod nat;
 mod parse;
 mod policy;
