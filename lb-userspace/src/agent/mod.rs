@@ -8,6 +8,8 @@ mod pins;
 mod programming;
 mod source;
 
+pub(crate) use pins::flock_holder;
+
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
