@@ -173,7 +173,7 @@ pub fn row(
 fn table_line(cells: [&str; 8]) -> String {
     let [time, reason, proto, src, dst, translated, iface, service] = cells;
     format!(
-        "{time:<12} {reason:<26} {proto:<5} {src:<21} {dst:<21} {translated:<42} {iface:<8} {service}"
+        "{time:<12} {reason:<26} {proto:<5} {src:<21} {dst:<21} {translated:<42} {iface:<12} {service}"
     )
 }
 
