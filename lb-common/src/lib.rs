@@ -16,6 +16,7 @@ pub mod filter;
 pub mod flow;
 pub mod maps;
 pub mod meta;
+pub mod monitor;
 pub mod sock;
 pub mod stats;
 pub mod svc_name;

@@ -30,6 +30,8 @@ pub mod names {
         FRAGS_V4,
         SOCK_REVNAT_V4,
         SOCK_AFFINITY_V4,
+        MONITOR,
+        MONITOR_ON,
     }
 
     /// Not pinned: derived from `CT_V4`, so a new program starts it empty.

@@ -90,6 +90,20 @@ reasons! {
     /// The fragmentation-needed answer could not be built; the packet is
     /// dropped under its flow's verdict.
     IcmpFragNeededFailed = 32, "icmp_frag_needed_failed", Side;
+    /// An `xdplb monitor` event found the ring buffer full; the reader is
+    /// behind.
+    MonitorEventsLost = 33, "monitor_events_lost", Side;
+}
+
+impl Reason {
+    /// The reason whose value (a `STATS` index, an event's) is `value`.
+    pub fn from_value(value: u32) -> Option<Reason> {
+        Self::ALL.get(value as usize).copied()
+    }
+
+    pub fn from_name(name: &str) -> Option<Reason> {
+        Self::ALL.iter().copied().find(|r| r.name() == name)
+    }
 }
 
 // `STATS` is indexed by value: the values must be 0, 1, 2, ... in order.

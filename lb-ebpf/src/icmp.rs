@@ -12,6 +12,7 @@ use lb_common::{
 use crate::{
     frame::Frame,
     maps::CT_V4,
+    monitor,
     parse::{ptr_at, Ipv4Hdr, ETH_HLEN, IP_MF, IP_OFFSET_MASK},
 };
 
@@ -117,9 +118,11 @@ pub fn translate_error<C: Frame>(ctx: &C, ip: *mut Ipv4Hdr) -> Option<(Reason, u
             (snat, nat, Some(v.nat_addr))
         };
         rewrite_quote(ctx, &icmp, inner, inner_off, ip_end, iproto, dst, src);
+        let arrived = unsafe { ((*ip).src, (*ip).dst) };
         if let Some(addr) = outer {
             set_outer_dst(ip, addr);
         }
+        monitor::icmp_error(ctx, arrived, outer.unwrap_or(0), v.svc_id);
         return Some((Reason::XlateIcmpError, C::PASS));
     }
     None

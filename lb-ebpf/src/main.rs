@@ -15,6 +15,7 @@ mod frags;
 mod frame;
 mod icmp;
 mod maps;
+mod monitor;
 mod nat;
 mod parse;
 mod policy;

@@ -2,10 +2,10 @@
 //! all of them except `CT_V4` (the packet path) and the counters.
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
-use lb_common::*;
+use lb_common::{monitor::MonitorEvent, *};
 
 /// Addresses that concern us at all (frontends, backends): the one lookup
 /// every packet pays.
@@ -101,3 +101,13 @@ pub static SOCK_AFFINITY_V4: LruHashMap<
     AffinityValue,
     { lb_common::sock::MAX_SOCK_AFFINITY as usize },
 > = LruHashMap::new();
+
+/// Events for `xdplb monitor`, written only under its lease (`monitor.rs`).
+#[btf_map]
+pub static MONITOR: RingBuf<MonitorEvent, { lb_common::monitor::MONITOR_RING_BYTES as usize }> =
+    RingBuf::new();
+
+/// Element 0: until when (`bpf_ktime_get_ns`) a running `xdplb monitor`
+/// wants events, renewed by it every second; 0 when none runs.
+#[btf_map]
+pub static MONITOR_ON: Array<u64, 1> = Array::new();

@@ -6,11 +6,12 @@
 use lb_common::{
     checksum::{fold, sum_words},
     conntrack::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    Reason, PROTO_TCP,
+    CtKeyV4, CtValueV4, Reason, PROTO_TCP,
 };
 
 use crate::{
     frame::Frame,
+    monitor,
     parse::{ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, ETH_P_IP},
     stats,
 };
@@ -44,10 +45,16 @@ pub fn send<C: Frame>(ctx: &C, ihl: usize, proto: u8, reason: Reason) -> (Reason
 
 /// Tells the sender of a packet (as it sent it, untranslated) that the
 /// path takes at most `mtu` bytes (RFC 1191). A side event: the packet
-/// stays counted under its flow's path.
+/// stays counted under its flow's path (`key`, entry `ct`).
 #[inline(always)]
-pub fn frag_needed<C: Frame>(ctx: &C, ihl: usize, proto: u8, mtu: u32) -> u32 {
-    let quote = if proto == PROTO_TCP {
+pub fn frag_needed<C: Frame>(
+    ctx: &C,
+    ihl: usize,
+    mtu: u32,
+    key: &CtKeyV4,
+    ct: *const CtValueV4,
+) -> u32 {
+    let quote = if key.proto == PROTO_TCP {
         QUOTE_TCP
     } else {
         QUOTE_UDP
@@ -57,6 +64,7 @@ pub fn frag_needed<C: Frame>(ctx: &C, ihl: usize, proto: u8, mtu: u32) -> u32 {
         None => (Reason::IcmpFragNeededFailed, C::DROP),
     };
     stats::count(reason);
+    monitor::flow(ctx, reason, key, ct);
     action
 }
 

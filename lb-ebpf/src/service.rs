@@ -16,7 +16,7 @@ use crate::{
     frame::Frame,
     icmp,
     maps::{ADDRS_V4, ADDR_FILTER, CONFIG},
-    nat,
+    monitor, nat,
     parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IP_MF, IP_OFFSET_MASK, L4},
     policy, reject, select, stats,
 };
@@ -127,7 +127,10 @@ fn to_frontend<C: Frame>(ctx: &C, ip: *mut Ipv4Hdr) -> Option<Verdict> {
     let dst = unsafe { (*ip).dst };
     let p = match transport(ctx, ip) {
         Ok(p) => p,
-        Err(v) => return (v.0 == Reason::XlateFragment || is_frontend_addr(dst)).then_some(v),
+        Err(v) if v.0 == Reason::XlateFragment || is_frontend_addr(dst) => {
+            return Some(unparsed(ctx, ip, v))
+        }
+        Err(_) => return None,
     };
     let key = flow_key(&p, CT_DIR_FORWARD);
     let jiffies = flow_cache::jiffies();
@@ -144,8 +147,16 @@ fn to_frontend<C: Frame>(ctx: &C, ip: *mut Ipv4Hdr) -> Option<Verdict> {
     let (ct, reason) = match conntrack::lookup(&key, p.l4.tcp_flags, now) {
         Some(ct) => (ct, Reason::XlateEstablished),
         None => match new_flow(ctx, &p, &key, now) {
-            Ok(ct) => (ct, Reason::XlateNew),
-            Err(v) => return v,
+            Ok(ct) => {
+                monitor::flow(ctx, Reason::XlateNew, &key, ct);
+                (ct, Reason::XlateNew)
+            }
+            Err(v) => {
+                if let Some((reason, _)) = v {
+                    monitor::refused(ctx, reason, &key);
+                }
+                return v;
+            }
         },
     };
     let cache = slot.map(|s| (s, jiffies));
@@ -200,6 +211,7 @@ fn new_flow<C: Frame>(
         match policy::snat_port(&be, key, &cfg, now) {
             Some(port) => {
                 stats::count(Reason::SnatNewFlow);
+                monitor::snat(ctx, key, &be, fe.svc_id, (cfg.snat_addr, port));
                 Some((cfg.snat_addr, port))
             }
             None => return Err(Some((Reason::DropSnatPortsExhausted, C::DROP))),
@@ -210,13 +222,24 @@ fn new_flow<C: Frame>(
     conntrack::create(key, &be, fe.svc_id, snat, now).ok_or(Some((Reason::DropCtInsert, C::DROP)))
 }
 
+/// The final verdict `v` on a packet whose transport header `transport`
+/// did not hand out; a malformed one is shown to `xdplb monitor` here,
+/// where it is known to be dropped.
+#[inline(always)]
+fn unparsed<C: Frame>(ctx: &C, ip: *mut Ipv4Hdr, v: Verdict) -> Verdict {
+    if v.0 == Reason::DropMalformed {
+        monitor::malformed(ctx, ip);
+    }
+    v
+}
+
 /// Replies: from a backend back to the client, as the frontend.
 #[inline(always)]
 fn from_backend<C: Frame>(ctx: &C, ip: *mut Ipv4Hdr) -> Verdict {
     let p = match transport(ctx, ip) {
         Ok(p) => p,
         Err((Reason::PassUnsupportedProto, a)) => return (Reason::PassNotOurs, a),
-        Err(v) => return v,
+        Err(v) => return unparsed(ctx, ip, v),
     };
     reply(ctx, &p, conntrack::now()).unwrap_or((Reason::PassReplyNoFlow, C::PASS))
 }
@@ -248,7 +271,7 @@ fn cached<C: Frame>(
 ) -> Option<Verdict> {
     let ct = flow_cache::get(slot?, key, jiffies)?;
     Some(match forward::check(ctx, p.ip, key, ct, false) {
-        Fit::TellSender(mtu) => (reason, reject::frag_needed(ctx, p.ihl, p.proto, mtu)),
+        Fit::TellSender(mtu) => (reason, reject::frag_needed(ctx, p.ihl, mtu, key, ct)),
         fit => {
             let v = unsafe { &*ct };
             let partial = nat::rewrite(p.ip, &p.l4, p.ihl, v, key.dir == CT_DIR_FORWARD);
@@ -295,7 +318,7 @@ fn translate<C: Frame>(
     let refresh = conntrack::on_packet(key, ct, p.l4.tcp_flags, now);
     let fit = forward::check(ctx, p.ip, key, ct, refresh);
     if let Fit::TellSender(mtu) = fit {
-        return reject::frag_needed(ctx, p.ihl, p.proto, mtu);
+        return reject::frag_needed(ctx, p.ihl, mtu, key, ct);
     }
     let v = unsafe { &*ct };
     let frag = p.first_fragment.then(|| frags::first_key(p.ip));

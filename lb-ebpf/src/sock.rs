@@ -37,7 +37,7 @@ use lb_common::{
 use crate::{
     conntrack,
     maps::{FRONTENDS_V4, SOCK_REVNAT_V4},
-    select, stats,
+    monitor, select, stats,
 };
 
 /// Verdicts of a cgroup sock_addr program.
@@ -121,8 +121,8 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
     let (fe, be) = match decision {
         Decision::Backend { fe, backend, .. } => (fe, backend),
         Decision::NotOurs => return ALLOW,
-        Decision::Refused(Reason::DropNoLocalBackend) => return refuse(EHOSTUNREACH),
-        Decision::Refused(_) => return refuse(ECONNREFUSED),
+        Decision::Refused(Reason::DropNoLocalBackend) => return refuse(&fe_key, EHOSTUNREACH),
+        Decision::Refused(_) => return refuse(&fe_key, ECONNREFUSED),
     };
     unsafe {
         write_volatile(&raw mut (*sa).user_ip4, be.addr);
@@ -131,14 +131,16 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
     // A connection or datagram is the socket path's packet; its size is not
     // known here.
     stats::count(Reason::SockTranslated);
+    monitor::socket(&fe_key, Some((fe.svc_id, &be)));
     stats::count_service(fe.svc_id, 0);
     remember(cookie, &be, &fe_key);
     ALLOW
 }
 
 #[inline(always)]
-fn refuse(errno: i32) -> i32 {
+fn refuse(fe_key: &FrontendKeyV4, errno: i32) -> i32 {
     stats::count(Reason::SockRefused);
+    monitor::socket(fe_key, None);
     unsafe { bpf_set_retval(-errno) };
     DENY
 }

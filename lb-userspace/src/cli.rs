@@ -31,6 +31,8 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Packet path counters: translations, drops and rejects by reason.
     Stats(PinArgs),
+    /// Drops, rejects, new flows and socket decisions as they happen, one line each, until Ctrl-C.
+    Monitor(MonitorArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -60,7 +62,8 @@ pub struct InspectArgs {
 /// Which rows to show.
 #[derive(Args, Debug, Clone, Default)]
 pub struct Filter {
-    /// Only this Service: "namespace/name", or "namespace/name:port/PROTO".
+    /// Only this Service: "namespace/name", "namespace/name:port" (the
+    /// port's name, empty for an unnamed one) or "namespace/name:port/PROTO".
     #[arg(long)]
     pub service: Option<String>,
     /// Only rows with this address: a frontend or backend, or a flow's
@@ -75,9 +78,14 @@ impl Filter {
         let Some(want) = &self.service else {
             return true;
         };
-        match lb_common::SvcNameParts::parse(encoded) {
-            Some(p) if !want.contains(':') => want.split_once('/') == Some((p.namespace, p.name)),
-            _ => encoded == want,
+        let Some(p) = lb_common::SvcNameParts::parse(encoded) else {
+            return encoded == want;
+        };
+        let service = |s: &str| s.split_once('/') == Some((p.namespace, p.name));
+        match want.split_once(':') {
+            None => service(want),
+            Some((s, port)) if !port.contains('/') => service(s) && port == p.port,
+            Some(_) => encoded == want,
         }
     }
 
@@ -85,6 +93,18 @@ impl Filter {
     pub fn addr(&self, addrs: &[std::net::Ipv4Addr]) -> bool {
         self.addr.is_none_or(|a| addrs.contains(&a))
     }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MonitorArgs {
+    /// Pin path, output (a table, or one JSON object per line) and filters.
+    #[command(flatten)]
+    pub view: InspectArgs,
+    /// Only events counted under this reason, as `xdplb stats` names it
+    /// (reject_no_backend, drop_source_range, xlate_new_flow, ...); repeat
+    /// for several.
+    #[arg(long = "reason", value_name = "NAME")]
+    pub reasons: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -220,5 +240,48 @@ mod tests {
             panic!("not the agent")
         };
         assert_eq!(args.metrics_addr, "127.0.0.1:10249".parse().unwrap());
+    }
+
+    #[test]
+    fn a_service_filter_names_a_service_a_port_or_a_port_and_protocol() {
+        let named = |s: &str| Filter {
+            service: Some(s.into()),
+            ..Filter::default()
+        };
+        let encoded = "default/web:http/TCP";
+        for (want, passes) in [
+            ("default/web", true),
+            ("default/web:http", true),
+            ("default/web:http/TCP", true),
+            ("default/web:http/UDP", false),
+            ("default/web:metrics", false),
+            ("default/web:", false),
+            ("other/web", false),
+        ] {
+            assert_eq!(named(want).service(encoded), passes, "{want}");
+        }
+        assert!(
+            named("default/db:").service("default/db:/TCP"),
+            "unnamed port"
+        );
+    }
+
+    #[test]
+    fn monitor_takes_several_reasons() {
+        let cli = Cli::parse_from([
+            "xdplb",
+            "monitor",
+            "-o",
+            "json",
+            "--reason",
+            "drop_source_range",
+            "--reason",
+            "reject_no_backend",
+        ]);
+        let Command::Monitor(args) = cli.command else {
+            panic!("not the monitor")
+        };
+        assert_eq!(args.view.output, Output::Json);
+        assert_eq!(args.reasons, ["drop_source_range", "reject_no_backend"]);
     }
 }

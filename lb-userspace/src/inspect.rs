@@ -3,6 +3,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     net::{Ipv4Addr, SocketAddrV4},
+    path::PathBuf,
 };
 
 use anyhow::{Context, Result};
@@ -22,8 +23,13 @@ use crate::{
     sync::svc_name_str,
 };
 
+/// Where the agent of this version pins its maps.
+pub fn maps_dir(pin: &PinArgs) -> PathBuf {
+    pin.pin_path.join(format!("v{LAYOUT_VERSION}")).join("maps")
+}
+
 fn open(pin: &PinArgs) -> Result<Maps> {
-    Maps::from_pins(&pin.pin_path.join(format!("v{LAYOUT_VERSION}")).join("maps"))
+    Maps::from_pins(&maps_dir(pin))
 }
 
 fn proto_name(p: u8) -> &'static str {

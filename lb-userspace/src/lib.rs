@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
+pub mod monitor;
 pub mod sockdiag;
 pub mod source;
 pub mod sync;

@@ -9,6 +9,8 @@ mod programming;
 mod source;
 mod uplink;
 
+pub(crate) use pins::flock_holder;
+
 use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},

@@ -183,7 +183,7 @@ impl Layout {
 
 /// The pid holding a flock on `file`, from /proc/locks; None when no lock
 /// shows there or its holder is outside this pid namespace (pid 0).
-fn flock_holder(file: &File) -> Option<u32> {
+pub(crate) fn flock_holder(file: &File) -> Option<u32> {
     let m = file.metadata().ok()?;
     let id = format!(
         "{:02x}:{:02x}:{}",

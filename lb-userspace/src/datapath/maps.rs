@@ -42,7 +42,8 @@ fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
         .with_context(|| format!("map {name} missing from the object"))
 }
 
-fn pinned(dir: &Path, name: &str) -> Result<Map> {
+/// The map pinned as `name` in `dir`.
+pub fn pinned(dir: &Path, name: &str) -> Result<Map> {
     let path = dir.join(name);
     let data = MapData::from_pin(&path).with_context(|| {
         format!(

@@ -10,8 +10,9 @@ use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,8 @@ pub struct Node {
     pub client: Ns,
     /// On ext0, facing the client: where NodePorts answer.
     pub addr: Ipv4Addr,
+    /// The client's, on the other end of ext0.
+    pub client_addr: Ipv4Addr,
     pub pods: [Pod; 2],
     pub pin_path: PathBuf,
     /// Where the agent attaches its socket programs.
@@ -439,6 +442,89 @@ impl Conn {
     }
 }
 
+impl Cluster {
+    /// Starts `xdplb monitor <args> --pin-path <node's>` inside `node`,
+    /// where interface names resolve as the agent's.
+    pub fn start_monitor(&self, node: &Node, args: &[&str]) -> Result<Monitor> {
+        let pin = node.pin_path.to_str().context("pin path")?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", node.ns.name(), XDPLB, "monitor"])
+            .args(args)
+            .args(["--pin-path", pin])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("spawning xdplb monitor")?;
+        let stdout = child.stdout.take().context("monitor stdout")?;
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Monitor { child, lines })
+    }
+}
+
+/// A running `xdplb monitor` and the lines it prints; drop kills it if it
+/// still runs.
+pub struct Monitor {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Monitor {
+    /// The next line printed, waiting at most `bound`.
+    pub fn next_line(&self, bound: Duration) -> Result<String> {
+        self.lines
+            .recv_timeout(bound)
+            .with_context(|| format!("no line from xdplb monitor within {bound:?}"))
+    }
+
+    /// Ctrl-C, then the exit status (bounded wait).
+    pub fn interrupt(mut self) -> Result<ExitStatus> {
+        stop(&mut self.child, libc::SIGINT, "xdplb monitor")
+    }
+
+    /// The exit status, waiting at most `bound` for it.
+    pub fn wait_exit(&mut self, bound: Duration) -> Result<ExitStatus> {
+        wait_exit(&mut self.child, bound, "xdplb monitor")
+    }
+}
+
+/// `child`'s exit status, waiting at most `bound` for it; `what` names it.
+fn wait_exit(child: &mut Child, bound: Duration, what: &str) -> Result<ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < bound {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        thread::sleep(POLL);
+    }
+    bail!("{what} still runs after {bound:?}")
+}
+
+/// Signal `sig` to `child`, then its exit status (bounded wait).
+fn stop(child: &mut Child, sig: libc::c_int, what: &str) -> Result<ExitStatus> {
+    let pid = libc::pid_t::try_from(child.id())?;
+    // SAFETY: plain syscall; the child is unreaped, so the pid is still ours.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        return Err(io::Error::last_os_error().into());
+    }
+    wait_exit(child, EXIT_TIMEOUT, what)
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A running `xdplb agent`; drop kills it if it still runs.
 pub struct Agent<'a> {
     tb: &'a Testbed,
@@ -511,14 +597,7 @@ impl Agent<'_> {
 
     /// The exit status, waiting at most `bound` for it.
     pub fn wait_exit(&mut self, bound: Duration) -> Result<ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < bound {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            thread::sleep(POLL);
-        }
-        bail!("the agent still runs after {bound:?}")
+        wait_exit(&mut self.child, bound, "the agent")
     }
 
     pub fn kill_9(mut self) -> Result<()> {
@@ -529,19 +608,7 @@ impl Agent<'_> {
 
     /// SIGTERM, then the exit status (bounded wait).
     pub fn terminate(mut self) -> Result<ExitStatus> {
-        let pid = libc::pid_t::try_from(self.child.id())?;
-        // SAFETY: plain syscall; the child is unreaped, so the pid is still ours.
-        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-            return Err(io::Error::last_os_error().into());
-        }
-        let start = Instant::now();
-        while start.elapsed() < EXIT_TIMEOUT {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            thread::sleep(POLL);
-        }
-        bail!("the agent still runs {EXIT_TIMEOUT:?} after SIGTERM")
+        stop(&mut self.child, libc::SIGTERM, "the agent")
     }
 }
 
@@ -694,6 +761,7 @@ fn build_node(
         ns,
         client,
         addr,
+        client_addr,
         pods,
         pin_path: bpffs.join(name),
         cgroup: super::cgroup::Cgroup::new(false)?,

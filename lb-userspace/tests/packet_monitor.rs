@@ -1,0 +1,188 @@
+//! BPF_PROG_TEST_RUN tier for `xdplb monitor`: the program writes no event
+//! while no monitor holds the lease (none held, or one run out), and one
+//! per drop, reject or new flow while one does, naming the packet as it
+//! arrived and what it was translated to.
+mod common;
+
+use std::net::Ipv4Addr;
+
+use aya::maps::{MapData, RingBuf};
+use common::{
+    be, load,
+    packets::{parse_checked, tcp_frame, Tcp},
+    source_range, Provision,
+};
+use lb_common::{monitor::MonitorEvent, names, FrontendValue, Reason, FE_SOURCE_RANGES, PROTO_TCP};
+use lb_userspace::{
+    datapath::{run_frame, Datapath, PROGRAM},
+    monitor::{drain, monotonic_ns, Lease},
+};
+
+const XDP_DROP: u32 = 1;
+/// BPF_PROG_TEST_RUN receives on the loopback device.
+const LOOPBACK: u32 = 1;
+
+const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(192, 168, 1, 100), 40000);
+const VIP: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 10), 80);
+const B1: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 1, 2), 8080);
+const B2: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 2, 2), 8080);
+
+/// A loaded data plane with the monitor's maps in hand, as `xdplb monitor`
+/// holds them.
+struct Watched {
+    dp: Datapath,
+    ring: RingBuf<MapData>,
+    lease: Lease,
+}
+
+impl Watched {
+    fn new(mut dp: Datapath) -> Self {
+        let ring = dp.ebpf.take_map(names::MONITOR).unwrap();
+        let lease = dp.ebpf.take_map(names::MONITOR_ON).unwrap();
+        Self {
+            ring: ring.try_into().unwrap(),
+            lease: Lease::new(lease).unwrap(),
+            dp,
+        }
+    }
+
+    /// Runs `frame` `repeat` times; the action and the frame after the last.
+    fn run(&self, frame: &[u8], repeat: u32) -> (u32, Vec<u8>) {
+        let r = run_frame(self.dp.program(PROGRAM).unwrap(), frame, repeat).unwrap();
+        (r.action, r.frame)
+    }
+
+    fn count(&self, r: Reason) -> u64 {
+        self.dp.maps.reason_total(r).unwrap()
+    }
+}
+
+fn syn_from(client: (Ipv4Addr, u16), to: (Ipv4Addr, u16)) -> Vec<u8> {
+    tcp_frame(client, to, Tcp::syn(), b"", &[])
+}
+
+/// The event of a packet from `client` to `to` counted under `reason`,
+/// with nothing translated; `ktime_ns` is left for the caller.
+fn event(reason: Reason, client: (Ipv4Addr, u16), to: (Ipv4Addr, u16)) -> MonitorEvent {
+    MonitorEvent {
+        reason: reason as u32,
+        ifindex: LOOPBACK,
+        saddr: be(client.0),
+        daddr: be(to.0),
+        sport: client.1.to_be(),
+        dport: to.1.to_be(),
+        proto: PROTO_TCP,
+        ..MonitorEvent::default()
+    }
+}
+
+/// The events written between `since` and now, with their times checked
+/// and cleared for comparison.
+fn events_since(w: &mut Watched, since: u64) -> Vec<MonitorEvent> {
+    let until = monotonic_ns();
+    drain(&mut w.ring)
+        .into_iter()
+        .map(|e| {
+            assert!(
+                (since..=until).contains(&e.ktime_ns),
+                "event time {} outside {since}..={until}",
+                e.ktime_ns
+            );
+            MonitorEvent { ktime_ns: 0, ..e }
+        })
+        .collect()
+}
+
+/// A Service admitting 198.51.100.0/24 only, so `CLIENT` is dropped.
+fn source_ranged() -> Watched {
+    let mut dp = load();
+    let template = FrontendValue {
+        flags: FE_SOURCE_RANGES,
+        ..Default::default()
+    };
+    Provision::new().service_with(&mut dp, 7, VIP, PROTO_TCP, &[B1], 0, template);
+    source_range(&mut dp, 7, Ipv4Addr::new(198, 51, 100, 0), 24);
+    Watched::new(dp)
+}
+
+#[test]
+fn drops_are_written_only_while_a_monitor_holds_the_lease() {
+    let mut w = source_ranged();
+    let client = |port| (CLIENT.0, port);
+
+    let (action, _) = w.run(&syn_from(client(40000), VIP), 1);
+    assert_eq!(action, XDP_DROP);
+    assert_eq!(w.count(Reason::DropSourceRange), 1);
+    assert_eq!(drain(&mut w.ring), [], "no lease: no event");
+
+    w.lease.set(monotonic_ns() - 1).unwrap();
+    w.run(&syn_from(client(40001), VIP), 1);
+    assert_eq!(drain(&mut w.ring), [], "a lease run out: no event");
+
+    w.lease.renew().unwrap();
+    let since = monotonic_ns();
+    w.run(&syn_from(client(40002), VIP), 1);
+    let want = MonitorEvent {
+        svc_id: 7,
+        ..event(Reason::DropSourceRange, client(40002), VIP)
+    };
+    assert_eq!(events_since(&mut w, since), [want]);
+
+    w.lease.clear().unwrap();
+    w.run(&syn_from(client(40003), VIP), 1);
+    assert_eq!(drain(&mut w.ring), [], "lease cleared: no event");
+    assert_eq!(w.count(Reason::DropSourceRange), 4);
+}
+
+#[test]
+fn new_flows_name_their_backend_and_rejects_the_packet_as_it_arrived() {
+    let mut dp = load();
+    Provision::new().service(&mut dp, 7, VIP, PROTO_TCP, &[B1, B2]);
+    let mut w = Watched::new(dp);
+    w.lease.renew().unwrap();
+
+    let since = monotonic_ns();
+    let (_, out) = w.run(&syn_from(CLIENT, VIP), 1);
+    let p = parse_checked(&out);
+    let chosen = (p.dst, p.dport);
+    assert!([B1, B2].contains(&chosen), "went to {chosen:?}");
+    let want = MonitorEvent {
+        svc_id: 7,
+        to_addr: be(chosen.0),
+        to_port: chosen.1.to_be(),
+        ..event(Reason::XlateNew, CLIENT, VIP)
+    };
+    assert_eq!(events_since(&mut w, since), [want]);
+
+    w.run(&tcp_frame(CLIENT, VIP, Tcp::ack(), b"data", &[]), 1);
+    assert_eq!(w.count(Reason::XlateEstablished), 1);
+    assert_eq!(drain(&mut w.ring), [], "an established packet is no event");
+
+    // The reject is built over the packet; the event still shows the
+    // client's packet, not the answer.
+    let unknown_port = (VIP.0, 81);
+    let since = monotonic_ns();
+    w.run(&syn_from(CLIENT, unknown_port), 1);
+    assert_eq!(w.count(Reason::RejectUnknownPort), 1);
+    assert_eq!(
+        events_since(&mut w, since),
+        [event(Reason::RejectUnknownPort, CLIENT, unknown_port)]
+    );
+}
+
+/// A reader that falls behind loses events, never packets, and every lost
+/// event is counted.
+#[test]
+fn a_full_ring_counts_the_events_it_lost() {
+    let mut w = source_ranged();
+    w.lease.renew().unwrap();
+    // The ring holds about 4,700 events of 48 bytes and their headers.
+    let sent = 6_000;
+    let (action, _) = w.run(&syn_from(CLIENT, VIP), sent);
+    assert_eq!(action, XDP_DROP);
+    let read = drain(&mut w.ring).len() as u64;
+    let lost = w.count(Reason::MonitorEventsLost);
+    assert!(lost > 0, "{read} events read, none lost");
+    assert_eq!(read + lost, sent as u64);
+    assert_eq!(w.count(Reason::DropSourceRange), sent as u64);
+}
