@@ -525,6 +525,14 @@ impl Cluster {
         Ok(())
     }
 
+    /// The pid of the process started as `label`, while it runs.
+    pub fn pid(&self, label: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, child)| child.id())
+    }
+
     /// Kills the process started as `label` with SIGKILL and waits for it.
     pub fn kill(&mut self, label: &str) -> Result<()> {
         let index = self

@@ -515,7 +515,51 @@ fn start_agents(cluster: &mut Cluster, bin: &Path, services: &Services) -> Resul
         services::COUNT,
         seconds(started.elapsed())
     ));
+    let labels: Vec<String> = nodes.iter().map(|n| format!("agent-{}", n.name)).collect();
+    let pids: Vec<u32> = labels.iter().filter_map(|l| cluster.pid(l)).collect();
+    ensure!(pids.len() == labels.len(), "an agent is not running");
+    let settled = Instant::now();
+    wait_for(
+        "the agents to go idle",
+        AGENT_TIMEOUT,
+        || cluster.check_processes(),
+        || agents_idle(&pids),
+    )?;
+    step(&format!("agents idle after {}", seconds(settled.elapsed())));
     Ok(())
+}
+
+/// Whether the agents together used under 2% of a CPU over the last 0.5 s.
+/// Ready is not idle: after its first sync an agent still builds its
+/// metrics, health servers and caches for a few seconds, and a cell
+/// measured meanwhile shares the CPUs with it (the first cells of a column
+/// read up to 40% low).
+fn agents_idle(pids: &[u32]) -> bool {
+    let cpu_ticks = || -> Option<u64> {
+        pids.iter()
+            .map(|pid| {
+                let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                // Fields after the parenthesised command name, which may
+                // hold spaces: utime and stime are the 12th and 13th.
+                let rest = &stat[stat.rfind(')')? + 2..];
+                let mut fields = rest.split_whitespace().skip(11);
+                let utime: u64 = fields.next()?.parse().ok()?;
+                let stime: u64 = fields.next()?.parse().ok()?;
+                Some(utime + stime)
+            })
+            .sum()
+    };
+    let window = Duration::from_millis(500);
+    let Some(before) = cpu_ticks() else {
+        return false;
+    };
+    std::thread::sleep(window);
+    let Some(after) = cpu_ticks() else {
+        return false;
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (after - before) as f64 / hz < window.as_secs_f64() * 0.02
 }
 
 /// Fails unless exactly the column's proxy is in place on every node: no
