@@ -17,15 +17,22 @@ use crate::{
     stats,
 };
 
-/// `bpf_ktime_get_ns` if a monitor holds the lease.
+/// `bpf_ktime_get_ns` if a monitor holds the lease. The first event site
+/// to find the lease expired (its monitor was killed) clears it, so the
+/// sites go back to not reading the clock.
 #[inline(always)]
 fn leased() -> Option<u64> {
-    let until = unsafe { *MONITOR_ON.get_ptr(0)? };
+    let lease = MONITOR_ON.get_ptr_mut(0)?;
+    let until = unsafe { *lease };
     if until == 0 {
         return None;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    (now < until).then_some(now)
+    if now >= until {
+        unsafe { *lease = 0 };
+        return None;
+    }
+    Some(now)
 }
 
 /// Writes the event `build` makes, under a lease only. A full ring counts

@@ -118,6 +118,11 @@ fn drops_are_written_only_while_a_monitor_holds_the_lease() {
     w.lease.set(monotonic_ns() - 1).unwrap();
     w.run(&syn_from(client(40001), VIP), 1);
     assert_eq!(drain(&mut w.ring), [], "a lease run out: no event");
+    assert_eq!(
+        w.lease.until().unwrap(),
+        0,
+        "a lease run out is cleared, so event sites stop reading the clock"
+    );
 
     w.lease.renew().unwrap();
     let since = monotonic_ns();
