@@ -27,7 +27,7 @@ use crate::{
     http,
     metrics::{self, Metrics},
     model::{self, Changes, DesiredState, ModelOptions, NodeInfo},
-    sync::{KernelServiceMaps, Room, ServiceMaps, Syncer},
+    sync::{KernelServiceMaps, NodeMaps, Room, ServiceMaps, Syncer},
 };
 
 pub fn run(args: AgentArgs) -> Result<()> {
@@ -116,7 +116,7 @@ impl Agent {
         if config.snat_addr == 0 {
             tracing::warn!("no IPv4 address on the external interfaces: source NAT disabled");
         }
-        self.dp.maps.config.set(0, config, 0)?;
+        self.dp.maps.put_config(config)?;
         self.config = Some(config);
         Ok(())
     }

@@ -13,6 +13,8 @@ use lb_common::{
 
 use super::{filter::AddrFilter, slots::RingSlots};
 
+mod node;
+
 /// Typed handles on every map of the data plane.
 pub struct Maps {
     pub addrs: HashMap<MapData, u32, AddrInfo>,
@@ -119,7 +121,7 @@ impl Maps {
 
     /// After deleting `key` from `CT_V4`: empties the flow cache slot that
     /// may hold a copy of it, on every CPU, so no packet uses the copy.
-    pub fn forget_cached(&mut self, key: &CtKeyV4) -> Result<()> {
+    fn forget_cached(&mut self, key: &CtKeyV4) -> Result<()> {
         let Some(cache) = self.flow_cache.as_mut() else {
             return Ok(());
         };

@@ -17,6 +17,7 @@
 mod alloc;
 pub mod fake;
 mod kernel;
+pub mod node_maps;
 mod plan;
 pub mod service_maps;
 pub mod stale;
@@ -33,6 +34,7 @@ use lb_common::{
 };
 
 pub use kernel::{svc_name_str, KernelServiceMaps};
+pub use node_maps::NodeMaps;
 pub use service_maps::{Room, ServiceMaps, Snapshot};
 
 use crate::model::{DesiredState, Proto, ServicePortId};
