@@ -16,7 +16,6 @@
 //! converges without a restart or `--cleanup`.
 mod alloc;
 pub mod fake;
-mod kernel;
 pub mod node_maps;
 mod plan;
 pub mod service_maps;
@@ -33,7 +32,6 @@ use lb_common::{
     BackendV4, FrontendKeyV4, FE_EXTERNAL,
 };
 
-pub use kernel::{svc_name_str, KernelServiceMaps};
 pub use node_maps::NodeMaps;
 pub use service_maps::{Room, ServiceMaps, Snapshot};
 
