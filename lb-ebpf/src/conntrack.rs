@@ -1,5 +1,13 @@
 //! Connection tracking: lookup with expiry, creation of the forward and
 //! reverse entries, and TCP state kept identical on both.
+//!
+//! Unsafe in this module: the clock helper, which takes no arguments, and
+//! field accesses through `CT_V4` entry pointers. The memory behind a
+//! lookup's pointer stays valid until the program returns (an LRU map's
+//! elements are preallocated), though another CPU may update the entry, or
+//! delete it and reuse the element, meanwhile: every field touched is
+//! aligned and at most 8 bytes, so each is read or written whole, never
+//! torn.
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     checksum::{RewriteSums, Tuple},

@@ -2,6 +2,11 @@
 //! a hit costs a multiply and an array read where `CT_V4` costs a jhash and
 //! a bucket walk. Only packets that cannot change a flow's state use it, so
 //! every TCP transition still happens on the entry in `CT_V4`.
+//!
+//! Unsafe in this module: the jiffies helper, and accesses through a
+//! `FLOW_CACHE_V4` slot pointer and a `CT_V4` entry pointer, valid until the
+//! program returns. The slot is this CPU's own copy, so no other CPU writes
+//! it while the packet path uses it.
 use aya_ebpf::helpers::generated::bpf_jiffies64;
 use lb_common::{
     conntrack::{TCP_FIN, TCP_RST, TCP_SYN},

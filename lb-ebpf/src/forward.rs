@@ -4,6 +4,12 @@
 //! tracking entry and refreshed once per `CT_REFRESH_NS`, so an established
 //! flow pays no FIB lookup. Before the rewrite, a large packet is checked
 //! against the egress MTU: the sender must hear about its own packet.
+//!
+//! Unsafe in this module: `bpf_fib_lookup` and `bpf_check_mtu` on the hook's
+//! own context pointer, with a parameter block on the stack that may start
+//! zeroed because it is plain integers; header accesses through pointers
+//! `parse::ptr_at` checked; field accesses through `IFACES` and `CT_V4` entry
+//! pointers, valid until the program returns (see `conntrack`).
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup},

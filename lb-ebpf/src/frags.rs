@@ -3,6 +3,10 @@
 //! later fragments, which carry no ports, follow it to the same backend
 //! (Cilium's approach). A later fragment without that state is passed to the
 //! kernel untouched, never sent to a guessed backend.
+//!
+//! Unsafe in this module: IPv4 header accesses through a pointer
+//! `parse::ptr_at` checked, and reads of a `FRAGS_V4` entry, valid until the
+//! program returns.
 use lb_common::{checksum::update32, FragKeyV4, FragValueV4};
 
 use crate::{maps::FRAGS_V4, parse::Ipv4Hdr};

@@ -4,6 +4,12 @@
 //! knows the frontend (or itself): the quote and the outer destination are
 //! translated back, with every checksum involved, so Path MTU discovery works
 //! through the NAT in both directions.
+//!
+//! Unsafe in this module: accesses to the outer and the quoted headers
+//! through pointers `parse::ptr_at` checked against the frame's end; the
+//! quote is rewritten only where it lies inside the IP packet, so a trailer
+//! is never touched. `CT_V4` entries are copied before use, so the rewrite
+//! works on one version of each.
 use lb_common::{
     checksum::{update16, update32},
     CtKeyV4, CtValueV4, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, PROTO_TCP, PROTO_UDP,

@@ -5,6 +5,10 @@
 //! would not pay (see `frame::Tc`); `noop` exists so benchmarks measure the
 //! BPF_PROG_TEST_RUN floor with the same object, and so tests can give a
 //! veth's peer an XDP program.
+//!
+//! Unsafe in this module: the attributes that export `LICENSE` unmangled in
+//! the `license` section, where the loader looks for it (GPL-only helpers
+//! need it); no other symbol has that name.
 #![no_std]
 #![no_main]
 

@@ -1,5 +1,11 @@
 //! Every map of the program. Layouts live in `lb-common`; the agent writes
 //! all of them except `CT_V4` (the packet path) and the counters.
+//!
+//! Unsafe in this module: the attributes that give `ADDR_FILTER` an
+//! unmangled symbol and a section of its own, which the loader turns into a
+//! map the agent finds by that name; no other symbol has that name or
+//! section. The program only reads the global (volatile, in `service`), the
+//! agent only writes it.
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},

@@ -5,6 +5,10 @@
 //! Each event first reads the lease in `MONITOR_ON`: while no monitor runs
 //! it is 0, and an event site costs one array load and a branch; the event
 //! is built, the clock read and the ring reserved only under a live lease.
+//!
+//! Unsafe in this module: the clock helper, reads through `MONITOR_ON`,
+//! `FRONTENDS_V4` and `CT_V4` pointers, valid until the program returns, and
+//! header reads through pointers `parse::ptr_at` checked.
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use lb_common::{
     monitor::MonitorEvent, BackendV4, CtKeyV4, CtValueV4, FrontendKeyV4, Reason, CT_DIR_FORWARD,

@@ -10,6 +10,9 @@
 //! addresses' difference: port changes (outside the pseudo-header) leave it
 //! alone, as the kernel's own `inet_proto_csum_replace4` does for partial
 //! checksums.
+//!
+//! Unsafe in this module: header reads and rewrites through pointers
+//! `parse` checked (`L4::check` points into the checked TCP or UDP header).
 use lb_common::{
     checksum::{add, apply},
     CtValueV4,

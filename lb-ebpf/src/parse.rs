@@ -1,5 +1,9 @@
 //! Bounds-checked header access. Every pointer handed out has been checked
 //! against `data_end`, which is also what the verifier insists on.
+//!
+//! Unsafe in this module: field reads and `&raw mut` projections through
+//! pointers `ptr_at` has just checked. A projection makes no reference, so
+//! the header can be rewritten through it later without aliasing one.
 use core::mem::size_of;
 
 use crate::frame::Frame;

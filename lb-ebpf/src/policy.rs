@@ -1,6 +1,9 @@
 //! Per-frontend policies applied to new flows: loadBalancerSourceRanges and
 //! source NAT (traffic from outside to a backend on another node, and a pod
 //! reaching itself through its Service).
+//!
+//! Unsafe in this module: the random helper, which takes no arguments, and
+//! reads of `CT_V4` entries, valid until the program returns.
 use aya_ebpf::helpers::generated::bpf_get_prandom_u32;
 use lb_common::{
     conntrack::STATE_SEEN_REPLY, BackendV4, Config, CtKeyV4, FrontendValue, Reason, BE_LOCAL,

@@ -3,6 +3,11 @@
 //! unreachable for UDP), and ICMP fragmentation needed for a translated
 //! packet too big for its egress. Each leaves the way the packet came
 //! (`Frame::bounce`).
+//!
+//! Unsafe in this module: header reads and writes at fixed offsets inside a
+//! span `parse::ptr_at` checked as a whole, so each `base.add` stays inside
+//! it; after `grow_l3` moves the packet's data, every pointer is taken and
+//! checked anew.
 use lb_common::{
     checksum::{fold, sum_words},
     conntrack::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},

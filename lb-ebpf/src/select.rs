@@ -1,6 +1,11 @@
 //! The data plane's view of the maps for `lb_common::decide`, the rules for
 //! new flows that the packet path, the socket hooks (`sock.rs`) and
 //! `xdplb explain` share.
+//!
+//! Unsafe in this module: frontend and affinity values copied whole through
+//! their map pointers, so a flow sees one version of each while the agent
+//! or another CPU may replace it, and the write of an affinity entry's
+//! `last_seen_ns` through its pointer, valid until the program returns.
 use aya_ebpf::maps::lpm_trie::Key;
 use lb_common::{
     decide::{Client, View},

@@ -2,6 +2,14 @@
 //! Each function returns the one `Reason` the packet is counted under and
 //! the hook's action; `handle` counts it, so no path can forget to. The
 //! path is generic over the hook (`Frame`): XDP and tc run this same code.
+//!
+//! Unsafe in this module: header reads through pointers `parse::ptr_at`
+//! checked, including `flow_key`'s 8- and 4-byte loads at 2-byte aligned
+//! packet offsets, which the verifier allows for packet pointers on
+//! architectures with efficient unaligned access; reads through `ADDRS_V4`,
+//! `CONFIG` and `CT_V4` pointers, valid until the program returns; and a
+//! volatile read of an `ADDR_FILTER` word whose index is masked into the
+//! array, volatile because the agent writes the words outside the program.
 use lb_common::{
     decide::{self, Client, Decision},
     filter::{position, AddrSet, FILTER_WORDS},

@@ -20,6 +20,13 @@
 //! the client; or, where the packet path drops (`FE_DROP_EMPTY`, traffic
 //! policy Local without local backends), EHOSTUNREACH, as Cilium's socket
 //! balancer answers, rather than leave the client to its connect timeout.
+//!
+//! Unsafe in this module: helpers on the hook's own context pointer;
+//! accesses to the `bpf_sock_addr` fields the verifier lets cgroup
+//! `sock_addr` programs read and write, each one whole-word volatile access
+//! because the verifier rewrites every context access and refuses narrower
+//! ones; and copies of `SOCK_REVNAT_V4` values, valid until the program
+//! returns.
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{

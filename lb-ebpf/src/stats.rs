@@ -1,4 +1,8 @@
 //! Per-CPU counters: no atomics, summed by the reader.
+//!
+//! Unsafe in this module: increments through `STATS` and `SVC_STATS`
+//! pointers, this CPU's own copies, so no atomics are needed: the reader
+//! sums the CPUs.
 use lb_common::{Reason, SvcStats};
 
 use crate::maps::{STATS, SVC_STATS};

@@ -33,7 +33,10 @@ use lb_common::{
     flow_cache_slot, Config, CtKeyV4, FrontendValue, Reason, CT_DIR_FORWARD, CT_DIR_REPLY,
     FE_EXTERNAL, PROTO_TCP,
 };
-use lb_userspace::datapath::{run_frame, Capacities, Datapath, PROGRAM};
+use lb_userspace::{
+    datapath::{run_frame, Capacities, Datapath, PROGRAM},
+    sync::NodeMaps,
+};
 use packets::{tcp_frame, Tcp};
 use provision::Provision;
 
@@ -203,14 +206,14 @@ fn provision(n: u32) -> Datapath {
         snat_addr: u32::from_ne_bytes(NODE.octets()),
         ..Config::DEFAULT
     };
-    dp.maps.config.set(0, cfg, 0).unwrap();
+    dp.maps.put_config(cfg).unwrap();
     let external = FrontendValue {
         flags: FE_EXTERNAL,
         ..Default::default()
     };
     prov.service_with(&mut dp, 5, NODE_PORT, PROTO_TCP, &[BACKEND], 0, external);
     dp.maps
-        .addrs
+        .addrs_mut()
         .remove(&u32::from_ne_bytes(NODE.octets()))
         .unwrap();
     let sticky = FrontendValue {
@@ -312,7 +315,7 @@ fn measure(n: u32) -> Row {
         .collect();
     let (affinity_hit, _) = single_out(&dp, &sticky, Reason::XlateNew);
     assert_eq!(
-        dp.maps.affinity.keys().count(),
+        dp.maps.affinity().keys().count(),
         1,
         "every flow after the first was an affinity hit"
     );

@@ -10,7 +10,7 @@ use std::{
 use lb_userspace::{
     datapath::{Capacities, Datapath},
     model::{Backend, DesiredState, Frontend, FrontendKind, Proto, ServicePort, ServicePortId},
-    sync::{fake::FakeServiceMaps, KernelServiceMaps, ServiceMaps, Syncer},
+    sync::{fake::FakeServiceMaps, ServiceMaps, Syncer},
 };
 
 const SERVICES: u32 = 10_000;
@@ -96,9 +96,8 @@ fn main() {
         panic!("{e:#}");
     }
     let mut dp = Datapath::load(&Capacities::default(), None).expect("load");
-    let syncer = Syncer::recover(&mut KernelServiceMaps { maps: &mut dp.maps }).unwrap();
-    let (real_cold, real_one, real_writes) =
-        measure(&mut KernelServiceMaps { maps: &mut dp.maps }, syncer);
+    let syncer = Syncer::recover(&mut dp.maps).unwrap();
+    let (real_cold, real_one, real_writes) = measure(&mut dp.maps, syncer);
 
     println!("\nsync of {SERVICES} Services x {ENDPOINTS} endpoints (release build)");
     println!(

@@ -19,8 +19,7 @@ use serde_json::json;
 
 use crate::{
     cli::{ExplainArgs, Filter, InspectArgs, Output, PinArgs},
-    datapath::{lookup_all, now_ns, Maps, MapsView},
-    sync::svc_name_str,
+    datapath::{lookup_all, now_ns, svc_name_str, Maps, MapsView},
 };
 
 /// Where the agent of this version pins its maps.
@@ -41,17 +40,17 @@ fn proto_name(p: u8) -> &'static str {
 }
 
 fn service_name(maps: &Maps, svc_id: u32) -> String {
-    maps.svc_names
+    maps.svc_names()
         .get(&svc_id, 0)
         .map(|n| svc_name_str(&n))
         .unwrap_or_else(|_| format!("#{svc_id}"))
 }
 
 fn ring_backends(maps: &Maps, offset: u32, size: u32) -> Result<Vec<SocketAddrV4>> {
-    let ids: BTreeSet<u32> = maps.slots.read(offset, size)?.into_iter().collect();
+    let ids: BTreeSet<u32> = maps.slots().read(offset, size)?.into_iter().collect();
     let mut out = Vec::new();
     for id in ids {
-        let b: BackendV4 = maps.backends.get(&id, 0)?;
+        let b: BackendV4 = maps.backends().get(&id, 0)?;
         out.push(SocketAddrV4::new(from_map(b.addr), u16::from_be(b.port)));
     }
     out.sort();
@@ -62,7 +61,7 @@ pub fn services(args: &InspectArgs) -> Result<()> {
     let maps = open(&args.pin)?;
     let mut rows = Vec::new();
     let names = service_names(&maps)?;
-    for (k, v) in lookup_all::<FrontendKeyV4, FrontendValue>(maps.frontends.map())? {
+    for (k, v) in lookup_all::<FrontendKeyV4, FrontendValue>(maps.frontends().map())? {
         let name = names
             .get(&v.svc_id)
             .cloned()
@@ -116,7 +115,7 @@ pub fn services(args: &InspectArgs) -> Result<()> {
 
 /// Service names by id, read once rather than per row.
 fn service_names(maps: &Maps) -> Result<HashMap<u32, String>> {
-    Ok(lookup_all::<u32, SvcName>(maps.svc_names.map())?
+    Ok(lookup_all::<u32, SvcName>(maps.svc_names().map())?
         .into_iter()
         .map(|(id, n)| (id, svc_name_str(&n)))
         .collect())
@@ -128,7 +127,7 @@ pub fn flow_rows(maps: &Maps, filter: &Filter) -> Result<Vec<serde_json::Value>>
     let now = now_ns();
     let names = service_names(maps)?;
     let mut rows = Vec::new();
-    for (k, v) in lookup_all::<CtKeyV4, CtValueV4>(maps.ct.map())? {
+    for (k, v) in lookup_all::<CtKeyV4, CtValueV4>(maps.ct().map())? {
         let service = names
             .get(&v.svc_id)
             .cloned()
@@ -212,7 +211,7 @@ pub fn explain(args: &ExplainArgs) -> Result<()> {
         dir: CT_DIR_FORWARD,
         _pad: 0,
     };
-    if let Ok(ct) = maps.ct.get(&key, 0) {
+    if let Ok(ct) = maps.ct().get(&key, 0) {
         println!(
             "{src} -> {dst}/{}: existing flow of {}, pinned to {} by connection tracking",
             proto_name(proto),
@@ -234,7 +233,7 @@ pub fn explain(args: &ExplainArgs) -> Result<()> {
     );
     let what = format!("{src} -> {dst}/{}", proto_name(proto));
     let name = || {
-        maps.frontends
+        maps.frontends()
             .get(&fe_key, 0)
             .map(|fe| service_name(&maps, fe.svc_id))
             .unwrap_or_default()

@@ -24,8 +24,7 @@ use tokio::{
 
 use crate::{
     cli::{MonitorArgs, Output},
-    datapath::pinned,
-    sync::svc_name_str,
+    datapath::{pinned, svc_name_str},
 };
 
 /// The switch: while the deadline in `MONITOR_ON` lies ahead, the data

@@ -112,7 +112,7 @@ fn nodeports_and_snat_follow_node_addresses() {
         .join("maps");
     let snat = || {
         Maps::from_pins(&maps)
-            .and_then(|m| Ok(m.config.get(&0, 0)?.snat_addr))
+            .and_then(|m| Ok(m.config().get(&0, 0)?.snat_addr))
             .ok()
     };
     assert!(!listed(added), "NodePort on {added} before it exists");

@@ -26,6 +26,7 @@ use common::{
 use lb_common::{FrontendValue, PROTO_TCP, PROTO_UDP};
 use lb_userspace::{
     datapath::{attach_cgroup, Capacities, Datapath},
+    sync::NodeMaps,
     testbed::netns::Ns,
 };
 
@@ -463,7 +464,7 @@ fn affinity_namespaces(host: &Host) -> BTreeSet<u64> {
     let entries = host
         .dp
         .maps
-        .sock_affinity
+        .sock_affinity()
         .keys()
         .map(|key| key.expect("reading SOCK_AFFINITY_V4"))
         .filter(|key| key.frontend.addr == common::be(AFFINITY_VIP));
@@ -662,7 +663,7 @@ fn pods_udp_is_left_to_the_packet_path() {
         host_netns_cookie: node_cookie,
         ..Config::DEFAULT
     };
-    host.dp.maps.config.set(0, cfg, 0).unwrap();
+    host.dp.maps.put_config(cfg).unwrap();
     let count = |host: &Host, r: Reason| host.dp.maps.reason_total(r).unwrap();
     let udp = [op("udp", VIP, UDP_PORT, "from the node".into())];
     let outcomes = run(&host, true, &udp);

@@ -15,7 +15,10 @@ use lb_common::{
     conntrack::STATE_CLOSING, Config, CtKeyV4, CtValueV4, FlowCacheEntryV4, Reason, CT_DIR_FORWARD,
     PROTO_TCP, PROTO_UDP,
 };
-use lb_userspace::datapath::{run_frame, Datapath, PROGRAM};
+use lb_userspace::{
+    datapath::{run_frame, Datapath, PROGRAM},
+    sync::NodeMaps,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -42,7 +45,7 @@ fn receive_on_xdp_capable_device(dp: &mut Datapath) {
     let info = lb_common::IfaceInfo {
         flags: lb_common::IFACE_REDIRECT,
     };
-    dp.maps.ifaces.insert(1, info, 0).unwrap();
+    dp.maps.put_iface(1, info).unwrap();
 }
 
 fn with_service(backends: &[(Ipv4Addr, u16)], proto: u8) -> (Datapath, Provision) {
@@ -255,11 +258,11 @@ fn rst_closes_the_flow_in_both_entries() {
         dir: CT_DIR_FORWARD,
         _pad: 0,
     };
-    let fwd = dp.maps.ct.get(&key, 0).unwrap();
+    let fwd = dp.maps.ct().get(&key, 0).unwrap();
     assert_ne!(fwd.state & STATE_CLOSING, 0);
     let rev = dp
         .maps
-        .ct
+        .ct()
         .iter()
         .map(|e| e.unwrap())
         .find(|(k, _)| k.dir != CT_DIR_FORWARD)
@@ -269,13 +272,13 @@ fn rst_closes_the_flow_in_both_entries() {
 
 /// Both entries of the flow from `client` to `VIP`: (forward, reverse).
 fn entries(dp: &Datapath, client: (Ipv4Addr, u16)) -> (CtKeyV4, CtValueV4, CtValueV4) {
-    let mut found = dp.maps.ct.iter().map(|e| e.unwrap());
+    let mut found = dp.maps.ct().iter().map(|e| e.unwrap());
     let fwd = found
         .find(|(k, _)| k.dir == CT_DIR_FORWARD && k.src_port == client.1.to_be())
         .unwrap();
     let rev = dp
         .maps
-        .ct
+        .ct()
         .iter()
         .map(|e| e.unwrap())
         .find(|(k, _)| k.dir != CT_DIR_FORWARD && k.dst_port == client.1.to_be())
@@ -300,7 +303,7 @@ fn entries_live_as_long_as_their_state_allows_then_expire() {
         udp_timeout_s: 20,
         ..Config::DEFAULT
     };
-    dp.maps.config.set(0, cfg, 0).unwrap();
+    dp.maps.put_config(cfg).unwrap();
     run(&dp, &tcp_frame(CLIENT, VIP, Tcp::syn(), b"", &[]));
     let (_, fwd, rev) = entries(&dp, CLIENT);
     assert_eq!((lifetime_s(&fwd), lifetime_s(&rev)), (30, 30), "SYN sent");
@@ -328,7 +331,7 @@ fn entries_live_as_long_as_their_state_allows_then_expire() {
         expires_ns: fwd.last_seen_ns - 1,
         ..fwd
     };
-    dp.maps.ct.insert(key, expired, 0).unwrap();
+    dp.maps.ct_mut().insert(key, expired, 0).unwrap();
     let new = count(&dp, Reason::XlateNew);
     run(&dp, &tcp_frame(CLIENT, VIP, Tcp::ack(), b"", &[]));
     assert_eq!(
@@ -339,7 +342,7 @@ fn entries_live_as_long_as_their_state_allows_then_expire() {
 
     let udp = (CLIENT.0, 40001);
     let (mut dp, _) = with_service(&[B1], PROTO_UDP);
-    dp.maps.config.set(0, cfg, 0).unwrap();
+    dp.maps.put_config(cfg).unwrap();
     run(&dp, &udp_frame(udp, VIP, b"q", true));
     let (_, fwd, rev) = entries(&dp, udp);
     assert_eq!(
@@ -395,14 +398,14 @@ fn flow_cache_serves_plain_packets_and_leaves_state_changes_to_conntrack() {
     let (_, fwd, rev) = entries(&dp, CLIENT);
     assert_ne!(fwd.state & rev.state & STATE_CLOSING, 0);
 
-    let cache = dp.maps.flow_cache.as_ref().unwrap();
+    let cache = dp.maps.flow_cache().unwrap();
     let slots: Vec<u32> = (0..lb_common::FLOW_CACHE_SLOTS)
         .filter(|&i| cache.get(&i, 0).unwrap().iter().any(|e| e.ct.svc_id == 7))
         .collect();
     assert_eq!(slots.len(), 2, "one copy per direction");
     forward(&dp, Tcp::ack());
     assert_eq!(counts(&dp)[1], 3);
-    let cache = dp.maps.flow_cache.as_mut().unwrap();
+    let cache = dp.maps.flow_cache_mut().unwrap();
     for slot in slots {
         let aged: Vec<_> = cache
             .get(&slot, 0)
@@ -447,9 +450,9 @@ fn flows_about_to_expire_are_not_cached() {
         udp_timeout_s: 2,
         ..Config::DEFAULT
     };
-    dp.maps.config.set(0, short, 0).unwrap();
+    dp.maps.put_config(short).unwrap();
     assert_eq!(flow(&dp, 41000), [1, 2, 0], "1 s entries: never cached");
-    dp.maps.config.set(0, Config::DEFAULT, 0).unwrap();
+    dp.maps.put_config(Config::DEFAULT).unwrap();
     assert_eq!(flow(&dp, 41001), [2, 2, 2], "default entries: cached");
 }
 
@@ -528,21 +531,19 @@ fn vip_service(
 fn services_written_by_the_agent_sync_serve_every_flow() {
     use lb_userspace::{
         model::{DesiredState, Proto},
-        sync::{KernelServiceMaps, Syncer},
+        sync::Syncer,
     };
     let mut dp = load();
     let desired = DesiredState {
         services: [vip_service("web", Proto::Tcp, &[B1, B2, B3])].into(),
         problems: Vec::new(),
     };
-    let mut syncer = Syncer::recover(&mut KernelServiceMaps { maps: &mut dp.maps }).unwrap();
-    syncer
-        .sync(&desired, &mut KernelServiceMaps { maps: &mut dp.maps })
-        .unwrap();
+    let mut syncer = Syncer::recover(&mut dp.maps).unwrap();
+    syncer.sync(&desired, &mut dp.maps).unwrap();
 
-    let fe = dp.maps.frontends.iter().next().unwrap().unwrap().1;
+    let fe = dp.maps.frontends().iter().next().unwrap().unwrap().1;
     for slot in fe.ring_offset..fe.ring_offset + fe.ring_size {
-        let id = dp.maps.maglev.get(&slot, 0).unwrap();
+        let id = dp.maps.maglev().get(&slot, 0).unwrap();
         assert_ne!(id, 0, "slot {slot} as the kernel sees it");
     }
     let mut seen = std::collections::HashSet::new();
@@ -616,7 +617,7 @@ fn offloaded_partial_checksums_stay_completable_after_translation() {
 fn removed_backends_lose_their_udp_flows_but_keep_tcp() {
     use lb_userspace::{
         model::{DesiredState, Proto},
-        sync::{stale, KernelServiceMaps, Syncer},
+        sync::{stale, Syncer},
     };
     let mut dp = load();
     let service = |proto: Proto, backends: &[(Ipv4Addr, u16)]| {
@@ -626,21 +627,17 @@ fn removed_backends_lose_their_udp_flows_but_keep_tcp() {
         services: [service(Proto::Udp, &[B1]), service(Proto::Tcp, &[B1])].into(),
         problems: Vec::new(),
     };
-    let mut syncer = Syncer::recover(&mut KernelServiceMaps { maps: &mut dp.maps }).unwrap();
-    syncer
-        .sync(&both, &mut KernelServiceMaps { maps: &mut dp.maps })
-        .unwrap();
+    let mut syncer = Syncer::recover(&mut dp.maps).unwrap();
+    syncer.sync(&both, &mut dp.maps).unwrap();
     run(&dp, &udp_frame(CLIENT, VIP, b"q", false));
     run(&dp, &tcp_frame(CLIENT, VIP, Tcp::syn(), b"", &[]));
-    assert_eq!(dp.maps.ct.keys().count(), 4);
+    assert_eq!(dp.maps.ct().keys().count(), 4);
 
     let moved = DesiredState {
         services: [service(Proto::Udp, &[B2]), service(Proto::Tcp, &[B2])].into(),
         problems: Vec::new(),
     };
-    let report = syncer
-        .sync(&moved, &mut KernelServiceMaps { maps: &mut dp.maps })
-        .unwrap();
+    let report = syncer.sync(&moved, &mut dp.maps).unwrap();
     assert_eq!(
         stale::forget(&mut dp.maps, &report.removed).unwrap(),
         stale::Forgotten {
@@ -648,7 +645,7 @@ fn removed_backends_lose_their_udp_flows_but_keep_tcp() {
             flows: 1
         }
     );
-    let left: Vec<CtKeyV4> = dp.maps.ct.keys().map(|k| k.unwrap()).collect();
+    let left: Vec<CtKeyV4> = dp.maps.ct().keys().map(|k| k.unwrap()).collect();
     assert!(
         left.len() == 2 && left.iter().all(|k| k.proto == PROTO_TCP),
         "{left:?}"
@@ -699,7 +696,7 @@ fn service_ports_past_a_full_map_are_refused_and_the_rest_serve() {
     use lb_userspace::{
         datapath::Capacities,
         model::{DesiredState, Proto},
-        sync::{KernelServiceMaps, Syncer},
+        sync::Syncer,
     };
     common::privileged("BPF_PROG_TEST_RUN packet tests");
     let caps = Capacities {
@@ -719,11 +716,9 @@ fn service_ports_past_a_full_map_are_refused_and_the_rest_serve() {
         services,
         problems: Vec::new(),
     };
-    let mut syncer = Syncer::recover(&mut KernelServiceMaps { maps: &mut dp.maps }).unwrap();
+    let mut syncer = Syncer::recover(&mut dp.maps).unwrap();
     for _ in 0..3 {
-        let report = syncer
-            .sync(&desired, &mut KernelServiceMaps { maps: &mut dp.maps })
-            .unwrap();
+        let report = syncer.sync(&desired, &mut dp.maps).unwrap();
         let refused: Vec<&str> = report
             .refused
             .iter()
@@ -732,9 +727,9 @@ fn service_ports_past_a_full_map_are_refused_and_the_rest_serve() {
         assert_eq!(refused, ["web-4", "web-5"]);
         assert!(report.refused[0].reason.contains("FRONTENDS_V4"));
     }
-    assert_eq!(dp.maps.frontends.keys().count(), 4);
+    assert_eq!(dp.maps.frontends().keys().count(), 4);
     assert_eq!(
-        dp.maps.svc_names.keys().count(),
+        dp.maps.svc_names().keys().count(),
         4,
         "no name of a refused port"
     );
@@ -758,7 +753,7 @@ fn service_ports_past_a_full_map_are_refused_and_the_rest_serve() {
 fn the_longest_service_names_survive_a_restart() {
     use lb_userspace::{
         model::{DesiredState, Proto},
-        sync::{KernelServiceMaps, Syncer},
+        sync::Syncer,
     };
     let mut dp = load();
     let (mut id, sp) = vip_service("web", Proto::Udp, &[B1]);
@@ -769,14 +764,10 @@ fn the_longest_service_names_survive_a_restart() {
         services: [(id, sp)].into(),
         problems: Vec::new(),
     };
-    let mut syncer = Syncer::recover(&mut KernelServiceMaps { maps: &mut dp.maps }).unwrap();
-    syncer
-        .sync(&desired, &mut KernelServiceMaps { maps: &mut dp.maps })
-        .unwrap();
-    let mut restarted = Syncer::recover(&mut KernelServiceMaps { maps: &mut dp.maps }).unwrap();
-    let report = restarted
-        .sync(&desired, &mut KernelServiceMaps { maps: &mut dp.maps })
-        .unwrap();
+    let mut syncer = Syncer::recover(&mut dp.maps).unwrap();
+    syncer.sync(&desired, &mut dp.maps).unwrap();
+    let mut restarted = Syncer::recover(&mut dp.maps).unwrap();
+    let report = restarted.sync(&desired, &mut dp.maps).unwrap();
     assert_eq!(report.writes, 0, "{report:?}");
 }
 
@@ -786,12 +777,7 @@ fn the_longest_service_names_survive_a_restart() {
 #[test]
 fn flows_are_read_in_batches_and_filtered() {
     use lb_userspace::model::{DesiredState, Proto};
-    use lb_userspace::{
-        cli::Filter,
-        datapath::lookup_all,
-        inspect::flow_rows,
-        sync::{KernelServiceMaps, Syncer},
-    };
+    use lb_userspace::{cli::Filter, datapath::lookup_all, inspect::flow_rows, sync::Syncer};
     let mut dp = load();
     let (web, web_sp) = vip_service("web", Proto::Tcp, &[B1, B2]);
     let (mut db, mut db_sp) = vip_service("db", Proto::Tcp, &[B3]);
@@ -801,10 +787,8 @@ fn flows_are_read_in_batches_and_filtered() {
         services: [(web, web_sp), (db, db_sp)].into(),
         problems: Vec::new(),
     };
-    let mut syncer = Syncer::recover(&mut KernelServiceMaps { maps: &mut dp.maps }).unwrap();
-    syncer
-        .sync(&desired, &mut KernelServiceMaps { maps: &mut dp.maps })
-        .unwrap();
+    let mut syncer = Syncer::recover(&mut dp.maps).unwrap();
+    syncer.sync(&desired, &mut dp.maps).unwrap();
     for port in 0..3000u16 {
         run(
             &dp,
@@ -819,13 +803,13 @@ fn flows_are_read_in_batches_and_filtered() {
         );
     }
     let batched: std::collections::HashSet<CtKeyV4> =
-        lookup_all::<CtKeyV4, CtValueV4>(aya::maps::IterableMap::map(&dp.maps.ct))
+        lookup_all::<CtKeyV4, CtValueV4>(aya::maps::IterableMap::map(dp.maps.ct()))
             .unwrap()
             .into_iter()
             .map(|(k, _)| k)
             .collect();
     let iterated: std::collections::HashSet<CtKeyV4> =
-        dp.maps.ct.keys().map(|k| k.unwrap()).collect();
+        dp.maps.ct().keys().map(|k| k.unwrap()).collect();
     assert_eq!(batched.len(), 2 * 3005, "forward and reply entries");
     assert_eq!(batched, iterated);
 

@@ -87,14 +87,14 @@ fn provision(dp: &mut Datapath) {
         addr: common::be(Ipv4Addr::new(203, 0, 113, 0)),
     };
     dp.maps
-        .source_ranges
+        .source_ranges_mut()
         .insert(&Key::new(32 + 24, range), 1, 0)
         .unwrap();
     // The affinity client sticks to the third backend, wherever its hash
     // would land on the ring.
     let third = dp
         .maps
-        .backends
+        .backends()
         .iter()
         .filter_map(|b| b.ok())
         .position(|b| b.addr == common::be(backends()[2].0))
@@ -108,7 +108,7 @@ fn provision(dp: &mut Datapath) {
         backend_id: third,
         _pad: 0,
     };
-    dp.maps.affinity.insert(entry, value, 0).unwrap();
+    dp.maps.affinity_mut().insert(entry, value, 0).unwrap();
 }
 
 /// Decides the flow in userspace, then runs its SYN through the program,

@@ -42,6 +42,7 @@ use lb_common::{
 };
 use lb_userspace::{
     datapath::{run_frame, Datapath, EXT_PROGRAM, EXT_TC_PROGRAM, POD_PROGRAM, PROGRAM},
+    sync::NodeMaps,
     testbed::fuzz_knob,
 };
 use rand::{Rng, SeedableRng};
@@ -199,7 +200,7 @@ fn provisioned() -> Datapath {
         snat_addr: be(NODE),
         ..Config::DEFAULT
     };
-    dp.maps.config.set(0, cfg, 0).unwrap();
+    dp.maps.put_config(cfg).unwrap();
     let mut p = Provision::new();
     p.service(&mut dp, 1, (VIP, 80), PROTO_TCP, &[B1, B2]);
     p.service(&mut dp, 2, (VIP, 53), PROTO_UDP, &[B2_DNS]);
@@ -220,7 +221,7 @@ fn provisioned() -> Datapath {
     source_range(&mut dp, 7, Ipv4Addr::new(198, 51, 100, 0), 24);
     // NodePorts live on node addresses, which the agent never marks as
     // frontend addresses.
-    dp.maps.addrs.remove(&be(NODE)).unwrap();
+    dp.maps.addrs_mut().remove(&be(NODE)).unwrap();
     dp
 }
 
@@ -361,13 +362,9 @@ fn vary_interfaces(dp: &mut Datapath, rng: &mut ChaCha8Rng, up0: u32) {
         (up0, &[Some(IFACE_REDIRECT), Some(IFACE_POD), None][..]),
     ] {
         match choices[rng.random_range(0..choices.len())] {
-            Some(flags) => dp
-                .maps
-                .ifaces
-                .insert(ifindex, IfaceInfo { flags }, 0)
-                .unwrap(),
+            Some(flags) => dp.maps.put_iface(ifindex, IfaceInfo { flags }).unwrap(),
             None => {
-                let _ = dp.maps.ifaces.remove(&ifindex);
+                let _ = dp.maps.ifaces_mut().remove(&ifindex);
             }
         }
     }

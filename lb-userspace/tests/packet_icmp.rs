@@ -12,7 +12,10 @@ use common::{
 };
 use etherparse::{IpFragOffset, Ipv4Header};
 use lb_common::{Config, FrontendValue, Reason, FE_EXTERNAL, PROTO_TCP, PROTO_UDP};
-use lb_userspace::datapath::{run_frame, Datapath, PROGRAM};
+use lb_userspace::{
+    datapath::{run_frame, Datapath, PROGRAM},
+    sync::NodeMaps,
+};
 
 const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 51, 100, 7), 40000);
 const VIP: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 10), 53);
@@ -91,15 +94,10 @@ fn frag_needed_on_the_backend_path_reaches_the_client_about_the_frontend() {
 fn frag_needed_on_the_client_path_reaches_the_backend_with_source_nat_undone() {
     let mut dp = load();
     dp.maps
-        .config
-        .set(
-            0,
-            Config {
-                snat_addr: be(NODE),
-                ..Config::DEFAULT
-            },
-            0,
-        )
+        .put_config(Config {
+            snat_addr: be(NODE),
+            ..Config::DEFAULT
+        })
         .unwrap();
     let frontend = (NODE, 31000);
     let template = FrontendValue {
@@ -107,7 +105,7 @@ fn frag_needed_on_the_client_path_reaches_the_backend_with_source_nat_undone() {
         ..Default::default()
     };
     Provision::new().service_with(&mut dp, 7, frontend, PROTO_TCP, &[B1], 0, template);
-    dp.maps.addrs.remove(&be(NODE)).unwrap();
+    dp.maps.addrs_mut().remove(&be(NODE)).unwrap();
     let (_, to_backend) = run(&dp, &tcp_frame(CLIENT, frontend, Tcp::syn(), b"", &[]));
     let fwd = parse_checked(&to_backend);
     let snat_port = fwd.sport;

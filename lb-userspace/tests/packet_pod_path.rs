@@ -14,7 +14,10 @@ use common::{
 };
 use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type, Ipv4Header};
 use lb_common::{Reason, PROTO_TCP, PROTO_UDP};
-use lb_userspace::datapath::{run_frame, Datapath, POD_PROGRAM, PROGRAM};
+use lb_userspace::{
+    datapath::{run_frame, Datapath, POD_PROGRAM, PROGRAM},
+    sync::NodeMaps,
+};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -199,7 +202,7 @@ fn partial_checksums_leave_as_skbs_even_where_xdp_could_redirect() {
     let takes_xdp = lb_common::IfaceInfo {
         flags: lb_common::IFACE_REDIRECT,
     };
-    dp.maps.ifaces.insert(up0, takes_xdp, 0).unwrap();
+    dp.maps.put_iface(up0, takes_xdp).unwrap();
     let client = |last| (Ipv4Addr::new(198, 51, 100, last), 40000);
     let complete = tcp_frame(client(7), VIP, Tcp::syn(), b"hi", &[]);
     let mut partial = tcp_frame(client(8), VIP, Tcp::syn(), b"hi", &[]);

@@ -14,7 +14,10 @@ use lb_common::{
     Config, CtValueV4, FrontendValue, Reason, BE_LOCAL, CT_DIR_FORWARD, FE_DROP_EMPTY, FE_EXTERNAL,
     FE_SOURCE_RANGES, PROTO_TCP,
 };
-use lb_userspace::datapath::{run_frame, Datapath, PROGRAM};
+use lb_userspace::{
+    datapath::{run_frame, Datapath, PROGRAM},
+    sync::NodeMaps,
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -49,7 +52,7 @@ fn node(
         snat_addr: be(NODE),
         ..Config::DEFAULT
     };
-    dp.maps.config.set(0, cfg, 0).unwrap();
+    dp.maps.put_config(cfg).unwrap();
     let template = FrontendValue {
         flags,
         ..Default::default()
@@ -66,7 +69,7 @@ fn node(
     if frontend.0 == NODE {
         // NodePorts live on node addresses, which the agent never marks as
         // frontend addresses (the node's own ports must keep working).
-        dp.maps.addrs.remove(&be(NODE)).unwrap();
+        dp.maps.addrs_mut().remove(&be(NODE)).unwrap();
     }
     dp
 }
@@ -136,7 +139,7 @@ fn snat_exhaustion_drops_the_new_flow_and_counts_it() {
         snat_port_max: 1024,
         ..Config::DEFAULT
     };
-    dp.maps.config.set(0, one_port, 0).unwrap();
+    dp.maps.put_config(one_port).unwrap();
     let clients = [7, 8, 9].map(|last| (Ipv4Addr::new(198, 51, 100, last), CLIENT.1));
     let mut actions = Vec::new();
     for client in clients {
@@ -157,7 +160,7 @@ fn snat_exhaustion_drops_the_new_flow_and_counts_it() {
     let first = clients[0];
     let stale: Vec<_> = dp
         .maps
-        .ct
+        .ct()
         .iter()
         .map(|e| e.unwrap())
         .filter(|(k, v)| {
@@ -171,7 +174,7 @@ fn snat_exhaustion_drops_the_new_flow_and_counts_it() {
             last_seen_ns: v.last_seen_ns.saturating_sub(2_000_000_000),
             ..v
         };
-        dp.maps.ct.insert(k, aged, 0).unwrap();
+        dp.maps.ct_mut().insert(k, aged, 0).unwrap();
     }
     let (action, out) = run(&dp, &tcp_frame(clients[2], NODE_PORT, Tcp::syn(), b"", &[]));
     assert_ne!(action, XDP_DROP, "a stale unreplied flow gives up its port");
@@ -180,7 +183,7 @@ fn snat_exhaustion_drops_the_new_flow_and_counts_it() {
     assert_eq!(count(&dp, Reason::SnatPortReclaimed), 1);
     let first_forward = dp
         .maps
-        .ct
+        .ct()
         .iter()
         .map(|e| e.unwrap())
         .any(|(k, _)| k.dir == CT_DIR_FORWARD && k.src_addr == be(first.0));
@@ -386,7 +389,7 @@ fn session_affinity_expires_after_its_timeout() {
         port: outside.1.to_be(),
         flags: 0,
     };
-    dp.maps.backends.set(50, backend, 0).unwrap();
+    dp.maps.backends_mut().set(50, backend, 0).unwrap();
     let client = Ipv4Addr::new(10, 0, 0, 1);
     run(&dp, &tcp_frame((client, 20000), VIP, Tcp::syn(), b"", &[]));
     let key = AffinityKeyV4 {
@@ -398,7 +401,7 @@ fn session_affinity_expires_after_its_timeout() {
         },
         client_addr: be(client),
     };
-    let now = dp.maps.affinity.get(&key, 0).unwrap().last_seen_ns;
+    let now = dp.maps.affinity().get(&key, 0).unwrap().last_seen_ns;
     let destinations = |dp: &Datapath, base: u16| -> std::collections::HashSet<(Ipv4Addr, u16)> {
         (0..20u16)
             .map(|p| {
@@ -416,7 +419,7 @@ fn session_affinity_expires_after_its_timeout() {
         backend_id: 50,
         _pad: 0,
     };
-    dp.maps.affinity.insert(key, held, 0).unwrap();
+    dp.maps.affinity_mut().insert(key, held, 0).unwrap();
     assert_eq!(
         destinations(&dp, 21000),
         [outside].into(),
@@ -427,7 +430,7 @@ fn session_affinity_expires_after_its_timeout() {
         last_seen_ns: now.saturating_sub(6_000_000_000),
         ..held
     };
-    dp.maps.affinity.insert(key, stale, 0).unwrap();
+    dp.maps.affinity_mut().insert(key, stale, 0).unwrap();
     let after = destinations(&dp, 22000);
     assert!(
         !after.contains(&outside),
@@ -450,7 +453,7 @@ fn nodeport_answers_on_every_local_address() {
     };
     let other = (second_node_addr, NODE_PORT.1);
     Provision::new().service_with(&mut dp, 8, other, PROTO_TCP, &[B1], BE_LOCAL, template);
-    dp.maps.addrs.remove(&be(second_node_addr)).unwrap();
+    dp.maps.addrs_mut().remove(&be(second_node_addr)).unwrap();
     for frontend in [NODE_PORT, other] {
         let (_, out) = run(&dp, &tcp_frame(CLIENT, frontend, Tcp::syn(), b"", &[]));
         let p = parse_checked(&out);
@@ -479,7 +482,7 @@ fn externalip_on_a_node_address_takes_only_its_port() {
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
     use lb_userspace::{
         model::{desired_state, ModelOptions, NodeInfo},
-        sync::{KernelServiceMaps, Syncer},
+        sync::Syncer,
     };
     let (vip, port) = VIP;
     let service: Service = serde_yaml::from_str(&format!(
@@ -508,10 +511,8 @@ endpoints: [{{addresses: [\"{}\"]}}]",
     let desired = desired_state(&[service], &[slice], &NodeInfo::default(), &opts);
     assert_eq!(desired.problems, []);
     let mut dp = load();
-    let mut syncer = Syncer::recover(&mut KernelServiceMaps { maps: &mut dp.maps }).unwrap();
-    syncer
-        .sync(&desired, &mut KernelServiceMaps { maps: &mut dp.maps })
-        .unwrap();
+    let mut syncer = Syncer::recover(&mut dp.maps).unwrap();
+    syncer.sync(&desired, &mut dp.maps).unwrap();
 
     let ssh = tcp_frame(CLIENT, (NODE, 22), Tcp::syn(), b"", &[]);
     assert_eq!(

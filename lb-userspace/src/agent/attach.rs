@@ -21,8 +21,9 @@ use super::{
     pins::Layout,
     uplink::{self, Hook},
 };
-use crate::datapath::{
-    attach_tc, Datapath, XdpMode, EXT_PROGRAM, EXT_TC_PROGRAM, POD_PROGRAM, PROGRAM,
+use crate::{
+    datapath::{attach_tc, Datapath, XdpMode, EXT_PROGRAM, EXT_TC_PROGRAM, POD_PROGRAM, PROGRAM},
+    sync::NodeMaps,
 };
 
 pub struct Attacher {
@@ -99,7 +100,7 @@ impl Attacher {
         // Before any translated packet can be sent there: the path reads
         // the flags to choose how to deliver.
         if let Some(index) = ifindex(ifname) {
-            dp.maps.ifaces.insert(index, IfaceInfo { flags }, 0)?;
+            dp.maps.put_iface(index, IfaceInfo { flags })?;
         }
         tracing::info!(%ifname, pod, %how, "programs attached");
         self.attached.insert(ifname.to_string());

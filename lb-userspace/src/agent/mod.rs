@@ -27,7 +27,7 @@ use crate::{
     http,
     metrics::{self, Metrics},
     model::{self, Changes, DesiredState, ModelOptions, NodeInfo},
-    sync::{KernelServiceMaps, Room, ServiceMaps, Syncer},
+    sync::{NodeMaps, Room, ServiceMaps, Syncer},
 };
 
 pub fn run(args: AgentArgs) -> Result<()> {
@@ -116,7 +116,7 @@ impl Agent {
         if config.snat_addr == 0 {
             tracing::warn!("no IPv4 address on the external interfaces: source NAT disabled");
         }
-        self.dp.maps.config.set(0, config, 0)?;
+        self.dp.maps.put_config(config)?;
         self.config = Some(config);
         Ok(())
     }
@@ -147,12 +147,7 @@ impl Agent {
         for p in report.problems.iter().chain(&desired.problems) {
             tracing::warn!(object = %p.object, "skipped: {}", p.message);
         }
-        let sync = self.syncer.sync(
-            &desired,
-            &mut KernelServiceMaps {
-                maps: &mut self.dp.maps,
-            },
-        )?;
+        let sync = self.syncer.sync(&desired, &mut self.dp.maps)?;
         for r in &sync.refused {
             tracing::warn!(service = %r.service, "refused: {}", r.reason);
         }
@@ -281,9 +276,8 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     let mut source = source::Source::open(&args).await?;
     let wanted = args.capacities.capacities();
     let mut dp = Datapath::load(&wanted, Some(&pins.maps_dir()))?;
-    let mut writer = KernelServiceMaps { maps: &mut dp.maps };
-    report_pinned_sizes(&wanted, &writer.room()?);
-    let syncer = Syncer::recover(&mut writer)?;
+    report_pinned_sizes(&wanted, &dp.maps.room()?);
+    let syncer = Syncer::recover(&mut dp.maps)?;
     let nodeport_cidrs = args
         .nodeport_addresses
         .iter()
@@ -340,7 +334,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     // The metrics server reads its own handle on the pinned maps, so a
     // scrape never waits for the agent loop.
     let metrics_addr = agent.args.metrics_addr;
-    let slots = agent.dp.maps.slots.share();
+    let slots = agent.dp.maps.slots().share();
     let _metrics_server =
         metrics::serve(metrics_addr, metrics.clone(), agent.pins.maps_dir(), slots)
             .inspect_err(|e| tracing::error!("no metrics server on {metrics_addr}: {e:#}"));

@@ -13,28 +13,37 @@ use lb_common::{
 
 use super::{filter::AddrFilter, slots::RingSlots};
 
-/// Typed handles on every map of the data plane.
+mod node;
+mod service;
+
+pub use service::svc_name_str;
+
+/// Typed handles on every map of the data plane. The agent writes only
+/// through `ServiceMaps` (the Services) and `NodeMaps` (settings,
+/// interfaces, stale flows), implemented in the submodules; inspection and
+/// metrics read through the accessors, which hand out shared references,
+/// so they cannot write.
 pub struct Maps {
-    pub addrs: HashMap<MapData, u32, AddrInfo>,
-    pub frontends: HashMap<MapData, FrontendKeyV4, FrontendValue>,
-    pub backends: Array<MapData, BackendV4>,
-    pub maglev: Array<MapData, u32>,
-    pub ct: HashMap<MapData, CtKeyV4, CtValueV4>,
-    pub stats: PerCpuArray<MapData, u64>,
-    pub svc_stats: PerCpuArray<MapData, SvcStats>,
-    pub config: Array<MapData, Config>,
-    pub ifaces: HashMap<MapData, u32, IfaceInfo>,
-    pub svc_names: HashMap<MapData, u32, SvcName>,
-    pub slots: RingSlots,
-    pub affinity: HashMap<MapData, AffinityKeyV4, AffinityValue>,
-    pub sock_affinity: HashMap<MapData, SockAffinityKeyV4, AffinityValue>,
-    pub source_ranges: LpmTrie<MapData, SourceRangeKeyV4, u32>,
+    addrs: HashMap<MapData, u32, AddrInfo>,
+    frontends: HashMap<MapData, FrontendKeyV4, FrontendValue>,
+    backends: Array<MapData, BackendV4>,
+    maglev: Array<MapData, u32>,
+    ct: HashMap<MapData, CtKeyV4, CtValueV4>,
+    stats: PerCpuArray<MapData, u64>,
+    svc_stats: PerCpuArray<MapData, SvcStats>,
+    config: Array<MapData, Config>,
+    ifaces: HashMap<MapData, u32, IfaceInfo>,
+    svc_names: HashMap<MapData, u32, SvcName>,
+    slots: RingSlots,
+    affinity: HashMap<MapData, AffinityKeyV4, AffinityValue>,
+    sock_affinity: HashMap<MapData, SockAffinityKeyV4, AffinityValue>,
+    source_ranges: LpmTrie<MapData, SourceRangeKeyV4, u32>,
     /// The loaded program's flow cache; `None` when opened from pins, as
     /// the cache is never pinned.
-    pub flow_cache: Option<PerCpuArray<MapData, FlowCacheEntryV4>>,
+    flow_cache: Option<PerCpuArray<MapData, FlowCacheEntryV4>>,
     /// The loaded program's address filter; `None` when opened from pins,
     /// as it is the program's own global.
-    pub filter: Option<AddrFilter>,
+    filter: Option<AddrFilter>,
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -110,16 +119,9 @@ impl Maps {
             .collect()
     }
 
-    /// The loaded program's address filter.
-    pub fn filter_mut(&mut self) -> Result<&mut AddrFilter> {
-        self.filter
-            .as_mut()
-            .context("the address filter belongs to a loaded program; pinned maps have none")
-    }
-
     /// After deleting `key` from `CT_V4`: empties the flow cache slot that
     /// may hold a copy of it, on every CPU, so no packet uses the copy.
-    pub fn forget_cached(&mut self, key: &CtKeyV4) -> Result<()> {
+    fn forget_cached(&mut self, key: &CtKeyV4) -> Result<()> {
         let Some(cache) = self.flow_cache.as_mut() else {
             return Ok(());
         };
@@ -139,5 +141,103 @@ impl Maps {
             packets: a.packets + s.packets,
             bytes: a.bytes + s.bytes,
         }))
+    }
+
+    pub fn addrs(&self) -> &HashMap<MapData, u32, AddrInfo> {
+        &self.addrs
+    }
+
+    pub fn frontends(&self) -> &HashMap<MapData, FrontendKeyV4, FrontendValue> {
+        &self.frontends
+    }
+
+    pub fn backends(&self) -> &Array<MapData, BackendV4> {
+        &self.backends
+    }
+
+    /// `MAGLEV_SLOTS` entry by entry; `slots` reads whole rings.
+    pub fn maglev(&self) -> &Array<MapData, u32> {
+        &self.maglev
+    }
+
+    pub fn ct(&self) -> &HashMap<MapData, CtKeyV4, CtValueV4> {
+        &self.ct
+    }
+
+    pub fn config(&self) -> &Array<MapData, Config> {
+        &self.config
+    }
+
+    pub fn svc_names(&self) -> &HashMap<MapData, u32, SvcName> {
+        &self.svc_names
+    }
+
+    pub fn slots(&self) -> &RingSlots {
+        &self.slots
+    }
+
+    pub fn affinity(&self) -> &HashMap<MapData, AffinityKeyV4, AffinityValue> {
+        &self.affinity
+    }
+
+    pub fn sock_affinity(&self) -> &HashMap<MapData, SockAffinityKeyV4, AffinityValue> {
+        &self.sock_affinity
+    }
+
+    pub fn source_ranges(&self) -> &LpmTrie<MapData, SourceRangeKeyV4, u32> {
+        &self.source_ranges
+    }
+
+    pub fn flow_cache(&self) -> Option<&PerCpuArray<MapData, FlowCacheEntryV4>> {
+        self.flow_cache.as_ref()
+    }
+}
+
+/// Direct writes, for tests and benchmarks that lay out by hand a state the
+/// agent would not write (services without the syncer, expired entries,
+/// aged cache copies). The agent writes through `ServiceMaps` and
+/// `NodeMaps` only.
+impl Maps {
+    /// The loaded program's address filter.
+    pub fn filter_mut(&mut self) -> Result<&mut AddrFilter> {
+        self.filter
+            .as_mut()
+            .context("the address filter belongs to a loaded program; pinned maps have none")
+    }
+
+    pub fn addrs_mut(&mut self) -> &mut HashMap<MapData, u32, AddrInfo> {
+        &mut self.addrs
+    }
+
+    pub fn frontends_mut(&mut self) -> &mut HashMap<MapData, FrontendKeyV4, FrontendValue> {
+        &mut self.frontends
+    }
+
+    pub fn backends_mut(&mut self) -> &mut Array<MapData, BackendV4> {
+        &mut self.backends
+    }
+
+    pub fn maglev_mut(&mut self) -> &mut Array<MapData, u32> {
+        &mut self.maglev
+    }
+
+    pub fn ct_mut(&mut self) -> &mut HashMap<MapData, CtKeyV4, CtValueV4> {
+        &mut self.ct
+    }
+
+    pub fn ifaces_mut(&mut self) -> &mut HashMap<MapData, u32, IfaceInfo> {
+        &mut self.ifaces
+    }
+
+    pub fn affinity_mut(&mut self) -> &mut HashMap<MapData, AffinityKeyV4, AffinityValue> {
+        &mut self.affinity
+    }
+
+    pub fn source_ranges_mut(&mut self) -> &mut LpmTrie<MapData, SourceRangeKeyV4, u32> {
+        &mut self.source_ranges
+    }
+
+    pub fn flow_cache_mut(&mut self) -> Option<&mut PerCpuArray<MapData, FlowCacheEntryV4>> {
+        self.flow_cache.as_mut()
     }
 }

@@ -16,7 +16,7 @@ pub use batch::lookup_all;
 pub use cgroup::{attach_cgroup, cgroup2_root};
 pub use filter::AddrFilter;
 pub use load::{Capacities, Datapath, XdpMode, OBJECT, PROGRAM};
-pub use maps::{pinned, Maps};
+pub use maps::{pinned, svc_name_str, Maps};
 pub use sample::{MapFill, MapSample, ServiceCounters};
 pub use slots::RingSlots;
 pub use tc::{attach_tc, detach_filters, TcAttached, EXT_PROGRAM, EXT_TC_PROGRAM, POD_PROGRAM};

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use aya::{maps::IterableMap, Pod};
 use lb_common::{names, Reason, PROTO_TCP, PROTO_UDP};
 
-use crate::{datapath::Maps, sync::svc_name_str};
+use super::{svc_name_str, Maps};
 
 /// Packets and bytes of one service port, named as in `SVC_NAMES`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,7 +83,7 @@ impl MapSample {
 
         let mut rings: BTreeMap<u32, u32> = BTreeMap::new();
         let mut frontends = 0;
-        for entry in maps.frontends.iter() {
+        for entry in maps.frontends().iter() {
             let (_, fe) = entry.context("reading FRONTENDS_V4")?;
             frontends += 1;
             if fe.ring_size > 0 {
@@ -93,7 +93,7 @@ impl MapSample {
         fill.push(MapFill {
             map: names::FRONTENDS_V4,
             entries: frontends,
-            capacity: capacity(&maps.frontends)?,
+            capacity: capacity(maps.frontends())?,
         });
 
         // Backend ids in use are the members of the published rings: the
@@ -101,12 +101,12 @@ impl MapSample {
         // leaves its last ring. Rings are memory-mapped, while walking the
         // BACKENDS_V4 array would cost a syscall per element (a million at
         // the default size, over a second per scrape).
-        let backend_capacity = maps.backends.len() as usize;
+        let backend_capacity = maps.backends().len() as usize;
         let mut in_use = vec![0u64; backend_capacity.div_ceil(64)];
         let mut slots = 0u64;
         for (&offset, &size) in &rings {
             slots += u64::from(size);
-            for id in maps.slots.read(offset, size)? {
+            for id in maps.slots().read(offset, size)? {
                 if let Some(word) = in_use.get_mut(id as usize / 64) {
                     *word |= 1 << (id % 64);
                 }
@@ -120,16 +120,16 @@ impl MapSample {
         fill.push(MapFill {
             map: names::MAGLEV_SLOTS,
             entries: slots,
-            capacity: maps.slots.len().into(),
+            capacity: maps.slots().len().into(),
         });
 
         // Walking a hash map that changes underneath restarts the walk when
         // the current key goes; capping at the capacity bounds the cost and
         // the overcount.
-        let ct_capacity = capacity(&maps.ct)?;
+        let ct_capacity = capacity(maps.ct())?;
         let mut conntrack = BTreeMap::new();
         let mut ct_entries = 0;
-        for key in maps.ct.keys().take(ct_capacity as usize) {
+        for key in maps.ct().keys().take(ct_capacity as usize) {
             let key = key.context("reading CT_V4")?;
             *conntrack.entry(protocol(key.proto)).or_insert(0) += 1;
             ct_entries += 1;
@@ -140,22 +140,22 @@ impl MapSample {
             capacity: ct_capacity,
         });
 
-        fill.push(lru_fill(&maps.affinity, names::AFFINITY_V4)?);
-        fill.push(lru_fill(&maps.sock_affinity, names::SOCK_AFFINITY_V4)?);
+        fill.push(lru_fill(maps.affinity(), names::AFFINITY_V4)?);
+        fill.push(lru_fill(maps.sock_affinity(), names::SOCK_AFFINITY_V4)?);
 
         let mut addrs = 0;
-        for key in maps.addrs.keys() {
+        for key in maps.addrs().keys() {
             key.context("reading ADDRS_V4")?;
             addrs += 1;
         }
         fill.push(MapFill {
             map: names::ADDRS_V4,
             entries: addrs,
-            capacity: capacity(&maps.addrs)?,
+            capacity: capacity(maps.addrs())?,
         });
 
         let mut services = Vec::new();
-        for entry in maps.svc_names.iter() {
+        for entry in maps.svc_names().iter() {
             let (svc_id, name) = entry.context("reading SVC_NAMES")?;
             let totals = maps.service_totals(svc_id)?;
             services.push(ServiceCounters {
@@ -167,7 +167,7 @@ impl MapSample {
         fill.push(MapFill {
             map: names::SVC_NAMES,
             entries: services.len() as u64,
-            capacity: capacity(&maps.svc_names)?,
+            capacity: capacity(maps.svc_names())?,
         });
 
         Ok(Self {

@@ -17,12 +17,12 @@ impl View for MapsView<'_> {
     type Entry = ();
 
     fn frontend(&self, key: &FrontendKeyV4) -> Option<FrontendValue> {
-        self.0.frontends.get(key, 0).ok()
+        self.0.frontends().get(key, 0).ok()
     }
 
     fn is_frontend_addr(&self, addr: u32) -> bool {
         self.0
-            .addrs
+            .addrs()
             .get(&addr, 0)
             .is_ok_and(|a| a.flags & ADDR_FRONTEND != 0)
     }
@@ -32,19 +32,19 @@ impl View for MapsView<'_> {
             SourceRangeKeyV4::LOOKUP_BITS,
             SourceRangeKeyV4::lookup(svc_id, src),
         );
-        self.0.source_ranges.get(&key, 0).is_ok()
+        self.0.source_ranges().get(&key, 0).is_ok()
     }
 
     fn affinity(&self, fe: &FrontendKeyV4, client: &Client) -> Option<(AffinityValue, ())> {
         match *client {
-            Client::Addr(client_addr) => self.0.affinity.get(
+            Client::Addr(client_addr) => self.0.affinity().get(
                 &AffinityKeyV4 {
                     frontend: *fe,
                     client_addr,
                 },
                 0,
             ),
-            Client::Netns(netns_cookie) => self.0.sock_affinity.get(
+            Client::Netns(netns_cookie) => self.0.sock_affinity().get(
                 &SockAffinityKeyV4 {
                     frontend: *fe,
                     netns_cookie,
@@ -57,11 +57,11 @@ impl View for MapsView<'_> {
     }
 
     fn slot(&self, index: u32) -> Option<u32> {
-        self.0.slots.read(index, 1).ok()?.first().copied()
+        self.0.slots().read(index, 1).ok()?.first().copied()
     }
 
     fn backend(&self, id: u32) -> Option<BackendV4> {
-        self.0.backends.get(&id, 0).ok()
+        self.0.backends().get(&id, 0).ok()
     }
 
     fn affinity_used(&self, _: (), _: u64) {}

@@ -1,17 +1,21 @@
-//! An in-memory `ServiceMaps` that checks, after every single write, what a
-//! packet arriving at that instant would see: every published frontend must
-//! point at a complete ring of existing backends, with its address and filter
-//! bits in place. It refuses what the kernel would: entries beyond a map's
-//! capacity, and any write from `fail_at` on, to test recovery.
-use std::collections::BTreeMap;
+//! In-memory maps for the unit tests. `FakeServiceMaps` checks, after every
+//! single write, what a packet arriving at that instant would see: every
+//! published frontend must point at a complete ring of existing backends,
+//! with its address and filter bits in place. It refuses what the kernel
+//! would: entries beyond a map's capacity, and any write from `fail_at` on,
+//! to test recovery. `FakeNodeMaps` holds the node's settings, interfaces,
+//! flows and affinities.
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{bail, Result};
 use lb_common::{
     filter::{position, AddrSet},
-    BackendV4, FrontendKeyV4, FrontendValue,
+    sock::SockAffinityKeyV4,
+    AffinityKeyV4, AffinityValue, BackendV4, Config, CtKeyV4, CtValueV4, FrontendKeyV4,
+    FrontendValue, IfaceInfo,
 };
 
-use super::{Room, ServiceMaps, Snapshot};
+use super::{NodeMaps, Room, ServiceMaps, Snapshot};
 
 #[derive(Debug, Default, Clone)]
 pub struct FakeMaps {
@@ -238,5 +242,49 @@ impl ServiceMaps for FakeServiceMaps {
             frontend_addrs: self.maps.addrs.keys().copied().collect(),
             source_ranges: self.maps.source_ranges.iter().copied().collect(),
         })
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct FakeNodeMaps {
+    pub config: Option<Config>,
+    pub ifaces: BTreeMap<u32, IfaceInfo>,
+    pub ct: HashMap<CtKeyV4, CtValueV4>,
+    pub affinity: HashMap<AffinityKeyV4, AffinityValue>,
+    pub sock_affinity: HashMap<SockAffinityKeyV4, AffinityValue>,
+}
+
+impl NodeMaps for FakeNodeMaps {
+    fn put_config(&mut self, config: Config) -> Result<()> {
+        self.config = Some(config);
+        Ok(())
+    }
+
+    fn put_iface(&mut self, index: u32, info: IfaceInfo) -> Result<()> {
+        self.ifaces.insert(index, info);
+        Ok(())
+    }
+
+    fn remove_flows(
+        &mut self,
+        stale: &dyn Fn(&CtKeyV4, &CtValueV4) -> bool,
+    ) -> Result<Vec<CtKeyV4>> {
+        let doomed: Vec<CtKeyV4> = self
+            .ct
+            .iter()
+            .filter(|(k, v)| stale(k, v))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &doomed {
+            self.ct.remove(k);
+        }
+        Ok(doomed)
+    }
+
+    fn remove_affinities(&mut self, stale: &dyn Fn(&AffinityValue) -> bool) -> Result<usize> {
+        let before = self.affinity.len() + self.sock_affinity.len();
+        self.affinity.retain(|_, v| !stale(v));
+        self.sock_affinity.retain(|_, v| !stale(v));
+        Ok(before - self.affinity.len() - self.sock_affinity.len())
     }
 }

@@ -16,7 +16,7 @@
 //! converges without a restart or `--cleanup`.
 mod alloc;
 pub mod fake;
-mod kernel;
+pub mod node_maps;
 mod plan;
 pub mod service_maps;
 pub mod stale;
@@ -32,7 +32,7 @@ use lb_common::{
     BackendV4, FrontendKeyV4, FE_EXTERNAL,
 };
 
-pub use kernel::{svc_name_str, KernelServiceMaps};
+pub use node_maps::NodeMaps;
 pub use service_maps::{Room, ServiceMaps, Snapshot};
 
 use crate::model::{DesiredState, Proto, ServicePortId};

@@ -8,9 +8,9 @@
 use std::{collections::HashSet, net::Ipv4Addr};
 
 use anyhow::Result;
-use lb_common::{addr::to_map, AffinityValue, CtKeyV4, CT_DIR_FORWARD, PROTO_TCP};
+use lb_common::{addr::to_map, CT_DIR_FORWARD, PROTO_TCP};
 
-use crate::datapath::Maps;
+use super::NodeMaps;
 
 /// What one `forget` deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -25,54 +25,29 @@ pub struct Forgotten {
 
 /// Deletes the UDP connection-tracking entries (both directions) and the
 /// affinity entries of `removed` backends.
-pub fn forget(maps: &mut Maps, removed: &[(u32, Ipv4Addr, u16)]) -> Result<Forgotten> {
-    let mut forgotten = Forgotten::default();
+pub fn forget(maps: &mut dyn NodeMaps, removed: &[(u32, Ipv4Addr, u16)]) -> Result<Forgotten> {
     if removed.is_empty() {
-        return Ok(forgotten);
+        return Ok(Forgotten::default());
     }
     let gone: HashSet<(u32, u16)> = removed
         .iter()
         .map(|&(_, a, p)| (to_map(a), p.to_be()))
         .collect();
     let ids: HashSet<u32> = removed.iter().map(|&(id, _, _)| id).collect();
-    let mut doomed: Vec<CtKeyV4> = Vec::new();
-    for entry in maps.ct.iter() {
-        let (k, v) = entry?;
+    let flows = maps.remove_flows(&|k, v| {
         if k.proto == PROTO_TCP {
-            continue;
+            return false;
         }
         let backend = if k.dir == CT_DIR_FORWARD {
             (v.nat_addr, v.nat_port)
         } else {
             (k.src_addr, k.src_port)
         };
-        if gone.contains(&backend) {
-            doomed.push(k);
-        }
-    }
-    for k in doomed {
-        // An entry the LRU evicted meanwhile is already gone.
-        if maps.ct.remove(&k).is_ok() {
-            forgotten.entries += 1;
-            forgotten.flows += u64::from(k.dir == CT_DIR_FORWARD);
-        }
-        maps.forget_cached(&k)?;
-    }
-    forgotten.entries += forget_affinity(&mut maps.affinity, &ids);
-    forgotten.entries += forget_affinity(&mut maps.sock_affinity, &ids);
-    Ok(forgotten)
-}
-
-/// Deletes the entries of `map` that stick to a backend in `ids`.
-fn forget_affinity<K: aya::Pod>(
-    map: &mut aya::maps::HashMap<aya::maps::MapData, K, AffinityValue>,
-    ids: &HashSet<u32>,
-) -> usize {
-    let stale: Vec<K> = map
-        .iter()
-        .filter_map(|e| e.ok())
-        .filter(|(_, v)| ids.contains(&v.backend_id))
-        .map(|(k, _)| k)
-        .collect();
-    stale.iter().filter(|k| map.remove(k).is_ok()).count()
+        gone.contains(&backend)
+    })?;
+    let affinities = maps.remove_affinities(&|v| ids.contains(&v.backend_id))?;
+    Ok(Forgotten {
+        entries: flows.len() + affinities,
+        flows: flows.iter().filter(|k| k.dir == CT_DIR_FORWARD).count() as u64,
+    })
 }

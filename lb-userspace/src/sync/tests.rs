@@ -546,3 +546,101 @@ fn long_names_are_stored_whole_and_unencodable_ones_refused() {
     let mut restarted = Syncer::recover(&mut w).unwrap();
     assert_eq!(restarted.sync(&desired, &mut w).unwrap().writes, 0);
 }
+
+#[test]
+fn removed_backends_lose_their_udp_flows_and_affinities_only() {
+    use lb_common::{
+        addr::to_map, sock::SockAffinityKeyV4, AffinityKeyV4, AffinityValue, CtKeyV4, CtValueV4,
+        FrontendKeyV4, CT_DIR_FORWARD, PROTO_TCP, PROTO_UDP,
+    };
+
+    use super::{fake::FakeNodeMaps, stale};
+
+    let net = |(a, p): (Ipv4Addr, u16)| (to_map(a), p.to_be());
+    let client = to_map(Ipv4Addr::new(198, 51, 100, 7));
+    let vip = net((Ipv4Addr::new(10, 96, 0, 1), 53));
+    let (gone, kept) = (
+        (Ipv4Addr::new(10, 0, 0, 1), 53),
+        (Ipv4Addr::new(10, 0, 0, 2), 53),
+    );
+    let mut maps = FakeNodeMaps::default();
+    for (i, (proto, backend)) in [(PROTO_UDP, gone), (PROTO_UDP, kept), (PROTO_TCP, gone)]
+        .into_iter()
+        .enumerate()
+    {
+        let port = (40000 + i as u16).to_be();
+        let forward = CtKeyV4 {
+            src_addr: client,
+            dst_addr: vip.0,
+            src_port: port,
+            dst_port: vip.1,
+            proto,
+            dir: CT_DIR_FORWARD,
+            _pad: 0,
+        };
+        let to = net(backend);
+        let value = CtValueV4 {
+            nat_addr: to.0,
+            nat_port: to.1,
+            ..Default::default()
+        };
+        maps.ct.insert(forward, value);
+        let reply = CtKeyV4::reply(to, (client, port), proto);
+        maps.ct.insert(reply, CtValueV4::default());
+    }
+    let frontend = FrontendKeyV4 {
+        addr: vip.0,
+        port: vip.1,
+        proto: PROTO_UDP,
+        _pad: 0,
+    };
+    let to_backend = |backend_id| AffinityValue {
+        backend_id,
+        ..Default::default()
+    };
+    for (client_addr, backend_id) in [(client, 1), (client + 1, 2)] {
+        let key = AffinityKeyV4 {
+            frontend,
+            client_addr,
+        };
+        maps.affinity.insert(key, to_backend(backend_id));
+    }
+    let socket = SockAffinityKeyV4 {
+        frontend,
+        netns_cookie: 9,
+    };
+    maps.sock_affinity.insert(socket, to_backend(1));
+
+    assert_eq!(
+        stale::forget(&mut maps, &[]).unwrap(),
+        stale::Forgotten::default()
+    );
+    let forgotten = stale::forget(&mut maps, &[(1, gone.0, gone.1)]).unwrap();
+    assert_eq!(
+        forgotten,
+        stale::Forgotten {
+            entries: 4,
+            flows: 1
+        },
+        "both entries of the UDP flow, and both affinities"
+    );
+    let left: Vec<_> = maps
+        .ct
+        .iter()
+        .map(|(k, v)| (k.proto, k.dir == CT_DIR_FORWARD, v.nat_addr))
+        .collect();
+    assert_eq!(
+        left.len(),
+        4,
+        "the other backend's flow and the TCP one stay"
+    );
+    assert!(!left.contains(&(PROTO_UDP, true, net(gone).0)), "{left:?}");
+    assert_eq!(
+        maps.affinity
+            .values()
+            .map(|v| v.backend_id)
+            .collect::<Vec<_>>(),
+        [2]
+    );
+    assert!(maps.sock_affinity.is_empty());
+}

@@ -69,7 +69,7 @@ impl Provision {
                 let id = self.next_backend;
                 self.next_backend += 1;
                 dp.maps
-                    .backends
+                    .backends_mut()
                     .set(
                         id,
                         BackendV4 {
@@ -97,7 +97,7 @@ impl Provision {
         let offset = self.next_slot;
         for (i, owner) in maglev::table(&names, m).into_iter().enumerate() {
             dp.maps
-                .maglev
+                .maglev_mut()
                 .set(offset + i as u32, ids[owner as usize], 0)
                 .unwrap();
         }
@@ -129,7 +129,7 @@ impl Provision {
             proto,
             _pad: 0,
         };
-        dp.maps.frontends.insert(key, value, 0).unwrap();
+        dp.maps.frontends_mut().insert(key, value, 0).unwrap();
         add_flags(dp, vip.0, ADDR_FRONTEND);
         dp.maps
             .filter_mut()
@@ -146,7 +146,7 @@ pub fn source_range(dp: &mut Datapath, svc_id: u32, net: Ipv4Addr, len: u32) {
         addr: be(net),
     };
     dp.maps
-        .source_ranges
+        .source_ranges_mut()
         .insert(&Key::new(32 + len, key), 1, 0)
         .unwrap();
 }
@@ -154,12 +154,12 @@ pub fn source_range(dp: &mut Datapath, svc_id: u32, net: Ipv4Addr, len: u32) {
 fn add_flags(dp: &mut Datapath, addr: Ipv4Addr, flags: u32) {
     let old = dp
         .maps
-        .addrs
+        .addrs()
         .get(&be(addr), 0)
         .map(|a| a.flags)
         .unwrap_or(0);
     dp.maps
-        .addrs
+        .addrs_mut()
         .insert(be(addr), AddrInfo { flags: old | flags }, 0)
         .unwrap();
 }

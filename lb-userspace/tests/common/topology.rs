@@ -30,6 +30,7 @@ use anyhow::{bail, ensure, Context, Result};
 use lb_common::{IfaceInfo, IFACE_POD};
 use lb_userspace::{
     datapath::{attach_tc, Datapath, XdpMode, EXT_PROGRAM, POD_PROGRAM},
+    sync::NodeMaps,
     testbed::netns::{Ns, Testbed},
 };
 
@@ -344,7 +345,7 @@ fn register(dp: &mut Datapath, ifname: &str, flags: u32) -> Result<()> {
     let name = std::ffi::CString::new(ifname)?;
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     ensure!(index != 0, "no interface {ifname}");
-    dp.maps.ifaces.insert(index, IfaceInfo { flags }, 0)?;
+    dp.maps.put_iface(index, IfaceInfo { flags })?;
     Ok(())
 }
 

@@ -1,4 +1,4 @@
-//! `ServiceMaps` on the real maps.
+//! `ServiceMaps` on the kernel's maps.
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
@@ -9,12 +9,8 @@ use lb_common::{
     SvcStats, ADDR_FRONTEND,
 };
 
-use super::{Room, ServiceMaps, Snapshot};
-use crate::datapath::Maps;
-
-pub struct KernelServiceMaps<'a> {
-    pub maps: &'a mut Maps,
-}
+use super::Maps;
+use crate::sync::{Room, ServiceMaps, Snapshot};
 
 fn svc_name(name: &str) -> Result<SvcName> {
     SvcNameParts::parse(name)
@@ -47,25 +43,25 @@ pub fn svc_name_str(name: &SvcName) -> String {
     name.as_str().unwrap_or_default().to_string()
 }
 
-impl ServiceMaps for KernelServiceMaps<'_> {
+impl ServiceMaps for Maps {
     fn put_backend(&mut self, id: u32, backend: BackendV4) -> Result<()> {
-        Ok(self.maps.backends.set(id, backend, 0)?)
+        Ok(self.backends.set(id, backend, 0)?)
     }
 
     fn put_ring(&mut self, offset: u32, slots: &[u32]) -> Result<()> {
-        self.maps.slots.write(offset, slots)
+        self.slots.write(offset, slots)
     }
 
     fn put_frontend(&mut self, key: FrontendKeyV4, value: FrontendValue) -> Result<()> {
-        Ok(self.maps.frontends.insert(key, value, 0)?)
+        Ok(self.frontends.insert(key, value, 0)?)
     }
 
     fn remove_frontend(&mut self, key: &FrontendKeyV4) -> Result<()> {
-        absent_ok(self.maps.frontends.remove(key))
+        absent_ok(self.frontends.remove(key))
     }
 
     fn put_frontend_addr(&mut self, addr: u32) -> Result<()> {
-        Ok(self.maps.addrs.insert(
+        Ok(self.addrs.insert(
             addr,
             AddrInfo {
                 flags: ADDR_FRONTEND,
@@ -75,47 +71,42 @@ impl ServiceMaps for KernelServiceMaps<'_> {
     }
 
     fn remove_frontend_addr(&mut self, addr: u32) -> Result<()> {
-        absent_ok(self.maps.addrs.remove(&addr))
+        absent_ok(self.addrs.remove(&addr))
     }
 
     fn put_filter_words(&mut self, words: &[(u32, u64)]) -> Result<()> {
-        self.maps.filter_mut()?.write(words)
+        self.filter_mut()?.write(words)
     }
 
     fn put_service(&mut self, svc_id: u32, name: &str) -> Result<()> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let zeros = PerCpuValues::try_from(vec![SvcStats::default(); cpus])?;
-        self.maps.svc_stats.set(svc_id, zeros, 0)?;
-        Ok(self.maps.svc_names.insert(svc_id, svc_name(name)?, 0)?)
+        self.svc_stats.set(svc_id, zeros, 0)?;
+        Ok(self.svc_names.insert(svc_id, svc_name(name)?, 0)?)
     }
 
     fn remove_service(&mut self, svc_id: u32) -> Result<()> {
-        absent_ok(self.maps.svc_names.remove(&svc_id))
+        absent_ok(self.svc_names.remove(&svc_id))
     }
 
     fn put_source_range(&mut self, svc_id: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
         Ok(self
-            .maps
             .source_ranges
             .insert(&range_key(svc_id, addr, len), 1, 0)?)
     }
 
     fn remove_source_range(&mut self, svc_id: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
-        absent_ok(
-            self.maps
-                .source_ranges
-                .remove(&range_key(svc_id, addr, len)),
-        )
+        absent_ok(self.source_ranges.remove(&range_key(svc_id, addr, len)))
     }
 
     fn room(&self) -> Result<Room> {
         let entries = |map: &MapData| -> Result<u32> { Ok(map.info()?.max_entries()) };
         Ok(Room {
-            services: entries(self.maps.svc_stats.map())?.min(entries(self.maps.svc_names.map())?),
-            backends: entries(self.maps.backends.map())?,
-            frontends: entries(self.maps.frontends.map())?,
-            addrs: entries(self.maps.addrs.map())?,
-            ring_slots: self.maps.slots.len(),
+            services: entries(self.svc_stats.map())?.min(entries(self.svc_names.map())?),
+            backends: entries(self.backends.map())?,
+            frontends: entries(self.frontends.map())?,
+            addrs: entries(self.addrs.map())?,
+            ring_slots: self.slots.len(),
             // An LPM trie gives no handle on its map data in aya 0.14; its
             // size is never overridden at load, so the constant is the truth.
             source_ranges: lb_common::MAX_SOURCE_RANGES,
@@ -124,38 +115,29 @@ impl ServiceMaps for KernelServiceMaps<'_> {
 
     fn read_back(&self) -> Result<Snapshot> {
         let frontends: Vec<(FrontendKeyV4, FrontendValue)> =
-            self.maps.frontends.iter().collect::<Result<_, _>>()?;
+            self.frontends.iter().collect::<Result<_, _>>()?;
         let mut backends = Vec::new();
-        for (id, be) in self.maps.backends.iter().enumerate() {
+        for (id, be) in self.backends.iter().enumerate() {
             let be = be?;
             if be != BackendV4::default() {
                 backends.push((id as u32, be));
             }
         }
         let services = self
-            .maps
             .svc_names
             .iter()
             .map(|r| r.map(|(id, n)| (id, svc_name_str(&n))))
             .collect::<Result<_, _>>()?;
-        let filter = self
-            .maps
-            .filter
-            .as_ref()
-            .map(|f| f.words())
-            .unwrap_or_default();
+        let filter = self.filter.as_ref().map(|f| f.words()).unwrap_or_default();
         let mut rings = Vec::new();
         for (_, v) in &frontends {
             if v.ring_size > 0 && !rings.iter().any(|(o, _)| *o == v.ring_offset) {
-                rings.push((
-                    v.ring_offset,
-                    self.maps.slots.read(v.ring_offset, v.ring_size)?,
-                ));
+                rings.push((v.ring_offset, self.slots.read(v.ring_offset, v.ring_size)?));
             }
         }
-        let frontend_addrs = self.maps.addrs.keys().collect::<Result<_, _>>()?;
+        let frontend_addrs = self.addrs.keys().collect::<Result<_, _>>()?;
         let mut source_ranges = Vec::new();
-        for key in self.maps.source_ranges.keys() {
+        for key in self.source_ranges.keys() {
             let key = key?;
             let data = key.data();
             let addr = from_map(data.addr);

@@ -1,0 +1,61 @@
+//! `NodeMaps` on the kernel's maps.
+use anyhow::Result;
+use aya::{
+    maps::{HashMap, MapData},
+    Pod,
+};
+use lb_common::{AffinityValue, Config, CtKeyV4, CtValueV4, IfaceInfo};
+
+use super::Maps;
+use crate::sync::NodeMaps;
+
+impl NodeMaps for Maps {
+    fn put_config(&mut self, config: Config) -> Result<()> {
+        Ok(self.config.set(0, config, 0)?)
+    }
+
+    fn put_iface(&mut self, index: u32, info: IfaceInfo) -> Result<()> {
+        Ok(self.ifaces.insert(index, info, 0)?)
+    }
+
+    fn remove_flows(
+        &mut self,
+        stale: &dyn Fn(&CtKeyV4, &CtValueV4) -> bool,
+    ) -> Result<Vec<CtKeyV4>> {
+        let mut doomed = Vec::new();
+        for entry in self.ct.iter() {
+            let (k, v) = entry?;
+            if stale(&k, &v) {
+                doomed.push(k);
+            }
+        }
+        let mut removed = Vec::new();
+        for k in doomed {
+            // An entry the LRU evicted meanwhile is already gone.
+            if self.ct.remove(&k).is_ok() {
+                removed.push(k);
+            }
+            self.forget_cached(&k)?;
+        }
+        Ok(removed)
+    }
+
+    fn remove_affinities(&mut self, stale: &dyn Fn(&AffinityValue) -> bool) -> Result<usize> {
+        Ok(remove_affinity(&mut self.affinity, stale)
+            + remove_affinity(&mut self.sock_affinity, stale))
+    }
+}
+
+/// Deletes the entries of `map` whose value `stale` picks.
+fn remove_affinity<K: Pod>(
+    map: &mut HashMap<MapData, K, AffinityValue>,
+    stale: &dyn Fn(&AffinityValue) -> bool,
+) -> usize {
+    let doomed: Vec<K> = map
+        .iter()
+        .filter_map(|e| e.ok())
+        .filter(|(_, v)| stale(v))
+        .map(|(k, _)| k)
+        .collect();
+    doomed.iter().filter(|k| map.remove(k).is_ok()).count()
+}

@@ -1,0 +1,22 @@
+//! The map writes the agent makes besides the Services': the data plane's
+//! settings, how it delivers to each interface, and the deletion of flows
+//! and affinities whose backend is gone (`stale::forget` picks them).
+use anyhow::Result;
+use lb_common::{AffinityValue, Config, CtKeyV4, CtValueV4, IfaceInfo};
+
+pub trait NodeMaps {
+    /// Sets `CONFIG`, which every packet reads.
+    fn put_config(&mut self, config: Config) -> Result<()>;
+    /// Sets how the packet path delivers to interface `index` (`IFACES`).
+    fn put_iface(&mut self, index: u32, info: IfaceInfo) -> Result<()>;
+    /// Deletes the connection-tracking entries `stale` picks, and any copy
+    /// the packet path cached of them; returns the keys it deleted (not
+    /// those the LRU evicted meanwhile).
+    fn remove_flows(
+        &mut self,
+        stale: &dyn Fn(&CtKeyV4, &CtValueV4) -> bool,
+    ) -> Result<Vec<CtKeyV4>>;
+    /// Deletes the affinity entries, of clients and of sockets alike, whose
+    /// value `stale` picks; returns how many it deleted.
+    fn remove_affinities(&mut self, stale: &dyn Fn(&AffinityValue) -> bool) -> Result<usize>;
+}
