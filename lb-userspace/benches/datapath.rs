@@ -339,7 +339,7 @@ fn measure(n: u32) -> Row {
 }
 
 fn main() {
-    if let Err(e) = lb_userspace::testbed::netns::require_root("datapath benchmark") {
+    if let Err(e) = testbed::netns::require_root("datapath benchmark") {
         panic!("{e:#}");
     }
     let rows: Vec<Row> = [1, 1_000, 100_000].into_iter().map(measure).collect();

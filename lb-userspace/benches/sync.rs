@@ -92,7 +92,7 @@ fn main() {
     let syncer = Syncer::recover(&mut fake).unwrap();
     let (fake_cold, fake_one, fake_writes) = measure(&mut fake, syncer);
 
-    if let Err(e) = lb_userspace::testbed::netns::require_root("sync benchmark (real maps)") {
+    if let Err(e) = testbed::netns::require_root("sync benchmark (real maps)") {
         panic!("{e:#}");
     }
     let mut dp = Datapath::load(&Capacities::default(), None).expect("load");

@@ -1,8 +1,6 @@
 //! The xdplb agent and CLI as a library, so integration tests and `xtask`
 //! drive the same code the binary runs.
 
-pub mod testbed;
-
 pub mod agent;
 pub mod cli;
 pub mod datapath;

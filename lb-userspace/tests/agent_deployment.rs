@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::agent::{assert_seed_serves, Cluster};
 use common::cgroup::Cgroup;
 use k8s_openapi::api::{apps::v1::DaemonSet, core::v1::Container};
-use lb_userspace::testbed::netns::wait_until;
+use testbed::netns::wait_until;
 
 const DAEMONSET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/daemonset.yaml");
 

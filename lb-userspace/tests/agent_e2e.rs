@@ -15,7 +15,8 @@ use common::agent::{
     served_by, Agent, Cluster, Conn, Node, COUNTER_NODE_PORT, COUNTER_PORT, COUNTER_VIP,
     HEALTHZ_PORT, METRICS_PORT, POD_ADDRS, REDIS_PORT, REDIS_VIP, SPARE_PORT, TIMEOUT, XDPLB,
 };
-use lb_userspace::{datapath::Maps, monitor::Lease, testbed::netns::wait_until};
+use lb_userspace::{datapath::Maps, monitor::Lease};
+use testbed::netns::wait_until;
 
 /// The agent promises edits within about a second; this leaves slack for a
 /// loaded machine without letting a slow watcher pass.

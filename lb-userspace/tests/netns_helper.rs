@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use lb_userspace::testbed::netns::{require_root, wait_until, Ns, Testbed};
+use testbed::netns::{require_root, wait_until, Ns, Testbed};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -27,8 +27,8 @@ use lb_common::{FrontendValue, PROTO_TCP, PROTO_UDP};
 use lb_userspace::{
     datapath::{attach_cgroup, Capacities, Datapath},
     sync::NodeMaps,
-    testbed::netns::Ns,
 };
+use testbed::netns::Ns;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// A Service whose endpoints are all gone.

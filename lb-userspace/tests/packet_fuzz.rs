@@ -43,10 +43,10 @@ use lb_common::{
 use lb_userspace::{
     datapath::{run_frame, Datapath, EXT_PROGRAM, EXT_TC_PROGRAM, POD_PROGRAM, PROGRAM},
     sync::NodeMaps,
-    testbed::fuzz_knob,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use testbed::fuzz_knob;
 
 /// Mutated frames in CI: a debug build takes about 10 s on two idle cores,
 /// 25 s on two busy ones.

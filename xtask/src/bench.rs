@@ -32,6 +32,8 @@ pub fn run_benches(args: &Args) -> Result<()> {
             "bench",
             "-p",
             "lb-userspace",
+            "--features",
+            "fake-maps",
             "--bench",
             "datapath",
             "--bench",

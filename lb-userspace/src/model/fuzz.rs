@@ -33,7 +33,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::*;
-use crate::testbed::fuzz_knob;
+use testbed::fuzz_knob;
 
 /// A few seconds in a debug build.
 const DEFAULT_CASES: u64 = 20_000;

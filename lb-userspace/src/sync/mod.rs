@@ -15,6 +15,7 @@
 //! the next sync then starts over from reading the maps back, so it
 //! converges without a restart or `--cleanup`.
 mod alloc;
+#[cfg(any(test, feature = "fake-maps"))]
 pub mod fake;
 pub mod node_maps;
 mod plan;

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use aya::programs::{SchedClassifier, TcAttachType};
-use lb_userspace::testbed::netns::{wait_until, Ns, Testbed};
 use serde::Deserialize;
+use testbed::netns::{wait_until, Ns, Testbed};
 
 use super::servers::ServerThreads;
 
@@ -305,10 +305,10 @@ impl Cluster {
 
     /// Makes `node`'s ext0 take XDP frames, as a NIC does: its peer, the
     /// client's eth0, runs an XDP program while the returned value lives.
-    pub fn client_runs_xdp(&self, node: &Node) -> Result<lb_userspace::testbed::xdp_pass::XdpPass> {
-        Ok(self.tb.in_ns(&node.client, || {
-            lb_userspace::testbed::xdp_pass::attach("eth0")
-        })??)
+    pub fn client_runs_xdp(&self, node: &Node) -> Result<testbed::xdp_pass::XdpPass> {
+        Ok(self
+            .tb
+            .in_ns(&node.client, || testbed::xdp_pass::attach("eth0"))??)
     }
 
     /// A TCP connection from `node`'s client to `to`.

@@ -20,7 +20,7 @@ use lb_userspace::datapath::{Capacities, Datapath};
 
 /// Fails (never skips) when the test cannot get the privileges it needs.
 pub fn privileged(tier: &str) {
-    if let Err(e) = lb_userspace::testbed::netns::require_root(tier) {
+    if let Err(e) = testbed::netns::require_root(tier) {
         panic!("{e:#}");
     }
 }

@@ -31,8 +31,8 @@ use lb_common::{IfaceInfo, IFACE_POD};
 use lb_userspace::{
     datapath::{attach_tc, Datapath, XdpMode, EXT_PROGRAM, POD_PROGRAM},
     sync::NodeMaps,
-    testbed::netns::{Ns, Testbed},
 };
+use testbed::netns::{Ns, Testbed};
 
 use super::servers::ServerThreads;
 

@@ -2,7 +2,7 @@
 //! with a small MTU, where BPF_PROG_TEST_RUN runs the programs (as if the
 //! frame came in on the namespace's loopback device).
 #![allow(dead_code)] // each test binary uses a different subset
-use lb_userspace::testbed::netns::{Ns, Testbed};
+use testbed::netns::{Ns, Testbed};
 
 /// The MTU of `up0`, the egress towards the backends.
 pub const UPLINK_MTU: u32 = 1280;

@@ -26,10 +26,8 @@
 //! `xdd-<id>-<role>`; a run records its owner process, so the next run can
 //! tell a killed run's leftovers from a live or `--keep`-ed cluster.
 //!
-//! Not built on lb-userspace's `testbed::netns`: xtask cannot depend on
-//! lb-userspace, whose build script needs the eBPF object that
-//! `cargo xtask build-ebpf` makes, and a kept cluster must outlive its
-//! process, which that helper's leftover sweep would remove.
+//! Not built on the `testbed` crate's `netns`: a kept cluster must
+//! outlive its process, which that helper's leftover sweep would remove.
 use std::{
     collections::BTreeMap,
     ffi::CString,

@@ -4,13 +4,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-// xtask links no BPF loader; the testbed's raw one is std and libc only.
-#[path = "../../../lb-userspace/src/testbed/xdp_pass.rs"]
-mod raw;
-
 /// Attaches an XDP_PASS program to `ifname` of network namespace `ns` and
 /// pins its link at `pin`; it goes with the interface.
 pub fn attach(ns: &str, ifname: &str, pin: &Path) -> Result<()> {
-    super::cluster::in_netns(ns, || raw::attach(ifname)?.pin(pin))?
+    super::cluster::in_netns(ns, || testbed::xdp_pass::attach(ifname)?.pin(pin))?
         .with_context(|| format!("attaching an XDP program to {ifname} in {ns}"))
 }
