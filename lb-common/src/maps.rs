@@ -32,6 +32,7 @@ pub mod names {
         SOCK_AFFINITY_V4,
         MONITOR,
         MONITOR_ON,
+        ANNOUNCE_V4,
     }
 
     /// Not pinned: derived from `CT_V4`, so a new program starts it empty.
@@ -59,6 +60,8 @@ pub const MAX_IFACES: u32 = 1024;
 pub const MAX_AFFINITY: u32 = 1 << 18;
 pub const MAX_SOURCE_RANGES: u32 = 1 << 14;
 pub const MAX_FRAGS: u32 = 1 << 14;
+/// (LoadBalancer address, external interface) pairs this node answers ARP for.
+pub const MAX_ANNOUNCE: u32 = 1 << 14;
 
 /// Bumped whenever a layout in this crate changes; pinned maps live under
 /// `<pin-path>/v<LAYOUT_VERSION>` so an upgrade never reads foreign bytes.
@@ -447,6 +450,25 @@ pub struct FragValueV4 {
     pub dst_addr: u32,
 }
 
+/// Key of `ANNOUNCE_V4`: a LoadBalancer address (network order) this node
+/// announces, on one of its external interfaces. Keyed by interface too:
+/// each interface answers with its own MAC, and an ARP request is answered
+/// only on the interfaces the agent chose.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AnnounceKeyV4 {
+    pub addr: u32,
+    pub ifindex: u32,
+}
+
+/// Value of `ANNOUNCE_V4`: the MAC the ARP reply names, the interface's own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AnnounceValue {
+    pub mac: [u8; 6],
+    pub _pad: u16,
+}
+
 /// Per service port, per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -471,6 +493,8 @@ const _: () = {
     assert!(core::mem::size_of::<Config>() == 32);
     assert!(core::mem::size_of::<IfaceInfo>() == 4);
     assert!(core::mem::size_of::<SvcStats>() == 16);
+    assert!(core::mem::size_of::<AnnounceKeyV4>() == 8);
+    assert!(core::mem::size_of::<AnnounceValue>() == 8);
 };
 
 #[cfg(feature = "user")]
@@ -492,6 +516,8 @@ mod pod {
     unsafe impl aya::Pod for SourceRangeKeyV4 {}
     unsafe impl aya::Pod for FragKeyV4 {}
     unsafe impl aya::Pod for FragValueV4 {}
+    unsafe impl aya::Pod for AnnounceKeyV4 {}
+    unsafe impl aya::Pod for AnnounceValue {}
 }
 
 #[cfg(test)]

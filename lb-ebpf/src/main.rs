@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod arp;
 mod conntrack;
 mod flow_cache;
 mod forward;

@@ -111,3 +111,10 @@ pub static MONITOR: RingBuf<MonitorEvent, { lb_common::monitor::MONITOR_RING_BYT
 /// wants events, renewed by it every second; 0 when none runs.
 #[btf_map]
 pub static MONITOR_ON: Array<u64, 1> = Array::new();
+
+/// LoadBalancer addresses this node announces, per external interface,
+/// with the MAC to answer ARP requests with; written by the agent for the
+/// addresses whose announcer it is.
+#[btf_map]
+pub static ANNOUNCE_V4: HashMap<AnnounceKeyV4, AnnounceValue, { MAX_ANNOUNCE as usize }> =
+    HashMap::new();

@@ -7,8 +7,8 @@ use aya::{
 };
 use lb_common::{
     flow_cache_slot, names, sock::SockAffinityKeyV4, AddrInfo, AffinityKeyV4, AffinityValue,
-    BackendV4, Config, CtKeyV4, CtValueV4, FlowCacheEntryV4, FrontendKeyV4, FrontendValue,
-    IfaceInfo, Reason, SourceRangeKeyV4, SvcName, SvcStats,
+    AnnounceKeyV4, AnnounceValue, BackendV4, Config, CtKeyV4, CtValueV4, FlowCacheEntryV4,
+    FrontendKeyV4, FrontendValue, IfaceInfo, Reason, SourceRangeKeyV4, SvcName, SvcStats,
 };
 
 use super::{filter::AddrFilter, slots::RingSlots};
@@ -29,6 +29,8 @@ pub struct Maps {
     pub affinity: HashMap<MapData, AffinityKeyV4, AffinityValue>,
     pub sock_affinity: HashMap<MapData, SockAffinityKeyV4, AffinityValue>,
     pub source_ranges: LpmTrie<MapData, SourceRangeKeyV4, u32>,
+    /// LoadBalancer addresses this node answers ARP for, per interface.
+    pub announce: HashMap<MapData, AnnounceKeyV4, AnnounceValue>,
     /// The loaded program's flow cache; `None` when opened from pins, as
     /// the cache is never pinned.
     pub flow_cache: Option<PerCpuArray<MapData, FlowCacheEntryV4>>,
@@ -94,6 +96,7 @@ impl Maps {
             affinity: get(names::AFFINITY_V4)?.try_into()?,
             sock_affinity: get(names::SOCK_AFFINITY_V4)?.try_into()?,
             source_ranges: get(names::SOURCE_RANGES_V4)?.try_into()?,
+            announce: get(names::ANNOUNCE_V4)?.try_into()?,
             flow_cache: None,
             filter: None,
         })
