@@ -118,3 +118,8 @@ pub static MONITOR_ON: Array<u64, 1> = Array::new();
 #[btf_map]
 pub static ANNOUNCE_V4: HashMap<AnnounceKeyV4, AnnounceValue, { MAX_ANNOUNCE as usize }> =
     HashMap::new();
+
+/// Every LoadBalancer address from the pools, with its pool and announcing
+/// node: for `xdplb services`, as `SVC_NAMES` is; the program never reads it.
+#[btf_map]
+pub static LB_ADDRS_V4: HashMap<u32, LbAddrInfo, { MAX_ANNOUNCE as usize }> = HashMap::new();

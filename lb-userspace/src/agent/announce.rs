@@ -1,6 +1,7 @@
 //! Announcing LoadBalancer addresses: `ANNOUNCE_V4` holds the addresses
-//! this node answers ARP for (the data plane answers), and a gratuitous ARP
-//! tells the LAN at once when this node takes an address over.
+//! this node answers ARP for (the data plane answers), a gratuitous ARP
+//! tells the LAN at once when this node takes an address over, and
+//! `LB_ADDRS_V4` tells `xdplb services` every address's pool and announcer.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -8,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use lb_common::{addr::to_map, AnnounceKeyV4, AnnounceValue};
+use lb_common::{addr::to_map, AnnounceKeyV4, AnnounceValue, LbAddrInfo};
 
 use crate::{datapath::Maps, model::lb_addrs::Announcement};
 
@@ -54,16 +55,22 @@ pub struct Announcer {
 }
 
 impl Announcer {
-    /// Makes `ANNOUNCE_V4` hold exactly `mine` on every interface of
-    /// `ifaces`, and sends a gratuitous ARP for each address this node did
-    /// not announce before (after a restart: for all of them, which costs
-    /// one frame each).
+    /// Makes `LB_ADDRS_V4` hold `all` and `ANNOUNCE_V4` exactly those
+    /// `node` announces on every interface of `ifaces`, and sends a
+    /// gratuitous ARP for each address this node did not announce before
+    /// (after a restart: for all of them, which costs one frame each).
     pub fn sync(
         &mut self,
         maps: &mut Maps,
         ifaces: &[String],
-        mine: &[&Announcement],
+        all: &[Announcement],
+        node: &str,
     ) -> Result<()> {
+        write_lb_addrs(maps, all)?;
+        let mine: Vec<&Announcement> = all
+            .iter()
+            .filter(|a| a.node.as_deref() == Some(node))
+            .collect();
         let ifaces = ifaces
             .iter()
             .map(|n| Iface::read(n))
@@ -115,6 +122,35 @@ impl Announcer {
         self.announced = now;
         Ok(())
     }
+}
+
+/// Makes `LB_ADDRS_V4` hold exactly the addresses of `all`.
+fn write_lb_addrs(maps: &mut Maps, all: &[Announcement]) -> Result<()> {
+    let want: BTreeMap<u32, LbAddrInfo> = all
+        .iter()
+        .map(|a| {
+            let info = LbAddrInfo::new(&a.pool, a.node.as_deref().unwrap_or(""));
+            (to_map(a.addr), info)
+        })
+        .collect();
+    let have = maps
+        .lb_addrs
+        .iter()
+        .collect::<Result<BTreeMap<_, _>, _>>()
+        .context("reading LB_ADDRS_V4")?;
+    for addr in have.keys().filter(|a| !want.contains_key(a)) {
+        maps.lb_addrs
+            .remove(addr)
+            .context("removing from LB_ADDRS_V4")?;
+    }
+    for (addr, info) in &want {
+        if have.get(addr) != Some(info) {
+            maps.lb_addrs
+                .insert(addr, info, 0)
+                .context("writing LB_ADDRS_V4")?;
+        }
+    }
+    Ok(())
 }
 
 /// The 42-byte gratuitous ARP request for `addr` from `mac`: sender and

@@ -208,12 +208,12 @@ impl Agent {
             .record_lb_pools(&alloc.usage(&self.pools), alloc.exhausted);
         let announcements =
             model::lb_addrs::announcements(&services, &objects.slices, &objects.nodes, &alloc);
-        let mine: Vec<_> = announcements
-            .iter()
-            .filter(|a| a.node.as_deref() == Some(self.args.node_name.as_str()))
-            .collect();
-        self.announcer
-            .sync(&mut self.dp.maps, &self.args.external_ifaces, &mine)?;
+        self.announcer.sync(
+            &mut self.dp.maps,
+            &self.args.external_ifaces,
+            &announcements,
+            &self.args.node_name,
+        )?;
         Ok(())
     }
 

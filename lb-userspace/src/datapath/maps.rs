@@ -8,7 +8,8 @@ use aya::{
 use lb_common::{
     flow_cache_slot, names, sock::SockAffinityKeyV4, AddrInfo, AffinityKeyV4, AffinityValue,
     AnnounceKeyV4, AnnounceValue, BackendV4, Config, CtKeyV4, CtValueV4, FlowCacheEntryV4,
-    FrontendKeyV4, FrontendValue, IfaceInfo, Reason, SourceRangeKeyV4, SvcName, SvcStats,
+    FrontendKeyV4, FrontendValue, IfaceInfo, LbAddrInfo, Reason, SourceRangeKeyV4, SvcName,
+    SvcStats,
 };
 
 use super::{filter::AddrFilter, slots::RingSlots};
@@ -31,6 +32,8 @@ pub struct Maps {
     pub source_ranges: LpmTrie<MapData, SourceRangeKeyV4, u32>,
     /// LoadBalancer addresses this node answers ARP for, per interface.
     pub announce: HashMap<MapData, AnnounceKeyV4, AnnounceValue>,
+    /// Every pool address with its pool and announcing node.
+    pub lb_addrs: HashMap<MapData, u32, LbAddrInfo>,
     /// The loaded program's flow cache; `None` when opened from pins, as
     /// the cache is never pinned.
     pub flow_cache: Option<PerCpuArray<MapData, FlowCacheEntryV4>>,
@@ -97,6 +100,7 @@ impl Maps {
             sock_affinity: get(names::SOCK_AFFINITY_V4)?.try_into()?,
             source_ranges: get(names::SOURCE_RANGES_V4)?.try_into()?,
             announce: get(names::ANNOUNCE_V4)?.try_into()?,
+            lb_addrs: get(names::LB_ADDRS_V4)?.try_into()?,
             flow_cache: None,
             filter: None,
         })

@@ -175,7 +175,7 @@ fn parse_range(range: &str) -> Result<Pool, String> {
         return Err(format!("{what}: {first} comes after {last}"));
     }
     Ok(Pool {
-        name: range.to_string(),
+        name: format!("{first}-{last}"),
         first: first.into(),
         last: last.into(),
     })

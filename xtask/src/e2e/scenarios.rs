@@ -556,6 +556,7 @@ fn lb_pool_steps(bed: &mut Bed) -> Result<Verdict> {
     )?;
     let addr = addr.context("no address")?;
     let target = SocketAddrV4::new(addr, 80);
+    let frontend = format!("{target}/TCP");
     note(format!(
         "lb-pool got {addr} from {} ({})",
         cluster::LB_POOL,
@@ -589,6 +590,7 @@ fn lb_pool_steps(bed: &mut Bed) -> Result<Verdict> {
             .with_context(|| format!("the router has {mac} for {addr}, no node's MAC"))
     };
     let first = announcer(bed)?;
+    listed_as_announced_by(bed, &frontend, &first)?;
     note(format!(
         "{target} from outside reached both pods over {SPREAD} connections; the router has {first}'s MAC {} for it",
         macs[&first]
@@ -598,7 +600,6 @@ fn lb_pool_steps(bed: &mut Bed) -> Result<Verdict> {
         .into_iter()
         .find(|n| *n != first)
         .context("one node only")?;
-    let frontend = format!("{target}/TCP");
     let before = bed.frontend_packets(&other, &frontend)?;
     bed.state.set_node_ready(&first, false)?;
     bed.publish()?;
@@ -622,6 +623,26 @@ fn lb_pool_steps(bed: &mut Bed) -> Result<Verdict> {
         ms(took)
     ));
     Ok(Verdict::Pass)
+}
+
+/// Whether `xdplb services` on every node lists `frontend` with the pool
+/// and `node` as the node that announces it.
+fn listed_as_announced_by(bed: &Bed, frontend: &str, node: &str) -> Result<()> {
+    for on in bed.node_names() {
+        let rows = bed.frontends(&on)?;
+        let row = rows
+            .iter()
+            .find(|r| r["frontend"] == frontend)
+            .with_context(|| format!("{on} lists no {frontend}"))?;
+        ensure!(
+            row["lb_pool"] == cluster::LB_POOL && row["announced_by"] == node,
+            "xdplb services on {on}: {frontend} in pool {} announced by {}, expected {} and {node}",
+            row["lb_pool"],
+            row["announced_by"],
+            cluster::LB_POOL
+        );
+    }
+    Ok(())
 }
 
 /// The address from the pool that `xdplb services` on the first node
