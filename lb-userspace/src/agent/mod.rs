@@ -145,8 +145,6 @@ impl Agent {
         let alloc = model::lb_addrs::allocate(&objects.services, &self.pools, &opts);
         let services = alloc.apply(&objects.services);
         let mut desired = model::desired_state(&services, &objects.slices, &node, &opts);
-        desired.problems.extend(alloc.problems.iter().cloned());
-        desired.problems.sort();
         model::keep_last_good(&self.last, &mut desired);
         // Refused Service ports count as applied: they are retried at every
         // sync and reported in xdplb_service_ports_refused.
@@ -164,10 +162,16 @@ impl Agent {
         for r in &sync.refused {
             tracing::warn!(service = %r.service, "refused: {}", r.reason);
         }
+        // A LoadBalancer Service without its address is served otherwise,
+        // like a Service port refused for want of room.
+        for p in &alloc.problems {
+            tracing::warn!(object = %p.object, "refused: {}", p.message);
+        }
         health::lock(&self.health).refused(
             sync.refused
                 .iter()
                 .map(|r| format!("{}: {}", r.service, r.reason))
+                .chain(alloc.problems.iter().map(|p| p.to_string()))
                 .collect(),
         );
         let skipped = report.problems.len() + desired.problems.len();
