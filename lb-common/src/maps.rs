@@ -32,6 +32,8 @@ pub mod names {
         SOCK_AFFINITY_V4,
         MONITOR,
         MONITOR_ON,
+        ANNOUNCE_V4,
+        LB_ADDRS_V4,
     }
 
     /// Not pinned: derived from `CT_V4`, so a new program starts it empty.
@@ -59,6 +61,9 @@ pub const MAX_IFACES: u32 = 1024;
 pub const MAX_AFFINITY: u32 = 1 << 18;
 pub const MAX_SOURCE_RANGES: u32 = 1 << 14;
 pub const MAX_FRAGS: u32 = 1 << 14;
+/// Entries of `ANNOUNCE_V4` ((LoadBalancer address, external interface)
+/// pairs this node answers ARP for) and of `LB_ADDRS_V4` (pool addresses).
+pub const MAX_ANNOUNCE: u32 = 1 << 14;
 
 /// Bumped whenever a layout in this crate changes; pinned maps live under
 /// `<pin-path>/v<LAYOUT_VERSION>` so an upgrade never reads foreign bytes.
@@ -447,6 +452,72 @@ pub struct FragValueV4 {
     pub dst_addr: u32,
 }
 
+/// Key of `ANNOUNCE_V4`: a LoadBalancer address (network order) this node
+/// announces, on one of its external interfaces. Keyed by interface too:
+/// each interface answers with its own MAC, and an ARP request is answered
+/// only on the interfaces the agent chose.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AnnounceKeyV4 {
+    pub addr: u32,
+    pub ifindex: u32,
+}
+
+/// Value of `ANNOUNCE_V4`: the MAC the ARP reply names, the interface's own.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AnnounceValue {
+    pub mac: [u8; 6],
+    pub _pad: u16,
+}
+
+/// Bytes of `LbAddrInfo::pool`: the longest pool name, a range of two
+/// dotted quads (31), zero-padded.
+pub const LB_POOL_NAME_LEN: usize = 32;
+/// Bytes of `LbAddrInfo::node`: a Node's name is a DNS subdomain, at most 253.
+pub const LB_NODE_NAME_LEN: usize = 256;
+
+/// Value of `LB_ADDRS_V4`, keyed by a LoadBalancer address from the pools
+/// (network order): its pool and the node that announces it, both
+/// zero-padded text, empty when no node may. Written by every agent for
+/// every allocated address; only the agent and the CLI read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LbAddrInfo {
+    pub pool: [u8; LB_POOL_NAME_LEN],
+    pub node: [u8; LB_NODE_NAME_LEN],
+}
+
+impl LbAddrInfo {
+    /// Longer names are cut, which the agent's pool names and valid Node
+    /// names never are.
+    pub fn new(pool: &str, node: &str) -> Self {
+        let mut v = Self {
+            pool: [0; LB_POOL_NAME_LEN],
+            node: [0; LB_NODE_NAME_LEN],
+        };
+        let p = pool.len().min(LB_POOL_NAME_LEN);
+        v.pool[..p].copy_from_slice(&pool.as_bytes()[..p]);
+        let n = node.len().min(LB_NODE_NAME_LEN);
+        v.node[..n].copy_from_slice(&node.as_bytes()[..n]);
+        v
+    }
+
+    pub fn pool(&self) -> &str {
+        zero_padded(&self.pool)
+    }
+
+    /// "" when no node may announce the address.
+    pub fn node(&self) -> &str {
+        zero_padded(&self.node)
+    }
+}
+
+fn zero_padded(bytes: &[u8]) -> &str {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    core::str::from_utf8(&bytes[..end]).unwrap_or("")
+}
+
 /// Per service port, per CPU.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -471,6 +542,9 @@ const _: () = {
     assert!(core::mem::size_of::<Config>() == 32);
     assert!(core::mem::size_of::<IfaceInfo>() == 4);
     assert!(core::mem::size_of::<SvcStats>() == 16);
+    assert!(core::mem::size_of::<AnnounceKeyV4>() == 8);
+    assert!(core::mem::size_of::<AnnounceValue>() == 8);
+    assert!(core::mem::size_of::<LbAddrInfo>() == 288);
 };
 
 #[cfg(feature = "user")]
@@ -492,6 +566,9 @@ mod pod {
     unsafe impl aya::Pod for SourceRangeKeyV4 {}
     unsafe impl aya::Pod for FragKeyV4 {}
     unsafe impl aya::Pod for FragValueV4 {}
+    unsafe impl aya::Pod for AnnounceKeyV4 {}
+    unsafe impl aya::Pod for AnnounceValue {}
+    unsafe impl aya::Pod for LbAddrInfo {}
 }
 
 #[cfg(test)]
@@ -520,5 +597,13 @@ mod tests {
             }
         );
         assert_eq!(CtKeyV4::from_words(key.words()), key);
+    }
+
+    #[test]
+    fn lb_addr_info_holds_its_names_as_text() {
+        let v = LbAddrInfo::new("192.168.50.200-192.168.50.220", "node-1.example.com");
+        assert_eq!(v.pool(), "192.168.50.200-192.168.50.220");
+        assert_eq!(v.node(), "node-1.example.com");
+        assert_eq!(LbAddrInfo::new("10.0.0.0/30", "").node(), "");
     }
 }

@@ -93,6 +93,9 @@ reasons! {
     /// An `xdplb monitor` event found the ring buffer full; the reader is
     /// behind.
     MonitorEventsLost = 33, "monitor_events_lost", Side;
+    /// An ARP request for a LoadBalancer address this node announces on
+    /// the interface it came in by, answered from the packet path.
+    ArpReply = 34, "arp_reply", Verdict;
 }
 
 impl Reason {

@@ -12,6 +12,7 @@
 #![no_std]
 #![no_main]
 
+mod arp;
 mod conntrack;
 mod flow_cache;
 mod forward;

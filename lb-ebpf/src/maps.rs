@@ -117,3 +117,15 @@ pub static MONITOR: RingBuf<MonitorEvent, { lb_common::monitor::MONITOR_RING_BYT
 /// wants events, renewed by it every second; 0 when none runs.
 #[btf_map]
 pub static MONITOR_ON: Array<u64, 1> = Array::new();
+
+/// LoadBalancer addresses this node announces, per external interface,
+/// with the MAC to answer ARP requests with; written by the agent for the
+/// addresses whose announcer it is.
+#[btf_map]
+pub static ANNOUNCE_V4: HashMap<AnnounceKeyV4, AnnounceValue, { MAX_ANNOUNCE as usize }> =
+    HashMap::new();
+
+/// Every LoadBalancer address from the pools, with its pool and announcing
+/// node: for `xdplb services`, as `SVC_NAMES` is; the program never reads it.
+#[btf_map]
+pub static LB_ADDRS_V4: HashMap<u32, LbAddrInfo, { MAX_ANNOUNCE as usize }> = HashMap::new();

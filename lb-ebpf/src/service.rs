@@ -18,7 +18,7 @@ use lb_common::{
 };
 
 use crate::{
-    conntrack, flow_cache,
+    arp, conntrack, flow_cache,
     forward::{self, Fit},
     frags,
     frame::Frame,
@@ -43,7 +43,13 @@ fn classify<C: Frame>(ctx: &C) -> Verdict {
     let Some(eth) = parse::ptr_at::<EthHdr>(ctx, 0) else {
         return (Reason::PassMalformed, C::PASS);
     };
-    if unsafe { (*eth).proto } != ETH_P_IP {
+    let eth_proto = unsafe { (*eth).proto };
+    if eth_proto != ETH_P_IP {
+        if eth_proto == arp::ETH_P_ARP {
+            if let Some(v) = arp::reply(ctx) {
+                return v;
+            }
+        }
         return (Reason::PassNotIpv4, C::PASS);
     }
     let Some(ip) = parse::ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) else {

@@ -162,6 +162,16 @@ pub struct AgentArgs {
     /// CIDRs whose local addresses serve NodePorts (kube-proxy's --nodeport-addresses).
     #[arg(long, value_delimiter = ',')]
     pub nodeport_addresses: Vec<String>,
+    /// LoadBalancer address pools, IPv4 CIDRs (network and broadcast
+    /// addresses left out). A LoadBalancer Service without a status address
+    /// and with spec.loadBalancerClass unset or xdplb.io/l2 gets one, and one
+    /// Ready node answers ARP for it on its external interfaces.
+    #[arg(long, value_delimiter = ',', value_name = "CIDR")]
+    pub lb_pool: Vec<String>,
+    /// LoadBalancer address pools as IPv4 ranges, both ends included
+    /// (192.168.1.240-192.168.1.250); as --lb-pool otherwise.
+    #[arg(long, value_delimiter = ',', value_name = "FIRST-LAST")]
+    pub lb_pool_range: Vec<String>,
     /// Serve Services labelled service.kubernetes.io/service-proxy-name=<this>.
     #[arg(long)]
     pub service_proxy_name: Option<String>,
@@ -263,6 +273,30 @@ mod tests {
         assert!(
             named("default/db:").service("default/db:/TCP"),
             "unnamed port"
+        );
+    }
+
+    #[test]
+    fn lb_pools_take_lists_and_repeats() {
+        let cli = Cli::parse_from([
+            "xdplb",
+            "agent",
+            "--external-ifaces",
+            "eth0",
+            "--lb-pool",
+            "192.168.1.240/29,10.0.0.0/30",
+            "--lb-pool-range",
+            "192.168.2.1-192.168.2.9",
+            "--lb-pool-range",
+            "192.168.3.1-192.168.3.2",
+        ]);
+        let Command::Agent(args) = cli.command else {
+            panic!("not the agent")
+        };
+        assert_eq!(args.lb_pool, ["192.168.1.240/29", "10.0.0.0/30"]);
+        assert_eq!(
+            args.lb_pool_range,
+            ["192.168.2.1-192.168.2.9", "192.168.3.1-192.168.3.2"]
         );
     }
 

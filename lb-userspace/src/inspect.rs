@@ -12,8 +12,8 @@ use lb_common::{
     addr::{from_map, to_map},
     conntrack::{STATE_CLOSING, STATE_SEEN_REPLY},
     decide::{self, By, Client, Decision},
-    BackendV4, CtKeyV4, CtValueV4, FrontendKeyV4, FrontendValue, Reason, SvcName, CT_DIR_FORWARD,
-    FE_EXTERNAL, LAYOUT_VERSION, PROTO_TCP, PROTO_UDP,
+    BackendV4, CtKeyV4, CtValueV4, FrontendKeyV4, FrontendValue, LbAddrInfo, Reason, SvcName,
+    CT_DIR_FORWARD, FE_EXTERNAL, LAYOUT_VERSION, PROTO_TCP, PROTO_UDP,
 };
 use serde_json::json;
 
@@ -61,6 +61,8 @@ pub fn services(args: &InspectArgs) -> Result<()> {
     let maps = open(&args.pin)?;
     let mut rows = Vec::new();
     let names = service_names(&maps)?;
+    let lb_addrs: HashMap<u32, LbAddrInfo> =
+        lookup_all(maps.lb_addrs().map())?.into_iter().collect();
     for (k, v) in lookup_all::<FrontendKeyV4, FrontendValue>(maps.frontends().map())? {
         let name = names
             .get(&v.svc_id)
@@ -76,14 +78,22 @@ pub fn services(args: &InspectArgs) -> Result<()> {
             continue;
         }
         let stats = maps.service_totals(v.svc_id)?;
-        rows.push(json!({
+        let mut row = json!({
             "frontend": format!("{}:{}/{}", from_map(k.addr), u16::from_be(k.port), proto_name(k.proto)),
             "service": name,
             "scope": if v.flags & FE_EXTERNAL != 0 { "external" } else { "cluster" },
             "backends": backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
             "packets": stats.packets,
             "bytes": stats.bytes,
-        }));
+        });
+        if let Some(info) = lb_addrs.get(&k.addr) {
+            row["lb_pool"] = json!(info.pool());
+            row["announced_by"] = match info.node() {
+                "" => serde_json::Value::Null,
+                node => json!(node),
+            };
+        }
+        rows.push(row);
     }
     rows.sort_by_key(|r| (r["service"].to_string(), r["frontend"].to_string()));
     if args.output == Output::Json {
@@ -94,7 +104,7 @@ pub fn services(args: &InspectArgs) -> Result<()> {
         "{:<28} {:<36} {:<9} {:>10} {:>12}  BACKENDS",
         "FRONTEND", "SERVICE", "SCOPE", "PACKETS", "BYTES"
     );
-    for r in rows {
+    for r in &rows {
         let backends: Vec<String> = serde_json::from_value(r["backends"].clone())?;
         println!(
             "{:<28} {:<36} {:<9} {:>10} {:>12}  {}",
@@ -110,7 +120,43 @@ pub fn services(args: &InspectArgs) -> Result<()> {
             }
         );
     }
+    print_lb_addrs(&lb_addrs, &rows);
     Ok(())
+}
+
+/// The LoadBalancer addresses from the pools that `rows` show: each with its
+/// pool, the node that answers ARP for it and its Service.
+fn print_lb_addrs(lb_addrs: &HashMap<u32, LbAddrInfo>, rows: &[serde_json::Value]) {
+    let mut shown: Vec<(Ipv4Addr, &str, &str, &str)> = lb_addrs
+        .iter()
+        .filter_map(|(addr, info)| {
+            let addr = from_map(*addr);
+            let prefix = format!("{addr}:");
+            let row = rows.iter().find(|r| {
+                r["frontend"]
+                    .as_str()
+                    .is_some_and(|f| f.starts_with(&prefix))
+            })?;
+            let service = row["service"].as_str()?.split(':').next()?;
+            let node = match info.node() {
+                "" => "(none: no Ready node may)",
+                node => node,
+            };
+            Some((addr, info.pool(), node, service))
+        })
+        .collect();
+    if shown.is_empty() {
+        return;
+    }
+    shown.sort();
+    shown.dedup();
+    println!(
+        "\n{:<16} {:<32} {:<24} SERVICE",
+        "LB ADDRESS", "POOL", "ANNOUNCED BY"
+    );
+    for (addr, pool, node, service) in shown {
+        println!("{:<16} {pool:<32} {node:<24} {service}", addr.to_string());
+    }
 }
 
 /// Service names by id, read once rather than per row.

@@ -9,6 +9,7 @@ mod changes;
 mod endpoints;
 #[cfg(test)]
 mod fuzz;
+pub mod lb_addrs;
 mod service;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -1044,3 +1044,105 @@ fn upgrade_from_the_previous_layout_takes_its_link_over() {
     );
     assert_seed_serves(&cluster, node, "after the upgrade");
 }
+
+/// A LoadBalancer Service of `name` at `cluster_ip`, created at minute
+/// `minute`, on to both pods' spare port.
+fn pool_load_balancer(name: &str, cluster_ip: &str, minute: u32) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: {name}
+  creationTimestamp: \"2026-01-01T00:{minute:02}:00Z\"
+spec:
+  type: LoadBalancer
+  clusterIP: {cluster_ip}
+  ports:
+    - port: {SPARE_PORT}
+      protocol: TCP
+---
+{}",
+        endpoint_slice(name, SPARE_PORT, &POD_ADDRS)
+    )
+}
+
+/// With a pool of one address on the client's LAN, the older of two
+/// LoadBalancer Services gets it and the client reaches it with no route:
+/// its ARP request is answered by the node's data plane (the only Ready
+/// node). The younger Service is refused for want of an address, in the
+/// log, /healthz and the metrics.
+#[test]
+fn a_pool_address_is_answered_by_arp_and_an_exhausted_pool_is_reported() {
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    let pool = Ipv4Addr::from(u32::from(node.addr) & !0xff | 200);
+    let range = format!("{pool}-{pool}");
+    let node_object = "apiVersion: v1
+kind: Node
+metadata:
+  name: node1
+status:
+  conditions:
+    - type: Ready
+      status: \"True\"
+";
+    let manifests = format!(
+        "{node_object}---\n{}---\n{}",
+        pool_load_balancer("lb-old", "10.96.0.50", 1),
+        pool_load_balancer("lb-new", "10.96.0.51", 2)
+    );
+    cluster.write_manifest("pool.yaml", &manifests).unwrap();
+    let mut agent = cluster.must(
+        node,
+        "starting the agent",
+        cluster.start_agent_with(node, &[], &["--lb-pool-range", &range]),
+    );
+    cluster.must(node, "agent readiness", agent.wait_ready());
+    let target = SocketAddrV4::new(pool, SPARE_PORT);
+    assert!(
+        wait_until(APPLY_BOUND, || cluster
+            .frontends(node)
+            .is_ok_and(|f| f.contains_key(&format!("{target}/TCP")))),
+        "{target} not programmed: {}",
+        cluster.diagnostics(node)
+    );
+    let answer = cluster.must(node, "a request", cluster.request(node, target, "hello"));
+    assert!(
+        served_by(node, &answer, "hello").is_some(),
+        "{target} answered {answer:?}"
+    );
+    let maps = node
+        .pin_path
+        .join(format!("v{}", lb_common::LAYOUT_VERSION))
+        .join("maps");
+    let maps = Maps::from_pins(&maps).unwrap();
+    assert!(maps.reason_total(lb_common::Reason::ArpReply).unwrap() >= 1);
+
+    let (_, health) = agent.http_get(HEALTHZ_PORT, "/healthz").unwrap();
+    assert!(
+        health.contains("Service default/lb-new: no LoadBalancer address"),
+        "{health}"
+    );
+    assert!(
+        cluster.wait_for_warning(
+            node,
+            &["refused", "every address of the pools is in use"],
+            APPLY_BOUND
+        ),
+        "{}",
+        cluster.log(node)
+    );
+    let metrics = agent.metrics().unwrap();
+    for line in [
+        format!("xdplb_lb_pool_addresses{{pool=\"{range}\",state=\"used\"}} 1"),
+        format!("xdplb_lb_pool_addresses{{pool=\"{range}\",state=\"free\"}} 0"),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line} in {metrics}");
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("xdplb_lb_pool_exhausted_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}

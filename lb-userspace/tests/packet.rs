@@ -8,12 +8,13 @@ use std::net::Ipv4Addr;
 use aya::maps::PerCpuValues;
 use common::{
     load,
-    packets::{arp_frame, parse_checked, tcp_frame, udp_frame, Tcp},
+    packets::{arp_frame, parse_checked, tcp_frame, udp_frame, Tcp, CLIENT_MAC},
     Provision,
 };
+use etherparse::{EtherType, Ethernet2HeaderSlice};
 use lb_common::{
-    conntrack::STATE_CLOSING, Config, CtKeyV4, CtValueV4, FlowCacheEntryV4, Reason, CT_DIR_FORWARD,
-    PROTO_TCP, PROTO_UDP,
+    conntrack::STATE_CLOSING, AnnounceKeyV4, AnnounceValue, Config, CtKeyV4, CtValueV4,
+    FlowCacheEntryV4, Reason, CT_DIR_FORWARD, PROTO_TCP, PROTO_UDP,
 };
 use lb_userspace::{
     datapath::{run_frame, Datapath, PROGRAM},
@@ -72,6 +73,69 @@ fn non_ipv4_and_non_service_ipv4_pass_unchanged_and_are_counted() {
     }
     assert_eq!(count(&dp, Reason::PassNotIpv4), 3);
     assert_eq!(count(&dp, Reason::PassNotOurs), 3);
+}
+
+/// `arp_frame` asks who has 10.0.0.2, telling 10.0.0.1 at `CLIENT_MAC`.
+const ARP_TARGET: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const ARP_SENDER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const IFACE_MAC: [u8; 6] = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x01];
+
+fn announce(dp: &mut Datapath, addr: Ipv4Addr, ifindex: u32) {
+    let key = AnnounceKeyV4 {
+        addr: lb_common::addr::to_map(addr),
+        ifindex,
+    };
+    let value = AnnounceValue {
+        mac: IFACE_MAC,
+        _pad: 0,
+    };
+    dp.maps.announce_mut().insert(key, value, 0).unwrap();
+}
+
+#[test]
+fn an_arp_request_for_an_announced_address_is_answered_in_place() {
+    let mut dp = load();
+    receive_on_xdp_capable_device(&mut dp);
+    announce(&mut dp, ARP_TARGET, 1);
+    let request = arp_frame();
+    let (action, out) = run(&dp, &request);
+    assert_eq!(action, XDP_TX);
+    assert_eq!(out.len(), request.len());
+    let eth = Ethernet2HeaderSlice::from_slice(&out).unwrap();
+    assert_eq!(eth.destination(), CLIENT_MAC);
+    assert_eq!(eth.source(), IFACE_MAC);
+    assert_eq!(eth.ether_type(), EtherType::ARP);
+    let arp = &out[eth.slice().len()..];
+    // Ethernet, IPv4, 6- and 4-byte addresses, a reply.
+    assert_eq!(arp[..8], [0, 1, 8, 0, 6, 4, 0, 2]);
+    assert_eq!(arp[8..14], IFACE_MAC, "sender MAC");
+    assert_eq!(arp[14..18], ARP_TARGET.octets(), "sender address");
+    assert_eq!(arp[18..24], CLIENT_MAC, "target MAC");
+    assert_eq!(arp[24..28], ARP_SENDER.octets(), "target address");
+    assert_eq!(count(&dp, Reason::ArpReply), 1);
+    assert_eq!(count(&dp, Reason::PassNotIpv4), 0);
+}
+
+/// Announced on another interface, announced for another address, or a
+/// gratuitous request (another node claiming the address): the frame goes
+/// to the kernel untouched.
+#[test]
+fn other_arp_frames_pass_unchanged() {
+    let mut dp = load();
+    receive_on_xdp_capable_device(&mut dp);
+    announce(&mut dp, ARP_TARGET, 2);
+    announce(&mut dp, Ipv4Addr::new(10, 0, 0, 3), 1);
+    let request = arp_frame();
+    assert_eq!(run(&dp, &request), (XDP_PASS, request.clone()));
+    announce(&mut dp, ARP_TARGET, 1);
+    let mut gratuitous = request.clone();
+    gratuitous[28..32].copy_from_slice(&ARP_TARGET.octets());
+    assert_eq!(run(&dp, &gratuitous), (XDP_PASS, gratuitous.clone()));
+    let mut reply = request.clone();
+    reply[21] = 2;
+    assert_eq!(run(&dp, &reply), (XDP_PASS, reply.clone()));
+    assert_eq!(count(&dp, Reason::ArpReply), 0);
+    assert_eq!(count(&dp, Reason::PassNotIpv4), 3);
 }
 
 #[test]

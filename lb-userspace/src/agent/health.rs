@@ -43,8 +43,9 @@ pub struct Health {
     /// The API watchers that are not connected, while the data plane keeps
     /// serving the last state it was given.
     stale: Vec<String>,
-    /// Service ports the last sync refused, each with the map that is full:
-    /// the node serves every other Service, so it stays healthy.
+    /// Service ports the last sync refused, each with the map that is full,
+    /// and LoadBalancer Services left without a pool address: the node
+    /// serves everything else, so it stays healthy.
     refused: Vec<String>,
     /// How long a change may wait for a successful sync.
     pub timeout: Duration,

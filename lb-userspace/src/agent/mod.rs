@@ -1,5 +1,6 @@
 //! `xdplb agent`: loads the data plane over its pinned maps, attaches it,
 //! and keeps the maps equal to the Services it is given.
+mod announce;
 mod attach;
 mod health;
 mod ifaces;
@@ -26,7 +27,7 @@ use crate::{
     healthcheck::HealthCheckServers,
     http,
     metrics::{self, Metrics},
-    model::{self, Changes, DesiredState, ModelOptions, NodeInfo},
+    model::{self, lb_addrs::Pools, Changes, DesiredState, ModelOptions, NodeInfo},
     sync::{NodeMaps, Room, ServiceMaps, Syncer},
 };
 
@@ -72,6 +73,9 @@ struct Agent {
     snat_exhausted: u64,
     /// After a failed sync: when to try again, and the wait after that.
     retry: Option<(Instant, Duration)>,
+    /// `--lb-pool` and `--lb-pool-range`.
+    pools: Pools,
+    announcer: announce::Announcer,
 }
 
 impl Agent {
@@ -138,7 +142,9 @@ impl Agent {
                 .map(|(_, addr)| addr)
                 .collect(),
         };
-        let mut desired = model::desired_state(&objects.services, &objects.slices, &node, &opts);
+        let alloc = model::lb_addrs::allocate(&objects.services, &self.pools, &opts);
+        let services = alloc.apply(&objects.services);
+        let mut desired = model::desired_state(&services, &objects.slices, &node, &opts);
         model::keep_last_good(&self.last, &mut desired);
         // Refused Service ports count as applied: they are retried at every
         // sync and reported in xdplb_service_ports_refused.
@@ -151,10 +157,16 @@ impl Agent {
         for r in &sync.refused {
             tracing::warn!(service = %r.service, "refused: {}", r.reason);
         }
+        // A LoadBalancer Service without its address is served otherwise,
+        // like a Service port refused for want of room.
+        for p in &alloc.problems {
+            tracing::warn!(object = %p.object, "refused: {}", p.message);
+        }
         health::lock(&self.health).refused(
             sync.refused
                 .iter()
                 .map(|r| format!("{}: {}", r.service, r.reason))
+                .chain(alloc.problems.iter().map(|p| p.to_string()))
                 .collect(),
         );
         let skipped = report.problems.len() + desired.problems.len();
@@ -191,6 +203,16 @@ impl Agent {
             .record_sync(started.elapsed(), &sync, &desired, skipped, changes);
         self.healthchecks.update(&desired);
         self.last = desired;
+        self.metrics
+            .record_lb_pools(&alloc.usage(&self.pools), alloc.exhausted);
+        let announcements =
+            model::lb_addrs::announcements(&services, &objects.slices, &objects.nodes, &alloc);
+        self.announcer.sync(
+            &mut self.dp.maps,
+            &self.args.external_ifaces,
+            &announcements,
+            &self.args.node_name,
+        )?;
         Ok(())
     }
 
@@ -270,6 +292,7 @@ fn report_pinned_sizes(wanted: &Capacities, room: &Room) {
 }
 
 async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
+    let pools = Pools::parse(&args.lb_pool, &args.lb_pool_range).map_err(anyhow::Error::msg)?;
     // Before the initial lists: changes made while they load are this
     // agent's to program.
     let trigger_times = programming::TriggerTimes::new(jiff::Timestamp::now());
@@ -312,6 +335,8 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         ),
         snat_exhausted,
         retry: None,
+        pools,
+        announcer: announce::Announcer::default(),
     };
     // Maps first, then the program on the wire: the first packet it sees
     // already finds every Service. A first sync that fails leaves the

@@ -7,8 +7,9 @@ use aya::{
 };
 use lb_common::{
     flow_cache_slot, names, sock::SockAffinityKeyV4, AddrInfo, AffinityKeyV4, AffinityValue,
-    BackendV4, Config, CtKeyV4, CtValueV4, FlowCacheEntryV4, FrontendKeyV4, FrontendValue,
-    IfaceInfo, Reason, SourceRangeKeyV4, SvcName, SvcStats,
+    AnnounceKeyV4, AnnounceValue, BackendV4, Config, CtKeyV4, CtValueV4, FlowCacheEntryV4,
+    FrontendKeyV4, FrontendValue, IfaceInfo, LbAddrInfo, Reason, SourceRangeKeyV4, SvcName,
+    SvcStats,
 };
 
 use super::{filter::AddrFilter, slots::RingSlots};
@@ -38,6 +39,10 @@ pub struct Maps {
     affinity: HashMap<MapData, AffinityKeyV4, AffinityValue>,
     sock_affinity: HashMap<MapData, SockAffinityKeyV4, AffinityValue>,
     source_ranges: LpmTrie<MapData, SourceRangeKeyV4, u32>,
+    /// LoadBalancer addresses this node answers ARP for, per interface.
+    announce: HashMap<MapData, AnnounceKeyV4, AnnounceValue>,
+    /// Every pool address with its pool and announcing node.
+    lb_addrs: HashMap<MapData, u32, LbAddrInfo>,
     /// The loaded program's flow cache; `None` when opened from pins, as
     /// the cache is never pinned.
     flow_cache: Option<PerCpuArray<MapData, FlowCacheEntryV4>>,
@@ -103,6 +108,8 @@ impl Maps {
             affinity: get(names::AFFINITY_V4)?.try_into()?,
             sock_affinity: get(names::SOCK_AFFINITY_V4)?.try_into()?,
             source_ranges: get(names::SOURCE_RANGES_V4)?.try_into()?,
+            announce: get(names::ANNOUNCE_V4)?.try_into()?,
+            lb_addrs: get(names::LB_ADDRS_V4)?.try_into()?,
             flow_cache: None,
             filter: None,
         })
@@ -191,6 +198,14 @@ impl Maps {
     pub fn flow_cache(&self) -> Option<&PerCpuArray<MapData, FlowCacheEntryV4>> {
         self.flow_cache.as_ref()
     }
+
+    pub fn announce(&self) -> &HashMap<MapData, AnnounceKeyV4, AnnounceValue> {
+        &self.announce
+    }
+
+    pub fn lb_addrs(&self) -> &HashMap<MapData, u32, LbAddrInfo> {
+        &self.lb_addrs
+    }
 }
 
 /// Direct writes, for tests and benchmarks that lay out by hand a state the
@@ -239,5 +254,9 @@ impl Maps {
 
     pub fn flow_cache_mut(&mut self) -> Option<&mut PerCpuArray<MapData, FlowCacheEntryV4>> {
         self.flow_cache.as_mut()
+    }
+
+    pub fn announce_mut(&mut self) -> &mut HashMap<MapData, AnnounceKeyV4, AnnounceValue> {
+        &mut self.announce
     }
 }

@@ -16,6 +16,7 @@ use crate::{
 };
 
 type Label = [(&'static str, &'static str); 1];
+type PoolLabels = [(&'static str, String); 2];
 
 /// The metrics the agent records as it syncs.
 pub struct Metrics {
@@ -30,6 +31,8 @@ pub struct Metrics {
     http_binding: Family<Label, Gauge>,
     http_accept_errors: Family<Label, Counter>,
     http_over_cap: Family<Label, Counter>,
+    lb_pool_addresses: Family<PoolLabels, Gauge>,
+    lb_pool_exhausted: Counter,
 }
 
 impl Default for Metrics {
@@ -108,6 +111,18 @@ impl Metrics {
             "Connections the agent's HTTP servers closed unserved, having as many open as they serve at once",
             Family::default(),
         );
+        let lb_pool_addresses = registered(
+            r,
+            "xdplb_lb_pool_addresses",
+            "Addresses of each LoadBalancer pool (--lb-pool, --lb-pool-range), used and free",
+            Family::default(),
+        );
+        let lb_pool_exhausted = registered(
+            r,
+            "xdplb_lb_pool_exhausted",
+            "LoadBalancer Services left without an address because every pool address was in use, counted at every sync that left them so",
+            Counter::default(),
+        );
         Self {
             registry,
             kube,
@@ -120,7 +135,22 @@ impl Metrics {
             http_binding,
             http_accept_errors,
             http_over_cap,
+            lb_pool_addresses,
+            lb_pool_exhausted,
         }
+    }
+
+    /// Records the pools' use after an allocation: `usage` is (pool, used,
+    /// free) per pool, `exhausted` the Services that found no address.
+    pub fn record_lb_pools(&self, usage: &[(String, u64, u64)], exhausted: usize) {
+        for (pool, used, free) in usage {
+            for (state, n) in [("used", used), ("free", free)] {
+                self.lb_pool_addresses
+                    .get_or_create(&[("pool", pool.clone()), ("state", state.to_string())])
+                    .set(*n as i64);
+            }
+        }
+        self.lb_pool_exhausted.inc_by(exhausted as u64);
     }
 
     /// Where the HTTP servers of one kind report, as series labelled
@@ -330,6 +360,24 @@ mod tests {
                 "kubeproxy_sync_proxy_rules_no_local_endpoints_total{{traffic_policy=\"{policy}\",ip_family=\"IPv4\"}} 0"
             );
             assert!(text.contains(&line), "{text}");
+        }
+    }
+
+    #[test]
+    fn lb_pools_report_used_and_free_addresses_and_count_exhaustion() {
+        let metrics = Metrics::new();
+        let usage = [("192.168.50.200-192.168.50.202".to_string(), 3, 0)];
+        metrics.record_lb_pools(&usage, 2);
+        metrics.record_lb_pools(&usage, 1);
+        let text = metrics.render_sample(MapSample::default());
+        check_exposition(&text);
+        for line in [
+            "xdplb_lb_pool_addresses{pool=\"192.168.50.200-192.168.50.202\",state=\"used\"} 3",
+            "xdplb_lb_pool_addresses{pool=\"192.168.50.200-192.168.50.202\",state=\"free\"} 0",
+            "# TYPE xdplb_lb_pool_exhausted_total counter",
+            "xdplb_lb_pool_exhausted_total 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
     }
 }

@@ -89,7 +89,7 @@ pub(super) fn ports(
 
 /// kube-proxy runs with a label selector that excludes every Service with
 /// this label; an alternative proxy takes only those carrying its own name.
-fn for_this_proxy(svc: &Service, opts: &ModelOptions) -> bool {
+pub(super) fn for_this_proxy(svc: &Service, opts: &ModelOptions) -> bool {
     let label = svc
         .metadata
         .labels

@@ -11,8 +11,8 @@ use anyhow::{bail, Result};
 use lb_common::{
     filter::{position, AddrSet},
     sock::SockAffinityKeyV4,
-    AffinityKeyV4, AffinityValue, BackendV4, Config, CtKeyV4, CtValueV4, FrontendKeyV4,
-    FrontendValue, IfaceInfo,
+    AffinityKeyV4, AffinityValue, AnnounceValue, BackendV4, Config, CtKeyV4, CtValueV4,
+    FrontendKeyV4, FrontendValue, IfaceInfo, LbAddrInfo,
 };
 
 use super::{NodeMaps, Room, ServiceMaps, Snapshot};
@@ -252,6 +252,8 @@ pub struct FakeNodeMaps {
     pub ct: HashMap<CtKeyV4, CtValueV4>,
     pub affinity: HashMap<AffinityKeyV4, AffinityValue>,
     pub sock_affinity: HashMap<SockAffinityKeyV4, AffinityValue>,
+    pub announced: BTreeMap<(u32, u32), AnnounceValue>,
+    pub lb_addrs: BTreeMap<u32, LbAddrInfo>,
 }
 
 impl NodeMaps for FakeNodeMaps {
@@ -286,5 +288,15 @@ impl NodeMaps for FakeNodeMaps {
         self.affinity.retain(|_, v| !stale(v));
         self.sock_affinity.retain(|_, v| !stale(v));
         Ok(before - self.affinity.len() - self.sock_affinity.len())
+    }
+
+    fn set_announced(&mut self, want: &BTreeMap<(u32, u32), AnnounceValue>) -> Result<()> {
+        self.announced = want.clone();
+        Ok(())
+    }
+
+    fn set_lb_addrs(&mut self, want: &BTreeMap<u32, LbAddrInfo>) -> Result<()> {
+        self.lb_addrs = want.clone();
+        Ok(())
     }
 }

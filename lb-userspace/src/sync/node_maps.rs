@@ -1,8 +1,11 @@
 //! The map writes the agent makes besides the Services': the data plane's
-//! settings, how it delivers to each interface, and the deletion of flows
-//! and affinities whose backend is gone (`stale::forget` picks them).
+//! settings, how it delivers to each interface, the deletion of flows
+//! and affinities whose backend is gone (`stale::forget` picks them), and
+//! the LoadBalancer addresses this node announces.
+use std::collections::BTreeMap;
+
 use anyhow::Result;
-use lb_common::{AffinityValue, Config, CtKeyV4, CtValueV4, IfaceInfo};
+use lb_common::{AffinityValue, AnnounceValue, Config, CtKeyV4, CtValueV4, IfaceInfo, LbAddrInfo};
 
 pub trait NodeMaps {
     /// Sets `CONFIG`, which every packet reads.
@@ -19,4 +22,10 @@ pub trait NodeMaps {
     /// Deletes the affinity entries, of clients and of sockets alike, whose
     /// value `stale` picks; returns how many it deleted.
     fn remove_affinities(&mut self, stale: &dyn Fn(&AffinityValue) -> bool) -> Result<usize>;
+    /// Makes `ANNOUNCE_V4` hold exactly `want`, by (address, ifindex) in
+    /// network order: the addresses this node answers ARP for.
+    fn set_announced(&mut self, want: &BTreeMap<(u32, u32), AnnounceValue>) -> Result<()>;
+    /// Makes `LB_ADDRS_V4` hold exactly `want`: every pool address, for
+    /// inspection.
+    fn set_lb_addrs(&mut self, want: &BTreeMap<u32, LbAddrInfo>) -> Result<()>;
 }

@@ -61,6 +61,10 @@ const ROUTER_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const ROUTER_LAN_SIDE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
 /// The nodes' external interface, the one the agent is told about.
 pub const NODE_LAN_IFACE: &str = "eth0";
+/// The agents' LoadBalancer pool (`--lb-pool-range`): a free slice of the
+/// nodes' LAN, which the router reaches by ARP over its connected /24, so
+/// these addresses need no route: the node that announces one answers.
+pub const LB_POOL: &str = "192.168.50.200-192.168.50.220";
 
 /// How a CNI connects pods to their node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]

@@ -95,6 +95,19 @@ impl State {
         Ok(())
     }
 
+    /// Sets the Ready condition of Node `name`, as its kubelet (or the node
+    /// controller, once the kubelet falls silent) would.
+    pub fn set_node_ready(&mut self, name: &str, ready: bool) -> Result<()> {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| name_of(n) == name)
+            .with_context(|| format!("no Node {name}"))?;
+        let status = if ready { "True" } else { "False" };
+        node["status"]["conditions"] = json!([{ "type": "Ready", "status": status }]);
+        Ok(())
+    }
+
     /// A pod scheduled onto `node`, with the next address of its pod CIDR
     /// no pod of this run has had. Not part of the cluster until
     /// [`State::add_pod`].
@@ -360,7 +373,10 @@ fn allocate(services: &mut [Value]) -> Result<()> {
                 }
             }
         }
-        if kind == "LoadBalancer" && ingress_ips(svc).next().is_none() {
+        // A provider leaves Services of another loadBalancerClass to that
+        // class's implementation (xdplb's pools take `xdplb.io/l2`).
+        let has_class = svc["spec"]["loadBalancerClass"].is_string();
+        if kind == "LoadBalancer" && !has_class && ingress_ips(svc).next().is_none() {
             while !lb_ips.insert(next_lb_ip) {
                 next_lb_ip = Ipv4Addr::from(u32::from(next_lb_ip) + 1);
             }
@@ -457,10 +473,13 @@ fn node_object(node: &Node) -> Value {
         "kind": "Node",
         "metadata": { "name": node.name, "labels": { "kubernetes.io/hostname": node.name } },
         "spec": { "podCIDR": cidr, "podCIDRs": [cidr] },
-        "status": { "addresses": [
-            { "type": "InternalIP", "address": node.addr.to_string() },
-            { "type": "Hostname", "address": node.name },
-        ] },
+        "status": {
+            "addresses": [
+                { "type": "InternalIP", "address": node.addr.to_string() },
+                { "type": "Hostname", "address": node.name },
+            ],
+            "conditions": [{ "type": "Ready", "status": "True" }],
+        },
     })
 }
 
@@ -627,6 +646,21 @@ mod tests {
             services[0]["spec"]["ports"][0]["nodePort"],
             FIRST_AUTO_NODE_PORT + 1
         );
+    }
+
+    #[test]
+    fn services_of_another_load_balancer_class_get_no_ingress_ip() {
+        let mut state = seed();
+        state
+            .add_services([json!({
+                "metadata": { "name": "pooled" },
+                "spec": { "type": "LoadBalancer", "loadBalancerClass": "xdplb.io/l2",
+                          "selector": { "app": "later" }, "ports": [{ "port": 80 }] },
+            })])
+            .unwrap();
+        let pooled = service(&state, "pooled");
+        assert!(pooled["status"].is_null(), "{pooled}");
+        assert!(pooled["spec"]["ports"][0]["nodePort"].is_i64());
     }
 
     #[test]

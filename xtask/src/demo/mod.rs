@@ -324,6 +324,8 @@ pub(crate) fn start_agent(
         &healthz,
         "--metrics-addr",
         &metrics,
+        "--lb-pool-range",
+        cluster::LB_POOL,
     ];
     let cgroup = cluster.run.cgroup(node);
     if let Some(cgroup) = &cgroup {

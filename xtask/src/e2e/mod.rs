@@ -488,6 +488,8 @@ fn services() -> Vec<Value> {
     np_cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
     let mut np_local = service("np-local", "NodePort", web.clone(), web_port());
     np_local["spec"]["externalTrafficPolicy"] = json!("Local");
+    let mut lb_pool = service("lb-pool", "LoadBalancer", web.clone(), web_port());
+    lb_pool["spec"]["loadBalancerClass"] = json!("xdplb.io/l2");
     let mut sticky = service("sticky", "NodePort", web.clone(), web_port());
     sticky["spec"]["sessionAffinity"] = json!("ClientIP");
     vec![
@@ -504,6 +506,7 @@ fn services() -> Vec<Value> {
             web.clone(),
             json!([{ "port": 8000, "targetPort": PROBE_PORT, "protocol": "TCP" }]),
         ),
+        lb_pool,
         service(
             "empty",
             "NodePort",

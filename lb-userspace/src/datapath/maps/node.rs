@@ -1,10 +1,14 @@
 //! `NodeMaps` on the kernel's maps.
-use anyhow::Result;
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
 use aya::{
     maps::{HashMap, MapData},
     Pod,
 };
-use lb_common::{AffinityValue, Config, CtKeyV4, CtValueV4, IfaceInfo};
+use lb_common::{
+    AffinityValue, AnnounceKeyV4, AnnounceValue, Config, CtKeyV4, CtValueV4, IfaceInfo, LbAddrInfo,
+};
 
 use super::Maps;
 use crate::sync::NodeMaps;
@@ -43,6 +47,51 @@ impl NodeMaps for Maps {
     fn remove_affinities(&mut self, stale: &dyn Fn(&AffinityValue) -> bool) -> Result<usize> {
         Ok(remove_affinity(&mut self.affinity, stale)
             + remove_affinity(&mut self.sock_affinity, stale))
+    }
+
+    fn set_announced(&mut self, want: &BTreeMap<(u32, u32), AnnounceValue>) -> Result<()> {
+        let have = self
+            .announce
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading ANNOUNCE_V4")?;
+        for (k, _) in &have {
+            if !want.contains_key(&(k.addr, k.ifindex)) {
+                self.announce
+                    .remove(k)
+                    .context("removing from ANNOUNCE_V4")?;
+            }
+        }
+        for (&(addr, ifindex), value) in want {
+            let key = AnnounceKeyV4 { addr, ifindex };
+            if !have.iter().any(|(k, v)| *k == key && v == value) {
+                self.announce
+                    .insert(key, value, 0)
+                    .context("writing ANNOUNCE_V4")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_lb_addrs(&mut self, want: &BTreeMap<u32, LbAddrInfo>) -> Result<()> {
+        let have = self
+            .lb_addrs
+            .iter()
+            .collect::<Result<BTreeMap<_, _>, _>>()
+            .context("reading LB_ADDRS_V4")?;
+        for addr in have.keys().filter(|a| !want.contains_key(a)) {
+            self.lb_addrs
+                .remove(addr)
+                .context("removing from LB_ADDRS_V4")?;
+        }
+        for (addr, info) in want {
+            if have.get(addr) != Some(info) {
+                self.lb_addrs
+                    .insert(addr, info, 0)
+                    .context("writing LB_ADDRS_V4")?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,532 @@
+//! LoadBalancer addresses on bare metal: which Service gets which address
+//! of the pools (`allocate`), and which node answers ARP for it
+//! (`announcements`). Both are pure functions of the objects, so every
+//! agent reaches the same answer without talking to the others.
+//!
+//! The allocation rule, in full:
+//! 1. A Service takes part when it is of type LoadBalancer, is this
+//!    proxy's (`service.kubernetes.io/service-proxy-name`), has
+//!    `spec.loadBalancerClass` unset or `xdplb.io/l2`, and has no IPv4
+//!    address in `status.loadBalancer.ingress` (one there came from
+//!    elsewhere and is served as it is; it is never handed out again).
+//! 2. Services are taken in order of `metadata.creationTimestamp` (a
+//!    missing one first), then namespace, then name.
+//! 3. First every Service that requests addresses (`spec.loadBalancerIP`,
+//!    or the annotations `metallb.universe.tf/loadBalancerIPs` and
+//!    `lbipam.cilium.io/ips`, comma-separated): it gets the first IPv4
+//!    address it requests that is in a pool and not yet taken. When none
+//!    is, it gets nothing and is reported, as MetalLB and Cilium do: an
+//!    address other than the one asked for would be a surprise.
+//! 4. Then every other Service, in the same order: it gets the first free
+//!    address at or after a start that is a hash of its namespace and name,
+//!    walking the pools in the order given and wrapping around.
+//!
+//! So a new Service (the newest) never moves an older one, and a removed
+//! one moves only a younger Service whose hash landed on the freed address
+//! and was pushed on to the next free one, or a Service that requested it.
+//! A new Service requesting an address another Service holds takes it
+//! (requests come first); the holder moves. With the status writer (not
+//! done yet) the address held would be recorded in the Service and these
+//! moves disappear.
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::{namespace_of, service::for_this_proxy, ModelOptions, Problem, LABEL_SERVICE_NAME};
+
+/// `spec.loadBalancerClass` of the Services this agent gives addresses
+/// to, besides those without a class.
+pub const CLASS_L2: &str = "xdplb.io/l2";
+const REQUEST_ANNOTATIONS: [&str; 2] = [
+    "metallb.universe.tf/loadBalancerIPs",
+    "lbipam.cilium.io/ips",
+];
+
+/// One pool: an inclusive range of addresses, named as it was given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    pub name: String,
+    first: u32,
+    last: u32,
+}
+
+impl Pool {
+    fn size(&self) -> u64 {
+        u64::from(self.last - self.first) + 1
+    }
+
+    fn contains(&self, addr: Ipv4Addr) -> bool {
+        (self.first..=self.last).contains(&u32::from(addr))
+    }
+}
+
+/// The pools in the order given on the command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pools(Vec<Pool>);
+
+impl Pools {
+    /// Pools from `--lb-pool` CIDRs and `--lb-pool-range` FIRST-LAST ranges.
+    /// A CIDR leaves out its network and broadcast addresses (except a /31
+    /// or /32, which have none), which hosts on a LAN of that prefix would
+    /// not reach. Pools may not overlap.
+    pub fn parse(cidrs: &[String], ranges: &[String]) -> Result<Self, String> {
+        let mut pools = Vec::new();
+        for cidr in cidrs {
+            pools.push(parse_cidr(cidr.trim())?);
+        }
+        for range in ranges {
+            pools.push(parse_range(range.trim())?);
+        }
+        for (i, a) in pools.iter().enumerate() {
+            if let Some(b) = pools[..i]
+                .iter()
+                .find(|b| a.first <= b.last && b.first <= a.last)
+            {
+                return Err(format!(
+                    "LoadBalancer pools {} and {} overlap",
+                    b.name, a.name
+                ));
+            }
+        }
+        Ok(Self(pools))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Pool> {
+        self.0.iter()
+    }
+
+    fn size(&self) -> u64 {
+        self.0.iter().map(Pool::size).sum()
+    }
+
+    /// The `i`th address over all pools, in order.
+    fn nth(&self, mut i: u64) -> Ipv4Addr {
+        for p in &self.0 {
+            if i < p.size() {
+                return Ipv4Addr::from(p.first + i as u32);
+            }
+            i -= p.size();
+        }
+        unreachable!("index beyond the pools")
+    }
+
+    fn pool_of(&self, addr: Ipv4Addr) -> Option<&Pool> {
+        self.0.iter().find(|p| p.contains(addr))
+    }
+}
+
+fn not_yet(what: &str) -> String {
+    format!("{what}: IPv6 LoadBalancer pools are not supported yet (IPv4 only)")
+}
+
+fn parse_v4(what: &str, s: &str) -> Result<Ipv4Addr, String> {
+    match s.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => Ok(a),
+        Ok(IpAddr::V6(_)) => Err(not_yet(what)),
+        Err(_) => Err(format!("{what}: invalid IPv4 address {s:?}")),
+    }
+}
+
+fn parse_cidr(cidr: &str) -> Result<Pool, String> {
+    let what = format!("--lb-pool {cidr}");
+    let bad = || format!("{what}: expected an IPv4 CIDR such as 192.168.1.240/28");
+    let (ip, len) = cidr.split_once('/').ok_or_else(bad)?;
+    let ip = parse_v4(&what, ip)?;
+    // u32's parser would also take "+8", which no CIDR parser accepts.
+    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let len: u32 = match len.parse() {
+        Ok(len) if len <= 32 => len,
+        _ => return Err(bad()),
+    };
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    let net = u32::from(ip) & mask;
+    let broadcast = net | !mask;
+    let (first, last) = if len >= 31 {
+        (net, broadcast)
+    } else {
+        (net + 1, broadcast - 1)
+    };
+    Ok(Pool {
+        name: cidr.to_string(),
+        first,
+        last,
+    })
+}
+
+fn parse_range(range: &str) -> Result<Pool, String> {
+    let what = format!("--lb-pool-range {range}");
+    let (first, last) = range.split_once('-').ok_or_else(|| {
+        format!("{what}: expected FIRST-LAST, such as 192.168.1.240-192.168.1.250")
+    })?;
+    let (first, last) = (
+        parse_v4(&what, first.trim())?,
+        parse_v4(&what, last.trim())?,
+    );
+    if first > last {
+        return Err(format!("{what}: {first} comes after {last}"));
+    }
+    Ok(Pool {
+        name: format!("{first}-{last}"),
+        first: first.into(),
+        last: last.into(),
+    })
+}
+
+/// A Service's address from the pools.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allocated {
+    pub addr: Ipv4Addr,
+    /// The pool's name, as given on the command line.
+    pub pool: String,
+}
+
+/// (namespace, name) of a Service.
+pub type ServiceKey = (String, String);
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Allocation {
+    pub addrs: BTreeMap<ServiceKey, Allocated>,
+    /// Services that asked for what they cannot have, or found no address.
+    pub problems: Vec<Problem>,
+    /// Services left without an address because the pools were full.
+    pub exhausted: usize,
+}
+
+impl Allocation {
+    /// Per pool, in order: (name, used, free).
+    pub fn usage(&self, pools: &Pools) -> Vec<(String, u64, u64)> {
+        pools
+            .iter()
+            .map(|p| {
+                let used = self.addrs.values().filter(|a| a.pool == p.name).count() as u64;
+                (p.name.clone(), used, p.size() - used)
+            })
+            .collect()
+    }
+
+    /// `services` with each allocated address as its status ingress IP,
+    /// which the model programs as it programs any other.
+    pub fn apply(&self, services: &[Service]) -> Vec<Service> {
+        services
+            .iter()
+            .map(|svc| {
+                let key = key_of(svc);
+                let Some(a) = key.and_then(|k| self.addrs.get(&k)) else {
+                    return svc.clone();
+                };
+                let mut svc = svc.clone();
+                let lb = svc
+                    .status
+                    .get_or_insert_with(Default::default)
+                    .load_balancer
+                    .get_or_insert_with(Default::default);
+                lb.ingress.get_or_insert_with(Vec::new).push(
+                    k8s_openapi::api::core::v1::LoadBalancerIngress {
+                        ip: Some(a.addr.to_string()),
+                        ..Default::default()
+                    },
+                );
+                svc
+            })
+            .collect()
+    }
+}
+
+fn key_of(svc: &Service) -> Option<ServiceKey> {
+    let name = svc.metadata.name.as_deref().filter(|n| !n.is_empty())?;
+    Some((namespace_of(&svc.metadata).to_string(), name.to_string()))
+}
+
+fn ingress_v4(svc: &Service) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref()?.parse().ok())
+}
+
+/// Whether the pools give `svc` an address (rule 1).
+fn takes_part(svc: &Service, opts: &ModelOptions) -> bool {
+    let Some(spec) = &svc.spec else {
+        return false;
+    };
+    spec.type_.as_deref() == Some("LoadBalancer")
+        && matches!(spec.load_balancer_class.as_deref(), None | Some(CLASS_L2))
+        && for_this_proxy(svc, opts)
+        && ingress_v4(svc).next().is_none()
+}
+
+/// The addresses `svc` requests; IPv6 ones are for another family.
+fn requested(svc: &Service) -> Result<Vec<Ipv4Addr>, String> {
+    let annotations = svc.metadata.annotations.as_ref();
+    let listed = REQUEST_ANNOTATIONS
+        .iter()
+        .filter_map(|a| annotations?.get(*a).map(|v| (*a, v.as_str())));
+    let spec = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.load_balancer_ip.as_deref())
+        .filter(|ip| !ip.is_empty())
+        .map(|ip| ("spec.loadBalancerIP", ip));
+    let mut out = Vec::new();
+    for (what, list) in spec.into_iter().chain(listed) {
+        for ip in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match ip.parse::<IpAddr>() {
+                Ok(IpAddr::V4(a)) => out.push(a),
+                Ok(IpAddr::V6(_)) => {}
+                Err(_) => return Err(format!("{what}: invalid IP {ip:?}")),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// FNV-1a, then a finaliser that spreads its bits: stable across agents,
+/// versions and platforms, which `std`'s hasher does not promise.
+fn stable_hash(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // A separator, so ("ab", "c") and ("a", "bc") differ.
+        h = (h ^ 0xff).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Addresses from `pools` for the Services that need one (see the module
+/// documentation for the rule).
+pub fn allocate(services: &[Service], pools: &Pools, opts: &ModelOptions) -> Allocation {
+    let mut out = Allocation::default();
+    if pools.is_empty() {
+        return out;
+    }
+    // Addresses Services already have from elsewhere are not handed out.
+    let mut taken: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    for svc in services {
+        if let Some((ns, name)) = key_of(svc) {
+            for addr in ingress_v4(svc) {
+                taken.entry(addr).or_insert_with(|| format!("{ns}/{name}"));
+            }
+        }
+    }
+    let mut order: Vec<(&Service, ServiceKey)> = services
+        .iter()
+        .filter(|s| takes_part(s, opts))
+        .filter_map(|s| Some((s, key_of(s)?)))
+        .collect();
+    order.sort_by(|(a, ka), (b, kb)| {
+        (&a.metadata.creation_timestamp, ka).cmp(&(&b.metadata.creation_timestamp, kb))
+    });
+    order.dedup_by(|(_, a), (_, b)| a == b);
+    let problem = |(ns, name): &ServiceKey, message: String| Problem {
+        object: format!("Service {ns}/{name}"),
+        message,
+    };
+    let mut unrequested = Vec::new();
+    for (svc, key) in &order {
+        let wanted = match requested(svc) {
+            Ok(wanted) => wanted,
+            Err(message) => {
+                out.problems.push(problem(key, message));
+                continue;
+            }
+        };
+        if wanted.is_empty() {
+            unrequested.push(key);
+            continue;
+        }
+        let got = wanted
+            .iter()
+            .find_map(|&a| Some((a, pools.pool_of(a)?)).filter(|_| !taken.contains_key(&a)));
+        match got {
+            Some((addr, pool)) => {
+                taken.insert(addr, format!("{}/{}", key.0, key.1));
+                out.addrs.insert(
+                    (*key).clone(),
+                    Allocated {
+                        addr,
+                        pool: pool.name.clone(),
+                    },
+                );
+            }
+            None => {
+                let why: Vec<String> = wanted
+                    .iter()
+                    .map(|a| match taken.get(a) {
+                        Some(owner) => format!("{a} is used by {owner}"),
+                        None => format!("{a} is in no pool"),
+                    })
+                    .collect();
+                out.problems.push(problem(
+                    key,
+                    format!(
+                        "no requested LoadBalancer address is free: {}",
+                        why.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    let size = pools.size();
+    let free_in_pools = |taken: &BTreeMap<Ipv4Addr, String>| {
+        size - taken
+            .keys()
+            .filter(|a| pools.pool_of(**a).is_some())
+            .count() as u64
+    };
+    let mut free = free_in_pools(&taken);
+    for key in unrequested {
+        if free == 0 {
+            out.exhausted += 1;
+            out.problems.push(problem(
+                key,
+                "no LoadBalancer address: every address of the pools is in use".to_string(),
+            ));
+            continue;
+        }
+        let start = stable_hash(&[key.0.as_bytes(), key.1.as_bytes()]) % size;
+        let addr = (0..size)
+            .map(|i| pools.nth((start + i) % size))
+            .find(|a| !taken.contains_key(a))
+            .expect("a free address, counted above");
+        taken.insert(addr, format!("{}/{}", key.0, key.1));
+        free -= 1;
+        let pool = pools.pool_of(addr).expect("in the pools").name.clone();
+        out.addrs.insert(key.clone(), Allocated { addr, pool });
+    }
+    out.problems.sort();
+    out
+}
+
+/// One allocated address and the node that answers ARP for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announcement {
+    pub addr: Ipv4Addr,
+    pub pool: String,
+    pub service: ServiceKey,
+    /// `None` when no node may announce it (none Ready, or none Ready with
+    /// a local ready endpoint under externalTrafficPolicy Local).
+    pub node: Option<String>,
+}
+
+/// Nodes whose Ready condition is True.
+pub fn ready_nodes(nodes: &[Node]) -> BTreeSet<String> {
+    nodes
+        .iter()
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+        .filter_map(|n| n.metadata.name.clone())
+        .collect()
+}
+
+/// Nodes with a ready endpoint of Service `ns/name`. As the API defines
+/// it, an endpoint whose ready condition is unset counts as ready.
+fn nodes_with_ready_endpoints(
+    slices: &[EndpointSlice],
+    (ns, name): &ServiceKey,
+) -> BTreeSet<String> {
+    slices
+        .iter()
+        .filter(|s| namespace_of(&s.metadata) == ns)
+        .filter(|s| {
+            s.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_SERVICE_NAME))
+                == Some(name)
+        })
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .filter_map(|e| e.node_name.clone())
+        .collect()
+}
+
+/// Rendezvous (highest random weight) hashing: of `candidates`, the node
+/// whose hash with `addr` is highest. Every agent picks the same node from
+/// the same candidates, and a node leaving moves only the addresses it
+/// announced.
+pub fn announcer<'a>(
+    addr: Ipv4Addr,
+    candidates: impl IntoIterator<Item = &'a String>,
+) -> Option<&'a String> {
+    candidates
+        .into_iter()
+        .max_by_key(|n| (stable_hash(&[&addr.octets(), n.as_bytes()]), n.as_str()))
+}
+
+/// The announcing node of every allocated address: among the Ready nodes,
+/// restricted under externalTrafficPolicy Local to those with a local
+/// ready endpoint (any other would drop what it attracts).
+pub fn announcements(
+    services: &[Service],
+    slices: &[EndpointSlice],
+    nodes: &[Node],
+    alloc: &Allocation,
+) -> Vec<Announcement> {
+    let ready = ready_nodes(nodes);
+    let local: BTreeMap<ServiceKey, bool> = services
+        .iter()
+        .filter_map(|s| {
+            let policy = s.spec.as_ref()?.external_traffic_policy.as_deref();
+            Some((key_of(s)?, policy == Some("Local")))
+        })
+        .collect();
+    alloc
+        .addrs
+        .iter()
+        .map(|(key, a)| {
+            let node = if local.get(key).copied().unwrap_or(false) {
+                let with = nodes_with_ready_endpoints(slices, key);
+                announcer(a.addr, ready.intersection(&with)).cloned()
+            } else {
+                announcer(a.addr, &ready).cloned()
+            };
+            Announcement {
+                addr: a.addr,
+                pool: a.pool.clone(),
+                service: key.clone(),
+                node,
+            }
+        })
+        .collect()
+}
+
+impl fmt::Display for Announcement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({}/{}, pool {}) announced by {}",
+            self.addr,
+            self.service.0,
+            self.service.1,
+            self.pool,
+            self.node.as_deref().unwrap_or("no node")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,342 @@
+use serde_json::json;
+
+use super::*;
+
+fn svc(name: &str, created: &str, spec: serde_json::Value) -> Service {
+    let mut spec_obj = json!({"type": "LoadBalancer", "ports": [{"port": 80, "nodePort": 30080}]});
+    for (k, v) in spec.as_object().unwrap() {
+        spec_obj[k] = v.clone();
+    }
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "default", "creationTimestamp": created},
+        "spec": spec_obj,
+    }))
+    .unwrap()
+}
+
+fn lb(name: &str, minute: u32) -> Service {
+    svc(name, &format!("2026-01-01T00:{minute:02}:00Z"), json!({}))
+}
+
+fn with_annotation(mut s: Service, key: &str, value: &str) -> Service {
+    s.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(key.into(), value.into());
+    s
+}
+
+fn range(r: &str) -> Pools {
+    Pools::parse(&[], &[r.to_string()]).unwrap()
+}
+
+fn addrs(a: &Allocation) -> BTreeMap<String, Ipv4Addr> {
+    a.addrs
+        .iter()
+        .map(|((_, n), v)| (n.clone(), v.addr))
+        .collect()
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn pools_parse_cidrs_and_ranges_and_refuse_ipv6_and_overlaps() {
+    let pools = Pools::parse(
+        &["192.168.1.0/30".into(), "10.0.0.7/32".into()],
+        &["192.168.2.10-192.168.2.12".into()],
+    )
+    .unwrap();
+    let all: Vec<Ipv4Addr> = (0..pools.size()).map(|i| pools.nth(i)).collect();
+    assert_eq!(
+        all,
+        [
+            ip("192.168.1.1"),
+            ip("192.168.1.2"),
+            ip("10.0.0.7"),
+            ip("192.168.2.10"),
+            ip("192.168.2.11"),
+            ip("192.168.2.12")
+        ],
+        "a CIDR without its network and broadcast addresses"
+    );
+    let err = Pools::parse(&["fd00::/120".into()], &[]).unwrap_err();
+    assert!(err.contains("not supported yet"), "{err}");
+    let err = Pools::parse(&[], &["fd00::1-fd00::9".into()]).unwrap_err();
+    assert!(err.contains("not supported yet"), "{err}");
+    let err = Pools::parse(
+        &["192.168.1.0/24".into()],
+        &["192.168.1.200-192.168.1.220".into()],
+    )
+    .unwrap_err();
+    assert!(err.contains("overlap"), "{err}");
+    for bad in ["192.168.1.0", "192.168.1.0/33", "192.168.1.0/+8"] {
+        assert!(Pools::parse(&[bad.into()], &[]).is_err(), "{bad}");
+    }
+    assert!(Pools::parse(&[], &["192.168.1.9-192.168.1.1".into()]).is_err());
+}
+
+#[test]
+fn an_older_service_keeps_its_address_when_others_come_and_go() {
+    let pools = range("192.168.50.200-192.168.50.220");
+    let opts = ModelOptions::default();
+    let all: Vec<Service> = (0..10).map(|i| lb(&format!("s{i}"), i)).collect();
+    let full = addrs(&allocate(&all, &pools, &opts));
+    assert_eq!(full.len(), 10);
+    // The same answer whatever order the objects arrive in.
+    let mut reversed = all.clone();
+    reversed.reverse();
+    assert_eq!(addrs(&allocate(&reversed, &pools, &opts)), full);
+    // Newer Services come later: everything older is as it was.
+    for n in 0..10 {
+        let fewer = addrs(&allocate(&all[..n], &pools, &opts));
+        for (name, addr) in &fewer {
+            assert_eq!(full[name], *addr, "{name} with {n} Services");
+        }
+    }
+    // A removed Service moves only younger Services that had been pushed
+    // past the address their hash named (by it, or by one that moves).
+    let start = |name: &str| {
+        pools.nth(stable_hash(&["default".as_bytes(), name.as_bytes()]) % pools.size())
+    };
+    let pushed: Vec<&String> = full.keys().filter(|n| full[*n] != start(n)).collect();
+    assert!(!pushed.is_empty(), "the test needs a collision");
+    for gone in 0..10 {
+        let mut rest = all.clone();
+        rest.remove(gone);
+        let after = addrs(&allocate(&rest, &pools, &opts));
+        for (name, addr) in &after {
+            if full[name] != *addr {
+                let younger = name[1..].parse::<usize>().unwrap() > gone;
+                assert!(
+                    younger && pushed.contains(&name),
+                    "removing s{gone} moved {name}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_requested_address_is_honoured_when_in_a_pool_and_free() {
+    let pools = range("192.168.50.200-192.168.50.220");
+    let opts = ModelOptions::default();
+    let services = [
+        svc(
+            "spec",
+            "2026-01-01T00:01:00Z",
+            json!({"loadBalancerIP": "192.168.50.210"}),
+        ),
+        with_annotation(
+            lb("metallb", 2),
+            "metallb.universe.tf/loadBalancerIPs",
+            "192.168.50.211",
+        ),
+        with_annotation(
+            lb("cilium", 3),
+            "lbipam.cilium.io/ips",
+            "fd00::1, 192.168.50.212",
+        ),
+        // Requested by an older Service already, then outside the pools.
+        svc(
+            "late",
+            "2026-01-01T00:04:00Z",
+            json!({"loadBalancerIP": "192.168.50.210"}),
+        ),
+        svc(
+            "outside",
+            "2026-01-01T00:05:00Z",
+            json!({"loadBalancerIP": "10.1.1.1"}),
+        ),
+        // An older plain Service does not keep a younger one from its request.
+        lb("plain", 0),
+    ];
+    let a = allocate(&services, &pools, &opts);
+    let got = addrs(&a);
+    assert_eq!(got["spec"], ip("192.168.50.210"));
+    assert_eq!(got["metallb"], ip("192.168.50.211"));
+    assert_eq!(got["cilium"], ip("192.168.50.212"));
+    assert!(!got.contains_key("late") && !got.contains_key("outside"));
+    assert!(![
+        ip("192.168.50.210"),
+        ip("192.168.50.211"),
+        ip("192.168.50.212")
+    ]
+    .contains(&got["plain"]));
+    let messages: Vec<String> = a.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        messages,
+        [
+            "Service default/late: no requested LoadBalancer address is free: 192.168.50.210 is used by default/spec",
+            "Service default/outside: no requested LoadBalancer address is free: 10.1.1.1 is in no pool",
+        ]
+    );
+    assert_eq!(a.exhausted, 0);
+}
+
+#[test]
+fn an_exhausted_pool_leaves_the_youngest_without_and_says_so() {
+    let pools = range("192.168.50.200-192.168.50.202");
+    let services: Vec<Service> = (0..5).map(|i| lb(&format!("s{i}"), i)).collect();
+    let a = allocate(&services, &pools, &ModelOptions::default());
+    let got = addrs(&a);
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["s0", "s1", "s2"]);
+    assert_eq!(a.exhausted, 2);
+    assert_eq!(a.problems.len(), 2);
+    assert!(a.problems[0]
+        .to_string()
+        .starts_with("Service default/s3: no LoadBalancer address"));
+    assert_eq!(
+        a.usage(&pools),
+        [("192.168.50.200-192.168.50.202".to_string(), 3, 0)]
+    );
+}
+
+#[test]
+fn only_unaddressed_load_balancers_of_our_class_and_proxy_take_part() {
+    let pools = range("192.168.50.200-192.168.50.220");
+    let mut with_status = lb("status", 1);
+    with_status.status = Some(
+        serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "192.168.50.205"}]}}))
+            .unwrap(),
+    );
+    let mut other_proxy = lb("other-proxy", 6);
+    other_proxy.metadata.labels = Some(
+        [(
+            "service.kubernetes.io/service-proxy-name".to_string(),
+            "other".to_string(),
+        )]
+        .into(),
+    );
+    let services = [
+        with_status,
+        svc(
+            "ours",
+            "2026-01-01T00:02:00Z",
+            json!({"loadBalancerClass": CLASS_L2}),
+        ),
+        svc(
+            "theirs",
+            "2026-01-01T00:03:00Z",
+            json!({"loadBalancerClass": "example.com/bgp"}),
+        ),
+        svc(
+            "nodeport",
+            "2026-01-01T00:04:00Z",
+            json!({"type": "NodePort"}),
+        ),
+        lb("unclassed", 5),
+        other_proxy,
+        svc(
+            "wants-status-ip",
+            "2026-01-01T00:07:00Z",
+            json!({"loadBalancerIP": "192.168.50.205"}),
+        ),
+    ];
+    let a = allocate(&services, &pools, &ModelOptions::default());
+    let got = addrs(&a);
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["ours", "unclassed"]);
+    assert!(
+        !got.values().any(|a| *a == ip("192.168.50.205")),
+        "held by a status"
+    );
+    assert_eq!(a.problems.len(), 1, "{:?}", a.problems);
+    // The address becomes a status ingress IP, which the model programs.
+    let applied = a.apply(&services);
+    assert_eq!(ingress_v4(&applied[1]).collect::<Vec<_>>(), [got["ours"]]);
+    assert_eq!(ingress_v4(&applied[2]).count(), 0);
+}
+
+fn node(name: &str, ready: &str) -> Node {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "status": {"conditions": [{"type": "Ready", "status": ready}]},
+    }))
+    .unwrap()
+}
+
+fn slice(service: &str, endpoints: &[(&str, bool)]) -> EndpointSlice {
+    let eps: Vec<_> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, (node, ready))| {
+            json!({"addresses": [format!("10.244.0.{}", i + 1)], "nodeName": node,
+                   "conditions": {"ready": ready}})
+        })
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("{service}-1"), "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": eps,
+    }))
+    .unwrap()
+}
+
+#[test]
+fn one_ready_node_announces_and_only_its_addresses_move_when_it_leaves() {
+    let names: Vec<String> = (1..=4).map(|i| format!("node{i}")).collect();
+    let addrs: Vec<Ipv4Addr> = (0..64)
+        .map(|i| Ipv4Addr::new(192, 168, 50, 100 + i))
+        .collect();
+    let before: Vec<&String> = addrs
+        .iter()
+        .map(|a| announcer(*a, &names).unwrap())
+        .collect();
+    for n in &names {
+        assert!(before.contains(&n), "{n} announces something of 64");
+    }
+    let rest: Vec<String> = names[1..].to_vec();
+    for (a, was) in addrs.iter().zip(&before) {
+        let now = announcer(*a, &rest).unwrap();
+        if *was != "node1" {
+            assert_eq!(now, *was, "{a} moved without cause");
+        }
+    }
+    assert_eq!(announcer(addrs[0], &Vec::<String>::new()), None);
+}
+
+#[test]
+fn announcements_follow_ready_nodes_and_local_endpoints() {
+    let pools = range("192.168.50.200-192.168.50.220");
+    let services = [
+        lb("cluster", 1),
+        svc(
+            "local",
+            "2026-01-01T00:02:00Z",
+            json!({"externalTrafficPolicy": "Local"}),
+        ),
+    ];
+    let a = allocate(&services, &pools, &ModelOptions::default());
+    let nodes = [
+        node("node1", "True"),
+        node("node2", "True"),
+        node("node3", "False"),
+    ];
+    let slices = [slice(
+        "local",
+        &[("node2", true), ("node1", false), ("node3", true)],
+    )];
+    let ann = announcements(&services, &slices, &nodes, &a);
+    assert_eq!(ann.len(), 2);
+    let by: BTreeMap<&str, Option<&str>> = ann
+        .iter()
+        .map(|x| (x.service.1.as_str(), x.node.as_deref()))
+        .collect();
+    let ready = ["node1".to_string(), "node2".to_string()];
+    let cluster = announcer(a.addrs[&("default".into(), "cluster".into())].addr, &ready);
+    assert_eq!(by["cluster"], cluster.map(String::as_str));
+    assert_eq!(
+        by["local"],
+        Some("node2"),
+        "the one Ready node with a ready endpoint"
+    );
+    let ann = announcements(&services, &[], &nodes, &a);
+    assert!(ann
+        .iter()
+        .any(|x| x.service.1 == "local" && x.node.is_none()));
+    assert!(announcements(&services, &slices, &[], &a)
+        .iter()
+        .all(|x| x.node.is_none()));
+}
