@@ -1,0 +1,212 @@
+//! Traffic from outside the cluster: NodePorts, LoadBalancer IPs, and
+//! pool addresses announced by one node.
+use super::*;
+
+/// Kubernetes: "should be able to create a functioning NodePort service"
+/// and "should preserve source IP with externalTrafficPolicy Local" (the
+/// LoadBalancer tests' NodePort half).
+pub(super) fn node_ports(bed: &mut Bed) -> Result<Verdict> {
+    let outside = bed.outside();
+    for node in bed.node_names() {
+        let target = bed.node_port("np-cluster", 0, &node)?;
+        let answers = bed.ask_n(&outside, target, Proto::Tcp, SPREAD)?;
+        answered_by(
+            &format!("Cluster policy, {target} on {node}"),
+            &answers,
+            &["web-1", "web-2"],
+        )?;
+        let seen: Vec<String> = answers
+            .iter()
+            .map(|w| format!("{} saw {}", w.pod, w.peer.ip()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        note(format!(
+            "Cluster: {target} ({node}) reached both pods ({})",
+            seen.join(", ")
+        ));
+
+        let target = bed.node_port("np-local", 0, &node)?;
+        let local = pods_on(bed, &node, "web");
+        let local: Vec<&str> = local.iter().map(String::as_str).collect();
+        let answers = bed.ask_n(&outside, target, Proto::Tcp, SPREAD)?;
+        answered_by(
+            &format!("Local policy, {target} on {node}"),
+            &answers,
+            &local,
+        )?;
+        for who in &answers {
+            ensure!(
+                *who.peer.ip() == outside.addr,
+                "Local policy, {target} on {node}: {} saw {}, not the client's address {}",
+                who.pod,
+                who.peer,
+                outside.addr
+            );
+        }
+        note(format!(
+            "Local: {target} ({node}) reached only {} and it saw the client's address {}",
+            local.join(", "),
+            outside.addr
+        ));
+    }
+    Ok(Verdict::Pass)
+}
+
+/// Kubernetes: "should be able to create a functioning LoadBalancer
+/// service" (the router sends the LoadBalancer IP to node1).
+pub(super) fn load_balancer(bed: &mut Bed) -> Result<Verdict> {
+    let outside = bed.outside();
+    let target = bed.lb_ip("lb-web", 0)?;
+    let answers = bed.ask_n(&outside, target, Proto::Tcp, SPREAD)?;
+    answered_by(&format!("{target}"), &answers, &["web-1", "web-2"])?;
+    note(format!(
+        "{target} from outside reached both pods over {SPREAD} connections"
+    ));
+    Ok(Verdict::Pass)
+}
+
+/// How long the announcement may take to move to another node when its
+/// node goes NotReady: the agents apply the change within about a second
+/// and the new announcer's gratuitous ARP updates the router at once; the
+/// goal is 3 s, the bound leaves room for a loaded machine.
+const FAILOVER_BOUND: Duration = Duration::from_secs(10);
+
+/// A LoadBalancer Service of class xdplb.io/l2, which the stand-in provider
+/// leaves alone, gets an address from the agents' pool (`cluster::LB_POOL`)
+/// with no route for it: exactly one node answers the router's ARP request.
+/// Marked NotReady, that node gives the address up and the other takes it
+/// over, and new connections from outside reach the pods through it.
+pub(super) fn lb_pool(bed: &mut Bed) -> Result<Verdict> {
+    let result = lb_pool_steps(bed);
+    for node in bed.node_names() {
+        bed.state.set_node_ready(&node, true)?;
+    }
+    bed.publish()?;
+    result
+}
+
+fn lb_pool_steps(bed: &mut Bed) -> Result<Verdict> {
+    let outside = bed.outside();
+    let mut addr = None;
+    let (took, _) = within(
+        "Service lb-pool listed with a pool address",
+        APPLY_BOUND,
+        || {
+            addr = Some(pool_address(bed)?);
+            Ok(())
+        },
+    )?;
+    let addr = addr.context("no address")?;
+    let target = SocketAddrV4::new(addr, 80);
+    let frontend = format!("{target}/TCP");
+    note(format!(
+        "lb-pool got {addr} from {} ({})",
+        cluster::LB_POOL,
+        ms(took)
+    ));
+    let answers = bed.ask_n(&outside, target, Proto::Tcp, SPREAD)?;
+    answered_by(&format!("{target}"), &answers, &["web-1", "web-2"])?;
+    let macs: BTreeMap<String, String> = bed
+        .node_names()
+        .into_iter()
+        .map(|n| {
+            let ns = bed.cluster.run.ns(&n);
+            let path = format!("/sys/class/net/{}/address", cluster::NODE_LAN_IFACE);
+            let mac = cluster::exec(&ns, "cat", &[&path])?.trim().to_string();
+            Ok((n, mac))
+        })
+        .collect::<Result<_>>()?;
+    let announcer = |bed: &Bed| -> Result<String> {
+        let router = bed.cluster.run.ns("router");
+        let text = cluster::exec(&router, "ip", &["neigh", "show", &addr.to_string()])?;
+        let seen: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "lladdr").nth(1))
+            .collect();
+        let [mac] = seen[..] else {
+            bail!("the router's neighbour table for {addr}: {text:?}, expected one MAC");
+        };
+        macs.iter()
+            .find(|(_, m)| m.as_str() == mac)
+            .map(|(n, _)| n.clone())
+            .with_context(|| format!("the router has {mac} for {addr}, no node's MAC"))
+    };
+    let first = announcer(bed)?;
+    listed_as_announced_by(bed, &frontend, &first)?;
+    note(format!(
+        "{target} from outside reached both pods over {SPREAD} connections; the router has {first}'s MAC {} for it",
+        macs[&first]
+    ));
+    let other = bed
+        .node_names()
+        .into_iter()
+        .find(|n| *n != first)
+        .context("one node only")?;
+    let before = bed.frontend_packets(&other, &frontend)?;
+    bed.state.set_node_ready(&first, false)?;
+    bed.publish()?;
+    let (took, _) = within(
+        &format!("{target} reached through {other}"),
+        FAILOVER_BOUND,
+        || {
+            let now = announcer(bed)?;
+            ensure!(now == other, "the router still has {now}'s MAC");
+            bed.ask(&outside, target, Proto::Tcp)?;
+            let after = bed.frontend_packets(&other, &frontend)?;
+            ensure!(
+                after > before,
+                "{other} has counted no packet to {frontend}"
+            );
+            Ok(())
+        },
+    )?;
+    note(format!(
+        "{first} marked NotReady: {other} answers for {addr} and new connections go through it after {} (goal 3 s)",
+        ms(took)
+    ));
+    Ok(Verdict::Pass)
+}
+
+/// Whether `xdplb services` on every node lists `frontend` with the pool
+/// and `node` as the node that announces it.
+fn listed_as_announced_by(bed: &Bed, frontend: &str, node: &str) -> Result<()> {
+    for on in bed.node_names() {
+        let rows = bed.frontends(&on)?;
+        let row = rows
+            .iter()
+            .find(|r| r["frontend"] == frontend)
+            .with_context(|| format!("{on} lists no {frontend}"))?;
+        ensure!(
+            row["lb_pool"] == cluster::LB_POOL && row["announced_by"] == node,
+            "xdplb services on {on}: {frontend} in pool {} announced by {}, expected {} and {node}",
+            row["lb_pool"],
+            row["announced_by"],
+            cluster::LB_POOL
+        );
+    }
+    Ok(())
+}
+
+/// The address from the pool that `xdplb services` on the first node
+/// lists for Service lb-pool.
+fn pool_address(bed: &Bed) -> Result<Ipv4Addr> {
+    let (first, last) = cluster::LB_POOL.split_once('-').context("LB_POOL")?;
+    let (first, last): (Ipv4Addr, Ipv4Addr) = (first.parse()?, last.parse()?);
+    let node = &bed.node_names()[0];
+    bed.frontends(node)?
+        .iter()
+        .filter(|r| {
+            r["service"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("default/lb-pool:"))
+        })
+        .filter_map(|r| r["frontend"].as_str()?.split(':').next()?.parse().ok())
+        .find(|a| (first..=last).contains(a))
+        .with_context(|| {
+            format!(
+                "{node} lists no frontend of lb-pool in {}",
+                cluster::LB_POOL
+            )
+        })
+}

@@ -1,0 +1,189 @@
+//! The scenarios, after Kubernetes' Service e2e tests (test/e2e/network/
+//! service.go). Each is bounded in time: every request has a timeout and
+//! every wait for an agent to apply a change has [`APPLY_BOUND`].
+use std::{
+    collections::BTreeMap,
+    io::{ErrorKind, Read},
+    net::{Ipv4Addr, SocketAddrV4},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::json;
+
+use super::{
+    bed::{answered_by, within, Bed, Client},
+    probe::{Proto, Who},
+    service, web_port, Scenario, Verdict,
+};
+use crate::demo::{self, cluster, control_plane::App, traffic, COUNTER_PORT};
+
+mod from_outside;
+mod host;
+mod in_cluster;
+mod path_mtu;
+mod restart;
+/// The agents apply a change within about a second (they poll their
+/// manifests every 250 ms); this leaves room for a loaded machine.
+const APPLY_BOUND: Duration = Duration::from_secs(3);
+/// Connections enough that Maglev leaving a backend of two unused would be
+/// a bug, not luck (2^-19).
+const SPREAD: usize = 20;
+/// "Refused at once".
+const REFUSE_BOUND: Duration = Duration::from_secs(1);
+pub fn all() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "basic endpoint: served from pods, followed as pods come and go",
+            run: in_cluster::basic_endpoint,
+        },
+        Scenario {
+            name: "multi-port Service with named target ports",
+            run: in_cluster::multiport_named,
+        },
+        Scenario {
+            name: "source pod IP preserved through a ClusterIP, same node and other node",
+            run: in_cluster::source_ip,
+        },
+        Scenario {
+            name: "hairpin: a pod reaches itself through its Service",
+            run: in_cluster::hairpin,
+        },
+        Scenario {
+            name: "Services up and down without disturbing others",
+            run: in_cluster::up_and_down,
+        },
+        Scenario {
+            name: "NodePort from outside on every node, externalTrafficPolicy Cluster and Local",
+            run: from_outside::node_ports,
+        },
+        Scenario {
+            name: "LoadBalancer IP from outside",
+            run: from_outside::load_balancer,
+        },
+        Scenario {
+            name: "no endpoints: connection refused at once",
+            run: in_cluster::no_endpoints,
+        },
+        Scenario {
+            name: "session affinity ClientIP holds a client to one backend",
+            run: in_cluster::affinity,
+        },
+        Scenario {
+            name: "TCP and UDP on the same port number",
+            run: in_cluster::tcp_and_udp,
+        },
+        Scenario {
+            name: "a long-lived connection survives an agent restart (kill -9)",
+            run: restart::agent_restart,
+        },
+        Scenario {
+            name: "Redis traffic from the counter pods through the ClusterIP",
+            run: in_cluster::redis_counting,
+        },
+        Scenario {
+            name: "TCP transfer larger than the path MTU: PMTU discovery through the translation",
+            run: path_mtu::path_mtu,
+        },
+        Scenario {
+            name: "upload through a node uplink with a smaller MTU than the pods': PMTU about the frontend",
+            run: path_mtu::uplink_mtu,
+        },
+        Scenario {
+            name: "a process in a node's own network namespace reaches a ClusterIP",
+            run: host::host_process,
+        },
+        Scenario {
+            name: "LoadBalancer address from the pool, announced by one node, moving when it goes NotReady",
+            run: from_outside::lb_pool,
+        },
+    ]
+}
+fn note(text: impl AsRef<str>) {
+    eprintln!("      {}", text.as_ref());
+}
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+fn both_clients(bed: &Bed) -> Result<[Client; 2]> {
+    Ok([bed.pod_client("client-1")?, bed.pod_client("client-2")?])
+}
+/// The probe pods on `node` whose `app` label is `app`.
+fn pods_on(bed: &Bed, node: &str, app: &str) -> Vec<String> {
+    bed.state
+        .pods
+        .iter()
+        .filter(|p| p.node == node && p.labels.get("app").is_some_and(|a| a == app))
+        .map(|p| p.name.clone())
+        .collect()
+}
+/// How a change went: when the agents had applied it, and the requests
+/// that failed outright (rather than reaching the old set of pods, or
+/// being refused when there was none) while they applied it.
+struct Change {
+    took: Duration,
+    failed: BTreeMap<String, usize>,
+}
+impl Change {
+    fn describe(&self) -> String {
+        let mut text = ms(self.took);
+        if !self.failed.is_empty() {
+            let failures: Vec<String> = self
+                .failed
+                .iter()
+                .map(|(cause, n)| format!("{n} x {cause}"))
+                .collect();
+            text += &format!(
+                " (requests that failed while it applied: {})",
+                failures.join(", ")
+            );
+        }
+        text
+    }
+}
+/// Waits until every client's connections to `target` are answered by
+/// exactly `want`. `from_none`: the Service had no endpoints before, so
+/// refusals are the old state, not failures.
+fn served_by(
+    bed: &Bed,
+    clients: &[Client],
+    target: SocketAddrV4,
+    want: &[&str],
+    from_none: bool,
+) -> Result<Change> {
+    let mut failed = BTreeMap::new();
+    let (took, _) = within(
+        &format!("{target} answered by exactly {want:?}"),
+        APPLY_BOUND,
+        || {
+            for client in clients {
+                let answers = bed
+                    .ask_n(client, target, Proto::Tcp, SPREAD)
+                    .inspect_err(|e| {
+                        let refused = e.chain().any(|c| {
+                            c.downcast_ref::<std::io::Error>()
+                                .is_some_and(|io| io.kind() == ErrorKind::ConnectionRefused)
+                        });
+                        if !(from_none && refused) {
+                            *failed.entry(e.root_cause().to_string()).or_insert(0) += 1;
+                        }
+                    })?;
+                answered_by(&format!("from {client}"), &answers, want)?;
+            }
+            Ok(())
+        },
+    )?;
+    Ok(Change { took, failed })
+}
+fn refused_everywhere(bed: &Bed, clients: &[Client], target: SocketAddrV4) -> Result<Duration> {
+    let (took, _) = within(&format!("{target} refused"), APPLY_BOUND, || {
+        for client in clients {
+            let took = bed.refused(client, target, Proto::Tcp)?;
+            ensure!(took < REFUSE_BOUND, "refused only after {}", ms(took));
+        }
+        Ok(())
+    })?;
+    Ok(took)
+}
