@@ -108,6 +108,32 @@ pub static SOCK_AFFINITY_V4: LruHashMap<
     { lb_common::sock::MAX_SOCK_AFFINITY as usize },
 > = LruHashMap::new();
 
+/// IPv6 ClusterIP ports to their ring, for the socket hooks.
+#[btf_map]
+pub static FRONTENDS_V6: HashMap<FrontendKeyV6, FrontendValue, { MAX_FRONTENDS_V6 as usize }> =
+    HashMap::new();
+
+/// IPv6 backends by id, from the id space of `BACKENDS_V4`: a hash map, so
+/// the ids IPv4 backends hold cost it nothing.
+#[btf_map]
+pub static BACKENDS_V6: HashMap<u32, BackendV6, { MAX_BACKENDS_V6 as usize }> = HashMap::new();
+
+/// As `SOCK_REVNAT_V4`, for sockets sent to an IPv6 backend.
+#[btf_map]
+pub static SOCK_REVNAT_V6: LruHashMap<
+    lb_common::sock::SockRevNatKeyV6,
+    lb_common::sock::SockRevNatValueV6,
+    { lb_common::sock::MAX_SOCK_REVNAT as usize },
+> = LruHashMap::new();
+
+/// As `SOCK_AFFINITY_V4`, for IPv6 frontends.
+#[btf_map]
+pub static SOCK_AFFINITY_V6: LruHashMap<
+    lb_common::sock::SockAffinityKeyV6,
+    AffinityValue,
+    { lb_common::sock::MAX_SOCK_AFFINITY as usize },
+> = LruHashMap::new();
+
 /// Events for `xdplb monitor`, written only under its lease (`monitor.rs`).
 #[btf_map]
 pub static MONITOR: RingBuf<MonitorEvent, { lb_common::monitor::MONITOR_RING_BYTES as usize }> =

@@ -539,7 +539,19 @@ fn pinned_links_outlive_the_loader_and_a_reload_replaces_them() {
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     pinned.sort();
-    assert_eq!(pinned, ["connect4", "getpeername4", "recvmsg4", "sendmsg4"]);
+    assert_eq!(
+        pinned,
+        [
+            "connect4",
+            "connect6",
+            "getpeername4",
+            "getpeername6",
+            "recvmsg4",
+            "recvmsg6",
+            "sendmsg4",
+            "sendmsg6"
+        ]
+    );
     // Unpinning detaches: no link of either start is left translating.
     fs::remove_dir_all(&links).expect("unpinning the links");
     let outcomes = run_in(&topo, Some(&cgroup), &ops);
