@@ -63,9 +63,8 @@ pub const MAX_IFACES: u32 = 1024;
 pub const MAX_AFFINITY: u32 = 1 << 18;
 pub const MAX_SOURCE_RANGES: u32 = 1 << 14;
 pub const MAX_FRAGS: u32 = 1 << 14;
-/// IPv6 ClusterIP ports (one a dual-stack Service port); hash maps, so
-/// their memory is paid per entry allowed, and smaller than the IPv4 ones
-/// while IPv6 serves ClusterIPs only.
+/// IPv6 ClusterIP ports (one a dual-stack Service port); smaller than the
+/// IPv4 ones while IPv6 serves ClusterIPs only.
 pub const MAX_FRONTENDS_V6: u32 = 1 << 16;
 /// IPv6 endpoints, keyed by backend id (one id space with `BACKENDS_V4`).
 pub const MAX_BACKENDS_V6: u32 = 1 << 16;

@@ -10,19 +10,18 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use common::cgroup::Cgroup;
+use common::{
+    cgroup::Cgroup,
+    host_client::{run_in_ns, Op, Outcome},
+};
 use lb_userspace::{
     datapath::{attach_cgroup, Capacities, Datapath},
     model::{desired_state, ModelOptions, NodeInfo},
@@ -95,59 +94,6 @@ ports:
 endpoints:
   - addresses: [10.244.1.2]
   - addresses: [10.244.2.2]
-"#;
-
-/// Runs each `kind host port request` of its arguments in turn and prints
-/// one line per exchange: `ok <peer> <reply>` or `err <errno name>`, the
-/// peer being what `getpeername()` names for TCP and the reply's source
-/// for UDP, as `[addr]:port`. Every socket is AF_INET6: `tcp` and `udp`
-/// connect, `udpto` sends unconnected.
-const CLIENT: &str = r#"
-import errno, socket, sys
-
-TIMEOUT = 3.0
-
-def name(sa):
-    return "[%s]:%d" % (sa[0], sa[1])
-
-def tcp(dst, request):
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-        s.settimeout(TIMEOUT)
-        s.connect(dst)
-        peer = s.getpeername()
-        s.sendall(request)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-        return peer, b"".join(chunks)
-
-def udp(dst, request):
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-        s.settimeout(TIMEOUT)
-        s.connect(dst)
-        s.send(request)
-        answer, source = s.recvfrom(65536)
-        return source, answer
-
-def udpto(dst, request):
-    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-        s.settimeout(TIMEOUT)
-        s.sendto(request, dst)
-        answer, source = s.recvfrom(65536)
-        return source, answer
-
-args = sys.argv[1:]
-for i in range(0, len(args), 4):
-    kind, host, port, request = args[i:i + 4]
-    try:
-        source, answer = globals()[kind]((host, int(port)), request.encode())
-        out = ["ok", name(source), answer.decode()]
-    except TimeoutError:
-        out = ["err", "timeout"]
-    except OSError as e:
-        out = ["err", errno.errorcode.get(e.errno, str(e))]
-    print("\t".join(out), flush=True)
 "#;
 
 /// Drops in declaration order: servers stop, the programs detach with the
@@ -223,8 +169,14 @@ fn bed() -> Bed {
     }
 }
 
+/// A fresh folder of this test's own (tests of a binary run in parallel).
 fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("xl-v6-manifests-{}", std::process::id()));
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "xl-v6-manifests-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir(&dir).expect("a manifests folder");
     dir
@@ -298,80 +250,26 @@ impl Drop for Servers {
     }
 }
 
-/// Runs `ops` (kind, host, port, request) in one client process in the
-/// node namespace and the test's cgroup; one `Ok((peer, reply))` or
-/// `Err(errno name)` each.
-fn run(bed: &Bed, ops: &[(&str, &str, u16, String)]) -> Vec<Result<(String, String), String>> {
-    let netns = File::open(Path::new("/run/netns").join(bed.node.name()))
-        .expect("opening the node namespace");
-    let procs = OpenOptions::new()
-        .write(true)
-        .open(bed.cgroup.dir().join("cgroup.procs"))
-        .expect("opening cgroup.procs");
-    let mut cmd = Command::new("timeout");
-    cmd.args(["--kill-after=5", "60", "python3", "-c", CLIENT]);
-    for (kind, host, port, request) in ops {
-        cmd.arg(kind).arg(host).arg(port.to_string()).arg(request);
-    }
-    let (netns_fd, procs_fd) = (netns.as_raw_fd(), procs.as_raw_fd());
-    // SAFETY: the closure makes only async-signal-safe syscalls, on
-    // descriptors this function keeps open until the child has exited.
-    unsafe { cmd.pre_exec(move || enter(netns_fd, procs_fd)) };
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .expect("running python3 (needed for the clients)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "client failed ({}): {}\n{stdout}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let outcomes: Vec<_> = stdout
-        .lines()
-        .map(|line| match line.splitn(3, '\t').collect::<Vec<_>>()[..] {
-            ["ok", peer, answer] => Ok((peer.to_string(), answer.to_string())),
-            ["err", errno] => Err(errno.to_string()),
-            _ => panic!("unexpected client line {line:?}"),
-        })
-        .collect();
-    assert_eq!(outcomes.len(), ops.len(), "client output: {stdout}");
-    outcomes
-}
-
-/// In the child between fork and exec: joins the cgroup first, so every
-/// socket the client opens belongs to it, then the node namespace.
-fn enter(netns: RawFd, cgroup_procs: RawFd) -> io::Result<()> {
-    // "0" moves the writing process itself.
-    // SAFETY: plain write(2) of a static buffer.
-    if unsafe { libc::write(cgroup_procs, b"0".as_ptr().cast(), 1) } != 1 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: plain setns(2) on a namespace descriptor.
-    if unsafe { libc::setns(netns, libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+/// Runs `ops` in one client process in the node namespace and the test's
+/// cgroup.
+fn run(bed: &Bed, ops: &[Op]) -> Vec<Outcome> {
+    run_in_ns(&bed.node, Some(&bed.cgroup), ops)
 }
 
 /// Every exchange got a pod's answer to its request from `peer`; returns
 /// the pods that answered.
-fn answered(
-    ops: &[(&str, &str, u16, String)],
-    outcomes: &[Result<(String, String), String>],
-    peer: &str,
-) -> BTreeSet<&'static str> {
+fn answered(ops: &[Op], outcomes: &[Outcome], peer: SocketAddr) -> BTreeSet<&'static str> {
     let mut served = BTreeSet::new();
-    for ((kind, host, port, request), outcome) in ops.iter().zip(outcomes) {
-        let what = format!("{kind} to [{host}]:{port}");
+    for (op, outcome) in ops.iter().zip(outcomes) {
+        let what = format!("{} to {}", op.kind, op.dst);
         let (from, answer) = outcome
+            .result
             .as_ref()
             .unwrap_or_else(|errno| panic!("{what} failed: {errno}"));
-        assert_eq!(from, peer, "{what}: peer or reply source");
+        assert_eq!(*from, peer.to_string(), "{what}: peer or reply source");
         let pod = POD_NAMES
             .into_iter()
-            .find(|pod| reply(pod, request) == *answer)
+            .find(|pod| reply(pod, &op.request) == *answer)
             .unwrap_or_else(|| panic!("{what}: {answer:?} is no pod's answer"));
         served.insert(pod);
     }
@@ -382,42 +280,51 @@ fn all_pods() -> BTreeSet<&'static str> {
     POD_NAMES.into_iter().collect()
 }
 
-fn requests<'a>(kind: &'a str, host: &'a str, port: u16) -> Vec<(&'a str, &'a str, u16, String)> {
+fn requests(kind: &'static str, dst: SocketAddr) -> Vec<Op> {
     (0..FLOWS)
-        .map(|flow| (kind, host, port, format!("{kind} flow {flow}")))
+        .map(|flow| Op {
+            kind,
+            dst,
+            request: format!("{kind} flow {flow}"),
+        })
         .collect()
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("an IP address"), port)
 }
 
 #[test]
 fn tcp_to_an_ipv6_cluster_ip_reaches_both_ipv6_backends_and_names_the_vip() {
     let bed = bed();
-    let ops = requests("tcp", VIP6, TCP_PORT);
-    let outcomes = run(&bed, &ops);
-    let vip = SocketAddr::new(VIP6.parse().unwrap(), TCP_PORT);
-    assert_eq!(answered(&ops, &outcomes, &vip.to_string()), all_pods());
+    let vip = addr(VIP6, TCP_PORT);
+    let ops = requests("tcp", vip);
+    assert_eq!(answered(&ops, &run(&bed, &ops), vip), all_pods());
 }
 
 #[test]
 fn udp_to_an_ipv6_cluster_ip_is_answered_from_the_vip() {
     let bed = bed();
-    let vip = SocketAddr::new(VIP6.parse().unwrap(), UDP_PORT).to_string();
+    let vip = addr(VIP6, UDP_PORT);
     for kind in ["udp", "udpto"] {
-        let ops = requests(kind, VIP6, UDP_PORT);
-        let outcomes = run(&bed, &ops);
-        assert_eq!(answered(&ops, &outcomes, &vip), all_pods(), "{kind}");
+        let ops = requests(kind, vip);
+        assert_eq!(answered(&ops, &run(&bed, &ops), vip), all_pods(), "{kind}");
     }
 }
 
 #[test]
 fn an_ipv6_cluster_ip_without_endpoints_refuses() {
     let bed = bed();
-    let ops = [
-        ("tcp", EMPTY_VIP6, TCP_PORT, "hello".to_string()),
-        ("udp", EMPTY_VIP6, UDP_PORT, "hello".to_string()),
-        ("udpto", EMPTY_VIP6, UDP_PORT, "hello".to_string()),
-    ];
-    for (outcome, (kind, ..)) in run(&bed, &ops).iter().zip(&ops) {
-        assert_eq!(outcome, &Err("ECONNREFUSED".to_string()), "{kind}");
+    let ops: Vec<Op> = [("tcp", TCP_PORT), ("udp", UDP_PORT), ("udpto", UDP_PORT)]
+        .into_iter()
+        .map(|(kind, port)| Op {
+            kind,
+            dst: addr(EMPTY_VIP6, port),
+            request: "hello".into(),
+        })
+        .collect();
+    for (outcome, op) in run(&bed, &ops).iter().zip(&ops) {
+        assert_eq!(outcome.result, Err("ECONNREFUSED".into()), "{}", op.kind);
     }
 }
 
@@ -427,12 +334,9 @@ fn an_ipv6_cluster_ip_without_endpoints_refuses() {
 fn an_ipv4_mapped_cluster_ip_is_served_by_the_ipv4_frontend() {
     let bed = bed();
     let mapped = format!("::ffff:{VIP4}");
-    let ops = requests("tcp", &mapped, TCP_PORT);
-    let outcomes = run(&bed, &ops);
-    let peer = format!("[{mapped}]:{TCP_PORT}");
-    assert_eq!(answered(&ops, &outcomes, &peer), all_pods());
-    let ops = requests("udpto", &mapped, UDP_PORT);
-    let outcomes = run(&bed, &ops);
-    let peer = format!("[{mapped}]:{UDP_PORT}");
-    assert_eq!(answered(&ops, &outcomes, &peer), all_pods());
+    for (kind, port) in [("tcp", TCP_PORT), ("udpto", UDP_PORT)] {
+        let vip = addr(&mapped, port);
+        let ops = requests(kind, vip);
+        assert_eq!(answered(&ops, &run(&bed, &ops), vip), all_pods(), "{kind}");
+    }
 }

@@ -4,7 +4,7 @@ use lb_common::addr::from_map_v6;
 
 use super::{fake::FakeServiceMaps, Syncer};
 use crate::model::{
-    testing::{backend, id, service, state},
+    testing::{backend, backend_at, id, service, state},
     Backend, DesiredState, Frontend, FrontendKind, Proto, ServicePort,
 };
 
@@ -657,15 +657,7 @@ fn dual_stack(vip_last: u8, backends: &[u8], backends_v6: &[u16]) -> ServicePort
     }];
     sp.cluster_backends_v6 = backends_v6
         .iter()
-        .map(|&last| Backend {
-            addr: Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, last),
-            port: 8080,
-            node_name: None,
-            is_local: false,
-            ready: true,
-            serving: true,
-            terminating: false,
-        })
+        .map(|&last| backend_at(Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, last)))
         .collect();
     sp
 }
