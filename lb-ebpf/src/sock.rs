@@ -19,7 +19,8 @@
 //! decided on the IPv4 maps and answered as mapped, since the IPv4 hooks
 //! never see such a socket.
 //!
-//! UDP sockets of pods are left to the per-packet path (see `choose`).
+//! UDP sockets of pods are left to the per-packet path (see `choose`),
+//! except IPv6 ones, which have no per-packet path yet.
 //!
 //! A frontend without backends fails the call at once. A denying program
 //! alone makes that EPERM, which no client expects from a network call, so
@@ -126,12 +127,15 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
 
 /// What the hooks need of one family's maps beyond the decision.
 trait Family: View {
+    /// Whether the family has a per-packet path that pods' UDP is left to.
+    const PER_PACKET_PATH: bool;
     fn hash(cookie: u64, key: &Self::Key) -> u32;
     /// The `xdplb monitor` event of a decision on `key`.
     fn event(key: &Self::Key, to: Option<(u32, &Self::Backend)>);
 }
 
 impl Family for Maps {
+    const PER_PACKET_PATH: bool = true;
     #[inline(always)]
     fn hash(cookie: u64, key: &FrontendKeyV4) -> u32 {
         socket_hash_v4(cookie, key.addr, key.port, key.proto)
@@ -144,6 +148,10 @@ impl Family for Maps {
 }
 
 impl Family for MapsV6 {
+    /// Not yet: a pod's IPv6 UDP socket is translated here, and a connected
+    /// one keeps its backend until it reconnects, as the node's would
+    /// without the agent closing it.
+    const PER_PACKET_PATH: bool = false;
     #[inline(always)]
     fn hash(cookie: u64, key: &FrontendKeyV6) -> u32 {
         socket_hash_v6(cookie, key.addr, key.port, key.proto)
@@ -290,7 +298,7 @@ fn choose<F: Family>(
     // gone, and nothing can close it in a pod's namespace from here; the
     // per-packet path re-balances the pod's next datagram instead.
     let host = conntrack::config().host_netns_cookie;
-    if proto == PROTO_UDP as u32 && host != 0 && netns != host {
+    if F::PER_PACKET_PATH && proto == PROTO_UDP as u32 && host != 0 && netns != host {
         if maps.frontend(fe_key).is_some() {
             stats::count(Reason::SockUdpLeftToPath);
         }

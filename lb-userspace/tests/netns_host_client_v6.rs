@@ -22,11 +22,13 @@ use common::{
     cgroup::Cgroup,
     host_client::{run_in_ns, Op, Outcome},
 };
+use lb_common::{Config, Reason};
 use lb_userspace::{
     datapath::{attach_cgroup, Capacities, Datapath},
     model::{desired_state, ModelOptions, NodeInfo},
+    sockdiag::netns_cookie,
     source::manifests::load_dir,
-    sync::Syncer,
+    sync::{NodeMaps, Syncer},
     testbed::netns::{Ns, Testbed},
 };
 
@@ -100,10 +102,10 @@ endpoints:
 /// data plane, the namespaces go, the cgroup last.
 struct Bed {
     _servers: Servers,
-    _dp: Datapath,
-    _tb: Testbed,
+    dp: Datapath,
+    tb: Testbed,
     node: Ns,
-    _pods: Vec<Ns>,
+    pods: Vec<Ns>,
     cgroup: Cgroup,
 }
 
@@ -114,6 +116,9 @@ fn bed() -> Bed {
     common::privileged("netns IPv6 host-client");
     let tb = Testbed::new().expect("a testbed");
     let node = tb.add_ns("node").expect("the node namespace");
+    // Pods reach each other through the node.
+    tb.sysctl(&node, "net.ipv6.conf.all.forwarding", "1")
+        .expect("IPv6 forwarding");
     let mut pods = Vec::new();
     let mut servers = Servers::default();
     for (i, name) in POD_NAMES.into_iter().enumerate() {
@@ -161,10 +166,10 @@ fn bed() -> Bed {
     attach_cgroup(&mut dp, cgroup.dir(), None).expect("attaching the socket programs");
     Bed {
         _servers: servers,
-        _dp: dp,
-        _tb: tb,
+        dp,
+        tb,
         node,
-        _pods: pods,
+        pods,
         cgroup,
     }
 }
@@ -339,4 +344,27 @@ fn an_ipv4_mapped_cluster_ip_is_served_by_the_ipv4_frontend() {
         let ops = requests(kind, vip);
         assert_eq!(answered(&ops, &run(&bed, &ops), vip), all_pods(), "{kind}");
     }
+}
+
+/// There is no IPv6 per-packet path to leave a pod's UDP to, as IPv4 does:
+/// the hooks translate it.
+#[test]
+fn a_pods_ipv6_udp_is_translated_at_the_socket() {
+    let mut bed = bed();
+    let node_cookie = bed
+        .tb
+        .in_ns(&bed.node, netns_cookie)
+        .expect("entering the node")
+        .expect("the node namespace's cookie");
+    let config = Config {
+        host_netns_cookie: node_cookie,
+        ..Config::DEFAULT
+    };
+    bed.dp.maps.put_config(config).expect("writing CONFIG");
+    let vip = addr(VIP6, UDP_PORT);
+    let ops = requests("udp", vip);
+    let outcomes = run_in_ns(&bed.pods[0], Some(&bed.cgroup), &ops);
+    assert_eq!(answered(&ops, &outcomes, vip), all_pods());
+    let left = bed.dp.maps.reason_total(Reason::SockUdpLeftToPath);
+    assert_eq!(left.expect("reading STATS"), 0);
 }
