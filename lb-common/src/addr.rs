@@ -1,6 +1,7 @@
-//! IPv4 addresses as the maps hold them: the packet's four bytes read as a
-//! native-endian u32, so the packet path compares and copies them unswapped.
-use core::net::Ipv4Addr;
+//! Addresses as the maps hold them: the packet's bytes read as native-endian
+//! u32 words (one for IPv4, four for IPv6, as a socket's `user_ip6`), so the
+//! data plane compares and copies them unswapped.
+use core::net::{Ipv4Addr, Ipv6Addr};
 
 #[inline(always)]
 pub fn to_map(addr: Ipv4Addr) -> u32 {
@@ -12,6 +13,23 @@ pub fn from_map(addr: u32) -> Ipv4Addr {
     Ipv4Addr::from(addr.to_ne_bytes())
 }
 
+#[inline(always)]
+pub fn to_map_v6(addr: Ipv6Addr) -> [u32; 4] {
+    let o = addr.octets();
+    core::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
+}
+
+#[inline(always)]
+pub fn from_map_v6(addr: [u32; 4]) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (chunk, word) in o.chunks_exact_mut(4).zip(addr) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -21,5 +39,8 @@ mod tests {
         let a = Ipv4Addr::new(10, 96, 0, 1);
         assert_eq!(to_map(a).to_ne_bytes(), [10, 96, 0, 1]);
         assert_eq!(from_map(to_map(a)), a);
+        let a6: Ipv6Addr = "fd00:96::1".parse().unwrap();
+        assert_eq!(to_map_v6(a6)[0].to_ne_bytes(), [0xfd, 0, 0, 0x96]);
+        assert_eq!(from_map_v6(to_map_v6(a6)), a6);
     }
 }

@@ -2,9 +2,11 @@
 //! of rules for the packet path, the socket hooks and `xdplb explain`, each
 //! reading (and, for the data plane, refreshing) the maps through its own
 //! `View`. The packet path only adds what needs the packet (sending a
-//! reject, source NAT, connection tracking).
+//! reject, source NAT, connection tracking). A view reads one address
+//! family's maps: IPv4's for all three, IPv6's for the socket hooks.
 use crate::{
-    AffinityValue, BackendV4, FrontendKeyV4, FrontendValue, Reason, FE_DROP_EMPTY, FE_SOURCE_RANGES,
+    AffinityValue, BackendV4, BackendV6, FrontendKeyV4, FrontendKeyV6, FrontendValue, Reason,
+    FE_DROP_EMPTY, FE_SOURCE_RANGES,
 };
 
 /// Who a ClientIP affinity entry belongs to: a packet's source address, or
@@ -15,31 +17,76 @@ pub enum Client {
     Netns(u64),
 }
 
+/// A frontend key of one address family.
+pub trait Key {
+    /// `Default`: the unspecified address, a socket's source before it has one.
+    type Addr: Copy + Default;
+    fn addr(&self) -> Self::Addr;
+}
+
+impl Key for FrontendKeyV4 {
+    type Addr = u32;
+    #[inline(always)]
+    fn addr(&self) -> u32 {
+        self.addr
+    }
+}
+
+impl Key for FrontendKeyV6 {
+    type Addr = [u32; 4];
+    #[inline(always)]
+    fn addr(&self) -> [u32; 4] {
+        self.addr
+    }
+}
+
+/// A backend of one address family.
+pub trait Backend: Copy {
+    /// Whether the entry names a backend: a removed one's id reads as
+    /// zeroes or nothing.
+    fn is_live(&self) -> bool;
+}
+
+impl Backend for BackendV4 {
+    #[inline(always)]
+    fn is_live(&self) -> bool {
+        self.addr != 0
+    }
+}
+
+impl Backend for BackendV6 {
+    #[inline(always)]
+    fn is_live(&self) -> bool {
+        self.addr != [0; 4]
+    }
+}
+
 /// The maps a decision reads.
 pub trait View {
     /// Where an affinity entry was found, so using it needs no second
     /// lookup (the data plane's pointer into the map; nothing for a
     /// read-only view).
     type Entry;
-    fn frontend(&self, key: &FrontendKeyV4) -> Option<FrontendValue>;
+    type Key: Key;
+    type Backend: Backend;
+    fn frontend(&self, key: &Self::Key) -> Option<FrontendValue>;
     /// Whether `addr` is a Service address whose unknown ports are refused.
-    fn is_frontend_addr(&self, addr: u32) -> bool;
+    fn is_frontend_addr(&self, addr: <Self::Key as Key>::Addr) -> bool;
     /// Whether `src` is in the loadBalancerSourceRanges of `svc_id`.
-    fn in_source_ranges(&self, svc_id: u32, src: u32) -> bool;
-    fn affinity(&self, fe: &FrontendKeyV4, client: &Client)
-        -> Option<(AffinityValue, Self::Entry)>;
+    fn in_source_ranges(&self, svc_id: u32, src: <Self::Key as Key>::Addr) -> bool;
+    fn affinity(&self, fe: &Self::Key, client: &Client) -> Option<(AffinityValue, Self::Entry)>;
     /// The backend id in slot `index` of the ring array.
     fn slot(&self, index: u32) -> Option<u32>;
-    fn backend(&self, id: u32) -> Option<BackendV4>;
+    fn backend(&self, id: u32) -> Option<Self::Backend>;
     /// A live affinity entry was used at `now` (the data plane refreshes
     /// it; a read-only view does nothing).
     fn affinity_used(&self, entry: Self::Entry, now: u64);
     /// A new affinity entry (the data plane writes it).
-    fn affinity_chosen(&self, fe: &FrontendKeyV4, client: &Client, value: &AffinityValue);
+    fn affinity_chosen(&self, fe: &Self::Key, client: &Client, value: &AffinityValue);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
+pub enum Decision<B = BackendV4> {
     /// No frontend: the packet or socket is left alone.
     NotOurs,
     /// Rejected or dropped, as `reason` says.
@@ -47,7 +94,7 @@ pub enum Decision {
     Backend {
         fe: FrontendValue,
         id: u32,
-        backend: BackendV4,
+        backend: B,
         by: By,
     },
 }
@@ -62,8 +109,8 @@ pub enum By {
 
 /// A backend id that names a backend.
 #[inline(always)]
-fn live_backend<V: View>(v: &V, id: u32) -> Option<BackendV4> {
-    v.backend(id).filter(|b| b.addr != 0)
+fn live_backend<V: View>(v: &V, id: u32) -> Option<V::Backend> {
+    v.backend(id).filter(Backend::is_live)
 }
 
 /// Whether an affinity entry last used at `seen` still holds at `now`.
@@ -80,11 +127,11 @@ pub fn affinity_live(seen: u64, now: u64, timeout_s: u32) -> bool {
 pub fn pick<V: View>(
     v: &V,
     fe: &FrontendValue,
-    fe_key: &FrontendKeyV4,
+    fe_key: &V::Key,
     client: &Client,
     now: u64,
     hash: impl FnOnce() -> u32,
-) -> Option<(u32, BackendV4, By)> {
+) -> Option<(u32, V::Backend, By)> {
     if fe.ring_size == 0 {
         return None;
     }
@@ -129,15 +176,15 @@ pub fn no_backend(fe: &FrontendValue) -> Reason {
 #[inline(always)]
 pub fn new_flow<V: View>(
     v: &V,
-    fe_key: &FrontendKeyV4,
-    src: u32,
+    fe_key: &V::Key,
+    src: <V::Key as Key>::Addr,
     in_cluster: bool,
     client: &Client,
     now: u64,
     hash: impl FnOnce() -> u32,
-) -> Decision {
+) -> Decision<V::Backend> {
     let Some(fe) = v.frontend(fe_key) else {
-        return if v.is_frontend_addr(fe_key.addr) {
+        return if v.is_frontend_addr(fe_key.addr()) {
             Decision::Refused(Reason::RejectUnknownPort)
         } else {
             Decision::NotOurs

@@ -30,6 +30,10 @@ pub mod names {
         FRAGS_V4,
         SOCK_REVNAT_V4,
         SOCK_AFFINITY_V4,
+        FRONTENDS_V6,
+        BACKENDS_V6,
+        SOCK_REVNAT_V6,
+        SOCK_AFFINITY_V6,
         MONITOR,
         MONITOR_ON,
         ANNOUNCE_V4,
@@ -64,6 +68,11 @@ pub const MAX_FRAGS: u32 = 1 << 14;
 /// Entries of `ANNOUNCE_V4` ((LoadBalancer address, external interface)
 /// pairs this node answers ARP for) and of `LB_ADDRS_V4` (pool addresses).
 pub const MAX_ANNOUNCE: u32 = 1 << 14;
+/// IPv6 ClusterIP ports (one a dual-stack Service port); smaller than the
+/// IPv4 ones while IPv6 serves ClusterIPs only.
+pub const MAX_FRONTENDS_V6: u32 = 1 << 16;
+/// IPv6 endpoints, keyed by backend id (one id space with `BACKENDS_V4`).
+pub const MAX_BACKENDS_V6: u32 = 1 << 16;
 
 /// Bumped whenever a layout in this crate changes; pinned maps live under
 /// `<pin-path>/v<LAYOUT_VERSION>` so an upgrade never reads foreign bytes.
@@ -95,7 +104,18 @@ pub struct FrontendKeyV4 {
     pub _pad: u8,
 }
 
-/// Value of `FRONTENDS_V4`. The whole value is replaced by one hash-map
+/// Key of `FRONTENDS_V6`: an IPv6 ClusterIP port. The address as the
+/// socket hooks read it (`user_ip6`: four words in network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendKeyV6 {
+    pub addr: [u32; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `FRONTENDS_V4` and `FRONTENDS_V6`. The whole value is replaced by one hash-map
 /// update, which the kernel publishes atomically (a new element swapped in
 /// under RCU), so a packet sees either the old ring or the new one, never a
 /// mix. That is why ring position lives here and not in an array.
@@ -135,6 +155,16 @@ pub const BE_LOCAL: u16 = 1;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BackendV4 {
     pub addr: u32,
+    pub port: u16,
+    pub flags: u16,
+}
+
+/// Value of `BACKENDS_V6`, keyed by backend id: the ring of an IPv6
+/// frontend holds ids of these only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendV6 {
+    pub addr: [u32; 4],
     pub port: u16,
     pub flags: u16,
 }
@@ -536,6 +566,8 @@ const _: () = {
     assert!(core::mem::size_of::<FragKeyV4>() == 12);
     assert!(core::mem::size_of::<FragValueV4>() == 8);
     assert!(core::mem::size_of::<BackendV4>() == 8);
+    assert!(core::mem::size_of::<FrontendKeyV6>() == 20);
+    assert!(core::mem::size_of::<BackendV6>() == 20);
     assert!(core::mem::size_of::<CtKeyV4>() == 16);
     assert!(core::mem::size_of::<CtValueV4>() == 56);
     assert!(core::mem::size_of::<FlowCacheEntryV4>() == 80);
@@ -555,6 +587,8 @@ mod pod {
     unsafe impl aya::Pod for FrontendKeyV4 {}
     unsafe impl aya::Pod for FrontendValue {}
     unsafe impl aya::Pod for BackendV4 {}
+    unsafe impl aya::Pod for FrontendKeyV6 {}
+    unsafe impl aya::Pod for BackendV6 {}
     unsafe impl aya::Pod for CtKeyV4 {}
     unsafe impl aya::Pod for CtValueV4 {}
     unsafe impl aya::Pod for FlowCacheEntryV4 {}

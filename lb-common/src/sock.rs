@@ -1,8 +1,9 @@
 //! Layouts and the hash of socket-level translation: the cgroup `connect4`
-//! and `sendmsg4` programs point sockets of the node's own processes (whose
-//! packets XDP never sees) at a backend before the kernel routes anything;
-//! `recvmsg4` gives UDP replies back the frontend as their source and
-//! `getpeername4` gives it back as a connected socket's peer.
+//! and `sendmsg4` programs (`connect6` and `sendmsg6` for IPv6 ClusterIPs)
+//! point sockets of the node's own processes (whose packets XDP never sees)
+//! at a backend before the kernel routes anything; `recvmsg4`/`recvmsg6`
+//! give UDP replies back the frontend as their source and
+//! `getpeername4`/`getpeername6` give it back as a connected socket's peer.
 
 use crate::flow::{flow_hash_v4, fmix};
 
@@ -50,6 +51,34 @@ pub struct SockRevNatValueV4 {
     pub _pad: u16,
 }
 
+/// Key of `SOCK_AFFINITY_V6`: as `SockAffinityKeyV4`, for an IPv6 frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockAffinityKeyV6 {
+    pub frontend: crate::FrontendKeyV6,
+    pub _pad: u32,
+    pub netns_cookie: u64,
+}
+
+/// Key of `SOCK_REVNAT_V6`: as `SockRevNatKeyV4`, for an IPv6 backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockRevNatKeyV6 {
+    pub cookie: u64,
+    pub backend_addr: [u32; 4],
+    pub backend_port: u16,
+    pub _pad: [u16; 3],
+}
+
+/// Value of `SOCK_REVNAT_V6`: the IPv6 frontend the socket addressed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRevNatValueV6 {
+    pub frontend_addr: [u32; 4],
+    pub frontend_port: u16,
+    pub _pad: u16,
+}
+
 /// Maglev hash of a socket towards a frontend. A connect has no source port
 /// yet, so the socket cookie stands in for the client's half of the tuple
 /// rather than a random number: one socket keeps one backend per frontend,
@@ -61,7 +90,18 @@ pub const fn socket_hash_v4(cookie: u64, dst: u32, dport: u16, proto: u8) -> u32
     fmix(flow_hash_v4(cookie as u32, dst, 0, dport, proto) ^ (cookie >> 32) as u32)
 }
 
+/// `socket_hash_v4` towards an IPv6 frontend, its address folded to one
+/// word: a socket's backend only has to stay put and spread, and one
+/// ClusterIP's four words differ from another's in few bits either way.
+#[inline(always)]
+pub const fn socket_hash_v6(cookie: u64, dst: [u32; 4], dport: u16, proto: u8) -> u32 {
+    socket_hash_v4(cookie, dst[0] ^ dst[1] ^ dst[2] ^ dst[3], dport, proto)
+}
+
 const _: () = {
+    assert!(core::mem::size_of::<SockRevNatKeyV6>() == 32);
+    assert!(core::mem::size_of::<SockAffinityKeyV6>() == 32);
+    assert!(core::mem::size_of::<SockRevNatValueV6>() == 20);
     assert!(core::mem::size_of::<SockRevNatKeyV4>() == 16);
     assert!(core::mem::size_of::<SockAffinityKeyV4>() == 16);
     assert!(core::mem::size_of::<SockRevNatValueV4>() == 8);
@@ -74,11 +114,14 @@ mod pod {
     unsafe impl aya::Pod for SockRevNatKeyV4 {}
     unsafe impl aya::Pod for SockAffinityKeyV4 {}
     unsafe impl aya::Pod for SockRevNatValueV4 {}
+    unsafe impl aya::Pod for SockRevNatKeyV6 {}
+    unsafe impl aya::Pod for SockAffinityKeyV6 {}
+    unsafe impl aya::Pod for SockRevNatValueV6 {}
 }
 
 #[cfg(test)]
 mod tests {
-    use super::socket_hash_v4;
+    use super::{socket_hash_v4, socket_hash_v6};
 
     #[test]
     fn spreads_sequential_cookies_evenly() {
@@ -97,5 +140,17 @@ mod tests {
         assert_ne!(a, socket_hash_v4(1 | 1 << 40, 2, 3, 6));
         assert_ne!(a, socket_hash_v4(1, 3, 3, 6));
         assert_ne!(a, socket_hash_v4(1, 2, 3, 17));
+    }
+
+    #[test]
+    fn every_word_of_an_ipv6_frontend_matters() {
+        let vip = [0xfd00_0000, 0, 0, 0x4000_0000];
+        let a = socket_hash_v6(1, vip, 80, 6);
+        for word in 0..4 {
+            let mut other = vip;
+            other[word] ^= 1;
+            assert_ne!(a, socket_hash_v6(1, other, 80, 6));
+        }
+        assert_ne!(a, socket_hash_v6(2, vip, 80, 6));
     }
 }

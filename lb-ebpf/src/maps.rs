@@ -7,7 +7,7 @@
 //! section. The program only reads the global (volatile, in `service`), the
 //! agent only writes it.
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
@@ -104,6 +104,44 @@ pub static SOCK_REVNAT_V4: LruHashMap<
 #[btf_map]
 pub static SOCK_AFFINITY_V4: LruHashMap<
     lb_common::sock::SockAffinityKeyV4,
+    AffinityValue,
+    { lb_common::sock::MAX_SOCK_AFFINITY as usize },
+> = LruHashMap::new();
+
+/// IPv6 ClusterIP ports to their ring, for the socket hooks. Not
+/// preallocated: only the agent writes it, and a node without IPv6
+/// Services pays no memory for it.
+#[btf_map]
+pub static FRONTENDS_V6: HashMap<
+    FrontendKeyV6,
+    FrontendValue,
+    { MAX_FRONTENDS_V6 as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
+
+/// IPv6 backends by id, from the id space of `BACKENDS_V4`: a hash map, so
+/// the ids IPv4 backends hold cost it nothing; not preallocated, as
+/// `FRONTENDS_V6`.
+#[btf_map]
+pub static BACKENDS_V6: HashMap<
+    u32,
+    BackendV6,
+    { MAX_BACKENDS_V6 as usize },
+    { BPF_F_NO_PREALLOC as usize },
+> = HashMap::new();
+
+/// As `SOCK_REVNAT_V4`, for sockets sent to an IPv6 backend.
+#[btf_map]
+pub static SOCK_REVNAT_V6: LruHashMap<
+    lb_common::sock::SockRevNatKeyV6,
+    lb_common::sock::SockRevNatValueV6,
+    { lb_common::sock::MAX_SOCK_REVNAT as usize },
+> = LruHashMap::new();
+
+/// As `SOCK_AFFINITY_V4`, for IPv6 frontends.
+#[btf_map]
+pub static SOCK_AFFINITY_V6: LruHashMap<
+    lb_common::sock::SockAffinityKeyV6,
     AffinityValue,
     { lb_common::sock::MAX_SOCK_AFFINITY as usize },
 > = LruHashMap::new();

@@ -1,21 +1,24 @@
-//! The data plane's view of the maps for `lb_common::decide`, the rules for
+//! The data plane's views of the maps for `lb_common::decide`, the rules for
 //! new flows that the packet path, the socket hooks (`sock.rs`) and
-//! `xdplb explain` share.
+//! `xdplb explain` share: `Maps` for IPv4, `MapsV6` for the socket hooks'
+//! IPv6 ClusterIPs.
 //!
-//! Unsafe in this module: frontend and affinity values copied whole through
+//! Unsafe in this module: frontend, IPv6 backend and affinity values copied whole through
 //! their map pointers, so a flow sees one version of each while the agent
 //! or another CPU may replace it, and the write of an affinity entry's
 //! `last_seen_ns` through its pointer, valid until the program returns.
 use aya_ebpf::maps::lpm_trie::Key;
 use lb_common::{
     decide::{Client, View},
-    sock::SockAffinityKeyV4,
-    AffinityKeyV4, AffinityValue, BackendV4, FrontendKeyV4, FrontendValue, SourceRangeKeyV4,
+    sock::{SockAffinityKeyV4, SockAffinityKeyV6},
+    AffinityKeyV4, AffinityValue, BackendV4, BackendV6, FrontendKeyV4, FrontendKeyV6,
+    FrontendValue, SourceRangeKeyV4,
 };
 
 use crate::{
     maps::{
-        AFFINITY_V4, BACKENDS_V4, FRONTENDS_V4, MAGLEV_SLOTS, SOCK_AFFINITY_V4, SOURCE_RANGES_V4,
+        AFFINITY_V4, BACKENDS_V4, BACKENDS_V6, FRONTENDS_V4, FRONTENDS_V6, MAGLEV_SLOTS,
+        SOCK_AFFINITY_V4, SOCK_AFFINITY_V6, SOURCE_RANGES_V4,
     },
     service::is_frontend_addr,
 };
@@ -24,6 +27,8 @@ pub struct Maps;
 
 impl View for Maps {
     type Entry = *mut AffinityValue;
+    type Key = FrontendKeyV4;
+    type Backend = BackendV4;
 
     #[inline(always)]
     fn frontend(&self, key: &FrontendKeyV4) -> Option<FrontendValue> {
@@ -101,5 +106,82 @@ impl View for Maps {
                 0,
             ),
         };
+    }
+}
+
+pub struct MapsV6;
+
+impl View for MapsV6 {
+    type Entry = *mut AffinityValue;
+    type Key = FrontendKeyV6;
+    type Backend = BackendV6;
+
+    #[inline(always)]
+    fn frontend(&self, key: &FrontendKeyV6) -> Option<FrontendValue> {
+        // One copy, as for IPv4.
+        FRONTENDS_V6.get_ptr(*key).map(|fe| unsafe { *fe })
+    }
+
+    /// No IPv6 address map yet: a port an IPv6 ClusterIP does not serve is
+    /// left to the kernel, where it reaches nobody, rather than refused.
+    #[inline(always)]
+    fn is_frontend_addr(&self, _addr: [u32; 4]) -> bool {
+        false
+    }
+
+    /// Never asked: the socket hooks' clients are in-cluster.
+    #[inline(always)]
+    fn in_source_ranges(&self, _svc_id: u32, _src: [u32; 4]) -> bool {
+        false
+    }
+
+    /// Only sockets decide IPv6 flows, so only namespaces have entries.
+    #[inline(always)]
+    fn affinity(
+        &self,
+        fe: &FrontendKeyV6,
+        client: &Client,
+    ) -> Option<(AffinityValue, *mut AffinityValue)> {
+        let Client::Netns(netns_cookie) = *client else {
+            return None;
+        };
+        SOCK_AFFINITY_V6
+            .get_ptr_mut(SockAffinityKeyV6 {
+                frontend: *fe,
+                _pad: 0,
+                netns_cookie,
+            })
+            .map(|a| (unsafe { *a }, a))
+    }
+
+    #[inline(always)]
+    fn slot(&self, index: u32) -> Option<u32> {
+        MAGLEV_SLOTS.get(index).copied()
+    }
+
+    #[inline(always)]
+    fn backend(&self, id: u32) -> Option<BackendV6> {
+        BACKENDS_V6.get_ptr(id).map(|b| unsafe { *b })
+    }
+
+    #[inline(always)]
+    fn affinity_used(&self, entry: *mut AffinityValue, now: u64) {
+        unsafe { (*entry).last_seen_ns = now };
+    }
+
+    #[inline(always)]
+    fn affinity_chosen(&self, fe: &FrontendKeyV6, client: &Client, value: &AffinityValue) {
+        if let Client::Netns(netns_cookie) = *client {
+            // Losing this write only costs the namespace its stickiness.
+            let _ = SOCK_AFFINITY_V6.insert(
+                SockAffinityKeyV6 {
+                    frontend: *fe,
+                    _pad: 0,
+                    netns_cookie,
+                },
+                *value,
+                0,
+            );
+        }
     }
 }

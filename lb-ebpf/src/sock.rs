@@ -12,7 +12,15 @@
 //! connected socket, which under kube-proxy's NAT also reads as the
 //! frontend.
 //!
-//! UDP sockets of pods are left to the per-packet path (see `to_backend`).
+//! `connect6`, `sendmsg6`, `recvmsg6` and `getpeername6` do the same for
+//! IPv6 ClusterIPs (`FRONTENDS_V6`, `BACKENDS_V6`, `SOCK_REVNAT_V6`), with
+//! the same decision. An IPv4-mapped address (`::ffff:a.b.c.d`, what a
+//! dual-stack socket gives for an IPv4 peer) is the IPv4 frontend's: it is
+//! decided on the IPv4 maps and answered as mapped, since the IPv4 hooks
+//! never see such a socket.
+//!
+//! UDP sockets of pods are left to the per-packet path (see `choose`),
+//! except IPv6 ones, which have no per-packet path yet.
 //!
 //! A frontend without backends fails the call at once. A denying program
 //! alone makes that EPERM, which no client expects from a network call, so
@@ -25,26 +33,36 @@
 //! accesses to the `bpf_sock_addr` fields the verifier lets cgroup
 //! `sock_addr` programs read and write, each one whole-word volatile access
 //! because the verifier rewrites every context access and refuses narrower
-//! ones; and copies of `SOCK_REVNAT_V4` values, valid until the program
-//! returns.
+//! ones; and copies of `SOCK_REVNAT_V4` and `SOCK_REVNAT_V6` values, valid
+//! until the program returns.
+//!
+//! `xdplb monitor` events carry IPv4 addresses: IPv6 decisions are counted
+//! in `STATS` but make no event yet.
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
+    bindings::bpf_sock_addr,
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext,
 };
 use lb_common::{
-    decide::{self, Client, Decision},
-    sock::{socket_hash_v4, SockRevNatKeyV4, SockRevNatValueV4},
-    BackendV4, FrontendKeyV4, Reason, PROTO_TCP, PROTO_UDP,
+    decide::{self, Client, Decision, View},
+    sock::{
+        socket_hash_v4, socket_hash_v6, SockRevNatKeyV4, SockRevNatKeyV6, SockRevNatValueV4,
+        SockRevNatValueV6,
+    },
+    BackendV4, BackendV6, FrontendKeyV4, FrontendKeyV6, FrontendValue, Reason, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::{
     conntrack,
-    maps::{FRONTENDS_V4, SOCK_REVNAT_V4},
-    monitor, select, stats,
+    maps::{SOCK_REVNAT_V4, SOCK_REVNAT_V6},
+    monitor,
+    select::{Maps, MapsV6},
+    stats,
 };
 
 /// Verdicts of a cgroup sock_addr program.
@@ -52,8 +70,12 @@ const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 const ECONNREFUSED: i32 = 111;
 const EHOSTUNREACH: i32 = 113;
+
+/// The first three words of an IPv4-mapped IPv6 address, in network order.
+const V4_MAPPED: [u32; 3] = [0, 0, u32::from_be(0xffff)];
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
@@ -79,75 +101,240 @@ pub fn getpeername4(ctx: SockAddrContext) -> i32 {
     ALLOW
 }
 
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    to_backend6(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    to_backend6(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    from_backend6(&ctx);
+    // As for recvmsg4.
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    from_backend6(&ctx);
+    // As for recvmsg4.
+    ALLOW
+}
+
+/// What the hooks need of one family's maps beyond the decision.
+trait Family: View {
+    /// Whether the family has a per-packet path that pods' UDP is left to.
+    const PER_PACKET_PATH: bool;
+    fn hash(cookie: u64, key: &Self::Key) -> u32;
+    /// The `xdplb monitor` event of a decision on `key`.
+    fn event(key: &Self::Key, to: Option<(u32, &Self::Backend)>);
+}
+
+impl Family for Maps {
+    const PER_PACKET_PATH: bool = true;
+    #[inline(always)]
+    fn hash(cookie: u64, key: &FrontendKeyV4) -> u32 {
+        socket_hash_v4(cookie, key.addr, key.port, key.proto)
+    }
+
+    #[inline(always)]
+    fn event(key: &FrontendKeyV4, to: Option<(u32, &BackendV4)>) {
+        monitor::socket(key, to);
+    }
+}
+
+impl Family for MapsV6 {
+    /// Not yet: a pod's IPv6 UDP socket is translated here, and a connected
+    /// one keeps its backend until it reconnects, as the node's would
+    /// without the agent closing it.
+    const PER_PACKET_PATH: bool = false;
+    #[inline(always)]
+    fn hash(cookie: u64, key: &FrontendKeyV6) -> u32 {
+        socket_hash_v6(cookie, key.addr, key.port, key.proto)
+    }
+
+    /// None: events carry IPv4 addresses (see the module doc).
+    #[inline(always)]
+    fn event(_key: &FrontendKeyV6, _to: Option<(u32, &BackendV6)>) {}
+}
+
 // Context fields are read and written through volatile whole-word accesses:
 // the verifier refuses the narrower loads the compiler would pick for
 // `protocol`, and rewrites each access to the socket address it stands for.
 
+/// (family, protocol, port) of the address a socket connects or sends to.
 #[inline(always)]
-fn to_backend(ctx: &SockAddrContext) -> i32 {
-    let sa = ctx.sock_addr;
-    let (family, proto, addr, port) = unsafe {
+fn target(sa: *mut bpf_sock_addr) -> (u32, u32, u16) {
+    unsafe {
         (
             read_volatile(&raw const (*sa).user_family),
             read_volatile(&raw const (*sa).protocol),
-            read_volatile(&raw const (*sa).user_ip4),
             read_volatile(&raw const (*sa).user_port) as u16,
         )
-    };
-    if family != AF_INET || (proto != PROTO_TCP as u32 && proto != PROTO_UDP as u32) {
+    }
+}
+
+#[inline(always)]
+fn read_ip6(sa: *mut bpf_sock_addr) -> [u32; 4] {
+    unsafe {
+        [
+            read_volatile(&raw const (*sa).user_ip6[0]),
+            read_volatile(&raw const (*sa).user_ip6[1]),
+            read_volatile(&raw const (*sa).user_ip6[2]),
+            read_volatile(&raw const (*sa).user_ip6[3]),
+        ]
+    }
+}
+
+#[inline(always)]
+fn write_ip6(sa: *mut bpf_sock_addr, addr: [u32; 4], port: u16) {
+    unsafe {
+        write_volatile(&raw mut (*sa).user_ip6[0], addr[0]);
+        write_volatile(&raw mut (*sa).user_ip6[1], addr[1]);
+        write_volatile(&raw mut (*sa).user_ip6[2], addr[2]);
+        write_volatile(&raw mut (*sa).user_ip6[3], addr[3]);
+        write_volatile(&raw mut (*sa).user_port, port as u32);
+    }
+}
+
+/// The IPv4 address an IPv4-mapped IPv6 address maps.
+#[inline(always)]
+fn v4_mapped(addr: [u32; 4]) -> Option<u32> {
+    (addr[0] == V4_MAPPED[0] && addr[1] == V4_MAPPED[1] && addr[2] == V4_MAPPED[2])
+        .then_some(addr[3])
+}
+
+#[inline(always)]
+fn is_l4(proto: u32) -> bool {
+    proto == PROTO_TCP as u32 || proto == PROTO_UDP as u32
+}
+
+#[inline(always)]
+fn to_backend(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let (family, proto, port) = target(sa);
+    if family != AF_INET || !is_l4(proto) {
         return ALLOW;
     }
     let fe_key = FrontendKeyV4 {
+        addr: unsafe { read_volatile(&raw const (*sa).user_ip4) },
+        port,
+        proto: proto as u8,
+        _pad: 0,
+    };
+    match choose(ctx, &Maps, &fe_key) {
+        Ok((be, cookie)) => {
+            unsafe {
+                write_volatile(&raw mut (*sa).user_ip4, be.addr);
+                write_volatile(&raw mut (*sa).user_port, be.port as u32);
+            }
+            remember(cookie, &be, &fe_key);
+            ALLOW
+        }
+        Err(verdict) => verdict,
+    }
+}
+
+#[inline(always)]
+fn to_backend6(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    let (family, proto, port) = target(sa);
+    if family != AF_INET6 || !is_l4(proto) {
+        return ALLOW;
+    }
+    let addr = read_ip6(sa);
+    if let Some(addr) = v4_mapped(addr) {
+        let fe_key = FrontendKeyV4 {
+            addr,
+            port,
+            proto: proto as u8,
+            _pad: 0,
+        };
+        return match choose(ctx, &Maps, &fe_key) {
+            Ok((be, cookie)) => {
+                write_ip6(
+                    sa,
+                    [V4_MAPPED[0], V4_MAPPED[1], V4_MAPPED[2], be.addr],
+                    be.port,
+                );
+                remember(cookie, &be, &fe_key);
+                ALLOW
+            }
+            Err(verdict) => verdict,
+        };
+    }
+    let fe_key = FrontendKeyV6 {
         addr,
         port,
         proto: proto as u8,
         _pad: 0,
     };
+    match choose(ctx, &MapsV6, &fe_key) {
+        Ok((be, cookie)) => {
+            write_ip6(sa, be.addr, be.port);
+            remember6(cookie, &be, &fe_key);
+            ALLOW
+        }
+        Err(verdict) => verdict,
+    }
+}
+
+/// The backend for a socket towards `fe_key` and the socket's cookie, the
+/// translation counted; or the hook's verdict when the socket is not
+/// translated.
+#[inline(always)]
+fn choose<F: Family>(
+    ctx: &SockAddrContext,
+    maps: &F,
+    fe_key: &F::Key,
+) -> Result<(F::Backend, u64), i32> {
     let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    let proto = unsafe { read_volatile(&raw const (*ctx.sock_addr).protocol) };
     // A connected UDP socket would keep its backend after the backend is
     // gone, and nothing can close it in a pod's namespace from here; the
     // per-packet path re-balances the pod's next datagram instead.
     let host = conntrack::config().host_netns_cookie;
-    if proto == PROTO_UDP as u32 && host != 0 && netns != host {
-        if FRONTENDS_V4.get_ptr(fe_key).is_some() {
+    if F::PER_PACKET_PATH && proto == PROTO_UDP as u32 && host != 0 && netns != host {
+        if maps.frontend(fe_key).is_some() {
             stats::count(Reason::SockUdpLeftToPath);
         }
-        return ALLOW;
+        return Err(ALLOW);
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // Processes on the node and in pods are in-cluster clients.
     let decision = decide::new_flow(
-        &select::Maps,
-        &fe_key,
-        0,
+        maps,
+        fe_key,
+        Default::default(),
         true,
         &Client::Netns(netns),
         conntrack::now(),
-        || socket_hash_v4(cookie, addr, port, fe_key.proto),
+        || F::hash(cookie, fe_key),
     );
-    let (fe, be) = match decision {
+    let (fe, be): (FrontendValue, F::Backend) = match decision {
         Decision::Backend { fe, backend, .. } => (fe, backend),
-        Decision::NotOurs => return ALLOW,
-        Decision::Refused(Reason::DropNoLocalBackend) => return refuse(&fe_key, EHOSTUNREACH),
-        Decision::Refused(_) => return refuse(&fe_key, ECONNREFUSED),
+        Decision::NotOurs => return Err(ALLOW),
+        Decision::Refused(Reason::DropNoLocalBackend) => {
+            return Err(refuse::<F>(fe_key, EHOSTUNREACH))
+        }
+        Decision::Refused(_) => return Err(refuse::<F>(fe_key, ECONNREFUSED)),
     };
-    unsafe {
-        write_volatile(&raw mut (*sa).user_ip4, be.addr);
-        write_volatile(&raw mut (*sa).user_port, be.port as u32);
-    }
     // A connection or datagram is the socket path's packet; its size is not
     // known here.
     stats::count(Reason::SockTranslated);
-    monitor::socket(&fe_key, Some((fe.svc_id, &be)));
+    F::event(fe_key, Some((fe.svc_id, &be)));
     stats::count_service(fe.svc_id, 0);
-    remember(cookie, &be, &fe_key);
-    ALLOW
+    Ok((be, cookie))
 }
 
 #[inline(always)]
-fn refuse(fe_key: &FrontendKeyV4, errno: i32) -> i32 {
+fn refuse<F: Family>(fe_key: &F::Key, errno: i32) -> i32 {
     stats::count(Reason::SockRefused);
-    monitor::socket(fe_key, None);
+    F::event(fe_key, None);
     unsafe { bpf_set_retval(-errno) };
     DENY
 }
@@ -178,6 +365,29 @@ fn remember(cookie: u64, be: &BackendV4, fe_key: &FrontendKeyV4) {
 }
 
 #[inline(always)]
+fn remember6(cookie: u64, be: &BackendV6, fe_key: &FrontendKeyV6) {
+    let key = SockRevNatKeyV6 {
+        cookie,
+        backend_addr: be.addr,
+        backend_port: be.port,
+        _pad: [0; 3],
+    };
+    let value = SockRevNatValueV6 {
+        frontend_addr: fe_key.addr,
+        frontend_port: fe_key.port,
+        _pad: 0,
+    };
+    // As in `remember`.
+    if SOCK_REVNAT_V6
+        .get_ptr(key)
+        .is_some_and(|v| unsafe { *v } == value)
+    {
+        return;
+    }
+    let _ = SOCK_REVNAT_V6.insert(key, value, 0);
+}
+
+#[inline(always)]
 fn from_backend(ctx: &SockAddrContext) {
     let sa = ctx.sock_addr;
     let key = unsafe {
@@ -194,5 +404,40 @@ fn from_backend(ctx: &SockAddrContext) {
             write_volatile(&raw mut (*sa).user_ip4, fe.frontend_addr);
             write_volatile(&raw mut (*sa).user_port, fe.frontend_port as u32);
         }
+    }
+}
+
+#[inline(always)]
+fn from_backend6(ctx: &SockAddrContext) {
+    let sa = ctx.sock_addr;
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let addr = read_ip6(sa);
+    let port = unsafe { read_volatile(&raw const (*sa).user_port) } as u16;
+    if let Some(backend_addr) = v4_mapped(addr) {
+        let key = SockRevNatKeyV4 {
+            cookie,
+            backend_addr,
+            backend_port: port,
+            _pad: 0,
+        };
+        if let Some(fe) = SOCK_REVNAT_V4.get_ptr(key) {
+            let fe = unsafe { *fe };
+            write_ip6(
+                sa,
+                [V4_MAPPED[0], V4_MAPPED[1], V4_MAPPED[2], fe.frontend_addr],
+                fe.frontend_port,
+            );
+        }
+        return;
+    }
+    let key = SockRevNatKeyV6 {
+        cookie,
+        backend_addr: addr,
+        backend_port: port,
+        _pad: [0; 3],
+    };
+    if let Some(fe) = SOCK_REVNAT_V6.get_ptr(key) {
+        let fe = unsafe { *fe };
+        write_ip6(sa, fe.frontend_addr, fe.frontend_port);
     }
 }

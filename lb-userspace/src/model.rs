@@ -18,7 +18,8 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
 
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -123,11 +124,19 @@ pub struct ServicePort {
     pub health_check_node_port: Option<u16>,
     /// Ready endpoints on this node, what the health-check port reports.
     pub local_endpoints: usize,
+    /// The IPv6 ClusterIPs of a dual-stack or IPv6 Service, sorted; served
+    /// at the socket hooks only, so no other kind of frontend has an IPv6
+    /// counterpart yet.
+    pub frontends_v6: Vec<Frontend<Ipv6Addr>>,
+    /// The IPv6 endpoints for them, after internalTrafficPolicy. As
+    /// kube-proxy's per-family proxiers, each family's frontends use only
+    /// that family's endpoints.
+    pub cluster_backends_v6: Vec<Backend<Ipv6Addr>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Frontend {
-    pub addr: Ipv4Addr,
+pub struct Frontend<A = Ipv4Addr> {
+    pub addr: A,
     pub port: u16,
     pub kind: FrontendKind,
     /// On an address of the node (every NodePort, and an externalIP or
@@ -148,8 +157,8 @@ pub enum FrontendKind {
 
 /// Field order makes the derived `Ord` sort by (addr, port).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Backend {
-    pub addr: Ipv4Addr,
+pub struct Backend<A = Ipv4Addr> {
+    pub addr: A,
     pub port: u16,
     pub node_name: Option<String>,
     pub is_local: bool,
@@ -183,24 +192,25 @@ pub fn desired_state(
     opts: &ModelOptions,
 ) -> DesiredState {
     let mut problems = Vec::new();
-    let endpoints = endpoints::collect(slices, &node.name, &mut problems);
+    let endpoints = endpoints::collect::<Ipv4Addr>(slices, &node.name, &mut problems);
+    let endpoints_v6 = endpoints::collect::<Ipv6Addr>(slices, &node.name, &mut problems);
     let ports: Vec<_> = services
         .iter()
         .flat_map(|svc| service::ports(svc, opts, &mut problems))
         .collect();
-    // A backend at a ClusterIP would loop its packets through the Service
-    // again; the API server refuses such endpoints, manifests may not.
-    // Manifests may also give two Services one ClusterIP: the problem names
+    // The ClusterIPs no endpoint may be at (`skip_vips`). Manifests may
+    // give two Services one ClusterIP: the problem names
     // the one whose name sorts first, whatever order they came in.
-    let mut vips: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    let mut vips: BTreeMap<IpAddr, String> = BTreeMap::new();
     for (id, port) in &ports {
-        for fe in port
+        let v4 = port
             .frontends
             .iter()
             .filter(|fe| fe.kind == FrontendKind::ClusterIp)
-        {
+            .map(|fe| IpAddr::V4(fe.addr));
+        for vip in v4.chain(port.frontends_v6.iter().map(|fe| IpAddr::V6(fe.addr))) {
             let owner = format!("{}/{}", id.namespace, id.name);
-            let named = vips.entry(fe.addr).or_insert_with(|| owner.clone());
+            let named = vips.entry(vip).or_insert_with(|| owner.clone());
             if owner < *named {
                 *named = owner;
             }
@@ -217,19 +227,7 @@ pub fn desired_state(
             continue;
         }
         let mut all = endpoints.get(&id).cloned().unwrap_or_default();
-        all.retain(|c| match vips.get(&c.backend.addr) {
-            Some(owner) => {
-                problems.push(Problem {
-                    object: object.clone(),
-                    message: format!(
-                        "endpoint {} is the ClusterIP of Service {owner}; skipped for port {id}",
-                        c.backend.addr
-                    ),
-                });
-                false
-            }
-            None => true,
-        });
+        skip_vips(&mut all, &vips, &id, &mut problems);
         let cluster_wide = endpoints::cluster(&all, node);
         port.cluster_backends = if port.internal_policy_local {
             endpoints::local(&all)
@@ -245,6 +243,15 @@ pub fn desired_state(
             .iter()
             .filter(|c| c.backend.is_local && c.backend.ready)
             .count();
+        if !port.frontends_v6.is_empty() {
+            let mut all_v6 = endpoints_v6.get(&id).cloned().unwrap_or_default();
+            skip_vips(&mut all_v6, &vips, &id, &mut problems);
+            port.cluster_backends_v6 = if port.internal_policy_local {
+                endpoints::local(&all_v6)
+            } else {
+                endpoints::cluster(&all_v6, node)
+            };
+        }
         out.insert(id, port);
     }
     drop_shared_frontends(&mut out, &mut problems);
@@ -256,6 +263,30 @@ pub fn desired_state(
     }
 }
 
+/// Drops the endpoints of `id` at a ClusterIP: their packets would loop
+/// through the Service again. The API server refuses such endpoints,
+/// manifests may not.
+fn skip_vips<A: Family>(
+    all: &mut Vec<endpoints::Candidate<A>>,
+    vips: &BTreeMap<IpAddr, String>,
+    id: &ServicePortId,
+    problems: &mut Vec<Problem>,
+) {
+    all.retain(|c| match vips.get(&c.backend.addr.into()) {
+        Some(owner) => {
+            problems.push(Problem {
+                object: format!("Service {}/{}", id.namespace, id.name),
+                message: format!(
+                    "endpoint {} is the ClusterIP of Service {owner}; skipped for port {id}",
+                    c.backend.addr
+                ),
+            });
+            false
+        }
+        None => true,
+    })
+}
+
 /// The data plane keys services by (address, port, protocol), so two Service
 /// ports claiming the same frontend (say, a shared externalIP) cannot both
 /// be programmed; the first in id order keeps it so the outcome does not
@@ -264,25 +295,42 @@ fn drop_shared_frontends(
     services: &mut BTreeMap<ServicePortId, ServicePort>,
     problems: &mut Vec<Problem>,
 ) {
-    let mut owners: BTreeMap<(Ipv4Addr, u16, Proto), ServicePortId> = BTreeMap::new();
+    let mut owners: BTreeMap<(IpAddr, u16, Proto), ServicePortId> = BTreeMap::new();
     for (id, port) in services.iter_mut() {
+        let mut claim = |addr: IpAddr, fe_port: u16, kind: FrontendKind| match owners.get(&(
+            addr,
+            fe_port,
+            id.protocol,
+        )) {
+            Some(owner) => {
+                problems.push(Problem {
+                    object: format!("Service {}/{}", id.namespace, id.name),
+                    message: format!(
+                        "{}:{}/{} ({kind:?}) is already used by {owner}; dropped for port {id}",
+                        fmt_addr(addr),
+                        fe_port,
+                        id.protocol
+                    ),
+                });
+                false
+            }
+            None => {
+                owners.insert((addr, fe_port, id.protocol), id.clone());
+                true
+            }
+        };
         port.frontends
-            .retain(|fe| match owners.get(&(fe.addr, fe.port, id.protocol)) {
-                Some(owner) => {
-                    problems.push(Problem {
-                        object: format!("Service {}/{}", id.namespace, id.name),
-                        message: format!(
-                            "{}:{}/{} ({:?}) is already used by {owner}; dropped for port {id}",
-                            fe.addr, fe.port, id.protocol, fe.kind
-                        ),
-                    });
-                    false
-                }
-                None => {
-                    owners.insert((fe.addr, fe.port, id.protocol), id.clone());
-                    true
-                }
-            });
+            .retain(|fe| claim(fe.addr.into(), fe.port, fe.kind));
+        port.frontends_v6
+            .retain(|fe| claim(fe.addr.into(), fe.port, fe.kind));
+    }
+}
+
+/// An address as it is written beside a port: IPv6 in brackets.
+fn fmt_addr(addr: IpAddr) -> String {
+    match addr {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("[{a}]"),
     }
 }
 
@@ -307,13 +355,14 @@ pub fn keep_last_good(previous: &DesiredState, next: &mut DesiredState) {
     if invalid.is_empty() {
         return;
     }
-    let mut owners: BTreeMap<(Ipv4Addr, u16, Proto), ServicePortId> = next
+    let mut owners: BTreeMap<(IpAddr, u16, Proto), ServicePortId> = next
         .services
         .iter()
         .flat_map(|(id, sp)| {
-            sp.frontends
-                .iter()
-                .map(move |fe| ((fe.addr, fe.port, id.protocol), id.clone()))
+            let v4 = sp.frontends.iter().map(|fe| (fe.addr.into(), fe.port));
+            let v6 = sp.frontends_v6.iter().map(|fe| (fe.addr.into(), fe.port));
+            v4.chain(v6)
+                .map(move |(addr, port)| ((addr, port, id.protocol), id.clone()))
         })
         .collect();
     let mut problems = Vec::new();
@@ -322,15 +371,15 @@ pub fn keep_last_good(previous: &DesiredState, next: &mut DesiredState) {
             continue;
         }
         let mut sp = sp.clone();
-        sp.frontends.retain(|fe| {
-            let key = (fe.addr, fe.port, id.protocol);
+        let mut keep = |addr: IpAddr, port: u16| {
+            let key = (addr, port, id.protocol);
             match owners.get(&key) {
                 Some(owner) => {
                     problems.push(Problem {
                         object: format!("Service {}/{}", id.namespace, id.name),
                         message: format!(
                             "its last good version keeps serving, without {}:{}/{}, which {owner} now uses",
-                            fe.addr, fe.port, id.protocol
+                            fmt_addr(addr), port, id.protocol
                         ),
                     });
                     false
@@ -340,7 +389,9 @@ pub fn keep_last_good(previous: &DesiredState, next: &mut DesiredState) {
                     true
                 }
             }
-        });
+        };
+        sp.frontends.retain(|fe| keep(fe.addr.into(), fe.port));
+        sp.frontends_v6.retain(|fe| keep(fe.addr.into(), fe.port));
         next.services.insert(id.clone(), sp);
     }
     next.problems.extend(problems);
@@ -367,19 +418,46 @@ fn parse_proto(protocol: Option<&str>) -> Result<Proto, String> {
     }
 }
 
+/// An address family as Services and EndpointSlices name it.
+trait Family: Copy + Ord + fmt::Display + FromStr + Into<IpAddr> {
+    /// The EndpointSlice `addressType` of its endpoints.
+    const ADDRESS_TYPE: &'static str;
+}
+
+impl Family for Ipv4Addr {
+    const ADDRESS_TYPE: &'static str = "IPv4";
+}
+
+impl Family for Ipv6Addr {
+    const ADDRESS_TYPE: &'static str = "IPv6";
+}
+
 /// Why `addr` can be no Service's address nor endpoint, as the API server
 /// validates them: packets to it never arrive from outside, or belong to
-/// every host at once. Link-local addresses are refused for frontends only.
-fn unusable(addr: Ipv4Addr, link_local: bool) -> Option<&'static str> {
+/// every host at once; an IPv4-mapped address is the IPv4 address's own,
+/// which sockets reach as that. Link-local addresses are refused for
+/// frontends only.
+fn unusable(addr: impl Into<IpAddr>, link_local: bool) -> Option<&'static str> {
+    let addr = addr.into();
+    let (broadcast, mapped, link_local_addr) = match addr {
+        IpAddr::V4(a) => (a.is_broadcast(), false, a.is_link_local()),
+        IpAddr::V6(a) => (
+            false,
+            a.to_ipv4_mapped().is_some(),
+            a.is_unicast_link_local(),
+        ),
+    };
     if addr.is_unspecified() {
         Some("the unspecified address")
     } else if addr.is_loopback() {
         Some("a loopback address")
     } else if addr.is_multicast() {
         Some("a multicast address")
-    } else if addr.is_broadcast() {
+    } else if broadcast {
         Some("the broadcast address")
-    } else if link_local && addr.is_link_local() {
+    } else if mapped {
+        Some("an IPv4-mapped address")
+    } else if link_local && link_local_addr {
         Some("a link-local address")
     } else {
         None

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use common::{
     cgroup::Cgroup,
+    host_client::{enter, run_in_ns, Op, Outcome},
     topology::{reply, Checksums, Routes, Topology, BACKEND_TCP_PORT, BACKEND_UDP_PORT},
     Provision,
 };
@@ -28,7 +29,6 @@ use lb_userspace::{
     datapath::{attach_cgroup, Capacities, Datapath},
     sync::NodeMaps,
 };
-use testbed::netns::Ns;
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 /// A Service whose endpoints are all gone.
@@ -46,77 +46,12 @@ const AT_ONCE_MS: f64 = 500.0;
 /// This binary's cgroups and pin directories are `<prefix><pid>-<n>`.
 const DIR_PREFIX: &str = "xl-host-client-";
 
-/// One client connection or exchange; every byte is printable ASCII, as
-/// the client takes it on its command line.
-struct Op {
-    kind: &'static str,
-    dst: SocketAddrV4,
-    request: String,
-}
-
 fn op(kind: &'static str, addr: Ipv4Addr, port: u16, request: String) -> Op {
     Op {
         kind,
-        dst: SocketAddrV4::new(addr, port),
+        dst: SocketAddrV4::new(addr, port).into(),
         request,
     }
-}
-
-/// Runs each `kind dst request` of its arguments in turn and prints one
-/// line per exchange: `ok <ms> <source> <reply>` or `err <ms> <errno
-/// name>`, the source being the UDP reply's, or the TCP socket's peer as
-/// `getpeername()` names it. `udp` is a connected socket, `udpto` an
-/// unconnected one.
-const CLIENT: &str = r#"
-import errno, socket, sys, time
-
-TIMEOUT = 3.0
-
-def tcp(dst, request):
-    with socket.create_connection(dst, timeout=TIMEOUT) as s:
-        peer = s.getpeername()
-        s.sendall(request)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-        return peer, b"".join(chunks)
-
-def udp(dst, request):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(TIMEOUT)
-        s.connect(dst)
-        s.send(request)
-        answer, source = s.recvfrom(65536)
-        return source, answer
-
-def udpto(dst, request):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(TIMEOUT)
-        s.sendto(request, dst)
-        answer, source = s.recvfrom(65536)
-        return source, answer
-
-args = sys.argv[1:]
-for i in range(0, len(args), 4):
-    kind, host, port, request = args[i:i + 4]
-    start = time.monotonic()
-    try:
-        source, answer = globals()[kind]((host, int(port)), request.encode())
-        out = ["ok", "%s:%d" % source, answer.decode()]
-    except TimeoutError:
-        out = ["err", "timeout"]
-    except OSError as e:
-        out = ["err", errno.errorcode.get(e.errno, str(e))]
-    ms = "%.1f" % ((time.monotonic() - start) * 1000)
-    print("\t".join([out[0], ms] + out[1:]), flush=True)
-"#;
-
-#[derive(Debug)]
-struct Outcome {
-    ms: f64,
-    /// `(source, reply)`, the source as `CLIENT` prints it; or the errno's name.
-    result: Result<(String, String), String>,
 }
 
 /// Creates `<root>/<prefix><pid>-<n>`, first removing with `remove` those
@@ -226,76 +161,6 @@ fn run(host: &Host, in_cgroup: bool, ops: &[Op]) -> Vec<Outcome> {
 /// if given.
 fn run_in(topo: &Topology, cgroup: Option<&Cgroup>, ops: &[Op]) -> Vec<Outcome> {
     run_in_ns(&topo.node, cgroup, ops)
-}
-
-/// Runs `ops` in one client process in namespace `ns`, inside `cgroup` if
-/// given.
-fn run_in_ns(ns: &Ns, cgroup: Option<&Cgroup>, ops: &[Op]) -> Vec<Outcome> {
-    let netns_path = Path::new("/run/netns").join(ns.name());
-    let netns = File::open(&netns_path).expect("opening the node namespace");
-    let procs = cgroup.map(|cgroup| {
-        OpenOptions::new()
-            .write(true)
-            .open(cgroup.dir().join("cgroup.procs"))
-            .expect("opening cgroup.procs")
-    });
-    let mut cmd = Command::new("timeout");
-    cmd.args(["--kill-after=5", "60", "python3", "-c", CLIENT]);
-    for op in ops {
-        cmd.arg(op.kind)
-            .arg(op.dst.ip().to_string())
-            .arg(op.dst.port().to_string())
-            .arg(&op.request);
-    }
-    let (netns_fd, procs_fd) = (netns.as_raw_fd(), procs.as_ref().map(File::as_raw_fd));
-    // SAFETY: the closure makes only async-signal-safe syscalls, on
-    // descriptors this function keeps open until the child has exited.
-    unsafe { cmd.pre_exec(move || enter(netns_fd, procs_fd)) };
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .expect("running python3 (needed for the clients)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "client failed ({}): {}\n{stdout}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let outcomes: Vec<Outcome> = stdout.lines().map(parse).collect();
-    assert_eq!(outcomes.len(), ops.len(), "client output: {stdout}");
-    outcomes
-}
-
-/// In the child between fork and exec: joins the cgroup first, so every
-/// socket the client opens belongs to it, then the node namespace.
-fn enter(netns: RawFd, cgroup_procs: Option<RawFd>) -> io::Result<()> {
-    // "0" moves the writing process itself.
-    if let Some(fd) = cgroup_procs {
-        // SAFETY: plain write(2) of a static buffer.
-        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    // SAFETY: plain setns(2) on a namespace descriptor.
-    if unsafe { libc::setns(netns, libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn parse(line: &str) -> Outcome {
-    let fields: Vec<&str> = line.splitn(4, '\t').collect();
-    let ms = fields
-        .get(1)
-        .and_then(|ms| ms.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected client line {line:?}"));
-    let result = match fields[..] {
-        ["ok", _, source, answer] => Ok((source.to_string(), answer.to_string())),
-        ["err", _, errno] => Err(errno.to_string()),
-        _ => panic!("unexpected client line {line:?}"),
-    };
-    Outcome { ms, result }
 }
 
 /// Distinct per flow, several segments long for TCP, and not a repetition
@@ -539,7 +404,19 @@ fn pinned_links_outlive_the_loader_and_a_reload_replaces_them() {
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     pinned.sort();
-    assert_eq!(pinned, ["connect4", "getpeername4", "recvmsg4", "sendmsg4"]);
+    assert_eq!(
+        pinned,
+        [
+            "connect4",
+            "connect6",
+            "getpeername4",
+            "getpeername6",
+            "recvmsg4",
+            "recvmsg6",
+            "sendmsg4",
+            "sendmsg6"
+        ]
+    );
     // Unpinning detaches: no link of either start is left translating.
     fs::remove_dir_all(&links).expect("unpinning the links");
     let outcomes = run_in(&topo, Some(&cgroup), &ops);

@@ -1,6 +1,7 @@
 //! Socket-level translation for the node's own processes (hostNetwork pods,
 //! node agents), whose packets XDP never sees: the object's cgroup
-//! `connect4`, `sendmsg4`, `recvmsg4` and `getpeername4` programs. Attached to a cgroup v2
+//! `connect4`, `sendmsg4`, `recvmsg4` and `getpeername4` programs, and their
+//! `*6` counterparts for IPv6 ClusterIPs. Attached to a cgroup v2
 //! directory, they act on every process in it and below, whatever its
 //! network namespace: the machine's root cgroup serves a whole node, and
 //! each node of a one-machine testbed needs a cgroup of its own.
@@ -23,7 +24,16 @@ use aya::{
 use super::Datapath;
 
 /// The socket programs, by their names in the object.
-const PROGRAMS: [&str; 4] = ["connect4", "sendmsg4", "recvmsg4", "getpeername4"];
+const PROGRAMS: [&str; 8] = [
+    "connect4",
+    "sendmsg4",
+    "recvmsg4",
+    "getpeername4",
+    "connect6",
+    "sendmsg6",
+    "recvmsg6",
+    "getpeername6",
+];
 
 pub(super) fn load(ebpf: &mut Ebpf) -> Result<()> {
     for name in PROGRAMS {

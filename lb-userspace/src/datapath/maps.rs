@@ -7,9 +7,9 @@ use aya::{
 };
 use lb_common::{
     flow_cache_slot, names, sock::SockAffinityKeyV4, AddrInfo, AffinityKeyV4, AffinityValue,
-    AnnounceKeyV4, AnnounceValue, BackendV4, Config, CtKeyV4, CtValueV4, FlowCacheEntryV4,
-    FrontendKeyV4, FrontendValue, IfaceInfo, LbAddrInfo, Reason, SourceRangeKeyV4, SvcName,
-    SvcStats,
+    AnnounceKeyV4, AnnounceValue, BackendV4, BackendV6, Config, CtKeyV4, CtValueV4,
+    FlowCacheEntryV4, FrontendKeyV4, FrontendKeyV6, FrontendValue, IfaceInfo, LbAddrInfo, Reason,
+    SourceRangeKeyV4, SvcName, SvcStats,
 };
 
 use super::{filter::AddrFilter, slots::RingSlots};
@@ -28,6 +28,8 @@ pub struct Maps {
     addrs: HashMap<MapData, u32, AddrInfo>,
     frontends: HashMap<MapData, FrontendKeyV4, FrontendValue>,
     backends: Array<MapData, BackendV4>,
+    frontends_v6: HashMap<MapData, FrontendKeyV6, FrontendValue>,
+    backends_v6: HashMap<MapData, u32, BackendV6>,
     maglev: Array<MapData, u32>,
     ct: HashMap<MapData, CtKeyV4, CtValueV4>,
     stats: PerCpuArray<MapData, u64>,
@@ -97,6 +99,8 @@ impl Maps {
             addrs: get(names::ADDRS_V4)?.try_into()?,
             frontends: get(names::FRONTENDS_V4)?.try_into()?,
             backends: get(names::BACKENDS_V4)?.try_into()?,
+            frontends_v6: get(names::FRONTENDS_V6)?.try_into()?,
+            backends_v6: get(names::BACKENDS_V6)?.try_into()?,
             maglev: maglev.try_into()?,
             ct: get(names::CT_V4)?.try_into()?,
             stats: get(names::STATS)?.try_into()?,

@@ -15,6 +15,8 @@ pub struct MapsView<'a>(pub &'a Maps);
 
 impl View for MapsView<'_> {
     type Entry = ();
+    type Key = FrontendKeyV4;
+    type Backend = BackendV4;
 
     fn frontend(&self, key: &FrontendKeyV4) -> Option<FrontendValue> {
         self.0.frontends().get(key, 0).ok()

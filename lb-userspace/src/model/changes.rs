@@ -25,17 +25,25 @@ fn halves(sp: &ServicePort) -> (impl PartialEq + '_, impl PartialEq + '_) {
         load_balancer_source_ranges,
         health_check_node_port,
         local_endpoints,
+        frontends_v6,
+        cluster_backends_v6,
     } = sp;
     (
         (
             frontends,
+            frontends_v6,
             session_affinity_timeout_s,
             external_policy_local,
             internal_policy_local,
             load_balancer_source_ranges,
             health_check_node_port,
         ),
-        (cluster_backends, external_backends, local_endpoints),
+        (
+            cluster_backends,
+            external_backends,
+            local_endpoints,
+            cluster_backends_v6,
+        ),
     )
 }
 

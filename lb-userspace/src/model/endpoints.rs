@@ -3,44 +3,44 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
 
 use super::{
-    namespace_of, parse_port, parse_proto, Backend, NodeInfo, Problem, Proto, ServicePortId,
-    LABEL_HEADLESS, LABEL_SERVICE_NAME,
+    namespace_of, parse_port, parse_proto, Backend, Family, NodeInfo, Problem, Proto,
+    ServicePortId, LABEL_HEADLESS, LABEL_SERVICE_NAME,
 };
 
 /// An endpoint and the topology hints its slice gives it.
 #[derive(Clone, Debug)]
-pub(super) struct Candidate {
-    pub backend: Backend,
+pub(super) struct Candidate<A> {
+    pub backend: Backend<A>,
     /// `hints.forZones`: the zones whose nodes should use it.
     pub zones: Vec<String>,
     /// `hints.forNodes`: the nodes that should use it.
     pub nodes: Vec<String>,
 }
 
-/// Every endpoint of every joined slice, keyed by the Service port it
+/// Every endpoint of every joined slice of family `A`, keyed by the Service port it
 /// belongs to (the slice port's name and protocol, as kube-proxy joins
 /// them), deduplicated on (addr, port) and sorted. Conditions and hints
 /// are kept; `cluster` and `local` choose.
-pub(super) fn collect(
+pub(super) fn collect<A: Family>(
     slices: &[EndpointSlice],
     node_name: &str,
     problems: &mut Vec<Problem>,
-) -> BTreeMap<ServicePortId, Vec<Candidate>> {
+) -> BTreeMap<ServicePortId, Vec<Candidate<A>>> {
     // Sorted so that which duplicate wins does not depend on arrival order.
     let mut slices: Vec<&EndpointSlice> = slices.iter().collect();
     slices.sort_by(|a, b| {
         (namespace_of(&a.metadata), &a.metadata.name)
             .cmp(&(namespace_of(&b.metadata), &b.metadata.name))
     });
-    let mut merged: BTreeMap<ServicePortId, BTreeMap<(Ipv4Addr, u16), Candidate>> = BTreeMap::new();
+    let mut merged: BTreeMap<ServicePortId, BTreeMap<(A, u16), Candidate<A>>> = BTreeMap::new();
     for slice in slices {
-        // FQDN and IPv6 slices are not for this data plane.
-        if slice.address_type != "IPv4" {
+        // FQDN slices are not for this data plane, the other family's are
+        // the other call's.
+        if slice.address_type != A::ADDRESS_TYPE {
             continue;
         }
         let labels = slice.metadata.labels.as_ref();
@@ -66,7 +66,7 @@ pub(super) fn collect(
             ));
             continue;
         };
-        let endpoints: Vec<Candidate> = slice
+        let endpoints: Vec<Candidate<A>> = slice
             .endpoints
             .iter()
             .filter_map(|ep| endpoint(ep, node_name).map_err(&mut problem).ok())
@@ -93,7 +93,8 @@ pub(super) fn collect(
                 // The same address may sit in two slices while an endpoint
                 // moves between them; kube-proxy lets the local copy win,
                 // and a ready copy is preferred so a stale one cannot hide it.
-                let rank = |c: &Candidate| (c.backend.is_local, c.backend.ready, c.backend.serving);
+                let rank =
+                    |c: &Candidate<A>| (c.backend.is_local, c.backend.ready, c.backend.serving);
                 match set.entry((candidate.backend.addr, number)) {
                     Entry::Vacant(slot) => {
                         slot.insert(candidate);
@@ -131,15 +132,18 @@ fn slice_port(port: &EndpointPort) -> Result<Option<(String, Proto, u16)>, Strin
 }
 
 /// An endpoint with port 0; the slice's ports fill it in.
-fn endpoint(ep: &Endpoint, node_name: &str) -> Result<Candidate, String> {
+fn endpoint<A: Family>(ep: &Endpoint, node_name: &str) -> Result<Candidate<A>, String> {
     // Only the first address has defined semantics; kube-proxy ignores the rest.
     let first = ep
         .addresses
         .first()
         .ok_or_else(|| "endpoint without addresses".to_string())?;
-    let addr: Ipv4Addr = first
-        .parse()
-        .map_err(|_| format!("endpoint address {first:?} is not an IPv4 address"))?;
+    let addr: A = first.parse().map_err(|_| {
+        format!(
+            "endpoint address {first:?} is not an {} address",
+            A::ADDRESS_TYPE
+        )
+    })?;
     if let Some(why) = super::unusable(addr, false) {
         return Err(format!("endpoint address {addr} is {why}"));
     }
@@ -179,9 +183,9 @@ enum Topology {
     SameZone,
 }
 
-fn topology(endpoints: &[Candidate], node: &NodeInfo) -> Topology {
+fn topology<A>(endpoints: &[Candidate<A>], node: &NodeInfo) -> Topology {
     let ready = || endpoints.iter().filter(|c| c.backend.ready);
-    let named = |hints: fn(&Candidate) -> &Vec<String>, name: Option<&str>| {
+    let named = |hints: fn(&Candidate<A>) -> &Vec<String>, name: Option<&str>| {
         ready().all(|c| !hints(c).is_empty())
             && name.is_some_and(|n| ready().any(|c| hints(c).iter().any(|h| h == n)))
     };
@@ -196,7 +200,7 @@ fn topology(endpoints: &[Candidate], node: &NodeInfo) -> Topology {
 
 /// The endpoints for Cluster traffic policy: the ready ones the topology
 /// hints give this node (some, whenever any endpoint is ready).
-pub(super) fn cluster(endpoints: &[Candidate], node: &NodeInfo) -> Vec<Backend> {
+pub(super) fn cluster<A: Clone>(endpoints: &[Candidate<A>], node: &NodeInfo) -> Vec<Backend<A>> {
     let mode = topology(endpoints, node);
     ready_else_draining(endpoints.iter(), |c| match mode {
         Topology::Any => true,
@@ -207,18 +211,18 @@ pub(super) fn cluster(endpoints: &[Candidate], node: &NodeInfo) -> Vec<Backend> 
 
 /// The endpoints for Local traffic policy: this node's ready ones. Hints
 /// play no part.
-pub(super) fn local(endpoints: &[Candidate]) -> Vec<Backend> {
+pub(super) fn local<A: Clone>(endpoints: &[Candidate<A>]) -> Vec<Backend<A>> {
     ready_else_draining(endpoints.iter().filter(|c| c.backend.is_local), |_| true)
 }
 
 /// The ready endpoints of `set` that `wanted` keeps or, if `set` has none
 /// ready, its serving-and-terminating ones, so connections drain instead
 /// of failing.
-fn ready_else_draining<'a>(
-    set: impl Iterator<Item = &'a Candidate> + Clone,
-    wanted: impl Fn(&Candidate) -> bool,
-) -> Vec<Backend> {
-    let ready: Vec<Backend> = set
+fn ready_else_draining<'a, A: Clone + 'a>(
+    set: impl Iterator<Item = &'a Candidate<A>> + Clone,
+    wanted: impl Fn(&Candidate<A>) -> bool,
+) -> Vec<Backend<A>> {
+    let ready: Vec<Backend<A>> = set
         .clone()
         .filter(|c| c.backend.ready && wanted(c))
         .map(|c| c.backend.clone())

@@ -89,8 +89,9 @@ const TYPES: Pool<Option<&str>> = Pool {
     bad: &[Some(""), Some("clusterIP"), Some("Headless")],
 };
 
-/// A Service's addresses. IPv6 is valid, and ignored by this IPv4 data
-/// plane. For cluster IPs "" means none and "None" headless.
+/// A Service's addresses. IPv6 is valid (an IPv4-mapped address is not, as
+/// the API server refuses it). For cluster IPs "" means none and "None"
+/// headless.
 const SERVICE_ADDRS: Pool<&str> = Pool {
     good: &[
         "10.96.0.1",
@@ -99,9 +100,9 @@ const SERVICE_ADDRS: Pool<&str> = Pool {
         "192.168.1.10",
         "10.244.1.1",
         "fd00::1",
-        "::ffff:10.96.0.1",
     ],
     bad: &[
+        "::ffff:10.96.0.1",
         "0.0.0.0",
         "127.0.0.1",
         "224.0.0.1",

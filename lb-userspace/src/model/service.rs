@@ -1,7 +1,7 @@
 //! One Service into its ServicePorts, frontends and policies; backends are
 //! filled in by the caller.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use k8s_openapi::api::core::v1::{Service, ServicePort as K8sServicePort, ServiceSpec};
 
@@ -26,6 +26,7 @@ enum Type {
 struct Common {
     kind: Type,
     cluster_ips: Vec<Ipv4Addr>,
+    cluster_ips_v6: Vec<Ipv6Addr>,
     external_ips: Vec<Ipv4Addr>,
     ingress_ips: Vec<Ipv4Addr>,
     template: ServicePort,
@@ -121,10 +122,14 @@ fn common(svc: &Service, spec: &ServiceSpec) -> Result<Option<Common>, String> {
     }
     // Unlike kube-proxy, a Service without a cluster IP is kept: manifests
     // written by hand have none, and their NodePorts should still work.
-    let cluster_ips = parse_ips(
-        "spec.clusterIPs",
-        cluster_ips.into_iter().filter(|ip| !ip.is_empty()),
-    )?;
+    // The family of each comes from the address itself; `ipFamilies`
+    // only repeats it in the same order.
+    let cluster_ips: Vec<&str> = cluster_ips
+        .into_iter()
+        .filter(|ip| !ip.is_empty())
+        .collect();
+    let cluster_ips_v6 = parse_ips_v6(&cluster_ips);
+    let cluster_ips = parse_ips("spec.clusterIPs", cluster_ips.into_iter())?;
     let external_ips = parse_ips(
         "spec.externalIPs",
         spec.external_ips.iter().flatten().map(String::as_str),
@@ -181,6 +186,7 @@ fn common(svc: &Service, spec: &ServiceSpec) -> Result<Option<Common>, String> {
     Ok(Some(Common {
         kind,
         cluster_ips,
+        cluster_ips_v6,
         external_ips,
         ingress_ips,
         template,
@@ -227,13 +233,24 @@ fn service_port(
         protocol,
         ServicePort {
             frontends,
+            frontends_v6: common
+                .cluster_ips_v6
+                .iter()
+                .map(|&addr| Frontend {
+                    addr,
+                    port: number,
+                    kind: FrontendKind::ClusterIp,
+                    on_node: false,
+                })
+                .collect(),
             ..common.template.clone()
         },
     ))
 }
 
-/// IPv6 addresses are dropped without complaint: dual-stack Services are
-/// valid, this data plane just only serves IPv4 for now.
+/// The IPv4 addresses among `ips`, or the first that is not valid. Valid
+/// IPv6 ones are left out: only ClusterIPs have an IPv6 data plane so far
+/// (`parse_ips_v6`); other IPv6 frontends are valid but not served yet.
 fn parse_ips<'a>(what: &str, ips: impl Iterator<Item = &'a str>) -> Result<Vec<Ipv4Addr>, String> {
     let mut out = Vec::new();
     for ip in ips {
@@ -242,11 +259,24 @@ fn parse_ips<'a>(what: &str, ips: impl Iterator<Item = &'a str>) -> Result<Vec<I
                 Some(why) => return Err(format!("{what}: {v4} is {why}")),
                 None => out.push(v4),
             },
-            Ok(IpAddr::V6(_)) => {}
+            Ok(IpAddr::V6(v6)) => {
+                if let Some(why) = unusable(v6, true) {
+                    return Err(format!("{what}: {v6} is {why}"));
+                }
+            }
             Err(_) => return Err(format!("{what}: invalid IP {ip:?}")),
         }
     }
     Ok(out)
+}
+
+/// The IPv6 addresses among `ips`, sorted, once `parse_ips` found them
+/// all valid.
+fn parse_ips_v6(ips: &[&str]) -> Vec<Ipv6Addr> {
+    let mut out: Vec<Ipv6Addr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn policy_is_local(what: &str, policy: Option<&str>) -> Result<bool, String> {

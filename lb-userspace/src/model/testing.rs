@@ -13,8 +13,13 @@ pub fn id(name: &str) -> ServicePortId {
 }
 
 pub fn backend(last: u8) -> Backend {
+    backend_at(Ipv4Addr::new(10, 244, 0, last))
+}
+
+/// A ready endpoint at `addr`, port 8080, of either family.
+pub fn backend_at<A>(addr: A) -> Backend<A> {
     Backend {
-        addr: Ipv4Addr::new(10, 244, 0, last),
+        addr,
         port: 8080,
         node_name: None,
         is_local: false,

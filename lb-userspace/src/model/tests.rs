@@ -11,6 +11,7 @@ const TOPOLOGY: &str = include_str!("../../tests/fixtures/model/topology.yaml");
 const INVALID: &str = include_str!("../../tests/fixtures/model/invalid.yaml");
 const COUNTER_CLUSTER: &str = include_str!("../../tests/fixtures/model/counter-cluster.yaml");
 const COUNTER_SLICES: &str = include_str!("../../tests/fixtures/model/counter-slices.yaml");
+const DUAL_STACK: &str = include_str!("../../tests/fixtures/model/dual-stack.yaml");
 const SEEDS: [&str; 4] = [
     include_str!("../../../deploy/examples/counter-app.yml"),
     include_str!("../../../deploy/examples/counter-lb.yml"),
@@ -55,8 +56,8 @@ fn run(texts: &[&str], node: &str, proxy_name: Option<&str>) -> DesiredState {
     desired_state(&objects.services, &objects.slices, &node, &opts(proxy_name))
 }
 
-fn backends(list: &[Backend]) -> String {
-    let one = |b: &Backend| {
+fn backends<A: fmt::Display>(list: &[Backend<A>]) -> String {
+    let one = |b: &Backend<A>| {
         let mut s = format!("{}:{}", b.addr, b.port);
         for (flag, on) in [
             ("local", b.is_local),
@@ -92,7 +93,14 @@ fn field(sp: &ServicePort, name: &str) -> String {
             })
             .collect::<Vec<_>>()
             .join(", "),
+        "v6 frontends" => sp
+            .frontends_v6
+            .iter()
+            .map(|f| format!("[{}]:{} {:?}", f.addr, f.port, f.kind))
+            .collect::<Vec<_>>()
+            .join(", "),
         "cluster" => backends(&sp.cluster_backends),
+        "v6 cluster" => backends(&sp.cluster_backends_v6),
         "external" => backends(&sp.external_backends),
         "affinity" => format!("{:?}", sp.session_affinity_timeout_s),
         "policy" => format!(
@@ -140,8 +148,9 @@ const fn case(
 
 const CASES: &[Case] = &[
     // Frontends.
-    case("cluster IP, IPv6 cluster IP and externalIP dropped, externalIP kept", &[FRONTENDS], "default/web:http/TCP", &[
+    case("cluster IP and externalIP; IPv6 cluster IP apart, IPv6 externalIP dropped", &[FRONTENDS], "default/web:http/TCP", &[
         ("frontends", "10.96.0.10:80 ClusterIp, 203.0.113.7:80 ExternalIp"),
+        ("v6 frontends", "[fd00::10]:80 ClusterIp"),
         ("cluster", ""),
         ("affinity", "None"),
         ("ranges", ""),
@@ -181,6 +190,39 @@ const CASES: &[Case] = &[
     case("externalIP and ingress IP on node addresses: only their port is the Service's", &[FRONTENDS], "default/on-node:/TCP", &[
         ("frontends", "10.96.0.16:2222 ClusterIp, 192.168.1.10:30600 NodePort, 192.168.1.11:2222 LoadBalancer on node, \
                        192.168.1.11:30600 NodePort, 192.168.1.12:2222 ExternalIp on node, 203.0.113.9:2222 ExternalIp"),
+    ]),
+    // Dual stack: each family's ClusterIP with that family's endpoints.
+    case("dual-stack: IPv4 endpoints for IPv4 frontends, IPv6 ones for the IPv6 ClusterIP", &[DUAL_STACK], "default/dual:http/TCP", &[
+        ("frontends", "10.96.0.40:80 ClusterIp, 192.168.1.10:30040 NodePort, 192.168.1.11:30040 NodePort"),
+        ("cluster", "10.244.1.40:8080 local"),
+        ("external", "10.244.1.40:8080 local"),
+        ("v6 frontends", "[fd00:96::40]:80 ClusterIp"),
+        ("v6 cluster", "fd00:244:1::40:8080 local, fd00:244:2::40:8080"),
+        ("local", "1"),
+    ]),
+    case("dual-stack UDP port", &[DUAL_STACK], "default/dual:dns/UDP", &[
+        ("v6 frontends", "[fd00:96::40]:53 ClusterIp"),
+        ("v6 cluster", "fd00:244:1::40:5353 local, fd00:244:2::40:5353"),
+    ]),
+    case("IPv6-only Service: no IPv4 frontend", &[DUAL_STACK], "default/v6only:/TCP", &[
+        ("frontends", ""),
+        ("cluster", ""),
+        ("v6 frontends", "[fd00:96::41]:8080 ClusterIp"),
+        ("v6 cluster", "fd00:244:3::1:8080"),
+    ]),
+    case("IPv6 internalTrafficPolicy Local", &[DUAL_STACK], "default/v6local:/TCP", &[
+        ("v6 cluster", "fd00:244:1::42:8080 local"),
+    ]),
+    Case {
+        node: "node-b",
+        ..case("IPv6 internalTrafficPolicy Local from node-b", &[DUAL_STACK], "default/v6local:/TCP", &[
+            ("v6 cluster", "fd00:244:2::42:8080 local"),
+        ])
+    },
+    case("an IPv4-mapped ClusterIP skips the Service", &[DUAL_STACK], "default/v6mapped:/TCP", &[]),
+    case("IPv4-only Service: no IPv6 frontends, IPv6 slices unused", &[SKIPS], "default/app:http/TCP", &[
+        ("v6 frontends", ""),
+        ("v6 cluster", ""),
     ]),
     // Skipped objects.
     case("ExternalName", &[SKIPS], "default/ext:/TCP", &[]),
@@ -414,6 +456,27 @@ const PROBLEMS: &[(&str, &[(&str, &str)])] = &[
     (POLICIES, &[]),
     (COUNTER_SLICES, &[]),
     (
+        DUAL_STACK,
+        &[
+            (
+                "EndpointSlice default/dual-v6",
+                "\"10.244.2.42\" is not an IPv6 address",
+            ),
+            (
+                "Service default/dual",
+                "endpoint fd00:96::41 is the ClusterIP of Service default/v6only",
+            ),
+            (
+                "Service default/dual",
+                "endpoint fd00:96::41 is the ClusterIP of Service default/v6only",
+            ),
+            (
+                "Service default/v6mapped",
+                "spec.clusterIPs: ::ffff:10.96.0.43 is an IPv4-mapped address",
+            ),
+        ],
+    ),
+    (
         ENDPOINTS,
         &[
             (
@@ -585,6 +648,7 @@ fn output_does_not_depend_on_input_order() {
         INVALID,
         COUNTER_CLUSTER,
         COUNTER_SLICES,
+        DUAL_STACK,
     ]);
     let node = NodeInfo::from_nodes("node-a", &objects.nodes);
     let before = desired_state(&objects.services, &objects.slices, &node, &opts(None));
@@ -603,6 +667,7 @@ fn backends_and_frontends_are_sorted_and_unique() {
             POLICIES,
             COUNTER_CLUSTER,
             COUNTER_SLICES,
+            DUAL_STACK,
         ],
         "node-a",
         None,
@@ -610,10 +675,18 @@ fn backends_and_frontends_are_sorted_and_unique() {
     for (id, sp) in &state.services {
         let keys: Vec<_> = sp.frontends.iter().map(|f| (f.addr, f.port)).collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "{id}: {keys:?}");
+        let keys: Vec<_> = sp.frontends_v6.iter().map(|f| (f.addr, f.port)).collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{id}: {keys:?}");
         for list in [&sp.cluster_backends, &sp.external_backends] {
             let keys: Vec<_> = list.iter().map(|b| (b.addr, b.port)).collect();
             assert!(keys.windows(2).all(|w| w[0] < w[1]), "{id}: {keys:?}");
         }
+        let keys: Vec<_> = sp
+            .cluster_backends_v6
+            .iter()
+            .map(|b| (b.addr, b.port))
+            .collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{id}: {keys:?}");
     }
 }
 

@@ -11,8 +11,8 @@ use anyhow::{bail, Result};
 use lb_common::{
     filter::{position, AddrSet},
     sock::SockAffinityKeyV4,
-    AffinityKeyV4, AffinityValue, AnnounceValue, BackendV4, Config, CtKeyV4, CtValueV4,
-    FrontendKeyV4, FrontendValue, IfaceInfo, LbAddrInfo,
+    AffinityKeyV4, AffinityValue, AnnounceValue, BackendV4, BackendV6, Config, CtKeyV4, CtValueV4,
+    FrontendKeyV4, FrontendKeyV6, FrontendValue, IfaceInfo, LbAddrInfo,
 };
 
 use super::{NodeMaps, Room, ServiceMaps, Snapshot};
@@ -21,6 +21,8 @@ use super::{NodeMaps, Room, ServiceMaps, Snapshot};
 pub struct FakeMaps {
     pub frontends: BTreeMap<FrontendKeyV4, FrontendValue>,
     pub backends: BTreeMap<u32, BackendV4>,
+    pub frontends_v6: BTreeMap<FrontendKeyV6, FrontendValue>,
+    pub backends_v6: BTreeMap<u32, BackendV6>,
     /// Ring slots by index, as the kernel's array (0: never written).
     pub slots: Vec<u32>,
     pub addrs: BTreeMap<u32, ()>,
@@ -51,6 +53,8 @@ impl FakeServiceMaps {
             backends: lb_common::MAX_BACKENDS,
             frontends: lb_common::MAX_FRONTENDS,
             addrs: lb_common::MAX_ADDRS,
+            frontends_v6: lb_common::MAX_FRONTENDS_V6,
+            backends_v6: lb_common::MAX_BACKENDS_V6,
             ring_slots,
             source_ranges: lb_common::MAX_SOURCE_RANGES,
         })
@@ -106,6 +110,24 @@ impl FakeServiceMaps {
                     }
                 }
             }
+            // No address filter for IPv6: the socket hooks look frontends
+            // up directly.
+            for (key, fe) in &self.maps.frontends_v6 {
+                for slot in fe.ring_offset..fe.ring_offset + fe.ring_size {
+                    let ok = self
+                        .maps
+                        .slots
+                        .get(slot as usize)
+                        .and_then(|id| self.maps.backends_v6.get(id))
+                        .is_some_and(|b| b.addr != [0; 4]);
+                    if !ok {
+                        self.violations.push(format!(
+                            "after {op}: frontend {key:?} slot {slot} has no live IPv6 backend"
+                        ));
+                        break;
+                    }
+                }
+            }
         }
         self.log.push(op);
     }
@@ -147,6 +169,38 @@ impl ServiceMaps for FakeServiceMaps {
         self.admit(true, "FRONTENDS_V4")?;
         self.maps.frontends.remove(key);
         self.after(format!("remove frontend {key:?}"));
+        Ok(())
+    }
+
+    fn put_backend_v6(&mut self, id: u32, backend: BackendV6) -> Result<()> {
+        let fits = self.maps.backends_v6.contains_key(&id)
+            || self.maps.backends_v6.len() < self.room.backends_v6 as usize;
+        self.admit(fits, "BACKENDS_V6")?;
+        self.maps.backends_v6.insert(id, backend);
+        self.after(format!("backend v6 {id}"));
+        Ok(())
+    }
+
+    fn remove_backend_v6(&mut self, id: u32) -> Result<()> {
+        self.admit(true, "BACKENDS_V6")?;
+        self.maps.backends_v6.remove(&id);
+        self.after(format!("remove backend v6 {id}"));
+        Ok(())
+    }
+
+    fn put_frontend_v6(&mut self, key: FrontendKeyV6, value: FrontendValue) -> Result<()> {
+        let fits = self.maps.frontends_v6.contains_key(&key)
+            || self.maps.frontends_v6.len() < self.room.frontends_v6 as usize;
+        self.admit(fits, "FRONTENDS_V6")?;
+        self.maps.frontends_v6.insert(key, value);
+        self.after(format!("frontend v6 {key:?}"));
+        Ok(())
+    }
+
+    fn remove_frontend_v6(&mut self, key: &FrontendKeyV6) -> Result<()> {
+        self.admit(true, "FRONTENDS_V6")?;
+        self.maps.frontends_v6.remove(key);
+        self.after(format!("remove frontend v6 {key:?}"));
         Ok(())
     }
 
@@ -219,8 +273,16 @@ impl ServiceMaps for FakeServiceMaps {
 
     fn read_back(&self) -> Result<Snapshot> {
         let frontends: Vec<_> = self.maps.frontends.iter().map(|(k, v)| (*k, *v)).collect();
+        let frontends_v6: Vec<_> = self
+            .maps
+            .frontends_v6
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
         let mut rings: Vec<(u32, Vec<u32>)> = Vec::new();
-        for (_, v) in &frontends {
+        let values = frontends.iter().map(|(_, v)| v);
+        let values = values.chain(frontends_v6.iter().map(|(_, v)| v));
+        for v in values {
             if v.ring_size > 0 && !rings.iter().any(|(o, _)| *o == v.ring_offset) {
                 let slots = (v.ring_offset..v.ring_offset + v.ring_size)
                     .map(|s| self.maps.slots.get(s as usize).copied().unwrap_or(0))
@@ -231,6 +293,13 @@ impl ServiceMaps for FakeServiceMaps {
         Ok(Snapshot {
             frontends,
             backends: self.maps.backends.iter().map(|(k, v)| (*k, *v)).collect(),
+            frontends_v6,
+            backends_v6: self
+                .maps
+                .backends_v6
+                .iter()
+                .map(|(k, v)| (*k, *v))
+                .collect(),
             services: self
                 .maps
                 .services

@@ -7,6 +7,10 @@
 //! addition of every changed Service first (service names, backends, rings,
 //! filter bits, source ranges, frontend addresses), then the frontends, each
 //! switching to its new ring in one atomic map update, and removals last.
+//! IPv6 ClusterIPs follow the same order with maps of their own
+//! (`FRONTENDS_V6`, `BACKENDS_V6`): their backend ids come from the one id
+//! space, their rings from the one slots array, under the Service port's
+//! one service id (its counters count both families).
 //!
 //! What does not fit is refused per Service port before anything of it is
 //! written: its ids and ring slots go back, an older version of it stays as
@@ -24,20 +28,20 @@ pub mod stale;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use anyhow::{Context, Result};
 use lb_common::{
-    addr::{from_map, to_map},
-    BackendV4, FrontendKeyV4, FE_EXTERNAL,
+    addr::{from_map, from_map_v6, to_map, to_map_v6},
+    BackendV4, BackendV6, FrontendKeyV4, FrontendKeyV6, FE_EXTERNAL,
 };
 
 pub use node_maps::NodeMaps;
 pub use service_maps::{Room, ServiceMaps, Snapshot};
 
 use crate::model::{DesiredState, Proto, ServicePortId};
-use plan::{filter_bits, Applied, Ring};
+use plan::{filter_bits, Applied, BackendAddr, Ring, RING_V6};
 
 /// What one sync changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -46,8 +50,8 @@ pub struct SyncReport {
     pub services: usize,
     pub frontends: usize,
     pub backends: usize,
-    /// Backends no Service uses any more, with the id they had: their UDP
-    /// flows and affinity entries are stale (see `stale::forget`).
+    /// IPv4 backends no Service uses any more, with the id they had: their
+    /// UDP flows and affinity entries are stale (see `stale::forget`).
     pub removed: Vec<(u32, Ipv4Addr, u16)>,
     /// Service ports that did not fit, each with the map it would have
     /// overflowed; an older version of one stays applied.
@@ -64,8 +68,6 @@ pub struct Refusal {
     pub service: ServicePortId,
     pub reason: String,
 }
-
-type BackendAddr = (Ipv4Addr, u16);
 
 /// The agent's view of what it wrote, with the ids it handed out.
 #[derive(Debug)]
@@ -155,7 +157,11 @@ impl Syncer {
         let by_id: HashMap<u32, BackendAddr> = snap
             .backends
             .iter()
-            .map(|(id, b)| (*id, (from_map(b.addr), u16::from_be(b.port))))
+            .map(|(id, b)| (*id, (IpAddr::V4(from_map(b.addr)), u16::from_be(b.port))))
+            .chain(snap.backends_v6.iter().map(|(id, b)| {
+                let addr = IpAddr::V6(from_map_v6(b.addr));
+                (*id, (addr, u16::from_be(b.port)))
+            }))
             .collect();
         let slots: HashMap<u32, &Vec<u32>> = snap.rings.iter().map(|(o, v)| (*o, v)).collect();
         let addrs: HashSet<u32> = snap.frontend_addrs.iter().copied().collect();
@@ -171,6 +177,7 @@ impl Syncer {
             .frontends
             .iter()
             .map(|(_, v)| v.svc_id)
+            .chain(snap.frontends_v6.iter().map(|(_, v)| v.svc_id))
             .chain(snap.source_ranges.iter().map(|(id, _, _)| *id));
         for svc_id in svc_ids {
             names.entry(svc_id).or_insert_with(|| unnamed(svc_id));
@@ -185,45 +192,53 @@ impl Syncer {
                 },
             );
         }
+        let claim_ring =
+            |s: &mut Self, name: &ServicePortId, class: u32, value: &lb_common::FrontendValue| {
+                let a = s.applied.get_mut(name).expect("named above");
+                if a.rings.contains_key(&class) {
+                    return;
+                }
+                if let Err(e) = s.segments.claim(value.ring_offset, value.ring_size) {
+                    // The Service port gets a new ring at the next sync.
+                    tracing::warn!(svc_id = value.svc_id, "{e:#}");
+                    return;
+                }
+                let mut members: Vec<u32> = slots
+                    .get(&value.ring_offset)
+                    .map(|v| {
+                        v.iter()
+                            .copied()
+                            .collect::<BTreeSet<_>>()
+                            .into_iter()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                members.retain(|id| by_id.contains_key(id));
+                members.sort_by_key(|id| by_id[id]);
+                a.backends.extend(members.iter().map(|id| by_id[id]));
+                a.rings.insert(
+                    class,
+                    Ring {
+                        offset: value.ring_offset,
+                        size: value.ring_size,
+                        members,
+                    },
+                );
+            };
         for (key, value) in &snap.frontends {
-            let a = s
-                .applied
-                .get_mut(&names[&value.svc_id])
-                .expect("named above");
+            let name = &names[&value.svc_id];
+            let a = s.applied.get_mut(name).expect("named above");
             a.frontends.insert(*key, *value);
             if addrs.contains(&key.addr) {
                 a.addrs.insert(key.addr);
             }
-            let class = value.flags & FE_EXTERNAL;
-            if a.rings.contains_key(&class) {
-                continue;
-            }
-            if let Err(e) = s.segments.claim(value.ring_offset, value.ring_size) {
-                // The Service port gets a new ring at the next sync.
-                tracing::warn!(svc_id = value.svc_id, "{e:#}");
-                continue;
-            }
-            let mut members: Vec<u32> = slots
-                .get(&value.ring_offset)
-                .map(|v| {
-                    v.iter()
-                        .copied()
-                        .collect::<BTreeSet<_>>()
-                        .into_iter()
-                        .collect()
-                })
-                .unwrap_or_default();
-            members.retain(|id| by_id.contains_key(id));
-            members.sort_by_key(|id| by_id[id]);
-            a.backends.extend(members.iter().map(|id| by_id[id]));
-            a.rings.insert(
-                class,
-                Ring {
-                    offset: value.ring_offset,
-                    size: value.ring_size,
-                    members,
-                },
-            );
+            claim_ring(&mut s, name, value.flags & FE_EXTERNAL, value);
+        }
+        for (key, value) in &snap.frontends_v6 {
+            let name = &names[&value.svc_id];
+            let a = s.applied.get_mut(name).expect("named above");
+            a.frontends_v6.insert(*key, *value);
+            claim_ring(&mut s, name, RING_V6, value);
         }
         for (svc_id, addr, len) in &snap.source_ranges {
             let a = s.applied.get_mut(&names[svc_id]).expect("named above");
@@ -313,16 +328,28 @@ impl Syncer {
         let mut taken: Vec<BackendAddr> = Vec::new();
         let backends = &self.backends;
         let backend_alloc = &mut self.backend_alloc;
-        let mut backend_id = |b: &crate::model::Backend| -> Result<u32> {
-            if let Some((id, _)) = backends.get(&(b.addr, b.port)) {
+        let room_v6 = self.room.backends_v6 as usize;
+        let mut backend_id = |addr: IpAddr, port: u16, local: bool| -> Result<u32> {
+            if let Some((id, _)) = backends.get(&(addr, port)) {
                 return Ok(*id);
             }
-            if let Some((id, _)) = new_backends.get(&(b.addr, b.port)) {
+            if let Some((id, _)) = new_backends.get(&(addr, port)) {
                 return Ok(*id);
+            }
+            // Additions come before removals: the map must hold both.
+            if addr.is_ipv6() {
+                let v6 = backends
+                    .keys()
+                    .chain(new_backends.keys())
+                    .filter(|(a, _)| a.is_ipv6())
+                    .count();
+                if v6 >= room_v6 {
+                    anyhow::bail!("does not fit: BACKENDS_V6 holds {room_v6} entries, all in use");
+                }
             }
             let id = backend_alloc.take()?;
-            new_backends.insert((b.addr, b.port), (id, b.is_local));
-            taken.push((b.addr, b.port));
+            new_backends.insert((addr, port), (id, local));
+            taken.push((addr, port));
             Ok(id)
         };
         let planned = plan::service(
@@ -418,12 +445,24 @@ impl Syncer {
         }
         for ((addr, port), (id, local)) in &plan.new_backends {
             let flags = if *local { lb_common::BE_LOCAL } else { 0 };
-            let value = BackendV4 {
-                addr: to_map(*addr),
-                port: port.to_be(),
-                flags,
-            };
-            w.put_backend(*id, value)?;
+            match addr {
+                IpAddr::V4(addr) => w.put_backend(
+                    *id,
+                    BackendV4 {
+                        addr: to_map(*addr),
+                        port: port.to_be(),
+                        flags,
+                    },
+                )?,
+                IpAddr::V6(addr) => w.put_backend_v6(
+                    *id,
+                    BackendV6 {
+                        addr: to_map_v6(*addr),
+                        port: port.to_be(),
+                        flags,
+                    },
+                )?,
+            }
             writes += 1;
             self.backends.insert((*addr, *port), (*id, 0));
         }
@@ -469,6 +508,7 @@ impl Syncer {
     fn publish(&mut self, added: Added, w: &mut dyn ServiceMaps) -> Result<Published> {
         let Added { plan, mut writes } = added;
         let mut claimed: HashSet<FrontendKeyV4> = HashSet::new();
+        let mut claimed_v6: HashSet<FrontendKeyV6> = HashSet::new();
         let empty = Applied::default();
         for (name, new) in &plan.changed {
             let old = self.applied.get(name).unwrap_or(&empty);
@@ -476,6 +516,13 @@ impl Syncer {
                 claimed.insert(*key);
                 if old.frontends.get(key) != Some(value) {
                     w.put_frontend(*key, *value)?;
+                    writes += 1;
+                }
+            }
+            for (key, value) in &new.frontends_v6 {
+                claimed_v6.insert(*key);
+                if old.frontends_v6.get(key) != Some(value) {
+                    w.put_frontend_v6(*key, *value)?;
                     writes += 1;
                 }
             }
@@ -501,6 +548,7 @@ impl Syncer {
         Ok(Published {
             retired,
             claimed,
+            claimed_v6,
             refused: plan.refused,
             writes,
         })
@@ -512,6 +560,7 @@ impl Syncer {
         let Published {
             retired,
             claimed,
+            claimed_v6,
             refused,
             mut writes,
         } = published;
@@ -523,6 +572,12 @@ impl Syncer {
             for key in old.frontends.keys() {
                 if !now.frontends.contains_key(key) && !claimed.contains(key) {
                     w.remove_frontend(key)?;
+                    writes += 1;
+                }
+            }
+            for key in old.frontends_v6.keys() {
+                if !now.frontends_v6.contains_key(key) && !claimed_v6.contains(key) {
+                    w.remove_frontend_v6(key)?;
                     writes += 1;
                 }
             }
@@ -547,10 +602,15 @@ impl Syncer {
                 if entry.1 == 0 {
                     let id = entry.0;
                     self.backends.remove(b);
-                    w.put_backend(id, BackendV4::default())?;
+                    match b.0 {
+                        IpAddr::V4(addr) => {
+                            w.put_backend(id, BackendV4::default())?;
+                            removed.push((id, addr, b.1));
+                        }
+                        IpAddr::V6(_) => w.remove_backend_v6(id)?,
+                    }
                     writes += 1;
                     self.backend_alloc.give(id);
-                    removed.push((id, b.0, b.1));
                 }
             }
             for (word, bit) in old.bits.difference(&now.bits) {
@@ -575,7 +635,11 @@ impl Syncer {
         Ok(SyncReport {
             writes,
             services: self.applied.len(),
-            frontends: self.applied.values().map(|a| a.frontends.len()).sum(),
+            frontends: self
+                .applied
+                .values()
+                .map(|a| a.frontends.len() + a.frontends_v6.len())
+                .sum(),
             backends: self.backends.len(),
             removed,
             refused,
@@ -613,6 +677,7 @@ struct Published {
     retired: Vec<Retired>,
     /// Frontends some published Service port holds now.
     claimed: HashSet<FrontendKeyV4>,
+    claimed_v6: HashSet<FrontendKeyV6>,
     refused: Vec<Refusal>,
     writes: usize,
 }
@@ -621,6 +686,7 @@ struct Published {
 /// written before removals, so a sync needs room for both at once.
 struct Peak {
     frontends: usize,
+    frontends_v6: usize,
     /// Frontend addresses this sync adds.
     addrs: HashSet<u32>,
     ranges: usize,
@@ -630,6 +696,7 @@ impl Peak {
     fn of(s: &Syncer) -> Self {
         Self {
             frontends: s.applied.values().map(|a| a.frontends.len()).sum(),
+            frontends_v6: s.applied.values().map(|a| a.frontends_v6.len()).sum(),
             addrs: HashSet::new(),
             ranges: s.applied.values().map(|a| a.ranges.len()).sum(),
         }
@@ -647,6 +714,11 @@ impl Peak {
             .frontends
             .keys()
             .filter(|k| !old.is_some_and(|o| o.frontends.contains_key(k)))
+            .count();
+        let frontends_v6 = plan
+            .frontends_v6
+            .keys()
+            .filter(|k| !old.is_some_and(|o| o.frontends_v6.contains_key(k)))
             .count();
         let addrs: Vec<u32> = plan
             .addrs
@@ -672,6 +744,14 @@ impl Peak {
                 room.frontends,
             ));
         }
+        if self.frontends_v6 + frontends_v6 > room.frontends_v6 as usize {
+            return Err(over(
+                "FRONTENDS_V6",
+                self.frontends_v6,
+                frontends_v6,
+                room.frontends_v6,
+            ));
+        }
         let addrs_in_use = addr_refs.len() + self.addrs.len();
         if addrs_in_use + addrs.len() > room.addrs as usize {
             return Err(over("ADDRS_V4", addrs_in_use, addrs.len(), room.addrs));
@@ -685,6 +765,7 @@ impl Peak {
             ));
         }
         self.frontends += frontends;
+        self.frontends_v6 += frontends_v6;
         self.addrs.extend(addrs);
         self.ranges += ranges;
         Ok(())

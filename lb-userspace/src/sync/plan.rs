@@ -2,22 +2,34 @@
 //! unit the syncer diffs, reference-counts and remembers.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
 };
 
 use anyhow::Result;
 use lb_common::{
     addr::to_map,
     filter::{position, AddrSet},
-    FrontendKeyV4, FrontendValue, FE_DROP_EMPTY, FE_EXTERNAL, FE_SOURCE_RANGES, PROTO_TCP,
-    PROTO_UDP,
+    FrontendKeyV4, FrontendKeyV6, FrontendValue, FE_DROP_EMPTY, FE_EXTERNAL, FE_SOURCE_RANGES,
+    PROTO_TCP, PROTO_UDP,
 };
 
 use super::alloc::Segments;
 use crate::{
     maglev,
-    model::{Backend, FrontendKind, Proto, ServicePort},
+    model::{FrontendKind, Proto, ServicePort},
 };
+
+/// The ring class of IPv6 ClusterIPs, beside 0 (IPv4 ClusterIPs) and
+/// `FE_EXTERNAL`: a Service port's IPv6 frontends have a ring of their
+/// own, of IPv6 backends only, on the same slots array and under the same
+/// service id. Never written into a frontend's flags.
+pub const RING_V6: u32 = 1 << 31;
+
+/// A backend as the syncer counts it: (address, port), either family.
+pub type BackendAddr = (IpAddr, u16);
+
+/// Hands out the backend id of (address, port, on this node).
+pub type BackendIds<'a> = dyn FnMut(IpAddr, u16, bool) -> Result<u32> + 'a;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ring {
@@ -34,25 +46,31 @@ pub struct Applied {
     pub spec: Option<ServicePort>,
     pub svc_id: u32,
     pub frontends: BTreeMap<FrontendKeyV4, FrontendValue>,
-    pub backends: BTreeSet<(Ipv4Addr, u16)>,
+    pub frontends_v6: BTreeMap<FrontendKeyV6, FrontendValue>,
+    pub backends: BTreeSet<BackendAddr>,
     /// Frontend addresses whose unknown ports are rejected.
     pub addrs: BTreeSet<u32>,
     /// Address-filter bits as (word, bit).
     pub bits: BTreeSet<(u32, u64)>,
     pub ranges: BTreeSet<(Ipv4Addr, u8)>,
-    /// By traffic class (0 or `FE_EXTERNAL`).
+    /// By traffic class (0, `FE_EXTERNAL` or `RING_V6`).
     pub rings: BTreeMap<u32, Ring>,
     /// Slots of the rings this plan built anew; written once, then dropped.
     pub tables: BTreeMap<u32, Vec<u32>>,
 }
 
+/// The address filter is the IPv4 packet path's: IPv6 addresses have no bits.
 pub fn filter_bits<'a>(
     frontends: impl Iterator<Item = &'a FrontendKeyV4>,
-    backends: impl Iterator<Item = &'a (Ipv4Addr, u16)>,
+    backends: impl Iterator<Item = &'a BackendAddr>,
 ) -> BTreeSet<(u32, u64)> {
+    let v4 = backends.filter_map(|(a, _)| match a {
+        IpAddr::V4(a) => Some(*a),
+        IpAddr::V6(_) => None,
+    });
     frontends
         .map(|k| position(k.addr, AddrSet::Frontend))
-        .chain(backends.map(|(a, _)| position(to_map(*a), AddrSet::Backend)))
+        .chain(v4.map(|a| position(to_map(a), AddrSet::Backend)))
         .collect()
 }
 
@@ -64,7 +82,7 @@ pub fn service(
     proto: Proto,
     sp: &ServicePort,
     old: Option<&Applied>,
-    backend_id: &mut dyn FnMut(&Backend) -> Result<u32>,
+    backend_id: &mut BackendIds,
     segments: &mut Segments,
 ) -> Result<Applied> {
     let mut a = Applied {
@@ -96,9 +114,14 @@ fn fill(
     proto: Proto,
     sp: &ServicePort,
     old: Option<&Applied>,
-    backend_id: &mut dyn FnMut(&Backend) -> Result<u32>,
+    backend_id: &mut BackendIds,
     segments: &mut Segments,
 ) -> Result<()> {
+    let proto = match proto {
+        Proto::Tcp => PROTO_TCP,
+        Proto::Udp => PROTO_UDP,
+    };
+    let affinity_timeout_s = sp.session_affinity_timeout_s.unwrap_or(0);
     for fe in &sp.frontends {
         let external = fe.kind != FrontendKind::ClusterIp;
         let (class, backends, policy_local) = if external {
@@ -106,43 +129,10 @@ fn fill(
         } else {
             (0, &sp.cluster_backends, sp.internal_policy_local)
         };
-        if !a.rings.contains_key(&class) {
-            let ids = backends
-                .iter()
-                .map(&mut *backend_id)
-                .collect::<Result<Vec<u32>>>()?;
-            a.backends.extend(backends.iter().map(|b| (b.addr, b.port)));
-            let reuse = old
-                .and_then(|o| o.rings.get(&class))
-                .filter(|r| r.members == ids);
-            let ring = match reuse {
-                Some(r) => r.clone(),
-                None => {
-                    let size = if ids.is_empty() {
-                        0
-                    } else {
-                        maglev::ring_size(ids.len())
-                    };
-                    let offset = if size == 0 { 0 } else { segments.take(size)? };
-                    let names: Vec<String> = backends
-                        .iter()
-                        .map(|b| format!("{}:{}", b.addr, b.port))
-                        .collect();
-                    let table = maglev::table(&names, size)
-                        .into_iter()
-                        .map(|i| ids[i as usize])
-                        .collect();
-                    a.tables.insert(class, table);
-                    Ring {
-                        offset,
-                        size,
-                        members: ids,
-                    }
-                }
-            };
-            a.rings.insert(class, ring);
-        }
-        let ring = &a.rings[&class];
+        let members = backends
+            .iter()
+            .map(|b| (IpAddr::V4(b.addr), b.port, b.is_local));
+        let ring = ring(a, class, members, old, backend_id, segments)?;
         let mut flags = class;
         if policy_local {
             flags |= FE_DROP_EMPTY;
@@ -153,10 +143,7 @@ fn fill(
         let key = FrontendKeyV4 {
             addr: to_map(fe.addr),
             port: fe.port.to_be(),
-            proto: match proto {
-                Proto::Tcp => PROTO_TCP,
-                Proto::Udp => PROTO_UDP,
-            },
+            proto,
             _pad: 0,
         };
         a.frontends.insert(
@@ -166,7 +153,7 @@ fn fill(
                 ring_offset: ring.offset,
                 ring_size: ring.size,
                 flags,
-                affinity_timeout_s: sp.session_affinity_timeout_s.unwrap_or(0),
+                affinity_timeout_s,
                 _pad: 0,
             },
         );
@@ -176,6 +163,85 @@ fn fill(
             a.addrs.insert(key.addr);
         }
     }
+    for fe in &sp.frontends_v6 {
+        let members = sp
+            .cluster_backends_v6
+            .iter()
+            .map(|b| (IpAddr::V6(b.addr), b.port, b.is_local));
+        let ring = ring(a, RING_V6, members, old, backend_id, segments)?;
+        let key = FrontendKeyV6 {
+            addr: lb_common::addr::to_map_v6(fe.addr),
+            port: fe.port.to_be(),
+            proto,
+            _pad: 0,
+        };
+        a.frontends_v6.insert(
+            key,
+            FrontendValue {
+                svc_id: a.svc_id,
+                ring_offset: ring.offset,
+                ring_size: ring.size,
+                flags: if sp.internal_policy_local {
+                    FE_DROP_EMPTY
+                } else {
+                    0
+                },
+                affinity_timeout_s,
+                _pad: 0,
+            },
+        );
+    }
     a.bits = filter_bits(a.frontends.keys(), a.backends.iter());
     Ok(())
+}
+
+/// The ring of traffic class `class`, built from `members` (address, port,
+/// on this node) the first time a frontend of the class asks; `old`'s when
+/// its members did not change.
+fn ring(
+    a: &mut Applied,
+    class: u32,
+    members: impl Iterator<Item = (IpAddr, u16, bool)> + Clone,
+    old: Option<&Applied>,
+    backend_id: &mut BackendIds,
+    segments: &mut Segments,
+) -> Result<Ring> {
+    if let Some(ring) = a.rings.get(&class) {
+        return Ok(ring.clone());
+    }
+    let ids = members
+        .clone()
+        .map(|(addr, port, local)| backend_id(addr, port, local))
+        .collect::<Result<Vec<u32>>>()?;
+    a.backends
+        .extend(members.clone().map(|(addr, port, _)| (addr, port)));
+    let reuse = old
+        .and_then(|o| o.rings.get(&class))
+        .filter(|r| r.members == ids);
+    let ring = match reuse {
+        Some(r) => r.clone(),
+        None => {
+            let size = if ids.is_empty() {
+                0
+            } else {
+                maglev::ring_size(ids.len())
+            };
+            let offset = if size == 0 { 0 } else { segments.take(size)? };
+            let names: Vec<String> = members
+                .map(|(addr, port, _)| format!("{addr}:{port}"))
+                .collect();
+            let table = maglev::table(&names, size)
+                .into_iter()
+                .map(|i| ids[i as usize])
+                .collect();
+            a.tables.insert(class, table);
+            Ring {
+                offset,
+                size,
+                members: ids,
+            }
+        }
+    };
+    a.rings.insert(class, ring.clone());
+    Ok(ring)
 }

@@ -2,7 +2,7 @@
 //! idempotence are tested against an in-memory fake, and benchmarked both
 //! ways.
 use anyhow::Result;
-use lb_common::{BackendV4, FrontendKeyV4, FrontendValue};
+use lb_common::{BackendV4, BackendV6, FrontendKeyV4, FrontendKeyV6, FrontendValue};
 
 pub trait ServiceMaps {
     fn put_backend(&mut self, id: u32, backend: BackendV4) -> Result<()>;
@@ -10,6 +10,11 @@ pub trait ServiceMaps {
     fn put_ring(&mut self, offset: u32, slots: &[u32]) -> Result<()>;
     fn put_frontend(&mut self, key: FrontendKeyV4, value: FrontendValue) -> Result<()>;
     fn remove_frontend(&mut self, key: &FrontendKeyV4) -> Result<()>;
+    /// An IPv6 backend under an id of the one id space.
+    fn put_backend_v6(&mut self, id: u32, backend: BackendV6) -> Result<()>;
+    fn remove_backend_v6(&mut self, id: u32) -> Result<()>;
+    fn put_frontend_v6(&mut self, key: FrontendKeyV6, value: FrontendValue) -> Result<()>;
+    fn remove_frontend_v6(&mut self, key: &FrontendKeyV6) -> Result<()>;
     fn put_frontend_addr(&mut self, addr: u32) -> Result<()>;
     fn remove_frontend_addr(&mut self, addr: u32) -> Result<()>;
     /// Sets each (word, bits) of the address filter, in one step.
@@ -32,10 +37,13 @@ pub trait ServiceMaps {
 pub struct Snapshot {
     pub frontends: Vec<(FrontendKeyV4, FrontendValue)>,
     pub backends: Vec<(u32, BackendV4)>,
+    pub frontends_v6: Vec<(FrontendKeyV6, FrontendValue)>,
+    pub backends_v6: Vec<(u32, BackendV6)>,
     pub services: Vec<(u32, String)>,
     /// Non-zero filter words.
     pub filter: Vec<(u32, u64)>,
-    /// Slots of every ring a frontend points at, by ring offset.
+    /// Slots of every ring a frontend of either family points at, by ring
+    /// offset.
     pub rings: Vec<(u32, Vec<u32>)>,
     /// Addresses marked as frontend addresses (rejecting unknown ports).
     pub frontend_addrs: Vec<u32>,
@@ -53,6 +61,9 @@ pub struct Room {
     pub backends: u32,
     pub frontends: u32,
     pub addrs: u32,
+    pub frontends_v6: u32,
+    /// IPv6 backends at once (their ids come from `backends`' range).
+    pub backends_v6: u32,
     pub ring_slots: u32,
     pub source_ranges: u32,
 }

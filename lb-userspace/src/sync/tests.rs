@@ -1,9 +1,11 @@
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use lb_common::addr::from_map_v6;
 
 use super::{fake::FakeServiceMaps, Syncer};
 use crate::model::{
-    testing::{backend, id, service, state},
-    Backend, DesiredState, Proto, ServicePort,
+    testing::{backend, backend_at, id, service, state},
+    Backend, DesiredState, Frontend, FrontendKind, Proto, ServicePort,
 };
 
 fn fresh() -> (Syncer, FakeServiceMaps) {
@@ -643,4 +645,120 @@ fn removed_backends_lose_their_udp_flows_and_affinities_only() {
         [2]
     );
     assert!(maps.sock_affinity.is_empty());
+}
+
+fn dual_stack(vip_last: u8, backends: &[u8], backends_v6: &[u16]) -> ServicePort {
+    let mut sp = service(vip_last, backends);
+    sp.frontends_v6 = vec![Frontend {
+        addr: Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, vip_last.into()),
+        port: 80,
+        kind: FrontendKind::ClusterIp,
+        on_node: false,
+    }];
+    sp.cluster_backends_v6 = backends_v6
+        .iter()
+        .map(|&last| backend_at(Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, last)))
+        .collect();
+    sp
+}
+
+/// A dual-stack Service port's IPv6 ClusterIP gets a ring of IPv6 backends
+/// of its own under the same service id, in the IPv4 write order: its
+/// backends and ring before the frontend, the frontend removed before its
+/// backends; and a restarted agent reads it all back.
+#[test]
+fn ipv6_cluster_ips_get_their_own_ring_in_the_same_write_order() {
+    let (mut s, mut w) = fresh();
+    let r = s
+        .sync(&state(&[("a", dual_stack(1, &[1, 2], &[1, 2, 3]))]), &mut w)
+        .unwrap();
+    assert!(w.violations.is_empty(), "{:#?}", w.violations);
+    assert_eq!((r.frontends, r.backends), (3, 5));
+    let (key, fe6) = w
+        .maps
+        .frontends_v6
+        .iter()
+        .next()
+        .map(|(k, v)| (*k, *v))
+        .unwrap();
+    assert_eq!(
+        from_map_v6(key.addr),
+        "fd00:96::1".parse::<Ipv6Addr>().unwrap()
+    );
+    assert_eq!(
+        (u16::from_be(key.port), key.proto),
+        (80, lb_common::PROTO_TCP)
+    );
+    let fe4 = w.maps.frontends.values().next().unwrap();
+    assert_eq!(fe6.svc_id, fe4.svc_id);
+    assert_ne!(fe6.ring_offset, fe4.ring_offset);
+    let ring = &w.maps.slots[fe6.ring_offset as usize..(fe6.ring_offset + fe6.ring_size) as usize];
+    assert!(ring.iter().all(|id| w.maps.backends_v6.contains_key(id)));
+    assert!(ring.iter().all(|id| !w.maps.backends.contains_key(id)));
+    let position = |log: &[String], prefix: &str| log.iter().position(|op| op.starts_with(prefix));
+    let frontend = position(&w.log, "frontend v6").unwrap();
+    assert!(
+        w.log
+            .iter()
+            .rposition(|op| op.starts_with("backend v6"))
+            .unwrap()
+            < frontend
+    );
+    assert!(w.log.iter().rposition(|op| op.starts_with("ring")).unwrap() < frontend);
+
+    let mut restarted = Syncer::recover(&mut w).unwrap();
+    let same = state(&[("a", dual_stack(1, &[1, 2], &[1, 2, 3]))]);
+    assert_eq!(restarted.sync(&same, &mut w).unwrap().writes, 0);
+
+    w.log.clear();
+    restarted
+        .sync(&state(&[("a", dual_stack(1, &[1, 2], &[2]))]), &mut w)
+        .unwrap();
+    assert!(w.violations.is_empty(), "{:#?}", w.violations);
+    assert_eq!(w.maps.backends_v6.len(), 1);
+    let frontend = position(&w.log, "frontend v6").unwrap();
+    assert!(
+        position(&w.log, "remove backend v6").unwrap() > frontend,
+        "{:#?}",
+        w.log
+    );
+
+    w.log.clear();
+    restarted.sync(&state(&[]), &mut w).unwrap();
+    assert!(w.violations.is_empty(), "{:#?}", w.violations);
+    let removed = position(&w.log, "remove frontend v6").unwrap();
+    assert!(
+        position(&w.log, "remove backend v6").unwrap() > removed,
+        "{:#?}",
+        w.log
+    );
+    assert!(w.maps.frontends_v6.is_empty() && w.maps.backends_v6.is_empty());
+}
+
+/// An IPv6 backend that does not fit `BACKENDS_V6` refuses its Service
+/// port, IPv4 half and all, before anything of it is written.
+#[test]
+fn ipv6_backends_beyond_the_map_refuse_the_service_port() {
+    let mut w = FakeServiceMaps::with_room(super::Room {
+        backends_v6: 2,
+        ..room()
+    });
+    let mut s = Syncer::recover(&mut w).unwrap();
+    let r = s
+        .sync(
+            &state(&[
+                ("a", dual_stack(1, &[1], &[1, 2])),
+                ("b", dual_stack(2, &[2], &[3])),
+            ]),
+            &mut w,
+        )
+        .unwrap();
+    let refused: Vec<&str> = r.refused.iter().map(|f| f.service.name.as_str()).collect();
+    assert_eq!(refused, ["b"]);
+    assert!(
+        r.refused[0].reason.contains("BACKENDS_V6"),
+        "{:?}",
+        r.refused
+    );
+    assert_eq!((w.maps.frontends.len(), w.maps.frontends_v6.len()), (2, 1));
 }

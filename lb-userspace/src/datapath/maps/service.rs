@@ -5,8 +5,8 @@ use anyhow::{Context, Result};
 use aya::maps::{lpm_trie::Key, IterableMap, MapData, MapError, PerCpuValues};
 use lb_common::{
     addr::{from_map, to_map},
-    AddrInfo, BackendV4, FrontendKeyV4, FrontendValue, SourceRangeKeyV4, SvcName, SvcNameParts,
-    SvcStats, ADDR_FRONTEND,
+    AddrInfo, BackendV4, BackendV6, FrontendKeyV4, FrontendKeyV6, FrontendValue, SourceRangeKeyV4,
+    SvcName, SvcNameParts, SvcStats, ADDR_FRONTEND,
 };
 
 use super::Maps;
@@ -60,6 +60,22 @@ impl ServiceMaps for Maps {
         absent_ok(self.frontends.remove(key))
     }
 
+    fn put_backend_v6(&mut self, id: u32, backend: BackendV6) -> Result<()> {
+        Ok(self.backends_v6.insert(id, backend, 0)?)
+    }
+
+    fn remove_backend_v6(&mut self, id: u32) -> Result<()> {
+        absent_ok(self.backends_v6.remove(&id))
+    }
+
+    fn put_frontend_v6(&mut self, key: FrontendKeyV6, value: FrontendValue) -> Result<()> {
+        Ok(self.frontends_v6.insert(key, value, 0)?)
+    }
+
+    fn remove_frontend_v6(&mut self, key: &FrontendKeyV6) -> Result<()> {
+        absent_ok(self.frontends_v6.remove(key))
+    }
+
     fn put_frontend_addr(&mut self, addr: u32) -> Result<()> {
         Ok(self.addrs.insert(
             addr,
@@ -106,6 +122,8 @@ impl ServiceMaps for Maps {
             backends: entries(self.backends.map())?,
             frontends: entries(self.frontends.map())?,
             addrs: entries(self.addrs.map())?,
+            frontends_v6: entries(self.frontends_v6.map())?,
+            backends_v6: entries(self.backends_v6.map())?,
             ring_slots: self.slots.len(),
             // An LPM trie gives no handle on its map data in aya 0.14; its
             // size is never overridden at load, so the constant is the truth.
@@ -129,8 +147,12 @@ impl ServiceMaps for Maps {
             .map(|r| r.map(|(id, n)| (id, svc_name_str(&n))))
             .collect::<Result<_, _>>()?;
         let filter = self.filter.as_ref().map(|f| f.words()).unwrap_or_default();
+        let frontends_v6: Vec<(FrontendKeyV6, FrontendValue)> =
+            self.frontends_v6.iter().collect::<Result<_, _>>()?;
+        let backends_v6 = self.backends_v6.iter().collect::<Result<_, _>>()?;
         let mut rings = Vec::new();
-        for (_, v) in &frontends {
+        let values = frontends.iter().map(|(_, v)| v);
+        for v in values.chain(frontends_v6.iter().map(|(_, v)| v)) {
             if v.ring_size > 0 && !rings.iter().any(|(o, _)| *o == v.ring_offset) {
                 rings.push((v.ring_offset, self.slots.read(v.ring_offset, v.ring_size)?));
             }
@@ -147,6 +169,8 @@ impl ServiceMaps for Maps {
         Ok(Snapshot {
             frontends,
             backends,
+            frontends_v6,
+            backends_v6,
             services,
             filter,
             rings,
