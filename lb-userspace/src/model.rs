@@ -35,6 +35,29 @@ pub struct NodeInfo {
     pub zone: Option<String>,
 }
 
+/// The taint the Cluster Autoscaler puts on a node it is about to delete.
+pub const TAINT_TO_BE_DELETED: &str = "ToBeDeletedByClusterAutoscaler";
+
+/// kube-proxy's node eligibility (`ProxyHealthServer.SyncNode`): a node
+/// being deleted, or tainted for deletion by the Cluster Autoscaler, should
+/// receive no new load-balanced traffic, so its `/healthz` fails while its
+/// proxy keeps serving. A node without a Node object among `nodes` is
+/// eligible, as kube-proxy's is until it first sees its Node.
+pub fn node_eligible(name: &str, nodes: &[Node]) -> bool {
+    let Some(node) = nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(name))
+    else {
+        return true;
+    };
+    let tainted = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .is_some_and(|t| t.iter().any(|t| t.key == TAINT_TO_BE_DELETED));
+    node.metadata.deletion_timestamp.is_none() && !tainted
+}
+
 impl NodeInfo {
     /// `name`, with its zone read from its Node object among `nodes`.
     pub fn from_nodes(name: &str, nodes: &[Node]) -> Self {

@@ -13,10 +13,13 @@
 //! does once it is late. Every answer is counted by status code in
 //! `kubeproxy_proxy_healthz_total` and `kubeproxy_proxy_livez_total`.
 //!
+//! Node eligibility is kube-proxy's too (`model::node_eligible`): a Node
+//! being deleted or tainted `ToBeDeletedByClusterAutoscaler` fails
+//! `/healthz` only.
+//!
 //! What differs: the agent is unhealthy until its first sync (the servers
-//! start after it anyway), node eligibility is always true (the agent does
-//! not read the Cluster Autoscaler's deletion taint), and `/healthz` adds
-//! the last sync error and the API watches that are down.
+//! start after it anyway), and `/healthz` adds the last sync error and the
+//! API watches that are down.
 use std::{
     future::{ready, Ready},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -47,6 +50,8 @@ pub struct Health {
     /// and LoadBalancer Services left without a pool address: the node
     /// serves everything else, so it stays healthy.
     refused: Vec<String>,
+    /// False while this node is being deleted (`model::node_eligible`).
+    node_eligible: bool,
     /// How long a change may wait for a successful sync.
     pub timeout: Duration,
 }
@@ -59,6 +64,7 @@ impl Default for Health {
             failing: None,
             stale: Vec::new(),
             refused: Vec::new(),
+            node_eligible: true,
             timeout: TIMEOUT,
         }
     }
@@ -85,6 +91,10 @@ impl Health {
 
     pub fn refused(&mut self, refused: Vec<String>) {
         self.refused = refused;
+    }
+
+    pub fn node_eligible(&mut self, eligible: bool) {
+        self.node_eligible = eligible;
     }
 
     pub fn failed(&mut self, why: String) {
@@ -131,8 +141,11 @@ impl Health {
     }
 
     fn healthz(&self) -> Reply {
-        let (code, mut fields) = self.fields();
-        fields.insert("nodeEligible".into(), true.into());
+        let (mut code, mut fields) = self.fields();
+        if !self.node_eligible {
+            code = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        fields.insert("nodeEligible".into(), self.node_eligible.into());
         fields.insert("error".into(), self.failing.clone().into());
         fields.insert("staleWatches".into(), self.stale.clone().into());
         fields.insert("refused".into(), self.refused.clone().into());
@@ -266,6 +279,13 @@ mod tests {
         let (_, healthz) = get(addr, "/healthz").await;
         assert_eq!(healthz["nodeEligible"], true);
         assert!(healthz["staleWatches"].is_array(), "{healthz}");
+
+        // A node on its way out fails readiness, not liveness.
+        lock(&health).node_eligible(false);
+        let (code, healthz) = get(addr, "/healthz").await;
+        assert_eq!((code, &healthz["nodeEligible"]), (503, &false.into()));
+        assert_eq!(get(addr, "/livez").await.0, 200);
+        lock(&health).node_eligible(true);
         let (_, livez) = get(addr, "/livez").await;
         let mut keys: Vec<&String> = livez.as_object().unwrap().keys().collect();
         keys.sort();

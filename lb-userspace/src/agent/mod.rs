@@ -131,6 +131,8 @@ impl Agent {
         let (objects, report) = source.load()?;
         self.trigger_times.saw(&objects.slices);
         let node = NodeInfo::from_nodes(&self.args.node_name, &objects.nodes);
+        health::lock(&self.health)
+            .node_eligible(model::node_eligible(&self.args.node_name, &objects.nodes));
         let opts = ModelOptions {
             service_proxy_name: self.args.service_proxy_name.clone(),
             nodeport_addresses: ifaces::nodeport_addresses(

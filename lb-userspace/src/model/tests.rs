@@ -821,3 +821,37 @@ endpoints: [{addresses: [10.96.0.50]}]
         before.problems
     );
 }
+
+#[test]
+fn a_node_being_deleted_or_tainted_for_deletion_is_not_eligible() {
+    let node = |name: &str, extra: &str| {
+        format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n{extra}---\n")
+    };
+    let text = [
+        node("plain", ""),
+        node(
+            "deleting",
+            "  deletionTimestamp: \"2026-12-02T10:00:00Z\"\n  finalizers: [x]\n",
+        ),
+        node(
+            "tainted",
+            "spec:\n  taints:\n  - key: ToBeDeletedByClusterAutoscaler\n    effect: NoSchedule\n",
+        ),
+        node(
+            "other-taint",
+            "spec:\n  taints:\n  - key: node.kubernetes.io/unschedulable\n    effect: NoSchedule\n",
+        ),
+    ]
+    .concat();
+    let (objects, _) = parse(&[&text]);
+    assert_eq!(objects.nodes.len(), 4);
+    for (name, eligible) in [
+        ("plain", true),
+        ("deleting", false),
+        ("tainted", false),
+        ("other-taint", true),
+        ("absent", true),
+    ] {
+        assert_eq!(node_eligible(name, &objects.nodes), eligible, "{name}");
+    }
+}
