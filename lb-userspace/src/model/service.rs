@@ -136,9 +136,10 @@ fn common(svc: &Service, spec: &ServiceSpec) -> Result<Option<Common>, String> {
     )?;
     let is_lb = kind == Type::LoadBalancer;
     let ingress_ips = if is_lb {
-        // Unlike kube-proxy, which leaves ipMode Proxy ingress IPs to the
-        // load balancer, every ingress IP is a frontend: packets that do
-        // reach this node addressed to it are still served.
+        // An ingress IP of ipMode Proxy (KEP-1860) belongs to a load
+        // balancer that proxies: in-cluster traffic to it must go out to
+        // that proxy, so it is no frontend here, as with kube-proxy and
+        // Cilium. VIP, the default, is.
         let ingress = svc
             .status
             .as_ref()
@@ -149,6 +150,7 @@ fn common(svc: &Service, spec: &ServiceSpec) -> Result<Option<Common>, String> {
             ingress
                 .into_iter()
                 .flatten()
+                .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
                 .filter_map(|i| i.ip.as_deref()),
         )?
     } else {

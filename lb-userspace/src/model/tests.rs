@@ -168,9 +168,9 @@ const CASES: &[Case] = &[
         ("frontends", "10.96.0.11:3000 ClusterIp, 192.168.1.10:31000 NodePort, 192.168.1.11:31000 NodePort"),
         ("policy", "external local=false internal local=false"),
     ]),
-    case("LoadBalancer: ingress IPs incl. ipMode Proxy, source ranges, default affinity", &[FRONTENDS], "default/lb:/TCP", &[
+    case("LoadBalancer: ingress IPs but not ipMode Proxy's, source ranges, default affinity", &[FRONTENDS], "default/lb:/TCP", &[
         ("frontends", "10.96.0.12:30000 ClusterIp, 192.168.1.10:30500 NodePort, 192.168.1.11:30500 NodePort, \
-                       198.51.100.1:30000 LoadBalancer, 198.51.100.2:30000 LoadBalancer"),
+                       198.51.100.1:30000 LoadBalancer"),
         ("ranges", "10.0.0.0/8, 192.168.0.0/16"),
         ("affinity", "Some(10800)"),
         ("hc", "None"),
