@@ -2,18 +2,18 @@
 //! whether or not an agent runs, and show what the packet path sees.
 use std::{
     collections::{BTreeSet, HashMap},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddrV4, SocketAddrV6},
     path::PathBuf,
 };
 
 use anyhow::{Context, Result};
 use aya::maps::IterableMap;
 use lb_common::{
-    addr::{from_map, to_map},
+    addr::{from_map, from_map_v6, to_map},
     conntrack::{STATE_CLOSING, STATE_SEEN_REPLY},
     decide::{self, By, Client, Decision},
-    BackendV4, CtKeyV4, CtValueV4, FrontendKeyV4, FrontendValue, LbAddrInfo, Reason, SvcName,
-    CT_DIR_FORWARD, FE_EXTERNAL, LAYOUT_VERSION, PROTO_TCP, PROTO_UDP,
+    BackendV4, BackendV6, CtKeyV4, CtValueV4, FrontendKeyV4, FrontendKeyV6, FrontendValue,
+    LbAddrInfo, Reason, SvcName, CT_DIR_FORWARD, FE_EXTERNAL, LAYOUT_VERSION, PROTO_TCP, PROTO_UDP,
 };
 use serde_json::json;
 
@@ -57,24 +57,72 @@ fn ring_backends(maps: &Maps, offset: u32, size: u32) -> Result<Vec<SocketAddrV4
     Ok(out)
 }
 
-pub fn services(args: &InspectArgs) -> Result<()> {
-    let maps = open(&args.pin)?;
+/// The name of Service port `id`, if `filter` shows it.
+fn shown_name(names: &HashMap<u32, String>, id: u32, filter: &Filter) -> Option<String> {
+    let name = names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+    filter.service(&name).then_some(name)
+}
+
+/// The IPv6 backends of the ring at `offset`, by address.
+fn ring_backends_v6(maps: &Maps, offset: u32, size: u32) -> Result<Vec<SocketAddrV6>> {
+    let ids: BTreeSet<u32> = maps.slots().read(offset, size)?.into_iter().collect();
+    let mut out = Vec::new();
+    for id in ids {
+        let b: BackendV6 = maps.backends_v6().get(&id, 0)?;
+        out.push(SocketAddrV6::new(
+            from_map_v6(b.addr),
+            u16::from_be(b.port),
+            0,
+            0,
+        ));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The rows of IPv6 frontends (ClusterIPs, served at the sockets). An
+/// `--addr` filter is an IPv4 address, which no IPv6 row holds.
+fn service_rows_v6(
+    maps: &Maps,
+    filter: &Filter,
+    names: &HashMap<u32, String>,
+) -> Result<Vec<serde_json::Value>> {
     let mut rows = Vec::new();
-    let names = service_names(&maps)?;
-    let lb_addrs: HashMap<u32, LbAddrInfo> =
-        lookup_all(maps.lb_addrs().map())?.into_iter().collect();
-    for (k, v) in lookup_all::<FrontendKeyV4, FrontendValue>(maps.frontends().map())? {
-        let name = names
-            .get(&v.svc_id)
-            .cloned()
-            .unwrap_or_else(|| format!("#{}", v.svc_id));
-        if !args.filter.service(&name) {
+    if filter.addr.is_some() {
+        return Ok(rows);
+    }
+    for (k, v) in lookup_all::<FrontendKeyV6, FrontendValue>(maps.frontends_v6().map())? {
+        let Some(name) = shown_name(names, v.svc_id, filter) else {
             continue;
-        }
-        let backends = ring_backends(&maps, v.ring_offset, v.ring_size)?;
+        };
+        let backends = ring_backends_v6(maps, v.ring_offset, v.ring_size)?;
+        let stats = maps.service_totals(v.svc_id)?;
+        rows.push(json!({
+            "frontend": format!("[{}]:{}/{}", from_map_v6(k.addr), u16::from_be(k.port), proto_name(k.proto)),
+            "service": name,
+            "scope": "cluster",
+            "backends": backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+            "packets": stats.packets,
+            "bytes": stats.bytes,
+        }));
+    }
+    Ok(rows)
+}
+
+/// One row per frontend `filter` passes, both families, sorted by Service
+/// then frontend: what `xdplb services` shows.
+pub fn service_rows(maps: &Maps, filter: &Filter) -> Result<Vec<serde_json::Value>> {
+    let mut rows = Vec::new();
+    let names = service_names(maps)?;
+    let lb_addrs = lb_addrs(maps)?;
+    for (k, v) in lookup_all::<FrontendKeyV4, FrontendValue>(maps.frontends().map())? {
+        let Some(name) = shown_name(&names, v.svc_id, filter) else {
+            continue;
+        };
+        let backends = ring_backends(maps, v.ring_offset, v.ring_size)?;
         let mut addrs: Vec<Ipv4Addr> = backends.iter().map(|b| *b.ip()).collect();
         addrs.push(from_map(k.addr));
-        if !args.filter.addr(&addrs) {
+        if !filter.addr(&addrs) {
             continue;
         }
         let stats = maps.service_totals(v.svc_id)?;
@@ -95,7 +143,19 @@ pub fn services(args: &InspectArgs) -> Result<()> {
         }
         rows.push(row);
     }
+    rows.extend(service_rows_v6(maps, filter, &names)?);
     rows.sort_by_key(|r| (r["service"].to_string(), r["frontend"].to_string()));
+    Ok(rows)
+}
+
+fn lb_addrs(maps: &Maps) -> Result<HashMap<u32, LbAddrInfo>> {
+    Ok(lookup_all(maps.lb_addrs().map())?.into_iter().collect())
+}
+
+pub fn services(args: &InspectArgs) -> Result<()> {
+    let maps = open(&args.pin)?;
+    let rows = service_rows(&maps, &args.filter)?;
+    let lb_addrs = lb_addrs(&maps)?;
     if args.output == Output::Json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());

@@ -368,3 +368,36 @@ fn a_pods_ipv6_udp_is_translated_at_the_socket() {
     let left = bed.dp.maps.reason_total(Reason::SockUdpLeftToPath);
     assert_eq!(left.expect("reading STATS"), 0);
 }
+
+/// `xdplb services` lists the IPv6 ClusterIP beside the IPv4 one, with its
+/// IPv6 backends; an `--addr` filter (IPv4) leaves IPv6 rows out.
+#[test]
+fn services_lists_ipv6_frontends_with_their_backends() {
+    use lb_userspace::{cli::Filter, inspect::service_rows};
+    let bed = bed();
+    let dual = Filter {
+        service: Some("default/dual:http/TCP".into()),
+        addr: None,
+    };
+    let rows = service_rows(&bed.dp.maps, &dual).expect("reading the maps");
+    let row = |frontend: &str| {
+        rows.iter()
+            .find(|r| r["frontend"] == frontend)
+            .unwrap_or_else(|| panic!("no row for {frontend} in {rows:#?}"))
+    };
+    assert_eq!(
+        row(&format!("[{VIP6}]:{TCP_PORT}/TCP"))["backends"],
+        serde_json::json!(["[fd00:244:1::2]:8080", "[fd00:244:2::2]:8080"])
+    );
+    row(&format!("{VIP4}:{TCP_PORT}/TCP"));
+    let by_addr = Filter {
+        service: None,
+        addr: Some(VIP4.parse().unwrap()),
+    };
+    let rows = service_rows(&bed.dp.maps, &by_addr).expect("reading the maps");
+    assert!(
+        rows.iter()
+            .all(|r| !r["frontend"].as_str().unwrap().starts_with('[')),
+        "{rows:#?}"
+    );
+}

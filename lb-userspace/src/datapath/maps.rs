@@ -203,6 +203,14 @@ impl Maps {
         self.flow_cache.as_ref()
     }
 
+    pub fn frontends_v6(&self) -> &HashMap<MapData, FrontendKeyV6, FrontendValue> {
+        &self.frontends_v6
+    }
+
+    pub fn backends_v6(&self) -> &HashMap<MapData, u32, BackendV6> {
+        &self.backends_v6
+    }
+
     pub fn announce(&self) -> &HashMap<MapData, AnnounceKeyV4, AnnounceValue> {
         &self.announce
     }
