@@ -1,13 +1,15 @@
-//! The node's own UDP sockets connected to a backend that is gone. The
-//! socket hooks point a connected UDP socket at its backend once, at
-//! connect; nothing re-balances it afterwards, so a client that never
-//! reconnects (a resolver's long-lived socket, say) would send into the void
-//! for as long as it runs. Closing it with sock_diag's SOCK_DESTROY, as
-//! `ss -K` does, hands the application an ECONNABORTED on its next call,
-//! and its reconnect gets a live backend. Pods' UDP is left to the
-//! per-packet path by the hooks (see lb-ebpf's sock.rs), whose flows of a
-//! removed backend are forgotten (`sync::stale`), so only the node's own
-//! namespace, the agent's, has such sockets.
+//! The node's own UDP sockets, IPv4 and IPv6, connected to a backend that
+//! is gone. The socket hooks point a connected UDP socket at its backend
+//! once, at connect; nothing re-balances it afterwards, so a client that
+//! never reconnects (a resolver's long-lived socket, say) would send into
+//! the void for as long as it runs. Closing it with sock_diag's
+//! SOCK_DESTROY, as `ss -K` does, hands the application an ECONNABORTED on
+//! its next call, and its reconnect gets a live backend. Pods' IPv4 UDP is
+//! left to the per-packet path by the hooks (see lb-ebpf's sock.rs), whose
+//! flows of a removed backend are forgotten (`sync::stale`). Pods' IPv6 UDP
+//! is translated at the socket, there being no IPv6 per-packet path yet;
+//! their sockets live in the pods' namespaces, which this agent (without
+//! CAP_SYS_ADMIN) cannot enter, so they are not closed.
 //!
 //! Written on libc: two fixed-size requests and one reply layout. The
 //! sock_diag crate gives every request the dump's message type, and
@@ -16,7 +18,7 @@ use std::{
     collections::HashSet,
     io,
     mem::size_of,
-    net::Ipv4Addr,
+    net::IpAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
@@ -85,9 +87,9 @@ struct Message {
     req: Request,
 }
 
-fn udp_request(id: SockId) -> Request {
+fn udp_request(family: i32, id: SockId) -> Request {
     Request {
-        family: libc::AF_INET as u8,
+        family: family as u8,
         protocol: libc::IPPROTO_UDP as u8,
         states: u32::MAX,
         id,
@@ -183,32 +185,60 @@ impl DiagSocket {
 }
 
 /// Closes the UDP sockets of this network namespace that are connected to
-/// one of `backends`; returns how many.
-pub fn close_udp_connected_to(backends: &[(Ipv4Addr, u16)]) -> Result<usize> {
-    if backends.is_empty() {
-        return Ok(0);
+/// one of `backends`; returns how many. IPv6 sockets connected to an IPv4
+/// backend by its mapped address (`::ffff:a.b.c.d`) count too.
+pub fn close_udp_connected_to(backends: &[(IpAddr, u16)]) -> Result<usize> {
+    let mut gone_v4 = HashSet::new();
+    let mut gone_v6 = HashSet::new();
+    for &(addr, port) in backends {
+        let port = port.to_be();
+        match addr {
+            IpAddr::V4(a) => {
+                gone_v4.insert((words(&[a.octets(), [0; 4], [0; 4], [0; 4]].concat()), port));
+                gone_v6.insert((words(&a.to_ipv6_mapped().octets()), port));
+            }
+            IpAddr::V6(a) => {
+                gone_v6.insert((words(&a.octets()), port));
+            }
+        }
     }
-    let gone: HashSet<(u32, u16)> = backends
-        .iter()
-        .map(|(a, p)| (u32::from(*a).to_be(), p.to_be()))
-        .collect();
+    let mut closed = 0;
+    for (family, gone) in [(libc::AF_INET, gone_v4), (libc::AF_INET6, gone_v6)] {
+        if !gone.is_empty() {
+            closed += close_family(family, &gone)?;
+        }
+    }
+    Ok(closed)
+}
+
+/// An address as `inet_diag_sockid` holds it: network-order words, an
+/// IPv4 address in the first and zeros after it.
+fn words(octets: &[u8]) -> [u32; 4] {
+    let mut w = [0u32; 4];
+    for (word, chunk) in w.iter_mut().zip(octets.chunks(4)) {
+        *word = u32::from_ne_bytes(chunk.try_into().expect("4 bytes"));
+    }
+    w
+}
+
+fn close_family(family: i32, gone: &HashSet<([u32; 4], u16)>) -> Result<usize> {
     let diag = DiagSocket::open().context("opening a sock_diag socket")?;
     diag.send(
         SOCK_DIAG_BY_FAMILY,
         NLM_F_DUMP,
-        udp_request(SockId::default()),
+        udp_request(family, SockId::default()),
     )
     .context("asking for the UDP sockets")?;
     let mut doomed = Vec::new();
     diag.receive(|r| {
-        if r.state == STATE_CONNECTED && gone.contains(&(r.id.dst[0], r.id.dport)) {
+        if r.state == STATE_CONNECTED && gone.contains(&(r.id.dst, r.id.dport)) {
             doomed.push(r.id);
         }
     })
     .context("reading the UDP sockets")?;
     let mut closed = 0;
     for id in doomed {
-        diag.send(SOCK_DESTROY, NLM_F_ACK, udp_request(id))
+        diag.send(SOCK_DESTROY, NLM_F_ACK, udp_request(family, id))
             .context("closing a UDP socket")?;
         match diag.receive(|_| {}) {
             Ok(()) => closed += 1,

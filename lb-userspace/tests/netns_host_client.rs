@@ -498,7 +498,7 @@ fn a_connected_udp_socket_of_a_removed_backend_is_closed() {
         .topo
         .tb
         .in_ns(&host.topo.node, || {
-            lb_userspace::sockdiag::close_udp_connected_to(&[(old.addr, BACKEND_UDP_PORT)])
+            lb_userspace::sockdiag::close_udp_connected_to(&[(old.addr.into(), BACKEND_UDP_PORT)])
         })
         .unwrap()
         .expect("closing the sockets of the removed backend");

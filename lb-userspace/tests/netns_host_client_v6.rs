@@ -401,3 +401,37 @@ fn services_lists_ipv6_frontends_with_their_backends() {
         "{rows:#?}"
     );
 }
+
+/// The node's connected UDP sockets to a removed backend are closed, IPv6
+/// and IPv4-mapped alike, and a socket to a live backend is left alone.
+#[test]
+fn connected_udp_sockets_of_removed_ipv6_and_mapped_backends_are_closed() {
+    use std::net::{IpAddr, UdpSocket};
+    let bed = bed();
+    let closed = bed
+        .tb
+        .in_ns(&bed.node, || {
+            let connected = |to: &str| {
+                let s = UdpSocket::bind("[::]:0").expect("an IPv6 UDP socket");
+                s.connect(to).expect("connecting");
+                s
+            };
+            let v6 = connected("[fd00:244:1::2]:5353");
+            let mapped = connected("[::ffff:10.244.2.2]:5353");
+            let live = connected("[fd00:244:2::2]:5353");
+            let removed: [(IpAddr, u16); 2] = [
+                ("fd00:244:1::2".parse().unwrap(), 5353),
+                ("10.244.2.2".parse().unwrap(), 5353),
+            ];
+            let closed = lb_userspace::sockdiag::close_udp_connected_to(&removed)
+                .expect("closing the sockets");
+            let aborted = |s: &UdpSocket| {
+                s.set_nonblocking(true).unwrap();
+                let err = s.recv(&mut [0u8; 8]).unwrap_err();
+                err.raw_os_error() == Some(libc::ECONNABORTED)
+            };
+            (closed, aborted(&v6), aborted(&mapped), aborted(&live))
+        })
+        .unwrap();
+    assert_eq!(closed, (2, true, true, false));
+}

@@ -182,7 +182,16 @@ impl Agent {
                 "forgot UDP flows and affinities of removed backends"
             );
         }
-        let removed: Vec<_> = sync.removed.iter().map(|&(_, a, p)| (a, p)).collect();
+        let removed: Vec<_> = sync
+            .removed
+            .iter()
+            .map(|&(_, a, p)| (std::net::IpAddr::V4(a), p))
+            .chain(
+                sync.removed_v6
+                    .iter()
+                    .map(|&(a, p)| (std::net::IpAddr::V6(a), p)),
+            )
+            .collect();
         match crate::sockdiag::close_udp_connected_to(&removed) {
             Ok(0) => {}
             Ok(n) => tracing::info!(

@@ -28,7 +28,7 @@ pub mod stale;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::{Context, Result};
@@ -53,6 +53,9 @@ pub struct SyncReport {
     /// IPv4 backends no Service uses any more, with the id they had: their
     /// UDP flows and affinity entries are stale (see `stale::forget`).
     pub removed: Vec<(u32, Ipv4Addr, u16)>,
+    /// IPv6 backends no Service uses any more: connected UDP sockets of
+    /// the node's to them are stale.
+    pub removed_v6: Vec<(Ipv6Addr, u16)>,
     /// Service ports that did not fit, each with the map it would have
     /// overflowed; an older version of one stays applied.
     pub refused: Vec<Refusal>,
@@ -566,6 +569,7 @@ impl Syncer {
         } = published;
         let empty = Applied::default();
         let mut removed = Vec::new();
+        let mut removed_v6 = Vec::new();
         let mut words = BTreeSet::new();
         for Retired { name, old, .. } in &retired {
             let now = self.applied.get(name).unwrap_or(&empty);
@@ -607,7 +611,10 @@ impl Syncer {
                             w.put_backend(id, BackendV4::default())?;
                             removed.push((id, addr, b.1));
                         }
-                        IpAddr::V6(_) => w.remove_backend_v6(id)?,
+                        IpAddr::V6(addr) => {
+                            w.remove_backend_v6(id)?;
+                            removed_v6.push((addr, b.1));
+                        }
                     }
                     writes += 1;
                     self.backend_alloc.give(id);
@@ -642,6 +649,7 @@ impl Syncer {
                 .sum(),
             backends: self.backends.len(),
             removed,
+            removed_v6,
             refused,
             full: false,
         })

@@ -711,11 +711,20 @@ fn ipv6_cluster_ips_get_their_own_ring_in_the_same_write_order() {
     assert_eq!(restarted.sync(&same, &mut w).unwrap().writes, 0);
 
     w.log.clear();
-    restarted
+    let report = restarted
         .sync(&state(&[("a", dual_stack(1, &[1, 2], &[2]))]), &mut w)
         .unwrap();
     assert!(w.violations.is_empty(), "{:#?}", w.violations);
     assert_eq!(w.maps.backends_v6.len(), 1);
+    let gone = |last| (Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, last), 8080);
+    let mut removed_v6 = report.removed_v6.clone();
+    removed_v6.sort();
+    assert_eq!(
+        removed_v6,
+        [gone(1), gone(3)],
+        "for their sockets to be closed"
+    );
+    assert_eq!(report.removed, [], "no IPv4 backend went");
     let frontend = position(&w.log, "frontend v6").unwrap();
     assert!(
         position(&w.log, "remove backend v6").unwrap() > frontend,
