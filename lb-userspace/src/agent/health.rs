@@ -17,9 +17,10 @@
 //! being deleted or tainted `ToBeDeletedByClusterAutoscaler` fails
 //! `/healthz` only.
 //!
-//! What differs: the agent is unhealthy until its first sync (the servers
-//! start after it anyway), and `/healthz` adds the last sync error and the
-//! API watches that are down.
+//! The servers start before the agent's first sync: `/livez` answers 200
+//! from then on, until a change has waited `timeout`; `/healthz` answers
+//! 503 until the first sync. What differs: `/healthz` adds the last sync
+//! error, the API watches that are down and the refused Service ports.
 use std::{
     future::{ready, Ready},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
@@ -116,15 +117,22 @@ impl Health {
     /// kube-proxy's `IsHealthy`, which its health-check node ports report
     /// as `serviceProxyHealthy`.
     pub fn healthy(&self) -> bool {
-        self.last_synced.is_some()
-            && self
-                .oldest_queued
-                .is_none_or(|queued| queued.elapsed() < self.timeout)
+        self.last_synced.is_some() && self.live()
     }
 
-    fn fields(&self) -> (StatusCode, serde_json::Map<String, serde_json::Value>) {
+    /// kube-proxy's liveness: no change has waited `timeout` for a sync.
+    /// It holds during start-up, before the first sync, which can take a
+    /// while at 10,000 Services, until the first change is late too.
+    fn live(&self) -> bool {
+        self.oldest_queued
+            .is_none_or(|queued| queued.elapsed() < self.timeout)
+    }
+
+    /// The answer's code and fields, for `/healthz` when `ready` is asked
+    /// (synced as well as live), for `/livez` otherwise.
+    fn fields(&self, ready: bool) -> (StatusCode, serde_json::Map<String, serde_json::Value>) {
         let now = jiff::Timestamp::now();
-        let healthy = self.healthy();
+        let healthy = if ready { self.healthy() } else { self.live() };
         let last = match (healthy, self.last_synced) {
             (true, _) => now.to_string(),
             (false, Some(t)) => t.to_string(),
@@ -141,7 +149,7 @@ impl Health {
     }
 
     fn healthz(&self) -> Reply {
-        let (mut code, mut fields) = self.fields();
+        let (mut code, mut fields) = self.fields(true);
         if !self.node_eligible {
             code = StatusCode::SERVICE_UNAVAILABLE;
         }
@@ -153,7 +161,7 @@ impl Health {
     }
 
     fn livez(&self) -> Reply {
-        let (code, fields) = self.fields();
+        let (code, fields) = self.fields(false);
         json(code, fields)
     }
 }
@@ -267,13 +275,31 @@ mod tests {
         }
     }
 
+    /// Start-up: alive while the first sync runs, not once the changes it
+    /// carries are late.
+    #[tokio::test]
+    async fn livez_holds_during_start_up_until_the_first_changes_are_late() {
+        let health: Shared = Arc::default();
+        lock(&health).timeout = BOUND;
+        let (_server, addr) = serve(&health);
+        lock(&health).queued();
+        assert_eq!(get(addr, "/livez").await.0, 200);
+        assert_eq!(get(addr, "/healthz").await.0, 503);
+        tokio::time::sleep(BOUND + Duration::from_millis(50)).await;
+        let (code, body) = get(addr, "/livez").await;
+        assert_eq!((code, &body["lastUpdated"]), (503, &"".into()), "{body}");
+        lock(&health).synced();
+        assert_eq!(get(addr, "/livez").await.0, 200);
+        assert_eq!(get(addr, "/healthz").await.0, 200);
+    }
+
     #[tokio::test]
     async fn healthz_and_livez_carry_kube_proxys_fields() {
         let health: Shared = Arc::default();
         let (_server, addr) = serve(&health);
-        // Before the first sync.
+        // Before the first sync: not ready, but alive.
         assert_eq!(get(addr, "/healthz").await.0, 503);
-        assert_eq!(get(addr, "/livez").await.0, 503);
+        assert_eq!(get(addr, "/livez").await.0, 200);
         lock(&health).synced();
 
         let (_, healthz) = get(addr, "/healthz").await;

@@ -307,6 +307,17 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     // Before the initial lists: changes made while they load are this
     // agent's to program.
     let trigger_times = programming::TriggerTimes::new(jiff::Timestamp::now());
+    let health: health::Shared = Arc::new(Mutex::new(health::Health::default()));
+    let metrics = Arc::new(Metrics::new());
+    // Before the initial lists and the first sync, which take seconds at
+    // 10,000 Services: /livez answers meanwhile, /healthz says not ready.
+    let _healthz_server = http::Server::start(
+        "healthz",
+        args.healthz_addr,
+        health::routes(&health, &metrics.probes()),
+        http::Limits::PROBES,
+        metrics.http_status("healthz"),
+    );
     let mut source = source::Source::open(&args).await?;
     let wanted = args.capacities.capacities();
     let mut dp = Datapath::load(&wanted, Some(&pins.maps_dir()))?;
@@ -317,8 +328,6 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         .iter()
         .map(|c| ifaces::parse_cidr(c))
         .collect::<Result<Vec<_>>>()?;
-    let health: health::Shared = Arc::new(Mutex::new(health::Health::default()));
-    let metrics = Arc::new(Metrics::new());
     // Drops counted before this start (the counters are pinned) were
     // reported by the agent that saw them.
     let snat_exhausted = dp
@@ -374,13 +383,6 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     let _metrics_server =
         metrics::serve(metrics_addr, metrics.clone(), agent.pins.maps_dir(), slots)
             .inspect_err(|e| tracing::error!("no metrics server on {metrics_addr}: {e:#}"));
-    let _healthz_server = http::Server::start(
-        "healthz",
-        agent.args.healthz_addr,
-        health::routes(&health, &metrics.probes()),
-        http::Limits::PROBES,
-        metrics.http_status("healthz"),
-    );
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     // Link and address events act at once; the once-a-second poll of pod
