@@ -19,7 +19,7 @@
 //!
 //! The servers start before the agent's first sync: `/livez` answers 200
 //! from then on, until a change has waited `timeout`; `/healthz` answers
-//! 503 until the first sync. What differs: `/healthz` adds the last sync
+//! 503 until the first sync is done and the programs are attached. What differs: `/healthz` adds the last sync
 //! error, the API watches that are down and the refused Service ports.
 use std::{
     future::{ready, Ready},
@@ -53,6 +53,9 @@ pub struct Health {
     refused: Vec<String>,
     /// False while this node is being deleted (`model::node_eligible`).
     node_eligible: bool,
+    /// True once the agent has attached its programs after its first
+    /// sync: ready means serving, not merely synced.
+    started: bool,
     /// How long a change may wait for a successful sync.
     pub timeout: Duration,
 }
@@ -66,6 +69,7 @@ impl Default for Health {
             stale: Vec::new(),
             refused: Vec::new(),
             node_eligible: true,
+            started: false,
             timeout: TIMEOUT,
         }
     }
@@ -94,6 +98,11 @@ impl Health {
         self.refused = refused;
     }
 
+    /// The programs are attached: the node serves what it synced.
+    pub fn started(&mut self) {
+        self.started = true;
+    }
+
     pub fn node_eligible(&mut self, eligible: bool) {
         self.node_eligible = eligible;
     }
@@ -117,7 +126,7 @@ impl Health {
     /// kube-proxy's `IsHealthy`, which its health-check node ports report
     /// as `serviceProxyHealthy`.
     pub fn healthy(&self) -> bool {
-        self.last_synced.is_some() && self.live()
+        self.started && self.last_synced.is_some() && self.live()
     }
 
     /// kube-proxy's liveness: no change has waited `timeout` for a sync.
@@ -201,6 +210,13 @@ mod tests {
         metrics::Metrics,
     };
 
+    impl Health {
+        fn synced_and_started(&mut self) {
+            self.synced();
+            self.started();
+        }
+    }
+
     /// Status code and JSON body of GET `path`.
     async fn get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
         let reply = exchange(addr, &format!("GET {path} HTTP/1.1\r\nHost: node\r\n\r\n"))
@@ -233,7 +249,7 @@ mod tests {
     async fn a_change_left_unapplied_past_the_bound_fails_healthz_and_livez() {
         let health: Shared = Arc::default();
         lock(&health).timeout = BOUND;
-        lock(&health).synced();
+        lock(&health).synced_and_started();
         let (_server, addr) = serve(&health);
         for path in ["/healthz", "/livez"] {
             assert_eq!(get(addr, path).await.0, 200, "{path}");
@@ -267,7 +283,7 @@ mod tests {
             );
         }
 
-        lock(&health).synced();
+        lock(&health).synced_and_started();
         for path in ["/healthz", "/livez"] {
             let (code, body) = get(addr, path).await;
             assert_eq!(code, 200, "{path}: {body}");
@@ -290,6 +306,12 @@ mod tests {
         assert_eq!((code, &body["lastUpdated"]), (503, &"".into()), "{body}");
         lock(&health).synced();
         assert_eq!(get(addr, "/livez").await.0, 200);
+        assert_eq!(
+            get(addr, "/healthz").await.0,
+            503,
+            "synced, programs not attached yet"
+        );
+        lock(&health).started();
         assert_eq!(get(addr, "/healthz").await.0, 200);
     }
 
@@ -300,7 +322,7 @@ mod tests {
         // Before the first sync: not ready, but alive.
         assert_eq!(get(addr, "/healthz").await.0, 503);
         assert_eq!(get(addr, "/livez").await.0, 200);
-        lock(&health).synced();
+        lock(&health).synced_and_started();
 
         let (_, healthz) = get(addr, "/healthz").await;
         assert_eq!(healthz["nodeEligible"], true);
@@ -326,7 +348,7 @@ mod tests {
         let health: Shared = Arc::default();
         let (_server, addr) = serve_counted(&health, &metrics.probes());
         get(addr, "/healthz").await;
-        lock(&health).synced();
+        lock(&health).synced_and_started();
         get(addr, "/healthz").await;
         get(addr, "/livez").await;
         get(addr, "/livez").await;

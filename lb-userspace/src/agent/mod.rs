@@ -375,6 +375,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     }
     agent.attach_pod_ifaces();
     agent.pins.remove_old_versions()?;
+    health::lock(&health).started();
 
     // The metrics server reads its own handle on the pinned maps, so a
     // scrape never waits for the agent loop.
