@@ -23,6 +23,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use lb_common::addr::{to_map, to_map_v6};
 
 /// linux/sock_diag.h, linux/inet_diag.h, linux/netlink.h.
 const NETLINK_SOCK_DIAG: i32 = 4;
@@ -194,11 +195,13 @@ pub fn close_udp_connected_to(backends: &[(IpAddr, u16)]) -> Result<usize> {
         let port = port.to_be();
         match addr {
             IpAddr::V4(a) => {
-                gone_v4.insert((words(&[a.octets(), [0; 4], [0; 4], [0; 4]].concat()), port));
-                gone_v6.insert((words(&a.to_ipv6_mapped().octets()), port));
+                // `inet_diag_sockid` holds an IPv4 address in its first
+                // word, zeros after it.
+                gone_v4.insert(([to_map(a), 0, 0, 0], port));
+                gone_v6.insert((to_map_v6(a.to_ipv6_mapped()), port));
             }
             IpAddr::V6(a) => {
-                gone_v6.insert((words(&a.octets()), port));
+                gone_v6.insert((to_map_v6(a), port));
             }
         }
     }
@@ -209,16 +212,6 @@ pub fn close_udp_connected_to(backends: &[(IpAddr, u16)]) -> Result<usize> {
         }
     }
     Ok(closed)
-}
-
-/// An address as `inet_diag_sockid` holds it: network-order words, an
-/// IPv4 address in the first and zeros after it.
-fn words(octets: &[u8]) -> [u32; 4] {
-    let mut w = [0u32; 4];
-    for (word, chunk) in w.iter_mut().zip(octets.chunks(4)) {
-        *word = u32::from_ne_bytes(chunk.try_into().expect("4 bytes"));
-    }
-    w
 }
 
 fn close_family(family: i32, gone: &HashSet<([u32; 4], u16)>) -> Result<usize> {
