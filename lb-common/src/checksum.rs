@@ -49,18 +49,57 @@ pub const fn update32(check: u16, old: u32, new: u32) -> u16 {
     apply(check, fold(diff32(old, new)))
 }
 
+/// An address as the maps hold it (`addr`): one word for IPv4, four for
+/// IPv6, each as in the packet. Both families' pseudo-headers sum the
+/// addresses as 16-bit words, so one set of sums serves both.
+pub trait Addr: Copy + PartialEq + Default {
+    /// The unfolded one's-complement sum of the address's 16-bit words.
+    fn sum(self) -> u32;
+    /// RFC 1624's difference for the address changing from `old` to `new`.
+    fn diff(old: Self, new: Self) -> u32;
+}
+
+impl Addr for u32 {
+    #[inline(always)]
+    fn sum(self) -> u32 {
+        (self >> 16) + (self & 0xffff)
+    }
+    #[inline(always)]
+    fn diff(old: u32, new: u32) -> u32 {
+        diff32(old, new)
+    }
+}
+
+// Folded per word so four words cannot overflow the accumulator, and
+// spelled out: the BPF backend keeps an iterator's state on the stack,
+// which the IPv6 path cannot spare.
+impl Addr for [u32; 4] {
+    #[inline(always)]
+    fn sum(self) -> u32 {
+        let [a, b, c, d] = self;
+        fold(a.sum()) as u32 + fold(b.sum()) as u32 + fold(c.sum()) as u32 + fold(d.sum()) as u32
+    }
+    #[inline(always)]
+    fn diff(old: Self, new: Self) -> u32 {
+        fold(diff32(old[0], new[0])) as u32
+            + fold(diff32(old[1], new[1])) as u32
+            + fold(diff32(old[2], new[2])) as u32
+            + fold(diff32(old[3], new[3])) as u32
+    }
+}
+
 /// A packet's addresses and ports, in network order as in the packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Tuple {
-    pub src: u32,
-    pub dst: u32,
+pub struct Tuple<A = u32> {
+    pub src: A,
+    pub dst: A,
     pub sport: u16,
     pub dport: u16,
 }
 
-impl Tuple {
+impl<A: Copy> Tuple<A> {
     /// The tuple of a packet going the other way.
-    pub const fn reversed(self) -> Tuple {
+    pub const fn reversed(self) -> Tuple<A> {
         Tuple {
             src: self.dst,
             dst: self.src,
@@ -86,27 +125,37 @@ pub struct RewriteSums {
 }
 
 impl RewriteSums {
-    pub const fn new(from: Tuple, to: Tuple, proto: u8) -> Self {
-        let addrs = diff32(from.src, to.src) + diff32(from.dst, to.dst);
+    /// The sums of rewriting `from` to `to`.
+    #[inline(always)]
+    pub fn new<A: Addr>(from: &Tuple<A>, to: &Tuple<A>, proto: u8) -> Self {
+        let addrs = fold(A::diff(from.src, to.src) + A::diff(from.dst, to.dst)) as u32;
         let ports = diff16(from.sport, to.sport) + diff16(from.dport, to.dport);
         RewriteSums {
-            addrs: fold(addrs),
+            addrs: addrs as u16,
             l4: fold(addrs + ports),
             pseudo: pseudo_base(from.src, from.dst, proto),
         }
     }
+
+    /// The sums of the way back: rewriting `to.reversed()` to
+    /// `from.reversed()`, without building either.
+    #[inline(always)]
+    pub fn back<A: Addr>(from: &Tuple<A>, to: &Tuple<A>, proto: u8) -> Self {
+        let addrs = fold(A::diff(to.dst, from.dst) + A::diff(to.src, from.src)) as u32;
+        let ports = diff16(to.dport, from.dport) + diff16(to.sport, from.sport);
+        RewriteSums {
+            addrs: addrs as u16,
+            l4: fold(addrs + ports),
+            pseudo: pseudo_base(to.dst, to.src, proto),
+        }
+    }
 }
 
-/// Pseudo-header sum of addresses and protocol (network order).
+/// Pseudo-header sum of addresses and protocol (network order); IPv6's
+/// 32-bit length and next header sum to the same words as IPv4's.
 #[inline(always)]
-pub const fn pseudo_base(src: u32, dst: u32, proto: u8) -> u16 {
-    fold(
-        (src >> 16)
-            + (src & 0xffff)
-            + (dst >> 16)
-            + (dst & 0xffff)
-            + ((proto as u16).to_be() as u32),
-    )
+pub fn pseudo_base<A: Addr>(src: A, dst: A, proto: u8) -> u16 {
+    fold(fold(src.sum()) as u32 + fold(dst.sum()) as u32 + (proto as u16).to_be() as u32)
 }
 
 /// One's-complement sum of 16-bit words in memory order.
@@ -128,7 +177,7 @@ pub fn sum_words(bytes: &[u8], mut acc: u32) -> u32 {
 /// pseudo-header sum, which the device completes over the transport header
 /// and payload. Addresses as in the packet; `l4_len` in host order.
 #[inline(always)]
-pub const fn pseudo_partial(src: u32, dst: u32, proto: u8, l4_len: u16) -> u16 {
+pub fn pseudo_partial<A: Addr>(src: A, dst: A, proto: u8, l4_len: u16) -> u16 {
     add(pseudo_base(src, dst, proto), l4_len.to_be())
 }
 
@@ -231,7 +280,12 @@ mod tests {
             (client, both),
             (both.reversed(), client.reversed()),
         ] {
-            let sums = RewriteSums::new(from, to, 6);
+            let sums = RewriteSums::new(&from, &to, 6);
+            assert_eq!(
+                RewriteSums::back(&to.reversed(), &from.reversed(), 6),
+                sums,
+                "the way back of the way back"
+            );
             for payload in [&b""[..], b"hello", b"\xff\xff\xff"] {
                 let seg = segment(from, payload);
                 let check = u16::from_ne_bytes([seg[16], seg[17]]);

@@ -12,8 +12,8 @@ use crate::{
 /// Who a ClientIP affinity entry belongs to: a packet's source address, or
 /// the network namespace of a socket that has none yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Client {
-    Addr(u32),
+pub enum Client<A = u32> {
+    Addr(A),
     Netns(u64),
 }
 
@@ -74,7 +74,11 @@ pub trait View {
     fn is_frontend_addr(&self, addr: <Self::Key as Key>::Addr) -> bool;
     /// Whether `src` is in the loadBalancerSourceRanges of `svc_id`.
     fn in_source_ranges(&self, svc_id: u32, src: <Self::Key as Key>::Addr) -> bool;
-    fn affinity(&self, fe: &Self::Key, client: &Client) -> Option<(AffinityValue, Self::Entry)>;
+    fn affinity(
+        &self,
+        fe: &Self::Key,
+        client: &ClientOf<Self>,
+    ) -> Option<(AffinityValue, Self::Entry)>;
     /// The backend id in slot `index` of the ring array.
     fn slot(&self, index: u32) -> Option<u32>;
     fn backend(&self, id: u32) -> Option<Self::Backend>;
@@ -82,8 +86,11 @@ pub trait View {
     /// it; a read-only view does nothing).
     fn affinity_used(&self, entry: Self::Entry, now: u64);
     /// A new affinity entry (the data plane writes it).
-    fn affinity_chosen(&self, fe: &Self::Key, client: &Client, value: &AffinityValue);
+    fn affinity_chosen(&self, fe: &Self::Key, client: &ClientOf<Self>, value: &AffinityValue);
 }
+
+/// The affinity client of a view's address family.
+pub type ClientOf<V> = Client<<<V as View>::Key as Key>::Addr>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision<B = BackendV4> {
@@ -128,7 +135,7 @@ pub fn pick<V: View>(
     v: &V,
     fe: &FrontendValue,
     fe_key: &V::Key,
-    client: &Client,
+    client: &ClientOf<V>,
     now: u64,
     hash: impl FnOnce() -> u32,
 ) -> Option<(u32, V::Backend, By)> {
@@ -179,7 +186,7 @@ pub fn new_flow<V: View>(
     fe_key: &V::Key,
     src: <V::Key as Key>::Addr,
     in_cluster: bool,
-    client: &Client,
+    client: &ClientOf<V>,
     now: u64,
     hash: impl FnOnce() -> u32,
 ) -> Decision<V::Backend> {

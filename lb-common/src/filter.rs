@@ -33,6 +33,14 @@ pub const fn position(addr: u32, set: AddrSet) -> (u32, u64) {
     (h >> 6, 1u64 << (h & 63))
 }
 
+/// `position` of an IPv6 address (four words, as in the packet), folded to
+/// one word: the program and the agent must fold alike, and a collision is
+/// only a false positive.
+#[inline(always)]
+pub const fn position_v6(addr: [u32; 4], set: AddrSet) -> (u32, u64) {
+    position(addr[0] ^ addr[1] ^ addr[2] ^ addr[3], set)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,15 +21,40 @@ pub const fn flow_hash_v4(src: u32, dst: u32, sport: u16, dport: u16, proto: u8)
     fmix(h ^ (((sport as u32) << 16) | dport as u32) ^ ((proto as u32) << 8))
 }
 
+/// `flow_hash_v4` for IPv6: each address folded to a word first.
+#[inline(always)]
+pub const fn flow_hash_v6(src: [u32; 4], dst: [u32; 4], sport: u16, dport: u16, proto: u8) -> u32 {
+    flow_hash_v4(fold_v6(src), fold_v6(dst), sport, dport, proto)
+}
+
+/// Rotated so that words differing by a swap still hash apart.
+#[inline(always)]
+const fn fold_v6(a: [u32; 4]) -> u32 {
+    a[0] ^ a[1].rotate_left(8) ^ a[2].rotate_left(16) ^ a[3].rotate_left(24)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::flow_hash_v4;
+    use super::{flow_hash_v4, flow_hash_v6};
 
     #[test]
     fn spreads_source_ports_evenly() {
         let mut buckets = [0u32; 7];
         for p in 0..7000u16 {
             let h = flow_hash_v4(0x0a00_0001, 0x0a60_000a, 30000 + p, 80, 6);
+            buckets[(h % 7) as usize] += 1;
+        }
+        for b in buckets {
+            assert!((900..=1100).contains(&b), "{buckets:?}");
+        }
+    }
+
+    #[test]
+    fn ipv6_spreads_interface_ids_evenly() {
+        let mut buckets = [0u32; 7];
+        for p in 0..7000u32 {
+            let src = [0x00fd_u32, 0, 0, p.to_be()];
+            let h = flow_hash_v6(src, [0x00fd, 0, 0, 10], 40000, 80, 6);
             buckets[(h % 7) as usize] += 1;
         }
         for b in buckets {

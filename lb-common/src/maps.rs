@@ -34,6 +34,10 @@ pub mod names {
         BACKENDS_V6,
         SOCK_REVNAT_V6,
         SOCK_AFFINITY_V6,
+        CT_V6,
+        AFFINITY_V6,
+        PATH_V6_XDP,
+        PATH_V6_TC,
         MONITOR,
         MONITOR_ON,
         ANNOUNCE_V4,
@@ -46,11 +50,19 @@ pub mod names {
     /// named after its section. Not pinned: the agent rebuilds it from the
     /// other maps for every program it loads.
     pub const ADDR_FILTER: &str = ".bss.addr_filter";
+    /// Working memory of the IPv6 path, holding nothing between packets.
+    pub const SCRATCH_CT_V6: &str = "SCRATCH_CT_V6";
+    pub const SCRATCH_KEY_V6: &str = "SCRATCH_KEY_V6";
     /// Maps of the object the agent does not pin.
-    pub const UNPINNED: &[&str] = &[FLOW_CACHE_V4, ADDR_FILTER];
+    pub const UNPINNED: &[&str] = &[FLOW_CACHE_V4, ADDR_FILTER, SCRATCH_CT_V6, SCRATCH_KEY_V6];
     /// Pins of earlier versions that no version reads any more, removed on load.
     pub const RETIRED: [&str; 1] = ["ADDR_FILTER"];
 }
+
+/// `PATH_V6_TC` index of the pod interfaces' IPv6 entry, `lb6_pod`.
+pub const V6_POD: u32 = 0;
+/// `PATH_V6_TC` index of the external interfaces' tc IPv6 entry, `lb6_tc`.
+pub const V6_EXT: u32 = 1;
 
 /// Default capacities; the agent may raise them at load time.
 pub const MAX_ADDRS: u32 = 1 << 18;
@@ -73,6 +85,12 @@ pub const MAX_ANNOUNCE: u32 = 1 << 14;
 pub const MAX_FRONTENDS_V6: u32 = 1 << 16;
 /// IPv6 endpoints, keyed by backend id (one id space with `BACKENDS_V4`).
 pub const MAX_BACKENDS_V6: u32 = 1 << 16;
+/// IPv6 flow entries (two per flow). LRU maps are always preallocated, so
+/// this is memory every node pays (about 11 MiB) with or without IPv6
+/// traffic; the agent can raise it.
+pub const MAX_CT_V6: u32 = 1 << 16;
+/// Entries of `AFFINITY_V6` (preallocated, as every LRU map).
+pub const MAX_AFFINITY_V6: u32 = 1 << 14;
 
 /// Bumped whenever a layout in this crate changes; pinned maps live under
 /// `<pin-path>/v<LAYOUT_VERSION>` so an upgrade never reads foreign bytes.
@@ -221,51 +239,130 @@ impl CtKeyV4 {
         unsafe { core::mem::transmute::<[u64; 2], Self>(words) }
     }
 
-    /// The key of a reverse entry: a reply from `backend` to the client as
-    /// the backend sees it (`seen`: the client itself, or the SNAT address
-    /// and port that stood for it). Addresses and ports in network order.
-    pub const fn reply(backend: (u32, u16), seen: (u32, u16), proto: u8) -> Self {
-        Self {
-            src_addr: backend.0,
-            dst_addr: seen.0,
-            src_port: backend.1,
-            dst_port: seen.1,
-            proto,
-            dir: CT_DIR_REPLY,
-            _pad: 0,
-        }
-    }
-
-    /// The forward entry's key of a flow from `client` to `frontend`.
-    pub const fn forward(client: (u32, u16), frontend: (u32, u16), proto: u8) -> Self {
-        Self {
-            src_addr: client.0,
-            dst_addr: frontend.0,
-            src_port: client.1,
-            dst_port: frontend.1,
-            proto,
-            dir: CT_DIR_FORWARD,
-            _pad: 0,
-        }
-    }
-
     pub const fn words(&self) -> [u64; 2] {
         // SAFETY: as `from_words`; padding is an explicit field.
         unsafe { core::mem::transmute::<Self, [u64; 2]>(*self) }
-    }
-
-    pub const fn tuple(&self) -> crate::checksum::Tuple {
-        crate::checksum::Tuple {
-            src: self.src_addr,
-            dst: self.dst_addr,
-            sport: self.src_port,
-            dport: self.dst_port,
-        }
     }
 }
 
 pub const CT_DIR_FORWARD: u8 = 0;
 pub const CT_DIR_REPLY: u8 = 1;
+
+/// Key of `CT_V6`: `CtKeyV4` with IPv6 addresses (four words each, as in
+/// the packet). IPv6 flows get maps of their own, as in Cilium, so the
+/// IPv4 key stays two words that the packet path loads, hashes and
+/// compares as such.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKeyV6 {
+    pub src_addr: [u32; 4],
+    pub dst_addr: [u32; 4],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub dir: u8,
+    pub _pad: u16,
+}
+
+impl CtKeyV6 {
+    /// The frontend a forward key addresses.
+    #[inline(always)]
+    pub const fn frontend(&self) -> FrontendKeyV6 {
+        FrontendKeyV6 {
+            addr: self.dst_addr,
+            port: self.dst_port,
+            proto: self.proto,
+            _pad: 0,
+        }
+    }
+
+    /// The flow's place on a Maglev ring.
+    #[inline(always)]
+    pub const fn hash(&self) -> u32 {
+        crate::flow::flow_hash_v6(
+            self.src_addr,
+            self.dst_addr,
+            self.src_port,
+            self.dst_port,
+            self.proto,
+        )
+    }
+}
+
+/// What connection tracking needs of a key, for either family.
+pub trait CtKey: Copy {
+    type Addr: crate::checksum::Addr;
+    fn src(&self) -> (Self::Addr, u16);
+    fn dst(&self) -> (Self::Addr, u16);
+    fn proto(&self) -> u8;
+    fn dir(&self) -> u8;
+    /// The key of a reverse entry: a reply from `backend` to the client as
+    /// the backend sees it (`seen`: the client itself, or the SNAT address
+    /// and port that stood for it). Addresses and ports in network order.
+    fn reply(backend: (Self::Addr, u16), seen: (Self::Addr, u16), proto: u8) -> Self;
+    /// The forward entry's key of a flow from `client` to `frontend`.
+    fn forward(client: (Self::Addr, u16), frontend: (Self::Addr, u16), proto: u8) -> Self;
+    #[inline(always)]
+    fn tuple(&self) -> crate::checksum::Tuple<Self::Addr> {
+        let ((src, sport), (dst, dport)) = (self.src(), self.dst());
+        crate::checksum::Tuple {
+            src,
+            dst,
+            sport,
+            dport,
+        }
+    }
+}
+
+macro_rules! ct_key {
+    ($key:ident, $addr:ty) => {
+        impl CtKey for $key {
+            type Addr = $addr;
+            #[inline(always)]
+            fn src(&self) -> ($addr, u16) {
+                (self.src_addr, self.src_port)
+            }
+            #[inline(always)]
+            fn dst(&self) -> ($addr, u16) {
+                (self.dst_addr, self.dst_port)
+            }
+            #[inline(always)]
+            fn proto(&self) -> u8 {
+                self.proto
+            }
+            #[inline(always)]
+            fn dir(&self) -> u8 {
+                self.dir
+            }
+            #[inline(always)]
+            fn reply(backend: ($addr, u16), seen: ($addr, u16), proto: u8) -> Self {
+                Self {
+                    src_addr: backend.0,
+                    dst_addr: seen.0,
+                    src_port: backend.1,
+                    dst_port: seen.1,
+                    proto,
+                    dir: CT_DIR_REPLY,
+                    _pad: 0,
+                }
+            }
+            #[inline(always)]
+            fn forward(client: ($addr, u16), frontend: ($addr, u16), proto: u8) -> Self {
+                Self {
+                    src_addr: client.0,
+                    dst_addr: frontend.0,
+                    src_port: client.1,
+                    dst_port: frontend.1,
+                    proto,
+                    dir: CT_DIR_FORWARD,
+                    _pad: 0,
+                }
+            }
+        }
+    };
+}
+ct_key!(CtKeyV4, u32);
+ct_key!(CtKeyV6, [u32; 4]);
 
 /// Value of `CT_V4`. `nat_addr`/`nat_port` is what the packet is rewritten to:
 /// the backend on forward entries (destination), the frontend on reverse
@@ -305,13 +402,157 @@ pub struct CtValueV4 {
     pub csum_pseudo: u16,
 }
 
-impl CtValueV4 {
-    pub const fn set_sums(&mut self, sums: crate::checksum::RewriteSums) {
-        self.csum_addrs = sums.addrs;
-        self.csum_l4 = sums.l4;
-        self.csum_pseudo = sums.pseudo;
-    }
+/// Value of `CT_V6`: `CtValueV4`'s fields with IPv6 addresses, laid out
+/// so that none needs padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValueV6 {
+    pub expires_ns: u64,
+    pub last_seen_ns: u64,
+    pub nat_addr: [u32; 4],
+    pub snat_addr: [u32; 4],
+    pub nat_port: u16,
+    pub snat_port: u16,
+    pub state: u8,
+    pub fwd_kind: u8,
+    pub csum_addrs: u16,
+    pub svc_id: u32,
+    pub fwd_ifindex: u32,
+    pub fwd_smac: [u8; 6],
+    pub fwd_dmac: [u8; 6],
+    pub csum_l4: u16,
+    pub csum_pseudo: u16,
 }
+
+/// What connection tracking reads and writes of a value, for either
+/// family. The packet path works on entries in place, through pointers into
+/// the map: these are field projections, which make no reference.
+pub trait CtValue: Copy + Default {
+    type Addr: crate::checksum::Addr;
+    /// Makes this a new entry rewriting to `nat`, of service `svc_id`,
+    /// expiring at `expires_ns`; in place, so an IPv6 entry is never
+    /// copied through the stack.
+    fn init(&mut self, nat: (Self::Addr, u16), svc_id: u32, now: u64, expires_ns: u64);
+    fn set_sums(&mut self, sums: crate::checksum::RewriteSums);
+    fn set_nat(&mut self, nat: (Self::Addr, u16));
+    fn set_snat(&mut self, snat: (Self::Addr, u16));
+    /// # Safety
+    /// `v` points to a valid entry.
+    unsafe fn nat(v: *const Self) -> (Self::Addr, u16);
+    /// The SNAT address and port; the unspecified address when none.
+    ///
+    /// # Safety
+    /// `v` points to a valid entry.
+    unsafe fn snat(v: *const Self) -> (Self::Addr, u16);
+    /// # Safety
+    /// `v` points to a valid entry.
+    unsafe fn sums(v: *const Self) -> crate::checksum::RewriteSums;
+    /// # Safety
+    /// `v` points to a valid entry.
+    unsafe fn svc_id(v: *const Self) -> u32;
+    fn state(v: *mut Self) -> *mut u8;
+    fn expires_ns(v: *mut Self) -> *mut u64;
+    fn last_seen_ns(v: *mut Self) -> *mut u64;
+    fn fwd_kind(v: *mut Self) -> *mut u8;
+    fn fwd_ifindex(v: *mut Self) -> *mut u32;
+    fn fwd_smac(v: *mut Self) -> *mut [u8; 6];
+    fn fwd_dmac(v: *mut Self) -> *mut [u8; 6];
+}
+
+macro_rules! ct_value {
+    ($value:ident, $addr:ty) => {
+        impl CtValue for $value {
+            type Addr = $addr;
+            #[inline(always)]
+            fn init(&mut self, nat: ($addr, u16), svc_id: u32, now: u64, expires_ns: u64) {
+                self.expires_ns = expires_ns;
+                self.last_seen_ns = now;
+                (self.nat_addr, self.nat_port) = nat;
+                self.snat_addr = Default::default();
+                self.snat_port = 0;
+                self.state = 0;
+                self.fwd_kind = 0;
+                self.svc_id = svc_id;
+                self.fwd_ifindex = 0;
+                self.fwd_smac = [0; 6];
+                self.fwd_dmac = [0; 6];
+            }
+            #[inline(always)]
+            fn set_sums(&mut self, sums: crate::checksum::RewriteSums) {
+                self.csum_addrs = sums.addrs;
+                self.csum_l4 = sums.l4;
+                self.csum_pseudo = sums.pseudo;
+            }
+            #[inline(always)]
+            fn set_nat(&mut self, nat: ($addr, u16)) {
+                (self.nat_addr, self.nat_port) = nat;
+            }
+            #[inline(always)]
+            fn set_snat(&mut self, snat: ($addr, u16)) {
+                (self.snat_addr, self.snat_port) = snat;
+            }
+            #[inline(always)]
+            unsafe fn nat(v: *const Self) -> ($addr, u16) {
+                unsafe { ((*v).nat_addr, (*v).nat_port) }
+            }
+            #[inline(always)]
+            unsafe fn snat(v: *const Self) -> ($addr, u16) {
+                unsafe { ((*v).snat_addr, (*v).snat_port) }
+            }
+            #[inline(always)]
+            unsafe fn sums(v: *const Self) -> crate::checksum::RewriteSums {
+                unsafe {
+                    crate::checksum::RewriteSums {
+                        addrs: (*v).csum_addrs,
+                        l4: (*v).csum_l4,
+                        pseudo: (*v).csum_pseudo,
+                    }
+                }
+            }
+            #[inline(always)]
+            unsafe fn svc_id(v: *const Self) -> u32 {
+                unsafe { (*v).svc_id }
+            }
+            #[inline(always)]
+            fn state(v: *mut Self) -> *mut u8 {
+                v.wrapping_byte_add(core::mem::offset_of!(Self, state))
+                    .cast()
+            }
+            #[inline(always)]
+            fn expires_ns(v: *mut Self) -> *mut u64 {
+                v.wrapping_byte_add(core::mem::offset_of!(Self, expires_ns))
+                    .cast()
+            }
+            #[inline(always)]
+            fn last_seen_ns(v: *mut Self) -> *mut u64 {
+                v.wrapping_byte_add(core::mem::offset_of!(Self, last_seen_ns))
+                    .cast()
+            }
+            #[inline(always)]
+            fn fwd_kind(v: *mut Self) -> *mut u8 {
+                v.wrapping_byte_add(core::mem::offset_of!(Self, fwd_kind))
+                    .cast()
+            }
+            #[inline(always)]
+            fn fwd_ifindex(v: *mut Self) -> *mut u32 {
+                v.wrapping_byte_add(core::mem::offset_of!(Self, fwd_ifindex))
+                    .cast()
+            }
+            #[inline(always)]
+            fn fwd_smac(v: *mut Self) -> *mut [u8; 6] {
+                v.wrapping_byte_add(core::mem::offset_of!(Self, fwd_smac))
+                    .cast()
+            }
+            #[inline(always)]
+            fn fwd_dmac(v: *mut Self) -> *mut [u8; 6] {
+                v.wrapping_byte_add(core::mem::offset_of!(Self, fwd_dmac))
+                    .cast()
+            }
+        }
+    };
+}
+ct_value!(CtValueV4, u32);
+ct_value!(CtValueV6, [u32; 4]);
 
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
 
@@ -429,7 +670,15 @@ pub struct AffinityKeyV4 {
     pub client_addr: u32,
 }
 
-/// Value of `AFFINITY_V4`: the backend the client sticks to.
+/// Key of `AFFINITY_V6`: one IPv6 client of one frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKeyV6 {
+    pub frontend: FrontendKeyV6,
+    pub client_addr: [u32; 4],
+}
+
+/// Value of `AFFINITY_V4` and `AFFINITY_V6`: the backend the client sticks to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AffinityValue {
@@ -570,6 +819,9 @@ const _: () = {
     assert!(core::mem::size_of::<BackendV6>() == 20);
     assert!(core::mem::size_of::<CtKeyV4>() == 16);
     assert!(core::mem::size_of::<CtValueV4>() == 56);
+    assert!(core::mem::size_of::<CtKeyV6>() == 40);
+    assert!(core::mem::size_of::<CtValueV6>() == 80);
+    assert!(core::mem::size_of::<AffinityKeyV6>() == 36);
     assert!(core::mem::size_of::<FlowCacheEntryV4>() == 80);
     assert!(core::mem::size_of::<Config>() == 32);
     assert!(core::mem::size_of::<IfaceInfo>() == 4);
@@ -591,6 +843,9 @@ mod pod {
     unsafe impl aya::Pod for BackendV6 {}
     unsafe impl aya::Pod for CtKeyV4 {}
     unsafe impl aya::Pod for CtValueV4 {}
+    unsafe impl aya::Pod for CtKeyV6 {}
+    unsafe impl aya::Pod for CtValueV6 {}
+    unsafe impl aya::Pod for AffinityKeyV6 {}
     unsafe impl aya::Pod for FlowCacheEntryV4 {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for IfaceInfo {}

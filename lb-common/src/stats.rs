@@ -96,6 +96,14 @@ reasons! {
     /// An ARP request for a LoadBalancer address this node announces on
     /// the interface it came in by, answered from the packet path.
     ArpReply = 34, "arp_reply", Verdict;
+    /// An IPv6 packet with more extension headers before its transport
+    /// header than the path walks, or a truncated one.
+    PassIpv6ExtHeaders = 35, "pass_ipv6_ext_headers", Verdict;
+    /// ICMPv6: neighbour discovery, MLD and errors, all the kernel's.
+    PassIcmpv6 = 36, "pass_icmpv6", Verdict;
+    /// An IPv6 packet found no IPv6 entry program to hand it to (the
+    /// kernel refused it, or the agent has not filled its slot yet).
+    PassIpv6PathMissing = 37, "pass_ipv6_path_missing", Verdict;
 }
 
 impl Reason {

@@ -1,8 +1,9 @@
 //! Connection tracking: lookup with expiry, creation of the forward and
-//! reverse entries, and TCP state kept identical on both.
+//! reverse entries, and TCP state kept identical on both; one
+//! implementation for both families' tables (`Table`).
 //!
 //! Unsafe in this module: the clock helper, which takes no arguments, and
-//! field accesses through `CT_V4` entry pointers. The memory behind a
+//! field accesses through `CT_V4` and `CT_V6` entry pointers. The memory behind a
 //! lookup's pointer stays valid until the program returns (an LRU map's
 //! elements are preallocated), though another CPU may update the entry, or
 //! delete it and reuse the element, meanwhile: every field touched is
@@ -10,16 +11,17 @@
 //! torn.
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    checksum::{RewriteSums, Tuple},
+    checksum::{Addr, RewriteSums, Tuple},
     conntrack::{
         lifetime_s, tcp_next, STATE_CLOSING, STATE_ROUTED, STATE_SEEN_REPLY, TCP_ACK, TCP_FIN,
         TCP_RST, TCP_SYN,
     },
-    BackendV4, Config, CtKeyV4, CtValueV4, Reason, CT_DIR_REPLY, CT_REFRESH_NS, PROTO_TCP,
+    Config, CtKey, CtKeyV4, CtKeyV6, CtValue, CtValueV4, CtValueV6, Reason, CT_DIR_REPLY,
+    CT_REFRESH_NS, PROTO_TCP,
 };
 
 use crate::{
-    maps::{CONFIG, CT_V4},
+    maps::{CONFIG, CT_V4, CT_V6},
     stats,
 };
 
@@ -45,12 +47,59 @@ fn deadline(proto: u8, state: u8, now: u64) -> u64 {
     now + lifetime_s(&config(), proto, state) as u64 * 1_000_000_000
 }
 
+/// A family's connection-tracking map, keyed by its `CtKey`.
+pub trait Table: CtKey {
+    type Value: CtValue<Addr = Self::Addr>;
+    fn entry(&self) -> Option<*mut Self::Value>;
+    fn insert(&self, value: &Self::Value) -> Option<()>;
+    fn remove(&self);
+}
+
+impl Table for CtKeyV4 {
+    type Value = CtValueV4;
+    #[inline(always)]
+    fn entry(&self) -> Option<*mut CtValueV4> {
+        CT_V4.get_ptr_mut(self)
+    }
+    #[inline(always)]
+    fn insert(&self, value: &CtValueV4) -> Option<()> {
+        CT_V4.insert(self, value, 0).ok()
+    }
+    #[inline(always)]
+    fn remove(&self) {
+        let _ = CT_V4.remove(self);
+    }
+}
+
+impl Table for CtKeyV6 {
+    type Value = CtValueV6;
+    #[inline(always)]
+    fn entry(&self) -> Option<*mut CtValueV6> {
+        CT_V6.get_ptr_mut(self)
+    }
+    #[inline(always)]
+    fn insert(&self, value: &CtValueV6) -> Option<()> {
+        CT_V6.insert(self, value, 0).ok()
+    }
+    #[inline(always)]
+    fn remove(&self) {
+        let _ = CT_V6.remove(self);
+    }
+}
+
+/// Whether `addr` is set: an entry without source NAT holds the
+/// unspecified address as its SNAT address.
+#[inline(always)]
+pub fn is_set<A: Addr>(addr: A) -> bool {
+    addr != A::default()
+}
+
 /// The live entry for `key`, or `None` when there is none, it has expired,
 /// or a fresh SYN reuses the tuple of a closed TCP connection.
 #[inline(always)]
-pub fn lookup(key: &CtKeyV4, tcp_flags: u8, now: u64) -> Option<*mut CtValueV4> {
-    let ct = CT_V4.get_ptr_mut(key)?;
-    let (state, expires) = unsafe { ((*ct).state, (*ct).expires_ns) };
+pub fn lookup<K: Table>(key: &K, tcp_flags: u8, now: u64) -> Option<*mut K::Value> {
+    let ct = key.entry()?;
+    let (state, expires) = unsafe { (*K::Value::state(ct), *K::Value::expires_ns(ct)) };
     if now > expires {
         return None;
     }
@@ -60,83 +109,97 @@ pub fn lookup(key: &CtKeyV4, tcp_flags: u8, now: u64) -> Option<*mut CtValueV4> 
     Some(ct)
 }
 
-/// Creates both entries of a new flow from client `key` to backend `be`,
-/// with the source rewritten to `snat` when given.
+/// The checksum differences of a new flow's two rewrites, computed once
+/// for all its packets (`RewriteSums`).
+pub struct FlowSums {
+    pub to_backend: RewriteSums,
+    pub back: RewriteSums,
+}
+
+/// The `FlowSums` of a flow from client `key` to `backend` (address and
+/// port), with the source rewritten to `snat` when given.
 #[inline(always)]
-pub fn create(
-    key: &CtKeyV4,
-    be: &BackendV4,
+pub fn sums<K: Table>(key: &K, backend: (K::Addr, u16), snat: Option<(K::Addr, u16)>) -> FlowSums {
+    let seen = snat.unwrap_or(key.src());
+    let tuple = key.tuple();
+    let to_backend = Tuple {
+        src: seen.0,
+        dst: backend.0,
+        sport: seen.1,
+        dport: backend.1,
+    };
+    FlowSums {
+        to_backend: RewriteSums::new(&tuple, &to_backend, key.proto()),
+        back: RewriteSums::back(&tuple, &to_backend, key.proto()),
+    }
+}
+
+/// Creates both entries of a new flow from client `key` to `backend`
+/// (address and port), with the source rewritten to `snat` when given and
+/// checksums updated by `sums` (the flow's `sums`). The entries are built
+/// in `value`, memory the caller provides: the stack for IPv4, a per-CPU
+/// scratch value for IPv6, whose entries would crowd the stack.
+#[inline(always)]
+pub fn create<K: Table>(
+    key: &K,
+    backend: (K::Addr, u16),
     svc_id: u32,
-    snat: Option<(u32, u16)>,
+    snat: Option<(K::Addr, u16)>,
+    sums: &FlowSums,
     now: u64,
-) -> Option<*mut CtValueV4> {
-    let (seen_addr, seen_port) = snat.unwrap_or((key.src_addr, key.src_port));
-    let rev_key = CtKeyV4::reply((be.addr, be.port), (seen_addr, seen_port), key.proto);
-    if let Some(old) = CT_V4.get_ptr(rev_key) {
-        let (a, p) = unsafe { ((*old).nat_addr, (*old).nat_port) };
-        if a != key.dst_addr || p != key.dst_port {
+    value: &mut K::Value,
+) -> Option<*mut K::Value> {
+    let proto = key.proto();
+    let (client, frontend) = (key.src(), key.dst());
+    let rev_key = K::reply(backend, snat.unwrap_or(client), proto);
+    if let Some(old) = rev_key.entry() {
+        if unsafe { K::Value::nat(old) } != frontend {
             stats::count(Reason::CtClash);
         }
     }
-    let client = key.tuple();
-    let to_backend = Tuple {
-        src: seen_addr,
-        dst: be.addr,
-        sport: seen_port,
-        dport: be.port,
-    };
-    let mut value = CtValueV4 {
-        expires_ns: deadline(key.proto, 0, now),
-        last_seen_ns: now,
-        nat_addr: key.dst_addr,
-        nat_port: key.dst_port,
-        svc_id,
-        ..CtValueV4::default()
-    };
+    value.init(frontend, svc_id, now, deadline(proto, 0, now));
     if snat.is_some() {
-        value.snat_addr = key.src_addr;
-        value.snat_port = key.src_port;
+        value.set_snat(client);
     }
-    value.set_sums(RewriteSums::new(
-        to_backend.reversed(),
-        client.reversed(),
-        key.proto,
-    ));
-    CT_V4.insert(rev_key, value, 0).ok()?;
-    value.nat_addr = be.addr;
-    value.nat_port = be.port;
-    if let Some((addr, port)) = snat {
-        value.snat_addr = addr;
-        value.snat_port = port;
+    value.set_sums(sums.back);
+    rev_key.insert(value)?;
+    value.set_nat(backend);
+    if let Some(snat) = snat {
+        value.set_snat(snat);
     }
-    value.set_sums(RewriteSums::new(client, to_backend, key.proto));
-    CT_V4.insert(*key, value, 0).ok()?;
-    CT_V4.get_ptr_mut(key)
+    value.set_sums(sums.to_backend);
+    key.insert(value)?;
+    key.entry()
 }
 
 /// Applies one packet to its entry; returns whether the cached forwarding
 /// decision is due for a refresh (which also pushes out the expiry).
 #[inline(always)]
-pub fn on_packet(key: &CtKeyV4, ct: *mut CtValueV4, tcp_flags: u8, now: u64) -> bool {
-    let reply = key.dir == CT_DIR_REPLY;
-    let (mut state, seen) = unsafe { ((*ct).state, (*ct).last_seen_ns) };
+pub fn on_packet<K: Table>(key: &K, ct: *mut K::Value, tcp_flags: u8, now: u64) -> bool {
+    let reply = key.dir() == CT_DIR_REPLY;
+    let (state_at, seen_at, expires_at) = (
+        K::Value::state(ct),
+        K::Value::last_seen_ns(ct),
+        K::Value::expires_ns(ct),
+    );
+    let (mut state, seen) = unsafe { (*state_at, *seen_at) };
     let mut changed = false;
     // The first reply marks either protocol's flow as replied (UDP's
     // lifetime depends on it too); only TCP has FIN and RST.
-    if (key.proto == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0)
+    if (key.proto() == PROTO_TCP && tcp_flags & (TCP_FIN | TCP_RST) != 0)
         || (reply && state & STATE_SEEN_REPLY == 0)
     {
         state = tcp_next(state, tcp_flags, reply);
-        unsafe { (*ct).state = state };
+        unsafe { *state_at = state };
         mirror(key, ct, tcp_flags, reply, now);
         changed = true;
     }
     let refresh = state & STATE_ROUTED == 0 || now.saturating_sub(seen) > CT_REFRESH_NS;
     if refresh {
-        unsafe { (*ct).last_seen_ns = now };
+        unsafe { *seen_at = now };
     }
     if refresh || changed {
-        unsafe { (*ct).expires_ns = deadline(key.proto, state, now) };
+        unsafe { *expires_at = deadline(key.proto(), state, now) };
     }
     refresh
 }
@@ -144,37 +207,20 @@ pub fn on_packet(key: &CtKeyV4, ct: *mut CtValueV4, tcp_flags: u8, now: u64) -> 
 /// Keeps the other direction's entry in the same TCP state, so the timeout
 /// chosen for either lookup reflects the whole connection.
 #[inline(always)]
-fn mirror(key: &CtKeyV4, ct: *const CtValueV4, tcp_flags: u8, reply: bool, now: u64) {
-    let (nat_addr, nat_port, snat_addr, snat_port) = unsafe {
-        (
-            (*ct).nat_addr,
-            (*ct).nat_port,
-            (*ct).snat_addr,
-            (*ct).snat_port,
-        )
-    };
+fn mirror<K: Table>(key: &K, ct: *const K::Value, tcp_flags: u8, reply: bool, now: u64) {
+    let (nat, snat) = unsafe { (K::Value::nat(ct), K::Value::snat(ct)) };
     // Without source NAT the client is the other side of this packet's tuple.
-    let snat = snat_addr != 0;
+    let snat = is_set(snat.0).then_some(snat);
     let other = if reply {
-        let client = if snat {
-            (snat_addr, snat_port)
-        } else {
-            (key.dst_addr, key.dst_port)
-        };
-        CtKeyV4::forward(client, (nat_addr, nat_port), key.proto)
+        K::forward(snat.unwrap_or(key.dst()), nat, key.proto())
     } else {
-        let seen = if snat {
-            (snat_addr, snat_port)
-        } else {
-            (key.src_addr, key.src_port)
-        };
-        CtKeyV4::reply((nat_addr, nat_port), seen, key.proto)
+        K::reply(nat, snat.unwrap_or(key.src()), key.proto())
     };
-    if let Some(o) = CT_V4.get_ptr_mut(other) {
-        let state = unsafe { tcp_next((*o).state, tcp_flags, reply) };
+    if let Some(o) = other.entry() {
         unsafe {
-            (*o).state = state;
-            (*o).expires_ns = deadline(key.proto, state, now);
+            let state = tcp_next(*K::Value::state(o), tcp_flags, reply);
+            *K::Value::state(o) = state;
+            *K::Value::expires_ns(o) = deadline(key.proto(), state, now);
         }
     }
 }

@@ -8,23 +8,23 @@
 //! Unsafe in this module: `bpf_fib_lookup` and `bpf_check_mtu` on the hook's
 //! own context pointer, with a parameter block on the stack that may start
 //! zeroed because it is plain integers; header accesses through pointers
-//! `parse::ptr_at` checked; field accesses through `IFACES` and `CT_V4` entry
-//! pointers, valid until the program returns (see `conntrack`).
+//! `parse::ptr_at` checked; field accesses through `IFACES` and connection-tracking
+//! entry pointers, valid until the program returns (see `conntrack`).
 use aya_ebpf::{
     bindings::bpf_fib_lookup,
     helpers::generated::{bpf_check_mtu, bpf_fib_lookup as fib_lookup},
 };
-use lb_common::{
-    conntrack::STATE_ROUTED, CtKeyV4, CtValueV4, CT_DIR_FORWARD, FWD_KERNEL, FWD_NEIGH, FWD_XDP,
-};
+use lb_common::{conntrack::STATE_ROUTED, CtValue, CT_DIR_FORWARD, FWD_KERNEL, FWD_NEIGH, FWD_XDP};
 
 use crate::{
+    conntrack::{is_set, Table},
     frame::Frame,
     maps::IFACES,
     parse::{self, EthHdr, Ipv4Hdr},
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 /// Don't Fragment, in `frag_off` (network order).
 const IP_DF: u16 = 0x4000u16.to_be();
 /// RFC 791's datagram size every link carries: smaller packets skip the
@@ -46,40 +46,59 @@ pub fn iface_has(ifindex: u32, flag: u32) -> bool {
 /// What the MTU check decided for a packet before its rewrite.
 pub enum Fit {
     Fits,
-    /// Too big and marked Don't Fragment: the sender must be told `mtu`.
+    /// Too big and not to be fragmented: the sender must be told `mtu`.
     TellSender(u32),
     /// Too big but fragmentable: the kernel fragments it after the rewrite.
     Fragment,
 }
 
+/// What the MTU check reads of the IP header: the packet's length and
+/// whether routers may fragment it (IPv4 without DF; never IPv6).
+pub struct Size {
+    pub len: u16,
+    pub fragmentable: bool,
+}
+
 /// Checks the packet against its flow's egress, refreshing the flow's
 /// forwarding decision first when `refresh` says it is due.
 #[inline(always)]
-pub fn check<C: Frame>(
+pub fn check<C: Frame, K: Table>(
     ctx: &C,
-    ip: *const Ipv4Hdr,
-    key: &CtKeyV4,
-    ct: *mut CtValueV4,
+    size: Size,
+    key: &K,
+    ct: *mut K::Value,
     refresh: bool,
-) -> Fit {
+) -> Fit
+where
+    K::Addr: FibAddr,
+{
     if refresh {
         resolve(ctx, key, ct);
     }
-    let (tot_len, frag_off) = unsafe { (u16::from_be((*ip).tot_len), (*ip).frag_off) };
-    let ifindex = unsafe { (*ct).fwd_ifindex };
+    let ifindex = unsafe { *K::Value::fwd_ifindex(ct) };
     // A GSO packet's header may hold 0 (BIG TCP) or the whole super-packet's
     // length: both go to the helper, which checks its segments.
-    if ifindex == 0 || (tot_len != 0 && tot_len <= MIN_MTU) {
+    if ifindex == 0 || (size.len != 0 && size.len <= MIN_MTU) {
         return Fit::Fits;
     }
     let mut mtu = 0u32;
     let rc = unsafe { bpf_check_mtu(ctx.raw(), ifindex, &mut mtu, 0, C::MTU_FLAGS) };
     if rc <= 0 {
         Fit::Fits
-    } else if frag_off & IP_DF != 0 {
-        Fit::TellSender(mtu)
-    } else {
+    } else if size.fragmentable {
         Fit::Fragment
+    } else {
+        Fit::TellSender(mtu)
+    }
+}
+
+/// The IPv4 header's `Size`.
+#[inline(always)]
+pub fn size_v4(ip: *const Ipv4Hdr) -> Size {
+    let (tot_len, frag_off) = unsafe { ((*ip).tot_len, (*ip).frag_off) };
+    Size {
+        len: u16::from_be(tot_len),
+        fragmentable: frag_off & IP_DF == 0,
     }
 }
 
@@ -89,8 +108,8 @@ pub fn check<C: Frame>(
 /// as an skb: an XDP frame would lose the skb's note that the checksum is
 /// still to be completed, and reach its receiver with a wrong one.
 #[inline(always)]
-pub fn send<C: Frame>(ctx: &C, ct: *const CtValueV4, kernel: bool, partial: bool) -> u32 {
-    let (mut kind, ifindex) = unsafe { ((*ct).fwd_kind, (*ct).fwd_ifindex) };
+pub fn send<C: Frame, V: CtValue>(ctx: &C, ct: *mut V, kernel: bool, partial: bool) -> u32 {
+    let (mut kind, ifindex) = unsafe { (*V::fwd_kind(ct), *V::fwd_ifindex(ct)) };
     if partial {
         kind &= !FWD_XDP;
     }
@@ -102,41 +121,56 @@ pub fn send<C: Frame>(ctx: &C, ct: *const CtValueV4, kernel: bool, partial: bool
             return C::PASS;
         };
         unsafe {
-            (*eth).src = (*ct).fwd_smac;
-            (*eth).dst = (*ct).fwd_dmac;
+            (*eth).src = *V::fwd_smac(ct);
+            (*eth).dst = *V::fwd_dmac(ct);
         }
     }
     ctx.forward(kind, ifindex)
 }
 
+/// An address family's part of a FIB lookup's parameters.
+pub trait FibAddr: Copy {
+    fn set(params: &mut bpf_fib_lookup, src: Self, dst: Self);
+}
+
+impl FibAddr for u32 {
+    #[inline(always)]
+    fn set(params: &mut bpf_fib_lookup, src: u32, dst: u32) {
+        params.family = AF_INET;
+        params.__bindgen_anon_3.ipv4_src = src;
+        params.__bindgen_anon_4.ipv4_dst = dst;
+    }
+}
+
+impl FibAddr for [u32; 4] {
+    #[inline(always)]
+    fn set(params: &mut bpf_fib_lookup, src: [u32; 4], dst: [u32; 4]) {
+        params.family = AF_INET6;
+        params.__bindgen_anon_3.ipv6_src = src;
+        params.__bindgen_anon_4.ipv6_dst = dst;
+    }
+}
+
 /// A FIB lookup on the tuple the packet will carry once translated.
 #[inline(always)]
-fn resolve<C: Frame>(ctx: &C, key: &CtKeyV4, ct: *mut CtValueV4) {
-    let v = unsafe { &*ct };
-    let (src, dst) = if key.dir == CT_DIR_FORWARD {
-        let src = if v.snat_addr != 0 {
-            v.snat_addr
-        } else {
-            key.src_addr
-        };
-        (src, v.nat_addr)
+fn resolve<C: Frame, K: Table>(ctx: &C, key: &K, ct: *mut K::Value)
+where
+    K::Addr: FibAddr,
+{
+    let (nat, snat) = unsafe { (K::Value::nat(ct), K::Value::snat(ct)) };
+    let snat = is_set(snat.0).then_some(snat.0);
+    let (src, dst) = if key.dir() == CT_DIR_FORWARD {
+        (snat.unwrap_or(key.src().0), nat.0)
     } else {
-        let dst = if v.snat_addr != 0 {
-            v.snat_addr
-        } else {
-            key.dst_addr
-        };
-        (v.nat_addr, dst)
+        (nat.0, snat.unwrap_or(key.dst().0))
     };
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = key.proto;
+    K::Addr::set(&mut params, src, dst);
+    params.l4_protocol = key.proto();
     // Any non-zero length makes the lookup compare it with the route's MTU
     // rather than check the skb; the minimum never fails, and `check` does
     // the per-packet test.
     params.__bindgen_anon_1.tot_len = 20;
-    params.__bindgen_anon_3.ipv4_src = src;
-    params.__bindgen_anon_4.ipv4_dst = dst;
     params.ifindex = ctx.ifindex();
     let rc = unsafe {
         fib_lookup(
@@ -148,14 +182,14 @@ fn resolve<C: Frame>(ctx: &C, key: &CtKeyV4, ct: *mut CtValueV4) {
     };
     let kind = ctx.kind_for(rc, params.ifindex);
     unsafe {
-        (*ct).fwd_kind = kind;
-        (*ct).fwd_ifindex = if kind == FWD_KERNEL && rc != 0 {
+        *K::Value::fwd_kind(ct) = kind;
+        *K::Value::fwd_ifindex(ct) = if kind == FWD_KERNEL && rc != 0 {
             0
         } else {
             params.ifindex
         };
-        (*ct).fwd_smac = params.smac;
-        (*ct).fwd_dmac = params.dmac;
-        (*ct).state |= STATE_ROUTED;
+        *K::Value::fwd_smac(ct) = params.smac;
+        *K::Value::fwd_dmac(ct) = params.dmac;
+        *K::Value::state(ct) |= STATE_ROUTED;
     }
 }

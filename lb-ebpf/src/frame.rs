@@ -8,8 +8,9 @@
 //! each hook gets its own copy of the path with its own helpers inlined
 //! and no indirect call.
 //!
-//! Unsafe in this module: helper calls on the hook's own context pointer,
-//! and reads of `__sk_buff` fields the verifier allows tc programs to read.
+//! Unsafe in this module: helper calls on the hook's own context pointer
+//! (a tail call included: it jumps to a program of the same hook type, or
+//! returns when the slot is empty), and reads of `__sk_buff` fields the verifier allows tc programs to read.
 use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
@@ -25,10 +26,14 @@ use aya_ebpf::{
 };
 use lb_common::{
     meta::XdpMeta, Reason, FWD_KERNEL, FWD_NEIGH, FWD_PEER, FWD_REDIRECT, FWD_XDP, IFACE_POD,
-    IFACE_REDIRECT,
+    IFACE_REDIRECT, V6_EXT, V6_POD,
 };
 
-use crate::{forward::iface_info, stats};
+use crate::{
+    forward::iface_info,
+    maps::{PATH_V6_TC, PATH_V6_XDP},
+    stats,
+};
 
 /// `bpf_check_mtu` flag: check each segment of a GSO packet, not its total.
 const BPF_MTU_CHK_SEGS: u64 = 1;
@@ -61,6 +66,9 @@ pub trait Frame {
     fn forward(&self, kind: u8, ifindex: u32) -> u32;
     /// The forwarding kind for a FIB result `rc` with egress `ifindex`.
     fn kind_for(&self, rc: i64, ifindex: u32) -> u8;
+    /// Hands the packet to this hook's IPv6 entry program; returns only when
+    /// there is none.
+    fn to_v6_path(&self);
 }
 
 impl Frame for XdpContext {
@@ -128,6 +136,10 @@ impl Frame for XdpContext {
         } else {
             kind
         }
+    }
+    #[inline(always)]
+    fn to_v6_path(&self) {
+        unsafe { PATH_V6_XDP.tail_call(self, 0) };
     }
 }
 
@@ -275,5 +287,10 @@ impl<const POD: bool> Frame for Tc<POD> {
     #[inline(always)]
     fn kind_for(&self, rc: i64, ifindex: u32) -> u8 {
         skb_kind(rc, ifindex)
+    }
+    #[inline(always)]
+    fn to_v6_path(&self) {
+        let index = if POD { V6_POD } else { V6_EXT };
+        unsafe { PATH_V6_TC.tail_call(&self.0, index) };
     }
 }

@@ -2,7 +2,8 @@
 //! `lb_pod` the same packet path at tc ingress on pod interfaces, `lb_ext`
 //! delivers at tc what `lb` translated but could not send itself, and
 //! `lb_tc` runs the path at tc ingress of an external interface where XDP
-//! would not pay (see `frame::Tc`); `noop` exists so benchmarks measure the
+//! would not pay (see `frame::Tc`); `lb6`, `lb6_pod` and `lb6_tc` run the
+//! IPv6 path for the first three; `noop` exists so benchmarks measure the
 //! BPF_PROG_TEST_RUN floor with the same object, and so tests can give a
 //! veth's peer an XDP program.
 //!
@@ -27,6 +28,7 @@ mod policy;
 mod reject;
 mod select;
 mod service;
+mod service6;
 mod sock;
 mod stats;
 
@@ -83,6 +85,26 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
     }
     pull_headers(&ctx);
     service::handle(&Tc::<false>(ctx)) as i32
+}
+
+/// The IPv6 path's entries, which the IPv4 programs above tail-call for
+/// IPv6 packets (`maps::PATH_V6_XDP`, `PATH_V6_TC`).
+#[xdp]
+#[inline(always)]
+pub fn lb6(ctx: XdpContext) -> u32 {
+    service6::handle(&ctx)
+}
+
+#[classifier]
+#[inline(always)]
+pub fn lb6_pod(ctx: TcContext) -> i32 {
+    service6::handle(&Tc::<true>(ctx)) as i32
+}
+
+#[classifier]
+#[inline(always)]
+pub fn lb6_tc(ctx: TcContext) -> i32 {
+    service6::handle(&Tc::<false>(ctx)) as i32
 }
 
 #[xdp]

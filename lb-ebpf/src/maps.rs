@@ -8,7 +8,7 @@
 //! agent only writes it.
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     macros::btf_map,
 };
 use lb_common::{monitor::MonitorEvent, *};
@@ -145,6 +145,35 @@ pub static SOCK_AFFINITY_V6: LruHashMap<
     AffinityValue,
     { lb_common::sock::MAX_SOCK_AFFINITY as usize },
 > = LruHashMap::new();
+
+/// Connection tracking of IPv6 flows, as `CT_V4`.
+#[btf_map]
+pub static CT_V6: LruHashMap<CtKeyV6, CtValueV6, { MAX_CT_V6 as usize }> = LruHashMap::new();
+
+/// Where the IPv6 path builds a new flow's entries: IPv6 entries are too
+/// big to build on the stack beside everything else the path holds.
+#[btf_map]
+pub static SCRATCH_CT_V6: PerCpuArray<CtValueV6, 1> = PerCpuArray::new();
+
+/// Where the IPv6 path keeps a packet's flow key, for the same reason.
+#[btf_map]
+pub static SCRATCH_KEY_V6: PerCpuArray<CtKeyV6, 1> = PerCpuArray::new();
+
+/// ClientIP affinity of IPv6 clients on the packet path, as `AFFINITY_V4`.
+#[btf_map]
+pub static AFFINITY_V6: LruHashMap<AffinityKeyV6, AffinityValue, { MAX_AFFINITY_V6 as usize }> =
+    LruHashMap::new();
+
+/// The IPv6 path's XDP entry (`lb6`), which `lb` tail-calls: a tail call
+/// starts the IPv6 path with a stack of its own, where a function call
+/// would stack its frames on top of the IPv4 path's. Filled by the agent
+/// with the programs it loads (see the agent's `datapath::path_v6`).
+#[btf_map]
+pub static PATH_V6_XDP: ProgramArray<1> = ProgramArray::new();
+
+/// The IPv6 path's tc entries: `lb6_pod` at `V6_POD`, `lb6_tc` at `V6_EXT`.
+#[btf_map]
+pub static PATH_V6_TC: ProgramArray<2> = ProgramArray::new();
 
 /// Events for `xdplb monitor`, written only under its lease (`monitor.rs`).
 #[btf_map]

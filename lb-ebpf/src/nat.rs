@@ -12,54 +12,109 @@
 //! checksums.
 //!
 //! Unsafe in this module: header reads and rewrites through pointers
-//! `parse` checked (`L4::check` points into the checked TCP or UDP header).
+//! `parse` checked (`L4::check` points into the checked TCP or UDP header),
+//! and reads of the flow's entry, valid until the program returns.
 use lb_common::{
     checksum::{add, apply},
-    CtValueV4,
+    CtValue, CtValueV4, CtValueV6,
 };
 
-use crate::parse::{Ipv4Hdr, L4};
+use crate::{
+    conntrack::is_set,
+    parse::{Ipv4Hdr, Ipv6Hdr, L4},
+};
 
-/// Rewrites a TCP or UDP packet whose IPv4 header is `ihl` bytes long by its
-/// flow's entry: a forward packet gets the backend as destination (and the
-/// SNAT address as source, if any), a reply the frontend as source (and the
-/// client as destination, if source-NATed). The checksum differences were
-/// computed when the entry was made, from this very tuple. Returns whether
-/// the checksum field was a partial one, which only an skb can carry on.
+/// Updates the TCP or UDP checksum of a packet with `l4_len` bytes of
+/// transport header and payload for its flow's rewrite. Returns whether the
+/// field was a partial checksum, which only an skb can carry on.
 #[inline(always)]
-pub fn rewrite(ip: *mut Ipv4Hdr, l4: &L4, ihl: usize, ct: &CtValueV4, forward: bool) -> bool {
-    let nat = (ct.nat_addr, ct.nat_port);
-    let snat = (ct.snat_addr != 0).then_some((ct.snat_addr, ct.snat_port));
-    let (dst, src) = if forward {
+fn l4_checksum<V: CtValue>(l4: &L4, l4_len: u16, ct: *const V) -> bool {
+    let sums = unsafe { V::sums(ct) };
+    unsafe {
+        let check = *l4.check;
+        if l4.is_udp && check == 0 {
+            return false;
+        }
+        let partial = check == add(sums.pseudo, l4_len.to_be());
+        *l4.check = if partial {
+            add(check, sums.addrs)
+        } else {
+            // UDP transmits a computed zero as all ones (RFC 768).
+            match apply(check, sums.l4) {
+                0 if l4.is_udp => 0xffff,
+                c => c,
+            }
+        };
+        partial
+    }
+}
+
+/// A rewrite as (destination, source), each an address and port when it
+/// changes.
+type Rewrite<A> = (Option<(A, u16)>, Option<(A, u16)>);
+
+/// The rewrite of a flow's entry: a forward
+/// packet gets the backend as destination (and the SNAT address as source,
+/// if any), a reply the frontend as source (and the client as destination,
+/// if source-NATed).
+#[inline(always)]
+fn targets<V: CtValue>(ct: *const V, forward: bool) -> Rewrite<V::Addr> {
+    let (nat, snat) = unsafe { (V::nat(ct), V::snat(ct)) };
+    let snat = is_set(snat.0).then_some(snat);
+    if forward {
         (Some(nat), snat)
     } else {
         (snat, Some(nat))
-    };
+    }
+}
+
+/// Writes a rewrite (`targets`'s destination and source) into the
+/// header's address fields `src_at`, `dst_at` and the transport ports,
+/// which the caller has checked.
+#[inline(always)]
+unsafe fn write<A: Copy>(src_at: *mut A, dst_at: *mut A, l4: &L4, (dst, src): Rewrite<A>) {
     unsafe {
-        let l4_len = u16::from_be((*ip).tot_len).wrapping_sub(ihl as u16);
-        let check = *l4.check;
-        let mut partial = false;
-        if !(l4.is_udp && check == 0) {
-            partial = check == add(ct.csum_pseudo, l4_len.to_be());
-            *l4.check = if partial {
-                add(check, ct.csum_addrs)
-            } else {
-                // UDP transmits a computed zero as all ones (RFC 768).
-                match apply(check, ct.csum_l4) {
-                    0 if l4.is_udp => 0xffff,
-                    c => c,
-                }
-            };
-        }
-        (*ip).check = apply((*ip).check, ct.csum_addrs);
         if let Some((addr, port)) = dst {
-            (*ip).dst = addr;
+            *dst_at = addr;
             (*l4.ports)[1] = port;
         }
         if let Some((addr, port)) = src {
-            (*ip).src = addr;
+            *src_at = addr;
             (*l4.ports)[0] = port;
         }
+    }
+}
+
+/// Rewrites a TCP or UDP packet whose IPv4 header is `ihl` bytes long by its
+/// flow's entry (`targets`). The checksum differences were computed when
+/// the entry was made, from this very tuple. Returns whether the checksum
+/// field was a partial one.
+#[inline(always)]
+pub fn rewrite(ip: *mut Ipv4Hdr, l4: &L4, ihl: usize, ct: *const CtValueV4, forward: bool) -> bool {
+    let (dst, src) = targets(ct, forward);
+    unsafe {
+        let l4_len = u16::from_be((*ip).tot_len).wrapping_sub(ihl as u16);
+        let partial = l4_checksum(l4, l4_len, ct);
+        (*ip).check = apply((*ip).check, (*ct).csum_addrs);
+        write(&raw mut (*ip).src, &raw mut (*ip).dst, l4, (dst, src));
+        partial
+    }
+}
+
+/// `rewrite` for IPv6, which has no header checksum; `l4_len` is what
+/// follows the extension headers.
+#[inline(always)]
+pub fn rewrite_v6(
+    ip: *mut Ipv6Hdr,
+    l4: &L4,
+    l4_len: u16,
+    ct: *const CtValueV6,
+    forward: bool,
+) -> bool {
+    let (dst, src) = targets(ct, forward);
+    unsafe {
+        let partial = l4_checksum(l4, l4_len, ct);
+        write(&raw mut (*ip).src, &raw mut (*ip).dst, l4, (dst, src));
         partial
     }
 }

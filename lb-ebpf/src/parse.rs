@@ -10,6 +10,7 @@ use crate::frame::Frame;
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800u16.to_be();
+pub const ETH_P_IPV6: u16 = 0x86ddu16.to_be();
 /// Fragment offset bits of `frag_off` (network order): non-zero on every
 /// fragment but the first.
 pub const IP_OFFSET_MASK: u16 = 0x1fffu16.to_be();
@@ -35,6 +36,62 @@ pub struct Ipv4Hdr {
     pub check: u16,
     pub src: u32,
     pub dst: u32,
+}
+
+#[repr(C)]
+pub struct Ipv6Hdr {
+    pub vtc_flow: u32,
+    pub payload_len: u16,
+    pub next_hdr: u8,
+    pub hop_limit: u8,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+}
+
+pub const IPV6_HLEN: usize = 40;
+
+/// Extension headers that may precede TCP or UDP and are walked over.
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_DEST: u8 = 60;
+/// How many extension headers are walked; a packet with more is passed.
+/// Packets to a Service carry none in practice, and each step costs
+/// instructions the verifier walks per hook.
+const MAX_EXT_HEADERS: usize = 4;
+
+/// Where the IPv6 upper-layer header starts.
+pub enum Upper {
+    /// `proto` at byte `off` of the frame.
+    At { proto: u8, off: usize },
+    /// A Fragment header: the datagram is fragmented.
+    Fragment,
+    /// More extension headers than walked, or a truncated one.
+    Unwalked,
+}
+
+/// Walks the IPv6 extension headers after the fixed header (RFC 8200 4.1's
+/// hop-by-hop, routing and destination options, all of the "length in
+/// 8-octet units, not counting the first" form).
+#[inline(always)]
+pub fn upper_v6(ctx: &impl Frame, ip: *const Ipv6Hdr) -> Upper {
+    let mut proto = unsafe { (*ip).next_hdr };
+    let mut off = ETH_HLEN + IPV6_HLEN;
+    for _ in 0..MAX_EXT_HEADERS {
+        match proto {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let Some(ext) = ptr_at::<[u8; 2]>(ctx, off) else {
+                    return Upper::Unwalked;
+                };
+                let [next, len] = unsafe { *ext };
+                proto = next;
+                off += (len as usize + 1) * 8;
+            }
+            NEXTHDR_FRAGMENT => return Upper::Fragment,
+            _ => return Upper::At { proto, off },
+        }
+    }
+    Upper::Unwalked
 }
 
 #[repr(C)]

@@ -6,11 +6,11 @@
 //! reads of `CT_V4` entries, valid until the program returns.
 use aya_ebpf::helpers::generated::bpf_get_prandom_u32;
 use lb_common::{
-    conntrack::STATE_SEEN_REPLY, BackendV4, Config, CtKeyV4, FrontendValue, Reason, BE_LOCAL,
-    FE_EXTERNAL, IFACE_POD,
+    conntrack::STATE_SEEN_REPLY, BackendV4, Config, CtKey, CtKeyV4, FrontendValue, Reason,
+    BE_LOCAL, FE_EXTERNAL, IFACE_POD,
 };
 
-use crate::{forward::iface_has, frame::Frame, maps::CT_V4, stats};
+use crate::{conntrack::Table, forward::iface_has, frame::Frame, maps::CT_V4, stats};
 
 /// Traffic entering on a pod interface is in-cluster: source ranges apply
 /// only to traffic from outside, as with kube-proxy.
@@ -113,5 +113,5 @@ fn forget_flow_of(reply: &CtKeyV4) {
             ((*v).snat_addr, (*v).snat_port),
         )
     };
-    let _ = CT_V4.remove(CtKeyV4::forward(client, frontend, reply.proto));
+    CtKeyV4::forward(client, frontend, reply.proto).remove();
 }

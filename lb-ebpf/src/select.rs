@@ -1,7 +1,6 @@
 //! The data plane's views of the maps for `lb_common::decide`, the rules for
 //! new flows that the packet path, the socket hooks (`sock.rs`) and
-//! `xdplb explain` share: `Maps` for IPv4, `MapsV6` for the socket hooks'
-//! IPv6 ClusterIPs.
+//! `xdplb explain` share: `Maps` for IPv4, `MapsV6` for IPv6.
 //!
 //! Unsafe in this module: frontend, IPv6 backend and affinity values copied whole through
 //! their map pointers, so a flow sees one version of each while the agent
@@ -11,14 +10,14 @@ use aya_ebpf::maps::lpm_trie::Key;
 use lb_common::{
     decide::{Client, View},
     sock::{SockAffinityKeyV4, SockAffinityKeyV6},
-    AffinityKeyV4, AffinityValue, BackendV4, BackendV6, FrontendKeyV4, FrontendKeyV6,
-    FrontendValue, SourceRangeKeyV4,
+    AffinityKeyV4, AffinityKeyV6, AffinityValue, BackendV4, BackendV6, FrontendKeyV4,
+    FrontendKeyV6, FrontendValue, SourceRangeKeyV4,
 };
 
 use crate::{
     maps::{
-        AFFINITY_V4, BACKENDS_V4, BACKENDS_V6, FRONTENDS_V4, FRONTENDS_V6, MAGLEV_SLOTS,
-        SOCK_AFFINITY_V4, SOCK_AFFINITY_V6, SOURCE_RANGES_V4,
+        AFFINITY_V4, AFFINITY_V6, BACKENDS_V4, BACKENDS_V6, FRONTENDS_V4, FRONTENDS_V6,
+        MAGLEV_SLOTS, SOCK_AFFINITY_V4, SOCK_AFFINITY_V6, SOURCE_RANGES_V4,
     },
     service::is_frontend_addr,
 };
@@ -135,23 +134,24 @@ impl View for MapsV6 {
         false
     }
 
-    /// Only sockets decide IPv6 flows, so only namespaces have entries.
     #[inline(always)]
     fn affinity(
         &self,
         fe: &FrontendKeyV6,
-        client: &Client,
+        client: &Client<[u32; 4]>,
     ) -> Option<(AffinityValue, *mut AffinityValue)> {
-        let Client::Netns(netns_cookie) = *client else {
-            return None;
-        };
-        SOCK_AFFINITY_V6
-            .get_ptr_mut(SockAffinityKeyV6 {
+        let entry = match *client {
+            Client::Addr(client_addr) => AFFINITY_V6.get_ptr_mut(AffinityKeyV6 {
+                frontend: *fe,
+                client_addr,
+            }),
+            Client::Netns(netns_cookie) => SOCK_AFFINITY_V6.get_ptr_mut(SockAffinityKeyV6 {
                 frontend: *fe,
                 _pad: 0,
                 netns_cookie,
-            })
-            .map(|a| (unsafe { *a }, a))
+            }),
+        };
+        entry.map(|a| (unsafe { *a }, a))
     }
 
     #[inline(always)]
@@ -170,10 +170,23 @@ impl View for MapsV6 {
     }
 
     #[inline(always)]
-    fn affinity_chosen(&self, fe: &FrontendKeyV6, client: &Client, value: &AffinityValue) {
-        if let Client::Netns(netns_cookie) = *client {
-            // Losing this write only costs the namespace its stickiness.
-            let _ = SOCK_AFFINITY_V6.insert(
+    fn affinity_chosen(
+        &self,
+        fe: &FrontendKeyV6,
+        client: &Client<[u32; 4]>,
+        value: &AffinityValue,
+    ) {
+        // Losing this write only costs the client its stickiness.
+        let _ = match *client {
+            Client::Addr(client_addr) => AFFINITY_V6.insert(
+                AffinityKeyV6 {
+                    frontend: *fe,
+                    client_addr,
+                },
+                *value,
+                0,
+            ),
+            Client::Netns(netns_cookie) => SOCK_AFFINITY_V6.insert(
                 SockAffinityKeyV6 {
                     frontend: *fe,
                     _pad: 0,
@@ -181,7 +194,7 @@ impl View for MapsV6 {
                 },
                 *value,
                 0,
-            );
-        }
+            ),
+        };
     }
 }

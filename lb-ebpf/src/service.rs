@@ -25,15 +25,20 @@ use crate::{
     icmp,
     maps::{ADDRS_V4, ADDR_FILTER, CONFIG},
     monitor, nat,
-    parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, IP_MF, IP_OFFSET_MASK, L4},
+    parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IP_MF, IP_OFFSET_MASK, L4},
     policy, reject, select, stats,
 };
 
-type Verdict = (Reason, u32);
+pub type Verdict = (Reason, u32);
 
 #[inline(always)]
 pub fn handle<C: Frame>(ctx: &C) -> u32 {
-    let (reason, action) = classify(ctx);
+    counted(classify(ctx))
+}
+
+/// Counts the verdict on a packet and gives its action.
+#[inline(always)]
+pub fn counted((reason, action): Verdict) -> u32 {
     stats::count(reason);
     action
 }
@@ -44,6 +49,10 @@ fn classify<C: Frame>(ctx: &C) -> Verdict {
         return (Reason::PassMalformed, C::PASS);
     };
     let eth_proto = unsafe { (*eth).proto };
+    if eth_proto == ETH_P_IPV6 {
+        ctx.to_v6_path();
+        return (Reason::PassIpv6PathMissing, C::PASS);
+    }
     if eth_proto != ETH_P_IP {
         if eth_proto == arp::ETH_P_ARP {
             if let Some(v) = arp::reply(ctx) {
@@ -61,21 +70,21 @@ fn classify<C: Frame>(ctx: &C) -> Verdict {
             return v;
         }
     }
-    if maybe_in(dst, AddrSet::Frontend) {
+    if maybe_in(position(dst, AddrSet::Frontend)) {
         if let Some(v) = to_frontend(ctx, ip) {
             return v;
         }
     }
-    if maybe_in(src, AddrSet::Backend) {
+    if maybe_in(position(src, AddrSet::Backend)) {
         return from_backend(ctx, ip);
     }
     (Reason::PassNotOurs, C::PASS)
 }
 
-/// The address filter: `false` means certainly not in `set`.
+/// The address filter: `false` means certainly not in `set`. `(word,
+/// bit)` is the address's `filter::position`.
 #[inline(always)]
-fn maybe_in(addr: u32, set: AddrSet) -> bool {
-    let (word, bit) = position(addr, set);
+pub fn maybe_in((word, bit): (u32, u64)) -> bool {
     let word = word as usize & (FILTER_WORDS as usize - 1);
     // Volatile: the agent writes the words behind the compiler's back.
     let bits =
@@ -233,7 +242,11 @@ fn new_flow<C: Frame>(
     } else {
         None
     };
-    conntrack::create(key, &be, fe.svc_id, snat, now).ok_or(Some((Reason::DropCtInsert, C::DROP)))
+    let backend = (be.addr, be.port);
+    let sums = conntrack::sums(key, backend, snat);
+    let mut value = CtValueV4::default();
+    conntrack::create(key, backend, fe.svc_id, snat, &sums, now, &mut value)
+        .ok_or(Some((Reason::DropCtInsert, C::DROP)))
 }
 
 /// The final verdict `v` on a packet whose transport header `transport`
@@ -284,16 +297,17 @@ fn cached<C: Frame>(
     reason: Reason,
 ) -> Option<Verdict> {
     let ct = flow_cache::get(slot?, key, jiffies)?;
-    Some(match forward::check(ctx, p.ip, key, ct, false) {
-        Fit::TellSender(mtu) => (reason, reject::frag_needed(ctx, p.ihl, mtu, key, ct)),
-        fit => {
-            let v = unsafe { &*ct };
-            let partial = nat::rewrite(p.ip, &p.l4, p.ihl, v, key.dir == CT_DIR_FORWARD);
-            stats::count_service(v.svc_id, ctx.len() as u64);
-            let kernel = matches!(fit, Fit::Fragment);
-            (reason, forward::send(ctx, ct, kernel, partial))
-        }
-    })
+    Some(
+        match forward::check(ctx, forward::size_v4(p.ip), key, ct, false) {
+            Fit::TellSender(mtu) => (reason, reject::frag_needed(ctx, p.ihl, mtu, key, ct)),
+            fit => {
+                let partial = nat::rewrite(p.ip, &p.l4, p.ihl, ct, key.dir == CT_DIR_FORWARD);
+                stats::count_service(unsafe { (*ct).svc_id }, ctx.len() as u64);
+                let kernel = matches!(fit, Fit::Fragment);
+                (reason, forward::send(ctx, ct, kernel, partial))
+            }
+        },
+    )
 }
 
 /// The connection-tracking key of the packet's tuple, in direction `dir`.
@@ -330,17 +344,16 @@ fn translate<C: Frame>(
     cache: Option<(*mut FlowCacheEntryV4, u64)>,
 ) -> u32 {
     let refresh = conntrack::on_packet(key, ct, p.l4.tcp_flags, now);
-    let fit = forward::check(ctx, p.ip, key, ct, refresh);
+    let fit = forward::check(ctx, forward::size_v4(p.ip), key, ct, refresh);
     if let Fit::TellSender(mtu) = fit {
         return reject::frag_needed(ctx, p.ihl, mtu, key, ct);
     }
-    let v = unsafe { &*ct };
     let frag = p.first_fragment.then(|| frags::first_key(p.ip));
-    let partial = nat::rewrite(p.ip, &p.l4, p.ihl, v, key.dir == CT_DIR_FORWARD);
+    let partial = nat::rewrite(p.ip, &p.l4, p.ihl, ct, key.dir == CT_DIR_FORWARD);
     if let Some(k) = frag {
         frags::remember(&k, p.ip);
     }
-    stats::count_service(v.svc_id, ctx.len() as u64);
+    stats::count_service(unsafe { (*ct).svc_id }, ctx.len() as u64);
     let action = forward::send(ctx, ct, matches!(fit, Fit::Fragment), partial);
     if let Some((slot, jiffies)) = cache {
         flow_cache::put(slot, key, ct, now, jiffies);

@@ -66,6 +66,8 @@ pub enum XdpMode {
 pub struct Datapath {
     pub ebpf: Ebpf,
     pub maps: Maps,
+    /// `None` when the kernel refused the IPv6 path.
+    _path_v6: Option<super::path_v6::Slots>,
 }
 
 /// The errno at the bottom of `e`'s chain, if any.
@@ -150,13 +152,22 @@ impl Datapath {
                 .with_context(|| format!("verifier rejected {name}"))?;
         }
         super::tc::load(&mut ebpf)?;
+        let path_v6 = super::path_v6::load(&mut ebpf)
+            .inspect_err(|e| {
+                tracing::warn!("IPv6 packet path not loaded, IPv6 packets pass untranslated: {e:#}")
+            })
+            .ok();
         // Host-network clients are an addition: a kernel without the socket
         // hooks (before 5.18) still gets the packet path.
         if let Err(e) = super::cgroup::load(&mut ebpf) {
             tracing::warn!("socket programs not loaded, host processes reach no Service: {e:#}");
         }
         let maps = Maps::take(&mut ebpf)?;
-        Ok(Self { ebpf, maps })
+        Ok(Self {
+            ebpf,
+            maps,
+            _path_v6: path_v6,
+        })
     }
 
     pub fn program(&self, name: &str) -> Result<&Xdp> {

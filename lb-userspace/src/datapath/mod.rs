@@ -6,6 +6,7 @@ mod cgroup;
 mod filter;
 mod load;
 mod maps;
+mod path_v6;
 mod sample;
 mod slots;
 mod tc;

@@ -275,7 +275,7 @@ impl Syncer {
             s.backends.entry(*b).or_insert((*id, 0));
         }
         for a in s.applied.values_mut() {
-            a.bits = filter_bits(a.frontends.keys(), a.backends.iter());
+            a.bits = filter_bits(a.frontends.keys(), a.frontends_v6.keys(), a.backends.iter());
             for b in &a.backends {
                 s.backends.get_mut(b).expect("read back above").1 += 1;
             }

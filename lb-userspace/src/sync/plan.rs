@@ -7,8 +7,8 @@ use std::{
 
 use anyhow::Result;
 use lb_common::{
-    addr::to_map,
-    filter::{position, AddrSet},
+    addr::{to_map, to_map_v6},
+    filter::{position, position_v6, AddrSet},
     FrontendKeyV4, FrontendKeyV6, FrontendValue, FE_DROP_EMPTY, FE_EXTERNAL, FE_SOURCE_RANGES,
     PROTO_TCP, PROTO_UDP,
 };
@@ -59,18 +59,21 @@ pub struct Applied {
     pub tables: BTreeMap<u32, Vec<u32>>,
 }
 
-/// The address filter is the IPv4 packet path's: IPv6 addresses have no bits.
+/// The packet path's address-filter bits of both families' frontends and
+/// backends.
 pub fn filter_bits<'a>(
     frontends: impl Iterator<Item = &'a FrontendKeyV4>,
+    frontends_v6: impl Iterator<Item = &'a FrontendKeyV6>,
     backends: impl Iterator<Item = &'a BackendAddr>,
 ) -> BTreeSet<(u32, u64)> {
-    let v4 = backends.filter_map(|(a, _)| match a {
-        IpAddr::V4(a) => Some(*a),
-        IpAddr::V6(_) => None,
+    let backends = backends.map(|(a, _)| match a {
+        IpAddr::V4(a) => position(to_map(*a), AddrSet::Backend),
+        IpAddr::V6(a) => position_v6(to_map_v6(*a), AddrSet::Backend),
     });
     frontends
         .map(|k| position(k.addr, AddrSet::Frontend))
-        .chain(v4.map(|a| position(to_map(a), AddrSet::Backend)))
+        .chain(frontends_v6.map(|k| position_v6(k.addr, AddrSet::Frontend)))
+        .chain(backends)
         .collect()
 }
 
@@ -191,7 +194,7 @@ fn fill(
             },
         );
     }
-    a.bits = filter_bits(a.frontends.keys(), a.backends.iter());
+    a.bits = filter_bits(a.frontends.keys(), a.frontends_v6.keys(), a.backends.iter());
     Ok(())
 }
 

@@ -552,8 +552,8 @@ fn long_names_are_stored_whole_and_unencodable_ones_refused() {
 #[test]
 fn removed_backends_lose_their_udp_flows_and_affinities_only() {
     use lb_common::{
-        addr::to_map, sock::SockAffinityKeyV4, AffinityKeyV4, AffinityValue, CtKeyV4, CtValueV4,
-        FrontendKeyV4, CT_DIR_FORWARD, PROTO_TCP, PROTO_UDP,
+        addr::to_map, sock::SockAffinityKeyV4, AffinityKeyV4, AffinityValue, CtKey, CtKeyV4,
+        CtValueV4, FrontendKeyV4, CT_DIR_FORWARD, PROTO_TCP, PROTO_UDP,
     };
 
     use super::{fake::FakeNodeMaps, stale};

@@ -1,0 +1,264 @@
+//! The IPv6 packet path, the steps `service` takes for IPv4: parse (the
+//! extension headers walked with a bound), look up (the same address
+//! filter, then `CT_V6`), select (`lb_common::decide` over `FRONTENDS_V6`
+//! and `BACKENDS_V6`), rewrite (`nat::rewrite_v6`: no header checksum, the
+//! pseudo-header in every transport checksum) and forward (the same FIB
+//! and redirect code). Connection tracking and forwarding are the IPv4
+//! code, generic over the family.
+//!
+//! Not yet for IPv6: source NAT (so no hairpin, and no NodePort or
+//! external frontends, which the agent does not write), rejects, Packet
+//! Too Big for oversize translated packets, translation of ICMPv6 errors,
+//! fragments and the flow cache.
+//!
+//! Unsafe in this module: header reads through pointers `parse::ptr_at`
+//! checked, reads of connection-tracking entries through map pointers,
+//! valid until the program returns, and `&mut`s to this CPU's scratch
+//! values, which nothing else uses while the program runs (programs on a
+//! CPU run one at a time, none nested within this hook's).
+use lb_common::{
+    decide::{self, Client, Decision},
+    filter::{position_v6, AddrSet},
+    CtKeyV6, CtValueV6, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, PROTO_TCP, PROTO_UDP,
+};
+
+use crate::{
+    conntrack::{self, FlowSums},
+    forward::{self, Fit, Size},
+    frame::Frame,
+    maps::{SCRATCH_CT_V6, SCRATCH_KEY_V6},
+    nat,
+    parse::{self, Ipv6Hdr, Upper, ETH_HLEN, IPV6_HLEN, L4},
+    policy, select,
+    service::{counted, maybe_in, Verdict},
+    stats,
+};
+
+const IPPROTO_ICMPV6: u8 = 58;
+
+/// A TCP or UDP packet whose headers are all inside the frame.
+struct Packet {
+    ip: *mut Ipv6Hdr,
+    l4: L4,
+    /// Bytes of transport header and payload.
+    l4_len: u16,
+    /// The whole packet's length; 0 for a GSO packet of BIG TCP, whose
+    /// header leaves it to the MTU helper.
+    len: u16,
+    /// The flow's key, forward; in this CPU's scratch memory, as the
+    /// stack cannot hold it beside the rest.
+    key: &'static mut CtKeyV6,
+}
+
+#[inline(always)]
+pub fn handle<C: Frame>(ctx: &C) -> u32 {
+    counted(classify(ctx))
+}
+
+#[inline(always)]
+fn classify<C: Frame>(ctx: &C) -> Verdict {
+    let Some(ip) = parse::ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
+        return (Reason::PassMalformed, C::PASS);
+    };
+    let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
+    let to_frontend = maybe_in(position_v6(dst, AddrSet::Frontend));
+    let from_backend = maybe_in(position_v6(src, AddrSet::Backend));
+    if !to_frontend && !from_backend {
+        return (Reason::PassNotOurs, C::PASS);
+    }
+    let p = match transport(ctx, ip) {
+        Ok(p) => p,
+        Err(v) => return v,
+    };
+    let now = conntrack::now();
+    if to_frontend {
+        if let Some(v) = forward_flow(ctx, &p, now) {
+            return v;
+        }
+    }
+    if !from_backend {
+        return (Reason::PassNotOurs, C::PASS);
+    }
+    p.key.dir = CT_DIR_REPLY;
+    let key = &*p.key;
+    match conntrack::lookup(key, p.l4.tcp_flags, now) {
+        Some(ct) => (Reason::XlateReply, translate(ctx, &p, key, ct, now)),
+        None => (Reason::PassReplyNoFlow, C::PASS),
+    }
+}
+
+#[inline(always)]
+fn transport<C: Frame>(ctx: &C, ip: *mut Ipv6Hdr) -> Result<Packet, Verdict> {
+    let (proto, off) = match parse::upper_v6(ctx, ip) {
+        Upper::At { proto, off } => (proto, off),
+        Upper::Fragment => return Err((Reason::PassFragment, C::PASS)),
+        Upper::Unwalked => return Err((Reason::PassIpv6ExtHeaders, C::PASS)),
+    };
+    if proto == IPPROTO_ICMPV6 {
+        return Err((Reason::PassIcmpv6, C::PASS));
+    }
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Err((Reason::PassUnsupportedProto, C::PASS));
+    }
+    let Some(l4) = parse::l4(ctx, proto, off) else {
+        return Err((Reason::DropMalformed, C::DROP));
+    };
+    let ext_len = (off - ETH_HLEN - IPV6_HLEN) as u16;
+    let (src, dst, payload_len, ports) =
+        unsafe { ((*ip).src, (*ip).dst, (*ip).payload_len, *l4.ports) };
+    let payload_len = u16::from_be(payload_len);
+    Ok(Packet {
+        ip,
+        l4_len: payload_len.wrapping_sub(ext_len),
+        len: if payload_len == 0 {
+            0
+        } else {
+            payload_len.saturating_add(IPV6_HLEN as u16)
+        },
+        key: {
+            let Some(key) = SCRATCH_KEY_V6.get_ptr_mut(0) else {
+                return Err((Reason::PassMalformed, C::PASS));
+            };
+            let key = unsafe { &mut *key };
+            *key = CtKeyV6 {
+                src_addr: src,
+                dst_addr: dst,
+                src_port: ports[0],
+                dst_port: ports[1],
+                proto,
+                dir: CT_DIR_FORWARD,
+                _pad: 0,
+            };
+            key
+        },
+        l4,
+    })
+}
+
+/// An established or new flow to a frontend; `None` when the destination
+/// is no frontend.
+#[inline(always)]
+fn forward_flow<C: Frame>(ctx: &C, p: &Packet, now: u64) -> Option<Verdict> {
+    let key = &*p.key;
+    let (ct, reason) = match conntrack::lookup(key, p.l4.tcp_flags, now) {
+        Some(ct) => (ct, Reason::XlateEstablished),
+        None => {
+            let (backend, svc_id) = match pick(ctx, key, now) {
+                Ok(picked) => picked,
+                Err(v) => return v,
+            };
+            let flow = NewFlow {
+                backend,
+                svc_id,
+                sums: sums(key, backend),
+            };
+            let ct = create(key, &flow, now);
+            if ct.is_null() {
+                return Some((Reason::DropCtInsert, C::DROP));
+            }
+            (ct, Reason::XlateNew)
+        }
+    };
+    Some((reason, translate(ctx, p, key, ct, now)))
+}
+
+/// A backend's address and port.
+type Backend = ([u32; 4], u16);
+
+/// The backend and service id for a flow without an entry. `Err` carries the verdict when the flow is refused, or `None`
+/// when the destination is no frontend at all.
+#[inline(never)]
+fn pick<C: Frame>(ctx: &C, key: &CtKeyV6, now: u64) -> Result<(Backend, u32), Option<Verdict>> {
+    let decision = decide::new_flow(
+        &select::MapsV6,
+        &key.frontend(),
+        key.src_addr,
+        policy::in_cluster(ctx),
+        &Client::Addr(key.src_addr),
+        now,
+        || key.hash(),
+    );
+    match decision {
+        Decision::Backend { fe, backend, .. } => Ok(((backend.addr, backend.port), fe.svc_id)),
+        Decision::NotOurs => Err(None),
+        // Building an RST or ICMPv6 unreachable is IPv4-only so far.
+        Decision::Refused(Reason::RejectUnknownPort | Reason::RejectNoBackend) => {
+            Err(Some((Reason::RejectFailed, C::DROP)))
+        }
+        Decision::Refused(reason) => Err(Some((reason, C::DROP))),
+    }
+}
+
+/// `conntrack::sums`, without source NAT.
+#[inline(never)]
+fn sums(key: &CtKeyV6, backend: Backend) -> FlowSums {
+    conntrack::sums(key, backend, None)
+}
+
+/// What a new flow's entries are made of.
+struct NewFlow {
+    backend: Backend,
+    svc_id: u32,
+    sums: FlowSums,
+}
+
+/// `conntrack::create`, without source NAT; null when the entries could
+/// not be made (a pointer, not an `Option`, which would not fit the
+/// registers a BPF-to-BPF call returns in).
+#[inline(never)]
+fn create(key: &CtKeyV6, flow: &NewFlow, now: u64) -> *mut CtValueV6 {
+    SCRATCH_CT_V6
+        .get_ptr_mut(0)
+        .and_then(|value| {
+            conntrack::create(
+                key,
+                flow.backend,
+                flow.svc_id,
+                None,
+                &flow.sums,
+                now,
+                unsafe { &mut *value },
+            )
+        })
+        .unwrap_or(core::ptr::null_mut())
+}
+
+/// Rewrites the packet by its flow's entry and sends it on. IPv6 routers
+/// never fragment, so a packet too big for the egress is dropped: telling
+/// its sender (Packet Too Big) is still to come.
+#[inline(always)]
+fn translate<C: Frame>(ctx: &C, p: &Packet, key: &CtKeyV6, ct: *mut CtValueV6, now: u64) -> u32 {
+    let refresh = track(key, ct, p.l4.tcp_flags, now);
+    if !fits(ctx, p.len, key, ct, refresh) {
+        stats::count(Reason::IcmpFragNeededFailed);
+        return C::DROP;
+    }
+    let partial = nat::rewrite_v6(p.ip, &p.l4, p.l4_len, ct, key.dir == CT_DIR_FORWARD);
+    stats::count_service(unsafe { (*ct).svc_id }, ctx.len() as u64);
+    forward::send(ctx, ct, false, partial)
+}
+
+// `pick`, `sums`, `create`, `track` and `fits` are functions of their own (BPF-to-BPF
+// calls), each called from the entry program's frame: inlined, their
+// variables would not fit the 512-byte stack beside the entry's, and
+// nested, their frames would add up.
+
+/// `conntrack::on_packet`.
+#[inline(never)]
+fn track(key: &CtKeyV6, ct: *mut CtValueV6, tcp_flags: u8, now: u64) -> bool {
+    conntrack::on_packet(key, ct, tcp_flags, now)
+}
+
+/// Whether the packet, `len` bytes, fits its flow's egress, whose route is
+/// looked up again first when `refresh` says so.
+#[inline(never)]
+fn fits<C: Frame>(ctx: &C, len: u16, key: &CtKeyV6, ct: *mut CtValueV6, refresh: bool) -> bool {
+    let size = Size {
+        len,
+        fragmentable: false,
+    };
+    !matches!(
+        forward::check(ctx, size, key, ct, refresh),
+        Fit::TellSender(_)
+    )
+}

@@ -1,0 +1,333 @@
+//! BPF_PROG_TEST_RUN tier for the IPv6 packet path: an IPv6 ClusterIP
+//! written by the agent's model and syncer from manifests, and frames built
+//! and checked with etherparse through `lb` (XDP) and `lb_pod` (tc), both of
+//! which hand IPv6 to the IPv6 entry programs by tail call.
+mod common;
+
+use std::net::Ipv6Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use etherparse::{IpNumber, NetHeaders, PacketBuilder, PacketHeaders, TcpHeader, TransportHeader};
+use lb_common::Reason;
+use lb_userspace::{
+    datapath::{run_frame, Capacities, Datapath, POD_PROGRAM, PROGRAM},
+    model::{desired_state, ModelOptions, NodeInfo},
+    source::manifests::load_dir,
+    sync::Syncer,
+};
+
+const XDP_PASS: u32 = 2;
+const TC_ACT_OK: u32 = 0;
+
+const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIPs: ["fd00:96::10"]
+  ipFamilies: [IPv6]
+  sessionAffinity: None
+  ports:
+    - {name: http, port: 80, targetPort: 8080}
+    - {name: dns, port: 53, targetPort: 5353, protocol: UDP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-v6
+  namespace: default
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv6
+ports:
+  - {name: http, port: 8080}
+  - {name: dns, port: 5353, protocol: UDP}
+endpoints:
+  - addresses: ["fd00:244:1::2"]
+  - addresses: ["fd00:244:2::2"]
+"#;
+
+const CLIENT: (&str, u16) = ("fd00:244:3::7", 40000);
+const VIP: (&str, u16) = ("fd00:96::10", 80);
+const VIP_UDP: (&str, u16) = ("fd00:96::10", 53);
+const BACKENDS: [&str; 2] = ["fd00:244:1::2", "fd00:244:2::2"];
+
+fn addr(a: &str) -> Ipv6Addr {
+    a.parse().unwrap()
+}
+
+/// The data plane with the manifests synced into it, as the agent does.
+fn synced() -> Datapath {
+    common::privileged("IPv6 packet path");
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "xl-packet-v6-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("web.yaml"), MANIFESTS).unwrap();
+    let (objects, report) = load_dir(&dir).expect("reading the manifests");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(report.problems, [], "the manifests must load");
+    let desired = desired_state(
+        &objects.services,
+        &objects.slices,
+        &NodeInfo::default(),
+        &ModelOptions::default(),
+    );
+    assert_eq!(desired.problems, [], "the manifests must be valid");
+    let mut dp = Datapath::load(&Capacities::small(), None).expect("loading the object");
+    let mut syncer = Syncer::recover(&mut dp.maps).unwrap();
+    let report = syncer.sync(&desired, &mut dp.maps).unwrap();
+    assert_eq!(report.refused, [], "every Service port fits");
+    dp
+}
+
+fn xdp(dp: &Datapath, frame: &[u8]) -> (u32, Vec<u8>) {
+    let r = run_frame(dp.program(PROGRAM).unwrap(), frame, 1).unwrap();
+    (r.action, r.frame)
+}
+
+fn tc(dp: &Datapath, frame: &[u8]) -> (u32, Vec<u8>) {
+    let r = run_frame(dp.classifier(POD_PROGRAM).unwrap(), frame, 1).unwrap();
+    (r.action, r.frame)
+}
+
+fn count(dp: &Datapath, r: Reason) -> u64 {
+    dp.maps.reason_total(r).unwrap()
+}
+
+fn tcp(from: (&str, u16), to: (&str, u16), syn: bool, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv6(addr(from.0).octets(), addr(to.0).octets(), 64)
+        .tcp(from.1, to.1, 1000, 64_000);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+fn udp(from: (&str, u16), to: (&str, u16), payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv6(addr(from.0).octets(), addr(to.0).octets(), 64)
+        .udp(from.1, to.1)
+        .write(&mut out, payload)
+        .unwrap();
+    out
+}
+
+/// Offsets in an untagged Ethernet frame.
+const IP6: usize = 14;
+const L4: usize = IP6 + 40;
+
+/// `frame` with `headers` (next header, then the header's bytes after its
+/// first two) inserted between the IPv6 header and the transport header.
+fn with_ext_headers(frame: &[u8], headers: &[u8]) -> Vec<u8> {
+    let mut out = frame[..L4].to_vec();
+    let upper = frame[IP6 + 6];
+    out[IP6 + 6] = headers[0];
+    let mut ext = Vec::new();
+    for i in 0..headers.len() {
+        let next = headers.get(i + 1).copied().unwrap_or(upper);
+        // Eight bytes: next header, length 0, then PadN options filling it.
+        ext.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    out.extend_from_slice(&ext);
+    out.extend_from_slice(&frame[L4..]);
+    let len = u16::from_be_bytes([frame[IP6 + 4], frame[IP6 + 5]]) + ext.len() as u16;
+    out[IP6 + 4..IP6 + 6].copy_from_slice(&len.to_be_bytes());
+    out
+}
+
+struct Seen {
+    src: (Ipv6Addr, u16),
+    dst: (Ipv6Addr, u16),
+    payload: Vec<u8>,
+}
+
+/// Parses an output frame and panics unless its transport checksum is
+/// right, recomputed here over the IPv6 pseudo-header.
+fn parse_checked(frame: &[u8]) -> Seen {
+    let h = PacketHeaders::from_ethernet_slice(frame).expect("output frame parses");
+    let Some(NetHeaders::Ipv6(ip, _)) = h.net else {
+        panic!("not IPv6")
+    };
+    let payload = h.payload.slice().to_vec();
+    let (sport, dport) = match h.transport {
+        Some(TransportHeader::Tcp(t)) => {
+            assert_eq!(
+                t.checksum,
+                t.calc_checksum_ipv6(&ip, &payload).unwrap(),
+                "TCP checksum"
+            );
+            (t.source_port, t.destination_port)
+        }
+        Some(TransportHeader::Udp(u)) => {
+            assert_eq!(
+                u.checksum,
+                u.calc_checksum_ipv6(&ip, &payload).unwrap(),
+                "UDP checksum"
+            );
+            (u.source_port, u.destination_port)
+        }
+        _ => panic!("unexpected transport"),
+    };
+    Seen {
+        src: (ip.source.into(), sport),
+        dst: (ip.destination.into(), dport),
+        payload,
+    }
+}
+
+/// The backend a translated packet went to, which must be one of the
+/// Service's, on the target port.
+fn backend_of(seen: &Seen, port: u16) -> Ipv6Addr {
+    assert!(
+        BACKENDS.iter().any(|b| addr(b) == seen.dst.0),
+        "{:?} is no backend",
+        seen.dst
+    );
+    assert_eq!(seen.dst.1, port);
+    seen.dst.0
+}
+
+#[test]
+fn tcp_to_an_ipv6_clusterip_is_translated_both_ways_with_valid_checksums() {
+    let dp = synced();
+    let (action, out) = xdp(&dp, &tcp(CLIENT, VIP, true, b"hello"));
+    // No route to the backend in the test's namespace: the kernel routes it.
+    assert_eq!(action, XDP_PASS);
+    let seen = parse_checked(&out);
+    assert_eq!(seen.src, (addr(CLIENT.0), CLIENT.1));
+    assert_eq!(seen.payload, b"hello");
+    let backend = backend_of(&seen, 8080);
+    assert_eq!(count(&dp, Reason::XlateNew), 1);
+
+    let b = backend.to_string();
+    let (_, out) = xdp(&dp, &tcp((&b, 8080), CLIENT, false, b"ok"));
+    let reply = parse_checked(&out);
+    assert_eq!(
+        reply.src,
+        (addr(VIP.0), VIP.1),
+        "the reply comes from the VIP"
+    );
+    assert_eq!(reply.dst, (addr(CLIENT.0), CLIENT.1));
+    assert_eq!(count(&dp, Reason::XlateReply), 1);
+
+    for _ in 0..3 {
+        let (_, out) = xdp(&dp, &tcp(CLIENT, VIP, false, b"more"));
+        assert_eq!(
+            backend_of(&parse_checked(&out), 8080),
+            backend,
+            "flow stays"
+        );
+    }
+    assert_eq!(count(&dp, Reason::XlateEstablished), 3);
+}
+
+#[test]
+fn udp_flows_from_pods_at_tc_spread_over_both_backends() {
+    let dp = synced();
+    let mut used = std::collections::BTreeSet::new();
+    for port in 0..32 {
+        let client = (CLIENT.0, 41000 + port);
+        let (action, out) = tc(&dp, &udp(client, VIP_UDP, b"q"));
+        assert_eq!(action, TC_ACT_OK);
+        let seen = parse_checked(&out);
+        assert_eq!(seen.src, (addr(client.0), client.1));
+        used.insert(backend_of(&seen, 5353));
+        let b = seen.dst.0.to_string();
+        let (_, out) = tc(&dp, &udp((&b, 5353), client, b"a"));
+        let reply = parse_checked(&out);
+        assert_eq!(reply.src, (addr(VIP_UDP.0), VIP_UDP.1));
+        assert_eq!(reply.dst, (addr(client.0), client.1));
+    }
+    assert_eq!(used.len(), 2, "Maglev uses both backends");
+    assert_eq!(count(&dp, Reason::XlateNew), 32);
+    assert_eq!(count(&dp, Reason::XlateReply), 32);
+}
+
+/// A socket with checksum offload leaves only the pseudo-header sum in the
+/// field; after translation it must be the translated pseudo-header's.
+#[test]
+fn offloaded_partial_checksums_stay_completable_after_translation() {
+    let dp = synced();
+    let mut frame = tcp(CLIENT, VIP, true, b"partial");
+    let partial = |f: &[u8]| {
+        let mut sum: u32 = f[IP6 + 8..L4]
+            .chunks(2)
+            .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+            .sum();
+        sum += (f.len() - L4) as u32 + IpNumber::TCP.0 as u32;
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        (sum as u16).to_be_bytes()
+    };
+    let p = partial(&frame);
+    frame[L4 + 16..L4 + 18].copy_from_slice(&p);
+    let (_, out) = xdp(&dp, &frame);
+    assert_eq!(out[L4 + 16..L4 + 18], partial(&out), "partial sum follows");
+    let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
+    let Some(TransportHeader::Tcp(TcpHeader {
+        destination_port, ..
+    })) = h.transport
+    else {
+        panic!("not TCP")
+    };
+    assert_eq!(destination_port, 8080);
+}
+
+#[test]
+fn extension_headers_are_walked_with_a_bound() {
+    let dp = synced();
+    const HOP: u8 = 0;
+    const DEST: u8 = 60;
+    let one = with_ext_headers(&tcp(CLIENT, VIP, true, b"x"), &[HOP]);
+    let (_, out) = xdp(&dp, &one);
+    let seen = parse_checked(&out);
+    backend_of(&seen, 8080);
+    assert_eq!(count(&dp, Reason::XlateNew), 1);
+
+    let many = with_ext_headers(
+        &tcp(CLIENT, VIP, true, b"x"),
+        &[HOP, DEST, DEST, DEST, DEST],
+    );
+    assert_eq!(
+        xdp(&dp, &many),
+        (XDP_PASS, many.clone()),
+        "passed untouched"
+    );
+    assert_eq!(count(&dp, Reason::PassIpv6ExtHeaders), 1);
+}
+
+#[test]
+fn neighbour_discovery_fragments_and_other_traffic_go_to_the_kernel() {
+    let dp = synced();
+    // A unicast solicitation (neighbour unreachability detection) to a
+    // VIP: it passes the address filter, and still goes to the kernel.
+    let mut ns = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv6(addr(CLIENT.0).octets(), addr(VIP.0).octets(), 255)
+        .icmpv6(etherparse::Icmpv6Type::Unknown {
+            type_u8: 135,
+            code_u8: 0,
+            bytes5to8: [0; 4],
+        })
+        .write(&mut ns, &addr(VIP.0).octets())
+        .unwrap();
+    assert_eq!(xdp(&dp, &ns), (XDP_PASS, ns.clone()));
+    assert_eq!(count(&dp, Reason::PassIcmpv6), 1);
+
+    const FRAGMENT: u8 = 44;
+    let frag = with_ext_headers(&udp(CLIENT, VIP_UDP, b"x"), &[FRAGMENT]);
+    assert_eq!(xdp(&dp, &frag), (XDP_PASS, frag.clone()));
+    assert_eq!(count(&dp, Reason::PassFragment), 1);
+
+    let other = tcp(CLIENT, ("fd00:99::1", 443), true, b"");
+    assert_eq!(xdp(&dp, &other), (XDP_PASS, other.clone()));
+    assert_eq!(count(&dp, Reason::PassNotOurs), 1);
+    assert_eq!(count(&dp, Reason::PassIpv6PathMissing), 0);
+}
