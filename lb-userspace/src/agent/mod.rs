@@ -145,7 +145,7 @@ impl Agent {
                 .collect(),
         };
         let alloc = model::lb_addrs::allocate(&objects.services, &self.pools, &opts);
-        let services = alloc.apply(&objects.services);
+        let services = alloc.apply(&objects.services, &self.pools);
         let mut desired = model::desired_state(&services, &objects.slices, &node, &opts);
         model::keep_last_good(&self.last, &mut desired);
         // Refused Service ports count as applied: they are retried at every
@@ -216,8 +216,12 @@ impl Agent {
         self.last = desired;
         self.metrics
             .record_lb_pools(&alloc.usage(&self.pools), alloc.exhausted);
-        let announcements =
-            model::lb_addrs::announcements(&services, &objects.slices, &objects.nodes, &alloc);
+        let announcements = model::lb_addrs::announcements(
+            &services,
+            &objects.slices,
+            &model::lb_addrs::ready_nodes(&objects.nodes),
+            &alloc,
+        );
         self.announcer.sync(
             &mut self.dp.maps,
             &self.args.external_ifaces,
