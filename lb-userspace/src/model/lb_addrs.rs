@@ -265,6 +265,24 @@ pub fn wanted_ingress(
     ingress
 }
 
+/// The Services of this proxy whose `status.loadBalancer.ingress` is not
+/// what [`wanted_ingress`] says, with the ingress they should have.
+pub fn status_changes(
+    services: &[Service],
+    alloc: &Allocation,
+    pools: &Pools,
+    opts: &ModelOptions,
+) -> Vec<(ServiceKey, Vec<LoadBalancerIngress>)> {
+    services
+        .iter()
+        .filter(|s| for_this_proxy(s, opts))
+        .filter_map(|s| {
+            let want = wanted_ingress(s, alloc, pools);
+            (want != ingress_of(s)).then(|| Some((key_of(s)?, want)))?
+        })
+        .collect()
+}
+
 fn ingress_of(svc: &Service) -> &[LoadBalancerIngress] {
     svc.status
         .as_ref()

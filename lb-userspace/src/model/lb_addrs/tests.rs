@@ -372,6 +372,9 @@ fn an_address_recorded_in_the_status_stays_with_its_service() {
     for s in &written {
         assert_eq!(wanted_ingress(s, &again, &pools), ingress_of(s));
     }
+    let opts = ModelOptions::default();
+    assert_eq!(status_changes(&services, &first, &pools, &opts).len(), 3);
+    assert_eq!(status_changes(&written, &again, &pools, &opts), []);
     // An older Service requesting a recorded address does not take it:
     // once written, an address stays where it is.
     let b_addr = first.addrs[&("default".into(), "b".into())]
@@ -405,6 +408,8 @@ fn a_service_leaving_the_pools_keeps_its_address_taken_until_its_status_is_clear
     assert!(a.addrs.is_empty());
     assert_eq!(a.exhausted, 1);
     assert!(wanted_ingress(&left, &a, &pools).is_empty(), "cleared");
+    let changes = status_changes(&services, &a, &pools, &ModelOptions::default());
+    assert_eq!(changes, [(("default".into(), "left".into()), vec![])]);
     let mut cleared = left;
     cleared.status = None;
     let a = allocate(&[cleared, lb("new", 2)], &pools, &ModelOptions::default());
