@@ -96,6 +96,13 @@ impl StatusWriter {
     }
 }
 
+/// Dropped without [`StatusWriter::stop`], as a killed agent: the lease lapses.
+impl Drop for StatusWriter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 async fn run(
     lock: LeaseLock,
     client: kube::Client,

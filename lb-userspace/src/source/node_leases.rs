@@ -140,6 +140,13 @@ impl NodeLease {
     }
 }
 
+/// Dropped without [`NodeLease::stop`], as a killed agent: the lease lapses.
+impl Drop for NodeLease {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
