@@ -88,6 +88,11 @@ impl KubeCluster {
     /// Starts `xdplb agent --kubeconfig ...` inside the node, logging
     /// (appended across restarts) to a file the diagnostics show.
     pub fn start_agent(&self) -> Result<KubeAgent<'_>> {
+        self.start_agent_with(&[])
+    }
+
+    /// [`KubeCluster::start_agent`] with more arguments.
+    pub fn start_agent_with(&self, extra: &[&str]) -> Result<KubeAgent<'_>> {
         let node = self.node();
         let log = self.log_path();
         let kubeconfig = self.dir.0.join("kubeconfig");
@@ -119,7 +124,10 @@ impl KubeCluster {
                 &metrics,
                 "--cgroup-path",
                 node.cgroup.path(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
         )?;
         Ok(KubeAgent {
             kc: self,
