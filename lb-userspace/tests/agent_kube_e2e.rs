@@ -628,7 +628,8 @@ fn node_lease(node: &str) -> serde_json::Value {
 /// With a pool, the agent writes the Service's status once as the holder
 /// of the status lease (a restart rewrites nothing), and the nodes that
 /// announce are those whose agents renew their node lease: another node's
-/// lease makes it a candidate, and going stale takes it out again.
+/// lease makes it a candidate, and going stale takes it out again. SIGTERM
+/// releases the leases.
 #[test]
 fn lb_pool_status_is_written_once_and_announcers_follow_node_leases() {
     let kc = build();
@@ -687,4 +688,16 @@ fn lb_pool_status_is_written_once_and_announcers_follow_node_leases() {
         kc.diagnostics()
     );
     assert!(written(&kc.api));
+
+    // SIGTERM: the agent releases both leases on its way out, so the other
+    // agents take over at once.
+    kc.must("SIGTERM", agent.terminate(RECOVERY_BOUND));
+    for lease in ["xdplb-lb-status", &format!("xdplb-node-{}", node.name)] {
+        let lease = kc.api.get(Kind::Lease, "kube-system", lease).unwrap();
+        assert_eq!(
+            lease["spec"]["holderIdentity"],
+            serde_json::Value::Null,
+            "{lease}"
+        );
+    }
 }

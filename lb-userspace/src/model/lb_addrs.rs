@@ -5,7 +5,7 @@
 //!
 //! The pools are this agent's alone: an address of a pool in a Service's
 //! `status.loadBalancer.ingress` was written there by the status writer
-//! (`super::lb_status`), and records the allocation.
+//! (`crate::lb_status`), and records the allocation.
 //!
 //! The allocation rule, in full:
 //! 1. A Service takes part when it is of type LoadBalancer, is this

@@ -280,6 +280,23 @@ impl KubeAgent<'_> {
         Ok((code, body))
     }
 
+    /// Sends SIGTERM and waits up to `bound` for the agent to exit.
+    pub fn terminate(&mut self, bound: Duration) -> Result<()> {
+        let child = self.child.as_mut().context("the agent is not running")?;
+        // SAFETY: a plain syscall on our own child, which is not reaped yet.
+        if unsafe { libc::kill(child.id() as i32, libc::SIGTERM) } != 0 {
+            bail!("SIGTERM: {}", io::Error::last_os_error());
+        }
+        let start = Instant::now();
+        while child.try_wait()?.is_none() {
+            if start.elapsed() > bound {
+                bail!("the agent did not exit within {bound:?} of SIGTERM");
+            }
+            thread::sleep(POLL);
+        }
+        Ok(())
+    }
+
     /// Whether the agent still runs.
     pub fn running(&mut self) -> bool {
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
