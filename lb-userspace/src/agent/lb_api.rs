@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use crate::{
     lb_status::{Change, StatusWriter},
     metrics::Metrics,
-    source::node_leases::{NodeLease, NodeLeases},
+    source::node_leases::{self, NodeLease, NodeLeases},
 };
 
 pub struct LbApi {
@@ -38,9 +38,11 @@ impl LbApi {
         }
     }
 
-    /// The nodes whose agent holds its lease now.
-    pub fn live(&self) -> BTreeSet<String> {
-        self.leases.live(Timestamp::now())
+    /// The nodes whose agent holds its lease now, or `last` while this
+    /// agent cannot reach the API server (`node_leases::candidates`).
+    pub fn candidates(&self, last: &BTreeSet<String>) -> BTreeSet<String> {
+        let now = Timestamp::now();
+        node_leases::candidates(self.leases.live(now), now, self.own.contact(), last)
     }
 
     /// What the last sync saw: whether this node is Ready, and the

@@ -228,7 +228,7 @@ impl Agent {
                 let changes =
                     model::lb_addrs::status_changes(&objects.services, &alloc, &self.pools, &opts);
                 api.saw(ready.contains(&self.args.node_name), changes);
-                api.live()
+                api.candidates(&self.candidates)
             }
             None => ready,
         };
@@ -447,7 +447,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
                 let lapsed = agent
                     .lb_api
                     .as_ref()
-                    .is_some_and(|api| api.live() != agent.candidates);
+                    .is_some_and(|api| api.candidates(&agent.candidates) != agent.candidates);
                 if agent.retry_due() || lapsed {
                     agent.resync_after_change(&mut source);
                 }

@@ -7,6 +7,7 @@
 //! its addresses over as soon as the others see the release, where the
 //! Node's Ready condition would take the node controller's 40 s grace.
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -41,6 +42,28 @@ pub fn live_nodes<'a>(
             (holder == node).then(|| node.clone())
         })
         .collect()
+}
+
+/// The nodes that may announce at `now`: the live ones, unless this agent
+/// has not reached the API server for a lease's duration (since
+/// `contact`). Then every lease lapses in its view, its own included,
+/// because it cannot see the renewals, not because the agents died: it
+/// keeps `last`, as the data plane keeps serving through an API outage,
+/// rather than have every node stop answering ARP at once.
+pub fn candidates(
+    live: BTreeSet<String>,
+    now: Timestamp,
+    contact: Timestamp,
+    last: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let lost = contact
+        .checked_add(lease::DURATION)
+        .is_ok_and(|until| now >= until);
+    if lost {
+        last.clone()
+    } else {
+        live
+    }
 }
 
 /// The node leases of one namespace, as a reflector keeps them.
@@ -88,12 +111,20 @@ impl Drop for NodeLeases {
     }
 }
 
+/// A poisoned lock only means a panic elsewhere mid-assignment of a
+/// timestamp, which is still worth reading.
+fn lock_contact(contact: &Mutex<Timestamp>) -> MutexGuard<'_, Timestamp> {
+    contact.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// This node's lease, renewed every [`lease::RENEW_EVERY`] while the node
 /// is Ready.
 pub struct NodeLease {
     ready: watch::Sender<bool>,
     lock: LeaseLock,
     task: JoinHandle<()>,
+    /// When a renewal or release last got through.
+    contact: Arc<Mutex<Timestamp>>,
 }
 
 impl NodeLease {
@@ -101,8 +132,11 @@ impl NodeLease {
         let labels = BTreeMap::from([(LABEL.to_string(), node.to_string())]);
         let lock = LeaseLock::new(client, namespace, &lease_name(node), node, Some(labels));
         let (ready, mut ready_rx) = watch::channel(false);
+        // Started once the leases are listed: in touch until told otherwise.
+        let contact = Arc::new(Mutex::new(Timestamp::now()));
         let task = tokio::spawn({
             let lock = lock.clone();
+            let contact = contact.clone();
             async move {
                 let first = tokio::time::Instant::now() + lease::RENEW_EVERY;
                 let mut ticks = tokio::time::interval_at(first, lease::RENEW_EVERY);
@@ -114,8 +148,9 @@ impl NodeLease {
                     } else {
                         lock.release().await
                     };
-                    if let Err(e) = result {
-                        tracing::warn!("cannot renew this node's lease: {e}");
+                    match result {
+                        Ok(()) => *lock_contact(&contact) = Timestamp::now(),
+                        Err(e) => tracing::warn!("cannot renew this node's lease: {e}"),
                     }
                     tokio::select! {
                         _ = ticks.tick() => {}
@@ -124,7 +159,17 @@ impl NodeLease {
                 }
             }
         });
-        Self { ready, lock, task }
+        Self {
+            ready,
+            lock,
+            task,
+            contact,
+        }
+    }
+
+    /// When a renewal or release last got through to the API server.
+    pub fn contact(&self) -> Timestamp {
+        *lock_contact(&self.contact)
     }
 
     /// Whether this node's Node is Ready, as the agent last saw it.
@@ -162,6 +207,15 @@ mod tests {
             },
             spec: next_spec(None, &Step::Create, holder, at),
         }
+    }
+
+    #[test]
+    fn an_agent_cut_off_from_the_api_keeps_its_last_candidates() {
+        let at = |s: i64| Timestamp::from_second(1_800_000_000 + s).unwrap();
+        let last = BTreeSet::from(["node1".to_string(), "node2".to_string()]);
+        let live = BTreeSet::from(["node1".to_string()]);
+        assert_eq!(candidates(live.clone(), at(20), at(10), &last), live);
+        assert_eq!(candidates(BTreeSet::new(), at(25), at(10), &last), last);
     }
 
     #[test]
