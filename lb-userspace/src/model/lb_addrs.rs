@@ -125,7 +125,7 @@ impl Pools {
         unreachable!("index beyond the pools")
     }
 
-    pub fn pool_of(&self, addr: Ipv4Addr) -> Option<&Pool> {
+    fn pool_of(&self, addr: Ipv4Addr) -> Option<&Pool> {
         self.0.iter().find(|p| p.contains(addr))
     }
 }
@@ -297,7 +297,7 @@ fn in_pools(ingress: &LoadBalancerIngress, pools: &Pools) -> Option<Ipv4Addr> {
     pools.pool_of(addr).map(|_| addr)
 }
 
-pub fn key_of(svc: &Service) -> Option<ServiceKey> {
+fn key_of(svc: &Service) -> Option<ServiceKey> {
     let name = svc.metadata.name.as_deref().filter(|n| !n.is_empty())?;
     Some((namespace_of(&svc.metadata).to_string(), name.to_string()))
 }
