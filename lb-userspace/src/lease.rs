@@ -4,7 +4,9 @@
 //! write is a PUT conditioned on the resourceVersion read, so of two
 //! agents racing for an expired lease exactly one wins (the other gets 409
 //! Conflict). The decisions are pure functions of the lease and the time;
-//! [`LeaseLock`] does the requests.
+//! [`LeaseLock`] does the requests. As client-go, the holder renews over
+//! the lease it last wrote without reading it first: if anyone wrote in
+//! between, the PUT conflicts and the next attempt reads.
 //!
 //! Unlike client-go, expiry is judged on the holder's `renewTime` against
 //! this node's clock rather than on when this agent last saw the lease
@@ -12,6 +14,7 @@
 //! 15 s duration, and the node liveness leases need a judgement any agent
 //! can make from the lease alone, including one that just started.
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -113,6 +116,8 @@ pub struct LeaseLock {
     name: String,
     identity: String,
     labels: Option<BTreeMap<String, String>>,
+    /// The lease as this lock last wrote it, until a write fails.
+    written: Arc<Mutex<Option<Lease>>>,
 }
 
 impl LeaseLock {
@@ -129,13 +134,25 @@ impl LeaseLock {
             name: name.to_string(),
             identity: identity.to_string(),
             labels,
+            written: Arc::default(),
         }
+    }
+
+    /// Takes what this lock last wrote: kept only if the next write works.
+    fn take_written(&self) -> Option<Lease> {
+        self.written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Creates, renews or takes over the lease as [`decide`] says; whether
     /// this lock holds it afterwards. Losing a race (409) is not an error.
     pub async fn try_hold(&self, now: Timestamp) -> kube::Result<bool> {
-        let current = self.api.get_opt(&self.name).await?;
+        let current = match self.take_written() {
+            Some(lease) => Some(lease),
+            None => self.api.get_opt(&self.name).await?,
+        };
         let prev = current.as_ref().and_then(|l| l.spec.as_ref());
         let step = decide(prev, &self.identity, now);
         let Some(spec) = next_spec(prev, &step, &self.identity, now) else {
@@ -152,17 +169,18 @@ impl LeaseLock {
                     },
                     spec: Some(spec),
                 };
-                self.api.create(&pp, &lease).await.map(drop)
+                self.api.create(&pp, &lease).await
             }
             // The resourceVersion read makes the PUT fail if anyone wrote
             // in between.
             Some(mut lease) => {
                 lease.spec = Some(spec);
-                self.api.replace(&self.name, &pp, &lease).await.map(drop)
+                self.api.replace(&self.name, &pp, &lease).await
             }
         };
         match written {
-            Ok(()) => {
+            Ok(lease) => {
+                *self.written.lock().unwrap_or_else(PoisonError::into_inner) = Some(lease);
                 if step == Step::TakeOver || step == Step::Create {
                     tracing::info!(lease = %self.name, "acquired the lease");
                 }
@@ -187,6 +205,7 @@ impl LeaseLock {
     /// Gives the lease up if this lock holds it, so another candidate takes
     /// over without waiting for it to expire.
     pub async fn release(&self) -> kube::Result<()> {
+        self.take_written();
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             return Ok(());
         };

@@ -675,11 +675,11 @@ fn lb_pool_status_is_written_once_and_announcers_follow_node_leases() {
     drop(agent);
     let mut agent = kc.must("restarting the agent", kc.start_agent_with(&args));
     kc.must("agent readiness", agent.wait_ready());
-    let gets = kc.api.count(Kind::Lease, "get");
+    let tries = kc.api.count_all(Kind::Lease);
     kc.wait_api(
         "the leases renewed after the restart",
         RECOVERY_BOUND,
-        |api| api.count(Kind::Lease, "get") >= gets + 4,
+        |api| api.count_all(Kind::Lease) >= tries + 4,
     );
     assert_eq!(
         kc.api.count(Kind::Service, "patch"),

@@ -407,6 +407,15 @@ impl ApiServer {
         self.state().requests.clone()
     }
 
+    /// How many requests of any verb on `kind` have arrived.
+    pub fn count_all(&self, kind: Kind) -> usize {
+        self.state()
+            .requests
+            .iter()
+            .filter(|r| r.kind == Some(kind))
+            .count()
+    }
+
     /// How many requests of `verb` on `kind` have arrived.
     pub fn count(&self, kind: Kind, verb: &str) -> usize {
         self.state()
