@@ -110,6 +110,9 @@ async fn run(
     metrics: Arc<Metrics>,
 ) {
     let mut ticks = tokio::time::interval(lease::RENEW_EVERY);
+    // After a slow attempt, the next waits its full period rather than
+    // following at once.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut holding = false;
     let mut sent = BTreeMap::new();
     loop {

@@ -148,7 +148,20 @@ impl LeaseLock {
 
     /// Creates, renews or takes over the lease as [`decide`] says; whether
     /// this lock holds it afterwards. Losing a race (409) is not an error.
+    /// An attempt the API server leaves unanswered for a renewal period
+    /// counts as not holding: the lease may lapse meanwhile, and a holder
+    /// must not act on a term it cannot prove.
     pub async fn try_hold(&self, now: Timestamp) -> kube::Result<bool> {
+        match tokio::time::timeout(RENEW_EVERY, self.hold_once(now)).await {
+            Ok(held) => held,
+            Err(_) => {
+                tracing::warn!(lease = %self.name, "the API server did not answer in time");
+                Ok(false)
+            }
+        }
+    }
+
+    async fn hold_once(&self, now: Timestamp) -> kube::Result<bool> {
         let current = match self.take_written() {
             Some(lease) => Some(lease),
             None => self.api.get_opt(&self.name).await?,

@@ -140,6 +140,7 @@ impl NodeLease {
             async move {
                 let first = tokio::time::Instant::now() + lease::RENEW_EVERY;
                 let mut ticks = tokio::time::interval_at(first, lease::RENEW_EVERY);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     // A node the node controller calls NotReady answers no
                     // ARP: its agent may well run, its pods may not.
