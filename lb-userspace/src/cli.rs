@@ -172,6 +172,12 @@ pub struct AgentArgs {
     /// (192.168.1.240-192.168.1.250); as --lb-pool otherwise.
     #[arg(long, value_delimiter = ',', value_name = "FIRST-LAST")]
     pub lb_pool_range: Vec<String>,
+    /// The agents' namespace (with the Kubernetes API and LoadBalancer pools):
+    /// where they hold the Lease of the LoadBalancer status writer and one
+    /// Lease per node. Default: the in-cluster service account's namespace,
+    /// else the kubeconfig context's.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub namespace: Option<String>,
     /// Serve Services labelled service.kubernetes.io/service-proxy-name=<this>.
     #[arg(long)]
     pub service_proxy_name: Option<String>,

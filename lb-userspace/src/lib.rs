@@ -7,6 +7,8 @@ pub mod datapath;
 pub mod healthcheck;
 pub mod http;
 pub mod inspect;
+pub mod lb_status;
+pub mod lease;
 pub mod maglev;
 pub mod metrics;
 pub mod model;

@@ -575,3 +575,129 @@ fn requests_are_read_only() {
         .collect();
     assert_eq!(used, expected, "{requests:#?}");
 }
+
+const POOL_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 200);
+
+/// The node announcing `addr`, as the agent wrote it in `LB_ADDRS_V4`.
+fn announcer_of(kc: &KubeCluster, addr: Ipv4Addr) -> Option<String> {
+    let maps = kc
+        .node()
+        .pin_path
+        .join(format!("v{}", lb_common::LAYOUT_VERSION))
+        .join("maps");
+    let maps = lb_userspace::datapath::Maps::from_pins(&maps).ok()?;
+    let info = maps
+        .lb_addrs()
+        .get(&lb_common::addr::to_map(addr), 0)
+        .ok()?;
+    Some(info.node().to_string()).filter(|n| !n.is_empty())
+}
+
+fn wait_announcer(kc: &KubeCluster, want: &str, bound: Duration) {
+    let start = Instant::now();
+    while announcer_of(kc, POOL_ADDR).as_deref() != Some(want) {
+        if start.elapsed() > bound {
+            panic!(
+                "{POOL_ADDR} not announced by {want} within {bound:?} (by {:?}){}",
+                announcer_of(kc, POOL_ADDR),
+                kc.diagnostics()
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Another agent's node lease, renewed now.
+fn node_lease(node: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": format!("xdplb-node-{node}"),
+            "namespace": "kube-system",
+            "labels": {"xdplb.io/node": node},
+        },
+        "spec": {
+            "holderIdentity": node,
+            "leaseDurationSeconds": 15,
+            "renewTime": jiff::Timestamp::now().to_string(),
+        },
+    })
+}
+
+/// With a pool, the agent writes the Service's status once as the holder
+/// of the status lease (a restart rewrites nothing), and the nodes that
+/// announce are those whose agents renew their node lease: another node's
+/// lease makes it a candidate, and going stale takes it out again. SIGTERM
+/// releases the leases.
+#[test]
+fn lb_pool_status_is_written_once_and_announcers_follow_node_leases() {
+    let kc = build();
+    let node = kc.node();
+    let mut ready = node_object(node);
+    ready["status"]["conditions"] = serde_json::json!([{"type": "Ready", "status": "True"}]);
+    kc.api.apply(ready);
+    let mut web = node_port_service("web", SPARE_VIP, SPARE_PORT, SPARE_NODE_PORT);
+    web["spec"]["type"] = "LoadBalancer".into();
+    kc.api.apply(web);
+    kc.api.apply(endpoint_slice(
+        "web-1",
+        "web",
+        SPARE_PORT,
+        &[node.pods[0].addr],
+    ));
+    let range = format!("{POOL_ADDR}-{POOL_ADDR}");
+    let args = ["--lb-pool-range", &range, "--namespace", "kube-system"];
+    let mut agent = kc.must("starting the agent", kc.start_agent_with(&args));
+    kc.must("agent readiness", agent.wait_ready());
+
+    let written = |api: &common::apiserver::ApiServer| {
+        api.get(Kind::Service, "default", "web").unwrap()["status"]["loadBalancer"]["ingress"]
+            == serde_json::json!([{"ip": POOL_ADDR.to_string(), "ipMode": "VIP"}])
+    };
+    kc.wait_api("the status written", RECOVERY_BOUND, written);
+    wait_announcer(&kc, &node.name, RECOVERY_BOUND);
+
+    // A node that wins the address's rendezvous over this one.
+    let other = (1..)
+        .map(|i| format!("other-{i}"))
+        .find(|o| {
+            let both = [node.name.clone(), o.clone()];
+            lb_userspace::model::lb_addrs::announcer(POOL_ADDR, &both) == Some(o)
+        })
+        .unwrap();
+    kc.api.apply(node_lease(&other));
+    wait_announcer(&kc, &other, RECOVERY_BOUND);
+    // Its agent renews no more: once the lease lapses, this node announces.
+    wait_announcer(&kc, &node.name, RECOVERY_BOUND);
+
+    // A restarted agent finds the status as it wants it.
+    drop(agent);
+    let mut agent = kc.must("restarting the agent", kc.start_agent_with(&args));
+    kc.must("agent readiness", agent.wait_ready());
+    let tries = kc.api.count_all(Kind::Lease);
+    kc.wait_api(
+        "the leases renewed after the restart",
+        RECOVERY_BOUND,
+        |api| api.count_all(Kind::Lease) >= tries + 4,
+    );
+    assert_eq!(
+        kc.api.count(Kind::Service, "patch"),
+        1,
+        "{}",
+        kc.diagnostics()
+    );
+    assert!(written(&kc.api));
+
+    // SIGTERM: the agent releases both leases on its way out, so the other
+    // agents take over at once.
+    kc.must("SIGTERM", agent.terminate(RECOVERY_BOUND));
+    for lease in ["xdplb-lb-status", &format!("xdplb-node-{}", node.name)] {
+        let lease = kc.api.get(Kind::Lease, "kube-system", lease).unwrap();
+        assert_eq!(
+            lease["spec"]["holderIdentity"],
+            serde_json::Value::Null,
+            "{lease}"
+        );
+    }
+}

@@ -248,6 +248,8 @@ fn scrape() -> String {
         changes,
     );
     metrics.observe_network_programming(Duration::from_millis(800));
+    metrics.record_lb_pools(&[("192.168.1.240/28".to_string(), 1, 13)], 0);
+    metrics.record_status_write(true);
     metrics.render_sample(MapSample {
         reasons: Reason::ALL.iter().map(|&r| (r, 1)).collect(),
         services: vec![ServiceCounters {

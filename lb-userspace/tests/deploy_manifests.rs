@@ -1,5 +1,6 @@
 //! The manifests in deploy/ parse into the Kubernetes API types and hold the
-//! invariants the agent depends on: read-only RBAC apart from Events, a
+//! invariants the agent depends on: RBAC granting exactly what the agent
+//! sends (its only cluster-wide write the LoadBalancer status), a
 //! DaemonSet whose arguments the real `xdplb agent` parser accepts, and the
 //! host access the data plane needs. No cluster runs here, so this is what
 //! stands between an edit of deploy/ and a broken install.
@@ -13,9 +14,13 @@ use k8s_openapi::{
     api::{
         apps::v1::DaemonSet,
         core::v1::{Container, PodSpec, ServiceAccount},
-        rbac::v1::{ClusterRole, ClusterRoleBinding},
+        rbac::v1::{
+            ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+        },
     },
-    apimachinery::pkg::{api::resource::Quantity, util::intstr::IntOrString},
+    apimachinery::pkg::{
+        api::resource::Quantity, apis::meta::v1::ObjectMeta, util::intstr::IntOrString,
+    },
 };
 use lb_userspace::cli::{AgentArgs, Cli, Command};
 use serde::Deserialize;
@@ -30,6 +35,8 @@ struct Manifests {
     accounts: Vec<ServiceAccount>,
     roles: Vec<ClusterRole>,
     bindings: Vec<ClusterRoleBinding>,
+    ns_roles: Vec<Role>,
+    ns_bindings: Vec<RoleBinding>,
     daemonsets: Vec<DaemonSet>,
 }
 
@@ -62,6 +69,8 @@ fn manifests() -> Manifests {
                 Some("ServiceAccount") => out.accounts.push(parse(&file, doc)),
                 Some("ClusterRole") => out.roles.push(parse(&file, doc)),
                 Some("ClusterRoleBinding") => out.bindings.push(parse(&file, doc)),
+                Some("Role") => out.ns_roles.push(parse(&file, doc)),
+                Some("RoleBinding") => out.ns_bindings.push(parse(&file, doc)),
                 Some("DaemonSet") => out.daemonsets.push(parse(&file, doc)),
                 other => panic!("{file}: unexpected kind {other:?}"),
             }
@@ -128,12 +137,11 @@ fn every_manifest_parses_and_the_kustomization_lists_them_all() {
     assert_eq!(listed, files, "kustomization.yaml must list every manifest");
 }
 
-#[test]
-fn cluster_role_grants_exactly_what_the_api_source_uses_and_writes_nothing() {
-    let m = manifests();
-    let role = the(&m.roles, "ClusterRole");
+/// (apiGroup, resource, verb) of every rule, refusing wildcards and
+/// named resources.
+fn granted(rules: &[PolicyRule]) -> BTreeSet<(&str, &str, &str)> {
     let mut granted = BTreeSet::new();
-    for rule in role.rules.as_deref().unwrap_or_default() {
+    for rule in rules {
         assert!(
             rule.resource_names.is_none() && rule.non_resource_urls.is_none(),
             "unexpected rule shape: {rule:?}"
@@ -148,21 +156,87 @@ fn cluster_role_grants_exactly_what_the_api_source_uses_and_writes_nothing() {
     }
     for &(group, resource, verb) in &granted {
         assert!(
-            ["get", "list", "watch"].contains(&verb) || resource == "events",
-            "write verb {verb} on {group}/{resource}: only events may be written"
-        );
-        assert!(
             ![group, resource, verb].contains(&"*"),
             "wildcard in {group}/{resource}/{verb}"
         );
     }
-    // Exactly the requests the agent's API source makes (its own test records
-    // every request against an API server double and compares it to this).
-    let wanted: BTreeSet<(&str, &str, &str)> = lb_userspace::source::kube::RBAC_RULES
+    granted
+}
+
+fn flattened(
+    rules: &'static [(&str, &str, &[&str])],
+) -> BTreeSet<(&'static str, &'static str, &'static str)> {
+    rules
         .iter()
         .flat_map(|&(group, resource, verbs)| verbs.iter().map(move |&v| (group, resource, v)))
-        .collect();
-    assert_eq!(granted, wanted);
+        .collect()
+}
+
+#[test]
+fn cluster_role_grants_exactly_what_the_agent_uses_and_writes_only_statuses() {
+    let m = manifests();
+    let role = the(&m.roles, "ClusterRole");
+    let granted = granted(role.rules.as_deref().unwrap_or_default());
+    for &(group, resource, verb) in &granted {
+        assert!(
+            ["get", "list", "watch"].contains(&verb) || resource == "services/status",
+            "write verb {verb} on {group}/{resource}: only Service statuses may be written cluster-wide"
+        );
+    }
+    // Exactly the requests the agent makes (the API server double's tests
+    // record every request and compare them to this).
+    assert_eq!(granted, flattened(lb_userspace::source::kube::RBAC_RULES));
+}
+
+#[test]
+fn role_grants_exactly_the_lease_requests_in_the_agents_namespace() {
+    let m = manifests();
+    let (role, binding) = (the(&m.ns_roles, "Role"), the(&m.ns_bindings, "RoleBinding"));
+    let (account, ds) = (
+        the(&m.accounts, "ServiceAccount"),
+        the(&m.daemonsets, "DaemonSet"),
+    );
+    let granted = granted(role.rules.as_deref().unwrap_or_default());
+    assert_eq!(
+        granted,
+        flattened(lb_userspace::source::kube::RBAC_NAMESPACED_RULES)
+    );
+    assert_eq!(role.metadata.namespace, ds.metadata.namespace);
+    assert_eq!(binding.metadata.namespace, ds.metadata.namespace);
+    binds_role_to_account(
+        &binding.role_ref,
+        &role.metadata,
+        &binding.subjects,
+        account,
+    );
+    assert_eq!(binding.role_ref.kind, "Role");
+    // The agent holds its leases in the namespace the Role covers.
+    let env = agent_container(ds).env.as_deref().unwrap_or_default();
+    let namespace = env
+        .iter()
+        .find(|e| e.name == "POD_NAMESPACE")
+        .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+        .map(|f| f.field_path.as_str());
+    assert_eq!(namespace, Some("metadata.namespace"));
+}
+
+/// A binding's role reference names `role`, and its subjects include
+/// `account`.
+fn binds_role_to_account(
+    role_ref: &RoleRef,
+    role: &ObjectMeta,
+    subjects: &Option<Vec<Subject>>,
+    account: &ServiceAccount,
+) {
+    assert_eq!(role_ref.api_group, "rbac.authorization.k8s.io");
+    assert_eq!(Some(&role_ref.name), role.name.as_ref());
+    let subjects = subjects.as_deref().unwrap_or_default();
+    assert!(
+        subjects.iter().any(|s| s.kind == "ServiceAccount"
+            && Some(&s.name) == account.metadata.name.as_ref()
+            && s.namespace == account.metadata.namespace),
+        "{subjects:?}"
+    );
 }
 
 #[test]
@@ -173,16 +247,13 @@ fn binding_gives_the_role_to_the_daemonsets_service_account() {
     let binding = the(&m.bindings, "ClusterRoleBinding");
     let ds = the(&m.daemonsets, "DaemonSet");
 
-    assert_eq!(binding.role_ref.kind, "ClusterRole");
-    assert_eq!(binding.role_ref.api_group, "rbac.authorization.k8s.io");
-    assert_eq!(Some(&binding.role_ref.name), role.metadata.name.as_ref());
-    let subjects = binding.subjects.as_deref().unwrap_or_default();
-    assert!(
-        subjects.iter().any(|s| s.kind == "ServiceAccount"
-            && Some(&s.name) == account.metadata.name.as_ref()
-            && s.namespace == account.metadata.namespace),
-        "{subjects:?}"
+    binds_role_to_account(
+        &binding.role_ref,
+        &role.metadata,
+        &binding.subjects,
+        account,
     );
+    assert_eq!(binding.role_ref.kind, "ClusterRole");
     assert_eq!(
         pod_spec(ds).service_account_name,
         account.metadata.name,

@@ -4,6 +4,7 @@ mod announce;
 mod attach;
 mod health;
 mod ifaces;
+mod lb_api;
 mod netlink;
 mod pins;
 mod programming;
@@ -13,6 +14,7 @@ mod uplink;
 pub(crate) use pins::flock_holder;
 
 use std::{
+    collections::BTreeSet,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -76,6 +78,10 @@ struct Agent {
     /// `--lb-pool` and `--lb-pool-range`.
     pools: Pools,
     announcer: announce::Announcer,
+    /// With the API and pools: leases and the status writer.
+    lb_api: Option<lb_api::LbApi>,
+    /// The nodes the last sync let announce.
+    candidates: BTreeSet<String>,
 }
 
 impl Agent {
@@ -145,7 +151,7 @@ impl Agent {
                 .collect(),
         };
         let alloc = model::lb_addrs::allocate(&objects.services, &self.pools, &opts);
-        let services = alloc.apply(&objects.services);
+        let services = alloc.apply(&objects.services, &self.pools);
         let mut desired = model::desired_state(&services, &objects.slices, &node, &opts);
         model::keep_last_good(&self.last, &mut desired);
         // Refused Service ports count as applied: they are retried at every
@@ -216,8 +222,25 @@ impl Agent {
         self.last = desired;
         self.metrics
             .record_lb_pools(&alloc.usage(&self.pools), alloc.exhausted);
+        let ready = model::lb_addrs::ready_nodes(&objects.nodes);
+        self.candidates = match &self.lb_api {
+            Some(api) => {
+                let changes =
+                    model::lb_addrs::status_changes(&objects.services, &alloc, &self.pools, &opts);
+                api.saw(ready.contains(&self.args.node_name), changes);
+                api.candidates(&self.candidates)
+            }
+            None => ready,
+        };
         let announcements =
-            model::lb_addrs::announcements(&services, &objects.slices, &objects.nodes, &alloc);
+            model::lb_addrs::announcements(&services, &objects.slices, &self.candidates, &alloc);
+        let node = Some(self.args.node_name.as_str());
+        self.metrics.record_announced(
+            announcements
+                .iter()
+                .filter(|a| a.node.as_deref() == node)
+                .count(),
+        );
         self.announcer.sync(
             &mut self.dp.maps,
             &self.args.external_ifaces,
@@ -319,6 +342,16 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         metrics.http_status("healthz"),
     );
     let mut source = source::Source::open(&args).await?;
+    let lb_api = match source.client() {
+        Some(client) if !pools.is_empty() => {
+            let namespace = args
+                .namespace
+                .clone()
+                .unwrap_or_else(|| client.default_namespace().to_string());
+            Some(lb_api::LbApi::start(client, &namespace, &args.node_name, metrics.clone()).await)
+        }
+        _ => None,
+    };
     let wanted = args.capacities.capacities();
     let mut dp = Datapath::load(&wanted, Some(&pins.maps_dir()))?;
     report_pinned_sizes(&wanted, &dp.maps.room()?);
@@ -357,6 +390,8 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         retry: None,
         pools,
         announcer: announce::Announcer::default(),
+        lb_api,
+        candidates: BTreeSet::new(),
     };
     // Maps first, then the program on the wire: the first packet it sees
     // already finds every Service. A first sync that fails leaves the
@@ -408,7 +443,12 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
                 }
             }
             _ = ticks.tick() => {
-                if agent.retry_due() {
+                // A lease lapses without an event.
+                let lapsed = agent
+                    .lb_api
+                    .as_ref()
+                    .is_some_and(|api| api.candidates(&agent.candidates) != agent.candidates);
+                if agent.retry_due() || lapsed {
                     agent.resync_after_change(&mut source);
                 }
                 agent.attach_pod_ifaces();
@@ -420,6 +460,9 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
+    }
+    if let Some(api) = agent.lb_api.take() {
+        api.stop().await;
     }
     tracing::info!("exiting; links and maps stay pinned, the data plane keeps serving");
     Ok(())

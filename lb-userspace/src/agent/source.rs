@@ -20,7 +20,11 @@ pub enum Source {
         folder: Folder,
         changes: watch::Receiver<u64>,
     },
-    Kube(KubeSource),
+    Kube {
+        source: KubeSource,
+        /// For the LoadBalancer status writer and the node leases.
+        client: kube::Client,
+    },
 }
 
 impl Source {
@@ -37,17 +41,28 @@ impl Source {
             });
         }
         let client = KubeSource::connect(args.kubeconfig.as_deref()).await?;
-        let mut source =
-            KubeSource::start(client, &args.node_name, args.service_proxy_name.clone());
+        let mut source = KubeSource::start(
+            client.clone(),
+            &args.node_name,
+            args.service_proxy_name.clone(),
+        );
         tracing::info!("waiting for the initial lists of Services, EndpointSlices and this Node");
         source.ready().await;
-        Ok(Source::Kube(source))
+        Ok(Source::Kube { source, client })
+    }
+
+    /// The API client; `None` for the manifests source.
+    pub fn client(&self) -> Option<&kube::Client> {
+        match self {
+            Source::Manifests { .. } => None,
+            Source::Kube { client, .. } => Some(client),
+        }
     }
 
     pub fn load(&mut self) -> Result<(Objects, LoadReport)> {
         match self {
             Source::Manifests { dir, folder, .. } => folder.reload(dir),
-            Source::Kube(k) => Ok((k.snapshot(), LoadReport::default())),
+            Source::Kube { source, .. } => Ok((source.snapshot(), LoadReport::default())),
         }
     }
 
@@ -59,7 +74,7 @@ impl Source {
                 }
                 Ok(())
             }
-            Source::Kube(k) => k.changed().await,
+            Source::Kube { source, .. } => source.changed().await,
         }
     }
 
@@ -67,7 +82,7 @@ impl Source {
     pub fn status(&self) -> Option<SourceStatus> {
         match self {
             Source::Manifests { .. } => None,
-            Source::Kube(k) => Some(k.status()),
+            Source::Kube { source, .. } => Some(source.status()),
         }
     }
 }

@@ -33,6 +33,9 @@ pub struct Metrics {
     http_over_cap: Family<Label, Counter>,
     lb_pool_addresses: Family<PoolLabels, Gauge>,
     lb_pool_exhausted: Counter,
+    lb_announced: Gauge,
+    lb_status_lease: Gauge,
+    lb_status_writes: Family<Label, Counter>,
 }
 
 impl Default for Metrics {
@@ -123,6 +126,24 @@ impl Metrics {
             "LoadBalancer Services left without an address because every pool address was in use, counted at every sync that left them so",
             Counter::default(),
         );
+        let lb_announced = registered(
+            r,
+            "xdplb_lb_addresses_announced",
+            "LoadBalancer addresses this node answers ARP for",
+            Gauge::default(),
+        );
+        let lb_status_lease = registered(
+            r,
+            "xdplb_lb_status_lease_held",
+            "1 while this agent holds the lease that makes it the writer of LoadBalancer statuses",
+            Gauge::default(),
+        );
+        let lb_status_writes = registered(
+            r,
+            "xdplb_lb_status_writes",
+            "Patches of Services' status.loadBalancer.ingress, by result (ok, error)",
+            Family::default(),
+        );
         Self {
             registry,
             kube,
@@ -137,6 +158,9 @@ impl Metrics {
             http_over_cap,
             lb_pool_addresses,
             lb_pool_exhausted,
+            lb_announced,
+            lb_status_lease,
+            lb_status_writes,
         }
     }
 
@@ -151,6 +175,22 @@ impl Metrics {
             }
         }
         self.lb_pool_exhausted.inc_by(exhausted as u64);
+    }
+
+    /// The number of LoadBalancer addresses this node announces.
+    pub fn record_announced(&self, addresses: usize) {
+        self.lb_announced.set(addresses as i64);
+    }
+
+    pub fn record_status_lease(&self, held: bool) {
+        self.lb_status_lease.set(i64::from(held));
+    }
+
+    pub fn record_status_write(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.lb_status_writes
+            .get_or_create(&[("result", result)])
+            .inc();
     }
 
     /// Where the HTTP servers of one kind report, as series labelled
@@ -369,6 +409,11 @@ mod tests {
         let usage = [("192.168.50.200-192.168.50.202".to_string(), 3, 0)];
         metrics.record_lb_pools(&usage, 2);
         metrics.record_lb_pools(&usage, 1);
+        metrics.record_announced(2);
+        metrics.record_status_lease(true);
+        metrics.record_status_write(true);
+        metrics.record_status_write(false);
+        metrics.record_status_write(true);
         let text = metrics.render_sample(MapSample::default());
         check_exposition(&text);
         for line in [
@@ -376,6 +421,10 @@ mod tests {
             "xdplb_lb_pool_addresses{pool=\"192.168.50.200-192.168.50.202\",state=\"free\"} 0",
             "# TYPE xdplb_lb_pool_exhausted_total counter",
             "xdplb_lb_pool_exhausted_total 3",
+            "xdplb_lb_addresses_announced 2",
+            "xdplb_lb_status_lease_held 1",
+            "xdplb_lb_status_writes_total{result=\"ok\"} 2",
+            "xdplb_lb_status_writes_total{result=\"error\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

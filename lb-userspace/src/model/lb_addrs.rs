@@ -3,36 +3,44 @@
 //! (`announcements`). Both are pure functions of the objects, so every
 //! agent reaches the same answer without talking to the others.
 //!
+//! The pools are this agent's alone: an address of a pool in a Service's
+//! `status.loadBalancer.ingress` was written there by the status writer
+//! (`crate::lb_status`), and records the allocation.
+//!
 //! The allocation rule, in full:
 //! 1. A Service takes part when it is of type LoadBalancer, is this
 //!    proxy's (`service.kubernetes.io/service-proxy-name`), has
 //!    `spec.loadBalancerClass` unset or `xdplb.io/l2`, and has no IPv4
-//!    address in `status.loadBalancer.ingress` (one there came from
-//!    elsewhere and is served as it is; it is never handed out again).
+//!    address outside the pools in `status.loadBalancer.ingress` (one
+//!    there came from elsewhere and is served as it is; it is never handed
+//!    out again).
 //! 2. Services are taken in order of `metadata.creationTimestamp` (a
 //!    missing one first), then namespace, then name.
-//! 3. First every Service that requests addresses (`spec.loadBalancerIP`,
+//! 3. First every Service whose status records an address of the pools
+//!    keeps it, unless it requests others (below) or an earlier one holds
+//!    it: the address written survives restarts and changes to the other
+//!    Services.
+//! 4. Then every Service that requests addresses (`spec.loadBalancerIP`,
 //!    or the annotations `metallb.universe.tf/loadBalancerIPs` and
 //!    `lbipam.cilium.io/ips`, comma-separated): it gets the first IPv4
 //!    address it requests that is in a pool and not yet taken. When none
 //!    is, it gets nothing and is reported, as MetalLB and Cilium do: an
 //!    address other than the one asked for would be a surprise.
-//! 4. Then every other Service, in the same order: it gets the first free
+//! 5. Then every other Service, in the same order: it gets the first free
 //!    address at or after a start that is a hash of its namespace and name,
 //!    walking the pools in the order given and wrapping around.
 //!
-//! So a new Service (the newest) never moves an older one, and a removed
-//! one moves only a younger Service whose hash landed on the freed address
-//! and was pushed on to the next free one, or a Service that requested it.
-//! A new Service requesting an address another Service holds takes it
-//! (requests come first); the holder moves. With the status writer (not
-//! done yet) the address held would be recorded in the Service and these
-//! moves disappear.
+//! Before the status is written (and without the API, with `--manifests`),
+//! a new Service (the newest) never moves an older one, and a removed one
+//! moves only a younger Service whose hash landed on the freed address and
+//! was pushed on to the next free one, or a Service that requested it.
+//! Once written, an address stays with its Service: the status computed
+//! from rules 4 and 5 is the one rule 3 then keeps.
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::{namespace_of, service::for_this_proxy, ModelOptions, Problem, LABEL_SERVICE_NAME};
@@ -213,32 +221,80 @@ impl Allocation {
             .collect()
     }
 
-    /// `services` with each allocated address as its status ingress IP,
-    /// which the model programs as it programs any other.
-    pub fn apply(&self, services: &[Service]) -> Vec<Service> {
+    /// `services` with the addresses of the pools in their status ingress
+    /// replaced by their allocation, which the model programs as it
+    /// programs any other: a Service's address is served from the
+    /// allocation, before (or without) the status writer recording it.
+    pub fn apply(&self, services: &[Service], pools: &Pools) -> Vec<Service> {
         services
             .iter()
             .map(|svc| {
-                let key = key_of(svc);
-                let Some(a) = key.and_then(|k| self.addrs.get(&k)) else {
-                    return svc.clone();
-                };
                 let mut svc = svc.clone();
-                let lb = svc
-                    .status
+                let ingress = wanted_ingress(&svc, self, pools);
+                svc.status
                     .get_or_insert_with(Default::default)
                     .load_balancer
-                    .get_or_insert_with(Default::default);
-                lb.ingress.get_or_insert_with(Vec::new).push(
-                    k8s_openapi::api::core::v1::LoadBalancerIngress {
-                        ip: Some(a.addr.to_string()),
-                        ..Default::default()
-                    },
-                );
+                    .get_or_insert_with(Default::default)
+                    .ingress = (!ingress.is_empty()).then_some(ingress);
                 svc
             })
             .collect()
     }
+}
+
+/// The `status.loadBalancer.ingress` `svc` should have: its entries from
+/// elsewhere, and its allocated address (ipMode VIP: the nodes serve it
+/// themselves) in place of any address of the pools.
+pub fn wanted_ingress(
+    svc: &Service,
+    alloc: &Allocation,
+    pools: &Pools,
+) -> Vec<LoadBalancerIngress> {
+    let mut ingress: Vec<LoadBalancerIngress> = ingress_of(svc)
+        .iter()
+        .filter(|i| in_pools(i, pools).is_none())
+        .cloned()
+        .collect();
+    if let Some(a) = key_of(svc).and_then(|k| alloc.addrs.get(&k)) {
+        ingress.push(LoadBalancerIngress {
+            ip: Some(a.addr.to_string()),
+            ip_mode: Some("VIP".to_string()),
+            ..Default::default()
+        });
+    }
+    ingress
+}
+
+/// The Services of this proxy whose `status.loadBalancer.ingress` is not
+/// what [`wanted_ingress`] says, with the ingress they should have.
+pub fn status_changes(
+    services: &[Service],
+    alloc: &Allocation,
+    pools: &Pools,
+    opts: &ModelOptions,
+) -> Vec<(ServiceKey, Vec<LoadBalancerIngress>)> {
+    services
+        .iter()
+        .filter(|s| for_this_proxy(s, opts))
+        .filter_map(|s| {
+            let want = wanted_ingress(s, alloc, pools);
+            (want != ingress_of(s)).then(|| Some((key_of(s)?, want)))?
+        })
+        .collect()
+}
+
+fn ingress_of(svc: &Service) -> &[LoadBalancerIngress] {
+    svc.status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_deref())
+        .unwrap_or_default()
+}
+
+/// The IPv4 address of an ingress entry when it is in the pools.
+fn in_pools(ingress: &LoadBalancerIngress, pools: &Pools) -> Option<Ipv4Addr> {
+    let addr = ingress.ip.as_deref()?.parse().ok()?;
+    pools.pool_of(addr).map(|_| addr)
 }
 
 fn key_of(svc: &Service) -> Option<ServiceKey> {
@@ -247,24 +303,25 @@ fn key_of(svc: &Service) -> Option<ServiceKey> {
 }
 
 fn ingress_v4(svc: &Service) -> impl Iterator<Item = Ipv4Addr> + '_ {
-    svc.status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .into_iter()
-        .flatten()
+    ingress_of(svc)
+        .iter()
         .filter_map(|i| i.ip.as_deref()?.parse().ok())
 }
 
+/// The address of the pools `svc`'s status records (rule 3).
+fn recorded(svc: &Service, pools: &Pools) -> Option<Ipv4Addr> {
+    ingress_of(svc).iter().find_map(|i| in_pools(i, pools))
+}
+
 /// Whether the pools give `svc` an address (rule 1).
-fn takes_part(svc: &Service, opts: &ModelOptions) -> bool {
+fn takes_part(svc: &Service, pools: &Pools, opts: &ModelOptions) -> bool {
     let Some(spec) = &svc.spec else {
         return false;
     };
     spec.type_.as_deref() == Some("LoadBalancer")
         && matches!(spec.load_balancer_class.as_deref(), None | Some(CLASS_L2))
         && for_this_proxy(svc, opts)
-        && ingress_v4(svc).next().is_none()
+        && ingress_v4(svc).all(|a| pools.pool_of(a).is_some())
 }
 
 /// The addresses `svc` requests; IPv6 ones are for another family.
@@ -317,37 +374,56 @@ pub fn allocate(services: &[Service], pools: &Pools, opts: &ModelOptions) -> All
     if pools.is_empty() {
         return out;
     }
-    // Addresses Services already have from elsewhere are not handed out.
-    let mut taken: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
-    for svc in services {
-        if let Some((ns, name)) = key_of(svc) {
-            for addr in ingress_v4(svc) {
-                taken.entry(addr).or_insert_with(|| format!("{ns}/{name}"));
-            }
-        }
-    }
     let mut order: Vec<(&Service, ServiceKey)> = services
         .iter()
-        .filter(|s| takes_part(s, opts))
+        .filter(|s| takes_part(s, pools, opts))
         .filter_map(|s| Some((s, key_of(s)?)))
         .collect();
     order.sort_by(|(a, ka), (b, kb)| {
         (&a.metadata.creation_timestamp, ka).cmp(&(&b.metadata.creation_timestamp, kb))
     });
     order.dedup_by(|(_, a), (_, b)| a == b);
+    // Addresses Services already have from elsewhere are not handed out,
+    // nor those of the pools still in the status of a Service that left
+    // them, until the status writer clears them.
+    let mut taken: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
+    let part: BTreeSet<&ServiceKey> = order.iter().map(|(_, k)| k).collect();
+    for svc in services {
+        if let Some(key) = key_of(svc).filter(|k| !part.contains(k)) {
+            for addr in ingress_v4(svc) {
+                taken
+                    .entry(addr)
+                    .or_insert_with(|| format!("{}/{}", key.0, key.1));
+            }
+        }
+    }
     let problem = |(ns, name): &ServiceKey, message: String| Problem {
         object: format!("Service {ns}/{name}"),
         message,
     };
-    let mut unrequested = Vec::new();
+    let mut requests = Vec::new();
     for (svc, key) in &order {
-        let wanted = match requested(svc) {
-            Ok(wanted) => wanted,
-            Err(message) => {
-                out.problems.push(problem(key, message));
-                continue;
+        match requested(svc) {
+            Ok(wanted) => requests.push((key, recorded(svc, pools), wanted)),
+            Err(message) => out.problems.push(problem(key, message)),
+        }
+    }
+    let mut rest = Vec::new();
+    for (key, recorded, wanted) in requests {
+        let keeps = recorded
+            .filter(|a| wanted.is_empty() || wanted.contains(a))
+            .filter(|a| !taken.contains_key(a));
+        match keeps {
+            Some(addr) => {
+                taken.insert(addr, format!("{}/{}", key.0, key.1));
+                let pool = pools.pool_of(addr).expect("in the pools").name.clone();
+                out.addrs.insert(key.clone(), Allocated { addr, pool });
             }
-        };
+            None => rest.push((key, wanted)),
+        }
+    }
+    let mut unrequested = Vec::new();
+    for (key, wanted) in rest {
         if wanted.is_empty() {
             unrequested.push(key);
             continue;
@@ -359,7 +435,7 @@ pub fn allocate(services: &[Service], pools: &Pools, opts: &ModelOptions) -> All
             Some((addr, pool)) => {
                 taken.insert(addr, format!("{}/{}", key.0, key.1));
                 out.addrs.insert(
-                    (*key).clone(),
+                    key.clone(),
                     Allocated {
                         addr,
                         pool: pool.name.clone(),
@@ -421,8 +497,8 @@ pub struct Announcement {
     pub addr: Ipv4Addr,
     pub pool: String,
     pub service: ServiceKey,
-    /// `None` when no node may announce it (none Ready, or none Ready with
-    /// a local ready endpoint under externalTrafficPolicy Local).
+    /// `None` when no node may announce it (no candidate, or none with a
+    /// local ready endpoint under externalTrafficPolicy Local).
     pub node: Option<String>,
 }
 
@@ -477,16 +553,17 @@ pub fn announcer<'a>(
         .max_by_key(|n| (stable_hash(&[&addr.octets(), n.as_bytes()]), n.as_str()))
 }
 
-/// The announcing node of every allocated address: among the Ready nodes,
-/// restricted under externalTrafficPolicy Local to those with a local
-/// ready endpoint (any other would drop what it attracts).
+/// The announcing node of every allocated address: among `candidates`
+/// (the nodes alive to announce: Ready, and with the API also renewing
+/// their agent's lease), restricted under externalTrafficPolicy Local to
+/// those with a local ready endpoint (any other would drop what it
+/// attracts).
 pub fn announcements(
     services: &[Service],
     slices: &[EndpointSlice],
-    nodes: &[Node],
+    candidates: &BTreeSet<String>,
     alloc: &Allocation,
 ) -> Vec<Announcement> {
-    let ready = ready_nodes(nodes);
     let local: BTreeMap<ServiceKey, bool> = services
         .iter()
         .filter_map(|s| {
@@ -500,9 +577,9 @@ pub fn announcements(
         .map(|(key, a)| {
             let node = if local.get(key).copied().unwrap_or(false) {
                 let with = nodes_with_ready_endpoints(slices, key);
-                announcer(a.addr, ready.intersection(&with)).cloned()
+                announcer(a.addr, candidates.intersection(&with)).cloned()
             } else {
-                announcer(a.addr, &ready).cloned()
+                announcer(a.addr, candidates).cloned()
             };
             Announcement {
                 addr: a.addr,

@@ -31,15 +31,28 @@ use crate::source::manifests::Objects;
 /// enough not to matter next to endpoint readiness.
 pub const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Everything the source asks of the API server, as (apiGroup, resource,
-/// verbs): the ClusterRole in deploy/ must grant exactly this. Only list
-/// and watch: the reflectors never GET a single object and the source
-/// writes nothing.
+/// Everything the agent asks of the API server cluster-wide, as
+/// (apiGroup, resource, verbs): the ClusterRole in deploy/ must grant
+/// exactly this. The reflectors only list and watch (they never GET a
+/// single object); the one write is the LoadBalancer status writer's merge
+/// patch of services/status (`crate::lb_status`).
 pub const RBAC_RULES: &[(&str, &str, &[&str])] = &[
     ("", "services", &["list", "watch"]),
+    ("", "services/status", &["patch"]),
     ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
     ("", "nodes", &["list", "watch"]),
 ];
+
+/// What the agent asks in its own namespace (`--namespace`), as
+/// [`RBAC_RULES`]: the Role in deploy/ must grant exactly this. Leases:
+/// `crate::lease::LeaseLock` reads, creates and updates one (no delete: a
+/// lease given up is released, not removed), and the node leases are
+/// watched (`super::node_leases`).
+pub const RBAC_NAMESPACED_RULES: &[(&str, &str, &[&str])] = &[(
+    "coordination.k8s.io",
+    "leases",
+    &["get", "list", "watch", "create", "update"],
+)];
 
 const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";

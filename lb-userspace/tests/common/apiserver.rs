@@ -1,10 +1,13 @@
 //! A Kubernetes API server double speaking the real protocol over HTTP/1.1
-//! on 127.0.0.1, for Services, EndpointSlices and Nodes: lists carrying a
-//! resourceVersion, watch streams of newline-delimited JSON events that
-//! resume from a resourceVersion, bookmarks, label and field selectors, and
-//! 410 Gone for a compacted resourceVersion. Tests steer it into the
-//! failures a real cluster has: streams closed mid-way, expired watches,
-//! held lists, and the whole server down.
+//! on 127.0.0.1, for Services, EndpointSlices, Nodes and Leases: lists
+//! carrying a resourceVersion, watch streams of newline-delimited JSON
+//! events that resume from a resourceVersion, bookmarks, label and field
+//! selectors, and 410 Gone for a compacted resourceVersion; GET of one
+//! object, create (POST), update (PUT, 409 Conflict unless the
+//! resourceVersion sent is the stored one) and JSON merge patch of a
+//! status subresource. Tests steer it into the failures a real cluster
+//! has: streams closed mid-way, expired watches, held lists, and the whole
+//! server down.
 //!
 //! Like etcd, one revision counter covers every object, and the event log
 //! behind it is kept until compacted. Lists ignore `limit` (the tests'
@@ -34,15 +37,17 @@ pub enum Kind {
     Service,
     EndpointSlice,
     Node,
+    Lease,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Service, Kind::EndpointSlice, Kind::Node];
+    const ALL: [Kind; 4] = [Kind::Service, Kind::EndpointSlice, Kind::Node, Kind::Lease];
 
     pub fn group(self) -> &'static str {
         match self {
             Kind::Service | Kind::Node => "",
             Kind::EndpointSlice => "discovery.k8s.io",
+            Kind::Lease => "coordination.k8s.io",
         }
     }
 
@@ -51,6 +56,7 @@ impl Kind {
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
             Kind::Node => "nodes",
+            Kind::Lease => "leases",
         }
     }
 
@@ -58,6 +64,7 @@ impl Kind {
         match self {
             Kind::Service | Kind::Node => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::Lease => "coordination.k8s.io/v1",
         }
     }
 
@@ -66,13 +73,14 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Node => "Node",
+            Kind::Lease => "Lease",
         }
     }
 
-    fn collection(self) -> String {
+    fn root(self) -> String {
         match self.group() {
-            "" => format!("/api/v1/{}", self.resource()),
-            group => format!("/apis/{group}/v1/{}", self.resource()),
+            "" => "/api/v1".to_owned(),
+            group => format!("/apis/{group}/v1"),
         }
     }
 
@@ -82,8 +90,41 @@ impl Kind {
         Kind::ALL
             .into_iter()
             .find(|k| api_version == Some(k.api_version()) && kind == Some(k.name()))
-            .unwrap_or_else(|| panic!("not a Service, EndpointSlice or Node: {object}"))
+            .unwrap_or_else(|| panic!("not a Service, EndpointSlice, Node or Lease: {object}"))
     }
+}
+
+/// What a request's path names: a collection (of one namespace or all) or
+/// an object, possibly a subresource of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Route {
+    kind: Kind,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn route(path: &str) -> Option<Route> {
+    Kind::ALL.into_iter().find_map(|kind| {
+        let rest = path.strip_prefix(&kind.root())?.strip_prefix('/')?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        let (namespace, parts) = match parts.as_slice() {
+            ["namespaces", ns, tail @ ..] if !tail.is_empty() => (Some(ns.to_string()), tail),
+            _ => (None, parts.as_slice()),
+        };
+        let (resource, name, subresource) = match parts {
+            [resource] => (*resource, None, None),
+            [resource, name] => (*resource, Some(name.to_string()), None),
+            [resource, name, sub] => (*resource, Some(name.to_string()), Some(sub.to_string())),
+            _ => return None,
+        };
+        (resource == kind.resource()).then_some(Route {
+            kind,
+            namespace,
+            name,
+            subresource,
+        })
+    })
 }
 
 /// How a watch from a compacted resourceVersion is refused.
@@ -98,9 +139,12 @@ pub enum Gone {
 /// One request as the server understood it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Logged {
-    /// The RBAC verb: list, watch, get, or the HTTP method in lower case.
+    /// The RBAC verb: list, watch, get, create, update, patch, or the
+    /// HTTP method in lower case.
     pub verb: String,
     pub kind: Option<Kind>,
+    /// The subresource, as "status" of services/status.
+    pub subresource: Option<String>,
     pub path: String,
     /// Percent-decoded query parameters.
     pub query: BTreeMap<String, String>,
@@ -109,6 +153,15 @@ pub struct Logged {
 impl Logged {
     pub fn param(&self, name: &str) -> Option<&str> {
         self.query.get(name).map(String::as_str)
+    }
+
+    /// The RBAC resource: "services", "services/status", ...
+    pub fn resource(&self) -> Option<String> {
+        let resource = self.kind?.resource();
+        Some(match &self.subresource {
+            Some(sub) => format!("{resource}/{sub}"),
+            None => resource.to_owned(),
+        })
     }
 }
 
@@ -215,25 +268,16 @@ impl ApiServer {
                 .expect("namespace")
                 .to_owned(),
         };
-        let mut state = self.state();
-        state.revision += 1;
-        let revision = state.revision;
-        meta.insert("resourceVersion".into(), revision.to_string().into());
-        let key = (kind, namespace, name);
-        let uid = match state.objects.get(&key) {
-            Some(prev) => prev["metadata"]["uid"].clone(),
-            None => format!("uid-{revision}").into(),
-        };
-        meta.insert("uid".into(), uid);
-        let prev = state.objects.insert(key, object.clone());
-        state.record(Change {
-            revision,
-            kind,
-            prev,
-            object,
-            deleted: false,
-        });
-        revision
+        self.state().store((kind, namespace, name), object)
+    }
+
+    /// An object as stored, `None` when there is none.
+    pub fn get(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
+        let namespace = if kind == Kind::Node { "" } else { namespace };
+        self.state()
+            .objects
+            .get(&(kind, namespace.to_owned(), name.to_owned()))
+            .cloned()
     }
 
     /// Deletes an object; the namespace is ignored for Nodes.
@@ -363,6 +407,15 @@ impl ApiServer {
         self.state().requests.clone()
     }
 
+    /// How many requests of any verb on `kind` have arrived.
+    pub fn count_all(&self, kind: Kind) -> usize {
+        self.state()
+            .requests
+            .iter()
+            .filter(|r| r.kind == Some(kind))
+            .count()
+    }
+
     /// How many requests of `verb` on `kind` have arrived.
     pub fn count(&self, kind: Kind, verb: &str) -> usize {
         self.state()
@@ -381,6 +434,32 @@ impl Drop for ApiServer {
 }
 
 impl State {
+    /// Creates or replaces the object at `key` with a new resourceVersion
+    /// (keeping its uid), and returns that version.
+    fn store(&mut self, key: (Kind, String, String), mut object: Value) -> u64 {
+        self.revision += 1;
+        let revision = self.revision;
+        let uid = match self.objects.get(&key) {
+            Some(prev) => prev["metadata"]["uid"].clone(),
+            None => format!("uid-{revision}").into(),
+        };
+        let meta = object["metadata"]
+            .as_object_mut()
+            .expect("object without metadata");
+        meta.insert("resourceVersion".into(), revision.to_string().into());
+        meta.insert("uid".into(), uid);
+        let kind = key.0;
+        let prev = self.objects.insert(key, object.clone());
+        self.record(Change {
+            revision,
+            kind,
+            prev,
+            object,
+            deleted: false,
+        });
+        revision
+    }
+
     /// Logs a change and pushes it to every open watch it concerns.
     fn record(&mut self, change: Change) {
         self.watches.retain(|watch| {
@@ -446,20 +525,22 @@ type Body = BoxBody<Bytes, Infallible>;
 async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let query = parse_query(request.uri().query().unwrap_or(""));
-    let collection = Kind::ALL.into_iter().find(|k| path == k.collection());
-    let item = Kind::ALL
-        .into_iter()
-        .find(|k| path.starts_with(&format!("{}/", k.collection())));
+    let route = route(&path);
     let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
-    let verb = match (request.method(), collection, item) {
-        (&Method::GET, Some(_), _) if watch => "watch".to_owned(),
-        (&Method::GET, Some(_), _) => "list".to_owned(),
-        (&Method::GET, None, Some(_)) => "get".to_owned(),
-        (method, _, _) => method.as_str().to_lowercase(),
+    let item = route.as_ref().is_some_and(|r| r.name.is_some());
+    let verb = match (request.method(), item) {
+        (&Method::GET, false) if watch => "watch".to_owned(),
+        (&Method::GET, false) => "list".to_owned(),
+        (&Method::GET, true) => "get".to_owned(),
+        (&Method::POST, false) => "create".to_owned(),
+        (&Method::PUT, true) => "update".to_owned(),
+        (&Method::PATCH, true) => "patch".to_owned(),
+        (method, _) => method.as_str().to_lowercase(),
     };
     let logged = Logged {
         verb,
-        kind: collection.or(item),
+        kind: route.as_ref().map(|r| r.kind),
+        subresource: route.as_ref().and_then(|r| r.subresource.clone()),
         path,
         query,
     };
@@ -469,24 +550,39 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
         .expect("API server state")
         .requests
         .push(logged.clone());
-    let Some(kind) = collection else {
+    let Some(route) = route else {
         return status_response(
             StatusCode::NOT_FOUND,
             "NotFound",
             "not served by the double",
         );
     };
-    if request.method() != Method::GET {
-        return status_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "the double is read-only",
-        );
+    if request.method() != Method::GET || item {
+        let method = request.method().clone();
+        let body = match request.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(e) => {
+                return status_response(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string())
+            }
+        };
+        let body: Value = match body.is_empty() {
+            true => Value::Null,
+            false => match serde_json::from_slice(&body) {
+                Ok(body) => body,
+                Err(e) => {
+                    return status_response(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string())
+                }
+            },
+        };
+        let mut state = shared.state.lock().expect("API server state");
+        return write(&mut state, &method, &route, body);
     }
-    let selector = match Selector::parse(
-        logged.param("labelSelector").unwrap_or(""),
-        logged.param("fieldSelector").unwrap_or(""),
-    ) {
+    let kind = route.kind;
+    let mut fields = logged.param("fieldSelector").unwrap_or("").to_owned();
+    if let Some(namespace) = &route.namespace {
+        fields = format!("{fields},metadata.namespace={namespace}");
+    }
+    let selector = match Selector::parse(logged.param("labelSelector").unwrap_or(""), &fields) {
         Ok(selector) => selector,
         Err(message) => return status_response(StatusCode::BAD_REQUEST, "BadRequest", &message),
     };
@@ -507,6 +603,95 @@ async fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Body> {
             .wait_for(|held| !held.contains(&kind))
             .await;
         list(shared, kind, &selector)
+    }
+}
+
+/// GET of one object, create, update and the merge patch of a status.
+fn write(state: &mut State, method: &Method, route: &Route, body: Value) -> Response<Body> {
+    let namespace = route.namespace.clone().unwrap_or_default();
+    let name = route.name.clone();
+    let body_name = body["metadata"]["name"].as_str().map(str::to_owned);
+    let Some(name) = name.or(body_name) else {
+        return status_response(StatusCode::BAD_REQUEST, "BadRequest", "no name");
+    };
+    let key = (route.kind, namespace.clone(), name.clone());
+    let stored = state.objects.get(&key).cloned();
+    let not_found = || {
+        let message = format!("{} {namespace}/{name} not found", route.kind.resource());
+        status_response(StatusCode::NOT_FOUND, "NotFound", &message)
+    };
+    let with_kind = |mut object: Value| {
+        object["kind"] = route.kind.name().into();
+        object["apiVersion"] = route.kind.api_version().into();
+        if !namespace.is_empty() {
+            object["metadata"]["namespace"] = namespace.clone().into();
+        }
+        object
+    };
+    let stored_as = |state: &State| json_response(StatusCode::OK, &state.objects[&key]);
+    match (method, route.name.is_some(), route.subresource.as_deref()) {
+        (&Method::GET, true, None) => match stored {
+            Some(object) => json_response(StatusCode::OK, &object),
+            None => not_found(),
+        },
+        (&Method::POST, false, None) => {
+            if stored.is_some() {
+                let message = format!(
+                    "{} {namespace}/{name} already exists",
+                    route.kind.resource()
+                );
+                return status_response(StatusCode::CONFLICT, "AlreadyExists", &message);
+            }
+            state.store(key.clone(), with_kind(body));
+            json_response(StatusCode::CREATED, &state.objects[&key])
+        }
+        (&Method::PUT, true, None) => {
+            let Some(stored) = stored else {
+                return not_found();
+            };
+            if body["metadata"]["resourceVersion"] != stored["metadata"]["resourceVersion"] {
+                let message = format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified",
+                    route.kind.resource()
+                );
+                return status_response(StatusCode::CONFLICT, "Conflict", &message);
+            }
+            state.store(key.clone(), with_kind(body));
+            stored_as(state)
+        }
+        (&Method::PATCH, true, Some("status")) => {
+            let Some(mut object) = stored else {
+                return not_found();
+            };
+            merge_patch(&mut object["status"], &body["status"]);
+            state.store(key.clone(), object);
+            stored_as(state)
+        }
+        _ => status_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "not served by the double",
+        ),
+    }
+}
+
+/// RFC 7386 JSON merge patch: objects merge key by key, null removes a
+/// key, anything else (lists included) replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let target = target.as_object_mut().expect("made an object");
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
     }
 }
 

@@ -88,6 +88,11 @@ impl KubeCluster {
     /// Starts `xdplb agent --kubeconfig ...` inside the node, logging
     /// (appended across restarts) to a file the diagnostics show.
     pub fn start_agent(&self) -> Result<KubeAgent<'_>> {
+        self.start_agent_with(&[])
+    }
+
+    /// [`KubeCluster::start_agent`] with more arguments.
+    pub fn start_agent_with(&self, extra: &[&str]) -> Result<KubeAgent<'_>> {
         let node = self.node();
         let log = self.log_path();
         let kubeconfig = self.dir.0.join("kubeconfig");
@@ -119,7 +124,10 @@ impl KubeCluster {
                 &metrics,
                 "--cgroup-path",
                 node.cgroup.path(),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
         )?;
         Ok(KubeAgent {
             kc: self,
@@ -270,6 +278,23 @@ impl KubeAgent<'_> {
         let body = serde_json::from_str(body)
             .with_context(|| format!("/healthz body is not JSON: {response:?}"))?;
         Ok((code, body))
+    }
+
+    /// Sends SIGTERM and waits up to `bound` for the agent to exit.
+    pub fn terminate(&mut self, bound: Duration) -> Result<()> {
+        let child = self.child.as_mut().context("the agent is not running")?;
+        // SAFETY: a plain syscall on our own child, which is not reaped yet.
+        if unsafe { libc::kill(child.id() as i32, libc::SIGTERM) } != 0 {
+            bail!("SIGTERM: {}", io::Error::last_os_error());
+        }
+        let start = Instant::now();
+        while child.try_wait()?.is_none() {
+            if start.elapsed() > bound {
+                bail!("the agent did not exit within {bound:?} of SIGTERM");
+            }
+            thread::sleep(POLL);
+        }
+        Ok(())
     }
 
     /// Whether the agent still runs.

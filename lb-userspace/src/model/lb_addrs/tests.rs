@@ -198,7 +198,7 @@ fn only_unaddressed_load_balancers_of_our_class_and_proxy_take_part() {
     let pools = range("192.168.50.200-192.168.50.220");
     let mut with_status = lb("status", 1);
     with_status.status = Some(
-        serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "192.168.50.205"}]}}))
+        serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.5"}]}}))
             .unwrap(),
     );
     let mut other_proxy = lb("other-proxy", 6);
@@ -231,19 +231,22 @@ fn only_unaddressed_load_balancers_of_our_class_and_proxy_take_part() {
         svc(
             "wants-status-ip",
             "2026-01-01T00:07:00Z",
-            json!({"loadBalancerIP": "192.168.50.205"}),
+            json!({"loadBalancerIP": "203.0.113.5"}),
         ),
     ];
     let a = allocate(&services, &pools, &ModelOptions::default());
     let got = addrs(&a);
     assert_eq!(got.keys().collect::<Vec<_>>(), ["ours", "unclassed"]);
-    assert!(
-        !got.values().any(|a| *a == ip("192.168.50.205")),
-        "held by a status"
-    );
     assert_eq!(a.problems.len(), 1, "{:?}", a.problems);
+    assert!(
+        a.problems[0]
+            .message
+            .contains("203.0.113.5 is used by default/status"),
+        "{:?}",
+        a.problems
+    );
     // The address becomes a status ingress IP, which the model programs.
-    let applied = a.apply(&services);
+    let applied = a.apply(&services, &pools);
     assert_eq!(ingress_v4(&applied[1]).collect::<Vec<_>>(), [got["ours"]]);
     assert_eq!(ingress_v4(&applied[2]).count(), 0);
 }
@@ -318,7 +321,7 @@ fn announcements_follow_ready_nodes_and_local_endpoints() {
         "local",
         &[("node2", true), ("node1", false), ("node3", true)],
     )];
-    let ann = announcements(&services, &slices, &nodes, &a);
+    let ann = announcements(&services, &slices, &ready_nodes(&nodes), &a);
     assert_eq!(ann.len(), 2);
     let by: BTreeMap<&str, Option<&str>> = ann
         .iter()
@@ -332,11 +335,83 @@ fn announcements_follow_ready_nodes_and_local_endpoints() {
         Some("node2"),
         "the one Ready node with a ready endpoint"
     );
-    let ann = announcements(&services, &[], &nodes, &a);
+    let ann = announcements(&services, &[], &ready_nodes(&nodes), &a);
     assert!(ann
         .iter()
         .any(|x| x.service.1 == "local" && x.node.is_none()));
-    assert!(announcements(&services, &slices, &[], &a)
+    assert!(announcements(&services, &slices, &BTreeSet::new(), &a)
         .iter()
         .all(|x| x.node.is_none()));
+}
+
+fn with_ingress(mut s: Service, ip: &str) -> Service {
+    s.status = Some(
+        serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}}))
+            .unwrap(),
+    );
+    s
+}
+
+#[test]
+fn an_address_recorded_in_the_status_stays_with_its_service() {
+    let pools = range("192.168.50.200-192.168.50.220");
+    let services = [lb("a", 1), lb("b", 2), lb("c", 3)];
+    let first = allocate(&services, &pools, &ModelOptions::default());
+    // The status writer records the allocation; allocating again from the
+    // recorded statuses gives the same addresses, and the statuses wanted
+    // are the ones written.
+    let written: Vec<Service> = services
+        .iter()
+        .map(|s| {
+            let ingress = wanted_ingress(s, &first, &pools);
+            with_ingress(s.clone(), ingress[0].ip.as_deref().unwrap())
+        })
+        .collect();
+    let again = allocate(&written, &pools, &ModelOptions::default());
+    assert_eq!(again, first);
+    for s in &written {
+        assert_eq!(wanted_ingress(s, &again, &pools), ingress_of(s));
+    }
+    let opts = ModelOptions::default();
+    assert_eq!(status_changes(&services, &first, &pools, &opts).len(), 3);
+    assert_eq!(status_changes(&written, &again, &pools, &opts), []);
+    // An older Service requesting a recorded address does not take it:
+    // once written, an address stays where it is.
+    let b_addr = first.addrs[&("default".into(), "b".into())]
+        .addr
+        .to_string();
+    let mut with_request = written.clone();
+    with_request.push(svc(
+        "old",
+        "2025-01-01T00:00:00Z",
+        json!({"loadBalancerIP": b_addr}),
+    ));
+    let a = allocate(&with_request, &pools, &ModelOptions::default());
+    assert_eq!(addrs(&a)["b"].to_string(), b_addr);
+    assert!(!addrs(&a).contains_key("old"));
+    // A recorded address of two Services stays with the older one only.
+    let dup = with_ingress(lb("d", 4), &b_addr);
+    let a = allocate(&[written[1].clone(), dup], &pools, &ModelOptions::default());
+    assert_eq!(addrs(&a)["b"].to_string(), b_addr);
+    assert_ne!(addrs(&a)["d"].to_string(), b_addr);
+}
+
+#[test]
+fn a_service_leaving_the_pools_keeps_its_address_taken_until_its_status_is_cleared() {
+    let pools = range("192.168.50.200-192.168.50.200");
+    let left = with_ingress(
+        svc("left", "2026-01-01T00:01:00Z", json!({"type": "NodePort"})),
+        "192.168.50.200",
+    );
+    let services = [left.clone(), lb("new", 2)];
+    let a = allocate(&services, &pools, &ModelOptions::default());
+    assert!(a.addrs.is_empty());
+    assert_eq!(a.exhausted, 1);
+    assert!(wanted_ingress(&left, &a, &pools).is_empty(), "cleared");
+    let changes = status_changes(&services, &a, &pools, &ModelOptions::default());
+    assert_eq!(changes, [(("default".into(), "left".into()), vec![])]);
+    let mut cleared = left;
+    cleared.status = None;
+    let a = allocate(&[cleared, lb("new", 2)], &pools, &ModelOptions::default());
+    assert_eq!(addrs(&a)["new"], ip("192.168.50.200"));
 }
