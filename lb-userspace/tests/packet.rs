@@ -703,7 +703,7 @@ fn removed_backends_lose_their_udp_flows_but_keep_tcp() {
     };
     let report = syncer.sync(&moved, &mut dp.maps).unwrap();
     assert_eq!(
-        stale::forget(&mut dp.maps, &report.removed).unwrap(),
+        stale::forget(&mut dp.maps, &report.removed, &report.removed_v6).unwrap(),
         stale::Forgotten {
             entries: 2,
             flows: 1

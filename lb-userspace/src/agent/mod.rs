@@ -179,7 +179,8 @@ impl Agent {
         );
         let skipped = report.problems.len() + desired.problems.len();
         let reconcile = Instant::now();
-        let forgotten = crate::sync::stale::forget(&mut self.dp.maps, &sync.removed)?;
+        let forgotten =
+            crate::sync::stale::forget(&mut self.dp.maps, &sync.removed, &sync.removed_v6)?;
         self.metrics
             .record_conntrack_reconcile(reconcile.elapsed(), forgotten.flows);
         if forgotten.entries > 0 {
@@ -195,7 +196,7 @@ impl Agent {
             .chain(
                 sync.removed_v6
                     .iter()
-                    .map(|&(a, p)| (std::net::IpAddr::V6(a), p)),
+                    .map(|&(_, a, p)| (std::net::IpAddr::V6(a), p)),
             )
             .collect();
         match crate::sockdiag::close_udp_connected_to(&removed) {

@@ -6,10 +6,12 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    flow_cache_slot, names, sock::SockAffinityKeyV4, AddrInfo, AffinityKeyV4, AffinityValue,
-    AnnounceKeyV4, AnnounceValue, BackendV4, BackendV6, Config, CtKeyV4, CtValueV4,
-    FlowCacheEntryV4, FrontendKeyV4, FrontendKeyV6, FrontendValue, IfaceInfo, LbAddrInfo, Reason,
-    SourceRangeKeyV4, SvcName, SvcStats,
+    flow_cache_slot, names,
+    sock::{SockAffinityKeyV4, SockAffinityKeyV6},
+    AddrInfo, AffinityKeyV4, AffinityKeyV6, AffinityValue, AnnounceKeyV4, AnnounceValue, BackendV4,
+    BackendV6, Config, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6, FlowCacheEntryV4, FrontendKeyV4,
+    FrontendKeyV6, FrontendValue, IfaceInfo, LbAddrInfo, Reason, SourceRangeKeyV4, SvcName,
+    SvcStats,
 };
 
 use super::{filter::AddrFilter, slots::RingSlots};
@@ -32,6 +34,7 @@ pub struct Maps {
     backends_v6: HashMap<MapData, u32, BackendV6>,
     maglev: Array<MapData, u32>,
     ct: HashMap<MapData, CtKeyV4, CtValueV4>,
+    ct_v6: HashMap<MapData, CtKeyV6, CtValueV6>,
     stats: PerCpuArray<MapData, u64>,
     svc_stats: PerCpuArray<MapData, SvcStats>,
     config: Array<MapData, Config>,
@@ -40,6 +43,8 @@ pub struct Maps {
     slots: RingSlots,
     affinity: HashMap<MapData, AffinityKeyV4, AffinityValue>,
     sock_affinity: HashMap<MapData, SockAffinityKeyV4, AffinityValue>,
+    affinity_v6: HashMap<MapData, AffinityKeyV6, AffinityValue>,
+    sock_affinity_v6: HashMap<MapData, SockAffinityKeyV6, AffinityValue>,
     source_ranges: LpmTrie<MapData, SourceRangeKeyV4, u32>,
     /// LoadBalancer addresses this node answers ARP for, per interface.
     announce: HashMap<MapData, AnnounceKeyV4, AnnounceValue>,
@@ -103,6 +108,7 @@ impl Maps {
             backends_v6: get(names::BACKENDS_V6)?.try_into()?,
             maglev: maglev.try_into()?,
             ct: get(names::CT_V4)?.try_into()?,
+            ct_v6: get(names::CT_V6)?.try_into()?,
             stats: get(names::STATS)?.try_into()?,
             svc_stats: get(names::SVC_STATS)?.try_into()?,
             config: get(names::CONFIG)?.try_into()?,
@@ -111,6 +117,8 @@ impl Maps {
             slots,
             affinity: get(names::AFFINITY_V4)?.try_into()?,
             sock_affinity: get(names::SOCK_AFFINITY_V4)?.try_into()?,
+            affinity_v6: get(names::AFFINITY_V6)?.try_into()?,
+            sock_affinity_v6: get(names::SOCK_AFFINITY_V6)?.try_into()?,
             source_ranges: get(names::SOURCE_RANGES_V4)?.try_into()?,
             announce: get(names::ANNOUNCE_V4)?.try_into()?,
             lb_addrs: get(names::LB_ADDRS_V4)?.try_into()?,
@@ -173,6 +181,10 @@ impl Maps {
 
     pub fn ct(&self) -> &HashMap<MapData, CtKeyV4, CtValueV4> {
         &self.ct
+    }
+
+    pub fn ct_v6(&self) -> &HashMap<MapData, CtKeyV6, CtValueV6> {
+        &self.ct_v6
     }
 
     pub fn config(&self) -> &Array<MapData, Config> {

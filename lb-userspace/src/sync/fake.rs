@@ -11,8 +11,8 @@ use anyhow::{bail, Result};
 use lb_common::{
     filter::{position, AddrSet},
     sock::SockAffinityKeyV4,
-    AffinityKeyV4, AffinityValue, AnnounceValue, BackendV4, BackendV6, Config, CtKeyV4, CtValueV4,
-    FrontendKeyV4, FrontendKeyV6, FrontendValue, IfaceInfo, LbAddrInfo,
+    AffinityKeyV4, AffinityValue, AnnounceValue, BackendV4, BackendV6, Config, CtKeyV4, CtKeyV6,
+    CtValueV4, CtValueV6, FrontendKeyV4, FrontendKeyV6, FrontendValue, IfaceInfo, LbAddrInfo,
 };
 
 use super::{NodeMaps, Room, ServiceMaps, Snapshot};
@@ -319,6 +319,7 @@ pub struct FakeNodeMaps {
     pub config: Option<Config>,
     pub ifaces: BTreeMap<u32, IfaceInfo>,
     pub ct: HashMap<CtKeyV4, CtValueV4>,
+    pub ct_v6: HashMap<CtKeyV6, CtValueV6>,
     pub affinity: HashMap<AffinityKeyV4, AffinityValue>,
     pub sock_affinity: HashMap<SockAffinityKeyV4, AffinityValue>,
     pub announced: BTreeMap<(u32, u32), AnnounceValue>,
@@ -348,6 +349,22 @@ impl NodeMaps for FakeNodeMaps {
             .collect();
         for k in &doomed {
             self.ct.remove(k);
+        }
+        Ok(doomed)
+    }
+
+    fn remove_flows_v6(
+        &mut self,
+        stale: &dyn Fn(&CtKeyV6, &CtValueV6) -> bool,
+    ) -> Result<Vec<CtKeyV6>> {
+        let doomed: Vec<CtKeyV6> = self
+            .ct_v6
+            .iter()
+            .filter(|(k, v)| stale(k, v))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in &doomed {
+            self.ct_v6.remove(k);
         }
         Ok(doomed)
     }

@@ -53,9 +53,9 @@ pub struct SyncReport {
     /// IPv4 backends no Service uses any more, with the id they had: their
     /// UDP flows and affinity entries are stale (see `stale::forget`).
     pub removed: Vec<(u32, Ipv4Addr, u16)>,
-    /// IPv6 backends no Service uses any more: connected UDP sockets of
-    /// the node's to them are stale.
-    pub removed_v6: Vec<(Ipv6Addr, u16)>,
+    /// IPv6 backends no Service uses any more, with the id they had: as
+    /// `removed`, and connected UDP sockets of the node's to them are stale.
+    pub removed_v6: Vec<(u32, Ipv6Addr, u16)>,
     /// Service ports that did not fit, each with the map it would have
     /// overflowed; an older version of one stays applied.
     pub refused: Vec<Refusal>,
@@ -613,7 +613,7 @@ impl Syncer {
                         }
                         IpAddr::V6(addr) => {
                             w.remove_backend_v6(id)?;
-                            removed_v6.push((addr, b.1));
+                            removed_v6.push((id, addr, b.1));
                         }
                     }
                     writes += 1;

@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::Result;
-use lb_common::{AffinityValue, AnnounceValue, Config, CtKeyV4, CtValueV4, IfaceInfo, LbAddrInfo};
+use lb_common::{
+    AffinityValue, AnnounceValue, Config, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6, IfaceInfo,
+    LbAddrInfo,
+};
 
 pub trait NodeMaps {
     /// Sets `CONFIG`, which every packet reads.
@@ -19,8 +22,13 @@ pub trait NodeMaps {
         &mut self,
         stale: &dyn Fn(&CtKeyV4, &CtValueV4) -> bool,
     ) -> Result<Vec<CtKeyV4>>;
-    /// Deletes the affinity entries, of clients and of sockets alike, whose
-    /// value `stale` picks; returns how many it deleted.
+    /// `remove_flows` for IPv6 flows (`CT_V6`).
+    fn remove_flows_v6(
+        &mut self,
+        stale: &dyn Fn(&CtKeyV6, &CtValueV6) -> bool,
+    ) -> Result<Vec<CtKeyV6>>;
+    /// Deletes the affinity entries, of clients and of sockets alike and of
+    /// both families, whose value `stale` picks; returns how many it deleted.
     fn remove_affinities(&mut self, stale: &dyn Fn(&AffinityValue) -> bool) -> Result<usize>;
     /// Makes `ANNOUNCE_V4` hold exactly `want`, by (address, ifindex) in
     /// network order: the addresses this node answers ARP for.

@@ -550,6 +550,52 @@ fn long_names_are_stored_whole_and_unencodable_ones_refused() {
 }
 
 #[test]
+fn removed_ipv6_backends_lose_their_udp_flows_only() {
+    use super::{fake::FakeNodeMaps, stale};
+    use lb_common::{addr::to_map_v6, CtKey, CtKeyV6, CtValueV6, PROTO_TCP, PROTO_UDP};
+    let mut maps = FakeNodeMaps::default();
+    let addr = |last| Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, last);
+    let (gone, kept) = (addr(1), addr(2));
+    let vip = (
+        to_map_v6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 10)),
+        53u16.to_be(),
+    );
+    // One client port per flow: each needs a forward entry of its own.
+    for (port, backend, proto) in [
+        (40000u16, gone, PROTO_UDP),
+        (40001, gone, PROTO_TCP),
+        (40002, kept, PROTO_UDP),
+    ] {
+        let client = (to_map_v6(addr(9)), port.to_be());
+        let backend = (to_map_v6(backend), 5353u16.to_be());
+        let mut to_backend = CtValueV6::default();
+        (to_backend.nat_addr, to_backend.nat_port) = backend;
+        maps.ct_v6
+            .insert(CtKeyV6::forward(client, vip, proto), to_backend);
+        maps.ct_v6
+            .insert(CtKeyV6::reply(backend, client, proto), CtValueV6::default());
+    }
+    let forgotten = stale::forget(&mut maps, &[], &[(3, gone, 5353)]).unwrap();
+    assert_eq!(
+        forgotten,
+        stale::Forgotten {
+            entries: 2,
+            flows: 1
+        },
+        "both entries of the UDP flow to the removed backend"
+    );
+    assert_eq!(
+        maps.ct_v6.len(),
+        4,
+        "its TCP flow and the other backend's stay"
+    );
+    assert!(maps
+        .ct_v6
+        .keys()
+        .all(|k| k.proto == PROTO_TCP || k.src_addr != to_map_v6(gone)));
+}
+
+#[test]
 fn removed_backends_lose_their_udp_flows_and_affinities_only() {
     use lb_common::{
         addr::to_map, sock::SockAffinityKeyV4, AffinityKeyV4, AffinityValue, CtKey, CtKeyV4,
@@ -614,10 +660,10 @@ fn removed_backends_lose_their_udp_flows_and_affinities_only() {
     maps.sock_affinity.insert(socket, to_backend(1));
 
     assert_eq!(
-        stale::forget(&mut maps, &[]).unwrap(),
+        stale::forget(&mut maps, &[], &[]).unwrap(),
         stale::Forgotten::default()
     );
-    let forgotten = stale::forget(&mut maps, &[(1, gone.0, gone.1)]).unwrap();
+    let forgotten = stale::forget(&mut maps, &[(1, gone.0, gone.1)], &[]).unwrap();
     assert_eq!(
         forgotten,
         stale::Forgotten {
@@ -717,7 +763,7 @@ fn ipv6_cluster_ips_get_their_own_ring_in_the_same_write_order() {
     assert!(w.violations.is_empty(), "{:#?}", w.violations);
     assert_eq!(w.maps.backends_v6.len(), 1);
     let gone = |last| (Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, last), 8080);
-    let mut removed_v6 = report.removed_v6.clone();
+    let mut removed_v6: Vec<_> = report.removed_v6.iter().map(|&(_, a, p)| (a, p)).collect();
     removed_v6.sort();
     assert_eq!(
         removed_v6,

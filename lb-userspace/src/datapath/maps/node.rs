@@ -7,7 +7,8 @@ use aya::{
     Pod,
 };
 use lb_common::{
-    AffinityValue, AnnounceKeyV4, AnnounceValue, Config, CtKeyV4, CtValueV4, IfaceInfo, LbAddrInfo,
+    AffinityValue, AnnounceKeyV4, AnnounceValue, Config, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6,
+    IfaceInfo, LbAddrInfo,
 };
 
 use super::Maps;
@@ -26,27 +27,25 @@ impl NodeMaps for Maps {
         &mut self,
         stale: &dyn Fn(&CtKeyV4, &CtValueV4) -> bool,
     ) -> Result<Vec<CtKeyV4>> {
-        let mut doomed = Vec::new();
-        for entry in self.ct.iter() {
-            let (k, v) = entry?;
-            if stale(&k, &v) {
-                doomed.push(k);
-            }
-        }
-        let mut removed = Vec::new();
-        for k in doomed {
-            // An entry the LRU evicted meanwhile is already gone.
-            if self.ct.remove(&k).is_ok() {
-                removed.push(k);
-            }
-            self.forget_cached(&k)?;
+        let removed = remove_flows(&mut self.ct, stale)?;
+        for k in &removed {
+            self.forget_cached(k)?;
         }
         Ok(removed)
     }
 
+    fn remove_flows_v6(
+        &mut self,
+        stale: &dyn Fn(&CtKeyV6, &CtValueV6) -> bool,
+    ) -> Result<Vec<CtKeyV6>> {
+        remove_flows(&mut self.ct_v6, stale)
+    }
+
     fn remove_affinities(&mut self, stale: &dyn Fn(&AffinityValue) -> bool) -> Result<usize> {
         Ok(remove_affinity(&mut self.affinity, stale)
-            + remove_affinity(&mut self.sock_affinity, stale))
+            + remove_affinity(&mut self.sock_affinity, stale)
+            + remove_affinity(&mut self.affinity_v6, stale)
+            + remove_affinity(&mut self.sock_affinity_v6, stale))
     }
 
     fn set_announced(&mut self, want: &BTreeMap<(u32, u32), AnnounceValue>) -> Result<()> {
@@ -96,6 +95,25 @@ impl NodeMaps for Maps {
 }
 
 /// Deletes the entries of `map` whose value `stale` picks.
+/// Deletes the entries of a connection-tracking map that `stale` picks;
+/// returns the keys deleted, not those the LRU evicted meanwhile.
+fn remove_flows<K: Pod, V: Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    stale: &dyn Fn(&K, &V) -> bool,
+) -> Result<Vec<K>> {
+    let mut doomed = Vec::new();
+    for entry in map.iter() {
+        let (k, v) = entry?;
+        if stale(&k, &v) {
+            doomed.push(k);
+        }
+    }
+    Ok(doomed
+        .into_iter()
+        .filter(|k| map.remove(k).is_ok())
+        .collect())
+}
+
 fn remove_affinity<K: Pod>(
     map: &mut HashMap<MapData, K, AffinityValue>,
     stale: &dyn Fn(&AffinityValue) -> bool,
