@@ -2,11 +2,8 @@
 //! two-node cluster of network namespaces, served by one `xdplb agent` per
 //! node, with traffic from an external client through a NodePort on each
 //! node and through a LoadBalancer IP.
-pub(crate) mod cluster;
-pub(crate) mod control_plane;
 pub(crate) mod progress;
 pub(crate) mod traffic;
-mod xdp_pass;
 
 use std::{
     fmt::Write as _,
@@ -23,9 +20,12 @@ use crate::{
     bootstrap::{is_root, run, step},
     ebpf::{self, workspace_root},
 };
-use cluster::{Cluster, NodeProfile, CLIENT_ADDR, NODE_LAN_IFACE};
-use control_plane::{App, Pod, State};
 use progress::{seconds, wait_for, Progress};
+use testbed::{
+    cluster::{self, Cluster, NodeProfile, CLIENT_ADDR, NODE_LAN_IFACE},
+    control_plane::{self, App, Pod, State},
+    netns::in_netns,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -414,7 +414,7 @@ pub(crate) fn wait_pod(cluster: &mut Cluster, pod: &Pod) -> Result<()> {
 /// kube-proxy's /healthz answers 200 once the first sync is done, which
 /// the agent only reports after attaching to its interfaces.
 pub(crate) fn healthy(node_ns: &str) -> bool {
-    cluster::in_netns(node_ns, || -> std::io::Result<bool> {
+    in_netns(node_ns, || -> std::io::Result<bool> {
         let mut s = TcpStream::connect(("127.0.0.1", HEALTHZ_PORT))?;
         s.set_read_timeout(Some(Duration::from_secs(1)))?;
         s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
@@ -437,7 +437,7 @@ pub(crate) fn link_pinned(pin_path: &Path, ifname: &str) -> bool {
 }
 
 fn pod_ready(ns: &str, pod: &Pod) -> bool {
-    cluster::in_netns(ns, || -> std::io::Result<bool> {
+    in_netns(ns, || -> std::io::Result<bool> {
         match pod.app {
             // Connecting alone does not count as a hit.
             App::Counter => TcpStream::connect((pod.addr, COUNTER_PORT)).map(|_| true),
@@ -530,7 +530,7 @@ fn drive_traffic(
             progress::check_interrupt()?;
             report.requests += 1;
             let number = report.requests;
-            let outcome = cluster::in_netns(&client, || traffic::get(*target))??;
+            let outcome = in_netns(&client, || traffic::get(*target))??;
             let latency = format!("{:.1} ms", outcome.latency.as_secs_f64() * 1e3);
             let what = format!("{label} {target}");
             match outcome.answer {

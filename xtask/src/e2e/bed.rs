@@ -16,9 +16,12 @@ use serde_json::Value;
 use super::probe::{self, Attempt, Conn, Proto, Who};
 use crate::demo::{
     self,
-    cluster::{self, Cluster, CLIENT_ADDR},
-    control_plane::{App, Pod, State},
     progress::{check_interrupt, wait_for},
+};
+use testbed::{
+    cluster::{self, Cluster, CLIENT_ADDR},
+    control_plane::{self, App, Pod, State},
+    netns::in_netns,
 };
 
 /// Marks a Service whose EndpointSlices list their ports in the reverse of
@@ -134,7 +137,7 @@ impl Bed {
     }
 
     pub fn lb_ip(&self, name: &str, port: usize) -> Result<SocketAddrV4> {
-        let ip = crate::demo::control_plane::ingress_ips(self.service(name)?)
+        let ip = control_plane::ingress_ips(self.service(name)?)
             .next()
             .with_context(|| format!("Service {name} has no LoadBalancer ingress IP"))?;
         Ok(SocketAddrV4::new(ip, self.port_field(name, port, "port")?))
@@ -229,10 +232,10 @@ impl Bed {
     pub fn run_in<T: Send>(&self, client: &Client, f: impl FnOnce() -> T + Send) -> Result<T> {
         check_interrupt()?;
         if client.node.is_none() {
-            return cluster::in_netns(&client.ns, f);
+            return in_netns(&client.ns, f);
         }
         self.cluster
-            .as_pod(&client.name, || cluster::in_netns(&client.ns, f))?
+            .as_pod(&client.name, || in_netns(&client.ns, f))?
     }
 
     /// Turns a failed attempt into an error that says what the entry

@@ -22,13 +22,15 @@ use crate::{
     bootstrap::step,
     demo::{
         self,
-        cluster::{self, Cluster, NodeProfile, PodLayout},
-        control_plane::{self, App, State},
         progress::{self, seconds, Progress},
     },
     ebpf::{self, workspace_root},
 };
 use bed::{Bed, REVERSE_SLICE_PORTS};
+use testbed::{
+    cluster::{self, Cluster, NodeProfile, PodLayout},
+    control_plane::{self, App, State},
+};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -27,11 +27,15 @@ use crate::{
     bootstrap::{run, step},
     demo::{
         self,
-        cluster::{self, Cluster, NodeProfile, CLIENT_ADDR, NODE_LAN_IFACE},
-        control_plane::{App, Pod},
         progress::{self, check_interrupt, seconds, wait_for},
     },
     ebpf::{self, workspace_root},
+};
+use ::testbed::{
+    cluster::{self, Cluster, NodeProfile, CLIENT_ADDR, NODE_LAN_IFACE},
+    command,
+    control_plane::{App, Pod},
+    netns,
 };
 use report::Results;
 use services::Services;
@@ -253,7 +257,7 @@ impl Bed {
         let mut cluster = Cluster::create(nodes.clone(), NodeProfile::default())?;
         // The client reaches pods directly only through node1, as a network
         // routing the pod CIDRs to a node would.
-        cluster::exec(
+        netns::exec(
             &cluster.run.ns("router"),
             "ip",
             &[
@@ -359,7 +363,7 @@ impl Bed {
         }
         sender.args(&args);
         let (mut sink, mut sink_out) = self.start_sink()?;
-        let sent = command_output(&mut sender).and_then(|out| {
+        let sent = command::stdout(&mut sender).and_then(|out| {
             out.trim()
                 .parse::<u64>()
                 .with_context(|| format!("sender printed {out:?}"))
@@ -568,8 +572,8 @@ fn agents_idle(pids: &[u32]) -> bool {
 fn check_proxy(cluster: &Cluster, column: Column) -> Result<()> {
     for node in &cluster.nodes {
         let ns = cluster.run.ns(&node.name);
-        let links = cluster::exec(&ns, "ip", &["-d", "link", "show"])?;
-        let ingress = cluster::exec(
+        let links = netns::exec(&ns, "ip", &["-d", "link", "show"])?;
+        let ingress = netns::exec(
             &ns,
             "tc",
             &["filter", "show", "dev", NODE_LAN_IFACE, "ingress"],
@@ -580,7 +584,7 @@ fn check_proxy(cluster: &Cluster, column: Column) -> Result<()> {
             || !ingress.trim().is_empty()
             || demo::link_pinned(&cluster.run.pin_path(&node.name), NODE_LAN_IFACE);
         // Tables rather than the ruleset: listing 10,000 Services' rules takes seconds.
-        let tables = cluster::exec(&ns, "nft", &["list", "tables"])?;
+        let tables = netns::exec(&ns, "nft", &["list", "tables"])?;
         let rules = !tables.trim().is_empty();
         ensure!(
             bpf == (column == Column::Xdplb),
@@ -660,7 +664,7 @@ fn ensure_netfilter_tools() -> Result<(String, String)> {
     }
     let version = |program: &str| -> Result<String> {
         let path = find_program(program).with_context(|| format!("{program} still missing"))?;
-        Ok(command_output(Command::new(path).arg("--version"))?
+        Ok(command::stdout(Command::new(path).arg("--version"))?
             .trim()
             .to_owned())
     };
@@ -674,19 +678,6 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin".into(), "/sbin".into()])
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-}
-
-fn command_output(command: &mut Command) -> Result<String> {
-    let out = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{command:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn load_average() -> String {

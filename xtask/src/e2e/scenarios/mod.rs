@@ -18,7 +18,8 @@ use super::{
     probe::{Proto, Who},
     service, web_port, Scenario, Verdict,
 };
-use crate::demo::{self, cluster, control_plane::App, traffic, COUNTER_PORT};
+use crate::demo::{self, traffic, COUNTER_PORT};
+use testbed::{cluster, control_plane::App, netns};
 
 mod from_outside;
 mod host;

@@ -529,19 +529,9 @@ fn in_range(ip: Ipv4Addr, (net, len): (Ipv4Addr, u32)) -> bool {
 mod tests {
     use super::*;
 
-    fn nodes() -> Vec<Node> {
-        (1..=2)
-            .map(|i| Node {
-                name: format!("node{i}"),
-                addr: Ipv4Addr::new(192, 168, 50, 10 + i),
-                pod_net: Ipv4Addr::new(10, 244, i, 0),
-            })
-            .collect()
-    }
-
     fn seed() -> State {
-        let dir = crate::ebpf::workspace_root().join("deploy/examples");
-        from_manifests(&dir, &nodes()).unwrap()
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        from_manifests(&dir, &crate::cluster::nodes()).unwrap()
     }
 
     fn service<'a>(state: &'a State, name: &str) -> &'a Value {
