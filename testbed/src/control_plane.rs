@@ -8,6 +8,7 @@
 //! the demo prints the same addresses on every run.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
     fs,
     net::Ipv4Addr,
     path::Path,
@@ -76,6 +77,19 @@ pub struct State {
 }
 
 impl State {
+    /// `pod`'s hosts file: every Service name as CoreDNS would answer it
+    /// inside the cluster, and the pod's own name.
+    pub fn hosts_file(&self, pod: &Pod) -> String {
+        let mut hosts = format!("127.0.0.1\tlocalhost\n{}\t{}\n", pod.addr, pod.name);
+        for (ip, name) in self.cluster_ips() {
+            let _ = writeln!(
+                hosts,
+                "{ip}\t{name} {name}.default {name}.default.svc {name}.default.svc.cluster.local"
+            );
+        }
+        hosts
+    }
+
     /// Adds Services as `kubectl apply` would: the API server allocates
     /// what they leave out, and the endpoint controller writes their slices.
     pub fn add_services(&mut self, services: impl IntoIterator<Item = Value>) -> Result<()> {

@@ -19,6 +19,7 @@ use crate::demo::{
     progress::{check_interrupt, wait_for},
 };
 use testbed::{
+    apps,
     cluster::{self, Cluster, CLIENT_ADDR},
     control_plane::{self, App, Pod, State},
     netns::in_netns,
@@ -184,14 +185,8 @@ impl Bed {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         pod.named_ports = ports.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        let hosts = format!(
-            "{}{}\t{}\n",
-            demo::hosts_file(&self.state),
-            pod.addr,
-            pod.name
-        );
-        self.cluster.add_pod(&pod, &hosts)?;
-        demo::start_pod(&mut self.cluster, &pod, &self.bin, &self.redis)?;
+        self.cluster.add_pod(&pod, &self.state.hosts_file(&pod))?;
+        apps::start_pod(&mut self.cluster, &pod, &self.bin, &self.redis)?;
         demo::wait_pod(&mut self.cluster, &pod)?;
         let pin = self.cluster.run.pin_path(node);
         let veth = cluster::pod_iface(name);
@@ -199,7 +194,7 @@ impl Bed {
             &format!("the agent on {node} attaching to {veth}"),
             ATTACH_TIMEOUT,
             || self.cluster.check_processes(),
-            || demo::link_pinned(&pin, &veth),
+            || apps::link_pinned(&pin, &veth),
         )?;
         self.state.add_pod(pod)?;
         self.publish()
@@ -327,10 +322,10 @@ impl Bed {
         proto: Proto,
     ) -> String {
         let pin = self.cluster.run.pin_path(node);
-        let Ok(pin) = demo::path_str(&pin) else {
+        let Ok(pin) = apps::path_str(&pin) else {
             return "(pin path not UTF-8)".into();
         };
-        demo::xdplb(
+        apps::xdplb(
             &self.bin,
             &[
                 "explain",
@@ -347,7 +342,7 @@ impl Bed {
     /// `xdplb stats` on `node`: packets by path and reason.
     pub fn stats(&self, node: &str) -> Result<BTreeMap<String, u64>> {
         let pin = self.cluster.run.pin_path(node);
-        let text = demo::xdplb(&self.bin, &["stats", "--pin-path", demo::path_str(&pin)?])?;
+        let text = apps::xdplb(&self.bin, &["stats", "--pin-path", apps::path_str(&pin)?])?;
         Ok(text
             .lines()
             .skip(1)
@@ -361,14 +356,14 @@ impl Bed {
     /// `xdplb services -o json` on `node`: a row per frontend.
     pub fn frontends(&self, node: &str) -> Result<Vec<Value>> {
         let pin = self.cluster.run.pin_path(node);
-        let json = demo::xdplb(
+        let json = apps::xdplb(
             &self.bin,
             &[
                 "services",
                 "-o",
                 "json",
                 "--pin-path",
-                demo::path_str(&pin)?,
+                apps::path_str(&pin)?,
             ],
         )?;
         serde_json::from_str(&json).context("xdplb services -o json")

@@ -28,6 +28,7 @@ use crate::{
 };
 use bed::{Bed, REVERSE_SLICE_PORTS};
 use testbed::{
+    apps,
     cluster::{self, Cluster, NodeProfile, PodLayout},
     control_plane::{self, App, State},
 };
@@ -346,7 +347,7 @@ fn setup(profile: NodeProfile) -> Result<Bed> {
         true,
         || demo::build(&["counter", "e2e-probe"]),
     )?;
-    let host_hooks = demo::agent_has_cgroup_path(&bin)?;
+    let host_hooks = apps::agent_has_cgroup_path(&bin)?;
     p.step(
         "removing leftovers of killed runs",
         false,
@@ -370,9 +371,8 @@ fn setup(profile: NodeProfile) -> Result<Bed> {
         || {
             let mut cluster = Cluster::create(nodes.clone(), profile)?;
             cluster.route_lb_ips(&state.lb_ips())?;
-            let hosts = demo::hosts_file(&state);
             for pod in &state.pods {
-                cluster.add_pod(pod, &format!("{hosts}{}\t{}\n", pod.addr, pod.name))?;
+                cluster.add_pod(pod, &state.hosts_file(pod))?;
             }
             Ok(cluster)
         },
@@ -417,11 +417,11 @@ fn start(bed: &mut Bed) -> Result<()> {
     bed.publish()?;
     for node in bed.node_names() {
         let label = format!("agent-{node}");
-        demo::start_agent(&mut bed.cluster, &node, &bed.bin, &label)?;
+        apps::start_agent(&mut bed.cluster, &node, &bed.bin, &label)?;
         bed.agents.insert(node, label);
     }
     for pod in bed.state.pods.clone() {
-        demo::start_pod(&mut bed.cluster, &pod, &bed.bin, &bed.redis)?;
+        apps::start_pod(&mut bed.cluster, &pod, &bed.bin, &bed.redis)?;
     }
     Ok(())
 }

@@ -32,6 +32,7 @@ use crate::{
     ebpf::{self, workspace_root},
 };
 use ::testbed::{
+    apps,
     cluster::{self, Cluster, NodeProfile, CLIENT_ADDR, NODE_LAN_IFACE},
     command,
     control_plane::{App, Pod},
@@ -496,22 +497,16 @@ fn start_agents(cluster: &mut Cluster, bin: &Path, services: &Services) -> Resul
     let nodes = cluster.nodes.clone();
     for node in &nodes {
         services.write_manifests(&cluster.run.manifests(&node.name), &nodes)?;
-        demo::start_agent(cluster, &node.name, bin, &format!("agent-{}", node.name))?;
+        apps::start_agent(cluster, &node.name, bin, &format!("agent-{}", node.name))?;
     }
     let started = Instant::now();
     for (node, pod) in nodes.iter().zip([SRC_POD, SINK_POD]) {
-        let ns = cluster.run.ns(&node.name);
-        let pin = cluster.run.pin_path(&node.name);
-        let veth = cluster::pod_iface(pod);
+        let serves = apps::agent_serves(&cluster.run, &node.name, [pod]);
         wait_for(
             &format!("the agent on {}", node.name),
             AGENT_TIMEOUT,
             || cluster.check_processes(),
-            || {
-                demo::healthy(&ns)
-                    && demo::link_pinned(&pin, NODE_LAN_IFACE)
-                    && demo::link_pinned(&pin, &veth)
-            },
+            serves,
         )?;
     }
     step(&format!(
@@ -582,7 +577,7 @@ fn check_proxy(cluster: &Cluster, column: Column) -> Result<()> {
         // of one stands for it.
         let bpf = links.contains("xdp")
             || !ingress.trim().is_empty()
-            || demo::link_pinned(&cluster.run.pin_path(&node.name), NODE_LAN_IFACE);
+            || apps::link_pinned(&cluster.run.pin_path(&node.name), NODE_LAN_IFACE);
         // Tables rather than the ruleset: listing 10,000 Services' rules takes seconds.
         let tables = netns::exec(&ns, "nft", &["list", "tables"])?;
         let rules = !tables.trim().is_empty();

@@ -18,8 +18,13 @@ use super::{
     probe::{Proto, Who},
     service, web_port, Scenario, Verdict,
 };
-use crate::demo::{self, traffic, COUNTER_PORT};
-use testbed::{cluster, control_plane::App, netns};
+use crate::demo;
+use testbed::{
+    apps::{self, COUNTER_PORT},
+    cluster,
+    control_plane::App,
+    netns, traffic,
+};
 
 mod from_outside;
 mod host;
