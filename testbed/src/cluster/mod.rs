@@ -37,7 +37,7 @@ use std::{
 use anyhow::{ensure, Result};
 
 use crate::{
-    control_plane::Node,
+    control_plane::{Node, State},
     netns::{ip, route},
 };
 pub use run::{cleanup_leftovers, down, Run};
@@ -179,6 +179,17 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// [`Cluster::create`] with the namespaces of `state`'s pods and its
+    /// LoadBalancer IPs routed.
+    pub fn with_pods(nodes: Vec<Node>, profile: NodeProfile, state: &State) -> Result<Self> {
+        let mut cluster = Self::create(nodes, profile)?;
+        cluster.route_lb_ips(&state.lb_ips())?;
+        for pod in &state.pods {
+            cluster.add_pod(pod, &state.hosts_file(pod))?;
+        }
+        Ok(cluster)
+    }
+
     /// Agents pin on a bpffs of the root mount namespace: the one under
     /// /sys that `ip netns exec` shows is a private, empty mount that would
     /// vanish with the agent.
@@ -190,7 +201,7 @@ impl Cluster {
 
     /// Routes each LoadBalancer IP to the first node, as a provider's
     /// announcement (say MetalLB in L2 mode) would.
-    pub fn route_lb_ips(&self, ips: &[Ipv4Addr]) -> Result<()> {
+    fn route_lb_ips(&self, ips: &[Ipv4Addr]) -> Result<()> {
         let router = self.run.ns("router");
         for ip in ips {
             route(&router, &format!("{ip}/32 via {}", self.nodes[0].addr))?;

@@ -75,14 +75,7 @@ pub fn run_cmd(args: &Args) -> Result<()> {
     let mut cluster = p.step(
         "creating namespaces: lan bridge, router, client, node1, node2 and the pods",
         false,
-        || {
-            let mut cluster = Cluster::create(nodes.clone(), NodeProfile::default())?;
-            cluster.route_lb_ips(&state.lb_ips())?;
-            for pod in &state.pods {
-                cluster.add_pod(pod, &state.hosts_file(pod))?;
-            }
-            Ok(cluster)
-        },
+        || Cluster::with_pods(nodes.clone(), NodeProfile::default(), &state),
     )?;
     p.step(
         "starting an xdplb agent on each node, Redis and the counters",

@@ -368,14 +368,7 @@ fn setup(profile: NodeProfile) -> Result<Bed> {
     let cluster = p.step(
         &format!("creating namespaces: lan bridge, router, client, node1, node2 and the pods ({profile})"),
         false,
-        || {
-            let mut cluster = Cluster::create(nodes.clone(), profile)?;
-            cluster.route_lb_ips(&state.lb_ips())?;
-            for pod in &state.pods {
-                cluster.add_pod(pod, &state.hosts_file(pod))?;
-            }
-            Ok(cluster)
-        },
+        || Cluster::with_pods(nodes.clone(), profile, &state),
     )?;
     let mut bed = Bed {
         cluster,
