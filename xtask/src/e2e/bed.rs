@@ -14,10 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use super::probe::{self, Attempt, Conn, Proto, Who};
-use crate::demo::{
-    self,
-    progress::{check_interrupt, wait_for},
-};
+use crate::progress::{self, check_interrupt, wait_for};
 use testbed::{
     apps,
     cluster::{self, Cluster, CLIENT_ADDR},
@@ -187,7 +184,7 @@ impl Bed {
         pod.named_ports = ports.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         self.cluster.add_pod(&pod, &self.state.hosts_file(&pod))?;
         apps::start_pod(&mut self.cluster, &pod, &self.bin, &self.redis)?;
-        demo::wait_pod(&mut self.cluster, &pod)?;
+        progress::wait_pod(&mut self.cluster, &pod)?;
         let pin = self.cluster.run.pin_path(node);
         let veth = cluster::pod_iface(name);
         wait_for(

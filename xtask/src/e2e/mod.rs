@@ -20,11 +20,9 @@ use serde_json::{json, Value};
 
 use crate::{
     bootstrap::step,
-    demo::{
-        self,
-        progress::{self, seconds, Progress},
-    },
     ebpf::{self, workspace_root},
+    prepare,
+    progress::{self, seconds, Progress},
 };
 use bed::{Bed, REVERSE_SLICE_PORTS};
 use testbed::{
@@ -124,7 +122,7 @@ pub fn run_cmd(args: &Args) -> Result<()> {
 /// profile in turn; fails if any scenario failed or a cluster did not come
 /// up. With more than one cell, ends with a table of them.
 pub fn run_cells(cells: &[NodeProfile], only: &[usize], keep: bool) -> Result<()> {
-    demo::preflight()?;
+    prepare::preflight()?;
     progress::catch_interrupts();
     let scenarios = scenarios::all();
     for n in only {
@@ -340,18 +338,18 @@ fn matrix_summary(outcomes: &[(NodeProfile, CellOutcome)]) {
 /// Services plus the suite's own.
 fn setup(profile: NodeProfile) -> Result<Bed> {
     let mut p = Progress::new(SETUP_STEPS);
-    let redis = p.step("looking for redis-server", false, demo::redis_server)?;
+    let redis = p.step("looking for redis-server", false, prepare::redis_server)?;
     p.step("building the eBPF object", true, ebpf::build)?;
     let bin = p.step(
         "building xdplb, the counter app and e2e-probe",
         true,
-        || demo::build(&["counter", "e2e-probe"]),
+        || prepare::build(&["counter", "e2e-probe"]),
     )?;
     let host_hooks = apps::agent_has_cgroup_path(&bin)?;
     p.step(
         "removing leftovers of killed runs",
         false,
-        demo::remove_leftovers,
+        prepare::remove_leftovers,
     )?;
     let nodes = cluster::nodes();
     let state = p.step(
@@ -385,10 +383,10 @@ fn setup(profile: NodeProfile) -> Result<Bed> {
     )?;
     p.step("waiting for the agents and the pods", false, || {
         for node in bed.node_names() {
-            demo::wait_agent(&mut bed.cluster, &bed.state, &node)?;
+            progress::wait_agent(&mut bed.cluster, &bed.state, &node)?;
         }
         for pod in bed.state.pods.clone() {
-            demo::wait_pod(&mut bed.cluster, &pod)?;
+            progress::wait_pod(&mut bed.cluster, &pod)?;
         }
         Ok(())
     })?;

@@ -25,11 +25,9 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::{
     bootstrap::{run, step},
-    demo::{
-        self,
-        progress::{self, check_interrupt, seconds, wait_for},
-    },
     ebpf::{self, workspace_root},
+    prepare,
+    progress::{self, check_interrupt, seconds, wait_for},
 };
 use ::testbed::{
     apps,
@@ -163,12 +161,12 @@ pub struct Sample {
 pub fn run_cmd(columns: &[Column], rows: &[usize]) -> Result<()> {
     let started = Instant::now();
     let load_before = load_average();
-    demo::preflight()?;
+    prepare::preflight()?;
     progress::catch_interrupts();
     let tools = ensure_netfilter_tools()?;
     ebpf::build()?;
     let bin = build()?;
-    demo::remove_leftovers()?;
+    prepare::remove_leftovers()?;
     let nodes = cluster::nodes();
     let services = Services::new(SINK_ADDR, &nodes[1].name);
     let mut results = Results { cells: Vec::new() };
@@ -605,7 +603,7 @@ struct Bins {
 }
 
 fn build() -> Result<Bins> {
-    let dir = demo::build(&[])?;
+    let dir = prepare::build(&[])?;
     run(Command::new("cargo")
         .args([
             "build",

@@ -18,7 +18,7 @@ use super::{
     probe::{Proto, Who},
     service, web_port, Scenario, Verdict,
 };
-use crate::demo;
+use crate::progress;
 use testbed::{
     apps::{self, COUNTER_PORT},
     cluster,

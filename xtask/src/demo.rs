@@ -2,27 +2,25 @@
 //! two-node cluster of network namespaces, served by one `xdplb agent` per
 //! node, with traffic from an external client through a NodePort on each
 //! node and through a LoadBalancer IP.
-pub(crate) mod progress;
-
 use std::{
     fmt::Write as _,
     net::SocketAddrV4,
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    bootstrap::{is_root, run, step},
+    bootstrap::step,
     ebpf::{self, workspace_root},
+    prepare::{build, preflight, redis_server, remove_leftovers},
+    progress::{self, seconds, wait_agent, wait_pod, Progress},
 };
-use progress::{seconds, wait_for, Progress};
 use testbed::{
-    apps::{self, path_str, start_agent, start_pod, xdplb},
+    apps::{path_str, start_agent, start_pod, xdplb},
     cluster::{self, Cluster, NodeProfile, CLIENT_ADDR},
-    control_plane::{self, App, Pod, State},
+    control_plane::{self, App, State},
     netns::in_netns,
     traffic,
 };
@@ -39,11 +37,6 @@ pub struct Args {
 
 const STEPS: usize = 9;
 const REQUESTS_PER_TARGET: usize = 4;
-/// Loading and verifying the programs takes about a second alone, and two
-/// agents load at once; on a 2-core machine with builds beside them it
-/// was seen to take 21 s.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
-const POD_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn run_cmd(args: &Args) -> Result<()> {
     preflight()?;
@@ -117,107 +110,6 @@ pub fn run_cmd(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Stops before anything is built when the demo cannot run here.
-pub(crate) fn preflight() -> Result<()> {
-    if !is_root() {
-        bail!(
-            "cargo xtask demo needs root: it creates network namespaces, mounts a bpffs and attaches XDP programs.\n\
-             Run it as root, for example: sudo -E env \"PATH=$PATH\" cargo xtask demo"
-        );
-    }
-    probe_bpf()?;
-    match Command::new("ip").args(["netns", "list"]).output() {
-        Ok(out) if out.status.success() => Ok(()),
-        _ => bail!("`ip netns` does not work here; install iproute2 (apt-get install -y iproute2)"),
-    }
-}
-
-/// Creates and closes a one-entry BPF array: the cheapest proof that this
-/// process may use bpf() at all.
-fn probe_bpf() -> Result<()> {
-    const BPF_MAP_CREATE: libc::c_long = 0;
-    const BPF_MAP_TYPE_ARRAY: u32 = 2;
-    // map_type, key_size, value_size, max_entries; the rest of bpf_attr zero.
-    let mut attr = [0u32; 32];
-    attr[..4].copy_from_slice(&[BPF_MAP_TYPE_ARRAY, 4, 4, 1]);
-    // SAFETY: attr is a zeroed bpf_attr of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        let err = std::io::Error::last_os_error();
-        bail!(
-            "this kernel or sandbox does not allow BPF (bpf(BPF_MAP_CREATE) failed: {err}); \
-             the demo needs bpf() and XDP, as root outside a restricted container"
-        );
-    }
-    // SAFETY: the kernel just returned this descriptor to us.
-    unsafe { libc::close(fd as libc::c_int) };
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        bail!("the kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); the data plane needs it");
-    }
-    Ok(())
-}
-
-/// Removes what killed runs of the demo or the suite left, naming them.
-pub(crate) fn remove_leftovers() -> Result<()> {
-    let removed = cluster::cleanup_leftovers()?;
-    if !removed.is_empty() {
-        eprint!("removed run {} ... ", removed.join(", "));
-    }
-    Ok(())
-}
-
-/// Debian's redis-server, installed when missing if this is Debian.
-pub(crate) fn redis_server() -> Result<PathBuf> {
-    let find = || {
-        std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-            .chain(["/usr/bin".into(), "/usr/sbin".into()])
-            .map(|dir| dir.join("redis-server"))
-            .find(|p| p.is_file())
-    };
-    if let Some(path) = find() {
-        return Ok(path);
-    }
-    if !Path::new("/etc/debian_version").exists() {
-        bail!(
-            "redis-server is missing; install Redis (on Debian: apt-get install -y redis-server)"
-        );
-    }
-    eprintln!("installing it (apt-get install -y redis-server)");
-    let install = || {
-        run(Command::new("apt-get")
-            .args(["install", "-y", "redis-server"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))
-    };
-    install()
-        .or_else(|_| {
-            run(Command::new("apt-get").arg("update"))?;
-            install()
-        })
-        .context("apt-get install -y redis-server failed")?;
-    find().context("redis-server is still missing after apt-get install")
-}
-
-/// Builds the agent and xtask's programs `bins`; returns their directory.
-pub(crate) fn build(bins: &[&str]) -> Result<PathBuf> {
-    let root = workspace_root();
-    run(Command::new("cargo")
-        .args(["build", "-p", "lb-userspace", "-p", "xtask"])
-        .args(["--bin", "xdplb"])
-        .args(bins.iter().flat_map(|bin| ["--bin", bin]))
-        .current_dir(&root))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
-    Ok(target.join("debug"))
-}
-
 fn print_objects(state: &State) {
     for svc in &state.services {
         let spec = &svc["spec"];
@@ -268,34 +160,6 @@ fn start(cluster: &mut Cluster, state: &State, bin: &Path, redis: &Path) -> Resu
         wait_pod(cluster, pod)?;
     }
     Ok(())
-}
-
-/// Waits until `node`'s agent serves the node and every pod `state`
-/// places there.
-pub(crate) fn wait_agent(cluster: &mut Cluster, state: &State, node: &str) -> Result<()> {
-    let pods = state
-        .pods
-        .iter()
-        .filter(|p| p.node == node)
-        .map(|p| p.name.as_str());
-    let serves = apps::agent_serves(&cluster.run, node, pods);
-    wait_for(
-        &format!("the agent on {node}"),
-        AGENT_TIMEOUT,
-        || cluster.check_processes(),
-        serves,
-    )
-}
-
-/// Waits until the pod's program serves.
-pub(crate) fn wait_pod(cluster: &mut Cluster, pod: &Pod) -> Result<()> {
-    let ready = apps::pod_ready(&cluster.run, pod);
-    wait_for(
-        &format!("pod {}", pod.name),
-        POD_TIMEOUT,
-        || cluster.check_processes(),
-        ready,
-    )
 }
 
 /// A request the client sent that got no answer, with the receiving node's
