@@ -16,7 +16,8 @@
 //!
 //! Every address lives inside the namespaces; the root namespace only holds
 //! the run's directory ([`Run`]), the pods' hosts files under `/etc/netns`
-//! and the nodes' cgroups ([`cgroup`]).
+//! and, where cgroup v2 is mounted, a cgroup per node for the agent's
+//! socket-level hooks, with its pods' below it.
 //!
 //! Built from the by-name operations of [`crate::netns`] rather than a
 //! [`crate::netns::Testbed`]: a kept cluster must outlive its process, which
