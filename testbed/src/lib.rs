@@ -1,7 +1,12 @@
-//! Throwaway network topologies for integration tests and the demo, and
-//! the knobs the fuzzers share.
+//! Throwaway network topologies for integration tests, the demo, the
+//! end-to-end suite and the testbed bench, and the knobs the fuzzers share.
 
+pub mod apps;
+pub mod cluster;
+pub mod command;
+pub mod control_plane;
 pub mod netns;
+pub mod traffic;
 pub mod xdp_pass;
 
 /// A fuzzer's budget or seed: the environment variable `name` when set

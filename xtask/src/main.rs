@@ -5,6 +5,8 @@ mod demo;
 mod e2e;
 mod ebpf;
 mod fuzz;
+mod prepare;
+mod progress;
 mod test;
 
 use anyhow::Result;

@@ -5,9 +5,9 @@ use anyhow::{bail, Result};
 
 use crate::{
     bootstrap::{is_root, run, step},
-    demo::cluster::{NodeProfile, PodLayout},
     ebpf::{self, workspace_root},
 };
+use testbed::cluster::{NodeProfile, PodLayout};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -416,7 +416,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
     // The metrics server reads its own handle on the pinned maps, so a
     // scrape never waits for the agent loop.
     let metrics_addr = agent.args.metrics_addr;
-    let slots = agent.dp.maps.slots().share();
+    let slots = agent.dp.maps.slots().clone();
     let _metrics_server =
         metrics::serve(metrics_addr, metrics.clone(), agent.pins.maps_dir(), slots)
             .inspect_err(|e| tracing::error!("no metrics server on {metrics_addr}: {e:#}"));

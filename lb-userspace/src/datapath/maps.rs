@@ -1,4 +1,4 @@
-use std::path::Path;
+use std::{ops::Deref, path::Path};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -14,7 +14,10 @@ use lb_common::{
     SvcStats,
 };
 
-use super::{filter::AddrFilter, slots::RingSlots};
+use super::{
+    filter::AddrFilter,
+    slots::{RingSlots, SlotsView},
+};
 
 mod node;
 mod service;
@@ -58,6 +61,19 @@ pub struct Maps {
     filter: Option<AddrFilter>,
 }
 
+/// Maps that can only be read: it hands out `&Maps`, never the `&mut Maps`
+/// every writer takes, so a reader beside the agent (the metrics server)
+/// cannot write what the syncer owns.
+pub struct MapsReader(Maps);
+
+impl Deref for MapsReader {
+    type Target = Maps;
+
+    fn deref(&self) -> &Maps {
+        &self.0
+    }
+}
+
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
     ebpf.take_map(name)
         .with_context(|| format!("map {name} missing from the object"))
@@ -88,10 +104,12 @@ impl Maps {
         Self::build(|name| pinned(dir, name), None)
     }
 
-    /// `from_pins` for a process that already maps `MAGLEV_SLOTS`: its
-    /// rings are read through `slots`, not a second mapping.
-    pub fn from_pins_sharing(dir: &Path, slots: RingSlots) -> Result<Self> {
-        Self::build(|name| pinned(dir, name), Some(slots))
+    /// `from_pins`, read-only, for a process that already maps
+    /// `MAGLEV_SLOTS`: its rings are read through `slots`, not a second
+    /// mapping.
+    pub fn reader_sharing(dir: &Path, slots: SlotsView) -> Result<MapsReader> {
+        let maps = Self::build(|name| pinned(dir, name), Some(RingSlots::over(slots)))?;
+        Ok(MapsReader(maps))
     }
 
     fn build(mut get: impl FnMut(&str) -> Result<Map>, slots: Option<RingSlots>) -> Result<Self> {
@@ -195,8 +213,8 @@ impl Maps {
         &self.svc_names
     }
 
-    pub fn slots(&self) -> &RingSlots {
-        &self.slots
+    pub fn slots(&self) -> &SlotsView {
+        self.slots.view()
     }
 
     pub fn affinity(&self) -> &HashMap<MapData, AffinityKeyV4, AffinityValue> {

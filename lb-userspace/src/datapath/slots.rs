@@ -19,7 +19,15 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aya::maps::{Map, MapData};
 
+/// The syncer's handle on the rings, the one that writes them.
 pub struct RingSlots {
+    view: SlotsView,
+}
+
+/// The rings read-only, as inspection and the metrics server read them
+/// beside the syncer.
+#[derive(Clone)]
+pub struct SlotsView {
     mapping: Arc<Mapping>,
 }
 
@@ -59,20 +67,48 @@ impl RingSlots {
             return Err(std::io::Error::last_os_error()).context("mmap of MAGLEV_SLOTS");
         }
         Ok(Self {
-            mapping: Arc::new(Mapping {
-                ptr: ptr.cast(),
-                len,
-            }),
+            view: SlotsView {
+                mapping: Arc::new(Mapping {
+                    ptr: ptr.cast(),
+                    len,
+                }),
+            },
         })
     }
 
-    /// Another handle on the same mapping, for a reader on another thread.
-    pub fn share(&self) -> Self {
-        Self {
-            mapping: self.mapping.clone(),
-        }
+    /// A writer over `view`'s mapping, for [`super::MapsReader`] only:
+    /// `Maps` holds a writer, and the reader never hands out the `&mut
+    /// Maps` that writing takes.
+    pub(super) fn over(view: SlotsView) -> Self {
+        Self { view }
     }
 
+    pub fn view(&self) -> &SlotsView {
+        &self.view
+    }
+
+    pub fn write(&mut self, offset: u32, slots: &[u32]) -> Result<()> {
+        let mapping = &self.view.mapping;
+        let end = offset as usize + slots.len();
+        if end > mapping.len {
+            bail!(
+                "ring {offset}+{} beyond MAGLEV_SLOTS ({})",
+                slots.len(),
+                mapping.len
+            );
+        }
+        // Relaxed: the kernel reads these slots only after a frontend is
+        // published pointing at them, by a syscall that orders the writes.
+        for (i, &slot) in slots.iter().enumerate() {
+            self.view
+                .slot(offset as usize + i)
+                .store(u64::from(slot), Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+impl SlotsView {
     pub fn len(&self) -> u32 {
         self.mapping.len as u32
     }
@@ -86,24 +122,6 @@ impl RingSlots {
         // SAFETY: in bounds, 8-byte aligned (the mapping is page aligned),
         // and live as long as `self` holds the mapping.
         unsafe { AtomicU64::from_ptr(self.mapping.ptr.add(index)) }
-    }
-
-    pub fn write(&mut self, offset: u32, slots: &[u32]) -> Result<()> {
-        let end = offset as usize + slots.len();
-        if end > self.mapping.len {
-            bail!(
-                "ring {offset}+{} beyond MAGLEV_SLOTS ({})",
-                slots.len(),
-                self.mapping.len
-            );
-        }
-        // Relaxed: the kernel reads these slots only after a frontend is
-        // published pointing at them, by a syscall that orders the writes.
-        for (i, &slot) in slots.iter().enumerate() {
-            self.slot(offset as usize + i)
-                .store(u64::from(slot), Ordering::Relaxed);
-        }
-        Ok(())
     }
 
     pub fn read(&self, offset: u32, len: u32) -> Result<Vec<u32>> {

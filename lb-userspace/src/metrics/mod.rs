@@ -26,7 +26,7 @@ pub use kubeproxy::Probes;
 pub use registry::Metrics;
 
 use crate::{
-    datapath::{Maps, RingSlots},
+    datapath::{Maps, SlotsView},
     http::{self, Limits, Routes, Server},
 };
 
@@ -41,9 +41,9 @@ pub fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     maps_dir: PathBuf,
-    slots: RingSlots,
+    slots: SlotsView,
 ) -> Result<Server> {
-    let maps = Mutex::new(Maps::from_pins_sharing(&maps_dir, slots)?);
+    let maps = Mutex::new(Maps::reader_sharing(&maps_dir, slots)?);
     let status = metrics.http_status("metrics");
     // The lock only keeps two overlapping scrapes from walking the maps at
     // once; a scrape that panicked left nothing half-done in them.

@@ -14,11 +14,12 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use super::probe::{self, Attempt, Conn, Proto, Who};
-use crate::demo::{
-    self,
+use crate::progress::{self, check_interrupt, wait_for};
+use testbed::{
+    apps,
     cluster::{self, Cluster, CLIENT_ADDR},
-    control_plane::{App, Pod, State},
-    progress::{check_interrupt, wait_for},
+    control_plane::{self, App, Pod, State},
+    netns::in_netns,
 };
 
 /// Marks a Service whose EndpointSlices list their ports in the reverse of
@@ -134,7 +135,7 @@ impl Bed {
     }
 
     pub fn lb_ip(&self, name: &str, port: usize) -> Result<SocketAddrV4> {
-        let ip = crate::demo::control_plane::ingress_ips(self.service(name)?)
+        let ip = control_plane::ingress_ips(self.service(name)?)
             .next()
             .with_context(|| format!("Service {name} has no LoadBalancer ingress IP"))?;
         Ok(SocketAddrV4::new(ip, self.port_field(name, port, "port")?))
@@ -181,22 +182,16 @@ impl Bed {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         pod.named_ports = ports.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        let hosts = format!(
-            "{}{}\t{}\n",
-            demo::hosts_file(&self.state),
-            pod.addr,
-            pod.name
-        );
-        self.cluster.add_pod(&pod, &hosts)?;
-        demo::start_pod(&mut self.cluster, &pod, &self.bin, &self.redis)?;
-        demo::wait_pod(&mut self.cluster, &pod)?;
+        self.cluster.add_pod(&pod, &self.state.hosts_file(&pod))?;
+        apps::start_pod(&mut self.cluster, &pod, &self.bin, &self.redis)?;
+        progress::wait_pod(&mut self.cluster, &pod)?;
         let pin = self.cluster.run.pin_path(node);
         let veth = cluster::pod_iface(name);
         wait_for(
             &format!("the agent on {node} attaching to {veth}"),
             ATTACH_TIMEOUT,
             || self.cluster.check_processes(),
-            || demo::link_pinned(&pin, &veth),
+            || apps::link_pinned(&pin, &veth),
         )?;
         self.state.add_pod(pod)?;
         self.publish()
@@ -229,10 +224,10 @@ impl Bed {
     pub fn run_in<T: Send>(&self, client: &Client, f: impl FnOnce() -> T + Send) -> Result<T> {
         check_interrupt()?;
         if client.node.is_none() {
-            return cluster::in_netns(&client.ns, f);
+            return in_netns(&client.ns, f);
         }
         self.cluster
-            .as_pod(&client.name, || cluster::in_netns(&client.ns, f))?
+            .as_pod(&client.name, || in_netns(&client.ns, f))?
     }
 
     /// Turns a failed attempt into an error that says what the entry
@@ -324,10 +319,10 @@ impl Bed {
         proto: Proto,
     ) -> String {
         let pin = self.cluster.run.pin_path(node);
-        let Ok(pin) = demo::path_str(&pin) else {
+        let Ok(pin) = apps::path_str(&pin) else {
             return "(pin path not UTF-8)".into();
         };
-        demo::xdplb(
+        apps::xdplb(
             &self.bin,
             &[
                 "explain",
@@ -344,7 +339,7 @@ impl Bed {
     /// `xdplb stats` on `node`: packets by path and reason.
     pub fn stats(&self, node: &str) -> Result<BTreeMap<String, u64>> {
         let pin = self.cluster.run.pin_path(node);
-        let text = demo::xdplb(&self.bin, &["stats", "--pin-path", demo::path_str(&pin)?])?;
+        let text = apps::xdplb(&self.bin, &["stats", "--pin-path", apps::path_str(&pin)?])?;
         Ok(text
             .lines()
             .skip(1)
@@ -358,14 +353,14 @@ impl Bed {
     /// `xdplb services -o json` on `node`: a row per frontend.
     pub fn frontends(&self, node: &str) -> Result<Vec<Value>> {
         let pin = self.cluster.run.pin_path(node);
-        let json = demo::xdplb(
+        let json = apps::xdplb(
             &self.bin,
             &[
                 "services",
                 "-o",
                 "json",
                 "--pin-path",
-                demo::path_str(&pin)?,
+                apps::path_str(&pin)?,
             ],
         )?;
         serde_json::from_str(&json).context("xdplb services -o json")

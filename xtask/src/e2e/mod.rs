@@ -20,15 +20,16 @@ use serde_json::{json, Value};
 
 use crate::{
     bootstrap::step,
-    demo::{
-        self,
-        cluster::{self, Cluster, NodeProfile, PodLayout},
-        control_plane::{self, App, State},
-        progress::{self, seconds, Progress},
-    },
     ebpf::{self, workspace_root},
+    prepare,
+    progress::{self, seconds, Progress},
 };
 use bed::{Bed, REVERSE_SLICE_PORTS};
+use testbed::{
+    apps,
+    cluster::{self, Cluster, NodeProfile, PodLayout},
+    control_plane::{self, App, State},
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -121,7 +122,7 @@ pub fn run_cmd(args: &Args) -> Result<()> {
 /// profile in turn; fails if any scenario failed or a cluster did not come
 /// up. With more than one cell, ends with a table of them.
 pub fn run_cells(cells: &[NodeProfile], only: &[usize], keep: bool) -> Result<()> {
-    demo::preflight()?;
+    prepare::preflight()?;
     progress::catch_interrupts();
     let scenarios = scenarios::all();
     for n in only {
@@ -337,18 +338,18 @@ fn matrix_summary(outcomes: &[(NodeProfile, CellOutcome)]) {
 /// Services plus the suite's own.
 fn setup(profile: NodeProfile) -> Result<Bed> {
     let mut p = Progress::new(SETUP_STEPS);
-    let redis = p.step("looking for redis-server", false, demo::redis_server)?;
+    let redis = p.step("looking for redis-server", false, prepare::redis_server)?;
     p.step("building the eBPF object", true, ebpf::build)?;
     let bin = p.step(
         "building xdplb, the counter app and e2e-probe",
         true,
-        || demo::build(&["counter", "e2e-probe"]),
+        || prepare::build(&["counter", "e2e-probe"]),
     )?;
-    let host_hooks = demo::agent_has_cgroup_path(&bin)?;
+    let host_hooks = apps::agent_has_cgroup_path(&bin)?;
     p.step(
         "removing leftovers of killed runs",
         false,
-        demo::remove_leftovers,
+        prepare::remove_leftovers,
     )?;
     let nodes = cluster::nodes();
     let state = p.step(
@@ -365,15 +366,7 @@ fn setup(profile: NodeProfile) -> Result<Bed> {
     let cluster = p.step(
         &format!("creating namespaces: lan bridge, router, client, node1, node2 and the pods ({profile})"),
         false,
-        || {
-            let mut cluster = Cluster::create(nodes.clone(), profile)?;
-            cluster.route_lb_ips(&state.lb_ips())?;
-            let hosts = demo::hosts_file(&state);
-            for pod in &state.pods {
-                cluster.add_pod(pod, &format!("{hosts}{}\t{}\n", pod.addr, pod.name))?;
-            }
-            Ok(cluster)
-        },
+        || Cluster::with_pods(nodes.clone(), profile, &state),
     )?;
     let mut bed = Bed {
         cluster,
@@ -390,10 +383,10 @@ fn setup(profile: NodeProfile) -> Result<Bed> {
     )?;
     p.step("waiting for the agents and the pods", false, || {
         for node in bed.node_names() {
-            demo::wait_agent(&mut bed.cluster, &bed.state, &node)?;
+            progress::wait_agent(&mut bed.cluster, &bed.state, &node)?;
         }
         for pod in bed.state.pods.clone() {
-            demo::wait_pod(&mut bed.cluster, &pod)?;
+            progress::wait_pod(&mut bed.cluster, &pod)?;
         }
         Ok(())
     })?;
@@ -415,11 +408,11 @@ fn start(bed: &mut Bed) -> Result<()> {
     bed.publish()?;
     for node in bed.node_names() {
         let label = format!("agent-{node}");
-        demo::start_agent(&mut bed.cluster, &node, &bed.bin, &label)?;
+        apps::start_agent(&mut bed.cluster, &node, &bed.bin, &label)?;
         bed.agents.insert(node, label);
     }
     for pod in bed.state.pods.clone() {
-        demo::start_pod(&mut bed.cluster, &pod, &bed.bin, &bed.redis)?;
+        apps::start_pod(&mut bed.cluster, &pod, &bed.bin, &bed.redis)?;
     }
     Ok(())
 }

@@ -124,7 +124,7 @@ impl ServiceMaps for Maps {
             addrs: entries(self.addrs.map())?,
             frontends_v6: entries(self.frontends_v6.map())?,
             backends_v6: entries(self.backends_v6.map())?,
-            ring_slots: self.slots.len(),
+            ring_slots: self.slots().len(),
             // An LPM trie gives no handle on its map data in aya 0.14; its
             // size is never overridden at load, so the constant is the truth.
             source_ranges: lb_common::MAX_SOURCE_RANGES,
@@ -154,7 +154,10 @@ impl ServiceMaps for Maps {
         let values = frontends.iter().map(|(_, v)| v);
         for v in values.chain(frontends_v6.iter().map(|(_, v)| v)) {
             if v.ring_size > 0 && !rings.iter().any(|(o, _)| *o == v.ring_offset) {
-                rings.push((v.ring_offset, self.slots.read(v.ring_offset, v.ring_size)?));
+                rings.push((
+                    v.ring_offset,
+                    self.slots().read(v.ring_offset, v.ring_size)?,
+                ));
             }
         }
         let frontend_addrs = self.addrs.keys().collect::<Result<_, _>>()?;

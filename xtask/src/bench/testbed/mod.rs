@@ -25,13 +25,16 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::{
     bootstrap::{run, step},
-    demo::{
-        self,
-        cluster::{self, Cluster, NodeProfile, CLIENT_ADDR, NODE_LAN_IFACE},
-        control_plane::{App, Pod},
-        progress::{self, check_interrupt, seconds, wait_for},
-    },
     ebpf::{self, workspace_root},
+    prepare,
+    progress::{self, check_interrupt, seconds, wait_for},
+};
+use ::testbed::{
+    apps,
+    cluster::{self, Cluster, NodeProfile, CLIENT_ADDR, NODE_LAN_IFACE},
+    command,
+    control_plane::{App, Pod},
+    netns,
 };
 use report::Results;
 use services::Services;
@@ -158,12 +161,12 @@ pub struct Sample {
 pub fn run_cmd(columns: &[Column], rows: &[usize]) -> Result<()> {
     let started = Instant::now();
     let load_before = load_average();
-    demo::preflight()?;
+    prepare::preflight()?;
     progress::catch_interrupts();
     let tools = ensure_netfilter_tools()?;
     ebpf::build()?;
     let bin = build()?;
-    demo::remove_leftovers()?;
+    prepare::remove_leftovers()?;
     let nodes = cluster::nodes();
     let services = Services::new(SINK_ADDR, &nodes[1].name);
     let mut results = Results { cells: Vec::new() };
@@ -253,7 +256,7 @@ impl Bed {
         let mut cluster = Cluster::create(nodes.clone(), NodeProfile::default())?;
         // The client reaches pods directly only through node1, as a network
         // routing the pod CIDRs to a node would.
-        cluster::exec(
+        netns::exec(
             &cluster.run.ns("router"),
             "ip",
             &[
@@ -359,7 +362,7 @@ impl Bed {
         }
         sender.args(&args);
         let (mut sink, mut sink_out) = self.start_sink()?;
-        let sent = command_output(&mut sender).and_then(|out| {
+        let sent = command::stdout(&mut sender).and_then(|out| {
             out.trim()
                 .parse::<u64>()
                 .with_context(|| format!("sender printed {out:?}"))
@@ -492,22 +495,16 @@ fn start_agents(cluster: &mut Cluster, bin: &Path, services: &Services) -> Resul
     let nodes = cluster.nodes.clone();
     for node in &nodes {
         services.write_manifests(&cluster.run.manifests(&node.name), &nodes)?;
-        demo::start_agent(cluster, &node.name, bin, &format!("agent-{}", node.name))?;
+        apps::start_agent(cluster, &node.name, bin, &format!("agent-{}", node.name))?;
     }
     let started = Instant::now();
     for (node, pod) in nodes.iter().zip([SRC_POD, SINK_POD]) {
-        let ns = cluster.run.ns(&node.name);
-        let pin = cluster.run.pin_path(&node.name);
-        let veth = cluster::pod_iface(pod);
+        let serves = apps::agent_serves(&cluster.run, &node.name, [pod]);
         wait_for(
             &format!("the agent on {}", node.name),
             AGENT_TIMEOUT,
             || cluster.check_processes(),
-            || {
-                demo::healthy(&ns)
-                    && demo::link_pinned(&pin, NODE_LAN_IFACE)
-                    && demo::link_pinned(&pin, &veth)
-            },
+            serves,
         )?;
     }
     step(&format!(
@@ -568,8 +565,8 @@ fn agents_idle(pids: &[u32]) -> bool {
 fn check_proxy(cluster: &Cluster, column: Column) -> Result<()> {
     for node in &cluster.nodes {
         let ns = cluster.run.ns(&node.name);
-        let links = cluster::exec(&ns, "ip", &["-d", "link", "show"])?;
-        let ingress = cluster::exec(
+        let links = netns::exec(&ns, "ip", &["-d", "link", "show"])?;
+        let ingress = netns::exec(
             &ns,
             "tc",
             &["filter", "show", "dev", NODE_LAN_IFACE, "ingress"],
@@ -578,9 +575,9 @@ fn check_proxy(cluster: &Cluster, column: Column) -> Result<()> {
         // of one stands for it.
         let bpf = links.contains("xdp")
             || !ingress.trim().is_empty()
-            || demo::link_pinned(&cluster.run.pin_path(&node.name), NODE_LAN_IFACE);
+            || apps::link_pinned(&cluster.run.pin_path(&node.name), NODE_LAN_IFACE);
         // Tables rather than the ruleset: listing 10,000 Services' rules takes seconds.
-        let tables = cluster::exec(&ns, "nft", &["list", "tables"])?;
+        let tables = netns::exec(&ns, "nft", &["list", "tables"])?;
         let rules = !tables.trim().is_empty();
         ensure!(
             bpf == (column == Column::Xdplb),
@@ -606,7 +603,7 @@ struct Bins {
 }
 
 fn build() -> Result<Bins> {
-    let dir = demo::build(&[])?;
+    let dir = prepare::build(&[])?;
     run(Command::new("cargo")
         .args([
             "build",
@@ -660,7 +657,7 @@ fn ensure_netfilter_tools() -> Result<(String, String)> {
     }
     let version = |program: &str| -> Result<String> {
         let path = find_program(program).with_context(|| format!("{program} still missing"))?;
-        Ok(command_output(Command::new(path).arg("--version"))?
+        Ok(command::stdout(Command::new(path).arg("--version"))?
             .trim()
             .to_owned())
     };
@@ -674,19 +671,6 @@ fn find_program(name: &str) -> Option<PathBuf> {
         .chain(["/usr/sbin".into(), "/sbin".into()])
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-}
-
-fn command_output(command: &mut Command) -> Result<String> {
-    let out = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{command:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn load_average() -> String {

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, fs, net::Ipv4Addr, path::Path};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
-use crate::demo::control_plane::Node;
+use ::testbed::control_plane::Node;
 
 pub const COUNT: usize = 10_000;
 /// In the middle: kube-proxy's iptables chain is a list, so a Service's

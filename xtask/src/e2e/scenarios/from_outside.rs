@@ -113,13 +113,13 @@ fn lb_pool_steps(bed: &mut Bed) -> Result<Verdict> {
         .map(|n| {
             let ns = bed.cluster.run.ns(&n);
             let path = format!("/sys/class/net/{}/address", cluster::NODE_LAN_IFACE);
-            let mac = cluster::exec(&ns, "cat", &[&path])?.trim().to_string();
+            let mac = netns::exec(&ns, "cat", &[&path])?.trim().to_string();
             Ok((n, mac))
         })
         .collect::<Result<_>>()?;
     let announcer = |bed: &Bed| -> Result<String> {
         let router = bed.cluster.run.ns("router");
-        let text = cluster::exec(&router, "ip", &["neigh", "show", &addr.to_string()])?;
+        let text = netns::exec(&router, "ip", &["neigh", "show", &addr.to_string()])?;
         let seen: Vec<&str> = text
             .lines()
             .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "lladdr").nth(1))

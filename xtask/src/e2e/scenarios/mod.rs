@@ -18,7 +18,13 @@ use super::{
     probe::{Proto, Who},
     service, web_port, Scenario, Verdict,
 };
-use crate::demo::{self, cluster, control_plane::App, traffic, COUNTER_PORT};
+use crate::progress;
+use testbed::{
+    apps::{self, COUNTER_PORT},
+    cluster,
+    control_plane::App,
+    netns, traffic,
+};
 
 mod from_outside;
 mod host;

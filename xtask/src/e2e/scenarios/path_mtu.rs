@@ -48,7 +48,7 @@ fn path_mtu_steps(bed: &mut Bed) -> Result<Verdict> {
     for (what, target) in targets {
         // Forget what earlier transfers taught the pods about the path.
         for ns in &web_pods {
-            cluster::exec(ns, "ip", &["route", "flush", "cache"])?;
+            netns::exec(ns, "ip", &["route", "flush", "cache"])?;
         }
         let icmp_before = dest_unreachables_sent(&router)?;
         let xlate_before = bed
@@ -131,7 +131,7 @@ fn uplink_mtu_steps(bed: &Bed, node: &str) -> Result<Verdict> {
         // one goes to node2, across the small hop.
         for _ in 0..8 {
             for ns in &forget {
-                cluster::exec(ns, "ip", &["route", "flush", "cache"])?;
+                netns::exec(ns, "ip", &["route", "flush", "cache"])?;
             }
             let ours = bed.stats(node)?.get("icmp_frag_needed_sent").copied();
             let kernels = dest_unreachables_sent(&node_ns)?;
@@ -166,7 +166,7 @@ fn uplink_mtu_steps(bed: &Bed, node: &str) -> Result<Verdict> {
 
 /// Icmp OutDestUnreachs of the namespace `ns`.
 fn dest_unreachables_sent(ns: &str) -> Result<u64> {
-    let snmp = cluster::exec(ns, "cat", &["/proc/net/snmp"])?;
+    let snmp = netns::exec(ns, "cat", &["/proc/net/snmp"])?;
     let icmp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Icmp:")).collect();
     let [names, values] = icmp.as_slice() else {
         bail!("no Icmp lines in {ns}'s /proc/net/snmp");

@@ -40,9 +40,9 @@ pub(super) fn agent_restart(bed: &mut Bed) -> Result<Verdict> {
     let restarts = bed.agents.len();
     let label = format!("agent-{node}-restart-{restarts}");
     let t = Instant::now();
-    demo::start_agent(&mut bed.cluster, node, &bed.bin, &label)?;
+    apps::start_agent(&mut bed.cluster, node, &bed.bin, &label)?;
     bed.agents.insert(node.into(), label.clone());
-    if let Err(err) = demo::wait_agent(&mut bed.cluster, &bed.state, node) {
+    if let Err(err) = progress::wait_agent(&mut bed.cluster, &bed.state, node) {
         let without = match check_all(&mut conns, "with no agent running") {
             Ok(()) => "the data plane still serves the three connections with no agent".into(),
             Err(e) => format!("and the connections broke too: {e:#}"),

@@ -2,30 +2,28 @@
 //! two-node cluster of network namespaces, served by one `xdplb agent` per
 //! node, with traffic from an external client through a NodePort on each
 //! node and through a LoadBalancer IP.
-pub(crate) mod cluster;
-pub(crate) mod control_plane;
-pub(crate) mod progress;
-pub(crate) mod traffic;
-mod xdp_pass;
-
 use std::{
     fmt::Write as _,
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddrV4, TcpStream},
+    net::SocketAddrV4,
     path::{Path, PathBuf},
     process::Command,
-    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    bootstrap::{is_root, run, step},
+    bootstrap::step,
     ebpf::{self, workspace_root},
+    prepare::{build, preflight, redis_server, remove_leftovers},
+    progress::{self, seconds, wait_agent, wait_pod, Progress},
 };
-use cluster::{Cluster, NodeProfile, CLIENT_ADDR, NODE_LAN_IFACE};
-use control_plane::{App, Pod, State};
-use progress::{seconds, wait_for, Progress};
+use testbed::{
+    apps::{path_str, start_agent, start_pod, xdplb},
+    cluster::{self, Cluster, NodeProfile, CLIENT_ADDR},
+    control_plane::{self, App, State},
+    netns::in_netns,
+    traffic,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -39,17 +37,6 @@ pub struct Args {
 
 const STEPS: usize = 9;
 const REQUESTS_PER_TARGET: usize = 4;
-const HEALTHZ_PORT: u16 = 10256;
-const METRICS_PORT: u16 = 10249;
-/// Loading and verifying the programs takes about a second alone, and two
-/// agents load at once; on a 2-core machine with builds beside them it
-/// was seen to take 21 s.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
-const POD_TIMEOUT: Duration = Duration::from_secs(10);
-const REDIS_PORT: u16 = 6379;
-pub(crate) const COUNTER_PORT: u16 = 3000;
-/// The port `e2e-probe server` is ready on once all its ports are.
-pub(crate) const PROBE_READY_PORT: u16 = 8080;
 
 pub fn run_cmd(args: &Args) -> Result<()> {
     preflight()?;
@@ -81,15 +68,7 @@ pub fn run_cmd(args: &Args) -> Result<()> {
     let mut cluster = p.step(
         "creating namespaces: lan bridge, router, client, node1, node2 and the pods",
         false,
-        || {
-            let mut cluster = Cluster::create(nodes.clone(), NodeProfile::default())?;
-            cluster.route_lb_ips(&state.lb_ips())?;
-            let hosts = hosts_file(&state);
-            for pod in &state.pods {
-                cluster.add_pod(pod, &format!("{hosts}{}\t{}\n", pod.addr, pod.name))?;
-            }
-            Ok(cluster)
-        },
+        || Cluster::with_pods(nodes.clone(), NodeProfile::default(), &state),
     )?;
     p.step(
         "starting an xdplb agent on each node, Redis and the counters",
@@ -131,107 +110,6 @@ pub fn run_cmd(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Stops before anything is built when the demo cannot run here.
-pub(crate) fn preflight() -> Result<()> {
-    if !is_root() {
-        bail!(
-            "cargo xtask demo needs root: it creates network namespaces, mounts a bpffs and attaches XDP programs.\n\
-             Run it as root, for example: sudo -E env \"PATH=$PATH\" cargo xtask demo"
-        );
-    }
-    probe_bpf()?;
-    match Command::new("ip").args(["netns", "list"]).output() {
-        Ok(out) if out.status.success() => Ok(()),
-        _ => bail!("`ip netns` does not work here; install iproute2 (apt-get install -y iproute2)"),
-    }
-}
-
-/// Creates and closes a one-entry BPF array: the cheapest proof that this
-/// process may use bpf() at all.
-fn probe_bpf() -> Result<()> {
-    const BPF_MAP_CREATE: libc::c_long = 0;
-    const BPF_MAP_TYPE_ARRAY: u32 = 2;
-    // map_type, key_size, value_size, max_entries; the rest of bpf_attr zero.
-    let mut attr = [0u32; 32];
-    attr[..4].copy_from_slice(&[BPF_MAP_TYPE_ARRAY, 4, 4, 1]);
-    // SAFETY: attr is a zeroed bpf_attr of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_CREATE,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        let err = std::io::Error::last_os_error();
-        bail!(
-            "this kernel or sandbox does not allow BPF (bpf(BPF_MAP_CREATE) failed: {err}); \
-             the demo needs bpf() and XDP, as root outside a restricted container"
-        );
-    }
-    // SAFETY: the kernel just returned this descriptor to us.
-    unsafe { libc::close(fd as libc::c_int) };
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
-        bail!("the kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing); the data plane needs it");
-    }
-    Ok(())
-}
-
-/// Removes what killed runs of the demo or the suite left, naming them.
-pub(crate) fn remove_leftovers() -> Result<()> {
-    let removed = cluster::cleanup_leftovers()?;
-    if !removed.is_empty() {
-        eprint!("removed run {} ... ", removed.join(", "));
-    }
-    Ok(())
-}
-
-/// Debian's redis-server, installed when missing if this is Debian.
-pub(crate) fn redis_server() -> Result<PathBuf> {
-    let find = || {
-        std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
-            .chain(["/usr/bin".into(), "/usr/sbin".into()])
-            .map(|dir| dir.join("redis-server"))
-            .find(|p| p.is_file())
-    };
-    if let Some(path) = find() {
-        return Ok(path);
-    }
-    if !Path::new("/etc/debian_version").exists() {
-        bail!(
-            "redis-server is missing; install Redis (on Debian: apt-get install -y redis-server)"
-        );
-    }
-    eprintln!("installing it (apt-get install -y redis-server)");
-    let install = || {
-        run(Command::new("apt-get")
-            .args(["install", "-y", "redis-server"])
-            .env("DEBIAN_FRONTEND", "noninteractive"))
-    };
-    install()
-        .or_else(|_| {
-            run(Command::new("apt-get").arg("update"))?;
-            install()
-        })
-        .context("apt-get install -y redis-server failed")?;
-    find().context("redis-server is still missing after apt-get install")
-}
-
-/// Builds the agent and xtask's programs `bins`; returns their directory.
-pub(crate) fn build(bins: &[&str]) -> Result<PathBuf> {
-    let root = workspace_root();
-    run(Command::new("cargo")
-        .args(["build", "-p", "lb-userspace", "-p", "xtask"])
-        .args(["--bin", "xdplb"])
-        .args(bins.iter().flat_map(|bin| ["--bin", bin]))
-        .current_dir(&root))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or(root.join("target"), PathBuf::from);
-    Ok(target.join("debug"))
-}
-
 fn print_objects(state: &State) {
     for svc in &state.services {
         let spec = &svc["spec"];
@@ -265,18 +143,6 @@ fn print_objects(state: &State) {
     }
 }
 
-/// Every Service name as CoreDNS would answer it inside the cluster.
-pub(crate) fn hosts_file(state: &State) -> String {
-    let mut hosts = String::from("127.0.0.1\tlocalhost\n");
-    for (ip, name) in state.cluster_ips() {
-        let _ = writeln!(
-            hosts,
-            "{ip}\t{name} {name}.default {name}.default.svc {name}.default.svc.cluster.local"
-        );
-    }
-    hosts
-}
-
 /// Writes each node's manifests, starts the agents and the pods' programs,
 /// and waits until all of them serve.
 fn start(cluster: &mut Cluster, state: &State, bin: &Path, redis: &Path) -> Result<()> {
@@ -294,165 +160,6 @@ fn start(cluster: &mut Cluster, state: &State, bin: &Path, redis: &Path) -> Resu
         wait_pod(cluster, pod)?;
     }
     Ok(())
-}
-
-/// Starts `node`'s agent on the manifests in its folder and its pin path,
-/// as a process of the node, logging to `<label>.log`. Where the agent has
-/// socket-level hooks for the node's own processes, they go on the node's
-/// cgroup rather than the machine's.
-pub(crate) fn start_agent(
-    cluster: &mut Cluster,
-    node: &str,
-    bin: &Path,
-    label: &str,
-) -> Result<()> {
-    let manifests = cluster.run.manifests(node);
-    let pin_path = cluster.run.pin_path(node);
-    let healthz = format!("127.0.0.1:{HEALTHZ_PORT}");
-    let metrics = format!("127.0.0.1:{METRICS_PORT}");
-    let mut args = vec![
-        "agent",
-        "--manifests",
-        path_str(&manifests)?,
-        "--node-name",
-        node,
-        "--external-ifaces",
-        NODE_LAN_IFACE,
-        "--pin-path",
-        path_str(&pin_path)?,
-        "--healthz-addr",
-        &healthz,
-        "--metrics-addr",
-        &metrics,
-        "--lb-pool-range",
-        cluster::LB_POOL,
-    ];
-    let cgroup = cluster.run.cgroup(node);
-    if let Some(cgroup) = &cgroup {
-        if agent_has_cgroup_path(bin)? {
-            args.extend(["--cgroup-path", path_str(cgroup)?]);
-        }
-    }
-    // Its log is a file, read with cat or less: no colour codes.
-    let env = [("NO_COLOR".to_owned(), "1".to_owned())];
-    cluster.spawn_on_node(node, label, &bin.join("xdplb"), &args, &env)
-}
-
-/// Whether `xdplb agent` takes `--cgroup-path` (socket-level translation
-/// for the node's own processes).
-pub(crate) fn agent_has_cgroup_path(bin: &Path) -> Result<bool> {
-    Ok(xdplb(bin, &["agent", "--help"])?.contains("--cgroup-path"))
-}
-
-/// Starts the pod's program in its namespace and cgroup, logging to
-/// `<pod>.log`.
-pub(crate) fn start_pod(cluster: &mut Cluster, pod: &Pod, bin: &Path, redis: &Path) -> Result<()> {
-    match pod.app {
-        App::Redis => {
-            let port = REDIS_PORT.to_string();
-            let args = [
-                "--port",
-                &port,
-                "--bind",
-                "0.0.0.0",
-                "--protected-mode",
-                "no",
-                "--save",
-                "",
-                "--daemonize",
-                "no",
-            ];
-            cluster.spawn(pod, redis, &args, &[])
-        }
-        App::Counter => {
-            let mut env = pod.env.clone();
-            env.push(("POD_NAME".into(), pod.name.clone()));
-            cluster.spawn(pod, &bin.join("counter"), &[], &env)
-        }
-        App::Probe => {
-            let args = ["server", "--pod", &pod.name];
-            cluster.spawn(pod, &bin.join("e2e-probe"), &args, &[])
-        }
-    }
-}
-
-/// Waits until `node`'s agent answers /healthz and has attached to the
-/// node's external interface and to the veth of every pod `state` places
-/// there.
-pub(crate) fn wait_agent(cluster: &mut Cluster, state: &State, node: &str) -> Result<()> {
-    let ns = cluster.run.ns(node);
-    let pin_path = cluster.run.pin_path(node);
-    let veths: Vec<String> = state
-        .pods
-        .iter()
-        .filter(|p| p.node == node)
-        .map(|p| cluster::pod_iface(&p.name))
-        .collect();
-    wait_for(
-        &format!("the agent on {node}"),
-        AGENT_TIMEOUT,
-        || cluster.check_processes(),
-        || {
-            healthy(&ns)
-                && link_pinned(&pin_path, NODE_LAN_IFACE)
-                && veths.iter().all(|ifname| link_pinned(&pin_path, ifname))
-        },
-    )
-}
-
-/// Waits until the pod's program serves.
-pub(crate) fn wait_pod(cluster: &mut Cluster, pod: &Pod) -> Result<()> {
-    let ns = cluster.run.ns(&pod.name);
-    wait_for(
-        &format!("pod {}", pod.name),
-        POD_TIMEOUT,
-        || cluster.check_processes(),
-        || pod_ready(&ns, pod),
-    )
-}
-
-/// kube-proxy's /healthz answers 200 once the first sync is done, which
-/// the agent only reports after attaching to its interfaces.
-pub(crate) fn healthy(node_ns: &str) -> bool {
-    cluster::in_netns(node_ns, || -> std::io::Result<bool> {
-        let mut s = TcpStream::connect(("127.0.0.1", HEALTHZ_PORT))?;
-        s.set_read_timeout(Some(Duration::from_secs(1)))?;
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")?;
-        let mut status = String::new();
-        BufReader::new(s).read_line(&mut status)?;
-        Ok(status.contains(" 200 "))
-    })
-    .is_ok_and(|r| r.unwrap_or(false))
-}
-
-/// Whether the agent has pinned its tc link of `ifname`, under any layout
-/// version (`<pin>/v<N>/tc/<ifname>`): every interface it serves gets one,
-/// an external interface's last, after its XDP link if XDP serves it.
-pub(crate) fn link_pinned(pin_path: &Path, ifname: &str) -> bool {
-    std::fs::read_dir(pin_path)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .any(|e| e.path().join("tc").join(ifname).exists())
-}
-
-fn pod_ready(ns: &str, pod: &Pod) -> bool {
-    cluster::in_netns(ns, || -> std::io::Result<bool> {
-        match pod.app {
-            // Connecting alone does not count as a hit.
-            App::Counter => TcpStream::connect((pod.addr, COUNTER_PORT)).map(|_| true),
-            App::Probe => TcpStream::connect((pod.addr, PROBE_READY_PORT)).map(|_| true),
-            App::Redis => {
-                let mut s = TcpStream::connect((pod.addr, REDIS_PORT))?;
-                s.set_read_timeout(Some(Duration::from_secs(1)))?;
-                s.write_all(b"PING\r\n")?;
-                let mut reply = String::new();
-                BufReader::new(s).read_line(&mut reply)?;
-                Ok(reply.starts_with("+PONG"))
-            }
-        }
-    })
-    .is_ok_and(|r| r.unwrap_or(false))
 }
 
 /// A request the client sent that got no answer, with the receiving node's
@@ -530,7 +237,7 @@ fn drive_traffic(
             progress::check_interrupt()?;
             report.requests += 1;
             let number = report.requests;
-            let outcome = cluster::in_netns(&client, || traffic::get(*target))??;
+            let outcome = in_netns(&client, || traffic::get(*target))??;
             let latency = format!("{:.1} ms", outcome.latency.as_secs_f64() * 1e3);
             let what = format!("{label} {target}");
             match outcome.answer {
@@ -743,26 +450,6 @@ fn print_explore(cluster: &Cluster, state: &State, bin: &Path, targets: &[Target
         cluster.run.manifests(&cluster.nodes[0].name).display()
     );
     eprintln!("Remove it with: cargo xtask demo --down");
-}
-
-pub(crate) fn xdplb(bin: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new(bin.join("xdplb"))
-        .args(args)
-        .output()
-        .context("running xdplb")?;
-    if !out.status.success() {
-        bail!(
-            "xdplb {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-pub(crate) fn path_str(path: &Path) -> Result<&str> {
-    path.to_str()
-        .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
 #[cfg(test)]

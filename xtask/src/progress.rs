@@ -1,6 +1,6 @@
 //! A line per step, saying what it does and, once done, how long it took;
-//! and Ctrl-C turned into an error the demo unwinds from, so the cluster's
-//! teardown runs.
+//! waits for a cluster's agents and pods; and Ctrl-C turned into an error
+//! the command unwinds from, so the cluster's teardown runs.
 use std::{
     io::{IsTerminal, Write},
     sync::atomic::{AtomicBool, Ordering},
@@ -9,6 +9,17 @@ use std::{
 };
 
 use anyhow::{bail, Result};
+use testbed::{
+    apps,
+    cluster::Cluster,
+    control_plane::{Pod, State},
+};
+
+/// Loading and verifying the programs takes about a second alone, and two
+/// agents load at once; on a 2-core machine with builds beside them it
+/// was seen to take 21 s.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+const POD_TIMEOUT: Duration = Duration::from_secs(10);
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -28,7 +39,7 @@ pub fn catch_interrupts() {
 
 pub fn check_interrupt() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted; the demo removed what it had started");
+        bail!("interrupted; the command removed what it had started");
     }
     Ok(())
 }
@@ -121,4 +132,32 @@ pub fn wait_for(
         }
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits until `node`'s agent serves the node and every pod `state`
+/// places there.
+pub fn wait_agent(cluster: &mut Cluster, state: &State, node: &str) -> Result<()> {
+    let pods = state
+        .pods
+        .iter()
+        .filter(|p| p.node == node)
+        .map(|p| p.name.as_str());
+    let serves = apps::agent_serves(&cluster.run, node, pods);
+    wait_for(
+        &format!("the agent on {node}"),
+        AGENT_TIMEOUT,
+        || cluster.check_processes(),
+        serves,
+    )
+}
+
+/// Waits until the pod's program serves.
+pub fn wait_pod(cluster: &mut Cluster, pod: &Pod) -> Result<()> {
+    let ready = apps::pod_ready(&cluster.run, pod);
+    wait_for(
+        &format!("pod {}", pod.name),
+        POD_TIMEOUT,
+        || cluster.check_processes(),
+        ready,
+    )
 }

@@ -8,6 +8,7 @@
 //! the demo prints the same addresses on every run.
 use std::{
     collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
     fs,
     net::Ipv4Addr,
     path::Path,
@@ -76,6 +77,19 @@ pub struct State {
 }
 
 impl State {
+    /// `pod`'s hosts file: every Service name as CoreDNS would answer it
+    /// inside the cluster, and the pod's own name.
+    pub fn hosts_file(&self, pod: &Pod) -> String {
+        let mut hosts = format!("127.0.0.1\tlocalhost\n{}\t{}\n", pod.addr, pod.name);
+        for (ip, name) in self.cluster_ips() {
+            let _ = writeln!(
+                hosts,
+                "{ip}\t{name} {name}.default {name}.default.svc {name}.default.svc.cluster.local"
+            );
+        }
+        hosts
+    }
+
     /// Adds Services as `kubectl apply` would: the API server allocates
     /// what they leave out, and the endpoint controller writes their slices.
     pub fn add_services(&mut self, services: impl IntoIterator<Item = Value>) -> Result<()> {
@@ -529,19 +543,9 @@ fn in_range(ip: Ipv4Addr, (net, len): (Ipv4Addr, u32)) -> bool {
 mod tests {
     use super::*;
 
-    fn nodes() -> Vec<Node> {
-        (1..=2)
-            .map(|i| Node {
-                name: format!("node{i}"),
-                addr: Ipv4Addr::new(192, 168, 50, 10 + i),
-                pod_net: Ipv4Addr::new(10, 244, i, 0),
-            })
-            .collect()
-    }
-
     fn seed() -> State {
-        let dir = crate::ebpf::workspace_root().join("deploy/examples");
-        from_manifests(&dir, &nodes()).unwrap()
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        from_manifests(&dir, &crate::cluster::nodes()).unwrap()
     }
 
     fn service<'a>(state: &'a State, name: &str) -> &'a Value {

@@ -12,8 +12,10 @@
 //! across runs, and nothing is ever created in or routed from the root
 //! namespace.
 
+mod named;
+
 use std::ffi::c_int;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command, Output, Stdio};
@@ -24,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 
-const NETNS_DIR: &str = "/run/netns";
+pub use named::{add_ns, addr, exec, in_netns, route, sysctls, up, veth};
+pub(crate) use named::{ip, NETNS_DIR};
+
 const TAG: &str = "xl";
 /// Width of the base-36 pid in a prefix; fits PID_MAX_LIMIT (2^22).
 const PID_DIGITS: usize = 5;
@@ -64,8 +68,8 @@ impl Testbed {
         cleanup_leftovers()?;
         let prefix = format!(
             "{TAG}{:0>PID_DIGITS$}{}",
-            base36(std::process::id()),
-            base36(NEXT_TESTBED.fetch_add(1, Ordering::Relaxed))
+            base36(std::process::id().into()),
+            base36(NEXT_TESTBED.fetch_add(1, Ordering::Relaxed).into())
         );
         Ok(Self {
             prefix,
@@ -87,22 +91,12 @@ impl Testbed {
 
     /// Creates a veth pair whose ends are born inside `ns_a` and `ns_b`.
     pub fn veth(&self, ns_a: &Ns, if_a: &str, ns_b: &Ns, if_b: &str) -> Result<()> {
-        ip(&[
-            "-n", &ns_a.name, "link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns",
-            &ns_b.name,
-        ])
-        .map(drop)
+        veth(&ns_a.name, if_a, &ns_b.name, if_b)
     }
 
     /// Adds `cidr` (e.g. `10.0.0.1/24`) to interface `ifname` of `ns`.
     pub fn addr(&self, ns: &Ns, ifname: &str, cidr: &str) -> Result<()> {
-        let mut args = vec!["-n", &ns.name, "addr", "add", cidr, "dev", ifname];
-        // Without this an IPv6 address stays tentative for about two seconds
-        // and binds to it fail.
-        if cidr.contains(':') {
-            args.push("nodad");
-        }
-        ip(&args).map(drop)
+        addr(&ns.name, ifname, cidr)
     }
 
     /// Removes `cidr` from interface `ifname` of `ns`.
@@ -112,21 +106,18 @@ impl Testbed {
 
     /// Sets interface `ifname` of `ns` up.
     pub fn up(&self, ns: &Ns, ifname: &str) -> Result<()> {
-        ip(&["-n", &ns.name, "link", "set", ifname, "up"]).map(drop)
+        up(&ns.name, ifname)
     }
 
     /// Adds a route to `ns`; `spec` is what follows `ip route add`, e.g.
     /// `"10.1.0.0/24 via 10.0.0.1"` or `"default via 10.0.0.1"`.
     pub fn route(&self, ns: &Ns, spec: &str) -> Result<()> {
-        let mut args = vec!["-n", &ns.name, "route", "add"];
-        args.extend(spec.split_whitespace());
-        ip(&args).map(drop)
+        route(&ns.name, spec)
     }
 
     /// Sets sysctl `key` (e.g. `net.ipv4.ip_forward`) inside `ns`.
     pub fn sysctl(&self, ns: &Ns, key: &str, value: &str) -> Result<()> {
-        let assignment = format!("{key}={value}");
-        ip(&["netns", "exec", &ns.name, "sysctl", "-qw", &assignment]).map(drop)
+        sysctls(&ns.name, &[&format!("{key}={value}")])
     }
 
     /// Runs `cmd` inside `ns` and collects its output; a non-zero exit is
@@ -198,21 +189,7 @@ impl Testbed {
         F: FnOnce() -> T + Send,
         T: Send,
     {
-        let path = format!("{NETNS_DIR}/{}", ns.name);
-        thread::scope(|scope| {
-            let worker = scope.spawn(|| {
-                let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-                // SAFETY: valid fd; only this thread's network namespace changes.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    let err = io::Error::last_os_error();
-                    return Err(err).with_context(|| format!("setns({path})"));
-                }
-                Ok(f())
-            });
-            worker
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
+        in_netns(&ns.name, f)
     }
 }
 
@@ -317,23 +294,6 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Runs `ip` and returns its stdout; failures carry the command and stderr.
-fn ip(args: &[&str]) -> Result<String> {
-    let line = format!("ip {}", args.join(" "));
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running `{line}`"))?;
-    ensure!(
-        out.status.success(),
-        "`{line}` failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// The pid encoded in a testbed namespace name, `None` for other names.
 fn owner_pid(ns_name: &str) -> Option<libc::pid_t> {
     let (prefix, _) = ns_name.strip_prefix(TAG)?.split_once('-')?;
@@ -353,10 +313,11 @@ fn alive(pid: libc::pid_t) -> bool {
     exists || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
-fn base36(mut n: u32) -> String {
+pub(crate) fn base36(mut n: u64) -> String {
     let mut digits = Vec::new();
     loop {
-        digits.push(char::from_digit(n % 36, 36).expect("digit below radix"));
+        let digit = (n % 36) as u32;
+        digits.push(char::from_digit(digit, 36).expect("digit below radix"));
         n /= 36;
         if n == 0 {
             return digits.iter().rev().collect();
