@@ -447,6 +447,8 @@ pub trait CtValue: Copy + Default {
     /// # Safety
     /// `v` points to a valid entry.
     unsafe fn sums(v: *const Self) -> crate::checksum::RewriteSums;
+    /// What inspection shows of an entry read out of the map.
+    fn summary(&self) -> CtSummary;
     /// # Safety
     /// `v` points to a valid entry.
     unsafe fn svc_id(v: *const Self) -> u32;
@@ -457,6 +459,15 @@ pub trait CtValue: Copy + Default {
     fn fwd_ifindex(v: *mut Self) -> *mut u32;
     fn fwd_smac(v: *mut Self) -> *mut [u8; 6];
     fn fwd_dmac(v: *mut Self) -> *mut [u8; 6];
+}
+
+/// What `CtValue::summary` gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtSummary {
+    pub state: u8,
+    pub svc_id: u32,
+    pub last_seen_ns: u64,
+    pub expires_ns: u64,
 }
 
 macro_rules! ct_value {
@@ -507,6 +518,14 @@ macro_rules! ct_value {
                         l4: (*v).csum_l4,
                         pseudo: (*v).csum_pseudo,
                     }
+                }
+            }
+            fn summary(&self) -> CtSummary {
+                CtSummary {
+                    state: self.state,
+                    svc_id: self.svc_id,
+                    last_seen_ns: self.last_seen_ns,
+                    expires_ns: self.expires_ns,
                 }
             }
             #[inline(always)]

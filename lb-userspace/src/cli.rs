@@ -69,7 +69,7 @@ pub struct Filter {
     /// Only rows with this address: a frontend or backend, or a flow's
     /// source, destination or translated address.
     #[arg(long)]
-    pub addr: Option<std::net::Ipv4Addr>,
+    pub addr: Option<std::net::IpAddr>,
 }
 
 impl Filter {
@@ -90,8 +90,9 @@ impl Filter {
     }
 
     /// Whether a row with these addresses passes.
-    pub fn addr(&self, addrs: &[std::net::Ipv4Addr]) -> bool {
-        self.addr.is_none_or(|a| addrs.contains(&a))
+    pub fn addr<A: Into<std::net::IpAddr> + Copy>(&self, addrs: &[A]) -> bool {
+        self.addr
+            .is_none_or(|want| addrs.iter().any(|&a| a.into() == want))
     }
 }
 

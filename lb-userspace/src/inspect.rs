@@ -2,7 +2,7 @@
 //! whether or not an agent runs, and show what the packet path sees.
 use std::{
     collections::{BTreeSet, HashMap},
-    net::{Ipv4Addr, SocketAddrV4, SocketAddrV6},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::PathBuf,
 };
 
@@ -12,8 +12,9 @@ use lb_common::{
     addr::{from_map, from_map_v6, to_map},
     conntrack::{STATE_CLOSING, STATE_SEEN_REPLY},
     decide::{self, By, Client, Decision},
-    BackendV4, BackendV6, CtKeyV4, CtValueV4, FrontendKeyV4, FrontendKeyV6, FrontendValue,
-    LbAddrInfo, Reason, SvcName, CT_DIR_FORWARD, FE_EXTERNAL, LAYOUT_VERSION, PROTO_TCP, PROTO_UDP,
+    BackendV4, BackendV6, CtKey, CtKeyV4, CtKeyV6, CtValue, CtValueV4, CtValueV6, FrontendKeyV4,
+    FrontendKeyV6, FrontendValue, LbAddrInfo, Reason, SvcName, CT_DIR_FORWARD, FE_EXTERNAL,
+    LAYOUT_VERSION, PROTO_TCP, PROTO_UDP,
 };
 use serde_json::json;
 
@@ -227,45 +228,82 @@ fn service_names(maps: &Maps) -> Result<HashMap<u32, String>> {
         .collect())
 }
 
-/// The connection-tracking entries `filter` passes, as `xdplb flows -o json`
-/// prints them.
+/// The connection-tracking entries of both families `filter` passes, as
+/// `xdplb flows -o json` prints them.
 pub fn flow_rows(maps: &Maps, filter: &Filter) -> Result<Vec<serde_json::Value>> {
     let now = now_ns();
     let names = service_names(maps)?;
-    let mut rows = Vec::new();
-    for (k, v) in lookup_all::<CtKeyV4, CtValueV4>(maps.ct().map())? {
-        let service = names
-            .get(&v.svc_id)
-            .cloned()
-            .unwrap_or_else(|| format!("#{}", v.svc_id));
-        let addrs = [
-            from_map(k.src_addr),
-            from_map(k.dst_addr),
-            from_map(v.nat_addr),
-        ];
-        if !filter.service(&service) || !filter.addr(&addrs) {
-            continue;
-        }
-        let state = if v.state & STATE_CLOSING != 0 {
-            "closing"
-        } else if v.state & STATE_SEEN_REPLY != 0 || k.proto != PROTO_TCP {
-            "established"
-        } else {
-            "syn-sent"
-        };
-        rows.push(json!({
-            "direction": if k.dir == CT_DIR_FORWARD { "forward" } else { "reply" },
-            "proto": proto_name(k.proto),
-            "src": SocketAddrV4::new(from_map(k.src_addr), u16::from_be(k.src_port)).to_string(),
-            "dst": SocketAddrV4::new(from_map(k.dst_addr), u16::from_be(k.dst_port)).to_string(),
-            "nat": SocketAddrV4::new(from_map(v.nat_addr), u16::from_be(v.nat_port)).to_string(),
-            "service": service,
-            "state": state,
-            "idle_s": now.saturating_sub(v.last_seen_ns) / 1_000_000_000,
-            "expires_in_s": v.expires_ns.saturating_sub(now) / 1_000_000_000,
-        }));
+    let v4 = lookup_all::<CtKeyV4, CtValueV4>(maps.ct().map())?;
+    let v6 = lookup_all::<CtKeyV6, CtValueV6>(maps.ct_v6().map())?;
+    Ok(v4
+        .iter()
+        .filter_map(|(k, v)| flow_row(k, v, &names, filter, now))
+        .chain(
+            v6.iter()
+                .filter_map(|(k, v)| flow_row(k, v, &names, filter, now)),
+        )
+        .collect())
+}
+
+/// An address as the maps hold it, shown.
+trait Shown: Copy {
+    fn ip(self) -> IpAddr;
+}
+
+impl Shown for u32 {
+    fn ip(self) -> IpAddr {
+        from_map(self).into()
     }
-    Ok(rows)
+}
+
+impl Shown for [u32; 4] {
+    fn ip(self) -> IpAddr {
+        from_map_v6(self).into()
+    }
+}
+
+/// `flow_rows`' row of one entry, if `filter` passes it.
+fn flow_row<K, V>(
+    k: &K,
+    v: &V,
+    names: &HashMap<u32, String>,
+    filter: &Filter,
+    now: u64,
+) -> Option<serde_json::Value>
+where
+    K: CtKey,
+    V: CtValue<Addr = K::Addr>,
+    K::Addr: Shown,
+{
+    let sum = v.summary();
+    let service = names
+        .get(&sum.svc_id)
+        .cloned()
+        .unwrap_or_else(|| format!("#{}", sum.svc_id));
+    let nat = unsafe { V::nat(v) };
+    let shown = |(addr, port): (K::Addr, u16)| SocketAddr::new(addr.ip(), u16::from_be(port));
+    let (src, dst, nat) = (shown(k.src()), shown(k.dst()), shown(nat));
+    if !filter.service(&service) || !filter.addr(&[src.ip(), dst.ip(), nat.ip()]) {
+        return None;
+    }
+    let state = if sum.state & STATE_CLOSING != 0 {
+        "closing"
+    } else if sum.state & STATE_SEEN_REPLY != 0 || k.proto() != PROTO_TCP {
+        "established"
+    } else {
+        "syn-sent"
+    };
+    Some(json!({
+        "direction": if k.dir() == CT_DIR_FORWARD { "forward" } else { "reply" },
+        "proto": proto_name(k.proto()),
+        "src": src.to_string(),
+        "dst": dst.to_string(),
+        "nat": nat.to_string(),
+        "service": service,
+        "state": state,
+        "idle_s": now.saturating_sub(sum.last_seen_ns) / 1_000_000_000,
+        "expires_in_s": sum.expires_ns.saturating_sub(now) / 1_000_000_000,
+    }))
 }
 
 pub fn flows(args: &InspectArgs) -> Result<()> {

@@ -471,7 +471,7 @@ mod tests {
                 output: Output::Json,
                 filter: crate::cli::Filter {
                     service: service.map(str::to_string),
-                    addr,
+                    addr: addr.map(Into::into),
                 },
             },
             reasons: reasons.iter().map(|r| r.to_string()).collect(),

@@ -886,7 +886,7 @@ fn flows_are_read_in_batches_and_filtered() {
     assert_eq!(db_rows.len(), 10);
     assert!(db_rows.iter().all(|r| r["service"] == "default/db:/TCP"));
     let b3_rows = rows(Filter {
-        addr: Some(B3.0),
+        addr: Some(B3.0.into()),
         ..Filter::default()
     });
     assert_eq!(b3_rows.len(), 10, "the db flows, both directions");

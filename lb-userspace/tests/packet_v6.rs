@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use etherparse::{IpNumber, NetHeaders, PacketBuilder, PacketHeaders, TcpHeader, TransportHeader};
 use lb_common::Reason;
 use lb_userspace::{
+    cli::Filter,
     datapath::{run_frame, Capacities, Datapath, POD_PROGRAM, PROGRAM},
+    inspect::flow_rows,
     model::{desired_state, ModelOptions, NodeInfo},
     source::manifests::load_dir,
     sync::Syncer,
