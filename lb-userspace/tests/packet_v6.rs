@@ -227,6 +227,29 @@ fn tcp_to_an_ipv6_clusterip_is_translated_both_ways_with_valid_checksums() {
         );
     }
     assert_eq!(count(&dp, Reason::XlateEstablished), 3);
+
+    // `xdplb flows` shows both entries, filtered by an IPv6 address.
+    let filter = Filter {
+        addr: Some(backend.into()),
+        ..Filter::default()
+    };
+    let mut rows: Vec<[String; 4]> = flow_rows(&dp.maps, &filter)
+        .unwrap()
+        .into_iter()
+        .map(|r| ["direction", "src", "nat", "state"].map(|f| r[f].as_str().unwrap().to_string()))
+        .collect();
+    rows.sort();
+    let client = format!("[{}]:{}", CLIENT.0, CLIENT.1);
+    let vip = format!("[{}]:{}", VIP.0, VIP.1);
+    let backend = format!("[{backend}]:8080");
+    let row = |d: &str, src: &str, nat: &str| [d, src, nat, "established"].map(str::to_string);
+    assert_eq!(
+        rows,
+        [
+            row("forward", &client, &backend),
+            row("reply", &backend, &vip)
+        ]
+    );
 }
 
 #[test]
