@@ -148,9 +148,11 @@ impl Family for Maps {
 }
 
 impl Family for MapsV6 {
-    /// Not yet: a pod's IPv6 UDP socket is translated here, and a connected
-    /// one keeps its backend until it reconnects, as the node's would
-    /// without the agent closing it.
+    /// Not yet: the IPv6 per-packet path has no source NAT, so a pod that
+    /// reaches itself through its Service would get no answer there. A
+    /// pod's IPv6 UDP socket is translated here, and a connected one keeps
+    /// its backend until it reconnects, as the node's would without the
+    /// agent closing it.
     const PER_PACKET_PATH: bool = false;
     #[inline(always)]
     fn hash(cookie: u64, key: &FrontendKeyV6) -> u32 {

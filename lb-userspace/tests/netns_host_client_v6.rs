@@ -22,9 +22,9 @@ use common::{
     cgroup::Cgroup,
     host_client::{run_in_ns, Op, Outcome},
 };
-use lb_common::{Config, Reason};
+use lb_common::{Config, IfaceInfo, Reason, IFACE_POD};
 use lb_userspace::{
-    datapath::{attach_cgroup, Capacities, Datapath},
+    datapath::{attach_cgroup, attach_tc, Capacities, Datapath, POD_PROGRAM},
     model::{desired_state, ModelOptions, NodeInfo},
     sockdiag::netns_cookie,
     source::manifests::load_dir,
@@ -346,8 +346,9 @@ fn an_ipv4_mapped_cluster_ip_is_served_by_the_ipv4_frontend() {
     }
 }
 
-/// There is no IPv6 per-packet path to leave a pod's UDP to, as IPv4 does:
-/// the hooks translate it.
+/// A pod's IPv6 UDP under the hooks is translated at the socket, not left
+/// to the per-packet path as IPv4's is: that path has no source NAT yet,
+/// which a pod reaching itself through its Service needs.
 #[test]
 fn a_pods_ipv6_udp_is_translated_at_the_socket() {
     let mut bed = bed();
@@ -367,6 +368,62 @@ fn a_pods_ipv6_udp_is_translated_at_the_socket() {
     assert_eq!(answered(&ops, &outcomes, vip), all_pods());
     let left = bed.dp.maps.reason_total(Reason::SockUdpLeftToPath);
     assert_eq!(left.expect("reading STATS"), 0);
+}
+
+/// A pod outside the hooks' cgroup reaches the IPv6 ClusterIP through the
+/// per-packet path at tc: `lb_pod` on the pods' interfaces, as the agent
+/// attaches it, translates its packets and the backends' replies.
+#[test]
+fn a_pod_outside_the_hooks_reaches_an_ipv6_cluster_ip_through_the_tc_path() {
+    let mut bed = bed();
+    let client = bed.tb.add_ns("c").expect("a client pod");
+    bed.tb
+        .veth(&client, "eth0", &bed.node, "to-c")
+        .expect("a veth");
+    bed.tb
+        .addr(&client, "eth0", "fd00:244:3::2/64")
+        .expect("a pod address");
+    bed.tb
+        .addr(&bed.node, "to-c", "fd00:244:3::1/64")
+        .expect("a gateway address");
+    bed.tb.up(&client, "eth0").expect("pod link up");
+    bed.tb.up(&bed.node, "to-c").expect("node link up");
+    bed.tb
+        .route(&client, "default via fd00:244:3::1")
+        .expect("a default route");
+    let Bed { tb, node, dp, .. } = &mut bed;
+    tb.in_ns(node, || -> anyhow::Result<()> {
+        for ifname in ["to-b1", "to-b2", "to-c"] {
+            attach_tc(dp, ifname, POD_PROGRAM, None)?;
+            let name = std::ffi::CString::new(ifname)?;
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            anyhow::ensure!(index != 0, "no interface {ifname}");
+            dp.maps.put_iface(index, IfaceInfo { flags: IFACE_POD })?;
+        }
+        Ok(())
+    })
+    .expect("entering the node")
+    .expect("attaching lb_pod as the agent does");
+    for (kind, port) in [("tcp", TCP_PORT), ("udp", UDP_PORT)] {
+        let vip = addr(VIP6, port);
+        let ops = requests(kind, vip);
+        let outcomes = run_in_ns(&client, None, &ops);
+        assert_eq!(answered(&ops, &outcomes, vip), all_pods(), "{kind}");
+    }
+    let count = |r| bed.dp.maps.reason_total(r).expect("reading STATS");
+    assert_eq!(
+        count(Reason::SockTranslated),
+        0,
+        "the sockets were not hooked"
+    );
+    assert!(
+        count(Reason::XlateNew) >= 2 * FLOWS as u64,
+        "every flow was new"
+    );
+    assert!(
+        count(Reason::XlateReply) > 0,
+        "replies came back translated"
+    );
 }
 
 /// `xdplb services` lists the IPv6 ClusterIP beside the IPv4 one, with its
