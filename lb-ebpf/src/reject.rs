@@ -17,11 +17,12 @@ use lb_common::{
 use crate::{
     frame::Frame,
     monitor,
-    parse::{ptr_at, EthHdr, Ipv4Hdr, TcpHdr, ETH_HLEN, ETH_P_IP},
+    parse::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPV6_HLEN},
     stats,
 };
 
 const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
 const NEW_IP_LEN: usize = 20;
 const ICMP_HLEN: usize = 8;
 /// RFC 792's minimum quote: the original IP header plus the first 64 bits
@@ -93,11 +94,11 @@ fn ipv4_header(ip: *mut Ipv4Hdr, tot_len: usize, proto: u8, src: u32, dst: u32) 
 
 /// The answer goes back to where the packet came from.
 #[inline(always)]
-fn set_macs(eth: *mut EthHdr, src: [u8; 6], dst: [u8; 6]) {
+fn set_macs(eth: *mut EthHdr, src: [u8; 6], dst: [u8; 6], proto: u16) {
     unsafe {
         (*eth).dst = src;
         (*eth).src = dst;
-        (*eth).proto = ETH_P_IP;
+        (*eth).proto = proto;
     }
 }
 
@@ -115,48 +116,191 @@ fn tcp_rst<C: Frame>(ctx: &C, ihl: usize) -> Option<u32> {
     let ip = unsafe { base.add(ETH_HLEN) } as *mut Ipv4Hdr;
     let (smac, dmac) = unsafe { ((*eth).src, (*eth).dst) };
     let (saddr, daddr, tot_len) = unsafe { ((*ip).src, (*ip).dst, u16::from_be((*ip).tot_len)) };
-    let (sport, dport, seq, ack, flags, doff) = unsafe {
-        (
-            (*tcp).sport,
-            (*tcp).dport,
-            u32::from_be((*tcp).seq),
-            (*tcp).ack,
-            (*tcp).flags,
-            ((*tcp).doff_res >> 4) as u32 * 4,
-        )
-    };
-    if flags & TCP_RST != 0 {
+    let seg = Segment::read(tcp);
+    if seg.flags & TCP_RST != 0 {
         return Some(C::DROP);
     }
-    let payload = (tot_len as u32).saturating_sub(ihl as u32 + doff);
-    let seg_len = payload + (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
-
+    let payload = (tot_len as u32).saturating_sub(ihl as u32 + seg.doff);
     let new_tcp = unsafe { base.add(ETH_HLEN + NEW_IP_LEN) } as *mut TcpHdr;
-    set_macs(eth, smac, dmac);
+    set_macs(eth, smac, dmac, ETH_P_IP);
     ipv4_header(ip, NEW_IP_LEN + 20, PROTO_TCP, daddr, saddr);
-    unsafe {
-        (*new_tcp).sport = dport;
-        (*new_tcp).dport = sport;
-        if flags & TCP_ACK != 0 {
-            (*new_tcp).seq = ack;
-            (*new_tcp).ack = 0;
-            (*new_tcp).flags = TCP_RST;
-        } else {
-            (*new_tcp).seq = 0;
-            (*new_tcp).ack = seq.wrapping_add(seg_len).to_be();
-            (*new_tcp).flags = TCP_RST | TCP_ACK;
-        }
-        (*new_tcp).doff_res = 5 << 4;
-        (*new_tcp).window = 0;
-        (*new_tcp).check = 0;
-        (*new_tcp).urg = 0;
-        let pseudo = pseudo_sum(daddr, saddr, PROTO_TCP, 20);
-        let bytes = core::slice::from_raw_parts(new_tcp as *const u8, 20);
-        (*new_tcp).check = !fold(sum_words(bytes, pseudo));
-    }
+    let pseudo = pseudo_sum(daddr, saddr, PROTO_TCP, 20);
+    rst_header(new_tcp, &seg, payload, pseudo);
     if !ctx.trim((ETH_HLEN + NEW_IP_LEN + 20) as u32) {
         return None;
     }
+    Some(ctx.bounce())
+}
+
+/// What a RST answer needs of the segment it answers.
+#[derive(Clone, Copy)]
+struct Segment {
+    sport: u16,
+    dport: u16,
+    /// Host order.
+    seq: u32,
+    /// As in the packet.
+    ack: u32,
+    flags: u8,
+    /// The TCP header's length in bytes.
+    doff: u32,
+}
+
+impl Segment {
+    #[inline(always)]
+    fn read(tcp: *const TcpHdr) -> Self {
+        unsafe {
+            Segment {
+                sport: (*tcp).sport,
+                dport: (*tcp).dport,
+                seq: u32::from_be((*tcp).seq),
+                ack: (*tcp).ack,
+                flags: (*tcp).flags,
+                doff: ((*tcp).doff_res >> 4) as u32 * 4,
+            }
+        }
+    }
+}
+
+/// Writes the RST answering `seg`, which carried `payload` bytes; `pseudo`
+/// is the RST's pseudo-header sum.
+#[inline(always)]
+fn rst_header(tcp: *mut TcpHdr, seg: &Segment, payload: u32, pseudo: u32) {
+    let Segment {
+        sport,
+        dport,
+        seq,
+        ack,
+        flags,
+        ..
+    } = *seg;
+    let seg_len = payload + (flags & TCP_SYN != 0) as u32 + (flags & TCP_FIN != 0) as u32;
+    unsafe {
+        (*tcp).sport = dport;
+        (*tcp).dport = sport;
+        if flags & TCP_ACK != 0 {
+            (*tcp).seq = ack;
+            (*tcp).ack = 0;
+            (*tcp).flags = TCP_RST;
+        } else {
+            (*tcp).seq = 0;
+            (*tcp).ack = seq.wrapping_add(seg_len).to_be();
+            (*tcp).flags = TCP_RST | TCP_ACK;
+        }
+        (*tcp).doff_res = 5 << 4;
+        (*tcp).window = 0;
+        (*tcp).check = 0;
+        (*tcp).urg = 0;
+        let bytes = core::slice::from_raw_parts(tcp as *const u8, 20);
+        (*tcp).check = !fold(sum_words(bytes, pseudo));
+    }
+}
+
+/// Answers an IPv6 packet as a reject, as `send` does IPv4 ones: a TCP RST,
+/// or ICMPv6 port unreachable quoting the packet's IPv6 and UDP headers.
+/// Only for packets without extension headers, which rejected traffic
+/// (a connection attempt to a Service) does not carry.
+#[inline(always)]
+pub fn send_v6<C: Frame>(ctx: &C, proto: u8, reason: Reason) -> (Reason, u32) {
+    let built = if proto == PROTO_TCP {
+        tcp_rst_v6(ctx)
+    } else {
+        icmp6_port_unreachable(ctx)
+    };
+    match built {
+        Some(action) => (reason, action),
+        None => (Reason::RejectFailed, C::DROP),
+    }
+}
+
+/// The IPv6 pseudo-header sum of `src`, `dst`, `proto` and `len`.
+#[inline(always)]
+fn pseudo_sum_v6(src: &[u32; 4], dst: &[u32; 4], proto: u8, len: u16) -> u32 {
+    let words = |a: &[u32; 4]| a.iter().fold(0u32, |acc, w| acc + (w >> 16) + (w & 0xffff));
+    words(src) + words(dst) + (proto as u16).to_be() as u32 + len.to_be() as u32
+}
+
+#[inline(always)]
+fn tcp_rst_v6<C: Frame>(ctx: &C) -> Option<u32> {
+    const LEN: usize = ETH_HLEN + IPV6_HLEN + 20;
+    let base = ptr_at::<[u8; LEN]>(ctx, 0)? as *mut u8;
+    let eth = base as *mut EthHdr;
+    let ip = unsafe { base.add(ETH_HLEN) } as *mut Ipv6Hdr;
+    let tcp = unsafe { base.add(ETH_HLEN + IPV6_HLEN) } as *mut TcpHdr;
+    let (smac, dmac) = unsafe { ((*eth).src, (*eth).dst) };
+    let (saddr, daddr, payload_len, next) = unsafe {
+        (
+            (*ip).src,
+            (*ip).dst,
+            u16::from_be((*ip).payload_len),
+            (*ip).next_hdr,
+        )
+    };
+    if next != PROTO_TCP {
+        return None;
+    }
+    let seg = Segment::read(tcp);
+    if seg.flags & TCP_RST != 0 {
+        return Some(C::DROP);
+    }
+    let payload = (payload_len as u32).saturating_sub(seg.doff);
+    set_macs(eth, smac, dmac, ETH_P_IPV6);
+    ipv6_header(ip, 20, PROTO_TCP, daddr, saddr);
+    let pseudo = pseudo_sum_v6(&daddr, &saddr, PROTO_TCP, 20);
+    rst_header(tcp, &seg, payload, pseudo);
+    if !ctx.trim(LEN as u32) {
+        return None;
+    }
+    Some(ctx.bounce())
+}
+
+#[inline(always)]
+fn ipv6_header(ip: *mut Ipv6Hdr, payload_len: usize, next: u8, src: [u32; 4], dst: [u32; 4]) {
+    unsafe {
+        (*ip).vtc_flow = 0x6000_0000u32.to_be();
+        (*ip).payload_len = (payload_len as u16).to_be();
+        (*ip).next_hdr = next;
+        (*ip).hop_limit = 64;
+        (*ip).src = src;
+        (*ip).dst = dst;
+    }
+}
+
+/// Puts Ethernet, IPv6 and ICMPv6 destination-unreachable (port
+/// unreachable) headers in front of the original IPv6 header, and trims
+/// the quote to that header and the UDP header after it.
+#[inline(always)]
+fn icmp6_port_unreachable<C: Frame>(ctx: &C) -> Option<u32> {
+    const GROW: usize = IPV6_HLEN + ICMP_HLEN;
+    const QUOTE: usize = IPV6_HLEN + QUOTE_UDP;
+    let old = ptr_at::<[u8; ETH_HLEN + IPV6_HLEN]>(ctx, 0)? as *mut u8;
+    let (eth, orig_ip) = (old as *mut EthHdr, unsafe { old.add(ETH_HLEN) }
+        as *mut Ipv6Hdr);
+    let (smac, dmac) = unsafe { ((*eth).src, (*eth).dst) };
+    let (saddr, daddr, next) = unsafe { ((*orig_ip).src, (*orig_ip).dst, (*orig_ip).next_hdr) };
+    if next != lb_common::PROTO_UDP {
+        return None;
+    }
+    if !ctx.grow_l3(GROW as u32) {
+        return None;
+    }
+    if !ctx.trim((ETH_HLEN + GROW + QUOTE) as u32) {
+        return None;
+    }
+    let base = ptr_at::<[u8; ETH_HLEN + GROW + QUOTE]>(ctx, 0)? as *mut u8;
+    let eth = base as *mut EthHdr;
+    let ip = unsafe { base.add(ETH_HLEN) } as *mut Ipv6Hdr;
+    let icmp = unsafe { base.add(ETH_HLEN + IPV6_HLEN) } as *mut [u16; 4];
+    set_macs(eth, smac, dmac, ETH_P_IPV6);
+    ipv6_header(ip, ICMP_HLEN + QUOTE, IPPROTO_ICMPV6, daddr, saddr);
+    // Type 1 (destination unreachable), code 4 (port unreachable).
+    unsafe { *icmp = [u16::from_ne_bytes([1, 4]), 0, 0, 0] };
+    // ICMPv6 sums its pseudo-header and the whole message, the quote too.
+    let quoted = unsafe { &*(base.add(ETH_HLEN + GROW) as *const [u8; QUOTE]) };
+    let pseudo = pseudo_sum_v6(&daddr, &saddr, IPPROTO_ICMPV6, (ICMP_HLEN + QUOTE) as u16);
+    let header = unsafe { core::slice::from_raw_parts(icmp as *const u8, ICMP_HLEN) };
+    let sum = sum_words(header, sum_words(quoted, pseudo));
+    unsafe { (*icmp)[1] = !fold(sum) };
     Some(ctx.bounce())
 }
 
@@ -198,7 +342,7 @@ fn icmp_unreachable<C: Frame>(
     let eth = base as *mut EthHdr;
     let ip = unsafe { base.add(ETH_HLEN) } as *mut Ipv4Hdr;
     let icmp = unsafe { base.add(ETH_HLEN + NEW_IP_LEN) } as *mut [u16; 4];
-    set_macs(eth, smac, dmac);
+    set_macs(eth, smac, dmac, ETH_P_IP);
     ipv4_header(
         ip,
         NEW_IP_LEN + ICMP_HLEN + quote,

@@ -7,8 +7,7 @@
 //! code, generic over the family.
 //!
 //! Not yet for IPv6: source NAT (so no hairpin, and no NodePort or
-//! external frontends, which the agent does not write), rejects, Packet
-//! Too Big for oversize translated packets, translation of ICMPv6 errors,
+//! external frontends, which the agent does not write), Packet Too Big for oversize translated packets, translation of ICMPv6 errors,
 //! fragments and the flow cache.
 //!
 //! Unsafe in this module: header reads through pointers `parse::ptr_at`
@@ -29,7 +28,7 @@ use crate::{
     maps::{SCRATCH_CT_V6, SCRATCH_KEY_V6},
     nat,
     parse::{self, Ipv6Hdr, Upper, ETH_HLEN, IPV6_HLEN, L4},
-    policy, select,
+    policy, reject, select,
     service::{counted, maybe_in, Verdict},
     stats,
 };
@@ -145,6 +144,9 @@ fn forward_flow<C: Frame>(ctx: &C, p: &Packet, now: u64) -> Option<Verdict> {
         None => {
             let (backend, svc_id) = match pick(ctx, key, now) {
                 Ok(picked) => picked,
+                Err(Some((reason @ (Reason::RejectUnknownPort | Reason::RejectNoBackend), _))) => {
+                    return Some(reject(ctx, key.proto, reason))
+                }
                 Err(v) => return v,
             };
             let flow = NewFlow {
@@ -181,12 +183,14 @@ fn pick<C: Frame>(ctx: &C, key: &CtKeyV6, now: u64) -> Result<(Backend, u32), Op
     match decision {
         Decision::Backend { fe, backend, .. } => Ok(((backend.addr, backend.port), fe.svc_id)),
         Decision::NotOurs => Err(None),
-        // Building an RST or ICMPv6 unreachable is IPv4-only so far.
-        Decision::Refused(Reason::RejectUnknownPort | Reason::RejectNoBackend) => {
-            Err(Some((Reason::RejectFailed, C::DROP)))
-        }
         Decision::Refused(reason) => Err(Some((reason, C::DROP))),
     }
+}
+
+/// `reject::send_v6`.
+#[inline(never)]
+fn reject<C: Frame>(ctx: &C, proto: u8, reason: Reason) -> Verdict {
+    reject::send_v6(ctx, proto, reason)
 }
 
 /// `conntrack::sums`, without source NAT.
@@ -238,7 +242,7 @@ fn translate<C: Frame>(ctx: &C, p: &Packet, key: &CtKeyV6, ct: *mut CtValueV6, n
     forward::send(ctx, ct, false, partial)
 }
 
-// `pick`, `sums`, `create`, `track` and `fits` are functions of their own (BPF-to-BPF
+// `pick`, `reject`, `sums`, `create`, `track` and `fits` are functions of their own (BPF-to-BPF
 // calls), each called from the entry program's frame: inlined, their
 // variables would not fit the 512-byte stack beside the entry's, and
 // nested, their frames would add up.

@@ -15,6 +15,7 @@ use lb_userspace::{
     inspect::flow_rows,
     model::{desired_state, ModelOptions, NodeInfo},
     source::manifests::load_dir,
+    sync::NodeMaps,
     sync::Syncer,
 };
 
@@ -46,12 +47,25 @@ ports:
 endpoints:
   - addresses: ["fd00:244:1::2"]
   - addresses: ["fd00:244:2::2"]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: default}
+spec:
+  clusterIPs: ["fd00:96::11"]
+  ipFamilies: [IPv6]
+  ports:
+    - {name: http, port: 80}
+    - {name: dns, port: 53, protocol: UDP}
 "#;
 
 const CLIENT: (&str, u16) = ("fd00:244:3::7", 40000);
 const VIP: (&str, u16) = ("fd00:96::10", 80);
 const VIP_UDP: (&str, u16) = ("fd00:96::10", 53);
 const BACKENDS: [&str; 2] = ["fd00:244:1::2", "fd00:244:2::2"];
+/// A Service without endpoints.
+const EMPTY: &str = "fd00:96::11";
+const XDP_TX: u32 = 3;
 
 fn addr(a: &str) -> Ipv6Addr {
     a.parse().unwrap()
@@ -303,6 +317,83 @@ fn offloaded_partial_checksums_stay_completable_after_translation() {
         panic!("not TCP")
     };
     assert_eq!(destination_port, 8080);
+}
+
+/// BPF_PROG_TEST_RUN delivers frames as if received on the loopback device
+/// (ifindex 1); marking it XDP-capable makes rejects leave with XDP_TX.
+fn receive_on_xdp_capable_device(dp: &mut Datapath) {
+    let info = lb_common::IfaceInfo {
+        flags: lb_common::IFACE_REDIRECT,
+    };
+    dp.maps.put_iface(1, info).unwrap();
+}
+
+#[test]
+fn a_clusterip_without_endpoints_answers_tcp_with_rst() {
+    let mut dp = synced();
+    receive_on_xdp_capable_device(&mut dp);
+    let (action, out) = xdp(&dp, &tcp(CLIENT, (EMPTY, 80), true, b"abc"));
+    assert_eq!(action, XDP_TX);
+    let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
+    let Some(NetHeaders::Ipv6(ip, _)) = h.net else {
+        panic!("not IPv6")
+    };
+    let Some(TransportHeader::Tcp(t)) = h.transport else {
+        panic!("not TCP")
+    };
+    assert_eq!(
+        t.checksum,
+        t.calc_checksum_ipv6(&ip, &[]).unwrap(),
+        "TCP checksum"
+    );
+    assert_eq!(
+        (
+            (ip.source.into(), t.source_port),
+            (ip.destination.into(), t.destination_port)
+        ),
+        ((addr(EMPTY), 80), (addr(CLIENT.0), CLIENT.1))
+    );
+    assert!(t.rst && t.ack && !t.syn);
+    // SYN (1) + 3 payload bytes acknowledged.
+    assert_eq!(t.acknowledgment_number, 1000 + 1 + 3);
+    assert_eq!(count(&dp, Reason::RejectNoBackend), 1);
+}
+
+#[test]
+fn a_clusterip_without_endpoints_answers_udp_with_port_unreachable() {
+    let mut dp = synced();
+    receive_on_xdp_capable_device(&mut dp);
+    let sent = udp((CLIENT.0, 41000), (EMPTY, 53), b"0123456789abcdef");
+    let (action, out) = xdp(&dp, &sent);
+    assert_eq!(action, XDP_TX);
+    let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
+    let Some(NetHeaders::Ipv6(ip, _)) = h.net else {
+        panic!("not IPv6")
+    };
+    assert_eq!(
+        (ip.source, ip.destination),
+        (addr(EMPTY).octets(), addr(CLIENT.0).octets())
+    );
+    let Some(TransportHeader::Icmpv6(icmp)) = h.transport else {
+        panic!("not ICMPv6")
+    };
+    assert_eq!(
+        icmp.icmp_type,
+        etherparse::Icmpv6Type::DestinationUnreachable(
+            etherparse::icmpv6::DestUnreachableCode::Port
+        )
+    );
+    let quote = h.payload.slice();
+    assert_eq!(
+        icmp.checksum,
+        icmp.icmp_type
+            .calc_checksum(ip.source, ip.destination, quote)
+            .unwrap(),
+        "ICMPv6 checksum"
+    );
+    // The quote is the original IPv6 header and its UDP header.
+    assert_eq!(quote, &sent[IP6..L4 + 8]);
+    assert_eq!(count(&dp, Reason::RejectNoBackend), 1);
 }
 
 #[test]
