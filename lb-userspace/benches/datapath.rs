@@ -20,6 +20,11 @@
 //! - NodePort with source NAT (first packet, established, reverse-NATed
 //!   reply) and an affinity hit: single runs over distinct flows, for the
 //!   same reason (a translated NodePort packet is no NodePort packet).
+//! - IPv6 (`lb` tail-calling `lb6`, which has no flow cache): non-frontend,
+//!   established and reply through `CT_V6` by the same ping-pong of two
+//!   IPv6 frontends, and new flows as single runs. Measured on a data
+//!   plane of their own, with as many IPv6 frontends as the column's
+//!   services up to what `FRONTENDS_V6` holds.
 // Only the frame builder and the provisioning helper of the test support
 // code: the benchmark must not depend on the end-to-end test fixtures.
 #[path = "../tests/common/packets.rs"]
@@ -27,17 +32,22 @@ mod packets;
 #[path = "../tests/common/provision.rs"]
 mod provision;
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use lb_common::{
+    addr::to_map_v6,
+    filter::{position_v6, AddrSet},
     flow_cache_slot, Config, CtKeyV4, FrontendValue, Reason, CT_DIR_FORWARD, CT_DIR_REPLY,
-    FE_EXTERNAL, PROTO_TCP,
+    FE_EXTERNAL, MAX_FRONTENDS_V6, PROTO_TCP,
 };
 use lb_userspace::{
     datapath::{run_frame, Capacities, Datapath, PROGRAM},
     sync::NodeMaps,
 };
-use packets::{tcp_frame, Tcp};
+use packets::{tcp6_frame, tcp_frame, Tcp};
 use provision::Provision;
 
 const REPEAT: u32 = 1_000_000;
@@ -57,6 +67,19 @@ const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
 const NODE_PORT: (Ipv4Addr, u16) = (NODE, 31000);
 const AFFINITY_VIP: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 4), 80);
 const STICKY_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 2, 100);
+
+const fn v6(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, last)
+}
+const CLIENT6: (Ipv6Addr, u16) = (Ipv6Addr::new(0xfd00, 0x244, 3, 0, 0, 0, 0, 7), 40000);
+const F1_6: (Ipv6Addr, u16) = (v6(1), 80);
+const F2_6: (Ipv6Addr, u16) = (v6(2), 80);
+const NEW_VIP6: (Ipv6Addr, u16) = (v6(3), 80);
+const BACKEND6: (Ipv6Addr, u16) = (Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 2), 8080);
+/// No Service's. The address filter folds an IPv6 address's four words
+/// into one by XOR: the folds of the fillers (fd00:100::/112) are every
+/// word starting fd00, so this one is outside fd00::/16.
+const OTHER6: (Ipv6Addr, u16) = (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 443);
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -242,6 +265,67 @@ fn provision(n: u32) -> Datapath {
     dp
 }
 
+/// The IPv6 rows of one column.
+struct RowV6 {
+    frontends: u32,
+    non_frontend: f64,
+    established_ct: f64,
+    reply_ct: f64,
+    new_flow: f64,
+}
+
+/// IPv6 frontends F1 and F2, each the other's only backend, a frontend for
+/// new flows, and fillers up to `n` frontends or as many as `FRONTENDS_V6`
+/// holds. Returns the data plane and its number of IPv6 frontends.
+fn provision_v6(n: u32) -> (Datapath, u32) {
+    let mut dp = Datapath::load(&Capacities::small(), None).expect("load");
+    let mut prov = Provision::new();
+    prov.service_v6(&mut dp, 1, F1_6, PROTO_TCP, &[F2_6]);
+    prov.service_v6(&mut dp, 2, F2_6, PROTO_TCP, &[F1_6]);
+    let ring = prov.service_v6(&mut dp, 3, NEW_VIP6, PROTO_TCP, &[BACKEND6]);
+    let frontends = n.clamp(3, MAX_FRONTENDS_V6);
+    for i in 3..frontends {
+        let vip =
+            Ipv6Addr::from(u128::from(Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 0)) + i as u128);
+        let value = FrontendValue {
+            svc_id: 4,
+            ring_offset: ring,
+            ring_size: 101,
+            ..Default::default()
+        };
+        prov.frontend_v6(&mut dp, (vip, 80), PROTO_TCP, value);
+    }
+    (dp, frontends)
+}
+
+fn measure_v6(n: u32) -> RowV6 {
+    let (mut dp, frontends) = provision_v6(n);
+    // The non-frontend row measures the filter's miss, as for IPv4.
+    let words = dp.maps.filter_mut().unwrap().words();
+    for (addr, set) in [(OTHER6.0, AddrSet::Frontend), (CLIENT6.0, AddrSet::Backend)] {
+        let (word, bit) = position_v6(to_map_v6(addr), set);
+        assert!(
+            words.iter().all(|&(w, bits)| w != word || bits & bit == 0),
+            "{addr} is in the address filter's {set:?} set"
+        );
+    }
+    let est = tcp6_frame(CLIENT6, F1_6, Tcp::ack(), b"");
+    // Create both flows of the ping-pong before measuring.
+    run_frame(dp.program(PROGRAM).unwrap(), &est, 2).unwrap();
+    let reply = tcp6_frame(F2_6, CLIENT6, Tcp::ack(), b"");
+    let other = tcp6_frame(CLIENT6, OTHER6, Tcp::ack(), b"");
+    let news: Vec<Vec<u8>> = (0..SINGLE_RUNS)
+        .map(|p| tcp6_frame((CLIENT6.0, 1024 + p), NEW_VIP6, Tcp::syn(), b""))
+        .collect();
+    RowV6 {
+        frontends,
+        non_frontend: repeated(&dp, PROGRAM, &other, Some(Reason::PassNotOurs)),
+        established_ct: repeated(&dp, PROGRAM, &est, Some(Reason::XlateEstablished)),
+        reply_ct: repeated(&dp, PROGRAM, &reply, Some(Reason::XlateReply)),
+        new_flow: single(&dp, PROGRAM, &news, Some(Reason::XlateNew)),
+    }
+}
+
 struct Row {
     services: u32,
     noop: f64,
@@ -258,9 +342,12 @@ struct Row {
     snat_established_steady: f64,
     snat_reply_steady: f64,
     affinity_hit: f64,
+    v6: RowV6,
 }
 
 fn measure(n: u32) -> Row {
+    // First, on a data plane of its own that is gone before the next loads.
+    let v6 = measure_v6(n);
     let dp = provision(n);
     let est = tcp_frame(CLIENT, F1, Tcp::ack(), b"", &[]);
     // Create both flows of the ping-pong before measuring.
@@ -335,6 +422,7 @@ fn measure(n: u32) -> Row {
         reply: repeated(&dp, PROGRAM, &reply, Some(Reason::XlateReplyCached)),
         established_ct: repeated(&dp, PROGRAM, &est_ct, Some(Reason::XlateEstablished)),
         reply_ct: repeated(&dp, PROGRAM, &reply_ct, Some(Reason::XlateReply)),
+        v6,
     }
 }
 
@@ -361,8 +449,12 @@ fn main() {
     line("reply (flow cache)", &|r| r.reply);
     line("established (conntrack)", &|r| r.established_ct);
     line("reply (conntrack)", &|r| r.reply_ct);
+    line("IPv6 non-frontend", &|r| r.v6.non_frontend);
+    line("IPv6 established (conntrack)", &|r| r.v6.established_ct);
+    line("IPv6 reply (conntrack)", &|r| r.v6.reply_ct);
     line("no-op floor (single run)", &|r| r.noop_single);
     line("new flow (single run)", &|r| r.new_flow);
+    line("IPv6 new flow (single run)", &|r| r.v6.new_flow);
     line("NodePort SNAT first (single)", &|r| r.snat_new);
     line("NodePort SNAT established (s)", &|r| r.snat_established);
     line("reply, reverse SNAT (single)", &|r| r.snat_reply);
@@ -377,7 +469,13 @@ fn main() {
     line("reply / floor", &|r| r.reply / r.noop);
     line("established (ct) / floor", &|r| r.established_ct / r.noop);
     line("reply (ct) / floor", &|r| r.reply_ct / r.noop);
+    line("IPv6 non-frontend / floor", &|r| r.v6.non_frontend / r.noop);
+    line("IPv6 est. (ct) / floor", &|r| r.v6.established_ct / r.noop);
+    line("IPv6 reply (ct) / floor", &|r| r.v6.reply_ct / r.noop);
     line("new flow - single floor", &|r| r.new_flow - r.noop_single);
+    line("IPv6 new flow - s.floor", &|r| {
+        r.v6.new_flow - r.noop_single
+    });
     line("SNAT established - s.floor", &|r| {
         r.snat_established - r.noop_single
     });
@@ -393,5 +491,9 @@ fn main() {
     println!(
         "\nEvery row's path counter grew by exactly its iteration count (asserted); services: {:?}",
         rows.iter().map(|r| r.services).collect::<Vec<_>>()
+    );
+    println!(
+        "IPv6 rows on a data plane of their own, IPv6 frontends: {:?}",
+        rows.iter().map(|r| r.v6.frontends).collect::<Vec<_>>()
     );
 }

@@ -2,12 +2,12 @@
 //! test: every checksum in an output frame is recomputed here from scratch.
 #![allow(dead_code)]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use etherparse::{
     icmpv4::DestUnreachableHeader, EtherType, Ethernet2Header, Icmpv4Header, Icmpv4Type,
-    IpFragOffset, IpNumber, Ipv4Header, NetHeaders, PacketHeaders, TcpHeader, TransportHeader,
-    UdpHeader,
+    IpFragOffset, IpNumber, Ipv4Header, Ipv6Header, NetHeaders, PacketHeaders, TcpHeader,
+    TransportHeader, UdpHeader,
 };
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -98,6 +98,16 @@ fn ipv4(
     ip
 }
 
+fn tcp_header(src_port: u16, dst_port: u16, t: Tcp) -> TcpHeader {
+    let mut tcp = TcpHeader::new(src_port, dst_port, t.seq, 64240);
+    tcp.syn = t.syn;
+    tcp.ack = t.ack;
+    tcp.fin = t.fin;
+    tcp.rst = t.rst;
+    tcp.acknowledgment_number = t.ack_no;
+    tcp
+}
+
 pub fn tcp_frame(
     src: (Ipv4Addr, u16),
     dst: (Ipv4Addr, u16),
@@ -105,12 +115,7 @@ pub fn tcp_frame(
     payload: &[u8],
     ip_options: &[u8],
 ) -> Vec<u8> {
-    let mut tcp = TcpHeader::new(src.1, dst.1, t.seq, 64240);
-    tcp.syn = t.syn;
-    tcp.ack = t.ack;
-    tcp.fin = t.fin;
-    tcp.rst = t.rst;
-    tcp.acknowledgment_number = t.ack_no;
+    let mut tcp = tcp_header(src.1, dst.1, t);
     let ip = ipv4(
         src.0,
         dst.0,
@@ -121,6 +126,31 @@ pub fn tcp_frame(
     tcp.checksum = tcp.calc_checksum_ipv4(&ip, payload).unwrap();
     let mut out = Vec::new();
     eth().write(&mut out).unwrap();
+    ip.write(&mut out).unwrap();
+    tcp.write(&mut out).unwrap();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// An IPv6 TCP frame, without extension headers.
+pub fn tcp6_frame(src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), t: Tcp, payload: &[u8]) -> Vec<u8> {
+    let mut tcp = tcp_header(src.1, dst.1, t);
+    let ip = Ipv6Header {
+        payload_length: (tcp.header_len() + payload.len()) as u16,
+        next_header: IpNumber::TCP,
+        hop_limit: 64,
+        source: src.0.octets(),
+        destination: dst.0.octets(),
+        ..Default::default()
+    };
+    tcp.checksum = tcp.calc_checksum_ipv6(&ip, payload).unwrap();
+    let mut out = Vec::new();
+    Ethernet2Header {
+        ether_type: EtherType::IPV6,
+        ..eth()
+    }
+    .write(&mut out)
+    .unwrap();
     ip.write(&mut out).unwrap();
     tcp.write(&mut out).unwrap();
     out.extend_from_slice(payload);
