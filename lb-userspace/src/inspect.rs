@@ -6,12 +6,12 @@ use std::{
     path::PathBuf,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use aya::maps::IterableMap;
 use lb_common::{
-    addr::{from_map, from_map_v6, to_map},
+    addr::{from_map, from_map_v6, to_map, to_map_v6},
     conntrack::{STATE_CLOSING, STATE_SEEN_REPLY},
-    decide::{self, By, Client, Decision},
+    decide::{self, By, Client, Decision, Key, View},
     BackendV4, BackendV6, CtKey, CtKeyV4, CtKeyV6, CtValue, CtValueV4, CtValueV6, FrontendKeyV4,
     FrontendKeyV6, FrontendValue, LbAddrInfo, Reason, SvcName, CT_DIR_FORWARD, FE_EXTERNAL,
     LAYOUT_VERSION, PROTO_TCP, PROTO_UDP,
@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::{
     cli::{ExplainArgs, Filter, InspectArgs, Output, PinArgs},
-    datapath::{lookup_all, now_ns, svc_name_str, Maps, MapsView},
+    datapath::{lookup_all, now_ns, svc_name_str, Maps, MapsView, MapsViewV6},
 };
 
 /// Where the agent of this version pins its maps.
@@ -336,50 +336,127 @@ pub fn flows(args: &InspectArgs) -> Result<()> {
 
 pub fn explain(args: &ExplainArgs) -> Result<()> {
     let maps = open(&args.pin)?;
-    let src: SocketAddrV4 = match args.src.parse() {
+    let src: SocketAddr = match args.src.parse() {
         Ok(s) => s,
-        Err(_) => SocketAddrV4::new(args.src.parse().context("SRC is IP or IP:PORT")?, 40000),
+        Err(_) => SocketAddr::new(args.src.parse().context("SRC is IP or IP:PORT")?, 40000),
     };
-    let dst: SocketAddrV4 = args.dst.parse().context("DST is IP:PORT")?;
+    let dst: SocketAddr = args
+        .dst
+        .parse()
+        .context("DST is IP:PORT (IPv6: [IP]:PORT)")?;
     let proto = if args.proto == "udp" {
         PROTO_UDP
     } else {
         PROTO_TCP
     };
-    let key = CtKeyV4 {
-        src_addr: to_map(*src.ip()),
-        dst_addr: to_map(*dst.ip()),
-        src_port: src.port().to_be(),
-        dst_port: dst.port().to_be(),
-        proto,
-        dir: CT_DIR_FORWARD,
-        _pad: 0,
-    };
-    if let Ok(ct) = maps.ct().get(&key, 0) {
-        println!(
-            "{src} -> {dst}/{}: existing flow of {}, pinned to {} by connection tracking",
-            proto_name(proto),
-            service_name(&maps, ct.svc_id),
-            SocketAddrV4::new(from_map(ct.nat_addr), u16::from_be(ct.nat_port))
-        );
-        return Ok(());
-    }
-    let fe_key = key.frontend();
-    let hash = || key.hash();
-    let decision = decide::new_flow(
-        &MapsView(&maps),
-        &fe_key,
-        key.src_addr,
-        args.from_pod,
-        &Client::Addr(key.src_addr),
-        now_ns(),
-        hash,
-    );
     let what = format!("{src} -> {dst}/{}", proto_name(proto));
+    match (src, dst) {
+        (SocketAddr::V4(s), SocketAddr::V4(d)) => {
+            let key = CtKeyV4::forward(
+                (to_map(*s.ip()), s.port().to_be()),
+                (to_map(*d.ip()), d.port().to_be()),
+                proto,
+            );
+            match maps.ct().get(&key, 0) {
+                Ok(ct) => existing(&maps, &what, &ct),
+                Err(_) => decide_new(
+                    &MapsView(&maps),
+                    &what,
+                    key.frontend(),
+                    key.src_addr,
+                    args.from_pod,
+                    key.hash(),
+                ),
+            }
+        }
+        (SocketAddr::V6(s), SocketAddr::V6(d)) => {
+            let key = CtKeyV6::forward(
+                (to_map_v6(*s.ip()), s.port().to_be()),
+                (to_map_v6(*d.ip()), d.port().to_be()),
+                proto,
+            );
+            match maps.ct_v6().get(&key, 0) {
+                Ok(ct) => existing(&maps, &what, &ct),
+                Err(_) => decide_new(
+                    &MapsViewV6(&maps),
+                    &what,
+                    key.frontend(),
+                    key.src_addr,
+                    args.from_pod,
+                    key.hash(),
+                ),
+            }
+        }
+        _ => bail!("{src} and {dst} are of different address families"),
+    }
+    Ok(())
+}
+
+/// Explains a flow connection tracking already has.
+fn existing<V: CtValue>(maps: &Maps, what: &str, ct: &V)
+where
+    V::Addr: Shown,
+{
+    let nat = unsafe { V::nat(ct) };
+    println!(
+        "{what}: existing flow of {}, pinned to {} by connection tracking",
+        service_name(maps, ct.summary().svc_id),
+        SocketAddr::new(nat.0.ip(), u16::from_be(nat.1))
+    );
+}
+
+/// The maps a view reads.
+trait AsMaps {
+    fn maps(&self) -> &Maps;
+}
+
+impl AsMaps for MapsView<'_> {
+    fn maps(&self) -> &Maps {
+        self.0
+    }
+}
+
+impl AsMaps for MapsViewV6<'_> {
+    fn maps(&self) -> &Maps {
+        self.0
+    }
+}
+
+/// A backend of either family, shown.
+trait ShownBackend {
+    fn socket(&self) -> SocketAddr;
+}
+
+impl ShownBackend for BackendV4 {
+    fn socket(&self) -> SocketAddr {
+        SocketAddr::new(self.addr.ip(), u16::from_be(self.port))
+    }
+}
+
+impl ShownBackend for BackendV6 {
+    fn socket(&self) -> SocketAddr {
+        SocketAddr::new(self.addr.ip(), u16::from_be(self.port))
+    }
+}
+
+/// Decides a new flow `what` from `src` to `fe_key` as the data plane
+/// would (`hash`: the flow's), and prints the decision.
+fn decide_new<V: View<Entry = ()> + AsMaps>(
+    view: &V,
+    what: &str,
+    fe_key: V::Key,
+    src: <V::Key as Key>::Addr,
+    from_pod: bool,
+    hash: u32,
+) where
+    V::Backend: ShownBackend,
+{
+    let maps = view.maps();
+    let client = Client::Addr(src);
+    let decision = decide::new_flow(view, &fe_key, src, from_pod, &client, now_ns(), || hash);
     let name = || {
-        maps.frontends()
-            .get(&fe_key, 0)
-            .map(|fe| service_name(&maps, fe.svc_id))
+        view.frontend(&fe_key)
+            .map(|fe| service_name(maps, fe.svc_id))
             .unwrap_or_default()
     };
     match decision {
@@ -405,7 +482,6 @@ pub fn explain(args: &ExplainArgs) -> Result<()> {
             backend,
             by,
         } => {
-            let backend = SocketAddrV4::new(from_map(backend.addr), u16::from_be(backend.port));
             let how = match by {
                 By::Affinity => format!(
                     "the client's ClientIP affinity entry (timeout {} s)",
@@ -418,12 +494,12 @@ pub fn explain(args: &ExplainArgs) -> Result<()> {
                 ),
             };
             println!(
-                "{what} is {}: {how}, backend id {id} = {backend}",
-                service_name(&maps, fe.svc_id)
+                "{what} is {}: {how}, backend id {id} = {}",
+                service_name(maps, fe.svc_id),
+                backend.socket()
             );
         }
     }
-    Ok(())
 }
 
 pub fn stats(pin: &PinArgs) -> Result<()> {

@@ -319,6 +319,65 @@ fn offloaded_partial_checksums_stay_completable_after_translation() {
     assert_eq!(destination_port, 8080);
 }
 
+/// `xdplb explain`'s IPv6 view decides each new flow as the program does.
+#[test]
+fn explain_and_the_program_decide_ipv6_flows_alike() {
+    use lb_common::{
+        addr::to_map_v6,
+        decide::{self, Client, Decision},
+        CtKey, CtKeyV6, PROTO_TCP,
+    };
+    use lb_userspace::datapath::MapsViewV6;
+    let dp = synced();
+    for port in 0..32 {
+        let client = (CLIENT.0, 42000u16 + port);
+        let key = CtKeyV6::forward(
+            (to_map_v6(addr(client.0)), client.1.to_be()),
+            (to_map_v6(addr(VIP.0)), VIP.1.to_be()),
+            PROTO_TCP,
+        );
+        let decided = decide::new_flow(
+            &MapsViewV6(&dp.maps),
+            &key.frontend(),
+            key.src_addr,
+            true,
+            &Client::Addr(key.src_addr),
+            0,
+            || key.hash(),
+        );
+        let Decision::Backend { backend, .. } = decided else {
+            panic!("{client:?}: {decided:?}")
+        };
+        let (_, out) = xdp(&dp, &tcp(client, VIP, true, b""));
+        let seen = parse_checked(&out);
+        assert_eq!(
+            (seen.dst.0, seen.dst.1),
+            (
+                lb_common::addr::from_map_v6(backend.addr),
+                u16::from_be(backend.port)
+            ),
+            "{client:?}"
+        );
+    }
+    let empty = CtKeyV6::forward(
+        (to_map_v6(addr(CLIENT.0)), 1u16.to_be()),
+        (to_map_v6(addr(EMPTY)), 80u16.to_be()),
+        PROTO_TCP,
+    );
+    assert_eq!(
+        decide::new_flow(
+            &MapsViewV6(&dp.maps),
+            &empty.frontend(),
+            empty.src_addr,
+            true,
+            &Client::Addr(empty.src_addr),
+            0,
+            || empty.hash(),
+        ),
+        Decision::Refused(Reason::RejectNoBackend)
+    );
+}
+
 /// BPF_PROG_TEST_RUN delivers frames as if received on the loopback device
 /// (ifindex 1); marking it XDP-capable makes rejects leave with XDP_TX.
 fn receive_on_xdp_capable_device(dp: &mut Datapath) {

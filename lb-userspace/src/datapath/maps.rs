@@ -205,6 +205,14 @@ impl Maps {
         &self.ct_v6
     }
 
+    pub fn affinity_v6(&self) -> &HashMap<MapData, AffinityKeyV6, AffinityValue> {
+        &self.affinity_v6
+    }
+
+    pub fn sock_affinity_v6(&self) -> &HashMap<MapData, SockAffinityKeyV6, AffinityValue> {
+        &self.sock_affinity_v6
+    }
+
     pub fn config(&self) -> &Array<MapData, Config> {
         &self.config
     }

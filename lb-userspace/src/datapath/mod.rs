@@ -22,4 +22,4 @@ pub use sample::{MapFill, MapSample, ServiceCounters};
 pub use slots::{RingSlots, SlotsView};
 pub use tc::{attach_tc, detach_filters, TcAttached, EXT_PROGRAM, EXT_TC_PROGRAM, POD_PROGRAM};
 pub use testrun::{run_frame, FrameResult};
-pub use view::{now_ns, MapsView};
+pub use view::{now_ns, MapsView, MapsViewV6};

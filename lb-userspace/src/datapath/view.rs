@@ -4,9 +4,9 @@
 use aya::maps::lpm_trie::Key;
 use lb_common::{
     decide::{Client, View},
-    sock::SockAffinityKeyV4,
-    AffinityKeyV4, AffinityValue, BackendV4, FrontendKeyV4, FrontendValue, SourceRangeKeyV4,
-    ADDR_FRONTEND,
+    sock::{SockAffinityKeyV4, SockAffinityKeyV6},
+    AffinityKeyV4, AffinityKeyV6, AffinityValue, BackendV4, BackendV6, FrontendKeyV4,
+    FrontendKeyV6, FrontendValue, SourceRangeKeyV4, ADDR_FRONTEND,
 };
 
 use super::Maps;
@@ -69,6 +69,68 @@ impl View for MapsView<'_> {
     fn affinity_used(&self, _: (), _: u64) {}
 
     fn affinity_chosen(&self, _: &FrontendKeyV4, _: &Client, _: &AffinityValue) {}
+}
+
+/// `MapsView` for IPv6, as the data plane's `MapsV6` reads the maps.
+pub struct MapsViewV6<'a>(pub &'a Maps);
+
+impl View for MapsViewV6<'_> {
+    type Entry = ();
+    type Key = FrontendKeyV6;
+    type Backend = BackendV6;
+
+    fn frontend(&self, key: &FrontendKeyV6) -> Option<FrontendValue> {
+        self.0.frontends_v6().get(key, 0).ok()
+    }
+
+    /// As the data plane: no IPv6 address map yet.
+    fn is_frontend_addr(&self, _: [u32; 4]) -> bool {
+        false
+    }
+
+    /// As the data plane: IPv6 frontends are ClusterIPs, which take no
+    /// source ranges.
+    fn in_source_ranges(&self, _: u32, _: [u32; 4]) -> bool {
+        false
+    }
+
+    fn affinity(
+        &self,
+        fe: &FrontendKeyV6,
+        client: &Client<[u32; 4]>,
+    ) -> Option<(AffinityValue, ())> {
+        match *client {
+            Client::Addr(client_addr) => self.0.affinity_v6().get(
+                &AffinityKeyV6 {
+                    frontend: *fe,
+                    client_addr,
+                },
+                0,
+            ),
+            Client::Netns(netns_cookie) => self.0.sock_affinity_v6().get(
+                &SockAffinityKeyV6 {
+                    frontend: *fe,
+                    _pad: 0,
+                    netns_cookie,
+                },
+                0,
+            ),
+        }
+        .ok()
+        .map(|a| (a, ()))
+    }
+
+    fn slot(&self, index: u32) -> Option<u32> {
+        self.0.slots().read(index, 1).ok()?.first().copied()
+    }
+
+    fn backend(&self, id: u32) -> Option<BackendV6> {
+        self.0.backends_v6().get(&id, 0).ok()
+    }
+
+    fn affinity_used(&self, _: (), _: u64) {}
+
+    fn affinity_chosen(&self, _: &FrontendKeyV6, _: &Client<[u32; 4]>, _: &AffinityValue) {}
 }
 
 /// The data plane's clock (`bpf_ktime_get_coarse_ns`), for affinity ages.
