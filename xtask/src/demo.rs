@@ -130,8 +130,12 @@ pub fn run_cmd(args: &Args) -> Result<()> {
             true,
             || fail_over(&mut cluster, &mut state, &bin, &lb, &mut report),
         )?;
+        let verdict = match took <= TAKEOVER_GOAL {
+            true => "",
+            false => ", OVER THE GOAL: a loaded machine?",
+        };
         eprintln!(
-            "      takeover: {} after the SIGTERM (goal {})",
+            "      takeover: {} after the SIGTERM (goal {}{verdict})",
             ms(took),
             seconds(TAKEOVER_GOAL)
         );
