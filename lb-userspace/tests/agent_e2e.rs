@@ -1066,18 +1066,8 @@ spec:
     )
 }
 
-/// With a pool of one address on the client's LAN, the older of two
-/// LoadBalancer Services gets it and the client reaches it with no route:
-/// its ARP request is answered by the node's data plane (the only Ready
-/// node). The younger Service is refused for want of an address, in the
-/// log, /healthz and the metrics.
-#[test]
-fn a_pool_address_is_answered_by_arp_and_an_exhausted_pool_is_reported() {
-    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
-    let node = &cluster.nodes[0];
-    let pool = Ipv4Addr::from(u32::from(node.addr) & !0xff | 200);
-    let range = format!("{pool}-{pool}");
-    let node_object = "apiVersion: v1
+/// Node node1, Ready.
+const READY_NODE1: &str = "apiVersion: v1
 kind: Node
 metadata:
   name: node1
@@ -1086,11 +1076,15 @@ status:
     - type: Ready
       status: \"True\"
 ";
-    let manifests = format!(
-        "{node_object}---\n{}---\n{}",
-        pool_load_balancer("lb-old", "10.96.0.50", 1),
-        pool_load_balancer("lb-new", "10.96.0.51", 2)
-    );
+
+/// Starts node1's agent (node1 Ready) on `services` with a pool of one
+/// address on the client's LAN, and waits until it programs that address
+/// at [`SPARE_PORT`]; the agent and that frontend.
+fn pool_agent<'a>(cluster: &'a Cluster, services: &[String]) -> (Agent<'a>, SocketAddrV4) {
+    let node = &cluster.nodes[0];
+    let pool = Ipv4Addr::from(u32::from(node.addr) & !0xff | 200);
+    let range = format!("{pool}-{pool}");
+    let manifests = format!("{READY_NODE1}---\n{}", services.join("---\n"));
     cluster.write_manifest("pool.yaml", &manifests).unwrap();
     let mut agent = cluster.must(
         node,
@@ -1106,16 +1100,41 @@ status:
         "{target} not programmed: {}",
         cluster.diagnostics(node)
     );
+    (agent, target)
+}
+
+/// The maps `node`'s agent pinned.
+fn pinned_maps(node: &Node) -> Maps {
+    let maps = node
+        .pin_path
+        .join(format!("v{}", lb_common::LAYOUT_VERSION))
+        .join("maps");
+    Maps::from_pins(&maps).unwrap()
+}
+
+/// With a pool of one address on the client's LAN, the older of two
+/// LoadBalancer Services gets it and the client reaches it with no route:
+/// its ARP request is answered by the node's data plane (the only Ready
+/// node). The younger Service is refused for want of an address, in the
+/// log, /healthz and the metrics.
+#[test]
+fn a_pool_address_is_answered_by_arp_and_an_exhausted_pool_is_reported() {
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    let (agent, target) = pool_agent(
+        &cluster,
+        &[
+            pool_load_balancer("lb-old", "10.96.0.50", 1),
+            pool_load_balancer("lb-new", "10.96.0.51", 2),
+        ],
+    );
+    let range = format!("{0}-{0}", target.ip());
     let answer = cluster.must(node, "a request", cluster.request(node, target, "hello"));
     assert!(
         served_by(node, &answer, "hello").is_some(),
         "{target} answered {answer:?}"
     );
-    let maps = node
-        .pin_path
-        .join(format!("v{}", lb_common::LAYOUT_VERSION))
-        .join("maps");
-    let maps = Maps::from_pins(&maps).unwrap();
+    let maps = pinned_maps(node);
     assert!(maps.reason_total(lb_common::Reason::ArpReply).unwrap() >= 1);
 
     let (_, health) = agent.http_get(HEALTHZ_PORT, "/healthz").unwrap();
@@ -1144,5 +1163,46 @@ status:
             .lines()
             .any(|l| l.starts_with("xdplb_lb_pool_exhausted_total ") && !l.ends_with(" 0")),
         "{metrics}"
+    );
+}
+
+/// An agent stopped by SIGTERM stops answering ARP for the pool address it
+/// announced, so its node draws no new traffic for it once another node
+/// takes it over: a client that forgot the node's MAC gets no answer.
+#[test]
+fn a_terminated_agent_stops_answering_arp_for_its_pool_address() {
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    let (agent, target) = pool_agent(&cluster, &[pool_load_balancer("lb", "10.96.0.50", 1)]);
+    let pool = *target.ip();
+    let answer = cluster.must(node, "a request", cluster.request(node, target, "hello"));
+    assert!(
+        served_by(node, &answer, "hello").is_some(),
+        "{target} answered {answer:?}"
+    );
+    let maps = pinned_maps(node);
+    let replies = maps.reason_total(lb_common::Reason::ArpReply).unwrap();
+    assert!(replies >= 1);
+
+    let status = cluster.must(node, "SIGTERM", agent.terminate());
+    assert!(status.success(), "agent exited with {status} on SIGTERM");
+    let flushed = cluster
+        .tb
+        .exec(
+            &node.client,
+            "ip",
+            &["neigh", "flush", "to", &pool.to_string()],
+        )
+        .unwrap();
+    assert!(flushed.status.success(), "ip neigh flush: {flushed:?}");
+    let again = cluster.connect(node, target, Duration::from_secs(2));
+    assert!(
+        again.is_err(),
+        "{target} still reached after the agent exited"
+    );
+    assert_eq!(
+        maps.reason_total(lb_common::Reason::ArpReply).unwrap(),
+        replies,
+        "the data plane answered ARP for {pool} after the agent exited"
     );
 }

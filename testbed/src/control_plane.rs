@@ -33,6 +33,21 @@ const FIRST_LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// node, so the table shows both nodes' pods answering.
 const REPLICAS: &[(&str, usize)] = &[("counter", 2)];
 
+/// Who fills `status.loadBalancer.ingress` of LoadBalancer Services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LbProvider {
+    /// A stand-in for a cloud's load balancer: addresses from 203.0.113.10
+    /// on, which the router sends to the first node
+    /// ([`crate::cluster::Cluster::with_pods`]). It leaves Services of
+    /// another `loadBalancerClass` alone.
+    #[default]
+    StandIn,
+    /// None, as on bare metal: the agents' pools
+    /// ([`crate::cluster::LB_POOL`]) give every LoadBalancer Service its
+    /// address, and one node answers ARP for it.
+    AgentsPools,
+}
+
 /// The programs the demo runs in place of the seed's container images.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum App {
@@ -74,6 +89,7 @@ pub struct State {
     placement: Vec<Node>,
     /// Deleted pods, whose addresses are not handed out again.
     gone: Vec<Pod>,
+    provider: LbProvider,
 }
 
 impl State {
@@ -94,7 +110,7 @@ impl State {
     /// what they leave out, and the endpoint controller writes their slices.
     pub fn add_services(&mut self, services: impl IntoIterator<Item = Value>) -> Result<()> {
         self.services.extend(services);
-        allocate(&mut self.services)?;
+        allocate(&mut self.services, self.provider)?;
         self.refresh_slices();
         Ok(())
     }
@@ -226,11 +242,11 @@ impl State {
 }
 
 /// Reads the manifests in `dir` and does the control plane's work for
-/// `nodes`.
-pub fn from_manifests(dir: &Path, nodes: &[Node]) -> Result<State> {
+/// `nodes`, with `provider` for LoadBalancer Services.
+pub fn from_manifests(dir: &Path, nodes: &[Node], provider: LbProvider) -> Result<State> {
     let (mut services, deployments) = load(dir)?;
     let pods = schedule(&deployments, nodes)?;
-    allocate(&mut services)?;
+    allocate(&mut services, provider)?;
     let slices = endpoint_slices(&services, &pods);
     Ok(State {
         pods,
@@ -239,6 +255,7 @@ pub fn from_manifests(dir: &Path, nodes: &[Node]) -> Result<State> {
         nodes: nodes.iter().map(node_object).collect(),
         placement: nodes.to_vec(),
         gone: Vec::new(),
+        provider,
     })
 }
 
@@ -331,9 +348,9 @@ fn schedule(deployments: &[Value], nodes: &[Node]) -> Result<Vec<Pod>> {
     Ok(pods)
 }
 
-/// The API server's part: ClusterIPs, nodePorts, and (standing in for a
-/// cloud provider) LoadBalancer ingress IPs for Services that lack them.
-fn allocate(services: &mut [Value]) -> Result<()> {
+/// The API server's part: ClusterIPs, nodePorts, and (with the stand-in
+/// provider) LoadBalancer ingress IPs for Services that lack them.
+fn allocate(services: &mut [Value], provider: LbProvider) -> Result<()> {
     let mut cluster_ips = Pool::default();
     let mut node_ports = BTreeSet::new();
     for svc in services.iter() {
@@ -390,7 +407,11 @@ fn allocate(services: &mut [Value]) -> Result<()> {
         // A provider leaves Services of another loadBalancerClass to that
         // class's implementation (xdplb's pools take `xdplb.io/l2`).
         let has_class = svc["spec"]["loadBalancerClass"].is_string();
-        if kind == "LoadBalancer" && !has_class && ingress_ips(svc).next().is_none() {
+        if provider == LbProvider::StandIn
+            && kind == "LoadBalancer"
+            && !has_class
+            && ingress_ips(svc).next().is_none()
+        {
             while !lb_ips.insert(next_lb_ip) {
                 next_lb_ip = Ipv4Addr::from(u32::from(next_lb_ip) + 1);
             }
@@ -545,7 +566,7 @@ mod tests {
 
     fn seed() -> State {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
-        from_manifests(&dir, &crate::cluster::nodes()).unwrap()
+        from_manifests(&dir, &crate::cluster::nodes(), LbProvider::StandIn).unwrap()
     }
 
     fn service<'a>(state: &'a State, name: &str) -> &'a Value {
@@ -645,7 +666,7 @@ mod tests {
             json!({ "metadata": { "name": "b" }, "spec": { "type": "NodePort",
                 "ports": [{ "port": 1, "nodePort": FIRST_AUTO_NODE_PORT }] } }),
         ];
-        allocate(&mut services).unwrap();
+        allocate(&mut services, LbProvider::StandIn).unwrap();
         assert_eq!(
             services[0]["spec"]["ports"][0]["nodePort"],
             FIRST_AUTO_NODE_PORT + 1
@@ -665,6 +686,17 @@ mod tests {
         let pooled = service(&state, "pooled");
         assert!(pooled["status"].is_null(), "{pooled}");
         assert!(pooled["spec"]["ports"][0]["nodePort"].is_i64());
+    }
+
+    #[test]
+    fn without_a_provider_load_balancers_keep_an_empty_status() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let state =
+            from_manifests(&dir, &crate::cluster::nodes(), LbProvider::AgentsPools).unwrap();
+        let lb = service(&state, "counter-lb");
+        assert!(lb["status"].is_null(), "{lb}");
+        assert_eq!(lb["spec"]["ports"][0]["nodePort"], FIRST_AUTO_NODE_PORT);
+        assert!(state.lb_ips().is_empty());
     }
 
     #[test]

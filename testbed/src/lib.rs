@@ -5,6 +5,7 @@ pub mod apps;
 pub mod cluster;
 pub mod command;
 pub mod control_plane;
+pub mod lb_pool;
 pub mod netns;
 pub mod traffic;
 pub mod xdp_pass;

@@ -1,15 +1,18 @@
 //! `cargo xtask demo`: the seed document's counter app and Redis on a
 //! two-node cluster of network namespaces, served by one `xdplb agent` per
 //! node, with traffic from an external client through a NodePort on each
-//! node and through a LoadBalancer IP.
+//! node and through the LoadBalancer address the agents give `counter-lb`
+//! from their pool on the nodes' LAN; then the announcing node's agent
+//! stops and the other node takes the address over.
 use std::{
     fmt::Write as _,
-    net::SocketAddrV4,
+    net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
     process::Command,
+    time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::{
     bootstrap::step,
@@ -19,9 +22,10 @@ use crate::{
 };
 use testbed::{
     apps::{path_str, start_agent, start_pod, xdplb},
-    cluster::{self, Cluster, NodeProfile, CLIENT_ADDR},
-    control_plane::{self, App, State},
-    netns::in_netns,
+    cluster::{self, Cluster, NodeProfile, CLIENT_ADDR, LB_POOL},
+    control_plane::{self, App, LbProvider, State},
+    lb_pool,
+    netns::{self, in_netns},
     traffic,
 };
 
@@ -35,8 +39,17 @@ pub struct Args {
     pub down: bool,
 }
 
-const STEPS: usize = 9;
+const STEPS: usize = 12;
 const REQUESTS_PER_TARGET: usize = 4;
+/// The Service whose LoadBalancer address comes from the agents' pool.
+const LB_SERVICE: &str = "default/counter-lb";
+/// How long the agents may take to give the address and program it.
+const LB_ADDRESS_BOUND: Duration = Duration::from_secs(10);
+/// Issue #15's goal for another node to take the address over.
+const TAKEOVER_GOAL: Duration = Duration::from_secs(3);
+/// When the demo gives up on the takeover: the goal plus room for a
+/// loaded machine (CI).
+const TAKEOVER_BOUND: Duration = Duration::from_secs(10);
 
 pub fn run_cmd(args: &Args) -> Result<()> {
     preflight()?;
@@ -59,10 +72,16 @@ pub fn run_cmd(args: &Args) -> Result<()> {
     })?;
     p.step("removing leftovers of killed runs", false, remove_leftovers)?;
     let nodes = cluster::nodes();
-    let state = p.step(
-        "control plane: placing pods, allocating ClusterIPs, nodePorts and LB IPs, writing EndpointSlices",
+    let mut state = p.step(
+        "control plane: placing pods, allocating ClusterIPs and nodePorts, writing EndpointSlices; no LoadBalancer provider",
         false,
-        || control_plane::from_manifests(&workspace_root().join("deploy/examples"), &nodes),
+        || {
+            control_plane::from_manifests(
+                &workspace_root().join("deploy/examples"),
+                &nodes,
+                LbProvider::AgentsPools,
+            )
+        },
     )?;
     print_objects(&state);
     let mut cluster = p.step(
@@ -75,13 +94,53 @@ pub fn run_cmd(args: &Args) -> Result<()> {
         false,
         || start(&mut cluster, &state, &bin, &redis),
     )?;
-    let targets = targets(&cluster, &state);
-    let report = p.step(
+    let lb = p.step(
+        &format!("the agents give {LB_SERVICE} an address of their pool {LB_POOL}"),
+        false,
+        || pool_address(&cluster, &bin),
+    )?;
+    eprintln!(
+        "      {LB_SERVICE}: {}, announced by {} (the router has no route for the pool: ARP on the LAN)",
+        lb.addr, lb.announcer
+    );
+    let targets = targets(&cluster, &state, &lb);
+    let mut report = Report::new(&cluster);
+    p.step(
         &format!("requests from the client ({CLIENT_ADDR}), {REQUESTS_PER_TARGET} per target"),
         true,
-        || drive_traffic(&cluster, &state, &bin, &targets),
+        || {
+            header();
+            drive_traffic(&cluster, &state, &bin, &targets, &mut report)
+        },
     )?;
-    show_maps(&cluster, &bin)?;
+    // The node whose agent the failover stops.
+    let mut stopped = None;
+    if report.failures.is_empty() {
+        p.step(
+            &format!("the router resolved {} by ARP", lb.addr),
+            true,
+            || show_arp(&cluster, &lb),
+        )?;
+        stopped = Some(lb.announcer.clone());
+        let took = p.step(
+            &format!(
+                "stopping {}'s agent (SIGTERM): the other node takes {} over",
+                lb.announcer, lb.addr
+            ),
+            true,
+            || fail_over(&mut cluster, &mut state, &bin, &lb, &mut report),
+        )?;
+        let verdict = match took <= TAKEOVER_GOAL {
+            true => "",
+            false => ", OVER THE GOAL: a loaded machine?",
+        };
+        eprintln!(
+            "      takeover: {} after the SIGTERM (goal {}{verdict})",
+            ms(took),
+            seconds(TAKEOVER_GOAL)
+        );
+    }
+    show_maps(&cluster, &bin, stopped.as_deref())?;
     let total = seconds(p.elapsed());
     if args.keep {
         print_explore(&cluster, &state, &bin, &targets);
@@ -124,6 +183,9 @@ fn print_objects(state: &State) {
             if let Some(np) = port["nodePort"].as_i64() {
                 let _ = write!(line, ", nodePort {np}");
             }
+        }
+        if spec["type"] == "LoadBalancer" && control_plane::ingress_ips(svc).next().is_none() {
+            let _ = write!(line, ", LoadBalancer IP from the agents' pool {LB_POOL}");
         }
         for ip in svc["status"]["loadBalancer"]["ingress"]
             .as_array()
@@ -181,9 +243,43 @@ struct Report {
     /// `xdplb stats` of the nodes that received unanswered requests.
     stats: Vec<(String, String)>,
     logs: PathBuf,
+    /// The count the last answer carried.
+    last_count: i64,
 }
 
 impl Report {
+    fn new(cluster: &Cluster) -> Self {
+        Self {
+            requests: 0,
+            failures: Vec::new(),
+            answered_by: Vec::new(),
+            stats: Vec::new(),
+            logs: cluster.run.logs(),
+            last_count: 0,
+        }
+    }
+
+    /// Counts an answer, which must carry the next count.
+    fn record(&mut self, number: usize, answer: traffic::Answer) -> Result<()> {
+        if answer.count != self.last_count + 1 {
+            bail!(
+                "request #{number} got count {}, expected {}: the pods do not share one Redis counter",
+                answer.count,
+                self.last_count + 1
+            );
+        }
+        self.last_count = answer.count;
+        match self
+            .answered_by
+            .iter_mut()
+            .find(|(pod, _)| *pod == answer.pod)
+        {
+            Some((_, n)) => *n += 1,
+            None => self.answered_by.push((answer.pod, 1)),
+        }
+        Ok(())
+    }
+
     fn explain_failures(&self) -> String {
         let mut out = String::from(
             "Requests that got no answer, as their receiving node's connection table tells it:\n",
@@ -207,15 +303,7 @@ impl Report {
     }
 }
 
-/// Sends the requests, printing a row per request, and checks that every
-/// answer carries the next count.
-fn drive_traffic(
-    cluster: &Cluster,
-    state: &State,
-    bin: &Path,
-    targets: &[Target],
-) -> Result<Report> {
-    let client = cluster.run.ns("client");
+fn header() {
     row(
         &"#",
         "TARGET",
@@ -224,14 +312,18 @@ fn drive_traffic(
         &"COUNT",
         "LATENCY",
     );
-    let mut report = Report {
-        requests: 0,
-        failures: Vec::new(),
-        answered_by: Vec::new(),
-        stats: Vec::new(),
-        logs: cluster.run.logs(),
-    };
-    let mut last_count = 0;
+}
+
+/// Sends the requests, printing a row per request, and checks that every
+/// answer carries the next count.
+fn drive_traffic(
+    cluster: &Cluster,
+    state: &State,
+    bin: &Path,
+    targets: &[Target],
+    report: &mut Report,
+) -> Result<()> {
+    let client = cluster.run.ns("client");
     for (label, target, node) in targets {
         for _ in 0..REQUESTS_PER_TARGET {
             progress::check_interrupt()?;
@@ -242,25 +334,15 @@ fn drive_traffic(
             let what = format!("{label} {target}");
             match outcome.answer {
                 Ok(answer) => {
-                    let pod_node = pod_node(state, &answer.pod);
-                    let answered = format!("{} on {pod_node}", answer.pod);
-                    row(&number, &what, node, &answered, &answer.count, &latency);
-                    if answer.count != last_count + 1 {
-                        bail!(
-                            "request #{number} got count {}, expected {}: the pods do not share one Redis counter",
-                            answer.count,
-                            last_count + 1
-                        );
-                    }
-                    last_count = answer.count;
-                    match report
-                        .answered_by
-                        .iter_mut()
-                        .find(|(pod, _)| *pod == answer.pod)
-                    {
-                        Some((_, n)) => *n += 1,
-                        None => report.answered_by.push((answer.pod, 1)),
-                    }
+                    row(
+                        &number,
+                        &what,
+                        node,
+                        &answered(state, &answer),
+                        &answer.count,
+                        &latency,
+                    );
+                    report.record(number, answer)?;
                 }
                 Err(err) => {
                     let pin = cluster.run.pin_path(node);
@@ -300,7 +382,7 @@ fn drive_traffic(
         let stats = xdplb(bin, &["stats", "--pin-path", path_str(&pin)?])?;
         report.stats.push((node.clone(), stats));
     }
-    Ok(report)
+    Ok(())
 }
 
 fn row(
@@ -317,9 +399,9 @@ fn row(
 /// (label, address, node that receives it).
 type Target = (&'static str, SocketAddrV4, String);
 
-/// Every NodePort Service on every node, then every LoadBalancer IP, which
-/// the router sends to the first node.
-fn targets(cluster: &Cluster, state: &State) -> Vec<Target> {
+/// Every NodePort Service on every node, then the pool address of
+/// [`LB_SERVICE`], which the node announcing it receives.
+fn targets(cluster: &Cluster, state: &State, lb: &PoolAddress) -> Vec<Target> {
     let port_numbers = |svc: &serde_json::Value, field: &str| -> Vec<u16> {
         svc["spec"]["ports"]
             .as_array()
@@ -344,14 +426,206 @@ fn targets(cluster: &Cluster, state: &State) -> Vec<Target> {
         }
     }
     for svc in of_type("LoadBalancer") {
+        let name = svc["metadata"]["name"].as_str().unwrap_or_default();
+        if format!("default/{name}") != LB_SERVICE {
+            continue;
+        }
         for port in port_numbers(svc, "port") {
-            for ip in control_plane::ingress_ips(svc) {
-                let addr = SocketAddrV4::new(ip, port);
-                targets.push(("LB IP", addr, cluster.nodes[0].name.clone()));
-            }
+            let addr = SocketAddrV4::new(lb.addr, port);
+            targets.push(("LB IP", addr, lb.announcer.clone()));
         }
     }
     targets
+}
+
+/// [`LB_SERVICE`]'s address from the pool and the node that announces it,
+/// as `xdplb services` on the first node lists them.
+struct PoolAddress {
+    addr: Ipv4Addr,
+    announcer: String,
+}
+
+/// Waits until the first node's agent lists an address of the pool for
+/// [`LB_SERVICE`] and a node announcing it.
+fn pool_address(cluster: &Cluster, bin: &Path) -> Result<PoolAddress> {
+    let node = &cluster.nodes[0].name;
+    let found = || -> Result<PoolAddress> {
+        let addr = lb_pool::pool_address(bin, &cluster.run, node, LB_SERVICE)?;
+        let prefix = format!("{addr}:");
+        let announcer = lb_pool::frontends(bin, &cluster.run, node)?
+            .iter()
+            .filter(|r| {
+                r["frontend"]
+                    .as_str()
+                    .is_some_and(|f| f.starts_with(&prefix))
+            })
+            .find_map(|r| r["announced_by"].as_str().map(str::to_owned))
+            .with_context(|| format!("no node announces {addr}"))?;
+        Ok(PoolAddress { addr, announcer })
+    };
+    let deadline = Instant::now() + LB_ADDRESS_BOUND;
+    loop {
+        progress::check_interrupt()?;
+        match found() {
+            Ok(lb) => return Ok(lb),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context(format!("after {}", seconds(LB_ADDRESS_BOUND))))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Shows that the router reached the address over its connected LAN, with
+/// exactly one node's MAC in its neighbour table: the announcer's.
+fn show_arp(cluster: &Cluster, lb: &PoolAddress) -> Result<()> {
+    let router = cluster.run.ns("router");
+    let addr = lb.addr.to_string();
+    for args in [["route", "get", &addr], ["neigh", "show", &addr]] {
+        eprintln!("$ ip -n {router} {}", args.join(" "));
+        eprint!("{}", netns::exec(&router, "ip", &args)?);
+    }
+    let macs = node_macs(cluster)?;
+    let seen = lb_pool::announcer_seen_by_router(&cluster.run, lb.addr, &macs)?;
+    ensure!(
+        seen == lb.announcer,
+        "the router has {seen}'s MAC for {}, but xdplb services names {} as its announcer",
+        lb.addr,
+        lb.announcer
+    );
+    eprintln!(
+        "      exactly one MAC for {}: {seen}'s ({}); the client, behind the router, needs no route for it either",
+        lb.addr, macs[&seen]
+    );
+    Ok(())
+}
+
+fn node_macs(cluster: &Cluster) -> Result<std::collections::BTreeMap<String, String>> {
+    lb_pool::lan_macs(&cluster.run, cluster.nodes.iter().map(|n| n.name.as_str()))
+}
+
+/// Stops the announcing node's agent with SIGTERM and marks its Node
+/// NotReady in every node's manifests, as the node lifecycle controller
+/// would for a node that went down (with `--manifests`, the agents' only
+/// sign of another node's liveness); then waits until the router holds the
+/// other node's MAC for the address and a request to it is answered
+/// through that node. Returns the time from the SIGTERM to that answer,
+/// after a few more requests through the new announcer.
+fn fail_over(
+    cluster: &mut Cluster,
+    state: &mut State,
+    bin: &Path,
+    lb: &PoolAddress,
+    report: &mut Report,
+) -> Result<Duration> {
+    let first = &lb.announcer;
+    let other = cluster
+        .nodes
+        .iter()
+        .map(|n| n.name.clone())
+        .find(|n| n != first)
+        .context("one node only")?;
+    let macs = node_macs(cluster)?;
+    let target = targets(cluster, state, lb)
+        .into_iter()
+        .map(|(_, t, _)| t)
+        .find(|t| *t.ip() == lb.addr)
+        .context("no port of the LoadBalancer address")?;
+    let frontend = format!("{target}/TCP");
+    let before = lb_pool::frontend_packets(bin, &cluster.run, &other, &frontend)?;
+
+    let started = Instant::now();
+    let status = cluster.terminate(&format!("agent-{first}"), Duration::from_secs(10))?;
+    ensure!(
+        status.success(),
+        "{first}'s agent exited with {status} on SIGTERM"
+    );
+    state.set_node_ready(first, false)?;
+    for node in &cluster.nodes {
+        state.write(&cluster.run.manifests(&node.name))?;
+    }
+    eprintln!(
+        "      {first}'s agent exited ({status}) and no longer answers ARP for {}; its Node marked NotReady, as the node lifecycle controller would for a node that went down ({})",
+        lb.addr,
+        ms(started.elapsed())
+    );
+    let client = cluster.run.ns("client");
+    let deadline = started + TAKEOVER_BOUND;
+    loop {
+        progress::check_interrupt()?;
+        let seen = lb_pool::announcer_seen_by_router(&cluster.run, lb.addr, &macs);
+        if seen.as_deref().is_ok_and(|n| n == other) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{other} did not take {} over within {}: {}",
+                lb.addr,
+                seconds(TAKEOVER_BOUND),
+                match seen {
+                    Ok(n) => format!("the router still has {n}'s MAC"),
+                    Err(e) => format!("{e:#}"),
+                }
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "      the router now has {other}'s MAC ({}) for {} ({}: {other}'s gratuitous ARP)",
+        macs[&other],
+        lb.addr,
+        ms(started.elapsed())
+    );
+    let outcome = in_netns(&client, || traffic::get(target))??;
+    let took = started.elapsed();
+    let answer = outcome
+        .answer
+        .with_context(|| format!("{target} unanswered after {other} took it over"))?;
+    let after = lb_pool::frontend_packets(bin, &cluster.run, &other, &frontend)?;
+    ensure!(
+        after > before,
+        "{other} counted no packet to {frontend}: the answer did not come through it"
+    );
+    ensure!(
+        took <= TAKEOVER_BOUND,
+        "the first answer through {other} came {} after the SIGTERM",
+        ms(took)
+    );
+    header();
+    report.requests += 1;
+    let latency = format!("{:.1} ms", outcome.latency.as_secs_f64() * 1e3);
+    let what = format!("LB IP {target}");
+    row(
+        &report.requests,
+        &what,
+        &other,
+        &answered(state, &answer),
+        &answer.count,
+        &latency,
+    );
+    report.record(report.requests, answer)?;
+    drive_traffic(
+        cluster,
+        state,
+        bin,
+        &[("LB IP", target, other.clone())],
+        report,
+    )?;
+    ensure!(
+        report.failures.is_empty(),
+        "requests through {} after the takeover got no answer",
+        lb.addr
+    );
+    Ok(took)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+
+/// The ANSWERED BY column: the pod and its node.
+fn answered(state: &State, answer: &traffic::Answer) -> String {
+    format!("{} on {}", answer.pod, pod_node(state, &answer.pod))
 }
 
 fn pod_node<'a>(state: &'a State, pod: &str) -> &'a str {
@@ -374,11 +648,17 @@ fn backend_of(explain: &str, state: &State) -> Option<(String, String)> {
     Some((pod.name.clone(), pod.node.clone()))
 }
 
-fn show_maps(cluster: &Cluster, bin: &Path) -> Result<()> {
+/// `xdplb services` of every node (`stopped`: the node whose agent is
+/// gone, whose maps hold what it last wrote), and a look at the pins.
+fn show_maps(cluster: &Cluster, bin: &Path, stopped: Option<&str>) -> Result<()> {
     for node in &cluster.nodes {
         let pin = cluster.run.pin_path(&node.name);
+        let note = match stopped == Some(node.name.as_str()) {
+            true => ", whose agent is stopped: its maps show what the agent last wrote",
+            false => "",
+        };
         eprintln!(
-            "\n$ xdplb services --pin-path {}   # {}",
+            "\n$ xdplb services --pin-path {}   # {}{note}",
             pin.display(),
             node.name
         );
@@ -461,6 +741,7 @@ mod tests {
         let state = control_plane::from_manifests(
             &workspace_root().join("deploy/examples"),
             &cluster::nodes(),
+            LbProvider::AgentsPools,
         )
         .unwrap();
         let line = "198.51.100.2:41000 -> 192.168.50.11:31000/TCP: existing flow of default/counter-app, pinned to 10.244.2.2:3000 by connection tracking";

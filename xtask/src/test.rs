@@ -70,7 +70,7 @@ fn run_tests(args: &Args) -> Result<()> {
     ensure_bpffs()?;
     step("privileged tiers: packet tests (BPF_PROG_TEST_RUN), the packet fuzzer among them, and netns end-to-end tests");
     run(&mut cargo(&["test", "-p", "lb-userspace", "--test", "*"]))?;
-    step("testbed end-to-end: the demo cluster (NodePort on both nodes, LoadBalancer IP, Redis behind the ClusterIP)");
+    step("testbed end-to-end: the demo cluster (NodePort on both nodes, a pool LoadBalancer address and its takeover, Redis behind the ClusterIP)");
     crate::demo::run_cmd(&crate::demo::Args {
         keep: false,
         down: false,

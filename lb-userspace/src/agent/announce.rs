@@ -103,6 +103,18 @@ impl Announcer {
         self.announced = now;
         Ok(())
     }
+
+    /// Empties `ANNOUNCE_V4`, so this node stops answering ARP for every
+    /// address: the agent is exiting, and another node is to take them
+    /// over. The frontends stay programmed, so traffic that still arrives
+    /// (from neighbours that cached this node's MAC) is served.
+    pub fn withdraw(&mut self, maps: &mut dyn NodeMaps) -> Result<()> {
+        maps.set_announced(&BTreeMap::new())?;
+        for addr in std::mem::take(&mut self.announced) {
+            tracing::info!("no longer announcing {addr}: exiting");
+        }
+        Ok(())
+    }
 }
 
 /// Makes `LB_ADDRS_V4` hold exactly the addresses of `all`.

@@ -462,9 +462,17 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
             _ = int.recv() => break,
         }
     }
+    // Another node is to answer for this node's LoadBalancer addresses
+    // once it is gone: with the API it sees the node lease released below,
+    // with --manifests once the Node turns NotReady.
+    if let Err(e) = agent.announcer.withdraw(&mut agent.dp.maps) {
+        tracing::warn!("still answering ARP for LoadBalancer addresses: {e:#}");
+    }
     if let Some(api) = agent.lb_api.take() {
         api.stop().await;
     }
-    tracing::info!("exiting; links and maps stay pinned, the data plane keeps serving");
+    tracing::info!(
+        "exiting; links and maps stay pinned, the data plane keeps serving all but ARP for LoadBalancer addresses"
+    );
     Ok(())
 }

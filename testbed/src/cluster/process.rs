@@ -4,7 +4,9 @@ use std::{
     fs::{self, File},
     os::unix::process::CommandExt,
     path::Path,
-    process::{Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
+    thread,
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -94,16 +96,47 @@ impl Cluster {
 
     /// Kills the process started as `label` with SIGKILL and waits for it.
     pub fn kill(&mut self, label: &str) -> Result<()> {
+        let mut child = self.take_child(label)?;
+        // `ip netns exec` execs the program: this is its pid.
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Stops the process started as `label` with SIGTERM, as a kubelet or
+    /// systemd stops a service, and waits up to `bound` for it to exit
+    /// (then kills it and fails).
+    pub fn terminate(&mut self, label: &str, bound: Duration) -> Result<ExitStatus> {
+        let mut child = self.take_child(label)?;
+        let pid = libc::pid_t::try_from(child.id())?;
+        // SAFETY: a plain syscall; the pid is this process's child, not yet
+        // waited for, so it names no other process.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!("SIGTERM to {label}: {}", std::io::Error::last_os_error());
+        }
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                child.kill()?;
+                child.wait()?;
+                bail!("{label} was still running {bound:?} after SIGTERM; killed");
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process started as `label`, which the cluster no longer waits
+    /// for.
+    fn take_child(&mut self, label: &str) -> Result<Child> {
         let index = self
             .children
             .iter()
             .position(|(l, _)| l == label)
             .with_context(|| format!("no process {label}"))?;
-        let (_, mut child) = self.children.remove(index);
-        // `ip netns exec` execs the program: this is its pid.
-        child.kill()?;
-        child.wait()?;
-        Ok(())
+        Ok(self.children.remove(index).1)
     }
 
     /// Fails, with the end of its log, if a started process has exited.

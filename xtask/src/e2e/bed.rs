@@ -19,6 +19,7 @@ use testbed::{
     apps,
     cluster::{self, Cluster, CLIENT_ADDR},
     control_plane::{self, App, Pod, State},
+    lb_pool,
     netns::in_netns,
 };
 
@@ -352,28 +353,13 @@ impl Bed {
 
     /// `xdplb services -o json` on `node`: a row per frontend.
     pub fn frontends(&self, node: &str) -> Result<Vec<Value>> {
-        let pin = self.cluster.run.pin_path(node);
-        let json = apps::xdplb(
-            &self.bin,
-            &[
-                "services",
-                "-o",
-                "json",
-                "--pin-path",
-                apps::path_str(&pin)?,
-            ],
-        )?;
-        serde_json::from_str(&json).context("xdplb services -o json")
+        lb_pool::frontends(&self.bin, &self.cluster.run, node)
     }
 
     /// The packet counter `xdplb services` shows for the Service behind
     /// `frontend` (`ip:port/PROTO`) on `node`.
     pub fn frontend_packets(&self, node: &str, frontend: &str) -> Result<u64> {
-        self.frontends(node)?
-            .iter()
-            .find(|r| r["frontend"] == frontend)
-            .and_then(|r| r["packets"].as_u64())
-            .with_context(|| format!("{node} has no frontend {frontend}"))
+        lb_pool::frontend_packets(&self.bin, &self.cluster.run, node, frontend)
     }
 
     /// What the failure report shows of each node: its non-zero packet

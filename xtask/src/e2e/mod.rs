@@ -356,8 +356,11 @@ fn setup(profile: NodeProfile) -> Result<Bed> {
         "control plane: the seed manifests, the suite's probe pods and Services",
         false,
         || {
-            let mut state =
-                control_plane::from_manifests(&workspace_root().join("deploy/examples"), &nodes)?;
+            let mut state = control_plane::from_manifests(
+                &workspace_root().join("deploy/examples"),
+                &nodes,
+                control_plane::LbProvider::StandIn,
+            )?;
             add_probe_pods(&mut state)?;
             state.add_services(services())?;
             Ok(state)

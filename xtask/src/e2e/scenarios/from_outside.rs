@@ -93,7 +93,13 @@ fn lb_pool_steps(bed: &mut Bed) -> Result<Verdict> {
         "Service lb-pool listed with a pool address",
         APPLY_BOUND,
         || {
-            addr = Some(pool_address(bed)?);
+            let node = &bed.node_names()[0];
+            addr = Some(lb_pool::pool_address(
+                &bed.bin,
+                &bed.cluster.run,
+                node,
+                "default/lb-pool",
+            )?);
             Ok(())
         },
     )?;
@@ -107,31 +113,9 @@ fn lb_pool_steps(bed: &mut Bed) -> Result<Verdict> {
     ));
     let answers = bed.ask_n(&outside, target, Proto::Tcp, SPREAD)?;
     answered_by(&format!("{target}"), &answers, &["web-1", "web-2"])?;
-    let macs: BTreeMap<String, String> = bed
-        .node_names()
-        .into_iter()
-        .map(|n| {
-            let ns = bed.cluster.run.ns(&n);
-            let path = format!("/sys/class/net/{}/address", cluster::NODE_LAN_IFACE);
-            let mac = netns::exec(&ns, "cat", &[&path])?.trim().to_string();
-            Ok((n, mac))
-        })
-        .collect::<Result<_>>()?;
-    let announcer = |bed: &Bed| -> Result<String> {
-        let router = bed.cluster.run.ns("router");
-        let text = netns::exec(&router, "ip", &["neigh", "show", &addr.to_string()])?;
-        let seen: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "lladdr").nth(1))
-            .collect();
-        let [mac] = seen[..] else {
-            bail!("the router's neighbour table for {addr}: {text:?}, expected one MAC");
-        };
-        macs.iter()
-            .find(|(_, m)| m.as_str() == mac)
-            .map(|(n, _)| n.clone())
-            .with_context(|| format!("the router has {mac} for {addr}, no node's MAC"))
-    };
+    let names = bed.node_names();
+    let macs = lb_pool::lan_macs(&bed.cluster.run, names.iter().map(String::as_str))?;
+    let announcer = |bed: &Bed| lb_pool::announcer_seen_by_router(&bed.cluster.run, addr, &macs);
     let first = announcer(bed)?;
     listed_as_announced_by(bed, &frontend, &first)?;
     note(format!(
@@ -186,27 +170,4 @@ fn listed_as_announced_by(bed: &Bed, frontend: &str, node: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The address from the pool that `xdplb services` on the first node
-/// lists for Service lb-pool.
-fn pool_address(bed: &Bed) -> Result<Ipv4Addr> {
-    let (first, last) = cluster::LB_POOL.split_once('-').context("LB_POOL")?;
-    let (first, last): (Ipv4Addr, Ipv4Addr) = (first.parse()?, last.parse()?);
-    let node = &bed.node_names()[0];
-    bed.frontends(node)?
-        .iter()
-        .filter(|r| {
-            r["service"]
-                .as_str()
-                .is_some_and(|s| s.starts_with("default/lb-pool:"))
-        })
-        .filter_map(|r| r["frontend"].as_str()?.split(':').next()?.parse().ok())
-        .find(|a| (first..=last).contains(a))
-        .with_context(|| {
-            format!(
-                "{node} lists no frontend of lb-pool in {}",
-                cluster::LB_POOL
-            )
-        })
 }

@@ -23,7 +23,7 @@ use testbed::{
     apps::{self, COUNTER_PORT},
     cluster,
     control_plane::App,
-    netns, traffic,
+    lb_pool, netns, traffic,
 };
 
 mod from_outside;
