@@ -127,9 +127,11 @@ fn uplink_mtu_steps(bed: &Bed, node: &str) -> Result<Verdict> {
     );
     for (what, target) in targets {
         let mut crossed = false;
-        // The LoadBalancer IP has a pod on each node: enough uploads that
-        // one goes to node2, across the small hop.
-        for _ in 0..8 {
+        // The LoadBalancer IP has a pod on each node, and each upload's
+        // random source port picks one: enough uploads that one goes to
+        // node2, across the small hop (eight missed it once in CI, a 1 in
+        // 256 chance; all of 32 missing is 1 in 4 billion).
+        for _ in 0..32 {
             for ns in &forget {
                 netns::exec(ns, "ip", &["route", "flush", "cache"])?;
             }
