@@ -112,7 +112,7 @@ impl<A: Copy> Tuple<A> {
 /// What rewriting a flow's tuple does to its checksums, computed once when
 /// the flow's entry is created so that every later packet pays one addition
 /// per checksum instead of recomputing the differences.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RewriteSums {
     /// Difference of the addresses alone: for the IPv4 header checksum and
     /// for a partial TCP/UDP checksum (which covers only the pseudo-header).

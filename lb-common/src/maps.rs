@@ -42,6 +42,8 @@ pub mod names {
         MONITOR_ON,
         ANNOUNCE_V4,
         LB_ADDRS_V4,
+        CONFIG_V6,
+        SOURCE_RANGES_V6,
     }
 
     /// Not pinned: derived from `CT_V4`, so a new program starts it empty.
@@ -652,6 +654,17 @@ impl Default for Config {
     }
 }
 
+/// The single element of `CONFIG_V6`: the IPv6 settings, in a map of
+/// their own so that the IPv4 path's copy of `Config` per new flow stays
+/// as small as it was.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConfigV6 {
+    /// This node's IPv6 address for source NAT, as in the header; the
+    /// unspecified address disables IPv6 SNAT. The ports are `Config`'s.
+    pub snat_addr: [u32; 4],
+}
+
 /// `CtValueV4::fwd_kind`: hand the translated packet to the kernel to route.
 pub const FWD_KERNEL: u8 = 0;
 /// `bpf_redirect` to `fwd_ifindex` with the MACs the FIB gave.
@@ -723,6 +736,30 @@ impl SourceRangeKeyV4 {
     /// The key that looks client `src` up among `svc_id`'s ranges.
     #[inline(always)]
     pub const fn lookup(svc_id: u32, src: u32) -> Self {
+        Self {
+            svc_id_be: svc_id.to_be(),
+            addr: src,
+        }
+    }
+}
+
+/// Key of the `SOURCE_RANGES_V6` LPM trie: `SourceRangeKeyV4` with an
+/// IPv6 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceRangeKeyV6 {
+    /// Big-endian, so the service id is the leading part of the prefix.
+    pub svc_id_be: u32,
+    pub addr: [u32; 4],
+}
+
+impl SourceRangeKeyV6 {
+    /// Prefix length of a lookup: the service id and the whole address.
+    pub const LOOKUP_BITS: u32 = 160;
+
+    /// The key that looks client `src` up among `svc_id`'s ranges.
+    #[inline(always)]
+    pub const fn lookup(svc_id: u32, src: [u32; 4]) -> Self {
         Self {
             svc_id_be: svc_id.to_be(),
             addr: src,
@@ -843,6 +880,8 @@ const _: () = {
     assert!(core::mem::size_of::<AffinityKeyV6>() == 36);
     assert!(core::mem::size_of::<FlowCacheEntryV4>() == 80);
     assert!(core::mem::size_of::<Config>() == 32);
+    assert!(core::mem::size_of::<ConfigV6>() == 16);
+    assert!(core::mem::size_of::<SourceRangeKeyV6>() == 20);
     assert!(core::mem::size_of::<IfaceInfo>() == 4);
     assert!(core::mem::size_of::<SvcStats>() == 16);
     assert!(core::mem::size_of::<AnnounceKeyV4>() == 8);
@@ -867,6 +906,8 @@ mod pod {
     unsafe impl aya::Pod for AffinityKeyV6 {}
     unsafe impl aya::Pod for FlowCacheEntryV4 {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ConfigV6 {}
+    unsafe impl aya::Pod for SourceRangeKeyV6 {}
     unsafe impl aya::Pod for IfaceInfo {}
     unsafe impl aya::Pod for SvcStats {}
     unsafe impl aya::Pod for AffinityKeyV4 {}

@@ -111,6 +111,7 @@ pub fn lookup<K: Table>(key: &K, tcp_flags: u8, now: u64) -> Option<*mut K::Valu
 
 /// The checksum differences of a new flow's two rewrites, computed once
 /// for all its packets (`RewriteSums`).
+#[derive(Default)]
 pub struct FlowSums {
     pub to_backend: RewriteSums,
     pub back: RewriteSums,

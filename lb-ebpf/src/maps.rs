@@ -159,6 +159,17 @@ pub static SCRATCH_CT_V6: PerCpuArray<CtValueV6, 1> = PerCpuArray::new();
 #[btf_map]
 pub static SCRATCH_KEY_V6: PerCpuArray<CtKeyV6, 1> = PerCpuArray::new();
 
+/// Element 0 holds the IPv6 SNAT address; all zero (no SNAT) until the
+/// agent writes it.
+#[btf_map]
+pub static CONFIG_V6: Array<ConfigV6, 1> = Array::new();
+
+/// loadBalancerSourceRanges of IPv6 clients per service id, as
+/// `SOURCE_RANGES_V4`.
+#[btf_map]
+pub static SOURCE_RANGES_V6: LpmTrie<SourceRangeKeyV6, u32, { MAX_SOURCE_RANGES as usize }> =
+    LpmTrie::new();
+
 /// ClientIP affinity of IPv6 clients on the packet path, as `AFFINITY_V4`.
 #[btf_map]
 pub static AFFINITY_V6: LruHashMap<AffinityKeyV6, AffinityValue, { MAX_AFFINITY_V6 as usize }> =

@@ -3,14 +3,14 @@
 //! reaching itself through its Service).
 //!
 //! Unsafe in this module: the random helper, which takes no arguments, and
-//! reads of `CT_V4` entries, valid until the program returns.
+//! reads of `CT_V4` and `CT_V6` entries, valid until the program returns.
 use aya_ebpf::helpers::generated::bpf_get_prandom_u32;
 use lb_common::{
-    conntrack::STATE_SEEN_REPLY, BackendV4, Config, CtKey, CtKeyV4, FrontendValue, Reason,
-    BE_LOCAL, FE_EXTERNAL, IFACE_POD,
+    conntrack::STATE_SEEN_REPLY, Config, CtValue, FrontendValue, Reason, BE_LOCAL,
+    FE_EXTERNAL, IFACE_POD,
 };
 
-use crate::{conntrack::Table, forward::iface_has, frame::Frame, maps::CT_V4, stats};
+use crate::{conntrack::Table, forward::iface_has, frame::Frame, stats};
 
 /// Traffic entering on a pod interface is in-cluster: source ranges apply
 /// only to traffic from outside, as with kube-proxy.
@@ -22,11 +22,11 @@ pub fn in_cluster<C: Frame>(ctx: &C) -> bool {
 /// Source NAT when the reply would otherwise bypass this node: a client
 /// outside the cluster reaching a backend on another node
 /// (externalTrafficPolicy Cluster), or a pod chosen as its own backend
-/// (hairpin, as kube-proxy masquerades it).
+/// (`hairpin`, as kube-proxy masquerades it). Either family; the caller
+/// checks that it has a SNAT address.
 #[inline(always)]
-pub fn needs_snat(fe: &FrontendValue, be: &BackendV4, src: u32, cfg: &Config) -> bool {
-    cfg.snat_addr != 0
-        && ((fe.flags & FE_EXTERNAL != 0 && be.flags & BE_LOCAL == 0) || be.addr == src)
+pub fn needs_snat(fe: &FrontendValue, backend_flags: u16, hairpin: bool) -> bool {
+    (fe.flags & FE_EXTERNAL != 0 && backend_flags & BE_LOCAL == 0) || hairpin
 }
 
 /// How many ports of the SNAT range a new flow tries when its client's own
@@ -57,15 +57,27 @@ enum Probe {
 /// range from a random start, so that a burst of flows (spoofed SYNs
 /// included) spreads over the whole range instead of piling up behind one
 /// start. When every probe finds its port taken, the first port held by a
-/// stale unreplied flow is taken from it and that flow forgotten.
+/// stale unreplied flow is taken from it and that flow forgotten. Either
+/// family: `backend` and `snat_addr` are of `flow`'s.
 #[inline(always)]
-pub fn snat_port(be: &BackendV4, flow: &CtKeyV4, cfg: &Config, now: u64) -> Option<u16> {
-    let reply = |port: u16| CtKeyV4::reply((be.addr, be.port), (cfg.snat_addr, port), flow.proto);
-    let probe = |port: u16| match CT_V4.get_ptr(reply(port)) {
+pub fn snat_port<K: Table>(
+    backend: (K::Addr, u16),
+    snat_addr: K::Addr,
+    flow: &K,
+    cfg: &Config,
+    now: u64,
+) -> Option<u16> {
+    let reply = |port: u16| K::reply(backend, (snat_addr, port), flow.proto());
+    let probe = |port: u16| match reply(port).entry() {
         None => Probe::Free,
         Some(v) => {
-            let (state, expires, seen) =
-                unsafe { ((*v).state, (*v).expires_ns, (*v).last_seen_ns) };
+            let (state, expires, seen) = unsafe {
+                (
+                    *K::Value::state(v),
+                    *K::Value::expires_ns(v),
+                    *K::Value::last_seen_ns(v),
+                )
+            };
             if now > expires {
                 Probe::Free
             } else if state & STATE_SEEN_REPLY == 0 && now.saturating_sub(seen) > SNAT_RECLAIM_NS {
@@ -75,10 +87,11 @@ pub fn snat_port(be: &BackendV4, flow: &CtKeyV4, cfg: &Config, now: u64) -> Opti
             }
         }
     };
+    let client_port = flow.src().1;
     let mut stale = None;
-    match probe(flow.src_port) {
-        Probe::Free => return Some(flow.src_port),
-        Probe::Stale => stale = Some(flow.src_port),
+    match probe(client_port) {
+        Probe::Free => return Some(client_port),
+        Probe::Stale => stale = Some(client_port),
         Probe::Taken => {}
     }
     let min = cfg.snat_port_min as u32;
@@ -103,15 +116,10 @@ pub fn snat_port(be: &BackendV4, flow: &CtKeyV4, cfg: &Config, now: u64) -> Opti
 /// Deletes the forward entry of the flow whose reverse entry is `reply`;
 /// the new flow's entries overwrite the reverse one.
 #[inline(always)]
-fn forget_flow_of(reply: &CtKeyV4) {
-    let Some(v) = CT_V4.get_ptr(*reply) else {
+fn forget_flow_of<K: Table>(reply: &K) {
+    let Some(v) = reply.entry() else {
         return;
     };
-    let (frontend, client) = unsafe {
-        (
-            ((*v).nat_addr, (*v).nat_port),
-            ((*v).snat_addr, (*v).snat_port),
-        )
-    };
-    CtKeyV4::forward(client, frontend, reply.proto).remove();
+    let (frontend, client) = unsafe { (K::Value::nat(v), K::Value::snat(v)) };
+    K::forward(client, frontend, reply.proto()).remove();
 }

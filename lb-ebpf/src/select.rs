@@ -11,13 +11,13 @@ use lb_common::{
     decide::{Client, View},
     sock::{SockAffinityKeyV4, SockAffinityKeyV6},
     AffinityKeyV4, AffinityKeyV6, AffinityValue, BackendV4, BackendV6, FrontendKeyV4,
-    FrontendKeyV6, FrontendValue, SourceRangeKeyV4,
+    FrontendKeyV6, FrontendValue, SourceRangeKeyV4, SourceRangeKeyV6,
 };
 
 use crate::{
     maps::{
         AFFINITY_V4, AFFINITY_V6, BACKENDS_V4, BACKENDS_V6, FRONTENDS_V4, FRONTENDS_V6,
-        MAGLEV_SLOTS, SOCK_AFFINITY_V4, SOCK_AFFINITY_V6, SOURCE_RANGES_V4,
+        MAGLEV_SLOTS, SOCK_AFFINITY_V4, SOCK_AFFINITY_V6, SOURCE_RANGES_V4, SOURCE_RANGES_V6,
     },
     service::is_frontend_addr,
 };
@@ -128,10 +128,13 @@ impl View for MapsV6 {
         false
     }
 
-    /// Never asked: the socket hooks' clients are in-cluster.
     #[inline(always)]
-    fn in_source_ranges(&self, _svc_id: u32, _src: [u32; 4]) -> bool {
-        false
+    fn in_source_ranges(&self, svc_id: u32, src: [u32; 4]) -> bool {
+        let key = Key::new(
+            SourceRangeKeyV6::LOOKUP_BITS,
+            SourceRangeKeyV6::lookup(svc_id, src),
+        );
+        SOURCE_RANGES_V6.get(&key).is_some()
     }
 
     #[inline(always)]

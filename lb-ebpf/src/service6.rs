@@ -6,9 +6,8 @@
 //! and redirect code). Connection tracking and forwarding are the IPv4
 //! code, generic over the family.
 //!
-//! Not yet for IPv6: source NAT (so no hairpin, and no NodePort or
-//! external frontends, which the agent does not write), Packet Too Big for oversize translated packets, translation of ICMPv6 errors,
-//! fragments and the flow cache.
+//! Not yet for IPv6: Packet Too Big for oversize translated packets,
+//! translation of ICMPv6 errors, fragments and the flow cache.
 //!
 //! Unsafe in this module: header reads through pointers `parse::ptr_at`
 //! checked, reads of connection-tracking entries through map pointers,
@@ -25,7 +24,7 @@ use crate::{
     conntrack::{self, FlowSums},
     forward::{self, Fit, Size},
     frame::Frame,
-    maps::{SCRATCH_CT_V6, SCRATCH_KEY_V6},
+    maps::{CONFIG_V6, SCRATCH_CT_V6, SCRATCH_KEY_V6},
     nat,
     parse::{self, Ipv6Hdr, Upper, ETH_HLEN, IPV6_HLEN, L4},
     policy, reject, select,
@@ -65,11 +64,20 @@ fn classify<C: Frame>(ctx: &C) -> Verdict {
     if !to_frontend && !from_backend {
         return (Reason::PassNotOurs, C::PASS);
     }
-    let p = match transport(ctx, ip) {
+    let mut p = match transport(ctx, ip) {
         Ok(p) => p,
         Err(v) => return v,
     };
     let now = conntrack::now();
+    // A reply to a source-NATed flow comes to the node's address, a NodePort
+    // address too, on any port (a flow keeps its client's port when it
+    // can): it is looked up as a reply before it can become a new flow.
+    if to_frontend && from_backend && is_snat_addr(dst) {
+        if let Some(v) = reply(ctx, &mut p, now) {
+            return v;
+        }
+        p.key.dir = CT_DIR_FORWARD;
+    }
     if to_frontend {
         if let Some(v) = forward_flow(ctx, &p, now) {
             return v;
@@ -78,12 +86,26 @@ fn classify<C: Frame>(ctx: &C) -> Verdict {
     if !from_backend {
         return (Reason::PassNotOurs, C::PASS);
     }
+    reply(ctx, &mut p, now).unwrap_or((Reason::PassReplyNoFlow, C::PASS))
+}
+
+/// A reply of an established flow; `None` when there is none. Leaves the
+/// key turned to the reply direction.
+#[inline(always)]
+fn reply<C: Frame>(ctx: &C, p: &mut Packet, now: u64) -> Option<Verdict> {
     p.key.dir = CT_DIR_REPLY;
+    let p = &*p;
     let key = &*p.key;
-    match conntrack::lookup(key, p.l4.tcp_flags, now) {
-        Some(ct) => (Reason::XlateReply, translate(ctx, &p, key, ct, now)),
-        None => (Reason::PassReplyNoFlow, C::PASS),
-    }
+    let ct = conntrack::lookup(key, p.l4.tcp_flags, now)?;
+    Some((Reason::XlateReply, translate(ctx, p, key, ct, now)))
+}
+
+/// Whether `addr` is this node's IPv6 SNAT address.
+#[inline(always)]
+fn is_snat_addr(addr: [u32; 4]) -> bool {
+    CONFIG_V6
+        .get_ptr(0)
+        .is_some_and(|c| addr != [0; 4] && unsafe { (*c).snat_addr } == addr)
 }
 
 #[inline(always)]
@@ -142,18 +164,23 @@ fn forward_flow<C: Frame>(ctx: &C, p: &Packet, now: u64) -> Option<Verdict> {
     let (ct, reason) = match conntrack::lookup(key, p.l4.tcp_flags, now) {
         Some(ct) => (ct, Reason::XlateEstablished),
         None => {
-            let (backend, svc_id) = match pick(ctx, key, now) {
+            let (backend, svc_id, wants_snat) = match pick(ctx, key, now) {
                 Ok(picked) => picked,
                 Err(Some((reason @ (Reason::RejectUnknownPort | Reason::RejectNoBackend), _))) => {
                     return Some(reject(ctx, key.proto, reason))
                 }
                 Err(v) => return v,
             };
-            let flow = NewFlow {
+            let mut flow = NewFlow {
                 backend,
                 svc_id,
-                sums: sums(key, backend),
+                snat: None,
+                sums: FlowSums::default(),
             };
+            if wants_snat && !snat(key, &mut flow, now) {
+                return Some((Reason::DropSnatPortsExhausted, C::DROP));
+            }
+            sums(key, &mut flow);
             let ct = create(key, &flow, now);
             if ct.is_null() {
                 return Some((Reason::DropCtInsert, C::DROP));
@@ -167,10 +194,15 @@ fn forward_flow<C: Frame>(ctx: &C, p: &Packet, now: u64) -> Option<Verdict> {
 /// A backend's address and port.
 type Backend = ([u32; 4], u16);
 
-/// The backend and service id for a flow without an entry. `Err` carries the verdict when the flow is refused, or `None`
-/// when the destination is no frontend at all.
+/// The backend and service id for a flow without an entry, and whether it
+/// needs source NAT. `Err` carries the verdict when the flow is refused,
+/// or `None` when the destination is no frontend at all.
 #[inline(never)]
-fn pick<C: Frame>(ctx: &C, key: &CtKeyV6, now: u64) -> Result<(Backend, u32), Option<Verdict>> {
+fn pick<C: Frame>(
+    ctx: &C,
+    key: &CtKeyV6,
+    now: u64,
+) -> Result<(Backend, u32, bool), Option<Verdict>> {
     let decision = decide::new_flow(
         &select::MapsV6,
         &key.frontend(),
@@ -181,7 +213,11 @@ fn pick<C: Frame>(ctx: &C, key: &CtKeyV6, now: u64) -> Result<(Backend, u32), Op
         || key.hash(),
     );
     match decision {
-        Decision::Backend { fe, backend, .. } => Ok(((backend.addr, backend.port), fe.svc_id)),
+        Decision::Backend { fe, backend, .. } => Ok((
+            (backend.addr, backend.port),
+            fe.svc_id,
+            policy::needs_snat(&fe, backend.flags, backend.addr == key.src_addr),
+        )),
         Decision::NotOurs => Err(None),
         Decision::Refused(reason) => Err(Some((reason, C::DROP))),
     }
@@ -193,22 +229,45 @@ fn reject<C: Frame>(ctx: &C, proto: u8, reason: Reason) -> Verdict {
     reject::send_v6(ctx, proto, reason)
 }
 
-/// `conntrack::sums`, without source NAT.
+/// Gives `flow` its SNAT address and port; false when no port is free.
+/// Without an IPv6 SNAT address the flow goes untranslated, as with IPv4.
 #[inline(never)]
-fn sums(key: &CtKeyV6, backend: Backend) -> FlowSums {
-    conntrack::sums(key, backend, None)
+fn snat(key: &CtKeyV6, flow: &mut NewFlow, now: u64) -> bool {
+    let Some(addr) = CONFIG_V6
+        .get_ptr(0)
+        .map(|c| unsafe { (*c).snat_addr })
+        .filter(|a| *a != [0; 4])
+    else {
+        return true;
+    };
+    let cfg = conntrack::config();
+    match policy::snat_port(flow.backend, addr, key, &cfg, now) {
+        Some(port) => {
+            stats::count(Reason::SnatNewFlow);
+            flow.snat = Some((addr, port));
+            true
+        }
+        None => false,
+    }
+}
+
+/// `conntrack::sums` of `flow`.
+#[inline(never)]
+fn sums(key: &CtKeyV6, flow: &mut NewFlow) {
+    flow.sums = conntrack::sums(key, flow.backend, flow.snat);
 }
 
 /// What a new flow's entries are made of.
 struct NewFlow {
     backend: Backend,
     svc_id: u32,
+    snat: Option<Backend>,
     sums: FlowSums,
 }
 
-/// `conntrack::create`, without source NAT; null when the entries could
-/// not be made (a pointer, not an `Option`, which would not fit the
-/// registers a BPF-to-BPF call returns in).
+/// `conntrack::create`; null when the entries could not be made (a
+/// pointer, not an `Option`, which would not fit the registers a
+/// BPF-to-BPF call returns in).
 #[inline(never)]
 fn create(key: &CtKeyV6, flow: &NewFlow, now: u64) -> *mut CtValueV6 {
     SCRATCH_CT_V6
@@ -218,7 +277,7 @@ fn create(key: &CtKeyV6, flow: &NewFlow, now: u64) -> *mut CtValueV6 {
                 key,
                 flow.backend,
                 flow.svc_id,
-                None,
+                flow.snat,
                 &flow.sums,
                 now,
                 unsafe { &mut *value },
@@ -242,7 +301,7 @@ fn translate<C: Frame>(ctx: &C, p: &Packet, key: &CtKeyV6, ct: *mut CtValueV6, n
     forward::send(ctx, ct, false, partial)
 }
 
-// `pick`, `reject`, `sums`, `create`, `track` and `fits` are functions of their own (BPF-to-BPF
+// `pick`, `reject`, `snat`, `sums`, `create`, `track` and `fits` are functions of their own (BPF-to-BPF
 // calls), each called from the entry program's frame: inlined, their
 // variables would not fit the 512-byte stack beside the entry's, and
 // nested, their frames would add up.

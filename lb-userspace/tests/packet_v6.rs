@@ -4,19 +4,18 @@
 //! which hand IPv6 to the IPv6 entry programs by tail call.
 mod common;
 
+use common::packets_v6::{addr, parse_checked, tcp, udp, Seen};
+
 use std::net::Ipv6Addr;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use etherparse::{IpNumber, NetHeaders, PacketBuilder, PacketHeaders, TcpHeader, TransportHeader};
 use lb_common::Reason;
 use lb_userspace::{
     cli::Filter,
-    datapath::{run_frame, Capacities, Datapath, POD_PROGRAM, PROGRAM},
+    datapath::{run_frame, Datapath, POD_PROGRAM, PROGRAM},
     inspect::flow_rows,
-    model::{desired_state, ModelOptions, NodeInfo},
-    source::manifests::load_dir,
+    model::{ModelOptions, NodeInfo},
     sync::NodeMaps,
-    sync::Syncer,
 };
 
 const XDP_PASS: u32 = 2;
@@ -67,37 +66,9 @@ const BACKENDS: [&str; 2] = ["fd00:244:1::2", "fd00:244:2::2"];
 const EMPTY: &str = "fd00:96::11";
 const XDP_TX: u32 = 3;
 
-fn addr(a: &str) -> Ipv6Addr {
-    a.parse().unwrap()
-}
-
 /// The data plane with the manifests synced into it, as the agent does.
 fn synced() -> Datapath {
-    common::privileged("IPv6 packet path");
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "xl-packet-v6-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("web.yaml"), MANIFESTS).unwrap();
-    let (objects, report) = load_dir(&dir).expect("reading the manifests");
-    std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(report.problems, [], "the manifests must load");
-    let desired = desired_state(
-        &objects.services,
-        &objects.slices,
-        &NodeInfo::default(),
-        &ModelOptions::default(),
-    );
-    assert_eq!(desired.problems, [], "the manifests must be valid");
-    let mut dp = Datapath::load(&Capacities::small(), None).expect("loading the object");
-    let mut syncer = Syncer::recover(&mut dp.maps).unwrap();
-    let report = syncer.sync(&desired, &mut dp.maps).unwrap();
-    assert_eq!(report.refused, [], "every Service port fits");
-    dp
+    common::synced(MANIFESTS, &NodeInfo::default(), &ModelOptions::default())
 }
 
 fn xdp(dp: &Datapath, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -112,26 +83,6 @@ fn tc(dp: &Datapath, frame: &[u8]) -> (u32, Vec<u8>) {
 
 fn count(dp: &Datapath, r: Reason) -> u64 {
     dp.maps.reason_total(r).unwrap()
-}
-
-fn tcp(from: (&str, u16), to: (&str, u16), syn: bool, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv6(addr(from.0).octets(), addr(to.0).octets(), 64)
-        .tcp(from.1, to.1, 1000, 64_000);
-    let b = if syn { b.syn() } else { b.ack(1) };
-    let mut out = Vec::new();
-    b.write(&mut out, payload).unwrap();
-    out
-}
-
-fn udp(from: (&str, u16), to: (&str, u16), payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv6(addr(from.0).octets(), addr(to.0).octets(), 64)
-        .udp(from.1, to.1)
-        .write(&mut out, payload)
-        .unwrap();
-    out
 }
 
 /// Offsets in an untagged Ethernet frame.
@@ -155,46 +106,6 @@ fn with_ext_headers(frame: &[u8], headers: &[u8]) -> Vec<u8> {
     let len = u16::from_be_bytes([frame[IP6 + 4], frame[IP6 + 5]]) + ext.len() as u16;
     out[IP6 + 4..IP6 + 6].copy_from_slice(&len.to_be_bytes());
     out
-}
-
-struct Seen {
-    src: (Ipv6Addr, u16),
-    dst: (Ipv6Addr, u16),
-    payload: Vec<u8>,
-}
-
-/// Parses an output frame and panics unless its transport checksum is
-/// right, recomputed here over the IPv6 pseudo-header.
-fn parse_checked(frame: &[u8]) -> Seen {
-    let h = PacketHeaders::from_ethernet_slice(frame).expect("output frame parses");
-    let Some(NetHeaders::Ipv6(ip, _)) = h.net else {
-        panic!("not IPv6")
-    };
-    let payload = h.payload.slice().to_vec();
-    let (sport, dport) = match h.transport {
-        Some(TransportHeader::Tcp(t)) => {
-            assert_eq!(
-                t.checksum,
-                t.calc_checksum_ipv6(&ip, &payload).unwrap(),
-                "TCP checksum"
-            );
-            (t.source_port, t.destination_port)
-        }
-        Some(TransportHeader::Udp(u)) => {
-            assert_eq!(
-                u.checksum,
-                u.calc_checksum_ipv6(&ip, &payload).unwrap(),
-                "UDP checksum"
-            );
-            (u.source_port, u.destination_port)
-        }
-        _ => panic!("unexpected transport"),
-    };
-    Seen {
-        src: (ip.source.into(), sport),
-        dst: (ip.destination.into(), dport),
-        payload,
-    }
 }
 
 /// The backend a translated packet went to, which must be one of the

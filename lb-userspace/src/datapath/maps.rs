@@ -9,8 +9,8 @@ use lb_common::{
     flow_cache_slot, names,
     sock::{SockAffinityKeyV4, SockAffinityKeyV6},
     AddrInfo, AffinityKeyV4, AffinityKeyV6, AffinityValue, AnnounceKeyV4, AnnounceValue, BackendV4,
-    BackendV6, Config, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6, FlowCacheEntryV4, FrontendKeyV4,
-    FrontendKeyV6, FrontendValue, IfaceInfo, LbAddrInfo, Reason, SourceRangeKeyV4, SvcName,
+    BackendV6, Config, ConfigV6, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6, FlowCacheEntryV4, FrontendKeyV4,
+    FrontendKeyV6, FrontendValue, IfaceInfo, LbAddrInfo, Reason, SourceRangeKeyV4, SourceRangeKeyV6, SvcName,
     SvcStats,
 };
 
@@ -41,6 +41,7 @@ pub struct Maps {
     stats: PerCpuArray<MapData, u64>,
     svc_stats: PerCpuArray<MapData, SvcStats>,
     config: Array<MapData, Config>,
+    config_v6: Array<MapData, ConfigV6>,
     ifaces: HashMap<MapData, u32, IfaceInfo>,
     svc_names: HashMap<MapData, u32, SvcName>,
     slots: RingSlots,
@@ -49,6 +50,7 @@ pub struct Maps {
     affinity_v6: HashMap<MapData, AffinityKeyV6, AffinityValue>,
     sock_affinity_v6: HashMap<MapData, SockAffinityKeyV6, AffinityValue>,
     source_ranges: LpmTrie<MapData, SourceRangeKeyV4, u32>,
+    source_ranges_v6: LpmTrie<MapData, SourceRangeKeyV6, u32>,
     /// LoadBalancer addresses this node answers ARP for, per interface.
     announce: HashMap<MapData, AnnounceKeyV4, AnnounceValue>,
     /// Every pool address with its pool and announcing node.
@@ -130,6 +132,7 @@ impl Maps {
             stats: get(names::STATS)?.try_into()?,
             svc_stats: get(names::SVC_STATS)?.try_into()?,
             config: get(names::CONFIG)?.try_into()?,
+            config_v6: get(names::CONFIG_V6)?.try_into()?,
             ifaces: get(names::IFACES)?.try_into()?,
             svc_names: get(names::SVC_NAMES)?.try_into()?,
             slots,
@@ -138,6 +141,7 @@ impl Maps {
             affinity_v6: get(names::AFFINITY_V6)?.try_into()?,
             sock_affinity_v6: get(names::SOCK_AFFINITY_V6)?.try_into()?,
             source_ranges: get(names::SOURCE_RANGES_V4)?.try_into()?,
+            source_ranges_v6: get(names::SOURCE_RANGES_V6)?.try_into()?,
             announce: get(names::ANNOUNCE_V4)?.try_into()?,
             lb_addrs: get(names::LB_ADDRS_V4)?.try_into()?,
             flow_cache: None,
@@ -235,6 +239,10 @@ impl Maps {
 
     pub fn source_ranges(&self) -> &LpmTrie<MapData, SourceRangeKeyV4, u32> {
         &self.source_ranges
+    }
+
+    pub fn source_ranges_v6(&self) -> &LpmTrie<MapData, SourceRangeKeyV6, u32> {
+        &self.source_ranges_v6
     }
 
     pub fn flow_cache(&self) -> Option<&PerCpuArray<MapData, FlowCacheEntryV4>> {

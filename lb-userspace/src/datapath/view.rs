@@ -6,7 +6,7 @@ use lb_common::{
     decide::{Client, View},
     sock::{SockAffinityKeyV4, SockAffinityKeyV6},
     AffinityKeyV4, AffinityKeyV6, AffinityValue, BackendV4, BackendV6, FrontendKeyV4,
-    FrontendKeyV6, FrontendValue, SourceRangeKeyV4, ADDR_FRONTEND,
+    FrontendKeyV6, FrontendValue, SourceRangeKeyV4, SourceRangeKeyV6, ADDR_FRONTEND,
 };
 
 use super::Maps;
@@ -88,10 +88,12 @@ impl View for MapsViewV6<'_> {
         false
     }
 
-    /// As the data plane: IPv6 frontends are ClusterIPs, which take no
-    /// source ranges.
-    fn in_source_ranges(&self, _: u32, _: [u32; 4]) -> bool {
-        false
+    fn in_source_ranges(&self, svc_id: u32, src: [u32; 4]) -> bool {
+        let key = Key::new(
+            SourceRangeKeyV6::LOOKUP_BITS,
+            SourceRangeKeyV6::lookup(svc_id, src),
+        );
+        self.0.source_ranges_v6().get(&key, 0).is_ok()
     }
 
     fn affinity(

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use lb_common::{
     filter::{position, AddrSet},
     sock::SockAffinityKeyV4,
-    AffinityKeyV4, AffinityValue, AnnounceValue, BackendV4, BackendV6, Config, CtKeyV4, CtKeyV6,
+    AffinityKeyV4, AffinityValue, AnnounceValue, BackendV4, BackendV6, Config, ConfigV6, CtKeyV4, CtKeyV6,
     CtValueV4, CtValueV6, FrontendKeyV4, FrontendKeyV6, FrontendValue, IfaceInfo, LbAddrInfo,
 };
 
@@ -28,7 +28,7 @@ pub struct FakeMaps {
     pub addrs: BTreeMap<u32, ()>,
     pub filter: BTreeMap<u32, u64>,
     pub services: BTreeMap<u32, String>,
-    pub source_ranges: std::collections::BTreeSet<(u32, std::net::Ipv4Addr, u8)>,
+    pub source_ranges: std::collections::BTreeSet<(u32, std::net::IpAddr, u8)>,
 }
 
 #[derive(Debug)]
@@ -247,21 +247,18 @@ impl ServiceMaps for FakeServiceMaps {
         Ok(())
     }
 
-    fn put_source_range(&mut self, svc_id: u32, addr: std::net::Ipv4Addr, len: u8) -> Result<()> {
-        let fits = self.maps.source_ranges.len() < self.room.source_ranges as usize;
-        self.admit(fits, "SOURCE_RANGES_V4")?;
+    fn put_source_range(&mut self, svc_id: u32, addr: std::net::IpAddr, len: u8) -> Result<()> {
+        let in_family = |r: &&(u32, std::net::IpAddr, u8)| r.1.is_ipv6() == addr.is_ipv6();
+        let used = self.maps.source_ranges.iter().filter(in_family).count();
+        let fits = used < self.room.source_ranges as usize;
+        self.admit(fits, range_map(addr))?;
         self.maps.source_ranges.insert((svc_id, addr, len));
         self.after(format!("source range {svc_id} {addr}/{len}"));
         Ok(())
     }
 
-    fn remove_source_range(
-        &mut self,
-        svc_id: u32,
-        addr: std::net::Ipv4Addr,
-        len: u8,
-    ) -> Result<()> {
-        self.admit(true, "SOURCE_RANGES_V4")?;
+    fn remove_source_range(&mut self, svc_id: u32, addr: std::net::IpAddr, len: u8) -> Result<()> {
+        self.admit(true, range_map(addr))?;
         self.maps.source_ranges.remove(&(svc_id, addr, len));
         self.after(format!("remove source range {svc_id} {addr}/{len}"));
         Ok(())
@@ -317,6 +314,7 @@ impl ServiceMaps for FakeServiceMaps {
 #[derive(Debug, Default)]
 pub struct FakeNodeMaps {
     pub config: Option<Config>,
+    pub config_v6: Option<ConfigV6>,
     pub ifaces: BTreeMap<u32, IfaceInfo>,
     pub ct: HashMap<CtKeyV4, CtValueV4>,
     pub ct_v6: HashMap<CtKeyV6, CtValueV6>,
@@ -329,6 +327,11 @@ pub struct FakeNodeMaps {
 impl NodeMaps for FakeNodeMaps {
     fn put_config(&mut self, config: Config) -> Result<()> {
         self.config = Some(config);
+        Ok(())
+    }
+
+    fn put_config_v6(&mut self, config: ConfigV6) -> Result<()> {
+        self.config_v6 = Some(config);
         Ok(())
     }
 
@@ -384,5 +387,13 @@ impl NodeMaps for FakeNodeMaps {
     fn set_lb_addrs(&mut self, want: &BTreeMap<u32, LbAddrInfo>) -> Result<()> {
         self.lb_addrs = want.clone();
         Ok(())
+    }
+}
+
+fn range_map(addr: std::net::IpAddr) -> &'static str {
+    if addr.is_ipv6() {
+        "SOURCE_RANGES_V6"
+    } else {
+        "SOURCE_RANGES_V4"
     }
 }

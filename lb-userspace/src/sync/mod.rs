@@ -697,7 +697,8 @@ struct Peak {
     frontends_v6: usize,
     /// Frontend addresses this sync adds.
     addrs: HashSet<u32>,
-    ranges: usize,
+    /// Source ranges of each family (IPv4, IPv6), which have a map each.
+    ranges: [usize; 2],
 }
 
 impl Peak {
@@ -706,7 +707,7 @@ impl Peak {
             frontends: s.applied.values().map(|a| a.frontends.len()).sum(),
             frontends_v6: s.applied.values().map(|a| a.frontends_v6.len()).sum(),
             addrs: HashSet::new(),
-            ranges: s.applied.values().map(|a| a.ranges.len()).sum(),
+            ranges: family_counts(s.applied.values().flat_map(|a| &a.ranges)),
         }
     }
 
@@ -734,11 +735,11 @@ impl Peak {
             .filter(|a| !addr_refs.contains_key(a) && !self.addrs.contains(a))
             .copied()
             .collect();
-        let ranges = plan
-            .ranges
-            .iter()
-            .filter(|r| !old.is_some_and(|o| o.ranges.contains(r)))
-            .count();
+        let ranges = family_counts(
+            plan.ranges
+                .iter()
+                .filter(|r| !old.is_some_and(|o| o.ranges.contains(r))),
+        );
         let over = |map: &str, have: usize, more: usize, cap: u32| {
             format!(
                 "does not fit: {map} holds {cap} entries, {have} in use, this Service port needs {more} more"
@@ -764,20 +765,32 @@ impl Peak {
         if addrs_in_use + addrs.len() > room.addrs as usize {
             return Err(over("ADDRS_V4", addrs_in_use, addrs.len(), room.addrs));
         }
-        if self.ranges + ranges > room.source_ranges as usize {
-            return Err(over(
-                "SOURCE_RANGES_V4",
-                self.ranges,
-                ranges,
-                room.source_ranges,
-            ));
+        for (family, map) in ["SOURCE_RANGES_V4", "SOURCE_RANGES_V6"].into_iter().enumerate() {
+            if self.ranges[family] + ranges[family] > room.source_ranges as usize {
+                return Err(over(
+                    map,
+                    self.ranges[family],
+                    ranges[family],
+                    room.source_ranges,
+                ));
+            }
         }
         self.frontends += frontends;
         self.frontends_v6 += frontends_v6;
         self.addrs.extend(addrs);
-        self.ranges += ranges;
+        self.ranges[0] += ranges[0];
+        self.ranges[1] += ranges[1];
         Ok(())
     }
+}
+
+/// How many of `ranges` are IPv4 and IPv6.
+fn family_counts<'a>(ranges: impl Iterator<Item = &'a (IpAddr, u8)>) -> [usize; 2] {
+    let mut n = [0; 2];
+    for (addr, _) in ranges {
+        n[usize::from(addr.is_ipv6())] += 1;
+    }
+    n
 }
 
 /// Rewrites the listed filter words that differ from the bits still

@@ -6,13 +6,15 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use lb_common::{
-    AffinityValue, AnnounceValue, Config, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6, IfaceInfo,
+    AffinityValue, AnnounceValue, Config, ConfigV6, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6, IfaceInfo,
     LbAddrInfo,
 };
 
 pub trait NodeMaps {
     /// Sets `CONFIG`, which every packet reads.
     fn put_config(&mut self, config: Config) -> Result<()>;
+    /// Sets `CONFIG_V6`, the IPv6 path's settings.
+    fn put_config_v6(&mut self, config: ConfigV6) -> Result<()>;
     /// Sets how the packet path delivers to interface `index` (`IFACES`).
     fn put_iface(&mut self, index: u32, info: IfaceInfo) -> Result<()>;
     /// Deletes the connection-tracking entries `stale` picks, and any copy

@@ -2,7 +2,7 @@
 //! unit the syncer diffs, reference-counts and remembers.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
 };
 
 use anyhow::Result;
@@ -52,7 +52,8 @@ pub struct Applied {
     pub addrs: BTreeSet<u32>,
     /// Address-filter bits as (word, bit).
     pub bits: BTreeSet<(u32, u64)>,
-    pub ranges: BTreeSet<(Ipv4Addr, u8)>,
+    /// loadBalancerSourceRanges of both families.
+    pub ranges: BTreeSet<(IpAddr, u8)>,
     /// By traffic class (0, `FE_EXTERNAL` or `RING_V6`).
     pub rings: BTreeMap<u32, Ring>,
     /// Slots of the rings this plan built anew; written once, then dropped.
@@ -91,7 +92,11 @@ pub fn service(
     let mut a = Applied {
         spec: Some(sp.clone()),
         svc_id,
-        ranges: sp.load_balancer_source_ranges.iter().copied().collect(),
+        ranges: sp
+            .load_balancer_source_ranges
+            .iter()
+            .map(|&(a, len)| (IpAddr::V4(a), len))
+            .collect(),
         ..Applied::default()
     };
     match fill(&mut a, proto, sp, old, backend_id, segments) {

@@ -21,9 +21,10 @@ pub trait ServiceMaps {
     fn put_filter_words(&mut self, words: &[(u32, u64)]) -> Result<()>;
     /// Names a new service id and zeroes its counters (ids are reused).
     fn put_service(&mut self, svc_id: u32, name: &str) -> Result<()>;
-    fn put_source_range(&mut self, svc_id: u32, addr: std::net::Ipv4Addr, len: u8) -> Result<()>;
-    fn remove_source_range(&mut self, svc_id: u32, addr: std::net::Ipv4Addr, len: u8)
-        -> Result<()>;
+    /// A loadBalancerSourceRanges CIDR of either family, into
+    /// `SOURCE_RANGES_V4` or `SOURCE_RANGES_V6`.
+    fn put_source_range(&mut self, svc_id: u32, addr: std::net::IpAddr, len: u8) -> Result<()>;
+    fn remove_source_range(&mut self, svc_id: u32, addr: std::net::IpAddr, len: u8) -> Result<()>;
     fn remove_service(&mut self, svc_id: u32) -> Result<()>;
     /// How many entries each map the syncer writes holds.
     fn room(&self) -> Result<Room>;
@@ -48,7 +49,7 @@ pub struct Snapshot {
     /// Addresses marked as frontend addresses (rejecting unknown ports).
     pub frontend_addrs: Vec<u32>,
     /// loadBalancerSourceRanges: (service id, network, prefix length).
-    pub source_ranges: Vec<(u32, std::net::Ipv4Addr, u8)>,
+    pub source_ranges: Vec<(u32, std::net::IpAddr, u8)>,
 }
 
 /// Capacities of the maps a sync fills: a Service port that would overflow
@@ -65,5 +66,6 @@ pub struct Room {
     /// IPv6 backends at once (their ids come from `backends`' range).
     pub backends_v6: u32,
     pub ring_slots: u32,
+    /// Entries of each family's source-range trie.
     pub source_ranges: u32,
 }

@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod host_client;
 pub mod kube_agent;
 pub mod packets;
+pub mod packets_v6;
 pub mod provision;
 pub mod servers;
 pub mod topology;
@@ -17,7 +18,14 @@ pub mod uplink;
 #[allow(unused_imports)] // each test binary uses a different subset
 pub use provision::{be, source_range, Provision};
 
-use lb_userspace::datapath::{Capacities, Datapath};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use lb_userspace::{
+    datapath::{Capacities, Datapath},
+    model::{desired_state, ModelOptions, NodeInfo},
+    source::manifests::load_dir,
+    sync::Syncer,
+};
 
 /// Fails (never skips) when the test cannot get the privileges it needs.
 pub fn privileged(tier: &str) {
@@ -29,4 +37,29 @@ pub fn privileged(tier: &str) {
 pub fn load() -> Datapath {
     privileged("BPF_PROG_TEST_RUN packet tests");
     Datapath::load(&Capacities::small(), None).expect("load the XDP object")
+}
+
+/// The data plane with `manifests` synced into it as the agent does, on
+/// node `node` with options `opts`.
+pub fn synced(manifests: &str, node: &NodeInfo, opts: &ModelOptions) -> Datapath {
+    privileged("BPF_PROG_TEST_RUN packet tests");
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "xl-packet-manifests-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("objects.yaml"), manifests).unwrap();
+    let (objects, report) = load_dir(&dir).expect("reading the manifests");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(report.problems, [], "the manifests must load");
+    let desired = desired_state(&objects.services, &objects.slices, node, opts);
+    assert_eq!(desired.problems, [], "the manifests must be valid");
+    let mut dp = Datapath::load(&Capacities::small(), None).expect("loading the object");
+    let mut syncer = Syncer::recover(&mut dp.maps).unwrap();
+    let report = syncer.sync(&desired, &mut dp.maps).unwrap();
+    assert_eq!(report.refused, [], "every Service port fits");
+    dp
 }

@@ -7,7 +7,7 @@ use aya::{
     Pod,
 };
 use lb_common::{
-    AffinityValue, AnnounceKeyV4, AnnounceValue, Config, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6,
+    AffinityValue, AnnounceKeyV4, AnnounceValue, Config, ConfigV6, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6,
     IfaceInfo, LbAddrInfo,
 };
 
@@ -17,6 +17,10 @@ use crate::sync::NodeMaps;
 impl NodeMaps for Maps {
     fn put_config(&mut self, config: Config) -> Result<()> {
         Ok(self.config.set(0, config, 0)?)
+    }
+
+    fn put_config_v6(&mut self, config: ConfigV6) -> Result<()> {
+        Ok(self.config_v6.set(0, config, 0)?)
     }
 
     fn put_iface(&mut self, index: u32, info: IfaceInfo) -> Result<()> {

@@ -1,11 +1,12 @@
 //! `ServiceMaps` on the kernel's maps.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 use aya::maps::{lpm_trie::Key, IterableMap, MapData, MapError, PerCpuValues};
 use lb_common::{
-    addr::{from_map, to_map},
+    addr::{from_map, from_map_v6, to_map, to_map_v6},
     AddrInfo, BackendV4, BackendV6, FrontendKeyV4, FrontendKeyV6, FrontendValue, SourceRangeKeyV4,
+    SourceRangeKeyV6,
     SvcName, SvcNameParts, SvcStats, ADDR_FRONTEND,
 };
 
@@ -23,6 +24,14 @@ fn range_key(svc_id: u32, addr: Ipv4Addr, len: u8) -> Key<SourceRangeKeyV4> {
     let data = SourceRangeKeyV4 {
         svc_id_be: svc_id.to_be(),
         addr: to_map(addr),
+    };
+    Key::new(32 + len as u32, data)
+}
+
+fn range_key_v6(svc_id: u32, addr: Ipv6Addr, len: u8) -> Key<SourceRangeKeyV6> {
+    let data = SourceRangeKeyV6 {
+        svc_id_be: svc_id.to_be(),
+        addr: to_map_v6(addr),
     };
     Key::new(32 + len as u32, data)
 }
@@ -105,14 +114,22 @@ impl ServiceMaps for Maps {
         absent_ok(self.svc_names.remove(&svc_id))
     }
 
-    fn put_source_range(&mut self, svc_id: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
-        Ok(self
-            .source_ranges
-            .insert(&range_key(svc_id, addr, len), 1, 0)?)
+    fn put_source_range(&mut self, svc_id: u32, addr: IpAddr, len: u8) -> Result<()> {
+        Ok(match addr {
+            IpAddr::V4(a) => self
+                .source_ranges
+                .insert(&range_key(svc_id, a, len), 1, 0)?,
+            IpAddr::V6(a) => self
+                .source_ranges_v6
+                .insert(&range_key_v6(svc_id, a, len), 1, 0)?,
+        })
     }
 
-    fn remove_source_range(&mut self, svc_id: u32, addr: Ipv4Addr, len: u8) -> Result<()> {
-        absent_ok(self.source_ranges.remove(&range_key(svc_id, addr, len)))
+    fn remove_source_range(&mut self, svc_id: u32, addr: IpAddr, len: u8) -> Result<()> {
+        absent_ok(match addr {
+            IpAddr::V4(a) => self.source_ranges.remove(&range_key(svc_id, a, len)),
+            IpAddr::V6(a) => self.source_ranges_v6.remove(&range_key_v6(svc_id, a, len)),
+        })
     }
 
     fn room(&self) -> Result<Room> {
@@ -165,7 +182,14 @@ impl ServiceMaps for Maps {
         for key in self.source_ranges.keys() {
             let key = key?;
             let data = key.data();
-            let addr = from_map(data.addr);
+            let addr = IpAddr::V4(from_map(data.addr));
+            let len = (key.prefix_len() - 32) as u8;
+            source_ranges.push((u32::from_be(data.svc_id_be), addr, len));
+        }
+        for key in self.source_ranges_v6.keys() {
+            let key = key?;
+            let data = key.data();
+            let addr = IpAddr::V6(from_map_v6(data.addr));
             let len = (key.prefix_len() - 32) as u8;
             source_ranges.push((u32::from_be(data.svc_id_be), addr, len));
         }

@@ -1,0 +1,70 @@
+//! IPv6 frames for the packet tests, built and checked with etherparse,
+//! independently of the code under test.
+use std::net::Ipv6Addr;
+
+use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+
+pub fn addr(a: &str) -> Ipv6Addr {
+    a.parse().unwrap()
+}
+
+pub fn tcp(from: (&str, u16), to: (&str, u16), syn: bool, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv6(addr(from.0).octets(), addr(to.0).octets(), 64)
+        .tcp(from.1, to.1, 1000, 64_000);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut out = Vec::new();
+    b.write(&mut out, payload).unwrap();
+    out
+}
+
+pub fn udp(from: (&str, u16), to: (&str, u16), payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv6(addr(from.0).octets(), addr(to.0).octets(), 64)
+        .udp(from.1, to.1)
+        .write(&mut out, payload)
+        .unwrap();
+    out
+}
+
+pub struct Seen {
+    pub src: (Ipv6Addr, u16),
+    pub dst: (Ipv6Addr, u16),
+    pub payload: Vec<u8>,
+}
+
+/// Parses an output frame and panics unless its transport checksum is
+/// right, recomputed here over the IPv6 pseudo-header.
+pub fn parse_checked(frame: &[u8]) -> Seen {
+    let h = PacketHeaders::from_ethernet_slice(frame).expect("output frame parses");
+    let Some(NetHeaders::Ipv6(ip, _)) = h.net else {
+        panic!("not IPv6")
+    };
+    let payload = h.payload.slice().to_vec();
+    let (sport, dport) = match h.transport {
+        Some(TransportHeader::Tcp(t)) => {
+            assert_eq!(
+                t.checksum,
+                t.calc_checksum_ipv6(&ip, &payload).unwrap(),
+                "TCP checksum"
+            );
+            (t.source_port, t.destination_port)
+        }
+        Some(TransportHeader::Udp(u)) => {
+            assert_eq!(
+                u.checksum,
+                u.calc_checksum_ipv6(&ip, &payload).unwrap(),
+                "UDP checksum"
+            );
+            (u.source_port, u.destination_port)
+        }
+        _ => panic!("unexpected transport"),
+    };
+    Seen {
+        src: (ip.source.into(), sport),
+        dst: (ip.destination.into(), dport),
+        payload,
+    }
+}
+
