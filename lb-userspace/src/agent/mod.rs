@@ -68,6 +68,7 @@ struct Agent {
     config: Option<Config>,
     health: health::Shared,
     nodeport_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
+    nodeport_cidrs_v6: Vec<(std::net::Ipv6Addr, u8)>,
     metrics: Arc<Metrics>,
     trigger_times: programming::TriggerTimes,
     healthchecks: HealthCheckServers,
@@ -148,6 +149,16 @@ impl Agent {
             node_addresses: ifaces::ipv4_addresses()?
                 .into_iter()
                 .map(|(_, addr)| addr)
+                .collect(),
+            nodeport_addresses_v6: ifaces::nodeport_addresses_v6(
+                &self.args.external_ifaces,
+                &self.nodeport_cidrs_v6,
+            )?,
+            // Link-local addresses are every link's, no frontend's.
+            node_addresses_v6: ifaces::ipv6_addresses()?
+                .into_iter()
+                .map(|(_, addr)| addr)
+                .filter(|addr| !addr.is_unicast_link_local())
                 .collect(),
         };
         let alloc = model::lb_addrs::allocate(&objects.services, &self.pools, &opts);
@@ -362,6 +373,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         .iter()
         .map(|c| ifaces::parse_cidr(c))
         .collect::<Result<Vec<_>>>()?;
+    let (nodeport_cidrs, nodeport_cidrs_v6) = ifaces::split_cidrs(&nodeport_cidrs);
     // Drops counted before this start (the counters are pinned) were
     // reported by the agent that saw them.
     let snat_exhausted = dp
@@ -378,6 +390,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         config: None,
         health: health.clone(),
         nodeport_cidrs,
+        nodeport_cidrs_v6,
         metrics: metrics.clone(),
         trigger_times,
         healthchecks: HealthCheckServers::new(
