@@ -107,8 +107,11 @@ pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8)> {
     Ok((addr, len))
 }
 
+/// Networks and prefix lengths.
+pub type Cidrs<A> = Vec<(A, u8)>;
+
 /// `cidrs` split by family, as kube-proxy applies each family's own.
-pub fn split_cidrs(cidrs: &[(IpAddr, u8)]) -> (Vec<(Ipv4Addr, u8)>, Vec<(Ipv6Addr, u8)>) {
+pub fn split_cidrs(cidrs: &[(IpAddr, u8)]) -> (Cidrs<Ipv4Addr>, Cidrs<Ipv6Addr>) {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     for &(addr, len) in cidrs {

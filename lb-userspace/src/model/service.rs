@@ -330,12 +330,15 @@ fn affinity(spec: &ServiceSpec) -> Result<Option<u32>, String> {
     }
 }
 
+/// Networks (host bits cleared) and prefix lengths.
+type Ranges<A> = Vec<(A, u8)>;
+
 /// The IPv4 and the IPv6 ranges, each sorted: like kube-proxy's per-family
 /// filtering, IPv6 ranges do not restrict IPv4 clients. Host bits are
 /// cleared, as Go's ParseCIDR does.
 fn source_ranges<'a>(
     ranges: impl Iterator<Item = &'a String>,
-) -> Result<(Vec<(Ipv4Addr, u8)>, Vec<(Ipv6Addr, u8)>), String> {
+) -> Result<(Ranges<Ipv4Addr>, Ranges<Ipv6Addr>), String> {
     let mut out = Vec::new();
     let mut out_v6 = Vec::new();
     for range in ranges {

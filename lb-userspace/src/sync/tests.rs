@@ -948,7 +948,8 @@ fn ipv6_external_frontends_get_an_external_ring_and_policies() {
         FE_EXTERNAL | FE_DROP_EMPTY
     );
 
-    restarted.sync(&state(&[other.clone()]), &mut w).unwrap();
+    let rest = state(&[other]);
+    restarted.sync(&rest, &mut w).unwrap();
     assert!(w.violations.is_empty(), "{:#?}", w.violations);
-    assert_eq!(view(&w), view(&synced_fresh(&state(&[other]), room())));
+    assert_eq!(view(&w), view(&synced_fresh(&rest, room())));
 }
