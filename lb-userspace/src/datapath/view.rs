@@ -88,8 +88,9 @@ impl View for MapsViewV6<'_> {
         false
     }
 
-    /// As the data plane: IPv6 frontends are ClusterIPs, which take no
-    /// source ranges.
+    /// No IPv6 source-range map yet: no client is in a range, so an IPv6
+    /// frontend restricted by source ranges takes nobody from outside the
+    /// cluster, failing closed.
     fn in_source_ranges(&self, _: u32, _: [u32; 4]) -> bool {
         false
     }
