@@ -6,8 +6,8 @@
 //! reads of `CT_V4` and `CT_V6` entries, valid until the program returns.
 use aya_ebpf::helpers::generated::bpf_get_prandom_u32;
 use lb_common::{
-    conntrack::STATE_SEEN_REPLY, Config, CtValue, FrontendValue, Reason, BE_LOCAL,
-    FE_EXTERNAL, IFACE_POD,
+    conntrack::STATE_SEEN_REPLY, Config, CtValue, FrontendValue, Reason, BE_LOCAL, FE_EXTERNAL,
+    IFACE_POD,
 };
 
 use crate::{conntrack::Table, forward::iface_has, frame::Frame, stats};

@@ -230,8 +230,7 @@ fn new_flow<C: Frame>(
         Decision::Refused(reason) => return Err(Some((reason, C::DROP))),
     };
     let cfg = conntrack::config();
-    let snat = if cfg.snat_addr != 0 && policy::needs_snat(&fe, be.flags, be.addr == key.src_addr)
-    {
+    let snat = if cfg.snat_addr != 0 && policy::needs_snat(&fe, be.flags, be.addr == key.src_addr) {
         match policy::snat_port((be.addr, be.port), cfg.snat_addr, key, &cfg, now) {
             Some(port) => {
                 stats::count(Reason::SnatNewFlow);

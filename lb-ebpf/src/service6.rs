@@ -69,35 +69,55 @@ fn classify<C: Frame>(ctx: &C) -> Verdict {
         Err(v) => return v,
     };
     let now = conntrack::now();
+    match entry(ctx, &mut p, (to_frontend, from_backend), now) {
+        // One place translates, whichever way the entry was found: each
+        // copy of the rewrite and forwarding would multiply what the
+        // verifier walks.
+        Ok((ct, reason)) => (reason, translate(ctx, &p, &*p.key, ct, now)),
+        Err(v) => v,
+    }
+}
+
+/// The flow entry the packet is translated by, and the reason to count;
+/// `Err` carries the verdict on a packet that is not translated. `sides`:
+/// whether the destination may be a frontend and the source a backend.
+/// Leaves the key in the direction of the entry.
+#[inline(always)]
+fn entry<C: Frame>(
+    ctx: &C,
+    p: &mut Packet,
+    (to_frontend, from_backend): (bool, bool),
+    now: u64,
+) -> Result<(*mut CtValueV6, Reason), Verdict> {
     // A reply to a source-NATed flow comes to the node's address, a NodePort
     // address too, on any port (a flow keeps its client's port when it
     // can): it is looked up as a reply before it can become a new flow.
-    if to_frontend && from_backend && is_snat_addr(dst) {
-        if let Some(v) = reply(ctx, &mut p, now) {
-            return v;
+    if to_frontend && from_backend && is_snat_addr(p.key.dst_addr) {
+        if let Some(ct) = reply_entry(p, now) {
+            return Ok((ct, Reason::XlateReply));
         }
         p.key.dir = CT_DIR_FORWARD;
     }
     if to_frontend {
-        if let Some(v) = forward_flow(ctx, &p, now) {
-            return v;
+        match forward_entry(ctx, p, now) {
+            Ok(found) => return Ok(found),
+            Err(Some(v)) => return Err(v),
+            Err(None) => {}
         }
     }
     if !from_backend {
-        return (Reason::PassNotOurs, C::PASS);
+        return Err((Reason::PassNotOurs, C::PASS));
     }
-    reply(ctx, &mut p, now).unwrap_or((Reason::PassReplyNoFlow, C::PASS))
+    reply_entry(p, now)
+        .map(|ct| (ct, Reason::XlateReply))
+        .ok_or((Reason::PassReplyNoFlow, C::PASS))
 }
 
-/// A reply of an established flow; `None` when there is none. Leaves the
-/// key turned to the reply direction.
+/// The entry of an established flow the packet replies to.
 #[inline(always)]
-fn reply<C: Frame>(ctx: &C, p: &mut Packet, now: u64) -> Option<Verdict> {
+fn reply_entry(p: &mut Packet, now: u64) -> Option<*mut CtValueV6> {
     p.key.dir = CT_DIR_REPLY;
-    let p = &*p;
-    let key = &*p.key;
-    let ct = conntrack::lookup(key, p.l4.tcp_flags, now)?;
-    Some((Reason::XlateReply, translate(ctx, p, key, ct, now)))
+    conntrack::lookup(&*p.key, p.l4.tcp_flags, now)
 }
 
 /// Whether `addr` is this node's IPv6 SNAT address.
@@ -156,53 +176,53 @@ fn transport<C: Frame>(ctx: &C, ip: *mut Ipv6Hdr) -> Result<Packet, Verdict> {
     })
 }
 
-/// An established or new flow to a frontend; `None` when the destination
-/// is no frontend.
+/// The entry of an established or new flow to a frontend; `Err` carries
+/// the verdict on a refused flow, or `None` when the destination is no
+/// frontend.
 #[inline(always)]
-fn forward_flow<C: Frame>(ctx: &C, p: &Packet, now: u64) -> Option<Verdict> {
+fn forward_entry<C: Frame>(
+    ctx: &C,
+    p: &Packet,
+    now: u64,
+) -> Result<(*mut CtValueV6, Reason), Option<Verdict>> {
     let key = &*p.key;
-    let (ct, reason) = match conntrack::lookup(key, p.l4.tcp_flags, now) {
-        Some(ct) => (ct, Reason::XlateEstablished),
+    match conntrack::lookup(key, p.l4.tcp_flags, now) {
+        Some(ct) => Ok((ct, Reason::XlateEstablished)),
         None => {
-            let (backend, svc_id, wants_snat) = match pick(ctx, key, now) {
-                Ok(picked) => picked,
-                Err(Some((reason @ (Reason::RejectUnknownPort | Reason::RejectNoBackend), _))) => {
-                    return Some(reject(ctx, key.proto, reason))
+            let mut flow = NewFlow::default();
+            match pick(ctx, key, now, &mut flow) {
+                (Reason::XlateNew, _) => {}
+                (Reason::PassNotOurs, _) => return Err(None),
+                (reason @ (Reason::RejectUnknownPort | Reason::RejectNoBackend), _) => {
+                    return Err(Some(reject(ctx, key.proto, reason)))
                 }
-                Err(v) => return v,
-            };
-            let mut flow = NewFlow {
-                backend,
-                svc_id,
-                snat: None,
-                sums: FlowSums::default(),
-            };
-            if wants_snat && !snat(key, &mut flow, now) {
-                return Some((Reason::DropSnatPortsExhausted, C::DROP));
+                v => return Err(Some(v)),
             }
-            sums(key, &mut flow);
+            if flow.wants_snat && !snat(key, &mut flow, now) {
+                return Err(Some((Reason::DropSnatPortsExhausted, C::DROP)));
+            }
+            sums_to_backend(key, &mut flow);
+            sums_back(key, &mut flow);
             let ct = create(key, &flow, now);
             if ct.is_null() {
-                return Some((Reason::DropCtInsert, C::DROP));
+                return Err(Some((Reason::DropCtInsert, C::DROP)));
             }
-            (ct, Reason::XlateNew)
+            Ok((ct, Reason::XlateNew))
         }
-    };
-    Some((reason, translate(ctx, p, key, ct, now)))
+    }
 }
 
 /// A backend's address and port.
 type Backend = ([u32; 4], u16);
 
-/// The backend and service id for a flow without an entry, and whether it
-/// needs source NAT. `Err` carries the verdict when the flow is refused,
-/// or `None` when the destination is no frontend at all.
+/// Fills in `flow`'s backend and service id, and whether it needs source
+/// NAT, for a flow without an entry. Returns `XlateNew` then,
+/// `PassNotOurs` when the destination is no frontend at all, else the
+/// verdict of a refused flow. A plain verdict, not a `Result` of an
+/// `Option`: the kernel refuses the BTF the compiler gives such an enum
+/// as a function's return type (a union member at a non-zero offset).
 #[inline(never)]
-fn pick<C: Frame>(
-    ctx: &C,
-    key: &CtKeyV6,
-    now: u64,
-) -> Result<(Backend, u32, bool), Option<Verdict>> {
+fn pick<C: Frame>(ctx: &C, key: &CtKeyV6, now: u64, flow: &mut NewFlow) -> Verdict {
     let decision = decide::new_flow(
         &select::MapsV6,
         &key.frontend(),
@@ -213,13 +233,14 @@ fn pick<C: Frame>(
         || key.hash(),
     );
     match decision {
-        Decision::Backend { fe, backend, .. } => Ok((
-            (backend.addr, backend.port),
-            fe.svc_id,
-            policy::needs_snat(&fe, backend.flags, backend.addr == key.src_addr),
-        )),
-        Decision::NotOurs => Err(None),
-        Decision::Refused(reason) => Err(Some((reason, C::DROP))),
+        Decision::Backend { fe, backend, .. } => {
+            flow.backend = (backend.addr, backend.port);
+            flow.svc_id = fe.svc_id;
+            flow.wants_snat = policy::needs_snat(&fe, backend.flags, backend.addr == key.src_addr);
+            (Reason::XlateNew, C::PASS)
+        }
+        Decision::NotOurs => (Reason::PassNotOurs, C::PASS),
+        Decision::Refused(reason) => (reason, C::DROP),
     }
 }
 
@@ -244,25 +265,43 @@ fn snat(key: &CtKeyV6, flow: &mut NewFlow, now: u64) -> bool {
     match policy::snat_port(flow.backend, addr, key, &cfg, now) {
         Some(port) => {
             stats::count(Reason::SnatNewFlow);
-            flow.snat = Some((addr, port));
+            flow.snat = (addr, port);
             true
         }
         None => false,
     }
 }
 
-/// `conntrack::sums` of `flow`.
+/// `conntrack::sums` of `flow`, the forward half: with source NAT, both
+/// halves in one function would take more stack than the entry leaves.
 #[inline(never)]
-fn sums(key: &CtKeyV6, flow: &mut NewFlow) {
-    flow.sums = conntrack::sums(key, flow.backend, flow.snat);
+fn sums_to_backend(key: &CtKeyV6, flow: &mut NewFlow) {
+    flow.sums.to_backend = conntrack::sums(key, flow.backend, flow.snat()).to_backend;
 }
 
-/// What a new flow's entries are made of.
+/// The other half of `sums_to_backend`.
+#[inline(never)]
+fn sums_back(key: &CtKeyV6, flow: &mut NewFlow) {
+    flow.sums.back = conntrack::sums(key, flow.backend, flow.snat()).back;
+}
+
+/// What a new flow's entries are made of. Holds no `Option`, whose BTF
+/// the kernel would refuse (see `pick`).
+#[derive(Default)]
 struct NewFlow {
     backend: Backend,
     svc_id: u32,
-    snat: Option<Backend>,
+    wants_snat: bool,
+    /// The SNAT address and port; the unspecified address when none.
+    snat: Backend,
     sums: FlowSums,
+}
+
+impl NewFlow {
+    #[inline(always)]
+    fn snat(&self) -> Option<Backend> {
+        conntrack::is_set(self.snat.0).then_some(self.snat)
+    }
 }
 
 /// `conntrack::create`; null when the entries could not be made (a
@@ -277,7 +316,7 @@ fn create(key: &CtKeyV6, flow: &NewFlow, now: u64) -> *mut CtValueV6 {
                 key,
                 flow.backend,
                 flow.svc_id,
-                flow.snat,
+                flow.snat(),
                 &flow.sums,
                 now,
                 unsafe { &mut *value },
@@ -301,7 +340,7 @@ fn translate<C: Frame>(ctx: &C, p: &Packet, key: &CtKeyV6, ct: *mut CtValueV6, n
     forward::send(ctx, ct, false, partial)
 }
 
-// `pick`, `reject`, `snat`, `sums`, `create`, `track` and `fits` are functions of their own (BPF-to-BPF
+// `pick`, `reject`, `snat`, the sums, `create`, `track` and `fits` are functions of their own (BPF-to-BPF
 // calls), each called from the entry program's frame: inlined, their
 // variables would not fit the 512-byte stack beside the entry's, and
 // nested, their frames would add up.

@@ -139,7 +139,8 @@ pub struct AgentArgs {
     #[arg(long, env = "NODE_NAME", default_value_t = hostname())]
     pub node_name: String,
     /// Interfaces facing the outside (NICs): the program is attached to each, and
-    /// their IPv4 addresses serve NodePorts unless --nodeport-addresses says otherwise.
+    /// their IPv4 and IPv6 addresses serve NodePorts unless --nodeport-addresses
+    /// says otherwise for that family.
     #[arg(long, value_delimiter = ',', required_unless_present = "cleanup")]
     pub external_ifaces: Vec<String>,
     /// Pod-facing interfaces to attach to as they appear (globs with '*').
@@ -160,7 +161,9 @@ pub struct AgentArgs {
     /// and on a node address any pod could read them.
     #[arg(long, default_value = "127.0.0.1:10249")]
     pub metrics_addr: SocketAddr,
-    /// CIDRs whose local addresses serve NodePorts (kube-proxy's --nodeport-addresses).
+    /// CIDRs, of either family, whose local addresses serve NodePorts
+    /// (kube-proxy's --nodeport-addresses). A family without a CIDR here
+    /// serves NodePorts on the external interfaces' addresses of that family.
     #[arg(long, value_delimiter = ',')]
     pub nodeport_addresses: Vec<String>,
     /// LoadBalancer address pools, IPv4 CIDRs (network and broadcast

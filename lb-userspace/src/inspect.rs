@@ -81,8 +81,8 @@ fn ring_backends_v6(maps: &Maps, offset: u32, size: u32) -> Result<Vec<SocketAdd
     Ok(out)
 }
 
-/// The rows of IPv6 frontends (ClusterIPs, served at the sockets). An
-/// `--addr` filter is an IPv4 address, which no IPv6 row holds.
+/// The rows of IPv6 frontends. An `--addr` filter is an IPv4 address,
+/// which no IPv6 row holds.
 fn service_rows_v6(
     maps: &Maps,
     filter: &Filter,
@@ -101,7 +101,7 @@ fn service_rows_v6(
         rows.push(json!({
             "frontend": format!("[{}]:{}/{}", from_map_v6(k.addr), u16::from_be(k.port), proto_name(k.proto)),
             "service": name,
-            "scope": "cluster",
+            "scope": if v.flags & FE_EXTERNAL != 0 { "external" } else { "cluster" },
             "backends": backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
             "packets": stats.packets,
             "bytes": stats.bytes,

@@ -86,6 +86,11 @@ pub struct ModelOptions {
     /// node's own services (SSH, the kubelet, this agent): only its port is
     /// the Service's.
     pub node_addresses: Vec<Ipv4Addr>,
+    /// `nodeport_addresses` of IPv6: kube-proxy chooses each family's
+    /// addresses on its own.
+    pub nodeport_addresses_v6: Vec<Ipv6Addr>,
+    /// `node_addresses` of IPv6.
+    pub node_addresses_v6: Vec<Ipv6Addr>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -142,19 +147,25 @@ pub struct ServicePort {
     pub session_affinity_timeout_s: Option<u32>,
     pub external_policy_local: bool,
     pub internal_policy_local: bool,
-    /// Network addresses (host bits cleared) and prefix lengths.
+    /// Network addresses (host bits cleared) and prefix lengths, sorted.
     pub load_balancer_source_ranges: Vec<(Ipv4Addr, u8)>,
+    /// The IPv6 ones, likewise. Kept apart because each family's clients
+    /// are checked against its own ranges only.
+    pub load_balancer_source_ranges_v6: Vec<(Ipv6Addr, u8)>,
     pub health_check_node_port: Option<u16>,
-    /// Ready endpoints on this node, what the health-check port reports.
+    /// Ready endpoints on this node, what the health-check port reports:
+    /// those of the family that has more, so that an IPv6-only Service's
+    /// local pods count and a dual-stack pod counts once.
     pub local_endpoints: usize,
-    /// The IPv6 ClusterIPs of a dual-stack or IPv6 Service, sorted; served
-    /// at the socket hooks only, so no other kind of frontend has an IPv6
-    /// counterpart yet.
+    /// The IPv6 frontends of every kind, as `frontends` are the IPv4 ones.
     pub frontends_v6: Vec<Frontend<Ipv6Addr>>,
-    /// The IPv6 endpoints for them, after internalTrafficPolicy. As
-    /// kube-proxy's per-family proxiers, each family's frontends use only
-    /// that family's endpoints.
+    /// The IPv6 endpoints for the IPv6 ClusterIPs, after
+    /// internalTrafficPolicy. As kube-proxy's per-family proxiers, each
+    /// family's frontends use only that family's endpoints.
     pub cluster_backends_v6: Vec<Backend<Ipv6Addr>>,
+    /// The IPv6 endpoints for the other IPv6 frontends, after
+    /// externalTrafficPolicy.
+    pub external_backends_v6: Vec<Backend<Ipv6Addr>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -231,7 +242,12 @@ pub fn desired_state(
             .iter()
             .filter(|fe| fe.kind == FrontendKind::ClusterIp)
             .map(|fe| IpAddr::V4(fe.addr));
-        for vip in v4.chain(port.frontends_v6.iter().map(|fe| IpAddr::V6(fe.addr))) {
+        let v6 = port
+            .frontends_v6
+            .iter()
+            .filter(|fe| fe.kind == FrontendKind::ClusterIp)
+            .map(|fe| IpAddr::V6(fe.addr));
+        for vip in v4.chain(v6) {
             let owner = format!("{}/{}", id.namespace, id.name);
             let named = vips.entry(vip).or_insert_with(|| owner.clone());
             if owner < *named {
@@ -269,11 +285,22 @@ pub fn desired_state(
         if !port.frontends_v6.is_empty() {
             let mut all_v6 = endpoints_v6.get(&id).cloned().unwrap_or_default();
             skip_vips(&mut all_v6, &vips, &id, &mut problems);
+            let cluster_wide = endpoints::cluster(&all_v6, node);
             port.cluster_backends_v6 = if port.internal_policy_local {
                 endpoints::local(&all_v6)
             } else {
-                endpoints::cluster(&all_v6, node)
+                cluster_wide.clone()
             };
+            port.external_backends_v6 = if port.external_policy_local {
+                endpoints::local(&all_v6)
+            } else {
+                cluster_wide
+            };
+            let local_v6 = all_v6
+                .iter()
+                .filter(|c| c.backend.is_local && c.backend.ready)
+                .count();
+            port.local_endpoints = port.local_endpoints.max(local_v6);
         }
         out.insert(id, port);
     }

@@ -170,7 +170,10 @@ fn nodeport_to_a_remote_backend_is_source_translated_and_the_reply_returns() {
     let (action, out) = xdp(&dp, &tcp(REMOTE, (NODE, p.src.1), false, b"200"));
     assert_ne!(action, XDP_DROP);
     let r = parse_checked(&out);
-    assert_eq!((r.src, r.dst), (at(NODE, NODE_PORT), at(CLIENT.0, CLIENT.1)));
+    assert_eq!(
+        (r.src, r.dst),
+        (at(NODE, NODE_PORT), at(CLIENT.0, CLIENT.1))
+    );
     assert_eq!(r.payload, b"200");
     assert_eq!(count(&dp, Reason::XlateReply), 1);
 
@@ -220,7 +223,10 @@ fn a_taken_client_port_gets_one_from_the_snat_range() {
     for (client, port) in [(CLIENT, ports[0]), (other, ports[1])] {
         let (_, out) = xdp(&dp, &tcp(REMOTE, (NODE, port), false, b""));
         let r = parse_checked(&out);
-        assert_eq!((r.src, r.dst), (at(NODE, NODE_PORT), at(client.0, client.1)));
+        assert_eq!(
+            (r.src, r.dst),
+            (at(NODE, NODE_PORT), at(client.0, client.1))
+        );
     }
 }
 
@@ -257,7 +263,10 @@ fn source_ranges_admit_listed_ipv6_clients_only_and_local_endpoints_see_them() {
     let lb = ("fd00:50::12", 80);
     let (_, out) = xdp(&dp, &tcp(CLIENT, lb, true, b""));
     let p = parse_checked(&out);
-    assert_eq!((p.src, p.dst), (at(CLIENT.0, CLIENT.1), at(LOCAL.0, LOCAL.1)));
+    assert_eq!(
+        (p.src, p.dst),
+        (at(CLIENT.0, CLIENT.1), at(LOCAL.0, LOCAL.1))
+    );
     assert_eq!(count(&dp, Reason::SnatNewFlow), 0);
     let outsider = ("2001:db8:9::9", 40000);
     let (action, _) = xdp(&dp, &tcp(outsider, lb, true, b""));
@@ -285,7 +294,10 @@ fn hairpin_pod_reaching_itself_is_source_translated() {
         "a packet from itself to itself would be dropped as martian"
     );
     let r = parse_checked(&run(&tcp(LOCAL, (NODE, p.src.1), false, b"")));
-    assert_eq!((r.src, r.dst), (at(ranged_vip.0, ranged_vip.1), at(pod.0, pod.1)));
+    assert_eq!(
+        (r.src, r.dst),
+        (at(ranged_vip.0, ranged_vip.1), at(pod.0, pod.1))
+    );
 }
 
 #[test]

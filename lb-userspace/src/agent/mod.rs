@@ -20,7 +20,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use lb_common::{Config, Reason};
+use lb_common::{Config, ConfigV6, Reason};
 use tokio::signal::unix::SignalKind;
 
 use crate::{
@@ -65,9 +65,10 @@ struct Agent {
     attacher: attach::Attacher,
     last: DesiredState,
     /// The settings last written to `CONFIG`.
-    config: Option<Config>,
+    config: Option<(Config, ConfigV6)>,
     health: health::Shared,
     nodeport_cidrs: Vec<(std::net::Ipv4Addr, u8)>,
+    nodeport_cidrs_v6: Vec<(std::net::Ipv6Addr, u8)>,
     metrics: Arc<Metrics>,
     trigger_times: programming::TriggerTimes,
     healthchecks: HealthCheckServers,
@@ -101,11 +102,12 @@ impl Agent {
         self.snat_exhausted = total;
     }
 
-    /// Source NAT uses the first address of the external interfaces, the
-    /// address other nodes and the outside reach this node at, and follows
-    /// it when it changes.
+    /// Source NAT uses the first address of each family of the external
+    /// interfaces, the address other nodes and the outside reach this node
+    /// at, and follows it when it changes.
     fn write_config(&mut self) -> Result<()> {
         let snat = ifaces::nodeport_addresses(&self.args.external_ifaces, &[])?;
+        let snat_v6 = ifaces::nodeport_addresses_v6(&self.args.external_ifaces, &[])?;
         let host_netns_cookie = crate::sockdiag::netns_cookie().unwrap_or_else(|e| {
             tracing::warn!(
                 "no network namespace cookie ({e}): pods' UDP stays on the socket hooks"
@@ -120,14 +122,27 @@ impl Agent {
             host_netns_cookie,
             ..Config::DEFAULT
         };
-        if self.config == Some(config) {
+        let config_v6 = ConfigV6 {
+            snat_addr: snat_v6
+                .first()
+                .map(|a| lb_common::addr::to_map_v6(*a))
+                .unwrap_or_default(),
+        };
+        if self.config == Some((config, config_v6)) {
             return Ok(());
         }
         if config.snat_addr == 0 {
             tracing::warn!("no IPv4 address on the external interfaces: source NAT disabled");
         }
+        match snat_v6.first() {
+            Some(addr) => tracing::info!(%addr, "IPv6 source NAT address"),
+            None => tracing::info!(
+                "no global IPv6 address on the external interfaces: IPv6 source NAT disabled"
+            ),
+        }
         self.dp.maps.put_config(config)?;
-        self.config = Some(config);
+        self.dp.maps.put_config_v6(config_v6)?;
+        self.config = Some((config, config_v6));
         Ok(())
     }
 
@@ -148,6 +163,16 @@ impl Agent {
             node_addresses: ifaces::ipv4_addresses()?
                 .into_iter()
                 .map(|(_, addr)| addr)
+                .collect(),
+            nodeport_addresses_v6: ifaces::nodeport_addresses_v6(
+                &self.args.external_ifaces,
+                &self.nodeport_cidrs_v6,
+            )?,
+            // Link-local addresses are every link's, no frontend's.
+            node_addresses_v6: ifaces::ipv6_addresses()?
+                .into_iter()
+                .map(|(_, addr)| addr)
+                .filter(|addr| !addr.is_unicast_link_local())
                 .collect(),
         };
         let alloc = model::lb_addrs::allocate(&objects.services, &self.pools, &opts);
@@ -362,6 +387,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         .iter()
         .map(|c| ifaces::parse_cidr(c))
         .collect::<Result<Vec<_>>>()?;
+    let (nodeport_cidrs, nodeport_cidrs_v6) = ifaces::split_cidrs(&nodeport_cidrs);
     // Drops counted before this start (the counters are pinned) were
     // reported by the agent that saw them.
     let snat_exhausted = dp
@@ -378,6 +404,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
         config: None,
         health: health.clone(),
         nodeport_cidrs,
+        nodeport_cidrs_v6,
         metrics: metrics.clone(),
         trigger_times,
         healthchecks: HealthCheckServers::new(

@@ -9,9 +9,9 @@ use lb_common::{
     flow_cache_slot, names,
     sock::{SockAffinityKeyV4, SockAffinityKeyV6},
     AddrInfo, AffinityKeyV4, AffinityKeyV6, AffinityValue, AnnounceKeyV4, AnnounceValue, BackendV4,
-    BackendV6, Config, ConfigV6, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6, FlowCacheEntryV4, FrontendKeyV4,
-    FrontendKeyV6, FrontendValue, IfaceInfo, LbAddrInfo, Reason, SourceRangeKeyV4, SourceRangeKeyV6, SvcName,
-    SvcStats,
+    BackendV6, Config, ConfigV6, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6, FlowCacheEntryV4,
+    FrontendKeyV4, FrontendKeyV6, FrontendValue, IfaceInfo, LbAddrInfo, Reason, SourceRangeKeyV4,
+    SourceRangeKeyV6, SvcName, SvcStats,
 };
 
 use super::{

@@ -23,10 +23,12 @@ fn halves(sp: &ServicePort) -> (impl PartialEq + '_, impl PartialEq + '_) {
         external_policy_local,
         internal_policy_local,
         load_balancer_source_ranges,
+        load_balancer_source_ranges_v6,
         health_check_node_port,
         local_endpoints,
         frontends_v6,
         cluster_backends_v6,
+        external_backends_v6,
     } = sp;
     (
         (
@@ -36,6 +38,7 @@ fn halves(sp: &ServicePort) -> (impl PartialEq + '_, impl PartialEq + '_) {
             external_policy_local,
             internal_policy_local,
             load_balancer_source_ranges,
+            load_balancer_source_ranges_v6,
             health_check_node_port,
         ),
         (
@@ -43,6 +46,7 @@ fn halves(sp: &ServicePort) -> (impl PartialEq + '_, impl PartialEq + '_) {
             external_backends,
             local_endpoints,
             cluster_backends_v6,
+            external_backends_v6,
         ),
     )
 }

@@ -19,7 +19,7 @@
 //! and prints the case's objects.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use k8s_openapi::api::core::v1::{
@@ -100,9 +100,15 @@ const SERVICE_ADDRS: Pool<&str> = Pool {
         "192.168.1.10",
         "10.244.1.1",
         "fd00::1",
+        "2001:db8::1",
+        "fd00:1::11",
+        "fd00:244::1",
     ],
     bad: &[
         "::ffff:10.96.0.1",
+        "::",
+        "fe80::1",
+        "ff02::1",
         "0.0.0.0",
         "127.0.0.1",
         "224.0.0.1",
@@ -139,6 +145,34 @@ const ENDPOINT_ADDRS: Pool<&str> = Pool {
         "",
     ],
 };
+
+/// An endpoint's first address in an IPv6 slice.
+const ENDPOINT_ADDRS_V6: Pool<&str> = Pool {
+    good: &[
+        "fd00:244::1",
+        "fd00:244::2",
+        "fe80::1",
+        "fd00::1",
+        "fd00:1::11",
+    ],
+    bad: &[
+        "10.244.1.1",
+        "::",
+        "::1",
+        "ff02::1",
+        "::ffff:10.244.1.1",
+        "garbage",
+    ],
+};
+
+/// The pool of endpoint addresses of a slice of `address_type`.
+fn endpoint_addrs(address_type: &str) -> &'static Pool<&'static str> {
+    if address_type == "IPv6" {
+        &ENDPOINT_ADDRS_V6
+    } else {
+        &ENDPOINT_ADDRS
+    }
+}
 
 const PROTOCOLS: Pool<Option<&str>> = Pool {
     good: &[None, Some("TCP"), Some("UDP")],
@@ -178,6 +212,8 @@ const SOURCE_RANGES: Pool<&str> = Pool {
         " 10.0.0.0/8 ",
         "0.0.0.0/0",
         "fd00::/8",
+        "2001:db8::1/32",
+        "::/0",
     ],
     bad: &[
         "10.0.0.0/33",
@@ -327,8 +363,10 @@ fn slice(rng: &mut ChaCha8Rng) -> EndpointSlice {
             name: pick(rng, &["node-a", "node-b"]).to_string(),
         })
     };
+    let address_type = pick(rng, &["IPv4", "IPv4", "IPv4", "IPv6", "FQDN"]).to_string();
+    let addrs = endpoint_addrs(&address_type);
     let endpoint = |rng: &mut ChaCha8Rng| Endpoint {
-        addresses: list(rng, 2, |rng| ENDPOINT_ADDRS.draw(rng).to_string()),
+        addresses: list(rng, 2, |rng| addrs.draw(rng).to_string()),
         conditions: maybe(rng, |rng| EndpointConditions {
             ready: maybe(rng, |rng| rng.random_ratio(7, 8)),
             serving: maybe(rng, |rng| rng.random()),
@@ -344,7 +382,7 @@ fn slice(rng: &mut ChaCha8Rng) -> EndpointSlice {
     };
     EndpointSlice {
         metadata,
-        address_type: pick(rng, &["IPv4", "IPv4", "IPv4", "IPv6", "FQDN"]).to_string(),
+        address_type,
         ports: maybe(rng, |rng| list(rng, 2, port)),
         endpoints: list(rng, 3, endpoint),
     }
@@ -381,6 +419,8 @@ struct Case {
 
 fn case(rng: &mut ChaCha8Rng) -> Case {
     let node_addresses = [10, 11, 12].map(|last| Ipv4Addr::new(192, 168, 1, last));
+    let node_addresses_v6 =
+        [0x10, 0x11, 0x12].map(|last| Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, last));
     let services = list(rng, 6, service);
     let slices = list(rng, 6, |rng| {
         let mut s = slice(rng);
@@ -401,6 +441,8 @@ fn case(rng: &mut ChaCha8Rng) -> Case {
             service_proxy_name: rng.random::<bool>().then(|| "xdplb".to_string()),
             nodeport_addresses: node_addresses[..rng.random_range(0..=2)].to_vec(),
             node_addresses: node_addresses.to_vec(),
+            nodeport_addresses_v6: node_addresses_v6[..rng.random_range(0..=2)].to_vec(),
+            node_addresses_v6: node_addresses_v6.to_vec(),
         },
     }
 }
@@ -417,16 +459,16 @@ enum Fate {
     Kept(Kept),
 }
 
-/// A valid Service's frontend addresses and policies.
+/// A valid Service's frontend addresses, of both families, and policies.
 struct Kept {
     kind: &'static str,
-    cluster: Vec<Ipv4Addr>,
-    external: Vec<Ipv4Addr>,
-    ingress: Vec<Ipv4Addr>,
+    cluster: Vec<IpAddr>,
+    external: Vec<IpAddr>,
+    ingress: Vec<IpAddr>,
     internal_local: bool,
 }
 
-fn v4(addrs: &[&str]) -> Vec<Ipv4Addr> {
+fn ips(addrs: &[&str]) -> Vec<IpAddr> {
     addrs.iter().filter_map(|a| a.parse().ok()).collect()
 }
 
@@ -475,7 +517,7 @@ fn fate(svc: &Service, opts: &ModelOptions) -> Fate {
         .flatten()
         .filter_map(|i| i.ip.as_deref())
         .collect();
-    let accessible = kind != "ClusterIP" || !v4(&external).is_empty();
+    let accessible = kind != "ClusterIP" || !external.is_empty();
     let external_policy = spec.external_traffic_policy.as_deref();
     let external_local = accessible && external_policy == Some("Local");
     let hc_ok = match spec.health_check_node_port {
@@ -508,9 +550,9 @@ fn fate(svc: &Service, opts: &ModelOptions) -> Fate {
     }
     Fate::Kept(Kept {
         kind,
-        cluster: v4(&cluster),
-        external: v4(&external),
-        ingress: v4(&ingress),
+        cluster: ips(&cluster),
+        external: ips(&external),
+        ingress: ips(&ingress),
         internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
     })
 }
@@ -522,7 +564,7 @@ fn port_fate(
     kept: &Kept,
     port: &K8sPort,
     opts: &ModelOptions,
-) -> Option<(ServicePortId, BTreeSet<(Ipv4Addr, u16)>)> {
+) -> Option<(ServicePortId, BTreeSet<(IpAddr, u16)>)> {
     let valid = |p: i32| u16::try_from(p).ok().filter(|&p| p != 0);
     if !PROTOCOLS.accepts(port.protocol.as_deref()) {
         return None;
@@ -532,10 +574,15 @@ fn port_fate(
         ("ClusterIP", _) | ("LoadBalancer", None | Some(0)) => None,
         (_, np) => Some(valid(np?)?),
     };
-    let at = |addrs: &[Ipv4Addr], port: u16| addrs.iter().map(|&a| (a, port)).collect::<Vec<_>>();
+    let at = |addrs: &[IpAddr], port: u16| addrs.iter().map(|&a| (a, port)).collect::<Vec<_>>();
     let mut frontends: BTreeSet<_> = at(&kept.cluster, number).into_iter().collect();
     if let Some(np) = node_port {
-        frontends.extend(at(&opts.nodeport_addresses, np));
+        let v4 = opts.nodeport_addresses.iter().map(|&a| (IpAddr::V4(a), np));
+        let v6 = opts
+            .nodeport_addresses_v6
+            .iter()
+            .map(|&a| (IpAddr::V6(a), np));
+        frontends.extend(v4.chain(v6));
     }
     frontends.extend(at(&kept.ingress, number));
     frontends.extend(at(&kept.external, number));
@@ -552,13 +599,17 @@ fn port_fate(
 }
 
 /// The (address, port, ready, hinted) of every usable endpoint of the
-/// slices joined to Service port `id`.
-fn joined(slices: &[EndpointSlice], id: &ServicePortId) -> Vec<(Ipv4Addr, u16, bool, bool)> {
+/// slices of `address_type` joined to Service port `id`.
+fn joined(
+    slices: &[EndpointSlice],
+    id: &ServicePortId,
+    address_type: &str,
+) -> Vec<(IpAddr, u16, bool, bool)> {
     let mut out = Vec::new();
     for slice in slices {
         let labels = slice.metadata.labels.as_ref();
         let joined = namespace_of(&slice.metadata) == id.namespace
-            && slice.address_type == "IPv4"
+            && slice.address_type == address_type
             && !labels.is_some_and(|l| l.contains_key(LABEL_HEADLESS))
             && labels.and_then(|l| l.get(LABEL_SERVICE_NAME)) == Some(&id.name);
         if !joined {
@@ -578,7 +629,7 @@ fn joined(slices: &[EndpointSlice], id: &ServicePortId) -> Vec<(Ipv4Addr, u16, b
                 let Some(first) = ep.addresses.first() else {
                     continue;
                 };
-                if !ENDPOINT_ADDRS.accepts(first) {
+                if !endpoint_addrs(address_type).accepts(first) {
                     continue;
                 }
                 let ready = ep.conditions.as_ref().and_then(|c| c.ready) != Some(false);
@@ -593,8 +644,19 @@ fn joined(slices: &[EndpointSlice], id: &ServicePortId) -> Vec<(Ipv4Addr, u16, b
     out
 }
 
-fn usable(addr: Ipv4Addr) -> bool {
-    !(addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() || addr.is_broadcast())
+fn usable(addr: IpAddr) -> bool {
+    let special = match addr {
+        IpAddr::V4(a) => a.is_broadcast(),
+        IpAddr::V6(a) => a.to_ipv4_mapped().is_some(),
+    };
+    !(addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() || special)
+}
+
+fn link_local(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => a.is_link_local(),
+        IpAddr::V6(a) => a.is_unicast_link_local(),
+    }
 }
 
 /// Every property of the module comment; `Err` says which broke.
@@ -628,7 +690,7 @@ fn check(c: &Case, state: &DesiredState) -> Result<(), String> {
 
     // Which ports must be there, with which frontends; the ClusterIPs no
     // endpoint may be.
-    let mut expected: BTreeMap<ServicePortId, BTreeSet<(Ipv4Addr, u16)>> = BTreeMap::new();
+    let mut expected: BTreeMap<ServicePortId, BTreeSet<(IpAddr, u16)>> = BTreeMap::new();
     let mut vips = BTreeSet::new();
     let mut internal_local = BTreeSet::new();
     for svc in &c.services {
@@ -671,20 +733,28 @@ fn check(c: &Case, state: &DesiredState) -> Result<(), String> {
 
     let mut owners = BTreeMap::new();
     for (id, sp) in &state.services {
-        for fe in &sp.frontends {
-            let key = (fe.addr, fe.port, id.protocol);
+        let v4 = sp.frontends.iter().map(|fe| {
+            let on_node = c.opts.node_addresses.contains(&fe.addr);
+            (IpAddr::V4(fe.addr), fe.port, fe.kind, fe.on_node, on_node)
+        });
+        let v6 = sp.frontends_v6.iter().map(|fe| {
+            let on_node = c.opts.node_addresses_v6.contains(&fe.addr);
+            (IpAddr::V6(fe.addr), fe.port, fe.kind, fe.on_node, on_node)
+        });
+        for fe in v4.chain(v6) {
+            let (addr, port, kind, fe_on_node, at_node_address) = fe;
+            let key = (addr, port, id.protocol);
             if let Some(other) = owners.insert(key, id) {
                 return Err(format!("{key:?} owned by {other} and {id}"));
             }
-            if !usable(fe.addr) || fe.addr.is_link_local() || fe.port == 0 {
+            if !usable(addr) || link_local(addr) || port == 0 {
                 return Err(format!("{id}: unusable frontend {fe:?}"));
             }
-            if !expected[id].contains(&(fe.addr, fe.port)) {
+            if !expected[id].contains(&(addr, port)) {
                 return Err(format!("{id}: frontend {fe:?} it never asked for"));
             }
-            let on_node =
-                fe.kind == FrontendKind::NodePort || c.opts.node_addresses.contains(&fe.addr);
-            if fe.on_node != on_node {
+            let on_node = kind == FrontendKind::NodePort || at_node_address;
+            if fe_on_node != on_node {
                 return Err(format!("{id}: frontend {fe:?} on_node wrong"));
             }
         }
@@ -699,33 +769,53 @@ fn check(c: &Case, state: &DesiredState) -> Result<(), String> {
     }
 
     for (id, sp) in &state.services {
-        let joined = joined(&c.slices, id);
-        let endpoints: BTreeSet<_> = joined
-            .iter()
-            .filter(|e| !vips.contains(&e.0))
-            .map(|&(addr, port, ..)| (addr, port))
-            .collect();
-        for b in sp.cluster_backends.iter().chain(&sp.external_backends) {
-            if b.port == 0 || !usable(b.addr) || vips.contains(&b.addr) {
-                return Err(format!("{id}: unusable backend {b:?}"));
-            }
-            if !endpoints.contains(&(b.addr, b.port)) {
-                return Err(format!("{id}: backend {b:?} in no slice joined to it"));
-            }
-        }
-        // With every endpoint ready and none hinted, Cluster policy takes
-        // them all.
-        let simple = joined.iter().all(|&(_, _, ready, hinted)| ready && !hinted);
-        if simple && !internal_local.contains(id) {
-            let cluster: BTreeSet<_> = sp
-                .cluster_backends
+        let v4 = |list: &[Backend]| -> Vec<(IpAddr, u16)> {
+            list.iter().map(|b| (b.addr.into(), b.port)).collect()
+        };
+        let v6 = |list: &[Backend<Ipv6Addr>]| -> Vec<(IpAddr, u16)> {
+            list.iter().map(|b| (b.addr.into(), b.port)).collect()
+        };
+        // IPv6 endpoints are looked at only for a port with IPv6 frontends.
+        let wants_v6 = expected[id].iter().any(|(addr, _)| addr.is_ipv6());
+        let families = [
+            (
+                "IPv4",
+                v4(&sp.cluster_backends),
+                v4(&sp.external_backends),
+                true,
+            ),
+            (
+                "IPv6",
+                v6(&sp.cluster_backends_v6),
+                v6(&sp.external_backends_v6),
+                wants_v6,
+            ),
+        ];
+        for (family, cluster, external, used) in families {
+            let joined = joined(&c.slices, id, family);
+            let endpoints: BTreeSet<_> = joined
                 .iter()
-                .map(|b| (b.addr, b.port))
+                .filter(|e| !vips.contains(&e.0))
+                .map(|&(addr, port, ..)| (addr, port))
                 .collect();
-            if cluster != endpoints {
-                return Err(format!(
-                    "{id}: cluster backends {cluster:?}, endpoints {endpoints:?}"
-                ));
+            for b in cluster.iter().chain(&external) {
+                if b.1 == 0 || !usable(b.0) || vips.contains(&b.0) {
+                    return Err(format!("{id}: unusable backend {b:?}"));
+                }
+                if !endpoints.contains(b) {
+                    return Err(format!("{id}: backend {b:?} in no slice joined to it"));
+                }
+            }
+            // With every endpoint ready and none hinted, Cluster policy
+            // takes them all.
+            let simple = joined.iter().all(|&(_, _, ready, hinted)| ready && !hinted);
+            if used && simple && !internal_local.contains(id) {
+                let cluster: BTreeSet<_> = cluster.into_iter().collect();
+                if cluster != endpoints {
+                    return Err(format!(
+                        "{id}: {family} cluster backends {cluster:?}, endpoints {endpoints:?}"
+                    ));
+                }
             }
         }
     }

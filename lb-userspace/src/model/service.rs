@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use k8s_openapi::api::core::v1::{Service, ServicePort as K8sServicePort, ServiceSpec};
 
 use super::{
-    namespace_of, parse_port, parse_proto, unusable, Frontend, FrontendKind, ModelOptions, Problem,
-    Proto, ServicePort, ServicePortId, LABEL_SERVICE_PROXY_NAME,
+    namespace_of, parse_port, parse_proto, unusable, Family, Frontend, FrontendKind, ModelOptions,
+    Problem, Proto, ServicePort, ServicePortId, LABEL_SERVICE_PROXY_NAME,
 };
 
 /// kube-proxy's default for sessionAffinityConfig.clientIP.timeoutSeconds.
@@ -22,13 +22,18 @@ enum Type {
     LoadBalancer,
 }
 
+/// One family's addresses of a Service.
+struct Addrs<A> {
+    cluster: Vec<A>,
+    external: Vec<A>,
+    ingress: Vec<A>,
+}
+
 /// Service-wide settings every port shares.
 struct Common {
     kind: Type,
-    cluster_ips: Vec<Ipv4Addr>,
-    cluster_ips_v6: Vec<Ipv6Addr>,
-    external_ips: Vec<Ipv4Addr>,
-    ingress_ips: Vec<Ipv4Addr>,
+    v4: Addrs<Ipv4Addr>,
+    v6: Addrs<Ipv6Addr>,
     template: ServicePort,
 }
 
@@ -128,14 +133,13 @@ fn common(svc: &Service, spec: &ServiceSpec) -> Result<Option<Common>, String> {
         .into_iter()
         .filter(|ip| !ip.is_empty())
         .collect();
-    let cluster_ips_v6 = parse_ips_v6(&cluster_ips);
-    let cluster_ips = parse_ips("spec.clusterIPs", cluster_ips.into_iter())?;
-    let external_ips = parse_ips(
+    let (cluster_ips, cluster_ips_v6) = parse_ips("spec.clusterIPs", cluster_ips.into_iter())?;
+    let (external_ips, external_ips_v6) = parse_ips(
         "spec.externalIPs",
         spec.external_ips.iter().flatten().map(String::as_str),
     )?;
     let is_lb = kind == Type::LoadBalancer;
-    let ingress_ips = if is_lb {
+    let (ingress_ips, ingress_ips_v6) = if is_lb {
         // An ingress IP of ipMode Proxy (KEP-1860) belongs to a load
         // balancer that proxies: in-cluster traffic to it must go out to
         // that proxy, so it is no frontend here, as with kube-proxy and
@@ -154,9 +158,10 @@ fn common(svc: &Service, spec: &ServiceSpec) -> Result<Option<Common>, String> {
                 .filter_map(|i| i.ip.as_deref()),
         )?
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
-    let externally_accessible = kind != Type::ClusterIp || !external_ips.is_empty();
+    let externally_accessible =
+        kind != Type::ClusterIp || !external_ips.is_empty() || !external_ips_v6.is_empty();
     let external_policy_local = externally_accessible
         && policy_is_local(
             "spec.externalTrafficPolicy",
@@ -168,6 +173,13 @@ fn common(svc: &Service, spec: &ServiceSpec) -> Result<Option<Common>, String> {
         }
         _ => None,
     };
+    // The API server rejects source ranges on other types, so a stale
+    // list left on a former LoadBalancer means nothing.
+    let (ranges, ranges_v6) = if is_lb {
+        source_ranges(spec.load_balancer_source_ranges.iter().flatten())?
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let template = ServicePort {
         session_affinity_timeout_s: affinity(spec)?,
         external_policy_local,
@@ -175,22 +187,23 @@ fn common(svc: &Service, spec: &ServiceSpec) -> Result<Option<Common>, String> {
             "spec.internalTrafficPolicy",
             spec.internal_traffic_policy.as_deref(),
         )?,
-        // The API server rejects source ranges on other types, so a stale
-        // list left on a former LoadBalancer means nothing.
-        load_balancer_source_ranges: if is_lb {
-            source_ranges(spec.load_balancer_source_ranges.iter().flatten())?
-        } else {
-            Vec::new()
-        },
+        load_balancer_source_ranges: ranges,
+        load_balancer_source_ranges_v6: ranges_v6,
         health_check_node_port,
         ..ServicePort::default()
     };
     Ok(Some(Common {
         kind,
-        cluster_ips,
-        cluster_ips_v6,
-        external_ips,
-        ingress_ips,
+        v4: Addrs {
+            cluster: cluster_ips,
+            external: external_ips,
+            ingress: ingress_ips,
+        },
+        v6: Addrs {
+            cluster: cluster_ips_v6,
+            external: external_ips_v6,
+            ingress: ingress_ips_v6,
+        },
         template,
     }))
 }
@@ -211,74 +224,81 @@ fn service_port(
         (Type::LoadBalancer, None | Some(0)) => None,
         (_, Some(np)) => Some(parse_port("nodePort", np)?),
     };
-    let at = |addrs: &[Ipv4Addr], port: u16, kind: FrontendKind| -> Vec<Frontend> {
+    Ok((
+        port.name.clone().unwrap_or_default(),
+        protocol,
+        ServicePort {
+            frontends: frontends(
+                &common.v4,
+                &opts.nodeport_addresses,
+                &opts.node_addresses,
+                number,
+                node_port,
+            ),
+            frontends_v6: frontends(
+                &common.v6,
+                &opts.nodeport_addresses_v6,
+                &opts.node_addresses_v6,
+                number,
+                node_port,
+            ),
+            ..common.template.clone()
+        },
+    ))
+}
+
+/// One family's frontends of a Service port, sorted by (addr, port, kind)
+/// and at most one per (addr, port): the kind declared first wins.
+fn frontends<A: Family>(
+    addrs: &Addrs<A>,
+    nodeport_addresses: &[A],
+    node_addresses: &[A],
+    number: u16,
+    node_port: Option<u16>,
+) -> Vec<Frontend<A>> {
+    let at = |addrs: &[A], port: u16, kind: FrontendKind| -> Vec<Frontend<A>> {
         addrs
             .iter()
             .map(|&addr| Frontend {
                 addr,
                 port,
                 kind,
-                on_node: kind == FrontendKind::NodePort || opts.node_addresses.contains(&addr),
+                on_node: kind == FrontendKind::NodePort || node_addresses.contains(&addr),
             })
             .collect()
     };
-    let mut frontends = at(&common.cluster_ips, number, FrontendKind::ClusterIp);
+    let mut out = at(&addrs.cluster, number, FrontendKind::ClusterIp);
     if let Some(np) = node_port {
-        frontends.extend(at(&opts.nodeport_addresses, np, FrontendKind::NodePort));
+        out.extend(at(nodeport_addresses, np, FrontendKind::NodePort));
     }
-    frontends.extend(at(&common.ingress_ips, number, FrontendKind::LoadBalancer));
-    frontends.extend(at(&common.external_ips, number, FrontendKind::ExternalIp));
-    frontends.sort();
-    frontends.dedup_by_key(|fe| (fe.addr, fe.port));
-    Ok((
-        port.name.clone().unwrap_or_default(),
-        protocol,
-        ServicePort {
-            frontends,
-            frontends_v6: common
-                .cluster_ips_v6
-                .iter()
-                .map(|&addr| Frontend {
-                    addr,
-                    port: number,
-                    kind: FrontendKind::ClusterIp,
-                    on_node: false,
-                })
-                .collect(),
-            ..common.template.clone()
-        },
-    ))
+    out.extend(at(&addrs.ingress, number, FrontendKind::LoadBalancer));
+    out.extend(at(&addrs.external, number, FrontendKind::ExternalIp));
+    out.sort();
+    out.dedup_by_key(|fe| (fe.addr, fe.port));
+    out
 }
 
-/// The IPv4 addresses among `ips`, or the first that is not valid. Valid
-/// IPv6 ones are left out: only ClusterIPs have an IPv6 data plane so far
-/// (`parse_ips_v6`); other IPv6 frontends are valid but not served yet.
-fn parse_ips<'a>(what: &str, ips: impl Iterator<Item = &'a str>) -> Result<Vec<Ipv4Addr>, String> {
-    let mut out = Vec::new();
+/// The IPv4 and the IPv6 addresses among `ips`, or the first that is not
+/// valid.
+fn parse_ips<'a>(
+    what: &str,
+    ips: impl Iterator<Item = &'a str>,
+) -> Result<(Vec<Ipv4Addr>, Vec<Ipv6Addr>), String> {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
     for ip in ips {
-        match ip.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) => match unusable(v4, true) {
-                Some(why) => return Err(format!("{what}: {v4} is {why}")),
-                None => out.push(v4),
-            },
-            Ok(IpAddr::V6(v6)) => {
-                if let Some(why) = unusable(v6, true) {
-                    return Err(format!("{what}: {v6} is {why}"));
-                }
-            }
-            Err(_) => return Err(format!("{what}: invalid IP {ip:?}")),
+        let addr = ip
+            .parse::<IpAddr>()
+            .map_err(|_| format!("{what}: invalid IP {ip:?}"))?;
+        if let Some(why) = unusable(addr, true) {
+            return Err(format!("{what}: {addr} is {why}"));
+        }
+        match addr {
+            IpAddr::V4(a) => v4.push(a),
+            IpAddr::V6(a) => v6.push(a),
         }
     }
-    Ok(out)
-}
-
-/// The IPv6 addresses among `ips`, sorted, once `parse_ips` found them
-/// all valid.
-fn parse_ips_v6(ips: &[&str]) -> Vec<Ipv6Addr> {
-    let mut out: Vec<Ipv6Addr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
-    out.sort();
-    out.dedup();
-    out
+    Ok((v4, v6))
 }
 
 fn policy_is_local(what: &str, policy: Option<&str>) -> Result<bool, String> {
@@ -310,12 +330,17 @@ fn affinity(spec: &ServiceSpec) -> Result<Option<u32>, String> {
     }
 }
 
-/// Like kube-proxy's per-family filtering, IPv6 ranges do not restrict IPv4
-/// clients. Host bits are cleared, as Go's ParseCIDR does.
+/// Networks (host bits cleared) and prefix lengths.
+type Ranges<A> = Vec<(A, u8)>;
+
+/// The IPv4 and the IPv6 ranges, each sorted: like kube-proxy's per-family
+/// filtering, IPv6 ranges do not restrict IPv4 clients. Host bits are
+/// cleared, as Go's ParseCIDR does.
 fn source_ranges<'a>(
     ranges: impl Iterator<Item = &'a String>,
-) -> Result<Vec<(Ipv4Addr, u8)>, String> {
+) -> Result<(Ranges<Ipv4Addr>, Ranges<Ipv6Addr>), String> {
     let mut out = Vec::new();
+    let mut out_v6 = Vec::new();
     for range in ranges {
         let bad = || format!("spec.loadBalancerSourceRanges: invalid CIDR {range:?}");
         let (ip, len) = range.trim().split_once('/').ok_or_else(bad)?;
@@ -329,11 +354,16 @@ fn source_ranges<'a>(
                 let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
                 out.push((Ipv4Addr::from(u32::from(ip) & mask), len));
             }
-            IpAddr::V6(_) if len <= 128 => {}
+            IpAddr::V6(ip) if len <= 128 => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                out_v6.push((Ipv6Addr::from(u128::from(ip) & mask), len));
+            }
             _ => return Err(bad()),
         }
     }
     out.sort();
     out.dedup();
-    Ok(out)
+    out_v6.sort();
+    out_v6.dedup();
+    Ok((out, out_v6))
 }

@@ -1,4 +1,4 @@
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::*;
 use crate::source::manifests::{parse_str, LoadReport, Objects};
@@ -47,6 +47,15 @@ fn opts(proxy_name: Option<&str>) -> ModelOptions {
             Ipv4Addr::new(192, 168, 1, 11),
             Ipv4Addr::new(192, 168, 1, 12),
         ],
+        nodeport_addresses_v6: vec![
+            Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x10),
+            Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x11),
+        ],
+        node_addresses_v6: vec![
+            Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x10),
+            Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x11),
+            Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 0x12),
+        ],
     }
 }
 
@@ -75,33 +84,31 @@ fn backends<A: fmt::Display>(list: &[Backend<A>]) -> String {
     list.iter().map(one).collect::<Vec<_>>().join(", ")
 }
 
+fn frontends<A: Into<IpAddr> + Copy>(list: &[Frontend<A>]) -> String {
+    list.iter()
+        .map(|f| {
+            let on_node = f.on_node && f.kind != FrontendKind::NodePort;
+            format!(
+                "{}:{} {:?}{}",
+                fmt_addr(f.addr.into()),
+                f.port,
+                f.kind,
+                if on_node { " on node" } else { "" }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// One field of a ServicePort as text, so cases read like the YAML.
 fn field(sp: &ServicePort, name: &str) -> String {
     match name {
-        "frontends" => sp
-            .frontends
-            .iter()
-            .map(|f| {
-                let on_node = f.on_node && f.kind != FrontendKind::NodePort;
-                format!(
-                    "{}:{} {:?}{}",
-                    f.addr,
-                    f.port,
-                    f.kind,
-                    if on_node { " on node" } else { "" }
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-        "v6 frontends" => sp
-            .frontends_v6
-            .iter()
-            .map(|f| format!("[{}]:{} {:?}", f.addr, f.port, f.kind))
-            .collect::<Vec<_>>()
-            .join(", "),
+        "frontends" => frontends(&sp.frontends),
+        "v6 frontends" => frontends(&sp.frontends_v6),
         "cluster" => backends(&sp.cluster_backends),
         "v6 cluster" => backends(&sp.cluster_backends_v6),
         "external" => backends(&sp.external_backends),
+        "v6 external" => backends(&sp.external_backends_v6),
         "affinity" => format!("{:?}", sp.session_affinity_timeout_s),
         "policy" => format!(
             "external local={} internal local={}",
@@ -109,6 +116,12 @@ fn field(sp: &ServicePort, name: &str) -> String {
         ),
         "ranges" => sp
             .load_balancer_source_ranges
+            .iter()
+            .map(|(ip, len)| format!("{ip}/{len}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        "v6 ranges" => sp
+            .load_balancer_source_ranges_v6
             .iter()
             .map(|(ip, len)| format!("{ip}/{len}"))
             .collect::<Vec<_>>()
@@ -148,9 +161,9 @@ const fn case(
 
 const CASES: &[Case] = &[
     // Frontends.
-    case("cluster IP and externalIP; IPv6 cluster IP apart, IPv6 externalIP dropped", &[FRONTENDS], "default/web:http/TCP", &[
+    case("cluster IP and externalIP; the IPv6 ones apart", &[FRONTENDS], "default/web:http/TCP", &[
         ("frontends", "10.96.0.10:80 ClusterIp, 203.0.113.7:80 ExternalIp"),
-        ("v6 frontends", "[fd00::10]:80 ClusterIp"),
+        ("v6 frontends", "[2001:db8::7]:80 ExternalIp, [fd00::10]:80 ClusterIp"),
         ("cluster", ""),
         ("affinity", "None"),
         ("ranges", ""),
@@ -172,6 +185,8 @@ const CASES: &[Case] = &[
         ("frontends", "10.96.0.12:30000 ClusterIp, 192.168.1.10:30500 NodePort, 192.168.1.11:30500 NodePort, \
                        198.51.100.1:30000 LoadBalancer"),
         ("ranges", "10.0.0.0/8, 192.168.0.0/16"),
+        ("v6 frontends", "[2001:db8::1]:30000 LoadBalancer, [fd00:1::10]:30500 NodePort, [fd00:1::11]:30500 NodePort"),
+        ("v6 ranges", "2001:db8::/32"),
         ("affinity", "Some(10800)"),
         ("hc", "None"),
     ]),
@@ -196,12 +211,13 @@ const CASES: &[Case] = &[
         ("frontends", "10.96.0.40:80 ClusterIp, 192.168.1.10:30040 NodePort, 192.168.1.11:30040 NodePort"),
         ("cluster", "10.244.1.40:8080 local"),
         ("external", "10.244.1.40:8080 local"),
-        ("v6 frontends", "[fd00:96::40]:80 ClusterIp"),
+        ("v6 frontends", "[fd00:1::10]:30040 NodePort, [fd00:1::11]:30040 NodePort, [fd00:96::40]:80 ClusterIp"),
         ("v6 cluster", "fd00:244:1::40:8080 local, fd00:244:2::40:8080"),
+        ("v6 external", "fd00:244:1::40:8080 local, fd00:244:2::40:8080"),
         ("local", "1"),
     ]),
     case("dual-stack UDP port", &[DUAL_STACK], "default/dual:dns/UDP", &[
-        ("v6 frontends", "[fd00:96::40]:53 ClusterIp"),
+        ("v6 frontends", "[fd00:1::10]:30053 NodePort, [fd00:1::11]:30053 NodePort, [fd00:96::40]:53 ClusterIp"),
         ("v6 cluster", "fd00:244:1::40:5353 local, fd00:244:2::40:5353"),
     ]),
     case("IPv6-only Service: no IPv4 frontend", &[DUAL_STACK], "default/v6only:/TCP", &[
@@ -217,6 +233,25 @@ const CASES: &[Case] = &[
         node: "node-b",
         ..case("IPv6 internalTrafficPolicy Local from node-b", &[DUAL_STACK], "default/v6local:/TCP", &[
             ("v6 cluster", "fd00:244:2::42:8080 local"),
+        ])
+    },
+    case("dual-stack LoadBalancer: every kind of IPv6 frontend, Local policy, IPv6 source ranges", &[DUAL_STACK], "default/dual-lb:/TCP", &[
+        ("v6 frontends", "[2001:db8::44]:443 ExternalIp, [2001:db8:1::44]:443 LoadBalancer, [fd00:1::10]:30044 NodePort, \
+                          [fd00:1::11]:30044 NodePort, [fd00:1::12]:443 ExternalIp on node, [fd00:96::44]:443 ClusterIp"),
+        ("v6 external", "fd00:1::10:8443 local, fd00:244:1::44:8443 local"),
+        ("v6 cluster", "fd00:1::10:8443 local, fd00:244:1::44:8443 local, fd00:244:2::44:8443"),
+        ("external", "10.244.1.44:8443 local"),
+        ("ranges", "10.0.0.0/8"),
+        ("v6 ranges", "2001:db8:ff::/48"),
+        ("hc", "Some(32044)"),
+        ("local", "2"),
+    ]),
+    Case {
+        node: "node-b",
+        ..case("dual-stack LoadBalancer from a node with only IPv6 endpoints", &[DUAL_STACK], "default/dual-lb:/TCP", &[
+            ("external", ""),
+            ("v6 external", "fd00:244:2::44:8443 local"),
+            ("local", "1"),
         ])
     },
     case("an IPv4-mapped ClusterIP skips the Service", &[DUAL_STACK], "default/v6mapped:/TCP", &[]),
@@ -681,12 +716,10 @@ fn backends_and_frontends_are_sorted_and_unique() {
             let keys: Vec<_> = list.iter().map(|b| (b.addr, b.port)).collect();
             assert!(keys.windows(2).all(|w| w[0] < w[1]), "{id}: {keys:?}");
         }
-        let keys: Vec<_> = sp
-            .cluster_backends_v6
-            .iter()
-            .map(|b| (b.addr, b.port))
-            .collect();
-        assert!(keys.windows(2).all(|w| w[0] < w[1]), "{id}: {keys:?}");
+        for list in [&sp.cluster_backends_v6, &sp.external_backends_v6] {
+            let keys: Vec<_> = list.iter().map(|b| (b.addr, b.port)).collect();
+            assert!(keys.windows(2).all(|w| w[0] < w[1]), "{id}: {keys:?}");
+        }
     }
 }
 

@@ -11,8 +11,9 @@ use anyhow::{bail, Result};
 use lb_common::{
     filter::{position, AddrSet},
     sock::SockAffinityKeyV4,
-    AffinityKeyV4, AffinityValue, AnnounceValue, BackendV4, BackendV6, Config, ConfigV6, CtKeyV4, CtKeyV6,
-    CtValueV4, CtValueV6, FrontendKeyV4, FrontendKeyV6, FrontendValue, IfaceInfo, LbAddrInfo,
+    AffinityKeyV4, AffinityValue, AnnounceValue, BackendV4, BackendV6, Config, ConfigV6, CtKeyV4,
+    CtKeyV6, CtValueV4, CtValueV6, FrontendKeyV4, FrontendKeyV6, FrontendValue, IfaceInfo,
+    LbAddrInfo,
 };
 
 use super::{NodeMaps, Room, ServiceMaps, Snapshot};

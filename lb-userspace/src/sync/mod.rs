@@ -7,7 +7,7 @@
 //! addition of every changed Service first (service names, backends, rings,
 //! filter bits, source ranges, frontend addresses), then the frontends, each
 //! switching to its new ring in one atomic map update, and removals last.
-//! IPv6 ClusterIPs follow the same order with maps of their own
+//! IPv6 frontends follow the same order with maps of their own
 //! (`FRONTENDS_V6`, `BACKENDS_V6`): their backend ids come from the one id
 //! space, their rings from the one slots array, under the Service port's
 //! one service id (its counters count both families).
@@ -241,7 +241,7 @@ impl Syncer {
             let name = &names[&value.svc_id];
             let a = s.applied.get_mut(name).expect("named above");
             a.frontends_v6.insert(*key, *value);
-            claim_ring(&mut s, name, RING_V6, value);
+            claim_ring(&mut s, name, RING_V6 | (value.flags & FE_EXTERNAL), value);
         }
         for (svc_id, addr, len) in &snap.source_ranges {
             let a = s.applied.get_mut(&names[svc_id]).expect("named above");
@@ -765,7 +765,10 @@ impl Peak {
         if addrs_in_use + addrs.len() > room.addrs as usize {
             return Err(over("ADDRS_V4", addrs_in_use, addrs.len(), room.addrs));
         }
-        for (family, map) in ["SOURCE_RANGES_V4", "SOURCE_RANGES_V6"].into_iter().enumerate() {
+        for (family, map) in ["SOURCE_RANGES_V4", "SOURCE_RANGES_V6"]
+            .into_iter()
+            .enumerate()
+        {
             if self.ranges[family] + ranges[family] > room.source_ranges as usize {
                 return Err(over(
                     map,

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use lb_common::{
-    AffinityValue, AnnounceValue, Config, ConfigV6, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6, IfaceInfo,
-    LbAddrInfo,
+    AffinityValue, AnnounceValue, Config, ConfigV6, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6,
+    IfaceInfo, LbAddrInfo,
 };
 
 pub trait NodeMaps {

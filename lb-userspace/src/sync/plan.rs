@@ -19,10 +19,11 @@ use crate::{
     model::{FrontendKind, Proto, ServicePort},
 };
 
-/// The ring class of IPv6 ClusterIPs, beside 0 (IPv4 ClusterIPs) and
-/// `FE_EXTERNAL`: a Service port's IPv6 frontends have a ring of their
-/// own, of IPv6 backends only, on the same slots array and under the same
-/// service id. Never written into a frontend's flags.
+/// The family bit of a ring class, beside `FE_EXTERNAL`: a Service port's
+/// IPv6 frontends have rings of their own (`RING_V6` for ClusterIPs,
+/// `RING_V6 | FE_EXTERNAL` for the others), of IPv6 backends only, on the
+/// same slots array and under the same service id. Never written into a
+/// frontend's flags.
 pub const RING_V6: u32 = 1 << 31;
 
 /// A backend as the syncer counts it: (address, port), either family.
@@ -54,7 +55,7 @@ pub struct Applied {
     pub bits: BTreeSet<(u32, u64)>,
     /// loadBalancerSourceRanges of both families.
     pub ranges: BTreeSet<(IpAddr, u8)>,
-    /// By traffic class (0, `FE_EXTERNAL` or `RING_V6`).
+    /// By traffic class: `FE_EXTERNAL` or not, `RING_V6` or not.
     pub rings: BTreeMap<u32, Ring>,
     /// Slots of the rings this plan built anew; written once, then dropped.
     pub tables: BTreeMap<u32, Vec<u32>>,
@@ -96,6 +97,11 @@ pub fn service(
             .load_balancer_source_ranges
             .iter()
             .map(|&(a, len)| (IpAddr::V4(a), len))
+            .chain(
+                sp.load_balancer_source_ranges_v6
+                    .iter()
+                    .map(|&(a, len)| (IpAddr::V6(a), len)),
+            )
             .collect(),
         ..Applied::default()
     };
@@ -171,12 +177,30 @@ fn fill(
             a.addrs.insert(key.addr);
         }
     }
+    // As kube-proxy filters them per family, only IPv6 ranges restrict
+    // IPv6 clients.
+    let ranged = !sp.load_balancer_source_ranges_v6.is_empty();
     for fe in &sp.frontends_v6 {
-        let members = sp
-            .cluster_backends_v6
+        let external = fe.kind != FrontendKind::ClusterIp;
+        let (mut flags, backends, policy_local) = if external {
+            (
+                FE_EXTERNAL,
+                &sp.external_backends_v6,
+                sp.external_policy_local,
+            )
+        } else {
+            (0, &sp.cluster_backends_v6, sp.internal_policy_local)
+        };
+        let members = backends
             .iter()
             .map(|b| (IpAddr::V6(b.addr), b.port, b.is_local));
-        let ring = ring(a, RING_V6, members, old, backend_id, segments)?;
+        let ring = ring(a, RING_V6 | flags, members, old, backend_id, segments)?;
+        if policy_local {
+            flags |= FE_DROP_EMPTY;
+        }
+        if external && ranged {
+            flags |= FE_SOURCE_RANGES;
+        }
         let key = FrontendKeyV6 {
             addr: lb_common::addr::to_map_v6(fe.addr),
             port: fe.port.to_be(),
@@ -189,11 +213,7 @@ fn fill(
                 svc_id: a.svc_id,
                 ring_offset: ring.offset,
                 ring_size: ring.size,
-                flags: if sp.internal_policy_local {
-                    FE_DROP_EMPTY
-                } else {
-                    0
-                },
+                flags,
                 affinity_timeout_s,
                 _pad: 0,
             },

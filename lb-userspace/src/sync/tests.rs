@@ -1,4 +1,4 @@
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use lb_common::addr::from_map_v6;
 
@@ -303,7 +303,30 @@ fn view(w: &FakeServiceMaps) -> String {
             v.ring_size
         );
     }
-    let backends: std::collections::BTreeSet<String> = m.backends.keys().map(backend).collect();
+    let backend_v6 = |id: &u32| {
+        let b = &m.backends_v6[id];
+        format!("[{}]:{}", from_map_v6(b.addr), u16::from_be(b.port))
+    };
+    for (k, v) in &m.frontends_v6 {
+        let members: std::collections::BTreeSet<String> = (v.ring_offset
+            ..v.ring_offset + v.ring_size)
+            .map(|slot| backend_v6(&m.slots[slot as usize]))
+            .collect();
+        out += &format!(
+            "[{}]:{} {} flags {} ring {} {members:?}\n",
+            from_map_v6(k.addr),
+            u16::from_be(k.port),
+            m.services[&v.svc_id],
+            v.flags,
+            v.ring_size
+        );
+    }
+    let backends: std::collections::BTreeSet<String> = m
+        .backends
+        .keys()
+        .map(backend)
+        .chain(m.backends_v6.keys().map(backend_v6))
+        .collect();
     let ranges: std::collections::BTreeSet<String> = m
         .source_ranges
         .iter()
@@ -501,7 +524,7 @@ fn a_restart_over_stray_pinned_entries_converges() {
     w.maps.services.insert(41, "not a service port name".into());
     w.maps
         .source_ranges
-        .insert((42, Ipv4Addr::new(198, 51, 100, 0), 24));
+        .insert((42, IpAddr::V4(Ipv4Addr::new(198, 51, 100, 0)), 24));
     let mut restarted = Syncer::recover(&mut w).unwrap();
     assert!(
         w.maps.frontends.contains_key(&orphan_key),
@@ -816,4 +839,124 @@ fn ipv6_backends_beyond_the_map_refuse_the_service_port() {
         r.refused
     );
     assert_eq!((w.maps.frontends.len(), w.maps.frontends_v6.len()), (2, 1));
+}
+
+/// The IPv6 frontend at `addr` and `port`.
+fn frontend_v6(w: &FakeServiceMaps, addr: &str, port: u16) -> lb_common::FrontendValue {
+    let addr: Ipv6Addr = addr.parse().unwrap();
+    w.maps
+        .frontends_v6
+        .iter()
+        .find(|(k, _)| from_map_v6(k.addr) == addr && k.port == port.to_be())
+        .map(|(_, v)| *v)
+        .unwrap()
+}
+
+/// The distinct IPv6 backends of `fe`'s ring, sorted.
+fn ring_v6(w: &FakeServiceMaps, fe: &lb_common::FrontendValue) -> Vec<Ipv6Addr> {
+    let slots = &w.maps.slots[fe.ring_offset as usize..(fe.ring_offset + fe.ring_size) as usize];
+    let mut members: Vec<Ipv6Addr> = slots
+        .iter()
+        .map(|id| from_map_v6(w.maps.backends_v6[id].addr))
+        .collect();
+    members.sort();
+    members.dedup();
+    members
+}
+
+/// A dual-stack Service port's IPv6 NodePort, ingress IP and externalIP
+/// are external frontends as the IPv4 ones are: one ring of its external
+/// IPv6 backends, the external policy's flags; a restarted agent reads
+/// that ring back apart from the ClusterIP's, and removing the Service
+/// port leaves what a fresh sync of the rest writes.
+#[test]
+fn ipv6_external_frontends_get_an_external_ring_and_policies() {
+    use lb_common::{FE_DROP_EMPTY, FE_EXTERNAL, FE_SOURCE_RANGES};
+    let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+    let at = |addr: &str, port: u16, kind: FrontendKind| Frontend {
+        addr: v6(addr),
+        port,
+        kind,
+        on_node: kind == FrontendKind::NodePort,
+    };
+    let mut sp = dual_stack(1, &[1, 2], &[1, 2, 3]);
+    sp.frontends_v6.extend([
+        at("fd00:1::10", 30001, FrontendKind::NodePort),
+        at("2001:db8:1::1", 80, FrontendKind::LoadBalancer),
+        at("2001:db8::7", 80, FrontendKind::ExternalIp),
+    ]);
+    sp.frontends_v6.sort();
+    sp.external_policy_local = true;
+    sp.external_backends_v6 = vec![Backend {
+        is_local: true,
+        ..backend_at(Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 2))
+    }];
+    sp.load_balancer_source_ranges_v6 = vec![(v6("2001:db8:ff::"), 48)];
+    let other = ("b", dual_stack(2, &[3], &[3]));
+    let (mut s, mut w) = fresh();
+    s.sync(&state(&[("a", sp.clone()), other.clone()]), &mut w)
+        .unwrap();
+    assert!(w.violations.is_empty(), "{:#?}", w.violations);
+    let cluster_ip = frontend_v6(&w, "fd00:96::1", 80);
+    assert_eq!(cluster_ip.flags, 0);
+    assert_eq!(ring_v6(&w, &cluster_ip).len(), 3);
+    let external = [
+        frontend_v6(&w, "fd00:1::10", 30001),
+        frontend_v6(&w, "2001:db8:1::1", 80),
+        frontend_v6(&w, "2001:db8::7", 80),
+    ];
+    for e in &external {
+        assert_eq!(e.flags, FE_EXTERNAL | FE_DROP_EMPTY | FE_SOURCE_RANGES);
+        assert_eq!(
+            (e.ring_offset, e.svc_id),
+            (external[0].ring_offset, cluster_ip.svc_id)
+        );
+        assert_eq!(ring_v6(&w, e), [v6("fd00:244::2")]);
+    }
+    assert_ne!(external[0].ring_offset, cluster_ip.ring_offset);
+    let v4_rings: Vec<u32> = w.maps.frontends.values().map(|f| f.ring_offset).collect();
+    assert!(!v4_rings.contains(&external[0].ring_offset));
+    let svc_id = cluster_ip.svc_id;
+    assert_eq!(
+        w.maps.source_ranges.iter().copied().collect::<Vec<_>>(),
+        [(svc_id, IpAddr::V6(v6("2001:db8:ff::")), 48)],
+        "the IPv6 range, and nothing else, is written"
+    );
+
+    let mut restarted = Syncer::recover(&mut w).unwrap();
+    let same = state(&[("a", sp.clone()), other.clone()]);
+    assert_eq!(restarted.sync(&same, &mut w).unwrap().writes, 0);
+
+    // As kube-proxy filters ranges per family, IPv4 ranges leave the IPv6
+    // frontends open, and under Cluster policy an empty ring is no reason
+    // to drop.
+    let mut cluster_policy = sp.clone();
+    cluster_policy.external_policy_local = false;
+    cluster_policy.load_balancer_source_ranges_v6 = Vec::new();
+    cluster_policy.load_balancer_source_ranges = vec![(Ipv4Addr::new(203, 0, 113, 0), 24)];
+    cluster_policy.external_backends_v6 = cluster_policy.cluster_backends_v6.clone();
+    restarted
+        .sync(&state(&[("a", cluster_policy), other.clone()]), &mut w)
+        .unwrap();
+    assert!(w.violations.is_empty(), "{:#?}", w.violations);
+    let external = frontend_v6(&w, "2001:db8::7", 80);
+    assert_eq!(external.flags, FE_EXTERNAL);
+    assert_eq!(ring_v6(&w, &external).len(), 3);
+    assert_eq!(
+        w.maps.source_ranges.iter().copied().collect::<Vec<_>>(),
+        [(svc_id, IpAddr::V4(Ipv4Addr::new(203, 0, 113, 0)), 24)]
+    );
+    sp.load_balancer_source_ranges_v6 = Vec::new();
+    restarted
+        .sync(&state(&[("a", sp), other.clone()]), &mut w)
+        .unwrap();
+    assert_eq!(
+        frontend_v6(&w, "2001:db8::7", 80).flags,
+        FE_EXTERNAL | FE_DROP_EMPTY
+    );
+
+    let rest = state(&[other]);
+    restarted.sync(&rest, &mut w).unwrap();
+    assert!(w.violations.is_empty(), "{:#?}", w.violations);
+    assert_eq!(view(&w), view(&synced_fresh(&rest, room())));
 }

@@ -43,6 +43,8 @@ pub fn load() -> Datapath {
 /// node `node` with options `opts`.
 pub fn synced(manifests: &str, node: &NodeInfo, opts: &ModelOptions) -> Datapath {
     privileged("BPF_PROG_TEST_RUN packet tests");
+    // Shows why, when a program the tests need was left out at load.
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "xl-packet-manifests-{}-{}",

@@ -67,4 +67,3 @@ pub fn parse_checked(frame: &[u8]) -> Seen {
         payload,
     }
 }
-

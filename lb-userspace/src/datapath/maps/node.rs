@@ -7,8 +7,8 @@ use aya::{
     Pod,
 };
 use lb_common::{
-    AffinityValue, AnnounceKeyV4, AnnounceValue, Config, ConfigV6, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6,
-    IfaceInfo, LbAddrInfo,
+    AffinityValue, AnnounceKeyV4, AnnounceValue, Config, ConfigV6, CtKeyV4, CtKeyV6, CtValueV4,
+    CtValueV6, IfaceInfo, LbAddrInfo,
 };
 
 use super::Maps;

@@ -6,8 +6,7 @@ use aya::maps::{lpm_trie::Key, IterableMap, MapData, MapError, PerCpuValues};
 use lb_common::{
     addr::{from_map, from_map_v6, to_map, to_map_v6},
     AddrInfo, BackendV4, BackendV6, FrontendKeyV4, FrontendKeyV6, FrontendValue, SourceRangeKeyV4,
-    SourceRangeKeyV6,
-    SvcName, SvcNameParts, SvcStats, ADDR_FRONTEND,
+    SourceRangeKeyV6, SvcName, SvcNameParts, SvcStats, ADDR_FRONTEND,
 };
 
 use super::Maps;
@@ -115,14 +114,15 @@ impl ServiceMaps for Maps {
     }
 
     fn put_source_range(&mut self, svc_id: u32, addr: IpAddr, len: u8) -> Result<()> {
-        Ok(match addr {
+        match addr {
             IpAddr::V4(a) => self
                 .source_ranges
                 .insert(&range_key(svc_id, a, len), 1, 0)?,
             IpAddr::V6(a) => self
                 .source_ranges_v6
                 .insert(&range_key_v6(svc_id, a, len), 1, 0)?,
-        })
+        }
+        Ok(())
     }
 
     fn remove_source_range(&mut self, svc_id: u32, addr: IpAddr, len: u8) -> Result<()> {
