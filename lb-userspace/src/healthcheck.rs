@@ -12,7 +12,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     future::ready,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -58,13 +58,15 @@ pub struct HealthCheckServers {
 }
 
 impl HealthCheckServers {
-    /// Listens on every address, as kube-proxy does without
-    /// `--nodeport-addresses`. Every port answers 503 while
-    /// `proxy_healthy` says no, as kube-proxy's do, so load balancers move
-    /// off a node whose data plane no longer follows the cluster. All
-    /// ports report to the one `status`.
+    /// Listens on every address of both families, as kube-proxy does
+    /// without `--nodeport-addresses`: `[::]`, which takes IPv4 too
+    /// (net.ipv6.bindv6only is 0 on every distribution), or `0.0.0.0` on a
+    /// node without IPv6. Every port answers 503 while `proxy_healthy`
+    /// says no, as kube-proxy's do, so load balancers move off a node
+    /// whose data plane no longer follows the cluster. All ports report to
+    /// the one `status`.
     pub fn new(proxy_healthy: ProxyHealthy, status: http::Status) -> Self {
-        Self::with_bind_ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED), proxy_healthy, status)
+        Self::with_bind_ip(any_address(), proxy_healthy, status)
     }
 
     pub fn with_bind_ip(bind: IpAddr, proxy_healthy: ProxyHealthy, status: http::Status) -> Self {
@@ -116,14 +118,30 @@ impl HealthCheckServers {
     }
 }
 
+/// The unspecified address of both families when this node can listen on
+/// it, else IPv4's.
+fn any_address() -> IpAddr {
+    let v6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+    match std::net::TcpListener::bind(SocketAddr::new(v6, 0)) {
+        Ok(_) => v6,
+        Err(e) => {
+            tracing::info!("health-check ports on IPv4 only: no IPv6 listener ({e})");
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        }
+    }
+}
+
 /// Health-check port and local endpoint count per Service. The count is
 /// kube-proxy's: distinct addresses of ready endpoints on this node over
 /// all the Service's ports (a pod serving 80 and 443 is one endpoint), so
 /// it is taken from the backends rather than the per-port
-/// `ServicePort::local_endpoints`. Terminating endpoints do not count: a
-/// node whose only endpoints are draining must fail the check.
+/// `ServicePort::local_endpoints`. A dual-stack pod has an address of each
+/// family, and counts once: the larger family's count is taken.
+/// Terminating endpoints do not count: a node whose only endpoints are
+/// draining must fail the check.
 fn wanted(desired: &DesiredState) -> BTreeMap<ServiceName, (u16, usize)> {
-    let mut out: BTreeMap<ServiceName, (u16, BTreeSet<Ipv4Addr>)> = BTreeMap::new();
+    type Local = (BTreeSet<Ipv4Addr>, BTreeSet<Ipv6Addr>);
+    let mut out: BTreeMap<ServiceName, (u16, Local)> = BTreeMap::new();
     for (id, sp) in &desired.services {
         let Some(port) = sp.health_check_node_port else {
             continue;
@@ -132,18 +150,22 @@ fn wanted(desired: &DesiredState) -> BTreeMap<ServiceName, (u16, usize)> {
             namespace: id.namespace.clone(),
             name: id.name.clone(),
         };
-        out.entry(name)
-            .or_insert_with(|| (port, BTreeSet::new()))
-            .1
-            .extend(
-                sp.external_backends
-                    .iter()
-                    .filter(|b| b.is_local && b.ready)
-                    .map(|b| b.addr),
-            );
+        let (_, (v4, v6)) = out.entry(name).or_insert_with(|| (port, Local::default()));
+        v4.extend(
+            sp.external_backends
+                .iter()
+                .filter(|b| b.is_local && b.ready)
+                .map(|b| b.addr),
+        );
+        v6.extend(
+            sp.external_backends_v6
+                .iter()
+                .filter(|b| b.is_local && b.ready)
+                .map(|b| b.addr),
+        );
     }
     out.into_iter()
-        .map(|(name, (port, addrs))| (name, (port, addrs.len())))
+        .map(|(name, (port, (v4, v6)))| (name, (port, v4.len().max(v6.len()))))
         .collect()
 }
 
@@ -215,8 +237,12 @@ mod tests {
     }
 
     async fn get(port: u16) -> std::io::Result<Answer> {
+        get_at(IpAddr::V4(Ipv4Addr::LOCALHOST), port).await
+    }
+
+    async fn get_at(addr: IpAddr, port: u16) -> std::io::Result<Answer> {
         let raw = exchange(
-            SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            SocketAddr::new(addr, port),
             "GET /healthz HTTP/1.1\r\nHost: lb\r\nUser-Agent: probe\r\n\r\n",
         )
         .await?;
@@ -299,6 +325,51 @@ mod tests {
         );
         let json: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(json["service"]["name"], "web");
+    }
+
+    /// Load balancers probe the node over either family: one port answers
+    /// both, and IPv6 endpoints count; a dual-stack pod counts once.
+    #[tokio::test]
+    async fn ports_answer_on_both_families_and_count_ipv6_endpoints() {
+        let [port] = free_ports();
+        let mut desired = DesiredState::default();
+        service(&mut desired, "web", "http", Some(port), Vec::new());
+        let v6 = |last: u16, ready: bool| Backend {
+            addr: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last),
+            port: 80,
+            node_name: None,
+            is_local: true,
+            ready,
+            serving: true,
+            terminating: !ready,
+        };
+        let id = desired.services.keys().next().unwrap().clone();
+        let sp = desired.services.get_mut(&id).unwrap();
+        sp.external_backends_v6 = vec![v6(1, true), v6(2, true), v6(3, false)];
+        let mut hc = HealthCheckServers::new(Arc::new(|| true), http::Status::default());
+        hc.update(&desired);
+        for addr in [
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ] {
+            let reply = get_at(addr, port).await.unwrap();
+            assert_eq!(reply.status, 200, "over {addr}");
+            assert!(
+                reply.body.contains("\"localEndpoints\": 2"),
+                "{}",
+                reply.body
+            );
+        }
+        let sp = desired.services.get_mut(&id).unwrap();
+        sp.external_backends = vec![backend(1, 80, true, true)];
+        sp.external_backends_v6.truncate(1);
+        hc.update(&desired);
+        let reply = get_at(IpAddr::V6(Ipv6Addr::LOCALHOST), port).await.unwrap();
+        assert!(
+            reply.body.contains("\"localEndpoints\": 1"),
+            "{}",
+            reply.body
+        );
     }
 
     #[tokio::test]
