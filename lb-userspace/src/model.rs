@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-pub use changes::Changes;
+pub use changes::{Changes, FamilyChanges};
 
 /// The node this agent runs on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

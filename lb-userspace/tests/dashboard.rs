@@ -13,7 +13,7 @@ use lb_common::{names, Reason};
 use lb_userspace::{
     datapath::{MapFill, MapSample, ServiceCounters},
     metrics::Metrics,
-    model::{Changes, DesiredState},
+    model::{Changes, DesiredState, FamilyChanges},
     sync::SyncReport,
 };
 use serde_json::Value;
@@ -230,12 +230,16 @@ fn scrape() -> String {
     metrics.probes().healthz(200);
     metrics.probes().livez(200);
     metrics.record_queued();
-    let changes = Changes {
+    let one = FamilyChanges {
         services: 1,
         endpoints: 1,
     };
+    let changes = Changes {
+        ipv4: one,
+        ipv6: one,
+    };
     metrics.record_pending(changes);
-    metrics.record_conntrack_reconcile(Duration::from_micros(50), 0);
+    metrics.record_conntrack_reconcile(Duration::from_micros(50), [0, 0]);
     let report = SyncReport {
         full: true,
         ..SyncReport::default()

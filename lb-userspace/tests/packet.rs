@@ -706,7 +706,8 @@ fn removed_backends_lose_their_udp_flows_but_keep_tcp() {
         stale::forget(&mut dp.maps, &report.removed, &report.removed_v6).unwrap(),
         stale::Forgotten {
             entries: 2,
-            flows: 1
+            flows: 1,
+            flows_v6: 0
         }
     );
     let left: Vec<CtKeyV4> = dp.maps.ct().keys().map(|k| k.unwrap()).collect();

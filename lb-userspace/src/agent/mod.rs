@@ -207,7 +207,7 @@ impl Agent {
         let forgotten =
             crate::sync::stale::forget(&mut self.dp.maps, &sync.removed, &sync.removed_v6)?;
         self.metrics
-            .record_conntrack_reconcile(reconcile.elapsed(), forgotten.flows);
+            .record_conntrack_reconcile(reconcile.elapsed(), [forgotten.flows, forgotten.flows_v6]);
         if forgotten.entries > 0 {
             tracing::info!(
                 entries = forgotten.entries,

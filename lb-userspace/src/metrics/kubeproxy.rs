@@ -3,8 +3,13 @@
 //! Names, types, help texts, buckets and labels are those of Kubernetes
 //! v1.34's pkg/proxy/metrics/metrics.go (where v1.33 added the `ip_family`
 //! label), written from memory of that file; component-base's "[ALPHA] "
-//! help prefix is left out. The agent programs IPv4 only, so every
-//! per-family series has the one child `ip_family="IPv4"`.
+//! help prefix is left out. Every per-family series has the child
+//! `ip_family="IPv4"`, and `ip_family="IPv6"` from the first sync that
+//! programs an IPv6 frontend on: as kube-proxy's, in single-stack IPv4 only
+//! the first. kube-proxy syncs each family on its own; the agent syncs both
+//! at once, so a sync's duration and time go to both families' series,
+//! while changes, Services without local endpoints and deleted flows are
+//! each family's own.
 //!
 //! Left out, as nothing here does what they measure:
 //! `sync_proxy_rules_iptables_*`, `iptables_ct_state_invalid_dropped_packets_total`,
@@ -13,7 +18,7 @@
 //! refused packets are counted by reason in `xdplb_packets_total`).
 use std::{
     fmt::Debug,
-    sync::atomic::AtomicU64,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -30,26 +35,28 @@ use prometheus_client::{
 };
 
 use crate::{
-    model::{Changes, DesiredState},
+    model::{Changes, DesiredState, FamilyChanges, ServicePort},
     sync::SyncReport,
 };
 
-const IPV4: [(&str, &str); 1] = [("ip_family", "IPv4")];
+/// The `ip_family` label values, IPv4 then IPv6.
+const FAMILIES: [&str; 2] = ["IPv4", "IPv6"];
 
 type FamilyLabel = [(&'static str, &'static str); 1];
 type PolicyLabels = [(&'static str, &'static str); 2];
 type CodeLabel = [(&'static str, u16); 1];
+type PerFamily<M> = Family<FamilyLabel, M, fn() -> M>;
 
-/// The series of one metric family labelled `ip_family`, and the handle of
-/// its IPv4 child.
-fn ipv4<M>(registry: &mut Registry, name: &str, help: &str, new: fn() -> M) -> M
+/// Registers a metric family labelled `ip_family` whose IPv4 child exists
+/// from the start.
+fn per_family<M>(registry: &mut Registry, name: &str, help: &str, new: fn() -> M) -> PerFamily<M>
 where
     M: EncodeMetric + TypedMetric + Clone + Debug + Send + Sync + 'static,
 {
-    let family = Family::<FamilyLabel, M, fn() -> M>::new_with_constructor(new);
-    let child = family.get_or_create(&IPV4).clone();
-    registry.register(name, help, family);
-    child
+    let family = PerFamily::new_with_constructor(new);
+    let _ = family.get_or_create(&[("ip_family", FAMILIES[0])]);
+    registry.register(name, help, family.clone());
+    family
 }
 
 /// `SyncProxyRulesLatency` and its full and partial kin, and the conntrack
@@ -98,19 +105,22 @@ impl Probes {
 }
 
 pub(super) struct KubeProxy {
-    sync: Histogram,
-    sync_full: Histogram,
-    sync_partial: Histogram,
-    last_sync: Gauge<f64, AtomicU64>,
-    last_queued: Gauge<f64, AtomicU64>,
-    network_programming: Histogram,
-    service_changes_pending: Gauge,
-    service_changes: Counter,
-    endpoint_changes_pending: Gauge,
-    endpoint_changes: Counter,
+    sync: PerFamily<Histogram>,
+    sync_full: PerFamily<Histogram>,
+    sync_partial: PerFamily<Histogram>,
+    last_sync: PerFamily<Gauge<f64, AtomicU64>>,
+    last_queued: PerFamily<Gauge<f64, AtomicU64>>,
+    network_programming: PerFamily<Histogram>,
+    service_changes_pending: PerFamily<Gauge>,
+    service_changes: PerFamily<Counter>,
+    endpoint_changes_pending: PerFamily<Gauge>,
+    endpoint_changes: PerFamily<Counter>,
     no_local_endpoints: Family<PolicyLabels, Gauge>,
-    conntrack_sync: Histogram,
-    conntrack_deleted: Counter,
+    conntrack_sync: PerFamily<Histogram>,
+    conntrack_deleted: PerFamily<Counter>,
+    /// Whether a sync has programmed an IPv6 frontend: IPv6 series exist
+    /// from then on.
+    ipv6: AtomicBool,
     pub probes: Probes,
 }
 
@@ -121,7 +131,7 @@ impl KubeProxy {
         // before the first sync.
         for policy in ["internal", "external"] {
             no_local_endpoints
-                .get_or_create(&[("traffic_policy", policy), IPV4[0]])
+                .get_or_create(&[("traffic_policy", policy), ("ip_family", FAMILIES[0])])
                 .set(0);
         }
         // kube-proxy's name ends in _total although it is a gauge; kept for
@@ -144,90 +154,109 @@ impl KubeProxy {
         );
         let r = registry;
         Self {
-            sync: ipv4(
+            sync: per_family(
                 r,
                 "kubeproxy_sync_proxy_rules_duration_seconds",
                 "SyncProxyRules latency in seconds",
                 sync_histogram,
             ),
-            sync_full: ipv4(
+            sync_full: per_family(
                 r,
                 "kubeproxy_sync_full_proxy_rules_duration_seconds",
                 "SyncProxyRules latency in seconds for full resyncs",
                 sync_histogram,
             ),
-            sync_partial: ipv4(
+            sync_partial: per_family(
                 r,
                 "kubeproxy_sync_partial_proxy_rules_duration_seconds",
                 "SyncProxyRules latency in seconds for partial resyncs",
                 sync_histogram,
             ),
-            last_sync: ipv4(
+            last_sync: per_family(
                 r,
                 "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
                 "The last time proxy rules were successfully synced",
                 Gauge::default,
             ),
-            last_queued: ipv4(
+            last_queued: per_family(
                 r,
                 "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
                 "The last time a sync of proxy rules was queued",
                 Gauge::default,
             ),
-            network_programming: ipv4(
+            network_programming: per_family(
                 r,
                 "kubeproxy_network_programming_duration_seconds",
                 "In Cluster Network Programming Latency in seconds",
                 network_programming_histogram,
             ),
-            service_changes_pending: ipv4(
+            service_changes_pending: per_family(
                 r,
                 "kubeproxy_sync_proxy_rules_service_changes_pending",
                 "Pending proxy rules Service changes",
                 Gauge::default,
             ),
-            service_changes: ipv4(
+            service_changes: per_family(
                 r,
                 "kubeproxy_sync_proxy_rules_service_changes",
                 "Cumulative proxy rules Service changes",
                 Counter::default,
             ),
-            endpoint_changes_pending: ipv4(
+            endpoint_changes_pending: per_family(
                 r,
                 "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
                 "Pending proxy rules Endpoint changes",
                 Gauge::default,
             ),
-            endpoint_changes: ipv4(
+            endpoint_changes: per_family(
                 r,
                 "kubeproxy_sync_proxy_rules_endpoint_changes",
                 "Cumulative proxy rules Endpoint changes",
                 Counter::default,
             ),
-            conntrack_sync: ipv4(
+            conntrack_sync: per_family(
                 r,
                 "kubeproxy_conntrack_reconciler_sync_duration_seconds",
                 "ReconcileConntrackFlowsLatency latency in seconds",
                 sync_histogram,
             ),
-            conntrack_deleted: ipv4(
+            conntrack_deleted: per_family(
                 r,
                 "kubeproxy_conntrack_reconciler_deleted_entries",
                 "Cumulative conntrack flows deleted by conntrack reconciler",
                 Counter::default,
             ),
             no_local_endpoints,
+            ipv6: AtomicBool::new(false),
             probes,
         }
     }
 
+    /// The `ip_family` labels of the families programmed so far.
+    fn families(&self) -> impl Iterator<Item = FamilyLabel> {
+        let n = if self.ipv6.load(Ordering::Relaxed) {
+            2
+        } else {
+            1
+        };
+        FAMILIES[..n].iter().map(|f| [("ip_family", *f)])
+    }
+
     pub fn queued(&self) {
-        self.last_queued.set(now_seconds());
+        for f in self.families() {
+            self.last_queued.get_or_create(&f).set(now_seconds());
+        }
     }
 
     pub fn pending(&self, changes: Changes) {
-        self.service_changes_pending.set(changes.services as i64);
-        self.endpoint_changes_pending.set(changes.endpoints as i64);
+        for (f, c) in self.families().zip([changes.ipv4, changes.ipv6]) {
+            self.service_changes_pending
+                .get_or_create(&f)
+                .set(c.services as i64);
+            self.endpoint_changes_pending
+                .get_or_create(&f)
+                .set(c.endpoints as i64);
+        }
     }
 
     /// A successful sync: what was pending is applied.
@@ -238,49 +267,96 @@ impl KubeProxy {
         desired: &DesiredState,
         changes: Changes,
     ) {
+        if desired
+            .services
+            .values()
+            .any(|sp| !sp.frontends_v6.is_empty())
+        {
+            self.ipv6.store(true, Ordering::Relaxed);
+        }
         let seconds = duration.as_secs_f64();
-        self.sync.observe(seconds);
-        match report.full {
-            true => self.sync_full.observe(seconds),
-            false => self.sync_partial.observe(seconds),
+        let per_family = [
+            (changes.ipv4, no_local_endpoints(desired, locality_v4)),
+            (changes.ipv6, no_local_endpoints(desired, locality_v6)),
+        ];
+        for (f, (c, (internal, external))) in self.families().zip(per_family) {
+            self.sync.get_or_create(&f).observe(seconds);
+            match report.full {
+                true => self.sync_full.get_or_create(&f).observe(seconds),
+                false => self.sync_partial.get_or_create(&f).observe(seconds),
+            }
+            self.last_sync.get_or_create(&f).set(now_seconds());
+            let FamilyChanges {
+                services,
+                endpoints,
+            } = c;
+            self.service_changes.get_or_create(&f).inc_by(services);
+            self.endpoint_changes.get_or_create(&f).inc_by(endpoints);
+            for (policy, n) in [("internal", internal), ("external", external)] {
+                self.no_local_endpoints
+                    .get_or_create(&[("traffic_policy", policy), f[0]])
+                    .set(n);
+            }
         }
-        self.last_sync.set(now_seconds());
-        self.service_changes.inc_by(changes.services);
-        self.endpoint_changes.inc_by(changes.endpoints);
         self.pending(Changes::default());
-        let (internal, external) = no_local_endpoints(desired);
-        for (policy, n) in [("internal", internal), ("external", external)] {
-            self.no_local_endpoints
-                .get_or_create(&[("traffic_policy", policy), IPV4[0]])
-                .set(n);
-        }
     }
 
     pub fn network_programming(&self, latency: Duration) {
-        self.network_programming.observe(latency.as_secs_f64());
+        for f in self.families() {
+            self.network_programming
+                .get_or_create(&f)
+                .observe(latency.as_secs_f64());
+        }
     }
 
-    pub fn conntrack_reconciled(&self, duration: Duration, deleted_flows: u64) {
-        self.conntrack_sync.observe(duration.as_secs_f64());
-        self.conntrack_deleted.inc_by(deleted_flows);
+    /// `deleted_flows`: IPv4, IPv6.
+    pub fn conntrack_reconciled(&self, duration: Duration, deleted_flows: [u64; 2]) {
+        for (f, deleted) in self.families().zip(deleted_flows) {
+            self.conntrack_sync
+                .get_or_create(&f)
+                .observe(duration.as_secs_f64());
+            self.conntrack_deleted.get_or_create(&f).inc_by(deleted);
+        }
     }
 }
 
-/// Service ports whose Local policy leaves them without endpoints, as
-/// kube-proxy counts them (internal, external). kube-proxy leaves out
-/// Services without endpoints anywhere, which it rejects; the model does not
-/// keep the cluster-wide set under a Local policy, and the data plane drops
-/// rather than rejects these, so they are counted too.
-fn no_local_endpoints(desired: &DesiredState) -> (i64, i64) {
+/// Service ports of one family whose Local policy leaves them without
+/// endpoints, as kube-proxy counts them (internal, external); `locality`
+/// gives a port's (has frontends, internal backends empty, external
+/// backends empty) in the family. kube-proxy leaves out Services without
+/// endpoints anywhere, which it rejects; the model does not keep the
+/// cluster-wide set under a Local policy, and the data plane drops rather
+/// than rejects these, so they are counted too.
+fn no_local_endpoints(
+    desired: &DesiredState,
+    locality: fn(&ServicePort) -> (bool, bool, bool),
+) -> (i64, i64) {
     let mut internal = 0;
     let mut external = 0;
     for sp in desired.services.values() {
-        if sp.internal_policy_local && sp.cluster_backends.is_empty() {
+        let (present, no_internal, no_external) = locality(sp);
+        if present && sp.internal_policy_local && no_internal {
             internal += 1;
         }
-        if sp.external_policy_local && sp.external_backends.is_empty() {
+        if present && sp.external_policy_local && no_external {
             external += 1;
         }
     }
     (internal, external)
+}
+
+fn locality_v4(sp: &ServicePort) -> (bool, bool, bool) {
+    (
+        !sp.frontends.is_empty(),
+        sp.cluster_backends.is_empty(),
+        sp.external_backends.is_empty(),
+    )
+}
+
+fn locality_v6(sp: &ServicePort) -> (bool, bool, bool) {
+    (
+        !sp.frontends_v6.is_empty(),
+        sp.cluster_backends_v6.is_empty(),
+        sp.external_backends_v6.is_empty(),
+    )
 }

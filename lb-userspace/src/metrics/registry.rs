@@ -244,8 +244,9 @@ impl Metrics {
         self.kube.network_programming(latency);
     }
 
-    /// Records one pass of forgetting flows of removed backends.
-    pub fn record_conntrack_reconcile(&self, duration: Duration, deleted_flows: u64) {
+    /// Records one pass of forgetting flows of removed backends, which
+    /// deleted `deleted_flows` (IPv4, IPv6).
+    pub fn record_conntrack_reconcile(&self, duration: Duration, deleted_flows: [u64; 2]) {
         self.kube.conntrack_reconciled(duration, deleted_flows);
     }
 }
@@ -261,7 +262,9 @@ mod tests {
     use crate::{
         datapath::MapSample,
         metrics::testing::check_exposition,
-        model::{Backend, Proto, ServicePort, ServicePortId},
+        model::{
+            Backend, FamilyChanges, Frontend, FrontendKind, Proto, ServicePort, ServicePortId,
+        },
     };
 
     fn port(
@@ -277,6 +280,12 @@ mod tests {
                 protocol: Proto::Tcp,
             },
             ServicePort {
+                frontends: vec![Frontend {
+                    addr: Ipv4Addr::new(10, 96, 0, 1),
+                    port: 80,
+                    kind: FrontendKind::ClusterIp,
+                    on_node: false,
+                }],
                 internal_policy_local: internal_local,
                 external_policy_local: external_local,
                 ..ServicePort::default()
@@ -313,8 +322,11 @@ mod tests {
             ..SyncReport::default()
         };
         let first = Changes {
-            services: 4,
-            endpoints: 1,
+            ipv4: FamilyChanges {
+                services: 4,
+                endpoints: 1,
+            },
+            ipv6: FamilyChanges::default(),
         };
         metrics.record_queued();
         metrics.record_pending(first);
@@ -325,12 +337,15 @@ mod tests {
             ..report.clone()
         };
         let second = Changes {
-            services: 0,
-            endpoints: 2,
+            ipv4: FamilyChanges {
+                services: 0,
+                endpoints: 2,
+            },
+            ipv6: FamilyChanges::default(),
         };
         metrics.record_sync(Duration::from_millis(3), &partial, &desired, 1, second);
         metrics.observe_network_programming(Duration::from_millis(700));
-        metrics.record_conntrack_reconcile(Duration::from_micros(300), 5);
+        metrics.record_conntrack_reconcile(Duration::from_micros(300), [5, 0]);
         metrics.probes().healthz(200);
         metrics.probes().healthz(503);
         metrics.probes().livez(200);
@@ -389,6 +404,60 @@ mod tests {
             let prefix = format!("{series}{{ip_family=\"IPv4\"}} ");
             let stamp = text.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap();
             assert!((now.as_secs_f64() - stamp.parse::<f64>().unwrap()).abs() < 60.0);
+        }
+    }
+
+    /// IPv6 series appear with the first IPv6 frontend, as kube-proxy's in
+    /// dual stack, each with its own family's counts.
+    #[test]
+    fn ipv6_series_follow_the_first_ipv6_frontend() {
+        let metrics = Metrics::new();
+        let mut desired = DesiredState::default();
+        desired.services.extend([port("v4", false, true)]);
+        let report = SyncReport::default();
+        metrics.record_sync(
+            Duration::from_millis(3),
+            &report,
+            &desired,
+            0,
+            Changes::default(),
+        );
+        let text = metrics.render_sample(MapSample::default());
+        assert!(!text.contains("IPv6"), "single stack: IPv4 only\n{text}");
+
+        let (id, mut v6) = port("v6", true, false);
+        v6.frontends.clear();
+        v6.frontends_v6 = vec![Frontend {
+            addr: "fd00:96::1".parse().unwrap(),
+            port: 80,
+            kind: FrontendKind::ClusterIp,
+            on_node: false,
+        }];
+        desired.services.insert(id, v6);
+        let changes = Changes {
+            ipv4: FamilyChanges::default(),
+            ipv6: FamilyChanges {
+                services: 1,
+                endpoints: 0,
+            },
+        };
+        metrics.record_sync(Duration::from_millis(3), &report, &desired, 0, changes);
+        metrics.record_conntrack_reconcile(Duration::from_micros(300), [2, 7]);
+        let text = metrics.render_sample(MapSample::default());
+        check_exposition(&text);
+        for line in [
+            "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"} 2",
+            "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv6\"} 1",
+            "kubeproxy_sync_proxy_rules_service_changes_total{ip_family=\"IPv4\"} 0",
+            "kubeproxy_sync_proxy_rules_service_changes_total{ip_family=\"IPv6\"} 1",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\",ip_family=\"IPv4\"} 1",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\",ip_family=\"IPv4\"} 0",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\",ip_family=\"IPv6\"} 1",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\",ip_family=\"IPv6\"} 0",
+            "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv4\"} 2",
+            "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv6\"} 7",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
     }
 

@@ -24,10 +24,13 @@ use super::NodeMaps;
 pub struct Forgotten {
     /// Entries of every kind: both directions of a flow, and affinities.
     pub entries: usize,
-    /// Flows, as kube-proxy's conntrack reconciler counts them (one kernel
-    /// entry holds both directions): the forward entries deleted. A reply
-    /// entry whose forward one the LRU had already evicted goes uncounted.
+    /// IPv4 flows, as kube-proxy's conntrack reconciler counts them (one
+    /// kernel entry holds both directions): the forward entries deleted. A
+    /// reply entry whose forward one the LRU had already evicted goes
+    /// uncounted.
     pub flows: u64,
+    /// IPv6 flows, counted the same way.
+    pub flows_v6: u64,
 }
 
 /// Deletes the UDP connection-tracking entries (both directions) and the
@@ -56,11 +59,12 @@ pub fn forget(
         .chain(removed_v6.iter().map(|&(id, _, _)| id))
         .collect();
     let affinities = maps.remove_affinities(&|v| ids.contains(&v.backend_id))?;
-    let forward = flows.iter().filter(|k| k.dir == CT_DIR_FORWARD).count()
-        + flows_v6.iter().filter(|k| k.dir == CT_DIR_FORWARD).count();
+    let forward = flows.iter().filter(|k| k.dir == CT_DIR_FORWARD).count();
+    let forward_v6 = flows_v6.iter().filter(|k| k.dir == CT_DIR_FORWARD).count();
     Ok(Forgotten {
         entries: flows.len() + flows_v6.len() + affinities,
         flows: forward as u64,
+        flows_v6: forward_v6 as u64,
     })
 }
 

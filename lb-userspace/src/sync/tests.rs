@@ -603,7 +603,8 @@ fn removed_ipv6_backends_lose_their_udp_flows_only() {
         forgotten,
         stale::Forgotten {
             entries: 2,
-            flows: 1
+            flows: 0,
+            flows_v6: 1
         },
         "both entries of the UDP flow to the removed backend"
     );
@@ -691,7 +692,8 @@ fn removed_backends_lose_their_udp_flows_and_affinities_only() {
         forgotten,
         stale::Forgotten {
             entries: 4,
-            flows: 1
+            flows: 1,
+            flows_v6: 0
         },
         "both entries of the UDP flow, and both affinities"
     );
