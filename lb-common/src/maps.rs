@@ -663,6 +663,12 @@ pub struct ConfigV6 {
     /// This node's IPv6 address for source NAT, as in the header; the
     /// unspecified address disables IPv6 SNAT. The ports are `Config`'s.
     pub snat_addr: [u32; 4],
+    /// Non-zero when the socket hooks leave pods' IPv6 UDP to the
+    /// per-packet path, as they leave IPv4's: set by the agent when the
+    /// IPv6 path is loaded and has a SNAT address, which a pod reaching
+    /// itself through its Service needs there.
+    pub pods_udp_per_packet: u32,
+    pub _pad: u32,
 }
 
 /// `CtValueV4::fwd_kind`: hand the translated packet to the kernel to route.
@@ -880,7 +886,7 @@ const _: () = {
     assert!(core::mem::size_of::<AffinityKeyV6>() == 36);
     assert!(core::mem::size_of::<FlowCacheEntryV4>() == 80);
     assert!(core::mem::size_of::<Config>() == 32);
-    assert!(core::mem::size_of::<ConfigV6>() == 16);
+    assert!(core::mem::size_of::<ConfigV6>() == 24);
     assert!(core::mem::size_of::<SourceRangeKeyV6>() == 20);
     assert!(core::mem::size_of::<IfaceInfo>() == 4);
     assert!(core::mem::size_of::<SvcStats>() == 16);

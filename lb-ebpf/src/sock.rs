@@ -19,8 +19,9 @@
 //! decided on the IPv4 maps and answered as mapped, since the IPv4 hooks
 //! never see such a socket.
 //!
-//! UDP sockets of pods are left to the per-packet path (see `choose`),
-//! except IPv6 ones, which have no per-packet path yet.
+//! UDP sockets of pods are left to the per-packet path (see `choose`);
+//! IPv6 ones when the agent says that path can take them
+//! (`ConfigV6::pods_udp_per_packet`).
 //!
 //! A frontend without backends fails the call at once. A denying program
 //! alone makes that EPERM, which no client expects from a network call, so
@@ -33,8 +34,8 @@
 //! accesses to the `bpf_sock_addr` fields the verifier lets cgroup
 //! `sock_addr` programs read and write, each one whole-word volatile access
 //! because the verifier rewrites every context access and refuses narrower
-//! ones; and copies of `SOCK_REVNAT_V4` and `SOCK_REVNAT_V6` values, valid
-//! until the program returns.
+//! ones; copies of `SOCK_REVNAT_V4` and `SOCK_REVNAT_V6` values, and the
+//! read of a `CONFIG_V6` field, valid until the program returns.
 //!
 //! `xdplb monitor` events carry IPv4 addresses: IPv6 decisions are counted
 //! in `STATS` but make no event yet.
@@ -59,7 +60,7 @@ use lb_common::{
 
 use crate::{
     conntrack,
-    maps::{SOCK_REVNAT_V4, SOCK_REVNAT_V6},
+    maps::{CONFIG_V6, SOCK_REVNAT_V4, SOCK_REVNAT_V6},
     monitor,
     select::{Maps, MapsV6},
     stats,
@@ -128,14 +129,17 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
 /// What the hooks need of one family's maps beyond the decision.
 trait Family: View {
     /// Whether the family has a per-packet path that pods' UDP is left to.
-    const PER_PACKET_PATH: bool;
+    fn per_packet_path() -> bool;
     fn hash(cookie: u64, key: &Self::Key) -> u32;
     /// The `xdplb monitor` event of a decision on `key`.
     fn event(key: &Self::Key, to: Option<(u32, &Self::Backend)>);
 }
 
 impl Family for Maps {
-    const PER_PACKET_PATH: bool = true;
+    #[inline(always)]
+    fn per_packet_path() -> bool {
+        true
+    }
     #[inline(always)]
     fn hash(cookie: u64, key: &FrontendKeyV4) -> u32 {
         socket_hash_v4(cookie, key.addr, key.port, key.proto)
@@ -148,12 +152,17 @@ impl Family for Maps {
 }
 
 impl Family for MapsV6 {
-    /// Not yet: the IPv6 per-packet path has no source NAT, so a pod that
-    /// reaches itself through its Service would get no answer there. A
-    /// pod's IPv6 UDP socket is translated here, and a connected one keeps
-    /// its backend until it reconnects, as the node's would without the
-    /// agent closing it.
-    const PER_PACKET_PATH: bool = false;
+    /// Only when the IPv6 path is loaded and can source-NAT a pod that
+    /// reaches itself through its Service; otherwise a pod's IPv6 UDP
+    /// socket is translated here, and a connected one keeps its backend
+    /// until it reconnects, as the node's would without the agent closing
+    /// it.
+    #[inline(always)]
+    fn per_packet_path() -> bool {
+        CONFIG_V6
+            .get_ptr(0)
+            .is_some_and(|c| unsafe { (*c).pods_udp_per_packet } != 0)
+    }
     #[inline(always)]
     fn hash(cookie: u64, key: &FrontendKeyV6) -> u32 {
         socket_hash_v6(cookie, key.addr, key.port, key.proto)
@@ -300,7 +309,7 @@ fn choose<F: Family>(
     // gone, and nothing can close it in a pod's namespace from here; the
     // per-packet path re-balances the pod's next datagram instead.
     let host = conntrack::config().host_netns_cookie;
-    if F::PER_PACKET_PATH && proto == PROTO_UDP as u32 && host != 0 && netns != host {
+    if proto == PROTO_UDP as u32 && host != 0 && netns != host && F::per_packet_path() {
         if maps.frontend(fe_key).is_some() {
             stats::count(Reason::SockUdpLeftToPath);
         }

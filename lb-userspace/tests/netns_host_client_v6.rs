@@ -22,7 +22,7 @@ use common::{
     cgroup::Cgroup,
     host_client::{run_in_ns, Op, Outcome},
 };
-use lb_common::{Config, IfaceInfo, Reason, IFACE_POD};
+use lb_common::{addr::to_map_v6, Config, ConfigV6, IfaceInfo, Reason, IFACE_POD};
 use lb_userspace::{
     datapath::{attach_cgroup, attach_tc, Capacities, Datapath, POD_PROGRAM},
     model::{desired_state, ModelOptions, NodeInfo},
@@ -347,8 +347,9 @@ fn an_ipv4_mapped_cluster_ip_is_served_by_the_ipv4_frontend() {
 }
 
 /// A pod's IPv6 UDP under the hooks is translated at the socket, not left
-/// to the per-packet path as IPv4's is: that path has no source NAT yet,
-/// which a pod reaching itself through its Service needs.
+/// to the per-packet path as IPv4's is, unless the agent says that path can
+/// take it: it cannot without source NAT, which a pod reaching itself
+/// through its Service needs.
 #[test]
 fn a_pods_ipv6_udp_is_translated_at_the_socket() {
     let mut bed = bed();
@@ -368,6 +369,64 @@ fn a_pods_ipv6_udp_is_translated_at_the_socket() {
     assert_eq!(answered(&ops, &outcomes, vip), all_pods());
     let left = bed.dp.maps.reason_total(Reason::SockUdpLeftToPath);
     assert_eq!(left.expect("reading STATS"), 0);
+}
+
+/// `lb_pod` on the node's pod interfaces `ifnames`, as the agent attaches it.
+fn attach_pod_path(bed: &mut Bed, ifnames: &[&str]) {
+    let Bed { tb, node, dp, .. } = bed;
+    tb.in_ns(node, || -> anyhow::Result<()> {
+        for ifname in ifnames {
+            attach_tc(dp, ifname, POD_PROGRAM, None)?;
+            let name = std::ffi::CString::new(*ifname)?;
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            anyhow::ensure!(index != 0, "no interface {ifname}");
+            dp.maps.put_iface(index, IfaceInfo { flags: IFACE_POD })?;
+        }
+        Ok(())
+    })
+    .expect("entering the node")
+    .expect("attaching lb_pod as the agent does");
+}
+
+/// With the IPv6 path able to source-NAT (the agent's `CONFIG_V6`), a
+/// pod's IPv6 UDP under the hooks is left to the per-packet path, as
+/// IPv4's is, so a connected socket follows its backend's removal; the pod
+/// that reaches itself through the Service is answered through source NAT
+/// to the node.
+#[test]
+fn a_pods_ipv6_udp_goes_to_the_per_packet_path_which_hairpins() {
+    let mut bed = bed();
+    let node_cookie = bed
+        .tb
+        .in_ns(&bed.node, netns_cookie)
+        .expect("entering the node")
+        .expect("the node namespace's cookie");
+    let config = Config {
+        host_netns_cookie: node_cookie,
+        ..Config::DEFAULT
+    };
+    bed.dp.maps.put_config(config).expect("writing CONFIG");
+    let node_addr: std::net::Ipv6Addr = "fd00:244:1::1".parse().unwrap();
+    bed.dp
+        .maps
+        .put_config_v6(ConfigV6 {
+            snat_addr: to_map_v6(node_addr),
+            pods_udp_per_packet: 1,
+            _pad: 0,
+        })
+        .expect("writing CONFIG_V6");
+    attach_pod_path(&mut bed, &["to-b1", "to-b2"]);
+    let vip = addr(VIP6, UDP_PORT);
+    let ops = requests("udp", vip);
+    let outcomes = run_in_ns(&bed.pods[0], Some(&bed.cgroup), &ops);
+    assert_eq!(
+        answered(&ops, &outcomes, vip),
+        all_pods(),
+        "both backends, the client pod itself included"
+    );
+    let count = |r| bed.dp.maps.reason_total(r).expect("reading STATS");
+    assert!(count(Reason::SockUdpLeftToPath) >= FLOWS as u64);
+    assert!(count(Reason::SnatNewFlow) > 0, "the hairpin flows");
 }
 
 /// A pod outside the hooks' cgroup reaches the IPv6 ClusterIP through the
@@ -391,19 +450,7 @@ fn a_pod_outside_the_hooks_reaches_an_ipv6_cluster_ip_through_the_tc_path() {
     bed.tb
         .route(&client, "default via fd00:244:3::1")
         .expect("a default route");
-    let Bed { tb, node, dp, .. } = &mut bed;
-    tb.in_ns(node, || -> anyhow::Result<()> {
-        for ifname in ["to-b1", "to-b2", "to-c"] {
-            attach_tc(dp, ifname, POD_PROGRAM, None)?;
-            let name = std::ffi::CString::new(ifname)?;
-            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            anyhow::ensure!(index != 0, "no interface {ifname}");
-            dp.maps.put_iface(index, IfaceInfo { flags: IFACE_POD })?;
-        }
-        Ok(())
-    })
-    .expect("entering the node")
-    .expect("attaching lb_pod as the agent does");
+    attach_pod_path(&mut bed, &["to-b1", "to-b2", "to-c"]);
     for (kind, port) in [("tcp", TCP_PORT), ("udp", UDP_PORT)] {
         let vip = addr(VIP6, port);
         let ops = requests(kind, vip);

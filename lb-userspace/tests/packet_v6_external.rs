@@ -135,6 +135,7 @@ fn node() -> Datapath {
     dp.maps
         .put_config_v6(ConfigV6 {
             snat_addr: to_map_v6(addr(NODE)),
+            ..ConfigV6::default()
         })
         .unwrap();
     dp

@@ -122,11 +122,14 @@ impl Agent {
             host_netns_cookie,
             ..Config::DEFAULT
         };
+        let snat_addr = snat_v6
+            .first()
+            .map(|a| lb_common::addr::to_map_v6(*a))
+            .unwrap_or_default();
         let config_v6 = ConfigV6 {
-            snat_addr: snat_v6
-                .first()
-                .map(|a| lb_common::addr::to_map_v6(*a))
-                .unwrap_or_default(),
+            snat_addr,
+            pods_udp_per_packet: u32::from(self.dp.has_ipv6_path() && snat_addr != [0; 4]),
+            _pad: 0,
         };
         if self.config == Some((config, config_v6)) {
             return Ok(());

@@ -170,6 +170,11 @@ impl Datapath {
         })
     }
 
+    /// Whether the kernel took the IPv6 packet path.
+    pub fn has_ipv6_path(&self) -> bool {
+        self._path_v6.is_some()
+    }
+
     pub fn program(&self, name: &str) -> Result<&Xdp> {
         Ok(self
             .ebpf
