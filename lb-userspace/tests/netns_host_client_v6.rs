@@ -353,6 +353,18 @@ fn an_ipv4_mapped_cluster_ip_is_served_by_the_ipv4_frontend() {
 #[test]
 fn a_pods_ipv6_udp_is_translated_at_the_socket() {
     let mut bed = bed();
+    name_the_node(&mut bed);
+    let vip = addr(VIP6, UDP_PORT);
+    let ops = requests("udp", vip);
+    let outcomes = run_in_ns(&bed.pods[0], Some(&bed.cgroup), &ops);
+    assert_eq!(answered(&ops, &outcomes, vip), all_pods());
+    let left = bed.dp.maps.reason_total(Reason::SockUdpLeftToPath);
+    assert_eq!(left.expect("reading STATS"), 0);
+}
+
+/// Tells the socket hooks which namespace is the node's, as the agent
+/// does: sockets of any other are pods'.
+fn name_the_node(bed: &mut Bed) {
     let node_cookie = bed
         .tb
         .in_ns(&bed.node, netns_cookie)
@@ -363,12 +375,6 @@ fn a_pods_ipv6_udp_is_translated_at_the_socket() {
         ..Config::DEFAULT
     };
     bed.dp.maps.put_config(config).expect("writing CONFIG");
-    let vip = addr(VIP6, UDP_PORT);
-    let ops = requests("udp", vip);
-    let outcomes = run_in_ns(&bed.pods[0], Some(&bed.cgroup), &ops);
-    assert_eq!(answered(&ops, &outcomes, vip), all_pods());
-    let left = bed.dp.maps.reason_total(Reason::SockUdpLeftToPath);
-    assert_eq!(left.expect("reading STATS"), 0);
 }
 
 /// `lb_pod` on the node's pod interfaces `ifnames`, as the agent attaches it.
@@ -396,16 +402,7 @@ fn attach_pod_path(bed: &mut Bed, ifnames: &[&str]) {
 #[test]
 fn a_pods_ipv6_udp_goes_to_the_per_packet_path_which_hairpins() {
     let mut bed = bed();
-    let node_cookie = bed
-        .tb
-        .in_ns(&bed.node, netns_cookie)
-        .expect("entering the node")
-        .expect("the node namespace's cookie");
-    let config = Config {
-        host_netns_cookie: node_cookie,
-        ..Config::DEFAULT
-    };
-    bed.dp.maps.put_config(config).expect("writing CONFIG");
+    name_the_node(&mut bed);
     let node_addr: std::net::Ipv6Addr = "fd00:244:1::1".parse().unwrap();
     bed.dp
         .maps
