@@ -231,7 +231,8 @@ fn new_flow<C: Frame>(
     };
     let cfg = conntrack::config();
     let snat = if cfg.snat_addr != 0 && policy::needs_snat(&fe, be.flags, be.addr == key.src_addr) {
-        match policy::snat_port((be.addr, be.port), cfg.snat_addr, key, &cfg, now) {
+        let probes = (&cfg, policy::SNAT_PROBES_V4);
+        match policy::snat_port((be.addr, be.port), cfg.snat_addr, key, probes, now) {
             Some(port) => {
                 stats::count(Reason::SnatNewFlow);
                 monitor::snat(ctx, key, &be, fe.svc_id, (cfg.snat_addr, port));

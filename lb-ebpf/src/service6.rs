@@ -198,7 +198,7 @@ fn forward_entry<C: Frame>(
                 }
                 v => return Err(Some(v)),
             }
-            if flow.wants_snat && !snat(key, &mut flow, now) {
+            if !snat(key, &mut flow, now) {
                 return Err(Some((Reason::DropSnatPortsExhausted, C::DROP)));
             }
             sums_to_backend(key, &mut flow);
@@ -250,10 +250,15 @@ fn reject<C: Frame>(ctx: &C, proto: u8, reason: Reason) -> Verdict {
     reject::send_v6(ctx, proto, reason)
 }
 
-/// Gives `flow` its SNAT address and port; false when no port is free.
-/// Without an IPv6 SNAT address the flow goes untranslated, as with IPv4.
+/// Gives `flow` its SNAT address and port when it wants them; false when
+/// no port is free. Without an IPv6 SNAT address the flow goes
+/// untranslated, as with IPv4. Called for every new flow, so that the
+/// verifier walks what follows along one path, not one per answer.
 #[inline(never)]
 fn snat(key: &CtKeyV6, flow: &mut NewFlow, now: u64) -> bool {
+    if !flow.wants_snat {
+        return true;
+    }
     let Some(addr) = CONFIG_V6
         .get_ptr(0)
         .map(|c| unsafe { (*c).snat_addr })
@@ -262,7 +267,7 @@ fn snat(key: &CtKeyV6, flow: &mut NewFlow, now: u64) -> bool {
         return true;
     };
     let cfg = conntrack::config();
-    match policy::snat_port(flow.backend, addr, key, &cfg, now) {
+    match policy::snat_port(flow.backend, addr, key, (&cfg, policy::SNAT_PROBES_V6), now) {
         Some(port) => {
             stats::count(Reason::SnatNewFlow);
             flow.snat = (addr, port);
