@@ -766,6 +766,8 @@ mod tests {
             .iter()
             .map(|p| (p.name.as_str(), p.node.as_str(), p.addr.to_string()))
             .collect();
+        let v6: Vec<_> = state.pods.iter().map(|p| p.addr6.to_string()).collect();
+        assert_eq!(v6, ["fd00:244:1::2", "fd00:244:2::2", "fd00:244:1::3"]);
         assert_eq!(
             placed,
             [
@@ -799,6 +801,107 @@ mod tests {
         );
         assert_eq!(addrs(slice("redis")), ["10.244.1.3"]);
         assert_eq!(slice("redis")["endpoints"][0]["nodeName"], "node1");
+    }
+
+    #[test]
+    fn counter_and_redis_services_are_dual_stack_with_a_slice_set_per_family() {
+        let state = seed();
+        for (name, ips) in [
+            ("counter-lb", ["10.96.0.11", "fd00:96::11"]),
+            ("counter-app", ["10.96.0.12", "fd00:96::12"]),
+            ("redis", ["10.96.0.13", "fd00:96::13"]),
+        ] {
+            let svc = service(&state, name);
+            assert_eq!(svc["spec"]["clusterIP"], ips[0], "{name}: IPv4 first");
+            assert_eq!(svc["spec"]["clusterIPs"], json!(ips), "{name}");
+            assert_eq!(svc["spec"]["ipFamilies"], json!(["IPv4", "IPv6"]));
+            assert_eq!(svc["spec"]["ipFamilyPolicy"], "PreferDualStack");
+        }
+        let lb = service(&state, "counter-lb");
+        assert_eq!(
+            lb["status"]["loadBalancer"]["ingress"],
+            json!([
+                { "ip": "203.0.113.10", "ipMode": "VIP" },
+                { "ip": "fd00:203::10", "ipMode": "VIP" },
+            ])
+        );
+        assert_eq!(state.lb_ips(), [FIRST_LB_IP], "IPv4 as before");
+        assert_eq!(state.lb_ips_v6(), [FIRST_LB_IP_V6]);
+        let family = |svc: &str, family: &str| -> Vec<Vec<String>> {
+            state
+                .slices
+                .iter()
+                .filter(|s| {
+                    s["metadata"]["labels"]["kubernetes.io/service-name"] == svc
+                        && s["addressType"] == family
+                })
+                .map(|s| {
+                    s["endpoints"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| e["addresses"][0].as_str().unwrap().to_owned())
+                        .collect()
+                })
+                .collect()
+        };
+        assert_eq!(family("counter-lb", "IPv4"), [["10.244.1.2", "10.244.2.2"]]);
+        assert_eq!(
+            family("counter-lb", "IPv6"),
+            [["fd00:244:1::2", "fd00:244:2::2"]]
+        );
+        assert_eq!(family("redis", "IPv6"), [["fd00:244:1::3"]]);
+        assert_eq!(
+            state.nodes[0]["spec"]["podCIDRs"],
+            json!(["10.244.1.0/24", "fd00:244:1::/64"])
+        );
+    }
+
+    #[test]
+    fn single_stack_services_stay_ipv4_only() {
+        let mut state = seed();
+        state
+            .add_services([json!({
+                "metadata": { "name": "v4" },
+                "spec": { "type": "LoadBalancer", "selector": { "app": "counter", "tier": "app" },
+                          "ports": [{ "port": 80 }] },
+            })])
+            .unwrap();
+        let svc = service(&state, "v4");
+        assert_eq!(svc["spec"]["clusterIPs"], json!(["10.96.0.14"]));
+        assert_eq!(
+            svc["status"]["loadBalancer"]["ingress"],
+            json!([{ "ip": "203.0.113.11", "ipMode": "VIP" }])
+        );
+        assert!(state
+            .slices
+            .iter()
+            .filter(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "v4")
+            .all(|s| s["addressType"] == "IPv4"));
+    }
+
+    #[test]
+    fn dual_stack_services_added_later_get_the_next_ipv6_addresses() {
+        let mut state = seed();
+        state
+            .add_services([json!({
+                "metadata": { "name": "dual" },
+                "spec": { "type": "LoadBalancer", "ipFamilyPolicy": "RequireDualStack",
+                          "ipFamilies": ["IPv4", "IPv6"],
+                          "selector": { "app": "later" }, "ports": [{ "port": 80 }] },
+            })])
+            .unwrap();
+        let svc = service(&state, "dual");
+        assert_eq!(
+            svc["spec"]["clusterIPs"],
+            json!(["10.96.0.14", "fd00:96::14"])
+        );
+        assert_eq!(
+            state.lb_ips_v6(),
+            [FIRST_LB_IP_V6, "fd00:203::11".parse().unwrap()]
+        );
+        let pod = state.place_pod("later-1", "node2", App::Counter).unwrap();
+        assert_eq!(pod.addr6, "fd00:244:2::3".parse::<Ipv6Addr>().unwrap());
     }
 
     #[test]
