@@ -11,7 +11,7 @@
 //! node's (nothing else sends to these Services meanwhile).
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{Ipv6Addr, SocketAddr, SocketAddrV6, TcpStream},
+    net::{IpAddr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpStream},
 };
 
 use super::*;
@@ -40,8 +40,36 @@ pub(super) fn node_ports(bed: &mut Bed) -> Result<Verdict> {
         let target = SocketAddr::V6(SocketAddrV6::new(addr6, node_port, 0, 0));
         let (local, remote) = counters_by_node(bed, &node);
         let seen = counted_through(bed, &outside, target, &node, &counters(bed))?;
+        // The entry node's connection table: replies from the other node's
+        // pod come back to the node's own address (source NAT), replies
+        // from its own pod go to the client's.
+        for (pods, to, what) in [
+            (&remote, IpAddr::V6(addr6), "the node's address: source NAT"),
+            (
+                &local,
+                IpAddr::V6(CLIENT_ADDR6),
+                "the client's: no source NAT",
+            ),
+        ] {
+            for pod in pods {
+                let pod_ip = IpAddr::V6(bed.pod(pod)?.addr6);
+                let replies = reply_destinations(bed, &node, pod_ip)?;
+                ensure!(
+                    replies.contains(&to),
+                    "{node}'s connection table has no reply flow from {pod} ({pod_ip}) to {to} \
+                     ({what}); reply flows from it go to {replies:?}"
+                );
+                if to == IpAddr::V6(CLIENT_ADDR6) {
+                    ensure!(
+                        !replies.contains(&IpAddr::V6(addr6)),
+                        "{node} source-translated flows to its own pod {pod}"
+                    );
+                }
+            }
+        }
         note(format!(
-            "{target} ({node}) from {}: answered by {} (its own) and {} (the other node's, through source NAT); {seen}",
+            "{target} ({node}) from {}: answered by {} (its own; replies to the client) and {} \
+             (the other node's; replies to {addr6}, source NAT); {seen}",
             CLIENT_ADDR6,
             local.join(", "),
             remote.join(", "),
@@ -133,6 +161,37 @@ fn counters_by_node(bed: &Bed, node: &str) -> (Vec<String>, Vec<String>) {
             }
             (l, r)
         })
+}
+
+/// The destination addresses of the reply flows from `pod_ip` in `node`'s
+/// connection table (`xdplb flows`).
+fn reply_destinations(bed: &Bed, node: &str, pod_ip: IpAddr) -> Result<Vec<IpAddr>> {
+    let pin = bed.cluster.run.pin_path(node);
+    let text = apps::xdplb(
+        &bed.bin,
+        &[
+            "flows",
+            "-o",
+            "json",
+            "--addr",
+            &pod_ip.to_string(),
+            "--pin-path",
+            apps::path_str(&pin)?,
+        ],
+    )?;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&text).context("xdplb flows -o json")?;
+    Ok(rows
+        .iter()
+        .filter(|r| r["direction"] == "reply")
+        .filter(|r| {
+            r["src"]
+                .as_str()
+                .and_then(|s| s.parse::<SocketAddr>().ok())
+                .is_some_and(|s| s.ip() == pod_ip)
+        })
+        .filter_map(|r| Some(r["dst"].as_str()?.parse::<SocketAddr>().ok()?.ip()))
+        .collect())
 }
 
 /// [`SPREAD`] requests from `client` to `target`, all answered by the
