@@ -183,6 +183,9 @@ fn print_objects(state: &State) {
             spec["type"].as_str().unwrap_or("ClusterIP"),
             spec["clusterIP"].as_str().unwrap_or("none"),
         );
+        if let Some(ip) = control_plane::cluster_ip_of_family(svc, true) {
+            let _ = write!(line, " and {ip}");
+        }
         for port in spec["ports"].as_array().into_iter().flatten() {
             let _ = write!(line, ", port {}", port["port"]);
             if let Some(np) = port["nodePort"].as_i64() {
@@ -206,7 +209,10 @@ fn print_objects(state: &State) {
         eprintln!("{line}");
     }
     for pod in &state.pods {
-        eprintln!("      Pod {} on {} at {}", pod.name, pod.node, pod.addr);
+        eprintln!(
+            "      Pod {} on {} at {} and {}",
+            pod.name, pod.node, pod.addr, pod.addr6
+        );
     }
 }
 
