@@ -75,8 +75,10 @@ pub fn start_pod(cluster: &mut Cluster, pod: &Pod, bin: &Path, redis: &Path) -> 
             let args = [
                 "--port",
                 &port,
+                // Both families, each on a socket of its own.
                 "--bind",
                 "0.0.0.0",
+                "::",
                 "--protected-mode",
                 "no",
                 "--save",

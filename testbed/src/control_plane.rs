@@ -10,7 +10,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     fs,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::Path,
 };
 
@@ -20,6 +20,10 @@ use serde_json::{json, Value};
 
 /// The ClusterIP range, kubeadm's default 10.96.0.0/16.
 const SERVICE_RANGE: (Ipv4Addr, u32) = (Ipv4Addr::new(10, 96, 0, 0), 16);
+/// The IPv6 ClusterIP range, a /112 of a ULA prefix (the API server allows
+/// at most a /108 for IPv6).
+const SERVICE_RANGE_V6: (Ipv6Addr, u32) = (Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0), 112);
+const FIRST_CLUSTER_IP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x11);
 /// By convention .1 is the `kubernetes` Service's and .10 kube-dns's.
 const FIRST_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
@@ -29,6 +33,15 @@ const NODE_PORTS: std::ops::RangeInclusive<i64> = 30000..=32767;
 const FIRST_AUTO_NODE_PORT: i64 = 30000 + 2768 / 32;
 /// A documentation range (RFC 5737) standing in for a cloud's address pool.
 const FIRST_LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// The stand-in's IPv6 addresses: a ULA prefix outside every subnet of the
+/// cluster, which the router sends to the first node as it does the IPv4
+/// ones.
+const FIRST_LB_IP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x203, 0, 0, 0, 0, 0, 0x10);
+/// The seed's Services the demo makes dual-stack, as `ipFamilyPolicy:
+/// PreferDualStack` with `ipFamilies: [IPv4, IPv6]` in their manifests
+/// would: the counter app's and Redis'. Their IPv4 half is as the seed
+/// has it.
+const DUAL_STACK: &[&str] = &["counter-lb", "counter-app", "redis"];
 /// Pod counts the demo runs instead of the Deployments' own: one counter per
 /// node, so the table shows both nodes' pods answering.
 const REPLICAS: &[(&str, usize)] = &[("counter", 2)];
@@ -63,6 +76,10 @@ pub struct Node {
     pub addr: Ipv4Addr,
     /// Network address of the node's /24 pod CIDR.
     pub pod_net: Ipv4Addr,
+    /// The node's IPv6 address on the LAN (a /64).
+    pub addr6: Ipv6Addr,
+    /// Network address of the node's IPv6 pod CIDR, a /64.
+    pub pod_net6: Ipv6Addr,
 }
 
 #[derive(Clone, Debug)]
@@ -70,6 +87,9 @@ pub struct Pod {
     pub name: String,
     pub node: String,
     pub addr: Ipv4Addr,
+    /// The pod's IPv6 address, a /128 of its node's IPv6 pod CIDR with the
+    /// same host number as its IPv4 address.
+    pub addr6: Ipv6Addr,
     pub app: App,
     pub env: Vec<(String, String)>,
     pub labels: BTreeMap<String, String>,
@@ -161,6 +181,7 @@ impl State {
             name: name.into(),
             node: node.name.clone(),
             addr: Ipv4Addr::new(a, b, c, used + 1),
+            addr6: pod_addr6(node, used + 1),
             app,
             env: Vec::new(),
             labels: BTreeMap::new(),
@@ -215,6 +236,14 @@ impl State {
             .collect()
     }
 
+    /// The IPv6 LoadBalancer ingress IPs of every Service.
+    pub fn lb_ips_v6(&self) -> Vec<Ipv6Addr> {
+        self.services
+            .iter()
+            .flat_map(|svc| ingress_ips_v6(svc).collect::<Vec<_>>())
+            .collect()
+    }
+
     /// Writes the Services, EndpointSlices and Nodes into `dir`, one file per
     /// kind, as an agent started with `--manifests dir` expects them. Each
     /// file is replaced at once (written aside, then renamed over), so an
@@ -245,6 +274,12 @@ impl State {
 /// `nodes`, with `provider` for LoadBalancer Services.
 pub fn from_manifests(dir: &Path, nodes: &[Node], provider: LbProvider) -> Result<State> {
     let (mut services, deployments) = load(dir)?;
+    for svc in &mut services {
+        if DUAL_STACK.contains(&name_of(svc)) && svc["spec"]["ipFamilyPolicy"].is_null() {
+            svc["spec"]["ipFamilyPolicy"] = json!("PreferDualStack");
+            svc["spec"]["ipFamilies"] = json!(["IPv4", "IPv6"]);
+        }
+    }
     let pods = schedule(&deployments, nodes)?;
     allocate(&mut services, provider)?;
     let slices = endpoint_slices(&services, &pods);
@@ -338,6 +373,7 @@ fn schedule(deployments: &[Value], nodes: &[Node]) -> Result<Vec<Pod>> {
                 name: format!("{name}-{replica}"),
                 node: node.name.clone(),
                 addr: Ipv4Addr::new(a, b, c, host),
+                addr6: pod_addr6(node, host),
                 app,
                 env: env.clone(),
                 labels: labels.clone(),
@@ -352,6 +388,7 @@ fn schedule(deployments: &[Value], nodes: &[Node]) -> Result<Vec<Pod>> {
 /// provider) LoadBalancer ingress IPs for Services that lack them.
 fn allocate(services: &mut [Value], provider: LbProvider) -> Result<()> {
     let mut cluster_ips = Pool::default();
+    let mut cluster_ips_v6_taken = BTreeSet::new();
     let mut node_ports = BTreeSet::new();
     for svc in services.iter() {
         if let Some(ip) = cluster_ip(svc).filter(|ip| *ip != "None") {
@@ -361,6 +398,14 @@ fn allocate(services: &mut [Value], provider: LbProvider) -> Result<()> {
                 name_of(svc)
             );
             cluster_ips.taken.insert(ip.parse()?);
+        }
+        for ip in cluster_ips_v6(svc) {
+            ensure!(
+                in_range_v6(ip, SERVICE_RANGE_V6),
+                "Service {}: clusterIP {ip} is outside the IPv6 service range fd00:96::/112",
+                name_of(svc)
+            );
+            cluster_ips_v6_taken.insert(ip);
         }
         for port in ports_of(svc) {
             if let Some(np) = port["nodePort"].as_i64().filter(|np| *np != 0) {
@@ -373,11 +418,17 @@ fn allocate(services: &mut [Value], provider: LbProvider) -> Result<()> {
         }
     }
     let mut next_cluster_ip = FIRST_CLUSTER_IP;
+    let mut next_cluster_ip_v6 = FIRST_CLUSTER_IP_V6;
     let mut next_lb_ip = FIRST_LB_IP;
+    let mut next_lb_ip_v6 = FIRST_LB_IP_V6;
     // Services allocated earlier keep their addresses.
     let mut lb_ips: BTreeSet<Ipv4Addr> = services
         .iter()
         .flat_map(|svc| ingress_ips(svc).collect::<Vec<_>>())
+        .collect();
+    let mut lb_ips_v6: BTreeSet<Ipv6Addr> = services
+        .iter()
+        .flat_map(|svc| ingress_ips_v6(svc).collect::<Vec<_>>())
         .collect();
     for svc in services.iter_mut() {
         let kind = svc["spec"]["type"]
@@ -391,6 +442,24 @@ fn allocate(services: &mut [Value], provider: LbProvider) -> Result<()> {
             let ip = cluster_ips.take(&mut next_cluster_ip)?;
             svc["spec"]["clusterIP"] = json!(ip.to_string());
             svc["spec"]["clusterIPs"] = json!([ip.to_string()]);
+        }
+        // The second family of a dual-stack Service (IPv4 first, as the
+        // demo's Services have it).
+        if dual_stack(svc)
+            && cluster_ip(svc).is_some_and(|ip| ip != "None")
+            && cluster_ips_v6(svc).next().is_none()
+        {
+            let ip = next_free_v6(&mut cluster_ips_v6_taken, &mut next_cluster_ip_v6)?;
+            ensure!(
+                in_range_v6(ip, SERVICE_RANGE_V6),
+                "the IPv6 service range is full"
+            );
+            let mut ips: Vec<Value> = svc["spec"]["clusterIPs"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            ips.push(json!(ip.to_string()));
+            svc["spec"]["clusterIPs"] = Value::Array(ips);
         }
         if kind == "NodePort" || kind == "LoadBalancer" {
             for port in svc["spec"]["ports"].as_array_mut().into_iter().flatten() {
@@ -418,9 +487,43 @@ fn allocate(services: &mut [Value], provider: LbProvider) -> Result<()> {
             svc["status"]["loadBalancer"]["ingress"] =
                 json!([{ "ip": next_lb_ip.to_string(), "ipMode": "VIP" }]);
             next_lb_ip = Ipv4Addr::from(u32::from(next_lb_ip) + 1);
+            if dual_stack(svc) && ingress_ips_v6(svc).next().is_none() {
+                let ip = next_free_v6(&mut lb_ips_v6, &mut next_lb_ip_v6)?;
+                if let Some(ingress) = svc["status"]["loadBalancer"]["ingress"].as_array_mut() {
+                    ingress.push(json!({ "ip": ip.to_string(), "ipMode": "VIP" }));
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// The first address from `next` on that is not in `taken`, now taken;
+/// `next` moves past it.
+fn next_free_v6(taken: &mut BTreeSet<Ipv6Addr>, next: &mut Ipv6Addr) -> Result<Ipv6Addr> {
+    while !taken.insert(*next) {
+        *next = Ipv6Addr::from(u128::from(*next) + 1);
+    }
+    let ip = *next;
+    *next = Ipv6Addr::from(u128::from(ip) + 1);
+    Ok(ip)
+}
+
+/// Whether the Service asks for both families (`ipFamilyPolicy`
+/// PreferDualStack or RequireDualStack; the cluster has both).
+fn dual_stack(svc: &Value) -> bool {
+    matches!(
+        svc["spec"]["ipFamilyPolicy"].as_str(),
+        Some("PreferDualStack" | "RequireDualStack")
+    )
+}
+
+fn cluster_ips_v6(svc: &Value) -> impl Iterator<Item = Ipv6Addr> + '_ {
+    svc["spec"]["clusterIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip.as_str()?.parse().ok())
 }
 
 #[derive(Default)]
@@ -473,7 +576,7 @@ fn endpoint_slices(services: &[Value], pods: &[Pod]) -> Vec<Value> {
                 by_ports.entry(ports).or_default().push(pod);
             }
         }
-        for (index, (ports, members)) in by_ports.into_iter().enumerate() {
+        for (index, (ports, members)) in by_ports.iter().enumerate() {
             slices.push(json!({
                 "apiVersion": "discovery.k8s.io/v1",
                 "kind": "EndpointSlice",
@@ -497,20 +600,58 @@ fn endpoint_slices(services: &[Value], pods: &[Pod]) -> Vec<Value> {
                 })).collect::<Vec<_>>(),
             }));
         }
+        // The controller keeps one set of slices per family of the
+        // Service's.
+        if !serves_ipv6(svc) {
+            continue;
+        }
+        for (index, (ports, members)) in by_ports.iter().enumerate() {
+            slices.push(json!({
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": format!("{name}-ipv6-{}", index + 1),
+                    "namespace": namespace_of(svc),
+                    "labels": {
+                        "kubernetes.io/service-name": name,
+                        "endpointslice.kubernetes.io/managed-by": "xtask-demo",
+                    },
+                },
+                "addressType": "IPv6",
+                "endpoints": members.iter().map(|pod| json!({
+                    "addresses": [pod.addr6.to_string()],
+                    "conditions": { "ready": true, "serving": true, "terminating": false },
+                    "nodeName": pod.node,
+                    "targetRef": { "kind": "Pod", "namespace": namespace_of(svc), "name": pod.name },
+                })).collect::<Vec<_>>(),
+                "ports": ports.iter().map(|(name, port, protocol)| json!({
+                    "name": name, "port": port, "protocol": protocol,
+                })).collect::<Vec<_>>(),
+            }));
+        }
     }
     slices
 }
 
+/// Whether the Service has IPv6 among its families.
+fn serves_ipv6(svc: &Value) -> bool {
+    svc["spec"]["ipFamilies"]
+        .as_array()
+        .is_some_and(|f| f.iter().any(|f| f == "IPv6"))
+}
+
 fn node_object(node: &Node) -> Value {
     let cidr = format!("{}/24", node.pod_net);
+    let cidr6 = format!("{}/64", node.pod_net6);
     json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": { "name": node.name, "labels": { "kubernetes.io/hostname": node.name } },
-        "spec": { "podCIDR": cidr, "podCIDRs": [cidr] },
+        "spec": { "podCIDR": cidr, "podCIDRs": [cidr, cidr6] },
         "status": {
             "addresses": [
                 { "type": "InternalIP", "address": node.addr.to_string() },
+                { "type": "InternalIP", "address": node.addr6.to_string() },
                 { "type": "Hostname", "address": node.name },
             ],
             "conditions": [{ "type": "Ready", "status": "True" }],
@@ -537,6 +678,29 @@ pub fn ingress_ips(svc: &Value) -> impl Iterator<Item = Ipv4Addr> + '_ {
         .filter_map(|i| i["ip"].as_str()?.parse().ok())
 }
 
+pub fn ingress_ips_v6(svc: &Value) -> impl Iterator<Item = Ipv6Addr> + '_ {
+    svc["status"]["loadBalancer"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["ip"].as_str()?.parse().ok())
+}
+
+/// The Service's ClusterIP of the family of `v6`, if it has one.
+pub fn cluster_ip_of_family(svc: &Value, v6: bool) -> Option<IpAddr> {
+    svc["spec"]["clusterIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip.as_str()?.parse::<IpAddr>().ok())
+        .find(|ip| ip.is_ipv6() == v6)
+}
+
+/// A pod's IPv6 address: host number `host` of its node's IPv6 pod CIDR.
+fn pod_addr6(node: &Node, host: u8) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(node.pod_net6) | u128::from(host))
+}
+
 fn name_of(object: &Value) -> &str {
     object["metadata"]["name"].as_str().unwrap_or_default()
 }
@@ -558,6 +722,10 @@ fn string_map(value: &Value) -> BTreeMap<String, String> {
 
 fn in_range(ip: Ipv4Addr, (net, len): (Ipv4Addr, u32)) -> bool {
     u32::from(ip) >> (32 - len) == u32::from(net) >> (32 - len)
+}
+
+fn in_range_v6(ip: Ipv6Addr, (net, len): (Ipv6Addr, u32)) -> bool {
+    u128::from(ip) >> (128 - len) == u128::from(net) >> (128 - len)
 }
 
 #[cfg(test)]
@@ -598,6 +766,8 @@ mod tests {
             .iter()
             .map(|p| (p.name.as_str(), p.node.as_str(), p.addr.to_string()))
             .collect();
+        let v6: Vec<_> = state.pods.iter().map(|p| p.addr6.to_string()).collect();
+        assert_eq!(v6, ["fd00:244:1::2", "fd00:244:2::2", "fd00:244:1::3"]);
         assert_eq!(
             placed,
             [
@@ -634,6 +804,107 @@ mod tests {
     }
 
     #[test]
+    fn counter_and_redis_services_are_dual_stack_with_a_slice_set_per_family() {
+        let state = seed();
+        for (name, ips) in [
+            ("counter-lb", ["10.96.0.11", "fd00:96::11"]),
+            ("counter-app", ["10.96.0.12", "fd00:96::12"]),
+            ("redis", ["10.96.0.13", "fd00:96::13"]),
+        ] {
+            let svc = service(&state, name);
+            assert_eq!(svc["spec"]["clusterIP"], ips[0], "{name}: IPv4 first");
+            assert_eq!(svc["spec"]["clusterIPs"], json!(ips), "{name}");
+            assert_eq!(svc["spec"]["ipFamilies"], json!(["IPv4", "IPv6"]));
+            assert_eq!(svc["spec"]["ipFamilyPolicy"], "PreferDualStack");
+        }
+        let lb = service(&state, "counter-lb");
+        assert_eq!(
+            lb["status"]["loadBalancer"]["ingress"],
+            json!([
+                { "ip": "203.0.113.10", "ipMode": "VIP" },
+                { "ip": "fd00:203::10", "ipMode": "VIP" },
+            ])
+        );
+        assert_eq!(state.lb_ips(), [FIRST_LB_IP], "IPv4 as before");
+        assert_eq!(state.lb_ips_v6(), [FIRST_LB_IP_V6]);
+        let family = |svc: &str, family: &str| -> Vec<Vec<String>> {
+            state
+                .slices
+                .iter()
+                .filter(|s| {
+                    s["metadata"]["labels"]["kubernetes.io/service-name"] == svc
+                        && s["addressType"] == family
+                })
+                .map(|s| {
+                    s["endpoints"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|e| e["addresses"][0].as_str().unwrap().to_owned())
+                        .collect()
+                })
+                .collect()
+        };
+        assert_eq!(family("counter-lb", "IPv4"), [["10.244.1.2", "10.244.2.2"]]);
+        assert_eq!(
+            family("counter-lb", "IPv6"),
+            [["fd00:244:1::2", "fd00:244:2::2"]]
+        );
+        assert_eq!(family("redis", "IPv6"), [["fd00:244:1::3"]]);
+        assert_eq!(
+            state.nodes[0]["spec"]["podCIDRs"],
+            json!(["10.244.1.0/24", "fd00:244:1::/64"])
+        );
+    }
+
+    #[test]
+    fn single_stack_services_stay_ipv4_only() {
+        let mut state = seed();
+        state
+            .add_services([json!({
+                "metadata": { "name": "v4" },
+                "spec": { "type": "LoadBalancer", "selector": { "app": "counter", "tier": "app" },
+                          "ports": [{ "port": 80 }] },
+            })])
+            .unwrap();
+        let svc = service(&state, "v4");
+        assert_eq!(svc["spec"]["clusterIPs"], json!(["10.96.0.14"]));
+        assert_eq!(
+            svc["status"]["loadBalancer"]["ingress"],
+            json!([{ "ip": "203.0.113.11", "ipMode": "VIP" }])
+        );
+        assert!(state
+            .slices
+            .iter()
+            .filter(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "v4")
+            .all(|s| s["addressType"] == "IPv4"));
+    }
+
+    #[test]
+    fn dual_stack_services_added_later_get_the_next_ipv6_addresses() {
+        let mut state = seed();
+        state
+            .add_services([json!({
+                "metadata": { "name": "dual" },
+                "spec": { "type": "LoadBalancer", "ipFamilyPolicy": "RequireDualStack",
+                          "ipFamilies": ["IPv4", "IPv6"],
+                          "selector": { "app": "later" }, "ports": [{ "port": 80 }] },
+            })])
+            .unwrap();
+        let svc = service(&state, "dual");
+        assert_eq!(
+            svc["spec"]["clusterIPs"],
+            json!(["10.96.0.14", "fd00:96::14"])
+        );
+        assert_eq!(
+            state.lb_ips_v6(),
+            [FIRST_LB_IP_V6, "fd00:203::11".parse().unwrap()]
+        );
+        let pod = state.place_pod("later-1", "node2", App::Counter).unwrap();
+        assert_eq!(pod.addr6, "fd00:244:2::3".parse::<Ipv6Addr>().unwrap());
+    }
+
+    #[test]
     fn named_target_ports_split_slices_by_resolved_number() {
         let svc = json!({
             "metadata": { "name": "web" },
@@ -643,6 +914,7 @@ mod tests {
             name: name.into(),
             node: "node1".into(),
             addr: Ipv4Addr::new(10, 244, 1, 2),
+            addr6: "fd00:244:1::2".parse().unwrap(),
             app: App::Counter,
             env: Vec::new(),
             labels: [("app".to_string(), "web".to_string())].into(),

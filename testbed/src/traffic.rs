@@ -3,7 +3,7 @@
 //! receiving node's connection table.
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -31,10 +31,19 @@ pub struct Outcome {
 
 /// `GET /` to `target`, from the calling thread's network namespace.
 pub fn get(target: SocketAddrV4) -> Result<Outcome> {
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    get_any(SocketAddr::V4(target))
+}
+
+/// [`get`] for a target of either family.
+pub fn get_any(target: SocketAddr) -> Result<Outcome> {
+    let (domain, any) = match target {
+        SocketAddr::V4(_) => (Domain::IPV4, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        SocketAddr::V6(_) => (Domain::IPV6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+    };
+    let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     // Bound before connecting so the source port is known even when the
     // connection never comes up.
-    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
+    socket.bind(&SocketAddr::from((any, 0)).into())?;
     let source_port = socket
         .local_addr()?
         .as_socket()
@@ -49,9 +58,9 @@ pub fn get(target: SocketAddrV4) -> Result<Outcome> {
     })
 }
 
-fn exchange(socket: Socket, target: SocketAddrV4) -> Result<Answer> {
+fn exchange(socket: Socket, target: SocketAddr) -> Result<Answer> {
     socket
-        .connect_timeout(&SocketAddr::V4(target).into(), CONNECT_TIMEOUT)
+        .connect_timeout(&target.into(), CONNECT_TIMEOUT)
         .with_context(|| format!("connecting to {target}"))?;
     let mut stream = TcpStream::from(socket);
     stream.set_read_timeout(Some(REPLY_TIMEOUT))?;

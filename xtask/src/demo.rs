@@ -3,10 +3,13 @@
 //! node, with traffic from an external client through a NodePort on each
 //! node and through the LoadBalancer address the agents give `counter-lb`
 //! from their pool on the nodes' LAN; then the announcing node's agent
-//! stops and the other node takes the address over.
+//! stops and the other node takes the address over. The counter's
+//! Services are dual-stack: their NodePorts answer on the nodes' IPv6
+//! addresses too (the agents' pools are IPv4 only, so the LoadBalancer
+//! address is).
 use std::{
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -22,7 +25,7 @@ use crate::{
 };
 use testbed::{
     apps::{path_str, start_agent, start_pod, xdplb},
-    cluster::{self, Cluster, NodeProfile, CLIENT_ADDR, LB_POOL},
+    cluster::{self, Cluster, NodeProfile, CLIENT_ADDR, CLIENT_ADDR6, LB_POOL},
     control_plane::{self, App, LbProvider, State},
     lb_pool,
     netns::{self, in_netns},
@@ -106,7 +109,9 @@ pub fn run_cmd(args: &Args) -> Result<()> {
     let targets = targets(&cluster, &state, &lb);
     let mut report = Report::new(&cluster);
     p.step(
-        &format!("requests from the client ({CLIENT_ADDR}), {REQUESTS_PER_TARGET} per target"),
+        &format!(
+            "requests from the client ({CLIENT_ADDR}, {CLIENT_ADDR6}), {REQUESTS_PER_TARGET} per target"
+        ),
         true,
         || {
             header();
@@ -178,6 +183,9 @@ fn print_objects(state: &State) {
             spec["type"].as_str().unwrap_or("ClusterIP"),
             spec["clusterIP"].as_str().unwrap_or("none"),
         );
+        if let Some(ip) = control_plane::cluster_ip_of_family(svc, true) {
+            let _ = write!(line, " and {ip}");
+        }
         for port in spec["ports"].as_array().into_iter().flatten() {
             let _ = write!(line, ", port {}", port["port"]);
             if let Some(np) = port["nodePort"].as_i64() {
@@ -201,7 +209,10 @@ fn print_objects(state: &State) {
         eprintln!("{line}");
     }
     for pod in &state.pods {
-        eprintln!("      Pod {} on {} at {}", pod.name, pod.node, pod.addr);
+        eprintln!(
+            "      Pod {} on {} at {} and {}",
+            pod.name, pod.node, pod.addr, pod.addr6
+        );
     }
 }
 
@@ -228,7 +239,7 @@ fn start(cluster: &mut Cluster, state: &State, bin: &Path, redis: &Path) -> Resu
 /// account of where it went.
 struct Failure {
     number: usize,
-    target: SocketAddrV4,
+    target: SocketAddr,
     received_by: String,
     error: String,
     /// `xdplb explain` on the receiving node.
@@ -329,7 +340,7 @@ fn drive_traffic(
             progress::check_interrupt()?;
             report.requests += 1;
             let number = report.requests;
-            let outcome = in_netns(&client, || traffic::get(*target))??;
+            let outcome = in_netns(&client, || traffic::get_any(*target))??;
             let latency = format!("{:.1} ms", outcome.latency.as_secs_f64() * 1e3);
             let what = format!("{label} {target}");
             match outcome.answer {
@@ -350,7 +361,7 @@ fn drive_traffic(
                         bin,
                         &[
                             "explain",
-                            &format!("{CLIENT_ADDR}:{}", outcome.source_port),
+                            &SocketAddr::new(client_addr(target), outcome.source_port).to_string(),
                             &target.to_string(),
                             "tcp",
                             "--pin-path",
@@ -396,11 +407,20 @@ fn row(
     eprintln!("  {number:>2}  {target:<30}  {node:<11}  {answered:<38}  {count:>5}  {latency:>9}");
 }
 
-/// (label, address, node that receives it).
-type Target = (&'static str, SocketAddrV4, String);
+/// The client's address of `target`'s family.
+fn client_addr(target: &SocketAddr) -> IpAddr {
+    match target {
+        SocketAddr::V4(_) => IpAddr::V4(CLIENT_ADDR),
+        SocketAddr::V6(_) => IpAddr::V6(CLIENT_ADDR6),
+    }
+}
 
-/// Every NodePort Service on every node, then the pool address of
-/// [`LB_SERVICE`], which the node announcing it receives.
+/// (label, address, node that receives it).
+type Target = (&'static str, SocketAddr, String);
+
+/// Every NodePort Service on every node (and a dual-stack one on every
+/// node's IPv6 address), then the pool address of [`LB_SERVICE`], which
+/// the node announcing it receives.
 fn targets(cluster: &Cluster, state: &State, lb: &PoolAddress) -> Vec<Target> {
     let port_numbers = |svc: &serde_json::Value, field: &str| -> Vec<u16> {
         svc["spec"]["ports"]
@@ -420,8 +440,14 @@ fn targets(cluster: &Cluster, state: &State, lb: &PoolAddress) -> Vec<Target> {
     for svc in of_type("NodePort") {
         for port in port_numbers(svc, "nodePort") {
             for node in &cluster.nodes {
-                let addr = SocketAddrV4::new(node.addr, port);
+                let addr = SocketAddr::new(IpAddr::V4(node.addr), port);
                 targets.push(("NodePort", addr, node.name.clone()));
+            }
+            if control_plane::cluster_ip_of_family(svc, true).is_some() {
+                for node in &cluster.nodes {
+                    let addr = SocketAddr::new(IpAddr::V6(node.addr6), port);
+                    targets.push(("NodePort", addr, node.name.clone()));
+                }
             }
         }
     }
@@ -431,7 +457,7 @@ fn targets(cluster: &Cluster, state: &State, lb: &PoolAddress) -> Vec<Target> {
             continue;
         }
         for port in port_numbers(svc, "port") {
-            let addr = SocketAddrV4::new(lb.addr, port);
+            let addr = SocketAddr::new(IpAddr::V4(lb.addr), port);
             targets.push(("LB IP", addr, lb.announcer.clone()));
         }
     }
@@ -529,7 +555,7 @@ fn fail_over(
     let target = targets(cluster, state, lb)
         .into_iter()
         .map(|(_, t, _)| t)
-        .find(|t| *t.ip() == lb.addr)
+        .find(|t| t.ip() == IpAddr::V4(lb.addr))
         .context("no port of the LoadBalancer address")?;
     let frontend = format!("{target}/TCP");
     let before = lb_pool::frontend_packets(bin, &cluster.run, &other, &frontend)?;
@@ -576,7 +602,7 @@ fn fail_over(
         lb.addr,
         ms(started.elapsed())
     );
-    let outcome = in_netns(&client, || traffic::get(target))??;
+    let outcome = in_netns(&client, || traffic::get_any(target))??;
     let took = started.elapsed();
     let answer = outcome
         .answer
@@ -637,14 +663,17 @@ fn pod_node<'a>(state: &'a State, pod: &str) -> &'a str {
 }
 
 /// The backend `xdplb explain` names (`... pinned to 10.244.2.2:3000 by
-/// connection tracking` or `... backend id 3 = 10.244.2.2:3000`), as (pod,
-/// node).
+/// connection tracking` or `... backend id 3 = 10.244.2.2:3000`; IPv6 as
+/// `[fd00:244:2::2]:3000`), as (pod, node).
 fn backend_of(explain: &str, state: &State) -> Option<(String, String)> {
     let addr = explain
         .split_whitespace()
-        .filter_map(|word| word.parse::<SocketAddrV4>().ok())
+        .filter_map(|word| word.parse::<SocketAddr>().ok())
         .next_back()?;
-    let pod = state.pods.iter().find(|p| p.addr == *addr.ip())?;
+    let pod = state.pods.iter().find(|p| match addr.ip() {
+        IpAddr::V4(ip) => p.addr == ip,
+        IpAddr::V6(ip) => p.addr6 == ip,
+    })?;
     Some((pod.name.clone(), pod.node.clone()))
 }
 
@@ -745,6 +774,11 @@ mod tests {
         )
         .unwrap();
         let line = "198.51.100.2:41000 -> 192.168.50.11:31000/TCP: existing flow of default/counter-app, pinned to 10.244.2.2:3000 by connection tracking";
+        assert_eq!(
+            backend_of(line, &state),
+            Some(("counter-2".into(), "node2".into()))
+        );
+        let line = "[fd00:51::2]:41000 -> [fd00:10::11]:31000/TCP: existing flow of default/counter-app, pinned to [fd00:244:2::2]:3000 by connection tracking";
         assert_eq!(
             backend_of(line, &state),
             Some(("counter-2".into(), "node2".into()))

@@ -9,6 +9,19 @@
 //!   (LB IP 203.0.113.10 → node1)  └── node2 192.168.50.12 ─ veth* ─ pods 10.244.2.0/24
 //! ```
 //!
+//! The cluster is dual-stack: beside each IPv4 address every namespace
+//! holds an IPv6 one from a ULA prefix (fd00::/8), which lives only inside
+//! the run's namespaces.
+//!
+//! ```text
+//! client fd00:51::2 ── router ──┬── node1 fd00:10::11 ─ veth* ─ pods fd00:244:1::/64
+//!  (LB IP fd00:203::10 → node1) └── node2 fd00:10::12 ─ veth* ─ pods fd00:244:2::/64
+//! ```
+//!
+//! Pods hold a /128 each with a default route to the link-local gateway
+//! [`POD_GATEWAY6`], which the node side holds (each routed pod's veth, or
+//! the bridge), as Calico does.
+//!
 //! The nodes are configured as a distribution ships them ([`NodeProfile`]):
 //! forwarding on, reverse-path filtering as the distribution sets it, no
 //! `accept_local`, offloads as the kernel creates them. Nothing the product
@@ -30,7 +43,7 @@ mod topology;
 use std::{
     collections::BTreeMap,
     fmt, fs,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     process::{Child, Command},
 };
@@ -47,6 +60,14 @@ use run::{new_run, run, teardown, KEPT_MARKER};
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 const ROUTER_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 const ROUTER_LAN_SIDE: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 1);
+/// The client's IPv6 address, on its own /64 with the router.
+pub const CLIENT_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x51, 0, 0, 0, 0, 0, 2);
+const ROUTER_CLIENT_SIDE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x51, 0, 0, 0, 0, 0, 1);
+/// The router on the LAN's /64, fd00:10::/64.
+const ROUTER_LAN_SIDE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 1);
+/// The pods' IPv6 gateway: a link-local address the node side of each
+/// pod's link holds, as Calico gives pods a link-local next hop.
+pub const POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 /// The nodes' external interface, the one the agent is told about.
 pub const NODE_LAN_IFACE: &str = "eth0";
 /// The agents' LoadBalancer pool (`--lb-pool-range`): a free slice of the
@@ -131,14 +152,16 @@ const ROUTED_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The bridge of the bridged layout, as the CNI bridge plugin names it.
 const POD_BRIDGE: &str = "cni0";
 
-/// The nodes the demo builds; node N is 192.168.50.(10+N) with pods in
-/// 10.244.N.0/24.
+/// The nodes the demo builds; node N is 192.168.50.(10+N) and
+/// fd00:10::1N with pods in 10.244.N.0/24 and fd00:244:N::/64.
 pub fn nodes() -> Vec<Node> {
     (1..=2)
         .map(|n| Node {
             name: format!("node{n}"),
             addr: Ipv4Addr::new(192, 168, 50, 10 + n),
             pod_net: Ipv4Addr::new(10, 244, n, 0),
+            addr6: Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0x10 + u16::from(n)),
+            pod_net6: Ipv6Addr::new(0xfd00, 0x244, u16::from(n), 0, 0, 0, 0, 0),
         })
         .collect()
 }
@@ -184,7 +207,7 @@ impl Cluster {
     /// LoadBalancer IPs routed.
     pub fn with_pods(nodes: Vec<Node>, profile: NodeProfile, state: &State) -> Result<Self> {
         let mut cluster = Self::create(nodes, profile)?;
-        cluster.route_lb_ips(&state.lb_ips())?;
+        cluster.route_lb_ips(&state.lb_ips(), &state.lb_ips_v6())?;
         for pod in &state.pods {
             cluster.add_pod(pod, &state.hosts_file(pod))?;
         }
@@ -202,10 +225,13 @@ impl Cluster {
 
     /// Routes each LoadBalancer IP to the first node, as a provider's
     /// announcement (say MetalLB in L2 mode) would.
-    fn route_lb_ips(&self, ips: &[Ipv4Addr]) -> Result<()> {
+    fn route_lb_ips(&self, ips: &[Ipv4Addr], ips_v6: &[Ipv6Addr]) -> Result<()> {
         let router = self.run.ns("router");
         for ip in ips {
             route(&router, &format!("{ip}/32 via {}", self.nodes[0].addr))?;
+        }
+        for ip in ips_v6 {
+            route(&router, &format!("{ip}/128 via {}", self.nodes[0].addr6))?;
         }
         Ok(())
     }

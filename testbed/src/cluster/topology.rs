@@ -1,13 +1,18 @@
 //! The cluster's namespaces and links: the LAN, router and client, the
 //! nodes as their profile sets them up, and the pods as their layout wires
 //! them.
-use std::{fs, net::Ipv4Addr, path::Path};
+use std::{
+    fs,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::Path,
+};
 
 use anyhow::{Context, Result};
 
 use super::{
     cgroup::rmdir_cgroup, pod_iface, run::remove_dir, Cluster, PodLayout, CLIENT_ADDR,
-    NODE_LAN_IFACE, POD_BRIDGE, ROUTED_GATEWAY, ROUTER_CLIENT_SIDE, ROUTER_LAN_SIDE,
+    CLIENT_ADDR6, NODE_LAN_IFACE, POD_BRIDGE, POD_GATEWAY6, ROUTED_GATEWAY, ROUTER_CLIENT_SIDE,
+    ROUTER_CLIENT_SIDE6, ROUTER_LAN_SIDE, ROUTER_LAN_SIDE6,
 };
 use crate::{
     control_plane::{Node, Pod},
@@ -33,13 +38,17 @@ impl Cluster {
                 "net.ipv4.ip_forward=1",
                 "net.ipv4.conf.all.rp_filter=0",
                 "net.ipv4.conf.default.rp_filter=0",
+                "net.ipv6.conf.all.forwarding=1",
             ],
         )?;
         veth_up(&client, "eth0", &router, "ext0")?;
         addr_v4(&client, "eth0", CLIENT_ADDR, 24)?;
         addr_v4(&router, "ext0", ROUTER_CLIENT_SIDE, 24)?;
+        addr_v6(&client, "eth0", CLIENT_ADDR6, 64)?;
+        addr_v6(&router, "ext0", ROUTER_CLIENT_SIDE6, 64)?;
         route(&client, &format!("default via {ROUTER_CLIENT_SIDE}"))?;
-        self.lan_port(&router, "lan0", "router", ROUTER_LAN_SIDE)?;
+        route(&client, &format!("default via {ROUTER_CLIENT_SIDE6}"))?;
+        self.lan_port(&router, "lan0", "router", ROUTER_LAN_SIDE, ROUTER_LAN_SIDE6)?;
 
         let rp_filter = self.profile.rp_filter;
         for node in &self.nodes {
@@ -54,18 +63,25 @@ impl Cluster {
                     "net.ipv4.ip_forward=1",
                     &format!("net.ipv4.conf.all.rp_filter={rp_filter}"),
                     &format!("net.ipv4.conf.default.rp_filter={rp_filter}"),
+                    // As a CNI with IPv6 sets it; IPv6 has no rp_filter.
+                    "net.ipv6.conf.all.forwarding=1",
                 ],
             )?;
-            self.lan_port(&node_ns, NODE_LAN_IFACE, &node.name, node.addr)?;
+            self.lan_port(&node_ns, NODE_LAN_IFACE, &node.name, node.addr, node.addr6)?;
             if self.profile.uplinks_take_xdp {
                 let pin = self.run.bpffs().join(format!("lan-xdp-{}", node.name));
                 attach_xdp_pass(&lan, &node.name, &pin)?;
             }
             route(&node_ns, &format!("default via {ROUTER_LAN_SIDE}"))?;
+            route(&node_ns, &format!("default via {ROUTER_LAN_SIDE6}"))?;
             for other in self.nodes.iter().filter(|o| o.name != node.name) {
                 route(
                     &node_ns,
                     &format!("{}/24 via {}", other.pod_net, other.addr),
+                )?;
+                route(
+                    &node_ns,
+                    &format!("{}/64 via {}", other.pod_net6, other.addr6),
                 )?;
             }
             if self.profile.pod_layout == PodLayout::Bridged {
@@ -79,18 +95,32 @@ impl Cluster {
                     "-n", &node_ns, "link", "add", POD_BRIDGE, "address", &mac, "type", "bridge",
                 ])?;
                 addr_v4(&node_ns, POD_BRIDGE, pod_gateway(node), 24)?;
+                // The pods' IPv6 gateway, and the IPv6 pod CIDR on the
+                // bridge so the node reaches its pods' /128s by neighbour
+                // discovery there.
+                addr_v6(&node_ns, POD_BRIDGE, POD_GATEWAY6, 64)?;
+                addr_v6(&node_ns, POD_BRIDGE, pod_gateway6(node), 64)?;
                 up(&node_ns, POD_BRIDGE)?;
             }
         }
         Ok(())
     }
 
-    /// Plugs `ifname` of `ns` into the LAN bridge with address `addr`/24.
-    fn lan_port(&self, ns: &str, ifname: &str, port: &str, addr_: Ipv4Addr) -> Result<()> {
+    /// Plugs `ifname` of `ns` into the LAN bridge with addresses `addr`/24
+    /// and `addr6`/64.
+    fn lan_port(
+        &self,
+        ns: &str,
+        ifname: &str,
+        port: &str,
+        addr_: Ipv4Addr,
+        addr6: Ipv6Addr,
+    ) -> Result<()> {
         let lan = self.run.ns("lan");
         veth_up(ns, ifname, &lan, port)?;
         ip(&["-n", &lan, "link", "set", port, "master", "br0", "up"])?;
-        addr_v4(ns, ifname, addr_, 24)
+        addr_v4(ns, ifname, addr_, 24)?;
+        addr_v6(ns, ifname, addr6, 64)
     }
 
     /// The pod's namespace and its veth to the node, in the profile's
@@ -130,11 +160,18 @@ impl Cluster {
                         &format!("net.ipv4.neigh.{host_if}.proxy_delay=0"),
                     ],
                 )?;
-                route(&node_ns, &format!("{}/32 dev {host_if}", pod.addr))
+                route(&node_ns, &format!("{}/32 dev {host_if}", pod.addr))?;
+                // IPv6: the pod's /128, its default route to a link-local
+                // gateway that the node's veth holds (no proxy NDP needed),
+                // and the node's route of the /128 to the veth.
+                addr_v6(&node_ns, &host_if, POD_GATEWAY6, 64)?;
+                self.pod_v6(&ns, pod)?;
+                route(&node_ns, &format!("{}/128 dev {host_if}", pod.addr6))
             }
             PodLayout::Bridged => {
                 addr_v4(&ns, "eth0", pod.addr, 24)?;
                 route(&ns, &format!("default via {}", pod_gateway(node)))?;
+                self.pod_v6(&ns, pod)?;
                 ip(&[
                     "-n", &node_ns, "link", "set", &host_if, "master", POD_BRIDGE,
                 ])?;
@@ -154,6 +191,13 @@ impl Cluster {
                 .map(drop)
             }
         }
+    }
+
+    /// The pod's side of IPv6: its /128 and a default route to
+    /// [`POD_GATEWAY6`].
+    fn pod_v6(&self, ns: &str, pod: &Pod) -> Result<()> {
+        addr_v6(ns, "eth0", pod.addr6, 128)?;
+        route(ns, &format!("default via {POD_GATEWAY6} dev eth0"))
     }
 
     /// Deletes a pod's namespace, and with it the veth to its node, after
@@ -178,6 +222,12 @@ impl Cluster {
 fn pod_gateway(node: &Node) -> Ipv4Addr {
     let [a, b, c, _] = node.pod_net.octets();
     Ipv4Addr::new(a, b, c, 1)
+}
+
+/// The node's own address in its IPv6 pod CIDR, on `cni0` in the bridged
+/// layout: the first of it.
+fn pod_gateway6(node: &Node) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(node.pod_net6) | 1)
 }
 
 /// `ip netns exec` mounts `/etc/netns/<ns>/hosts` over `/etc/hosts` for the
@@ -206,5 +256,11 @@ fn veth_up(ns_a: &str, if_a: &str, ns_b: &str, if_b: &str) -> Result<()> {
 }
 
 fn addr_v4(ns: &str, ifname: &str, ip: Ipv4Addr, prefix_len: u8) -> Result<()> {
+    addr(ns, ifname, &format!("{ip}/{prefix_len}"))
+}
+
+/// Adds an IPv6 address without duplicate address detection (`nodad`, as
+/// CNIs add theirs), so it is usable at once.
+fn addr_v6(ns: &str, ifname: &str, ip: Ipv6Addr, prefix_len: u8) -> Result<()> {
     addr(ns, ifname, &format!("{ip}/{prefix_len}"))
 }

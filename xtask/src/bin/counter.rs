@@ -2,6 +2,8 @@
 //! no container runtime: an HTTP server on port 3000 that increments a key in
 //! Redis on every request and answers `{"count":N,"pod":"<name>"}`.
 //!
+//! It listens on both families, IPv4 and IPv6.
+//!
 //! Configured like the seed's image: `REDIS_HOST` and `REDIS_PORT` name the
 //! Redis Service, `POD_NAME` plays the downward API. Redis is reached anew for
 //! each request so every count travels through the Service's ClusterIP.
@@ -35,7 +37,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listener = match TcpListener::bind(("0.0.0.0", LISTEN_PORT)) {
+    // One socket for both families: `::` with IPV6_V6ONLY off, the
+    // distributions' default (net.ipv6.bindv6only=0), as the seed's image
+    // listens.
+    let listener = match TcpListener::bind(("::", LISTEN_PORT)) {
         Ok(listener) => listener,
         Err(err) => {
             eprintln!("counter: cannot listen on port {LISTEN_PORT}: {err}");

@@ -275,6 +275,11 @@ impl Bed {
                 name: name.into(),
                 node: node.name.clone(),
                 addr,
+                // Same host number in the node's IPv6 pod CIDR; the bench
+                // sends IPv4 only.
+                addr6: std::net::Ipv6Addr::from(
+                    u128::from(node.pod_net6) | u128::from(addr.octets()[3]),
+                ),
                 app: App::Probe,
                 env: Vec::new(),
                 labels: Default::default(),

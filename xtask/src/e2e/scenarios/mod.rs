@@ -29,6 +29,7 @@ use testbed::{
 mod from_outside;
 mod host;
 mod in_cluster;
+mod ipv6;
 mod path_mtu;
 mod restart;
 /// The agents apply a change within about a second (they poll their
@@ -104,6 +105,18 @@ pub fn all() -> Vec<Scenario> {
         Scenario {
             name: "LoadBalancer address from the pool, announced by one node, moving when it goes NotReady",
             run: from_outside::lb_pool,
+        },
+        Scenario {
+            name: "IPv6: the counter's NodePort from outside on both nodes' IPv6 addresses (source NAT to the other node)",
+            run: ipv6::node_ports,
+        },
+        Scenario {
+            name: "IPv6: the counter's LoadBalancer IPv6 ingress IP from outside",
+            run: ipv6::load_balancer,
+        },
+        Scenario {
+            name: "IPv6: the counter's and Redis' IPv6 ClusterIPs from a pod on each node",
+            run: ipv6::cluster_ip,
         },
     ]
 }
