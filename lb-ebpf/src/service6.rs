@@ -123,9 +123,16 @@ fn reply_entry(p: &mut Packet, now: u64) -> Option<*mut CtValueV6> {
 /// Whether `addr` is this node's IPv6 SNAT address.
 #[inline(always)]
 fn is_snat_addr(addr: [u32; 4]) -> bool {
+    snat_addr() == Some(addr)
+}
+
+/// This node's IPv6 SNAT address, if the agent gave it one.
+#[inline(always)]
+fn snat_addr() -> Option<[u32; 4]> {
     CONFIG_V6
         .get_ptr(0)
-        .is_some_and(|c| addr != [0; 4] && unsafe { (*c).snat_addr } == addr)
+        .map(|c| unsafe { (*c).snat_addr })
+        .filter(|a| *a != [0; 4])
 }
 
 #[inline(always)]
@@ -259,11 +266,7 @@ fn snat(key: &CtKeyV6, flow: &mut NewFlow, now: u64) -> bool {
     if !flow.wants_snat {
         return true;
     }
-    let Some(addr) = CONFIG_V6
-        .get_ptr(0)
-        .map(|c| unsafe { (*c).snat_addr })
-        .filter(|a| *a != [0; 4])
-    else {
+    let Some(addr) = snat_addr() else {
         return true;
     };
     let cfg = conntrack::config();
