@@ -20,6 +20,7 @@ mod forward;
 mod frags;
 mod frame;
 mod icmp;
+mod icmp6;
 mod maps;
 mod monitor;
 mod nat;

@@ -11,7 +11,7 @@
 use lb_common::{
     checksum::{fold, sum_words},
     conntrack::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    CtKeyV4, CtValueV4, Reason, PROTO_TCP,
+    CtKeyV4, CtValueV4, Reason, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -278,7 +278,7 @@ fn icmp6_port_unreachable<C: Frame>(ctx: &C) -> Option<u32> {
         as *mut Ipv6Hdr);
     let (smac, dmac) = unsafe { ((*eth).src, (*eth).dst) };
     let (saddr, daddr, next) = unsafe { ((*orig_ip).src, (*orig_ip).dst, (*orig_ip).next_hdr) };
-    if next != lb_common::PROTO_UDP {
+    if next != PROTO_UDP {
         return None;
     }
     if !ctx.grow_l3(GROW as u32) {
@@ -300,6 +300,62 @@ fn icmp6_port_unreachable<C: Frame>(ctx: &C) -> Option<u32> {
     let pseudo = pseudo_sum_v6(&daddr, &saddr, IPPROTO_ICMPV6, (ICMP_HLEN + QUOTE) as u16);
     let header = unsafe { core::slice::from_raw_parts(icmp as *const u8, ICMP_HLEN) };
     let sum = sum_words(header, sum_words(quoted, pseudo));
+    unsafe { (*icmp)[1] = !fold(sum) };
+    Some(ctx.bounce())
+}
+
+/// Tells the sender of an IPv6 packet (as it sent it, untranslated) that
+/// the path takes at most `mtu` bytes (RFC 4443 Packet Too Big, which
+/// RFC 8201 path MTU discovery reads), quoting its IPv6 header and
+/// transport header as `frag_needed` does for IPv4. Only for packets
+/// without extension headers, whose quote the sender would not parse to
+/// its transport header otherwise; `None` when it cannot be built.
+#[inline(always)]
+pub fn packet_too_big_v6<C: Frame>(ctx: &C, mtu: u32) -> Option<u32> {
+    const GROW: usize = IPV6_HLEN + ICMP_HLEN;
+    let old = ptr_at::<[u8; ETH_HLEN + IPV6_HLEN]>(ctx, 0)? as *mut u8;
+    let (eth, orig_ip) = (old as *mut EthHdr, unsafe { old.add(ETH_HLEN) }
+        as *mut Ipv6Hdr);
+    let (smac, dmac) = unsafe { ((*eth).src, (*eth).dst) };
+    let (saddr, daddr, proto) = unsafe { ((*orig_ip).src, (*orig_ip).dst, (*orig_ip).next_hdr) };
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    if !ctx.grow_l3(GROW as u32) {
+        return None;
+    }
+    // The quote: a fixed size per protocol, so the checksum below reads
+    // it in one bounds-checked span.
+    let (l4_quote, quoted) = if proto == PROTO_TCP {
+        let quoted = ptr_at::<[u8; IPV6_HLEN + QUOTE_TCP]>(ctx, ETH_HLEN + GROW)?;
+        (QUOTE_TCP, sum_words(unsafe { &*quoted }, 0))
+    } else {
+        let quoted = ptr_at::<[u8; IPV6_HLEN + QUOTE_UDP]>(ctx, ETH_HLEN + GROW)?;
+        (QUOTE_UDP, sum_words(unsafe { &*quoted }, 0))
+    };
+    let len = ICMP_HLEN + IPV6_HLEN + l4_quote;
+    if !ctx.trim((ETH_HLEN + IPV6_HLEN + len) as u32) {
+        return None;
+    }
+    let base = ptr_at::<[u8; ETH_HLEN + GROW]>(ctx, 0)? as *mut u8;
+    let eth = base as *mut EthHdr;
+    let ip = unsafe { base.add(ETH_HLEN) } as *mut Ipv6Hdr;
+    let icmp = unsafe { base.add(ETH_HLEN + IPV6_HLEN) } as *mut [u16; 4];
+    set_macs(eth, smac, dmac, ETH_P_IPV6);
+    ipv6_header(ip, len, IPPROTO_ICMPV6, daddr, saddr);
+    // Type 2 (Packet Too Big), code 0, then the MTU in 32 bits.
+    let mtu = mtu.to_be();
+    unsafe {
+        *icmp = [
+            u16::from_ne_bytes([2, 0]),
+            0,
+            mtu as u16,
+            (mtu >> 16) as u16,
+        ]
+    };
+    let pseudo = pseudo_sum_v6(&daddr, &saddr, IPPROTO_ICMPV6, len as u16);
+    let header = unsafe { core::slice::from_raw_parts(icmp as *const u8, ICMP_HLEN) };
+    let sum = sum_words(header, quoted + pseudo);
     unsafe { (*icmp)[1] = !fold(sum) };
     Some(ctx.bounce())
 }

@@ -6,8 +6,9 @@
 //! and redirect code). Connection tracking and forwarding are the IPv4
 //! code, generic over the family.
 //!
-//! Not yet for IPv6: Packet Too Big for oversize translated packets,
-//! translation of ICMPv6 errors, fragments and the flow cache.
+//! ICMPv6 errors about translated flows are translated back (`icmp6`)
+//! before the address filter, as ICMP ones are. Not yet for IPv6:
+//! fragments and the flow cache.
 //!
 //! Unsafe in this module: header reads through pointers `parse::ptr_at`
 //! checked, reads of connection-tracking entries through map pointers,
@@ -24,6 +25,7 @@ use crate::{
     conntrack::{self, FlowSums},
     forward::{self, Fit, Size},
     frame::Frame,
+    icmp6,
     maps::{CONFIG_V6, SCRATCH_CT_V6, SCRATCH_KEY_V6},
     nat,
     parse::{self, Ipv6Hdr, Upper, ETH_HLEN, IPV6_HLEN, L4},
@@ -31,8 +33,6 @@ use crate::{
     service::{counted, maybe_in, Verdict},
     stats,
 };
-
-const IPPROTO_ICMPV6: u8 = 58;
 
 /// A TCP or UDP packet whose headers are all inside the frame.
 struct Packet {
@@ -50,15 +50,30 @@ struct Packet {
 
 #[inline(always)]
 pub fn handle<C: Frame>(ctx: &C) -> u32 {
-    counted(classify(ctx))
+    let mut too_big = 0;
+    let action = counted(classify(ctx, &mut too_big));
+    // Answered here, where only the frame and the MTU are left of the
+    // path: the verifier then walks the answer once, not once per way
+    // into `translate`.
+    if too_big != 0 {
+        return packet_too_big(ctx, too_big);
+    }
+    action
 }
 
+/// The verdict on the packet; sets `too_big` to the egress MTU of a
+/// translated packet too big for it, which is then answered instead.
 #[inline(always)]
-fn classify<C: Frame>(ctx: &C) -> Verdict {
+fn classify<C: Frame>(ctx: &C, too_big: &mut u32) -> Verdict {
     let Some(ip) = parse::ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
         return (Reason::PassMalformed, C::PASS);
     };
-    let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
+    let (src, dst, next) = unsafe { ((*ip).src, (*ip).dst, (*ip).next_hdr) };
+    // ICMPv6 ends here, whatever it is: were it to go on, the verifier
+    // would walk the whole path once more for it.
+    if next == icmp6::IPPROTO_ICMPV6 {
+        return icmp6::translate_error(ctx, ip);
+    }
     let to_frontend = maybe_in(position_v6(dst, AddrSet::Frontend));
     let from_backend = maybe_in(position_v6(src, AddrSet::Backend));
     if !to_frontend && !from_backend {
@@ -73,7 +88,7 @@ fn classify<C: Frame>(ctx: &C) -> Verdict {
         // One place translates, whichever way the entry was found: each
         // copy of the rewrite and forwarding would multiply what the
         // verifier walks.
-        Ok((ct, reason)) => (reason, translate(ctx, &p, &*p.key, ct, now)),
+        Ok((ct, reason)) => (reason, translate(ctx, &p, &*p.key, ct, now, too_big)),
         Err(v) => v,
     }
 }
@@ -142,7 +157,7 @@ fn transport<C: Frame>(ctx: &C, ip: *mut Ipv6Hdr) -> Result<Packet, Verdict> {
         Upper::Fragment => return Err((Reason::PassFragment, C::PASS)),
         Upper::Unwalked => return Err((Reason::PassIpv6ExtHeaders, C::PASS)),
     };
-    if proto == IPPROTO_ICMPV6 {
+    if proto == icmp6::IPPROTO_ICMPV6 {
         return Err((Reason::PassIcmpv6, C::PASS));
     }
     if proto != PROTO_TCP && proto != PROTO_UDP {
@@ -334,13 +349,22 @@ fn create(key: &CtKeyV6, flow: &NewFlow, now: u64) -> *mut CtValueV6 {
 }
 
 /// Rewrites the packet by its flow's entry and sends it on. IPv6 routers
-/// never fragment, so a packet too big for the egress is dropped: telling
-/// its sender (Packet Too Big) is still to come.
+/// never fragment: a packet too big for the egress is left as it is, with
+/// its egress MTU in `too_big`, to be answered with Packet Too Big about
+/// the packet as its sender sent it.
 #[inline(always)]
-fn translate<C: Frame>(ctx: &C, p: &Packet, key: &CtKeyV6, ct: *mut CtValueV6, now: u64) -> u32 {
+fn translate<C: Frame>(
+    ctx: &C,
+    p: &Packet,
+    key: &CtKeyV6,
+    ct: *mut CtValueV6,
+    now: u64,
+    too_big: &mut u32,
+) -> u32 {
     let refresh = track(key, ct, p.l4.tcp_flags, now);
-    if !fits(ctx, p.len, key, ct, refresh) {
-        stats::count(Reason::IcmpFragNeededFailed);
+    let mtu = too_big_for(ctx, p.len, key, ct, refresh);
+    if mtu != 0 {
+        *too_big = mtu;
         return C::DROP;
     }
     let partial = nat::rewrite_v6(p.ip, &p.l4, p.l4_len, ct, key.dir == CT_DIR_FORWARD);
@@ -348,7 +372,8 @@ fn translate<C: Frame>(ctx: &C, p: &Packet, key: &CtKeyV6, ct: *mut CtValueV6, n
     forward::send(ctx, ct, false, partial)
 }
 
-// `pick`, `reject`, `snat`, the sums, `create`, `track` and `fits` are functions of their own (BPF-to-BPF
+// `pick`, `reject`, `snat`, the sums, `create`, `track`, `too_big_for` and
+// `packet_too_big` are functions of their own (BPF-to-BPF
 // calls), each called from the entry program's frame: inlined, their
 // variables would not fit the 512-byte stack beside the entry's, and
 // nested, their frames would add up.
@@ -359,16 +384,35 @@ fn track(key: &CtKeyV6, ct: *mut CtValueV6, tcp_flags: u8, now: u64) -> bool {
     conntrack::on_packet(key, ct, tcp_flags, now)
 }
 
-/// Whether the packet, `len` bytes, fits its flow's egress, whose route is
-/// looked up again first when `refresh` says so.
+/// The MTU of the flow's egress when the packet, `len` bytes, is too big
+/// for it, else 0; the route is looked up again first when `refresh` says
+/// so.
 #[inline(never)]
-fn fits<C: Frame>(ctx: &C, len: u16, key: &CtKeyV6, ct: *mut CtValueV6, refresh: bool) -> bool {
+fn too_big_for<C: Frame>(
+    ctx: &C,
+    len: u16,
+    key: &CtKeyV6,
+    ct: *mut CtValueV6,
+    refresh: bool,
+) -> u32 {
     let size = Size {
         len,
         fragmentable: false,
     };
-    !matches!(
-        forward::check(ctx, size, key, ct, refresh),
-        Fit::TellSender(_)
-    )
+    match forward::check(ctx, size, key, ct, refresh) {
+        Fit::TellSender(mtu) => mtu,
+        _ => 0,
+    }
+}
+
+/// `reject::packet_too_big_v6`, counted: a side event, the packet stays
+/// counted under its flow's path.
+#[inline(never)]
+fn packet_too_big<C: Frame>(ctx: &C, mtu: u32) -> u32 {
+    let (reason, action) = match reject::packet_too_big_v6(ctx, mtu) {
+        Some(action) => (Reason::IcmpFragNeeded, action),
+        None => (Reason::IcmpFragNeededFailed, C::DROP),
+    };
+    stats::count(reason);
+    action
 }

@@ -433,6 +433,7 @@ fn the_ipv6_entries_leave_the_verifier_a_margin() {
         let walked = info
             .verified_instruction_count()
             .expect("the kernel reports verified instructions (5.16 on)");
+        eprintln!("{name}: the verifier walked {walked} instructions");
         assert!(
             walked < 666_000,
             "{name}: the verifier walked {walked} instructions"

@@ -6,11 +6,10 @@
 mod common;
 
 use common::packets_v6::{addr, parse_checked, tcp, udp};
-use lb_common::{addr::to_map_v6, ConfigV6, Reason};
+use lb_common::Reason;
 use lb_userspace::{
     datapath::{run_frame, Datapath, POD_PROGRAM, PROGRAM},
-    model::{ModelOptions, NodeInfo},
-    sync::NodeMaps,
+    model::ModelOptions,
 };
 
 const XDP_DROP: u32 = 1;
@@ -127,18 +126,7 @@ fn node() -> Datapath {
         node_addresses_v6: vec![addr(NODE)],
         ..ModelOptions::default()
     };
-    let node = NodeInfo {
-        name: "node1".into(),
-        zone: None,
-    };
-    let mut dp = common::synced(MANIFESTS, &node, &opts);
-    dp.maps
-        .put_config_v6(ConfigV6 {
-            snat_addr: to_map_v6(addr(NODE)),
-            ..ConfigV6::default()
-        })
-        .unwrap();
-    dp
+    common::synced_with_snat_v6(MANIFESTS, &opts)
 }
 
 fn xdp(dp: &Datapath, frame: &[u8]) -> (u32, Vec<u8>) {

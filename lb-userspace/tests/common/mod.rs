@@ -24,7 +24,7 @@ use lb_userspace::{
     datapath::{Capacities, Datapath},
     model::{desired_state, ModelOptions, NodeInfo},
     source::manifests::load_dir,
-    sync::Syncer,
+    sync::{NodeMaps, Syncer},
 };
 
 /// Fails (never skips) when the test cannot get the privileges it needs.
@@ -37,6 +37,24 @@ pub fn privileged(tier: &str) {
 pub fn load() -> Datapath {
     privileged("BPF_PROG_TEST_RUN packet tests");
     Datapath::load(&Capacities::small(), None).expect("load the XDP object")
+}
+
+/// `synced` on node1 of zone-less nodes, given the IPv6 SNAT address the
+/// agent takes from its first IPv6 node address.
+pub fn synced_with_snat_v6(manifests: &str, opts: &ModelOptions) -> Datapath {
+    let node = NodeInfo {
+        name: "node1".into(),
+        zone: None,
+    };
+    let mut dp = synced(manifests, &node, opts);
+    let snat = opts.node_addresses_v6[0];
+    dp.maps
+        .put_config_v6(lb_common::ConfigV6 {
+            snat_addr: lb_common::addr::to_map_v6(snat),
+            ..lb_common::ConfigV6::default()
+        })
+        .unwrap();
+    dp
 }
 
 /// The data plane with `manifests` synced into it as the agent does, on

@@ -7,8 +7,9 @@ use testbed::netns::{Ns, Testbed};
 /// The MTU of `up0`, the egress towards the backends.
 pub const UPLINK_MTU: u32 = 1280;
 
-/// `up0` (10.250.0.1/24, MTU `UPLINK_MTU`) carries 10.244.2.0/24 via
-/// 10.250.0.2; the namespace forwards.
+/// `up0` (10.250.0.1/24 and fd00:250::1/64, MTU `UPLINK_MTU`) carries
+/// 10.244.2.0/24 via 10.250.0.2 and fd00:244:2::/64 via fd00:250::2; the
+/// namespace forwards both families.
 pub fn small_mtu_node() -> (Testbed, Ns) {
     super::privileged("PMTU packet tests");
     let tb = Testbed::new().unwrap();
@@ -34,6 +35,20 @@ pub fn small_mtu_node() -> (Testbed, Ns) {
     tb.up(&node, "lo").unwrap();
     tb.route(&node, "10.244.2.0/24 via 10.250.0.2 dev up0")
         .unwrap();
+    // No duplicate address detection: a tentative address would hold the
+    // route back for a second.
+    let out = tb
+        .exec(
+            &node,
+            "ip",
+            &["addr", "add", "fd00:250::1/64", "dev", "up0", "nodad"],
+        )
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    tb.route(&node, "fd00:244:2::/64 via fd00:250::2 dev up0")
+        .unwrap();
     tb.sysctl(&node, "net.ipv4.ip_forward", "1").unwrap();
+    tb.sysctl(&node, "net.ipv6.conf.all.forwarding", "1")
+        .unwrap();
     (tb, node)
 }
