@@ -44,6 +44,7 @@ pub mod names {
         LB_ADDRS_V4,
         CONFIG_V6,
         SOURCE_RANGES_V6,
+        ADDRS_V6,
     }
 
     /// Not pinned: derived from `CT_V4`, so a new program starts it empty.

@@ -18,6 +18,11 @@ use lb_common::{monitor::MonitorEvent, *};
 #[btf_map]
 pub static ADDRS_V4: HashMap<u32, AddrInfo, { MAX_ADDRS as usize }> = HashMap::new();
 
+/// `ADDRS_V4` for IPv6 addresses: consulted only when a packet to an IPv6
+/// address matches no frontend port.
+#[btf_map]
+pub static ADDRS_V6: HashMap<[u32; 4], AddrInfo, { MAX_ADDRS as usize }> = HashMap::new();
+
 /// Service frontends (ClusterIP, LB IP, externalIP, NodePort) to their ring.
 #[btf_map]
 pub static FRONTENDS_V4: HashMap<FrontendKeyV4, FrontendValue, { MAX_FRONTENDS as usize }> =

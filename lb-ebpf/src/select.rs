@@ -2,7 +2,8 @@
 //! new flows that the packet path, the socket hooks (`sock.rs`) and
 //! `xdplb explain` share: `Maps` for IPv4, `MapsV6` for IPv6.
 //!
-//! Unsafe in this module: frontend, IPv6 backend and affinity values copied whole through
+//! Unsafe in this module: the read of an `ADDRS_V6` value through its map
+//! pointer; frontend, IPv6 backend and affinity values copied whole through
 //! their map pointers, so a flow sees one version of each while the agent
 //! or another CPU may replace it, and the write of an affinity entry's
 //! `last_seen_ns` through its pointer, valid until the program returns.
@@ -10,13 +11,13 @@ use aya_ebpf::maps::lpm_trie::Key;
 use lb_common::{
     decide::{Client, View},
     sock::{SockAffinityKeyV4, SockAffinityKeyV6},
-    AffinityKeyV4, AffinityKeyV6, AffinityValue, BackendV4, BackendV6, FrontendKeyV4,
+    AffinityKeyV4, AffinityKeyV6, AffinityValue, BackendV4, ADDR_FRONTEND, BackendV6, FrontendKeyV4,
     FrontendKeyV6, FrontendValue, SourceRangeKeyV4, SourceRangeKeyV6,
 };
 
 use crate::{
     maps::{
-        AFFINITY_V4, AFFINITY_V6, BACKENDS_V4, BACKENDS_V6, FRONTENDS_V4, FRONTENDS_V6,
+        ADDRS_V6, AFFINITY_V4, AFFINITY_V6, BACKENDS_V4, BACKENDS_V6, FRONTENDS_V4, FRONTENDS_V6,
         MAGLEV_SLOTS, SOCK_AFFINITY_V4, SOCK_AFFINITY_V6, SOURCE_RANGES_V4, SOURCE_RANGES_V6,
     },
     service::is_frontend_addr,
@@ -121,11 +122,11 @@ impl View for MapsV6 {
         FRONTENDS_V6.get_ptr(*key).map(|fe| unsafe { *fe })
     }
 
-    /// No IPv6 address map yet: a port an IPv6 ClusterIP does not serve is
-    /// left to the kernel, where it reaches nobody, rather than refused.
     #[inline(always)]
-    fn is_frontend_addr(&self, _addr: [u32; 4]) -> bool {
-        false
+    fn is_frontend_addr(&self, addr: [u32; 4]) -> bool {
+        ADDRS_V6
+            .get_ptr(addr)
+            .is_some_and(|i| unsafe { (*i).flags } & ADDR_FRONTEND != 0)
     }
 
     #[inline(always)]

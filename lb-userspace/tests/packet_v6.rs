@@ -9,10 +9,14 @@ use common::packets_v6::{addr, parse_checked, tcp, udp, Seen};
 use std::net::Ipv6Addr;
 
 use etherparse::{IpNumber, NetHeaders, PacketBuilder, PacketHeaders, TcpHeader, TransportHeader};
-use lb_common::Reason;
+use lb_common::{
+    addr::to_map_v6,
+    decide::{self, Client, Decision},
+    CtKey, CtKeyV6, Reason, PROTO_TCP,
+};
 use lb_userspace::{
     cli::Filter,
-    datapath::{run_frame, Datapath, POD_PROGRAM, PROGRAM},
+    datapath::{run_frame, Datapath, MapsViewV6, POD_PROGRAM, PROGRAM},
     inspect::flow_rows,
     model::{ModelOptions, NodeInfo},
     sync::NodeMaps,
@@ -230,15 +234,23 @@ fn offloaded_partial_checksums_stay_completable_after_translation() {
     assert_eq!(destination_port, 8080);
 }
 
+/// What `xdplb explain`'s IPv6 view decides for a new flow of `key` from a
+/// pod.
+fn explained(dp: &Datapath, key: &CtKeyV6) -> Decision<lb_common::BackendV6> {
+    decide::new_flow(
+        &MapsViewV6(&dp.maps),
+        &key.frontend(),
+        key.src_addr,
+        true,
+        &Client::Addr(key.src_addr),
+        0,
+        || key.hash(),
+    )
+}
+
 /// `xdplb explain`'s IPv6 view decides each new flow as the program does.
 #[test]
 fn explain_and_the_program_decide_ipv6_flows_alike() {
-    use lb_common::{
-        addr::to_map_v6,
-        decide::{self, Client, Decision},
-        CtKey, CtKeyV6, PROTO_TCP,
-    };
-    use lb_userspace::datapath::MapsViewV6;
     let dp = synced();
     for port in 0..32 {
         let client = (CLIENT.0, 42000u16 + port);
@@ -247,15 +259,7 @@ fn explain_and_the_program_decide_ipv6_flows_alike() {
             (to_map_v6(addr(VIP.0)), VIP.1.to_be()),
             PROTO_TCP,
         );
-        let decided = decide::new_flow(
-            &MapsViewV6(&dp.maps),
-            &key.frontend(),
-            key.src_addr,
-            true,
-            &Client::Addr(key.src_addr),
-            0,
-            || key.hash(),
-        );
+        let decided = explained(&dp, &key);
         let Decision::Backend { backend, .. } = decided else {
             panic!("{client:?}: {decided:?}")
         };
@@ -276,15 +280,7 @@ fn explain_and_the_program_decide_ipv6_flows_alike() {
         PROTO_TCP,
     );
     assert_eq!(
-        decide::new_flow(
-            &MapsViewV6(&dp.maps),
-            &empty.frontend(),
-            empty.src_addr,
-            true,
-            &Client::Addr(empty.src_addr),
-            0,
-            || empty.hash(),
-        ),
+        explained(&dp, &empty),
         Decision::Refused(Reason::RejectNoBackend)
     );
 }
@@ -364,6 +360,32 @@ fn a_clusterip_without_endpoints_answers_udp_with_port_unreachable() {
     // The quote is the original IPv6 header and its UDP header.
     assert_eq!(quote, &sent[IP6..L4 + 8]);
     assert_eq!(count(&dp, Reason::RejectNoBackend), 1);
+}
+
+/// As kube-proxy's nftables proxier rejects traffic to a ClusterIP on a
+/// port no Service serves, and as the IPv4 path does (`ADDRS_V6`).
+#[test]
+fn an_unknown_port_of_an_ipv6_clusterip_is_refused() {
+    let mut dp = synced();
+    receive_on_xdp_capable_device(&mut dp);
+    let (action, out) = xdp(&dp, &tcp(CLIENT, (VIP.0, 81), true, b""));
+    assert_eq!(action, XDP_TX);
+    let h = PacketHeaders::from_ethernet_slice(&out).unwrap();
+    let Some(TransportHeader::Tcp(t)) = h.transport else {
+        panic!("not TCP")
+    };
+    assert!(t.rst, "answered with a RST");
+    assert_eq!(count(&dp, Reason::RejectUnknownPort), 1);
+    let key = CtKeyV6::forward(
+        (to_map_v6(addr(CLIENT.0)), 1u16.to_be()),
+        (to_map_v6(addr(VIP.0)), 81u16.to_be()),
+        PROTO_TCP,
+    );
+    assert_eq!(
+        explained(&dp, &key),
+        Decision::Refused(Reason::RejectUnknownPort),
+        "xdplb explain says what the data plane does"
+    );
 }
 
 #[test]

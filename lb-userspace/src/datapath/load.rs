@@ -91,6 +91,7 @@ impl Datapath {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::ADDRS_V4, caps.addrs)
+            .map_max_entries(names::ADDRS_V6, caps.addrs)
             .map_max_entries(names::FRONTENDS_V4, caps.frontends)
             .map_max_entries(names::BACKENDS_V4, caps.backends)
             .map_max_entries(names::MAGLEV_SLOTS, caps.maglev_slots)

@@ -31,6 +31,7 @@ pub use service::svc_name_str;
 /// so they cannot write.
 pub struct Maps {
     addrs: HashMap<MapData, u32, AddrInfo>,
+    addrs_v6: HashMap<MapData, [u32; 4], AddrInfo>,
     frontends: HashMap<MapData, FrontendKeyV4, FrontendValue>,
     backends: Array<MapData, BackendV4>,
     frontends_v6: HashMap<MapData, FrontendKeyV6, FrontendValue>,
@@ -122,6 +123,7 @@ impl Maps {
         };
         Ok(Self {
             addrs: get(names::ADDRS_V4)?.try_into()?,
+            addrs_v6: get(names::ADDRS_V6)?.try_into()?,
             frontends: get(names::FRONTENDS_V4)?.try_into()?,
             backends: get(names::BACKENDS_V4)?.try_into()?,
             frontends_v6: get(names::FRONTENDS_V6)?.try_into()?,
@@ -186,6 +188,10 @@ impl Maps {
 
     pub fn addrs(&self) -> &HashMap<MapData, u32, AddrInfo> {
         &self.addrs
+    }
+
+    pub fn addrs_v6(&self) -> &HashMap<MapData, [u32; 4], AddrInfo> {
+        &self.addrs_v6
     }
 
     pub fn frontends(&self) -> &HashMap<MapData, FrontendKeyV4, FrontendValue> {

@@ -83,9 +83,11 @@ impl View for MapsViewV6<'_> {
         self.0.frontends_v6().get(key, 0).ok()
     }
 
-    /// As the data plane: no IPv6 address map yet.
-    fn is_frontend_addr(&self, _: [u32; 4]) -> bool {
-        false
+    fn is_frontend_addr(&self, addr: [u32; 4]) -> bool {
+        self.0
+            .addrs_v6()
+            .get(&addr, 0)
+            .is_ok_and(|a| a.flags & ADDR_FRONTEND != 0)
     }
 
     fn in_source_ranges(&self, svc_id: u32, src: [u32; 4]) -> bool {

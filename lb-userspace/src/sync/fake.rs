@@ -26,7 +26,7 @@ pub struct FakeMaps {
     pub backends_v6: BTreeMap<u32, BackendV6>,
     /// Ring slots by index, as the kernel's array (0: never written).
     pub slots: Vec<u32>,
-    pub addrs: BTreeMap<u32, ()>,
+    pub addrs: BTreeMap<std::net::IpAddr, ()>,
     pub filter: BTreeMap<u32, u64>,
     pub services: BTreeMap<u32, String>,
     pub source_ranges: std::collections::BTreeSet<(u32, std::net::IpAddr, u8)>,
@@ -205,19 +205,24 @@ impl ServiceMaps for FakeServiceMaps {
         Ok(())
     }
 
-    fn put_frontend_addr(&mut self, addr: u32) -> Result<()> {
-        let fits =
-            self.maps.addrs.contains_key(&addr) || self.maps.addrs.len() < self.room.addrs as usize;
-        self.admit(fits, "ADDRS_V4")?;
+    fn put_frontend_addr(&mut self, addr: std::net::IpAddr) -> Result<()> {
+        let family = self
+            .maps
+            .addrs
+            .keys()
+            .filter(|a| a.is_ipv6() == addr.is_ipv6())
+            .count();
+        let fits = self.maps.addrs.contains_key(&addr) || family < self.room.addrs as usize;
+        self.admit(fits, family_map(addr, ["ADDRS_V4", "ADDRS_V6"]))?;
         self.maps.addrs.insert(addr, ());
-        self.after(format!("addr {addr:#x}"));
+        self.after(format!("addr {addr}"));
         Ok(())
     }
 
-    fn remove_frontend_addr(&mut self, addr: u32) -> Result<()> {
-        self.admit(true, "ADDRS_V4")?;
+    fn remove_frontend_addr(&mut self, addr: std::net::IpAddr) -> Result<()> {
+        self.admit(true, family_map(addr, ["ADDRS_V4", "ADDRS_V6"]))?;
         self.maps.addrs.remove(&addr);
-        self.after(format!("remove addr {addr:#x}"));
+        self.after(format!("remove addr {addr}"));
         Ok(())
     }
 
@@ -252,14 +257,20 @@ impl ServiceMaps for FakeServiceMaps {
         let in_family = |r: &&(u32, std::net::IpAddr, u8)| r.1.is_ipv6() == addr.is_ipv6();
         let used = self.maps.source_ranges.iter().filter(in_family).count();
         let fits = used < self.room.source_ranges as usize;
-        self.admit(fits, range_map(addr))?;
+        self.admit(
+            fits,
+            family_map(addr, ["SOURCE_RANGES_V4", "SOURCE_RANGES_V6"]),
+        )?;
         self.maps.source_ranges.insert((svc_id, addr, len));
         self.after(format!("source range {svc_id} {addr}/{len}"));
         Ok(())
     }
 
     fn remove_source_range(&mut self, svc_id: u32, addr: std::net::IpAddr, len: u8) -> Result<()> {
-        self.admit(true, range_map(addr))?;
+        self.admit(
+            true,
+            family_map(addr, ["SOURCE_RANGES_V4", "SOURCE_RANGES_V6"]),
+        )?;
         self.maps.source_ranges.remove(&(svc_id, addr, len));
         self.after(format!("remove source range {svc_id} {addr}/{len}"));
         Ok(())
@@ -391,10 +402,11 @@ impl NodeMaps for FakeNodeMaps {
     }
 }
 
-fn range_map(addr: std::net::IpAddr) -> &'static str {
+/// Of the maps `[ipv4, ipv6]`, the one for `addr`'s family.
+fn family_map(addr: std::net::IpAddr, [v4, v6]: [&'static str; 2]) -> &'static str {
     if addr.is_ipv6() {
-        "SOURCE_RANGES_V6"
+        v6
     } else {
-        "SOURCE_RANGES_V4"
+        v4
     }
 }

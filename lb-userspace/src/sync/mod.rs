@@ -88,7 +88,7 @@ pub struct Syncer {
     applied: BTreeMap<ServicePortId, Applied>,
     /// Backend id and how many Service ports use it.
     backends: HashMap<BackendAddr, (u32, u32)>,
-    addr_refs: HashMap<u32, u32>,
+    addr_refs: HashMap<IpAddr, u32>,
     /// Per filter word, how many entries need each of its bits.
     bit_refs: HashMap<u32, HashMap<u64, u32>>,
     /// Filter words as written.
@@ -167,7 +167,7 @@ impl Syncer {
             }))
             .collect();
         let slots: HashMap<u32, &Vec<u32>> = snap.rings.iter().map(|(o, v)| (*o, v)).collect();
-        let addrs: HashSet<u32> = snap.frontend_addrs.iter().copied().collect();
+        let addrs: HashSet<IpAddr> = snap.frontend_addrs.iter().copied().collect();
         let mut names: HashMap<u32, ServicePortId> = HashMap::new();
         for (svc_id, name) in &snap.services {
             let id = parse_name(name).unwrap_or_else(|| {
@@ -232,8 +232,9 @@ impl Syncer {
             let name = &names[&value.svc_id];
             let a = s.applied.get_mut(name).expect("named above");
             a.frontends.insert(*key, *value);
-            if addrs.contains(&key.addr) {
-                a.addrs.insert(key.addr);
+            let addr = IpAddr::V4(from_map(key.addr));
+            if addrs.contains(&addr) {
+                a.addrs.insert(addr);
             }
             claim_ring(&mut s, name, value.flags & FE_EXTERNAL, value);
         }
@@ -241,6 +242,10 @@ impl Syncer {
             let name = &names[&value.svc_id];
             let a = s.applied.get_mut(name).expect("named above");
             a.frontends_v6.insert(*key, *value);
+            let addr = IpAddr::V6(from_map_v6(key.addr));
+            if addrs.contains(&addr) {
+                a.addrs.insert(addr);
+            }
             claim_ring(&mut s, name, RING_V6 | (value.flags & FE_EXTERNAL), value);
         }
         for (svc_id, addr, len) in &snap.source_ranges {
@@ -251,7 +256,7 @@ impl Syncer {
             svc_id: LEFTOVERS,
             ..Applied::default()
         };
-        let owned: HashSet<u32> = s
+        let owned: HashSet<IpAddr> = s
             .applied
             .values()
             .flat_map(|a| a.addrs.iter().copied())
@@ -696,7 +701,10 @@ struct Peak {
     frontends: usize,
     frontends_v6: usize,
     /// Frontend addresses this sync adds.
-    addrs: HashSet<u32>,
+    addrs: HashSet<IpAddr>,
+    /// Frontend addresses of each family (IPv4, IPv6) in use, those this
+    /// sync adds included.
+    addrs_in_use: [usize; 2],
     /// Source ranges of each family (IPv4, IPv6), which have a map each.
     ranges: [usize; 2],
 }
@@ -707,6 +715,7 @@ impl Peak {
             frontends: s.applied.values().map(|a| a.frontends.len()).sum(),
             frontends_v6: s.applied.values().map(|a| a.frontends_v6.len()).sum(),
             addrs: HashSet::new(),
+            addrs_in_use: family_counts(s.addr_refs.keys()),
             ranges: family_counts(s.applied.values().flat_map(|a| &a.ranges)),
         }
     }
@@ -716,7 +725,7 @@ impl Peak {
         &mut self,
         plan: &Applied,
         old: Option<&Applied>,
-        addr_refs: &HashMap<u32, u32>,
+        addr_refs: &HashMap<IpAddr, u32>,
         room: &Room,
     ) -> std::result::Result<(), String> {
         let frontends = plan
@@ -729,7 +738,7 @@ impl Peak {
             .keys()
             .filter(|k| !old.is_some_and(|o| o.frontends_v6.contains_key(k)))
             .count();
-        let addrs: Vec<u32> = plan
+        let addrs: Vec<IpAddr> = plan
             .addrs
             .iter()
             .filter(|a| !addr_refs.contains_key(a) && !self.addrs.contains(a))
@@ -761,9 +770,12 @@ impl Peak {
                 room.frontends_v6,
             ));
         }
-        let addrs_in_use = addr_refs.len() + self.addrs.len();
-        if addrs_in_use + addrs.len() > room.addrs as usize {
-            return Err(over("ADDRS_V4", addrs_in_use, addrs.len(), room.addrs));
+        let more = family_counts(addrs.iter());
+        for (family, map) in ["ADDRS_V4", "ADDRS_V6"].into_iter().enumerate() {
+            let have = self.addrs_in_use[family];
+            if more[family] > 0 && have + more[family] > room.addrs as usize {
+                return Err(over(map, have, more[family], room.addrs));
+            }
         }
         for (family, map) in ["SOURCE_RANGES_V4", "SOURCE_RANGES_V6"]
             .into_iter()
@@ -781,19 +793,38 @@ impl Peak {
         self.frontends += frontends;
         self.frontends_v6 += frontends_v6;
         self.addrs.extend(addrs);
+        self.addrs_in_use[0] += more[0];
+        self.addrs_in_use[1] += more[1];
         self.ranges[0] += ranges[0];
         self.ranges[1] += ranges[1];
         Ok(())
     }
 }
 
-/// How many of `ranges` are IPv4 and IPv6.
-fn family_counts<'a>(ranges: impl Iterator<Item = &'a (IpAddr, u8)>) -> [usize; 2] {
+/// How many of `items` are IPv4 and IPv6.
+fn family_counts<'a, T: Family + 'a>(items: impl Iterator<Item = &'a T>) -> [usize; 2] {
     let mut n = [0; 2];
-    for (addr, _) in ranges {
-        n[usize::from(addr.is_ipv6())] += 1;
+    for item in items {
+        n[usize::from(item.is_ipv6())] += 1;
     }
     n
+}
+
+/// What `family_counts` counts: addresses, and source ranges by theirs.
+trait Family {
+    fn is_ipv6(&self) -> bool;
+}
+
+impl Family for IpAddr {
+    fn is_ipv6(&self) -> bool {
+        IpAddr::is_ipv6(self)
+    }
+}
+
+impl Family for (IpAddr, u8) {
+    fn is_ipv6(&self) -> bool {
+        self.0.is_ipv6()
+    }
 }
 
 /// Rewrites the listed filter words that differ from the bits still

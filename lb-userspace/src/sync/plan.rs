@@ -49,8 +49,8 @@ pub struct Applied {
     pub frontends: BTreeMap<FrontendKeyV4, FrontendValue>,
     pub frontends_v6: BTreeMap<FrontendKeyV6, FrontendValue>,
     pub backends: BTreeSet<BackendAddr>,
-    /// Frontend addresses whose unknown ports are rejected.
-    pub addrs: BTreeSet<u32>,
+    /// Frontend addresses of both families whose unknown ports are rejected.
+    pub addrs: BTreeSet<IpAddr>,
     /// Address-filter bits as (word, bit).
     pub bits: BTreeSet<(u32, u64)>,
     /// loadBalancerSourceRanges of both families.
@@ -174,7 +174,7 @@ fn fill(
         // On node addresses the node's own ports must keep working: unknown
         // ports there pass to the kernel.
         if !fe.on_node {
-            a.addrs.insert(key.addr);
+            a.addrs.insert(IpAddr::V4(fe.addr));
         }
     }
     // As kube-proxy filters them per family, only IPv6 ranges restrict
@@ -218,6 +218,9 @@ fn fill(
                 _pad: 0,
             },
         );
+        if !fe.on_node {
+            a.addrs.insert(IpAddr::V6(fe.addr));
+        }
     }
     a.bits = filter_bits(a.frontends.keys(), a.frontends_v6.keys(), a.backends.iter());
     Ok(())

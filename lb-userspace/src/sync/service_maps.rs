@@ -15,8 +15,8 @@ pub trait ServiceMaps {
     fn remove_backend_v6(&mut self, id: u32) -> Result<()>;
     fn put_frontend_v6(&mut self, key: FrontendKeyV6, value: FrontendValue) -> Result<()>;
     fn remove_frontend_v6(&mut self, key: &FrontendKeyV6) -> Result<()>;
-    fn put_frontend_addr(&mut self, addr: u32) -> Result<()>;
-    fn remove_frontend_addr(&mut self, addr: u32) -> Result<()>;
+    fn put_frontend_addr(&mut self, addr: std::net::IpAddr) -> Result<()>;
+    fn remove_frontend_addr(&mut self, addr: std::net::IpAddr) -> Result<()>;
     /// Sets each (word, bits) of the address filter, in one step.
     fn put_filter_words(&mut self, words: &[(u32, u64)]) -> Result<()>;
     /// Names a new service id and zeroes its counters (ids are reused).
@@ -47,7 +47,7 @@ pub struct Snapshot {
     /// offset.
     pub rings: Vec<(u32, Vec<u32>)>,
     /// Addresses marked as frontend addresses (rejecting unknown ports).
-    pub frontend_addrs: Vec<u32>,
+    pub frontend_addrs: Vec<std::net::IpAddr>,
     /// loadBalancerSourceRanges: (service id, network, prefix length).
     pub source_ranges: Vec<(u32, std::net::IpAddr, u8)>,
 }
@@ -61,6 +61,7 @@ pub struct Room {
     /// Backend ids index `BACKENDS_V4`.
     pub backends: u32,
     pub frontends: u32,
+    /// Frontend addresses of each family (`ADDRS_V4`, `ADDRS_V6`).
     pub addrs: u32,
     pub frontends_v6: u32,
     /// IPv6 backends at once (their ids come from `backends`' range).

@@ -250,8 +250,10 @@ fn policies_reach_the_frontends() {
         "external ring has only local backends"
     );
     // NodePort addresses are node addresses: unknown ports there are not rejected.
-    assert!(w.maps.addrs.contains_key(&clusterip.0.addr));
-    assert!(!w.maps.addrs.contains_key(&nodeport.0.addr));
+    let addr =
+        |key: &lb_common::FrontendKeyV4| std::net::IpAddr::V4(lb_common::addr::from_map(key.addr));
+    assert!(w.maps.addrs.contains_key(&addr(clusterip.0)));
+    assert!(!w.maps.addrs.contains_key(&addr(nodeport.0)));
     let local: Vec<_> = w
         .maps
         .backends
@@ -493,12 +495,12 @@ fn a_restart_over_stray_pinned_entries_converges() {
     let desired = state(&[("a", service(1, &[1, 2])), ("b", service(2, &[3]))]);
     let (mut s, mut w) = fresh();
     s.sync(&desired, &mut w).unwrap();
-    let stray = lb_common::addr::to_map(Ipv4Addr::new(10, 96, 9, 9));
-    w.maps.addrs.insert(stray, ());
+    let stray = Ipv4Addr::new(10, 96, 9, 9);
+    w.maps.addrs.insert(stray.into(), ());
     w.maps.backends.insert(
         77,
         lb_common::BackendV4 {
-            addr: stray,
+            addr: lb_common::addr::to_map(stray),
             port: 1u16.to_be(),
             flags: 0,
         },

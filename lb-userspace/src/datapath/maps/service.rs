@@ -84,18 +84,21 @@ impl ServiceMaps for Maps {
         absent_ok(self.frontends_v6.remove(key))
     }
 
-    fn put_frontend_addr(&mut self, addr: u32) -> Result<()> {
-        Ok(self.addrs.insert(
-            addr,
-            AddrInfo {
-                flags: ADDR_FRONTEND,
-            },
-            0,
-        )?)
+    fn put_frontend_addr(&mut self, addr: IpAddr) -> Result<()> {
+        let info = AddrInfo {
+            flags: ADDR_FRONTEND,
+        };
+        Ok(match addr {
+            IpAddr::V4(a) => self.addrs.insert(to_map(a), info, 0),
+            IpAddr::V6(a) => self.addrs_v6.insert(to_map_v6(a), info, 0),
+        }?)
     }
 
-    fn remove_frontend_addr(&mut self, addr: u32) -> Result<()> {
-        absent_ok(self.addrs.remove(&addr))
+    fn remove_frontend_addr(&mut self, addr: IpAddr) -> Result<()> {
+        absent_ok(match addr {
+            IpAddr::V4(a) => self.addrs.remove(&to_map(a)),
+            IpAddr::V6(a) => self.addrs_v6.remove(&to_map_v6(a)),
+        })
     }
 
     fn put_filter_words(&mut self, words: &[(u32, u64)]) -> Result<()> {
@@ -138,7 +141,7 @@ impl ServiceMaps for Maps {
             services: entries(self.svc_stats.map())?.min(entries(self.svc_names.map())?),
             backends: entries(self.backends.map())?,
             frontends: entries(self.frontends.map())?,
-            addrs: entries(self.addrs.map())?,
+            addrs: entries(self.addrs.map())?.min(entries(self.addrs_v6.map())?),
             frontends_v6: entries(self.frontends_v6.map())?,
             backends_v6: entries(self.backends_v6.map())?,
             ring_slots: self.slots().len(),
@@ -177,7 +180,13 @@ impl ServiceMaps for Maps {
                 ));
             }
         }
-        let frontend_addrs = self.addrs.keys().collect::<Result<_, _>>()?;
+        let mut frontend_addrs = Vec::new();
+        for addr in self.addrs.keys() {
+            frontend_addrs.push(IpAddr::V4(from_map(addr?)));
+        }
+        for addr in self.addrs_v6.keys() {
+            frontend_addrs.push(IpAddr::V6(from_map_v6(addr?)));
+        }
         let mut source_ranges = Vec::new();
         for key in self.source_ranges.keys() {
             let key = key?;
