@@ -276,17 +276,16 @@ pub(super) fn no_endpoints(bed: &mut Bed) -> Result<Verdict> {
     let tcp = bed.vip("empty", 0)?;
     let udp = bed.vip("empty", 1)?;
     let mut slowest = Duration::ZERO;
-    let mut check =
-        |bed: &Bed, client: &Client, target: SocketAddr, proto: Proto| -> Result<()> {
-            let took = bed.refused(client, target, proto)?;
-            ensure!(
-                took < REFUSE_BOUND,
-                "{client} -> {target}/{proto} refused only after {}",
-                ms(took)
-            );
-            slowest = slowest.max(took);
-            Ok(())
-        };
+    let mut check = |bed: &Bed, client: &Client, target: SocketAddr, proto: Proto| -> Result<()> {
+        let took = bed.refused(client, target, proto)?;
+        ensure!(
+            took < REFUSE_BOUND,
+            "{client} -> {target}/{proto} refused only after {}",
+            ms(took)
+        );
+        slowest = slowest.max(took);
+        Ok(())
+    };
     for client in both_clients(bed)? {
         check(bed, &client, tcp, Proto::Tcp)?;
         check(bed, &client, udp, Proto::Udp)?;
