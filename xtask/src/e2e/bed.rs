@@ -73,6 +73,7 @@ pub struct Bed {
 pub struct Client {
     pub name: String,
     pub ns: String,
+    /// Its address of the family of the scenario that made it.
     pub addr: IpAddr,
     /// The node whose data plane sees its packets first (a pod's own
     /// node); `None` outside the cluster.
