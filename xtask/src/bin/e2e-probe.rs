@@ -2,7 +2,8 @@
 //! only.
 //!
 //! `e2e-probe server --pod NAME` runs in a pod and listens on TCP ports
-//! 8080, 8081, 8083 and 8053 and UDP ports 8080 and 8054. Over TCP it
+//! 8080, 8081, 8083 and 8053 and UDP ports 8080 and 8054, over IPv4 and
+//! IPv6. Over TCP it
 //! answers lines: `WHO` with one line saying who answered and whom it saw,
 //! `BULK <bytes>` with that many bytes of a known pattern, then it closes;
 //! `UPLOAD <bytes>` reads that many bytes of the pattern, checks each, and
@@ -64,14 +65,16 @@ fn pattern(offset: usize) -> u8 {
 
 fn server(pod: &str) -> io::Result<()> {
     let pod: &'static str = Box::leak(pod.to_owned().into_boxed_str());
+    // `::` takes both families on one socket (net.ipv6.bindv6only=0, the
+    // distributions' default), as the counter app does.
     for port in UDP_PORTS {
-        let socket = UdpSocket::bind(("0.0.0.0", port))
+        let socket = UdpSocket::bind(("::", port))
             .map_err(|e| io::Error::other(format!("UDP port {port}: {e}")))?;
         thread::spawn(move || serve_udp(pod, socket));
     }
     let mut listeners = Vec::new();
     for port in TCP_PORTS.iter().rev() {
-        let listener = TcpListener::bind(("0.0.0.0", *port))
+        let listener = TcpListener::bind(("::", *port))
             .map_err(|e| io::Error::other(format!("TCP port {port}: {e}")))?;
         listeners.push(listener);
     }
@@ -99,7 +102,10 @@ fn server(pod: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// An IPv4 peer of a dual-stack socket shows as `::ffff:a.b.c.d`; the
+/// line gives it as the IPv4 address it is.
 fn who_line(pod: &str, proto: &str, peer: SocketAddr, port: u16) -> String {
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     format!("pod={pod} proto={proto} peer={peer} port={port}\n")
 }
 
@@ -233,7 +239,11 @@ fn who_tcp(target: SocketAddr) -> io::Result<String> {
 /// An unconnected socket, so the source address of the reply is the one
 /// the socket layer reports, not one a connected socket filters on.
 fn who_udp(target: SocketAddr) -> io::Result<String> {
-    let socket = UdpSocket::bind(("0.0.0.0", 0))?;
+    let any = match target {
+        SocketAddr::V4(_) => "0.0.0.0",
+        SocketAddr::V6(_) => "::",
+    };
+    let socket = UdpSocket::bind((any, 0))?;
     socket.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     let mut buf = [0u8; 1500];
     let mut last = None;

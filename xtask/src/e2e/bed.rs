@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -17,7 +17,7 @@ use super::probe::{self, Attempt, Conn, Proto, Who};
 use crate::progress::{self, check_interrupt, wait_for};
 use testbed::{
     apps,
-    cluster::{self, Cluster, CLIENT_ADDR},
+    cluster::{self, Cluster, CLIENT_ADDR, CLIENT_ADDR6},
     control_plane::{self, App, Pod, State},
     lb_pool,
     netns::in_netns,
@@ -29,8 +29,34 @@ pub const REVERSE_SLICE_PORTS: &str = "e2e.xdplb.dev/reverse-slice-ports";
 /// Pod creation to the agent attached to the pod's veth.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The address family a scenario runs in: every address the bed hands out
+/// (pods', nodes', the client's, ClusterIPs, LoadBalancer IPs) is of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Family {
+    #[default]
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn is_v6(self) -> bool {
+        self == Family::V6
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
 pub struct Bed {
     pub cluster: Cluster,
+    /// The family of the scenario that runs.
+    pub family: Family,
     pub state: State,
     /// Where xdplb, counter and e2e-probe are.
     pub bin: PathBuf,
@@ -47,7 +73,8 @@ pub struct Bed {
 pub struct Client {
     pub name: String,
     pub ns: String,
-    pub addr: Ipv4Addr,
+    /// Its address of the family of the scenario that made it.
+    pub addr: IpAddr,
     /// The node whose data plane sees its packets first (a pod's own
     /// node); `None` outside the cluster.
     pub node: Option<String>,
@@ -71,13 +98,21 @@ impl Bed {
             .with_context(|| format!("no pod {name}"))
     }
 
-    pub fn node_addr(&self, node: &str) -> Result<Ipv4Addr> {
+    /// The node's address on the LAN, of the bed's family.
+    pub fn node_addr(&self, node: &str) -> Result<IpAddr> {
         self.cluster
             .nodes
             .iter()
             .find(|n| n.name == node)
-            .map(|n| n.addr)
+            .map(|n| self.pick(n.addr.into(), n.addr6.into()))
             .with_context(|| format!("no node {node}"))
+    }
+
+    fn pick(&self, v4: IpAddr, v6: IpAddr) -> IpAddr {
+        match self.family {
+            Family::V4 => v4,
+            Family::V6 => v6,
+        }
     }
 
     pub fn node_names(&self) -> Vec<String> {
@@ -89,7 +124,7 @@ impl Bed {
         Ok(Client {
             name: pod.name.clone(),
             ns: self.cluster.run.ns(&pod.name),
-            addr: pod.addr,
+            addr: self.pick(pod.addr.into(), pod.addr6.into()),
             node: Some(pod.node.clone()),
         })
     }
@@ -98,7 +133,7 @@ impl Bed {
         Client {
             name: "client".into(),
             ns: self.cluster.run.ns("client"),
-            addr: CLIENT_ADDR,
+            addr: self.pick(CLIENT_ADDR.into(), CLIENT_ADDR6.into()),
             node: None,
         }
     }
@@ -119,27 +154,35 @@ impl Bed {
             .with_context(|| format!("Service {name} has no ports[{port}].{field}"))
     }
 
-    /// ClusterIP and port `port` (an index into spec.ports).
-    pub fn vip(&self, name: &str, port: usize) -> Result<SocketAddrV4> {
-        let ip = self.service(name)?["spec"]["clusterIP"]
-            .as_str()
-            .and_then(|ip| ip.parse().ok())
-            .with_context(|| format!("Service {name} has no ClusterIP"))?;
-        Ok(SocketAddrV4::new(ip, self.port_field(name, port, "port")?))
+    /// ClusterIP of the bed's family and port `port` (an index into
+    /// spec.ports).
+    pub fn vip(&self, name: &str, port: usize) -> Result<SocketAddr> {
+        let ip = control_plane::cluster_ip_of_family(self.service(name)?, self.family.is_v6())
+            .with_context(|| format!("Service {name} has no {} ClusterIP", self.family))?;
+        Ok(SocketAddr::new(ip, self.port_field(name, port, "port")?))
     }
 
-    pub fn node_port(&self, name: &str, port: usize, node: &str) -> Result<SocketAddrV4> {
-        Ok(SocketAddrV4::new(
+    pub fn node_port(&self, name: &str, port: usize, node: &str) -> Result<SocketAddr> {
+        Ok(SocketAddr::new(
             self.node_addr(node)?,
             self.port_field(name, port, "nodePort")?,
         ))
     }
 
-    pub fn lb_ip(&self, name: &str, port: usize) -> Result<SocketAddrV4> {
-        let ip = control_plane::ingress_ips(self.service(name)?)
-            .next()
-            .with_context(|| format!("Service {name} has no LoadBalancer ingress IP"))?;
-        Ok(SocketAddrV4::new(ip, self.port_field(name, port, "port")?))
+    /// The Service's first LoadBalancer ingress IP of the bed's family.
+    pub fn lb_ip(&self, name: &str, port: usize) -> Result<SocketAddr> {
+        let svc = self.service(name)?;
+        let ip = match self.family {
+            Family::V4 => control_plane::ingress_ips(svc).next().map(IpAddr::V4),
+            Family::V6 => control_plane::ingress_ips_v6(svc).next().map(IpAddr::V6),
+        }
+        .with_context(|| {
+            format!(
+                "Service {name} has no {} LoadBalancer ingress IP",
+                self.family
+            )
+        })?;
+        Ok(SocketAddr::new(ip, self.port_field(name, port, "port")?))
     }
 
     /// Writes the control plane's objects into every node's manifests
@@ -183,11 +226,18 @@ impl Bed {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         pod.named_ports = ports.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        self.add_pod(pod)
+    }
+
+    /// [`Bed::add_probe_pod`] for a pod of any app, placed by
+    /// [`State::place_pod`].
+    pub fn add_pod(&mut self, pod: Pod) -> Result<()> {
+        let (name, node) = (pod.name.clone(), pod.node.clone());
         self.cluster.add_pod(&pod, &self.state.hosts_file(&pod))?;
         apps::start_pod(&mut self.cluster, &pod, &self.bin, &self.redis)?;
         progress::wait_pod(&mut self.cluster, &pod)?;
-        let pin = self.cluster.run.pin_path(node);
-        let veth = cluster::pod_iface(name);
+        let pin = self.cluster.run.pin_path(&node);
+        let veth = cluster::pod_iface(&name);
         wait_for(
             &format!("the agent on {node} attaching to {veth}"),
             ATTACH_TIMEOUT,
@@ -208,14 +258,14 @@ impl Bed {
     /// The node whose data plane handles `client`'s packets to `target`
     /// first: a pod's node, the node whose address is the target, or (a
     /// LoadBalancer IP) the node the router sends LoadBalancer IPs to.
-    pub fn entry_node(&self, client: &Client, target: SocketAddrV4) -> String {
+    pub fn entry_node(&self, client: &Client, target: SocketAddr) -> String {
         if let Some(node) = &client.node {
             return node.clone();
         }
         self.cluster
             .nodes
             .iter()
-            .find(|n| n.addr == *target.ip())
+            .find(|n| target.ip() == n.addr || target.ip() == n.addr6)
             .unwrap_or(&self.cluster.nodes[0])
             .name
             .clone()
@@ -236,13 +286,13 @@ impl Bed {
     fn explained<T>(
         &self,
         client: &Client,
-        target: SocketAddrV4,
+        target: SocketAddr,
         proto: Proto,
         attempt: Attempt<T>,
     ) -> Result<T> {
         attempt.result.map_err(|err| {
             let node = self.entry_node(client, target);
-            let src = SocketAddrV4::new(client.addr, attempt.source.port());
+            let src = SocketAddr::new(client.addr, attempt.source.port());
             let explain = self.explain(&node, src, target, proto);
             err.context(format!(
                 "{client} -> {target}/{proto} from port {} after {:.0} ms\n      \
@@ -254,7 +304,7 @@ impl Bed {
         })
     }
 
-    pub fn ask(&self, client: &Client, target: SocketAddrV4, proto: Proto) -> Result<Who> {
+    pub fn ask(&self, client: &Client, target: SocketAddr, proto: Proto) -> Result<Who> {
         let attempt = self.run_in(client, || probe::who(target, proto))??;
         self.explained(client, target, proto, attempt)
     }
@@ -264,7 +314,7 @@ impl Bed {
     pub fn ask_n(
         &self,
         client: &Client,
-        target: SocketAddrV4,
+        target: SocketAddr,
         proto: Proto,
         n: usize,
     ) -> Result<Vec<Who>> {
@@ -288,37 +338,31 @@ impl Bed {
 
     /// The time a refused request took to be refused; an error if it was
     /// answered, timed out, or failed otherwise.
-    pub fn refused(&self, client: &Client, target: SocketAddrV4, proto: Proto) -> Result<Duration> {
+    pub fn refused(&self, client: &Client, target: SocketAddr, proto: Proto) -> Result<Duration> {
         let attempt = self.run_in(client, || probe::refusal(target, proto))??;
         let took = attempt.took;
         self.explained(client, target, proto, attempt)?;
         Ok(took)
     }
 
-    pub fn bulk(&self, client: &Client, target: SocketAddrV4, size: usize) -> Result<Duration> {
+    pub fn bulk(&self, client: &Client, target: SocketAddr, size: usize) -> Result<Duration> {
         let attempt = self.run_in(client, || probe::bulk(target, size))??;
         self.explained(client, target, Proto::Tcp, attempt)
     }
 
     /// Uploads `size` bytes; the pod that received them.
-    pub fn upload(&self, client: &Client, target: SocketAddrV4, size: usize) -> Result<String> {
+    pub fn upload(&self, client: &Client, target: SocketAddr, size: usize) -> Result<String> {
         let attempt = self.run_in(client, || probe::upload(target, size))??;
         self.explained(client, target, Proto::Tcp, attempt)
     }
 
-    pub fn open(&self, client: &Client, target: SocketAddrV4) -> Result<Conn> {
+    pub fn open(&self, client: &Client, target: SocketAddr) -> Result<Conn> {
         self.run_in(client, || probe::Conn::open(target))?
             .with_context(|| format!("{client}: a long-lived connection to {target}"))
     }
 
     /// `xdplb explain` on `node`, or why it could not say.
-    pub fn explain(
-        &self,
-        node: &str,
-        src: SocketAddrV4,
-        dst: SocketAddrV4,
-        proto: Proto,
-    ) -> String {
+    pub fn explain(&self, node: &str, src: SocketAddr, dst: SocketAddr, proto: Proto) -> String {
         let pin = self.cluster.run.pin_path(node);
         let Ok(pin) = apps::path_str(&pin) else {
             return "(pin path not UTF-8)".into();

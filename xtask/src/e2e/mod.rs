@@ -24,7 +24,7 @@ use crate::{
     prepare,
     progress::{self, seconds, Progress},
 };
-use bed::{Bed, REVERSE_SLICE_PORTS};
+use bed::{Bed, Family, REVERSE_SLICE_PORTS};
 use testbed::{
     apps,
     cluster::{self, Cluster, NodeProfile, PodLayout},
@@ -100,9 +100,22 @@ pub enum Verdict {
     NotYetSupported(String),
 }
 
+#[derive(Clone, Copy)]
 pub struct Scenario {
     pub name: &'static str,
     pub run: fn(&mut Bed) -> Result<Verdict>,
+    /// The family of every address the bed hands the scenario.
+    pub family: Family,
+}
+
+impl Scenario {
+    /// The name as the suite lists it: IPv6 scenarios say so first.
+    fn title(&self) -> String {
+        match self.family {
+            Family::V4 => self.name.to_string(),
+            Family::V6 => format!("IPv6: {}", self.name),
+        }
+    }
 }
 
 const SETUP_STEPS: usize = 8;
@@ -219,7 +232,9 @@ fn run_cell(
             continue;
         }
         progress::check_interrupt()?;
-        eprintln!("\n[{number:>2}/{}] {}", scenarios.len(), scenario.name);
+        let title = scenario.title();
+        eprintln!("\n[{number:>2}/{}] {title}", scenarios.len());
+        bed.family = scenario.family;
         let t = Instant::now();
         let result = (scenario.run)(&mut bed);
         let took = t.elapsed();
@@ -238,7 +253,7 @@ fn run_cell(
                 Status::Fail
             }
         };
-        results.push((number, scenario.name, status, took));
+        results.push((number, title, status, took));
     }
     if keep {
         eprintln!(
@@ -265,7 +280,7 @@ enum Status {
 
 fn summary(
     profile: NodeProfile,
-    results: &[(usize, &str, Status, Duration)],
+    results: &[(usize, String, Status, Duration)],
     took: Duration,
 ) -> CellOutcome {
     eprintln!("\nend-to-end scenarios ({profile}):");
@@ -373,6 +388,7 @@ fn setup(profile: NodeProfile) -> Result<Bed> {
     )?;
     let mut bed = Bed {
         cluster,
+        family: Family::V4,
         state,
         bin,
         redis,
@@ -449,13 +465,20 @@ fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 /// A Service as a manifest would have it, before the API server allocates
-/// its addresses.
+/// its addresses: dual-stack, IPv4 first, so that each scenario runs in
+/// both families on the same Services (issue #14).
 pub fn service(name: &str, kind: &str, selector: Value, ports: Value) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": { "name": name, "namespace": "default" },
-        "spec": { "type": kind, "selector": selector, "ports": ports },
+        "spec": {
+            "type": kind,
+            "selector": selector,
+            "ports": ports,
+            "ipFamilyPolicy": "PreferDualStack",
+            "ipFamilies": ["IPv4", "IPv6"],
+        },
     })
 }
 
@@ -486,6 +509,9 @@ fn services() -> Vec<Value> {
     np_local["spec"]["externalTrafficPolicy"] = json!("Local");
     let mut lb_pool = service("lb-pool", "LoadBalancer", web.clone(), web_port());
     lb_pool["spec"]["loadBalancerClass"] = json!("xdplb.io/l2");
+    // The agents' pools are IPv4.
+    lb_pool["spec"]["ipFamilyPolicy"] = json!("SingleStack");
+    lb_pool["spec"]["ipFamilies"] = json!(["IPv4"]);
     let mut sticky = service("sticky", "NodePort", web.clone(), web_port());
     sticky["spec"]["sessionAffinity"] = json!("ClientIP");
     vec![

@@ -5,7 +5,7 @@
 use std::{
     fmt,
     io::{BufRead, BufReader, ErrorKind, Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
 
@@ -42,7 +42,7 @@ impl fmt::Display for Proto {
 pub struct Who {
     pub pod: String,
     pub proto: String,
-    pub peer: SocketAddrV4,
+    pub peer: SocketAddr,
     pub port: u16,
 }
 
@@ -80,30 +80,35 @@ impl Who {
 
 /// A request's outcome and the local address it was sent from.
 pub struct Attempt<T> {
-    pub source: SocketAddrV4,
+    pub source: SocketAddr,
     pub took: Duration,
     pub result: Result<T>,
 }
 
-fn bound_socket(proto: Proto) -> Result<(Socket, SocketAddrV4)> {
+/// A socket of `target`'s family.
+fn bound_socket(proto: Proto, target: SocketAddr) -> Result<(Socket, SocketAddr)> {
+    let (domain, any) = match target {
+        SocketAddr::V4(_) => (Domain::IPV4, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        SocketAddr::V6(_) => (Domain::IPV6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+    };
     let socket = match proto {
-        Proto::Tcp => Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?,
-        Proto::Udp => Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?,
+        Proto::Tcp => Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?,
+        Proto::Udp => Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?,
     };
     // Bound first so the source port is known even when nothing answers.
-    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)).into())?;
+    socket.bind(&SocketAddr::new(any, 0).into())?;
     let local = socket
         .local_addr()?
-        .as_socket_ipv4()
-        .context("local address is not IPv4")?;
+        .as_socket()
+        .context("local address is not IP")?;
     Ok((socket, local))
 }
 
 /// One `WHO` to `target`, on a new connection (TCP) or socket (UDP). A UDP
 /// socket is connected, so only a reply from `target` itself counts: one
 /// the data plane failed to translate back is not taken.
-pub fn who(target: SocketAddrV4, proto: Proto) -> Result<Attempt<Who>> {
-    let (socket, source) = bound_socket(proto)?;
+pub fn who(target: SocketAddr, proto: Proto) -> Result<Attempt<Who>> {
+    let (socket, source) = bound_socket(proto, target)?;
     let started = Instant::now();
     let result = match proto {
         Proto::Tcp => who_tcp(socket, target),
@@ -116,9 +121,9 @@ pub fn who(target: SocketAddrV4, proto: Proto) -> Result<Attempt<Who>> {
     })
 }
 
-fn who_tcp(socket: Socket, target: SocketAddrV4) -> Result<Who> {
+fn who_tcp(socket: Socket, target: SocketAddr) -> Result<Who> {
     socket
-        .connect_timeout(&SocketAddr::V4(target).into(), CONNECT_TIMEOUT)
+        .connect_timeout(&target.into(), CONNECT_TIMEOUT)
         .with_context(|| format!("connecting to {target}"))?;
     let stream = TcpStream::from(socket);
     ask(&stream).with_context(|| format!("asking {target}"))
@@ -141,7 +146,7 @@ fn ask(stream: &TcpStream) -> Result<Who> {
     Who::parse(line.trim_end())
 }
 
-fn who_udp(socket: Socket, target: SocketAddrV4) -> Result<Who> {
+fn who_udp(socket: Socket, target: SocketAddr) -> Result<Who> {
     let socket = UdpSocket::from(socket);
     socket.connect(target)?;
     socket.set_read_timeout(Some(CONNECT_TIMEOUT))?;
@@ -162,12 +167,12 @@ fn who_udp(socket: Socket, target: SocketAddrV4) -> Result<Who> {
 
 /// A request that must be refused: the error it got, which must be
 /// "connection refused" (a TCP RST, or for UDP an ICMP port unreachable).
-pub fn refusal(target: SocketAddrV4, proto: Proto) -> Result<Attempt<()>> {
-    let (socket, source) = bound_socket(proto)?;
+pub fn refusal(target: SocketAddr, proto: Proto) -> Result<Attempt<()>> {
+    let (socket, source) = bound_socket(proto, target)?;
     let started = Instant::now();
     let outcome = match proto {
         Proto::Tcp => socket
-            .connect_timeout(&SocketAddr::V4(target).into(), CONNECT_TIMEOUT)
+            .connect_timeout(&target.into(), CONNECT_TIMEOUT)
             .map(drop),
         Proto::Udp => {
             let socket = UdpSocket::from(socket);
@@ -202,8 +207,8 @@ pub fn refusal(target: SocketAddrV4, proto: Proto) -> Result<Attempt<()>> {
 
 /// Fetches `size` bytes of the server's pattern from `target` and checks
 /// every byte.
-pub fn bulk(target: SocketAddrV4, size: usize) -> Result<Attempt<Duration>> {
-    let (socket, source) = bound_socket(Proto::Tcp)?;
+pub fn bulk(target: SocketAddr, size: usize) -> Result<Attempt<Duration>> {
+    let (socket, source) = bound_socket(Proto::Tcp, target)?;
     let started = Instant::now();
     let result = fetch(socket, target, size, started);
     Ok(Attempt {
@@ -214,8 +219,8 @@ pub fn bulk(target: SocketAddrV4, size: usize) -> Result<Attempt<Duration>> {
 }
 
 /// Sends `size` bytes of the pattern to `target`; the pod that checked them.
-pub fn upload(target: SocketAddrV4, size: usize) -> Result<Attempt<String>> {
-    let (socket, source) = bound_socket(Proto::Tcp)?;
+pub fn upload(target: SocketAddr, size: usize) -> Result<Attempt<String>> {
+    let (socket, source) = bound_socket(Proto::Tcp, target)?;
     let started = Instant::now();
     let result = send_pattern(socket, target, size);
     Ok(Attempt {
@@ -225,9 +230,9 @@ pub fn upload(target: SocketAddrV4, size: usize) -> Result<Attempt<String>> {
     })
 }
 
-fn send_pattern(socket: Socket, target: SocketAddrV4, size: usize) -> Result<String> {
+fn send_pattern(socket: Socket, target: SocketAddr, size: usize) -> Result<String> {
     socket
-        .connect_timeout(&SocketAddr::V4(target).into(), CONNECT_TIMEOUT)
+        .connect_timeout(&target.into(), CONNECT_TIMEOUT)
         .with_context(|| format!("connecting to {target}"))?;
     let mut stream = TcpStream::from(socket);
     stream.set_read_timeout(Some(BULK_STALL))?;
@@ -248,9 +253,9 @@ fn send_pattern(socket: Socket, target: SocketAddrV4, size: usize) -> Result<Str
     Ok(pod.to_string())
 }
 
-fn fetch(socket: Socket, target: SocketAddrV4, size: usize, started: Instant) -> Result<Duration> {
+fn fetch(socket: Socket, target: SocketAddr, size: usize, started: Instant) -> Result<Duration> {
     socket
-        .connect_timeout(&SocketAddr::V4(target).into(), CONNECT_TIMEOUT)
+        .connect_timeout(&target.into(), CONNECT_TIMEOUT)
         .with_context(|| format!("connecting to {target}"))?;
     let mut stream = TcpStream::from(socket);
     stream.set_read_timeout(Some(BULK_STALL))?;
@@ -296,22 +301,20 @@ fn fetch(socket: Socket, target: SocketAddrV4, size: usize, started: Instant) ->
 /// answered by the same pod, seeing the same peer, as the first.
 pub struct Conn {
     stream: TcpStream,
-    pub source: SocketAddrV4,
-    pub target: SocketAddrV4,
+    pub source: SocketAddr,
+    pub target: SocketAddr,
     pub first: Who,
     pub exchanges: usize,
 }
 
 impl Conn {
-    pub fn open(target: SocketAddrV4) -> Result<Self> {
-        let (socket, _) = bound_socket(Proto::Tcp)?;
+    pub fn open(target: SocketAddr) -> Result<Self> {
+        let (socket, _) = bound_socket(Proto::Tcp, target)?;
         socket
-            .connect_timeout(&SocketAddr::V4(target).into(), CONNECT_TIMEOUT)
+            .connect_timeout(&target.into(), CONNECT_TIMEOUT)
             .with_context(|| format!("connecting to {target}"))?;
         let stream = TcpStream::from(socket);
-        let SocketAddr::V4(source) = stream.local_addr()? else {
-            bail!("an IPv4 connection with a local address that is not IPv4");
-        };
+        let source = stream.local_addr()?;
         let first = ask(&stream).with_context(|| format!("asking {target}"))?;
         Ok(Self {
             stream,
@@ -359,6 +362,8 @@ mod tests {
         let udp = Who::parse("pod=web-2 proto=udp peer=10.244.1.5:1 port=8054 from=10.96.0.20:53")
             .unwrap();
         assert_eq!(udp.proto, "udp");
+        let v6 = Who::parse("pod=web-1 proto=tcp peer=[fd00:244:1::4]:40000 port=8080").unwrap();
+        assert_eq!(v6.peer, "[fd00:244:1::4]:40000".parse().unwrap());
         assert!(Who::parse("ERROR connecting").is_err());
     }
 }

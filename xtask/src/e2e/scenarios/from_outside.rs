@@ -37,7 +37,7 @@ pub(super) fn node_ports(bed: &mut Bed) -> Result<Verdict> {
         )?;
         for who in &answers {
             ensure!(
-                *who.peer.ip() == outside.addr,
+                who.peer.ip() == outside.addr,
                 "Local policy, {target} on {node}: {} saw {}, not the client's address {}",
                 who.pod,
                 who.peer,
@@ -104,7 +104,7 @@ fn lb_pool_steps(bed: &mut Bed) -> Result<Verdict> {
         },
     )?;
     let addr = addr.context("no address")?;
-    let target = SocketAddrV4::new(addr, 80);
+    let target = SocketAddr::new(addr.into(), 80);
     let frontend = format!("{target}/TCP");
     note(format!(
         "lb-pool got {addr} from {} ({})",

@@ -61,7 +61,7 @@ fn node_client<T: NodeAnswer>(
     bed: &Bed,
     node: &str,
     proto: Proto,
-    target: SocketAddrV4,
+    target: SocketAddr,
     count: usize,
 ) -> Result<Vec<T>> {
     let mut command = bed.cluster.node_command(node, &bed.bin.join("e2e-probe"))?;
@@ -80,7 +80,7 @@ fn node_client<T: NodeAnswer>(
     if !ok || answers.iter().any(Result::is_err) {
         let explain = bed.explain(
             node,
-            SocketAddrV4::new(bed.node_addr(node)?, 40000),
+            SocketAddr::new(bed.node_addr(node)?, 40000),
             target,
             proto,
         );
@@ -111,7 +111,7 @@ impl NodeAnswer for Who {
 }
 
 /// A UDP answer and the source address the socket layer reported.
-impl NodeAnswer for (Who, SocketAddrV4) {
+impl NodeAnswer for (Who, SocketAddr) {
     fn parse(line: &str) -> Result<Self> {
         let from = line
             .split_whitespace()

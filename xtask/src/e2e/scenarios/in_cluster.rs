@@ -94,7 +94,7 @@ pub(super) fn source_ip(bed: &mut Bed) -> Result<Verdict> {
                     "{client} -> {vip} answered by {who}, not {pod}"
                 );
                 ensure!(
-                    *who.peer.ip() == client.addr,
+                    who.peer.ip() == client.addr,
                     "{client} -> {svc} {vip}: {pod} saw {}, not the client pod's address",
                     who.peer
                 );
@@ -133,7 +133,7 @@ pub(super) fn hairpin(bed: &mut Bed) -> Result<Verdict> {
         for who in bed.ask_n(&client, vip, Proto::Tcp, 5)? {
             ensure!(who.pod == pod, "{pod} -> {vip} answered by {who}");
             ensure!(
-                *who.peer.ip() == seen_as,
+                who.peer.ip() == seen_as,
                 "{pod} -> {vip}: the pod saw itself as {}, expected {whose} address {seen_as}",
                 who.peer
             );
@@ -168,7 +168,7 @@ fn up_and_down_steps(bed: &mut Bed, names: &[&str; 3]) -> Result<Verdict> {
     let mut conn = bed.open(&clients[0], web)?;
     // A request to a ClusterIP no data plane knows waits out its timeout,
     // so the nodes' maps tell when a change is applied.
-    let in_maps = |bed: &Bed, vip: SocketAddrV4, present: bool| -> Result<Duration> {
+    let in_maps = |bed: &Bed, vip: SocketAddr, present: bool| -> Result<Duration> {
         let frontend = format!("{vip}/TCP");
         let (took, _) = within(
             &format!("{frontend} listed = {present} on every node"),
@@ -276,17 +276,16 @@ pub(super) fn no_endpoints(bed: &mut Bed) -> Result<Verdict> {
     let tcp = bed.vip("empty", 0)?;
     let udp = bed.vip("empty", 1)?;
     let mut slowest = Duration::ZERO;
-    let mut check =
-        |bed: &Bed, client: &Client, target: SocketAddrV4, proto: Proto| -> Result<()> {
-            let took = bed.refused(client, target, proto)?;
-            ensure!(
-                took < REFUSE_BOUND,
-                "{client} -> {target}/{proto} refused only after {}",
-                ms(took)
-            );
-            slowest = slowest.max(took);
-            Ok(())
-        };
+    let mut check = |bed: &Bed, client: &Client, target: SocketAddr, proto: Proto| -> Result<()> {
+        let took = bed.refused(client, target, proto)?;
+        ensure!(
+            took < REFUSE_BOUND,
+            "{client} -> {target}/{proto} refused only after {}",
+            ms(took)
+        );
+        slowest = slowest.max(took);
+        Ok(())
+    };
     for client in both_clients(bed)? {
         check(bed, &client, tcp, Proto::Tcp)?;
         check(bed, &client, udp, Proto::Udp)?;
@@ -315,7 +314,7 @@ pub(super) fn affinity(bed: &mut Bed) -> Result<Verdict> {
     let web = bed.vip("web", 0)?;
     let answers = bed.ask_n(&clients[0], web, Proto::Tcp, SPREAD)?;
     answered_by("without affinity", &answers, &["web-1", "web-2"])?;
-    let mut targets: Vec<(Client, SocketAddrV4)> = clients
+    let mut targets: Vec<(Client, SocketAddr)> = clients
         .iter()
         .map(|c| Ok((c.clone(), bed.vip("sticky", 0)?)))
         .collect::<Result<_>>()?;
@@ -370,8 +369,62 @@ pub(super) fn tcp_and_udp(bed: &mut Bed) -> Result<Verdict> {
 }
 
 /// The demo's counting: each counter pod increments a key in Redis through
-/// the `redis` ClusterIP, from its own node's data plane.
+/// the `redis` ClusterIP, from its own node's data plane. The seed's
+/// counters name Redis by its hosts entry, the IPv4 ClusterIP; over IPv6 a
+/// counter on each node is given Redis' IPv6 ClusterIP instead, as
+/// Kubernetes' `REDIS_SERVICE_HOST` gives it to the clients of an
+/// IPv6-first Service.
 pub(super) fn redis_counting(bed: &mut Bed) -> Result<Verdict> {
+    let counters = match bed.family {
+        Family::V4 => bed
+            .state
+            .pods
+            .iter()
+            .filter(|p| p.app == App::Counter)
+            .map(|p| p.name.clone())
+            .collect(),
+        Family::V6 => start_ipv6_counters(bed)?,
+    };
+    let result = count_through_redis(bed, &counters);
+    if bed.family == Family::V6 {
+        for pod in &counters {
+            bed.remove_endpoints_of(pod)?;
+            bed.cluster.remove_pod(pod)?;
+        }
+    }
+    result
+}
+
+/// A counter on each node, configured as the seed's but with Redis' IPv6
+/// ClusterIP for its host; their names.
+fn start_ipv6_counters(bed: &mut Bed) -> Result<Vec<String>> {
+    let redis = bed.vip("redis", 0)?.ip().to_string();
+    let seed = bed
+        .state
+        .pods
+        .iter()
+        .find(|p| p.app == App::Counter)
+        .context("the seed runs no counter")?;
+    let mut env = seed.env.clone();
+    let host = env
+        .iter_mut()
+        .find(|(k, _)| k == "REDIS_HOST")
+        .context("the seed's counter has no REDIS_HOST")?;
+    host.1 = redis;
+    let mut names = Vec::new();
+    for (n, node) in bed.node_names().iter().enumerate() {
+        let name = format!("counter-ipv6-{}", n + 1);
+        let mut pod = bed.state.place_pod(&name, node, App::Counter)?;
+        pod.env = env.clone();
+        // No Service selects them.
+        pod.labels = [("app".to_string(), "counter-ipv6".to_string())].into();
+        bed.add_pod(pod)?;
+        names.push(name);
+    }
+    Ok(names)
+}
+
+fn count_through_redis(bed: &Bed, counters: &[String]) -> Result<Verdict> {
     let client = bed.pod_client("client-1")?;
     let redis = bed.vip("redis", 0)?;
     let frontend = format!("{redis}/TCP");
@@ -383,23 +436,18 @@ pub(super) fn redis_counting(bed: &mut Bed) -> Result<Verdict> {
             .collect()
     };
     let before = packets(bed)?;
-    let counters: Vec<(String, Ipv4Addr, String)> = bed
-        .state
-        .pods
-        .iter()
-        .filter(|p| p.app == App::Counter)
-        .map(|p| (p.name.clone(), p.addr, p.node.clone()))
-        .collect();
     ensure!(
         counters.len() >= 2,
-        "the seed should run a counter on each node"
+        "there should be a counter on each node"
     );
     let mut last: Option<i64> = None;
     let mut rows = Vec::new();
     for _ in 0..3 {
-        for (pod, addr, node) in &counters {
-            let target = SocketAddrV4::new(*addr, COUNTER_PORT);
-            let outcome = bed.run_in(&client, || traffic::get(target))??;
+        for pod in counters {
+            let counter = bed.pod_client(pod)?;
+            let node = counter.node.unwrap_or_default();
+            let target = SocketAddr::new(counter.addr, COUNTER_PORT);
+            let outcome = bed.run_in(&client, || traffic::get_any(target))??;
             let answer = outcome
                 .answer
                 .with_context(|| format!("GET http://{target}/ ({pod} on {node})"))?;

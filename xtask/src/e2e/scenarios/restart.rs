@@ -37,8 +37,8 @@ pub(super) fn agent_restart(bed: &mut Bed) -> Result<Verdict> {
     check_all(&mut conns, "while the agent is gone")?;
     bed.ask(&outside, nodeport, Proto::Tcp)
         .context("a new connection while the agent is gone")?;
-    let restarts = bed.agents.len();
-    let label = format!("agent-{node}-restart-{restarts}");
+    // One restart per family: the label (and log) of each is its own.
+    let label = format!("agent-{node}-restart-{}", bed.family);
     let t = Instant::now();
     apps::start_agent(&mut bed.cluster, node, &bed.bin, &label)?;
     bed.agents.insert(node.into(), label.clone());
