@@ -1,5 +1,6 @@
 //! Path MTU discovery through the translation, towards the backend and
-//! towards the sender.
+//! towards the sender, in either family: ICMP fragmentation needed, or
+//! ICMPv6 Packet Too Big.
 use super::*;
 
 const BULK_SIZE: usize = 200 * 1024;
@@ -48,9 +49,9 @@ fn path_mtu_steps(bed: &mut Bed) -> Result<Verdict> {
     for (what, target) in targets {
         // Forget what earlier transfers taught the pods about the path.
         for ns in &web_pods {
-            netns::exec(ns, "ip", &["route", "flush", "cache"])?;
+            forget_path_mtus(ns, bed.family)?;
         }
-        let icmp_before = dest_unreachables_sent(&router)?;
+        let icmp_before = too_big_sent(&router, bed.family)?;
         let xlate_before = bed
             .stats(node)?
             .get("xlate_icmp_error")
@@ -59,7 +60,7 @@ fn path_mtu_steps(bed: &mut Bed) -> Result<Verdict> {
         let took = bed.bulk(&outside, target, BULK_SIZE).with_context(|| {
             format!("{what}: {BULK_SIZE} bytes over a path with a {SMALL_MTU}-byte hop")
         })?;
-        let sent = dest_unreachables_sent(&router)? - icmp_before;
+        let sent = too_big_sent(&router, bed.family)? - icmp_before;
         let translated = bed
             .stats(node)?
             .get("xlate_icmp_error")
@@ -68,13 +69,15 @@ fn path_mtu_steps(bed: &mut Bed) -> Result<Verdict> {
             - xlate_before;
         ensure!(
             sent > 0,
-            "{what}: the router sent no ICMP fragmentation needed, so the transfer never \
-             crossed the {SMALL_MTU}-byte hop with a larger packet and proved nothing"
+            "{what}: the router sent no {}, so the transfer never \
+             crossed the {SMALL_MTU}-byte hop with a larger packet and proved nothing",
+            too_big(bed.family)
         );
         note(format!(
-            "{what} {target}: {} KB in {}; the router sent {sent} fragmentation-needed, {node} translated {translated} ICMP errors",
+            "{what} {target}: {} KB in {}; the router sent {sent} {}, {node} translated {translated} ICMP errors",
             BULK_SIZE / 1024,
-            ms(took)
+            ms(took),
+            too_big(bed.family)
         ));
     }
     Ok(Verdict::Pass)
@@ -133,10 +136,10 @@ fn uplink_mtu_steps(bed: &Bed, node: &str) -> Result<Verdict> {
         // 256 chance; all of 32 missing is 1 in 4 billion).
         for _ in 0..32 {
             for ns in &forget {
-                netns::exec(ns, "ip", &["route", "flush", "cache"])?;
+                forget_path_mtus(ns, bed.family)?;
             }
             let ours = bed.stats(node)?.get("icmp_frag_needed_sent").copied();
-            let kernels = dest_unreachables_sent(&node_ns)?;
+            let kernels = too_big_sent(&node_ns, bed.family)?;
             let pod = bed.upload(&client, target, UPLOAD_SIZE).with_context(|| {
                 format!("{what}: {UPLOAD_SIZE} bytes up through a {SMALL_MTU}-byte uplink")
             })?;
@@ -149,14 +152,17 @@ fn uplink_mtu_steps(bed: &Bed, node: &str) -> Result<Verdict> {
                 .copied()
                 .unwrap_or(0)
                 - ours.unwrap_or(0);
-            let kernels = dest_unreachables_sent(&node_ns)? - kernels;
+            let kernels = too_big_sent(&node_ns, bed.family)? - kernels;
             ensure!(
                 ours + kernels > 0,
-                "{what}: nobody sent fragmentation needed, so no packet too big for the uplink                  was sent and the upload proved nothing"
+                "{what}: nobody sent {}, so no packet too big for the uplink \
+                 was sent and the upload proved nothing",
+                too_big(bed.family)
             );
             note(format!(
-                "{what} {target}: {} KB uploaded to {pod}; {node} sent {ours} fragmentation-needed from the data plane, {kernels} from its kernel",
-                UPLOAD_SIZE / 1024
+                "{what} {target}: {} KB uploaded to {pod}; {node} sent {ours} {} from the data plane, {kernels} from its kernel",
+                UPLOAD_SIZE / 1024,
+                too_big(bed.family)
             ));
             crossed = true;
             break;
@@ -164,6 +170,40 @@ fn uplink_mtu_steps(bed: &Bed, node: &str) -> Result<Verdict> {
         ensure!(crossed, "{what}: no upload reached the pod on node2");
     }
     Ok(Verdict::Pass)
+}
+
+/// What `family` calls the error that tells a sender its packet was too big.
+fn too_big(family: Family) -> &'static str {
+    if family.is_v6() {
+        "Packet Too Big"
+    } else {
+        "fragmentation-needed"
+    }
+}
+
+/// Flushes the path MTUs `ns` learnt in `family`: IPv6 keeps them in
+/// route exceptions of its own, which the IPv4 flush leaves.
+fn forget_path_mtus(ns: &str, family: Family) -> Result<()> {
+    let flag = if family.is_v6() { "-6" } else { "-4" };
+    netns::exec(ns, "ip", &[flag, "route", "flush", "cache"])?;
+    Ok(())
+}
+
+/// The "too big" errors the namespace `ns` sent in `family`: ICMP's
+/// OutDestUnreachs (fragmentation needed is one of them), or ICMPv6's
+/// Icmp6OutPktTooBigs.
+fn too_big_sent(ns: &str, family: Family) -> Result<u64> {
+    match family {
+        Family::V4 => dest_unreachables_sent(ns),
+        Family::V6 => {
+            let snmp6 = netns::exec(ns, "cat", &["/proc/net/snmp6"])?;
+            snmp6
+                .lines()
+                .find_map(|l| l.strip_prefix("Icmp6OutPktTooBigs"))
+                .and_then(|v| v.trim().parse().ok())
+                .with_context(|| format!("no Icmp6OutPktTooBigs in {ns}'s /proc/net/snmp6"))
+        }
+    }
 }
 
 /// Icmp OutDestUnreachs of the namespace `ns`.
