@@ -11,8 +11,8 @@ use aya_ebpf::maps::lpm_trie::Key;
 use lb_common::{
     decide::{Client, View},
     sock::{SockAffinityKeyV4, SockAffinityKeyV6},
-    AffinityKeyV4, AffinityKeyV6, AffinityValue, BackendV4, ADDR_FRONTEND, BackendV6, FrontendKeyV4,
-    FrontendKeyV6, FrontendValue, SourceRangeKeyV4, SourceRangeKeyV6,
+    AffinityKeyV4, AffinityKeyV6, AffinityValue, BackendV4, BackendV6, FrontendKeyV4,
+    FrontendKeyV6, FrontendValue, SourceRangeKeyV4, SourceRangeKeyV6, ADDR_FRONTEND,
 };
 
 use crate::{
