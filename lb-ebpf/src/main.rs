@@ -23,6 +23,7 @@ mod icmp;
 mod maps;
 mod monitor;
 mod nat;
+mod ndp;
 mod parse;
 mod policy;
 mod reject;
