@@ -801,7 +801,7 @@ pub struct FragValueV4 {
 /// each interface answers with its own MAC, and an ARP request is answered
 /// only on the interfaces the agent chose.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AnnounceKeyV4 {
     pub addr: u32,
     pub ifindex: u32,
