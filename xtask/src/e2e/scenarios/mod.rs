@@ -30,6 +30,7 @@ mod from_outside;
 mod host;
 mod in_cluster;
 mod ipv6;
+mod lb_pool6;
 mod path_mtu;
 mod restart;
 /// The agents apply a change within about a second (they poll their
@@ -117,6 +118,10 @@ pub fn all() -> Vec<Scenario> {
         Scenario {
             name: "IPv6: the counter's and Redis' IPv6 ClusterIPs from a pod on each node",
             run: ipv6::cluster_ip,
+        },
+        Scenario {
+            name: "IPv6: LoadBalancer IPv6 address from the pool, announced by NDP from one node, moving when it goes NotReady",
+            run: lb_pool6::lb_pool6,
         },
     ]
 }
