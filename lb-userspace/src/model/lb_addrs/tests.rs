@@ -495,12 +495,18 @@ fn a_dual_stack_service_gets_one_address_per_family_and_single_stacks_one() {
         dual("six", 2, &["IPv6"]),
         dual("four", 3, &["IPv4"]),
         lb("plain", 4),
+        // A hand-written manifest without ipFamilies: its cluster IP's.
+        svc(
+            "manifest6",
+            "2026-01-01T00:05:00Z",
+            json!({"clusterIP": "fd00:96::1"}),
+        ),
     ];
     let a = allocate(&services, &pools, &ModelOptions::default());
     let v4 = addrs_of(&a, Family::V4);
     let v6 = addrs_of(&a, Family::V6);
     assert_eq!(v4.keys().collect::<Vec<_>>(), ["both", "four", "plain"]);
-    assert_eq!(v6.keys().collect::<Vec<_>>(), ["both", "six"]);
+    assert_eq!(v6.keys().collect::<Vec<_>>(), ["both", "manifest6", "six"]);
     assert!(v6
         .values()
         .all(|a| pools.of(Family::V6).pool_of(*a).is_some()));
@@ -529,7 +535,7 @@ fn a_dual_stack_service_gets_one_address_per_family_and_single_stacks_one() {
         []
     );
     let ann = announcements(&services, &[], &BTreeSet::from(["n1".to_string()]), &a);
-    assert_eq!(ann.len(), 5);
+    assert_eq!(ann.len(), 6);
     assert!(ann.iter().all(|x| x.node.as_deref() == Some("n1")));
 }
 
