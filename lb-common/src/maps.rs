@@ -45,6 +45,8 @@ pub mod names {
         CONFIG_V6,
         SOURCE_RANGES_V6,
         ADDRS_V6,
+        ANNOUNCE_V6,
+        LB_ADDRS_V6,
     }
 
     /// Not pinned: derived from `CT_V4`, so a new program starts it empty.
@@ -80,8 +82,9 @@ pub const MAX_IFACES: u32 = 1024;
 pub const MAX_AFFINITY: u32 = 1 << 18;
 pub const MAX_SOURCE_RANGES: u32 = 1 << 14;
 pub const MAX_FRAGS: u32 = 1 << 14;
-/// Entries of `ANNOUNCE_V4` ((LoadBalancer address, external interface)
-/// pairs this node answers ARP for) and of `LB_ADDRS_V4` (pool addresses).
+/// Entries of `ANNOUNCE_V4`/`ANNOUNCE_V6` ((LoadBalancer address, external
+/// interface) pairs this node answers ARP or NDP for) and of
+/// `LB_ADDRS_V4`/`LB_ADDRS_V6` (pool addresses).
 pub const MAX_ANNOUNCE: u32 = 1 << 14;
 /// IPv6 ClusterIP ports (one a dual-stack Service port); smaller than the
 /// IPv4 ones while IPv6 serves ClusterIPs only.
@@ -799,13 +802,23 @@ pub struct FragValueV4 {
 /// each interface answers with its own MAC, and an ARP request is answered
 /// only on the interfaces the agent chose.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AnnounceKeyV4 {
     pub addr: u32,
     pub ifindex: u32,
 }
 
-/// Value of `ANNOUNCE_V4`: the MAC the ARP reply names, the interface's own.
+/// Key of `ANNOUNCE_V6`: `AnnounceKeyV4` for an IPv6 address (its words
+/// as in the packet), answered to Neighbour Solicitations.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AnnounceKeyV6 {
+    pub addr: [u32; 4],
+    pub ifindex: u32,
+}
+
+/// Value of `ANNOUNCE_V4` and `ANNOUNCE_V6`: the MAC the ARP reply or
+/// Neighbour Advertisement names, the interface's own.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AnnounceValue {
@@ -813,14 +826,15 @@ pub struct AnnounceValue {
     pub _pad: u16,
 }
 
-/// Bytes of `LbAddrInfo::pool`: the longest pool name, a range of two
-/// dotted quads (31), zero-padded.
+/// Bytes of `LbAddrInfo::pool`: the longest IPv4 pool name, a range of two
+/// dotted quads (31), zero-padded. IPv6 pool names longer than this (a
+/// range of two long addresses) are cut, for inspection only.
 pub const LB_POOL_NAME_LEN: usize = 32;
 /// Bytes of `LbAddrInfo::node`: a Node's name is a DNS subdomain, at most 253.
 pub const LB_NODE_NAME_LEN: usize = 256;
 
-/// Value of `LB_ADDRS_V4`, keyed by a LoadBalancer address from the pools
-/// (network order): its pool and the node that announces it, both
+/// Value of `LB_ADDRS_V4` and `LB_ADDRS_V6`, keyed by a LoadBalancer
+/// address from the pools (network order): its pool and the node that announces it, both
 /// zero-padded text, empty when no node may. Written by every agent for
 /// every allocated address; only the agent and the CLI read it.
 #[repr(C)]
@@ -893,6 +907,7 @@ const _: () = {
     assert!(core::mem::size_of::<SvcStats>() == 16);
     assert!(core::mem::size_of::<AnnounceKeyV4>() == 8);
     assert!(core::mem::size_of::<AnnounceValue>() == 8);
+    assert!(core::mem::size_of::<AnnounceKeyV6>() == 20);
     assert!(core::mem::size_of::<LbAddrInfo>() == 288);
 };
 
@@ -924,6 +939,7 @@ mod pod {
     unsafe impl aya::Pod for FragValueV4 {}
     unsafe impl aya::Pod for AnnounceKeyV4 {}
     unsafe impl aya::Pod for AnnounceValue {}
+    unsafe impl aya::Pod for AnnounceKeyV6 {}
     unsafe impl aya::Pod for LbAddrInfo {}
 }
 

@@ -104,6 +104,10 @@ reasons! {
     /// An IPv6 packet found no IPv6 entry program to hand it to (the
     /// kernel refused it, or the agent has not filled its slot yet).
     PassIpv6PathMissing = 37, "pass_ipv6_path_missing", Verdict;
+    /// A Neighbour Solicitation for a LoadBalancer address this node
+    /// announces on the interface it came in by, answered from the packet
+    /// path with a Neighbour Advertisement.
+    NdpAdvert = 38, "ndp_advert", Verdict;
 }
 
 impl Reason {

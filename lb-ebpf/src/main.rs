@@ -24,6 +24,7 @@ mod icmp6;
 mod maps;
 mod monitor;
 mod nat;
+mod ndp;
 mod parse;
 mod policy;
 mod reject;

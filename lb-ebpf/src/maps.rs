@@ -212,3 +212,13 @@ pub static ANNOUNCE_V4: HashMap<AnnounceKeyV4, AnnounceValue, { MAX_ANNOUNCE as 
 /// node: for `xdplb services`, as `SVC_NAMES` is; the program never reads it.
 #[btf_map]
 pub static LB_ADDRS_V4: HashMap<u32, LbAddrInfo, { MAX_ANNOUNCE as usize }> = HashMap::new();
+
+/// `ANNOUNCE_V4` for IPv6 addresses, with the MAC to answer Neighbour
+/// Solicitations with.
+#[btf_map]
+pub static ANNOUNCE_V6: HashMap<AnnounceKeyV6, AnnounceValue, { MAX_ANNOUNCE as usize }> =
+    HashMap::new();
+
+/// `LB_ADDRS_V4` for IPv6 addresses.
+#[btf_map]
+pub static LB_ADDRS_V6: HashMap<[u32; 4], LbAddrInfo, { MAX_ANNOUNCE as usize }> = HashMap::new();

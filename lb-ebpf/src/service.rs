@@ -24,7 +24,7 @@ use crate::{
     frame::Frame,
     icmp,
     maps::{ADDRS_V4, ADDR_FILTER, CONFIG},
-    monitor, nat,
+    monitor, nat, ndp,
     parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IP_MF, IP_OFFSET_MASK, L4},
     policy, reject, select, stats,
 };
@@ -50,6 +50,9 @@ fn classify<C: Frame>(ctx: &C) -> Verdict {
     };
     let eth_proto = unsafe { (*eth).proto };
     if eth_proto == ETH_P_IPV6 {
+        if let Some(v) = ndp::advertise(ctx) {
+            return v;
+        }
         ctx.to_v6_path();
         return (Reason::PassIpv6PathMissing, C::PASS);
     }

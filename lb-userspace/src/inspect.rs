@@ -87,6 +87,7 @@ fn service_rows_v6(
     maps: &Maps,
     filter: &Filter,
     names: &HashMap<u32, String>,
+    lb_addrs: &HashMap<IpAddr, LbAddrInfo>,
 ) -> Result<Vec<serde_json::Value>> {
     let mut rows = Vec::new();
     if filter.addr.is_some() {
@@ -98,16 +99,29 @@ fn service_rows_v6(
         };
         let backends = ring_backends_v6(maps, v.ring_offset, v.ring_size)?;
         let stats = maps.service_totals(v.svc_id)?;
-        rows.push(json!({
+        let mut row = json!({
             "frontend": format!("[{}]:{}/{}", from_map_v6(k.addr), u16::from_be(k.port), proto_name(k.proto)),
             "service": name,
             "scope": if v.flags & FE_EXTERNAL != 0 { "external" } else { "cluster" },
             "backends": backends.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
             "packets": stats.packets,
             "bytes": stats.bytes,
-        }));
+        });
+        add_lb_addr(&mut row, lb_addrs.get(&IpAddr::V6(from_map_v6(k.addr))));
+        rows.push(row);
     }
     Ok(rows)
+}
+
+/// The pool and announcing node of a frontend address from the pools.
+fn add_lb_addr(row: &mut serde_json::Value, info: Option<&LbAddrInfo>) {
+    if let Some(info) = info {
+        row["lb_pool"] = json!(info.pool());
+        row["announced_by"] = match info.node() {
+            "" => serde_json::Value::Null,
+            node => json!(node),
+        };
+    }
 }
 
 /// One row per frontend `filter` passes, both families, sorted by Service
@@ -135,22 +149,26 @@ pub fn service_rows(maps: &Maps, filter: &Filter) -> Result<Vec<serde_json::Valu
             "packets": stats.packets,
             "bytes": stats.bytes,
         });
-        if let Some(info) = lb_addrs.get(&k.addr) {
-            row["lb_pool"] = json!(info.pool());
-            row["announced_by"] = match info.node() {
-                "" => serde_json::Value::Null,
-                node => json!(node),
-            };
-        }
+        add_lb_addr(&mut row, lb_addrs.get(&IpAddr::V4(from_map(k.addr))));
         rows.push(row);
     }
-    rows.extend(service_rows_v6(maps, filter, &names)?);
+    rows.extend(service_rows_v6(maps, filter, &names, &lb_addrs)?);
     rows.sort_by_key(|r| (r["service"].to_string(), r["frontend"].to_string()));
     Ok(rows)
 }
 
-fn lb_addrs(maps: &Maps) -> Result<HashMap<u32, LbAddrInfo>> {
-    Ok(lookup_all(maps.lb_addrs().map())?.into_iter().collect())
+/// The pool addresses of both families.
+fn lb_addrs(maps: &Maps) -> Result<HashMap<IpAddr, LbAddrInfo>> {
+    let v4 = lookup_all::<u32, LbAddrInfo>(maps.lb_addrs().map())?;
+    let v6 = lookup_all::<[u32; 4], LbAddrInfo>(maps.lb_addrs_v6().map())?;
+    Ok(v4
+        .into_iter()
+        .map(|(a, info)| (IpAddr::V4(from_map(a)), info))
+        .chain(
+            v6.into_iter()
+                .map(|(a, info)| (IpAddr::V6(from_map_v6(a)), info)),
+        )
+        .collect())
 }
 
 pub fn services(args: &InspectArgs) -> Result<()> {
@@ -186,13 +204,15 @@ pub fn services(args: &InspectArgs) -> Result<()> {
 }
 
 /// The LoadBalancer addresses from the pools that `rows` show: each with its
-/// pool, the node that answers ARP for it and its Service.
-fn print_lb_addrs(lb_addrs: &HashMap<u32, LbAddrInfo>, rows: &[serde_json::Value]) {
-    let mut shown: Vec<(Ipv4Addr, &str, &str, &str)> = lb_addrs
+/// pool, the node that answers ARP or NDP for it and its Service.
+fn print_lb_addrs(lb_addrs: &HashMap<IpAddr, LbAddrInfo>, rows: &[serde_json::Value]) {
+    let mut shown: Vec<(IpAddr, &str, &str, &str)> = lb_addrs
         .iter()
-        .filter_map(|(addr, info)| {
-            let addr = from_map(*addr);
-            let prefix = format!("{addr}:");
+        .filter_map(|(&addr, info)| {
+            let prefix = match addr {
+                IpAddr::V4(a) => format!("{a}:"),
+                IpAddr::V6(a) => format!("[{a}]:"),
+            };
             let row = rows.iter().find(|r| {
                 r["frontend"]
                     .as_str()

@@ -1077,13 +1077,27 @@ status:
       status: \"True\"
 ";
 
+/// The IPv6 pool of [`pool_agent`]'s agent: one address, for dual-stack
+/// Services.
+const POOL6: &str = "fd00:99::200";
+
+/// `manifest` (a [`pool_load_balancer`]) made dual-stack.
+fn dual_stack(manifest: &str) -> String {
+    manifest.replacen(
+        "  type: LoadBalancer\n",
+        "  type: LoadBalancer\n  ipFamilyPolicy: PreferDualStack\n  ipFamilies: [IPv4, IPv6]\n",
+        1,
+    )
+}
+
 /// Starts node1's agent (node1 Ready) on `services` with a pool of one
-/// address on the client's LAN, and waits until it programs that address
-/// at [`SPARE_PORT`]; the agent and that frontend.
+/// address on the client's LAN (and the IPv6 pool [`POOL6`]), and waits
+/// until it programs that address at [`SPARE_PORT`]; the agent and that
+/// frontend.
 fn pool_agent<'a>(cluster: &'a Cluster, services: &[String]) -> (Agent<'a>, SocketAddrV4) {
     let node = &cluster.nodes[0];
     let pool = Ipv4Addr::from(u32::from(node.addr) & !0xff | 200);
-    let range = format!("{pool}-{pool}");
+    let range = format!("{pool}-{pool},{POOL6}-{POOL6}");
     let manifests = format!("{READY_NODE1}---\n{}", services.join("---\n"));
     cluster.write_manifest("pool.yaml", &manifests).unwrap();
     let mut agent = cluster.must(
@@ -1145,7 +1159,7 @@ fn a_pool_address_is_answered_by_arp_and_an_exhausted_pool_is_reported() {
     assert!(
         cluster.wait_for_warning(
             node,
-            &["refused", "every address of the pools is in use"],
+            &["refused", "every address of the IPv4 pools is in use"],
             APPLY_BOUND
         ),
         "{}",
@@ -1168,12 +1182,16 @@ fn a_pool_address_is_answered_by_arp_and_an_exhausted_pool_is_reported() {
 
 /// An agent stopped by SIGTERM stops answering ARP for the pool address it
 /// announced, so its node draws no new traffic for it once another node
-/// takes it over: a client that forgot the node's MAC gets no answer.
+/// takes it over: a client that forgot the node's MAC gets no answer. It
+/// stops answering NDP for its IPv6 pool address too.
 #[test]
 fn a_terminated_agent_stops_answering_arp_for_its_pool_address() {
     let cluster = Cluster::build(&["node1"]).expect("building the cluster");
     let node = &cluster.nodes[0];
-    let (agent, target) = pool_agent(&cluster, &[pool_load_balancer("lb", "10.96.0.50", 1)]);
+    let (agent, target) = pool_agent(
+        &cluster,
+        &[dual_stack(&pool_load_balancer("lb", "10.96.0.50", 1))],
+    );
     let pool = *target.ip();
     let answer = cluster.must(node, "a request", cluster.request(node, target, "hello"));
     assert!(
@@ -1183,9 +1201,19 @@ fn a_terminated_agent_stops_answering_arp_for_its_pool_address() {
     let maps = pinned_maps(node);
     let replies = maps.reason_total(lb_common::Reason::ArpReply).unwrap();
     assert!(replies >= 1);
+    let pool6 = lb_common::addr::to_map_v6(POOL6.parse().unwrap());
+    let announced_v6 = || {
+        maps.announce_v6()
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.addr == pool6)
+            .count()
+    };
+    assert_eq!(announced_v6(), 1, "{POOL6} announced on the one interface");
 
     let status = cluster.must(node, "SIGTERM", agent.terminate());
     assert!(status.success(), "agent exited with {status} on SIGTERM");
+    assert_eq!(announced_v6(), 0, "ANNOUNCE_V6 emptied on SIGTERM");
     let flushed = cluster
         .tb
         .exec(

@@ -43,7 +43,14 @@ fn lb_service(name: &str) -> Value {
 }
 
 fn pools() -> Pools {
-    Pools::parse(&[], &["192.168.50.200-192.168.50.210".into()]).unwrap()
+    Pools::parse(
+        &[],
+        &[
+            "192.168.50.200-192.168.50.210".into(),
+            "fd00:10::200-fd00:10::220".into(),
+        ],
+    )
+    .unwrap()
 }
 
 async fn client(server: &ApiServer) -> kube::Client {
@@ -102,6 +109,50 @@ fn ingress(server: &ApiServer, name: &str) -> Value {
 
 fn patches(server: &ApiServer) -> usize {
     server.count(Kind::Service, "patch")
+}
+
+/// A dual-stack Service gets an address of each family in one write, and
+/// syncs after it find nothing more to write.
+#[tokio::test]
+async fn a_dual_stack_service_gets_both_families_written_once() {
+    let server = ApiServer::start().await;
+    let mut svc = lb_service("dual");
+    svc["spec"]["clusterIPs"] = json!(["10.96.0.10", "fd00:96::10"]);
+    svc["spec"]["ipFamilies"] = json!(["IPv4", "IPv6"]);
+    svc["spec"]["ipFamilyPolicy"] = json!("PreferDualStack");
+    server.apply(svc);
+    let client = client(&server).await;
+    let w = StatusWriter::start(
+        client.clone(),
+        NAMESPACE,
+        "node-a",
+        Arc::new(Metrics::new()),
+    );
+    syncing_until("the status is written", &client, &[&w], || {
+        patches(&server) == 1
+    })
+    .await;
+    let written = ingress(&server, "dual");
+    let ips: Vec<&str> = written
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["ip"].as_str().unwrap())
+        .collect();
+    assert_eq!(ips.len(), 2, "{written}");
+    assert!(ips[0].starts_with("192.168.50.2"), "{written}");
+    assert!(ips[1].starts_with("fd00:10::2"), "{written}");
+    assert!(written
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["ipMode"] == "VIP"));
+    assert!(changes(&client).await.is_empty());
+    for _ in 0..10 {
+        w.want(changes(&client).await);
+        sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(patches(&server), 1, "written once");
 }
 
 #[tokio::test]

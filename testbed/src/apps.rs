@@ -11,7 +11,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    cluster::{pod_iface, Cluster, Run, LB_POOL, NODE_LAN_IFACE},
+    cluster::{pod_iface, Cluster, Run, LB_POOL, LB_POOL6, NODE_LAN_IFACE},
     control_plane::{App, Pod},
     netns::in_netns,
 };
@@ -48,6 +48,8 @@ pub fn start_agent(cluster: &mut Cluster, node: &str, bin: &Path, label: &str) -
         &metrics,
         "--lb-pool-range",
         LB_POOL,
+        "--lb-pool-range",
+        LB_POOL6,
     ];
     let cgroup = cluster.run.cgroup(node);
     if let Some(cgroup) = &cgroup {

@@ -1,15 +1,19 @@
-//! What a cluster shows of the agents' LoadBalancer pool
-//! ([`crate::cluster::LB_POOL`]): the address a Service got, as `xdplb
-//! services` lists it, and which node answers ARP for it, as the router's
-//! neighbour table tells it.
-use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
+//! What a cluster shows of the agents' LoadBalancer pools
+//! ([`crate::cluster::LB_POOL`], [`crate::cluster::LB_POOL6`]): the address
+//! a Service got, as `xdplb services` lists it, and which node answers ARP
+//! or NDP for it, as the router's neighbour table tells it.
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
+};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::{
     apps::{path_str, xdplb},
-    cluster::{Run, LB_POOL, NODE_LAN_IFACE},
+    cluster::{Run, LB_POOL, LB_POOL6, NODE_LAN_IFACE},
     netns,
 };
 
@@ -51,6 +55,30 @@ pub fn pool_address(bin: &Path, run: &Run, node: &str, service: &str) -> Result<
         .with_context(|| format!("{node} lists no frontend of {service} in {LB_POOL}"))
 }
 
+/// The address of [`LB_POOL6`] that `xdplb services` on `node` lists for
+/// Service `service` (`namespace/name`).
+pub fn pool_address6(bin: &Path, run: &Run, node: &str, service: &str) -> Result<Ipv6Addr> {
+    let (first, last) = LB_POOL6.split_once('-').context("LB_POOL6")?;
+    let (first, last): (Ipv6Addr, Ipv6Addr) = (first.parse()?, last.parse()?);
+    let prefix = format!("{service}:");
+    frontends(bin, run, node)?
+        .iter()
+        .filter(|r| {
+            r["service"]
+                .as_str()
+                .is_some_and(|s| s.starts_with(&prefix))
+        })
+        .filter_map(|r| {
+            let frontend = r["frontend"].as_str()?.split('/').next()?;
+            match frontend.parse::<SocketAddr>().ok()?.ip() {
+                IpAddr::V6(a) => Some(a),
+                IpAddr::V4(_) => None,
+            }
+        })
+        .find(|a| (first..=last).contains(a))
+        .with_context(|| format!("{node} lists no frontend of {service} in {LB_POOL6}"))
+}
+
 /// Each node's MAC on the LAN, by node name.
 pub fn lan_macs<'a>(
     run: &Run,
@@ -72,9 +100,10 @@ pub fn lan_macs<'a>(
 /// must hold exactly one, and it must be one of `macs` (by node name).
 pub fn announcer_seen_by_router(
     run: &Run,
-    addr: Ipv4Addr,
+    addr: impl Into<IpAddr>,
     macs: &BTreeMap<String, String>,
 ) -> Result<String> {
+    let addr = addr.into();
     let text = netns::exec(
         &run.ns("router"),
         "ip",

@@ -8,10 +8,10 @@ use aya::{
 use lb_common::{
     flow_cache_slot, names,
     sock::{SockAffinityKeyV4, SockAffinityKeyV6},
-    AddrInfo, AffinityKeyV4, AffinityKeyV6, AffinityValue, AnnounceKeyV4, AnnounceValue, BackendV4,
-    BackendV6, Config, ConfigV6, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6, FlowCacheEntryV4,
-    FrontendKeyV4, FrontendKeyV6, FrontendValue, IfaceInfo, LbAddrInfo, Reason, SourceRangeKeyV4,
-    SourceRangeKeyV6, SvcName, SvcStats,
+    AddrInfo, AffinityKeyV4, AffinityKeyV6, AffinityValue, AnnounceKeyV4, AnnounceKeyV6,
+    AnnounceValue, BackendV4, BackendV6, Config, ConfigV6, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6,
+    FlowCacheEntryV4, FrontendKeyV4, FrontendKeyV6, FrontendValue, IfaceInfo, LbAddrInfo, Reason,
+    SourceRangeKeyV4, SourceRangeKeyV6, SvcName, SvcStats,
 };
 
 use super::{
@@ -56,6 +56,9 @@ pub struct Maps {
     announce: HashMap<MapData, AnnounceKeyV4, AnnounceValue>,
     /// Every pool address with its pool and announcing node.
     lb_addrs: HashMap<MapData, u32, LbAddrInfo>,
+    /// `announce` and `lb_addrs` for IPv6 (NDP).
+    announce_v6: HashMap<MapData, AnnounceKeyV6, AnnounceValue>,
+    lb_addrs_v6: HashMap<MapData, [u32; 4], LbAddrInfo>,
     /// The loaded program's flow cache; `None` when opened from pins, as
     /// the cache is never pinned.
     flow_cache: Option<PerCpuArray<MapData, FlowCacheEntryV4>>,
@@ -146,6 +149,8 @@ impl Maps {
             source_ranges_v6: get(names::SOURCE_RANGES_V6)?.try_into()?,
             announce: get(names::ANNOUNCE_V4)?.try_into()?,
             lb_addrs: get(names::LB_ADDRS_V4)?.try_into()?,
+            announce_v6: get(names::ANNOUNCE_V6)?.try_into()?,
+            lb_addrs_v6: get(names::LB_ADDRS_V6)?.try_into()?,
             flow_cache: None,
             filter: None,
         })
@@ -270,6 +275,14 @@ impl Maps {
     pub fn lb_addrs(&self) -> &HashMap<MapData, u32, LbAddrInfo> {
         &self.lb_addrs
     }
+
+    pub fn announce_v6(&self) -> &HashMap<MapData, AnnounceKeyV6, AnnounceValue> {
+        &self.announce_v6
+    }
+
+    pub fn lb_addrs_v6(&self) -> &HashMap<MapData, [u32; 4], LbAddrInfo> {
+        &self.lb_addrs_v6
+    }
 }
 
 /// Direct writes, for tests and benchmarks that lay out by hand a state the
@@ -322,5 +335,9 @@ impl Maps {
 
     pub fn announce_mut(&mut self) -> &mut HashMap<MapData, AnnounceKeyV4, AnnounceValue> {
         &mut self.announce
+    }
+
+    pub fn announce_v6_mut(&mut self) -> &mut HashMap<MapData, AnnounceKeyV6, AnnounceValue> {
+        &mut self.announce_v6
     }
 }

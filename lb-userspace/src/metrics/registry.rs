@@ -171,7 +171,7 @@ impl Metrics {
             for (state, n) in [("used", used), ("free", free)] {
                 self.lb_pool_addresses
                     .get_or_create(&[("pool", pool.clone()), ("state", state.to_string())])
-                    .set(*n as i64);
+                    .set(i64::try_from(*n).unwrap_or(i64::MAX));
             }
         }
         self.lb_pool_exhausted.inc_by(exhausted as u64);

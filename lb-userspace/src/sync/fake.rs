@@ -11,9 +11,9 @@ use anyhow::{bail, Result};
 use lb_common::{
     filter::{position, AddrSet},
     sock::SockAffinityKeyV4,
-    AffinityKeyV4, AffinityValue, AnnounceValue, BackendV4, BackendV6, Config, ConfigV6, CtKeyV4,
-    CtKeyV6, CtValueV4, CtValueV6, FrontendKeyV4, FrontendKeyV6, FrontendValue, IfaceInfo,
-    LbAddrInfo,
+    AffinityKeyV4, AffinityValue, AnnounceKeyV6, AnnounceValue, BackendV4, BackendV6, Config,
+    ConfigV6, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6, FrontendKeyV4, FrontendKeyV6, FrontendValue,
+    IfaceInfo, LbAddrInfo,
 };
 
 use super::{NodeMaps, Room, ServiceMaps, Snapshot};
@@ -334,6 +334,8 @@ pub struct FakeNodeMaps {
     pub sock_affinity: HashMap<SockAffinityKeyV4, AffinityValue>,
     pub announced: BTreeMap<(u32, u32), AnnounceValue>,
     pub lb_addrs: BTreeMap<u32, LbAddrInfo>,
+    pub announced_v6: BTreeMap<AnnounceKeyV6, AnnounceValue>,
+    pub lb_addrs_v6: BTreeMap<[u32; 4], LbAddrInfo>,
 }
 
 impl NodeMaps for FakeNodeMaps {
@@ -398,6 +400,16 @@ impl NodeMaps for FakeNodeMaps {
 
     fn set_lb_addrs(&mut self, want: &BTreeMap<u32, LbAddrInfo>) -> Result<()> {
         self.lb_addrs = want.clone();
+        Ok(())
+    }
+
+    fn set_announced_v6(&mut self, want: &BTreeMap<AnnounceKeyV6, AnnounceValue>) -> Result<()> {
+        self.announced_v6 = want.clone();
+        Ok(())
+    }
+
+    fn set_lb_addrs_v6(&mut self, want: &BTreeMap<[u32; 4], LbAddrInfo>) -> Result<()> {
+        self.lb_addrs_v6 = want.clone();
         Ok(())
     }
 }

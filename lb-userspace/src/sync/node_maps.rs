@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use lb_common::{
-    AffinityValue, AnnounceValue, Config, ConfigV6, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6,
-    IfaceInfo, LbAddrInfo,
+    AffinityValue, AnnounceKeyV6, AnnounceValue, Config, ConfigV6, CtKeyV4, CtKeyV6, CtValueV4,
+    CtValueV6, IfaceInfo, LbAddrInfo,
 };
 
 pub trait NodeMaps {
@@ -38,4 +38,9 @@ pub trait NodeMaps {
     /// Makes `LB_ADDRS_V4` hold exactly `want`: every pool address, for
     /// inspection.
     fn set_lb_addrs(&mut self, want: &BTreeMap<u32, LbAddrInfo>) -> Result<()>;
+    /// `set_announced` for `ANNOUNCE_V6`: the addresses this node answers
+    /// Neighbour Solicitations for.
+    fn set_announced_v6(&mut self, want: &BTreeMap<AnnounceKeyV6, AnnounceValue>) -> Result<()>;
+    /// `set_lb_addrs` for `LB_ADDRS_V6`.
+    fn set_lb_addrs_v6(&mut self, want: &BTreeMap<[u32; 4], LbAddrInfo>) -> Result<()>;
 }

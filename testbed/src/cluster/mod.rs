@@ -74,6 +74,9 @@ pub const NODE_LAN_IFACE: &str = "eth0";
 /// nodes' LAN, which the router reaches by ARP over its connected /24, so
 /// these addresses need no route: the node that announces one answers.
 pub const LB_POOL: &str = "192.168.50.200-192.168.50.220";
+/// The agents' IPv6 pool: a slice of the LAN's fd00:10::/64, on-link for
+/// the router, which finds the node announcing an address by NDP alone.
+pub const LB_POOL6: &str = "fd00:10::200-fd00:10::220";
 
 /// How a CNI connects pods to their node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

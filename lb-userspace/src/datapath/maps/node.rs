@@ -7,8 +7,8 @@ use aya::{
     Pod,
 };
 use lb_common::{
-    AffinityValue, AnnounceKeyV4, AnnounceValue, Config, ConfigV6, CtKeyV4, CtKeyV6, CtValueV4,
-    CtValueV6, IfaceInfo, LbAddrInfo,
+    names, AffinityValue, AnnounceKeyV4, AnnounceKeyV6, AnnounceValue, Config, ConfigV6, CtKeyV4,
+    CtKeyV6, CtValueV4, CtValueV6, IfaceInfo, LbAddrInfo,
 };
 
 use super::Maps;
@@ -53,49 +53,48 @@ impl NodeMaps for Maps {
     }
 
     fn set_announced(&mut self, want: &BTreeMap<(u32, u32), AnnounceValue>) -> Result<()> {
-        let have = self
-            .announce
+        let want: BTreeMap<AnnounceKeyV4, AnnounceValue> = want
             .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .context("reading ANNOUNCE_V4")?;
-        for (k, _) in &have {
-            if !want.contains_key(&(k.addr, k.ifindex)) {
-                self.announce
-                    .remove(k)
-                    .context("removing from ANNOUNCE_V4")?;
-            }
-        }
-        for (&(addr, ifindex), value) in want {
-            let key = AnnounceKeyV4 { addr, ifindex };
-            if !have.iter().any(|(k, v)| *k == key && v == value) {
-                self.announce
-                    .insert(key, value, 0)
-                    .context("writing ANNOUNCE_V4")?;
-            }
-        }
-        Ok(())
+            .map(|(&(addr, ifindex), v)| (AnnounceKeyV4 { addr, ifindex }, *v))
+            .collect();
+        set_exactly(&mut self.announce, &want, names::ANNOUNCE_V4)
     }
 
     fn set_lb_addrs(&mut self, want: &BTreeMap<u32, LbAddrInfo>) -> Result<()> {
-        let have = self
-            .lb_addrs
-            .iter()
-            .collect::<Result<BTreeMap<_, _>, _>>()
-            .context("reading LB_ADDRS_V4")?;
-        for addr in have.keys().filter(|a| !want.contains_key(a)) {
-            self.lb_addrs
-                .remove(addr)
-                .context("removing from LB_ADDRS_V4")?;
-        }
-        for (addr, info) in want {
-            if have.get(addr) != Some(info) {
-                self.lb_addrs
-                    .insert(addr, info, 0)
-                    .context("writing LB_ADDRS_V4")?;
-            }
-        }
-        Ok(())
+        set_exactly(&mut self.lb_addrs, want, names::LB_ADDRS_V4)
     }
+
+    fn set_announced_v6(&mut self, want: &BTreeMap<AnnounceKeyV6, AnnounceValue>) -> Result<()> {
+        set_exactly(&mut self.announce_v6, want, names::ANNOUNCE_V6)
+    }
+
+    fn set_lb_addrs_v6(&mut self, want: &BTreeMap<[u32; 4], LbAddrInfo>) -> Result<()> {
+        set_exactly(&mut self.lb_addrs_v6, want, names::LB_ADDRS_V6)
+    }
+}
+
+/// Makes `map` (named `name`) hold exactly `want`, writing only what
+/// differs.
+fn set_exactly<K: Pod + Ord, V: Pod + PartialEq>(
+    map: &mut HashMap<MapData, K, V>,
+    want: &BTreeMap<K, V>,
+    name: &str,
+) -> Result<()> {
+    let have = map
+        .iter()
+        .collect::<Result<BTreeMap<_, _>, _>>()
+        .with_context(|| format!("reading {name}"))?;
+    for k in have.keys().filter(|k| !want.contains_key(k)) {
+        map.remove(k)
+            .with_context(|| format!("removing from {name}"))?;
+    }
+    for (k, v) in want {
+        if have.get(k) != Some(v) {
+            map.insert(k, v, 0)
+                .with_context(|| format!("writing {name}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the entries of `map` whose value `stale` picks.

@@ -30,6 +30,7 @@ mod from_outside;
 mod host;
 mod in_cluster;
 mod ipv6;
+mod lb_pool6;
 mod path_mtu;
 mod restart;
 /// The agents apply a change within about a second (they poll their
@@ -122,6 +123,10 @@ pub fn all() -> Vec<Scenario> {
         v6(
             "the counter's and Redis' IPv6 ClusterIPs from a pod on each node",
             ipv6::cluster_ip,
+        ),
+        v6(
+            "LoadBalancer IPv6 address from the pool, announced by NDP from one node, moving when it goes NotReady",
+            lb_pool6::lb_pool6,
         ),
     ];
     let twins: Vec<Scenario> = IN_BOTH_FAMILIES
