@@ -47,6 +47,9 @@ pub mod names {
         ADDRS_V6,
         ANNOUNCE_V6,
         LB_ADDRS_V6,
+        FRAGS_V6,
+        PATH_V6_FRAG_XDP,
+        PATH_V6_FRAG_TC,
     }
 
     /// Not pinned: derived from `CT_V4`, so a new program starts it empty.
@@ -797,6 +800,26 @@ pub struct FragValueV4 {
     pub dst_addr: u32,
 }
 
+/// Key of `FRAGS_V6`: one IPv6 datagram being fragmented, as it arrives
+/// (with its Fragment header's identification and upper-layer protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKeyV6 {
+    pub src_addr: [u32; 4],
+    pub dst_addr: [u32; 4],
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `FRAGS_V6`, as `FragValueV4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValueV6 {
+    pub src_addr: [u32; 4],
+    pub dst_addr: [u32; 4],
+}
+
 /// Key of `ANNOUNCE_V4`: a LoadBalancer address (network order) this node
 /// announces, on one of its external interfaces. Keyed by interface too:
 /// each interface answers with its own MAC, and an ARP request is answered
@@ -891,6 +914,8 @@ const _: () = {
     assert!(core::mem::size_of::<SourceRangeKeyV4>() == 8);
     assert!(core::mem::size_of::<FragKeyV4>() == 12);
     assert!(core::mem::size_of::<FragValueV4>() == 8);
+    assert!(core::mem::size_of::<FragKeyV6>() == 40);
+    assert!(core::mem::size_of::<FragValueV6>() == 32);
     assert!(core::mem::size_of::<BackendV4>() == 8);
     assert!(core::mem::size_of::<FrontendKeyV6>() == 20);
     assert!(core::mem::size_of::<BackendV6>() == 20);

@@ -31,7 +31,7 @@ use lb_common::{
 
 use crate::{
     forward::iface_info,
-    maps::{PATH_V6_TC, PATH_V6_XDP},
+    maps::{PATH_V6_FRAG_TC, PATH_V6_FRAG_XDP, PATH_V6_TC, PATH_V6_XDP},
     stats,
 };
 
@@ -69,6 +69,9 @@ pub trait Frame {
     /// Hands the packet to this hook's IPv6 entry program; returns only when
     /// there is none.
     fn to_v6_path(&self);
+    /// Hands an IPv6 fragment to this hook's IPv6 entry for fragments;
+    /// returns only when there is none.
+    fn to_v6_fragment_path(&self);
 }
 
 impl Frame for XdpContext {
@@ -140,6 +143,10 @@ impl Frame for XdpContext {
     #[inline(always)]
     fn to_v6_path(&self) {
         unsafe { PATH_V6_XDP.tail_call(self, 0) };
+    }
+    #[inline(always)]
+    fn to_v6_fragment_path(&self) {
+        unsafe { PATH_V6_FRAG_XDP.tail_call(self, 0) };
     }
 }
 
@@ -292,5 +299,10 @@ impl<const POD: bool> Frame for Tc<POD> {
     fn to_v6_path(&self) {
         let index = if POD { V6_POD } else { V6_EXT };
         unsafe { PATH_V6_TC.tail_call(&self.0, index) };
+    }
+    #[inline(always)]
+    fn to_v6_fragment_path(&self) {
+        let index = if POD { V6_POD } else { V6_EXT };
+        unsafe { PATH_V6_FRAG_TC.tail_call(&self.0, index) };
     }
 }

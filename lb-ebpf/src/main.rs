@@ -3,7 +3,8 @@
 //! delivers at tc what `lb` translated but could not send itself, and
 //! `lb_tc` runs the path at tc ingress of an external interface where XDP
 //! would not pay (see `frame::Tc`); `lb6`, `lb6_pod` and `lb6_tc` run the
-//! IPv6 path for the first three; `noop` exists so benchmarks measure the
+//! IPv6 path for the first three, and `lb6_frag*` the same for IPv6
+//! fragments; `noop` exists so benchmarks measure the
 //! BPF_PROG_TEST_RUN floor with the same object, and so tests can give a
 //! veth's peer an XDP program.
 //!
@@ -94,19 +95,39 @@ pub fn lb_tc(ctx: TcContext) -> i32 {
 #[xdp]
 #[inline(always)]
 pub fn lb6(ctx: XdpContext) -> u32 {
-    service6::handle(&ctx)
+    service6::handle::<_, false>(&ctx)
 }
 
 #[classifier]
 #[inline(always)]
 pub fn lb6_pod(ctx: TcContext) -> i32 {
-    service6::handle(&Tc::<true>(ctx)) as i32
+    service6::handle::<_, false>(&Tc::<true>(ctx)) as i32
 }
 
 #[classifier]
 #[inline(always)]
 pub fn lb6_tc(ctx: TcContext) -> i32 {
-    service6::handle(&Tc::<false>(ctx)) as i32
+    service6::handle::<_, false>(&Tc::<false>(ctx)) as i32
+}
+
+/// The IPv6 entries for fragments, which the three above tail-call
+/// (`maps::PATH_V6_FRAG_XDP`, `PATH_V6_FRAG_TC`).
+#[xdp]
+#[inline(always)]
+pub fn lb6_frag(ctx: XdpContext) -> u32 {
+    service6::handle::<_, true>(&ctx)
+}
+
+#[classifier]
+#[inline(always)]
+pub fn lb6_frag_pod(ctx: TcContext) -> i32 {
+    service6::handle::<_, true>(&Tc::<true>(ctx)) as i32
+}
+
+#[classifier]
+#[inline(always)]
+pub fn lb6_frag_tc(ctx: TcContext) -> i32 {
+    service6::handle::<_, true>(&Tc::<false>(ctx)) as i32
 }
 
 #[xdp]

@@ -94,6 +94,10 @@ pub static SOURCE_RANGES_V4: LpmTrie<SourceRangeKeyV4, u32, { MAX_SOURCE_RANGES 
 #[btf_map]
 pub static FRAGS_V4: LruHashMap<FragKeyV4, FragValueV4, { MAX_FRAGS as usize }> = LruHashMap::new();
 
+/// `FRAGS_V4` for IPv6 datagrams.
+#[btf_map]
+pub static FRAGS_V6: LruHashMap<FragKeyV6, FragValueV6, { MAX_FRAGS as usize }> = LruHashMap::new();
+
 /// The frontend each socket of the node's own processes addressed, by
 /// (socket, backend), so `recvmsg4` gives UDP replies the source the
 /// application sent to, and `getpeername4` names it as the peer.
@@ -190,6 +194,17 @@ pub static PATH_V6_XDP: ProgramArray<1> = ProgramArray::new();
 /// The IPv6 path's tc entries: `lb6_pod` at `V6_POD`, `lb6_tc` at `V6_EXT`.
 #[btf_map]
 pub static PATH_V6_TC: ProgramArray<2> = ProgramArray::new();
+
+/// The entries of the IPv6 path for fragments (`lb6_frag`, and
+/// `lb6_frag_pod`/`lb6_frag_tc` at `V6_POD`/`V6_EXT`), which the IPv6
+/// entries tail-call for a packet whose first extension header is a
+/// Fragment header: the same path, built once more with the fragment
+/// handling in, so that its verifier walk (as long as the path's own)
+/// comes on top of no other.
+#[btf_map]
+pub static PATH_V6_FRAG_XDP: ProgramArray<1> = ProgramArray::new();
+#[btf_map]
+pub static PATH_V6_FRAG_TC: ProgramArray<2> = ProgramArray::new();
 
 /// Events for `xdplb monitor`, written only under its lease (`monitor.rs`).
 #[btf_map]

@@ -7,8 +7,9 @@
 //! code, generic over the family.
 //!
 //! ICMPv6 errors about translated flows are translated back (`icmp6`)
-//! before the address filter, as ICMP ones are. Not yet for IPv6:
-//! fragments and the flow cache.
+//! before the address filter, as ICMP ones are. Fragments follow the IPv4
+//! rules (`frags`) on entries of their own (`FRAGMENTS`). Not yet for
+//! IPv6: the flow cache.
 //!
 //! Unsafe in this module: header reads through pointers `parse::ptr_at`
 //! checked, reads of connection-tracking entries through map pointers,
@@ -24,11 +25,12 @@ use lb_common::{
 use crate::{
     conntrack::{self, FlowSums},
     forward::{self, Fit, Size},
+    frags,
     frame::Frame,
     icmp6,
     maps::{CONFIG_V6, SCRATCH_CT_V6, SCRATCH_KEY_V6},
     nat,
-    parse::{self, Ipv6Hdr, Upper, ETH_HLEN, IPV6_HLEN, L4},
+    parse::{self, FragmentV6, Ipv6Hdr, Upper, ETH_HLEN, IPV6_HLEN, L4},
     policy, reject, select,
     service::{counted, maybe_in, Verdict},
     stats,
@@ -48,10 +50,12 @@ struct Packet {
     key: &'static mut CtKeyV6,
 }
 
+/// `FRAGMENTS`: the entry for fragments (`maps::PATH_V6_FRAG_XDP`), which
+/// takes only packets whose first extension header is a Fragment header.
 #[inline(always)]
-pub fn handle<C: Frame>(ctx: &C) -> u32 {
+pub fn handle<C: Frame, const FRAGMENTS: bool>(ctx: &C) -> u32 {
     let mut too_big = 0;
-    let action = counted(classify(ctx, &mut too_big));
+    let action = counted(classify::<C, FRAGMENTS>(ctx, &mut too_big));
     // Answered here, where only the frame and the MTU are left of the
     // path: the verifier then walks the answer once, not once per way
     // into `translate`.
@@ -64,14 +68,16 @@ pub fn handle<C: Frame>(ctx: &C) -> u32 {
 /// The verdict on the packet; sets `too_big` to the egress MTU of a
 /// translated packet too big for it, which is then answered instead.
 #[inline(always)]
-fn classify<C: Frame>(ctx: &C, too_big: &mut u32) -> Verdict {
+fn classify<C: Frame, const FRAGMENTS: bool>(ctx: &C, too_big: &mut u32) -> Verdict {
     let Some(ip) = parse::ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
         return (Reason::PassMalformed, C::PASS);
     };
     let (src, dst, next) = unsafe { ((*ip).src, (*ip).dst, (*ip).next_hdr) };
     // ICMPv6 ends here, whatever it is: were it to go on, the verifier
-    // would walk the whole path once more for it.
-    if next == icmp6::IPPROTO_ICMPV6 {
+    // would walk the whole path once more for it. The entries for
+    // fragments never see it (their packets' next header is the Fragment
+    // header), and their stack has no room for the call.
+    if !FRAGMENTS && next == icmp6::IPPROTO_ICMPV6 {
         return icmp6::translate_error(ctx, ip);
     }
     let to_frontend = maybe_in(position_v6(dst, AddrSet::Frontend));
@@ -79,7 +85,7 @@ fn classify<C: Frame>(ctx: &C, too_big: &mut u32) -> Verdict {
     if !to_frontend && !from_backend {
         return (Reason::PassNotOurs, C::PASS);
     }
-    let mut p = match transport(ctx, ip) {
+    let mut p = match transport::<C, FRAGMENTS>(ctx, ip) {
         Ok(p) => p,
         Err(v) => return v,
     };
@@ -88,7 +94,10 @@ fn classify<C: Frame>(ctx: &C, too_big: &mut u32) -> Verdict {
         // One place translates, whichever way the entry was found: each
         // copy of the rewrite and forwarding would multiply what the
         // verifier walks.
-        Ok((ct, reason)) => (reason, translate(ctx, &p, &*p.key, ct, now, too_big)),
+        Ok((ct, reason)) => (
+            reason,
+            translate::<C, FRAGMENTS>(ctx, &p, &*p.key, ct, now, too_big),
+        ),
         Err(v) => v,
     }
 }
@@ -151,10 +160,34 @@ fn snat_addr() -> Option<[u32; 4]> {
 }
 
 #[inline(always)]
-fn transport<C: Frame>(ctx: &C, ip: *mut Ipv6Hdr) -> Result<Packet, Verdict> {
-    let (proto, off) = match parse::upper_v6(ctx, ip) {
+fn transport<C: Frame, const FRAGMENTS: bool>(
+    ctx: &C,
+    ip: *mut Ipv6Hdr,
+) -> Result<Packet, Verdict> {
+    let upper = if FRAGMENTS {
+        match parse::fragment_v6(ctx, ip) {
+            FragmentV6::First(upper) => upper,
+            FragmentV6::Later { proto, id } => {
+                let reason = if follow_fragment(ip, proto, id) {
+                    Reason::XlateFragment
+                } else {
+                    Reason::PassFragment
+                };
+                return Err((reason, C::PASS));
+            }
+            FragmentV6::Not => return Err((Reason::PassFragment, C::PASS)),
+        }
+    } else {
+        parse::upper_v6(ctx, ip)
+    };
+    let (proto, off) = match upper {
         Upper::At { proto, off } => (proto, off),
-        Upper::Fragment => return Err((Reason::PassFragment, C::PASS)),
+        Upper::Fragment => {
+            if !FRAGMENTS {
+                ctx.to_v6_fragment_path();
+            }
+            return Err((Reason::PassFragment, C::PASS));
+        }
         Upper::Unwalked => return Err((Reason::PassIpv6ExtHeaders, C::PASS)),
     };
     if proto == icmp6::IPPROTO_ICMPV6 {
@@ -353,7 +386,7 @@ fn create(key: &CtKeyV6, flow: &NewFlow, now: u64) -> *mut CtValueV6 {
 /// its egress MTU in `too_big`, to be answered with Packet Too Big about
 /// the packet as its sender sent it.
 #[inline(always)]
-fn translate<C: Frame>(
+fn translate<C: Frame, const FRAGMENTS: bool>(
     ctx: &C,
     p: &Packet,
     key: &CtKeyV6,
@@ -368,15 +401,31 @@ fn translate<C: Frame>(
         return C::DROP;
     }
     let partial = nat::rewrite_v6(p.ip, &p.l4, p.l4_len, ct, key.dir == CT_DIR_FORWARD);
+    if FRAGMENTS {
+        remember_fragment(key, p.ip);
+    }
     stats::count_service(unsafe { (*ct).svc_id }, ctx.len() as u64);
     forward::send(ctx, ct, false, partial)
 }
 
-// `pick`, `reject`, `snat`, the sums, `create`, `track`, `too_big_for` and
-// `packet_too_big` are functions of their own (BPF-to-BPF
+// `pick`, `reject`, `snat`, the sums, `create`, `track`, `too_big_for`,
+// `packet_too_big`, `follow_fragment` and `remember_fragment` are functions of their own (BPF-to-BPF
 // calls), each called from the entry program's frame: inlined, their
 // variables would not fit the 512-byte stack beside the entry's, and
 // nested, their frames would add up.
+
+/// `frags::follow_v6`: its key would not fit the entry's stack.
+#[inline(never)]
+fn follow_fragment(ip: *mut Ipv6Hdr, proto: u8, id: u32) -> bool {
+    frags::follow_v6(ip, proto, id)
+}
+
+/// `frags::remember_v6`: the later fragments of the datagram follow its
+/// first, `ip` as rewritten; `key` is its tuple as it arrived.
+#[inline(never)]
+fn remember_fragment(key: &CtKeyV6, ip: *const Ipv6Hdr) {
+    frags::remember_v6(key, ip);
+}
 
 /// `conntrack::on_packet`.
 #[inline(never)]

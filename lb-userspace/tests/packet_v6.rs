@@ -450,8 +450,17 @@ fn neighbour_discovery_fragments_and_other_traffic_go_to_the_kernel() {
 fn the_ipv6_entries_leave_the_verifier_a_margin() {
     let dp = synced();
     let xdp = dp.program("lb6").unwrap().info().unwrap();
-    let tc = ["lb6_pod", "lb6_tc"].map(|name| dp.classifier(name).unwrap().info().unwrap());
-    for (name, info) in [("lb6", &xdp), ("lb6_pod", &tc[0]), ("lb6_tc", &tc[1])] {
+    let frag = dp.program("lb6_frag").unwrap().info().unwrap();
+    let tc = ["lb6_pod", "lb6_tc", "lb6_frag_pod", "lb6_frag_tc"]
+        .map(|name| dp.classifier(name).unwrap().info().unwrap());
+    for (name, info) in [
+        ("lb6", &xdp),
+        ("lb6_pod", &tc[0]),
+        ("lb6_tc", &tc[1]),
+        ("lb6_frag", &frag),
+        ("lb6_frag_pod", &tc[2]),
+        ("lb6_frag_tc", &tc[3]),
+    ] {
         let walked = info
             .verified_instruction_count()
             .expect("the kernel reports verified instructions (5.16 on)");

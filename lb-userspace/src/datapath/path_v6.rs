@@ -1,7 +1,8 @@
 //! The IPv6 path's entry programs, which the IPv4 programs tail-call for
-//! IPv6 packets so that the IPv6 path gets a stack of its own. Loaded
-//! after the rest: a kernel that refuses them still runs the IPv4 path,
-//! and IPv6 packets then pass (`pass_ipv6_path_missing`).
+//! IPv6 packets so that the IPv6 path gets a stack of its own, and its
+//! entries for fragments, which those tail-call in turn. Loaded after the
+//! rest: a kernel that refuses them still runs the IPv4 path, and IPv6
+//! packets then pass (`pass_ipv6_path_missing`).
 //!
 //! The kernel empties a program array when its last user reference goes
 //! (to break reference cycles through the programs it holds), so the
@@ -16,34 +17,54 @@ use aya::{
 };
 use lb_common::{names, V6_EXT, V6_POD};
 
-const XDP: &str = "lb6";
-const POD: &str = "lb6_pod";
-const EXT_TC: &str = "lb6_tc";
+/// The IPv6 entries: XDP, tc on pod interfaces, tc on external ones.
+const PATH: [&str; 3] = ["lb6", "lb6_pod", "lb6_tc"];
+/// The same for IPv6 fragments.
+const FRAGMENT_PATH: [&str; 3] = ["lb6_frag", "lb6_frag_pod", "lb6_frag_tc"];
 
 /// The program arrays' handles: they keep the slots filled.
 pub struct Slots {
-    _xdp: ProgramArray<MapData>,
-    _tc: ProgramArray<MapData>,
+    _path: [ProgramArray<MapData>; 2],
+    _fragments: Option<[ProgramArray<MapData>; 2]>,
 }
 
 pub(super) fn load(ebpf: &mut Ebpf) -> Result<Slots> {
-    let xdp: &mut Xdp = program(ebpf, XDP)?.try_into()?;
-    xdp.load()
-        .with_context(|| format!("verifier rejected {XDP}"))?;
-    for name in [POD, EXT_TC] {
+    let path = entries(ebpf, PATH, [names::PATH_V6_XDP, names::PATH_V6_TC])?;
+    // Fragments are an addition: without their entries they pass.
+    let fragments = entries(
+        ebpf,
+        FRAGMENT_PATH,
+        [names::PATH_V6_FRAG_XDP, names::PATH_V6_FRAG_TC],
+    )
+    .inspect_err(|e| tracing::warn!("IPv6 fragments pass untranslated: {e:#}"))
+    .ok();
+    Ok(Slots {
+        _path: path,
+        _fragments: fragments,
+    })
+}
+
+/// Loads the entries `[xdp, pod, ext]` and puts them in the program
+/// arrays `[xdp, tc]`.
+fn entries(
+    ebpf: &mut Ebpf,
+    [xdp, pod, ext]: [&str; 3],
+    [xdp_array, tc_array]: [&str; 2],
+) -> Result<[ProgramArray<MapData>; 2]> {
+    let prog: &mut Xdp = program(ebpf, xdp)?.try_into()?;
+    prog.load()
+        .with_context(|| format!("verifier rejected {xdp}"))?;
+    for name in [pod, ext] {
         let tc: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
         tc.load()
             .with_context(|| format!("verifier rejected {name}"))?;
     }
-    let mut xdp_slots = prog_array(ebpf, names::PATH_V6_XDP)?;
-    xdp_slots.set(0, fd(ebpf, XDP)?, 0)?;
-    let mut tc_slots = prog_array(ebpf, names::PATH_V6_TC)?;
-    tc_slots.set(V6_POD, fd(ebpf, POD)?, 0)?;
-    tc_slots.set(V6_EXT, fd(ebpf, EXT_TC)?, 0)?;
-    Ok(Slots {
-        _xdp: xdp_slots,
-        _tc: tc_slots,
-    })
+    let mut xdp_slots = prog_array(ebpf, xdp_array)?;
+    xdp_slots.set(0, fd(ebpf, xdp)?, 0)?;
+    let mut tc_slots = prog_array(ebpf, tc_array)?;
+    tc_slots.set(V6_POD, fd(ebpf, pod)?, 0)?;
+    tc_slots.set(V6_EXT, fd(ebpf, ext)?, 0)?;
+    Ok([xdp_slots, tc_slots])
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
