@@ -187,6 +187,7 @@ fn new_flows(
     match (dst, first_src) {
         (SocketAddr::V4(dst), IpAddr::V4(first)) => send_new_flows(
             libc::AF_INET,
+            None,
             sockaddr_v4(dst),
             |n, port, buf: &mut [u8; 46]| {
                 let src = Ipv4Addr::from(u32::from(first) + n);
@@ -197,6 +198,10 @@ fn new_flows(
         ),
         (SocketAddr::V6(dst), IpAddr::V6(first)) => send_new_flows(
             libc::AF_INET6,
+            // Unbound, the kernel selects a source address for every
+            // datagram (though the header carries its own) among the
+            // sender's hundreds, and sends a tenth as many.
+            Some(sockaddr_v6(SocketAddrV6::new(first, 0, 0, 0))),
             sockaddr_v6(dst),
             |n, port, buf: &mut [u8; 66]| {
                 let src = Ipv6Addr::from(u128::from(first) + u128::from(n));
@@ -237,10 +242,12 @@ fn sockaddr_v6(dst: SocketAddrV6) -> libc::sockaddr_in6 {
 }
 
 /// Sends from a raw socket of `domain` (IPPROTO_RAW: the datagrams carry
-/// their own IP header, in IPv6 too) the datagrams `fill` writes for
-/// (source address number, source port), each pair once.
+/// their own IP header, in IPv6 too), bound to `from` if given, the
+/// datagrams `fill` writes for (source address number, source port), each
+/// pair once.
 fn send_new_flows<To, const N: usize>(
     domain: i32,
+    from: Option<To>,
     to: To,
     mut fill: impl FnMut(u32, u16, &mut [u8; N]),
     src_count: u32,
@@ -250,6 +257,17 @@ fn send_new_flows<To, const N: usize>(
     let fd = unsafe { libc::socket(domain, libc::SOCK_RAW, libc::IPPROTO_RAW) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
+    }
+    if let Some(from) = from {
+        // SAFETY: `from` is a socket address of `domain` of the size passed.
+        let rc =
+            unsafe { libc::bind(fd, (&from as *const To).cast(), mem::size_of::<To>() as u32) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            // SAFETY: our descriptor, closed once.
+            unsafe { libc::close(fd) };
+            return Err(err);
+        }
     }
     let max = u64::from(src_count) * u64::from(u16::MAX - FIRST_PORT + 1);
     let mut bufs = [[0u8; N]; BATCH];
