@@ -33,7 +33,16 @@ impl Results {
         Some((received, sent))
     }
 
+    /// The rows with a measured cell, in the table's order: a partial run
+    /// shows only its own.
+    fn rows(&self) -> Vec<Row> {
+        Row::all()
+            .filter(|&r| Column::ALL.iter().any(|&c| self.samples(r, c).is_some()))
+            .collect()
+    }
+
     pub fn markdown(&self, context: &str) -> String {
+        let rows = self.rows();
         let mut md = String::from("| path |");
         let mut rule = String::from("|---|");
         for column in Column::ALL {
@@ -41,7 +50,7 @@ impl Results {
             rule.push_str("---|");
         }
         let _ = writeln!(md, "\n{rule}");
-        for row in Row::all() {
+        for &row in &rows {
             let _ = write!(md, "| {} |", row.title());
             for column in Column::ALL {
                 let cell = self.median(row, column).map_or("".into(), rate);
@@ -55,7 +64,7 @@ impl Results {
             let _ = write!(md, " {} |", column.title());
         }
         let _ = writeln!(md, "\n{rule}");
-        for row in Row::all() {
+        for &row in &rows {
             let _ = write!(md, "| {} |", row.title());
             for column in Column::ALL {
                 let cell = self.delivered(row, column).map_or(String::new(), |(r, s)| {
@@ -102,9 +111,7 @@ impl Results {
         const TOP: f64 = 50.0;
         const BOTTOM: f64 = 124.0;
         const COLORS: [&str; 4] = ["#8c8c8c", "#e4a72b", "#4c8bd6", "#3aa35b"];
-        let rows: Vec<Row> = Row::all()
-            .filter(|&r| Column::ALL.iter().any(|&c| self.median(r, c).is_some()))
-            .collect();
+        let rows = self.rows();
         let max = rows
             .iter()
             .flat_map(|&r| Column::ALL.iter().filter_map(move |&c| self.median(r, c)))

@@ -313,7 +313,10 @@ impl Services {
             let svc_chain = format!("service-{}-{spn}", &tag(&spn)[..8]);
             let mut vmap = Vec::new();
             for (k, (addr, _)) in svc.endpoints(family).enumerate() {
-                let ep = format!("{spn}__{addr}/{TARGET_PORT}");
+                // As kube-proxy names it: a chain name may not hold the
+                // colons of an IPv6 address, so they become dots.
+                let name_addr = addr.to_string().replace(':', ".");
+                let ep = format!("{spn}__{name_addr}/{TARGET_PORT}");
                 let ep_chain = format!("endpoint-{}-{ep}", &tag(&ep)[..8]);
                 let to = SocketAddr::new(addr, TARGET_PORT);
                 let _ = writeln!(
