@@ -17,14 +17,18 @@ pub struct Args {
     /// With --testbed: only these columns (no-proxy, iptables, nftables, xdplb).
     #[arg(long, value_delimiter = ',', requires = "testbed")]
     columns: Vec<testbed::Column>,
-    /// With --testbed: only these rows, numbered from 1 as in the table.
+    /// With --testbed: only these rows, numbered from 1 as in the full table
+    /// (IPv4's paths 1-5, the same paths in IPv6 6-10).
     #[arg(long, value_delimiter = ',', requires = "testbed")]
     rows: Vec<usize>,
+    /// With --testbed: only the rows of these address families (ipv4, ipv6).
+    #[arg(long, value_delimiter = ',', requires = "testbed")]
+    families: Vec<testbed::Family>,
 }
 
 pub fn run_benches(args: &Args) -> Result<()> {
     if args.testbed {
-        return testbed::run_cmd(&args.columns, &args.rows);
+        return testbed::run_cmd(&args.columns, &args.rows, &args.families);
     }
     ebpf::build()?;
     run(Command::new("cargo")

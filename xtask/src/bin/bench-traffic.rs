@@ -1,20 +1,21 @@
 //! The traffic generator and sink of `cargo xtask bench --testbed`, std and
 //! libc only.
 //!
-//! `bench-traffic sink PORT SECS` binds UDP PORT, prints `ready`, and once
-//! the first datagram arrives lets WARMUP pass, then counts for SECS; it
-//! prints `<counted> <seconds counted> <received in all>`.
+//! `bench-traffic sink ADDR:PORT SECS` binds UDP ADDR:PORT, prints `ready`,
+//! and once the first datagram arrives lets WARMUP pass, then counts for
+//! SECS; it prints `<counted> <seconds counted> <received in all>`.
 //!
 //! `bench-traffic flows ADDR:PORT FLOWS SECS` sends from FLOWS connected UDP
 //! sockets as fast as it can for SECS; `bench-traffic new-flows ADDR:PORT
-//! FIRST_SRC SRC_COUNT SECS` sends raw IPv4/UDP datagrams whose source
-//! (address, port) never repeats: addresses FIRST_SRC and the SRC_COUNT - 1
-//! after it, ports 1024-65535. Both print `<datagrams sent>`.
+//! FIRST_SRC SRC_COUNT SECS` sends raw UDP datagrams (IPv4 or IPv6, as ADDR
+//! is) whose source (address, port) never repeats: addresses FIRST_SRC and
+//! the SRC_COUNT - 1 after it, ports 1024-65535. Both print `<datagrams
+//! sent>`.
 use std::{
     env,
     io::{self, Write},
     mem,
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket},
     os::fd::AsRawFd,
     process::ExitCode,
     time::{Duration, Instant},
@@ -39,13 +40,13 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let result = match args.as_slice() {
-        ["sink", port, secs] => sink(parse(port), secs_arg(secs)),
+        ["sink", bind, secs] => sink(parse(bind), secs_arg(secs)),
         ["flows", dst, count, secs] => flows(parse(dst), parse(count), secs_arg(secs)),
         ["new-flows", dst, first, count, secs] => {
             new_flows(parse(dst), parse(first), parse(count), secs_arg(secs))
         }
         _ => Err(io::Error::other(
-            "usage: bench-traffic sink PORT SECS | flows ADDR:PORT FLOWS SECS | \
+            "usage: bench-traffic sink ADDR:PORT SECS | flows ADDR:PORT FLOWS SECS | \
              new-flows ADDR:PORT FIRST_SRC SRC_COUNT SECS",
         )),
     };
@@ -72,8 +73,8 @@ fn secs_arg(arg: &str) -> Duration {
     Duration::from_secs_f64(parse(arg))
 }
 
-fn sink(port: u16, window: Duration) -> io::Result<String> {
-    let socket = UdpSocket::bind(("0.0.0.0", port))?;
+fn sink(bind: SocketAddr, window: Duration) -> io::Result<String> {
+    let socket = UdpSocket::bind(bind)?;
     let fd = socket.as_raw_fd();
     // A burst the sink is slow to read must not count as lost on the path.
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20)?;
@@ -136,10 +137,14 @@ fn sink(port: u16, window: Duration) -> io::Result<String> {
     Ok(format!("{counted} {secs} {total}"))
 }
 
-fn flows(dst: SocketAddrV4, flows: usize, secs: Duration) -> io::Result<String> {
+fn flows(dst: SocketAddr, flows: usize, secs: Duration) -> io::Result<String> {
+    let any: IpAddr = match dst {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
     let sockets = (0..flows)
         .map(|_| {
-            let s = UdpSocket::bind(("0.0.0.0", 0))?;
+            let s = UdpSocket::bind((any, 0))?;
             s.connect(dst)?;
             Ok(s)
         })
@@ -174,31 +179,103 @@ fn flows(dst: SocketAddrV4, flows: usize, secs: Duration) -> io::Result<String> 
 }
 
 fn new_flows(
-    dst: SocketAddrV4,
-    first_src: Ipv4Addr,
+    dst: SocketAddr,
+    first_src: IpAddr,
     src_count: u32,
     secs: Duration,
 ) -> io::Result<String> {
-    // SAFETY: plain syscall.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+    match (dst, first_src) {
+        (SocketAddr::V4(dst), IpAddr::V4(first)) => send_new_flows(
+            libc::AF_INET,
+            None,
+            sockaddr_v4(dst),
+            |n, port, buf: &mut [u8; 46]| {
+                let src = Ipv4Addr::from(u32::from(first) + n);
+                datagram(buf, SocketAddrV4::new(src, port), dst);
+            },
+            src_count,
+            secs,
+        ),
+        (SocketAddr::V6(dst), IpAddr::V6(first)) => send_new_flows(
+            libc::AF_INET6,
+            // Unbound, the kernel selects a source address for every
+            // datagram (though the header carries its own) among the
+            // sender's hundreds, and sends a tenth as many.
+            Some(sockaddr_v6(SocketAddrV6::new(first, 0, 0, 0))),
+            sockaddr_v6(dst),
+            |n, port, buf: &mut [u8; 66]| {
+                let src = Ipv6Addr::from(u128::from(first) + u128::from(n));
+                datagram_v6(buf, SocketAddrV6::new(src, port, 0, 0), dst);
+            },
+            src_count,
+            secs,
+        ),
+        _ => Err(io::Error::other(
+            "the destination and the sources differ in family",
+        )),
     }
-    let max = u64::from(src_count) * u64::from(u16::MAX - FIRST_PORT + 1);
-    let to = libc::sockaddr_in {
+}
+
+fn sockaddr_v4(dst: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: dst.port().to_be(),
         sin_addr: libc::in_addr {
             s_addr: u32::from(*dst.ip()).to_be(),
         },
         sin_zero: [0; 8],
-    };
-    let mut bufs = [[0u8; 46]; BATCH];
+    }
+}
+
+/// For a raw IPv6 socket the port field names the protocol, and anything
+/// but 0 or the socket's own is refused: it stays 0.
+fn sockaddr_v6(dst: SocketAddrV6) -> libc::sockaddr_in6 {
+    libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: 0,
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr {
+            s6_addr: dst.ip().octets(),
+        },
+        sin6_scope_id: 0,
+    }
+}
+
+/// Sends from a raw socket of `domain` (IPPROTO_RAW: the datagrams carry
+/// their own IP header, in IPv6 too), bound to `from` if given, the
+/// datagrams `fill` writes for (source address number, source port), each
+/// pair once.
+fn send_new_flows<To, const N: usize>(
+    domain: i32,
+    from: Option<To>,
+    to: To,
+    mut fill: impl FnMut(u32, u16, &mut [u8; N]),
+    src_count: u32,
+    secs: Duration,
+) -> io::Result<String> {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::socket(domain, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if let Some(from) = from {
+        // SAFETY: `from` is a socket address of `domain` of the size passed.
+        let rc =
+            unsafe { libc::bind(fd, (&from as *const To).cast(), mem::size_of::<To>() as u32) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            // SAFETY: our descriptor, closed once.
+            unsafe { libc::close(fd) };
+            return Err(err);
+        }
+    }
+    let max = u64::from(src_count) * u64::from(u16::MAX - FIRST_PORT + 1);
+    let mut bufs = [[0u8; N]; BATCH];
     // `_iovs` stays bound: `msgs` points into it.
     let (_iovs, mut msgs) = batch(&mut bufs);
     for msg in &mut msgs {
-        msg.msg_hdr.msg_name = (&to as *const libc::sockaddr_in).cast_mut().cast();
-        msg.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as u32;
+        msg.msg_hdr.msg_name = (&to as *const To).cast_mut().cast();
+        msg.msg_hdr.msg_namelen = mem::size_of::<To>() as u32;
     }
     let deadline = Instant::now() + secs;
     let (mut next, mut sent) = (0u64, 0u64);
@@ -206,9 +283,9 @@ fn new_flows(
         let batch = (max - next).min(BATCH as u64) as usize;
         for buf in &mut bufs[..batch] {
             // Address varies fastest, so every address is in use at once.
-            let src = Ipv4Addr::from(u32::from(first_src) + (next % u64::from(src_count)) as u32);
+            let n = (next % u64::from(src_count)) as u32;
             let port = FIRST_PORT + (next / u64::from(src_count)) as u16;
-            datagram(buf, SocketAddrV4::new(src, port), dst);
+            fill(n, port, buf);
             next += 1;
         }
         // SAFETY: msgs point at bufs, iovs and `to`, which outlive the call.
@@ -220,8 +297,6 @@ fn new_flows(
     Ok(sent.to_string())
 }
 
-/// An IPv4/UDP datagram with both checksums complete, as a host without
-/// offload would send it.
 /// One iovec per buffer and one mmsghdr per iovec, for sendmmsg and
 /// recvmmsg. The headers point into the returned iovecs (heap memory, which
 /// moving the Vec does not move) and the iovecs into `bufs`: both must
@@ -243,8 +318,9 @@ fn batch<const N: usize>(bufs: &mut [[u8; N]; BATCH]) -> (Vec<libc::iovec>, Vec<
     (iovs, msgs)
 }
 
+/// An IPv4/UDP datagram with both checksums complete, as a host without
+/// offload would send it.
 fn datagram(buf: &mut [u8; 46], src: SocketAddrV4, dst: SocketAddrV4) {
-    let udp_len = 8 + PAYLOAD.len() as u16;
     buf[..20].copy_from_slice(&[
         0x45, 0, 0, 46, 0, 0, 0x40, 0, 64, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ]);
@@ -252,18 +328,39 @@ fn datagram(buf: &mut [u8; 46], src: SocketAddrV4, dst: SocketAddrV4) {
     buf[16..20].copy_from_slice(&dst.ip().octets());
     let ip_sum = checksum(0, &buf[..20]);
     buf[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-    buf[20..22].copy_from_slice(&src.port().to_be_bytes());
-    buf[22..24].copy_from_slice(&dst.port().to_be_bytes());
-    buf[24..26].copy_from_slice(&udp_len.to_be_bytes());
-    buf[26..28].copy_from_slice(&[0, 0]);
-    buf[28..].copy_from_slice(PAYLOAD);
-    let pseudo = sum(&buf[12..20]) + 17 + u32::from(udp_len);
-    let udp_sum = match checksum(pseudo, &buf[20..]) {
-        // Zero means "no checksum" in UDP over IPv4.
+    let addrs = sum(&buf[12..20]);
+    udp(&mut buf[20..], addrs, src.port(), dst.port());
+}
+
+/// An IPv6/UDP datagram with its checksum complete, which IPv6 requires.
+fn datagram_v6(buf: &mut [u8; 66], src: SocketAddrV6, dst: SocketAddrV6) {
+    // Version 6, no traffic class or flow label; next header UDP, hop
+    // limit 64.
+    buf[..8].copy_from_slice(&[0x60, 0, 0, 0, 0, 0, 17, 64]);
+    buf[4..6].copy_from_slice(&UDP_LEN.to_be_bytes());
+    buf[8..24].copy_from_slice(&src.ip().octets());
+    buf[24..40].copy_from_slice(&dst.ip().octets());
+    let addrs = sum(&buf[8..40]);
+    udp(&mut buf[40..], addrs, src.port(), dst.port());
+}
+
+const UDP_LEN: u16 = 8 + PAYLOAD.len() as u16;
+
+/// The UDP header and payload; `addrs` is the sum of the pseudo-header's
+/// addresses, the rest of which is the same in both families.
+fn udp(seg: &mut [u8], addrs: u32, src_port: u16, dst_port: u16) {
+    seg[0..2].copy_from_slice(&src_port.to_be_bytes());
+    seg[2..4].copy_from_slice(&dst_port.to_be_bytes());
+    seg[4..6].copy_from_slice(&UDP_LEN.to_be_bytes());
+    seg[6..8].copy_from_slice(&[0, 0]);
+    seg[8..].copy_from_slice(PAYLOAD);
+    let udp_sum = match checksum(addrs + 17 + u32::from(UDP_LEN), seg) {
+        // Zero means "no checksum" in UDP over IPv4, and is not allowed
+        // over IPv6.
         0 => 0xffff,
         s => s,
     };
-    buf[26..28].copy_from_slice(&udp_sum.to_be_bytes());
+    seg[6..8].copy_from_slice(&udp_sum.to_be_bytes());
 }
 
 fn sum(bytes: &[u8]) -> u32 {

@@ -7,7 +7,11 @@
 //! programs or connection tracking. The nodes are set up as a systemd host
 //! leaves them (loose reverse-path filter, no accept_local), whatever the
 //! demo's defaults; pods keep the demo's routed layout. A sender pod `src`
-//! on node1 and a sink pod on node2; the client behind the router.
+//! on node1 and a sink pod on node2; the client behind the router. Every
+//! path is measured in IPv4 and in IPv6, the Services dual-stack when both
+//! are.
+mod family;
+mod proof;
 mod report;
 mod services;
 
@@ -15,7 +19,7 @@ use std::{
     fmt,
     fs::{self, File},
     io::{BufRead, BufReader, Write as _},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, ChildStdout, Command, Stdio},
     time::{Duration, Instant},
@@ -31,11 +35,12 @@ use crate::{
 };
 use ::testbed::{
     apps,
-    cluster::{self, Cluster, NodeProfile, CLIENT_ADDR, NODE_LAN_IFACE},
+    cluster::{self, Cluster, NodeProfile, NODE_LAN_IFACE},
     command,
     control_plane::{App, Pod},
     netns,
 };
+pub use family::Family;
 use report::Results;
 use services::Services;
 
@@ -55,8 +60,8 @@ const PROCESS_LIMIT: &str = "30";
 
 const SRC_POD: &str = "src";
 const SINK_POD: &str = "sink";
-const SINK_ADDR: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
-const SRC_ADDR: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+/// The pods' host number in their node's pod CIDR, in both families.
+const POD_HOST: u8 = 2;
 /// The cgroup below the agent's that holds a pod's sender "under the hooks".
 const POD_CGROUP: &str = "bench-pod";
 
@@ -92,8 +97,9 @@ impl fmt::Display for Column {
     }
 }
 
+/// What a row sends, and where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Row {
+pub enum Traffic {
     EastWestHooks,
     EastWestFlows,
     EastWestNewFlow,
@@ -101,48 +107,81 @@ pub enum Row {
     NorthSouthNewFlow,
 }
 
-impl Row {
-    pub const ALL: [Row; 5] = [
-        Row::EastWestHooks,
-        Row::EastWestFlows,
-        Row::EastWestNewFlow,
-        Row::NorthSouthFlows,
-        Row::NorthSouthNewFlow,
+impl Traffic {
+    pub const ALL: [Traffic; 5] = [
+        Traffic::EastWestHooks,
+        Traffic::EastWestFlows,
+        Traffic::EastWestNewFlow,
+        Traffic::NorthSouthFlows,
+        Traffic::NorthSouthNewFlow,
     ];
 
     pub fn title(self) -> &'static str {
         match self {
-            Row::EastWestHooks => "east-west, pods under the socket hooks, 64 connected flows",
-            Row::EastWestFlows => "east-west, per-packet pod path, 64 flows, 10k Services",
-            Row::EastWestNewFlow => "east-west, per-packet, a new flow per packet, 10k Services",
-            Row::NorthSouthFlows => {
+            Traffic::EastWestHooks => "east-west, pods under the socket hooks, 64 connected flows",
+            Traffic::EastWestFlows => "east-west, per-packet pod path, 64 flows, 10k Services",
+            Traffic::EastWestNewFlow => {
+                "east-west, per-packet, a new flow per packet, 10k Services"
+            }
+            Traffic::NorthSouthFlows => {
                 "north-south to a NodePort, endpoint on the other node, 64 flows, 10k Services"
             }
-            Row::NorthSouthNewFlow => "north-south, a new flow per packet, 10k Services",
+            Traffic::NorthSouthNewFlow => "north-south, a new flow per packet, 10k Services",
         }
     }
 
     pub fn short(self) -> [&'static str; 2] {
         match self {
-            Row::EastWestHooks => ["east-west", "socket hooks"],
-            Row::EastWestFlows => ["east-west", "64 flows"],
-            Row::EastWestNewFlow => ["east-west", "new flow/packet"],
-            Row::NorthSouthFlows => ["north-south", "64 flows"],
-            Row::NorthSouthNewFlow => ["north-south", "new flow/packet"],
+            Traffic::EastWestHooks => ["east-west", "socket hooks"],
+            Traffic::EastWestFlows => ["east-west", "64 flows"],
+            Traffic::EastWestNewFlow => ["east-west", "new flow/packet"],
+            Traffic::NorthSouthFlows => ["north-south", "64 flows"],
+            Traffic::NorthSouthNewFlow => ["north-south", "new flow/packet"],
         }
     }
 
     /// Only a proxy with socket hooks has a hooks path to measure.
     fn applies(self, column: Column) -> bool {
-        self != Row::EastWestHooks || matches!(column, Column::NoProxy | Column::Xdplb)
+        self != Traffic::EastWestHooks || matches!(column, Column::NoProxy | Column::Xdplb)
     }
 
     fn north_south(self) -> bool {
-        matches!(self, Row::NorthSouthFlows | Row::NorthSouthNewFlow)
+        matches!(self, Traffic::NorthSouthFlows | Traffic::NorthSouthNewFlow)
     }
 
     fn new_flows(self) -> bool {
-        matches!(self, Row::EastWestNewFlow | Row::NorthSouthNewFlow)
+        matches!(self, Traffic::EastWestNewFlow | Traffic::NorthSouthNewFlow)
+    }
+}
+
+/// A row of the table: a kind of traffic in one address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub family: Family,
+    pub traffic: Traffic,
+}
+
+impl Row {
+    /// IPv4's rows, then IPv6's, in the table's order.
+    pub fn all() -> impl Iterator<Item = Row> {
+        Family::ALL.into_iter().flat_map(|family| {
+            Traffic::ALL
+                .into_iter()
+                .map(move |traffic| Row { family, traffic })
+        })
+    }
+
+    /// IPv4's titles are those of the single-family table before.
+    pub fn title(self) -> String {
+        match self.family {
+            Family::Ipv4 => self.traffic.title().to_owned(),
+            Family::Ipv6 => format!("IPv6: {}", self.traffic.title()),
+        }
+    }
+
+    pub fn short(self) -> [&'static str; 3] {
+        let [path, flows] = self.traffic.short();
+        [path, flows, self.family.title()]
     }
 }
 
@@ -156,9 +195,10 @@ pub struct Sample {
     pub received: u64,
 }
 
-/// Every cell, or only those of `columns` and `rows` (from 1) where given:
-/// a partial table for working on one path.
-pub fn run_cmd(columns: &[Column], rows: &[usize]) -> Result<()> {
+/// Every cell, or only those of `columns`, `rows` (from 1) and `families`
+/// where given: a partial table for working on one path. The Services have
+/// the families of the rows measured.
+pub fn run_cmd(columns: &[Column], rows: &[usize], families: &[Family]) -> Result<()> {
     let started = Instant::now();
     let load_before = load_average();
     prepare::preflight()?;
@@ -168,9 +208,20 @@ pub fn run_cmd(columns: &[Column], rows: &[usize]) -> Result<()> {
     let bin = build()?;
     prepare::remove_leftovers()?;
     let nodes = cluster::nodes();
-    let services = Services::new(SINK_ADDR, &nodes[1].name);
+    let picked: Vec<Row> = Row::all()
+        .enumerate()
+        .filter(|(i, r)| {
+            (rows.is_empty() || rows.contains(&(i + 1)))
+                && (families.is_empty() || families.contains(&r.family))
+        })
+        .map(|(_, r)| r)
+        .collect();
+    ensure!(!picked.is_empty(), "no row left to measure");
+    let mut measured: Vec<Family> = picked.iter().map(|r| r.family).collect();
+    measured.dedup();
+    let sink = Family::ALL.map(|f| f.pod_addr(&nodes[1], POD_HOST));
+    let services = Services::new(sink, &nodes[1].name, measured);
     let mut results = Results { cells: Vec::new() };
-    let picked = |i: usize| rows.is_empty() || rows.contains(&(i + 1));
     for column in Column::ALL
         .into_iter()
         .filter(|c| columns.is_empty() || columns.contains(c))
@@ -183,17 +234,14 @@ pub fn run_cmd(columns: &[Column], rows: &[usize]) -> Result<()> {
             "column {column}: cluster ready in {}",
             seconds(setup.elapsed())
         ));
-        for (_, row) in Row::ALL
-            .into_iter()
-            .enumerate()
-            .filter(|&(i, r)| picked(i) && r.applies(column))
-        {
+        for &row in picked.iter().filter(|r| r.traffic.applies(column)) {
+            let counters = bed.counters(row, &services)?;
             let mut samples = Vec::new();
             for run in 0..RUNS {
                 check_interrupt()?;
                 let sample = bed.measure(row, run, &services)?;
                 eprintln!(
-                    "      {column:<9} {:<78} run {}: {:>10}  (sent {}, received {})",
+                    "      {column:<9} {:<84} run {}: {:>10}  (sent {}, received {})",
                     row.title(),
                     run + 1,
                     report::rate(sample.rate),
@@ -201,6 +249,12 @@ pub fn run_cmd(columns: &[Column], rows: &[usize]) -> Result<()> {
                     sample.received
                 );
                 samples.push(sample);
+            }
+            if let Some(before) = counters {
+                let received = samples.iter().map(|s| s.received).sum();
+                let after = bed.counters(row, &services)?.context("counters vanished")?;
+                let shown = before.check(&after, row, received)?;
+                step(&format!("{column}, {}: {shown}", row.title()));
             }
             results.cells.push((row, column, samples));
         }
@@ -236,6 +290,8 @@ struct Bed {
     cluster: Cluster,
     column: Column,
     traffic: PathBuf,
+    /// Holds `xdplb`, which reads the agents' counters.
+    bin: PathBuf,
 }
 
 struct PodCgroup(PathBuf);
@@ -256,38 +312,38 @@ impl Bed {
         let mut cluster = Cluster::create(nodes.clone(), NodeProfile::default())?;
         // The client reaches pods directly only through node1, as a network
         // routing the pod CIDRs to a node would.
-        netns::exec(
-            &cluster.run.ns("router"),
-            "ip",
-            &[
-                "route",
-                "add",
-                "10.244.0.0/16",
-                "via",
-                &nodes[0].addr.to_string(),
-            ],
-        )?;
-        for (name, node, addr) in [
-            (SRC_POD, &nodes[0], SRC_ADDR),
-            (SINK_POD, &nodes[1], SINK_ADDR),
-        ] {
+        for &family in &services.families {
+            netns::exec(
+                &cluster.run.ns("router"),
+                "ip",
+                &[
+                    "route",
+                    "add",
+                    family.cluster_cidr(),
+                    "via",
+                    &family.node_addr(&nodes[0]).to_string(),
+                ],
+            )?;
+        }
+        for (name, node) in [(SRC_POD, &nodes[0]), (SINK_POD, &nodes[1])] {
             let pod = Pod {
                 name: name.into(),
                 node: node.name.clone(),
-                addr,
-                // Same host number in the node's IPv6 pod CIDR; the bench
-                // sends IPv4 only.
-                addr6: std::net::Ipv6Addr::from(
-                    u128::from(node.pod_net6) | u128::from(addr.octets()[3]),
-                ),
+                addr: family::pod_v4(node, POD_HOST),
+                addr6: family::pod_v6(node, POD_HOST),
                 app: App::Probe,
                 env: Vec::new(),
                 labels: Default::default(),
                 named_ports: Default::default(),
             };
-            cluster.add_pod(&pod, &format!("127.0.0.1\tlocalhost\n{addr}\t{name}\n"))?;
+            cluster.add_pod(
+                &pod,
+                &format!("127.0.0.1\tlocalhost\n{}\t{name}\n", pod.addr),
+            )?;
         }
-        add_sources(&cluster)?;
+        for &family in &services.families {
+            add_sources(&cluster, family)?;
+        }
         let pod_cgroup = match cluster.run.cgroup(&nodes[0].name) {
             Some(node) => {
                 let dir = node.join(POD_CGROUP);
@@ -298,8 +354,17 @@ impl Bed {
         };
         match column {
             Column::NoProxy => {}
-            Column::Iptables => load_rules(&cluster, "iptables-restore", &[], services.iptables())?,
-            Column::Nftables => load_rules(&cluster, "nft", &["-f"], services.nftables())?,
+            Column::Iptables => {
+                for &family in &services.families {
+                    let program = family.restore_program();
+                    load_rules(&cluster, family, program, &[], services.iptables(family))?;
+                }
+            }
+            Column::Nftables => {
+                for &family in &services.families {
+                    load_rules(&cluster, family, "nft", &["-f"], services.nftables(family))?;
+                }
+            }
             Column::Xdplb => start_agents(&mut cluster, &bin.dir, services)?,
         }
         check_proxy(&cluster, column)?;
@@ -308,6 +373,7 @@ impl Bed {
             cluster,
             column,
             traffic: bin.traffic.clone(),
+            bin: bin.dir.clone(),
         })
     }
 
@@ -316,28 +382,47 @@ impl Bed {
         self.cluster.remove()
     }
 
+    /// Where the row's sender sends in this column.
+    fn destination(&self, row: Row, services: &Services) -> SocketAddr {
+        let family = row.family;
+        let nodes = cluster::nodes();
+        match (self.column, row.traffic.north_south()) {
+            (Column::NoProxy, _) => {
+                SocketAddr::new(family.pod_addr(&nodes[1], POD_HOST), services::TARGET_PORT)
+            }
+            (_, true) => SocketAddr::new(family.node_addr(&nodes[0]), services::NODE_PORT),
+            (_, false) => SocketAddr::new(services.measured().cluster_ip(family), services::PORT),
+        }
+    }
+
+    /// The counters of node1's agent that show which path the row took, in
+    /// the xdplb column.
+    fn counters(&self, row: Row, services: &Services) -> Result<Option<proof::Counters>> {
+        if self.column != Column::Xdplb {
+            return Ok(None);
+        }
+        let node = &self.cluster.nodes[0].name;
+        let frontend = self.destination(row, services);
+        proof::Counters::read(&self.bin, &self.cluster.run, node, frontend).map(Some)
+    }
+
     fn measure(&self, row: Row, run: usize, services: &Services) -> Result<Sample> {
-        let svc = services.measured();
-        let dst = match (self.column, row.north_south()) {
-            (Column::NoProxy, _) => SocketAddrV4::new(SINK_ADDR, services::TARGET_PORT),
-            (_, true) => SocketAddrV4::new(cluster::nodes()[0].addr, services::NODE_PORT),
-            (_, false) => SocketAddrV4::new(svc.cluster_ip, services::PORT),
-        };
-        let (role, base) = if row.north_south() {
-            ("client", CLIENT_ADDR)
+        let family = row.family;
+        let dst = self.destination(row, services);
+        let (role, base) = if row.traffic.north_south() {
+            ("client", family.client())
         } else {
-            (SRC_POD, SRC_ADDR)
+            (SRC_POD, family.pod_addr(&cluster::nodes()[0], POD_HOST))
         };
         let send_secs = format!("{:.1}", (WINDOW + SEND_EXTRA).as_secs_f64());
         let mut args = vec!["timeout".to_owned(), PROCESS_LIMIT.to_owned()];
         args.push(self.traffic.to_string_lossy().into_owned());
-        if row.new_flows() {
-            let [a, b, c, _] = base.octets();
+        if row.traffic.new_flows() {
             let first = FIRST_EXTRA_SOURCE + SOURCES_PER_RUN * run as u8;
             args.extend([
                 "new-flows".into(),
                 dst.to_string(),
-                Ipv4Addr::new(a, b, c, first).to_string(),
+                family::with_last_byte(base, first).to_string(),
                 SOURCES_PER_RUN.to_string(),
                 send_secs,
             ]);
@@ -351,7 +436,7 @@ impl Bed {
         }
         let mut sender = Command::new("ip");
         sender.args(["netns", "exec", &self.cluster.run.ns(role)]);
-        if row == Row::EastWestHooks {
+        if row.traffic == Traffic::EastWestHooks {
             let cgroup = &self
                 .pod_cgroup
                 .as_ref()
@@ -366,7 +451,7 @@ impl Bed {
                 .args(["ip", "netns", "exec", &self.cluster.run.ns(role)]);
         }
         sender.args(&args);
-        let (mut sink, mut sink_out) = self.start_sink()?;
+        let (mut sink, mut sink_out) = self.start_sink(family)?;
         let sent = command::stdout(&mut sender).and_then(|out| {
             out.trim()
                 .parse::<u64>()
@@ -393,12 +478,13 @@ impl Bed {
     }
 
     /// Starts the sink in its pod and waits until it listens.
-    fn start_sink(&self) -> Result<(Child, BufReader<ChildStdout>)> {
+    fn start_sink(&self, family: Family) -> Result<(Child, BufReader<ChildStdout>)> {
+        let bind = SocketAddr::new(family.unspecified(), services::TARGET_PORT);
         let mut sink = Command::new("ip")
             .args(["netns", "exec", &self.cluster.run.ns(SINK_POD)])
             .args(["timeout", PROCESS_LIMIT])
             .arg(&self.traffic)
-            .args(["sink", &services::TARGET_PORT.to_string()])
+            .args(["sink", &bind.to_string()])
             .arg(format!("{}", WINDOW.as_secs_f64()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -415,26 +501,32 @@ impl Bed {
     }
 }
 
-/// The addresses new-flow senders use as sources, on the sender's own
-/// interface so that replies would have somewhere to go: the client's on
-/// its LAN, the pod's as further /32s with node1 routing them to its veth.
-fn add_sources(cluster: &Cluster) -> Result<()> {
+/// The addresses of `family` new-flow senders use as sources, on the
+/// sender's own interface so that replies would have somewhere to go: the
+/// client's on its LAN, the pod's as further host addresses with node1
+/// routing them to its veth. IPv6 ones skip duplicate address detection,
+/// as the cluster's own do.
+fn add_sources(cluster: &Cluster, family: Family) -> Result<()> {
     let last = FIRST_EXTRA_SOURCE + (SOURCES_PER_RUN * RUNS as u8 - 1);
-    let extra = |prefix: [u8; 3], len: u8| -> String {
-        (FIRST_EXTRA_SOURCE..=last)
-            .map(|d| {
-                let [a, b, c] = prefix;
-                format!("addr add {a}.{b}.{c}.{d}/{len} dev eth0\n")
-            })
-            .collect()
+    let extras = |base| (FIRST_EXTRA_SOURCE..=last).map(move |n| family::with_last_byte(base, n));
+    let nodad = if family == Family::Ipv6 { " nodad" } else { "" };
+    let lan_len = match family {
+        Family::Ipv4 => 24,
+        Family::Ipv6 => 64,
     };
-    let [a, b, c, _] = CLIENT_ADDR.octets();
-    ip_batch(&cluster.run.ns("client"), &extra([a, b, c], 24))?;
-    let [a, b, c, _] = SRC_ADDR.octets();
-    ip_batch(&cluster.run.ns(SRC_POD), &extra([a, b, c], 32))?;
+    let client: String = extras(family.client())
+        .map(|a| format!("addr add {a}/{lan_len} dev eth0{nodad}\n"))
+        .collect();
+    ip_batch(&cluster.run.ns("client"), &client)?;
+    let host = family.host_len();
+    let pod_base = family.pod_addr(&cluster.nodes[0], POD_HOST);
+    let pod: String = extras(pod_base)
+        .map(|a| format!("addr add {a}/{host} dev eth0{nodad}\n"))
+        .collect();
+    ip_batch(&cluster.run.ns(SRC_POD), &pod)?;
     let veth = cluster::pod_iface(SRC_POD);
-    let routes: String = (FIRST_EXTRA_SOURCE..=last)
-        .map(|d| format!("route add {a}.{b}.{c}.{d}/32 dev {veth}\n"))
+    let routes: String = extras(pod_base)
+        .map(|a| format!("route add {a}/{host} dev {veth}\n"))
         .collect();
     ip_batch(&cluster.run.ns(&cluster.nodes[0].name), &routes)
 }
@@ -458,8 +550,14 @@ fn ip_batch(ns: &str, commands: &str) -> Result<()> {
 /// Loads `rules` with `program args` on every node, as kube-proxy runs on
 /// each. In parallel: the kernel takes about a minute of CPU time per node
 /// to take in 10,000 Services' nftables chains.
-fn load_rules(cluster: &Cluster, program: &str, args: &[&str], rules: String) -> Result<()> {
-    let file = cluster.run.dir.join(format!("{program}.rules"));
+fn load_rules(
+    cluster: &Cluster,
+    family: Family,
+    program: &str,
+    args: &[&str],
+    rules: String,
+) -> Result<()> {
+    let file = cluster.run.dir.join(format!("{program}-{family}.rules"));
     fs::write(&file, rules)?;
     let started = Instant::now();
     let loads = cluster
@@ -489,7 +587,7 @@ fn load_rules(cluster: &Cluster, program: &str, args: &[&str], rules: String) ->
         );
     }
     step(&format!(
-        "{program} loaded {} Services' rules on every node in {}",
+        "{program} loaded {} Services' {family} rules on every node in {}",
         services::COUNT,
         seconds(started.elapsed())
     ));

@@ -1,7 +1,7 @@
 //! The results as a markdown table and an SVG bar chart.
 use std::fmt::Write as _;
 
-use super::{Column, Row, Sample};
+use super::{Column, Family, Row, Sample, Traffic};
 
 /// Samples per (row, column); `None` where the cell is not measured.
 pub struct Results {
@@ -33,7 +33,16 @@ impl Results {
         Some((received, sent))
     }
 
+    /// The rows with a measured cell, in the table's order: a partial run
+    /// shows only its own.
+    fn rows(&self) -> Vec<Row> {
+        Row::all()
+            .filter(|&r| Column::ALL.iter().any(|&c| self.samples(r, c).is_some()))
+            .collect()
+    }
+
     pub fn markdown(&self, context: &str) -> String {
+        let rows = self.rows();
         let mut md = String::from("| path |");
         let mut rule = String::from("|---|");
         for column in Column::ALL {
@@ -41,7 +50,7 @@ impl Results {
             rule.push_str("---|");
         }
         let _ = writeln!(md, "\n{rule}");
-        for row in Row::ALL {
+        for &row in &rows {
             let _ = write!(md, "| {} |", row.title());
             for column in Column::ALL {
                 let cell = self.median(row, column).map_or("".into(), rate);
@@ -55,7 +64,7 @@ impl Results {
             let _ = write!(md, " {} |", column.title());
         }
         let _ = writeln!(md, "\n{rule}");
-        for row in Row::ALL {
+        for &row in &rows {
             let _ = write!(md, "| {} |", row.title());
             for column in Column::ALL {
                 let cell = self.delivered(row, column).map_or(String::new(), |(r, s)| {
@@ -65,15 +74,26 @@ impl Results {
             }
             md.push('\n');
         }
-        if let Some((r, s)) = self.delivered(Row::NorthSouthNewFlow, Column::Xdplb) {
+        for family in Family::ALL {
+            let row = Row {
+                family,
+                traffic: Traffic::NorthSouthNewFlow,
+            };
+            let Some((r, s)) = self.delivered(row, Column::Xdplb) else {
+                continue;
+            };
             let verdict = if percent(r, s) >= 95.0 {
                 "meets"
             } else {
                 "MISSES"
             };
+            let which = match family {
+                Family::Ipv4 => "",
+                Family::Ipv6 => "IPv6 ",
+            };
             let _ = writeln!(
                 md,
-                "\nxdplb, north-south, a new flow per packet: {} delivered of {} sent = {:.1}% ({verdict} the 95% target).",
+                "\nxdplb, {which}north-south, a new flow per packet: {} delivered of {} sent = {:.1}% ({verdict} the 95% target).",
                 count(r),
                 count(s),
                 percent(r, s)
@@ -83,23 +103,26 @@ impl Results {
         md
     }
 
+    /// A group of bars per row measured.
     pub fn svg(&self) -> String {
-        const W: f64 = 960.0;
-        const H: f64 = 460.0;
+        const GROUP_W: f64 = 172.0;
+        const H: f64 = 474.0;
         const LEFT: f64 = 80.0;
         const TOP: f64 = 50.0;
-        const BOTTOM: f64 = 110.0;
+        const BOTTOM: f64 = 124.0;
         const COLORS: [&str; 4] = ["#8c8c8c", "#e4a72b", "#4c8bd6", "#3aa35b"];
-        let max = Row::ALL
+        let rows = self.rows();
+        let max = rows
             .iter()
             .flat_map(|&r| Column::ALL.iter().filter_map(move |&c| self.median(r, c)))
             .fold(1.0, f64::max);
         let scale = nice_ceiling(max);
         let plot_h = H - TOP - BOTTOM;
-        let group_w = (W - LEFT - 20.0) / Row::ALL.len() as f64;
-        let bar_w = group_w * 0.8 / Column::ALL.len() as f64;
+        // Never narrower than five groups: the legend needs the room.
+        let w = LEFT + 20.0 + GROUP_W * rows.len().max(5) as f64;
+        let bar_w = GROUP_W * 0.8 / Column::ALL.len() as f64;
         let mut svg = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
              <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
              <text x=\"{LEFT}\" y=\"20\" font-size=\"15\">UDP datagrams per second delivered at the sink (median of runs)</text>\n"
         );
@@ -110,14 +133,14 @@ impl Results {
                 svg,
                 "<line x1=\"{LEFT}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#ddd\"/>\
                  <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
-                W - 20.0,
+                w - 20.0,
                 LEFT - 6.0,
                 y + 4.0,
                 rate(v)
             );
         }
-        for (g, row) in Row::ALL.iter().enumerate() {
-            let x0 = LEFT + group_w * g as f64 + group_w * 0.1;
+        for (g, row) in rows.iter().enumerate() {
+            let x0 = LEFT + GROUP_W * g as f64 + GROUP_W * 0.1;
             for (b, column) in Column::ALL.iter().enumerate() {
                 let Some(v) = self.median(*row, *column) else {
                     continue;
@@ -140,7 +163,7 @@ impl Results {
                 let _ = writeln!(
                     svg,
                     "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{line}</text>",
-                    x0 + group_w * 0.4,
+                    x0 + GROUP_W * 0.4,
                     TOP + plot_h + 18.0 + 14.0 * l as f64
                 );
             }

@@ -1,11 +1,17 @@
 //! The 10,000 Services every proxy column serves, one of them measured, and
 //! their form for each proxy: manifests for the agent, kube-proxy's
-//! iptables and nftables rules.
-use std::{fmt::Write as _, fs, net::Ipv4Addr, path::Path};
+//! iptables and nftables rules, each in one or both address families.
+use std::{
+    fmt::Write as _,
+    fs,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
+};
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 
+use super::family::{offset, Family};
 use ::testbed::control_plane::Node;
 
 pub const COUNT: usize = 10_000;
@@ -15,64 +21,98 @@ const MEASURED: usize = COUNT / 2;
 pub const PORT: u16 = 80;
 pub const TARGET_PORT: u16 = 8080;
 pub const NODE_PORT: u16 = 30080;
-const CLUSTER_CIDR: &str = "10.244.0.0/16";
-const FIRST_CLUSTER_IP: u32 = u32::from_be_bytes([10, 96, 4, 0]);
+/// The first ClusterIP of each family, in [`Family::ALL`] order; the IPv6
+/// one in fd00:96::/108, the largest IPv6 range the API server allows.
+const FIRST_CLUSTER_IP: [IpAddr; 2] = [
+    IpAddr::V4(Ipv4Addr::new(10, 96, 4, 0)),
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 4, 0)),
+];
 /// Endpoints of the unmeasured Services: pods of nodes the testbed does
 /// not run, so their addresses never take traffic.
-const FIRST_OTHER_POD: u32 = u32::from_be_bytes([10, 244, 16, 0]);
+const FIRST_OTHER_POD: [IpAddr; 2] = [
+    IpAddr::V4(Ipv4Addr::new(10, 244, 16, 0)),
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0x244, 16, 0, 0, 0, 0, 0)),
+];
 const MASQ_MARK: &str = "0x4000";
 
 pub struct Service {
     pub name: String,
-    pub cluster_ip: Ipv4Addr,
-    pub endpoints: Vec<(Ipv4Addr, String)>,
+    /// One per family, in [`Family::ALL`] order.
+    cluster_ips: [IpAddr; 2],
+    /// Each endpoint's address per family, and its node.
+    endpoints: Vec<([IpAddr; 2], String)>,
     pub node_port: Option<u16>,
+}
+
+impl Service {
+    pub fn cluster_ip(&self, family: Family) -> IpAddr {
+        self.cluster_ips[family as usize]
+    }
+
+    fn endpoints(&self, family: Family) -> impl Iterator<Item = (IpAddr, &str)> {
+        self.endpoints
+            .iter()
+            .map(move |(addrs, node)| (addrs[family as usize], node.as_str()))
+    }
 }
 
 pub struct Services {
     pub all: Vec<Service>,
+    /// The families the Services have, as their `spec.ipFamilies` lists.
+    pub families: Vec<Family>,
 }
 
 impl Services {
     /// Unmeasured Services alternate between one and two endpoints; the
-    /// measured one, a NodePort Service, has `sink` on `sink_node` alone.
-    pub fn new(sink: Ipv4Addr, sink_node: &str) -> Self {
+    /// measured one, a NodePort Service, has `sink` (its address per
+    /// family) on `sink_node` alone.
+    pub fn new(sink: [IpAddr; 2], sink_node: &str, families: Vec<Family>) -> Self {
         let all = (0..COUNT)
             .map(|i| {
-                let cluster_ip = Ipv4Addr::from(FIRST_CLUSTER_IP + i as u32);
+                let cluster_ips = FIRST_CLUSTER_IP.map(|first| offset(first, i as u32));
                 if i == MEASURED {
                     return Service {
                         name: "bench".into(),
-                        cluster_ip,
+                        cluster_ips,
                         endpoints: vec![(sink, sink_node.into())],
                         node_port: Some(NODE_PORT),
                     };
                 }
                 let endpoints = (0..1 + i % 2)
                     .map(|k| {
-                        let addr = Ipv4Addr::from(FIRST_OTHER_POD + 2 * i as u32 + k as u32);
-                        (addr, "node3".to_owned())
+                        let n = 2 * i as u32 + k as u32;
+                        (
+                            FIRST_OTHER_POD.map(|first| offset(first, n)),
+                            "node3".to_owned(),
+                        )
                     })
                     .collect();
                 Service {
                     name: format!("svc-{i:05}"),
-                    cluster_ip,
+                    cluster_ips,
                     endpoints,
                     node_port: None,
                 }
             })
             .collect();
-        Self { all }
+        Self { all, families }
     }
 
     pub fn measured(&self) -> &Service {
         &self.all[MEASURED]
     }
 
-    /// Services, EndpointSlices and Nodes as `xdplb agent --manifests`
-    /// reads them (JSON documents are YAML documents).
+    /// Services, EndpointSlices (one per family, as the EndpointSlice
+    /// controller keeps them) and Nodes as `xdplb agent --manifests` reads
+    /// them (JSON documents are YAML documents).
     pub fn write_manifests(&self, dir: &Path, nodes: &[Node]) -> Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let titles: Vec<&str> = self.families.iter().map(|f| f.title()).collect();
+        let policy = if self.families.len() > 1 {
+            "RequireDualStack"
+        } else {
+            "SingleStack"
+        };
         let mut services = String::new();
         let mut slices = String::new();
         for svc in &self.all {
@@ -85,53 +125,68 @@ impl Services {
             if let Some(np) = svc.node_port {
                 port["nodePort"] = json!(np);
             }
+            let ips: Vec<String> = self
+                .families
+                .iter()
+                .map(|&f| svc.cluster_ip(f).to_string())
+                .collect();
             document(
                 &mut services,
                 &json!({
                     "apiVersion": "v1", "kind": "Service",
                     "metadata": { "name": svc.name, "namespace": "default" },
                     "spec": {
-                        "type": kind, "clusterIP": svc.cluster_ip.to_string(),
-                        "clusterIPs": [svc.cluster_ip.to_string()],
+                        "type": kind, "clusterIP": ips[0], "clusterIPs": ips,
+                        "ipFamilies": titles, "ipFamilyPolicy": policy,
                         "selector": { "app": svc.name }, "ports": [port],
                     },
                 }),
             )?;
-            let endpoints: Vec<Value> = svc
-                .endpoints
-                .iter()
-                .map(|(addr, node)| {
-                    json!({
-                        "addresses": [addr.to_string()],
-                        "conditions": { "ready": true, "serving": true, "terminating": false },
-                        "nodeName": node,
+            for &family in &self.families {
+                let endpoints: Vec<Value> = svc
+                    .endpoints(family)
+                    .map(|(addr, node)| {
+                        json!({
+                            "addresses": [addr.to_string()],
+                            "conditions": { "ready": true, "serving": true, "terminating": false },
+                            "nodeName": node,
+                        })
                     })
-                })
-                .collect();
-            document(
-                &mut slices,
-                &json!({
-                    "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                    "metadata": {
-                        "name": format!("{}-1", svc.name), "namespace": "default",
-                        "labels": { "kubernetes.io/service-name": svc.name },
-                    },
-                    "addressType": "IPv4",
-                    "endpoints": endpoints,
-                    "ports": [{ "name": "p80", "port": TARGET_PORT, "protocol": "UDP" }],
-                }),
-            )?;
+                    .collect();
+                let name = match family {
+                    Family::Ipv4 => format!("{}-1", svc.name),
+                    Family::Ipv6 => format!("{}-ipv6-1", svc.name),
+                };
+                document(
+                    &mut slices,
+                    &json!({
+                        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                        "metadata": {
+                            "name": name, "namespace": "default",
+                            "labels": { "kubernetes.io/service-name": svc.name },
+                        },
+                        "addressType": family.slice_type(),
+                        "endpoints": endpoints,
+                        "ports": [{ "name": "p80", "port": TARGET_PORT, "protocol": "UDP" }],
+                    }),
+                )?;
+            }
         }
         let mut node_docs = String::new();
         for node in nodes {
-            let cidr = format!("{}/24", node.pod_net);
+            let cidrs: Vec<String> = self.families.iter().map(|f| f.pod_cidr(node)).collect();
+            let addresses: Vec<Value> = self
+                .families
+                .iter()
+                .map(|f| json!({ "type": "InternalIP", "address": f.node_addr(node).to_string() }))
+                .collect();
             document(
                 &mut node_docs,
                 &json!({
                     "apiVersion": "v1", "kind": "Node",
                     "metadata": { "name": node.name, "labels": { "kubernetes.io/hostname": node.name } },
-                    "spec": { "podCIDR": cidr, "podCIDRs": [cidr] },
-                    "status": { "addresses": [{ "type": "InternalIP", "address": node.addr.to_string() }] },
+                    "spec": { "podCIDR": cidrs[0], "podCIDRs": cidrs },
+                    "status": { "addresses": addresses },
                 }),
             )?;
         }
@@ -150,8 +205,11 @@ impl Services {
     /// rule per Service port, a KUBE-SVC chain choosing an endpoint at
     /// random, a KUBE-SEP chain per endpoint doing the DNAT, NodePorts
     /// through KUBE-EXT, and masquerading by mark (externalTrafficPolicy
-    /// Cluster).
-    pub fn iptables(&self) -> String {
+    /// Cluster). For `ip6tables-restore` with [`Family::Ipv6`]: kube-proxy's
+    /// IPv6 proxier lays its rules out the same way.
+    pub fn iptables(&self, family: Family) -> String {
+        let host = family.host_len();
+        let cluster_cidr = family.cluster_cidr();
         let mut chains = String::new();
         let mut rules = String::new();
         let mut services = String::new();
@@ -162,17 +220,17 @@ impl Services {
             let _ = writeln!(chains, ":{svc_chain} - [0:0]");
             let _ = writeln!(
                 services,
-                "-A KUBE-SERVICES -d {}/32 -p udp -m comment --comment \"{spn} cluster IP\" -m udp --dport {PORT} -j {svc_chain}",
-                svc.cluster_ip
+                "-A KUBE-SERVICES -d {}/{host} -p udp -m comment --comment \"{spn} cluster IP\" -m udp --dport {PORT} -j {svc_chain}",
+                svc.cluster_ip(family)
             );
             let _ = writeln!(
                 rules,
-                "-A {svc_chain} ! -s {CLUSTER_CIDR} -d {}/32 -p udp -m comment --comment \"{spn} cluster IP\" -m udp --dport {PORT} -j KUBE-MARK-MASQ",
-                svc.cluster_ip
+                "-A {svc_chain} ! -s {cluster_cidr} -d {}/{host} -p udp -m comment --comment \"{spn} cluster IP\" -m udp --dport {PORT} -j KUBE-MARK-MASQ",
+                svc.cluster_ip(family)
             );
             let n = svc.endpoints.len();
-            for (k, (addr, _)) in svc.endpoints.iter().enumerate() {
-                let ep = format!("{addr}:{TARGET_PORT}");
+            for (k, (addr, _)) in svc.endpoints(family).enumerate() {
+                let ep = SocketAddr::new(addr, TARGET_PORT).to_string();
                 let sep = format!("KUBE-SEP-{}", tag(&format!("{spn}{ep}")));
                 let _ = writeln!(chains, ":{sep} - [0:0]");
                 // Each rule takes its share of what the ones before it left.
@@ -190,7 +248,7 @@ impl Services {
                 );
                 let _ = writeln!(
                     rules,
-                    "-A {sep} -s {addr}/32 -m comment --comment \"{spn}\" -j KUBE-MARK-MASQ"
+                    "-A {sep} -s {addr}/{host} -m comment --comment \"{spn}\" -j KUBE-MARK-MASQ"
                 );
                 let _ = writeln!(
                     rules,
@@ -238,12 +296,15 @@ impl Services {
         )
     }
 
-    /// kube-proxy's nftables mode, for `nft -f`: table `ip kube-proxy`,
+    /// kube-proxy's nftables mode, for `nft -f`: table `ip kube-proxy`
+    /// (`ip6 kube-proxy` for [`Family::Ipv6`], its IPv6 proxier's),
     /// the `service-ips` and `service-nodeports` verdict maps, a chain per
     /// Service port choosing an endpoint by `numgen random`, a chain per
     /// endpoint doing the DNAT, and masquerading by mark. Written as one
     /// table block: the same objects kube-proxy's `add` commands make.
-    pub fn nftables(&self) -> String {
+    pub fn nftables(&self, family: Family) -> String {
+        let ip = family.nft();
+        let cluster_cidr = family.cluster_cidr();
         let mut chains = String::new();
         let mut service_ips = Vec::new();
         let mut nodeports = Vec::new();
@@ -251,25 +312,29 @@ impl Services {
             let spn = format!("default/{}/udp/p80", svc.name);
             let svc_chain = format!("service-{}-{spn}", &tag(&spn)[..8]);
             let mut vmap = Vec::new();
-            for (k, (addr, _)) in svc.endpoints.iter().enumerate() {
-                let ep = format!("{spn}__{addr}/{TARGET_PORT}");
+            for (k, (addr, _)) in svc.endpoints(family).enumerate() {
+                // As kube-proxy names it: a chain name may not hold the
+                // colons of an IPv6 address, so they become dots.
+                let name_addr = addr.to_string().replace(':', ".");
+                let ep = format!("{spn}__{name_addr}/{TARGET_PORT}");
                 let ep_chain = format!("endpoint-{}-{ep}", &tag(&ep)[..8]);
+                let to = SocketAddr::new(addr, TARGET_PORT);
                 let _ = writeln!(
                     chains,
-                    "\tchain {ep_chain} {{\n\t\tip saddr {addr} jump mark-for-masquerade\n\t\tmeta l4proto udp dnat to {addr}:{TARGET_PORT}\n\t}}"
+                    "\tchain {ep_chain} {{\n\t\t{ip} saddr {addr} jump mark-for-masquerade\n\t\tmeta l4proto udp dnat to {to}\n\t}}"
                 );
                 vmap.push(format!("{k} : goto {ep_chain}"));
             }
             let _ = writeln!(
                 chains,
-                "\tchain {svc_chain} {{\n\t\tip daddr {} udp dport {PORT} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade\n\t\tnumgen random mod {} vmap {{ {} }}\n\t}}",
-                svc.cluster_ip,
+                "\tchain {svc_chain} {{\n\t\t{ip} daddr {} udp dport {PORT} {ip} saddr != {cluster_cidr} jump mark-for-masquerade\n\t\tnumgen random mod {} vmap {{ {} }}\n\t}}",
+                svc.cluster_ip(family),
                 vmap.len(),
                 vmap.join(", ")
             );
             service_ips.push(format!(
                 "{} . udp . {PORT} : goto {svc_chain}",
-                svc.cluster_ip
+                svc.cluster_ip(family)
             ));
             if let Some(np) = svc.node_port {
                 let ext = format!("external-{}-{spn}", &tag(&spn)[..8]);
@@ -280,6 +345,7 @@ impl Services {
                 nodeports.push(format!("udp . {np} : goto {ext}"));
             }
         }
+        let addr_type = family.nft_addr_type();
         let map = |name: &str, key: &str, elements: &[String]| {
             let elements = if elements.is_empty() {
                 String::new()
@@ -289,14 +355,14 @@ impl Services {
             format!("\tmap {name} {{ type {key} : verdict ;{elements} }}\n")
         };
         format!(
-            "table ip kube-proxy {{\n\
+            "table {ip} kube-proxy {{\n\
              \tcomment \"rules for kube-proxy\"\n\
              {}{}{}\
              \tchain nat-prerouting {{ type nat hook prerouting priority dstnat ; policy accept ; jump services ; }}\n\
              \tchain nat-output {{ type nat hook output priority -100 ; policy accept ; jump services ; }}\n\
              \tchain nat-postrouting {{ type nat hook postrouting priority srcnat ; policy accept ; jump masquerading ; }}\n\
              \tchain filter-forward {{ type filter hook forward priority -110 ; policy accept ; ct state new jump service-endpoints-check ; }}\n\
-             \tchain service-endpoints-check {{ ip daddr . meta l4proto . th dport vmap @no-endpoint-services ; }}\n\
+             \tchain service-endpoints-check {{ {ip} daddr . meta l4proto . th dport vmap @no-endpoint-services ; }}\n\
              \tchain mark-for-masquerade {{ meta mark set meta mark or {MASQ_MARK} ; }}\n\
              \tchain masquerading {{\n\
              \t\tmeta mark and {MASQ_MARK} == 0 return\n\
@@ -304,13 +370,14 @@ impl Services {
              \t\tmasquerade fully-random\n\
              \t}}\n\
              \tchain services {{\n\
-             \t\tip daddr . meta l4proto . th dport vmap @service-ips\n\
-             \t\tfib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports\n\
+             \t\t{ip} daddr . meta l4proto . th dport vmap @service-ips\n\
+             \t\tfib daddr type local {ip} daddr != {loopback} meta l4proto . th dport vmap @service-nodeports\n\
              \t}}\n\
              {chains}}}\n",
-            map("service-ips", "ipv4_addr . inet_proto . inet_service", &service_ips),
+            map("service-ips", &format!("{addr_type} . inet_proto . inet_service"), &service_ips),
             map("service-nodeports", "inet_proto . inet_service", &nodeports),
-            map("no-endpoint-services", "ipv4_addr . inet_proto . inet_service", &[]),
+            map("no-endpoint-services", &format!("{addr_type} . inet_proto . inet_service"), &[]),
+            loopback = family.loopback(),
         )
     }
 }
