@@ -117,7 +117,7 @@ fn lb_pool_steps(bed: &mut Bed) -> Result<Verdict> {
     let macs = lb_pool::lan_macs(&bed.cluster.run, names.iter().map(String::as_str))?;
     let announcer = |bed: &Bed| lb_pool::announcer_seen_by_router(&bed.cluster.run, addr, &macs);
     let first = announcer(bed)?;
-    listed_as_announced_by(bed, &frontend, &first)?;
+    listed_as_announced_by(bed, &frontend, &first, cluster::LB_POOL)?;
     note(format!(
         "{target} from outside reached both pods over {SPREAD} connections; the router has {first}'s MAC {} for it",
         macs[&first]
@@ -152,22 +152,34 @@ fn lb_pool_steps(bed: &mut Bed) -> Result<Verdict> {
     Ok(Verdict::Pass)
 }
 
-/// Whether `xdplb services` on every node lists `frontend` with the pool
-/// and `node` as the node that announces it.
-fn listed_as_announced_by(bed: &Bed, frontend: &str, node: &str) -> Result<()> {
-    for on in bed.node_names() {
-        let rows = bed.frontends(&on)?;
-        let row = rows
-            .iter()
-            .find(|r| r["frontend"] == frontend)
-            .with_context(|| format!("{on} lists no {frontend}"))?;
-        ensure!(
-            row["lb_pool"] == cluster::LB_POOL && row["announced_by"] == node,
-            "xdplb services on {on}: {frontend} in pool {} announced by {}, expected {} and {node}",
-            row["lb_pool"],
-            row["announced_by"],
-            cluster::LB_POOL
-        );
-    }
+/// Whether `xdplb services` on every node lists `frontend` with `pool`
+/// and `node` as the node that announces it, within [`APPLY_BOUND`]: the
+/// node that answered first may be ahead of the others in applying it.
+pub(super) fn listed_as_announced_by(
+    bed: &Bed,
+    frontend: &str,
+    node: &str,
+    pool: &str,
+) -> Result<()> {
+    within(
+        &format!("every node lists {frontend} in {pool} announced by {node}"),
+        APPLY_BOUND,
+        || {
+            for on in bed.node_names() {
+                let rows = bed.frontends(&on)?;
+                let row = rows
+                    .iter()
+                    .find(|r| r["frontend"] == frontend)
+                    .with_context(|| format!("{on} lists no {frontend}"))?;
+                ensure!(
+                    row["lb_pool"] == pool && row["announced_by"] == node,
+                    "xdplb services on {on}: {frontend} in pool {} announced by {}, expected {pool} and {node}",
+                    row["lb_pool"],
+                    row["announced_by"],
+                );
+            }
+            Ok(())
+        },
+    )?;
     Ok(())
 }

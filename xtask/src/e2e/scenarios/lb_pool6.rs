@@ -79,7 +79,7 @@ fn steps(bed: &mut Bed) -> Result<Verdict> {
     let macs = lb_pool::lan_macs(&bed.cluster.run, names.iter().map(String::as_str))?;
     let announcer = |bed: &Bed| lb_pool::announcer_seen_by_router(&bed.cluster.run, addr, &macs);
     let first = announcer(bed)?;
-    listed_as_announced_by(bed, &frontend, &first)?;
+    from_outside::listed_as_announced_by(bed, &frontend, &first, LB_POOL6)?;
     note(format!(
         "{target} from {CLIENT_ADDR6} reached both counters over {SPREAD} connections ({}); \
          the router has {first}'s MAC {} for it",
@@ -140,24 +140,5 @@ fn answered_by_all(bed: &Bed, client: &Client, target: SocketAddr, want: &[Strin
         pods == want,
         "{SPREAD} answers came from {pods:?}, expected exactly {want:?}"
     );
-    Ok(())
-}
-
-/// Whether `xdplb services` on every node lists `frontend` with the IPv6
-/// pool and `node` as the node that announces it.
-fn listed_as_announced_by(bed: &Bed, frontend: &str, node: &str) -> Result<()> {
-    for on in bed.node_names() {
-        let rows = bed.frontends(&on)?;
-        let row = rows
-            .iter()
-            .find(|r| r["frontend"] == frontend)
-            .with_context(|| format!("{on} lists no {frontend}"))?;
-        ensure!(
-            row["lb_pool"] == LB_POOL6 && row["announced_by"] == node,
-            "xdplb services on {on}: {frontend} in pool {} announced by {}, expected {LB_POOL6} and {node}",
-            row["lb_pool"],
-            row["announced_by"],
-        );
-    }
     Ok(())
 }
