@@ -61,8 +61,15 @@ pub mod names {
     /// Working memory of the IPv6 path, holding nothing between packets.
     pub const SCRATCH_CT_V6: &str = "SCRATCH_CT_V6";
     pub const SCRATCH_KEY_V6: &str = "SCRATCH_KEY_V6";
+    pub const SCRATCH_NEW_V6: &str = "SCRATCH_NEW_V6";
     /// Maps of the object the agent does not pin.
-    pub const UNPINNED: &[&str] = &[FLOW_CACHE_V4, ADDR_FILTER, SCRATCH_CT_V6, SCRATCH_KEY_V6];
+    pub const UNPINNED: &[&str] = &[
+        FLOW_CACHE_V4,
+        ADDR_FILTER,
+        SCRATCH_CT_V6,
+        SCRATCH_KEY_V6,
+        SCRATCH_NEW_V6,
+    ];
     /// Pins of earlier versions that no version reads any more, removed on load.
     pub const RETIRED: [&str; 1] = ["ADDR_FILTER"];
 }

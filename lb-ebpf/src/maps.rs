@@ -168,6 +168,12 @@ pub static SCRATCH_CT_V6: PerCpuArray<CtValueV6, 1> = PerCpuArray::new();
 #[btf_map]
 pub static SCRATCH_KEY_V6: PerCpuArray<CtKeyV6, 1> = PerCpuArray::new();
 
+/// Set by an IPv6 entry that made a new flow's entries and hands its
+/// first packet to the entry again (`service6::new_flow`), which then
+/// counts the packet as the new flow it is; holds nothing between packets.
+#[btf_map]
+pub static SCRATCH_NEW_V6: PerCpuArray<u32, 1> = PerCpuArray::new();
+
 /// Element 0 holds the IPv6 SNAT address; all zero (no SNAT) until the
 /// agent writes it.
 #[btf_map]

@@ -29,16 +29,9 @@ pub fn needs_snat(fe: &FrontendValue, backend_flags: u16, hairpin: bool) -> bool
     (fe.flags & FE_EXTERNAL != 0 && backend_flags & BE_LOCAL == 0) || hairpin
 }
 
-/// How many ports of the SNAT range a new IPv4 flow tries when its client's
-/// own port is taken.
-pub const SNAT_PROBES_V4: u32 = 32;
-/// The same for IPv6, fewer: the verifier walks the probe loop once per
-/// state it reaches the IPv6 path's `snat` in, and 32 probes took `lb6` to
-/// 956,000 of the 1,000,000 instructions it may walk on Linux 6.18 (8:
-/// 551,000), leaving no margin for other kernels' verifiers. Eight probes still find
-/// a free port while fewer than 70% of the range are held (95%), before a
-/// stale unreplied flow's port is taken.
-pub const SNAT_PROBES_V6: u32 = 8;
+/// How many ports of the SNAT range a new flow tries when its client's own
+/// port is taken, in either family.
+pub const SNAT_PROBES: u32 = 32;
 /// A flow whose backend has not answered within this long gives up its
 /// SNAT port when a new flow finds none free, as netfilter drops unreplied
 /// entries first when its table is full. The age is its reply entry's,

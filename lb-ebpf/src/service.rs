@@ -234,7 +234,7 @@ fn new_flow<C: Frame>(
     };
     let cfg = conntrack::config();
     let snat = if cfg.snat_addr != 0 && policy::needs_snat(&fe, be.flags, be.addr == key.src_addr) {
-        let probes = (&cfg, policy::SNAT_PROBES_V4);
+        let probes = (&cfg, policy::SNAT_PROBES);
         match policy::snat_port((be.addr, be.port), cfg.snat_addr, key, probes, now) {
             Some(port) => {
                 stats::count(Reason::SnatNewFlow);

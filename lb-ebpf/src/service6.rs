@@ -28,7 +28,7 @@ use crate::{
     frags,
     frame::Frame,
     icmp6,
-    maps::{CONFIG_V6, SCRATCH_CT_V6, SCRATCH_KEY_V6},
+    maps::{CONFIG_V6, SCRATCH_CT_V6, SCRATCH_KEY_V6, SCRATCH_NEW_V6},
     nat,
     parse::{self, FragmentV6, Ipv6Hdr, Upper, ETH_HLEN, IPV6_HLEN, L4},
     policy, reject, select,
@@ -54,21 +54,37 @@ struct Packet {
 /// takes only packets whose first extension header is a Fragment header.
 #[inline(always)]
 pub fn handle<C: Frame, const FRAGMENTS: bool>(ctx: &C) -> u32 {
-    let mut too_big = 0;
-    let action = counted(classify::<C, FRAGMENTS>(ctx, &mut too_big));
-    // Answered here, where only the frame and the MTU are left of the
-    // path: the verifier then walks the answer once, not once per way
-    // into `translate`.
-    if too_big != 0 {
-        return packet_too_big(ctx, too_big);
+    let mut then = Then::default();
+    let verdict = classify::<C, FRAGMENTS>(ctx, &mut then);
+    // Both finished here, where only the frame is left of the path: the
+    // verifier then walks each once, not once per way into it.
+    if then.new_flow {
+        return new_flow::<C, FRAGMENTS>(ctx, then.from_backend);
+    }
+    let action = counted(verdict);
+    if then.too_big != 0 {
+        return packet_too_big(ctx, then.too_big);
     }
     action
 }
 
-/// The verdict on the packet; sets `too_big` to the egress MTU of a
-/// translated packet too big for it, which is then answered instead.
+/// What `classify` leaves to `handle`.
+#[derive(Default)]
+struct Then {
+    /// The egress MTU of a translated packet too big for it, which is
+    /// answered instead.
+    too_big: u32,
+    /// The packet is the first of a flow to a frontend; its verdict is
+    /// `new_flow`'s.
+    new_flow: bool,
+    /// The source of that packet may be a backend (its verdict when the
+    /// destination turns out to be no frontend).
+    from_backend: bool,
+}
+
+/// The verdict on the packet, unless it leaves `then` something to do.
 #[inline(always)]
-fn classify<C: Frame, const FRAGMENTS: bool>(ctx: &C, too_big: &mut u32) -> Verdict {
+fn classify<C: Frame, const FRAGMENTS: bool>(ctx: &C, then: &mut Then) -> Verdict {
     let Some(ip) = parse::ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
         return (Reason::PassMalformed, C::PASS);
     };
@@ -90,51 +106,116 @@ fn classify<C: Frame, const FRAGMENTS: bool>(ctx: &C, too_big: &mut u32) -> Verd
         Err(v) => return v,
     };
     let now = conntrack::now();
-    match entry(ctx, &mut p, (to_frontend, from_backend), now) {
+    match entry::<C>(&mut p, (to_frontend, from_backend), now) {
         // One place translates, whichever way the entry was found: each
         // copy of the rewrite and forwarding would multiply what the
         // verifier walks.
-        Ok((ct, reason)) => (
-            reason,
-            translate::<C, FRAGMENTS>(ctx, &p, &*p.key, ct, now, too_big),
+        Some((ct, reason)) => (
+            first_of_new_flow(reason),
+            translate::<C, FRAGMENTS>(ctx, &p, &*p.key, ct, now, &mut then.too_big),
         ),
-        Err(v) => v,
+        None if to_frontend => {
+            p.key.dir = CT_DIR_FORWARD;
+            then.new_flow = true;
+            then.from_backend = from_backend;
+            (Reason::XlateNew, C::PASS)
+        }
+        None => (Reason::PassReplyNoFlow, C::PASS),
     }
 }
 
-/// The flow entry the packet is translated by, and the reason to count;
-/// `Err` carries the verdict on a packet that is not translated. `sides`:
-/// whether the destination may be a frontend and the source a backend.
-/// Leaves the key in the direction of the entry.
+/// The entry of the established flow the packet belongs to, and the
+/// reason to count; `None` when it belongs to none. `sides`: whether the
+/// destination may be a frontend and the source a backend. Leaves the key
+/// in the direction of the entry.
 #[inline(always)]
 fn entry<C: Frame>(
-    ctx: &C,
     p: &mut Packet,
     (to_frontend, from_backend): (bool, bool),
     now: u64,
-) -> Result<(*mut CtValueV6, Reason), Verdict> {
+) -> Option<(*mut CtValueV6, Reason)> {
     // A reply to a source-NATed flow comes to the node's address, a NodePort
     // address too, on any port (a flow keeps its client's port when it
     // can): it is looked up as a reply before it can become a new flow.
     if to_frontend && from_backend && is_snat_addr(p.key.dst_addr) {
         if let Some(ct) = reply_entry(p, now) {
-            return Ok((ct, Reason::XlateReply));
+            return Some((ct, Reason::XlateReply));
         }
         p.key.dir = CT_DIR_FORWARD;
     }
     if to_frontend {
-        match forward_entry(ctx, p, now) {
-            Ok(found) => return Ok(found),
-            Err(Some(v)) => return Err(v),
-            Err(None) => {}
+        if let Some(ct) = conntrack::lookup(&*p.key, p.l4.tcp_flags, now) {
+            return Some((ct, Reason::XlateEstablished));
         }
     }
     if !from_backend {
-        return Err((Reason::PassNotOurs, C::PASS));
+        return None;
     }
-    reply_entry(p, now)
-        .map(|ct| (ct, Reason::XlateReply))
-        .ok_or((Reason::PassReplyNoFlow, C::PASS))
+    reply_entry(p, now).map(|ct| (ct, Reason::XlateReply))
+}
+
+/// The packet's reason, `XlateNew` when `new_flow` made its entries and
+/// handed it back to this entry.
+#[inline(always)]
+fn first_of_new_flow(reason: Reason) -> Reason {
+    match SCRATCH_NEW_V6.get_ptr_mut(0) {
+        Some(made) if unsafe { *made } != 0 => {
+            unsafe { *made = 0 };
+            Reason::XlateNew
+        }
+        _ => reason,
+    }
+}
+
+/// Makes the entries of the new flow the packet (whose forward key is in
+/// `SCRATCH_KEY_V6`) starts, then hands it to this hook's entry again,
+/// which translates it by them. Runs in `handle`, with nothing of the path
+/// left: the verifier walks the choice of a backend and the SNAT port
+/// probes once, where `classify` would have it walk them once per way
+/// into them (probes × ways beyond its limit). The second walk of the
+/// path costs new flows a lookup; established ones nothing.
+#[inline(always)]
+fn new_flow<C: Frame, const FRAGMENTS: bool>(ctx: &C, from_backend: bool) -> u32 {
+    let (Some(key), Some(made)) = (SCRATCH_KEY_V6.get_ptr(0), SCRATCH_NEW_V6.get_ptr_mut(0)) else {
+        return counted((Reason::PassMalformed, C::PASS));
+    };
+    let key = unsafe { &*key };
+    // A second walk that finds no entry either (one gone at once) ends
+    // here, not in another tail call.
+    if unsafe { *made } != 0 {
+        unsafe { *made = 0 };
+        return counted((Reason::DropCtInsert, C::DROP));
+    }
+    let now = conntrack::now();
+    let mut flow = NewFlow::default();
+    match pick(ctx, key, now, &mut flow) {
+        (Reason::XlateNew, _) => {}
+        (Reason::PassNotOurs, action) if from_backend => {
+            return counted((Reason::PassReplyNoFlow, action))
+        }
+        (reason @ (Reason::RejectUnknownPort | Reason::RejectNoBackend), _) => {
+            return counted(reject(ctx, key.proto, reason))
+        }
+        v => return counted(v),
+    }
+    if !snat(key, &mut flow, now) {
+        return counted((Reason::DropSnatPortsExhausted, C::DROP));
+    }
+    sums_to_backend(key, &mut flow);
+    sums_back(key, &mut flow);
+    if create(key, &flow, now).is_null() {
+        return counted((Reason::DropCtInsert, C::DROP));
+    }
+    unsafe { *made = 1 };
+    if FRAGMENTS {
+        ctx.to_v6_fragment_path();
+    } else {
+        ctx.to_v6_path();
+    }
+    // The entry is being replaced (an upgrade): this packet is lost, the
+    // flow's next one finds its entries.
+    unsafe { *made = 0 };
+    counted((Reason::DropCtInsert, C::DROP))
 }
 
 /// The entry of an established flow the packet replies to.
@@ -231,42 +312,6 @@ fn transport<C: Frame, const FRAGMENTS: bool>(
     })
 }
 
-/// The entry of an established or new flow to a frontend; `Err` carries
-/// the verdict on a refused flow, or `None` when the destination is no
-/// frontend.
-#[inline(always)]
-fn forward_entry<C: Frame>(
-    ctx: &C,
-    p: &Packet,
-    now: u64,
-) -> Result<(*mut CtValueV6, Reason), Option<Verdict>> {
-    let key = &*p.key;
-    match conntrack::lookup(key, p.l4.tcp_flags, now) {
-        Some(ct) => Ok((ct, Reason::XlateEstablished)),
-        None => {
-            let mut flow = NewFlow::default();
-            match pick(ctx, key, now, &mut flow) {
-                (Reason::XlateNew, _) => {}
-                (Reason::PassNotOurs, _) => return Err(None),
-                (reason @ (Reason::RejectUnknownPort | Reason::RejectNoBackend), _) => {
-                    return Err(Some(reject(ctx, key.proto, reason)))
-                }
-                v => return Err(Some(v)),
-            }
-            if !snat(key, &mut flow, now) {
-                return Err(Some((Reason::DropSnatPortsExhausted, C::DROP)));
-            }
-            sums_to_backend(key, &mut flow);
-            sums_back(key, &mut flow);
-            let ct = create(key, &flow, now);
-            if ct.is_null() {
-                return Err(Some((Reason::DropCtInsert, C::DROP)));
-            }
-            Ok((ct, Reason::XlateNew))
-        }
-    }
-}
-
 /// A backend's address and port.
 type Backend = ([u32; 4], u16);
 
@@ -318,7 +363,7 @@ fn snat(key: &CtKeyV6, flow: &mut NewFlow, now: u64) -> bool {
         return true;
     };
     let cfg = conntrack::config();
-    match policy::snat_port(flow.backend, addr, key, (&cfg, policy::SNAT_PROBES_V6), now) {
+    match policy::snat_port(flow.backend, addr, key, (&cfg, policy::SNAT_PROBES), now) {
         Some(port) => {
             stats::count(Reason::SnatNewFlow);
             flow.snat = (addr, port);
