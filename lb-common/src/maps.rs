@@ -54,6 +54,7 @@ pub mod names {
 
     /// Not pinned: derived from `CT_V4`, so a new program starts it empty.
     pub const FLOW_CACHE_V4: &str = "FLOW_CACHE_V4";
+    pub const FLOW_CACHE_V6: &str = "FLOW_CACHE_V6";
     /// The program's address filter global, an array map of one element
     /// named after its section. Not pinned: the agent rebuilds it from the
     /// other maps for every program it loads.
@@ -65,6 +66,7 @@ pub mod names {
     /// Maps of the object the agent does not pin.
     pub const UNPINNED: &[&str] = &[
         FLOW_CACHE_V4,
+        FLOW_CACHE_V6,
         ADDR_FILTER,
         SCRATCH_CT_V6,
         SCRATCH_KEY_V6,
@@ -302,6 +304,13 @@ impl CtKeyV6 {
             self.dst_port,
             self.proto,
         )
+    }
+
+    /// The key as five 64-bit words, as the flow cache compares it.
+    #[inline(always)]
+    pub const fn words(&self) -> [u64; 5] {
+        // SAFETY: 40 bytes of plain integers without padding.
+        unsafe { core::mem::transmute::<Self, [u64; 5]>(*self) }
     }
 }
 
@@ -591,7 +600,7 @@ ct_value!(CtValueV6, [u32; 4]);
 
 pub const CT_REFRESH_NS: u64 = 1_000_000_000;
 
-/// Slots of `FLOW_CACHE_V4` per CPU (a power of two).
+/// Slots of `FLOW_CACHE_V4` and of `FLOW_CACHE_V6` per CPU (a power of two).
 pub const FLOW_CACHE_SLOTS: u32 = 2048;
 
 /// How long a `FLOW_CACHE_V4` copy may be used, in jiffies: at most a
@@ -618,7 +627,28 @@ pub struct FlowCacheEntryV4 {
 #[inline(always)]
 pub const fn flow_cache_slot(key: &CtKeyV4) -> u32 {
     let [addrs, rest] = key.words();
-    let h = (addrs ^ rest.wrapping_mul(0xff51_afd7_ed55_8ccd)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    cache_slot(addrs ^ rest.wrapping_mul(0xff51_afd7_ed55_8ccd))
+}
+
+/// `FlowCacheEntryV4` of an IPv6 flow, in the per-CPU `FLOW_CACHE_V6`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheEntryV6 {
+    pub key: CtKeyV6,
+    pub ct: CtValueV6,
+    pub until_jiffies: u64,
+}
+
+/// The `FLOW_CACHE_V6` slot of `key`, hashed as `flow_cache_slot`.
+#[inline(always)]
+pub const fn flow_cache_slot_v6(key: &CtKeyV6) -> u32 {
+    let [s0, s1, d0, d1, rest] = key.words();
+    cache_slot(s0 ^ s1 ^ (d0 ^ d1 ^ rest).wrapping_mul(0xff51_afd7_ed55_8ccd))
+}
+
+#[inline(always)]
+const fn cache_slot(mixed: u64) -> u32 {
+    let h = mixed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (h >> (64 - FLOW_CACHE_SLOTS.trailing_zeros())) as u32
 }
 
@@ -932,6 +962,7 @@ const _: () = {
     assert!(core::mem::size_of::<CtValueV6>() == 80);
     assert!(core::mem::size_of::<AffinityKeyV6>() == 36);
     assert!(core::mem::size_of::<FlowCacheEntryV4>() == 80);
+    assert!(core::mem::size_of::<FlowCacheEntryV6>() == 128);
     assert!(core::mem::size_of::<Config>() == 32);
     assert!(core::mem::size_of::<ConfigV6>() == 24);
     assert!(core::mem::size_of::<SourceRangeKeyV6>() == 20);
@@ -957,6 +988,7 @@ mod pod {
     unsafe impl aya::Pod for CtValueV4 {}
     unsafe impl aya::Pod for CtKeyV6 {}
     unsafe impl aya::Pod for CtValueV6 {}
+    unsafe impl aya::Pod for FlowCacheEntryV6 {}
     unsafe impl aya::Pod for AffinityKeyV6 {}
     unsafe impl aya::Pod for FlowCacheEntryV4 {}
     unsafe impl aya::Pod for Config {}

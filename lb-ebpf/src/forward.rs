@@ -153,7 +153,7 @@ impl FibAddr for [u32; 4] {
 
 /// A FIB lookup on the tuple the packet will carry once translated.
 #[inline(always)]
-fn resolve<C: Frame, K: Table>(ctx: &C, key: &K, ct: *mut K::Value)
+pub fn resolve<C: Frame, K: Table>(ctx: &C, key: &K, ct: *mut K::Value)
 where
     K::Addr: FibAddr,
 {

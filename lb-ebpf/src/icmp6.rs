@@ -41,8 +41,6 @@ struct Undo {
     rewrite_dst: bool,
     src: Endpoint,
     rewrite_src: bool,
-    outer_dst: [u32; 4],
-    rewrite_outer: bool,
 }
 
 /// The verdict on an ICMPv6 packet without extension headers: translated
@@ -103,11 +101,12 @@ fn translate<C: Frame>(ctx: &C, ip: *mut Ipv6Hdr) -> Option<Verdict> {
     })?;
     let check = unsafe { (&raw mut (*icmp)).cast::<u16>().add(1) };
     let mut diff = rewrite_quote(ctx, inner, l4_off, ip_end, iproto, &undo);
-    if undo.rewrite_outer {
+    // The error goes to the sender of the quote as it becomes.
+    if undo.rewrite_src {
         unsafe {
             let old = (*ip).dst;
-            (*ip).dst = undo.outer_dst;
-            diff += fold(<[u32; 4]>::diff(old, undo.outer_dst)) as u32;
+            (*ip).dst = undo.src.0;
+            diff += fold(<[u32; 4]>::diff(old, undo.src.0)) as u32;
         }
     }
     unsafe { *check = apply(*check, fold(diff)) };
@@ -131,8 +130,6 @@ fn undo(key: &CtKeyV6) -> Option<Undo> {
             rewrite_dst: true,
             src: snat,
             rewrite_src: snatted,
-            outer_dst: snat.0,
-            rewrite_outer: snatted,
         }
     } else {
         Undo {
@@ -140,8 +137,6 @@ fn undo(key: &CtKeyV6) -> Option<Undo> {
             rewrite_dst: snatted,
             src: nat,
             rewrite_src: true,
-            outer_dst: nat.0,
-            rewrite_outer: true,
         }
     })
 }

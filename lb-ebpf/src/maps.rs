@@ -48,6 +48,12 @@ pub static CT_V4: LruHashMap<CtKeyV4, CtValueV4, { MAX_CT as usize }> = LruHashM
 pub static FLOW_CACHE_V4: PerCpuArray<FlowCacheEntryV4, { FLOW_CACHE_SLOTS as usize }> =
     PerCpuArray::new();
 
+/// Per-CPU copies of established IPv6 flows' `CT_V6` entries, as
+/// `FLOW_CACHE_V4`.
+#[btf_map]
+pub static FLOW_CACHE_V6: PerCpuArray<FlowCacheEntryV6, { FLOW_CACHE_SLOTS as usize }> =
+    PerCpuArray::new();
+
 /// Path counters indexed by `lb_common::Reason`.
 #[btf_map]
 pub static STATS: PerCpuArray<u64, { Reason::COUNT as usize }> = PerCpuArray::new();

@@ -8,8 +8,9 @@
 //!
 //! ICMPv6 errors about translated flows are translated back (`icmp6`)
 //! before the address filter, as ICMP ones are. Fragments follow the IPv4
-//! rules (`frags`) on entries of their own (`FRAGMENTS`). Not yet for
-//! IPv6: the flow cache.
+//! rules (`frags`) on entries of their own (`FRAGMENTS`). Established
+//! flows are served from the flow cache as IPv4 ones are; the entries for
+//! fragments leave it alone, as first fragments go to `CT_V6`.
 //!
 //! Unsafe in this module: header reads through pointers `parse::ptr_at`
 //! checked, reads of connection-tracking entries through map pointers,
@@ -19,11 +20,13 @@
 use lb_common::{
     decide::{self, Client, Decision},
     filter::{position_v6, AddrSet},
-    CtKeyV6, CtValueV6, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, PROTO_TCP, PROTO_UDP,
+    CtKeyV6, CtValueV6, FlowCacheEntryV6, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, FLOW_CACHE_JIFFIES,
+    PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
     conntrack::{self, FlowSums},
+    flow_cache::{self, Cached},
     forward::{self, Fit, Size},
     frags,
     frame::Frame,
@@ -54,6 +57,24 @@ struct Packet {
 /// takes only packets whose first extension header is a Fragment header.
 #[inline(always)]
 pub fn handle<C: Frame, const FRAGMENTS: bool>(ctx: &C) -> u32 {
+    // ICMPv6 ends here, whatever it is: were it to go on, the verifier
+    // would walk the whole path once more for it. The entries for
+    // fragments never see it (their packets' next header is the Fragment
+    // header).
+    if !FRAGMENTS {
+        if let Some(ip) = parse::ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) {
+            if unsafe { (*ip).next_hdr } == icmp6::IPPROTO_ICMPV6 {
+                return counted(icmp6::translate_error(ctx, ip));
+            }
+        }
+    }
+    path::<C, FRAGMENTS>(ctx)
+}
+
+/// Every IPv6 packet but ICMPv6: a function of its own, so that its frame
+/// and `icmp6::translate_error`'s are never on the stack together.
+#[inline(never)]
+fn path<C: Frame, const FRAGMENTS: bool>(ctx: &C) -> u32 {
     let mut then = Then::default();
     let verdict = classify::<C, FRAGMENTS>(ctx, &mut then);
     // Both finished here, where only the frame is left of the path: the
@@ -88,14 +109,7 @@ fn classify<C: Frame, const FRAGMENTS: bool>(ctx: &C, then: &mut Then) -> Verdic
     let Some(ip) = parse::ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
         return (Reason::PassMalformed, C::PASS);
     };
-    let (src, dst, next) = unsafe { ((*ip).src, (*ip).dst, (*ip).next_hdr) };
-    // ICMPv6 ends here, whatever it is: were it to go on, the verifier
-    // would walk the whole path once more for it. The entries for
-    // fragments never see it (their packets' next header is the Fragment
-    // header), and their stack has no room for the call.
-    if !FRAGMENTS && next == icmp6::IPPROTO_ICMPV6 {
-        return icmp6::translate_error(ctx, ip);
-    }
+    let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
     let to_frontend = maybe_in(position_v6(dst, AddrSet::Frontend));
     let from_backend = maybe_in(position_v6(src, AddrSet::Backend));
     if !to_frontend && !from_backend {
@@ -106,13 +120,13 @@ fn classify<C: Frame, const FRAGMENTS: bool>(ctx: &C, then: &mut Then) -> Verdic
         Err(v) => return v,
     };
     let now = conntrack::now();
-    match entry::<C>(&mut p, (to_frontend, from_backend), now) {
+    match entry::<FRAGMENTS>(&mut p, (to_frontend, from_backend), now) {
         // One place translates, whichever way the entry was found: each
         // copy of the rewrite and forwarding would multiply what the
         // verifier walks.
-        Some((ct, reason)) => (
-            first_of_new_flow(reason),
-            translate::<C, FRAGMENTS>(ctx, &p, &*p.key, ct, now, &mut then.too_big),
+        Some(found) => (
+            first_of_new_flow(found.reason(p.key)),
+            translate::<C, FRAGMENTS>(ctx, &p, &found, now, &mut then.too_big),
         ),
         None if to_frontend => {
             p.key.dir = CT_DIR_FORWARD;
@@ -124,34 +138,75 @@ fn classify<C: Frame, const FRAGMENTS: bool>(ctx: &C, then: &mut Then) -> Verdic
     }
 }
 
-/// The entry of the established flow the packet belongs to, and the
-/// reason to count; `None` when it belongs to none. `sides`: whether the
-/// destination may be a frontend and the source a backend. Leaves the key
-/// in the direction of the entry.
+/// Where the entry a packet is translated by lies. Two pointers and
+/// nothing more, as the IPv6 entries' stack has no room for more.
+struct Found {
+    /// The flow cache slot of the packet's key, which holds the entry when
+    /// `ct` is null.
+    slot: *mut FlowCacheEntryV6,
+    /// The entry in connection tracking; null when the slot holds a fresh
+    /// copy.
+    ct: *mut CtValueV6,
+}
+
+impl Found {
+    /// The reason to count a packet translated by it under.
+    #[inline(always)]
+    fn reason(&self, key: &CtKeyV6) -> Reason {
+        match (self.ct.is_null(), key.dir == CT_DIR_REPLY) {
+            (false, false) => Reason::XlateEstablished,
+            (false, true) => Reason::XlateReply,
+            (true, false) => Reason::XlateEstablishedCached,
+            (true, true) => Reason::XlateReplyCached,
+        }
+    }
+}
+
+/// The entry of the established flow the packet belongs to; `None` when
+/// it belongs to none. `sides`: whether the destination may be a frontend
+/// and the source a backend. Leaves the key in the direction of the entry.
 #[inline(always)]
-fn entry<C: Frame>(
+fn entry<const FRAGMENTS: bool>(
     p: &mut Packet,
     (to_frontend, from_backend): (bool, bool),
     now: u64,
-) -> Option<(*mut CtValueV6, Reason)> {
+) -> Option<Found> {
     // A reply to a source-NATed flow comes to the node's address, a NodePort
     // address too, on any port (a flow keeps its client's port when it
     // can): it is looked up as a reply before it can become a new flow.
     if to_frontend && from_backend && is_snat_addr(p.key.dst_addr) {
-        if let Some(ct) = reply_entry(p, now) {
-            return Some((ct, Reason::XlateReply));
+        if let Some(found) = reply_entry::<FRAGMENTS>(p, now) {
+            return Some(found);
         }
         p.key.dir = CT_DIR_FORWARD;
     }
     if to_frontend {
-        if let Some(ct) = conntrack::lookup(&*p.key, p.l4.tcp_flags, now) {
-            return Some((ct, Reason::XlateEstablished));
+        if let Some(found) = lookup::<FRAGMENTS>(p, now) {
+            return Some(found);
         }
     }
     if !from_backend {
         return None;
     }
-    reply_entry(p, now).map(|ct| (ct, Reason::XlateReply))
+    reply_entry::<FRAGMENTS>(p, now)
+}
+
+/// The entry of the key as it stands: this CPU's cached copy while it is
+/// fresh, else connection tracking's.
+#[inline(always)]
+fn lookup<const FRAGMENTS: bool>(p: &Packet, now: u64) -> Option<Found> {
+    let key = &*p.key;
+    // Never `None`: the hash is within the map.
+    let slot = key.cache_slot()?;
+    if flow_cache::usable(p.l4.tcp_flags, FRAGMENTS)
+        && flow_cache::get(slot, key, flow_cache::jiffies()).is_some()
+    {
+        return Some(Found {
+            slot,
+            ct: core::ptr::null_mut(),
+        });
+    }
+    conntrack::lookup(key, p.l4.tcp_flags, now).map(|ct| Found { slot, ct })
 }
 
 /// The packet's reason, `XlateNew` when `new_flow` made its entries and
@@ -220,9 +275,9 @@ fn new_flow<C: Frame, const FRAGMENTS: bool>(ctx: &C, from_backend: bool) -> u32
 
 /// The entry of an established flow the packet replies to.
 #[inline(always)]
-fn reply_entry(p: &mut Packet, now: u64) -> Option<*mut CtValueV6> {
+fn reply_entry<const FRAGMENTS: bool>(p: &mut Packet, now: u64) -> Option<Found> {
     p.key.dir = CT_DIR_REPLY;
-    conntrack::lookup(&*p.key, p.l4.tcp_flags, now)
+    lookup::<FRAGMENTS>(p, now)
 }
 
 /// Whether `addr` is this node's IPv6 SNAT address.
@@ -426,21 +481,37 @@ fn create(key: &CtKeyV6, flow: &NewFlow, now: u64) -> *mut CtValueV6 {
         .unwrap_or(core::ptr::null_mut())
 }
 
-/// Rewrites the packet by its flow's entry and sends it on. IPv6 routers
-/// never fragment: a packet too big for the egress is left as it is, with
-/// its egress MTU in `too_big`, to be answered with Packet Too Big about
-/// the packet as its sender sent it.
+/// Rewrites the packet by its flow's entry and sends it on. An entry from
+/// connection tracking is updated by the packet, then copied into the
+/// packet's flow cache slot, for later packets when they may use it; the
+/// packet is translated by the copy. IPv6 routers never fragment: a packet
+/// too big for the egress is left as it is, with its egress MTU in
+/// `too_big`, to be answered with Packet Too Big about the packet as its
+/// sender sent it.
 #[inline(always)]
 fn translate<C: Frame, const FRAGMENTS: bool>(
     ctx: &C,
     p: &Packet,
-    key: &CtKeyV6,
-    ct: *mut CtValueV6,
+    found: &Found,
     now: u64,
     too_big: &mut u32,
 ) -> u32 {
-    let refresh = track(key, ct, p.l4.tcp_flags, now);
-    let mtu = too_big_for(ctx, p.len, key, ct, refresh);
+    let key = &*p.key;
+    let ct = if found.ct.is_null() {
+        unsafe { &raw mut (*found.slot).ct }
+    } else {
+        if track(key, found.ct, p.l4.tcp_flags, now) {
+            reroute(ctx, key, found.ct);
+        }
+        let usable = flow_cache::usable(p.l4.tcp_flags, FRAGMENTS);
+        let until = if usable && flow_cache::lasts(found.ct, now) {
+            flow_cache::jiffies() + FLOW_CACHE_JIFFIES
+        } else {
+            0
+        };
+        flow_cache::stage(found.slot, key, found.ct, until)
+    };
+    let mtu = too_big_for(ctx, p.len, key, ct);
     if mtu != 0 {
         *too_big = mtu;
         return C::DROP;
@@ -453,7 +524,7 @@ fn translate<C: Frame, const FRAGMENTS: bool>(
     forward::send(ctx, ct, false, partial)
 }
 
-// `pick`, `reject`, `snat`, the sums, `create`, `track`, `too_big_for`,
+// `pick`, `reject`, `snat`, the sums, `create`, `track`, `reroute`, `too_big_for`,
 // `packet_too_big`, `follow_fragment` and `remember_fragment` are functions of their own (BPF-to-BPF
 // calls), each called from the entry program's frame: inlined, their
 // variables would not fit the 512-byte stack beside the entry's, and
@@ -478,22 +549,21 @@ fn track(key: &CtKeyV6, ct: *mut CtValueV6, tcp_flags: u8, now: u64) -> bool {
     conntrack::on_packet(key, ct, tcp_flags, now)
 }
 
-/// The MTU of the flow's egress when the packet, `len` bytes, is too big
-/// for it, else 0; the route is looked up again first when `refresh` says
-/// so.
+/// `forward::resolve`: the flow's forwarding decision is due again.
 #[inline(never)]
-fn too_big_for<C: Frame>(
-    ctx: &C,
-    len: u16,
-    key: &CtKeyV6,
-    ct: *mut CtValueV6,
-    refresh: bool,
-) -> u32 {
+fn reroute<C: Frame>(ctx: &C, key: &CtKeyV6, ct: *mut CtValueV6) {
+    forward::resolve(ctx, key, ct);
+}
+
+/// The MTU of the flow's egress when the packet, `len` bytes, is too big
+/// for it, else 0.
+#[inline(never)]
+fn too_big_for<C: Frame>(ctx: &C, len: u16, key: &CtKeyV6, ct: *mut CtValueV6) -> u32 {
     let size = Size {
         len,
         fragmentable: false,
     };
-    match forward::check(ctx, size, key, ct, refresh) {
+    match forward::check(ctx, size, key, ct, false) {
         Fit::TellSender(mtu) => mtu,
         _ => 0,
     }

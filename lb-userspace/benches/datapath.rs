@@ -20,9 +20,9 @@
 //! - NodePort with source NAT (first packet, established, reverse-NATed
 //!   reply) and an affinity hit: single runs over distinct flows, for the
 //!   same reason (a translated NodePort packet is no NodePort packet).
-//! - IPv6 (`lb` tail-calling `lb6`, which has no flow cache): non-frontend,
-//!   established and reply through `CT_V6` by the same ping-pong of two
-//!   IPv6 frontends, and new flows as single runs. Measured on a data
+//! - IPv6 (`lb` tail-calling `lb6`): the same rows, non-frontend,
+//!   established and reply from the flow cache and through `CT_V6` by the
+//!   same ping-pongs of IPv6 frontends, and new flows as single runs. Measured on a data
 //!   plane of their own, with as many IPv6 frontends as the column's
 //!   services up to what `FRONTENDS_V6` holds.
 // Only the frame builder and the provisioning helper of the test support
@@ -40,8 +40,8 @@ use std::{
 use lb_common::{
     addr::to_map_v6,
     filter::{position_v6, AddrSet},
-    flow_cache_slot, Config, CtKeyV4, FrontendValue, Reason, CT_DIR_FORWARD, CT_DIR_REPLY,
-    FE_EXTERNAL, MAX_FRONTENDS_V6, PROTO_TCP,
+    flow_cache_slot, flow_cache_slot_v6, Config, CtKey, FrontendValue, Reason, CT_DIR_FORWARD,
+    CT_DIR_REPLY, FE_EXTERNAL, MAX_FRONTENDS_V6, PROTO_TCP,
 };
 use lb_userspace::{
     datapath::{run_frame, Capacities, Datapath, PROGRAM},
@@ -180,29 +180,44 @@ fn single_steady(dp: &Datapath, frames: &[Vec<u8>], reason: Reason) -> f64 {
 /// flow cache slot: their ping-pong misses the cache on every iteration.
 fn colliding_pair(dir: u8) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
     let addr = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
-    let key = |f: Ipv4Addr| {
-        let (client, frontend) = ((addr(CLIENT.0), CLIENT.1.to_be()), (addr(f), 80u16.to_be()));
-        let (src, dst) = if dir == CT_DIR_FORWARD {
-            (client, frontend)
-        } else {
-            (frontend, client)
-        };
-        CtKeyV4 {
-            src_addr: src.0,
-            dst_addr: dst.0,
-            src_port: src.1,
-            dst_port: dst.1,
-            proto: PROTO_TCP,
-            dir,
-            _pad: 0,
-        }
+    let slot = |f: Ipv4Addr| {
+        let (client, frontend) = ((addr(CLIENT.0), CLIENT.1), (addr(f), 80));
+        flow_cache_slot(&ct_key(client, frontend, dir))
     };
     let a = Ipv4Addr::new(10, 97, dir, 1);
     let b = (0..=u16::MAX)
         .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 98, 0, 0)) + i as u32))
-        .find(|&b| flow_cache_slot(&key(a)) == flow_cache_slot(&key(b)))
+        .find(|&b| slot(a) == slot(b))
         .expect("some address collides");
     ((a, 80), (b, 80))
+}
+
+/// `colliding_pair` of IPv6 frontends.
+fn colliding_pair_v6(dir: u8) -> ((Ipv6Addr, u16), (Ipv6Addr, u16)) {
+    let slot = |f: Ipv6Addr| {
+        let (client, frontend) = ((to_map_v6(CLIENT6.0), CLIENT6.1), (to_map_v6(f), 80));
+        flow_cache_slot_v6(&ct_key(client, frontend, dir))
+    };
+    let a = Ipv6Addr::new(0xfd00, 0x97, 0, 0, 0, 0, dir as u16, 1);
+    let b = (0..=u16::MAX)
+        .map(|i| Ipv6Addr::new(0xfd00, 0x98, 0, 0, 0, 0, 0, i))
+        .find(|&b| slot(a) == slot(b))
+        .expect("some address collides");
+    ((a, 80), (b, 80))
+}
+
+/// The connection-tracking key of the packet between `client` and
+/// `frontend` in direction `dir` (ports in host order).
+fn ct_key<K: CtKey>(client: (K::Addr, u16), frontend: (K::Addr, u16), dir: u8) -> K {
+    let (client, frontend) = (
+        (client.0, client.1.to_be()),
+        (frontend.0, frontend.1.to_be()),
+    );
+    if dir == CT_DIR_FORWARD {
+        K::forward(client, frontend, PROTO_TCP)
+    } else {
+        K::reply(frontend, client, PROTO_TCP)
+    }
 }
 
 /// `n` services in all: the measured ones plus fillers sharing one ring.
@@ -269,6 +284,8 @@ fn provision(n: u32) -> Datapath {
 struct RowV6 {
     frontends: u32,
     non_frontend: f64,
+    established: f64,
+    reply: f64,
     established_ct: f64,
     reply_ct: f64,
     new_flow: f64,
@@ -282,9 +299,14 @@ fn provision_v6(n: u32) -> (Datapath, u32) {
     let mut prov = Provision::new();
     prov.service_v6(&mut dp, 1, F1_6, PROTO_TCP, &[F2_6]);
     prov.service_v6(&mut dp, 2, F2_6, PROTO_TCP, &[F1_6]);
+    for (id, dir) in [(7, CT_DIR_FORWARD), (9, CT_DIR_REPLY)] {
+        let (a, b) = colliding_pair_v6(dir);
+        prov.service_v6(&mut dp, id, a, PROTO_TCP, &[b]);
+        prov.service_v6(&mut dp, id + 1, b, PROTO_TCP, &[a]);
+    }
     let ring = prov.service_v6(&mut dp, 3, NEW_VIP6, PROTO_TCP, &[BACKEND6]);
-    let frontends = n.clamp(3, MAX_FRONTENDS_V6);
-    for i in 3..frontends {
+    let frontends = n.clamp(7, MAX_FRONTENDS_V6);
+    for i in 7..frontends {
         let vip =
             Ipv6Addr::from(u128::from(Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 0)) + i as u128);
         let value = FrontendValue {
@@ -313,6 +335,14 @@ fn measure_v6(n: u32) -> RowV6 {
     // Create both flows of the ping-pong before measuring.
     run_frame(dp.program(PROGRAM).unwrap(), &est, 2).unwrap();
     let reply = tcp6_frame(F2_6, CLIENT6, Tcp::ack(), b"");
+    let (fa, _) = colliding_pair_v6(CT_DIR_FORWARD);
+    let est_ct = tcp6_frame(CLIENT6, fa, Tcp::ack(), b"");
+    let (ra, rb) = colliding_pair_v6(CT_DIR_REPLY);
+    let reply_ct = tcp6_frame(rb, CLIENT6, Tcp::ack(), b"");
+    for f in [fa, ra] {
+        let first = tcp6_frame(CLIENT6, f, Tcp::ack(), b"");
+        run_frame(dp.program(PROGRAM).unwrap(), &first, 2).unwrap();
+    }
     let other = tcp6_frame(CLIENT6, OTHER6, Tcp::ack(), b"");
     let news: Vec<Vec<u8>> = (0..SINGLE_RUNS)
         .map(|p| tcp6_frame((CLIENT6.0, 1024 + p), NEW_VIP6, Tcp::syn(), b""))
@@ -320,8 +350,10 @@ fn measure_v6(n: u32) -> RowV6 {
     RowV6 {
         frontends,
         non_frontend: repeated(&dp, PROGRAM, &other, Some(Reason::PassNotOurs)),
-        established_ct: repeated(&dp, PROGRAM, &est, Some(Reason::XlateEstablished)),
-        reply_ct: repeated(&dp, PROGRAM, &reply, Some(Reason::XlateReply)),
+        established: repeated(&dp, PROGRAM, &est, Some(Reason::XlateEstablishedCached)),
+        reply: repeated(&dp, PROGRAM, &reply, Some(Reason::XlateReplyCached)),
+        established_ct: repeated(&dp, PROGRAM, &est_ct, Some(Reason::XlateEstablished)),
+        reply_ct: repeated(&dp, PROGRAM, &reply_ct, Some(Reason::XlateReply)),
         new_flow: single(&dp, PROGRAM, &news, Some(Reason::XlateNew)),
     }
 }
@@ -450,6 +482,8 @@ fn main() {
     line("established (conntrack)", &|r| r.established_ct);
     line("reply (conntrack)", &|r| r.reply_ct);
     line("IPv6 non-frontend", &|r| r.v6.non_frontend);
+    line("IPv6 established (cache)", &|r| r.v6.established);
+    line("IPv6 reply (flow cache)", &|r| r.v6.reply);
     line("IPv6 established (conntrack)", &|r| r.v6.established_ct);
     line("IPv6 reply (conntrack)", &|r| r.v6.reply_ct);
     line("no-op floor (single run)", &|r| r.noop_single);
@@ -470,6 +504,8 @@ fn main() {
     line("established (ct) / floor", &|r| r.established_ct / r.noop);
     line("reply (ct) / floor", &|r| r.reply_ct / r.noop);
     line("IPv6 non-frontend / floor", &|r| r.v6.non_frontend / r.noop);
+    line("IPv6 est. (cache) / floor", &|r| r.v6.established / r.noop);
+    line("IPv6 reply (cache) / floor", &|r| r.v6.reply / r.noop);
     line("IPv6 est. (ct) / floor", &|r| r.v6.established_ct / r.noop);
     line("IPv6 reply (ct) / floor", &|r| r.v6.reply_ct / r.noop);
     line("new flow - single floor", &|r| r.new_flow - r.noop_single);
@@ -488,6 +524,17 @@ fn main() {
     line("rev. SNAT steady / s.floor", &|r| {
         r.snat_reply_steady / r.noop_single
     });
+    println!("\nIPv6 over IPv4, the same path (target: at most 1.15)");
+    line("non-frontend", &|r| r.v6.non_frontend / r.non_frontend);
+    line("established (flow cache)", &|r| {
+        r.v6.established / r.established
+    });
+    line("reply (flow cache)", &|r| r.v6.reply / r.reply);
+    line("established (conntrack)", &|r| {
+        r.v6.established_ct / r.established_ct
+    });
+    line("reply (conntrack)", &|r| r.v6.reply_ct / r.reply_ct);
+    line("new flow", &|r| r.v6.new_flow / r.new_flow);
     println!(
         "\nEvery row's path counter grew by exactly its iteration count (asserted); services: {:?}",
         rows.iter().map(|r| r.services).collect::<Vec<_>>()

@@ -439,25 +439,13 @@ fn flow_cache_serves_plain_packets_and_leaves_state_changes_to_conntrack() {
         let p = parse_checked(&reply(&dp, Tcp::ack()));
         assert_eq!(((p.src, p.sport), (p.dst, p.dport)), (VIP, CLIENT));
     }
-    let counts = |dp: &Datapath| {
-        [
-            Reason::XlateEstablished,
-            Reason::XlateEstablishedCached,
-            Reason::XlateReply,
-            Reason::XlateReplyCached,
-        ]
-        .map(|r| count(dp, r))
-    };
+    let counts = common::cache_counts;
     // The SYN-ACK changes state, so the first plain packet of each
     // direction fills the cache.
     assert_eq!(counts(&dp), [1, 2, 2, 2]);
 
-    let fin = Tcp {
-        fin: true,
-        ..Tcp::ack()
-    };
-    forward(&dp, fin.clone());
-    reply(&dp, fin);
+    forward(&dp, common::fin());
+    reply(&dp, common::fin());
     assert_eq!(counts(&dp), [2, 2, 3, 2], "FINs via conntrack");
     let (_, fwd, rev) = entries(&dp, CLIENT);
     assert_ne!(fwd.state & rev.state & STATE_CLOSING, 0);

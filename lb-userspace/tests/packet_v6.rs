@@ -4,7 +4,10 @@
 //! which hand IPv6 to the IPv6 entry programs by tail call.
 mod common;
 
-use common::packets_v6::{addr, parse_checked, tcp, udp, Seen};
+use common::{
+    packets::{tcp6_frame, Tcp},
+    packets_v6::{addr, parse_checked, tcp, udp, Seen},
+};
 
 use std::net::Ipv6Addr;
 
@@ -155,7 +158,9 @@ fn tcp_to_an_ipv6_clusterip_is_translated_both_ways_with_valid_checksums() {
             "flow stays"
         );
     }
-    assert_eq!(count(&dp, Reason::XlateEstablished), 3);
+    // The first through `CT_V6`, the others from the flow cache it filled.
+    assert_eq!(count(&dp, Reason::XlateEstablished), 1);
+    assert_eq!(count(&dp, Reason::XlateEstablishedCached), 2);
 
     // `xdplb flows` shows both entries, filtered by an IPv6 address.
     let filter = Filter {
@@ -470,4 +475,61 @@ fn the_ipv6_entries_leave_the_verifier_a_margin() {
             "{name}: the verifier walked {walked} instructions"
         );
     }
+}
+
+/// Plain established IPv6 packets are served from this CPU's flow cache,
+/// as IPv4 ones are; SYN, FIN and RST segments go to `CT_V6`, and flows
+/// the agent removes take their cached copies with them.
+#[test]
+fn flow_cache_serves_plain_ipv6_packets_and_forgets_removed_flows() {
+    let mut dp = synced();
+    let client: (Ipv6Addr, u16) = (CLIENT.0.parse().unwrap(), CLIENT.1);
+    let vip: (Ipv6Addr, u16) = (VIP.0.parse().unwrap(), VIP.1);
+    let forward = |dp: &Datapath, t: Tcp| xdp(dp, &tcp6_frame(client, vip, t, b"data")).1;
+    let backend = parse_checked(&forward(&dp, Tcp::syn())).dst;
+    let backend = (backend.0, backend.1);
+    let reply = |dp: &Datapath, t: Tcp| xdp(dp, &tcp6_frame(backend, client, t, b"resp")).1;
+    reply(&dp, Tcp::syn_ack());
+    for _ in 0..3 {
+        let p = parse_checked(&forward(&dp, Tcp::ack()));
+        assert_eq!((p.src, p.dst), (client, backend));
+        let p = parse_checked(&reply(&dp, Tcp::ack()));
+        assert_eq!((p.src, p.dst), (vip, client));
+    }
+    let counts = common::cache_counts;
+    // The SYN-ACK changes state, so the first plain packet of each
+    // direction fills the cache.
+    assert_eq!(counts(&dp), [1, 2, 2, 2]);
+    let cache = dp.maps.flow_cache_v6().unwrap();
+    let copies = (0..lb_common::FLOW_CACHE_SLOTS)
+        .filter(|&i| {
+            cache
+                .get(&i, 0)
+                .unwrap()
+                .iter()
+                .any(|e| e.until_jiffies != 0)
+        })
+        .count();
+    assert_eq!(copies, 2, "one copy per direction");
+
+    forward(&dp, common::fin());
+    reply(&dp, common::fin());
+    assert_eq!(counts(&dp), [2, 2, 3, 2], "FINs via conntrack");
+
+    // A fresh flow, cached, then removed as the agent removes the flows
+    // of a gone endpoint: its next packet finds no copy.
+    let client2 = (client.0, client.1 + 1);
+    let fwd2 = |dp: &Datapath, t: Tcp| xdp(dp, &tcp6_frame(client2, vip, t, b"data")).1;
+    let backend2 = parse_checked(&fwd2(&dp, Tcp::syn())).dst;
+    xdp(&dp, &tcp6_frame(backend2, client2, Tcp::syn_ack(), b""));
+    fwd2(&dp, Tcp::ack());
+    fwd2(&dp, Tcp::ack());
+    assert_eq!(counts(&dp)[..2], [3, 3]);
+    let removed = dp
+        .maps
+        .remove_flows_v6(&|k, _| k.src_port == client2.1.to_be() || k.dst_port == client2.1.to_be())
+        .unwrap();
+    assert_eq!(removed.len(), 2);
+    fwd2(&dp, Tcp::ack());
+    assert_eq!(counts(&dp)[1], 3, "no copy of a removed flow is used");
 }

@@ -6,12 +6,12 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    flow_cache_slot, names,
+    flow_cache_slot, flow_cache_slot_v6, names,
     sock::{SockAffinityKeyV4, SockAffinityKeyV6},
     AddrInfo, AffinityKeyV4, AffinityKeyV6, AffinityValue, AnnounceKeyV4, AnnounceKeyV6,
     AnnounceValue, BackendV4, BackendV6, Config, ConfigV6, CtKeyV4, CtKeyV6, CtValueV4, CtValueV6,
-    FlowCacheEntryV4, FrontendKeyV4, FrontendKeyV6, FrontendValue, IfaceInfo, LbAddrInfo, Reason,
-    SourceRangeKeyV4, SourceRangeKeyV6, SvcName, SvcStats,
+    FlowCacheEntryV4, FlowCacheEntryV6, FrontendKeyV4, FrontendKeyV6, FrontendValue, IfaceInfo,
+    LbAddrInfo, Reason, SourceRangeKeyV4, SourceRangeKeyV6, SvcName, SvcStats,
 };
 
 use super::{
@@ -62,6 +62,7 @@ pub struct Maps {
     /// The loaded program's flow cache; `None` when opened from pins, as
     /// the cache is never pinned.
     flow_cache: Option<PerCpuArray<MapData, FlowCacheEntryV4>>,
+    flow_cache_v6: Option<PerCpuArray<MapData, FlowCacheEntryV6>>,
     /// The loaded program's address filter; `None` when opened from pins,
     /// as it is the program's own global.
     filter: Option<AddrFilter>,
@@ -101,6 +102,7 @@ impl Maps {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         let mut maps = Self::build(|name| take(ebpf, name), None)?;
         maps.flow_cache = Some(take(ebpf, names::FLOW_CACHE_V4)?.try_into()?);
+        maps.flow_cache_v6 = Some(take(ebpf, names::FLOW_CACHE_V6)?.try_into()?);
         maps.filter = Some(AddrFilter::new(take(ebpf, names::ADDR_FILTER)?)?);
         Ok(maps)
     }
@@ -152,6 +154,7 @@ impl Maps {
             announce_v6: get(names::ANNOUNCE_V6)?.try_into()?,
             lb_addrs_v6: get(names::LB_ADDRS_V6)?.try_into()?,
             flow_cache: None,
+            flow_cache_v6: None,
             filter: None,
         })
     }
@@ -170,13 +173,12 @@ impl Maps {
     /// After deleting `key` from `CT_V4`: empties the flow cache slot that
     /// may hold a copy of it, on every CPU, so no packet uses the copy.
     fn forget_cached(&mut self, key: &CtKeyV4) -> Result<()> {
-        let Some(cache) = self.flow_cache.as_mut() else {
-            return Ok(());
-        };
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let empty = PerCpuValues::try_from(vec![FlowCacheEntryV4::default(); cpus])?;
-        cache.set(flow_cache_slot(key), empty, 0)?;
-        Ok(())
+        forget(self.flow_cache.as_mut(), flow_cache_slot(key))
+    }
+
+    /// `forget_cached` of a key deleted from `CT_V6`.
+    fn forget_cached_v6(&mut self, key: &CtKeyV6) -> Result<()> {
+        forget(self.flow_cache_v6.as_mut(), flow_cache_slot_v6(key))
     }
 
     pub fn reason_total(&self, reason: Reason) -> Result<u64> {
@@ -333,6 +335,10 @@ impl Maps {
         self.flow_cache.as_mut()
     }
 
+    pub fn flow_cache_v6(&self) -> Option<&PerCpuArray<MapData, FlowCacheEntryV6>> {
+        self.flow_cache_v6.as_ref()
+    }
+
     pub fn announce_mut(&mut self) -> &mut HashMap<MapData, AnnounceKeyV4, AnnounceValue> {
         &mut self.announce
     }
@@ -340,4 +346,18 @@ impl Maps {
     pub fn announce_v6_mut(&mut self) -> &mut HashMap<MapData, AnnounceKeyV6, AnnounceValue> {
         &mut self.announce_v6
     }
+}
+
+/// Empties `slot` of a flow cache, if the program has one, on every CPU.
+fn forget<E: aya::Pod + Default>(
+    cache: Option<&mut PerCpuArray<MapData, E>>,
+    slot: u32,
+) -> Result<()> {
+    let Some(cache) = cache else {
+        return Ok(());
+    };
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let empty = PerCpuValues::try_from(vec![E::default(); cpus])?;
+    cache.set(slot, empty, 0)?;
+    Ok(())
 }

@@ -27,6 +27,26 @@ use lb_userspace::{
     sync::{NodeMaps, Syncer},
 };
 
+/// The counters of established and reply packets, through connection
+/// tracking and from the flow cache, in that order.
+pub fn cache_counts(dp: &Datapath) -> [u64; 4] {
+    [
+        lb_common::Reason::XlateEstablished,
+        lb_common::Reason::XlateEstablishedCached,
+        lb_common::Reason::XlateReply,
+        lb_common::Reason::XlateReplyCached,
+    ]
+    .map(|r| dp.maps.reason_total(r).unwrap())
+}
+
+/// A TCP segment with FIN set.
+pub fn fin() -> packets::Tcp {
+    packets::Tcp {
+        fin: true,
+        ..packets::Tcp::ack()
+    }
+}
+
 /// Fails (never skips) when the test cannot get the privileges it needs.
 pub fn privileged(tier: &str) {
     if let Err(e) = testbed::netns::require_root(tier) {

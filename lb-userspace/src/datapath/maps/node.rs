@@ -42,7 +42,11 @@ impl NodeMaps for Maps {
         &mut self,
         stale: &dyn Fn(&CtKeyV6, &CtValueV6) -> bool,
     ) -> Result<Vec<CtKeyV6>> {
-        remove_flows(&mut self.ct_v6, stale)
+        let removed = remove_flows(&mut self.ct_v6, stale)?;
+        for k in &removed {
+            self.forget_cached_v6(k)?;
+        }
+        Ok(removed)
     }
 
     fn remove_affinities(&mut self, stale: &dyn Fn(&AffinityValue) -> bool) -> Result<usize> {
