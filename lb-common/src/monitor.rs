@@ -13,10 +13,13 @@ pub const MONITOR_RING_BYTES: u32 = 256 * 1024;
 pub const MONITOR_LEASE_NS: u64 = 3_000_000_000;
 pub const MONITOR_RENEW_NS: u64 = 1_000_000_000;
 
-/// One event. Addresses and ports in network byte order, as in the packet.
+/// One event, of IPv4 (`MonitorEvent`) or IPv6 (`MonitorEventV6`): one
+/// layout over the address as the maps hold it (`addr`), so both families'
+/// events are built by the same code. Addresses and ports in network byte
+/// order, as in the packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MonitorEvent {
+pub struct MonitorEventOf<A> {
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when it was written.
     pub ktime_ns: u64,
     /// The `Reason` it was counted under.
@@ -27,26 +30,35 @@ pub struct MonitorEvent {
     pub ifindex: u32,
     /// The tuple as it arrived: for the socket hooks, the frontend the
     /// socket addressed (source 0); for ICMP errors, the outer addresses.
-    pub saddr: u32,
-    pub daddr: u32,
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     /// What the translation put in place of the destination (a forward
     /// packet's backend) or of the source (`CT_DIR_REPLY`: the frontend a
     /// reply comes from); 0 when nothing was translated.
-    pub to_addr: u32,
+    pub to_addr: A,
     pub to_port: u16,
     pub proto: u8,
     /// `CT_DIR_FORWARD` or `CT_DIR_REPLY`.
     pub dir: u8,
     /// The source a source-NATed flow's packets leave with; 0 without SNAT.
-    pub snat_addr: u32,
+    pub snat_addr: A,
     pub snat_port: u16,
     pub _pad: u16,
 }
 
+pub type MonitorEvent = MonitorEventOf<u32>;
+pub type MonitorEventV6 = MonitorEventOf<[u32; 4]>;
+
+// Both share the `MONITOR` ring, whose reader tells them apart by these
+// sizes: they must differ.
 const _: () = assert!(core::mem::size_of::<MonitorEvent>() == 48);
+const _: () = assert!(core::mem::size_of::<MonitorEventV6>() == 96);
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, explicit padding, plain integers.
 unsafe impl aya::Pod for MonitorEvent {}
+#[cfg(feature = "user")]
+// SAFETY: as `MonitorEvent`; four-word addresses leave no gap either.
+unsafe impl aya::Pod for MonitorEventV6 {}

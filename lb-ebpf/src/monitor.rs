@@ -7,17 +7,18 @@
 //! is built, the clock read and the ring reserved only under a live lease.
 //!
 //! Unsafe in this module: the clock helper, reads through `MONITOR_ON`,
-//! `FRONTENDS_V4` and `CT_V4` pointers, valid until the program returns, and
-//! header reads through pointers `parse::ptr_at` checked.
+//! frontend and connection-tracking pointers, valid until the program
+//! returns, and header reads through pointers `parse::ptr_at` checked.
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use lb_common::{
-    monitor::MonitorEvent, BackendV4, CtKeyV4, CtValueV4, FrontendKeyV4, Reason, CT_DIR_FORWARD,
+    monitor::{MonitorEvent, MonitorEventOf},
+    BackendV4, CtKey, CtKeyV4, CtKeyV6, CtValue, FrontendKeyV4, Reason, CT_DIR_FORWARD,
 };
 
 use crate::{
     frame::Frame,
-    maps::{FRONTENDS_V4, MONITOR, MONITOR_ON},
-    parse::Ipv4Hdr,
+    maps::{FRONTENDS_V4, FRONTENDS_V6, MONITOR, MONITOR_ON},
+    parse::{Ipv4Hdr, Ipv6Hdr},
     stats,
 };
 
@@ -40,15 +41,16 @@ fn leased() -> Option<u64> {
 }
 
 /// Writes the event `build` makes, under a lease only. A full ring counts
-/// the event as lost: the reader is behind, and the packet goes on.
+/// the event as lost: the reader is behind, and the packet goes on. Either
+/// family's events go to the one ring, each record its event's size.
 #[inline(always)]
-fn emit(build: impl FnOnce() -> MonitorEvent) {
+fn emit<A: Copy + 'static>(build: impl FnOnce() -> MonitorEventOf<A>) {
     let Some(now) = leased() else {
         return;
     };
-    match MONITOR.reserve(0) {
+    match MONITOR.reserve_untyped::<MonitorEventOf<A>>(0) {
         Some(mut slot) => {
-            slot.write(MonitorEvent {
+            slot.write(MonitorEventOf {
                 ktime_ns: now,
                 ..build()
             });
@@ -58,35 +60,64 @@ fn emit(build: impl FnOnce() -> MonitorEvent) {
     }
 }
 
-/// The event of packet `key` (as it arrived) counted under `reason`.
-#[inline(always)]
-fn of_key(reason: Reason, ifindex: u32, key: &CtKeyV4) -> MonitorEvent {
-    MonitorEvent {
-        reason: reason as u32,
-        ifindex,
-        saddr: key.src_addr,
-        daddr: key.dst_addr,
-        sport: key.src_port,
-        dport: key.dst_port,
-        proto: key.proto,
-        dir: key.dir,
-        ..MonitorEvent::default()
+/// What events read of a flow's key beyond `CtKey`, for either family.
+pub trait Key: CtKey<Addr: Default + 'static> {
+    /// The Service port of the frontend the key addresses, 0 if none;
+    /// read for the event only, where the decision did not keep it.
+    fn svc_id(&self) -> u32;
+}
+
+impl Key for CtKeyV4 {
+    #[inline(always)]
+    fn svc_id(&self) -> u32 {
+        svc_of(&self.frontend())
     }
 }
 
-/// A packet of a flow with the entry `ct`: a new flow and its backend (and
-/// source NAT), or an answer sent about a translated packet.
+impl Key for CtKeyV6 {
+    #[inline(always)]
+    fn svc_id(&self) -> u32 {
+        FRONTENDS_V6
+            .get_ptr(self.frontend())
+            .map_or(0, |v| unsafe { (*v).svc_id })
+    }
+}
+
+/// The event of packet `key` (as it arrived) counted under `reason`.
 #[inline(always)]
-pub fn flow<C: Frame>(ctx: &C, reason: Reason, key: &CtKeyV4, ct: *const CtValueV4) {
+fn of_key<K: Key>(reason: Reason, ifindex: u32, key: &K) -> MonitorEventOf<K::Addr> {
+    let ((saddr, sport), (daddr, dport)) = (key.src(), key.dst());
+    MonitorEventOf {
+        reason: reason as u32,
+        ifindex,
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto: key.proto(),
+        dir: key.dir(),
+        ..MonitorEventOf::default()
+    }
+}
+
+/// A packet of a flow with the entry `ct`, entering at `ifindex`: a new
+/// flow and its backend (and source NAT), or an answer sent about a
+/// translated packet.
+#[inline(always)]
+pub fn flow<K: Key, V: CtValue<Addr = K::Addr>>(
+    ifindex: u32,
+    reason: Reason,
+    key: &K,
+    ct: *const V,
+) {
     emit(|| {
-        let v = unsafe { &*ct };
-        let mut e = of_key(reason, ctx.ifindex(), key);
-        e.svc_id = v.svc_id;
-        (e.to_addr, e.to_port) = (v.nat_addr, v.nat_port);
+        let mut e = of_key(reason, ifindex, key);
+        e.svc_id = unsafe { V::svc_id(ct) };
+        (e.to_addr, e.to_port) = unsafe { V::nat(ct) };
         // On a reverse entry these name the client, not a source the
         // packet gets.
-        if key.dir == CT_DIR_FORWARD {
-            (e.snat_addr, e.snat_port) = (v.snat_addr, v.snat_port);
+        if key.dir() == CT_DIR_FORWARD {
+            (e.snat_addr, e.snat_port) = unsafe { V::snat(ct) };
         }
         e
     });
@@ -95,37 +126,68 @@ pub fn flow<C: Frame>(ctx: &C, reason: Reason, key: &CtKeyV4, ct: *const CtValue
 /// A packet to a frontend refused before it had a flow: dropped, or
 /// answered with a reject.
 #[inline(always)]
-pub fn refused<C: Frame>(ctx: &C, reason: Reason, key: &CtKeyV4) {
-    emit(|| MonitorEvent {
-        svc_id: svc_of(&key.frontend()),
-        ..of_key(reason, ctx.ifindex(), key)
+pub fn refused<K: Key>(ifindex: u32, reason: Reason, key: &K) {
+    emit(|| MonitorEventOf {
+        svc_id: key.svc_id(),
+        ..of_key(reason, ifindex, key)
     });
 }
 
-/// A source-NAT port taken for a new flow to `be`.
+/// A source-NAT port taken for a new flow of `svc_id` to `backend`.
 #[inline(always)]
-pub fn snat<C: Frame>(ctx: &C, key: &CtKeyV4, be: &BackendV4, svc_id: u32, snat: (u32, u16)) {
-    emit(|| MonitorEvent {
+pub fn snat<K: Key>(
+    ifindex: u32,
+    key: &K,
+    backend: (K::Addr, u16),
+    svc_id: u32,
+    snat: (K::Addr, u16),
+) {
+    emit(|| MonitorEventOf {
         svc_id,
-        to_addr: be.addr,
-        to_port: be.port,
+        to_addr: backend.0,
+        to_port: backend.1,
         snat_addr: snat.0,
         snat_port: snat.1,
-        ..of_key(Reason::SnatNewFlow, ctx.ifindex(), key)
+        ..of_key(Reason::SnatNewFlow, ifindex, key)
     });
 }
 
-/// A packet dropped before its ports were read.
+/// The addresses of an IP header, for either family.
+pub trait Header {
+    type Addr: Copy + Default + 'static;
+    /// # Safety
+    /// `ip` points to a header inside the frame.
+    unsafe fn addrs(ip: *const Self) -> (Self::Addr, Self::Addr);
+}
+
+impl Header for Ipv4Hdr {
+    type Addr = u32;
+    #[inline(always)]
+    unsafe fn addrs(ip: *const Self) -> (u32, u32) {
+        ((*ip).src, (*ip).dst)
+    }
+}
+
+impl Header for Ipv6Hdr {
+    type Addr = [u32; 4];
+    #[inline(always)]
+    unsafe fn addrs(ip: *const Self) -> ([u32; 4], [u32; 4]) {
+        ((*ip).src, (*ip).dst)
+    }
+}
+
+/// A packet of transport `proto` dropped before its ports were read.
 #[inline(always)]
-pub fn malformed<C: Frame>(ctx: &C, ip: *const Ipv4Hdr) {
-    emit(|| unsafe {
-        MonitorEvent {
+pub fn malformed<H: Header>(ifindex: u32, ip: *const H, proto: u8) {
+    emit(|| {
+        let (saddr, daddr) = unsafe { H::addrs(ip) };
+        MonitorEventOf {
             reason: Reason::DropMalformed as u32,
-            ifindex: ctx.ifindex(),
-            saddr: (*ip).src,
-            daddr: (*ip).dst,
-            proto: (*ip).proto,
-            ..MonitorEvent::default()
+            ifindex,
+            saddr,
+            daddr,
+            proto,
+            ..MonitorEventOf::default()
         }
     });
 }

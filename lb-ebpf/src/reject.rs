@@ -70,7 +70,7 @@ pub fn frag_needed<C: Frame>(
         None => (Reason::IcmpFragNeededFailed, C::DROP),
     };
     stats::count(reason);
-    monitor::flow(ctx, reason, key, ct);
+    monitor::flow(ctx.ifindex(), reason, key, ct);
     action
 }
 

@@ -174,12 +174,12 @@ fn to_frontend<C: Frame>(ctx: &C, ip: *mut Ipv4Hdr) -> Option<Verdict> {
         Some(ct) => (ct, Reason::XlateEstablished),
         None => match new_flow(ctx, &p, &key, now) {
             Ok(ct) => {
-                monitor::flow(ctx, Reason::XlateNew, &key, ct);
+                monitor::flow(ctx.ifindex(), Reason::XlateNew, &key, ct);
                 (ct, Reason::XlateNew)
             }
             Err(v) => {
                 if let Some((reason, _)) = v {
-                    monitor::refused(ctx, reason, &key);
+                    monitor::refused(ctx.ifindex(), reason, &key);
                 }
                 return v;
             }
@@ -238,7 +238,13 @@ fn new_flow<C: Frame>(
         match policy::snat_port((be.addr, be.port), cfg.snat_addr, key, probes, now) {
             Some(port) => {
                 stats::count(Reason::SnatNewFlow);
-                monitor::snat(ctx, key, &be, fe.svc_id, (cfg.snat_addr, port));
+                monitor::snat(
+                    ctx.ifindex(),
+                    key,
+                    (be.addr, be.port),
+                    fe.svc_id,
+                    (cfg.snat_addr, port),
+                );
                 Some((cfg.snat_addr, port))
             }
             None => return Err(Some((Reason::DropSnatPortsExhausted, C::DROP))),
@@ -259,7 +265,7 @@ fn new_flow<C: Frame>(
 #[inline(always)]
 fn unparsed<C: Frame>(ctx: &C, ip: *mut Ipv4Hdr, v: Verdict) -> Verdict {
     if v.0 == Reason::DropMalformed {
-        monitor::malformed(ctx, ip);
+        monitor::malformed(ctx.ifindex(), ip, unsafe { (*ip).proto });
     }
     v
 }

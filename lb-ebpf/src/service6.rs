@@ -32,7 +32,7 @@ use crate::{
     frame::Frame,
     icmp6,
     maps::{CONFIG_V6, SCRATCH_CT_V6, SCRATCH_KEY_V6, SCRATCH_NEW_V6},
-    nat,
+    monitor, nat,
     parse::{self, FragmentV6, Ipv6Hdr, Upper, ETH_HLEN, IPV6_HLEN, L4},
     policy, reject, select,
     service::{counted, maybe_in, Verdict},
@@ -235,11 +235,12 @@ fn new_flow<C: Frame, const FRAGMENTS: bool>(ctx: &C, from_backend: bool) -> u32
         return counted((Reason::PassMalformed, C::PASS));
     };
     let key = unsafe { &*key };
+    let ifindex = ctx.ifindex();
     // A second walk that finds no entry either (one gone at once) ends
     // here, not in another tail call.
     if unsafe { *made } != 0 {
         unsafe { *made = 0 };
-        return counted((Reason::DropCtInsert, C::DROP));
+        return refused(ifindex, key, (Reason::DropCtInsert, C::DROP));
     }
     let now = conntrack::now();
     let mut flow = NewFlow::default();
@@ -248,19 +249,23 @@ fn new_flow<C: Frame, const FRAGMENTS: bool>(ctx: &C, from_backend: bool) -> u32
         (Reason::PassNotOurs, action) if from_backend => {
             return counted((Reason::PassReplyNoFlow, action))
         }
+        v @ (Reason::PassNotOurs, _) => return counted(v),
         (reason @ (Reason::RejectUnknownPort | Reason::RejectNoBackend), _) => {
-            return counted(reject(ctx, key.proto, reason))
+            return refused(ifindex, key, reject(ctx, key.proto, reason))
         }
-        v => return counted(v),
+        v => return refused(ifindex, key, v),
     }
     if !snat(key, &mut flow, now) {
-        return counted((Reason::DropSnatPortsExhausted, C::DROP));
+        return refused(ifindex, key, (Reason::DropSnatPortsExhausted, C::DROP));
     }
+    show_snat(ifindex, key, &flow);
     sums_to_backend(key, &mut flow);
     sums_back(key, &mut flow);
-    if create(key, &flow, now).is_null() {
-        return counted((Reason::DropCtInsert, C::DROP));
+    let ct = create(key, &flow, now);
+    if ct.is_null() {
+        return refused(ifindex, key, (Reason::DropCtInsert, C::DROP));
     }
+    show_flow(ifindex, key, ct);
     unsafe { *made = 1 };
     if FRAGMENTS {
         ctx.to_v6_fragment_path();
@@ -271,6 +276,43 @@ fn new_flow<C: Frame, const FRAGMENTS: bool>(ctx: &C, from_backend: bool) -> u32
     // flow's next one finds its entries.
     unsafe { *made = 0 };
     counted((Reason::DropCtInsert, C::DROP))
+}
+
+/// `v` on the first packet of a flow it refuses, counted and shown to
+/// `xdplb monitor`.
+#[inline(always)]
+fn refused(ifindex: u32, key: &CtKeyV6, v: Verdict) -> u32 {
+    show_refused(ifindex, v.0, key);
+    counted(v)
+}
+
+// The events are built in frames of their own: an IPv6 event would not
+// fit the entry's stack.
+
+/// `monitor::refused`.
+#[inline(never)]
+fn show_refused(ifindex: u32, reason: Reason, key: &CtKeyV6) {
+    monitor::refused(ifindex, reason, key);
+}
+
+/// `monitor::flow` of a new flow's forward entry `ct`.
+#[inline(never)]
+fn show_flow(ifindex: u32, key: &CtKeyV6, ct: *const CtValueV6) {
+    monitor::flow(ifindex, Reason::XlateNew, key, ct);
+}
+
+/// `monitor::snat`, for a flow `snat` gave a port.
+#[inline(never)]
+fn show_snat(ifindex: u32, key: &CtKeyV6, flow: &NewFlow) {
+    if flow.snat().is_some() {
+        monitor::snat(ifindex, key, flow.backend, flow.svc_id, flow.snat);
+    }
+}
+
+/// `monitor::malformed`.
+#[inline(never)]
+fn show_malformed(ifindex: u32, ip: *const Ipv6Hdr, proto: u8) {
+    monitor::malformed(ifindex, ip, proto);
 }
 
 /// The entry of an established flow the packet replies to.
@@ -333,6 +375,7 @@ fn transport<C: Frame, const FRAGMENTS: bool>(
         return Err((Reason::PassUnsupportedProto, C::PASS));
     }
     let Some(l4) = parse::l4(ctx, proto, off) else {
+        show_malformed(ctx.ifindex(), ip, proto);
         return Err((Reason::DropMalformed, C::DROP));
     };
     let ext_len = (off - ETH_HLEN - IPV6_HLEN) as u16;

@@ -5,15 +5,20 @@
 //! clears on the way out; a monitor killed without clearing it leaves the
 //! events on for `MONITOR_LEASE_NS` at most.
 use std::{
-    collections::HashMap, fs::File, io::Write, net::SocketAddrV4, os::fd::AsRawFd, path::Path,
+    collections::HashMap,
+    fs::File,
+    io::Write,
+    net::{IpAddr, SocketAddr},
+    os::fd::AsRawFd,
+    path::Path,
     time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use lb_common::{
-    addr::from_map,
-    monitor::{MonitorEvent, MONITOR_LEASE_NS, MONITOR_RENEW_NS},
+    addr::{from_map, from_map_v6},
+    monitor::{MonitorEvent, MonitorEventOf, MonitorEventV6, MONITOR_LEASE_NS, MONITOR_RENEW_NS},
     names, Reason, SvcName, CT_DIR_REPLY, PROTO_TCP, PROTO_UDP,
 };
 use serde_json::json;
@@ -76,17 +81,73 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// An event of either family as shown: `None` for an address the event
+/// does not know (0 in the ring).
+pub type Event = MonitorEventOf<Option<IpAddr>>;
+
 /// Every event waiting in `ring`, oldest first.
-pub fn drain(ring: &mut RingBuf<MapData>) -> Vec<MonitorEvent> {
+pub fn drain(ring: &mut RingBuf<MapData>) -> Vec<Event> {
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
-        if item.len() == size_of::<MonitorEvent>() {
-            // SAFETY: the programs write whole `MonitorEvent`s, plain
-            // integers; the ring's records are only 8-byte aligned.
-            out.push(unsafe { item.as_ptr().cast::<MonitorEvent>().read_unaligned() });
-        }
+        out.extend(decode(&item));
     }
     out
+}
+
+/// One ring record. IPv4 and IPv6 events share the ring, each record as
+/// long as its event: the length tells them apart (`lb_common::monitor`
+/// asserts the sizes differ). A record of neither size is skipped.
+pub fn decode(record: &[u8]) -> Option<Event> {
+    match record.len() {
+        n if n == size_of::<MonitorEvent>() => Some(widen(read::<MonitorEvent>(record))),
+        n if n == size_of::<MonitorEventV6>() => Some(widen(read::<MonitorEventV6>(record))),
+        _ => None,
+    }
+}
+
+/// `record`, exactly a `T` long, as a `T`.
+fn read<T: aya::Pod>(record: &[u8]) -> T {
+    assert_eq!(record.len(), size_of::<T>());
+    // SAFETY: a Pod of the record's length; the ring's records are only
+    // 8-byte aligned.
+    unsafe { record.as_ptr().cast::<T>().read_unaligned() }
+}
+
+/// An address as an event holds it, for either family.
+trait RingAddr: Copy {
+    fn ip(self) -> Option<IpAddr>;
+}
+
+impl RingAddr for u32 {
+    fn ip(self) -> Option<IpAddr> {
+        (self != 0).then(|| from_map(self).into())
+    }
+}
+
+impl RingAddr for [u32; 4] {
+    fn ip(self) -> Option<IpAddr> {
+        (self != [0; 4]).then(|| from_map_v6(self).into())
+    }
+}
+
+fn widen<A: RingAddr>(e: MonitorEventOf<A>) -> Event {
+    MonitorEventOf {
+        ktime_ns: e.ktime_ns,
+        reason: e.reason,
+        svc_id: e.svc_id,
+        ifindex: e.ifindex,
+        saddr: e.saddr.ip(),
+        daddr: e.daddr.ip(),
+        sport: e.sport,
+        dport: e.dport,
+        to_addr: e.to_addr.ip(),
+        to_port: e.to_port,
+        proto: e.proto,
+        dir: e.dir,
+        snat_addr: e.snat_addr.ip(),
+        snat_port: e.snat_port,
+        _pad: 0,
+    }
 }
 
 /// Which events to show: all the flags passed must match.
@@ -110,8 +171,11 @@ impl<'a> Selection<'a> {
         Ok(Self { args, reasons })
     }
 
-    pub fn passes(&self, e: &MonitorEvent, service: &str) -> bool {
-        let addrs = [e.saddr, e.daddr, e.to_addr, e.snat_addr].map(from_map);
+    pub fn passes(&self, e: &Event, service: &str) -> bool {
+        let addrs: Vec<IpAddr> = [e.saddr, e.daddr, e.to_addr, e.snat_addr]
+            .into_iter()
+            .flatten()
+            .collect();
         (self.reasons.is_empty() || self.reasons.iter().any(|&r| r as u32 == e.reason))
             && self.args.view.filter.service(service)
             && self.args.view.filter.addr(&addrs)
@@ -127,15 +191,12 @@ fn proto_name(p: u8) -> String {
     }
 }
 
-/// An address with its port, or alone where the event has no ports;
-/// `None` for an address the event does not know.
-fn endpoint(addr: u32, port: u16, proto: u8) -> Option<String> {
-    if addr == 0 {
-        return None;
-    }
-    let addr = from_map(addr);
+/// An address with its port (an IPv6 one bracketed), or alone where the
+/// event has no ports; `None` for an address the event does not know.
+fn endpoint(addr: Option<IpAddr>, port: u16, proto: u8) -> Option<String> {
+    let addr = addr?;
     Some(if proto == PROTO_TCP || proto == PROTO_UDP {
-        SocketAddrV4::new(addr, u16::from_be(port)).to_string()
+        SocketAddr::new(addr, u16::from_be(port)).to_string()
     } else {
         addr.to_string()
     })
@@ -145,7 +206,7 @@ fn endpoint(addr: u32, port: u16, proto: u8) -> Option<String> {
 /// the name `SVC_NAMES` holds (empty when none), `iface` the name of the
 /// interface in this network namespace.
 pub fn row(
-    e: &MonitorEvent,
+    e: &Event,
     time: jiff::Timestamp,
     service: &str,
     iface: Option<&str>,
@@ -363,35 +424,51 @@ async fn watch(args: &MonitorArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
-    use lb_common::addr::to_map;
+    use lb_common::addr::{to_map, to_map_v6};
 
     use super::*;
 
-    fn new_flow() -> MonitorEvent {
-        MonitorEvent {
+    /// A new NodePort flow from `client` to `node`, source-NATed to the
+    /// node, to `backend` port `backend_port`; in the family of the
+    /// addresses.
+    fn new_flow_of<A: Copy + Default>(
+        [client, node, backend]: [A; 3],
+        backend_port: u16,
+    ) -> MonitorEventOf<A> {
+        MonitorEventOf {
             ktime_ns: 1,
             reason: Reason::XlateNew as u32,
             svc_id: 7,
             ifindex: 3,
-            saddr: to_map(Ipv4Addr::new(198, 51, 100, 2)),
-            daddr: to_map(Ipv4Addr::new(192, 168, 50, 11)),
+            saddr: client,
+            daddr: node,
             sport: 40000u16.to_be(),
             dport: 31000u16.to_be(),
-            to_addr: to_map(Ipv4Addr::new(10, 244, 2, 2)),
-            to_port: 3000u16.to_be(),
+            to_addr: backend,
+            to_port: backend_port.to_be(),
             proto: PROTO_TCP,
-            snat_addr: to_map(Ipv4Addr::new(192, 168, 50, 11)),
+            snat_addr: node,
             snat_port: 40000u16.to_be(),
-            ..MonitorEvent::default()
+            ..MonitorEventOf::default()
         }
+    }
+
+    fn new_flow() -> MonitorEvent {
+        let addrs = [[198, 51, 100, 2], [192, 168, 50, 11], [10, 244, 2, 2]];
+        new_flow_of(addrs.map(|a| to_map(Ipv4Addr::from(a))), 3000)
     }
 
     #[test]
     fn an_event_prints_as_json_and_as_a_table_line() {
         let time: jiff::Timestamp = "2025-01-02T03:04:05.678Z".parse().unwrap();
-        let r = row(&new_flow(), time, "default/web:http/TCP", Some("eth0"));
+        let r = row(
+            &widen(new_flow()),
+            time,
+            "default/web:http/TCP",
+            Some("eth0"),
+        );
         assert_eq!(
             r,
             json!({
@@ -437,7 +514,7 @@ mod tests {
             proto: PROTO_UDP,
             ..MonitorEvent::default()
         };
-        let r = row(&e, jiff::Timestamp::UNIX_EPOCH, "", None);
+        let r = row(&widen(e), jiff::Timestamp::UNIX_EPOCH, "", None);
         assert_eq!(
             (&r["src"], &r["dst"], &r["to"], &r["service"], &r["iface"]),
             (
@@ -454,16 +531,15 @@ mod tests {
             proto: 1,
             ..e
         };
-        let r = row(&icmp, jiff::Timestamp::UNIX_EPOCH, "", None);
+        let r = row(&widen(icmp), jiff::Timestamp::UNIX_EPOCH, "", None);
         assert_eq!(
             (&r["src"], &r["proto"]),
             (&json!("192.0.2.1"), &json!("ICMP"))
         );
     }
 
-    #[test]
-    fn a_selection_needs_every_flag_to_match() {
-        let args = |reasons: &[&str], service: Option<&str>, addr: Option<Ipv4Addr>| MonitorArgs {
+    fn args(reasons: &[&str], service: Option<&str>, addr: Option<IpAddr>) -> MonitorArgs {
+        MonitorArgs {
             view: crate::cli::InspectArgs {
                 pin: crate::cli::PinArgs {
                     pin_path: "/unused".into(),
@@ -471,12 +547,19 @@ mod tests {
                 output: Output::Json,
                 filter: crate::cli::Filter {
                     service: service.map(str::to_string),
-                    addr: addr.map(Into::into),
+                    addr,
                 },
             },
             reasons: reasons.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_selection_needs_every_flag_to_match() {
+        let args = |reasons: &[&str], service, addr: Option<Ipv4Addr>| {
+            args(reasons, service, addr.map(Into::into))
         };
-        let e = new_flow();
+        let e = widen(new_flow());
         let svc = "default/web:http/TCP";
         let passes = |a: MonitorArgs| Selection::new(&a).unwrap().passes(&e, svc);
         assert!(passes(args(&[], None, None)));
@@ -499,5 +582,95 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("reject_no_backend"), "{err}");
+    }
+
+    fn v6(a: &str) -> Ipv6Addr {
+        a.parse().unwrap()
+    }
+
+    fn new_flow_v6() -> MonitorEventV6 {
+        let addrs = ["2001:db8:7::7", "fd00:10::1", "fd00:244:2::2"];
+        new_flow_of(addrs.map(|a| to_map_v6(v6(a))), 8080)
+    }
+
+    /// `e` as the programs write it to the ring.
+    fn record<T: aya::Pod>(e: &T) -> &[u8] {
+        // SAFETY: a Pod has no padding to read.
+        unsafe { std::slice::from_raw_parts((e as *const T).cast(), size_of::<T>()) }
+    }
+
+    #[test]
+    fn an_ipv6_record_is_told_by_its_length_and_prints_bracketed() {
+        let e = decode(record(&new_flow_v6())).unwrap();
+        let time: jiff::Timestamp = "2025-01-02T03:04:05.678Z".parse().unwrap();
+        let r = row(&e, time, "default/web:http/TCP", Some("eth0"));
+        assert_eq!(
+            (&r["src"], &r["dst"], &r["to"], &r["snat"], &r["reason"]),
+            (
+                &json!("[2001:db8:7::7]:40000"),
+                &json!("[fd00:10::1]:31000"),
+                &json!("[fd00:244:2::2]:8080"),
+                &json!("[fd00:10::1]:40000"),
+                &json!("xlate_new_flow"),
+            )
+        );
+        let line = table_row(&r, &time.to_zoned(jiff::tz::TimeZone::UTC));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(
+            words[3..9],
+            [
+                "[2001:db8:7::7]:40000",
+                "[fd00:10::1]:31000",
+                "to",
+                "[fd00:244:2::2]:8080",
+                "from",
+                "[fd00:10::1]:40000",
+            ]
+        );
+
+        let v4 = decode(record(&new_flow())).unwrap();
+        assert_eq!(v4.saddr, Some(Ipv4Addr::new(198, 51, 100, 2).into()));
+        let e = new_flow_v6();
+        assert_eq!(decode(&record(&e)[..size_of::<MonitorEvent>() + 8]), None);
+    }
+
+    #[test]
+    fn an_ipv6_event_without_a_source_or_translation_shows_none() {
+        let e = MonitorEventV6 {
+            reason: Reason::RejectNoBackend as u32,
+            daddr: to_map_v6(v6("fd00:96::11")),
+            dport: 80u16.to_be(),
+            proto: PROTO_UDP,
+            ..MonitorEventV6::default()
+        };
+        let r = row(
+            &decode(record(&e)).unwrap(),
+            jiff::Timestamp::UNIX_EPOCH,
+            "",
+            None,
+        );
+        assert_eq!(
+            (&r["src"], &r["dst"], &r["to"], &r["snat"]),
+            (
+                &json!(null),
+                &json!("[fd00:96::11]:80"),
+                &json!(null),
+                &json!(null)
+            )
+        );
+    }
+
+    #[test]
+    fn an_ipv6_address_selects_the_ipv6_events_naming_it() {
+        let e = widen(new_flow_v6());
+        let passes = |addr: IpAddr| {
+            Selection::new(&args(&[], None, Some(addr)))
+                .unwrap()
+                .passes(&e, "")
+        };
+        assert!(passes(v6("fd00:244:2::2").into()), "the backend");
+        assert!(passes(v6("2001:db8:7::7").into()), "the client");
+        assert!(!passes(v6("fd00:244:2::3").into()));
+        assert!(!passes(Ipv4Addr::new(10, 244, 2, 2).into()));
     }
 }
