@@ -120,9 +120,12 @@ pub fn send<C: Frame, V: CtValue>(ctx: &C, ct: *mut V, kernel: bool, partial: bo
         let Some(eth) = parse::ptr_at::<EthHdr>(ctx, 0) else {
             return C::PASS;
         };
+        // Copies the compiler knows cannot overlap: an assignment of the
+        // arrays through raw pointers becomes a call of a byte-by-byte
+        // `memmove` in BPF.
         unsafe {
-            (*eth).src = *V::fwd_smac(ct);
-            (*eth).dst = *V::fwd_dmac(ct);
+            core::ptr::copy_nonoverlapping(V::fwd_smac(ct), &raw mut (*eth).src, 1);
+            core::ptr::copy_nonoverlapping(V::fwd_dmac(ct), &raw mut (*eth).dst, 1);
         }
     }
     ctx.forward(kind, ifindex)
@@ -188,8 +191,8 @@ where
         } else {
             params.ifindex
         };
-        *K::Value::fwd_smac(ct) = params.smac;
-        *K::Value::fwd_dmac(ct) = params.dmac;
+        core::ptr::copy_nonoverlapping(&params.smac, K::Value::fwd_smac(ct), 1);
+        core::ptr::copy_nonoverlapping(&params.dmac, K::Value::fwd_dmac(ct), 1);
         *K::Value::state(ct) |= STATE_ROUTED;
     }
 }

@@ -119,14 +119,13 @@ fn classify<C: Frame, const FRAGMENTS: bool>(ctx: &C, then: &mut Then) -> Verdic
         Ok(p) => p,
         Err(v) => return v,
     };
-    let now = conntrack::now();
-    match entry::<FRAGMENTS>(&mut p, (to_frontend, from_backend), now) {
+    match entry::<FRAGMENTS>(&mut p, (to_frontend, from_backend)) {
         // One place translates, whichever way the entry was found: each
         // copy of the rewrite and forwarding would multiply what the
         // verifier walks.
         Some(found) => (
             first_of_new_flow(found.reason(p.key)),
-            translate::<C, FRAGMENTS>(ctx, &p, &found, now, &mut then.too_big),
+            translate::<C, FRAGMENTS>(ctx, &p, &found, &mut then.too_big),
         ),
         None if to_frontend => {
             p.key.dir = CT_DIR_FORWARD;
@@ -169,32 +168,31 @@ impl Found {
 fn entry<const FRAGMENTS: bool>(
     p: &mut Packet,
     (to_frontend, from_backend): (bool, bool),
-    now: u64,
 ) -> Option<Found> {
     // A reply to a source-NATed flow comes to the node's address, a NodePort
     // address too, on any port (a flow keeps its client's port when it
     // can): it is looked up as a reply before it can become a new flow.
     if to_frontend && from_backend && is_snat_addr(p.key.dst_addr) {
-        if let Some(found) = reply_entry::<FRAGMENTS>(p, now) {
+        if let Some(found) = reply_entry::<FRAGMENTS>(p) {
             return Some(found);
         }
         p.key.dir = CT_DIR_FORWARD;
     }
     if to_frontend {
-        if let Some(found) = lookup::<FRAGMENTS>(p, now) {
+        if let Some(found) = lookup::<FRAGMENTS>(p) {
             return Some(found);
         }
     }
     if !from_backend {
         return None;
     }
-    reply_entry::<FRAGMENTS>(p, now)
+    reply_entry::<FRAGMENTS>(p)
 }
 
 /// The entry of the key as it stands: this CPU's cached copy while it is
 /// fresh, else connection tracking's.
 #[inline(always)]
-fn lookup<const FRAGMENTS: bool>(p: &Packet, now: u64) -> Option<Found> {
+fn lookup<const FRAGMENTS: bool>(p: &Packet) -> Option<Found> {
     let key = &*p.key;
     // Never `None`: the hash is within the map.
     let slot = key.cache_slot()?;
@@ -206,7 +204,8 @@ fn lookup<const FRAGMENTS: bool>(p: &Packet, now: u64) -> Option<Found> {
             ct: core::ptr::null_mut(),
         });
     }
-    conntrack::lookup(key, p.l4.tcp_flags, now).map(|ct| Found { slot, ct })
+    // The clock only now: a cached packet needs none.
+    conntrack::lookup(key, p.l4.tcp_flags, conntrack::now()).map(|ct| Found { slot, ct })
 }
 
 /// The packet's reason, `XlateNew` when `new_flow` made its entries and
@@ -317,9 +316,9 @@ fn show_malformed(ifindex: u32, ip: *const Ipv6Hdr, proto: u8) {
 
 /// The entry of an established flow the packet replies to.
 #[inline(always)]
-fn reply_entry<const FRAGMENTS: bool>(p: &mut Packet, now: u64) -> Option<Found> {
+fn reply_entry<const FRAGMENTS: bool>(p: &mut Packet) -> Option<Found> {
     p.key.dir = CT_DIR_REPLY;
-    lookup::<FRAGMENTS>(p, now)
+    lookup::<FRAGMENTS>(p)
 }
 
 /// Whether `addr` is this node's IPv6 SNAT address.
@@ -536,13 +535,13 @@ fn translate<C: Frame, const FRAGMENTS: bool>(
     ctx: &C,
     p: &Packet,
     found: &Found,
-    now: u64,
     too_big: &mut u32,
 ) -> u32 {
     let key = &*p.key;
     let ct = if found.ct.is_null() {
         unsafe { &raw mut (*found.slot).ct }
     } else {
+        let now = conntrack::now();
         if track(key, found.ct, p.l4.tcp_flags, now) {
             reroute(ctx, key, found.ct);
         }
