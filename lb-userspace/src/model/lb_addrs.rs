@@ -484,14 +484,42 @@ fn stable_hash(parts: &[&[u8]]) -> u64 {
 pub fn allocate(services: &[Service], pools: &Pools, opts: &ModelOptions) -> Allocation {
     let mut out = Allocation::default();
     for family in Family::ALL {
-        let pools = pools.of(family);
-        if !pools.is_empty() {
-            allocate_family(services, family, &pools, opts, &mut out);
+        let of_family = pools.of(family);
+        if !of_family.is_empty() {
+            allocate_family(services, family, &of_family, opts, &mut out);
+        } else if !pools.is_empty() {
+            out.problems.extend(unpooled(services, family, opts));
         }
     }
     out.problems.sort();
     out.problems.dedup();
     out
+}
+
+/// The Services that require an address of `family`, which has no pool
+/// (`ipFamilyPolicy: RequireDualStack`), reported: they get the other
+/// family's only. A PreferDualStack one is served by what there is, as its
+/// policy asks.
+fn unpooled<'a>(
+    services: &'a [Service],
+    family: Family,
+    opts: &'a ModelOptions,
+) -> impl Iterator<Item = Problem> + 'a {
+    let none = Pools::default();
+    services
+        .iter()
+        .filter(move |s| {
+            let policy = s.spec.as_ref().and_then(|s| s.ip_family_policy.as_deref());
+            policy == Some("RequireDualStack") && takes_part(s, family, &none, opts)
+        })
+        .filter_map(key_of)
+        .map(move |(ns, name)| Problem {
+            object: format!("Service {ns}/{name}"),
+            message: format!(
+                "RequireDualStack, but no {family} pool is given (--lb-pool): \
+                 it gets no {family} LoadBalancer address"
+            ),
+        })
 }
 
 /// `allocate` for one family, whose pools `pools` are.

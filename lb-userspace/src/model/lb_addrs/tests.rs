@@ -619,3 +619,31 @@ fn an_exhausted_ipv6_pool_is_reported_and_leaves_ipv4_alone() {
         ]
     );
 }
+
+#[test]
+fn a_required_family_without_a_pool_is_reported_and_the_other_served() {
+    let pools = range("192.168.50.200-192.168.50.220");
+    let require = svc(
+        "require",
+        "2026-01-01T00:01:00Z",
+        json!({"ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack"}),
+    );
+    let services = [require, dual("prefer", 2, &["IPv4", "IPv6"])];
+    let a = allocate(&services, &pools, &ModelOptions::default());
+    assert_eq!(
+        addrs_of(&a, Family::V4).keys().collect::<Vec<_>>(),
+        ["prefer", "require"]
+    );
+    assert!(addrs_of(&a, Family::V6).is_empty());
+    let messages: Vec<String> = a.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert!(
+        messages[0].contains("default/require") && messages[0].contains("no IPv6 pool"),
+        "{messages:?}"
+    );
+    let none = allocate(&services, &Pools::default(), &ModelOptions::default());
+    assert!(
+        none.problems.is_empty(),
+        "no pools at all: nothing to report"
+    );
+}
