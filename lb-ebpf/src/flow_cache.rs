@@ -133,17 +133,31 @@ pub fn put<K: Cached>(slot: *mut K::Entry, key: &K, ct: *mut K::Value, now: u64,
     }
 }
 
-/// Copies `ct`, the entry of `key`, into `slot` and returns the copy, which
-/// later packets may use until `until` jiffies (0: none may). The IPv6
+/// Copies `ct`, the entry of `key` after a packet that may (`usable`) or
+/// may not use the cache, into `slot` and returns the copy, which later
+/// packets may use when the packet could and the entry lasts. The IPv6
 /// path translates every packet by such a copy: one kind of entry pointer
 /// for the verifier to follow through the rewrite, not two.
 #[inline(always)]
-pub fn stage<K: Cached>(
+pub fn keep<K: Cached>(
     slot: *mut K::Entry,
     key: &K,
     ct: *mut K::Value,
-    until: u64,
+    usable: bool,
+    now: u64,
 ) -> *mut K::Value {
+    let until = if usable && lasts(ct, now) {
+        jiffies() + FLOW_CACHE_JIFFIES
+    } else {
+        0
+    };
+    stage(slot, key, ct, until)
+}
+
+/// Copies `ct`, the entry of `key`, into `slot`, for later packets to use
+/// until `until` jiffies (0: none may), and returns the copy.
+#[inline(always)]
+fn stage<K: Cached>(slot: *mut K::Entry, key: &K, ct: *mut K::Value, until: u64) -> *mut K::Value {
     let (cached, copy, until_jiffies) = K::parts(slot);
     // Not assignments, which become calls of a byte-by-byte `memmove`.
     unsafe {
@@ -157,7 +171,7 @@ pub fn stage<K: Cached>(
 /// Whether `ct` outlives any copy made now: an entry that expires before
 /// the copy would is not copied, as its packets must find it gone.
 #[inline(always)]
-pub fn lasts<V: CtValue>(ct: *mut V, now: u64) -> bool {
+fn lasts<V: CtValue>(ct: *mut V, now: u64) -> bool {
     let expires = unsafe { *V::expires_ns(ct) };
     expires > now + CT_REFRESH_NS
 }

@@ -20,8 +20,8 @@
 use lb_common::{
     decide::{self, Client, Decision},
     filter::{position_v6, AddrSet},
-    CtKeyV6, CtValueV6, FlowCacheEntryV6, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, FLOW_CACHE_JIFFIES,
-    PROTO_TCP, PROTO_UDP,
+    CtKeyV6, CtValueV6, FlowCacheEntryV6, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, PROTO_TCP,
+    PROTO_UDP,
 };
 
 use crate::{
@@ -89,7 +89,7 @@ fn path<C: Frame, const FRAGMENTS: bool>(ctx: &C) -> u32 {
     action
 }
 
-/// What `classify` leaves to `handle`.
+/// What `classify` leaves to `path`.
 #[derive(Default)]
 struct Then {
     /// The egress MTU of a translated packet too big for it, which is
@@ -223,10 +223,10 @@ fn first_of_new_flow(reason: Reason) -> Reason {
 
 /// Makes the entries of the new flow the packet (whose forward key is in
 /// `SCRATCH_KEY_V6`) starts, then hands it to this hook's entry again,
-/// which translates it by them. Runs in `handle`, with nothing of the path
-/// left: the verifier walks the choice of a backend and the SNAT port
-/// probes once, where `classify` would have it walk them once per way
-/// into them (probes × ways beyond its limit). The second walk of the
+/// which translates it by them. Runs in `path` after `classify`, with
+/// nothing of the packet's walk left: the verifier walks the choice of a
+/// backend and the SNAT port probes once, where `classify` would have it
+/// walk them once per way into them (probes × ways beyond its limit). The second walk of the
 /// path costs new flows a lookup; established ones nothing.
 #[inline(always)]
 fn new_flow<C: Frame, const FRAGMENTS: bool>(ctx: &C, from_backend: bool) -> u32 {
@@ -546,12 +546,7 @@ fn translate<C: Frame, const FRAGMENTS: bool>(
             reroute(ctx, key, found.ct);
         }
         let usable = flow_cache::usable(p.l4.tcp_flags, FRAGMENTS);
-        let until = if usable && flow_cache::lasts(found.ct, now) {
-            flow_cache::jiffies() + FLOW_CACHE_JIFFIES
-        } else {
-            0
-        };
-        flow_cache::stage(found.slot, key, found.ct, until)
+        flow_cache::keep(found.slot, key, found.ct, usable, now)
     };
     let mtu = too_big_for(ctx, p.len, key, ct);
     if mtu != 0 {
@@ -568,7 +563,7 @@ fn translate<C: Frame, const FRAGMENTS: bool>(
 
 // `pick`, `reject`, `snat`, the sums, `create`, `track`, `reroute`, `too_big_for`,
 // `packet_too_big`, `follow_fragment` and `remember_fragment` are functions of their own (BPF-to-BPF
-// calls), each called from the entry program's frame: inlined, their
+// calls), each called from `path`'s frame: inlined, their
 // variables would not fit the 512-byte stack beside the entry's, and
 // nested, their frames would add up.
 
