@@ -128,7 +128,7 @@ pub fn translate_error<C: Frame>(ctx: &C, ip: *mut Ipv4Hdr) -> Option<(Reason, u
         if let Some(addr) = outer {
             set_outer_dst(ip, addr);
         }
-        monitor::icmp_error(ctx, arrived, outer.unwrap_or(0), v.svc_id);
+        monitor::icmp_error(ctx, arrived, outer.unwrap_or(0), v.svc_id, IPPROTO_ICMP);
         return Some((Reason::XlateIcmpError, C::PASS));
     }
     None

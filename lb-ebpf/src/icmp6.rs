@@ -20,6 +20,7 @@ use crate::{
     conntrack,
     frame::Frame,
     maps::CT_V6,
+    monitor,
     parse::{ptr_at, Ipv6Hdr, ETH_HLEN, IPV6_HLEN},
     service::Verdict,
 };
@@ -41,6 +42,7 @@ struct Undo {
     rewrite_dst: bool,
     src: Endpoint,
     rewrite_src: bool,
+    svc_id: u32,
 }
 
 /// The verdict on an ICMPv6 packet without extension headers: translated
@@ -101,6 +103,7 @@ fn translate<C: Frame>(ctx: &C, ip: *mut Ipv6Hdr) -> Option<Verdict> {
     })?;
     let check = unsafe { (&raw mut (*icmp)).cast::<u16>().add(1) };
     let mut diff = rewrite_quote(ctx, inner, l4_off, ip_end, iproto, &undo);
+    let arrived = unsafe { ((*ip).src, (*ip).dst) };
     // The error goes to the sender of the quote as it becomes.
     if undo.rewrite_src {
         unsafe {
@@ -110,6 +113,8 @@ fn translate<C: Frame>(ctx: &C, ip: *mut Ipv6Hdr) -> Option<Verdict> {
         }
     }
     unsafe { *check = apply(*check, fold(diff)) };
+    let to = if undo.rewrite_src { undo.src.0 } else { [0; 4] };
+    monitor::icmp_error(ctx, arrived, to, undo.svc_id, IPPROTO_ICMPV6);
     Some((Reason::XlateIcmpError, C::PASS))
 }
 
@@ -123,6 +128,7 @@ fn undo(key: &CtKeyV6) -> Option<Undo> {
             ((*ct).snat_addr, (*ct).snat_port),
         )
     };
+    let svc_id = unsafe { (*ct).svc_id };
     let snatted = conntrack::is_set(snat.0);
     Some(if key.dir == CT_DIR_REPLY {
         Undo {
@@ -130,6 +136,7 @@ fn undo(key: &CtKeyV6) -> Option<Undo> {
             rewrite_dst: true,
             src: snat,
             rewrite_src: snatted,
+            svc_id,
         }
     } else {
         Undo {
@@ -137,6 +144,7 @@ fn undo(key: &CtKeyV6) -> Option<Undo> {
             rewrite_dst: snatted,
             src: nat,
             rewrite_src: true,
+            svc_id,
         }
     })
 }

@@ -11,8 +11,8 @@
 //! returns, and header reads through pointers `parse::ptr_at` checked.
 use aya_ebpf::helpers::generated::bpf_ktime_get_ns;
 use lb_common::{
-    monitor::{MonitorEvent, MonitorEventOf},
-    BackendV4, CtKey, CtKeyV4, CtKeyV6, CtValue, FrontendKeyV4, Reason, CT_DIR_FORWARD,
+    monitor::MonitorEventOf, CtKey, CtKeyV4, CtKeyV6, CtValue, FrontendKeyV4, FrontendKeyV6,
+    Reason, CT_DIR_FORWARD,
 };
 
 use crate::{
@@ -110,17 +110,41 @@ pub fn flow<K: Key, V: CtValue<Addr = K::Addr>>(
     key: &K,
     ct: *const V,
 ) {
-    emit(|| {
-        let mut e = of_key(reason, ifindex, key);
-        e.svc_id = unsafe { V::svc_id(ct) };
-        (e.to_addr, e.to_port) = unsafe { V::nat(ct) };
-        // On a reverse entry these name the client, not a source the
-        // packet gets.
-        if key.dir() == CT_DIR_FORWARD {
-            (e.snat_addr, e.snat_port) = unsafe { V::snat(ct) };
-        }
-        e
+    emit(|| of_flow(reason, ifindex, key, ct));
+}
+
+/// As `flow`, for a path that kept no pointer to the entry: `find` looks
+/// it up only while a monitor holds the lease, so the path pays nothing
+/// for the event otherwise.
+#[inline(always)]
+pub fn flow_found<K: Key, V: CtValue<Addr = K::Addr>>(
+    ifindex: u32,
+    reason: Reason,
+    key: &K,
+    find: impl FnOnce(&K) -> Option<*const V>,
+) {
+    emit(|| match find(key) {
+        Some(ct) => of_flow(reason, ifindex, key, ct),
+        None => of_key(reason, ifindex, key),
     });
+}
+
+#[inline(always)]
+fn of_flow<K: Key, V: CtValue<Addr = K::Addr>>(
+    reason: Reason,
+    ifindex: u32,
+    key: &K,
+    ct: *const V,
+) -> MonitorEventOf<K::Addr> {
+    let mut e = of_key(reason, ifindex, key);
+    e.svc_id = unsafe { V::svc_id(ct) };
+    (e.to_addr, e.to_port) = unsafe { V::nat(ct) };
+    // On a reverse entry these name the client, not a source the packet
+    // gets.
+    if key.dir() == CT_DIR_FORWARD {
+        (e.snat_addr, e.snat_port) = unsafe { V::snat(ct) };
+    }
+    e
 }
 
 /// A packet to a frontend refused before it had a flow: dropped, or
@@ -192,42 +216,84 @@ pub fn malformed<H: Header>(ifindex: u32, ip: *const H, proto: u8) {
     });
 }
 
-/// An ICMP error about a flow of `svc_id`, from `src` to `dst`, sent on to
-/// `to` (0: the destination stays).
+/// An ICMP or ICMPv6 (`proto`) error about a flow of `svc_id`, from `src`
+/// to `dst`, sent on to `to` (0: the destination stays).
 #[inline(always)]
-pub fn icmp_error<C: Frame>(ctx: &C, (src, dst): (u32, u32), to: u32, svc_id: u32) {
-    emit(|| MonitorEvent {
+pub fn icmp_error<C: Frame, A: Copy + Default + 'static>(
+    ctx: &C,
+    (src, dst): (A, A),
+    to: A,
+    svc_id: u32,
+    proto: u8,
+) {
+    emit(|| MonitorEventOf {
         reason: Reason::XlateIcmpError as u32,
         svc_id,
         ifindex: ctx.ifindex(),
         saddr: src,
         daddr: dst,
         to_addr: to,
-        proto: crate::icmp::IPPROTO_ICMP,
-        ..MonitorEvent::default()
+        proto,
+        ..MonitorEventOf::default()
     });
 }
 
-/// A socket hook's decision on a socket addressing `fe`: translated to a
-/// backend of Service port `svc_id`, or refused (`None`). The socket's
-/// source is not known yet.
+/// What a socket event reads of a frontend key, for either family.
+pub trait SockFrontend {
+    type Addr: Copy + Default + 'static;
+    fn at(&self) -> (Self::Addr, u16, u8);
+    /// The Service port of the frontend, 0 if none; read for the event
+    /// only, where the decision did not keep it.
+    fn svc_id(&self) -> u32;
+}
+
+impl SockFrontend for FrontendKeyV4 {
+    type Addr = u32;
+    #[inline(always)]
+    fn at(&self) -> (u32, u16, u8) {
+        (self.addr, self.port, self.proto)
+    }
+    #[inline(always)]
+    fn svc_id(&self) -> u32 {
+        svc_of(self)
+    }
+}
+
+impl SockFrontend for FrontendKeyV6 {
+    type Addr = [u32; 4];
+    #[inline(always)]
+    fn at(&self) -> ([u32; 4], u16, u8) {
+        (self.addr, self.port, self.proto)
+    }
+    #[inline(always)]
+    fn svc_id(&self) -> u32 {
+        FRONTENDS_V6
+            .get_ptr(self)
+            .map_or(0, |v| unsafe { (*v).svc_id })
+    }
+}
+
+/// A socket hook's decision on a socket addressing `fe`: translated to the
+/// backend (address, port) of Service port `svc_id`, or refused (`None`).
+/// The socket's source is not known yet.
 #[inline(always)]
-pub fn socket(fe: &FrontendKeyV4, to: Option<(u32, &BackendV4)>) {
+pub fn socket<F: SockFrontend>(fe: &F, to: Option<(u32, (F::Addr, u16))>) {
     emit(|| {
-        let mut e = MonitorEvent {
+        let (daddr, dport, proto) = fe.at();
+        let mut e = MonitorEventOf {
             reason: Reason::SockRefused as u32,
-            daddr: fe.addr,
-            dport: fe.port,
-            proto: fe.proto,
-            ..MonitorEvent::default()
+            daddr,
+            dport,
+            proto,
+            ..MonitorEventOf::default()
         };
         match to {
-            Some((svc_id, be)) => {
+            Some((svc_id, (addr, port))) => {
                 e.reason = Reason::SockTranslated as u32;
                 e.svc_id = svc_id;
-                (e.to_addr, e.to_port) = (be.addr, be.port);
+                (e.to_addr, e.to_port) = (addr, port);
             }
-            None => e.svc_id = svc_of(fe),
+            None => e.svc_id = fe.svc_id(),
         }
         e
     });

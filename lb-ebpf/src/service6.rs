@@ -31,7 +31,7 @@ use crate::{
     frags,
     frame::Frame,
     icmp6,
-    maps::{CONFIG_V6, SCRATCH_CT_V6, SCRATCH_KEY_V6, SCRATCH_NEW_V6},
+    maps::{CONFIG_V6, CT_V6, SCRATCH_CT_V6, SCRATCH_KEY_V6, SCRATCH_NEW_V6},
     monitor, nat,
     parse::{self, FragmentV6, Ipv6Hdr, Upper, ETH_HLEN, IPV6_HLEN, L4},
     policy, reject, select,
@@ -606,8 +606,9 @@ fn too_big_for<C: Frame>(ctx: &C, len: u16, key: &CtKeyV6, ct: *mut CtValueV6) -
     }
 }
 
-/// `reject::packet_too_big_v6`, counted: a side event, the packet stays
-/// counted under its flow's path.
+/// `reject::packet_too_big_v6`, counted and shown to `xdplb monitor`
+/// with the flow (its key still in `SCRATCH_KEY_V6`): a side event, the
+/// packet stays counted under its flow's path.
 #[inline(never)]
 fn packet_too_big<C: Frame>(ctx: &C, mtu: u32) -> u32 {
     let (reason, action) = match reject::packet_too_big_v6(ctx, mtu) {
@@ -615,5 +616,10 @@ fn packet_too_big<C: Frame>(ctx: &C, mtu: u32) -> u32 {
         None => (Reason::IcmpFragNeededFailed, C::DROP),
     };
     stats::count(reason);
+    if let Some(key) = SCRATCH_KEY_V6.get_ptr(0) {
+        monitor::flow_found(ctx.ifindex(), reason, unsafe { &*key }, |k| {
+            CT_V6.get_ptr(k)
+        });
+    }
     action
 }

@@ -36,9 +36,6 @@
 //! because the verifier rewrites every context access and refuses narrower
 //! ones; copies of `SOCK_REVNAT_V4` and `SOCK_REVNAT_V6` values, and the
 //! read of a `CONFIG_V6` field, valid until the program returns.
-//!
-//! `xdplb monitor` events carry IPv4 addresses: IPv6 decisions are counted
-//! in `STATS` but make no event yet.
 use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{
@@ -147,7 +144,7 @@ impl Family for Maps {
 
     #[inline(always)]
     fn event(key: &FrontendKeyV4, to: Option<(u32, &BackendV4)>) {
-        monitor::socket(key, to);
+        monitor::socket(key, to.map(|(id, be)| (id, (be.addr, be.port))));
     }
 }
 
@@ -168,9 +165,10 @@ impl Family for MapsV6 {
         socket_hash_v6(cookie, key.addr, key.port, key.proto)
     }
 
-    /// None: events carry IPv4 addresses (see the module doc).
     #[inline(always)]
-    fn event(_key: &FrontendKeyV6, _to: Option<(u32, &BackendV6)>) {}
+    fn event(key: &FrontendKeyV6, to: Option<(u32, &BackendV6)>) {
+        monitor::socket(key, to.map(|(id, be)| (id, (be.addr, be.port))));
+    }
 }
 
 // Context fields are read and written through volatile whole-word accesses:

@@ -18,14 +18,18 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use aya::maps::{MapData, RingBuf};
 use common::{
     cgroup::Cgroup,
     host_client::{run_in_ns, Op, Outcome},
 };
-use lb_common::{addr::to_map_v6, Config, ConfigV6, IfaceInfo, Reason, IFACE_POD};
+use lb_common::{
+    addr::to_map_v6, names, Config, ConfigV6, IfaceInfo, Reason, IFACE_POD, PROTO_TCP,
+};
 use lb_userspace::{
     datapath::{attach_cgroup, attach_tc, Capacities, Datapath, POD_PROGRAM},
     model::{desired_state, ModelOptions, NodeInfo},
+    monitor::{drain, Lease},
     sockdiag::netns_cookie,
     source::manifests::load_dir,
     sync::{NodeMaps, Syncer},
@@ -331,6 +335,59 @@ fn an_ipv6_cluster_ip_without_endpoints_refuses() {
     for (outcome, op) in run(&bed, &ops).iter().zip(&ops) {
         assert_eq!(outcome.result, Err("ECONNREFUSED".into()), "{}", op.kind);
     }
+}
+
+/// `xdplb monitor` shows the IPv6 hooks' decisions: each connect to the
+/// ClusterIP with the backend it got, and the refusal of the one without
+/// endpoints with its Service.
+#[test]
+fn the_ipv6_socket_hooks_decisions_show_in_the_monitor() {
+    let mut bed = bed();
+    let lease = bed.dp.ebpf.take_map(names::MONITOR_ON).unwrap();
+    Lease::new(lease).unwrap().renew().unwrap();
+    let mut ring: RingBuf<MapData> = bed
+        .dp
+        .ebpf
+        .take_map(names::MONITOR)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let vip = addr(VIP6, TCP_PORT);
+    let ops = requests("tcp", vip);
+    assert_eq!(answered(&ops, &run(&bed, &ops), vip), all_pods());
+    let refused = [Op {
+        kind: "tcp",
+        dst: addr(EMPTY_VIP6, TCP_PORT),
+        request: "hello".into(),
+    }];
+    assert_eq!(run(&bed, &refused)[0].result, Err("ECONNREFUSED".into()));
+
+    let events = drain(&mut ring);
+    let of = |r: Reason| events.iter().filter(move |e| e.reason == r as u32);
+    let backends: BTreeSet<_> = of(Reason::SockTranslated)
+        .map(|e| {
+            assert_eq!(
+                (e.daddr, e.dport, e.proto, e.saddr),
+                (Some(vip.ip()), TCP_PORT.to_be(), PROTO_TCP, None),
+                "{e:?}"
+            );
+            assert_ne!(e.svc_id, 0, "{e:?}");
+            (e.to_addr, u16::from_be(e.to_port))
+        })
+        .collect();
+    let pods = |n| {
+        (
+            Some(format!("fd00:244:{n}::2").parse().unwrap()),
+            BACKEND_TCP_PORT,
+        )
+    };
+    assert_eq!(backends, BTreeSet::from([pods(1), pods(2)]));
+    assert_eq!(of(Reason::SockTranslated).count(), FLOWS);
+    let no: Vec<_> = of(Reason::SockRefused).collect();
+    assert_eq!(no.len(), 1, "{events:?}");
+    assert_eq!(no[0].daddr, Some(EMPTY_VIP6.parse().unwrap()));
+    assert_ne!(no[0].svc_id, 0, "the refused Service is named");
+    assert_eq!(no[0].to_addr, None);
 }
 
 /// A dual-stack socket addressing the IPv4 ClusterIP as `::ffff:a.b.c.d`

@@ -3,10 +3,13 @@
 //! translated packet too big for its egress is answered with Packet Too Big
 //! about the packet as its sender sent it, so Path MTU discovery works
 //! through the NAT over IPv6 as `packet_icmp` and `packet_pod_path` check it
-//! for IPv4. Frames are built and checked with etherparse.
+//! for IPv4. Both show in `xdplb monitor`. Frames are built and checked
+//! with etherparse.
 mod common;
 
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
+
+use aya::maps::{MapData, RingBuf};
 
 use common::{
     packets::split_meta,
@@ -16,10 +19,11 @@ use common::{
 use etherparse::{
     Icmpv6Header, Icmpv6Type, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader,
 };
-use lb_common::Reason;
+use lb_common::{names, Reason, CT_DIR_FORWARD, PROTO_UDP};
 use lb_userspace::{
     datapath::{run_frame, Datapath, POD_PROGRAM, PROGRAM},
     model::ModelOptions,
+    monitor::{drain, Event, Lease},
 };
 
 const XDP_PASS: u32 = 2;
@@ -83,6 +87,32 @@ fn count(dp: &Datapath, r: Reason) -> u64 {
 
 fn at(a: &str, port: u16) -> (Ipv6Addr, u16) {
     (addr(a), port)
+}
+
+/// The `MONITOR` ring under a lease, as `xdplb monitor` holds them.
+fn watch(dp: &mut Datapath) -> RingBuf<MapData> {
+    let lease = dp.ebpf.take_map(names::MONITOR_ON).unwrap();
+    Lease::new(lease).unwrap().renew().unwrap();
+    dp.ebpf
+        .take_map(names::MONITOR)
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+/// The events in `ring`, their times (checked set) cleared for comparison.
+fn events(ring: &mut RingBuf<MapData>) -> Vec<Event> {
+    drain(ring)
+        .into_iter()
+        .map(|e| {
+            assert_ne!(e.ktime_ns, 0);
+            Event { ktime_ns: 0, ..e }
+        })
+        .collect()
+}
+
+fn ip(a: &str) -> Option<IpAddr> {
+    Some(addr(a).into())
 }
 
 /// Packet Too Big from `from` to `to`, MTU 1280, quoting `packet` (an
@@ -172,7 +202,8 @@ fn packet_too_big_on_the_backend_path_reaches_the_client_about_the_frontend() {
 
 #[test]
 fn packet_too_big_on_the_client_path_reaches_the_backend_with_source_nat_undone() {
-    let dp = node();
+    let mut dp = node();
+    let mut ring = watch(&mut dp);
     let (_, to_backend) = xdp(&dp, &tcp(OUTSIDE, (NODE, NODE_PORT), true, b""));
     let fwd = parse_checked(&to_backend);
     assert_eq!(fwd.src.0, addr(NODE), "source NAT to the node");
@@ -185,9 +216,12 @@ fn packet_too_big_on_the_client_path_reaches_the_backend_with_source_nat_undone(
         (at(NODE, NODE_PORT), at(OUTSIDE.0, OUTSIDE.1))
     );
 
+    let flow = events(&mut ring);
+    assert_eq!(flow.len(), 2, "SNAT and the new flow: {flow:?}");
+
     // A router on the client's side cannot forward the translated reply: it
     // answers the node address, which sent it as the NodePort.
-    let (action, out) = xdp(&dp, &packet_too_big(ROUTER, OUTSIDE.0, &reply));
+    let (action, out) = xdp(&dp, &packet_too_big(ROUTER, NODE, &reply));
     assert_eq!(action, XDP_PASS);
     let e = parse_icmp6(&out);
     assert_eq!(
@@ -202,6 +236,20 @@ fn packet_too_big_on_the_client_path_reaches_the_backend_with_source_nat_undone(
     // Translated back, the quote is byte for byte what the backend sent,
     // TCP checksum included.
     assert_eq!(&e.quote[..], &sent_by_backend[14..14 + 1232]);
+    assert_eq!(
+        events(&mut ring),
+        [Event {
+            reason: Reason::XlateIcmpError as u32,
+            svc_id: flow[0].svc_id,
+            ifindex: 1,
+            saddr: ip(ROUTER),
+            daddr: ip(NODE),
+            to_addr: ip(BACKEND.0),
+            proto: 58,
+            ..Event::default()
+        }],
+        "the error as it arrived, and whom it went to"
+    );
 }
 
 #[test]
@@ -257,7 +305,8 @@ fn oversize_pod_packets_get_packet_too_big_about_the_clusterip() {
 #[test]
 fn oversize_packets_from_outside_get_packet_too_big_in_xdp() {
     let (tb, ns) = small_mtu_node();
-    let dp = node();
+    let mut dp = node();
+    let mut ring = watch(&mut dp);
     let big = udp(CLIENT, VIP_UDP, &[7u8; 1400]);
     let prog = dp.program(PROGRAM).unwrap();
     let r = tb.in_ns(&ns, || run_frame(prog, &big, 1).unwrap()).unwrap();
@@ -273,4 +322,28 @@ fn oversize_packets_from_outside_get_packet_too_big_in_xdp() {
     assert_eq!(e.kind, Icmpv6Type::PacketTooBig { mtu: UPLINK_MTU });
     assert_eq!(&e.quote[..], &big[14..14 + 48]);
     assert_eq!(count(&dp, Reason::IcmpFragNeeded), 1);
+    let seen = events(&mut ring);
+    let answer = seen
+        .iter()
+        .find(|e| e.reason == Reason::IcmpFragNeeded as u32)
+        .unwrap_or_else(|| panic!("no Packet Too Big event in {seen:?}"));
+    assert_ne!(answer.svc_id, 0, "the flow's Service");
+    assert_eq!(
+        *answer,
+        Event {
+            reason: Reason::IcmpFragNeeded as u32,
+            svc_id: answer.svc_id,
+            ifindex: 1,
+            saddr: ip(CLIENT.0),
+            daddr: ip(VIP_UDP.0),
+            sport: CLIENT.1.to_be(),
+            dport: VIP_UDP.1.to_be(),
+            to_addr: ip(BACKEND.0),
+            to_port: BACKEND.1.to_be(),
+            proto: PROTO_UDP,
+            dir: CT_DIR_FORWARD,
+            ..Event::default()
+        },
+        "the packet as its sender sent it, and its flow's backend"
+    );
 }
