@@ -75,12 +75,10 @@ where
     if refresh {
         resolve(ctx, key, ct);
     }
-    let ifindex = unsafe { *K::Value::fwd_ifindex(ct) };
-    // A GSO packet's header may hold 0 (BIG TCP) or the whole super-packet's
-    // length: both go to the helper, which checks its segments.
-    if ifindex == 0 || (size.len != 0 && size.len <= MIN_MTU) {
+    if surely_fits(&size, ct) {
         return Fit::Fits;
     }
+    let ifindex = unsafe { *K::Value::fwd_ifindex(ct) };
     let mut mtu = 0u32;
     let rc = unsafe { bpf_check_mtu(ctx.raw(), ifindex, &mut mtu, 0, C::MTU_FLAGS) };
     if rc <= 0 {
@@ -90,6 +88,17 @@ where
     } else {
         Fit::TellSender(mtu)
     }
+}
+
+/// Whether a packet of `size` fits the egress of the flow with entry `ct`
+/// without asking the helper: the kernel routes it (no egress known), or
+/// it is small enough for every link.
+#[inline(always)]
+pub fn surely_fits<V: CtValue>(size: &Size, ct: *const V) -> bool {
+    let ifindex = unsafe { *V::fwd_ifindex(ct.cast_mut()) };
+    // A GSO packet's header may hold 0 (BIG TCP) or the whole super-packet's
+    // length: both go to the helper, which checks its segments.
+    ifindex == 0 || (size.len != 0 && size.len <= MIN_MTU)
 }
 
 /// The IPv4 header's `Size`.

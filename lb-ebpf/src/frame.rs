@@ -69,9 +69,9 @@ pub trait Frame {
     /// Hands the packet to this hook's IPv6 entry program; returns only when
     /// there is none.
     fn to_v6_path(&self);
-    /// Hands an IPv6 fragment to this hook's IPv6 entry for fragments;
-    /// returns only when there is none.
-    fn to_v6_fragment_path(&self);
+    /// Hands an IPv6 fragment or ICMPv6 packet to this hook's IPv6 entry
+    /// for them; returns only when there is none.
+    fn to_v6_rare_path(&self);
 }
 
 impl Frame for XdpContext {
@@ -145,7 +145,7 @@ impl Frame for XdpContext {
         unsafe { PATH_V6_XDP.tail_call(self, 0) };
     }
     #[inline(always)]
-    fn to_v6_fragment_path(&self) {
+    fn to_v6_rare_path(&self) {
         unsafe { PATH_V6_FRAG_XDP.tail_call(self, 0) };
     }
 }
@@ -301,7 +301,7 @@ impl<const POD: bool> Frame for Tc<POD> {
         unsafe { PATH_V6_TC.tail_call(&self.0, index) };
     }
     #[inline(always)]
-    fn to_v6_fragment_path(&self) {
+    fn to_v6_rare_path(&self) {
         let index = if POD { V6_POD } else { V6_EXT };
         unsafe { PATH_V6_FRAG_TC.tail_call(&self.0, index) };
     }

@@ -45,6 +45,13 @@ struct Undo {
     svc_id: u32,
 }
 
+/// Whether the frame's IPv6 header is followed by ICMPv6 (no extension
+/// header between).
+#[inline(always)]
+pub fn first_header_is_icmpv6<C: Frame>(ctx: &C) -> bool {
+    ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN).is_some_and(|ip| unsafe { (*ip).next_hdr } == IPPROTO_ICMPV6)
+}
+
 /// The verdict on an ICMPv6 packet without extension headers: translated
 /// when it is an error about a flow this node translates, else passed to
 /// the kernel (NDP, echo, errors about other flows). A

@@ -4,7 +4,7 @@
 //! `lb_tc` runs the path at tc ingress of an external interface where XDP
 //! would not pay (see `frame::Tc`); `lb6`, `lb6_pod` and `lb6_tc` run the
 //! IPv6 path for the first three, and `lb6_frag*` the same for IPv6
-//! fragments; `noop` exists so benchmarks measure the
+//! fragments and ICMPv6; `noop` exists so benchmarks measure the
 //! BPF_PROG_TEST_RUN floor with the same object, and so tests can give a
 //! veth's peer an XDP program.
 //!
@@ -110,8 +110,9 @@ pub fn lb6_tc(ctx: TcContext) -> i32 {
     service6::handle::<_, false>(&Tc::<false>(ctx)) as i32
 }
 
-/// The IPv6 entries for fragments, which the three above tail-call
-/// (`maps::PATH_V6_FRAG_XDP`, `PATH_V6_FRAG_TC`).
+/// The IPv6 entries for fragments, which the three above tail-call, and
+/// for ICMPv6, which the IPv4 entries tail-call (`maps::PATH_V6_FRAG_XDP`,
+/// `PATH_V6_FRAG_TC`).
 #[xdp]
 #[inline(always)]
 pub fn lb6_frag(ctx: XdpContext) -> u32 {

@@ -212,7 +212,8 @@ pub static PATH_V6_TC: ProgramArray<2> = ProgramArray::new();
 /// entries tail-call for a packet whose first extension header is a
 /// Fragment header: the same path, built once more with the fragment
 /// handling in, so that its verifier walk (as long as the path's own)
-/// comes on top of no other.
+/// comes on top of no other. The IPv4 entries hand them ICMPv6 too, so
+/// that the IPv6 entries run their path in their own frame.
 #[btf_map]
 pub static PATH_V6_FRAG_XDP: ProgramArray<1> = ProgramArray::new();
 #[btf_map]

@@ -22,7 +22,7 @@ use crate::{
     forward::{self, Fit},
     frags,
     frame::Frame,
-    icmp,
+    icmp, icmp6,
     maps::{ADDRS_V4, ADDR_FILTER, CONFIG},
     monitor, nat, ndp,
     parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IP_MF, IP_OFFSET_MASK, L4},
@@ -52,6 +52,13 @@ fn classify<C: Frame>(ctx: &C) -> Verdict {
     if eth_proto == ETH_P_IPV6 {
         if let Some(v) = ndp::advertise(ctx) {
             return v;
+        }
+        // ICMPv6 (errors to translate, NDP and echo to pass) goes to the
+        // entry for rare packets, so that the IPv6 path's own entry needs
+        // no frame apart from `icmp6`'s: without that entry it is passed
+        // by the path's.
+        if icmp6::first_header_is_icmpv6(ctx) {
+            ctx.to_v6_rare_path();
         }
         ctx.to_v6_path();
         return (Reason::PassIpv6PathMissing, C::PASS);

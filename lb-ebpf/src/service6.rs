@@ -53,27 +53,34 @@ struct Packet {
     key: &'static mut CtKeyV6,
 }
 
-/// `FRAGMENTS`: the entry for fragments (`maps::PATH_V6_FRAG_XDP`), which
-/// takes only packets whose first extension header is a Fragment header.
+/// `FRAGMENTS`: the entry for rare packets (`maps::PATH_V6_FRAG_XDP`),
+/// which takes packets whose first extension header is a Fragment header,
+/// and ICMPv6 ones (the IPv4 entries hand them over): the path's own entry
+/// then runs the path in its frame, one call and return less a packet.
 #[inline(always)]
 pub fn handle<C: Frame, const FRAGMENTS: bool>(ctx: &C) -> u32 {
-    // ICMPv6 ends here, whatever it is: were it to go on, the verifier
-    // would walk the whole path once more for it. The entries for
-    // fragments never see it (their packets' next header is the Fragment
-    // header).
     if !FRAGMENTS {
-        if let Some(ip) = parse::ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) {
-            if unsafe { (*ip).next_hdr } == icmp6::IPPROTO_ICMPV6 {
-                return counted(icmp6::translate_error(ctx, ip));
-            }
+        return path::<C, false>(ctx);
+    }
+    // ICMPv6 ends here, whatever it is: were it to go on, the verifier
+    // would walk the whole path once more for it.
+    if let Some(ip) = parse::ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) {
+        if unsafe { (*ip).next_hdr } == icmp6::IPPROTO_ICMPV6 {
+            return counted(icmp6::translate_error(ctx, ip));
         }
     }
-    path::<C, FRAGMENTS>(ctx)
+    fragment_path(ctx)
 }
 
-/// Every IPv6 packet but ICMPv6: a function of its own, so that its frame
-/// and `icmp6::translate_error`'s are never on the stack together.
+/// The path for fragments: a function of its own, so that its frame and
+/// `icmp6::translate_error`'s are never on the stack together.
 #[inline(never)]
+fn fragment_path<C: Frame>(ctx: &C) -> u32 {
+    path::<C, true>(ctx)
+}
+
+/// Every IPv6 packet but ICMPv6.
+#[inline(always)]
 fn path<C: Frame, const FRAGMENTS: bool>(ctx: &C) -> u32 {
     let mut then = Then::default();
     let verdict = classify::<C, FRAGMENTS>(ctx, &mut then);
@@ -267,7 +274,7 @@ fn new_flow<C: Frame, const FRAGMENTS: bool>(ctx: &C, from_backend: bool) -> u32
     show_flow(ifindex, key, ct);
     unsafe { *made = 1 };
     if FRAGMENTS {
-        ctx.to_v6_fragment_path();
+        ctx.to_v6_rare_path();
     } else {
         ctx.to_v6_path();
     }
@@ -361,7 +368,7 @@ fn transport<C: Frame, const FRAGMENTS: bool>(
         Upper::At { proto, off } => (proto, off),
         Upper::Fragment => {
             if !FRAGMENTS {
-                ctx.to_v6_fragment_path();
+                ctx.to_v6_rare_path();
             }
             return Err((Reason::PassFragment, C::PASS));
         }
@@ -548,7 +555,17 @@ fn translate<C: Frame, const FRAGMENTS: bool>(
         let usable = flow_cache::usable(p.l4.tcp_flags, FRAGMENTS);
         flow_cache::keep(found.slot, key, found.ct, usable, now)
     };
-    let mtu = too_big_for(ctx, p.len, key, ct);
+    let size = Size {
+        len: p.len,
+        fragmentable: false,
+    };
+    // The call only when the helper must answer: most packets are small
+    // or routed by the kernel, and a call costs each packet a return.
+    let mtu = if forward::surely_fits(&size, ct) {
+        0
+    } else {
+        too_big_for(ctx, p.len, key, ct)
+    };
     if mtu != 0 {
         *too_big = mtu;
         return C::DROP;

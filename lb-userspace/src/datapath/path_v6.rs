@@ -1,6 +1,7 @@
 //! The IPv6 path's entry programs, which the IPv4 programs tail-call for
 //! IPv6 packets so that the IPv6 path gets a stack of its own, and its
-//! entries for fragments, which those tail-call in turn. Loaded after the
+//! entries for fragments, which those tail-call in turn (and the IPv4
+//! programs for ICMPv6). Loaded after the
 //! rest: a kernel that refuses them still runs the IPv4 path, and IPv6
 //! packets then pass (`pass_ipv6_path_missing`).
 //!
@@ -30,13 +31,14 @@ pub struct Slots {
 
 pub(super) fn load(ebpf: &mut Ebpf) -> Result<Slots> {
     let path = entries(ebpf, PATH, [names::PATH_V6_XDP, names::PATH_V6_TC])?;
-    // Fragments are an addition: without their entries they pass.
+    // Fragments and ICMPv6 errors are an addition: without their entries
+    // they pass.
     let fragments = entries(
         ebpf,
         FRAGMENT_PATH,
         [names::PATH_V6_FRAG_XDP, names::PATH_V6_FRAG_TC],
     )
-    .inspect_err(|e| tracing::warn!("IPv6 fragments pass untranslated: {e:#}"))
+    .inspect_err(|e| tracing::warn!("IPv6 fragments and ICMPv6 errors pass untranslated: {e:#}"))
     .ok();
     Ok(Slots {
         _path: path,
