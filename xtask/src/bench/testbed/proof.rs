@@ -59,11 +59,18 @@ impl Counters {
             .filter(|(reason, _)| HOOK_REASONS.contains(reason))
             .map(|(_, n)| n)
             .sum();
-        let drops: Vec<String> = self
-            .growth(after)
-            .filter(|(reason, n)| reason.starts_with("drop_") && *n > 0)
-            .map(|(reason, n)| format!("{reason} {n}"))
-            .collect();
+        let counted = |prefix: &str| -> String {
+            let seen: Vec<String> = self
+                .growth(after)
+                .filter(|(reason, n)| reason.starts_with(prefix) && *n > 0)
+                .map(|(reason, n)| format!("{reason} {n}"))
+                .collect();
+            if seen.is_empty() {
+                "none".to_owned()
+            } else {
+                seen.join(", ")
+            }
+        };
         ensure!(
             packets >= received,
             "xdplb on node1 counted {packets} packets to {} while the sink received {received}: \
@@ -80,15 +87,14 @@ impl Counters {
                 "outside the hooks"
             }
         );
+        // How the translated packets left tells whether the cell measured
+        // the redirect past the node's stack or the kernel's forwarding.
         Ok(format!(
             "node1's agent counted {packets} packets at {} (the sink received {received}), \
-             its socket hooks {hooks} sockets; drops: {}",
+             its socket hooks {hooks} sockets; sent on: {}; drops: {}",
             self.frontend,
-            if drops.is_empty() {
-                "none".to_owned()
-            } else {
-                drops.join(", ")
-            }
+            counted("fwd_"),
+            counted("drop_"),
         ))
     }
 }
