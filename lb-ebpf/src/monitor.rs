@@ -70,16 +70,14 @@ pub trait Key: CtKey<Addr: Default + 'static> {
 impl Key for CtKeyV4 {
     #[inline(always)]
     fn svc_id(&self) -> u32 {
-        svc_of(&self.frontend())
+        Frontend::svc_id(&self.frontend())
     }
 }
 
 impl Key for CtKeyV6 {
     #[inline(always)]
     fn svc_id(&self) -> u32 {
-        FRONTENDS_V6
-            .get_ptr(self.frontend())
-            .map_or(0, |v| unsafe { (*v).svc_id })
+        Frontend::svc_id(&self.frontend())
     }
 }
 
@@ -238,8 +236,8 @@ pub fn icmp_error<C: Frame, A: Copy + Default + 'static>(
     });
 }
 
-/// What a socket event reads of a frontend key, for either family.
-pub trait SockFrontend {
+/// What events read of a frontend key, for either family.
+pub trait Frontend {
     type Addr: Copy + Default + 'static;
     fn at(&self) -> (Self::Addr, u16, u8);
     /// The Service port of the frontend, 0 if none; read for the event
@@ -247,7 +245,7 @@ pub trait SockFrontend {
     fn svc_id(&self) -> u32;
 }
 
-impl SockFrontend for FrontendKeyV4 {
+impl Frontend for FrontendKeyV4 {
     type Addr = u32;
     #[inline(always)]
     fn at(&self) -> (u32, u16, u8) {
@@ -255,11 +253,13 @@ impl SockFrontend for FrontendKeyV4 {
     }
     #[inline(always)]
     fn svc_id(&self) -> u32 {
-        svc_of(self)
+        FRONTENDS_V4
+            .get_ptr(self)
+            .map_or(0, |v| unsafe { (*v).svc_id })
     }
 }
 
-impl SockFrontend for FrontendKeyV6 {
+impl Frontend for FrontendKeyV6 {
     type Addr = [u32; 4];
     #[inline(always)]
     fn at(&self) -> ([u32; 4], u16, u8) {
@@ -277,7 +277,7 @@ impl SockFrontend for FrontendKeyV6 {
 /// backend (address, port) of Service port `svc_id`, or refused (`None`).
 /// The socket's source is not known yet.
 #[inline(always)]
-pub fn socket<F: SockFrontend>(fe: &F, to: Option<(u32, (F::Addr, u16))>) {
+pub fn socket<F: Frontend>(fe: &F, to: Option<(u32, (F::Addr, u16))>) {
     emit(|| {
         let (daddr, dport, proto) = fe.at();
         let mut e = MonitorEventOf {
@@ -297,13 +297,4 @@ pub fn socket<F: SockFrontend>(fe: &F, to: Option<(u32, (F::Addr, u16))>) {
         }
         e
     });
-}
-
-/// The Service port of frontend `fe`, 0 if none; read for the event only,
-/// where the decision did not keep it.
-#[inline(always)]
-fn svc_of(fe: &FrontendKeyV4) -> u32 {
-    FRONTENDS_V4
-        .get_ptr(*fe)
-        .map_or(0, |v| unsafe { (*v).svc_id })
 }
