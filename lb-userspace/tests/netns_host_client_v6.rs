@@ -18,18 +18,15 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use aya::maps::{MapData, RingBuf};
 use common::{
     cgroup::Cgroup,
     host_client::{run_in_ns, Op, Outcome},
 };
-use lb_common::{
-    addr::to_map_v6, names, Config, ConfigV6, IfaceInfo, Reason, IFACE_POD, PROTO_TCP,
-};
+use lb_common::{addr::to_map_v6, Config, ConfigV6, IfaceInfo, Reason, IFACE_POD, PROTO_TCP};
 use lb_userspace::{
     datapath::{attach_cgroup, attach_tc, Capacities, Datapath, POD_PROGRAM},
     model::{desired_state, ModelOptions, NodeInfo},
-    monitor::{drain, Lease},
+    monitor::drain,
     sockdiag::netns_cookie,
     source::manifests::load_dir,
     sync::{NodeMaps, Syncer},
@@ -343,15 +340,7 @@ fn an_ipv6_cluster_ip_without_endpoints_refuses() {
 #[test]
 fn the_ipv6_socket_hooks_decisions_show_in_the_monitor() {
     let mut bed = bed();
-    let lease = bed.dp.ebpf.take_map(names::MONITOR_ON).unwrap();
-    Lease::new(lease).unwrap().renew().unwrap();
-    let mut ring: RingBuf<MapData> = bed
-        .dp
-        .ebpf
-        .take_map(names::MONITOR)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let mut ring = common::watch(&mut bed.dp);
     let vip = addr(VIP6, TCP_PORT);
     let ops = requests("tcp", vip);
     assert_eq!(answered(&ops, &run(&bed, &ops), vip), all_pods());

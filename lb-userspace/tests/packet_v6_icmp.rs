@@ -15,15 +15,16 @@ use common::{
     packets::split_meta,
     packets_v6::{addr, parse_checked, tcp, udp},
     uplink::{small_mtu_node, UPLINK_MTU},
+    watch,
 };
 use etherparse::{
     Icmpv6Header, Icmpv6Type, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader,
 };
-use lb_common::{names, Reason, CT_DIR_FORWARD, PROTO_UDP};
+use lb_common::{Reason, CT_DIR_FORWARD, PROTO_UDP};
 use lb_userspace::{
     datapath::{run_frame, Datapath, POD_PROGRAM, PROGRAM},
     model::ModelOptions,
-    monitor::{drain, Event, Lease},
+    monitor::{drain, Event},
 };
 
 const XDP_PASS: u32 = 2;
@@ -87,17 +88,6 @@ fn count(dp: &Datapath, r: Reason) -> u64 {
 
 fn at(a: &str, port: u16) -> (Ipv6Addr, u16) {
     (addr(a), port)
-}
-
-/// The `MONITOR` ring under a lease, as `xdplb monitor` holds them.
-fn watch(dp: &mut Datapath) -> RingBuf<MapData> {
-    let lease = dp.ebpf.take_map(names::MONITOR_ON).unwrap();
-    Lease::new(lease).unwrap().renew().unwrap();
-    dp.ebpf
-        .take_map(names::MONITOR)
-        .unwrap()
-        .try_into()
-        .unwrap()
 }
 
 /// The events in `ring`, their times (checked set) cleared for comparison.

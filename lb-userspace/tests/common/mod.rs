@@ -21,12 +21,27 @@ pub use provision::{be, source_range, Provision};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use aya::maps::{MapData, RingBuf};
+use lb_common::names;
 use lb_userspace::{
     datapath::{Capacities, Datapath},
     model::{desired_state, ModelOptions, NodeInfo},
+    monitor::Lease,
     source::manifests::load_dir,
     sync::{NodeMaps, Syncer},
 };
+
+/// `dp`'s `MONITOR` ring under a lease, as `xdplb monitor` holds them:
+/// the data plane writes events from now on.
+pub fn watch(dp: &mut Datapath) -> RingBuf<MapData> {
+    let lease = dp.ebpf.take_map(names::MONITOR_ON).unwrap();
+    Lease::new(lease).unwrap().renew().unwrap();
+    dp.ebpf
+        .take_map(names::MONITOR)
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
 
 /// The counters of established and reply packets, through connection
 /// tracking and from the flow cache, in that order.
