@@ -17,6 +17,7 @@ pub mod flow;
 pub mod maps;
 pub mod meta;
 pub mod monitor;
+pub mod snat;
 pub mod sock;
 pub mod stats;
 pub mod svc_name;

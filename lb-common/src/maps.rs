@@ -662,9 +662,9 @@ pub struct Config {
     pub udp_timeout_s: u32,
     /// This node's address for source NAT (network order); 0 disables SNAT.
     pub snat_addr: u32,
-    /// SNAT source ports, inclusive, host order.
-    pub snat_port_min: u16,
-    pub snat_port_max: u16,
+    /// The ports a flow whose client's port is taken may get.
+    pub snat_ports: crate::snat::SnatPorts,
+    pub _pad: u32,
     /// `SO_NETNS_COOKIE` of the node's own network namespace; 0 while
     /// unknown. The socket hooks leave UDP of other namespaces (pods) to
     /// the per-packet path, whose flows are forgotten when their backend
@@ -682,12 +682,8 @@ impl Config {
         tcp_closing_timeout_s: 10,
         udp_timeout_s: 60,
         snat_addr: 0,
-        // A flow keeps its client's port when the reply tuple is free, as
-        // netfilter does; otherwise it gets one from this range, below the
-        // NodePort range (30000-32767) and Linux's default ephemeral range
-        // (32768-60999), so it collides with neither.
-        snat_port_min: 1_024,
-        snat_port_max: 29_999,
+        snat_ports: crate::snat::SnatPorts::DEFAULT,
+        _pad: 0,
         host_netns_cookie: 0,
     };
 }
@@ -963,7 +959,7 @@ const _: () = {
     assert!(core::mem::size_of::<AffinityKeyV6>() == 36);
     assert!(core::mem::size_of::<FlowCacheEntryV4>() == 80);
     assert!(core::mem::size_of::<FlowCacheEntryV6>() == 128);
-    assert!(core::mem::size_of::<Config>() == 32);
+    assert!(core::mem::size_of::<Config>() == 40);
     assert!(core::mem::size_of::<ConfigV6>() == 24);
     assert!(core::mem::size_of::<SourceRangeKeyV6>() == 20);
     assert!(core::mem::size_of::<IfaceInfo>() == 4);

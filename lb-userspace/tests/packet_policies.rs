@@ -11,8 +11,8 @@ use common::{
     source_range, Provision,
 };
 use lb_common::{
-    Config, CtValueV4, FrontendValue, Reason, BE_LOCAL, CT_DIR_FORWARD, FE_DROP_EMPTY, FE_EXTERNAL,
-    FE_SOURCE_RANGES, PROTO_TCP,
+    snat::SnatPorts, Config, CtValueV4, FrontendValue, Reason, BE_LOCAL, CT_DIR_FORWARD,
+    FE_DROP_EMPTY, FE_EXTERNAL, FE_SOURCE_RANGES, PROTO_TCP,
 };
 use lb_userspace::{
     datapath::{run_frame, Datapath, PROGRAM},
@@ -119,8 +119,11 @@ fn a_taken_client_port_gets_one_from_the_snat_range() {
         ports.push(p.sport);
     }
     assert_eq!(ports[0], CLIENT.1);
-    let range = Config::DEFAULT.snat_port_min..=Config::DEFAULT.snat_port_max;
-    assert!(range.contains(&ports[1]), "second flow's port {}", ports[1]);
+    assert!(
+        Config::DEFAULT.snat_ports.contains(ports[1]),
+        "second flow's port {}",
+        ports[1]
+    );
     for (client, port) in [(CLIENT, ports[0]), (other, ports[1])] {
         let (_, out) = run(&dp, &tcp_frame(B1, (NODE, port), Tcp::syn_ack(), b"", &[]));
         let r = parse_checked(&out);
@@ -135,8 +138,12 @@ fn snat_exhaustion_drops_the_new_flow_and_counts_it() {
     let mut dp = node(NODE_PORT, FE_EXTERNAL, 0, &[B1]);
     let one_port = Config {
         snat_addr: be(NODE),
-        snat_port_min: 1024,
-        snat_port_max: 1024,
+        snat_ports: SnatPorts {
+            min: 1024,
+            max: 1024,
+            skip_from: u16::MAX,
+            skip_len: 0,
+        },
         ..Config::DEFAULT
     };
     dp.maps.put_config(one_port).unwrap();

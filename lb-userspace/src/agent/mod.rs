@@ -8,6 +8,7 @@ mod lb_api;
 mod netlink;
 mod pins;
 mod programming;
+mod snat_ports;
 mod source;
 mod uplink;
 
@@ -74,6 +75,8 @@ struct Agent {
     healthchecks: HealthCheckServers,
     /// `drop_snat_ports_exhausted` when last looked at.
     snat_exhausted: u64,
+    /// Read once: the node's ephemeral range is set at boot.
+    snat_ports: lb_common::snat::SnatPorts,
     /// After a failed sync: when to try again, and the wait after that.
     retry: Option<(Instant, Duration)>,
     /// `--lb-pool` and `--lb-pool-range`.
@@ -119,6 +122,7 @@ impl Agent {
                 .first()
                 .map(|a| lb_common::addr::to_map(*a))
                 .unwrap_or(0),
+            snat_ports: self.snat_ports,
             host_netns_cookie,
             ..Config::DEFAULT
         };
@@ -418,6 +422,7 @@ async fn serve(args: AgentArgs, pins: pins::Layout) -> Result<()> {
             metrics.http_status("healthcheck"),
         ),
         snat_exhausted,
+        snat_ports: snat_ports::of_this_node(),
         retry: None,
         pools,
         announcer: announce::Announcer::default(),
