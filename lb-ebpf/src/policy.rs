@@ -32,24 +32,29 @@ pub fn needs_snat(fe: &FrontendValue, backend_flags: u16, hairpin: bool) -> bool
 /// How many ports of the SNAT range a new flow tries when its client's own
 /// port is taken, in either family.
 pub const SNAT_PROBES: u32 = 32;
-/// A flow whose backend has not answered within this long gives up its
-/// SNAT port when a new flow finds none free, as netfilter drops unreplied
-/// entries first when its table is full. The age is its reply entry's,
-/// which no forward packet refreshes. An in-cluster backend answers within
-/// milliseconds; the price, paid only while every probed port is taken, is
-/// that an answer later than this reaches the flow that took the port,
-/// which netfilter avoids by refusing that flow instead. The range (36,280
-/// ports around Linux's default ephemeral range) then carries about 72,000 new
+/// When a new flow finds no free port among those it probed, it takes the
+/// one held longest by a flow whose backend has not answered, if that is
+/// at least this old, as netfilter's early drop evicts flows that saw no
+/// reply when its table is full; the age is the reply entry's, which no
+/// forward packet refreshes. Netfilter and Cilium refuse the new flow when
+/// their NAT finds no port; that turns a burst of new flows, spoofed SYNs
+/// included, into a denial of service for every client of the backend.
+/// Taking the oldest makes the age given up follow the load: the range's
+/// ports over the rate of new flows to one backend (36,280 ports at
+/// 100,000 flows a second: 0.36 s), never below this floor, Linux's
+/// shortest TCP retransmission timeout, far beyond an in-cluster backend's
+/// answer. The price, paid only then, is that an answer later than that
+/// reaches the flow that took the port. The range then carries 180,000 new
 /// flows a second towards one backend, where netfilter carries its range
 /// over the 30 s unreplied UDP lifetime.
-const SNAT_RECLAIM_NS: u64 = 500_000_000;
+const SNAT_RECLAIM_NS: u64 = 200_000_000;
 
 /// What a probe found on a port.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Probe {
     Free,
-    /// Held by a flow that may give it up (`SNAT_RECLAIM_NS`).
-    Stale,
+    /// Held this many ns by a flow that may give it up (`SNAT_RECLAIM_NS`).
+    Stale(u64),
     Taken,
 }
 
@@ -57,8 +62,8 @@ enum Probe {
 /// netfilter keeps it whenever the tuple stays unique, else one of the SNAT
 /// range from a random start, so that a burst of flows (spoofed SYNs
 /// included) spreads over the whole range instead of piling up behind one
-/// start. When every probe finds its port taken, the first port held by a
-/// stale unreplied flow is taken from it and that flow forgotten. Either
+/// start. When every probe finds its port taken, the port held longest by
+/// a stale unreplied flow is taken from it and that flow forgotten. Either
 /// family: `backend` and `snat_addr` are of `flow`'s; `probes` ports of
 /// the range are tried.
 #[inline(always)]
@@ -80,20 +85,22 @@ pub fn snat_port<K: Table>(
                     *K::Value::last_seen_ns(v),
                 )
             };
+            let age = now.saturating_sub(seen);
             if now > expires {
                 Probe::Free
-            } else if state & STATE_SEEN_REPLY == 0 && now.saturating_sub(seen) > SNAT_RECLAIM_NS {
-                Probe::Stale
+            } else if state & STATE_SEEN_REPLY == 0 && age > SNAT_RECLAIM_NS {
+                Probe::Stale(age)
             } else {
                 Probe::Taken
             }
         }
     };
     let client_port = flow.src().1;
-    let mut stale = None;
+    // The port held longest by a stale flow, and its age (0: none yet).
+    let (mut oldest, mut oldest_age) = (client_port, 0);
     match probe(client_port) {
         Probe::Free => return Some(client_port),
-        Probe::Stale => stale = Some(client_port),
+        Probe::Stale(age) => oldest_age = age,
         Probe::Taken => {}
     }
     let ports = cfg.snat_ports;
@@ -104,15 +111,17 @@ pub fn snat_port<K: Table>(
         let port = ports.nth(start.wrapping_add(i) % count).to_be();
         match probe(port) {
             Probe::Free => return Some(port),
-            Probe::Stale if stale.is_none() => stale = Some(port),
+            Probe::Stale(age) if age > oldest_age => (oldest, oldest_age) = (port, age),
             _ => {}
         }
         i += 1;
     }
-    let port = stale?;
-    forget_flow_of(&reply(port));
+    if oldest_age == 0 {
+        return None;
+    }
+    forget_flow_of(&reply(oldest));
     stats::count(Reason::SnatPortReclaimed);
-    Some(port)
+    Some(oldest)
 }
 
 /// Deletes the forward entry of the flow whose reverse entry is `reply`;

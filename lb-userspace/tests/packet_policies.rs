@@ -162,47 +162,49 @@ fn snat_exhaustion_drops_the_new_flow_and_counts_it() {
     assert_eq!(count(&dp, Reason::DropSnatPortsExhausted), 1);
     assert_eq!(count(&dp, Reason::SnatNewFlow), 2);
 
-    // The first client's flow never got a reply: once it has been idle long
-    // enough, the third client takes its port and the first flow is gone.
-    let first = clients[0];
-    let stale: Vec<_> = dp
-        .maps
-        .ct()
-        .iter()
-        .map(|e| e.unwrap())
-        .filter(|(k, v)| {
-            (k.dir == CT_DIR_FORWARD && k.src_addr == be(first.0))
-                || (k.dir != CT_DIR_FORWARD && v.snat_addr == be(first.0))
-        })
-        .collect();
-    assert_eq!(stale.len(), 2, "both entries of the first flow");
-    for (k, v) in stale {
-        let aged = CtValueV4 {
-            last_seen_ns: v.last_seen_ns.saturating_sub(2_000_000_000),
-            ..v
-        };
-        dp.maps.ct_mut().insert(k, aged, 0).unwrap();
+    // Neither flow got a reply: once both have been idle long enough, the
+    // third client takes the port of the one idle longer, the second
+    // (port 1024; its own port is the first flow's), and that flow is gone.
+    let [first, second, third] = clients;
+    for (client, idle_ns) in [(first, 1_000_000_000), (second, 2_000_000_000)] {
+        let entries: Vec<_> = dp
+            .maps
+            .ct()
+            .iter()
+            .map(|e| e.unwrap())
+            .filter(|(k, v)| {
+                (k.dir == CT_DIR_FORWARD && k.src_addr == be(client.0))
+                    || (k.dir != CT_DIR_FORWARD && v.snat_addr == be(client.0))
+            })
+            .collect();
+        assert_eq!(entries.len(), 2, "both entries of {client:?}'s flow");
+        for (k, v) in entries {
+            let aged = CtValueV4 {
+                last_seen_ns: v.last_seen_ns.saturating_sub(idle_ns),
+                ..v
+            };
+            dp.maps.ct_mut().insert(k, aged, 0).unwrap();
+        }
     }
-    let (action, out) = run(&dp, &tcp_frame(clients[2], NODE_PORT, Tcp::syn(), b"", &[]));
+    let (action, out) = run(&dp, &tcp_frame(third, NODE_PORT, Tcp::syn(), b"", &[]));
     assert_ne!(action, XDP_DROP, "a stale unreplied flow gives up its port");
     let p = parse_checked(&out);
-    assert_eq!((p.src, p.sport), (NODE, CLIENT.1));
+    assert_eq!((p.src, p.sport), (NODE, 1024));
     assert_eq!(count(&dp, Reason::SnatPortReclaimed), 1);
-    let first_forward = dp
-        .maps
-        .ct()
-        .iter()
-        .map(|e| e.unwrap())
-        .any(|(k, _)| k.dir == CT_DIR_FORWARD && k.src_addr == be(first.0));
-    assert!(!first_forward, "the first flow's entry is forgotten");
-    let (_, out) = run(
-        &dp,
-        &tcp_frame(B1, (NODE, CLIENT.1), Tcp::syn_ack(), b"", &[]),
-    );
+    let forward_of = |client: (Ipv4Addr, u16)| {
+        dp.maps
+            .ct()
+            .iter()
+            .map(|e| e.unwrap())
+            .any(|(k, _)| k.dir == CT_DIR_FORWARD && k.src_addr == be(client.0))
+    };
+    assert!(!forward_of(second), "the second flow's entry is forgotten");
+    assert!(forward_of(first), "the first flow keeps its port");
+    let (_, out) = run(&dp, &tcp_frame(B1, (NODE, 1024), Tcp::syn_ack(), b"", &[]));
     let r = parse_checked(&out);
     assert_eq!(
         (r.dst, r.dport),
-        clients[2],
+        third,
         "replies reach the new flow's client"
     );
 }
