@@ -15,6 +15,7 @@ use common::agent::{
     served_by, Agent, Cluster, Conn, Node, COUNTER_NODE_PORT, COUNTER_PORT, COUNTER_VIP,
     HEALTHZ_PORT, METRICS_PORT, POD_ADDRS, REDIS_PORT, REDIS_VIP, SPARE_PORT, TIMEOUT, XDPLB,
 };
+use lb_common::snat::SnatPorts;
 use lb_userspace::{datapath::Maps, monitor::Lease};
 use testbed::netns::wait_until;
 
@@ -87,6 +88,37 @@ fn agent_serves_seed_clusterip_and_nodeport_from_manifests() {
             Some(&backends),
             "xdplb services, frontend {frontend}, in {frontends:#?}"
         );
+    }
+}
+
+/// Source NAT takes its ports around the ephemeral range the node's
+/// administrator set, where the node's own sockets connect from, so that
+/// no reply tuple it gives out is one of the node's own connections.
+#[test]
+fn snat_ports_leave_out_the_nodes_ephemeral_range() {
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    let range = cluster
+        .tb
+        .sysctl(&node.ns, "net.ipv4.ip_local_port_range", "40000 50000");
+    cluster.must(node, "setting the ephemeral range", range);
+    let _agents = seeded_agents(&cluster);
+    let maps = node
+        .pin_path
+        .join(format!("v{}", lb_common::LAYOUT_VERSION))
+        .join("maps");
+    let ports = Maps::from_pins(&maps)
+        .and_then(|m| Ok(m.config().get(&0, 0)?.snat_ports))
+        .expect("reading CONFIG");
+    assert_eq!(ports, SnatPorts::outside(40_000, 50_000).unwrap());
+    assert_eq!(ports.count(), 65_536 - 1_024 - 10_001);
+    for (port, inside) in [
+        (39_999, true),
+        (40_000, false),
+        (50_000, false),
+        (50_001, true),
+    ] {
+        assert_eq!(ports.contains(port), inside, "port {port}");
     }
 }
 
