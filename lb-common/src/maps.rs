@@ -306,11 +306,25 @@ impl CtKeyV6 {
         )
     }
 
-    /// The key as five 64-bit words, as the flow cache compares it.
+    /// The key as five 64-bit words, for the flow cache's slot: the words
+    /// its memory holds, put together from its fields. The key is 4-byte
+    /// aligned, so a copy of it as `[u64; 5]` went through the stack, a
+    /// quarter of the IPv6 path's time in a profile.
     #[inline(always)]
     pub const fn words(&self) -> [u64; 5] {
-        // SAFETY: 40 bytes of plain integers without padding.
-        unsafe { core::mem::transmute::<Self, [u64; 5]>(*self) }
+        const fn pair(lo: u32, hi: u32) -> u64 {
+            lo as u64 | (hi as u64) << 32
+        }
+        let ([s0, s1, s2, s3], [d0, d1, d2, d3]) = (self.src_addr, self.dst_addr);
+        let ports = pair(self.src_port as u32 | (self.dst_port as u32) << 16, 0);
+        let tail = self.proto as u32 | (self.dir as u32) << 8 | (self._pad as u32) << 16;
+        [
+            pair(s0, s1),
+            pair(s2, s3),
+            pair(d0, d1),
+            pair(d2, d3),
+            ports | pair(0, tail),
+        ]
     }
 }
 
@@ -1006,6 +1020,25 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The words are those of the key's memory, as a copy of it would read
+    /// them on this (little-endian) machine, as BPF's: the slot of a key is
+    /// what it was.
+    #[test]
+    fn ct_key_v6_words_are_its_memory() {
+        let key = CtKeyV6 {
+            src_addr: [0x0100_00fd, 0x0200_0000, 0x0300_0000, 0x0400_0000],
+            dst_addr: [0x0500_00fd, 0x0600_0000, 0x0700_0000, 0x0800_0000],
+            src_port: 0x409c,
+            dst_port: 0x5000,
+            proto: PROTO_TCP,
+            dir: CT_DIR_REPLY,
+            _pad: 0xabcd,
+        };
+        // SAFETY: 40 bytes of plain integers without padding.
+        let memory = unsafe { core::mem::transmute::<CtKeyV6, [u64; 5]>(key) };
+        assert_eq!(key.words(), memory);
+    }
 
     /// The two words the packet path loads from the headers (the IPv4
     /// source and destination, the L4 ports) make the key of that tuple.

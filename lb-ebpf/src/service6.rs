@@ -131,7 +131,7 @@ fn classify<C: Frame, const FRAGMENTS: bool>(ctx: &C, then: &mut Then) -> Verdic
         // copy of the rewrite and forwarding would multiply what the
         // verifier walks.
         Some(found) => (
-            first_of_new_flow(found.reason(p.key)),
+            found.first_of_new_flow(p.key),
             translate::<C, FRAGMENTS>(ctx, &p, &found, &mut then.too_big),
         ),
         None if to_frontend => {
@@ -156,6 +156,19 @@ struct Found {
 }
 
 impl Found {
+    /// `reason`, or `XlateNew` for the first packet of a flow `new_flow`
+    /// made. The walk after `new_flow` misses the cache as the first did,
+    /// so a packet the cache serves needs no look at the note.
+    #[inline(always)]
+    fn first_of_new_flow(&self, key: &CtKeyV6) -> Reason {
+        let reason = self.reason(key);
+        if self.ct.is_null() {
+            reason
+        } else {
+            first_of_new_flow(reason)
+        }
+    }
+
     /// The reason to count a packet translated by it under.
     #[inline(always)]
     fn reason(&self, key: &CtKeyV6) -> Reason {
