@@ -316,14 +316,14 @@ impl CtKeyV6 {
             lo as u64 | (hi as u64) << 32
         }
         let ([s0, s1, s2, s3], [d0, d1, d2, d3]) = (self.src_addr, self.dst_addr);
-        let ports = pair(self.src_port as u32 | (self.dst_port as u32) << 16, 0);
+        let ports = self.src_port as u32 | (self.dst_port as u32) << 16;
         let tail = self.proto as u32 | (self.dir as u32) << 8 | (self._pad as u32) << 16;
         [
             pair(s0, s1),
             pair(s2, s3),
             pair(d0, d1),
             pair(d2, d3),
-            ports | pair(0, tail),
+            pair(ports, tail),
         ]
     }
 }

@@ -131,7 +131,7 @@ fn classify<C: Frame, const FRAGMENTS: bool>(ctx: &C, then: &mut Then) -> Verdic
         // copy of the rewrite and forwarding would multiply what the
         // verifier walks.
         Some(found) => (
-            found.first_of_new_flow(p.key),
+            found.reason(p.key),
             translate::<C, FRAGMENTS>(ctx, &p, &found, &mut then.too_big),
         ),
         None if to_frontend => {
@@ -156,25 +156,14 @@ struct Found {
 }
 
 impl Found {
-    /// `reason`, or `XlateNew` for the first packet of a flow `new_flow`
-    /// made. The walk after `new_flow` misses the cache as the first did,
-    /// so a packet the cache serves needs no look at the note.
-    #[inline(always)]
-    fn first_of_new_flow(&self, key: &CtKeyV6) -> Reason {
-        let reason = self.reason(key);
-        if self.ct.is_null() {
-            reason
-        } else {
-            first_of_new_flow(reason)
-        }
-    }
-
-    /// The reason to count a packet translated by it under.
+    /// The reason to count a packet translated by it under. Only an entry
+    /// in connection tracking can be a new flow's (`first_of_new_flow`):
+    /// the walk after `new_flow` misses the cache as the first walk did.
     #[inline(always)]
     fn reason(&self, key: &CtKeyV6) -> Reason {
         match (self.ct.is_null(), key.dir == CT_DIR_REPLY) {
-            (false, false) => Reason::XlateEstablished,
-            (false, true) => Reason::XlateReply,
+            (false, false) => first_of_new_flow(Reason::XlateEstablished),
+            (false, true) => first_of_new_flow(Reason::XlateReply),
             (true, false) => Reason::XlateEstablishedCached,
             (true, true) => Reason::XlateReplyCached,
         }
