@@ -306,6 +306,17 @@ impl CtKeyV6 {
         )
     }
 
+    /// The key's last 32-bit word: the protocol, the direction and the
+    /// padding, in memory order (little-endian, as BPF and the agent's
+    /// hosts). The packet path writes the word whole, as it writes the
+    /// ports' word: the flow cache compares keys as 32-bit words, and a
+    /// word load from narrower stores cannot take their values from the
+    /// store buffer (a stall each on x86).
+    #[inline(always)]
+    pub const fn tail(proto: u8, dir: u8) -> u32 {
+        proto as u32 | (dir as u32) << 8
+    }
+
     /// The key as five 64-bit words, for the flow cache's slot: the words
     /// its memory holds, put together from its fields. The key is 4-byte
     /// aligned, so a copy of it as `[u64; 5]` went through the stack, a
@@ -1038,6 +1049,20 @@ mod tests {
         // SAFETY: 40 bytes of plain integers without padding.
         let memory = unsafe { core::mem::transmute::<CtKeyV6, [u64; 5]>(key) };
         assert_eq!(key.words(), memory);
+    }
+
+    /// The word the packet path writes for the protocol and the direction
+    /// is those two fields in the key's memory.
+    #[test]
+    fn ct_key_v6_tail_is_its_last_word() {
+        let key = CtKeyV6 {
+            proto: PROTO_TCP,
+            dir: CT_DIR_REPLY,
+            ..Default::default()
+        };
+        // SAFETY: 40 bytes of plain integers without padding.
+        let memory = unsafe { core::mem::transmute::<CtKeyV6, [u32; 10]>(key) };
+        assert_eq!(CtKeyV6::tail(PROTO_TCP, CT_DIR_REPLY), memory[9]);
     }
 
     /// The two words the packet path loads from the headers (the IPv4

@@ -135,7 +135,7 @@ fn classify<C: Frame, const FRAGMENTS: bool>(ctx: &C, then: &mut Then) -> Verdic
             translate::<C, FRAGMENTS>(ctx, &p, &found, &mut then.too_big),
         ),
         None if to_frontend => {
-            p.key.dir = CT_DIR_FORWARD;
+            set_dir(p.key, CT_DIR_FORWARD);
             then.new_flow = true;
             then.from_backend = from_backend;
             (Reason::XlateNew, C::PASS)
@@ -185,7 +185,7 @@ fn entry<const FRAGMENTS: bool>(
         if let Some(found) = reply_entry::<FRAGMENTS>(p) {
             return Some(found);
         }
-        p.key.dir = CT_DIR_FORWARD;
+        set_dir(p.key, CT_DIR_FORWARD);
     }
     if to_frontend {
         if let Some(found) = lookup::<FRAGMENTS>(p) {
@@ -326,7 +326,7 @@ fn show_malformed(ifindex: u32, ip: *const Ipv6Hdr, proto: u8) {
 /// The entry of an established flow the packet replies to.
 #[inline(always)]
 fn reply_entry<const FRAGMENTS: bool>(p: &mut Packet) -> Option<Found> {
-    p.key.dir = CT_DIR_REPLY;
+    set_dir(p.key, CT_DIR_REPLY);
     lookup::<FRAGMENTS>(p)
 }
 
@@ -387,9 +387,11 @@ fn transport<C: Frame, const FRAGMENTS: bool>(
         return Err((Reason::DropMalformed, C::DROP));
     };
     let ext_len = (off - ETH_HLEN - IPV6_HLEN) as u16;
-    let (src, dst, payload_len, ports) =
-        unsafe { ((*ip).src, (*ip).dst, (*ip).payload_len, *l4.ports) };
-    let payload_len = u16::from_be(payload_len);
+    let payload_len = u16::from_be(unsafe { (*ip).payload_len });
+    let Some(key) = SCRATCH_KEY_V6.get_ptr_mut(0) else {
+        return Err((Reason::PassMalformed, C::PASS));
+    };
+    write_key(key, ip, l4.ports, proto);
     Ok(Packet {
         ip,
         l4_len: payload_len.wrapping_sub(ext_len),
@@ -398,24 +400,31 @@ fn transport<C: Frame, const FRAGMENTS: bool>(
         } else {
             payload_len.saturating_add(IPV6_HLEN as u16)
         },
-        key: {
-            let Some(key) = SCRATCH_KEY_V6.get_ptr_mut(0) else {
-                return Err((Reason::PassMalformed, C::PASS));
-            };
-            let key = unsafe { &mut *key };
-            *key = CtKeyV6 {
-                src_addr: src,
-                dst_addr: dst,
-                src_port: ports[0],
-                dst_port: ports[1],
-                proto,
-                dir: CT_DIR_FORWARD,
-                _pad: 0,
-            };
-            key
-        },
+        key: unsafe { &mut *key },
         l4,
     })
+}
+
+/// Writes the packet's forward key into `key` as whole 32-bit words, the
+/// words the flow cache compares (see `CtKeyV6::tail`), straight from the
+/// headers: the IPv6 header holds the two addresses back to back in the
+/// key's order, the transport header the ports. Field by field, the
+/// addresses went through the stack twice on their way.
+#[inline(always)]
+fn write_key(key: *mut CtKeyV6, ip: *const Ipv6Hdr, ports: *const [u16; 2], proto: u8) {
+    let words = key.cast::<u32>();
+    unsafe {
+        core::ptr::copy_nonoverlapping((&raw const (*ip).src).cast::<u32>(), words, 8);
+        *words.add(8) = *ports.cast::<u32>();
+        *words.add(9) = CtKeyV6::tail(proto, CT_DIR_FORWARD);
+    }
+}
+
+/// Turns `key` to direction `dir`, writing its last word whole.
+#[inline(always)]
+fn set_dir(key: &mut CtKeyV6, dir: u8) {
+    let tail = CtKeyV6::tail(key.proto, dir);
+    unsafe { *(&raw mut *key).cast::<u32>().add(9) = tail };
 }
 
 /// A backend's address and port.
