@@ -61,7 +61,6 @@ pub mod names {
     pub const ADDR_FILTER: &str = ".bss.addr_filter";
     /// Working memory of the IPv6 path, holding nothing between packets.
     pub const SCRATCH_CT_V6: &str = "SCRATCH_CT_V6";
-    pub const SCRATCH_KEY_V6: &str = "SCRATCH_KEY_V6";
     pub const SCRATCH_NEW_V6: &str = "SCRATCH_NEW_V6";
     /// Maps of the object the agent does not pin.
     pub const UNPINNED: &[&str] = &[
@@ -69,7 +68,6 @@ pub mod names {
         FLOW_CACHE_V6,
         ADDR_FILTER,
         SCRATCH_CT_V6,
-        SCRATCH_KEY_V6,
         SCRATCH_NEW_V6,
     ];
     /// Pins of earlier versions that no version reads any more, removed on load.

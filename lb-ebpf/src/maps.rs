@@ -170,10 +170,6 @@ pub static CT_V6: LruHashMap<CtKeyV6, CtValueV6, { MAX_CT_V6 as usize }> = LruHa
 #[btf_map]
 pub static SCRATCH_CT_V6: PerCpuArray<CtValueV6, 1> = PerCpuArray::new();
 
-/// Where the IPv6 path keeps a packet's flow key, for the same reason.
-#[btf_map]
-pub static SCRATCH_KEY_V6: PerCpuArray<CtKeyV6, 1> = PerCpuArray::new();
-
 /// Set by an IPv6 entry that made a new flow's entries and hands its
 /// first packet to the entry again (`service6::new_flow`), which then
 /// counts the packet as the new flow it is; holds nothing between packets.

@@ -14,7 +14,8 @@
 //!
 //! Unsafe in this module: header reads through pointers `parse::ptr_at`
 //! checked, reads of connection-tracking entries through map pointers,
-//! valid until the program returns, and `&mut`s to this CPU's scratch
+//! valid until the program returns, the flow key read only after
+//! `transport` wrote it, and `&mut`s to this CPU's scratch
 //! values, which nothing else uses while the program runs (programs on a
 //! CPU run one at a time, none nested within this hook's).
 use lb_common::{
@@ -31,7 +32,7 @@ use crate::{
     frags,
     frame::Frame,
     icmp6,
-    maps::{CONFIG_V6, CT_V6, SCRATCH_CT_V6, SCRATCH_KEY_V6, SCRATCH_NEW_V6},
+    maps::{CONFIG_V6, CT_V6, SCRATCH_CT_V6, SCRATCH_NEW_V6},
     monitor, nat,
     parse::{self, FragmentV6, Ipv6Hdr, Upper, ETH_HLEN, IPV6_HLEN, L4},
     policy, reject, select,
@@ -40,7 +41,7 @@ use crate::{
 };
 
 /// A TCP or UDP packet whose headers are all inside the frame.
-struct Packet {
+struct Packet<'k> {
     ip: *mut Ipv6Hdr,
     l4: L4,
     /// Bytes of transport header and payload.
@@ -48,9 +49,10 @@ struct Packet {
     /// The whole packet's length; 0 for a GSO packet of BIG TCP, whose
     /// header leaves it to the MTU helper.
     len: u16,
-    /// The flow's key, forward; in this CPU's scratch memory, as the
-    /// stack cannot hold it beside the rest.
-    key: &'static mut CtKeyV6,
+    /// The flow's key, forward until a lookup turns it; in `path`'s
+    /// frame, where `new_flow` and `packet_too_big` read it after
+    /// `classify` returns.
+    key: &'k mut CtKeyV6,
 }
 
 /// `FRAGMENTS`: the entry for rare packets (`maps::PATH_V6_FRAG_XDP`),
@@ -83,15 +85,19 @@ fn fragment_path<C: Frame>(ctx: &C) -> u32 {
 #[inline(always)]
 fn path<C: Frame, const FRAGMENTS: bool>(ctx: &C) -> u32 {
     let mut then = Then::default();
-    let verdict = classify::<C, FRAGMENTS>(ctx, &mut then);
+    // Not zeroed, which every packet would pay: `transport` writes it
+    // whole before `classify` can leave `then` something to do.
+    let mut key = core::mem::MaybeUninit::<CtKeyV6>::uninit();
+    let verdict = classify::<C, FRAGMENTS>(ctx, &mut then, key.as_mut_ptr());
     // Both finished here, where only the frame is left of the path: the
     // verifier then walks each once, not once per way into it.
     if then.new_flow {
-        return new_flow::<C, FRAGMENTS>(ctx, then.from_backend);
+        let key = unsafe { key.assume_init_ref() };
+        return new_flow::<C, FRAGMENTS>(ctx, key, then.from_backend);
     }
     let action = counted(verdict);
     if then.too_big != 0 {
-        return packet_too_big(ctx, then.too_big);
+        return packet_too_big(ctx, unsafe { key.assume_init_ref() }, then.too_big);
     }
     action
 }
@@ -112,7 +118,11 @@ struct Then {
 
 /// The verdict on the packet, unless it leaves `then` something to do.
 #[inline(always)]
-fn classify<C: Frame, const FRAGMENTS: bool>(ctx: &C, then: &mut Then) -> Verdict {
+fn classify<C: Frame, const FRAGMENTS: bool>(
+    ctx: &C,
+    then: &mut Then,
+    key: *mut CtKeyV6,
+) -> Verdict {
     let Some(ip) = parse::ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
         return (Reason::PassMalformed, C::PASS);
     };
@@ -122,7 +132,7 @@ fn classify<C: Frame, const FRAGMENTS: bool>(ctx: &C, then: &mut Then) -> Verdic
     if !to_frontend && !from_backend {
         return (Reason::PassNotOurs, C::PASS);
     }
-    let mut p = match transport::<C, FRAGMENTS>(ctx, ip) {
+    let mut p = match transport::<C, FRAGMENTS>(ctx, ip, key) {
         Ok(p) => p,
         Err(v) => return v,
     };
@@ -230,19 +240,18 @@ fn first_of_new_flow(reason: Reason) -> Reason {
     }
 }
 
-/// Makes the entries of the new flow the packet (whose forward key is in
-/// `SCRATCH_KEY_V6`) starts, then hands it to this hook's entry again,
+/// Makes the entries of the new flow the packet (forward `key`) starts,
+/// then hands it to this hook's entry again,
 /// which translates it by them. Runs in `path` after `classify`, with
 /// nothing of the packet's walk left: the verifier walks the choice of a
 /// backend and the SNAT port probes once, where `classify` would have it
 /// walk them once per way into them (probes × ways beyond its limit). The second walk of the
 /// path costs new flows a lookup; established ones nothing.
 #[inline(always)]
-fn new_flow<C: Frame, const FRAGMENTS: bool>(ctx: &C, from_backend: bool) -> u32 {
-    let (Some(key), Some(made)) = (SCRATCH_KEY_V6.get_ptr(0), SCRATCH_NEW_V6.get_ptr_mut(0)) else {
+fn new_flow<C: Frame, const FRAGMENTS: bool>(ctx: &C, key: &CtKeyV6, from_backend: bool) -> u32 {
+    let Some(made) = SCRATCH_NEW_V6.get_ptr_mut(0) else {
         return counted((Reason::PassMalformed, C::PASS));
     };
-    let key = unsafe { &*key };
     let ifindex = ctx.ifindex();
     // A second walk that finds no entry either (one gone at once) ends
     // here, not in another tail call.
@@ -346,10 +355,11 @@ fn snat_addr() -> Option<[u32; 4]> {
 }
 
 #[inline(always)]
-fn transport<C: Frame, const FRAGMENTS: bool>(
+fn transport<'k, C: Frame, const FRAGMENTS: bool>(
     ctx: &C,
     ip: *mut Ipv6Hdr,
-) -> Result<Packet, Verdict> {
+    key: *mut CtKeyV6,
+) -> Result<Packet<'k>, Verdict> {
     let upper = if FRAGMENTS {
         match parse::fragment_v6(ctx, ip) {
             FragmentV6::First(upper) => upper,
@@ -388,9 +398,6 @@ fn transport<C: Frame, const FRAGMENTS: bool>(
     };
     let ext_len = (off - ETH_HLEN - IPV6_HLEN) as u16;
     let payload_len = u16::from_be(unsafe { (*ip).payload_len });
-    let Some(key) = SCRATCH_KEY_V6.get_ptr_mut(0) else {
-        return Err((Reason::PassMalformed, C::PASS));
-    };
     write_key(key, ip, l4.ports, proto);
     Ok(Packet {
         ip,
@@ -635,19 +642,15 @@ fn too_big_for<C: Frame>(ctx: &C, len: u16, key: &CtKeyV6, ct: *mut CtValueV6) -
 }
 
 /// `reject::packet_too_big_v6`, counted and shown to `xdplb monitor`
-/// with the flow (its key still in `SCRATCH_KEY_V6`): a side event, the
+/// with the flow (`key`): a side event, the
 /// packet stays counted under its flow's path.
 #[inline(never)]
-fn packet_too_big<C: Frame>(ctx: &C, mtu: u32) -> u32 {
+fn packet_too_big<C: Frame>(ctx: &C, key: &CtKeyV6, mtu: u32) -> u32 {
     let (reason, action) = match reject::packet_too_big_v6(ctx, mtu) {
         Some(action) => (Reason::IcmpFragNeeded, action),
         None => (Reason::IcmpFragNeededFailed, C::DROP),
     };
     stats::count(reason);
-    if let Some(key) = SCRATCH_KEY_V6.get_ptr(0) {
-        monitor::flow_found(ctx.ifindex(), reason, unsafe { &*key }, |k| {
-            CT_V6.get_ptr(k)
-        });
-    }
+    monitor::flow_found(ctx.ifindex(), reason, key, |k| CT_V6.get_ptr(k));
     action
 }
