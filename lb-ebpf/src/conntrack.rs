@@ -53,6 +53,8 @@ pub trait Table: CtKey {
     fn entry(&self) -> Option<*mut Self::Value>;
     fn insert(&self, value: &Self::Value) -> Option<()>;
     fn remove(&self);
+    /// `mirror` of this family's entries.
+    fn mirror(&self, ct: *const Self::Value, tcp_flags: u8, reply: bool, now: u64);
 }
 
 impl Table for CtKeyV4 {
@@ -68,6 +70,10 @@ impl Table for CtKeyV4 {
     #[inline(always)]
     fn remove(&self) {
         let _ = CT_V4.remove(self);
+    }
+    #[inline(always)]
+    fn mirror(&self, ct: *const CtValueV4, tcp_flags: u8, reply: bool, now: u64) {
+        mirror(self, ct, tcp_flags, reply, now);
     }
 }
 
@@ -85,6 +91,19 @@ impl Table for CtKeyV6 {
     fn remove(&self) {
         let _ = CT_V6.remove(self);
     }
+    #[inline(always)]
+    fn mirror(&self, ct: *const CtValueV6, tcp_flags: u8, reply: bool, now: u64) {
+        mirror_v6(self, ct, tcp_flags, reply, now);
+    }
+}
+
+/// `mirror` of IPv6 entries, in a frame of its own: the other direction's
+/// key would not fit the IPv6 entries' stack, and a packet rarely needs it
+/// (a state change), while every packet through `CT_V6` goes through
+/// `on_packet`.
+#[inline(never)]
+fn mirror_v6(key: &CtKeyV6, ct: *const CtValueV6, tcp_flags: u8, reply: bool, now: u64) {
+    mirror(key, ct, tcp_flags, reply, now);
 }
 
 /// Whether `addr` is set: an entry without source NAT holds the
@@ -192,7 +211,7 @@ pub fn on_packet<K: Table>(key: &K, ct: *mut K::Value, tcp_flags: u8, now: u64) 
     {
         state = tcp_next(state, tcp_flags, reply);
         unsafe { *state_at = state };
-        mirror(key, ct, tcp_flags, reply, now);
+        key.mirror(ct, tcp_flags, reply, now);
         changed = true;
     }
     let refresh = state & STATE_ROUTED == 0 || now.saturating_sub(seen) > CT_REFRESH_NS;

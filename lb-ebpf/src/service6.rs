@@ -567,7 +567,7 @@ fn translate<C: Frame, const FRAGMENTS: bool>(
         unsafe { &raw mut (*found.slot).ct }
     } else {
         let now = conntrack::now();
-        if track(key, found.ct, p.l4.tcp_flags, now) {
+        if conntrack::on_packet(key, found.ct, p.l4.tcp_flags, now) {
             reroute(ctx, key, found.ct);
         }
         let usable = flow_cache::usable(p.l4.tcp_flags, FRAGMENTS);
@@ -596,11 +596,14 @@ fn translate<C: Frame, const FRAGMENTS: bool>(
     forward::send(ctx, ct, false, partial)
 }
 
-// `pick`, `reject`, `snat`, the sums, `create`, `track`, `reroute`, `too_big_for`,
-// `packet_too_big`, `follow_fragment` and `remember_fragment` are functions of their own (BPF-to-BPF
-// calls), each called from `path`'s frame: inlined, their
-// variables would not fit the 512-byte stack beside the entry's, and
-// nested, their frames would add up.
+// `pick`, `reject`, `snat`, the sums, `create`, `reroute`, `too_big_for`,
+// `packet_too_big`, `follow_fragment` and `remember_fragment` are
+// functions of their own (BPF-to-BPF calls), as is the mirroring of a
+// state change in connection tracking (`conntrack::mirror_v6`), each
+// called from `path`'s frame: inlined, their variables would not fit the
+// 512-byte stack beside the entry's, and nested, their frames would add
+// up. What every packet through `CT_V6` runs is inlined: a call costs a
+// return, which the kernel's return thunk makes dear.
 
 /// `frags::follow_v6`: its key would not fit the entry's stack.
 #[inline(never)]
@@ -613,12 +616,6 @@ fn follow_fragment(ip: *mut Ipv6Hdr, proto: u8, id: u32) -> bool {
 #[inline(never)]
 fn remember_fragment(key: &CtKeyV6, ip: *const Ipv6Hdr) {
     frags::remember_v6(key, ip);
-}
-
-/// `conntrack::on_packet`.
-#[inline(never)]
-fn track(key: &CtKeyV6, ct: *mut CtValueV6, tcp_flags: u8, now: u64) -> bool {
-    conntrack::on_packet(key, ct, tcp_flags, now)
 }
 
 /// `forward::resolve`: the flow's forwarding decision is due again.
