@@ -331,30 +331,162 @@ fn measure_v6(n: u32) -> RowV6 {
             "{addr} is in the address filter's {set:?} set"
         );
     }
-    let est = tcp6_frame(CLIENT6, F1_6, Tcp::ack(), b"");
-    // Create both flows of the ping-pong before measuring.
-    run_frame(dp.program(PROGRAM).unwrap(), &est, 2).unwrap();
-    let reply = tcp6_frame(F2_6, CLIENT6, Tcp::ack(), b"");
-    let (fa, _) = colliding_pair_v6(CT_DIR_FORWARD);
-    let est_ct = tcp6_frame(CLIENT6, fa, Tcp::ack(), b"");
-    let (ra, rb) = colliding_pair_v6(CT_DIR_REPLY);
-    let reply_ct = tcp6_frame(rb, CLIENT6, Tcp::ack(), b"");
-    for f in [fa, ra] {
-        let first = tcp6_frame(CLIENT6, f, Tcp::ack(), b"");
-        run_frame(dp.program(PROGRAM).unwrap(), &first, 2).unwrap();
-    }
-    let other = tcp6_frame(CLIENT6, OTHER6, Tcp::ack(), b"");
+    let frames = repeated_frames_v6(&dp);
     let news: Vec<Vec<u8>> = (0..SINGLE_RUNS)
         .map(|p| tcp6_frame((CLIENT6.0, 1024 + p), NEW_VIP6, Tcp::syn(), b""))
         .collect();
     RowV6 {
         frontends,
-        non_frontend: repeated(&dp, PROGRAM, &other, Some(Reason::PassNotOurs)),
-        established: repeated(&dp, PROGRAM, &est, Some(Reason::XlateEstablishedCached)),
-        reply: repeated(&dp, PROGRAM, &reply, Some(Reason::XlateReplyCached)),
-        established_ct: repeated(&dp, PROGRAM, &est_ct, Some(Reason::XlateEstablished)),
-        reply_ct: repeated(&dp, PROGRAM, &reply_ct, Some(Reason::XlateReply)),
+        non_frontend: frames.measure(&dp, Path::NonFrontend),
+        established: frames.measure(&dp, Path::Established),
+        reply: frames.measure(&dp, Path::Reply),
+        established_ct: frames.measure(&dp, Path::EstablishedCt),
+        reply_ct: frames.measure(&dp, Path::ReplyCt),
         new_flow: single(&dp, PROGRAM, &news, Some(Reason::XlateNew)),
+    }
+}
+
+/// The rows measured by `repeated`, each of which repeats one frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    NonFrontend,
+    Established,
+    Reply,
+    EstablishedCt,
+    ReplyCt,
+}
+
+impl Path {
+    const ALL: [Path; 5] = [
+        Path::NonFrontend,
+        Path::Established,
+        Path::Reply,
+        Path::EstablishedCt,
+        Path::ReplyCt,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Path::NonFrontend => "non-frontend",
+            Path::Established => "established",
+            Path::Reply => "reply",
+            Path::EstablishedCt => "established-ct",
+            Path::ReplyCt => "reply-ct",
+        }
+    }
+
+    /// The path counter that proves an iteration took this path.
+    fn reason(self) -> Reason {
+        match self {
+            Path::NonFrontend => Reason::PassNotOurs,
+            Path::Established => Reason::XlateEstablishedCached,
+            Path::Reply => Reason::XlateReplyCached,
+            Path::EstablishedCt => Reason::XlateEstablished,
+            Path::ReplyCt => Reason::XlateReply,
+        }
+    }
+}
+
+/// The frame of each `Path`, on a data plane whose ping-pong flows exist.
+struct RepeatedFrames {
+    non_frontend: Vec<u8>,
+    established: Vec<u8>,
+    reply: Vec<u8>,
+    established_ct: Vec<u8>,
+    reply_ct: Vec<u8>,
+}
+
+impl RepeatedFrames {
+    fn frame(&self, path: Path) -> &[u8] {
+        match path {
+            Path::NonFrontend => &self.non_frontend,
+            Path::Established => &self.established,
+            Path::Reply => &self.reply,
+            Path::EstablishedCt => &self.established_ct,
+            Path::ReplyCt => &self.reply_ct,
+        }
+    }
+
+    fn measure(&self, dp: &Datapath, path: Path) -> f64 {
+        repeated(dp, PROGRAM, self.frame(path), Some(path.reason()))
+    }
+}
+
+/// The IPv4 frames of the repeated rows, after creating the flows they
+/// ping-pong between.
+fn repeated_frames(dp: &Datapath) -> RepeatedFrames {
+    let established = tcp_frame(CLIENT, F1, Tcp::ack(), b"", &[]);
+    run_frame(dp.program(PROGRAM).unwrap(), &established, 2).unwrap();
+    let (fa, _) = colliding_pair(CT_DIR_FORWARD);
+    let (ra, rb) = colliding_pair(CT_DIR_REPLY);
+    for f in [fa, ra] {
+        let first = tcp_frame(CLIENT, f, Tcp::ack(), b"", &[]);
+        run_frame(dp.program(PROGRAM).unwrap(), &first, 2).unwrap();
+    }
+    let other = (Ipv4Addr::new(10, 1, 2, 3), 443);
+    RepeatedFrames {
+        non_frontend: tcp_frame(CLIENT, other, Tcp::ack(), b"", &[]),
+        established,
+        reply: tcp_frame(F2, CLIENT, Tcp::ack(), b"", &[]),
+        established_ct: tcp_frame(CLIENT, fa, Tcp::ack(), b"", &[]),
+        reply_ct: tcp_frame(rb, CLIENT, Tcp::ack(), b"", &[]),
+    }
+}
+
+/// `repeated_frames` of IPv6.
+fn repeated_frames_v6(dp: &Datapath) -> RepeatedFrames {
+    let established = tcp6_frame(CLIENT6, F1_6, Tcp::ack(), b"");
+    run_frame(dp.program(PROGRAM).unwrap(), &established, 2).unwrap();
+    let (fa, _) = colliding_pair_v6(CT_DIR_FORWARD);
+    let (ra, rb) = colliding_pair_v6(CT_DIR_REPLY);
+    for f in [fa, ra] {
+        let first = tcp6_frame(CLIENT6, f, Tcp::ack(), b"");
+        run_frame(dp.program(PROGRAM).unwrap(), &first, 2).unwrap();
+    }
+    RepeatedFrames {
+        non_frontend: tcp6_frame(CLIENT6, OTHER6, Tcp::ack(), b""),
+        established,
+        reply: tcp6_frame(F2_6, CLIENT6, Tcp::ack(), b""),
+        established_ct: tcp6_frame(CLIENT6, fa, Tcp::ack(), b""),
+        reply_ct: tcp6_frame(rb, CLIENT6, Tcp::ack(), b""),
+    }
+}
+
+/// One repeated row of one Service for `seconds`, for a profiler
+/// (`cargo xtask bench --profile`): prints `ready` with the ids of `lb`
+/// and `lb6` once the flows exist, then each round's ns per packet.
+fn profile(row: &str, seconds: u64) {
+    let (family, path) = row.split_once('-').unwrap_or_default();
+    let path = Path::ALL
+        .into_iter()
+        .find(|p| p.name() == path)
+        .unwrap_or_else(|| {
+            panic!(
+                "no row {row}: ipv4- or ipv6- and one of {:?}",
+                Path::ALL.map(Path::name)
+            )
+        });
+    let (dp, frames) = match family {
+        "ipv4" => {
+            let dp = provision(1);
+            let frames = repeated_frames(&dp);
+            (dp, frames)
+        }
+        "ipv6" => {
+            let (dp, _) = provision_v6(1);
+            let frames = repeated_frames_v6(&dp);
+            (dp, frames)
+        }
+        _ => panic!(
+            "no row {row}: ipv4- or ipv6- and one of {:?}",
+            Path::ALL.map(Path::name)
+        ),
+    };
+    let id = |name: &str| dp.program(name).unwrap().info().unwrap().id();
+    println!("ready {} {}", id(PROGRAM), id("lb6"));
+    let until = std::time::Instant::now() + Duration::from_secs(seconds);
+    while std::time::Instant::now() < until {
+        println!("{row}: {:.1} ns", frames.measure(&dp, path));
     }
 }
 
@@ -381,25 +513,7 @@ fn measure(n: u32) -> Row {
     // First, on a data plane of its own that is gone before the next loads.
     let v6 = measure_v6(n);
     let dp = provision(n);
-    let est = tcp_frame(CLIENT, F1, Tcp::ack(), b"", &[]);
-    // Create both flows of the ping-pong before measuring.
-    run_frame(dp.program(PROGRAM).unwrap(), &est, 2).unwrap();
-    let reply = tcp_frame(F2, CLIENT, Tcp::ack(), b"", &[]);
-    let (fa, _) = colliding_pair(CT_DIR_FORWARD);
-    let est_ct = tcp_frame(CLIENT, fa, Tcp::ack(), b"", &[]);
-    let (ra, rb) = colliding_pair(CT_DIR_REPLY);
-    let reply_ct = tcp_frame(rb, CLIENT, Tcp::ack(), b"", &[]);
-    for f in [fa, ra] {
-        let first = tcp_frame(CLIENT, f, Tcp::ack(), b"", &[]);
-        run_frame(dp.program(PROGRAM).unwrap(), &first, 2).unwrap();
-    }
-    let other = tcp_frame(
-        CLIENT,
-        (Ipv4Addr::new(10, 1, 2, 3), 443),
-        Tcp::ack(),
-        b"",
-        &[],
-    );
+    let frames = repeated_frames(&dp);
     let news: Vec<Vec<u8>> = (0..SINGLE_RUNS)
         .map(|p| tcp_frame((CLIENT.0, 1024 + p), NEW_VIP, Tcp::syn(), b"", &[]))
         .collect();
@@ -446,14 +560,14 @@ fn measure(n: u32) -> Row {
         snat_established_steady,
         snat_reply_steady,
         affinity_hit,
-        noop: repeated(&dp, "noop", &est, None),
+        noop: repeated(&dp, "noop", frames.frame(Path::Established), None),
         noop_single: single(&dp, "noop", &news, None),
-        non_frontend: repeated(&dp, PROGRAM, &other, Some(Reason::PassNotOurs)),
+        non_frontend: frames.measure(&dp, Path::NonFrontend),
         new_flow: single(&dp, PROGRAM, &news, Some(Reason::XlateNew)),
-        established: repeated(&dp, PROGRAM, &est, Some(Reason::XlateEstablishedCached)),
-        reply: repeated(&dp, PROGRAM, &reply, Some(Reason::XlateReplyCached)),
-        established_ct: repeated(&dp, PROGRAM, &est_ct, Some(Reason::XlateEstablished)),
-        reply_ct: repeated(&dp, PROGRAM, &reply_ct, Some(Reason::XlateReply)),
+        established: frames.measure(&dp, Path::Established),
+        reply: frames.measure(&dp, Path::Reply),
+        established_ct: frames.measure(&dp, Path::EstablishedCt),
+        reply_ct: frames.measure(&dp, Path::ReplyCt),
         v6,
     }
 }
@@ -461,6 +575,10 @@ fn measure(n: u32) -> Row {
 fn main() {
     if let Err(e) = testbed::netns::require_root("datapath benchmark") {
         panic!("{e:#}");
+    }
+    if let Ok(row) = std::env::var("XDPLB_BENCH_ROW") {
+        let seconds = std::env::var("XDPLB_BENCH_SECONDS").map_or(15, |s| s.parse().unwrap());
+        return profile(&row, seconds);
     }
     let rows: Vec<Row> = [1, 1_000, 100_000].into_iter().map(measure).collect();
     println!("\nns per packet, BPF_PROG_TEST_RUN, median of {ROUNDS} x {REPEAT} (new flow: median of {SINGLE_RUNS} single runs, SNAT rows of {SNAT_RUNS})");

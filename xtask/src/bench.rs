@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: builds the eBPF object, then runs the benchmarks;
 //! with `--testbed`, the throughput table on a namespace cluster instead.
+mod profile;
 mod testbed;
 
 use std::process::Command;
@@ -24,24 +25,34 @@ pub struct Args {
     /// With --testbed: only the rows of these address families (ipv4, ipv6).
     #[arg(long, value_delimiter = ',', requires = "testbed")]
     families: Vec<testbed::Family>,
+    /// Instead of the table: repeat one row of the BPF_PROG_TEST_RUN
+    /// benchmark under `perf record -a` and print where the time goes, by
+    /// symbol and by source line of `lb` and `lb6` (ipv4- or ipv6- and
+    /// non-frontend, established, reply, established-ct or reply-ct).
+    #[arg(long, value_name = "ROW", conflicts_with = "testbed")]
+    profile: Option<String>,
+    /// With --profile: seconds of samples.
+    #[arg(long, default_value_t = 12, requires = "profile")]
+    seconds: u64,
 }
 
 pub fn run_benches(args: &Args) -> Result<()> {
+    if let Some(row) = &args.profile {
+        return profile::run_cmd(row, args.seconds);
+    }
     if args.testbed {
         return testbed::run_cmd(&args.columns, &args.rows, &args.families);
     }
     ebpf::build()?;
-    run(Command::new("cargo")
-        .args([
-            "bench",
-            "-p",
-            "lb-userspace",
-            "--features",
-            "fake-maps",
-            "--bench",
-            "datapath",
-            "--bench",
-            "sync",
-        ])
+    run(cargo_bench()
+        .args(["--bench", "datapath", "--bench", "sync"])
         .current_dir(ebpf::workspace_root()))
+}
+
+/// `cargo bench` of lb-userspace's benchmarks, with the in-memory map
+/// writers the sync benchmark compares with the kernel's.
+fn cargo_bench() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["bench", "-p", "lb-userspace", "--features", "fake-maps"]);
+    cmd
 }
