@@ -12,7 +12,7 @@
 //! array, volatile because the agent writes the words outside the program.
 use lb_common::{
     decide::{self, Client, Decision},
-    filter::{position, AddrSet, FILTER_WORDS},
+    filter::{position, position_v6, AddrSet, FILTER_WORDS},
     CtKeyV4, CtValueV4, FlowCacheEntryV4, Reason, ADDR_FRONTEND, CT_DIR_FORWARD, CT_DIR_REPLY,
     PROTO_TCP, PROTO_UDP,
 };
@@ -25,7 +25,9 @@ use crate::{
     icmp, icmp6,
     maps::{ADDRS_V4, ADDR_FILTER, CONFIG},
     monitor, nat, ndp,
-    parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IP_MF, IP_OFFSET_MASK, L4},
+    parse::{
+        self, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IP_MF, IP_OFFSET_MASK, L4,
+    },
     policy, reject, select, stats,
 };
 
@@ -60,6 +62,12 @@ fn classify<C: Frame>(ctx: &C) -> Verdict {
         if icmp6::first_header_is_icmpv6(ctx) {
             ctx.to_v6_rare_path();
         }
+        // The IPv6 path's first test, made before its tail call: most of
+        // a node's IPv6 traffic is for no Service, and is passed without
+        // a second program. The path makes it again for its own use.
+        if !may_be_ours_v6(ctx) {
+            return (Reason::PassNotOurs, C::PASS);
+        }
         ctx.to_v6_path();
         return (Reason::PassIpv6PathMissing, C::PASS);
     }
@@ -89,6 +97,18 @@ fn classify<C: Frame>(ctx: &C) -> Verdict {
         return from_backend(ctx, ip);
     }
     (Reason::PassNotOurs, C::PASS)
+}
+
+/// Whether an IPv6 packet may be to a frontend or from a backend, by the
+/// address filter; a packet too short for its header goes on to the path,
+/// which counts it.
+#[inline(always)]
+fn may_be_ours_v6<C: Frame>(ctx: &C) -> bool {
+    let Some(ip) = parse::ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
+        return true;
+    };
+    let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
+    maybe_in(position_v6(dst, AddrSet::Frontend)) || maybe_in(position_v6(src, AddrSet::Backend))
 }
 
 /// The address filter: `false` means certainly not in `set`. `(word,

@@ -3,7 +3,7 @@
 //! entries for fragments, which those tail-call in turn (and the IPv4
 //! programs for ICMPv6). Loaded after the
 //! rest: a kernel that refuses them still runs the IPv4 path, and IPv6
-//! packets then pass (`pass_ipv6_path_missing`).
+//! packets that may be a Service's then pass (`pass_ipv6_path_missing`).
 //!
 //! The kernel empties a program array when its last user reference goes
 //! (to break reference cycles through the programs it holds), so the
