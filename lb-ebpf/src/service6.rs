@@ -246,12 +246,12 @@ fn first_of_new_flow(reason: Reason) -> Reason {
 }
 
 /// Makes the entries of the new flow the packet (forward `key`) starts,
-/// then hands it to this hook's entry again,
-/// which translates it by them. Runs in `path` after `classify`, with
-/// nothing of the packet's walk left: the verifier walks the choice of a
-/// backend and the SNAT port probes once, where `classify` would have it
-/// walk them once per way into them (probes × ways beyond its limit). The second walk of the
-/// path costs new flows a lookup; established ones nothing.
+/// then hands it to this hook's entry again, which translates it by them.
+/// Runs in `path` after `classify`, with nothing of the packet's walk left:
+/// the verifier walks the choice of a backend and the SNAT port probes
+/// once, where `classify` would have it walk them once per way into them
+/// (probes × ways beyond its limit). The second walk of the path costs new
+/// flows a lookup; established ones nothing.
 #[inline(always)]
 fn new_flow<C: Frame, const FRAGMENTS: bool>(ctx: &C, key: &CtKeyV6, from_backend: bool) -> u32 {
     let Some(made) = SCRATCH_NEW_V6.get_ptr_mut(0) else {
