@@ -65,8 +65,10 @@ fn classify<C: Frame>(ctx: &C) -> Verdict {
         // The IPv6 path's first test, made before its tail call: most of
         // a node's IPv6 traffic is for no Service, and is passed without
         // a second program. The path makes it again for its own use.
-        if !may_be_ours_v6(ctx) {
-            return (Reason::PassNotOurs, C::PASS);
+        if let Some(ip) = parse::ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) {
+            if sides_v6(ip) == (false, false) {
+                return (Reason::PassNotOurs, C::PASS);
+            }
         }
         ctx.to_v6_path();
         return (Reason::PassIpv6PathMissing, C::PASS);
@@ -99,22 +101,21 @@ fn classify<C: Frame>(ctx: &C) -> Verdict {
     (Reason::PassNotOurs, C::PASS)
 }
 
-/// Whether an IPv6 packet may be to a frontend or from a backend, by the
-/// address filter; a packet too short for its header goes on to the path,
-/// which counts it.
+/// Whether an IPv6 packet may be to a frontend and may be from a backend,
+/// by the address filter. `ip` is checked to lie in the frame.
 #[inline(always)]
-fn may_be_ours_v6<C: Frame>(ctx: &C) -> bool {
-    let Some(ip) = parse::ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
-        return true;
-    };
+pub fn sides_v6(ip: *const Ipv6Hdr) -> (bool, bool) {
     let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
-    maybe_in(position_v6(dst, AddrSet::Frontend)) || maybe_in(position_v6(src, AddrSet::Backend))
+    (
+        maybe_in(position_v6(dst, AddrSet::Frontend)),
+        maybe_in(position_v6(src, AddrSet::Backend)),
+    )
 }
 
 /// The address filter: `false` means certainly not in `set`. `(word,
 /// bit)` is the address's `filter::position`.
 #[inline(always)]
-pub fn maybe_in((word, bit): (u32, u64)) -> bool {
+fn maybe_in((word, bit): (u32, u64)) -> bool {
     let word = word as usize & (FILTER_WORDS as usize - 1);
     // Volatile: the agent writes the words behind the compiler's back.
     let bits =

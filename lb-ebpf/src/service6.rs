@@ -20,7 +20,6 @@
 //! CPU run one at a time, none nested within this hook's).
 use lb_common::{
     decide::{self, Client, Decision},
-    filter::{position_v6, AddrSet},
     CtKeyV6, CtValueV6, FlowCacheEntryV6, Reason, CT_DIR_FORWARD, CT_DIR_REPLY, PROTO_TCP,
     PROTO_UDP,
 };
@@ -36,7 +35,7 @@ use crate::{
     monitor, nat,
     parse::{self, FragmentV6, Ipv6Hdr, Upper, ETH_HLEN, IPV6_HLEN, L4},
     policy, reject, select,
-    service::{counted, maybe_in, Verdict},
+    service::{counted, sides_v6, Verdict},
     stats,
 };
 
@@ -126,9 +125,7 @@ fn classify<C: Frame, const FRAGMENTS: bool>(
     let Some(ip) = parse::ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) else {
         return (Reason::PassMalformed, C::PASS);
     };
-    let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
-    let to_frontend = maybe_in(position_v6(dst, AddrSet::Frontend));
-    let from_backend = maybe_in(position_v6(src, AddrSet::Backend));
+    let (to_frontend, from_backend) = sides_v6(ip);
     if !to_frontend && !from_backend {
         return (Reason::PassNotOurs, C::PASS);
     }

@@ -456,16 +456,17 @@ fn repeated_frames_v6(dp: &Datapath) -> RepeatedFrames {
 /// (`cargo xtask bench --profile`): prints `ready` with the ids of `lb`
 /// and `lb6` once the flows exist, then each round's ns per packet.
 fn profile(row: &str, seconds: u64) {
+    let unknown = || -> ! {
+        panic!(
+            "no row {row}: ipv4- or ipv6- and one of {:?}",
+            Path::ALL.map(Path::name)
+        )
+    };
     let (family, path) = row.split_once('-').unwrap_or_default();
     let path = Path::ALL
         .into_iter()
         .find(|p| p.name() == path)
-        .unwrap_or_else(|| {
-            panic!(
-                "no row {row}: ipv4- or ipv6- and one of {:?}",
-                Path::ALL.map(Path::name)
-            )
-        });
+        .unwrap_or_else(|| unknown());
     let (dp, frames) = match family {
         "ipv4" => {
             let dp = provision(1);
@@ -477,10 +478,7 @@ fn profile(row: &str, seconds: u64) {
             let frames = repeated_frames_v6(&dp);
             (dp, frames)
         }
-        _ => panic!(
-            "no row {row}: ipv4- or ipv6- and one of {:?}",
-            Path::ALL.map(Path::name)
-        ),
+        _ => unknown(),
     };
     let id = |name: &str| dp.program(name).unwrap().info().unwrap().id();
     println!("ready {} {}", id(PROGRAM), id("lb6"));
