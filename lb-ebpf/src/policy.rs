@@ -33,8 +33,8 @@ pub fn needs_snat(fe: &FrontendValue, backend_flags: u16, hairpin: bool) -> bool
 /// port is taken, in either family.
 pub const SNAT_PROBES: u32 = 32;
 /// When a new flow finds no free port among those it probed, it takes the
-/// one held longest by a flow whose backend has not answered, if that is
-/// at least this old, as netfilter's early drop evicts flows that saw no
+/// one held longest by a flow whose backend has not answered, among those
+/// it sampled (`SNAT_STALE_SAMPLES`), if that is at least this old, as netfilter's early drop evicts flows that saw no
 /// reply when its table is full; the age is the reply entry's, which no
 /// forward packet refreshes. Netfilter and Cilium refuse the new flow when
 /// their NAT finds no port; that turns a burst of new flows, spoofed SYNs
@@ -48,6 +48,15 @@ pub const SNAT_PROBES: u32 = 32;
 /// flows a second towards one backend, where netfilter carries its range
 /// over the 30 s unreplied UDP lifetime.
 const SNAT_RECLAIM_NS: u64 = 200_000_000;
+/// Once a probe finds a stale port, the search ends this many probes later
+/// and takes the oldest stale port it saw, unless a free one turns up: an
+/// approximate "held longest" by sampling, as Redis evicts its least
+/// recently used keys. When the range is full of stale flows (a flood of
+/// new flows to one backend), a new flow then costs 5 map lookups instead
+/// of all `SNAT_PROBES`, each cache misses in a table of that size: those
+/// bucket walks were 30% of all samples in the testbed's north-south row
+/// with a new flow per packet.
+const SNAT_STALE_SAMPLES: u32 = 4;
 
 /// What a probe found on a port.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -62,8 +71,9 @@ enum Probe {
 /// netfilter keeps it whenever the tuple stays unique, else one of the SNAT
 /// range from a random start, so that a burst of flows (spoofed SYNs
 /// included) spreads over the whole range instead of piling up behind one
-/// start. When every probe finds its port taken, the port held longest by
-/// a stale unreplied flow is taken from it and that flow forgotten. Either
+/// start. When no probe finds a free port, the port held longest by a
+/// stale unreplied flow, of those sampled, is taken from it and that flow
+/// forgotten. Either
 /// family: `backend` and `snat_addr` are of `flow`'s; `probes` ports of
 /// the range are tried.
 #[inline(always)]
@@ -98,21 +108,30 @@ pub fn snat_port<K: Table>(
     let client_port = flow.src().1;
     // The port held longest by a stale flow, and its age (0: none yet).
     let (mut oldest, mut oldest_age) = (client_port, 0);
+    // Probes of the range to make; cut short once a stale port is seen.
+    let mut budget = probes;
     match probe(client_port) {
         Probe::Free => return Some(client_port),
-        Probe::Stale(age) => oldest_age = age,
+        Probe::Stale(age) => (oldest_age, budget) = (age, SNAT_STALE_SAMPLES.min(probes)),
         Probe::Taken => {}
     }
     let ports = cfg.snat_ports;
     let count = ports.count().max(1);
     let start = unsafe { bpf_get_prandom_u32() };
     let mut i = 0u32;
-    while i < probes {
+    while i < budget {
         let port = ports.nth(start.wrapping_add(i) % count).to_be();
         match probe(port) {
             Probe::Free => return Some(port),
-            Probe::Stale(age) if age > oldest_age => (oldest, oldest_age) = (port, age),
-            _ => {}
+            Probe::Stale(age) => {
+                if oldest_age == 0 {
+                    budget = budget.min(i + 1 + SNAT_STALE_SAMPLES);
+                }
+                if age > oldest_age {
+                    (oldest, oldest_age) = (port, age);
+                }
+            }
+            Probe::Taken => {}
         }
         i += 1;
     }

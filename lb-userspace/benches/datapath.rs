@@ -20,6 +20,9 @@
 //! - NodePort with source NAT (first packet, established, reverse-NATed
 //!   reply) and an affinity hit: single runs over distinct flows, for the
 //!   same reason (a translated NodePort packet is no NodePort packet).
+//! - NodePort with source NAT when every port of the range is held by a
+//!   flow its backend never answered (a flood of new flows to one
+//!   backend): single runs, each proven to have taken a stale flow's port.
 //! - IPv6 (`lb` tail-calling `lb6`): the same rows, non-frontend,
 //!   established and reply from the flow cache and through `CT_V6` by the
 //!   same ping-pongs of IPv6 frontends, and new flows as single runs. Measured on a data
@@ -40,11 +43,11 @@ use std::{
 use lb_common::{
     addr::to_map_v6,
     filter::{position_v6, AddrSet},
-    flow_cache_slot, flow_cache_slot_v6, Config, CtKey, FrontendValue, Reason, CT_DIR_FORWARD,
-    CT_DIR_REPLY, FE_EXTERNAL, MAX_FRONTENDS_V6, PROTO_TCP,
+    flow_cache_slot, flow_cache_slot_v6, Config, CtKey, CtKeyV4, CtValueV4, FrontendValue, Reason,
+    CT_DIR_FORWARD, CT_DIR_REPLY, FE_EXTERNAL, MAX_FRONTENDS_V6, PROTO_TCP,
 };
 use lb_userspace::{
-    datapath::{run_frame, Capacities, Datapath, PROGRAM},
+    datapath::{now_ns, run_frame, Capacities, Datapath, PROGRAM},
     sync::NodeMaps,
 };
 use packets::{tcp6_frame, tcp_frame, Tcp};
@@ -54,9 +57,13 @@ const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
 const MAX_DISCARDS: usize = 4 * ROUNDS;
 const SINGLE_RUNS: u16 = 20_000;
-/// Source NAT has 4,536 ports (61000-65535) per node address and backend
-/// address and port: a single backend takes no more concurrent NATed flows.
+/// Flows of each SNAT row; the range (36,280 ports per node address and
+/// backend address and port) holds them all at once.
 const SNAT_RUNS: u16 = 2_000;
+/// The clients whose unanswered flows hold the SNAT range in the stale-range
+/// row, and the one whose new flows are measured there.
+const STALE_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const FLOOD_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 
 const CLIENT: (Ipv4Addr, u16) = (Ipv4Addr::new(192, 168, 1, 100), 40000);
 const F1: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 96, 0, 1), 80);
@@ -503,14 +510,72 @@ struct Row {
     snat_reply: f64,
     snat_established_steady: f64,
     snat_reply_steady: f64,
+    snat_stale_range: f64,
     affinity_hit: f64,
     v6: RowV6,
+}
+
+/// NodePort new flows when every port of the SNAT range, the clients' own
+/// included, is held by a flow to the backend that its backend never
+/// answered, for longer than a port is kept from a new flow: each new flow
+/// must take a stale flow's port. Proven by `SnatPortReclaimed`.
+fn snat_stale_range(dp: &mut Datapath) -> f64 {
+    let ports = Config::DEFAULT.snat_ports;
+    let now = now_ns();
+    let be = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
+    let frontend = (be(NODE_PORT.0), NODE_PORT.1.to_be());
+    let backend = (be(BACKEND.0), BACKEND.1.to_be());
+    let unanswered = CtValueV4 {
+        expires_ns: now + 60_000_000_000,
+        last_seen_ns: now - 1_000_000_000,
+        svc_id: 5,
+        ..Default::default()
+    };
+    for n in 0..ports.count() {
+        let port = ports.nth(n).to_be();
+        let client = (be(STALE_CLIENT), port);
+        let snat = (be(NODE), port);
+        let forward = CtValueV4 {
+            nat_addr: backend.0,
+            nat_port: backend.1,
+            snat_addr: snat.0,
+            snat_port: snat.1,
+            ..unanswered
+        };
+        let reverse = CtValueV4 {
+            nat_addr: frontend.0,
+            nat_port: frontend.1,
+            snat_addr: client.0,
+            snat_port: client.1,
+            ..unanswered
+        };
+        let ct = dp.maps.ct_mut();
+        ct.insert(CtKeyV4::forward(client, frontend, PROTO_TCP), forward, 0)
+            .unwrap();
+        ct.insert(CtKeyV4::reply(backend, snat, PROTO_TCP), reverse, 0)
+            .unwrap();
+    }
+    let frames: Vec<Vec<u8>> = (0..u32::from(SNAT_RUNS))
+        .map(|n| {
+            let client = (FLOOD_CLIENT, ports.nth(n));
+            tcp_frame(client, NODE_PORT, Tcp::syn(), b"", &[])
+        })
+        .collect();
+    let reclaimed = || dp.maps.reason_total(Reason::SnatPortReclaimed).unwrap();
+    let before = reclaimed();
+    let (ns, _) = single_out(dp, &frames, Reason::XlateNew);
+    assert_eq!(
+        reclaimed() - before,
+        frames.len() as u64,
+        "SnatPortReclaimed"
+    );
+    ns
 }
 
 fn measure(n: u32) -> Row {
     // First, on a data plane of its own that is gone before the next loads.
     let v6 = measure_v6(n);
-    let dp = provision(n);
+    let mut dp = provision(n);
     let frames = repeated_frames(&dp);
     let news: Vec<Vec<u8>> = (0..SINGLE_RUNS)
         .map(|p| tcp_frame((CLIENT.0, 1024 + p), NEW_VIP, Tcp::syn(), b"", &[]))
@@ -533,6 +598,7 @@ fn measure(n: u32) -> Row {
     let snat_established_steady =
         single_steady(&dp, &nodeport(Tcp::ack()), Reason::XlateEstablishedCached);
     let snat_reply_steady = single_steady(&dp, &replies, Reason::XlateReplyCached);
+    let snat_stale_range = snat_stale_range(&mut dp);
     let sticky: Vec<Vec<u8>> = (0..SINGLE_RUNS)
         .map(|p| {
             tcp_frame(
@@ -557,6 +623,7 @@ fn measure(n: u32) -> Row {
         snat_reply,
         snat_established_steady,
         snat_reply_steady,
+        snat_stale_range,
         affinity_hit,
         noop: repeated(&dp, "noop", frames.frame(Path::Established), None),
         noop_single: single(&dp, "noop", &news, None),
@@ -612,6 +679,7 @@ fn main() {
         r.snat_established_steady
     });
     line("reverse SNAT reply, steady (s)", &|r| r.snat_reply_steady);
+    line("SNAT new, stale range (s)", &|r| r.snat_stale_range);
     line("affinity hit, new flow (s)", &|r| r.affinity_hit);
     println!();
     line("non-frontend / floor", &|r| r.non_frontend / r.noop);
@@ -639,6 +707,9 @@ fn main() {
     });
     line("rev. SNAT steady / s.floor", &|r| {
         r.snat_reply_steady / r.noop_single
+    });
+    line("SNAT stale range - s.floor", &|r| {
+        r.snat_stale_range - r.noop_single
     });
     println!("\nIPv6 over IPv4, the same path (target: at most 1.15)");
     line("non-frontend", &|r| r.v6.non_frontend / r.non_frontend);
