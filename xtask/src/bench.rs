@@ -28,7 +28,9 @@ pub struct Args {
     /// Instead of the table: repeat one row of the BPF_PROG_TEST_RUN
     /// benchmark under `perf record -a` and print where the time goes, by
     /// symbol and by source line of `lb` and `lb6` (ipv4- or ipv6- and
-    /// non-frontend, established, reply, established-ct or reply-ct).
+    /// non-frontend, established, reply, established-ct or reply-ct); or,
+    /// with `live`, of every `lb*` program loaded now, under whatever
+    /// traffic runs (a testbed's, a node's).
     #[arg(long, value_name = "ROW", conflicts_with = "testbed")]
     profile: Option<String>,
     /// With --profile: seconds of samples.

@@ -29,12 +29,18 @@ const TOP_LINES: usize = 30;
 /// Symbols printed of the whole machine.
 const TOP_SYMBOLS: usize = 12;
 
+/// The row that profiles the programs loaded now instead of a benchmark's.
+pub const LIVE: &str = "live";
+
 pub fn run_cmd(row: &str, seconds: u64) -> Result<()> {
-    ebpf::build()?;
-    let bench = build_bench()?;
     let out_dir = ebpf::workspace_root().join("target/bench-profile");
     std::fs::create_dir_all(&out_dir)?;
     let data = out_dir.join("perf.data");
+    if row == LIVE {
+        return live(&data, seconds);
+    }
+    ebpf::build()?;
+    let bench = build_bench()?;
 
     let mut child = Command::new(&bench)
         .arg("--bench")
@@ -66,10 +72,7 @@ pub fn run_cmd(row: &str, seconds: u64) -> Result<()> {
         .iter()
         .map(|&id| Program::read(id))
         .collect::<Result<Vec<_>>>()?;
-    let recorded = run(Command::new("perf")
-        .args(["record", "-a", "-F", "4999", "-q", "-o"])
-        .arg(&data)
-        .args(["--", "sleep", &seconds.to_string()]));
+    let recorded = record(&data, seconds);
     let _ = child.kill();
     let _ = child.wait();
     recorded?;
@@ -79,6 +82,51 @@ pub fn run_cmd(row: &str, seconds: u64) -> Result<()> {
     report(row, &rounds, &samples, &programs);
     println!("\nperf data: {}", data.display());
     Ok(())
+}
+
+/// Samples every CPU for `seconds` into `data`.
+fn record(data: &Path, seconds: u64) -> Result<()> {
+    run(Command::new("perf")
+        .args(["record", "-a", "-F", "4999", "-q", "-o"])
+        .arg(data)
+        .args(["--", "sleep", &seconds.to_string()]))
+}
+
+/// Where the packet programs loaded on this machine now (`lb*`, of every
+/// interface: a testbed's nodes, or a node's agent) spend their time, while
+/// whatever traffic runs: the programs in place, behind their hooks and
+/// with the caches the rest of the stack leaves them, where the benchmark
+/// rows repeat one packet on a warm cache.
+fn live(data: &Path, seconds: u64) -> Result<()> {
+    let programs = loaded_ids()
+        .into_iter()
+        .filter_map(|id| Program::read(id).ok())
+        .filter(|p| p.name.starts_with("lb"))
+        .collect::<Vec<_>>();
+    ensure!(!programs.is_empty(), "no lb program is loaded");
+    record(data, seconds)?;
+    report(LIVE, &[], &samples(data)?, &programs);
+    println!("\nperf data: {}", data.display());
+    Ok(())
+}
+
+/// The ids of every loaded BPF program.
+fn loaded_ids() -> Vec<u32> {
+    let mut ids = Vec::new();
+    // `start_id`, then `next_id`, which the kernel fills in.
+    let mut attr = [0u32; 3];
+    // Fails with ENOENT after the last.
+    while bpf(
+        BPF_PROG_GET_NEXT_ID,
+        attr.as_mut_ptr().cast(),
+        size_of_val(&attr),
+    )
+    .is_ok()
+    {
+        ids.push(attr[1]);
+        attr[0] = attr[1];
+    }
+    ids
 }
 
 /// Builds the datapath benchmark and returns its executable.
@@ -274,7 +322,8 @@ impl Program {
             .collect();
         lines.sort_by_key(|(addr, _)| *addr);
         Ok(Program {
-            name,
+            // Each interface has its own instance of a program.
+            name: format!("{name} (id {id})"),
             ranges: ksyms
                 .iter()
                 .zip(&lens)
@@ -346,6 +395,7 @@ struct BtfInfo {
 }
 
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_GET_NEXT_ID: libc::c_long = 11;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
 
