@@ -69,13 +69,14 @@ enum Probe {
 
 /// A source port whose reply tuple no live flow uses: the client's own, as
 /// netfilter keeps it whenever the tuple stays unique, else one of the SNAT
-/// range from a random start, so that a burst of flows (spoofed SYNs
-/// included) spreads over the whole range instead of piling up behind one
-/// start. When no probe finds a free port, the port held longest by a
+/// range, each probe a port drawn at random. A burst of flows (spoofed
+/// SYNs included) takes ports in runs; a window of consecutive ports from
+/// one random start falls inside such a run, and found no free port in the
+/// testbed's flood of new flows 8 times as often (15,836 drops against
+/// 2,093). When no probe finds a free port, the port held longest by a
 /// stale unreplied flow, of those sampled, is taken from it and that flow
-/// forgotten. Either
-/// family: `backend` and `snat_addr` are of `flow`'s; `probes` ports of
-/// the range are tried.
+/// forgotten. Either family: `backend` and `snat_addr` are of `flow`'s;
+/// `probes` ports of the range are tried.
 #[inline(always)]
 pub fn snat_port<K: Table>(
     backend: (K::Addr, u16),
@@ -117,10 +118,9 @@ pub fn snat_port<K: Table>(
     }
     let ports = cfg.snat_ports;
     let count = ports.count().max(1);
-    let start = unsafe { bpf_get_prandom_u32() };
     let mut i = 0u32;
     while i < budget {
-        let port = ports.nth(start.wrapping_add(i) % count).to_be();
+        let port = ports.nth(unsafe { bpf_get_prandom_u32() } % count).to_be();
         match probe(port) {
             Probe::Free => return Some(port),
             Probe::Stale(age) => {
