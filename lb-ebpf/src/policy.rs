@@ -34,9 +34,10 @@ pub fn needs_snat(fe: &FrontendValue, backend_flags: u16, hairpin: bool) -> bool
 pub const SNAT_PROBES: u32 = 32;
 /// When a new flow finds no free port among those it probed, it takes the
 /// one held longest by a flow whose backend has not answered, among those
-/// it sampled (`SNAT_STALE_SAMPLES`), if that is at least this old, as netfilter's early drop evicts flows that saw no
-/// reply when its table is full; the age is the reply entry's, which no
-/// forward packet refreshes. Netfilter and Cilium refuse the new flow when
+/// it sampled (`SNAT_STALE_SAMPLES`), if that is at least this old, as
+/// netfilter's early drop evicts flows that saw no reply when its table is
+/// full; the age is the reply entry's, which no forward packet refreshes.
+/// Netfilter and Cilium refuse the new flow when
 /// their NAT finds no port; that turns a burst of new flows, spoofed SYNs
 /// included, into a denial of service for every client of the backend.
 /// Taking the oldest makes the age given up follow the load: the range's

@@ -213,9 +213,9 @@ fn snat_exhaustion_drops_the_new_flow_and_counts_it() {
 /// the order it comes), so each probe draws its own port: a window of
 /// consecutive ports from one random start would fall inside a run of
 /// taken ones most of the time. Here 900 of 1,000 ports in one run are
-/// answered flows' and 100 are free: each new flow misses them all with
-/// odds of 0.9 to the 33rd power (3%), where consecutive probes miss
-/// with odds of 87%.
+/// answered flows' and 100 are free: each new flow's 32 probes miss them
+/// all with odds of 0.9 to the 32nd power (3%), where 32 consecutive
+/// ports from a random start miss them with odds of 87%.
 #[test]
 fn snat_probes_spread_over_the_range() {
     let mut dp = node(NODE_PORT, FE_EXTERNAL, 0, &[B1]);
