@@ -37,9 +37,9 @@ pub const SNAT_PROBES: u32 = 32;
 /// it sampled (`SNAT_STALE_SAMPLES`), if that is at least this old, as
 /// netfilter's early drop evicts flows that saw no reply when its table is
 /// full; the age is the reply entry's, which no forward packet refreshes.
-/// Netfilter and Cilium refuse the new flow when
-/// their NAT finds no port; that turns a burst of new flows, spoofed SYNs
-/// included, into a denial of service for every client of the backend.
+/// Netfilter and Cilium refuse the new flow when their NAT finds no port;
+/// that turns a burst of new flows, spoofed SYNs included, into a denial
+/// of service for every client of the backend.
 /// Taking the oldest makes the age given up follow the load: the range's
 /// ports over the rate of new flows to one backend (36,280 ports at
 /// 100,000 flows a second: 0.36 s), never below this floor, Linux's
@@ -60,7 +60,7 @@ const SNAT_RECLAIM_NS: u64 = 200_000_000;
 const SNAT_STALE_SAMPLES: u32 = 4;
 
 /// What a probe found on a port.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Probe {
     Free,
     /// Held this many ns by a flow that may give it up (`SNAT_RECLAIM_NS`).

@@ -51,7 +51,7 @@ use lb_userspace::{
     sync::NodeMaps,
 };
 use packets::{tcp6_frame, tcp_frame, Tcp};
-use provision::Provision;
+use provision::{be, Provision};
 
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
@@ -186,9 +186,8 @@ fn single_steady(dp: &Datapath, frames: &[Vec<u8>], reason: Reason) -> f64 {
 /// (`dir` forward), or whose replies to it (`dir` reply), land in the same
 /// flow cache slot: their ping-pong misses the cache on every iteration.
 fn colliding_pair(dir: u8) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
-    let addr = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
     let slot = |f: Ipv4Addr| {
-        let (client, frontend) = ((addr(CLIENT.0), CLIENT.1), (addr(f), 80));
+        let (client, frontend) = ((be(CLIENT.0), CLIENT.1), (be(f), 80));
         flow_cache_slot(&ct_key(client, frontend, dir))
     };
     let a = Ipv4Addr::new(10, 97, dir, 1);
@@ -248,7 +247,7 @@ fn provision(n: u32) -> Datapath {
     }
     let filler_ring = prov.service(&mut dp, 3, NEW_VIP, PROTO_TCP, &[BACKEND]);
     let cfg = Config {
-        snat_addr: u32::from_ne_bytes(NODE.octets()),
+        snat_addr: be(NODE),
         ..Config::DEFAULT
     };
     dp.maps.put_config(cfg).unwrap();
@@ -257,10 +256,7 @@ fn provision(n: u32) -> Datapath {
         ..Default::default()
     };
     prov.service_with(&mut dp, 5, NODE_PORT, PROTO_TCP, &[BACKEND], 0, external);
-    dp.maps
-        .addrs_mut()
-        .remove(&u32::from_ne_bytes(NODE.octets()))
-        .unwrap();
+    dp.maps.addrs_mut().remove(&be(NODE)).unwrap();
     let sticky = FrontendValue {
         affinity_timeout_s: 10_800,
         ..Default::default()
@@ -522,7 +518,6 @@ struct Row {
 fn snat_stale_range(dp: &mut Datapath) -> f64 {
     let ports = Config::DEFAULT.snat_ports;
     let now = now_ns();
-    let be = |a: Ipv4Addr| u32::from_ne_bytes(a.octets());
     let frontend = (be(NODE_PORT.0), NODE_PORT.1.to_be());
     let backend = (be(BACKEND.0), BACKEND.1.to_be());
     let unanswered = CtValueV4 {
