@@ -108,6 +108,13 @@ reasons! {
     /// announces on the interface it came in by, answered from the packet
     /// path with a Neighbour Advertisement.
     NdpAdvert = 38, "ndp_advert", Verdict;
+    /// A translated packet the data plane would have routed itself with
+    /// its TTL (hop limit) at 1, answered with ICMP time exceeded quoting
+    /// it as its sender sent it, as a router does.
+    IcmpTimeExceeded = 39, "icmp_time_exceeded_sent", Side;
+    /// The time-exceeded answer could not be built; the packet is dropped
+    /// under its flow's verdict.
+    IcmpTimeExceededFailed = 40, "icmp_time_exceeded_failed", Side;
 }
 
 impl Reason {

@@ -111,6 +111,17 @@ pub fn size_v4(ip: *const Ipv4Hdr) -> Size {
     }
 }
 
+/// Whether `send` will route the packet itself rather than hand it to the
+/// kernel's routing (`kernel` as there): this node is then the router hop
+/// that decrements the TTL (hop limit), and answers a packet whose TTL is
+/// spent, as the kernel's forwarding would have. (An XDP frame whose
+/// metadata finds no room goes to the kernel after all and loses one more:
+/// the kernel refuses room only to frames without headroom.)
+#[inline(always)]
+pub fn routes_itself<V: CtValue>(ct: *mut V, kernel: bool) -> bool {
+    !kernel && unsafe { *V::fwd_kind(ct) } != FWD_KERNEL
+}
+
 /// Sends the rewritten packet on by its flow's decision; `kernel` forces the
 /// kernel's routing (which fragments). A packet whose checksum is partial
 /// (sent by a local socket behind a veth, never one off the wire) leaves

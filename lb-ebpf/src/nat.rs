@@ -15,7 +15,7 @@
 //! `parse` checked (`L4::check` points into the checked TCP or UDP header),
 //! and reads of the flow's entry, valid until the program returns.
 use lb_common::{
-    checksum::{add, apply},
+    checksum::{add, apply, diff16, fold},
     CtValue, CtValueV4, CtValueV6,
 };
 
@@ -86,23 +86,41 @@ unsafe fn write<A: Copy>(src_at: *mut A, dst_at: *mut A, l4: &L4, (dst, src): Re
 }
 
 /// Rewrites a TCP or UDP packet whose IPv4 header is `ihl` bytes long by its
-/// flow's entry (`targets`). The checksum differences were computed when
-/// the entry was made, from this very tuple. Returns whether the checksum
-/// field was a partial one.
+/// flow's entry (`targets`), and takes one off its TTL when this node
+/// routes it (`hop`; the caller has answered a TTL of 1). The checksum
+/// differences were computed when the entry was made, from this very
+/// tuple. Returns whether the checksum field was a partial one.
 #[inline(always)]
-pub fn rewrite(ip: *mut Ipv4Hdr, l4: &L4, ihl: usize, ct: *const CtValueV4, forward: bool) -> bool {
+pub fn rewrite(
+    ip: *mut Ipv4Hdr,
+    l4: &L4,
+    ihl: usize,
+    ct: *const CtValueV4,
+    forward: bool,
+    hop: bool,
+) -> bool {
     let (dst, src) = targets(ct, forward);
     unsafe {
         let l4_len = u16::from_be((*ip).tot_len).wrapping_sub(ihl as u16);
         let partial = l4_checksum(l4, l4_len, ct);
-        (*ip).check = apply((*ip).check, (*ct).csum_addrs);
+        let mut diff = (*ct).csum_addrs;
+        if hop {
+            // The TTL shares its header word with the protocol, which
+            // stays.
+            let (ttl, proto) = ((*ip).ttl, (*ip).proto);
+            let word = |ttl: u8| u16::from_ne_bytes([ttl, proto]);
+            let next = ttl.wrapping_sub(1);
+            diff = fold(diff as u32 + diff16(word(ttl), word(next)));
+            (*ip).ttl = next;
+        }
+        (*ip).check = apply((*ip).check, diff);
         write(&raw mut (*ip).src, &raw mut (*ip).dst, l4, (dst, src));
         partial
     }
 }
 
 /// `rewrite` for IPv6, which has no header checksum; `l4_len` is what
-/// follows the extension headers.
+/// follows the extension headers, `hop` takes one off the hop limit.
 #[inline(always)]
 pub fn rewrite_v6(
     ip: *mut Ipv6Hdr,
@@ -110,11 +128,15 @@ pub fn rewrite_v6(
     l4_len: u16,
     ct: *const CtValueV6,
     forward: bool,
+    hop: bool,
 ) -> bool {
     let (dst, src) = targets(ct, forward);
     unsafe {
         let partial = l4_checksum(l4, l4_len, ct);
         write(&raw mut (*ip).src, &raw mut (*ip).dst, l4, (dst, src));
+        if hop {
+            (*ip).hop_limit = (*ip).hop_limit.wrapping_sub(1);
+        }
         partial
     }
 }

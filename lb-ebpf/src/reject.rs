@@ -1,8 +1,9 @@
 //! Answers built by the program in place of the packet: rejects as
 //! kube-proxy's REJECT rules answer them (a TCP RST for TCP, ICMP port
-//! unreachable for UDP), and ICMP fragmentation needed for a translated
-//! packet too big for its egress. Each leaves the way the packet came
-//! (`Frame::bounce`).
+//! unreachable for UDP), and the errors a router sends about a translated
+//! packet: fragmentation needed (Packet Too Big) when it is too big for its
+//! egress, time exceeded when its TTL (hop limit) is spent. Each leaves the
+//! way the packet came (`Frame::bounce`).
 //!
 //! Unsafe in this module: header reads and writes at fixed offsets inside a
 //! span `parse::ptr_at` checked as a whole, so each `base.add` stays inside
@@ -31,9 +32,18 @@ const QUOTE_UDP: usize = 8;
 /// A TCP quote runs to the end of the fixed header: the skb of a packet sent
 /// with checksum offload cannot be cut shorter than its checksum field.
 const QUOTE_TCP: usize = 20;
-/// Destination unreachable codes.
-const ICMP_PORT_UNREACH: u8 = 3;
-const ICMP_FRAG_NEEDED: u8 = 4;
+/// ICMP destination unreachable with its code: port unreachable,
+/// fragmentation needed.
+const ICMP_PORT_UNREACH: IcmpKind = (3, 3);
+const ICMP_FRAG_NEEDED: IcmpKind = (3, 4);
+/// ICMP time exceeded in transit.
+const ICMP_TIME_EXCEEDED: IcmpKind = (11, 0);
+/// ICMPv6 Packet Too Big and time exceeded (hop limit exceeded in transit).
+pub const ICMP6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMP6_TIME_EXCEEDED: u8 = 3;
+
+/// An ICMP message's type and code.
+type IcmpKind = (u8, u8);
 
 /// Answers the packet as a reject; `ihl` is its IPv4 header length in bytes.
 #[inline(always)]
@@ -41,7 +51,7 @@ pub fn send<C: Frame>(ctx: &C, ihl: usize, proto: u8, reason: Reason) -> (Reason
     let built = if proto == PROTO_TCP {
         tcp_rst(ctx, ihl)
     } else {
-        icmp_unreachable(ctx, ihl, QUOTE_UDP, ICMP_PORT_UNREACH, 0)
+        icmp_error(ctx, ihl, QUOTE_UDP, ICMP_PORT_UNREACH, 0)
     };
     match built {
         Some(action) => (reason, action),
@@ -60,14 +70,41 @@ pub fn frag_needed<C: Frame>(
     key: &CtKeyV4,
     ct: *const CtValueV4,
 ) -> u32 {
+    let reasons = (Reason::IcmpFragNeeded, Reason::IcmpFragNeededFailed);
+    flow_error(ctx, ihl, (ICMP_FRAG_NEEDED, mtu as u16), key, ct, reasons)
+}
+
+/// Tells the sender of a packet (as it sent it, untranslated) that its TTL
+/// ran out here (RFC 792 time exceeded, which traceroute reads), as the
+/// kernel's forwarding would have: this node routes the translated packet
+/// itself. A side event, as `frag_needed` is.
+#[inline(always)]
+pub fn time_exceeded<C: Frame>(ctx: &C, ihl: usize, key: &CtKeyV4, ct: *const CtValueV4) -> u32 {
+    let reasons = (Reason::IcmpTimeExceeded, Reason::IcmpTimeExceededFailed);
+    flow_error(ctx, ihl, (ICMP_TIME_EXCEEDED, 0), key, ct, reasons)
+}
+
+/// Answers a packet of the flow `key` (entry `ct`) with the ICMP error
+/// `kind` (and `mtu` for fragmentation needed), quoting the packet up to
+/// the end of its UDP or TCP header; counts `reasons.0`, or drops it and
+/// counts `reasons.1` when the answer cannot be built.
+#[inline(always)]
+fn flow_error<C: Frame>(
+    ctx: &C,
+    ihl: usize,
+    (kind, mtu): (IcmpKind, u16),
+    key: &CtKeyV4,
+    ct: *const CtValueV4,
+    reasons: (Reason, Reason),
+) -> u32 {
     let quote = if key.proto == PROTO_TCP {
         QUOTE_TCP
     } else {
         QUOTE_UDP
     };
-    let (reason, action) = match icmp_unreachable(ctx, ihl, quote, ICMP_FRAG_NEEDED, mtu as u16) {
-        Some(action) => (Reason::IcmpFragNeeded, action),
-        None => (Reason::IcmpFragNeededFailed, C::DROP),
+    let (reason, action) = match icmp_error(ctx, ihl, quote, kind, mtu) {
+        Some(action) => (reasons.0, action),
+        None => (reasons.1, C::DROP),
     };
     stats::count(reason);
     monitor::flow(ctx.ifindex(), reason, key, ct);
@@ -304,14 +341,16 @@ fn icmp6_port_unreachable<C: Frame>(ctx: &C) -> Option<u32> {
     Some(ctx.bounce())
 }
 
-/// Tells the sender of an IPv6 packet (as it sent it, untranslated) that
-/// the path takes at most `mtu` bytes (RFC 4443 Packet Too Big, which
-/// RFC 8201 path MTU discovery reads), quoting its IPv6 header and
-/// transport header as `frag_needed` does for IPv4. Only for packets
-/// without extension headers, whose quote the sender would not parse to
-/// its transport header otherwise; `None` when it cannot be built.
+/// Tells the sender of an IPv6 packet (as it sent it, untranslated) what a
+/// router on its path would: that the path takes at most `value` bytes
+/// (`ICMP6_PACKET_TOO_BIG`, RFC 4443, which RFC 8201 path MTU discovery
+/// reads), or that its hop limit ran out here (`ICMP6_TIME_EXCEEDED`,
+/// `value` 0). Quotes its IPv6 header and transport header as
+/// `frag_needed` does for IPv4. Only for packets without extension
+/// headers, whose quote the sender would not parse to its transport header
+/// otherwise; `None` when it cannot be built.
 #[inline(always)]
-pub fn packet_too_big_v6<C: Frame>(ctx: &C, mtu: u32) -> Option<u32> {
+pub fn flow_error_v6<C: Frame>(ctx: &C, icmp_type: u8, value: u32) -> Option<u32> {
     const GROW: usize = IPV6_HLEN + ICMP_HLEN;
     let old = ptr_at::<[u8; ETH_HLEN + IPV6_HLEN]>(ctx, 0)? as *mut u8;
     let (eth, orig_ip) = (old as *mut EthHdr, unsafe { old.add(ETH_HLEN) }
@@ -343,14 +382,14 @@ pub fn packet_too_big_v6<C: Frame>(ctx: &C, mtu: u32) -> Option<u32> {
     let icmp = unsafe { base.add(ETH_HLEN + IPV6_HLEN) } as *mut [u16; 4];
     set_macs(eth, smac, dmac, ETH_P_IPV6);
     ipv6_header(ip, len, IPPROTO_ICMPV6, daddr, saddr);
-    // Type 2 (Packet Too Big), code 0, then the MTU in 32 bits.
-    let mtu = mtu.to_be();
+    // The type, code 0, then the MTU (Packet Too Big) or nothing in 32 bits.
+    let value = value.to_be();
     unsafe {
         *icmp = [
-            u16::from_ne_bytes([2, 0]),
+            u16::from_ne_bytes([icmp_type, 0]),
             0,
-            mtu as u16,
-            (mtu >> 16) as u16,
+            value as u16,
+            (value >> 16) as u16,
         ]
     };
     let pseudo = pseudo_sum_v6(&daddr, &saddr, IPPROTO_ICMPV6, len as u16);
@@ -370,16 +409,16 @@ fn pseudo_sum(src: u32, dst: u32, proto: u8, len: u16) -> u32 {
         + len.to_be() as u32
 }
 
-/// Puts Ethernet, IPv4 and ICMP destination-unreachable headers (`code`,
-/// and `mtu` for fragmentation needed) in front of the original IPv4
-/// header, which stays where it is, and trims everything after its first
-/// `quote_l4` payload bytes (the caller knows the packet has them).
+/// Puts Ethernet, IPv4 and ICMP error headers (`kind`, and `mtu` for
+/// fragmentation needed) in front of the original IPv4 header, which stays
+/// where it is, and trims everything after its first `quote_l4` payload
+/// bytes (the caller knows the packet has them).
 #[inline(always)]
-fn icmp_unreachable<C: Frame>(
+fn icmp_error<C: Frame>(
     ctx: &C,
     ihl: usize,
     quote_l4: usize,
-    code: u8,
+    (icmp_type, code): IcmpKind,
     mtu: u16,
 ) -> Option<u32> {
     const GROW: usize = NEW_IP_LEN + ICMP_HLEN;
@@ -406,9 +445,9 @@ fn icmp_unreachable<C: Frame>(
         daddr,
         saddr,
     );
-    // Type 3 (destination unreachable); RFC 1191 puts the next-hop MTU in
-    // the last 16 bits of the header.
-    unsafe { *icmp = [u16::from_ne_bytes([3, code]), 0, 0, mtu.to_be()] };
+    // RFC 1191 puts the next-hop MTU in the last 16 bits of the header;
+    // other errors leave them unused.
+    unsafe { *icmp = [u16::from_ne_bytes([icmp_type, code]), 0, 0, mtu.to_be()] };
     // The quoted IP header needs no reading: a valid one sums to 0xffff,
     // which adds nothing in ones' complement. A fixed-size read of the
     // quoted transport bytes keeps the verifier to one bounds check; a loop

@@ -335,17 +335,37 @@ fn cached<C: Frame>(
     reason: Reason,
 ) -> Option<Verdict> {
     let ct = flow_cache::get(slot?, key, jiffies)?;
-    Some(
-        match forward::check(ctx, forward::size_v4(p.ip), key, ct, false) {
-            Fit::TellSender(mtu) => (reason, reject::frag_needed(ctx, p.ihl, mtu, key, ct)),
-            fit => {
-                let partial = nat::rewrite(p.ip, &p.l4, p.ihl, ct, key.dir == CT_DIR_FORWARD);
-                stats::count_service(unsafe { (*ct).svc_id }, ctx.len() as u64);
-                let kernel = matches!(fit, Fit::Fragment);
-                (reason, forward::send(ctx, ct, kernel, partial))
-            }
-        },
-    )
+    let fit = forward::check(ctx, forward::size_v4(p.ip), key, ct, false);
+    let kernel = matches!(fit, Fit::Fragment);
+    let hop = forward::routes_itself(ct, kernel);
+    if let Some(action) = answer(ctx, p, key, ct, fit, hop) {
+        return Some((reason, action));
+    }
+    let partial = nat::rewrite(p.ip, &p.l4, p.ihl, ct, key.dir == CT_DIR_FORWARD, hop);
+    stats::count_service(unsafe { (*ct).svc_id }, ctx.len() as u64);
+    Some((reason, forward::send(ctx, ct, kernel, partial)))
+}
+
+/// What a router answers instead of sending the packet on, if anything:
+/// time exceeded when this node routes it (`hop`) and its TTL is spent,
+/// fragmentation needed when it is too big for the egress (`fit`). Either
+/// quotes the packet as its sender sent it.
+#[inline(always)]
+fn answer<C: Frame>(
+    ctx: &C,
+    p: &Packet,
+    key: &CtKeyV4,
+    ct: *mut CtValueV4,
+    fit: Fit,
+    hop: bool,
+) -> Option<u32> {
+    if hop && unsafe { (*p.ip).ttl } <= 1 {
+        return Some(reject::time_exceeded(ctx, p.ihl, key, ct));
+    }
+    match fit {
+        Fit::TellSender(mtu) => Some(reject::frag_needed(ctx, p.ihl, mtu, key, ct)),
+        _ => None,
+    }
 }
 
 /// The connection-tracking key of the packet's tuple, in direction `dir`.
@@ -371,7 +391,8 @@ fn flow_key(p: &Packet, dir: u8) -> CtKeyV4 {
 /// fragment's translation is remembered for the fragments that follow, and
 /// the entry is copied into the packet's flow cache slot, if it has one
 /// (`cache` is the slot and the time in jiffies). A packet too big for the
-/// egress is answered instead, quoting it as its sender sent it.
+/// egress, or with its TTL spent where this node routes it, is answered
+/// instead (`answer`).
 #[inline(always)]
 fn translate<C: Frame>(
     ctx: &C,
@@ -383,16 +404,18 @@ fn translate<C: Frame>(
 ) -> u32 {
     let refresh = conntrack::on_packet(key, ct, p.l4.tcp_flags, now);
     let fit = forward::check(ctx, forward::size_v4(p.ip), key, ct, refresh);
-    if let Fit::TellSender(mtu) = fit {
-        return reject::frag_needed(ctx, p.ihl, mtu, key, ct);
+    let kernel = matches!(fit, Fit::Fragment);
+    let hop = forward::routes_itself(ct, kernel);
+    if let Some(action) = answer(ctx, p, key, ct, fit, hop) {
+        return action;
     }
     let frag = p.first_fragment.then(|| frags::first_key(p.ip));
-    let partial = nat::rewrite(p.ip, &p.l4, p.ihl, ct, key.dir == CT_DIR_FORWARD);
+    let partial = nat::rewrite(p.ip, &p.l4, p.ihl, ct, key.dir == CT_DIR_FORWARD, hop);
     if let Some(k) = frag {
         frags::remember(&k, p.ip);
     }
     stats::count_service(unsafe { (*ct).svc_id }, ctx.len() as u64);
-    let action = forward::send(ctx, ct, matches!(fit, Fit::Fragment), partial);
+    let action = forward::send(ctx, ct, kernel, partial);
     if let Some((slot, jiffies)) = cache {
         flow_cache::put(slot, key, ct, now, jiffies);
     }

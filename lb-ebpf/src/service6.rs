@@ -49,7 +49,7 @@ struct Packet<'k> {
     /// header leaves it to the MTU helper.
     len: u16,
     /// The flow's key, forward until a lookup turns it; in `path`'s
-    /// frame, where `new_flow` and `packet_too_big` read it after
+    /// frame, where `new_flow` and `answer` read it after
     /// `classify` returns.
     key: &'k mut CtKeyV6,
 }
@@ -95,8 +95,8 @@ fn path<C: Frame, const FRAGMENTS: bool>(ctx: &C) -> u32 {
         return new_flow::<C, FRAGMENTS>(ctx, key, then.from_backend);
     }
     let action = counted(verdict);
-    if then.too_big != 0 {
-        return packet_too_big(ctx, unsafe { key.assume_init_ref() }, then.too_big);
+    if then.answer != 0 {
+        return answer(ctx, unsafe { key.assume_init_ref() }, then.answer, then.mtu);
     }
     action
 }
@@ -104,9 +104,11 @@ fn path<C: Frame, const FRAGMENTS: bool>(ctx: &C) -> u32 {
 /// What `classify` leaves to `path`.
 #[derive(Default)]
 struct Then {
-    /// The egress MTU of a translated packet too big for it, which is
-    /// answered instead.
-    too_big: u32,
+    /// The ICMPv6 error type a translated packet is answered with instead
+    /// (`reject::ICMP6_PACKET_TOO_BIG`, `ICMP6_TIME_EXCEEDED`); 0 for none.
+    answer: u8,
+    /// The egress MTU, for Packet Too Big.
+    mtu: u32,
     /// The packet is the first of a flow to a frontend; its verdict is
     /// `new_flow`'s.
     new_flow: bool,
@@ -139,7 +141,7 @@ fn classify<C: Frame, const FRAGMENTS: bool>(
         // verifier walks.
         Some(found) => (
             found.reason(p.key),
-            translate::<C, FRAGMENTS>(ctx, &p, &found, &mut then.too_big),
+            translate::<C, FRAGMENTS>(ctx, &p, &found, then),
         ),
         None if to_frontend => {
             set_dir(p.key, CT_DIR_FORWARD);
@@ -553,16 +555,18 @@ fn create(key: &CtKeyV6, flow: &NewFlow, now: u64) -> *mut CtValueV6 {
 /// Rewrites the packet by its flow's entry and sends it on. An entry from
 /// connection tracking is updated by the packet, then copied into the
 /// packet's flow cache slot, for later packets when they may use it; the
-/// packet is translated by the copy. IPv6 routers never fragment: a packet
-/// too big for the egress is left as it is, with its egress MTU in
-/// `too_big`, to be answered with Packet Too Big about the packet as its
-/// sender sent it.
+/// packet is translated by the copy. A packet this node routes itself
+/// (`forward::routes_itself`) loses one from its hop limit; one whose hop
+/// limit is spent is left as it is, to be answered with time exceeded
+/// (`then.answer`). IPv6 routers never fragment: a packet too big for the
+/// egress is left too, with its egress MTU, to be answered with Packet Too
+/// Big. Either answer is about the packet as its sender sent it.
 #[inline(always)]
 fn translate<C: Frame, const FRAGMENTS: bool>(
     ctx: &C,
     p: &Packet,
     found: &Found,
-    too_big: &mut u32,
+    then: &mut Then,
 ) -> u32 {
     let key = &*p.key;
     let ct = if found.ct.is_null() {
@@ -581,16 +585,21 @@ fn translate<C: Frame, const FRAGMENTS: bool>(
     };
     // The call only when the helper must answer: most packets are small
     // or routed by the kernel, and a call costs each packet a return.
+    let hop = forward::routes_itself(ct, false);
+    if hop && unsafe { (*p.ip).hop_limit } <= 1 {
+        then.answer = reject::ICMP6_TIME_EXCEEDED;
+        return C::DROP;
+    }
     let mtu = if forward::surely_fits(&size, ct) {
         0
     } else {
         too_big_for(ctx, p.len, key, ct)
     };
     if mtu != 0 {
-        *too_big = mtu;
+        (then.answer, then.mtu) = (reject::ICMP6_PACKET_TOO_BIG, mtu);
         return C::DROP;
     }
-    let partial = nat::rewrite_v6(p.ip, &p.l4, p.l4_len, ct, key.dir == CT_DIR_FORWARD);
+    let partial = nat::rewrite_v6(p.ip, &p.l4, p.l4_len, ct, key.dir == CT_DIR_FORWARD, hop);
     if FRAGMENTS {
         remember_fragment(key, p.ip);
     }
@@ -599,7 +608,7 @@ fn translate<C: Frame, const FRAGMENTS: bool>(
 }
 
 // `pick`, `reject`, `snat`, the sums, `create`, `reroute`, `too_big_for`,
-// `packet_too_big`, `follow_fragment` and `remember_fragment` are
+// `answer`, `follow_fragment` and `remember_fragment` are
 // functions of their own (BPF-to-BPF calls), as is the mirroring of a
 // state change in connection tracking (`conntrack::mirror_v6`), each
 // called from `path`'s frame: inlined, their variables would not fit the
@@ -640,14 +649,23 @@ fn too_big_for<C: Frame>(ctx: &C, len: u16, key: &CtKeyV6, ct: *mut CtValueV6) -
     }
 }
 
-/// `reject::packet_too_big_v6`, counted and shown to `xdplb monitor`
-/// with the flow (`key`): a side event, the
-/// packet stays counted under its flow's path.
+/// `reject::flow_error_v6` of type `icmp_type` (with `mtu` for Packet Too
+/// Big), counted and shown to `xdplb monitor` with the flow (`key`): a
+/// side event, the packet stays counted under its flow's path. One call
+/// for both errors, so that the verifier walks the answer once.
 #[inline(never)]
-fn packet_too_big<C: Frame>(ctx: &C, key: &CtKeyV6, mtu: u32) -> u32 {
-    let (reason, action) = match reject::packet_too_big_v6(ctx, mtu) {
-        Some(action) => (Reason::IcmpFragNeeded, action),
-        None => (Reason::IcmpFragNeededFailed, C::DROP),
+fn answer<C: Frame>(ctx: &C, key: &CtKeyV6, icmp_type: u8, mtu: u32) -> u32 {
+    let (value, reasons) = if icmp_type == reject::ICMP6_PACKET_TOO_BIG {
+        (mtu, (Reason::IcmpFragNeeded, Reason::IcmpFragNeededFailed))
+    } else {
+        (
+            0,
+            (Reason::IcmpTimeExceeded, Reason::IcmpTimeExceededFailed),
+        )
+    };
+    let (reason, action) = match reject::flow_error_v6(ctx, icmp_type, value) {
+        Some(action) => (reasons.0, action),
+        None => (reasons.1, C::DROP),
     };
     stats::count(reason);
     monitor::flow_found(ctx.ifindex(), reason, key, |k| CT_V6.get_ptr(k));

@@ -479,7 +479,7 @@ fn check(hook: Hook, input: &[u8], action: u32, raw: &[u8]) -> Result<Outcome, F
     if is_answer(input, out) {
         check_answer(input, out).map(|_| Outcome::Answered)
     } else {
-        check_translation(input, out).map(|_| Outcome::Translated)
+        check_translation(input, out, sent).map(|_| Outcome::Translated)
     }
 }
 
@@ -519,10 +519,13 @@ fn check_answer(input: &[u8], out: &[u8]) -> Result<(), Failure> {
     match out[23] {
         1 => {
             let quote = &out[42..];
-            if out[34] != 3 || input.get(14..14 + quote.len()) != Some(quote) {
+            // Destination unreachable, or time exceeded in transit for an
+            // input whose TTL is spent.
+            let kind = (out[34] == 3) || (out[34..36] == [11, 0] && input[22] <= 1);
+            if !kind || input.get(14..14 + quote.len()) != Some(quote) {
                 return Err((
                     "bad ICMP answer",
-                    "not destination unreachable quoting the input as sent".into(),
+                    "not unreachable or time exceeded quoting the input as sent".into(),
                 ));
             }
         }
@@ -538,8 +541,24 @@ fn check_answer(input: &[u8], out: &[u8]) -> Result<(), Failure> {
     Ok(())
 }
 
-fn check_translation(input: &[u8], out: &[u8]) -> Result<(), Failure> {
-    let owned = writable(input);
+/// A translation writes only the fields it owns, breaks nothing, and
+/// takes one off the TTL when it routes the packet itself (`sent`), as
+/// the kernel's forwarding does when it routes it.
+fn check_translation(input: &[u8], out: &[u8], sent: bool) -> Result<(), Failure> {
+    const TTL: usize = 22;
+    let ttl = if sent {
+        input[TTL].wrapping_sub(1)
+    } else {
+        input[TTL]
+    };
+    if out[TTL] != ttl {
+        return Err((
+            "wrong TTL",
+            format!("{} -> {} (sent on: {sent})", input[TTL], out[TTL]),
+        ));
+    }
+    let mut owned = writable(input);
+    owned.push(TTL..TTL + 1);
     if let Some(i) =
         (0..input.len()).find(|&i| input[i] != out[i] && !owned.iter().any(|r| r.contains(&i)))
     {

@@ -8,11 +8,14 @@ use std::net::Ipv4Addr;
 
 use common::{
     load,
-    packets::{parse_checked, split_meta, tcp_frame, udp_frame, Tcp},
-    uplink::{small_mtu_node, UPLINK_MTU},
+    packets::{parse_checked, split_meta, tcp_frame, udp_frame, with_ttl, Tcp},
+    uplink::{small_mtu_node, through_tc_and_xdp, UPLINK_MTU},
     Provision,
 };
-use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type, Ipv4Header};
+use etherparse::{
+    icmpv4::{DestUnreachableHeader, TimeExceededCode},
+    Icmpv4Type, Ipv4Header,
+};
 use lb_common::{Reason, PROTO_TCP, PROTO_UDP};
 use lb_userspace::{
     datapath::{run_frame, Datapath, POD_PROGRAM, PROGRAM},
@@ -51,6 +54,7 @@ fn pod_to_clusterip_is_translated_at_tc_and_the_reply_comes_back_as_the_vip() {
     let p = parse_checked(&out);
     assert_eq!(((p.src, p.sport), (p.dst, p.dport)), (POD, B1));
     assert_eq!(p.payload, b"hi");
+    assert_eq!(p.ttl, 64, "the kernel takes one off as it routes it");
     assert_eq!(count(&dp, Reason::XlateNew), 1);
 
     let (_, out) = run_tc(&dp, &tcp_frame(B1, POD, Tcp::syn_ack(), b"ok", &[]));
@@ -119,6 +123,48 @@ fn oversize_pod_packets_get_frag_needed_about_the_clusterip() {
     let p = parse_checked(&small.frame);
     assert_eq!((p.dst, p.dport), B1, "what fits is translated");
     assert_eq!(count(&dp, Reason::IcmpFragNeeded), 1);
+}
+
+/// Where the data plane routes a translated packet itself (here towards
+/// `up0`, by the neighbour helper), this node is the router hop: the TTL
+/// loses one, with the header checksum updated, and a packet whose TTL is
+/// spent gets ICMP time exceeded about it as its sender sent it, from the
+/// VIP, at tc and in XDP alike. A packet the kernel routes keeps its TTL
+/// for the kernel to take one off (the test above).
+#[test]
+fn routed_packets_lose_one_from_their_ttl_and_spent_ones_get_time_exceeded() {
+    let (tb, node) = small_mtu_node();
+    let dp = with_service(PROTO_UDP);
+    let fresh = udp_frame(POD, VIP, b"hi", false);
+    let spent = with_ttl(&fresh, 1);
+    let [tc_fresh, tc_spent, xdp_fresh, xdp_spent] =
+        through_tc_and_xdp(&tb, &node, &dp, [&fresh, &spent]);
+    assert_eq!(tc_fresh.action, TC_ACT_REDIRECT, "routed by the program");
+    let (meta, xdp_out) = split_meta(&xdp_fresh.frame);
+    assert!(meta.is_some(), "routed by the program, through tc");
+    for out in [&tc_fresh.frame[..], xdp_out] {
+        let p = parse_checked(out);
+        assert_eq!((p.dst, p.dport), B1);
+        assert_eq!(p.ttl, 63, "one hop taken off, checksum right");
+    }
+    assert_eq!(tc_spent.action, TC_ACT_REDIRECT, "sent back into the pod");
+    let (_, xdp_answer) = split_meta(&xdp_spent.frame);
+    for out in [&tc_spent.frame[..], xdp_answer] {
+        let e = parse_checked(out);
+        assert_eq!((e.src, e.dst), (VIP.0, POD.0));
+        assert_eq!(
+            e.icmp.map(|i| i.icmp_type),
+            Some(Icmpv4Type::TimeExceeded(
+                TimeExceededCode::TtlExceededInTransit
+            ))
+        );
+        assert_eq!(
+            e.icmp_payload,
+            &spent[14..14 + 20 + 8],
+            "the IP and UDP headers as sent"
+        );
+    }
+    assert_eq!(count(&dp, Reason::IcmpTimeExceeded), 2);
 }
 
 /// A TCP quote runs to the end of the TCP header, and its checksum covers it.

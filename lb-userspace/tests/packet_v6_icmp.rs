@@ -14,11 +14,12 @@ use aya::maps::{MapData, RingBuf};
 use common::{
     packets::split_meta,
     packets_v6::{addr, parse_checked, tcp, udp},
-    uplink::{small_mtu_node, UPLINK_MTU},
+    uplink::{small_mtu_node, through_tc_and_xdp, UPLINK_MTU},
     watch,
 };
 use etherparse::{
-    Icmpv6Header, Icmpv6Type, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader,
+    icmpv6::TimeExceededCode, Icmpv6Header, Icmpv6Type, NetHeaders, PacketBuilder, PacketHeaders,
+    TransportHeader,
 };
 use lb_common::{Reason, CT_DIR_FORWARD, PROTO_UDP};
 use lb_userspace::{
@@ -290,6 +291,41 @@ fn oversize_pod_packets_get_packet_too_big_about_the_clusterip() {
     let p = parse_checked(&small_out.frame);
     assert_eq!(p.dst, at(BACKEND.0, BACKEND.1), "what fits is translated");
     assert_eq!(count(&dp, Reason::IcmpFragNeeded), 2);
+}
+
+/// Where the data plane routes a translated packet itself, the hop limit
+/// loses one, and a packet whose hop limit is spent gets time exceeded
+/// about it as its sender sent it, from the VIP, at tc and in XDP, as
+/// `packet_pod_path` checks for IPv4's TTL.
+#[test]
+fn routed_packets_lose_one_hop_and_spent_ones_get_time_exceeded() {
+    let (tb, ns) = small_mtu_node();
+    let dp = node();
+    let fresh = udp(CLIENT, VIP_UDP, b"hi");
+    let mut spent = fresh.clone();
+    spent[14 + 7] = 1;
+    let [tc_fresh, tc_spent, xdp_fresh, xdp_spent] =
+        through_tc_and_xdp(&tb, &ns, &dp, [&fresh, &spent]);
+    assert_eq!(tc_fresh.action, TC_ACT_REDIRECT, "routed by the program");
+    let (meta, xdp_out) = split_meta(&xdp_fresh.frame);
+    assert!(meta.is_some(), "routed by the program, through tc");
+    for out in [&tc_fresh.frame[..], xdp_out] {
+        let p = parse_checked(out);
+        assert_eq!(p.dst, at(BACKEND.0, BACKEND.1));
+        assert_eq!(p.hop_limit, 63, "one hop taken off");
+    }
+    assert_eq!(tc_spent.action, TC_ACT_REDIRECT, "sent back into the pod");
+    let (_, xdp_answer) = split_meta(&xdp_spent.frame);
+    for out in [&tc_spent.frame[..], xdp_answer] {
+        let e = parse_icmp6(out);
+        assert_eq!((e.src, e.dst), (addr(VIP_UDP.0), addr(CLIENT.0)));
+        assert_eq!(
+            e.kind,
+            Icmpv6Type::TimeExceeded(TimeExceededCode::HopLimitExceeded)
+        );
+        assert_eq!(&e.quote[..], &spent[14..14 + 48], "the headers as sent");
+    }
+    assert_eq!(count(&dp, Reason::IcmpTimeExceeded), 2);
 }
 
 #[test]

@@ -132,6 +132,18 @@ pub fn tcp_frame(
     out
 }
 
+/// `frame` (IPv4) with its TTL set to `ttl`, the header checksum made
+/// right again.
+pub fn with_ttl(frame: &[u8], ttl: u8) -> Vec<u8> {
+    let (mut ip, _) = Ipv4Header::from_slice(&frame[14..]).unwrap();
+    ip.time_to_live = ttl;
+    ip.header_checksum = ip.calc_header_checksum();
+    let mut out = frame[..14].to_vec();
+    ip.write(&mut out).unwrap();
+    out.extend_from_slice(&frame[14 + ip.header_len()..]);
+    out
+}
+
 /// An IPv6 TCP frame, without extension headers.
 pub fn tcp6_frame(src: (Ipv6Addr, u16), dst: (Ipv6Addr, u16), t: Tcp, payload: &[u8]) -> Vec<u8> {
     let mut tcp = tcp_header(src.1, dst.1, t);
@@ -278,6 +290,7 @@ pub struct Parsed {
     pub payload: Vec<u8>,
     pub eth_src: [u8; 6],
     pub eth_dst: [u8; 6],
+    pub ttl: u8,
 }
 
 /// Parses an output frame and panics unless every checksum in it is right.
@@ -308,6 +321,7 @@ pub fn parse_checked(frame: &[u8]) -> Parsed {
         payload: payload.clone(),
         eth_src: eth.source,
         eth_dst: eth.destination,
+        ttl: ip.time_to_live,
     };
     match h.transport {
         Some(TransportHeader::Tcp(t)) => {

@@ -32,6 +32,7 @@ pub struct Seen {
     pub src: (Ipv6Addr, u16),
     pub dst: (Ipv6Addr, u16),
     pub payload: Vec<u8>,
+    pub hop_limit: u8,
 }
 
 /// Parses an output frame and panics unless its transport checksum is
@@ -65,5 +66,6 @@ pub fn parse_checked(frame: &[u8]) -> Seen {
         src: (ip.source.into(), sport),
         dst: (ip.destination.into(), dport),
         payload,
+        hop_limit: ip.hop_limit,
     }
 }

@@ -2,6 +2,7 @@
 //! with a small MTU, where BPF_PROG_TEST_RUN runs the programs (as if the
 //! frame came in on the namespace's loopback device).
 #![allow(dead_code)] // each test binary uses a different subset
+use lb_userspace::datapath::{run_frame, Datapath, FrameResult, POD_PROGRAM, PROGRAM};
 use testbed::netns::{Ns, Testbed};
 
 /// The MTU of `up0`, the egress towards the backends.
@@ -51,4 +52,26 @@ pub fn small_mtu_node() -> (Testbed, Ns) {
     tb.sysctl(&node, "net.ipv6.conf.all.forwarding", "1")
         .unwrap();
     (tb, node)
+}
+
+/// `frames` through `lb_pod` (tc) and then `lb` (XDP) of `dp`, in `node`'s
+/// namespace: the tc results in order, then the XDP ones.
+pub fn through_tc_and_xdp(
+    tb: &Testbed,
+    node: &Ns,
+    dp: &Datapath,
+    frames: [&[u8]; 2],
+) -> [FrameResult; 4] {
+    let tc = dp.classifier(POD_PROGRAM).unwrap();
+    let xdp = dp.program(PROGRAM).unwrap();
+    tb.in_ns(node, || {
+        [
+            run_frame(tc, frames[0], 1),
+            run_frame(tc, frames[1], 1),
+            run_frame(xdp, frames[0], 1),
+            run_frame(xdp, frames[1], 1),
+        ]
+        .map(Result::unwrap)
+    })
+    .unwrap()
 }

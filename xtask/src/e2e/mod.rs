@@ -503,7 +503,15 @@ fn services() -> Vec<Value> {
         ]),
     );
     multi["metadata"]["annotations"] = json!({ REVERSE_SLICE_PORTS: "true" });
-    let mut np_cluster = service("np-cluster", "NodePort", web.clone(), web_port());
+    let mut np_cluster = service(
+        "np-cluster",
+        "NodePort",
+        web.clone(),
+        json!([
+            { "name": "tcp", "port": 80, "targetPort": PROBE_PORT, "protocol": "TCP" },
+            { "name": "udp", "port": 80, "targetPort": PROBE_PORT, "protocol": "UDP" },
+        ]),
+    );
     np_cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
     let mut np_local = service("np-local", "NodePort", web.clone(), web_port());
     np_local["spec"]["externalTrafficPolicy"] = json!("Local");

@@ -108,12 +108,21 @@ fn bound_socket(proto: Proto, target: SocketAddr) -> Result<(Socket, SocketAddr)
 /// socket is connected, so only a reply from `target` itself counts: one
 /// the data plane failed to translate back is not taken.
 pub fn who(target: SocketAddr, proto: Proto) -> Result<Attempt<Who>> {
-    let (socket, source) = bound_socket(proto, target)?;
-    let started = Instant::now();
-    let result = match proto {
+    attempt(proto, target, |socket| match proto {
         Proto::Tcp => who_tcp(socket, target),
         Proto::Udp => who_udp(socket, target),
-    };
+    })
+}
+
+/// `request` on a new socket of `proto` for `target`, timed.
+fn attempt<T>(
+    proto: Proto,
+    target: SocketAddr,
+    request: impl FnOnce(Socket) -> Result<T>,
+) -> Result<Attempt<T>> {
+    let (socket, source) = bound_socket(proto, target)?;
+    let started = Instant::now();
+    let result = request(socket);
     Ok(Attempt {
         source,
         took: started.elapsed(),
@@ -147,22 +156,35 @@ fn ask(stream: &TcpStream) -> Result<Who> {
 }
 
 fn who_udp(socket: Socket, target: SocketAddr) -> Result<Who> {
+    let mut buf = [0u8; 1500];
+    match udp_tries(socket, target, &mut buf)?.1 {
+        Some(Ok(n)) => Who::parse(String::from_utf8_lossy(&buf[..n]).trim_end()),
+        Some(Err(err)) => Err(err).with_context(|| format!("asking {target} over UDP")),
+        None => bail!(
+            "no UDP answer from {target} in {UDP_TRIES} tries of {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// Connects `socket` to `target` and sends `WHO` until a receive into
+/// `buf` gives an answer or an error (`None`: every try timed out).
+fn udp_tries(
+    socket: Socket,
+    target: SocketAddr,
+    buf: &mut [u8],
+) -> Result<(UdpSocket, Option<std::io::Result<usize>>)> {
     let socket = UdpSocket::from(socket);
     socket.connect(target)?;
     socket.set_read_timeout(Some(CONNECT_TIMEOUT))?;
-    let mut buf = [0u8; 1500];
     for _ in 0..UDP_TRIES {
         socket.send(b"WHO")?;
-        match socket.recv(&mut buf) {
-            Ok(n) => return Who::parse(String::from_utf8_lossy(&buf[..n]).trim_end()),
+        match socket.recv(buf) {
             Err(err) if matches!(err.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(err) => return Err(err).with_context(|| format!("asking {target} over UDP")),
+            outcome => return Ok((socket, Some(outcome))),
         }
     }
-    bail!(
-        "no UDP answer from {target} in {UDP_TRIES} tries of {} s",
-        CONNECT_TIMEOUT.as_secs()
-    )
+    Ok((socket, None))
 }
 
 /// A request that must be refused: the error it got, which must be
@@ -205,28 +227,134 @@ pub fn refusal(target: SocketAddr, proto: Proto) -> Result<Attempt<()>> {
     })
 }
 
+/// A UDP datagram to `target` that has `hops` routers to live: the address
+/// of the router that answered it with time exceeded, read from the
+/// socket's error queue as traceroute reads it.
+pub fn ttl_expiry(target: SocketAddr, hops: u32) -> Result<Attempt<IpAddr>> {
+    attempt(Proto::Udp, target, |socket| expire(socket, target, hops))
+}
+
+fn expire(socket: Socket, target: SocketAddr, hops: u32) -> Result<IpAddr> {
+    let (level, recverr) = match target {
+        SocketAddr::V4(_) => {
+            socket.set_ttl_v4(hops)?;
+            (libc::IPPROTO_IP, libc::IP_RECVERR)
+        }
+        SocketAddr::V6(_) => {
+            socket.set_unicast_hops_v6(hops)?;
+            (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+        }
+    };
+    // Without it a UDP socket drops time exceeded, which is no hard error.
+    set_int_option(&socket, level, recverr, 1)?;
+    let mut buf = [0u8; 1500];
+    match udp_tries(socket, target, &mut buf)? {
+        (_, Some(Ok(_))) => bail!("{target} answered a datagram with {hops} hops to live"),
+        (socket, Some(Err(_))) => offender(&socket, level, recverr),
+        (_, None) => bail!(
+            "no time exceeded about {target} with {hops} hops to live in {UDP_TRIES} tries of {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+fn set_int_option(socket: &Socket, level: i32, name: i32, value: i32) -> Result<()> {
+    // SAFETY: an int option of the socket's own descriptor.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            level,
+            name,
+            (&raw const value).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    ensure!(rc == 0, "setsockopt: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+/// The router an ICMP time exceeded in `socket`'s error queue came from.
+/// By hand: neither std nor socket2 reads the error queue.
+fn offender(socket: &UdpSocket, level: i32, recverr: i32) -> Result<IpAddr> {
+    let mut data = [0u8; 64];
+    let mut control = [0u64; 64];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(socket);
+    // SAFETY: `msg` describes buffers owned by this frame.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE) };
+    ensure!(
+        n >= 0,
+        "reading the error queue: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the kernel filled `control` with `msg_controllen` bytes of
+    // well-formed cmsgs, which these macros walk within.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        let (c_level, c_type) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type) };
+        if (c_level, c_type) == (level, recverr) {
+            // SAFETY: an IP(V6)_RECVERR cmsg holds a sock_extended_err and,
+            // behind it, the offender's address.
+            let (err, from) = unsafe {
+                let err = libc::CMSG_DATA(cmsg).cast::<libc::sock_extended_err>();
+                (err.read_unaligned(), err.add(1).cast::<u8>())
+            };
+            let time_exceeded = match err.ee_origin {
+                libc::SO_EE_ORIGIN_ICMP => err.ee_type == 11,
+                libc::SO_EE_ORIGIN_ICMP6 => err.ee_type == 3,
+                _ => false,
+            };
+            ensure!(
+                time_exceeded,
+                "the error queue holds origin {} type {} code {}, not time exceeded",
+                err.ee_origin,
+                err.ee_type,
+                err.ee_code
+            );
+            // SAFETY: the offender is a sockaddr_in or sockaddr_in6, by its
+            // family.
+            return unsafe {
+                match from.cast::<libc::sa_family_t>().read_unaligned() as i32 {
+                    libc::AF_INET => {
+                        let a = from.cast::<libc::sockaddr_in>().read_unaligned();
+                        Ok(IpAddr::V4(Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr))))
+                    }
+                    libc::AF_INET6 => {
+                        let a = from.cast::<libc::sockaddr_in6>().read_unaligned();
+                        Ok(IpAddr::V6(Ipv6Addr::from(a.sin6_addr.s6_addr)))
+                    }
+                    family => Err(anyhow::anyhow!(
+                        "time exceeded from address family {family}"
+                    )),
+                }
+            };
+        }
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
+    }
+    bail!("no error in the error queue")
+}
+
 /// Fetches `size` bytes of the server's pattern from `target` and checks
 /// every byte.
 pub fn bulk(target: SocketAddr, size: usize) -> Result<Attempt<Duration>> {
-    let (socket, source) = bound_socket(Proto::Tcp, target)?;
-    let started = Instant::now();
-    let result = fetch(socket, target, size, started);
-    Ok(Attempt {
-        source,
-        took: started.elapsed(),
-        result,
+    attempt(Proto::Tcp, target, |socket| {
+        fetch(socket, target, size, Instant::now())
     })
 }
 
 /// Sends `size` bytes of the pattern to `target`; the pod that checked them.
 pub fn upload(target: SocketAddr, size: usize) -> Result<Attempt<String>> {
-    let (socket, source) = bound_socket(Proto::Tcp, target)?;
-    let started = Instant::now();
-    let result = send_pattern(socket, target, size);
-    Ok(Attempt {
-        source,
-        took: started.elapsed(),
-        result,
+    attempt(Proto::Tcp, target, |socket| {
+        send_pattern(socket, target, size)
     })
 }
 

@@ -53,6 +53,41 @@ pub(super) fn node_ports(bed: &mut Bed) -> Result<Verdict> {
     Ok(Verdict::Pass)
 }
 
+/// What traceroute sees through a NodePort and a ClusterIP: the node that
+/// translates a datagram routes it, so a datagram whose TTL (hop limit)
+/// runs out there is answered with time exceeded, as the node's kernel
+/// answers it under kube-proxy. From outside (the router takes one hop)
+/// it comes from the address the client sent to, the node's; from a pod,
+/// from the ClusterIP it sent to.
+pub(super) fn ttl_expiry(bed: &mut Bed) -> Result<Verdict> {
+    let outside = bed.outside();
+    let mut asked = Vec::new();
+    for node in bed.node_names() {
+        asked.push((outside.clone(), bed.node_port("np-cluster", 1, &node)?, 2));
+    }
+    for client in both_clients(bed)? {
+        asked.push((client, bed.vip("dns", 1)?, 1));
+    }
+    for (client, target, hops) in asked {
+        let attempt = bed.run_in(&client, || probe::ttl_expiry(target, hops))??;
+        let from = attempt.result.with_context(|| {
+            format!(
+                "{client} -> {target}/udp from port {} with {hops} hops to live",
+                attempt.source.port()
+            )
+        })?;
+        ensure!(
+            from == target.ip(),
+            "{client} -> {target} with {hops} hops to live: time exceeded from {from}, not {}",
+            target.ip()
+        );
+        note(format!(
+            "{client} -> {target} with {hops} hops to live: time exceeded from {from}"
+        ));
+    }
+    Ok(Verdict::Pass)
+}
+
 /// Kubernetes: "should be able to create a functioning LoadBalancer
 /// service" (the router sends the LoadBalancer IP to node1).
 pub(super) fn load_balancer(bed: &mut Bed) -> Result<Verdict> {

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::{
     bed::{answered_by, within, Bed, Client, Family},
-    probe::{Proto, Who},
+    probe::{self, Proto, Who},
     service, web_port, Scenario, Verdict,
 };
 use crate::progress;
@@ -43,8 +43,8 @@ const SPREAD: usize = 20;
 const REFUSE_BOUND: Duration = Duration::from_secs(1);
 /// The IPv4 scenarios that run again over IPv6 (issue #14), the same code
 /// with the bed handing out IPv6 addresses: every one whose features the
-/// IPv6 path has. Left out: the pool (16).
-const IN_BOTH_FAMILIES: [usize; 15] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15];
+/// IPv6 path has. Left out: the pool (17).
+const IN_BOTH_FAMILIES: [usize; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
 
 pub fn all() -> Vec<Scenario> {
     let mut all = vec![
@@ -107,6 +107,10 @@ pub fn all() -> Vec<Scenario> {
         v4(
             "a process in a node's own network namespace reaches a ClusterIP",
             host::host_process,
+        ),
+        v4(
+            "a datagram whose TTL runs out at the translating node gets time exceeded (traceroute)",
+            from_outside::ttl_expiry,
         ),
         v4(
             "LoadBalancer address from the pool, announced by one node, moving when it goes NotReady",
