@@ -41,14 +41,14 @@ pub const fn tcp_next(state: u8, flags: u8, reply: bool) -> u8 {
 }
 
 /// Lifetime in seconds of an entry in `state`, for protocol `proto`. A UDP
-/// flow that never saw a reply lives half as long, as netfilter keeps
-/// unreplied UDP 30 s against 120 s for streams: floods of one-packet flows
-/// (and the SNAT ports they hold) then drain twice as fast.
+/// flow that never saw a reply has a lifetime of its own, as netfilter's
+/// unreplied UDP: floods of one-packet flows (and the SNAT ports they
+/// hold) then drain faster.
 #[inline(always)]
 pub const fn lifetime_s(cfg: &crate::Config, proto: u8, state: u8) -> u32 {
     if proto != crate::PROTO_TCP {
         if state & STATE_SEEN_REPLY == 0 {
-            cfg.udp_timeout_s / 2
+            cfg.udp_unreplied_timeout_s
         } else {
             cfg.udp_timeout_s
         }
@@ -89,6 +89,6 @@ mod tests {
         let rst = tcp_next(est, TCP_RST, false);
         assert_eq!(lifetime_s(&cfg, PROTO_TCP, rst), cfg.tcp_closing_timeout_s);
         assert_eq!(lifetime_s(&cfg, PROTO_UDP, rst), cfg.udp_timeout_s);
-        assert_eq!(lifetime_s(&cfg, PROTO_UDP, 0), cfg.udp_timeout_s / 2);
+        assert_eq!(lifetime_s(&cfg, PROTO_UDP, 0), cfg.udp_unreplied_timeout_s);
     }
 }

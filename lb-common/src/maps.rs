@@ -682,12 +682,14 @@ pub struct Config {
     pub tcp_established_timeout_s: u32,
     pub tcp_syn_timeout_s: u32,
     pub tcp_closing_timeout_s: u32,
+    /// A UDP flow that has seen a reply.
     pub udp_timeout_s: u32,
     /// This node's address for source NAT (network order); 0 disables SNAT.
     pub snat_addr: u32,
     /// The ports a flow whose client's port is taken may get.
     pub snat_ports: crate::snat::SnatPorts,
-    pub _pad: u32,
+    /// A UDP flow that has seen no reply.
+    pub udp_unreplied_timeout_s: u32,
     /// `SO_NETNS_COOKIE` of the node's own network namespace; 0 while
     /// unknown. The socket hooks leave UDP of other namespaces (pods) to
     /// the per-packet path, whose flows are forgotten when their backend
@@ -696,17 +698,25 @@ pub struct Config {
 }
 
 impl Config {
-    /// Cilium's CT lifetimes (TCP 6 h, SYN 60 s, close 10 s) and a UDP
-    /// timeout between kube-proxy's 30 s and Cilium's 60 s stream default.
-    /// The packet path also uses it while the agent has not written `CONFIG`.
+    /// Idle lifetimes: an established TCP connection 24 h, as kube-proxy's
+    /// `--conntrack-tcp-timeout-established` default sets netfilter's (a
+    /// connection idle longer than Cilium's 6 h survives, as it does under
+    /// kube-proxy); an unanswered SYN 60 s and a closed connection 10 s,
+    /// Cilium's; UDP without a reply 30 s, netfilter's. A UDP flow with a
+    /// reply 60 s: netfilter keeps one 120 s only once it is still active
+    /// 2 s after its first packet, and 30 s before, so a one-exchange flow
+    /// (a DNS query) gets 30 s; a flat 120 s would hold those flows, and
+    /// their SNAT ports, four times as long. The agent's `--conntrack-*`
+    /// flags set them. The packet path also uses these while the agent has
+    /// not written `CONFIG`.
     pub const DEFAULT: Config = Config {
-        tcp_established_timeout_s: 21_600,
+        tcp_established_timeout_s: 86_400,
         tcp_syn_timeout_s: 60,
         tcp_closing_timeout_s: 10,
         udp_timeout_s: 60,
         snat_addr: 0,
         snat_ports: crate::snat::SnatPorts::DEFAULT,
-        _pad: 0,
+        udp_unreplied_timeout_s: 30,
         host_netns_cookie: 0,
     };
 }

@@ -1,8 +1,9 @@
 //! The `xdplb` command line. The subcommand and flag names are a contract
 //! with operators and scripts: keep them.
-use std::{net::SocketAddr, path::PathBuf};
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use lb_common::Config;
 
 use crate::datapath::XdpMode;
 
@@ -197,6 +198,94 @@ pub struct AgentArgs {
     pub cleanup: bool,
     #[command(flatten)]
     pub capacities: CapacityArgs,
+    #[command(flatten)]
+    pub conntrack: ConntrackArgs,
+}
+
+/// Connection-tracking idle timeouts, under kube-proxy's flag names and in
+/// its Go duration syntax (24h, 1h30m, 45s), so that a node moving off
+/// kube-proxy keeps its settings. They apply to flows as their packets
+/// come; a restart of the agent changes them for every flow.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConntrackArgs {
+    /// Idle timeout for established TCP connections.
+    #[arg(long, default_value_t = Timeout(Config::DEFAULT.tcp_established_timeout_s))]
+    pub conntrack_tcp_timeout_established: Timeout,
+    /// Idle timeout for UDP flows that have seen no reply.
+    #[arg(long, default_value_t = Timeout(Config::DEFAULT.udp_unreplied_timeout_s))]
+    pub conntrack_udp_timeout: Timeout,
+    /// Idle timeout for UDP flows that have seen a reply.
+    #[arg(long, default_value_t = Timeout(Config::DEFAULT.udp_timeout_s))]
+    pub conntrack_udp_timeout_stream: Timeout,
+}
+
+impl ConntrackArgs {
+    /// `config` with these timeouts.
+    pub fn apply(&self, config: Config) -> Config {
+        Config {
+            tcp_established_timeout_s: self.conntrack_tcp_timeout_established.0,
+            udp_unreplied_timeout_s: self.conntrack_udp_timeout.0,
+            udp_timeout_s: self.conntrack_udp_timeout_stream.0,
+            ..config
+        }
+    }
+}
+
+/// A timeout in whole seconds, written as a Go duration: numbers each
+/// followed by h, m or s. Parsed here rather than by a duration crate:
+/// those read other syntaxes than the one kube-proxy's flags take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeout(pub u32);
+
+impl FromStr for Timeout {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut total = 0u64;
+        let mut digits = String::new();
+        for c in s.chars() {
+            if c.is_ascii_digit() {
+                digits.push(c);
+                continue;
+            }
+            let unit = match c {
+                'h' => 3600,
+                'm' => 60,
+                's' => 1,
+                _ => return Err(format!("{s:?}: {c:?} is no unit (h, m or s)")),
+            };
+            let n: u64 = digits
+                .parse()
+                .map_err(|_| format!("{s:?}: a number must come before {c:?}"))?;
+            digits.clear();
+            total = total.saturating_add(n.saturating_mul(unit));
+        }
+        if !digits.is_empty() {
+            return Err(format!("{s:?}: {digits} needs a unit (h, m or s)"));
+        }
+        if total == 0 {
+            return Err(format!("{s:?}: a timeout is at least 1s"));
+        }
+        u32::try_from(total)
+            .map(Timeout)
+            .map_err(|_| format!("{s:?}: at most {} seconds", u32::MAX))
+    }
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (h, m, s) = (self.0 / 3600, self.0 / 60 % 60, self.0 % 60);
+        if h > 0 {
+            write!(f, "{h}h")?;
+        }
+        if m > 0 {
+            write!(f, "{m}m")?;
+        }
+        if s > 0 || self.0 == 0 {
+            write!(f, "{s}s")?;
+        }
+        Ok(())
+    }
 }
 
 /// Map sizes, in entries. They apply when the maps are created; maps an
@@ -252,6 +341,52 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_read_go_durations_and_refuse_the_rest() {
+        for (text, secs) in [
+            ("24h", 86_400),
+            ("1h30m", 5_400),
+            ("45s", 45),
+            ("2m5s", 125),
+        ] {
+            let t: Timeout = text.parse().unwrap();
+            assert_eq!(t, Timeout(secs), "{text}");
+            assert_eq!(t.to_string(), text, "written back as read");
+        }
+        for bad in ["", "0s", "30", "1.5s", "10ms", "h", "5d", "-1s", "1193047h"] {
+            assert!(bad.parse::<Timeout>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn conntrack_flags_default_to_the_data_planes_and_set_its_config() {
+        let agent = |extra: &[&str]| {
+            let base = ["xdplb", "agent", "--external-ifaces", "eth0"];
+            let cli = Cli::parse_from(base.iter().chain(extra));
+            let Command::Agent(args) = cli.command else {
+                panic!("not the agent")
+            };
+            args.conntrack.apply(Config::DEFAULT)
+        };
+        assert_eq!(agent(&[]), Config::DEFAULT);
+        let set = agent(&[
+            "--conntrack-tcp-timeout-established",
+            "1h",
+            "--conntrack-udp-timeout",
+            "10s",
+            "--conntrack-udp-timeout-stream",
+            "2m",
+        ]);
+        assert_eq!(
+            (
+                set.tcp_established_timeout_s,
+                set.udp_unreplied_timeout_s,
+                set.udp_timeout_s
+            ),
+            (3600, 10, 120)
+        );
+    }
 
     #[test]
     fn metrics_default_to_loopback() {

@@ -103,13 +103,7 @@ fn snat_ports_leave_out_the_nodes_ephemeral_range() {
         .sysctl(&node.ns, "net.ipv4.ip_local_port_range", "40000 50000");
     cluster.must(node, "setting the ephemeral range", range);
     let _agents = seeded_agents(&cluster);
-    let maps = node
-        .pin_path
-        .join(format!("v{}", lb_common::LAYOUT_VERSION))
-        .join("maps");
-    let ports = Maps::from_pins(&maps)
-        .and_then(|m| Ok(m.config().get(&0, 0)?.snat_ports))
-        .expect("reading CONFIG");
+    let ports = node_config(node).snat_ports;
     assert_eq!(ports, SnatPorts::outside(40_000, 50_000).unwrap());
     assert_eq!(ports.count(), 65_536 - 1_024 - 10_001);
     for (port, inside) in [
@@ -120,6 +114,48 @@ fn snat_ports_leave_out_the_nodes_ephemeral_range() {
     ] {
         assert_eq!(ports.contains(port), inside, "port {port}");
     }
+}
+
+/// The data plane's settings (`CONFIG`) the agent of `node` wrote.
+fn node_config(node: &Node) -> lb_common::Config {
+    let maps = node
+        .pin_path
+        .join(format!("v{}", lb_common::LAYOUT_VERSION))
+        .join("maps");
+    Maps::from_pins(&maps)
+        .and_then(|m| Ok(m.config().get(&0, 0)?))
+        .expect("reading CONFIG")
+}
+
+/// The conntrack timeouts, under kube-proxy's flag names, reach the data
+/// plane.
+#[test]
+fn conntrack_timeout_flags_reach_the_data_plane() {
+    let cluster = Cluster::build(&["node1"]).expect("building the cluster");
+    let node = &cluster.nodes[0];
+    cluster
+        .write_seed_manifests()
+        .expect("writing the seed manifests");
+    let flags = [
+        "--conntrack-tcp-timeout-established",
+        "1h30m",
+        "--conntrack-udp-timeout",
+        "10s",
+        "--conntrack-udp-timeout-stream",
+        "3m",
+    ];
+    let started = cluster.start_agent_with(node, &[], &flags);
+    let mut agent = cluster.must(node, "starting the agent", started);
+    cluster.must(node, "agent readiness", agent.wait_ready());
+    let cfg = node_config(node);
+    assert_eq!(
+        (
+            cfg.tcp_established_timeout_s,
+            cfg.udp_unreplied_timeout_s,
+            cfg.udp_timeout_s
+        ),
+        (5_400, 10, 180)
+    );
 }
 
 /// NodePorts and the source-NAT address follow the node's addresses: an

@@ -365,6 +365,7 @@ fn entries_live_as_long_as_their_state_allows_then_expire() {
         tcp_syn_timeout_s: 30,
         tcp_closing_timeout_s: 5,
         udp_timeout_s: 20,
+        udp_unreplied_timeout_s: 10,
         ..Config::DEFAULT
     };
     dp.maps.put_config(cfg).unwrap();
@@ -412,7 +413,7 @@ fn entries_live_as_long_as_their_state_allows_then_expire() {
     assert_eq!(
         (lifetime_s(&fwd), lifetime_s(&rev)),
         (10, 10),
-        "UDP without a reply: half the timeout, as netfilter's unreplied 30 s"
+        "UDP without a reply: its own lifetime, as netfilter's unreplied"
     );
     run(&dp, &udp_frame(B1, udp, b"a", true));
     let (_, fwd, rev) = entries(&dp, udp);
@@ -481,8 +482,8 @@ fn flow_cache_serves_plain_packets_and_leaves_state_changes_to_conntrack() {
 }
 
 /// A copy outlives no entry: a flow whose entry expires within a second
-/// (here a 2 s UDP timeout, 1 s without a reply) is never cached, so its packets find the entry
-/// gone once it expires.
+/// (here UDP without a reply, 1 s) is never cached, so its packets find
+/// the entry gone once it expires.
 #[test]
 fn flows_about_to_expire_are_not_cached() {
     let (mut dp, _) = with_service(&[B1], PROTO_UDP);
@@ -499,7 +500,7 @@ fn flows_about_to_expire_are_not_cached() {
         .map(|r| count(dp, r))
     };
     let short = Config {
-        udp_timeout_s: 2,
+        udp_unreplied_timeout_s: 1,
         ..Config::DEFAULT
     };
     dp.maps.put_config(short).unwrap();

@@ -117,7 +117,7 @@ impl Agent {
             );
             0
         });
-        let config = Config {
+        let config = self.args.conntrack.apply(Config {
             snat_addr: snat
                 .first()
                 .map(|a| lb_common::addr::to_map(*a))
@@ -125,7 +125,7 @@ impl Agent {
             snat_ports: self.snat_ports,
             host_netns_cookie,
             ..Config::DEFAULT
-        };
+        });
         let snat_addr = snat_v6
             .first()
             .map(|a| lb_common::addr::to_map_v6(*a))
