@@ -32,10 +32,13 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// The agent's settings; the defaults while it has written none, or while
+/// the pinned ones are an older agent's, which left the unreplied UDP
+/// lifetime 0 (no timeout the agent takes).
 #[inline(always)]
 pub fn config() -> Config {
     match CONFIG.get(0) {
-        Some(c) if c.udp_timeout_s != 0 => *c,
+        Some(c) if c.udp_timeout_s != 0 && c.udp_unreplied_timeout_s != 0 => *c,
         _ => Config::DEFAULT,
     }
 }

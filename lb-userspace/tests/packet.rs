@@ -354,6 +354,25 @@ fn lifetime_s(v: &CtValueV4) -> u64 {
     (v.expires_ns - v.last_seen_ns) / 1_000_000_000
 }
 
+/// The settings an older agent pinned hold 0 where the unreplied UDP
+/// lifetime now lies: until the agent writes its own, the data plane keeps
+/// its defaults rather than give such flows no lifetime at all.
+#[test]
+fn an_older_agents_settings_leave_the_defaults() {
+    let (mut dp, _) = with_service(&[B1], PROTO_UDP);
+    let older = Config {
+        udp_timeout_s: 20,
+        udp_unreplied_timeout_s: 0,
+        ..Config::DEFAULT
+    };
+    dp.maps.put_config(older).unwrap();
+    let client = (CLIENT.0, 40002);
+    run(&dp, &udp_frame(client, VIP, b"q", true));
+    let (_, fwd, rev) = entries(&dp, client);
+    let default = u64::from(Config::DEFAULT.udp_unreplied_timeout_s);
+    assert_eq!((lifetime_s(&fwd), lifetime_s(&rev)), (default, default));
+}
+
 /// Each state gets its configured lifetime on both entries, and an entry
 /// past its deadline is a new flow. The clock is the test's: it moves the
 /// deadline instead of waiting for it.
