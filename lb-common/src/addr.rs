@@ -13,6 +13,16 @@ pub fn from_map(addr: u32) -> Ipv4Addr {
     Ipv4Addr::from(addr.to_ne_bytes())
 }
 
+/// Whether a map word is an address of 127.0.0.0/8.
+#[inline(always)]
+pub const fn is_loopback(addr: u32) -> bool {
+    addr.to_ne_bytes()[0] == 127
+}
+
+/// 127.0.0.1, the one address of 127.0.0.0/8 whose NodePorts the maps
+/// hold: the socket hooks look every loopback address up under it.
+pub const LOCALHOST: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+
 #[inline(always)]
 pub fn to_map_v6(addr: Ipv6Addr) -> [u32; 4] {
     let o = addr.octets();
@@ -33,6 +43,14 @@ pub fn from_map_v6(addr: [u32; 4]) -> Ipv6Addr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_is_the_first_octet_127() {
+        assert!(is_loopback(to_map(Ipv4Addr::new(127, 3, 2, 1))));
+        assert!(is_loopback(LOCALHOST));
+        assert_eq!(from_map(LOCALHOST), Ipv4Addr::LOCALHOST);
+        assert!(!is_loopback(to_map(Ipv4Addr::new(1, 2, 3, 127))));
+    }
 
     #[test]
     fn round_trips_in_packet_byte_order() {

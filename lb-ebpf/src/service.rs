@@ -11,6 +11,7 @@
 //! volatile read of an `ADDR_FILTER` word whose index is masked into the
 //! array, volatile because the agent writes the words outside the program.
 use lb_common::{
+    addr,
     decide::{self, Client, Decision},
     filter::{position, position_v6, AddrSet, FILTER_WORDS},
     CtKeyV4, CtValueV4, FlowCacheEntryV4, Reason, ADDR_FRONTEND, CT_DIR_FORWARD, CT_DIR_REPLY,
@@ -240,6 +241,12 @@ fn new_flow<C: Frame>(
     key: &CtKeyV4,
     now: u64,
 ) -> Result<*mut CtValueV4, Option<Verdict>> {
+    // The maps hold NodePorts at 127.0.0.1 for the socket hooks alone: a
+    // loopback destination on the wire is a martian no node may route
+    // (kube-proxy's CVE-2020-8558 let such packets reach localhost).
+    if addr::is_loopback(key.dst_addr) {
+        return Err(None);
+    }
     let fe_key = key.frontend();
     let in_cluster = policy::in_cluster(ctx);
     let hash = || key.hash();

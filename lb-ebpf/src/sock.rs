@@ -19,6 +19,9 @@
 //! decided on the IPv4 maps and answered as mapped, since the IPv4 hooks
 //! never see such a socket.
 //!
+//! A loopback address stands for the node's NodePorts, which the maps hold
+//! at 127.0.0.1, for the node's own processes only (`frontend_v4`).
+//!
 //! UDP sockets of pods are left to the per-packet path (see `choose`);
 //! IPv6 ones when the agent says that path can take them
 //! (`ConfigV6::pods_udp_per_packet`).
@@ -46,6 +49,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
+    addr,
     decide::{self, Client, Decision, View},
     sock::{
         socket_hash_v4, socket_hash_v6, SockRevNatKeyV4, SockRevNatKeyV6, SockRevNatValueV4,
@@ -229,11 +233,14 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
     if family != AF_INET || !is_l4(proto) {
         return ALLOW;
     }
-    let fe_key = FrontendKeyV4 {
+    let asked = FrontendKeyV4 {
         addr: unsafe { read_volatile(&raw const (*sa).user_ip4) },
         port,
         proto: proto as u8,
         _pad: 0,
+    };
+    let Some(fe_key) = frontend_v4(ctx, asked) else {
+        return ALLOW;
     };
     match choose(ctx, &Maps, &fe_key) {
         Ok((be, cookie)) => {
@@ -241,11 +248,29 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
                 write_volatile(&raw mut (*sa).user_ip4, be.addr);
                 write_volatile(&raw mut (*sa).user_port, be.port as u32);
             }
-            remember(cookie, &be, &fe_key);
+            remember(cookie, &be, &asked);
             ALLOW
         }
         Err(verdict) => verdict,
     }
+}
+
+/// The IPv4 frontend a socket asking for `asked` looks up. A loopback
+/// address stands for the node's NodePorts, held at `addr::LOCALHOST`, as
+/// kube-proxy serves NodePorts on every local address (localhost
+/// included) to the node's own processes; a pod's loopback is its own, left
+/// alone.
+#[inline(always)]
+fn frontend_v4(ctx: &SockAddrContext, asked: FrontendKeyV4) -> Option<FrontendKeyV4> {
+    if !addr::is_loopback(asked.addr) {
+        return Some(asked);
+    }
+    let host = conntrack::config().host_netns_cookie;
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    (host != 0 && netns == host).then_some(FrontendKeyV4 {
+        addr: addr::LOCALHOST,
+        ..asked
+    })
 }
 
 #[inline(always)]
@@ -257,11 +282,14 @@ fn to_backend6(ctx: &SockAddrContext) -> i32 {
     }
     let addr = read_ip6(sa);
     if let Some(addr) = v4_mapped(addr) {
-        let fe_key = FrontendKeyV4 {
+        let asked = FrontendKeyV4 {
             addr,
             port,
             proto: proto as u8,
             _pad: 0,
+        };
+        let Some(fe_key) = frontend_v4(ctx, asked) else {
+            return ALLOW;
         };
         return match choose(ctx, &Maps, &fe_key) {
             Ok((be, cookie)) => {
@@ -270,7 +298,7 @@ fn to_backend6(ctx: &SockAddrContext) -> i32 {
                     [V4_MAPPED[0], V4_MAPPED[1], V4_MAPPED[2], be.addr],
                     be.port,
                 );
-                remember(cookie, &be, &fe_key);
+                remember(cookie, &be, &asked);
                 ALLOW
             }
             Err(verdict) => verdict,

@@ -167,6 +167,13 @@ pub struct AgentArgs {
     /// serves NodePorts on the external interfaces' addresses of that family.
     #[arg(long, value_delimiter = ',')]
     pub nodeport_addresses: Vec<String>,
+    /// Serve NodePorts on 127.0.0.1 (and every address of 127.0.0.0/8) to
+    /// the node's own processes, as kube-proxy's iptables mode does by
+    /// default (its --iptables-localhost-nodeports); IPv4 only, as there.
+    /// Left out when --nodeport-addresses has IPv4 CIDRs and none holds
+    /// 127.0.0.1.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub localhost_nodeports: bool,
     /// LoadBalancer address pools, IPv4 CIDRs (network and broadcast
     /// addresses left out). A LoadBalancer Service without a status address
     /// and with spec.loadBalancerClass unset or xdplb.io/l2 gets one, and one

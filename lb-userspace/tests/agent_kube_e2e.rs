@@ -47,6 +47,12 @@ fn fe(addr: Ipv4Addr, port: u16) -> String {
     format!("{addr}:{port}/TCP")
 }
 
+/// A NodePort's frontends: at the node's address, and at 127.0.0.1 for the
+/// node's own processes (localhost NodePorts, on by default).
+fn node_port_fes(node: Ipv4Addr, port: u16) -> [String; 2] {
+    [fe(node, port), fe(Ipv4Addr::LOCALHOST, port)]
+}
+
 fn be(addr: Ipv4Addr, port: u16) -> String {
     format!("{addr}:{port}")
 }
@@ -90,14 +96,17 @@ fn seed(kc: &KubeCluster) -> Frontends {
         &POD_ADDRS,
     ));
     let both = POD_ADDRS.map(|a| be(a, COUNTER_PORT)).to_vec();
-    Frontends::from([
+    let mut want = Frontends::from([
         (
             fe(REDIS_VIP, REDIS_PORT),
             vec![be(POD_ADDRS[0], REDIS_PORT)],
         ),
         (fe(COUNTER_VIP, COUNTER_PORT), both.clone()),
-        (fe(node.addr, COUNTER_NODE_PORT), both),
-    ])
+    ]);
+    for np in node_port_fes(node.addr, COUNTER_NODE_PORT) {
+        want.insert(np, both.clone());
+    }
+    want
 }
 
 /// `xdplb services` right now is exactly `want`.
@@ -263,10 +272,9 @@ fn adds_modifies_and_deletes_reach_the_maps() {
         SPARE_PORT,
         SPARE_NODE_PORT,
     ));
-    want.insert(
-        fe(node.addr, SPARE_NODE_PORT),
-        vec![be(p2.addr, SPARE_PORT)],
-    );
+    for np in node_port_fes(node.addr, SPARE_NODE_PORT) {
+        want.insert(np, vec![be(p2.addr, SPARE_PORT)]);
+    }
     latencies.push(wait_frontends(&kc, "modified Service", APPLY_BOUND, &want));
     kc.must(
         "new NodePort",
@@ -551,7 +559,9 @@ fn requests_are_read_only() {
     kc.api.delete(Kind::Service, "default", "counter-app");
     want.insert(fe(SPARE_VIP, SPARE_PORT), vec![be(p2.addr, SPARE_PORT)]);
     want.remove(&fe(COUNTER_VIP, COUNTER_PORT));
-    want.remove(&fe(node.addr, COUNTER_NODE_PORT));
+    for np in node_port_fes(node.addr, COUNTER_NODE_PORT) {
+        want.remove(&np);
+    }
     wait_frontends(&kc, "changes after the relist", RECOVERY_BOUND, &want);
     // Time for anything the agent would write after a sync.
     thread::sleep(Duration::from_secs(1));

@@ -526,21 +526,26 @@ fn a_connected_udp_socket_of_a_removed_backend_is_closed() {
 /// With the node's namespace known, a pod's UDP socket is left to the
 /// per-packet path (which forgets a removed backend's flows), while the
 /// node's own UDP and every TCP connection stay on the socket hooks.
-#[test]
-fn pods_udp_is_left_to_the_packet_path() {
-    use lb_common::{Config, Reason};
-    let mut host = host();
+/// Gives the data plane the node namespace's cookie, as the agent does.
+fn tell_the_node_namespace(host: &mut Host) {
     let node_cookie = host
         .topo
         .tb
         .in_ns(&host.topo.node, lb_userspace::sockdiag::netns_cookie)
         .unwrap()
         .expect("the node namespace's cookie");
-    let cfg = Config {
+    let cfg = lb_common::Config {
         host_netns_cookie: node_cookie,
-        ..Config::DEFAULT
+        ..lb_common::Config::DEFAULT
     };
     host.dp.maps.put_config(cfg).unwrap();
+}
+
+#[test]
+fn pods_udp_is_left_to_the_packet_path() {
+    use lb_common::Reason;
+    let mut host = host();
+    tell_the_node_namespace(&mut host);
     let count = |host: &Host, r: Reason| host.dp.maps.reason_total(r).unwrap();
     let udp = [op("udp", VIP, UDP_PORT, "from the node".into())];
     let outcomes = run(&host, true, &udp);
@@ -557,4 +562,47 @@ fn pods_udp_is_left_to_the_packet_path() {
     run_in_ns(pod, Some(&host.cgroup), &ops);
     assert_eq!(count(&host, Reason::SockUdpLeftToPath), 1);
     assert_eq!(count(&host, Reason::SockTranslated), 2, "the pod's TCP");
+}
+
+/// NodePorts on localhost, as kube-proxy serves them to the node's own
+/// processes: the agent lists them at 127.0.0.1, and every address of
+/// 127.0.0.0/8 reaches them, the peer reading as the address asked for. A
+/// pod's loopback is its own: its connection stays there.
+#[test]
+fn localhost_nodeports_serve_the_node_and_leave_a_pods_loopback_alone() {
+    use lb_common::Reason;
+    const NODE_PORT: u16 = 30080;
+    let mut host = host();
+    Provision::new().service(
+        &mut host.dp,
+        6,
+        (Ipv4Addr::LOCALHOST, NODE_PORT),
+        PROTO_TCP,
+        &host.topo.backends(BACKEND_TCP_PORT),
+    );
+    tell_the_node_namespace(&mut host);
+    let translated = |host: &Host| host.dp.maps.reason_total(Reason::SockTranslated).unwrap();
+    for addr in [Ipv4Addr::LOCALHOST, Ipv4Addr::new(127, 1, 2, 3)] {
+        let ops: Vec<Op> = (0..FLOWS)
+            .map(|flow| op("tcp", addr, NODE_PORT, payload(flow, 500)))
+            .collect();
+        let outcomes = run(&host, true, &ops);
+        let asked = SocketAddrV4::new(addr, NODE_PORT).to_string();
+        let served = assert_answered(&host.topo, &ops, &outcomes, Some(&asked));
+        assert_eq!(served, all_pods(&host), "{addr}: not every backend served");
+    }
+    let before = translated(&host);
+    let pod = &host.topo.pods[0].ns;
+    let ops = [op(
+        "tcp",
+        Ipv4Addr::LOCALHOST,
+        NODE_PORT,
+        "from a pod".into(),
+    )];
+    let outcome = &run_in_ns(pod, Some(&host.cgroup), &ops)[0];
+    assert!(
+        outcome.result.is_err(),
+        "a pod's loopback answered: {outcome:?}"
+    );
+    assert_eq!(translated(&host), before, "the pod's connection translated");
 }

@@ -50,9 +50,17 @@ fn receive_on_xdp_capable_device(dp: &mut Datapath) {
 }
 
 fn with_service(backends: &[(Ipv4Addr, u16)], proto: u8) -> (Datapath, Provision) {
+    with_service_at(VIP, backends, proto)
+}
+
+fn with_service_at(
+    frontend: (Ipv4Addr, u16),
+    backends: &[(Ipv4Addr, u16)],
+    proto: u8,
+) -> (Datapath, Provision) {
     let mut dp = load();
     let mut prov = Provision::new();
-    prov.service(&mut dp, 7, VIP, proto, backends);
+    prov.service(&mut dp, 7, frontend, proto, backends);
     (dp, prov)
 }
 
@@ -73,6 +81,20 @@ fn non_ipv4_and_non_service_ipv4_pass_unchanged_and_are_counted() {
     }
     assert_eq!(count(&dp, Reason::PassNotIpv4), 3);
     assert_eq!(count(&dp, Reason::PassNotOurs), 3);
+}
+
+/// The maps hold localhost NodePorts (127.0.0.1) for the socket hooks; a
+/// frame from the wire to a loopback address is a martian, which the
+/// packet path passes untouched for the kernel to drop, never translates
+/// (kube-proxy's CVE-2020-8558).
+#[test]
+fn loopback_destinations_on_the_wire_are_never_translated() {
+    let localhost = (Ipv4Addr::LOCALHOST, 30080);
+    let (dp, _) = with_service_at(localhost, &[B1], PROTO_TCP);
+    let spoofed = tcp_frame(CLIENT, localhost, Tcp::syn(), b"", &[]);
+    assert_eq!(run(&dp, &spoofed), (XDP_PASS, spoofed.clone()));
+    assert_eq!(count(&dp, Reason::XlateNew), 0);
+    assert_eq!(count(&dp, Reason::PassNotOurs), 1);
 }
 
 /// `arp_frame` asks who has 10.0.0.2, telling 10.0.0.1 at `CLIENT_MAC`.

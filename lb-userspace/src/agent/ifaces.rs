@@ -145,6 +145,25 @@ pub fn nodeport_addresses(external: &[String], cidrs: &[(Ipv4Addr, u8)]) -> Resu
     }))
 }
 
+/// `addrs`, the IPv4 NodePort addresses, with 127.0.0.1 when `localhost`
+/// NodePorts are on and `cidrs` (`--nodeport-addresses`) are none or one
+/// holds it: kube-proxy's rule for its localhost NodePorts. Only the
+/// socket hooks serve them (the packet path refuses loopback
+/// destinations), so only the node's own processes reach them.
+pub fn with_localhost(
+    mut addrs: Vec<Ipv4Addr>,
+    localhost: bool,
+    cidrs: &[(Ipv4Addr, u8)],
+) -> Vec<Ipv4Addr> {
+    let taken = cidrs.is_empty() || cidrs.iter().any(|c| in_cidr(Ipv4Addr::LOCALHOST, *c));
+    if localhost && taken {
+        addrs.push(Ipv4Addr::LOCALHOST);
+        addrs.sort();
+        addrs.dedup();
+    }
+    addrs
+}
+
 /// `nodeport_addresses` of IPv6, each family with its own CIDRs. Link-local
 /// addresses are left out: every link has them, so they name no node. The
 /// first is also the address to source-NAT IPv6 from: the list is sorted,
@@ -227,6 +246,26 @@ mod tests {
             ]
         );
         assert_eq!(v6s, [(v6("fd00::"), 8)]);
+    }
+
+    #[test]
+    fn localhost_nodeports_follow_kube_proxys_rule() {
+        let node = vec![Ipv4Addr::new(192, 168, 1, 10)];
+        let lo = Ipv4Addr::LOCALHOST;
+        let cidr = |c: &str| match parse_cidr(c).unwrap() {
+            (IpAddr::V4(a), len) => (a, len),
+            _ => unreachable!(),
+        };
+        assert_eq!(with_localhost(node.clone(), true, &[]), [lo, node[0]]);
+        assert_eq!(with_localhost(node.clone(), false, &[]), node, "turned off");
+        let lan = [cidr("192.168.0.0/16")];
+        assert_eq!(
+            with_localhost(node.clone(), true, &lan),
+            node,
+            "not in the CIDRs"
+        );
+        let both = [cidr("192.168.0.0/16"), cidr("127.0.0.0/8")];
+        assert_eq!(with_localhost(node.clone(), true, &both), [lo, node[0]]);
     }
 
     #[test]

@@ -163,10 +163,11 @@ impl Agent {
             .node_eligible(model::node_eligible(&self.args.node_name, &objects.nodes));
         let opts = ModelOptions {
             service_proxy_name: self.args.service_proxy_name.clone(),
-            nodeport_addresses: ifaces::nodeport_addresses(
-                &self.args.external_ifaces,
+            nodeport_addresses: ifaces::with_localhost(
+                ifaces::nodeport_addresses(&self.args.external_ifaces, &self.nodeport_cidrs)?,
+                self.args.localhost_nodeports,
                 &self.nodeport_cidrs,
-            )?,
+            ),
             node_addresses: ifaces::ipv4_addresses()?
                 .into_iter()
                 .map(|(_, addr)| addr)

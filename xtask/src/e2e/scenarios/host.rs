@@ -52,6 +52,21 @@ fn host_process_steps(bed: &mut Bed) -> Result<Verdict> {
             cgroup.display(),
             peers.into_iter().collect::<Vec<_>>().join(", ")
         ));
+        // kube-proxy serves NodePorts on localhost to the node's processes,
+        // in IPv4 only.
+        if !bed.family.is_v6() {
+            let port = bed.node_port("np-cluster", 0, &node)?.port();
+            let localhost = SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), port);
+            let answers: Vec<Who> = node_client(bed, &node, Proto::Tcp, localhost, 16)?;
+            answered_by(
+                &format!("{node} (its own namespace) -> {localhost}"),
+                &answers,
+                &["web-1", "web-2"],
+            )?;
+            note(format!(
+                "{node}: the NodePort on {localhost} reached both pods"
+            ));
+        }
     }
     Ok(Verdict::Pass)
 }

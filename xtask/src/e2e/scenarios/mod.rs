@@ -105,7 +105,7 @@ pub fn all() -> Vec<Scenario> {
             path_mtu::uplink_mtu,
         ),
         v4(
-            "a process in a node's own network namespace reaches a ClusterIP",
+            "a process in a node's own network namespace reaches a ClusterIP (IPv4: and a NodePort on localhost)",
             host::host_process,
         ),
         v4(
