@@ -682,13 +682,13 @@ pub struct Config {
     pub tcp_established_timeout_s: u32,
     pub tcp_syn_timeout_s: u32,
     pub tcp_closing_timeout_s: u32,
-    /// A UDP flow that has seen a reply.
+    /// Seconds a UDP flow that has seen a reply lives idle.
     pub udp_timeout_s: u32,
     /// This node's address for source NAT (network order); 0 disables SNAT.
     pub snat_addr: u32,
     /// The ports a flow whose client's port is taken may get.
     pub snat_ports: crate::snat::SnatPorts,
-    /// A UDP flow that has seen no reply.
+    /// Seconds a UDP flow that has seen no reply lives idle.
     pub udp_unreplied_timeout_s: u32,
     /// `SO_NETNS_COOKIE` of the node's own network namespace; 0 while
     /// unknown. The socket hooks leave UDP of other namespaces (pods) to
