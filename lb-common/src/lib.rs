@@ -14,6 +14,8 @@ pub mod conntrack;
 pub mod decide;
 pub mod filter;
 pub mod flow;
+#[cfg(test)]
+mod layout;
 pub mod maps;
 pub mod meta;
 pub mod monitor;

@@ -110,6 +110,8 @@ pub const MAX_AFFINITY_V6: u32 = 1 << 14;
 
 /// Bumped whenever a layout in this crate changes; pinned maps live under
 /// `<pin-path>/v<LAYOUT_VERSION>` so an upgrade never reads foreign bytes.
+/// A test holds the layouts to the record of this version
+/// (`layouts/v<N>.txt`, see `layout.rs`).
 pub const LAYOUT_VERSION: u32 = 2;
 
 pub const PROTO_TCP: u8 = 6;
