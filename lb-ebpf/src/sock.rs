@@ -239,10 +239,11 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
         proto: proto as u8,
         _pad: 0,
     };
-    let Some(fe_key) = frontend_v4(ctx, asked) else {
+    let caller = Caller::of(ctx);
+    let Some(fe_key) = frontend_v4(&caller, asked) else {
         return ALLOW;
     };
-    match choose(ctx, &Maps, &fe_key) {
+    match choose(ctx, &caller, &Maps, &fe_key) {
         Ok((be, cookie)) => {
             unsafe {
                 write_volatile(&raw mut (*sa).user_ip4, be.addr);
@@ -255,19 +256,46 @@ fn to_backend(ctx: &SockAddrContext) -> i32 {
     }
 }
 
+/// The network namespace a socket belongs to, and the node's own (0 while
+/// the agent has not said), read once per call of a hook.
+struct Caller {
+    netns: u64,
+    host: u64,
+}
+
+impl Caller {
+    #[inline(always)]
+    fn of(ctx: &SockAddrContext) -> Self {
+        Self {
+            netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+            host: conntrack::config().host_netns_cookie,
+        }
+    }
+
+    /// Whether the socket is surely the node's own.
+    #[inline(always)]
+    fn is_node(&self) -> bool {
+        self.host != 0 && self.netns == self.host
+    }
+
+    /// Whether the socket is surely a pod's.
+    #[inline(always)]
+    fn is_pod(&self) -> bool {
+        self.host != 0 && self.netns != self.host
+    }
+}
+
 /// The IPv4 frontend a socket asking for `asked` looks up. A loopback
 /// address stands for the node's NodePorts, held at `addr::LOCALHOST`, as
 /// kube-proxy serves NodePorts on every local address (localhost
 /// included) to the node's own processes; a pod's loopback is its own, left
 /// alone.
 #[inline(always)]
-fn frontend_v4(ctx: &SockAddrContext, asked: FrontendKeyV4) -> Option<FrontendKeyV4> {
+fn frontend_v4(caller: &Caller, asked: FrontendKeyV4) -> Option<FrontendKeyV4> {
     if !addr::is_loopback(asked.addr) {
         return Some(asked);
     }
-    let host = conntrack::config().host_netns_cookie;
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
-    (host != 0 && netns == host).then_some(FrontendKeyV4 {
+    caller.is_node().then_some(FrontendKeyV4 {
         addr: addr::LOCALHOST,
         ..asked
     })
@@ -281,6 +309,7 @@ fn to_backend6(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     }
     let addr = read_ip6(sa);
+    let caller = Caller::of(ctx);
     if let Some(addr) = v4_mapped(addr) {
         let asked = FrontendKeyV4 {
             addr,
@@ -288,10 +317,10 @@ fn to_backend6(ctx: &SockAddrContext) -> i32 {
             proto: proto as u8,
             _pad: 0,
         };
-        let Some(fe_key) = frontend_v4(ctx, asked) else {
+        let Some(fe_key) = frontend_v4(&caller, asked) else {
             return ALLOW;
         };
-        return match choose(ctx, &Maps, &fe_key) {
+        return match choose(ctx, &caller, &Maps, &fe_key) {
             Ok((be, cookie)) => {
                 write_ip6(
                     sa,
@@ -310,7 +339,7 @@ fn to_backend6(ctx: &SockAddrContext) -> i32 {
         proto: proto as u8,
         _pad: 0,
     };
-    match choose(ctx, &MapsV6, &fe_key) {
+    match choose(ctx, &caller, &MapsV6, &fe_key) {
         Ok((be, cookie)) => {
             write_ip6(sa, be.addr, be.port);
             remember6(cookie, &be, &fe_key);
@@ -326,16 +355,15 @@ fn to_backend6(ctx: &SockAddrContext) -> i32 {
 #[inline(always)]
 fn choose<F: Family>(
     ctx: &SockAddrContext,
+    caller: &Caller,
     maps: &F,
     fe_key: &F::Key,
 ) -> Result<(F::Backend, u64), i32> {
-    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let proto = unsafe { read_volatile(&raw const (*ctx.sock_addr).protocol) };
     // A connected UDP socket would keep its backend after the backend is
     // gone, and nothing can close it in a pod's namespace from here; the
     // per-packet path re-balances the pod's next datagram instead.
-    let host = conntrack::config().host_netns_cookie;
-    if proto == PROTO_UDP as u32 && host != 0 && netns != host && F::per_packet_path() {
+    if proto == PROTO_UDP as u32 && caller.is_pod() && F::per_packet_path() {
         if maps.frontend(fe_key).is_some() {
             stats::count(Reason::SockUdpLeftToPath);
         }
@@ -348,7 +376,7 @@ fn choose<F: Family>(
         fe_key,
         Default::default(),
         true,
-        &Client::Netns(netns),
+        &Client::Netns(caller.netns),
         conntrack::now(),
         || F::hash(cookie, fe_key),
     );
