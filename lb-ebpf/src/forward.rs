@@ -114,9 +114,9 @@ pub fn size_v4(ip: *const Ipv4Hdr) -> Size {
 /// Whether `send` will route the packet itself rather than hand it to the
 /// kernel's routing (`kernel` as there): this node is then the router hop
 /// that decrements the TTL (hop limit), and answers a packet whose TTL is
-/// spent, as the kernel's forwarding would have. (An XDP frame whose
-/// metadata finds no room goes to the kernel after all and loses one more:
-/// the kernel refuses room only to frames without headroom.)
+/// spent, as the kernel's forwarding would have. (An XDP frame that finds
+/// no room for its metadata goes to the kernel after all, and gets its hop
+/// back first: `frame::via_tc`.)
 #[inline(always)]
 pub fn routes_itself<V: CtValue>(ct: *mut V, kernel: bool) -> bool {
     !kernel && unsafe { *V::fwd_kind(ct) } != FWD_KERNEL

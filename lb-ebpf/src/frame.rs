@@ -32,6 +32,8 @@ use lb_common::{
 use crate::{
     forward::iface_info,
     maps::{PATH_V6_FRAG_TC, PATH_V6_FRAG_XDP, PATH_V6_TC, PATH_V6_XDP},
+    nat,
+    parse::{self, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
     stats,
 };
 
@@ -152,11 +154,13 @@ impl Frame for XdpContext {
 
 /// Passes the frame with an `XdpMeta` in front telling the tc program on this
 /// interface to send it with `kind` to `ifindex`; without room for the
-/// metadata the kernel routes it.
+/// metadata (a driver without XDP metadata, or room another program took)
+/// the kernel routes it, and takes the hop itself.
 #[inline(always)]
 fn via_tc(ctx: &XdpContext, kind: u8, ifindex: u32) -> u32 {
     let size = core::mem::size_of::<XdpMeta>();
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size as i32)) } != 0 {
+        give_back_hop(ctx);
         stats::count(Reason::FwdKernel);
         return xdp_action::XDP_PASS;
     }
@@ -166,6 +170,28 @@ fn via_tc(ctx: &XdpContext, kind: u8, ifindex: u32) -> u32 {
     }
     unsafe { *(meta as *mut XdpMeta) = XdpMeta::new(kind, ifindex) };
     xdp_action::XDP_PASS
+}
+
+/// Undoes the TTL (hop limit) decrement of a frame `send` meant to route
+/// itself (`forward::routes_itself`) and hands to the kernel after all.
+#[inline(always)]
+fn give_back_hop(ctx: &XdpContext) {
+    let Some(eth) = parse::ptr_at::<EthHdr>(ctx, 0) else {
+        return;
+    };
+    match unsafe { (*eth).proto } {
+        ETH_P_IP => {
+            if let Some(ip) = parse::ptr_at::<Ipv4Hdr>(ctx, ETH_HLEN) {
+                nat::give_back_hop(ip);
+            }
+        }
+        ETH_P_IPV6 => {
+            if let Some(ip) = parse::ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) {
+                nat::give_back_hop_v6(ip);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// The skb-level forwarding kind for a FIB result: into a pod's namespace

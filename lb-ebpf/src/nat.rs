@@ -105,18 +105,41 @@ pub fn rewrite(
         let partial = l4_checksum(l4, l4_len, ct);
         let mut diff = (*ct).csum_addrs;
         if hop {
-            // The TTL shares its header word with the protocol, which
-            // stays.
-            let (ttl, proto) = ((*ip).ttl, (*ip).proto);
-            let word = |ttl: u8| u16::from_ne_bytes([ttl, proto]);
-            let next = ttl.wrapping_sub(1);
-            diff = fold(diff as u32 + diff16(word(ttl), word(next)));
-            (*ip).ttl = next;
+            diff = fold(diff as u32 + set_ttl(ip, (*ip).ttl.wrapping_sub(1)) as u32);
         }
         (*ip).check = apply((*ip).check, diff);
         write(&raw mut (*ip).src, &raw mut (*ip).dst, l4, (dst, src));
         partial
     }
+}
+
+/// Sets the TTL and returns the header checksum's difference for it. The
+/// TTL shares its header word with the protocol, which stays.
+///
+/// # Safety
+/// `ip` points at a checked IPv4 header.
+#[inline(always)]
+unsafe fn set_ttl(ip: *mut Ipv4Hdr, ttl: u8) -> u16 {
+    let (old, proto) = ((*ip).ttl, (*ip).proto);
+    let word = |ttl: u8| u16::from_ne_bytes([ttl, proto]);
+    (*ip).ttl = ttl;
+    fold(diff16(word(old), word(ttl)))
+}
+
+/// Gives back the hop `rewrite` took off a packet that the kernel routes
+/// after all, as its forwarding takes one itself.
+#[inline(always)]
+pub fn give_back_hop(ip: *mut Ipv4Hdr) {
+    unsafe {
+        let diff = set_ttl(ip, (*ip).ttl.wrapping_add(1));
+        (*ip).check = apply((*ip).check, diff);
+    }
+}
+
+/// `give_back_hop` for IPv6.
+#[inline(always)]
+pub fn give_back_hop_v6(ip: *mut Ipv6Hdr) {
+    unsafe { (*ip).hop_limit = (*ip).hop_limit.wrapping_add(1) };
 }
 
 /// `rewrite` for IPv6, which has no header checksum; `l4_len` is what

@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use common::{
     load,
     packets::{parse_checked, split_meta, tcp_frame, udp_frame, with_ttl, Tcp},
-    uplink::{small_mtu_node, through_tc_and_xdp, UPLINK_MTU},
+    uplink::{small_mtu_node, through_tc_and_xdp, through_xdp_without_meta_room, UPLINK_MTU},
     Provision,
 };
 use etherparse::{
@@ -165,6 +165,24 @@ fn routed_packets_lose_one_from_their_ttl_and_spent_ones_get_time_exceeded() {
         );
     }
     assert_eq!(count(&dp, Reason::IcmpTimeExceeded), 2);
+}
+
+/// A frame XDP meant to send through tc but finds no room for the note to tc
+/// (a driver without XDP metadata, or another program's metadata) goes to
+/// the kernel's forwarding translated, with its TTL whole: the kernel takes
+/// the hop.
+#[test]
+fn frames_the_kernel_routes_after_all_keep_their_ttl_for_it() {
+    let (tb, node) = small_mtu_node();
+    let dp = with_service(PROTO_UDP);
+    let frame = udp_frame(POD, VIP, b"hi", false);
+    let kernel_before = count(&dp, Reason::FwdKernel);
+    let (action, out) = through_xdp_without_meta_room(&tb, &node, &dp, &frame);
+    assert_eq!(action, XDP_PASS);
+    let p = parse_checked(&out);
+    assert_eq!((p.dst, p.dport), B1, "translated");
+    assert_eq!(p.ttl, 64, "the TTL as sent, header checksum right");
+    assert_eq!(count(&dp, Reason::FwdKernel), kernel_before + 1);
 }
 
 /// A TCP quote runs to the end of the TCP header, and its checksum covers it.

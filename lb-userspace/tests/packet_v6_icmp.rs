@@ -14,7 +14,7 @@ use aya::maps::{MapData, RingBuf};
 use common::{
     packets::split_meta,
     packets_v6::{addr, parse_checked, tcp, udp},
-    uplink::{small_mtu_node, through_tc_and_xdp, UPLINK_MTU},
+    uplink::{small_mtu_node, through_tc_and_xdp, through_xdp_without_meta_room, UPLINK_MTU},
     watch,
 };
 use etherparse::{
@@ -326,6 +326,21 @@ fn routed_packets_lose_one_hop_and_spent_ones_get_time_exceeded() {
         assert_eq!(&e.quote[..], &spent[14..14 + 48], "the headers as sent");
     }
     assert_eq!(count(&dp, Reason::IcmpTimeExceeded), 2);
+}
+
+/// `packet_pod_path`'s frame without room for XDP's metadata, over IPv6.
+#[test]
+fn frames_the_kernel_routes_after_all_keep_their_hop_limit_for_it() {
+    let (tb, ns) = small_mtu_node();
+    let dp = node();
+    let frame = udp(CLIENT, VIP_UDP, b"hi");
+    let kernel_before = count(&dp, Reason::FwdKernel);
+    let (action, out) = through_xdp_without_meta_room(&tb, &ns, &dp, &frame);
+    assert_eq!(action, XDP_PASS);
+    let p = parse_checked(&out);
+    assert_eq!(p.dst, at(BACKEND.0, BACKEND.1), "translated");
+    assert_eq!(p.hop_limit, 64, "the hop limit as sent");
+    assert_eq!(count(&dp, Reason::FwdKernel), kernel_before + 1);
 }
 
 #[test]

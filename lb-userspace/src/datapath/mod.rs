@@ -21,5 +21,5 @@ pub use maps::{pinned, svc_name_str, Maps, MapsReader};
 pub use sample::{MapFill, MapSample, ServiceCounters};
 pub use slots::{RingSlots, SlotsView};
 pub use tc::{attach_tc, detach_filters, TcAttached, EXT_PROGRAM, EXT_TC_PROGRAM, POD_PROGRAM};
-pub use testrun::{run_frame, FrameResult};
+pub use testrun::{run_frame, run_frame_with_full_meta, FrameResult};
 pub use view::{now_ns, MapsView, MapsViewV6};

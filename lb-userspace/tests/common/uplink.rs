@@ -2,7 +2,9 @@
 //! with a small MTU, where BPF_PROG_TEST_RUN runs the programs (as if the
 //! frame came in on the namespace's loopback device).
 #![allow(dead_code)] // each test binary uses a different subset
-use lb_userspace::datapath::{run_frame, Datapath, FrameResult, POD_PROGRAM, PROGRAM};
+use lb_userspace::datapath::{
+    run_frame, run_frame_with_full_meta, Datapath, FrameResult, POD_PROGRAM, PROGRAM,
+};
 use testbed::netns::{Ns, Testbed};
 
 /// The MTU of `up0`, the egress towards the backends.
@@ -74,4 +76,20 @@ pub fn through_tc_and_xdp(
         .map(Result::unwrap)
     })
     .unwrap()
+}
+
+/// Runs `frame` through the XDP program in `node` with no room left for the
+/// program's own metadata; returns the action and the frame after the
+/// metadata it found.
+pub fn through_xdp_without_meta_room(
+    tb: &Testbed,
+    node: &Ns,
+    dp: &Datapath,
+    frame: &[u8],
+) -> (u32, Vec<u8>) {
+    let xdp = dp.program(PROGRAM).unwrap();
+    let (r, meta) = tb
+        .in_ns(node, || run_frame_with_full_meta(xdp, frame).unwrap())
+        .unwrap();
+    (r.action, r.frame[meta..].to_vec())
 }
