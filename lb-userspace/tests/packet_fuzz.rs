@@ -1,6 +1,6 @@
 //! BPF_PROG_TEST_RUN tier, fuzzed: valid frames of every kind the packet
-//! path handles, mutated by a seeded PRNG, through `lb` (XDP), `lb_pod` and
-//! `lb_ext` (tc). A frame may be dropped, or passed untouched; one the
+//! path handles, mutated by a seeded PRNG, through `lb` (XDP, also with no
+//! room left for its metadata), `lb_pod`, `lb_ext` and `lb_tc` (tc). A frame may be dropped, or passed untouched; one the
 //! program sends on (XDP_TX, XDP_REDIRECT, TC_ACT_REDIRECT, or a pass with
 //! metadata for tc) or changes must be as well-formed as its input was:
 //! nothing half-rewritten, no byte written outside the fields a
@@ -41,7 +41,10 @@ use lb_common::{
     FWD_REDIRECT, IFACE_POD, IFACE_REDIRECT, PROTO_TCP, PROTO_UDP,
 };
 use lb_userspace::{
-    datapath::{run_frame, Datapath, EXT_PROGRAM, EXT_TC_PROGRAM, POD_PROGRAM, PROGRAM},
+    datapath::{
+        run_frame, run_frame_with_full_meta, Datapath, FrameResult, EXT_PROGRAM, EXT_TC_PROGRAM,
+        POD_PROGRAM, PROGRAM,
+    },
     sync::NodeMaps,
 };
 use rand::{Rng, SeedableRng};
@@ -157,7 +160,7 @@ fn fuzz(seed: u64, iters: u64, up0: u32) -> String {
     }
     eprintln!(
         "packet fuzz: {} seed frames, {sweep} cut or padded in {swept:.1?}, {iters} fuzzed \
-         (seed {seed:#x}) in {:.1?}, through 3 programs\n  outcomes: {:?}\n  reasons: {:?}",
+         (seed {seed:#x}) in {:.1?}, through 4 programs (XDP also without metadata room)\n  outcomes: {:?}\n  reasons: {:?}",
         seeds.len(),
         start.elapsed() - swept,
         f.outcomes,
@@ -373,6 +376,12 @@ fn vary_interfaces(dp: &mut Datapath, rng: &mut ChaCha8Rng, up0: u32) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Hook {
     Xdp,
+    /// `lb` behind as much metadata as the kernel takes, so no room is left
+    /// for its own (as on a driver without XDP metadata): what it meant
+    /// for tc, the kernel routes. Where the headroom, not the metadata
+    /// limit, ran out (Linux 6.17 on), an answer cannot grow the frame
+    /// either, and is dropped.
+    XdpNoMetaRoom,
     Pod,
     Ext,
     /// `lb_tc`: the path at tc on an external interface without XDP.
@@ -383,12 +392,23 @@ enum Hook {
 fn run_all(dp: &Datapath, f: &mut Tally, at: &str, frame: &[u8]) {
     // BPF_PROG_TEST_RUN builds no skb whose IPv4 header is cut short.
     let skb = frame.len() >= 34 || frame[12..14] != [0x08, 0x00];
-    for hook in [Hook::Xdp, Hook::Pod, Hook::Ext, Hook::Tc] {
-        if hook != Hook::Xdp && !skb {
+    for hook in [
+        Hook::Xdp,
+        Hook::XdpNoMetaRoom,
+        Hook::Pod,
+        Hook::Ext,
+        Hook::Tc,
+    ] {
+        if !matches!(hook, Hook::Xdp | Hook::XdpNoMetaRoom) && !skb {
             continue;
         }
         let r = match hook {
             Hook::Xdp => run_frame(dp.program(PROGRAM).unwrap(), frame, 1),
+            Hook::XdpNoMetaRoom => run_frame_with_full_meta(dp.program(PROGRAM).unwrap(), frame)
+                .map(|(r, meta)| FrameResult {
+                    frame: r.frame[meta..].to_vec(),
+                    ..r
+                }),
             Hook::Pod => run_frame(dp.classifier(POD_PROGRAM).unwrap(), frame, 1),
             Hook::Ext => run_frame(dp.classifier(EXT_PROGRAM).unwrap(), frame, 1),
             Hook::Tc => run_frame(dp.classifier(EXT_TC_PROGRAM).unwrap(), frame, 1),
@@ -443,7 +463,7 @@ fn check(hook: Hook, input: &[u8], action: u32, raw: &[u8]) -> Result<Outcome, F
         _ => (None, raw),
     };
     let (pass, drop, sent) = match hook {
-        Hook::Xdp => (
+        Hook::Xdp | Hook::XdpNoMetaRoom => (
             XDP_PASS,
             XDP_DROP,
             [XDP_TX, XDP_REDIRECT].contains(&action) || meta.is_some(),

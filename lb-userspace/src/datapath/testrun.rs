@@ -1,3 +1,5 @@
+use std::sync::OnceLock;
+
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions, TestRunResult, Xdp};
 
@@ -40,17 +42,26 @@ where
     })
 }
 
+/// The metadata length `run_frame_with_full_meta` found the kernel to take.
+static FULL_META: OnceLock<usize> = OnceLock::new();
+
 /// Runs `frame` once through the XDP program `prog` behind as much zeroed
 /// metadata (left by another program) as the kernel takes, so that the
 /// frame has no room for more: the metadata limit (32 bytes before Linux
 /// 6.17 raised it) or the headroom runs out first. Returns the result,
 /// whose frame starts with that metadata, and the metadata's length.
 pub fn run_frame_with_full_meta(prog: &Xdp, frame: &[u8]) -> Result<(FrameResult, usize)> {
+    if let Some(&meta) = FULL_META.get() {
+        return Ok((run_behind_meta(prog, frame, meta)?, meta));
+    }
     let mut refused = None;
     // Metadata comes in 4-byte words and stays under 256 bytes.
     for meta in (4..256).step_by(4).rev() {
         match run_behind_meta(prog, frame, meta) {
-            Ok(r) => return Ok((r, meta)),
+            Ok(r) => {
+                let _ = FULL_META.set(meta);
+                return Ok((r, meta));
+            }
             Err(e) => refused = Some(e),
         }
     }
