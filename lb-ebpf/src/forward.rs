@@ -116,7 +116,7 @@ pub fn size_v4(ip: *const Ipv4Hdr) -> Size {
 /// that decrements the TTL (hop limit), and answers a packet whose TTL is
 /// spent, as the kernel's forwarding would have. (An XDP frame that finds
 /// no room for its metadata goes to the kernel after all, and gets its hop
-/// back first: `frame::via_tc`.)
+/// back first: `Frame::forward` for XDP.)
 #[inline(always)]
 pub fn routes_itself<V: CtValue>(ct: *mut V, kernel: bool) -> bool {
     !kernel && unsafe { *V::fwd_kind(ct) } != FWD_KERNEL

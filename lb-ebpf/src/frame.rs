@@ -117,7 +117,8 @@ impl Frame for XdpContext {
         if iface_info(ifindex).is_some_and(|f| f & IFACE_REDIRECT != 0) {
             return xdp_action::XDP_TX;
         }
-        via_tc(self, FWD_REDIRECT, ifindex)
+        via_tc(self, FWD_REDIRECT, ifindex);
+        xdp_action::XDP_PASS
     }
     #[inline(always)]
     fn forward(&self, kind: u8, ifindex: u32) -> u32 {
@@ -129,7 +130,10 @@ impl Frame for XdpContext {
             stats::count(Reason::FwdKernel);
             return xdp_action::XDP_PASS;
         }
-        via_tc(self, kind, ifindex)
+        if !via_tc(self, kind, ifindex) {
+            give_back_hop(self);
+        }
+        xdp_action::XDP_PASS
     }
     #[inline(always)]
     fn kind_for(&self, rc: i64, ifindex: u32) -> u8 {
@@ -152,28 +156,28 @@ impl Frame for XdpContext {
     }
 }
 
-/// Passes the frame with an `XdpMeta` in front telling the tc program on this
-/// interface to send it with `kind` to `ifindex`; without room for the
-/// metadata (a driver without XDP metadata, or room another program took)
-/// the kernel routes it, and takes the hop itself.
+/// Puts an `XdpMeta` in front of the frame, telling the tc program on this
+/// interface to send it with `kind` to `ifindex` once XDP passes it.
+/// Returns `false` when there is no room for it (a driver without XDP
+/// metadata, or room another program took): the kernel routes the frame.
 #[inline(always)]
-fn via_tc(ctx: &XdpContext, kind: u8, ifindex: u32) -> u32 {
+fn via_tc(ctx: &XdpContext, kind: u8, ifindex: u32) -> bool {
     let size = core::mem::size_of::<XdpMeta>();
     if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size as i32)) } != 0 {
-        give_back_hop(ctx);
         stats::count(Reason::FwdKernel);
-        return xdp_action::XDP_PASS;
+        return false;
     }
     let (meta, data) = unsafe { ((*ctx.ctx).data_meta as usize, (*ctx.ctx).data as usize) };
     if meta + size > data {
-        return xdp_action::XDP_PASS;
+        return false;
     }
     unsafe { *(meta as *mut XdpMeta) = XdpMeta::new(kind, ifindex) };
-    xdp_action::XDP_PASS
+    true
 }
 
-/// Undoes the TTL (hop limit) decrement of a frame `send` meant to route
-/// itself (`forward::routes_itself`) and hands to the kernel after all.
+/// Undoes the TTL (hop limit) decrement of a translated frame `send` meant
+/// to route itself (`forward::routes_itself`) and hands to the kernel after
+/// all, whose forwarding takes the hop.
 #[inline(always)]
 fn give_back_hop(ctx: &XdpContext) {
     let Some(eth) = parse::ptr_at::<EthHdr>(ctx, 0) else {

@@ -536,6 +536,10 @@ fn check_answer(input: &[u8], out: &[u8]) -> Result<(), Failure> {
     if out[26..30] != input[30..34] || out[30..34] != input[26..30] {
         return Err(("answer not sent back", "addresses not swapped".into()));
     }
+    // Built here with a fresh TTL, whoever sends it on.
+    if out[22] != 64 {
+        return Err(("answer's TTL", format!("{}", out[22])));
+    }
     match out[23] {
         1 => {
             let quote = &out[42..];

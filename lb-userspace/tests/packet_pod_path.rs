@@ -183,6 +183,14 @@ fn frames_the_kernel_routes_after_all_keep_their_ttl_for_it() {
     assert_eq!((p.dst, p.dport), B1, "translated");
     assert_eq!(p.ttl, 64, "the TTL as sent, header checksum right");
     assert_eq!(count(&dp, Reason::FwdKernel), kernel_before + 1);
+
+    // An answer the program builds has no hop to give back.
+    let syn = tcp_frame(POD, (VIP.0, 81), Tcp::syn(), b"", &[]);
+    let (action, out) = through_xdp_without_meta_room(&tb, &node, &dp, &syn);
+    assert_eq!(action, XDP_PASS);
+    let p = parse_checked(&out);
+    assert!(p.tcp.unwrap().rst);
+    assert_eq!(p.ttl, 64, "the TTL the answer was built with");
 }
 
 /// A TCP quote runs to the end of the TCP header, and its checksum covers it.
