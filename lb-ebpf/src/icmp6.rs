@@ -21,7 +21,7 @@ use crate::{
     frame::Frame,
     maps::CT_V6,
     monitor,
-    parse::{ptr_at, Ipv6Hdr, ETH_HLEN, IPV6_HLEN},
+    parse::{self, ptr_at, Ipv6Hdr, ETH_HLEN, IPV6_HLEN},
     service::Verdict,
 };
 
@@ -78,8 +78,8 @@ fn translate<C: Frame>(ctx: &C, ip: *mut Ipv6Hdr) -> Option<Verdict> {
     let inner = ptr_at::<Ipv6Hdr>(ctx, inner_off)?;
     let (iproto, isrc, idst) = unsafe { ((*inner).next_hdr, (*inner).src, (*inner).dst) };
     // A quote behind extension headers is left to the kernel: packets to
-    // Services carry none.
-    if iproto != PROTO_TCP && iproto != PROTO_UDP {
+    // Services carry none. Nor can a quote of no IPv6 packet be about one.
+    if (iproto != PROTO_TCP && iproto != PROTO_UDP) || !parse::is_version_6(inner) {
         return None;
     }
     // Only bytes inside the IPv6 payload are the message: a frame may

@@ -50,6 +50,14 @@ pub struct Ipv6Hdr {
 
 pub const IPV6_HLEN: usize = 40;
 
+/// Whether the IPv6 header at `ip` says version 6: the kernel drops any
+/// other (`ipv6_rcv`), so such a packet is neither translated nor
+/// answered.
+#[inline(always)]
+pub fn is_version_6(ip: *const Ipv6Hdr) -> bool {
+    unsafe { *ip.cast::<u8>() >> 4 == 6 }
+}
+
 /// Extension headers that may precede TCP or UDP and are walked over.
 const NEXTHDR_HOP: u8 = 0;
 const NEXTHDR_ROUTING: u8 = 43;

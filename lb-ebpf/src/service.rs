@@ -53,6 +53,11 @@ fn classify<C: Frame>(ctx: &C) -> Verdict {
     };
     let eth_proto = unsafe { (*eth).proto };
     if eth_proto == ETH_P_IPV6 {
+        // Checked once here for the IPv6 programs behind.
+        match parse::ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) {
+            Some(ip) if parse::is_version_6(ip) => {}
+            _ => return (Reason::PassMalformed, C::PASS),
+        }
         if let Some(v) = ndp::advertise(ctx) {
             return v;
         }

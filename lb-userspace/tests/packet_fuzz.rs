@@ -1,7 +1,8 @@
-//! BPF_PROG_TEST_RUN tier, fuzzed: valid frames of every kind the packet
-//! path handles, mutated by a seeded PRNG, through `lb` (XDP, also with no
-//! room left for its metadata), `lb_pod`, `lb_ext` and `lb_tc` (tc). A frame may be dropped, or passed untouched; one the
-//! program sends on (XDP_TX, XDP_REDIRECT, TC_ACT_REDIRECT, or a pass with
+//! BPF_PROG_TEST_RUN tier, fuzzed: valid IPv4 frames of every kind the
+//! packet path handles, mutated by a seeded PRNG, through `lb` (XDP, also
+//! with no room left for its metadata), `lb_pod`, `lb_ext` and `lb_tc`
+//! (tc); `packet_fuzz_v6` does the same for IPv6. A frame may be dropped,
+//! or passed untouched; one the program sends on (XDP_TX, XDP_REDIRECT, TC_ACT_REDIRECT, or a pass with
 //! metadata for tc) or changes must be as well-formed as its input was:
 //! nothing half-rewritten, no byte written outside the fields a
 //! translation owns, and every answer the program builds (TCP RST, ICMP
@@ -14,22 +15,17 @@
 //! kernel's random SNAT port probes.
 mod common;
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-    ops::Range,
-    time::Instant,
-};
+use std::{collections::BTreeSet, net::Ipv4Addr, ops::Range};
 
 use common::{
-    be, load,
+    be,
+    fuzz::{self, set_checksum, set_u16, sums_to_zero, translated, Failure, Family, Oracle},
+    load,
     packets::{
         arp_frame, frag_needed, fragments, icmp_error, parse_checked, split_meta, tcp_frame,
         udp_frame, Tcp,
     },
-    source_range,
-    uplink::small_mtu_node,
-    Provision,
+    source_range, Provision,
 };
 use etherparse::{
     checksum::Sum16BitWords,
@@ -37,32 +33,16 @@ use etherparse::{
     IcmpEchoHeader, Icmpv4Type, IpNumber, Ipv4HeaderSlice, TcpHeaderSlice,
 };
 use lb_common::{
-    Config, FrontendValue, IfaceInfo, BE_LOCAL, FE_EXTERNAL, FE_SOURCE_RANGES, FWD_NEIGH, FWD_PEER,
-    FWD_REDIRECT, IFACE_POD, IFACE_REDIRECT, PROTO_TCP, PROTO_UDP,
+    Config, FrontendValue, BE_LOCAL, FE_EXTERNAL, FE_SOURCE_RANGES, PROTO_TCP, PROTO_UDP,
 };
-use lb_userspace::{
-    datapath::{
-        run_frame, run_frame_with_full_meta, Datapath, FrameResult, EXT_PROGRAM, EXT_TC_PROGRAM,
-        POD_PROGRAM, PROGRAM,
-    },
-    sync::NodeMaps,
-};
-use rand::{Rng, SeedableRng};
+use lb_userspace::{datapath::Datapath, sync::NodeMaps};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use testbed::fuzz_knob;
 
 /// Mutated frames in CI: a debug build takes about 10 s on two idle cores,
 /// 25 s on two busy ones.
 const DEFAULT_ITERS: u64 = 200_000;
 const DEFAULT_SEED: u64 = 0x5eed_f022;
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-const TC_ACT_REDIRECT: u32 = 7;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const OUTSIDER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 99);
@@ -81,116 +61,41 @@ const B3: (Ipv4Addr, u16) = (Ipv4Addr::new(10, 244, 3, 2), 3000);
 
 #[test]
 fn mutated_frames_are_passed_dropped_or_sent_well_formed() {
-    let iters = fuzz_knob("XDPLB_FUZZ_ITERS", DEFAULT_ITERS);
-    let seed = fuzz_knob("XDPLB_FUZZ_SEED", DEFAULT_SEED);
-    let (tb, node) = small_mtu_node();
-    // A resolved next hop for B2 and the clients, none for B1, no route
-    // for B3: every outcome of the FIB lookup.
-    for args in [
-        &[
-            "neigh",
-            "replace",
-            "10.250.0.2",
-            "lladdr",
-            "02:00:00:00:00:22",
-            "dev",
-            "up0",
-            "nud",
-            "permanent",
-        ][..],
-        &["route", "add", "10.244.1.0/24", "via", "10.250.0.3"],
-        &["route", "add", "198.51.100.0/24", "via", "10.250.0.2"],
-        &["route", "add", "203.0.113.0/24", "via", "10.250.0.2"],
-    ] {
-        let out = tb.exec(&node, "ip", args).unwrap();
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-    }
-    let up0 = tb.ifindex(&node, "up0").unwrap();
-    let report = tb.in_ns(&node, || fuzz(seed, iters, up0)).unwrap();
-    if !report.is_empty() {
-        panic!("{report}");
-    }
+    fuzz::campaign(&Family {
+        name: "IPv4",
+        default_iters: DEFAULT_ITERS,
+        default_seed: DEFAULT_SEED,
+        // A resolved next hop for B2 and the clients, none for B1, no
+        // route for B3: every outcome of the FIB lookup.
+        resolved: "10.250.0.2",
+        routes: &[
+            ("10.244.1.0/24", "10.250.0.3"),
+            ("198.51.100.0/24", "10.250.0.2"),
+            ("203.0.113.0/24", "10.250.0.2"),
+        ],
+        data_plane: provisioned,
+        seeds,
+        follow_cut,
+        mutate,
+        oracle: Oracle {
+            ethertype: [0x08, 0x00],
+            min_len: 34,
+            is_answer,
+            check_answer,
+            check_translation,
+        },
+    });
 }
 
-/// Runs the whole campaign; returns the failures, grouped, or "".
-fn fuzz(seed: u64, iters: u64, up0: u32) -> String {
-    let mut dp = provisioned();
-    let seeds = seeds(&dp);
-    let mut f = Tally::default();
-    let start = Instant::now();
-    let setup_verdicts = verdicts(&dp);
-
-    // Every truncation of every seed, raw and with tot_len (and the IPv4
-    // checksum) following the cut, and each seed with an Ethernet trailer.
-    let mut sweep = 0u64;
-    for (n, s) in seeds.iter().enumerate() {
-        let mut padded = s.clone();
-        padded.extend_from_slice(&[0xa5; 18]);
-        let mut frames = vec![(format!("seed frame {n} padded"), padded)];
-        for len in 14..s.len() {
-            let mut cut = s[..len].to_vec();
-            frames.push((format!("seed frame {n} cut to {len}"), cut.clone()));
-            if len >= 34 {
-                set_u16(&mut cut, 16, (len - 14) as u16);
-                fix_ip_checksum(&mut cut);
-                frames.push((format!("seed frame {n} cut to {len}, tot_len too"), cut));
-            }
-        }
-        for (at, frame) in frames {
-            run_all(&dp, &mut f, &at, &frame);
-            sweep += 1;
-        }
+/// Makes tot_len (and the IPv4 checksum) follow a cut.
+fn follow_cut(cut: &mut [u8]) -> bool {
+    if cut.len() < 34 {
+        return false;
     }
-    let swept = start.elapsed();
-
-    for i in 0..iters {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        rng.set_stream(i);
-        if i % 256 == 0 {
-            vary_interfaces(&mut dp, &mut rng, up0);
-        }
-        let mut frame = seeds[rng.random_range(0..seeds.len())].clone();
-        // Unmutated seeds now and then keep their flows alive and take the
-        // flow cache path.
-        if rng.random_ratio(9, 10) {
-            mutate(&mut rng, &mut frame);
-        }
-        let at = format!("seed {seed:#x} iteration {i}");
-        run_all(&dp, &mut f, &at, &frame);
-    }
-    eprintln!(
-        "packet fuzz: {} seed frames, {sweep} cut or padded in {swept:.1?}, {iters} fuzzed \
-         (seed {seed:#x}) in {:.1?}, through 4 programs (XDP also without metadata room)\n  outcomes: {:?}\n  reasons: {:?}",
-        seeds.len(),
-        start.elapsed() - swept,
-        f.outcomes,
-        dp.maps
-            .reason_totals()
-            .unwrap()
-            .into_iter()
-            .filter(|&(_, n)| n != 0)
-            .map(|(r, n)| (r.name(), n))
-            .collect::<Vec<_>>(),
-    );
-    // Every frame a deciding program ran on counted exactly one verdict.
-    let counted = verdicts(&dp) - setup_verdicts;
-    if counted != f.runs {
-        f.fail(
-            "verdicts".into(),
-            format!("{} program runs counted {counted} verdicts", f.runs),
-        );
-    }
-    f.report()
-}
-
-fn verdicts(dp: &Datapath) -> u64 {
-    dp.maps
-        .reason_totals()
-        .unwrap()
-        .into_iter()
-        .filter(|(r, _)| r.kind() == lb_common::stats::Kind::Verdict)
-        .map(|(_, n)| n)
-        .sum()
+    let len = cut.len();
+    set_u16(cut, 16, (len - 14) as u16);
+    fix_ip_checksum(cut);
+    true
 }
 
 /// Services of every kind the agent writes, on a node with SNAT: a
@@ -226,12 +131,6 @@ fn provisioned() -> Datapath {
     // frontend addresses.
     dp.maps.addrs_mut().remove(&be(NODE)).unwrap();
     dp
-}
-
-/// The XDP translation of `frame`, run once so that its flow exists.
-fn translated(dp: &Datapath, frame: &[u8]) -> Vec<u8> {
-    let r = run_frame(dp.program(PROGRAM).unwrap(), frame, 1).unwrap();
-    split_meta(&r.frame).1.to_vec()
 }
 
 /// Valid frames of each kind; flows whose replies and ICMP errors are
@@ -355,154 +254,6 @@ fn seeds(dp: &Datapath) -> Vec<Vec<u8>> {
     s
 }
 
-/// Which of its interfaces the agent registered, and how: decides between
-/// XDP_TX and tc for answers, and between XDP_REDIRECT, peer, neighbour and
-/// kernel delivery for translated packets (on flows whose decision is
-/// refreshed).
-fn vary_interfaces(dp: &mut Datapath, rng: &mut ChaCha8Rng, up0: u32) {
-    for (ifindex, choices) in [
-        (1, &[Some(IFACE_REDIRECT), None][..]),
-        (up0, &[Some(IFACE_REDIRECT), Some(IFACE_POD), None][..]),
-    ] {
-        match choices[rng.random_range(0..choices.len())] {
-            Some(flags) => dp.maps.put_iface(ifindex, IfaceInfo { flags }).unwrap(),
-            None => {
-                let _ = dp.maps.ifaces_mut().remove(&ifindex);
-            }
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Hook {
-    Xdp,
-    /// `lb` behind as much metadata as the kernel takes, so no room is left
-    /// for its own (as on a driver without XDP metadata): what it meant
-    /// for tc, the kernel routes. Where the headroom, not the metadata
-    /// limit, ran out (Linux 6.17 on), an answer cannot grow the frame
-    /// either, and is dropped.
-    XdpNoMetaRoom,
-    Pod,
-    Ext,
-    /// `lb_tc`: the path at tc on an external interface without XDP.
-    Tc,
-}
-
-/// Runs `frame` through all four programs and checks each outcome.
-fn run_all(dp: &Datapath, f: &mut Tally, at: &str, frame: &[u8]) {
-    // BPF_PROG_TEST_RUN builds no skb whose IPv4 header is cut short.
-    let skb = frame.len() >= 34 || frame[12..14] != [0x08, 0x00];
-    for hook in [
-        Hook::Xdp,
-        Hook::XdpNoMetaRoom,
-        Hook::Pod,
-        Hook::Ext,
-        Hook::Tc,
-    ] {
-        if !matches!(hook, Hook::Xdp | Hook::XdpNoMetaRoom) && !skb {
-            continue;
-        }
-        let r = match hook {
-            Hook::Xdp => run_frame(dp.program(PROGRAM).unwrap(), frame, 1),
-            Hook::XdpNoMetaRoom => run_frame_with_full_meta(dp.program(PROGRAM).unwrap(), frame)
-                .map(|(r, meta)| FrameResult {
-                    frame: r.frame[meta..].to_vec(),
-                    ..r
-                }),
-            Hook::Pod => run_frame(dp.classifier(POD_PROGRAM).unwrap(), frame, 1),
-            Hook::Ext => run_frame(dp.classifier(EXT_PROGRAM).unwrap(), frame, 1),
-            Hook::Tc => run_frame(dp.classifier(EXT_TC_PROGRAM).unwrap(), frame, 1),
-        };
-        let (action, out, checked) = match r {
-            Ok(r) => {
-                // lb_ext only delivers what XDP decided, under XDP's verdict.
-                if hook != Hook::Ext {
-                    f.runs += 1;
-                }
-                let checked = check(hook, frame, r.action, &r.frame);
-                (r.action, r.frame, checked)
-            }
-            Err(e) => (
-                u32::MAX,
-                Vec::new(),
-                Err(("test run failed", format!("{e:#}"))),
-            ),
-        };
-        match checked {
-            Ok(outcome) => *f.outcomes.entry((hook, outcome)).or_default() += 1,
-            Err((kind, detail)) => f.fail(
-                format!("{hook:?}: {kind}"),
-                format!(
-                    "{hook:?}: {kind}: {detail}\n  at {at}\n  input ({} bytes): {}\n  \
-                     output (verdict {action}, {} bytes): {}",
-                    frame.len(),
-                    hex(frame),
-                    out.len(),
-                    hex(&out),
-                ),
-            ),
-        }
-    }
-}
-
-/// What a program did with a frame, of the outcomes `check` accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Outcome {
-    Untouched,
-    Dropped,
-    Translated,
-    Answered,
-}
-
-type Failure = (&'static str, String);
-
-/// The properties every outcome must have (see the module comment).
-fn check(hook: Hook, input: &[u8], action: u32, raw: &[u8]) -> Result<Outcome, Failure> {
-    let (meta, out) = match hook {
-        Hook::Xdp => split_meta(raw),
-        _ => (None, raw),
-    };
-    let (pass, drop, sent) = match hook {
-        Hook::Xdp | Hook::XdpNoMetaRoom => (
-            XDP_PASS,
-            XDP_DROP,
-            [XDP_TX, XDP_REDIRECT].contains(&action) || meta.is_some(),
-        ),
-        _ => (TC_ACT_OK, TC_ACT_SHOT, action == TC_ACT_REDIRECT),
-    };
-    if !(action == pass || action == drop || sent) {
-        return Err(("unknown verdict", format!("{action}")));
-    }
-    if let Some((kind, ifindex)) = meta {
-        if action != XDP_PASS
-            || ![FWD_REDIRECT, FWD_PEER, FWD_NEIGH].contains(&kind)
-            || ifindex == 0
-        {
-            return Err(("bad metadata", format!("kind {kind} ifindex {ifindex}")));
-        }
-    }
-    // Test-run skbs carry no metadata, so lb_ext only ever sees frames that
-    // are not XDP's; and no IPv4 header, nothing to do.
-    let ipv4 = input.len() >= 34 && input[12..14] == [0x08, 0x00];
-    if hook == Hook::Ext || !ipv4 {
-        if action != pass || out != input {
-            return Err(("not passed untouched", String::new()));
-        }
-        return Ok(Outcome::Untouched);
-    }
-    if action == drop {
-        return Ok(Outcome::Dropped);
-    }
-    if out == input && !sent {
-        return Ok(Outcome::Untouched);
-    }
-    if is_answer(input, out) {
-        check_answer(input, out).map(|_| Outcome::Answered)
-    } else {
-        check_translation(input, out, sent).map(|_| Outcome::Translated)
-    }
-}
-
 /// An answer the program built in place of `input` (TCP RST, ICMP
 /// unreachable) rather than `input` translated: translations keep the
 /// length and the protocol, and never set RST.
@@ -565,40 +316,15 @@ fn check_answer(input: &[u8], out: &[u8]) -> Result<(), Failure> {
     Ok(())
 }
 
-/// A translation writes only the fields it owns, breaks nothing, and
-/// takes one off the TTL when it routes the packet itself (`sent`), as
-/// the kernel's forwarding does when it routes it.
+/// A translation writes only the fields it owns and breaks nothing
+/// (`fuzz::check_rewrite`).
 fn check_translation(input: &[u8], out: &[u8], sent: bool) -> Result<(), Failure> {
     const TTL: usize = 22;
-    let ttl = if sent {
-        input[TTL].wrapping_sub(1)
-    } else {
-        input[TTL]
-    };
-    if out[TTL] != ttl {
-        return Err((
-            "wrong TTL",
-            format!("{} -> {} (sent on: {sent})", input[TTL], out[TTL]),
-        ));
-    }
-    let mut owned = writable(input);
-    owned.push(TTL..TTL + 1);
-    if let Some(i) =
-        (0..input.len()).find(|&i| input[i] != out[i] && !owned.iter().any(|r| r.contains(&i)))
-    {
-        return Err((
-            "wrote outside the translated fields",
-            format!("offset {i}: {:#04x} -> {:#04x}", input[i], out[i]),
-        ));
-    }
-    let mut new: BTreeSet<Defect> = defects(out).difference(&defects(input)).copied().collect();
+    let mut broke: BTreeSet<Defect> = defects(out).difference(&defects(input)).copied().collect();
     if partial_lookalike(input) {
-        new.remove(&Defect::L4Checksum);
+        broke.remove(&Defect::L4Checksum);
     }
-    if !new.is_empty() {
-        return Err(("half-rewritten", format!("the translation broke {new:?}")));
-    }
-    Ok(())
+    fuzz::check_rewrite(input, out, sent, TTL, writable(input), broke)
 }
 
 /// What a translation may change in `f`: the MACs, the IPv4 addresses and
@@ -721,16 +447,6 @@ fn defects(f: &[u8]) -> BTreeSet<Defect> {
     d
 }
 
-/// A checksummed region (checksum field included) is valid when its
-/// ones'-complement sum is all ones, whose complement is zero.
-fn sums_to_zero(parts: &[&[u8]]) -> bool {
-    parts
-        .iter()
-        .fold(Sum16BitWords::new(), |s, p| s.add_slice(p))
-        .ones_complement()
-        == 0
-}
-
 /// The TCP/UDP pseudo-header of the IPv4 packet in frame `f`.
 fn pseudo_header(f: &[u8], l4_len: usize) -> [u8; 12] {
     let mut p = [0u8; 12];
@@ -755,12 +471,7 @@ fn partial_lookalike(f: &[u8]) -> bool {
     let (Some(check), Some(len)) = (f.get(field..field + 2), end.checked_sub(l4)) else {
         return false;
     };
-    let folded = !Sum16BitWords::new()
-        .add_slice(&pseudo_header(f, len))
-        .ones_complement();
-    let check = u16::from_ne_bytes([check[0], check[1]]);
-    // 0 and 0xffff are the same number in ones' complement.
-    check == folded || (check | folded == 0xffff && (check == 0 || folded == 0))
+    fuzz::holds_pseudo_sum(check, &pseudo_header(f, len))
 }
 
 /// Applies one to three mutations, then sometimes makes the checksums
@@ -770,29 +481,11 @@ fn mutate(rng: &mut ChaCha8Rng, f: &mut Vec<u8>) {
     const INTERESTING: [u8; 8] = [0, 1, 0x40, 0x45, 0x7f, 0x80, 0xfe, 0xff];
     for _ in 0..rng.random_range(1..=3) {
         let l4 = 14 + usize::from(f.get(14).copied().unwrap_or(0x45) & 0x0f) * 4;
-        // Headers (Ethernet, IPv4 with options, transport, a quote) are
-        // where parsing happens; the rest is payload.
-        let header_at = |rng: &mut ChaCha8Rng, len: usize| {
-            if rng.random_ratio(4, 5) {
-                rng.random_range(0..len.min(14 + 60 + 40))
-            } else {
-                rng.random_range(0..len)
-            }
-        };
         match rng.random_range(0..12) {
-            0 => {
-                let at = header_at(rng, f.len());
-                f[at] ^= 1 << rng.random_range(0..8);
-            }
-            1 => {
-                let at = header_at(rng, f.len());
-                f[at] = if rng.random() {
-                    INTERESTING[rng.random_range(0..INTERESTING.len())]
-                } else {
-                    rng.random()
-                };
-            }
-            2 if f.len() > 14 => {
+            // Headers (Ethernet, IPv4 with options, transport, a quote)
+            // are where parsing happens; the rest is payload.
+            0..4 => fuzz::mutate_bytes(rng, f, 14 + 60 + 40, &INTERESTING),
+            4 if f.len() > 14 => {
                 let version = if rng.random_ratio(1, 8) {
                     rng.random_range(0..16u8) << 4
                 } else {
@@ -800,7 +493,7 @@ fn mutate(rng: &mut ChaCha8Rng, f: &mut Vec<u8>) {
                 };
                 f[14] = version | rng.random_range(0..16u8);
             }
-            3 if f.len() >= 18 => {
+            5 if f.len() >= 18 => {
                 let now = usize::from(u16::from_be_bytes([f[16], f[17]]));
                 let len = match rng.random_range(0..5) {
                     0 => rng.random_range(0..64),
@@ -813,7 +506,7 @@ fn mutate(rng: &mut ChaCha8Rng, f: &mut Vec<u8>) {
                 };
                 set_u16(f, 16, len as u16);
             }
-            4 if f.len() >= 22 => {
+            6 if f.len() >= 22 => {
                 let flags = rng.random_range(0..4u16) << 13;
                 let offset = match rng.random_range(0..3) {
                     0 => 0,
@@ -822,23 +515,15 @@ fn mutate(rng: &mut ChaCha8Rng, f: &mut Vec<u8>) {
                 };
                 set_u16(f, 20, flags | offset);
             }
-            5 if f.len() > 23 => {
+            7 if f.len() > 23 => {
                 f[23] = [1, PROTO_TCP, PROTO_UDP, rng.random()][rng.random_range(0..4)];
             }
-            6 if f.len() > l4 + 12 => {
+            8 if f.len() > l4 + 12 => {
                 f[l4 + 12] = rng.random_range(0..16u8) << 4 | (f[l4 + 12] & 0x0f);
             }
-            7 if f.len() >= l4 + 6 => {
+            9 if f.len() >= l4 + 6 => {
                 let len = [0, 7, 8, rng.random(), (f.len() - l4) as u16];
                 set_u16(f, l4 + 4, len[rng.random_range(0..len.len())]);
-            }
-            8 => {
-                let len = rng.random_range(14..=f.len());
-                f.truncate(len);
-            }
-            9 => {
-                let trailer = rng.random_range(1..=64);
-                f.extend((0..trailer).map(|_| rng.random::<u8>()));
             }
             10 if f.len() >= l4 + 2 => {
                 f[l4] = [0, 3, 8, 11, rng.random()][rng.random_range(0..5)];
@@ -865,17 +550,6 @@ fn mutate(rng: &mut ChaCha8Rng, f: &mut Vec<u8>) {
     if split_meta(f).0.is_some() {
         f[0] ^= 1;
     }
-}
-
-fn set_u16(f: &mut [u8], at: usize, v: u16) {
-    f[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-
-/// Writes the checksum that makes `parts` (with the field zeroed) valid.
-fn set_checksum(f: &mut [u8], field: usize, parts: impl Fn(&[u8]) -> Sum16BitWords) {
-    f[field..field + 2].fill(0);
-    let sum = parts(f).ones_complement();
-    f[field..field + 2].copy_from_slice(&sum.to_ne_bytes());
 }
 
 fn fix_ip_checksum(f: &mut [u8]) {
@@ -912,49 +586,5 @@ fn fix_l4_checksum(f: &mut [u8]) {
             set_checksum(f, l4 + 2, |f| Sum16BitWords::new().add_slice(&f[l4..end]))
         }
         _ => {}
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Outcomes per program, and failures grouped by kind: the count and the
-/// first report of each, so one bug hit a thousand times does not hide
-/// another.
-#[derive(Default)]
-struct Tally {
-    outcomes: BTreeMap<(Hook, Outcome), u64>,
-    failures: BTreeMap<String, (u64, String)>,
-    /// Frames the deciding programs (XDP, tc pod) ran on.
-    runs: u64,
-}
-
-impl Tally {
-    fn fail(&mut self, kind: String, report: String) {
-        self.failures.entry(kind).or_insert((0, report)).0 += 1;
-    }
-
-    /// The failures, and any outcome a packet path never reached: a
-    /// campaign that never translates checks nothing.
-    fn report(&self) -> String {
-        let mut out: String = self
-            .failures
-            .values()
-            .map(|(n, first)| format!("{n} time(s), first:\n{first}\n"))
-            .collect();
-        for hook in [Hook::Xdp, Hook::Pod, Hook::Tc] {
-            for outcome in [
-                Outcome::Untouched,
-                Outcome::Dropped,
-                Outcome::Translated,
-                Outcome::Answered,
-            ] {
-                if !self.outcomes.contains_key(&(hook, outcome)) {
-                    out += &format!("{hook:?} never had outcome {outcome:?}\n");
-                }
-            }
-        }
-        out
     }
 }

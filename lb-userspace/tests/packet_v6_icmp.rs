@@ -13,7 +13,7 @@ use aya::maps::{MapData, RingBuf};
 
 use common::{
     packets::split_meta,
-    packets_v6::{addr, parse_checked, tcp, udp},
+    packets_v6::{addr, parse_checked, tcp, udp, WEB_NODEPORT},
     uplink::{small_mtu_node, through_tc_and_xdp, through_xdp_without_meta_room, UPLINK_MTU},
     watch,
 };
@@ -41,33 +41,6 @@ const CLIENT: (&str, u16) = ("fd00:244:1::7", 40000);
 const OUTSIDE: (&str, u16) = ("2001:db8:7::7", 41000);
 const ROUTER: &str = "fd00:10::fe";
 
-const MANIFESTS: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec:
-  type: NodePort
-  clusterIPs: ["fd00:96::10"]
-  ipFamilies: [IPv6]
-  ports:
-    - {name: http, port: 80, targetPort: 8080, nodePort: 31000}
-    - {name: dns, port: 53, targetPort: 8080, nodePort: 31053, protocol: UDP}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-v6
-  namespace: default
-  labels: {kubernetes.io/service-name: web}
-addressType: IPv6
-ports:
-  - {name: http, port: 8080}
-  - {name: dns, port: 8080, protocol: UDP}
-endpoints:
-  - addresses: ["fd00:244:2::2"]
-    nodeName: node2
-"#;
-
 /// node1, with `NODE` as its IPv6 NodePort and SNAT address.
 fn node() -> Datapath {
     let opts = ModelOptions {
@@ -75,7 +48,7 @@ fn node() -> Datapath {
         node_addresses_v6: vec![addr(NODE)],
         ..ModelOptions::default()
     };
-    common::synced_with_snat_v6(MANIFESTS, &opts)
+    common::synced_with_snat_v6(WEB_NODEPORT, &opts)
 }
 
 fn xdp(dp: &Datapath, frame: &[u8]) -> (u32, Vec<u8>) {
@@ -326,6 +299,28 @@ fn routed_packets_lose_one_hop_and_spent_ones_get_time_exceeded() {
         assert_eq!(&e.quote[..], &spent[14..14 + 48], "the headers as sent");
     }
     assert_eq!(count(&dp, Reason::IcmpTimeExceeded), 2);
+}
+
+/// The kernel drops an IPv6 header of another version (`ipv6_rcv`): such
+/// a packet, and an ICMPv6 error quoting one, are passed as they came,
+/// neither translated nor answered.
+#[test]
+fn headers_of_another_version_are_neither_translated_nor_answered() {
+    let dp = node();
+    let mut wrong = udp(CLIENT, VIP_UDP, b"hi");
+    wrong[14] = 0x70 | (wrong[14] & 0x0f);
+    let mut spent = udp(CLIENT, VIP_UDP, b"hi");
+    spent[14 + 7] = 1;
+    spent[14] = 0x40 | (spent[14] & 0x0f);
+    let (_, fwd) = xdp(&dp, &udp(CLIENT, VIP_UDP, b"hi"));
+    let mut error = packet_too_big(ROUTER, NODE, split_meta(&fwd).1);
+    error[14 + 40 + 8] = 0x40;
+    for frame in [wrong, spent, error] {
+        let (action, out) = xdp(&dp, &frame);
+        assert_eq!((action, &out), (XDP_PASS, &frame));
+    }
+    assert_eq!(count(&dp, Reason::PassMalformed), 2);
+    assert_eq!(count(&dp, Reason::PassIcmpv6), 1);
 }
 
 /// `packet_pod_path`'s frame without room for XDP's metadata, over IPv6.

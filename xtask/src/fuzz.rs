@@ -1,6 +1,6 @@
-//! `cargo xtask fuzz`: the packet and model fuzzers, which `cargo xtask
-//! test` runs on their CI budget, alone; `--soak` runs them for long, on a
-//! seed of their own.
+//! `cargo xtask fuzz`: the packet fuzzers (IPv4 and IPv6) and the model
+//! fuzzer, which `cargo xtask test` runs on their CI budget, alone;
+//! `--soak` runs them for long, on a seed of their own.
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
@@ -11,8 +11,8 @@ use crate::{
     test::cargo,
 };
 
-/// About five minutes of model cases and seven of frames in a debug build
-/// on two cores.
+/// About five minutes of model cases and ten of frames (each family's
+/// campaign takes them all) in a debug build on two cores.
 const SOAK_FRAMES: &str = "5000000";
 const SOAK_CASES: &str = "1000000";
 
@@ -55,17 +55,19 @@ pub fn run_cmd(args: &Args) -> Result<()> {
         "--nocapture",
     ])
     .envs(env.iter().cloned()))?;
-    step("packet fuzzer (BPF_PROG_TEST_RUN, needs root)");
+    step("packet fuzzers, IPv4 and IPv6 (BPF_PROG_TEST_RUN, needs root)");
     run(cargo(&[
         "test",
         "-p",
         "lb-userspace",
         "--test",
         "packet_fuzz",
+        "--test",
+        "packet_fuzz_v6",
         "--",
         "--nocapture",
     ])
     .envs(env))?;
-    step("both fuzzers passed");
+    step("the fuzzers passed");
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod cgroup;
 pub mod external_v6;
+pub mod fuzz;
 pub mod host_client;
 pub mod kube_agent;
 pub mod packets;
