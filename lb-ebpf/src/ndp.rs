@@ -92,6 +92,9 @@ pub fn advertise<C: Frame>(ctx: &C) -> Option<(Reason, u32)> {
         ifindex: ctx.ifindex(),
     };
     let mac = unsafe { ANNOUNCE_V6.get(key) }?.mac;
+    if !sums_right(ip, msg, len, opt) {
+        return None;
+    }
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     // The advertisement's checksum from scratch, as the words are in the
     // packet: the pseudo-header (source = target, destination, length,
@@ -119,6 +122,34 @@ pub fn advertise<C: Frame>(ctx: &C) -> Option<(Reason, u32)> {
         (*msg).check = !fold(sum);
     }
     Some((Reason::NdpAdvert, ctx.bounce()))
+}
+
+/// Whether the solicitation's checksum is right: the kernel drops one
+/// whose checksum is not (RFC 4861 7.1.1), and it is not answered here
+/// either. Summed as the words are in the packet, as the advertisement's.
+#[inline(always)]
+fn sums_right(ip: *const Ipv6Hdr, msg: *const NdpMsg, len: u16, opt: Option<*mut LlOpt>) -> bool {
+    let (src, dst, check, reserved, target) = unsafe {
+        (
+            (*ip).src,
+            (*ip).dst,
+            (*msg).check,
+            (*msg).flags,
+            (*msg).target,
+        )
+    };
+    let mut sum = src.sum()
+        + dst.sum()
+        + u32::from(len)
+        + u32::from(u16::from_ne_bytes([0, IPPROTO_ICMPV6]))
+        + u32::from(u16::from_ne_bytes([NDP_SOLICIT, 0]))
+        + u32::from(check)
+        + reserved.sum()
+        + target.sum();
+    if let Some(opt) = opt {
+        sum += u32::from(u16::from_ne_bytes([OPT_SOURCE_LL, 1])) + mac_sum(unsafe { (*opt).mac });
+    }
+    fold(sum) == 0xffff
 }
 
 /// The one's-complement sum of a MAC's three 16-bit words.

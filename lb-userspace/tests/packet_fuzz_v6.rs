@@ -19,13 +19,13 @@ use std::{collections::BTreeSet, ops::Range};
 use common::{
     fuzz::{self, set_checksum, set_u16, sums_to_zero, translated, Checked, Family, Oracle},
     packets::split_meta,
-    packets_v6::{addr, parse_checked, tcp, udp, WEB_NODEPORT},
+    packets_v6::{addr, parse_checked, solicitation, tcp, udp, WEB_NODEPORT},
 };
 use etherparse::{
     checksum::Sum16BitWords, icmpv6::DestUnreachableCode, IcmpEchoHeader, Icmpv6Type,
     PacketBuilder, TcpHeaderSlice,
 };
-use lb_common::{PROTO_TCP, PROTO_UDP};
+use lb_common::{AnnounceKeyV6, AnnounceValue, PROTO_TCP, PROTO_UDP};
 use lb_userspace::{datapath::Datapath, model::ModelOptions};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -55,6 +55,13 @@ const BACKEND: (&str, u16) = ("fd00:244:2::2", 8080);
 const CLIENT: &str = "fd00:244:1::7";
 const OUTSIDER: &str = "2001:db8:7::7";
 const ROUTER: &str = "fd00:250::fe";
+/// A LoadBalancer address this node announces on the interface test runs
+/// receive on (the loopback device, 1), and a neighbour asking for it.
+const ANNOUNCED: &str = "fd00:10::200";
+const ANNOUNCED_MAC: [u8; 6] = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x01];
+const NEIGHBOUR: &str = "fd00:10::7";
+const NDP_SOLICIT: u8 = 135;
+const NDP_ADVERT: u8 = 136;
 
 /// A ClusterIP Service without endpoints, synced beside `WEB_NODEPORT`
 /// (whose outside clients are source-NATed to `NODE`).
@@ -103,7 +110,17 @@ fn data_plane() -> Datapath {
         node_addresses_v6: vec![addr(NODE)],
         ..ModelOptions::default()
     };
-    common::synced_with_snat_v6(&format!("{WEB_NODEPORT}---{EMPTY_SERVICE}"), &opts)
+    let mut dp = common::synced_with_snat_v6(&format!("{WEB_NODEPORT}---{EMPTY_SERVICE}"), &opts);
+    let key = AnnounceKeyV6 {
+        addr: lb_common::addr::to_map_v6(addr(ANNOUNCED)),
+        ifindex: 1,
+    };
+    let value = AnnounceValue {
+        mac: ANNOUNCED_MAC,
+        _pad: 0,
+    };
+    dp.maps.announce_v6_mut().insert(key, value, 0).unwrap();
+    dp
 }
 
 /// Makes the payload length follow a cut.
@@ -170,11 +187,21 @@ fn seeds(dp: &Datapath) -> Vec<Vec<u8>> {
         udp((CLIENT, 40005), (EMPTY_VIP, 53), &[3; 16]),
     ]);
 
-    // Not ours: another address, an echo request to the VIP.
+    // Neighbour solicitations for the announced address, with and without
+    // the sender's link-layer address.
+    let neighbour = addr(NEIGHBOUR);
+    s.extend([
+        solicitation(neighbour, addr(ANNOUNCED), 255, true),
+        solicitation(neighbour, addr(ANNOUNCED), 255, false),
+    ]);
+
+    // Not ours: another address, an echo request to the VIP, a solicitation
+    // for an address not announced.
     let echo = Icmpv6Type::EchoRequest(IcmpEchoHeader { id: 7, seq: 1 });
     s.extend([
         tcp((CLIENT, 40006), ("fd00:1::3", 443), true, b""),
         icmp6(echo, CLIENT, VIP, &[0u8; 14 + 8]),
+        solicitation(neighbour, addr(NODE), 255, true),
     ]);
     s
 }
@@ -414,9 +441,20 @@ fn is_answer(input: &[u8], out: &[u8]) -> bool {
     out.len() != input.len()
         || out.get(NEXT_HDR) != input.get(NEXT_HDR)
         || (rst(out) && !rst(input))
+        || (icmp_type(out) == Some(NDP_ADVERT) && icmp_type(input) != Some(NDP_ADVERT))
+}
+
+/// The type of the ICMPv6 message right after the fixed header, if any.
+fn icmp_type(f: &[u8]) -> Option<u8> {
+    (f.get(NEXT_HDR) == Some(&PROTO_ICMPV6))
+        .then(|| f.get(L3_END).copied())
+        .flatten()
 }
 
 fn check_answer(input: &[u8], out: &[u8]) -> Checked {
+    if icmp_type(out) == Some(NDP_ADVERT) {
+        return check_advert(input, out);
+    }
     let d = defects(out);
     if !d.is_empty() {
         return Err(("malformed answer", format!("{d:?}")));
@@ -463,6 +501,50 @@ fn check_answer(input: &[u8], out: &[u8]) -> Checked {
             }
         }
         proto => return Err(("bad answer", format!("protocol {proto}"))),
+    }
+    Ok(())
+}
+
+/// An advertisement answers only a valid solicitation from the link (RFC
+/// 4861 7.1.1: hop limit 255, a specified source, a valid checksum, code
+/// 0) for the announced address, and says that address is at the
+/// announced MAC, to the solicitation's sender, built in place.
+fn check_advert(input: &[u8], out: &[u8]) -> Checked {
+    const AT: usize = L3_END;
+    let valid = icmp_type(input) == Some(NDP_SOLICIT)
+        && input[AT + 1] == 0
+        && input[HOP_LIMIT] == 255
+        && input[22..38] != [0; 16]
+        && walk(input).is_ok_and(|w| w.end >= AT + 24)
+        && defects(input).is_empty();
+    if !valid {
+        return Err(("advertised for an invalid solicitation", String::new()));
+    }
+    let target = &input[AT + 8..AT + 24];
+    if target != addr(ANNOUNCED).octets() {
+        return Err(("advertised an address not announced", fuzz::hex(target)));
+    }
+    let d = defects(out);
+    if !d.is_empty() {
+        return Err(("malformed advertisement", format!("{d:?}")));
+    }
+    if out.len() != input.len() || out[0..6] != input[6..12] || out[6..12] != ANNOUNCED_MAC {
+        return Err(("advertisement not sent back", "length or MACs".into()));
+    }
+    if out[22..38] != *target || out[38..54] != input[22..38] || out[HOP_LIMIT] != 255 {
+        return Err((
+            "advertisement not sent back",
+            "addresses or hop limit".into(),
+        ));
+    }
+    if out[AT + 1] != 0 || out[AT + 4..AT + 8] != [0x60, 0, 0, 0] || out[AT + 8..AT + 24] != *target
+    {
+        return Err(("bad advertisement", "code, flags or target".into()));
+    }
+    let end = walk(out).map_or(0, |w| w.end);
+    if end >= AT + 32 && (out[AT + 24..AT + 26] != [2, 1] || out[AT + 26..AT + 32] != ANNOUNCED_MAC)
+    {
+        return Err(("bad advertisement", "target link-layer address".into()));
     }
     Ok(())
 }

@@ -6,10 +6,8 @@ mod common;
 
 use std::net::Ipv6Addr;
 
-use etherparse::{
-    EtherType, Ethernet2HeaderSlice, Icmpv6Slice, Icmpv6Type, IpNumber, Ipv6HeaderSlice,
-    PacketBuilder,
-};
+use common::packets_v6::{solicitation, CLIENT_MAC};
+use etherparse::{EtherType, Ethernet2HeaderSlice, Icmpv6Slice, IpNumber, Ipv6HeaderSlice};
 use lb_common::{AnnounceKeyV6, AnnounceValue, Reason};
 use lb_userspace::datapath::{run_frame, Datapath, PROGRAM};
 
@@ -18,7 +16,6 @@ const XDP_TX: u32 = 3;
 /// `bpf_redirect`'s verdict at tc: out of the interface it came in by.
 const TC_ACT_REDIRECT: u32 = 7;
 
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x51];
 const IFACE_MAC: [u8; 6] = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x01];
 const CLIENT: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 1);
 const TARGET: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 0x200);
@@ -59,37 +56,6 @@ fn announce(dp: &mut Datapath, addr: Ipv6Addr, ifindex: u32) {
         _pad: 0,
     };
     dp.maps.announce_v6_mut().insert(key, value, 0).unwrap();
-}
-
-/// The solicited-node multicast address of `a` (RFC 4291 2.7.1).
-fn solicited_node(a: Ipv6Addr) -> Ipv6Addr {
-    let o = a.octets();
-    Ipv6Addr::from([
-        0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, o[13], o[14], o[15],
-    ])
-}
-
-/// A Neighbour Solicitation from `src` for `target`, with a Source
-/// Link-Layer Address option when `sll`, as etherparse builds it.
-fn solicitation(src: Ipv6Addr, target: Ipv6Addr, hop_limit: u8, sll: bool) -> Vec<u8> {
-    let dst = solicited_node(target);
-    let d = dst.octets();
-    let mut body = target.octets().to_vec();
-    if sll {
-        body.extend_from_slice(&[1, 1]);
-        body.extend_from_slice(&CLIENT_MAC);
-    }
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2(CLIENT_MAC, [0x33, 0x33, d[12], d[13], d[14], d[15]])
-        .ipv6(src.octets(), dst.octets(), hop_limit)
-        .icmpv6(Icmpv6Type::Unknown {
-            type_u8: 135,
-            code_u8: 0,
-            bytes5to8: [0; 4],
-        })
-        .write(&mut out, &body)
-        .unwrap();
-    out
 }
 
 /// Checks `out` is the advertisement answering a solicitation from
@@ -147,9 +113,25 @@ fn a_bare_solicitation_gets_a_bare_advertisement_at_tc_too() {
     assert_eq!(count(&dp, Reason::NdpAdvert), 2);
 }
 
+/// Makes the ICMPv6 checksum of an edited message right again, so that
+/// only the edit tells it from a valid one.
+fn resum(frame: &mut [u8]) {
+    let ip = Ipv6HeaderSlice::from_slice(&frame[14..]).unwrap();
+    let (src, dst) = (ip.source(), ip.destination());
+    frame[56..58].fill(0);
+    let sum = etherparse::checksum::Sum16BitWords::new()
+        .add_16bytes(src)
+        .add_16bytes(dst)
+        .add_4bytes(((frame.len() - 54) as u32).to_be_bytes())
+        .add_2bytes([0, 58])
+        .add_slice(&frame[54..])
+        .ones_complement();
+    frame[56..58].copy_from_slice(&sum.to_ne_bytes());
+}
+
 /// Not announced on this interface, not announced at all, duplicate
 /// address detection, from off the link, an option that is no link-layer
-/// address, or an advertisement: the kernel's.
+/// address, an advertisement, or a checksum that is wrong: the kernel's.
 #[test]
 fn other_solicitations_pass_untouched() {
     let mut dp = loaded();
@@ -165,11 +147,26 @@ fn other_solicitations_pass_untouched() {
     );
     let dad = solicitation(Ipv6Addr::UNSPECIFIED, other, 255, false);
     let routed = solicitation(CLIENT, other, 254, true);
+    let mut resummed = solicitation(CLIENT, other, 255, true);
+    resum(&mut resummed);
+    assert_eq!(resummed, solicitation(CLIENT, other, 255, true));
     let mut odd_option = solicitation(CLIENT, other, 255, true);
     odd_option[78] = 14;
+    resum(&mut odd_option);
     let mut advert = solicitation(CLIENT, other, 255, true);
     advert[54] = 136;
-    let frames = [on_other_iface, unannounced, dad, routed, odd_option, advert];
+    resum(&mut advert);
+    let mut bad_checksum = solicitation(CLIENT, other, 255, true);
+    bad_checksum[57] ^= 1;
+    let frames = [
+        on_other_iface,
+        unannounced,
+        dad,
+        routed,
+        odd_option,
+        advert,
+        bad_checksum,
+    ];
     for f in &frames {
         assert_eq!(xdp(&dp, f), (XDP_PASS, f.clone()));
     }

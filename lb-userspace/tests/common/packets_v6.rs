@@ -2,7 +2,7 @@
 //! independently of the code under test.
 use std::net::Ipv6Addr;
 
-use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
+use etherparse::{Icmpv6Type, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 
 /// An IPv6 NodePort Service (TCP and UDP) at ClusterIP fd00:96::10 whose
 /// endpoint fd00:244:2::2 is on another node, node2.
@@ -97,4 +97,38 @@ pub fn parse_checked(frame: &[u8]) -> Seen {
         payload,
         hop_limit: ip.hop_limit,
     }
+}
+
+/// The link-layer address `solicitation` sends from.
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x51];
+
+/// The solicited-node multicast address of `a` (RFC 4291 2.7.1).
+pub fn solicited_node(a: Ipv6Addr) -> Ipv6Addr {
+    let o = a.octets();
+    Ipv6Addr::from([
+        0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, o[13], o[14], o[15],
+    ])
+}
+
+/// A Neighbour Solicitation from `src` for `target`, with a Source
+/// Link-Layer Address option when `sll`, as etherparse builds it.
+pub fn solicitation(src: Ipv6Addr, target: Ipv6Addr, hop_limit: u8, sll: bool) -> Vec<u8> {
+    let dst = solicited_node(target);
+    let d = dst.octets();
+    let mut body = target.octets().to_vec();
+    if sll {
+        body.extend_from_slice(&[1, 1]);
+        body.extend_from_slice(&CLIENT_MAC);
+    }
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, [0x33, 0x33, d[12], d[13], d[14], d[15]])
+        .ipv6(src.octets(), dst.octets(), hop_limit)
+        .icmpv6(Icmpv6Type::Unknown {
+            type_u8: 135,
+            code_u8: 0,
+            bytes5to8: [0; 4],
+        })
+        .write(&mut out, &body)
+        .unwrap();
+    out
 }
