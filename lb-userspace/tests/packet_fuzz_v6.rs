@@ -17,9 +17,10 @@ mod common;
 use std::{collections::BTreeSet, ops::Range};
 
 use common::{
+    external_v6,
     fuzz::{self, set_checksum, set_u16, sums_to_zero, translated, Checked, Family, Oracle},
     packets::split_meta,
-    packets_v6::{addr, parse_checked, solicitation, tcp, udp, WEB_NODEPORT},
+    packets_v6::{addr, parse_checked, solicitation, tcp, udp},
 };
 use etherparse::{
     checksum::Sum16BitWords, icmpv6::DestUnreachableCode, IcmpEchoHeader, Icmpv6Type,
@@ -60,11 +61,16 @@ const ROUTER: &str = "fd00:250::fe";
 const ANNOUNCED: &str = "fd00:10::200";
 const ANNOUNCED_MAC: [u8; 6] = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x01];
 const NEIGHBOUR: &str = "fd00:10::7";
+/// `ranged`'s LB IP in `external_v6::MANIFESTS`.
+const RANGED_LB_IP: &str = "fd00:50::12";
 const NDP_SOLICIT: u8 = 135;
 const NDP_ADVERT: u8 = 136;
 
-/// A ClusterIP Service without endpoints, synced beside `WEB_NODEPORT`
-/// (whose outside clients are source-NATed to `NODE`).
+/// A ClusterIP Service without endpoints, synced beside
+/// `external_v6::MANIFESTS`: `web` (ClusterIP `VIP`, NodePort, LB IP and
+/// externalIP, its endpoint `BACKEND` on another node, so outside clients
+/// are source-NATed to `NODE`), `local` (policy Local, no endpoint here)
+/// and `ranged` (open to `OUTSIDER`'s /64 only, its endpoint here).
 const EMPTY_SERVICE: &str = r#"
 apiVersion: v1
 kind: Service
@@ -110,7 +116,8 @@ fn data_plane() -> Datapath {
         node_addresses_v6: vec![addr(NODE)],
         ..ModelOptions::default()
     };
-    let mut dp = common::synced_with_snat_v6(&format!("{WEB_NODEPORT}---{EMPTY_SERVICE}"), &opts);
+    let manifests = format!("{}---{EMPTY_SERVICE}", external_v6::MANIFESTS);
+    let mut dp = common::synced_with_snat_v6(&manifests, &opts);
     let key = AnnounceKeyV6 {
         addr: lb_common::addr::to_map_v6(addr(ANNOUNCED)),
         ifindex: 1,
@@ -179,6 +186,16 @@ fn seeds(dp: &Datapath) -> Vec<Vec<u8>> {
     let syn = tcp((OUTSIDER, 40004), (NODE, 31000), true, b"GET");
     let p = parse_checked(&translated(dp, &syn));
     s.extend([syn, tcp_between(p.dst, p.src, true, b"")]);
+
+    // LoadBalancer IPs and the externalIP: open to all, Local without an
+    // endpoint here, open to one /64 (from inside it and from outside).
+    s.extend([
+        tcp((OUTSIDER, 40007), (external_v6::LB_IP, 80), true, b""),
+        udp((OUTSIDER, 40007), (external_v6::EXTERNAL_IP, 53), b"q"),
+        tcp((OUTSIDER, 40007), (external_v6::LOCAL_LB_IP, 80), true, b""),
+        tcp((OUTSIDER, 40008), (RANGED_LB_IP, 80), true, b""),
+        tcp((CLIENT, 40008), (RANGED_LB_IP, 80), true, b""),
+    ]);
 
     // Rejects: an unknown port, a Service without endpoints.
     s.extend([

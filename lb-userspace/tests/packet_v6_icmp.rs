@@ -13,7 +13,7 @@ use aya::maps::{MapData, RingBuf};
 
 use common::{
     packets::split_meta,
-    packets_v6::{addr, parse_checked, tcp, udp, WEB_NODEPORT},
+    packets_v6::{addr, parse_checked, tcp, udp},
     uplink::{small_mtu_node, through_tc_and_xdp, through_xdp_without_meta_room, UPLINK_MTU},
     watch,
 };
@@ -41,6 +41,33 @@ const CLIENT: (&str, u16) = ("fd00:244:1::7", 40000);
 const OUTSIDE: (&str, u16) = ("2001:db8:7::7", 41000);
 const ROUTER: &str = "fd00:10::fe";
 
+const MANIFESTS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  type: NodePort
+  clusterIPs: ["fd00:96::10"]
+  ipFamilies: [IPv6]
+  ports:
+    - {name: http, port: 80, targetPort: 8080, nodePort: 31000}
+    - {name: dns, port: 53, targetPort: 8080, nodePort: 31053, protocol: UDP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-v6
+  namespace: default
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv6
+ports:
+  - {name: http, port: 8080}
+  - {name: dns, port: 8080, protocol: UDP}
+endpoints:
+  - addresses: ["fd00:244:2::2"]
+    nodeName: node2
+"#;
+
 /// node1, with `NODE` as its IPv6 NodePort and SNAT address.
 fn node() -> Datapath {
     let opts = ModelOptions {
@@ -48,7 +75,7 @@ fn node() -> Datapath {
         node_addresses_v6: vec![addr(NODE)],
         ..ModelOptions::default()
     };
-    common::synced_with_snat_v6(WEB_NODEPORT, &opts)
+    common::synced_with_snat_v6(MANIFESTS, &opts)
 }
 
 fn xdp(dp: &Datapath, frame: &[u8]) -> (u32, Vec<u8>) {

@@ -4,35 +4,6 @@ use std::net::Ipv6Addr;
 
 use etherparse::{Icmpv6Type, NetHeaders, PacketBuilder, PacketHeaders, TransportHeader};
 
-/// An IPv6 NodePort Service (TCP and UDP) at ClusterIP fd00:96::10 whose
-/// endpoint fd00:244:2::2 is on another node, node2.
-pub const WEB_NODEPORT: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: default}
-spec:
-  type: NodePort
-  clusterIPs: ["fd00:96::10"]
-  ipFamilies: [IPv6]
-  ports:
-    - {name: http, port: 80, targetPort: 8080, nodePort: 31000}
-    - {name: dns, port: 53, targetPort: 8080, nodePort: 31053, protocol: UDP}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-v6
-  namespace: default
-  labels: {kubernetes.io/service-name: web}
-addressType: IPv6
-ports:
-  - {name: http, port: 8080}
-  - {name: dns, port: 8080, protocol: UDP}
-endpoints:
-  - addresses: ["fd00:244:2::2"]
-    nodeName: node2
-"#;
-
 pub fn addr(a: &str) -> Ipv6Addr {
     a.parse().unwrap()
 }
