@@ -2,11 +2,11 @@
 //! packet path handles, mutated by a seeded PRNG, through `lb` (XDP, also
 //! with no room left for its metadata), `lb_pod`, `lb_ext` and `lb_tc`
 //! (tc); `packet_fuzz_v6` does the same for IPv6. A frame may be dropped,
-//! or passed untouched; one the program sends on (XDP_TX, XDP_REDIRECT, TC_ACT_REDIRECT, or a pass with
-//! metadata for tc) or changes must be as well-formed as its input was:
-//! nothing half-rewritten, no byte written outside the fields a
-//! translation owns, and every answer the program builds (TCP RST, ICMP
-//! unreachable) whole.
+//! or passed untouched; one the program sends on (XDP_TX, XDP_REDIRECT,
+//! TC_ACT_REDIRECT, or a pass with metadata for tc) or changes must be as
+//! well-formed as its input was: nothing half-rewritten, no byte written
+//! outside the fields a translation owns, and every answer the program
+//! builds (TCP RST, ICMP unreachable) whole.
 //!
 //! `XDPLB_FUZZ_ITERS` and `XDPLB_FUZZ_SEED` replace the CI budget and seed
 //! (`cargo xtask fuzz --soak`). A failure names the seed, the iteration and

@@ -47,9 +47,11 @@ static FULL_META: OnceLock<usize> = OnceLock::new();
 
 /// Runs `frame` once through the XDP program `prog` behind as much zeroed
 /// metadata (left by another program) as the kernel takes, so that the
-/// frame has no room for more: the metadata limit (32 bytes before Linux
-/// 6.17 raised it) or the headroom runs out first. Returns the result,
-/// whose frame starts with that metadata, and the metadata's length.
+/// frame has no room for more: the metadata limit runs out first (32
+/// bytes on older kernels), or the headroom (on this 6.18 kernel, which
+/// lets metadata grow past 32 bytes). The longest a test run takes is
+/// probed downwards, once. Returns the result, whose frame starts with
+/// that metadata, and the metadata's length.
 pub fn run_frame_with_full_meta(prog: &Xdp, frame: &[u8]) -> Result<(FrameResult, usize)> {
     if let Some(&meta) = FULL_META.get() {
         return Ok((run_behind_meta(prog, frame, meta)?, meta));

@@ -24,21 +24,21 @@ use testbed::fuzz_knob;
 
 use super::{packets::split_meta, uplink::small_mtu_node};
 
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
-pub const XDP_TX: u32 = 3;
-pub const XDP_REDIRECT: u32 = 4;
-pub const TC_ACT_OK: u32 = 0;
-pub const TC_ACT_SHOT: u32 = 2;
-pub const TC_ACT_REDIRECT: u32 = 7;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Hook {
+enum Hook {
     Xdp,
     /// `lb` behind as much metadata as the kernel takes, so no room is left
     /// for its own (as on a driver without XDP metadata): what it meant
     /// for tc, the kernel routes. Where the headroom, not the metadata
-    /// limit, ran out (Linux 6.17 on), an answer cannot grow the frame
+    /// limit, ran out (this 6.18 kernel), an answer cannot grow the frame
     /// either, and is dropped.
     XdpNoMetaRoom,
     Pod,
@@ -48,13 +48,13 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub fn is_xdp(self) -> bool {
+    fn is_xdp(self) -> bool {
         matches!(self, Hook::Xdp | Hook::XdpNoMetaRoom)
     }
 
     /// Runs `frame` through this hook's program once; the output of
     /// `XdpNoMetaRoom` starts after the metadata it was given.
-    pub fn run(self, dp: &Datapath, frame: &[u8]) -> anyhow::Result<FrameResult> {
+    fn run(self, dp: &Datapath, frame: &[u8]) -> anyhow::Result<FrameResult> {
         match self {
             Hook::Xdp => run_frame(dp.program(PROGRAM)?, frame, 1),
             Hook::XdpNoMetaRoom => {
@@ -72,7 +72,7 @@ impl Hook {
 
 /// What a program did with a frame, of the outcomes a check accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Outcome {
+enum Outcome {
     Untouched,
     Dropped,
     Translated,
@@ -118,13 +118,7 @@ impl Oracle {
     /// The properties every outcome must have: a known verdict, metadata
     /// only as XDP's note to tc, other frames passed untouched, and a
     /// whole answer or a clean translation.
-    pub fn check(
-        &self,
-        hook: Hook,
-        input: &[u8],
-        action: u32,
-        raw: &[u8],
-    ) -> Result<Outcome, Failure> {
+    fn check(&self, hook: Hook, input: &[u8], action: u32, raw: &[u8]) -> Result<Outcome, Failure> {
         let (meta, out) = match hook {
             Hook::Xdp => split_meta(raw),
             _ => (None, raw),
@@ -184,7 +178,7 @@ pub fn check_rewrite<D: Debug>(
     ttl_at: usize,
     mut owned: Vec<Range<usize>>,
     broke: BTreeSet<D>,
-) -> Result<(), Failure> {
+) -> Checked {
     let ttl = if sent {
         input[ttl_at].wrapping_sub(1)
     } else {
@@ -493,15 +487,15 @@ pub fn hex(bytes: &[u8]) -> String {
 /// first report of each, so one bug hit a thousand times does not hide
 /// another.
 #[derive(Default)]
-pub struct Tally {
-    pub outcomes: BTreeMap<(Hook, Outcome), u64>,
+struct Tally {
+    outcomes: BTreeMap<(Hook, Outcome), u64>,
     failures: BTreeMap<String, (u64, String)>,
     /// Frames the deciding programs (all but `lb_ext`) ran on.
-    pub runs: u64,
+    runs: u64,
 }
 
 impl Tally {
-    pub fn fail(&mut self, kind: String, report: String) {
+    fn fail(&mut self, kind: String, report: String) {
         self.failures.entry(kind).or_insert((0, report)).0 += 1;
     }
 
