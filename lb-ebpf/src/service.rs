@@ -29,7 +29,7 @@ use crate::{
     parse::{
         self, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IP_MF, IP_OFFSET_MASK, L4,
     },
-    policy, reject, select, stats,
+    policy, reject, select, service6, stats,
 };
 
 pub type Verdict = (Reason, u32);
@@ -72,8 +72,12 @@ fn classify<C: Frame>(ctx: &C) -> Verdict {
         // a node's IPv6 traffic is for no Service, and is passed without
         // a second program. The path makes it again for its own use.
         if let Some(ip) = parse::ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN) {
-            if sides_v6(ip) == (false, false) {
+            let sides = sides_v6(ip);
+            if sides == (false, false) {
                 return (Reason::PassNotOurs, C::PASS);
+            }
+            if let Some(v) = service6::established(ctx, ip, sides) {
+                return v;
             }
         }
         ctx.to_v6_path();

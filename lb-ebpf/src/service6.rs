@@ -80,6 +80,39 @@ fn fragment_path<C: Frame>(ctx: &C) -> u32 {
     path::<C, true>(ctx)
 }
 
+/// An established flow's packet, translated by the IPv4 entries before
+/// their tail call to this path (`sides`: the address filter's answer
+/// they have): the tail call, this path's second parse and second filter
+/// test were a quarter of such a packet's cost. `None` leaves the packet
+/// to the path, which looks it up again: packets with extension headers,
+/// SYN, FIN and RST segments (whose state changes the path makes once),
+/// the first packet of a flow, and packets to be answered instead. No
+/// packet is half-handled here: the rewrite is the last step, and a packet
+/// left to the path has changed only its entry's clocks, which the path
+/// sets again to the same.
+#[inline(always)]
+pub fn established<C: Frame>(ctx: &C, ip: *mut Ipv6Hdr, sides: (bool, bool)) -> Option<Verdict> {
+    let proto = unsafe { (*ip).next_hdr };
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    let off = ETH_HLEN + IPV6_HLEN;
+    let l4 = parse::l4(ctx, proto, off)?;
+    if !flow_cache::usable(l4.tcp_flags, false) {
+        return None;
+    }
+    let mut key = core::mem::MaybeUninit::<CtKeyV6>::uninit();
+    let mut p = packet(ip, l4, off, proto, key.as_mut_ptr());
+    let found = entry::<false>(&mut p, sides)?;
+    let mut then = Then::default();
+    let action = translate::<C, false>(ctx, &p, &found, &mut then);
+    if then.answer != 0 {
+        return None;
+    }
+    // No new flow's packet comes here: `new_flow` hands it to the path.
+    Some((found.kind_reason(p.key), action))
+}
+
 /// Every IPv6 packet but ICMPv6.
 #[inline(always)]
 fn path<C: Frame, const FRAGMENTS: bool>(ctx: &C) -> u32 {
@@ -173,9 +206,21 @@ impl Found {
     /// the walk after `new_flow` misses the cache as the first walk did.
     #[inline(always)]
     fn reason(&self, key: &CtKeyV6) -> Reason {
+        let reason = self.kind_reason(key);
+        if self.ct.is_null() {
+            reason
+        } else {
+            first_of_new_flow(reason)
+        }
+    }
+
+    /// The reason of an established flow's packet, by where its entry
+    /// lies and which way the packet goes.
+    #[inline(always)]
+    fn kind_reason(&self, key: &CtKeyV6) -> Reason {
         match (self.ct.is_null(), key.dir == CT_DIR_REPLY) {
-            (false, false) => first_of_new_flow(Reason::XlateEstablished),
-            (false, true) => first_of_new_flow(Reason::XlateReply),
+            (false, false) => Reason::XlateEstablished,
+            (false, true) => Reason::XlateReply,
             (true, false) => Reason::XlateEstablishedCached,
             (true, true) => Reason::XlateReplyCached,
         }
@@ -400,10 +445,17 @@ fn transport<'k, C: Frame, const FRAGMENTS: bool>(
         show_malformed(ctx.ifindex(), ip, proto);
         return Err((Reason::DropMalformed, C::DROP));
     };
+    Ok(packet(ip, l4, off, proto, key))
+}
+
+/// The packet whose transport header `l4` lies at `off`, its forward key
+/// written into `key`.
+#[inline(always)]
+fn packet<'k>(ip: *mut Ipv6Hdr, l4: L4, off: usize, proto: u8, key: *mut CtKeyV6) -> Packet<'k> {
     let ext_len = (off - ETH_HLEN - IPV6_HLEN) as u16;
     let payload_len = u16::from_be(unsafe { (*ip).payload_len });
     write_key(key, ip, l4.ports, proto);
-    Ok(Packet {
+    Packet {
         ip,
         l4_len: payload_len.wrapping_sub(ext_len),
         len: if payload_len == 0 {
@@ -413,7 +465,7 @@ fn transport<'k, C: Frame, const FRAGMENTS: bool>(
         },
         key: unsafe { &mut *key },
         l4,
-    })
+    }
 }
 
 /// Writes the packet's forward key into `key` as whole 32-bit words, the

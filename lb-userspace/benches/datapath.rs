@@ -646,13 +646,16 @@ fn main() {
         "{:<28}{:>12}{:>12}{:>12}",
         "path \\ services", 1, 1_000, 100_000
     );
-    let line = |name: &str, f: &dyn Fn(&Row) -> f64| {
+    let line_at = |name: &str, decimals: usize, f: &dyn Fn(&Row) -> f64| {
         print!("{name:<28}");
         for r in &rows {
-            print!("{:>12.1}", f(r));
+            print!("{:>12.*}", decimals, f(r));
         }
         println!();
     };
+    let line = |name: &str, f: &dyn Fn(&Row) -> f64| line_at(name, 1, f);
+    // Two decimals for the ratios: at one, 1.16 would read as the target.
+    let ratio = |name: &str, f: &dyn Fn(&Row) -> f64| line_at(name, 2, f);
     line("no-op floor (repeat)", &|r| r.noop);
     line("non-frontend", &|r| r.non_frontend);
     line("established (flow cache)", &|r| r.established);
@@ -707,16 +710,16 @@ fn main() {
         r.snat_stale_range - r.noop_single
     });
     println!("\nIPv6 over IPv4, the same path (target: at most 1.15)");
-    line("non-frontend", &|r| r.v6.non_frontend / r.non_frontend);
-    line("established (flow cache)", &|r| {
+    ratio("non-frontend", &|r| r.v6.non_frontend / r.non_frontend);
+    ratio("established (flow cache)", &|r| {
         r.v6.established / r.established
     });
-    line("reply (flow cache)", &|r| r.v6.reply / r.reply);
-    line("established (conntrack)", &|r| {
+    ratio("reply (flow cache)", &|r| r.v6.reply / r.reply);
+    ratio("established (conntrack)", &|r| {
         r.v6.established_ct / r.established_ct
     });
-    line("reply (conntrack)", &|r| r.v6.reply_ct / r.reply_ct);
-    line("new flow", &|r| r.v6.new_flow / r.new_flow);
+    ratio("reply (conntrack)", &|r| r.v6.reply_ct / r.reply_ct);
+    ratio("new flow", &|r| r.v6.new_flow / r.new_flow);
     println!(
         "\nEvery row's path counter grew by exactly its iteration count (asserted); services: {:?}",
         rows.iter().map(|r| r.services).collect::<Vec<_>>()

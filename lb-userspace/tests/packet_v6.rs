@@ -450,29 +450,38 @@ fn neighbour_discovery_fragments_and_other_traffic_go_to_the_kernel() {
 /// keep three quarters of that free (what grows them is whatever the
 /// verifier walks once per way into it; see `service6::new_flow`), so that
 /// a change that eats the margin fails here rather than on a user's node,
-/// where the IPv6 path would be left out.
+/// where the IPv6 path would be left out. The IPv4 entries, which also
+/// translate IPv6 packets of established flows (`service6::established`)
+/// and without which nothing loads, keep a quarter free.
 #[test]
-fn the_ipv6_entries_leave_the_verifier_a_margin() {
+fn the_entries_leave_the_verifier_a_margin() {
     let dp = synced();
-    let xdp = dp.program("lb6").unwrap().info().unwrap();
-    let frag = dp.program("lb6_frag").unwrap().info().unwrap();
-    let tc = ["lb6_pod", "lb6_tc", "lb6_frag_pod", "lb6_frag_tc"]
-        .map(|name| dp.classifier(name).unwrap().info().unwrap());
-    for (name, info) in [
-        ("lb6", &xdp),
-        ("lb6_pod", &tc[0]),
-        ("lb6_tc", &tc[1]),
-        ("lb6_frag", &frag),
-        ("lb6_frag_pod", &tc[2]),
-        ("lb6_frag_tc", &tc[3]),
-    ] {
+    let xdp = ["lb", "lb6", "lb6_frag"].map(|name| dp.program(name).unwrap().info().unwrap());
+    let tc = [
+        "lb_pod",
+        "lb_tc",
+        "lb6_pod",
+        "lb6_tc",
+        "lb6_frag_pod",
+        "lb6_frag_tc",
+    ]
+    .map(|name| (name, dp.classifier(name).unwrap().info().unwrap()));
+    let entries = [("lb", &xdp[0]), ("lb6", &xdp[1]), ("lb6_frag", &xdp[2])]
+        .into_iter()
+        .chain(tc.iter().map(|(name, info)| (*name, info)));
+    for (name, info) in entries {
         let walked = info
             .verified_instruction_count()
             .expect("the kernel reports verified instructions (5.16 on)");
-        eprintln!("{name}: the verifier walked {walked} instructions");
+        let limit = if name.starts_with("lb6") {
+            250_000
+        } else {
+            750_000
+        };
+        eprintln!("{name}: the verifier walked {walked} instructions (limit here {limit})");
         assert!(
-            walked < 250_000,
-            "{name}: the verifier walked {walked} instructions"
+            walked < limit,
+            "{name}: the verifier walked {walked} instructions, limit here {limit}"
         );
     }
 }
