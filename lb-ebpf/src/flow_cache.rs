@@ -77,11 +77,13 @@ fn same_v4(a: *const CtKeyV4, b: *const CtKeyV4) -> bool {
     unsafe { (*a).words() == (*b).words() }
 }
 
-/// Ten word pairs folded into one test, so that a mismatch is one branch.
+/// Five 64-bit word pairs folded into one test, so that a mismatch is one
+/// branch. Both keys are 8-byte aligned: a slot's lies in a map value, the
+/// packet's in a `service6::KeyRoom`.
 #[inline(always)]
 fn same_v6(a: *const CtKeyV6, b: *const CtKeyV6) -> bool {
-    const WORDS: usize = core::mem::size_of::<CtKeyV6>() / 4;
-    let (a, b) = (a.cast::<[u32; WORDS]>(), b.cast::<[u32; WORDS]>());
+    const WORDS: usize = core::mem::size_of::<CtKeyV6>() / 8;
+    let (a, b) = (a.cast::<[u64; WORDS]>(), b.cast::<[u64; WORDS]>());
     let mut diff = 0;
     for i in 0..WORDS {
         diff |= unsafe { (*a)[i] ^ (*b)[i] };
