@@ -7,7 +7,8 @@
 //! Unsafe in this module: the jiffies helper, and accesses through a cache
 //! slot pointer and a connection-tracking entry pointer, valid until the
 //! program returns. The slot is this CPU's own copy, so no other CPU writes
-//! it while the packet path uses it.
+//! it while the packet path uses it. IPv6 keys are read as 64-bit words,
+//! which both keys compared are aligned to (`same_v6`).
 use aya_ebpf::helpers::generated::bpf_jiffies64;
 use lb_common::{
     conntrack::{TCP_FIN, TCP_RST, TCP_SYN},

@@ -3,7 +3,8 @@
 //! delivers at tc what `lb` translated but could not send itself, and
 //! `lb_tc` runs the path at tc ingress of an external interface where XDP
 //! would not pay (see `frame::Tc`); `lb6`, `lb6_pod` and `lb6_tc` run the
-//! IPv6 path for the first three, and `lb6_frag*` the same for IPv6
+//! IPv6 path for the first three (which translate established IPv6 flows'
+//! packets themselves), and `lb6_frag*` the same for IPv6
 //! fragments and ICMPv6; `noop` exists so benchmarks measure the
 //! BPF_PROG_TEST_RUN floor with the same object, and so tests can give a
 //! veth's peer an XDP program.

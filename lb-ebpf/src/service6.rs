@@ -10,12 +10,16 @@
 //! before the address filter, as ICMP ones are. Fragments follow the IPv4
 //! rules (`frags`) on entries of their own (`FRAGMENTS`). Established
 //! flows are served from the flow cache as IPv4 ones are; the entries for
-//! fragments leave it alone, as first fragments go to `CT_V6`.
+//! fragments leave it alone, as first fragments go to `CT_V6`. The IPv4
+//! entries translate established flows' packets themselves with this
+//! path's functions (`established`), before their tail call to it.
 //!
 //! Unsafe in this module: header reads through pointers `parse::ptr_at`
 //! checked, reads of connection-tracking entries through map pointers,
 //! valid until the program returns, the flow key read only after
-//! `transport` wrote it, and `&mut`s to this CPU's scratch
+//! `transport` or `packet` wrote it, its words written and read as
+//! 64-bit words in a `KeyRoom`, which aligns them, and `&mut`s to this
+//! CPU's scratch
 //! values, which nothing else uses while the program runs (programs on a
 //! CPU run one at a time, none nested within this hook's).
 use lb_common::{
