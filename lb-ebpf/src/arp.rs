@@ -33,7 +33,8 @@ struct ArpHdr {
 /// Answers an ARP request for an address announced on the receiving
 /// interface; `None` for any other frame, which goes on as before.
 /// Gratuitous requests (sender = target) are another node claiming the
-/// address, not a question, and are left to the kernel.
+/// address, not a question, and are left to the kernel, as are requests
+/// sent to another host's MAC.
 #[inline(always)]
 pub fn reply<C: Frame>(ctx: &C) -> Option<(Reason, u32)> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
@@ -63,6 +64,13 @@ pub fn reply<C: Frame>(ctx: &C) -> Option<(Reason, u32)> {
         ifindex: ctx.ifindex(),
     };
     let mac = unsafe { ANNOUNCE_V4.get(key) }?.mac;
+    // Broadcast, or to this interface (a reachability probe): a request
+    // to another host's MAC reached the node only in promiscuous mode or
+    // through a bridge port, and the kernel drops it (`PACKET_OTHERHOST`).
+    let dst = unsafe { (*eth).dst };
+    if dst != [0xff; 6] && dst != mac {
+        return None;
+    }
     unsafe {
         let sha = (*arp).sha;
         (*eth).dst = sha;

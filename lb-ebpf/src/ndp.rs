@@ -56,7 +56,8 @@ struct LlOpt {
 /// receiving interface; `None` for any other frame, which goes on as
 /// before. Solicitations from the unspecified address are duplicate
 /// address detection, and ones with a hop limit below 255 did not come
-/// from the link (RFC 4861 7.1.1): both are left to the kernel.
+/// from the link (RFC 4861 7.1.1): both are left to the kernel, as are
+/// solicitations sent to another host's MAC (`sent_to`).
 #[inline(always)]
 pub fn advertise<C: Frame>(ctx: &C) -> Option<(Reason, u32)> {
     let ip = ptr_at::<Ipv6Hdr>(ctx, ETH_HLEN)?;
@@ -92,10 +93,10 @@ pub fn advertise<C: Frame>(ctx: &C) -> Option<(Reason, u32)> {
         ifindex: ctx.ifindex(),
     };
     let mac = unsafe { ANNOUNCE_V6.get(key) }?.mac;
-    if !sums_right(ip, msg, len, opt) {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    if !sent_to(unsafe { (*eth).dst }, mac, target) || !sums_right(ip, msg, len, opt) {
         return None;
     }
-    let eth = ptr_at::<EthHdr>(ctx, 0)?;
     // The advertisement's checksum from scratch, as the words are in the
     // packet: the pseudo-header (source = target, destination, length,
     // next header) and the message, whose target is the source again.
@@ -122,6 +123,17 @@ pub fn advertise<C: Frame>(ctx: &C) -> Option<(Reason, u32)> {
         (*msg).check = !fold(sum);
     }
     Some((Reason::NdpAdvert, ctx.bounce()))
+}
+
+/// Whether a solicitation for `target` was sent to this interface (`mac`):
+/// to the target's solicited-node multicast group, or to the interface
+/// itself (a reachability probe). One sent to another host's MAC reached
+/// the node only in promiscuous mode or through a bridge port, and the
+/// kernel drops such a frame (`PACKET_OTHERHOST`).
+#[inline(always)]
+fn sent_to(dst: [u8; 6], mac: [u8; 6], target: [u32; 4]) -> bool {
+    let [_, a, b, c] = target[3].to_ne_bytes();
+    dst == mac || dst == [0x33, 0x33, 0xff, a, b, c]
 }
 
 /// Whether the solicitation's checksum is right: the kernel drops one

@@ -134,13 +134,19 @@ fn an_arp_request_for_an_announced_address_is_answered_in_place() {
     assert_eq!(arp[14..18], ARP_TARGET.octets(), "sender address");
     assert_eq!(arp[18..24], CLIENT_MAC, "target MAC");
     assert_eq!(arp[24..28], ARP_SENDER.octets(), "target address");
-    assert_eq!(count(&dp, Reason::ArpReply), 1);
+    // A reachability probe, sent to the interface rather than broadcast.
+    let mut probe = request.clone();
+    probe[..6].copy_from_slice(&IFACE_MAC);
+    let (action, probe_out) = run(&dp, &probe);
+    assert_eq!((action, &probe_out[6..]), (XDP_TX, &out[6..]));
+    assert_eq!(count(&dp, Reason::ArpReply), 2);
     assert_eq!(count(&dp, Reason::PassNotIpv4), 0);
 }
 
-/// Announced on another interface, announced for another address, or a
-/// gratuitous request (another node claiming the address): the frame goes
-/// to the kernel untouched.
+/// Announced on another interface, announced for another address, a
+/// gratuitous request (another node claiming the address), a reply, or a
+/// request sent to another host's MAC (seen in promiscuous mode): the
+/// frame goes to the kernel untouched.
 #[test]
 fn other_arp_frames_pass_unchanged() {
     let mut dp = load();
@@ -156,8 +162,11 @@ fn other_arp_frames_pass_unchanged() {
     let mut reply = request.clone();
     reply[21] = 2;
     assert_eq!(run(&dp, &reply), (XDP_PASS, reply.clone()));
+    let mut other_host = request.clone();
+    other_host[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x09]);
+    assert_eq!(run(&dp, &other_host), (XDP_PASS, other_host.clone()));
     assert_eq!(count(&dp, Reason::ArpReply), 0);
-    assert_eq!(count(&dp, Reason::PassNotIpv4), 3);
+    assert_eq!(count(&dp, Reason::PassNotIpv4), 4);
 }
 
 #[test]

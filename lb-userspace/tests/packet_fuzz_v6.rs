@@ -524,7 +524,8 @@ fn check_answer(input: &[u8], out: &[u8]) -> Checked {
 
 /// An advertisement answers only a valid solicitation from the link (RFC
 /// 4861 7.1.1: hop limit 255, a specified source, a valid checksum, code
-/// 0) for the announced address, and says that address is at the
+/// 0) for the announced address, sent to the announced MAC or to the
+/// address's solicited-node group, and says that address is at the
 /// announced MAC, to the solicitation's sender, built in place.
 fn check_advert(input: &[u8], out: &[u8]) -> Checked {
     const AT: usize = L3_END;
@@ -538,6 +539,13 @@ fn check_advert(input: &[u8], out: &[u8]) -> Checked {
         return Err(("advertised for an invalid solicitation", String::new()));
     }
     let target = &input[AT + 8..AT + 24];
+    let group = [0x33, 0x33, 0xff, target[13], target[14], target[15]];
+    if input[0..6] != ANNOUNCED_MAC && input[0..6] != group {
+        return Err((
+            "advertised for a solicitation to another host",
+            fuzz::hex(&input[0..6]),
+        ));
+    }
     if target != addr(ANNOUNCED).octets() {
         return Err(("advertised an address not announced", fuzz::hex(target)));
     }

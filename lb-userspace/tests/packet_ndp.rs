@@ -95,7 +95,13 @@ fn a_solicitation_with_its_link_layer_address_gets_one_in_the_advertisement() {
     assert_eq!(msg.len(), 32);
     assert_eq!(msg[24..26], [2, 1], "Target Link-Layer Address option");
     assert_eq!(msg[26..32], IFACE_MAC);
-    assert_eq!(count(&dp, Reason::NdpAdvert), 1);
+    // A reachability probe, sent to the interface rather than to the
+    // target's solicited-node group.
+    let mut probe = ns.clone();
+    probe[..6].copy_from_slice(&IFACE_MAC);
+    let (action, probe_out) = xdp(&dp, &probe);
+    assert_eq!((action, probe_out), (XDP_TX, out));
+    assert_eq!(count(&dp, Reason::NdpAdvert), 2);
     assert_eq!(count(&dp, Reason::PassIpv6PathMissing), 0);
 }
 
@@ -131,7 +137,9 @@ fn resum(frame: &mut [u8]) {
 
 /// Not announced on this interface, not announced at all, duplicate
 /// address detection, from off the link, an option that is no link-layer
-/// address, an advertisement, or a checksum that is wrong: the kernel's.
+/// address, an advertisement, a checksum that is wrong, or sent to
+/// another host's MAC or another address's solicited-node group (seen in
+/// promiscuous mode): the kernel's.
 #[test]
 fn other_solicitations_pass_untouched() {
     let mut dp = loaded();
@@ -158,6 +166,10 @@ fn other_solicitations_pass_untouched() {
     resum(&mut advert);
     let mut bad_checksum = solicitation(CLIENT, other, 255, true);
     bad_checksum[57] ^= 1;
+    let mut other_host = solicitation(CLIENT, other, 255, true);
+    other_host[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x09]);
+    let mut other_group = solicitation(CLIENT, other, 255, true);
+    other_group[5] ^= 1;
     let frames = [
         on_other_iface,
         unannounced,
@@ -166,6 +178,8 @@ fn other_solicitations_pass_untouched() {
         odd_option,
         advert,
         bad_checksum,
+        other_host,
+        other_group,
     ];
     for f in &frames {
         assert_eq!(xdp(&dp, f), (XDP_PASS, f.clone()));
