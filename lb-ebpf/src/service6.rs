@@ -91,9 +91,10 @@ fn fragment_path<C: Frame>(ctx: &C) -> u32 {
 /// to the path, which looks it up again: packets with extension headers,
 /// SYN, FIN and RST segments (whose state changes the path makes once),
 /// the first packet of a flow, and packets to be answered instead. No
-/// packet is half-handled here: the rewrite is the last step, and a packet
-/// left to the path has changed only its entry's clocks, which the path
-/// sets again to the same.
+/// packet is half-handled here: the rewrite is the last step, and what a
+/// packet left to the path has changed (its entry's clocks, the mark of a
+/// flow's first reply, its cache slot) is what the path would change in
+/// the same way.
 #[inline(always)]
 pub fn established<C: Frame>(ctx: &C, ip: *mut Ipv6Hdr, sides: (bool, bool)) -> Option<Verdict> {
     let proto = unsafe { (*ip).next_hdr };
