@@ -456,7 +456,7 @@ fn neighbour_discovery_fragments_and_other_traffic_go_to_the_kernel() {
 #[test]
 fn the_entries_leave_the_verifier_a_margin() {
     let dp = synced();
-    let xdp = ["lb", "lb6", "lb6_frag"].map(|name| dp.program(name).unwrap().info().unwrap());
+    let xdp = ["lb", "lb6", "lb6_frag"];
     let tc = [
         "lb_pod",
         "lb_tc",
@@ -464,12 +464,14 @@ fn the_entries_leave_the_verifier_a_margin() {
         "lb6_tc",
         "lb6_frag_pod",
         "lb6_frag_tc",
-    ]
-    .map(|name| (name, dp.classifier(name).unwrap().info().unwrap()));
-    let entries = [("lb", &xdp[0]), ("lb6", &xdp[1]), ("lb6_frag", &xdp[2])]
-        .into_iter()
-        .chain(tc.iter().map(|(name, info)| (*name, info)));
-    for (name, info) in entries {
+    ];
+    for name in xdp.into_iter().chain(tc) {
+        let info = if xdp.contains(&name) {
+            dp.program(name).unwrap().info()
+        } else {
+            dp.classifier(name).unwrap().info()
+        }
+        .unwrap();
         let walked = info
             .verified_instruction_count()
             .expect("the kernel reports verified instructions (5.16 on)");
